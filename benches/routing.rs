@@ -1,0 +1,107 @@
+//! Routing hot paths: topic matching against 10k bindings, and a publish routed through a
+//! topic exchange into a queue.
+//!
+//! Run: `cargo bench --bench routing`
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use std::sync::Arc;
+use switchboard::core::memory::MemoryCharge;
+use switchboard::core::topic::TopicTrie;
+use switchboard::core::vhost::{ExchangeSpec, QueueSpec};
+use switchboard::core::{Message, VHost};
+use switchboard_amqp::FieldTable;
+
+/// 10,000 patterns shaped like IoT subscriptions: `site.<s>.device.<d>.<metric>`, with a share
+/// of `*` and `#` wildcards.
+fn patterns() -> Vec<String> {
+    (0..10_000)
+        .map(|i| match i % 10 {
+            0 => format!("site.{}.#", i % 100),
+            1 => format!("site.*.device.{}.temp", i),
+            2 => format!("*.{}.device.*.humidity", i % 100),
+            _ => format!("site.{}.device.{}.temp", i % 100, i),
+        })
+        .collect()
+}
+
+fn topic_matching(c: &mut Criterion) {
+    let mut trie = TopicTrie::new();
+    for (i, p) in patterns().iter().enumerate() {
+        trie.insert(p, i);
+    }
+    let mut g = c.benchmark_group("topic_match_10k_bindings");
+    for key in [
+        "site.42.device.4242.temp",
+        "site.7.device.99999.pressure",
+        "other.key",
+    ] {
+        g.bench_function(key, |b| {
+            b.iter(|| {
+                let mut n = 0usize;
+                trie.for_each_match(black_box(key), |_| n += 1);
+                n
+            })
+        });
+    }
+    g.finish();
+}
+
+fn message(routing_key: &str, body: &Bytes) -> Message {
+    Message::new(
+        "bench".into(),
+        routing_key.into(),
+        Default::default(),
+        None,
+        body.clone(),
+        MemoryCharge::default(),
+    )
+}
+
+fn route_and_enqueue(c: &mut Criterion) {
+    let vh = VHost::new("/");
+    vh.declare_exchange(
+        ExchangeSpec {
+            name: "bench".into(),
+            kind: "topic".into(),
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::new(),
+        },
+        false,
+    )
+    .unwrap();
+    let q = vh
+        .declare_queue(
+            QueueSpec {
+                name: "q".into(),
+                ..Default::default()
+            },
+            false,
+            1,
+        )
+        .unwrap()
+        .queue;
+    for p in patterns().iter().take(1000) {
+        vh.bind_queue("q", "bench", p, &FieldTable::new(), 1)
+            .unwrap();
+    }
+    let ex = vh.exchange("bench").unwrap();
+    let body = Bytes::from_static(&[0u8; 16]);
+    c.bench_function("route_topic_1k_bindings_and_enqueue_16B", |b| {
+        b.iter(|| {
+            let m = Arc::new(message("site.42.device.42.temp", &body));
+            for q in vh.route(&ex, &m) {
+                q.publish(m.clone());
+            }
+            // Keep the queue from growing across iterations.
+            if q.message_count() > 10_000 {
+                q.purge();
+            }
+        })
+    });
+}
+
+criterion_group!(benches, topic_matching, route_and_enqueue);
+criterion_main!(benches);

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs the pika interop suite against Switchboard (or an external broker).
+#
+#   interop/run.sh [extra pytest args...]
+#
+# Env:
+#   INTEROP_AMQP_PORT  use an already running broker on 127.0.0.1:$PORT
+#                      (nothing is built or started)
+#   SWITCHBOARD_BIN    use this switchboard binary instead of building one
+#   INTEROP_TIMEOUT    per-test timeout in seconds (default 60)
+set -euo pipefail
+
+INTEROP_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$INTEROP_DIR/.." && pwd)"
+VENV="$INTEROP_DIR/.venv"
+
+if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    python3 -m venv --clear "$VENV" || {
+        echo "run.sh: 'python3 -m venv' failed (on Debian/Ubuntu: apt-get install python3-venv)" >&2
+        exit 1
+    }
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r "$INTEROP_DIR/requirements.txt" </dev/null
+
+if [[ -z "${INTEROP_AMQP_PORT:-}" && -z "${SWITCHBOARD_BIN:-}" ]]; then
+    (cd "$REPO_ROOT" && cargo build --quiet --bin switchboard) </dev/null
+    SWITCHBOARD_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/switchboard"
+    case "$SWITCHBOARD_BIN" in
+        /*) ;;
+        *) SWITCHBOARD_BIN="$REPO_ROOT/$SWITCHBOARD_BIN" ;;
+    esac
+    export SWITCHBOARD_BIN
+fi
+
+cd "$INTEROP_DIR"
+if [[ $# -eq 0 ]]; then
+    set -- "$INTEROP_DIR/tests"
+fi
+set +e
+"$VENV/bin/python" -m pytest -q -c "$INTEROP_DIR/pytest.ini" \
+    --timeout="${INTEROP_TIMEOUT:-60}" "$@" </dev/null
+status=$?
+set -e
+exit "$status"

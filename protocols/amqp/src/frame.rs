@@ -1,0 +1,279 @@
+//! Frames: splitting a byte stream into method, content-header, body and heartbeat frames, and
+//! writing them.
+//!
+//! A frame is `type:u8 channel:u16 size:u32 payload[size] 0xCE`.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::error::DecodeError;
+use crate::method::Method;
+use crate::properties::BasicProperties;
+use crate::wire::{get_u16, get_u64};
+use crate::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_OVERHEAD};
+
+/// The basic class, the only one that carries content.
+const CLASS_BASIC: u16 = 60;
+
+/// Size of the frame header: type, channel, payload size.
+const HEADER_LEN: usize = 7;
+
+/// Content-header payload bytes before the property flags: class id, weight, body size.
+const CONTENT_HEADER_FIXED: usize = 12;
+
+/// One decoded frame.
+// `Header` is large (the decoded properties); frames are short-lived values on the read path,
+// so boxing would only add an allocation per message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Method {
+        channel: u16,
+        method: Method,
+    },
+    /// content header. `raw_properties` is the property-flags+property-list bytes exactly as
+    /// received (a zero-copy slice), so the broker can forward them unchanged to AMQP consumers.
+    Header {
+        channel: u16,
+        class_id: u16,
+        body_size: u64,
+        properties: BasicProperties,
+        raw_properties: Bytes,
+    },
+    /// A content body frame; `payload` is a zero-copy slice of the input buffer.
+    Body {
+        channel: u16,
+        payload: Bytes,
+    },
+    /// A heartbeat (any payload is ignored; the broker checks that the channel is 0).
+    Heartbeat {
+        channel: u16,
+    },
+}
+
+impl Frame {
+    /// The channel the frame was sent on.
+    pub fn channel(&self) -> u16 {
+        match *self {
+            Frame::Method { channel, .. }
+            | Frame::Header { channel, .. }
+            | Frame::Body { channel, .. }
+            | Frame::Heartbeat { channel } => channel,
+        }
+    }
+}
+
+/// Decode one frame from the front of `buf` if it is complete. Checks in this order without
+/// allocating: need 7 header bytes (else `Ok(None)`); frame type known (else
+/// `UnknownFrameType`); size + 8 <= frame_max (when frame_max != 0; else `FrameTooLarge` —
+/// checked BEFORE waiting for the payload to arrive, so a peer can't make us buffer an absurd
+/// size); whole frame present (else `Ok(None)`); frame-end octet 0xCE (else `BadFrameEnd`).
+/// Then the frame is taken off `buf`: Body payloads and `raw_properties` are zero-copy slices
+/// (`split_to(..).freeze()`); method frames are decoded in place and `buf` is advanced.
+///
+/// On error `buf` is left as it was.
+pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, DecodeError> {
+    let Some(head) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let [kind, c0, c1, s0, s1, s2, s3] = *head;
+    if !matches!(
+        kind,
+        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+    ) {
+        return Err(DecodeError::UnknownFrameType(kind));
+    }
+    let channel = u16::from_be_bytes([c0, c1]);
+    let size = u32::from_be_bytes([s0, s1, s2, s3]);
+    let total = u64::from(size) + FRAME_OVERHEAD as u64;
+    if frame_max != 0 && total > u64::from(frame_max) {
+        return Err(DecodeError::FrameTooLarge {
+            size: total,
+            max: frame_max,
+        });
+    }
+    // On a 16-bit target a frame this large could not be buffered anyway.
+    let Ok(total) = usize::try_from(total) else {
+        return Err(DecodeError::FrameTooLarge {
+            size: total,
+            max: frame_max,
+        });
+    };
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let size = total - FRAME_OVERHEAD;
+    let (Some(&end), Some(payload)) = (buf.get(total - 1), buf.get(HEADER_LEN..HEADER_LEN + size))
+    else {
+        return Ok(None); // unreachable: buf.len() >= total was checked
+    };
+    if end != FRAME_END {
+        return Err(DecodeError::BadFrameEnd(end));
+    }
+
+    let frame = match kind {
+        FRAME_METHOD => {
+            let method = Method::decode(payload)?;
+            buf.advance(total);
+            Frame::Method { channel, method }
+        }
+        FRAME_HEADER => {
+            let mut p = payload;
+            let class_id = get_u16(&mut p).map_err(|e| e.context("content header"))?;
+            if class_id != CLASS_BASIC {
+                return Err(DecodeError::BadContentClass(class_id));
+            }
+            let _weight = get_u16(&mut p).map_err(|e| e.context("content header"))?;
+            let body_size = get_u64(&mut p).map_err(|e| e.context("content header"))?;
+            let properties = BasicProperties::decode(p)?;
+            buf.advance(HEADER_LEN + CONTENT_HEADER_FIXED);
+            let raw_properties = buf.split_to(size - CONTENT_HEADER_FIXED).freeze();
+            buf.advance(1);
+            Frame::Header {
+                channel,
+                class_id,
+                body_size,
+                properties,
+                raw_properties,
+            }
+        }
+        FRAME_BODY => {
+            buf.advance(HEADER_LEN);
+            let payload = buf.split_to(size).freeze();
+            buf.advance(1);
+            Frame::Body { channel, payload }
+        }
+        _ => {
+            buf.advance(total);
+            Frame::Heartbeat { channel }
+        }
+    };
+    Ok(Some(frame))
+}
+
+/// Write a frame header whose size is patched by [`end_frame`].
+#[inline]
+fn begin_frame(out: &mut BytesMut, kind: u8, channel: u16) -> usize {
+    out.put_u8(kind);
+    out.put_u16(channel);
+    let at = out.len();
+    out.put_u32(0);
+    at
+}
+
+#[inline]
+fn end_frame(out: &mut BytesMut, size_at: usize) {
+    let size = (out.len() - size_at - 4) as u32;
+    if let Some(slot) = out.get_mut(size_at..size_at + 4) {
+        slot.copy_from_slice(&size.to_be_bytes());
+    }
+    out.put_u8(FRAME_END);
+}
+
+/// Append a method frame.
+pub fn encode_method(out: &mut BytesMut, channel: u16, method: &Method) {
+    out.reserve(FRAME_OVERHEAD + method.encoded_len());
+    put_method(out, channel, method);
+}
+
+fn put_method(out: &mut BytesMut, channel: u16, method: &Method) {
+    let at = begin_frame(out, FRAME_METHOD, channel);
+    method.encode_unreserved(out);
+    end_frame(out, at);
+}
+
+/// Append a content header frame (class 60, weight 0) with properties encoded from `properties`.
+pub fn encode_header(
+    out: &mut BytesMut,
+    channel: u16,
+    body_size: u64,
+    properties: &BasicProperties,
+) {
+    out.reserve(FRAME_OVERHEAD + CONTENT_HEADER_FIXED + properties.encoded_len());
+    let at = begin_header(out, channel, body_size);
+    properties.encode_unreserved(out);
+    end_frame(out, at);
+}
+
+/// Append a content header frame (class 60, weight 0) whose property flags and list are
+/// `raw_properties` verbatim (as received in [`Frame::Header::raw_properties`]).
+pub fn encode_raw_header(out: &mut BytesMut, channel: u16, body_size: u64, raw_properties: &[u8]) {
+    out.reserve(FRAME_OVERHEAD + CONTENT_HEADER_FIXED + raw_properties.len());
+    let at = begin_header(out, channel, body_size);
+    out.put_slice(raw_properties);
+    end_frame(out, at);
+}
+
+#[inline]
+fn begin_header(out: &mut BytesMut, channel: u16, body_size: u64) -> usize {
+    let at = begin_frame(out, FRAME_HEADER, channel);
+    out.put_u16(CLASS_BASIC);
+    out.put_u16(0);
+    out.put_u64(body_size);
+    at
+}
+
+/// Append one body frame carrying `payload` (the caller keeps it within frame_max - 8).
+pub fn encode_body(out: &mut BytesMut, channel: u16, payload: &[u8]) {
+    out.reserve(FRAME_OVERHEAD + payload.len());
+    put_body(out, channel, payload);
+}
+
+#[inline]
+fn put_body(out: &mut BytesMut, channel: u16, payload: &[u8]) {
+    out.put_u8(FRAME_BODY);
+    out.put_u16(channel);
+    out.put_u32(payload.len() as u32);
+    out.put_slice(payload);
+    out.put_u8(FRAME_END);
+}
+
+/// Append a heartbeat frame (channel 0, empty payload).
+pub fn encode_heartbeat(out: &mut BytesMut) {
+    out.put_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+}
+
+/// Encode a whole message delivery/return/get-ok: the method frame, the content header (raw if
+/// Some, else from properties), then the body split into body frames of at most frame_max - 8
+/// bytes (frame_max 0 = unlimited; no body frame when the body is empty). Appends everything to
+/// `out` (copies the body — fine; the caller decides about huge bodies). Reserves once.
+pub fn encode_content(
+    out: &mut BytesMut,
+    channel: u16,
+    method: &Method,
+    properties: &BasicProperties,
+    raw_properties: Option<&[u8]>,
+    body: &[u8],
+    frame_max: u32,
+) {
+    let chunk = body_chunk_size(frame_max);
+    let body_frames = body.len().div_ceil(chunk);
+    let props_len = raw_properties.map_or_else(|| properties.encoded_len(), <[u8]>::len);
+    out.reserve(
+        (2 + body_frames) * FRAME_OVERHEAD
+            + method.encoded_len()
+            + CONTENT_HEADER_FIXED
+            + props_len
+            + body.len(),
+    );
+    put_method(out, channel, method);
+    let at = begin_header(out, channel, body.len() as u64);
+    match raw_properties {
+        Some(raw) => out.put_slice(raw),
+        None => properties.encode_unreserved(out),
+    }
+    end_frame(out, at);
+    for piece in body.chunks(chunk) {
+        put_body(out, channel, piece);
+    }
+}
+
+/// The largest body-frame payload for `frame_max` (0 = unlimited: one frame, up to 4 GiB).
+#[inline]
+fn body_chunk_size(frame_max: u32) -> usize {
+    let max = if frame_max == 0 {
+        u32::MAX as usize
+    } else {
+        (frame_max as usize).saturating_sub(FRAME_OVERHEAD)
+    };
+    max.max(1)
+}

@@ -1,0 +1,827 @@
+//! One AMQP channel: its methods, content assembly for publishes, consumers, confirms and
+//! transactions. Owned by the connection task; the delivery side it shares with queues lives in
+//! [`super::delivery`].
+
+use super::delivery::{AmqpConsumer, ChannelDeliveries, Unacked};
+use super::error::*;
+use super::outbox::Outbox;
+use crate::core::queue::{ConnectionId, ConsumeError};
+use crate::core::vhost::{generate_name, ExchangeSpec, QueueSpec};
+use crate::core::{Broker, Consumer, Exchange, Message, Queue, VHost};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::Arc;
+use switchboard_amqp::*;
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// What a channel needs from its connection.
+#[derive(Debug)]
+pub struct ConnCtx {
+    pub broker: Arc<Broker>,
+    pub vhost: Arc<VHost>,
+    pub conn_id: ConnectionId,
+    pub user: String,
+    pub outbox: Arc<Outbox>,
+    pub frame_max: u32,
+    pub max_message_size: u64,
+    pub consumer_cancel_notify: bool,
+}
+
+impl ConnCtx {
+    pub fn send(&self, channel: u16, method: impl Into<Method>) {
+        let method = method.into();
+        self.outbox.push(|out| encode_method(out, channel, &method));
+    }
+}
+
+/// A publish whose content header and body are still arriving.
+#[derive(Debug)]
+struct ContentInProgress {
+    publish: BasicPublish,
+    header: Option<(BasicProperties, Bytes, u64)>,
+    body: Body,
+}
+
+/// Body frames collected so far. One frame is kept as the zero-copy slice it arrived as.
+#[derive(Debug, Default)]
+enum Body {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Empty => 0,
+            Body::One(b) => b.len(),
+            Body::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        *self = match std::mem::take(self) {
+            Body::Empty => Body::One(chunk),
+            Body::One(first) => {
+                let mut m = BytesMut::with_capacity(first.len() + chunk.len());
+                m.extend_from_slice(&first);
+                m.extend_from_slice(&chunk);
+                Body::Many(m)
+            }
+            Body::Many(mut m) => {
+                m.extend_from_slice(&chunk);
+                Body::Many(m)
+            }
+        };
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Body::Empty => Bytes::new(),
+            Body::One(b) => b,
+            Body::Many(m) => m.freeze(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ChannelConsumer {
+    id: u64,
+    queue: Arc<Queue>,
+    sink: Arc<AmqpConsumer>,
+}
+
+/// What settling deliveries does with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Requeue,
+    Discard,
+}
+
+/// An operation held back until `tx.commit`.
+#[derive(Debug)]
+enum TxOp {
+    Publish {
+        exchange: Arc<Exchange>,
+        message: Arc<Message>,
+        mandatory: bool,
+    },
+    Settle {
+        tag: u64,
+        multiple: bool,
+        how: Settle,
+    },
+}
+
+/// What the connection must do after a frame.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Effects {
+    /// A message was published: confirms may need flushing; the memory alarm applies.
+    pub published: bool,
+}
+
+#[derive(Debug)]
+pub struct Channel {
+    pub id: u16,
+    pub deliveries: Arc<ChannelDeliveries>,
+    content: Option<ContentInProgress>,
+    consumers: HashMap<String, ChannelConsumer>,
+    /// Per-consumer prefetch for consumers created from now on.
+    prefetch_count: u32,
+    /// Publisher confirms: the last sequence number used and the highest not yet acked.
+    confirm: Option<(u64, Option<u64>)>,
+    tx: Option<Vec<TxOp>>,
+    /// The last queue declared on this channel, for methods that name queue "".
+    last_queue: Option<String>,
+    /// The private queue behind direct reply-to, once the channel consumes from it.
+    reply_queue: Option<Arc<Queue>>,
+    /// The server closed this channel and awaits `channel.close-ok`.
+    pub closing: bool,
+}
+
+impl Channel {
+    pub fn new(id: u16, outbox: Arc<Outbox>, frame_max: u32) -> Self {
+        Channel {
+            id,
+            deliveries: ChannelDeliveries::new(id, outbox, frame_max),
+            content: None,
+            consumers: HashMap::new(),
+            prefetch_count: 0,
+            confirm: None,
+            tx: None,
+            last_queue: None,
+            reply_queue: None,
+            closing: false,
+        }
+    }
+
+    /// Handles a frame for this channel (not channel.open/close, which the connection handles).
+    pub fn handle_frame(&mut self, ctx: &ConnCtx, frame: Frame) -> AmqpResult<Effects> {
+        match frame {
+            Frame::Method { method, .. } => {
+                if self.content.is_some() {
+                    return Err(AmqpError::connection(
+                        UNEXPECTED_FRAME,
+                        format!(
+                            "expected content header for class 60, got method {} instead",
+                            method.name()
+                        ),
+                    ));
+                }
+                let (class_id, method_id) = (method.class_id(), method.method_id());
+                self.handle_method(ctx, method)
+                    .map_err(|e| e.during(class_id, method_id))
+            }
+            Frame::Header {
+                properties,
+                raw_properties,
+                body_size,
+                ..
+            } => {
+                let Some(content) = self.content.as_mut().filter(|c| c.header.is_none()) else {
+                    return Err(AmqpError::connection(
+                        UNEXPECTED_FRAME,
+                        "content header without a preceding basic.publish",
+                    ));
+                };
+                if body_size > ctx.max_message_size {
+                    self.content = None;
+                    return Err(AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        format!(
+                            "message size {body_size} is larger than configured max size {}",
+                            ctx.max_message_size
+                        ),
+                    )
+                    .during(60, 40));
+                }
+                content.header = Some((properties, raw_properties, body_size));
+                self.maybe_complete(ctx)
+            }
+            Frame::Body { payload, .. } => {
+                let Some(content) = self.content.as_mut() else {
+                    return Err(AmqpError::connection(
+                        UNEXPECTED_FRAME,
+                        "content body without a preceding basic.publish",
+                    ));
+                };
+                let Some((_, _, size)) = &content.header else {
+                    return Err(AmqpError::connection(
+                        UNEXPECTED_FRAME,
+                        "content body before the content header",
+                    ));
+                };
+                if (content.body.len() + payload.len()) as u64 > *size {
+                    return Err(AmqpError::connection(
+                        FRAME_ERROR,
+                        format!("content body exceeds the declared size of {size} bytes"),
+                    ));
+                }
+                content.body.push(payload);
+                self.maybe_complete(ctx)
+            }
+            Frame::Heartbeat { .. } => Err(AmqpError::connection(
+                FRAME_ERROR,
+                "heartbeat frame on a non-zero channel",
+            )),
+        }
+    }
+
+    fn maybe_complete(&mut self, ctx: &ConnCtx) -> AmqpResult<Effects> {
+        let complete = matches!(&self.content, Some(ContentInProgress { header: Some((_, _, size)), body, .. }) if body.len() as u64 == *size);
+        if !complete {
+            return Ok(Effects::default());
+        }
+        let Some(ContentInProgress {
+            publish,
+            header: Some((properties, raw, _)),
+            body,
+        }) = self.content.take()
+        else {
+            return Ok(Effects::default());
+        };
+        self.publish(ctx, publish, properties, raw, body.into_bytes())
+            .map_err(|e| e.during(60, 40))?;
+        Ok(Effects { published: true })
+    }
+
+    fn handle_method(&mut self, ctx: &ConnCtx, method: Method) -> AmqpResult<Effects> {
+        let ch = self.id;
+        match method {
+            Method::BasicPublish(m) => {
+                if m.immediate {
+                    return Err(AmqpError::connection(NOT_IMPLEMENTED, "immediate=true"));
+                }
+                self.content = Some(ContentInProgress {
+                    publish: m,
+                    header: None,
+                    body: Body::Empty,
+                });
+            }
+            Method::ExchangeDeclare(m) => {
+                if m.exchange.is_empty() && !m.passive {
+                    return Err(AmqpError::channel(
+                        ACCESS_REFUSED,
+                        "operation not permitted on the default exchange",
+                    ));
+                }
+                ctx.vhost.declare_exchange(
+                    ExchangeSpec {
+                        name: m.exchange,
+                        kind: m.kind,
+                        durable: m.durable,
+                        auto_delete: m.auto_delete,
+                        internal: m.internal,
+                        arguments: m.arguments,
+                    },
+                    m.passive,
+                )?;
+                if !m.no_wait {
+                    ctx.send(ch, ExchangeDeclareOk {});
+                }
+            }
+            Method::ExchangeDelete(m) => {
+                ctx.vhost.delete_exchange(&m.exchange, m.if_unused)?;
+                if !m.no_wait {
+                    ctx.send(ch, ExchangeDeleteOk {});
+                }
+            }
+            Method::ExchangeBind(m) => {
+                ctx.vhost
+                    .bind_exchange(&m.destination, &m.source, &m.routing_key, &m.arguments)?;
+                if !m.no_wait {
+                    ctx.send(ch, ExchangeBindOk {});
+                }
+            }
+            Method::ExchangeUnbind(m) => {
+                ctx.vhost.unbind_exchange(
+                    &m.destination,
+                    &m.source,
+                    &m.routing_key,
+                    &m.arguments,
+                )?;
+                if !m.no_wait {
+                    ctx.send(ch, ExchangeUnbindOk {});
+                }
+            }
+            Method::QueueDeclare(m) => {
+                let declared = ctx.vhost.declare_queue(
+                    QueueSpec {
+                        name: m.queue,
+                        durable: m.durable,
+                        exclusive: m.exclusive,
+                        auto_delete: m.auto_delete,
+                        arguments: m.arguments,
+                    },
+                    m.passive,
+                    ctx.conn_id,
+                )?;
+                let stats = declared.queue.stats();
+                self.last_queue = Some(declared.queue.name.clone());
+                if !m.no_wait {
+                    ctx.send(
+                        ch,
+                        QueueDeclareOk {
+                            queue: declared.queue.name.clone(),
+                            message_count: clamp_u32(stats.ready),
+                            consumer_count: clamp_u32(stats.consumers),
+                        },
+                    );
+                }
+            }
+            Method::QueueBind(m) => {
+                let queue = self.resolve_queue(&m.queue)?;
+                ctx.vhost.bind_queue(
+                    &queue,
+                    &m.exchange,
+                    &m.routing_key,
+                    &m.arguments,
+                    ctx.conn_id,
+                )?;
+                if !m.no_wait {
+                    ctx.send(ch, QueueBindOk {});
+                }
+            }
+            Method::QueueUnbind(m) => {
+                let queue = self.resolve_queue(&m.queue)?;
+                ctx.vhost.unbind_queue(
+                    &queue,
+                    &m.exchange,
+                    &m.routing_key,
+                    &m.arguments,
+                    ctx.conn_id,
+                )?;
+                ctx.send(ch, QueueUnbindOk {});
+            }
+            Method::QueuePurge(m) => {
+                let queue = self.resolve_queue(&m.queue)?;
+                let q = ctx.vhost.queue_for(&queue, ctx.conn_id)?;
+                let message_count = q.purge();
+                if !m.no_wait {
+                    ctx.send(ch, QueuePurgeOk { message_count });
+                }
+            }
+            Method::QueueDelete(m) => {
+                let queue = self.resolve_queue(&m.queue)?;
+                let message_count =
+                    ctx.vhost
+                        .delete_queue(&queue, m.if_unused, m.if_empty, ctx.conn_id)?;
+                if !m.no_wait {
+                    ctx.send(ch, QueueDeleteOk { message_count });
+                }
+            }
+            Method::BasicQos(m) => {
+                if m.prefetch_size != 0 {
+                    return Err(AmqpError::connection(
+                        NOT_IMPLEMENTED,
+                        format!("prefetch_size!=0 ({})", m.prefetch_size),
+                    ));
+                }
+                if m.global {
+                    self.deliveries
+                        .set_global_limit(u32::from(m.prefetch_count));
+                } else {
+                    self.prefetch_count = u32::from(m.prefetch_count);
+                }
+                ctx.send(ch, BasicQosOk {});
+                self.wake_consumers();
+            }
+            Method::BasicConsume(m) => self.consume(ctx, m)?,
+            Method::BasicCancel(m) => {
+                if let Some(c) = self.consumers.remove(&m.consumer_tag) {
+                    c.queue.remove_consumer(c.id);
+                    if self
+                        .reply_queue
+                        .as_ref()
+                        .is_some_and(|r| Arc::ptr_eq(r, &c.queue))
+                    {
+                        self.reply_queue = None;
+                        ctx.vhost.remove_queue(&c.queue);
+                    } else {
+                        ctx.vhost.consumer_gone(&c.queue);
+                    }
+                }
+                if !m.no_wait {
+                    ctx.send(
+                        ch,
+                        BasicCancelOk {
+                            consumer_tag: m.consumer_tag,
+                        },
+                    );
+                }
+            }
+            Method::BasicGet(m) => {
+                let queue = self.resolve_queue(&m.queue)?;
+                let q = ctx.vhost.queue_for(&queue, ctx.conn_id)?;
+                match q.get(m.no_ack) {
+                    None => ctx.send(ch, BasicGetEmpty::default()),
+                    Some((d, message_count)) => {
+                        let unacked = (!m.no_ack).then(|| Unacked {
+                            queue: q.clone(),
+                            message_id: d.id,
+                            consumer_credit: None,
+                        });
+                        let msg = &d.message;
+                        self.deliveries.send_content(msg, unacked, |delivery_tag| {
+                            Method::BasicGetOk(BasicGetOk {
+                                delivery_tag,
+                                redelivered: d.redelivered,
+                                exchange: msg.exchange.clone(),
+                                routing_key: msg.routing_key.clone(),
+                                message_count,
+                            })
+                        });
+                    }
+                }
+            }
+            Method::BasicAck(m) => {
+                self.settle_or_buffer(m.delivery_tag, m.multiple, Settle::Ack)?
+            }
+            Method::BasicReject(m) => {
+                let how = if m.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                };
+                self.settle_or_buffer(m.delivery_tag, false, how)?
+            }
+            Method::BasicNack(m) => {
+                let how = if m.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                };
+                self.settle_or_buffer(m.delivery_tag, m.multiple, how)?
+            }
+            Method::BasicRecover(_) => {
+                self.requeue_all();
+                ctx.send(ch, BasicRecoverOk {});
+            }
+            Method::BasicRecoverAsync(_) => self.requeue_all(),
+            Method::ChannelFlow(m) => {
+                self.deliveries.set_flow(m.active);
+                ctx.send(ch, ChannelFlowOk { active: m.active });
+                if m.active {
+                    self.wake_consumers();
+                }
+            }
+            Method::ConfirmSelect(m) => {
+                if self.tx.is_some() {
+                    return Err(AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
+                if self.confirm.is_none() {
+                    self.confirm = Some((0, None));
+                }
+                if !m.no_wait {
+                    ctx.send(ch, ConfirmSelectOk {});
+                }
+            }
+            Method::TxSelect(_) => {
+                if self.confirm.is_some() {
+                    return Err(AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                self.tx.get_or_insert_with(Vec::new);
+                ctx.send(ch, TxSelectOk {});
+            }
+            Method::TxCommit(_) => {
+                let Some(ops) = self.tx.as_mut().map(std::mem::take) else {
+                    return Err(AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        "channel is not transactional",
+                    ));
+                };
+                self.commit(ctx, ops)?;
+                ctx.send(ch, TxCommitOk {});
+            }
+            Method::TxRollback(_) => {
+                let Some(ops) = self.tx.as_mut() else {
+                    return Err(AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        "channel is not transactional",
+                    ));
+                };
+                ops.clear();
+                ctx.send(ch, TxRollbackOk {});
+            }
+            other => {
+                return Err(AmqpError::connection(
+                    COMMAND_INVALID,
+                    format!(
+                        "method {} is not valid from a client on a channel",
+                        other.name()
+                    ),
+                ))
+            }
+        }
+        Ok(Effects::default())
+    }
+
+    /// A queue name from a method, where "" means the last queue declared on this channel.
+    fn resolve_queue(&self, name: &str) -> AmqpResult<String> {
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::channel(NOT_FOUND, "no previously declared queue"))
+    }
+
+    fn consume(&mut self, ctx: &ConnCtx, m: BasicConsume) -> AmqpResult<()> {
+        let queue_name = self.resolve_queue(&m.queue)?;
+        let tag = if m.consumer_tag.is_empty() {
+            generate_name("amq.ctag-")
+        } else {
+            m.consumer_tag.clone()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(AmqpError::connection(
+                NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let q = if queue_name == DIRECT_REPLY_TO {
+            if !m.no_ack {
+                return Err(AmqpError::channel(
+                    PRECONDITION_FAILED,
+                    "reply consumer cannot acknowledge",
+                ));
+            }
+            if self.reply_queue.is_some() {
+                return Err(AmqpError::channel(
+                    PRECONDITION_FAILED,
+                    "reply consumer already set",
+                ));
+            }
+            let q = ctx
+                .vhost
+                .create_private_queue(generate_name(&format!("{DIRECT_REPLY_TO}.")), ctx.conn_id);
+            self.reply_queue = Some(q.clone());
+            q
+        } else {
+            ctx.vhost.queue_for(&queue_name, ctx.conn_id)?
+        };
+        let sink = AmqpConsumer::new(
+            tag.clone(),
+            m.no_ack,
+            self.deliveries.clone(),
+            self.prefetch_count,
+            ctx.consumer_cancel_notify,
+        );
+        let id = ctx.broker.next_id();
+        q.add_consumer(Consumer {
+            id,
+            tag: tag.clone(),
+            no_ack: m.no_ack,
+            exclusive: m.exclusive,
+            owner: ctx.conn_id,
+            sink: sink.clone(),
+        })
+        .map_err(|e| match e {
+            ConsumeError::Deleted(_) => AmqpError::channel(
+                NOT_FOUND,
+                format!("no queue '{queue_name}' in vhost '{}'", ctx.vhost.name),
+            ),
+            _ => AmqpError::channel(
+                ACCESS_REFUSED,
+                format!(
+                    "queue '{queue_name}' in vhost '{}' in exclusive use",
+                    ctx.vhost.name
+                ),
+            ),
+        })?;
+        // consume-ok goes on the wire before the consumer may receive anything.
+        if !m.no_wait {
+            ctx.send(
+                self.id,
+                BasicConsumeOk {
+                    consumer_tag: tag.clone(),
+                },
+            );
+        }
+        sink.activate();
+        q.dispatch();
+        self.consumers
+            .insert(tag, ChannelConsumer { id, queue: q, sink });
+        Ok(())
+    }
+
+    fn publish(
+        &mut self,
+        ctx: &ConnCtx,
+        publish: BasicPublish,
+        mut properties: BasicProperties,
+        raw: Bytes,
+        body: Bytes,
+    ) -> AmqpResult<()> {
+        let exchange = ctx.vhost.exchange(&publish.exchange).ok_or_else(|| {
+            AmqpError::channel(
+                NOT_FOUND,
+                format!(
+                    "no exchange '{}' in vhost '{}'",
+                    publish.exchange, ctx.vhost.name
+                ),
+            )
+        })?;
+        if exchange.internal {
+            return Err(AmqpError::channel(
+                ACCESS_REFUSED,
+                format!(
+                    "cannot publish to internal exchange '{}' in vhost '{}'",
+                    exchange.name, ctx.vhost.name
+                ),
+            ));
+        }
+        if let Some(uid) = &properties.user_id {
+            if *uid != ctx.user {
+                return Err(AmqpError::channel(
+                    PRECONDITION_FAILED,
+                    format!(
+                        "user_id property set to '{uid}' but authenticated user was '{}'",
+                        ctx.user
+                    ),
+                ));
+            }
+        }
+        let mut raw = Some(raw);
+        if properties.reply_to.as_deref() == Some(DIRECT_REPLY_TO) {
+            let Some(rq) = &self.reply_queue else {
+                return Err(AmqpError::channel(
+                    PRECONDITION_FAILED,
+                    "fast reply consumer does not exist",
+                ));
+            };
+            properties.reply_to = Some(rq.name.clone());
+            raw = None;
+        }
+        let charge = ctx.broker.memory.charge(Message::charge_size(body.len()));
+        let message = Arc::new(Message::new(
+            publish.exchange,
+            publish.routing_key,
+            properties,
+            raw,
+            body,
+            charge,
+        ));
+        if let Some(ops) = &mut self.tx {
+            ops.push(TxOp::Publish {
+                exchange,
+                message,
+                mandatory: publish.mandatory,
+            });
+            return Ok(());
+        }
+        self.route(ctx, &exchange, message, publish.mandatory);
+        if let Some((seq, pending)) = &mut self.confirm {
+            *seq += 1;
+            *pending = Some(*seq);
+        }
+        Ok(())
+    }
+
+    fn route(
+        &self,
+        ctx: &ConnCtx,
+        exchange: &Arc<Exchange>,
+        message: Arc<Message>,
+        mandatory: bool,
+    ) {
+        let queues = ctx.vhost.route(exchange, &message);
+        if queues.is_empty() {
+            if mandatory {
+                let method = Method::BasicReturn(BasicReturn {
+                    reply_code: NO_ROUTE,
+                    reply_text: code_name(NO_ROUTE).to_owned(),
+                    exchange: message.exchange.clone(),
+                    routing_key: message.routing_key.clone(),
+                });
+                ctx.outbox.push(|out| {
+                    encode_content(
+                        out,
+                        self.id,
+                        &method,
+                        &message.properties,
+                        message.raw_properties.as_deref(),
+                        &message.body,
+                        ctx.frame_max,
+                    )
+                });
+            }
+            return;
+        }
+        for q in queues {
+            q.publish(message.clone());
+        }
+    }
+
+    /// Sends the ack for every confirm-mode publish handled so far (one `multiple` ack for a
+    /// batch of publishes).
+    pub fn flush_confirms(&mut self, ctx: &ConnCtx) {
+        if let Some((_, pending)) = &mut self.confirm {
+            if let Some(tag) = pending.take() {
+                ctx.send(
+                    self.id,
+                    BasicAck {
+                        delivery_tag: tag,
+                        multiple: true,
+                    },
+                );
+            }
+        }
+    }
+
+    fn settle_or_buffer(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
+        if let Some(ops) = &mut self.tx {
+            ops.push(TxOp::Settle { tag, multiple, how });
+            return Ok(());
+        }
+        self.settle(tag, multiple, how)
+    }
+
+    fn settle(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
+        let taken = self.deliveries.take(tag, multiple).ok_or_else(|| {
+            AmqpError::channel(PRECONDITION_FAILED, format!("unknown delivery tag {tag}"))
+        })?;
+        apply_settle(taken, how);
+        self.wake_consumers();
+        Ok(())
+    }
+
+    fn commit(&mut self, ctx: &ConnCtx, ops: Vec<TxOp>) -> AmqpResult<()> {
+        for op in ops {
+            match op {
+                TxOp::Publish {
+                    exchange,
+                    message,
+                    mandatory,
+                } => self.route(ctx, &exchange, message, mandatory),
+                TxOp::Settle { tag, multiple, how } => self.settle(tag, multiple, how)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn requeue_all(&mut self) {
+        apply_settle(self.deliveries.take_all(), Settle::Requeue);
+        self.wake_consumers();
+    }
+
+    /// Lets this channel's consumers' queues deliver again (credit or room came back).
+    pub fn wake_consumers(&mut self) {
+        self.consumers.retain(|_, c| !c.sink.is_cancelled());
+        let mut woken: Vec<&Arc<Queue>> = Vec::with_capacity(self.consumers.len());
+        for c in self.consumers.values() {
+            if !woken.iter().any(|q| Arc::ptr_eq(q, &c.queue)) {
+                woken.push(&c.queue);
+                c.queue.dispatch();
+            }
+        }
+    }
+
+    /// Releases everything the channel holds: consumers go, unacked deliveries return to their
+    /// queues in order, marked redelivered.
+    pub fn cleanup(&mut self, ctx: &ConnCtx) {
+        self.deliveries.close();
+        self.content = None;
+        for (_, c) in self.consumers.drain() {
+            c.queue.remove_consumer(c.id);
+            ctx.vhost.consumer_gone(&c.queue);
+        }
+        if let Some(rq) = self.reply_queue.take() {
+            ctx.vhost.remove_queue(&rq);
+        }
+        // Consumers are gone first so requeued messages go to other consumers, not back here.
+        self.deliveries.close();
+        apply_settle(self.deliveries.take_all(), Settle::Requeue);
+    }
+}
+
+/// Settles deliveries grouped by queue, one queue call per group.
+fn apply_settle(taken: Vec<Unacked>, how: Settle) {
+    let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    for u in taken {
+        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, ids)) => ids.push(u.message_id),
+            None => groups.push((u.queue, vec![u.message_id])),
+        }
+    }
+    for (q, ids) in groups {
+        match how {
+            Settle::Ack | Settle::Discard => q.settle(&ids),
+            Settle::Requeue => q.requeue(&ids),
+        }
+    }
+}
+
+fn clamp_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

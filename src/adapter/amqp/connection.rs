@@ -1,0 +1,434 @@
+//! One AMQP connection: the handshake, then the steady-state loop that reads frames, routes
+//! them to channels, keeps heartbeats, honours the memory alarm and closes cleanly.
+
+use super::channel::{Channel, ConnCtx};
+use super::error::*;
+use super::handshake::{handshake, HandshakeError, Negotiated};
+use super::outbox::Outbox;
+use crate::core::broker::ConnectionEntry;
+use crate::core::Broker;
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_amqp::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+/// Time a client has to complete the handshake (as RabbitMQ's `handshake_timeout`).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the peer has to answer our `connection.close`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
+    let _ = socket.set_nodelay(true);
+    let Ok(peer) = socket.peer_addr() else {
+        return;
+    };
+    let (rd, wr) = socket.into_split();
+    serve_stream(rd, wr, peer, broker).await;
+}
+
+/// Serves a connection over any byte stream (TCP, TLS, in-memory for tests).
+pub async fn serve_stream<R, W>(mut rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let entry = broker.register_connection("amqp", peer);
+    let outbox = Arc::new(Outbox::new());
+    let writer = tokio::spawn({
+        let outbox = outbox.clone();
+        async move { outbox.run_writer(wr).await }
+    });
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let negotiated = timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&mut rd, &mut buf, &outbox, &broker, peer),
+    )
+    .await;
+    match negotiated {
+        Err(_) => tracing::info!(%peer, "AMQP handshake timed out"),
+        Ok(Err(HandshakeError::Protocol(e))) => {
+            tracing::info!(%peer, error = %e, "AMQP handshake failed");
+            send_connection_close(&outbox, &e);
+        }
+        Ok(Err(e)) => tracing::info!(%peer, error = %e, "AMQP handshake failed"),
+        Ok(Ok(n)) => {
+            tracing::debug!(%peer, user = %n.user, vhost = %n.vhost.name, "AMQP connection opened");
+            if let Ok(mut s) = entry.session.lock() {
+                *s = Some((n.user.clone(), n.vhost.name.clone()));
+            }
+            let mut conn = Connection::new(&broker, &entry, &outbox, n);
+            conn.run(&mut rd, buf).await;
+            conn.cleanup();
+        }
+    }
+    outbox.close();
+    let _ = timeout(CLOSE_TIMEOUT, writer).await;
+    broker.unregister_connection(entry.id);
+    tracing::debug!(%peer, "AMQP connection closed");
+}
+
+fn send_connection_close(outbox: &Outbox, e: &AmqpError) {
+    let close = ConnectionClose {
+        reply_code: e.code,
+        reply_text: e.text.clone(),
+        class_id: e.class_id,
+        method_id: e.method_id,
+    };
+    outbox.push(|out| encode_method(out, 0, &close.into()));
+}
+
+/// How the steady-state loop ends.
+enum Next {
+    Continue,
+    /// We sent `connection.close`; wait for close-ok.
+    Closing,
+    Done,
+}
+
+struct Connection<'a> {
+    ctx: ConnCtx,
+    entry: &'a ConnectionEntry,
+    channels: HashMap<u16, Channel>,
+    channel_max: u16,
+    heartbeat: u16,
+    connection_blocked_cap: bool,
+    /// Channels with publishes whose confirms are not yet sent.
+    confirm_dirty: Vec<u16>,
+    /// A message was published since the last memory-alarm check.
+    published: bool,
+}
+
+impl<'a> Connection<'a> {
+    fn new(
+        broker: &Arc<Broker>,
+        entry: &'a ConnectionEntry,
+        outbox: &Arc<Outbox>,
+        n: Negotiated,
+    ) -> Self {
+        Connection {
+            ctx: ConnCtx {
+                broker: broker.clone(),
+                vhost: n.vhost,
+                conn_id: entry.id,
+                user: n.user,
+                outbox: outbox.clone(),
+                frame_max: n.frame_max,
+                max_message_size: broker.config.amqp.max_message_size,
+                consumer_cancel_notify: n.consumer_cancel_notify,
+            },
+            entry,
+            channels: HashMap::new(),
+            channel_max: n.channel_max,
+            heartbeat: n.heartbeat,
+            connection_blocked_cap: n.connection_blocked,
+            confirm_dirty: Vec::new(),
+            published: false,
+        }
+    }
+
+    async fn run<R: AsyncRead + Unpin>(&mut self, rd: &mut R, mut buf: BytesMut) {
+        let broker = self.ctx.broker.clone();
+        let outbox = self.ctx.outbox.clone();
+        let mut shutdown = broker.shutdown_signal();
+        let mut alarm = broker.memory.subscribe();
+        // A publisher that published during a memory alarm is not read until it clears.
+        let mut blocked = false;
+        let mut blocked_notified = false;
+        let hb = (self.heartbeat > 0).then(|| Duration::from_secs(u64::from(self.heartbeat)));
+        let mut ticker = tokio::time::interval(hb.map_or(Duration::from_secs(3600), |h| h / 2));
+        ticker.tick().await;
+        let mut last_read = Instant::now();
+        let mut closing_deadline: Option<Instant> = None;
+
+        if *alarm.borrow_and_update() && self.connection_blocked_cap {
+            self.send_blocked(true);
+            blocked_notified = true;
+        }
+        // Frames already buffered after the handshake.
+        match self.process(&mut buf, closing_deadline.is_some()) {
+            Next::Continue => {}
+            Next::Closing => closing_deadline = Some(Instant::now() + CLOSE_TIMEOUT),
+            Next::Done => return,
+        }
+        loop {
+            let closing = closing_deadline.is_some();
+            let sleep_until =
+                closing_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
+            tokio::select! {
+                read = rd.read_buf(&mut buf), if !blocked || closing => {
+                    match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    last_read = Instant::now();
+                    match self.process(&mut buf, closing) {
+                        Next::Continue => {}
+                        Next::Closing => closing_deadline = Some(Instant::now() + CLOSE_TIMEOUT),
+                        Next::Done => return,
+                    }
+                    self.flush_confirms();
+                    if !closing && broker.memory.alarm() && self.published_recently() {
+                        blocked = true;
+                    }
+                }
+                _ = outbox.drained.notified() => {
+                    for ch in self.channels.values_mut() {
+                        ch.wake_consumers();
+                    }
+                }
+                _ = outbox.writer_done.notified() => return,
+                _ = ticker.tick(), if hb.is_some() && !closing => {
+                    outbox.push(encode_heartbeat);
+                    // Two missed heartbeats mean a dead peer. A blocked connection is not read,
+                    // so its silence proves nothing.
+                    if let Some(h) = hb {
+                        if !blocked && last_read.elapsed() > h * 2 {
+                            tracing::info!(peer = %self.entry.peer, "missed heartbeats from client, closing");
+                            return;
+                        }
+                    }
+                }
+                changed = alarm.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let on = *alarm.borrow_and_update();
+                    if on != blocked_notified && self.connection_blocked_cap {
+                        self.send_blocked(on);
+                        blocked_notified = on;
+                    }
+                    if !on {
+                        blocked = false;
+                        last_read = Instant::now();
+                    }
+                }
+                _ = shutdown.changed(), if !closing => {
+                    let e = AmqpError::connection(CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'");
+                    self.close_connection(&e);
+                    closing_deadline = Some(Instant::now() + Duration::from_secs(broker.config.server.shutdown_grace_seconds.min(CLOSE_TIMEOUT.as_secs())));
+                }
+                _ = tokio::time::sleep_until(sleep_until), if closing => return,
+            }
+        }
+    }
+
+    fn published_recently(&mut self) -> bool {
+        std::mem::take(&mut self.published)
+    }
+
+    fn send_blocked(&self, on: bool) {
+        let method: Method = if on {
+            ConnectionBlocked {
+                reason: "low on memory".into(),
+            }
+            .into()
+        } else {
+            ConnectionUnblocked {}.into()
+        };
+        self.ctx.send(0, method);
+    }
+
+    fn flush_confirms(&mut self) {
+        for id in std::mem::take(&mut self.confirm_dirty) {
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.flush_confirms(&self.ctx);
+            }
+        }
+    }
+
+    /// Handles every complete frame in `buf`.
+    fn process(&mut self, buf: &mut BytesMut, closing: bool) -> Next {
+        loop {
+            let frame = match decode_frame(buf, self.ctx.frame_max) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Next::Continue,
+                Err(e) => {
+                    if closing {
+                        return Next::Done;
+                    }
+                    let e = AmqpError::from(e);
+                    tracing::info!(peer = %self.entry.peer, error = %e, "AMQP frame error");
+                    self.close_connection(&e);
+                    return Next::Closing;
+                }
+            };
+            if closing {
+                // After our connection.close only close/close-ok matter.
+                match frame {
+                    Frame::Method {
+                        channel: 0,
+                        method: Method::ConnectionCloseOk(_),
+                    } => return Next::Done,
+                    Frame::Method {
+                        channel: 0,
+                        method: Method::ConnectionClose(_),
+                    } => {
+                        self.ctx.send(0, ConnectionCloseOk {});
+                        return Next::Done;
+                    }
+                    _ => continue,
+                }
+            }
+            match self.handle_frame(frame) {
+                Ok(Next::Continue) => {}
+                Ok(next) => return next,
+                Err(e) if e.scope == Scope::Connection => {
+                    tracing::info!(peer = %self.entry.peer, error = %e, "closing AMQP connection");
+                    self.close_connection(&e);
+                    return Next::Closing;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.entry.peer, error = %e, "AMQP channel error");
+                }
+            }
+        }
+    }
+
+    /// Closes every channel and sends `connection.close`.
+    fn close_connection(&mut self, e: &AmqpError) {
+        self.cleanup();
+        send_connection_close(&self.ctx.outbox, e);
+    }
+
+    fn handle_frame(&mut self, frame: Frame) -> AmqpResult<Next> {
+        let channel = frame.channel();
+        if channel == 0 {
+            return self.handle_connection_frame(frame);
+        }
+        if let Frame::Method {
+            method: Method::ChannelOpen(_),
+            ..
+        } = &frame
+        {
+            if channel > self.channel_max {
+                return Err(AmqpError::connection(
+                    NOT_ALLOWED,
+                    format!(
+                        "channel number {channel} exceeds the negotiated channel_max {}",
+                        self.channel_max
+                    ),
+                )
+                .during(20, 10));
+            }
+            if self.channels.contains_key(&channel) {
+                return Err(AmqpError::connection(
+                    CHANNEL_ERROR,
+                    format!("second 'channel.open' seen on channel {channel}"),
+                )
+                .during(20, 10));
+            }
+            self.channels.insert(
+                channel,
+                Channel::new(channel, self.ctx.outbox.clone(), self.ctx.frame_max),
+            );
+            self.entry.channels.fetch_add(1, Ordering::Relaxed);
+            self.ctx.send(channel, ChannelOpenOk {});
+            return Ok(Next::Continue);
+        }
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Err(AmqpError::connection(
+                CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {channel}"),
+            ));
+        };
+        match frame {
+            Frame::Method {
+                method: Method::ChannelClose(_),
+                ..
+            } => {
+                if let Some(mut ch) = self.channels.remove(&channel) {
+                    ch.cleanup(&self.ctx);
+                    self.entry.channels.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.ctx.send(channel, ChannelCloseOk {});
+                return Ok(Next::Continue);
+            }
+            Frame::Method {
+                method: Method::ChannelCloseOk(_),
+                ..
+            } => {
+                if ch.closing {
+                    self.channels.remove(&channel);
+                    self.entry.channels.fetch_sub(1, Ordering::Relaxed);
+                }
+                return Ok(Next::Continue);
+            }
+            // After the server closed a channel, all else on it is dropped until close-ok.
+            _ if ch.closing => return Ok(Next::Continue),
+            _ => {}
+        }
+        match ch.handle_frame(&self.ctx, frame) {
+            Ok(effects) => {
+                if effects.published {
+                    self.published = true;
+                    if !self.confirm_dirty.contains(&channel) {
+                        self.confirm_dirty.push(channel);
+                    }
+                }
+                Ok(Next::Continue)
+            }
+            Err(e) if e.scope == Scope::Channel => {
+                ch.cleanup(&self.ctx);
+                ch.closing = true;
+                self.ctx.send(
+                    channel,
+                    ChannelClose {
+                        reply_code: e.code,
+                        reply_text: e.text.clone(),
+                        class_id: e.class_id,
+                        method_id: e.method_id,
+                    },
+                );
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn handle_connection_frame(&mut self, frame: Frame) -> AmqpResult<Next> {
+        let method = match frame {
+            Frame::Heartbeat { .. } => return Ok(Next::Continue),
+            Frame::Method { method, .. } => method,
+            _ => {
+                return Err(AmqpError::connection(
+                    UNEXPECTED_FRAME,
+                    "content frame on channel 0",
+                ))
+            }
+        };
+        match method {
+            Method::ConnectionClose(m) => {
+                tracing::debug!(peer = %self.entry.peer, code = m.reply_code, text = %m.reply_text, "client closed the connection");
+                self.cleanup();
+                self.ctx.send(0, ConnectionCloseOk {});
+                Ok(Next::Done)
+            }
+            Method::ConnectionCloseOk(_) => Ok(Next::Done),
+            Method::ConnectionUpdateSecret(_) => {
+                self.ctx.send(0, ConnectionUpdateSecretOk {});
+                Ok(Next::Continue)
+            }
+            Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) => Ok(Next::Continue),
+            other => Err(AmqpError::connection(
+                COMMAND_INVALID,
+                format!("method {} is not valid on channel 0", other.name()),
+            )
+            .during(other.class_id(), other.method_id())),
+        }
+    }
+
+    /// Releases every channel's consumers and unacked deliveries.
+    fn cleanup(&mut self) {
+        for (_, mut ch) in self.channels.drain() {
+            ch.cleanup(&self.ctx);
+        }
+        self.entry.channels.store(0, Ordering::Relaxed);
+    }
+}

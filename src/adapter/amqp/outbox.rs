@@ -1,0 +1,114 @@
+//! A connection's outbound buffer and the writer task that drains it.
+//!
+//! Anything may append frames (the connection task, or a publisher's task delivering to one of
+//! this connection's consumers); the writer swaps the whole buffer out and writes it with one
+//! syscall, so many small frames cost one write. Consumers stop taking deliveries while the
+//! buffer is over [`HIGH_WATERMARK`], and the connection task is told when it drains so that it
+//! can wake their queues: a slow reader cannot make the broker buffer without bound.
+
+use bytes::BytesMut;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// Above this many pending bytes, consumers get no more deliveries.
+pub const HIGH_WATERMARK: usize = 1 << 20;
+
+#[derive(Debug, Default)]
+struct Pending {
+    buf: BytesMut,
+    /// No more frames will come: the writer flushes what is left and shuts the socket.
+    closing: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pending: Mutex<Pending>,
+    /// Wakes the writer.
+    wake_writer: Notify,
+    /// A consumer was refused for lack of room.
+    stalled: AtomicBool,
+    /// Tells the connection task that a stalled outbox has room again.
+    pub drained: Notify,
+    /// The writer has stopped (socket error or closed).
+    dead: AtomicBool,
+    pub writer_done: Notify,
+}
+
+impl Outbox {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends frames written by `f`. Frames appended by one call are contiguous on the wire.
+    pub fn push(&self, f: impl FnOnce(&mut BytesMut)) {
+        let mut p = self.lock();
+        if p.closing {
+            return;
+        }
+        let was_empty = p.buf.is_empty();
+        f(&mut p.buf);
+        drop(p);
+        if was_empty {
+            self.wake_writer.notify_one();
+        }
+    }
+
+    /// Whether a consumer may add a delivery now. A refusal is remembered so that the
+    /// connection task is told once the buffer drains.
+    pub fn has_room(&self) -> bool {
+        if self.dead.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.lock().buf.len() < HIGH_WATERMARK {
+            return true;
+        }
+        self.stalled.store(true, Ordering::Relaxed);
+        false
+    }
+
+    /// Flushes what is pending, then closes the socket's write side.
+    pub fn close(&self) {
+        self.lock().closing = true;
+        self.wake_writer.notify_one();
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
+    }
+
+    /// Drains the outbox into `socket` until closed or the socket fails.
+    pub async fn run_writer<W: AsyncWrite + Unpin>(&self, mut socket: W) {
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        loop {
+            let closing = {
+                let mut p = self.lock();
+                std::mem::swap(&mut p.buf, &mut out);
+                p.closing
+            };
+            if out.is_empty() {
+                if closing {
+                    break;
+                }
+                self.wake_writer.notified().await;
+                continue;
+            }
+            if let Err(e) = socket.write_all(&out).await {
+                tracing::debug!(error = %e, "socket write failed");
+                break;
+            }
+            out.clear();
+            if self.stalled.swap(false, Ordering::Relaxed) {
+                self.drained.notify_one();
+            }
+        }
+        let _ = socket.shutdown().await;
+        self.dead.store(true, Ordering::Relaxed);
+        self.writer_done.notify_one();
+    }
+}

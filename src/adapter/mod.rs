@@ -1,0 +1,3 @@
+//! Protocol adapters: each translates its wire protocol into calls on the core.
+
+pub mod amqp;

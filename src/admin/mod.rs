@@ -1,0 +1,207 @@
+//! The HTTP management API: a JSON subset of RabbitMQ's `/api/` (queues, exchanges, bindings,
+//! connections, overview), which `switchboard ctl` reads. Requests authenticate with HTTP basic
+//! auth as a user tagged `administrator`.
+
+mod json;
+
+use crate::core::Broker;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub use json::field_table_to_json;
+
+/// Serves the API on `listener` until the broker shuts down.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
+    let mut shutdown = broker.shutdown_signal();
+    let app = router(broker);
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.changed().await;
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "HTTP API stopped");
+    }
+}
+
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/queues", get(queues))
+        .route("/api/exchanges", get(exchanges))
+        .route("/api/bindings", get(bindings))
+        .route("/api/connections", get(connections))
+        .route("/api/vhosts", get(vhosts))
+        .layer(middleware::from_fn_with_state(broker.clone(), authenticate))
+        .with_state(broker)
+}
+
+async fn authenticate(State(broker): State<Arc<Broker>>, req: Request, next: Next) -> Response {
+    // Loopback-only users (guest) may use the API only from loopback, as over AMQP.
+    let peer_ip = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
+    let creds = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    let unauthorized = || {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"Switchboard\"")],
+            Json(json!({"error": "not_authorised", "reason": "Login failed"})),
+        )
+            .into_response()
+    };
+    let Some((user, password)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
+        return unauthorized();
+    };
+    match broker.users.authenticate(user, password, peer_ip) {
+        Ok(u) if u.is_administrator() => next.run(req).await,
+        Ok(_) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": "not_authorised", "reason": "Not administrator user"})),
+        )
+            .into_response(),
+        Err(_) => unauthorized(),
+    }
+}
+
+async fn overview(State(b): State<Arc<Broker>>) -> Json<Value> {
+    let (mut queues, mut exchanges, mut ready, mut unacked) = (0, 0, 0, 0);
+    for vh in b.vhosts() {
+        exchanges += vh.exchanges().len();
+        for q in vh.queues() {
+            queues += 1;
+            let s = q.stats();
+            ready += s.ready;
+            unacked += s.unacked;
+        }
+    }
+    Json(json!({
+        "product_name": "Switchboard",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "object_totals": {
+            "connections": b.connections().len(),
+            "queues": queues,
+            "exchanges": exchanges,
+        },
+        "queue_totals": {
+            "messages": ready + unacked,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
+        },
+        "memory": {
+            "used": b.memory.used(),
+            "high_watermark": b.memory.high_watermark(),
+            "alarm": b.memory.alarm(),
+        },
+    }))
+}
+
+async fn vhosts(State(b): State<Arc<Broker>>) -> Json<Value> {
+    Json(Value::Array(
+        b.vhosts().iter().map(|v| json!({"name": v.name})).collect(),
+    ))
+}
+
+async fn queues(State(b): State<Arc<Broker>>) -> Json<Value> {
+    let mut out = Vec::new();
+    for vh in b.vhosts() {
+        for q in vh.queues() {
+            let s = q.stats();
+            out.push(json!({
+                "name": q.name,
+                "vhost": vh.name,
+                "durable": q.durable,
+                "auto_delete": q.auto_delete,
+                "exclusive": q.exclusive_owner.is_some(),
+                "arguments": field_table_to_json(&q.arguments),
+                "messages_ready": s.ready,
+                "messages_unacknowledged": s.unacked,
+                "messages": s.ready + s.unacked,
+                "message_bytes_ready": s.ready_bytes,
+                "consumers": s.consumers,
+            }));
+        }
+    }
+    Json(Value::Array(out))
+}
+
+async fn exchanges(State(b): State<Arc<Broker>>) -> Json<Value> {
+    let mut out = Vec::new();
+    for vh in b.vhosts() {
+        for e in vh.exchanges() {
+            out.push(json!({
+                "name": e.name,
+                "vhost": vh.name,
+                "type": e.kind.as_str(),
+                "durable": e.durable,
+                "auto_delete": e.auto_delete,
+                "internal": e.internal,
+                "arguments": field_table_to_json(&e.arguments),
+            }));
+        }
+    }
+    Json(Value::Array(out))
+}
+
+async fn bindings(State(b): State<Arc<Broker>>) -> Json<Value> {
+    let mut out = Vec::new();
+    for vh in b.vhosts() {
+        for (source, binding) in vh.bindings() {
+            out.push(json!({
+                "source": source,
+                "vhost": vh.name,
+                "destination": binding.destination.name(),
+                "destination_type": binding.destination.kind_str(),
+                "routing_key": binding.routing_key,
+                "arguments": field_table_to_json(&binding.arguments),
+            }));
+        }
+    }
+    Json(Value::Array(out))
+}
+
+async fn connections(State(b): State<Arc<Broker>>) -> Json<Value> {
+    let out = b
+        .connections()
+        .iter()
+        .map(|c| {
+            let session = c.session.lock().map(|s| s.clone()).unwrap_or(None);
+            let (user, vhost) = session.unwrap_or_default();
+            let connected_at = c
+                .connected_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            json!({
+                "name": c.name(),
+                "protocol": c.protocol,
+                "peer_host": c.peer.ip().to_string(),
+                "peer_port": c.peer.port(),
+                "user": user,
+                "vhost": vhost,
+                "channels": c.channels.load(std::sync::atomic::Ordering::Relaxed),
+                "state": if user.is_empty() { "starting" } else { "running" },
+                "connected_at": connected_at,
+            })
+        })
+        .collect();
+    Json(Value::Array(out))
+}

@@ -1,0 +1,328 @@
+//! The TOML configuration: its schema, the embedded default and environment overrides.
+//!
+//! Unknown keys and values of the wrong type are errors that name the key and its line.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The default configuration, identical to `config/switchboard.toml`.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/switchboard.toml");
+
+/// Prefix of environment variables that override configuration values.
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// Sections that `SWITCHBOARD_<SECTION>_<KEY>` can reach. Other `SWITCHBOARD_*` variables (such
+/// as `SWITCHBOARD_LOG`, or a test harness's `SWITCHBOARD_BIN`) are not configuration.
+const ENV_SECTIONS: &[&str] = &["server", "amqp", "mqtt", "stomp", "http"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration{origin}: {source}")]
+    Parse {
+        origin: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("invalid value for {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub amqp: AmqpConfig,
+    #[serde(default)]
+    pub mqtt: ListenerConfig,
+    #[serde(default)]
+    pub stomp: ListenerConfig,
+    #[serde(default)]
+    pub http: ListenerConfig,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub vhosts: Vec<VHostConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    #[serde(default = "default_watermark")]
+    pub memory_high_watermark: f64,
+    #[serde(default)]
+    pub memory_high_watermark_bytes: Option<u64>,
+    #[serde(default = "default_loopback_users")]
+    pub loopback_users: Vec<String>,
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    pub listen: Vec<SocketAddr>,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: u16,
+    #[serde(default = "default_frame_max")]
+    pub frame_max: u32,
+    #[serde(default = "default_channel_max")]
+    pub channel_max: u16,
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VHostConfig {
+    pub name: String,
+}
+
+fn default_watermark() -> f64 {
+    0.4
+}
+fn default_loopback_users() -> Vec<String> {
+    vec!["guest".into()]
+}
+fn default_grace() -> u64 {
+    5
+}
+fn default_heartbeat() -> u16 {
+    60
+}
+fn default_frame_max() -> u32 {
+    131_072
+}
+fn default_channel_max() -> u16 {
+    2047
+}
+fn default_max_message_size() -> u64 {
+    128 * 1024 * 1024
+}
+
+impl Config {
+    /// The embedded default with environment overrides applied.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+                format!(" in {}", p.display()),
+            ),
+            None => (DEFAULT_CONFIG.to_owned(), " (embedded default)".to_owned()),
+        };
+        Self::parse_with_env(&text, &origin, std::env::vars())
+    }
+
+    /// Parses `text` (no environment overrides).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        Self::parse_with_env(text, "", std::iter::empty())
+    }
+
+    fn parse_with_env(
+        text: &str,
+        origin: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |source| ConfigError::Parse {
+            origin: origin.to_owned(),
+            source: Box::new(source),
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        let mut overridden = false;
+        for (var, value) in env {
+            if let Some(rest) = var.strip_prefix(ENV_PREFIX) {
+                overridden |= apply_env_override(&mut table, &var, rest, &value)?;
+            }
+        }
+        let config: Config = if overridden {
+            // Re-serialise so that errors still name the key (line numbers then refer to the
+            // merged document).
+            let merged = toml::to_string(&table).map_err(|e| ConfigError::Env {
+                var: "SWITCHBOARD_*".into(),
+                reason: e.to_string(),
+            })?;
+            toml::from_str(&merged).map_err(parse_err)?
+        } else {
+            toml::from_str(text).map_err(parse_err)?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.amqp.frame_max != 0 && self.amqp.frame_max < switchboard_amqp::FRAME_MIN_SIZE {
+            return Err(ConfigError::Invalid {
+                key: "amqp.frame_max",
+                reason: format!("must be at least {}", switchboard_amqp::FRAME_MIN_SIZE),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.server.memory_high_watermark) {
+            return Err(ConfigError::Invalid {
+                key: "server.memory_high_watermark",
+                reason: "must be a fraction between 0 and 1".into(),
+            });
+        }
+        if self.vhosts.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "vhosts",
+                reason: "at least one vhost is needed".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The memory high watermark in bytes (0 = no limit).
+    pub fn memory_high_watermark_bytes(&self) -> usize {
+        if let Some(b) = self.server.memory_high_watermark_bytes {
+            return usize::try_from(b).unwrap_or(usize::MAX);
+        }
+        let total = total_memory_bytes().unwrap_or(0);
+        (total as f64 * self.server.memory_high_watermark) as usize
+    }
+}
+
+/// `SERVER_DATA_DIR=x` sets `server.data_dir = x`. The value is read as a TOML value when it
+/// parses as one (numbers, booleans, arrays), else as a string. Returns whether it applied.
+fn apply_env_override(
+    table: &mut toml::Table,
+    var: &str,
+    rest: &str,
+    value: &str,
+) -> Result<bool, ConfigError> {
+    let lower = rest.to_ascii_lowercase();
+    let Some((section, key)) = lower
+        .split_once('_')
+        .filter(|(section, _)| ENV_SECTIONS.contains(section))
+    else {
+        return Ok(false);
+    };
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let section_table = table
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let toml::Value::Table(section_table) = section_table else {
+        return Err(ConfigError::Env {
+            var: var.to_owned(),
+            reason: format!("[{section}] is not a table"),
+        });
+    };
+    section_table.insert(key.to_owned(), parsed);
+    Ok(true)
+}
+
+/// Total physical memory, from /proc/meminfo.
+fn total_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_matches_design_defaults() {
+        let c = Config::parse(DEFAULT_CONFIG).unwrap();
+        assert_eq!(c.amqp.listen, vec!["0.0.0.0:5672".parse().unwrap()]);
+        assert_eq!(c.mqtt.listen, vec!["0.0.0.0:1883".parse().unwrap()]);
+        assert_eq!(c.stomp.listen, vec!["0.0.0.0:61613".parse().unwrap()]);
+        assert_eq!(c.http.listen, vec!["0.0.0.0:15672".parse().unwrap()]);
+        assert_eq!(c.server.data_dir, PathBuf::from("data"));
+        assert_eq!(c.users[0].name, "guest");
+        assert_eq!(c.vhosts[0].name, "/");
+    }
+
+    #[test]
+    fn the_example_file_is_the_embedded_default() {
+        let file = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/switchboard.toml"
+        ))
+        .unwrap();
+        assert_eq!(file, DEFAULT_CONFIG);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = DEFAULT_CONFIG.replace("[amqp]\n", "[amqp]\nlisten_on = 1\n");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("listen_on"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let text = DEFAULT_CONFIG.replace("heartbeat = 60", "heartbeat = \"often\"");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("heartbeat"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let env = vec![
+            (
+                "SWITCHBOARD_SERVER_DATA_DIR".to_owned(),
+                "/tmp/x".to_owned(),
+            ),
+            (
+                "SWITCHBOARD_AMQP_LISTEN".to_owned(),
+                "[\"127.0.0.1:0\"]".to_owned(),
+            ),
+            ("SWITCHBOARD_AMQP_FRAME_MAX".to_owned(), "8192".to_owned()),
+            ("OTHER".to_owned(), "ignored".to_owned()),
+            ("SWITCHBOARD_LOG".to_owned(), "debug".to_owned()),
+            ("SWITCHBOARD_BIN".to_owned(), "/x".to_owned()),
+        ];
+        let c = Config::parse_with_env(DEFAULT_CONFIG, "", env.into_iter()).unwrap();
+        assert_eq!(c.server.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.amqp.listen, vec!["127.0.0.1:0".parse().unwrap()]);
+        assert_eq!(c.amqp.frame_max, 8192);
+    }
+
+    #[test]
+    fn env_override_with_bad_key_is_an_error() {
+        let env = vec![("SWITCHBOARD_AMQP_NOPE".to_owned(), "1".to_owned())];
+        let err = Config::parse_with_env(DEFAULT_CONFIG, "", env.into_iter())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn small_frame_max_rejected() {
+        let text = DEFAULT_CONFIG.replace("frame_max = 131072", "frame_max = 100");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("amqp.frame_max"), "{err}");
+    }
+}

@@ -1,0 +1,20 @@
+//! The routing core: exchanges, bindings, queues and consumers. It knows no wire protocol;
+//! adapters translate their frames into calls here.
+
+pub mod auth;
+pub mod broker;
+pub mod error;
+pub mod exchange;
+pub mod headers;
+pub mod memory;
+pub mod message;
+pub mod queue;
+pub mod topic;
+pub mod vhost;
+
+pub use broker::Broker;
+pub use error::{CoreError, CoreResult, ErrorKind};
+pub use exchange::{Destination, Exchange, ExchangeKind};
+pub use message::Message;
+pub use queue::{ConnectionId, Consumer, ConsumerSink, Delivery, Queue};
+pub use vhost::VHost;

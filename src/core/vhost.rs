@@ -1,0 +1,587 @@
+//! A virtual host: its exchanges, queues and the bindings between them, and routing.
+
+use super::error::{CoreError, CoreResult, ErrorKind};
+use super::exchange::{Destination, Exchange, ExchangeKind};
+use super::message::Message;
+use super::queue::{ConnectionId, Queue};
+use dashmap::DashMap;
+use rand::Rng;
+use std::sync::Arc;
+use switchboard_amqp::{FieldTable, FieldValue};
+
+/// Arguments that must match when a queue is redeclared (as RabbitMQ checks them).
+const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+];
+
+/// Parameters of an exchange declaration.
+#[derive(Debug, Clone)]
+pub struct ExchangeSpec {
+    pub name: String,
+    pub kind: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+/// Parameters of a queue declaration.
+#[derive(Debug, Clone, Default)]
+pub struct QueueSpec {
+    /// Empty: the server picks an `amq.gen-…` name.
+    pub name: String,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// What a queue declaration found or made.
+#[derive(Debug, Clone)]
+pub struct QueueDeclared {
+    pub queue: Arc<Queue>,
+    pub created: bool,
+}
+
+#[derive(Debug)]
+pub struct VHost {
+    pub name: String,
+    exchanges: DashMap<String, Arc<Exchange>>,
+    queues: DashMap<String, Arc<Queue>>,
+}
+
+impl VHost {
+    /// A vhost with the default exchange and the `amq.*` exchanges RabbitMQ pre-declares.
+    pub fn new(name: &str) -> Self {
+        let vh = VHost {
+            name: name.to_owned(),
+            exchanges: DashMap::new(),
+            queues: DashMap::new(),
+        };
+        for (ename, kind) in [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ] {
+            vh.exchanges.insert(
+                ename.to_owned(),
+                Arc::new(Exchange::new(
+                    ename.to_owned(),
+                    kind,
+                    true,
+                    false,
+                    false,
+                    FieldTable::new(),
+                )),
+            );
+        }
+        vh
+    }
+
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.get(name).map(|e| e.clone())
+    }
+
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.get(name).map(|q| q.clone())
+    }
+
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        let mut v: Vec<_> = self.exchanges.iter().map(|e| e.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut v: Vec<_> = self.queues.iter().map(|q| q.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    fn exchange_or_404(&self, name: &str) -> CoreResult<Arc<Exchange>> {
+        self.exchange(name)
+            .ok_or_else(|| CoreError::not_found("exchange", name, &self.name))
+    }
+
+    /// Looks a queue up for use by `conn`: 404 if missing, 405 if another connection owns it.
+    pub fn queue_for(&self, name: &str, conn: ConnectionId) -> CoreResult<Arc<Queue>> {
+        let q = self
+            .queue(name)
+            .ok_or_else(|| CoreError::not_found("queue", name, &self.name))?;
+        self.check_exclusive(&q, conn)?;
+        Ok(q)
+    }
+
+    fn check_exclusive(&self, q: &Queue, conn: ConnectionId) -> CoreResult<()> {
+        match q.exclusive_owner {
+            Some(owner) if owner != conn => Err(self.locked(&q.name)),
+            _ => Ok(()),
+        }
+    }
+
+    fn locked(&self, name: &str) -> CoreError {
+        CoreError::new(
+            ErrorKind::ResourceLocked,
+            format!(
+                "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could \
+                 be originally declared on another connection or the exclusive property value \
+                 does not match that of the original declaration.",
+                self.name
+            ),
+        )
+    }
+
+    // ---- exchanges ----
+
+    pub fn declare_exchange(&self, spec: ExchangeSpec, passive: bool) -> CoreResult<Arc<Exchange>> {
+        if passive {
+            return self.exchange_or_404(&spec.name);
+        }
+        let kind = ExchangeKind::parse(&spec.kind).ok_or_else(|| {
+            CoreError::new(
+                ErrorKind::CommandInvalid,
+                format!("unknown exchange type '{}'", spec.kind),
+            )
+        })?;
+        if let Some(existing) = self.exchange(&spec.name) {
+            let mismatch = |field: &str, got: &str, have: &str| {
+                CoreError::precondition(format!(
+                    "inequivalent arg '{field}' for exchange '{}' in vhost '{}': received '{got}' \
+                     but current is '{have}'",
+                    spec.name, self.name
+                ))
+            };
+            if existing.kind != kind {
+                return Err(mismatch("type", kind.as_str(), existing.kind.as_str()));
+            }
+            for (field, got, have) in [
+                ("durable", spec.durable, existing.durable),
+                ("auto_delete", spec.auto_delete, existing.auto_delete),
+                ("internal", spec.internal, existing.internal),
+            ] {
+                if got != have {
+                    return Err(mismatch(field, &got.to_string(), &have.to_string()));
+                }
+            }
+            return Ok(existing);
+        }
+        if spec.name.starts_with("amq.") {
+            return Err(CoreError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        let ex = Arc::new(Exchange::new(
+            spec.name.clone(),
+            kind,
+            spec.durable,
+            spec.auto_delete,
+            spec.internal,
+            spec.arguments,
+        ));
+        // Two declarations may race: the first one in wins, the other gets it back.
+        Ok(self.exchanges.entry(spec.name).or_insert(ex).clone())
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
+        // RabbitMQ's words for both refusals.
+        if name.is_empty() {
+            return Err(CoreError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if name.starts_with("amq.") {
+            return Err(CoreError::access_refused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
+            )));
+        }
+        let Some(ex) = self.exchange(name) else {
+            // Deleting what is not there succeeds, as in RabbitMQ.
+            return Ok(());
+        };
+        if if_unused && ex.has_bindings() {
+            return Err(CoreError::precondition(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        self.exchanges.remove(name);
+        self.remove_bindings_to(&Destination::Exchange(ex));
+        Ok(())
+    }
+
+    /// Unbinds `dest` from every exchange, then deletes auto-delete exchanges left unbound.
+    fn remove_bindings_to(&self, dest: &Destination) {
+        let sources: Vec<Arc<Exchange>> = self.exchanges.iter().map(|e| e.clone()).collect();
+        for src in sources {
+            if src.unbind_destination(dest) > 0 {
+                self.maybe_auto_delete_exchange(&src);
+            }
+        }
+    }
+
+    fn maybe_auto_delete_exchange(&self, ex: &Arc<Exchange>) {
+        if ex.auto_delete && !ex.has_bindings() {
+            let removed = self
+                .exchanges
+                .remove_if(&ex.name, |_, e| Arc::ptr_eq(e, ex))
+                .is_some();
+            if removed {
+                self.remove_bindings_to(&Destination::Exchange(ex.clone()));
+            }
+        }
+    }
+
+    // ---- queues ----
+
+    pub fn declare_queue(
+        &self,
+        mut spec: QueueSpec,
+        passive: bool,
+        conn: ConnectionId,
+    ) -> CoreResult<QueueDeclared> {
+        if passive {
+            let queue = self.queue_for(&spec.name, conn)?;
+            return Ok(QueueDeclared {
+                queue,
+                created: false,
+            });
+        }
+        if spec.name.is_empty() {
+            spec.name = generate_name("amq.gen-");
+        } else if spec.name.starts_with("amq.") {
+            return Err(CoreError::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        if let Some(existing) = self.queue(&spec.name) {
+            self.check_queue_equivalent(&existing, &spec, conn)?;
+            return Ok(QueueDeclared {
+                queue: existing,
+                created: false,
+            });
+        }
+        let queue = Arc::new(Queue::new(
+            spec.name.clone(),
+            self.name.clone(),
+            spec.durable,
+            spec.auto_delete,
+            spec.exclusive.then_some(conn),
+            spec.arguments.clone(),
+        ));
+        let entry = self
+            .queues
+            .entry(spec.name.clone())
+            .or_insert(queue.clone());
+        let winner = entry.clone();
+        drop(entry);
+        if Arc::ptr_eq(&winner, &queue) {
+            Ok(QueueDeclared {
+                queue,
+                created: true,
+            })
+        } else {
+            self.check_queue_equivalent(&winner, &spec, conn)?;
+            Ok(QueueDeclared {
+                queue: winner,
+                created: false,
+            })
+        }
+    }
+
+    fn check_queue_equivalent(
+        &self,
+        q: &Queue,
+        spec: &QueueSpec,
+        conn: ConnectionId,
+    ) -> CoreResult<()> {
+        self.check_exclusive(q, conn)?;
+        if spec.exclusive != q.exclusive_owner.is_some() {
+            return Err(self.locked(&q.name));
+        }
+        let mismatch = |field: &str, got: String, have: String| {
+            CoreError::precondition(format!(
+                "inequivalent arg '{field}' for queue '{}' in vhost '{}': received '{got}' but \
+                 current is '{have}'",
+                q.name, self.name
+            ))
+        };
+        if spec.durable != q.durable {
+            return Err(mismatch(
+                "durable",
+                spec.durable.to_string(),
+                q.durable.to_string(),
+            ));
+        }
+        if spec.auto_delete != q.auto_delete {
+            return Err(mismatch(
+                "auto_delete",
+                spec.auto_delete.to_string(),
+                q.auto_delete.to_string(),
+            ));
+        }
+        for key in EQUIVALENT_QUEUE_ARGS {
+            let (got, have) = (spec.arguments.get(*key), q.arguments.get(*key));
+            if !args_equal(got, have) {
+                return Err(mismatch(key, show_arg(got), show_arg(have)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a server-internal queue (such as a direct reply-to queue) that is exclusive to
+    /// `conn` and goes when it closes. Bypasses the `amq.` name check reserved for clients.
+    pub fn create_private_queue(&self, name: String, conn: ConnectionId) -> Arc<Queue> {
+        let queue = Arc::new(Queue::new(
+            name.clone(),
+            self.name.clone(),
+            false,
+            true,
+            Some(conn),
+            FieldTable::new(),
+        ));
+        self.queues.insert(name, queue.clone());
+        queue
+    }
+
+    /// Deletes a queue; returns the number of ready messages it held.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: ConnectionId,
+    ) -> CoreResult<u32> {
+        let Some(q) = self.queue(name) else {
+            return Ok(0);
+        };
+        self.check_exclusive(&q, conn)?;
+        let stats = q.stats();
+        if if_unused && stats.consumers > 0 {
+            return Err(CoreError::precondition(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        if if_empty && stats.ready > 0 {
+            return Err(CoreError::precondition(format!(
+                "queue '{name}' in vhost '{}' not empty",
+                self.name
+            )));
+        }
+        Ok(self.remove_queue(&q))
+    }
+
+    /// Removes a queue from the vhost, drops its bindings and tells its consumers.
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+        if self
+            .queues
+            .remove_if(&q.name, |_, v| Arc::ptr_eq(v, q))
+            .is_none()
+        {
+            return 0;
+        }
+        let deleted = q.delete();
+        self.remove_bindings_to(&Destination::Queue(q.clone()));
+        for c in &deleted.consumers {
+            c.sink.cancelled(q, &c.tag);
+        }
+        deleted.messages
+    }
+
+    /// After a consumer went away: deletes the queue if it is auto-delete and now unused.
+    pub fn consumer_gone(&self, q: &Arc<Queue>) {
+        if q.auto_delete_due() {
+            self.remove_queue(q);
+        }
+    }
+
+    /// Deletes the exclusive queues of a connection that closed.
+    pub fn connection_closed(&self, conn: ConnectionId) {
+        let owned: Vec<Arc<Queue>> = self
+            .queues
+            .iter()
+            .filter(|q| q.exclusive_owner == Some(conn))
+            .map(|q| q.clone())
+            .collect();
+        for q in owned {
+            self.remove_queue(&q);
+        }
+    }
+
+    // ---- bindings ----
+
+    fn check_bindable_source(&self, name: &str) -> CoreResult<Arc<Exchange>> {
+        if name.is_empty() {
+            return Err(CoreError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        self.exchange_or_404(name)
+    }
+
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+        conn: ConnectionId,
+    ) -> CoreResult<()> {
+        let q = self.queue_for(queue, conn)?;
+        let ex = self.check_bindable_source(exchange)?;
+        ex.bind(Destination::Queue(q), routing_key, arguments)
+            .map_err(|e| CoreError::precondition(e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+        conn: ConnectionId,
+    ) -> CoreResult<()> {
+        let q = self.queue_for(queue, conn)?;
+        let ex = self.check_bindable_source(exchange)?;
+        // Unbinding what is not bound succeeds, as in RabbitMQ.
+        if ex.unbind(&Destination::Queue(q), routing_key, arguments) {
+            self.maybe_auto_delete_exchange(&ex);
+        }
+        Ok(())
+    }
+
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> CoreResult<()> {
+        let dst = self.check_bindable_source(destination)?;
+        let src = self.check_bindable_source(source)?;
+        src.bind(Destination::Exchange(dst), routing_key, arguments)
+            .map_err(|e| CoreError::precondition(e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> CoreResult<()> {
+        let dst = self.check_bindable_source(destination)?;
+        let src = self.check_bindable_source(source)?;
+        if src.unbind(&Destination::Exchange(dst), routing_key, arguments) {
+            self.maybe_auto_delete_exchange(&src);
+        }
+        Ok(())
+    }
+
+    // ---- routing ----
+
+    /// The queues `msg` reaches from `exchange`, each once, following exchange-to-exchange
+    /// bindings (each exchange visited once, so binding cycles terminate).
+    pub fn route(&self, exchange: &Arc<Exchange>, msg: &Message) -> Vec<Arc<Queue>> {
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        if exchange.name.is_empty() {
+            if let Some(q) = self.queue(&msg.routing_key) {
+                queues.push(q);
+            }
+            return queues;
+        }
+        let mut dests = Vec::new();
+        exchange.route(msg, &mut dests);
+        let mut visited: Vec<*const Exchange> = vec![Arc::as_ptr(exchange)];
+        while let Some(d) = dests.pop() {
+            match d {
+                Destination::Queue(q) => {
+                    if !queues.iter().any(|x| Arc::ptr_eq(x, &q)) {
+                        queues.push(q);
+                    }
+                }
+                Destination::Exchange(e) => {
+                    if !visited.contains(&Arc::as_ptr(&e)) {
+                        visited.push(Arc::as_ptr(&e));
+                        e.route(msg, &mut dests);
+                    }
+                }
+            }
+        }
+        queues
+    }
+
+    /// Every binding in the vhost as (source exchange name, binding).
+    pub fn bindings(&self) -> Vec<(String, super::exchange::Binding)> {
+        let mut out = Vec::new();
+        for ex in self.exchanges() {
+            for b in ex.bindings() {
+                out.push((ex.name.clone(), b));
+            }
+        }
+        // The default exchange's implicit binding to every queue, as RabbitMQ lists it.
+        for q in self.queues() {
+            out.push((
+                String::new(),
+                super::exchange::Binding {
+                    destination: Destination::Queue(q.clone()),
+                    routing_key: q.name.clone(),
+                    arguments: FieldTable::new(),
+                },
+            ));
+        }
+        out
+    }
+}
+
+/// A random name with RabbitMQ's shape: prefix + 22 URL-safe base64 characters.
+pub fn generate_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    let mut s = String::with_capacity(prefix.len() + 22);
+    s.push_str(prefix);
+    for _ in 0..22 {
+        s.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
+    }
+    s
+}
+
+fn args_equal(a: Option<&FieldValue>, b: Option<&FieldValue>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(i), Some(j)) => i == j,
+            _ => x == y,
+        },
+        _ => false,
+    }
+}
+
+fn show_arg(v: Option<&FieldValue>) -> String {
+    match v {
+        None => "none".into(),
+        Some(v) => match (v.as_str(), v.as_i64()) {
+            (Some(s), _) => s.to_owned(),
+            (_, Some(i)) => i.to_string(),
+            _ => format!("{v:?}"),
+        },
+    }
+}

@@ -1,0 +1,151 @@
+//! Listeners: bind every configured address, accept connections and hand them to adapters, and
+//! shut down gracefully.
+
+use crate::adapter::amqp;
+use crate::admin;
+use crate::config::Config;
+use crate::core::Broker;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} for {protocol}: {source}")]
+    Bind {
+        protocol: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot write ports file {path}: {source}")]
+    PortsFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The addresses actually bound (port 0 resolved), per protocol.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BoundAddrs {
+    pub amqp: Vec<SocketAddr>,
+    pub mqtt: Vec<SocketAddr>,
+    pub stomp: Vec<SocketAddr>,
+    pub http: Vec<SocketAddr>,
+}
+
+/// A broker with its listeners running.
+pub struct RunningBroker {
+    pub broker: Arc<Broker>,
+    pub addrs: BoundAddrs,
+    listeners: Vec<JoinHandle<()>>,
+}
+
+async fn bind_all(
+    protocol: &'static str,
+    addrs: &[SocketAddr],
+) -> Result<Vec<TcpListener>, ServerError> {
+    let mut out = Vec::new();
+    for &addr in addrs {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                protocol,
+                addr,
+                source,
+            })?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn local_addrs(ls: &[TcpListener]) -> Vec<SocketAddr> {
+    ls.iter().filter_map(|l| l.local_addr().ok()).collect()
+}
+
+/// Binds the configured listeners and starts serving.
+pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
+    for (protocol, listen) in [
+        ("MQTT", &config.mqtt.listen),
+        ("STOMP", &config.stomp.listen),
+    ] {
+        if !listen.is_empty() {
+            tracing::info!(
+                "{protocol} listener configured on {listen:?}, but {protocol} is not built yet; ignoring it"
+            );
+        }
+    }
+    let amqp_ls = bind_all("AMQP", &config.amqp.listen).await?;
+    let http_ls = bind_all("HTTP", &config.http.listen).await?;
+    let broker = Broker::new(config);
+    let addrs = BoundAddrs {
+        amqp: local_addrs(&amqp_ls),
+        http: local_addrs(&http_ls),
+        ..Default::default()
+    };
+    let mut listeners = Vec::new();
+    for l in amqp_ls {
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "AMQP listener started");
+        listeners.push(tokio::spawn(accept_loop(l, broker.clone())));
+    }
+    for l in http_ls {
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP API listener started");
+        listeners.push(tokio::spawn(admin::serve(l, broker.clone())));
+    }
+    Ok(RunningBroker {
+        broker,
+        addrs,
+        listeners,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
+    let mut shutdown = broker.shutdown_signal();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => {
+                    tokio::spawn(amqp::serve(socket, broker.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+impl RunningBroker {
+    /// Writes the bound addresses as JSON to `path`, atomically (temp file + rename), so that
+    /// tests and tools can find OS-chosen ports.
+    pub fn write_ports_file(&self, path: &Path) -> Result<(), ServerError> {
+        let err = |source| ServerError::PortsFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let json = serde_json::to_vec(&self.addrs).map_err(|e| err(std::io::Error::other(e)))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    /// Stops accepting, asks every connection to close (AMQP: 320 CONNECTION_FORCED) and waits
+    /// for them up to the configured grace period.
+    pub async fn shutdown(self) {
+        self.broker.begin_shutdown();
+        let grace = Duration::from_secs(self.broker.config.server.shutdown_grace_seconds);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.broker.connections().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for l in self.listeners {
+            l.abort();
+        }
+    }
+}

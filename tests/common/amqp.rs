@@ -1,0 +1,226 @@
+//! lapin helpers shared by the AMQP integration tests: declaring, publishing, draining queues,
+//! reading consumers with bounded waits and picking reply codes out of lapin errors.
+
+use super::{bounded, WAIT};
+use futures_lite::{Stream, StreamExt};
+use lapin::message::{BasicGetMessage, Delivery};
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Consumer, Event};
+use std::time::Duration;
+
+/// How long to wait for something that must NOT happen. Such a wait is expected to time out.
+pub const QUIET: Duration = Duration::from_millis(200);
+
+/// The reply code and text of an AMQP protocol error (channel or connection close).
+pub fn amqp_error(e: &lapin::Error) -> Option<(u16, String)> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(p) => Some((p.get_id(), p.get_message().to_string())),
+        _ => None,
+    }
+}
+
+/// Asserts that `result` failed with AMQP reply `code` and a reply text containing `text`.
+#[track_caller]
+pub fn assert_amqp_err<T: std::fmt::Debug>(result: lapin::Result<T>, code: u16, text: &str) {
+    let err = result.expect_err("expected an AMQP error");
+    let Some((got_code, got_text)) = amqp_error(&err) else {
+        panic!("expected AMQP error {code}, got {err:?}");
+    };
+    assert_eq!(got_code, code, "reply code (text: {got_text})");
+    assert!(
+        got_text.contains(text),
+        "reply text {got_text:?} lacks {text:?}"
+    );
+}
+
+pub fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    }
+}
+
+/// Declares a plain (non-durable, non-exclusive) queue.
+pub async fn declare(ch: &Channel, name: &str) -> lapin::Queue {
+    bounded(ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("queue.declare")
+}
+
+pub async fn declare_exchange(ch: &Channel, name: &str, kind: lapin::ExchangeKind) {
+    bounded(ch.exchange_declare(
+        name.into(),
+        kind,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("exchange.declare");
+}
+
+pub async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
+    bind_args(ch, queue, exchange, key, FieldTable::default()).await;
+}
+
+pub async fn bind_args(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
+    bounded(ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        args,
+    ))
+    .await
+    .expect("queue.bind");
+}
+
+pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    publish_with(ch, exchange, key, body, BasicProperties::default()).await;
+}
+
+pub async fn publish_with(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    bounded(ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    ))
+    .await
+    .expect("basic.publish");
+}
+
+/// Ready messages in `queue`, read with a passive declare (which also orders this after every
+/// earlier method on `ch`).
+pub async fn ready_count(ch: &Channel, queue: &str) -> u32 {
+    bounded(ch.queue_declare(queue.into(), passive(), FieldTable::default()))
+        .await
+        .expect("passive queue.declare")
+        .message_count()
+}
+
+pub async fn get(ch: &Channel, queue: &str, no_ack: bool) -> Option<BasicGetMessage> {
+    bounded(ch.basic_get(queue.into(), BasicGetOptions { no_ack }))
+        .await
+        .expect("basic.get")
+}
+
+/// Every ready message's body, taken with `basic.get` (auto-ack) until the queue is empty.
+pub async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(m) = get(ch, queue, true).await {
+        out.push(text(&m.delivery));
+    }
+    out
+}
+
+pub fn text(d: &Delivery) -> String {
+    String::from_utf8_lossy(&d.data).into_owned()
+}
+
+pub async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> Consumer {
+    consume_with(
+        ch,
+        queue,
+        "",
+        BasicConsumeOptions {
+            no_ack,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+pub async fn consume_with(
+    ch: &Channel,
+    queue: &str,
+    tag: &str,
+    options: BasicConsumeOptions,
+) -> Consumer {
+    bounded(ch.basic_consume(queue.into(), tag.into(), options, FieldTable::default()))
+        .await
+        .expect("basic.consume")
+}
+
+/// The consumer's next delivery; panics if the stream ends or fails, or after [`WAIT`].
+pub async fn next(c: &mut Consumer) -> Delivery {
+    match bounded(c.next()).await {
+        Some(Ok(d)) => d,
+        Some(Err(e)) => panic!("consumer failed: {e:?}"),
+        None => panic!("consumer stream ended"),
+    }
+}
+
+/// The next `n` deliveries' bodies.
+pub async fn next_n(c: &mut Consumer, n: usize) -> Vec<Delivery> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(next(c).await);
+    }
+    out
+}
+
+/// Asserts that nothing arrives on `c` for [`QUIET`]: this wait is expected to time out.
+pub async fn assert_quiet(c: &mut Consumer) {
+    if let Ok(got) = tokio::time::timeout(QUIET, c.next()).await {
+        panic!("expected no delivery, got {got:?}");
+    }
+}
+
+pub async fn ack(d: &Delivery) {
+    assert!(
+        bounded(d.acker.ack(BasicAckOptions::default()))
+            .await
+            .expect("basic.ack"),
+        "acker already used"
+    );
+}
+
+/// Waits for a connection event that satisfies `pick`.
+pub async fn wait_event<T>(
+    events: &mut (impl Stream<Item = Event> + Unpin),
+    what: &str,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(ev) = events.next().await {
+            if let Some(t) = pick(&ev) {
+                return Some(t);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(t)) => t,
+        Ok(None) => panic!("event stream ended before {what}"),
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Waits for an error event carrying AMQP reply `code`; returns its reply text.
+pub async fn wait_error_event(
+    events: &mut (impl Stream<Item = Event> + Unpin),
+    code: u16,
+) -> String {
+    wait_event(
+        events,
+        &format!("an error event with code {code}"),
+        |ev| match ev {
+            Event::Error(e) => amqp_error(e).filter(|(c, _)| *c == code).map(|(_, t)| t),
+            _ => None,
+        },
+    )
+    .await
+}

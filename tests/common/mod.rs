@@ -1,0 +1,143 @@
+//! Test harness: a broker in-process on OS-chosen ports, and helpers for lapin clients.
+#![allow(dead_code)]
+
+pub mod amqp;
+pub mod raw;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use switchboard::{Config, RunningBroker};
+
+/// Every wait in the tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The test config: AMQP and HTTP on 127.0.0.1:0, a temp data dir, two users, two vhosts.
+pub fn test_config_text() -> String {
+    let dir = std::env::temp_dir().join(format!("switchboard-test-{}", std::process::id()));
+    format!(
+        r#"
+[server]
+data_dir = "{}"
+memory_high_watermark_bytes = 0
+[amqp]
+listen = ["127.0.0.1:0"]
+heartbeat = 60
+[mqtt]
+listen = []
+[stomp]
+listen = []
+[http]
+listen = ["127.0.0.1:0"]
+[[users]]
+name = "guest"
+password = "guest"
+tags = ["administrator"]
+[[users]]
+name = "alice"
+password = "secret"
+tags = []
+[[vhosts]]
+name = "/"
+[[vhosts]]
+name = "other"
+"#,
+        dir.display()
+    )
+}
+
+pub struct TestBroker {
+    pub running: Option<RunningBroker>,
+    pub amqp: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl TestBroker {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts on the test config as changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::parse(&test_config_text()).expect("test config");
+        tweak(&mut config);
+        Self::start_config(config).await
+    }
+
+    pub async fn start_config(config: Config) -> Self {
+        let running = switchboard::start(config).await.expect("broker starts");
+        let amqp = running.addrs.amqp[0];
+        let http = running.addrs.http[0];
+        TestBroker {
+            running: Some(running),
+            amqp,
+            http,
+        }
+    }
+
+    pub fn broker(&self) -> &std::sync::Arc<switchboard::core::Broker> {
+        &self.running.as_ref().expect("running").broker
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.amqp)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub async fn connect(&self) -> lapin::Connection {
+        bounded(lapin::Connection::connect(
+            &self.url(),
+            lapin::ConnectionProperties::default(),
+        ))
+        .await
+        .expect("connect")
+    }
+
+    pub async fn channel(&self) -> (lapin::Connection, lapin::Channel) {
+        let c = self.connect().await;
+        let ch = bounded(c.create_channel()).await.expect("channel");
+        (c, ch)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.broker.begin_shutdown();
+        }
+    }
+}
+
+/// Awaits `f` for at most [`WAIT`], panicking on timeout.
+pub async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .expect("operation timed out")
+}
+
+/// Polls `cond` until true, or panics after [`WAIT`].
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A unique name for a test's queue or exchange.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
+}
