@@ -203,6 +203,27 @@ async fn ack_multiple_settles_everything_up_to_the_tag() {
 }
 
 #[tokio::test]
+async fn ack_multiple_with_tag_zero_settles_everything() {
+    let b = TestBroker::start().await;
+    let (c, ch) = b.channel().await;
+    let q = queue_with(&ch, 3).await;
+    let cch = bounded(c.create_channel()).await.unwrap();
+    let mut consumer = consume(&cch, &q, false).await;
+    next_n(&mut consumer, 3).await;
+    bounded(cch.basic_ack(0, BasicAckOptions { multiple: true }))
+        .await
+        .unwrap();
+    ready_count(&cch, &q).await;
+    assert_eq!(
+        stats(&b, &q),
+        QueueStats {
+            consumers: 1,
+            ..Default::default()
+        }
+    );
+}
+
+#[tokio::test]
 async fn nack_multiple_with_requeue_redelivers_in_order() {
     let b = TestBroker::start().await;
     let (c, ch) = b.channel().await;
@@ -537,4 +558,64 @@ async fn deliveries_outlive_their_cancelled_consumer() {
         (text(&m.delivery).as_str(), m.delivery.redelivered),
         ("m1", true)
     );
+}
+
+#[tokio::test]
+async fn large_and_empty_bodies_and_all_properties_round_trip() {
+    use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+    use lapin::BasicProperties;
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("bodies");
+    declare(&ch, &q).await;
+    let mut consumer = consume(&ch, &q, true).await;
+
+    // Larger than frame_max (128 KiB) both ways: several body frames in and out.
+    let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    publish(&ch, "", &q, &large).await;
+    // Empty: a content header and no body frame.
+    publish(&ch, "", &q, b"").await;
+
+    let mut headers = FieldTable::default();
+    headers.insert("s".into(), AMQPValue::LongString(LongString::from("text")));
+    headers.insert("i".into(), AMQPValue::LongInt(-7));
+    headers.insert("l".into(), AMQPValue::LongLongInt(1 << 40));
+    headers.insert("b".into(), AMQPValue::Boolean(true));
+    headers.insert("d".into(), AMQPValue::Double(2.5));
+    headers.insert("t".into(), AMQPValue::Timestamp(1_700_000_000));
+    headers.insert("v".into(), AMQPValue::Void);
+    let mut nested = FieldTable::default();
+    nested.insert("k".into(), AMQPValue::ShortShortUInt(1));
+    headers.insert("n".into(), AMQPValue::FieldTable(nested));
+    headers.insert(
+        "a".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![
+            AMQPValue::ShortInt(1),
+            AMQPValue::LongString(LongString::from("x")),
+        ])),
+    );
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("identity".into())
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_priority(5)
+        .with_correlation_id("corr".into())
+        .with_reply_to("replies".into())
+        .with_expiration("60000".into())
+        .with_message_id("id-1".into())
+        .with_timestamp(1_700_000_001)
+        .with_type("kind".into())
+        .with_user_id("guest".into())
+        .with_app_id("tests".into());
+    publish_with(&ch, "", &q, b"{}", props.clone()).await;
+
+    let got = next(&mut consumer).await;
+    assert_eq!(got.data.len(), large.len());
+    assert!(got.data == large, "large body intact");
+    let got = next(&mut consumer).await;
+    assert!(got.data.is_empty());
+    let got = next(&mut consumer).await;
+    assert_eq!(got.data, b"{}");
+    assert_eq!(got.properties, props);
 }

@@ -462,13 +462,21 @@ async fn internal_exchange_refuses_publishes_but_routes_e2e() {
     assert_eq!(drain(&ch, &q).await, ["through src"]);
 
     let bad = bounded(c.create_channel()).await.unwrap();
-    publish(&bad, &ix, "", b"direct to internal").await;
-    // The publish has no reply; the next synchronous method sees the channel close.
-    let r = bounded(bad.basic_qos(1, BasicQosOptions::default())).await;
-    assert_amqp_err(
-        r,
+    let text = provoke(
+        &c,
         403,
-        &format!("ACCESS_REFUSED - cannot publish to internal exchange '{ix}' in vhost '/'"),
+        publish_doomed(
+            &bad,
+            &ix,
+            "",
+            b"direct to internal",
+            BasicProperties::default(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        text,
+        format!("ACCESS_REFUSED - cannot publish to internal exchange '{ix}' in vhost '/'")
     );
     assert_eq!(ready_count(&ch, &q).await, 0, "nothing got through");
 }

@@ -454,6 +454,59 @@ async fn deleting_a_queue_cancels_its_consumers() {
     // lapin advertises consumer_cancel_notify: the server's basic.cancel ends the stream.
     let end = bounded(consumer.next()).await;
     assert!(end.is_none(), "consumer stream should end, got {end:?}");
-    // The channel itself stays open.
+    // The delivery it already had can still be acked (a no-op now), and the channel stays open.
+    ack(&d).await;
     declare(&ch, &unique("still-open")).await;
+}
+
+#[tokio::test]
+async fn redeclare_checks_equivalent_arguments() {
+    use lapin::types::AMQPValue;
+    let b = TestBroker::start().await;
+    let c = b.connect().await;
+    let q = unique("args");
+    let args = |v: AMQPValue| {
+        let mut t = FieldTable::default();
+        t.insert("x-max-length".into(), v);
+        t
+    };
+    let ch = bounded(c.create_channel()).await.unwrap();
+    bounded(ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::default(),
+        args(AMQPValue::LongInt(10)),
+    ))
+    .await
+    .unwrap();
+    // Integers compare by value whatever their width, as in RabbitMQ.
+    bounded(ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::default(),
+        args(AMQPValue::LongLongInt(10)),
+    ))
+    .await
+    .unwrap();
+    let r = bounded(ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::default(),
+        args(AMQPValue::LongInt(11)),
+    ))
+    .await;
+    assert_amqp_err(
+        r,
+        406,
+        &format!(
+            "PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue '{q}' in vhost '/'"
+        ),
+    );
+    let ch = bounded(c.create_channel()).await.unwrap();
+    let r = declare_opts(&ch, &q, QueueDeclareOptions::default()).await;
+    assert_amqp_err(r, 406, "inequivalent arg 'x-max-length'");
+    // Arguments RabbitMQ does not compare may differ.
+    let ch = bounded(c.create_channel()).await.unwrap();
+    let mut other = args(AMQPValue::LongInt(10));
+    other.insert("x-custom".into(), AMQPValue::Boolean(true));
+    bounded(ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), other))
+        .await
+        .unwrap();
 }

@@ -6,7 +6,8 @@ use futures_lite::{Stream, StreamExt};
 use lapin::message::{BasicGetMessage, Delivery};
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Consumer, Event};
+use lapin::{BasicProperties, Channel, Connection, Consumer, Event};
+use std::future::Future;
 use std::time::Duration;
 
 /// How long to wait for something that must NOT happen. Such a wait is expected to time out.
@@ -99,6 +100,26 @@ pub async fn publish_with(
     ))
     .await
     .expect("basic.publish");
+}
+
+/// Publishes and ignores the outcome: for publishes meant to fail, whose channel may close
+/// before lapin has finished sending them.
+pub async fn publish_doomed(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    let sent = bounded(ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    ))
+    .await;
+    drop(sent);
 }
 
 /// Ready messages in `queue`, read with a passive declare (which also orders this after every
@@ -223,4 +244,14 @@ pub async fn wait_error_event(
         },
     )
     .await
+}
+
+/// Runs `action`, a method without a reply (a publish, an ack), and returns the reply text of
+/// the close with `code` that it provokes. The close is read from the connection's events,
+/// which report it whatever the timing; a following synchronous method would see either that
+/// error or merely "channel closed", depending on which came first.
+pub async fn provoke(conn: &Connection, code: u16, action: impl Future<Output = ()>) -> String {
+    let mut events = conn.events_listener();
+    action.await;
+    wait_error_event(&mut events, code).await
 }

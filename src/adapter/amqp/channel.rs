@@ -457,9 +457,16 @@ impl Channel {
                 };
                 self.settle_or_buffer(m.delivery_tag, m.multiple, how)?
             }
+            // RabbitMQ cannot redeliver to the same consumer only, and says so.
+            Method::BasicRecover(BasicRecover { requeue: false })
+            | Method::BasicRecoverAsync(BasicRecoverAsync { requeue: false }) => {
+                return Err(AmqpError::connection(NOT_IMPLEMENTED, "requeue=false"));
+            }
             Method::BasicRecover(_) => {
-                self.requeue_all();
+                // recover-ok goes first, as from RabbitMQ: clients drop the deliveries they hold
+                // when it arrives, so redeliveries sent before it would be lost to them.
                 ctx.send(ch, BasicRecoverOk {});
+                self.requeue_all();
             }
             Method::BasicRecoverAsync(_) => self.requeue_all(),
             Method::ChannelFlow(m) => {

@@ -138,7 +138,9 @@ impl<'a> Connection<'a> {
         let outbox = self.ctx.outbox.clone();
         let mut shutdown = broker.shutdown_signal();
         let mut alarm = broker.memory.subscribe();
-        // A publisher that published during a memory alarm is not read until it clears.
+        // A publisher that published during a memory alarm is not read until it clears. As in
+        // RabbitMQ, only such a connection is blocked and told so: clients stop writing when
+        // told, and a consumer's connection must stay free to ack, cancel and purge.
         let mut blocked = false;
         let mut blocked_notified = false;
         let hb = (self.heartbeat > 0).then(|| Duration::from_secs(u64::from(self.heartbeat)));
@@ -147,10 +149,6 @@ impl<'a> Connection<'a> {
         let mut last_read = Instant::now();
         let mut closing_deadline: Option<Instant> = None;
 
-        if *alarm.borrow_and_update() && self.connection_blocked_cap {
-            self.send_blocked(true);
-            blocked_notified = true;
-        }
         // Frames already buffered after the handshake.
         match self.process(&mut buf, closing_deadline.is_some()) {
             Next::Continue => {}
@@ -176,6 +174,10 @@ impl<'a> Connection<'a> {
                     self.flush_confirms();
                     if !closing && broker.memory.alarm() && self.published_recently() {
                         blocked = true;
+                        if self.connection_blocked_cap && !blocked_notified {
+                            self.send_blocked(true);
+                            blocked_notified = true;
+                        }
                     }
                 }
                 _ = outbox.drained.notified() => {
@@ -200,9 +202,9 @@ impl<'a> Connection<'a> {
                         continue;
                     }
                     let on = *alarm.borrow_and_update();
-                    if on != blocked_notified && self.connection_blocked_cap {
-                        self.send_blocked(on);
-                        blocked_notified = on;
+                    if !on && blocked_notified {
+                        self.send_blocked(false);
+                        blocked_notified = false;
                     }
                     if !on {
                         blocked = false;
