@@ -102,6 +102,17 @@ enum Settle {
     Discard,
 }
 
+impl Settle {
+    /// What a reject or nack does.
+    fn rejected(requeue: bool) -> Self {
+        if requeue {
+            Settle::Requeue
+        } else {
+            Settle::Discard
+        }
+    }
+}
+
 /// An operation held back until `tx.commit`.
 #[derive(Debug)]
 enum TxOp {
@@ -442,20 +453,10 @@ impl Channel {
                 self.settle_or_buffer(m.delivery_tag, m.multiple, Settle::Ack)?
             }
             Method::BasicReject(m) => {
-                let how = if m.requeue {
-                    Settle::Requeue
-                } else {
-                    Settle::Discard
-                };
-                self.settle_or_buffer(m.delivery_tag, false, how)?
+                self.settle_or_buffer(m.delivery_tag, false, Settle::rejected(m.requeue))?
             }
             Method::BasicNack(m) => {
-                let how = if m.requeue {
-                    Settle::Requeue
-                } else {
-                    Settle::Discard
-                };
-                self.settle_or_buffer(m.delivery_tag, m.multiple, how)?
+                self.settle_or_buffer(m.delivery_tag, m.multiple, Settle::rejected(m.requeue))?
             }
             // RabbitMQ cannot redeliver to the same consumer only, and says so.
             Method::BasicRecover(BasicRecover { requeue: false })
