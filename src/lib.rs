@@ -3,6 +3,7 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod core;
 pub mod ctl;
