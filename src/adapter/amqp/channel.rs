@@ -808,7 +808,6 @@ impl Channel {
             ctx.vhost.remove_queue(&rq);
         }
         // Consumers are gone first so requeued messages go to other consumers, not back here.
-        self.deliveries.close();
         apply_settle(self.deliveries.take_all(), Settle::Requeue);
     }
 }
