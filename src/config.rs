@@ -40,9 +40,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub amqp: AmqpConfig,
     #[serde(default)]
-    pub mqtt: ListenerConfig,
+    pub mqtt: MqttConfig,
     #[serde(default)]
-    pub stomp: ListenerConfig,
+    pub stomp: StompConfig,
     #[serde(default)]
     pub http: ListenerConfig,
     #[serde(default)]
@@ -77,6 +77,22 @@ pub struct AmqpConfig {
     pub channel_max: u16,
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
+}
+
+/// The MQTT listener and its limits (the MQTT adapter's settings).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+}
+
+/// The STOMP listener and its limits (the STOMP adapter's settings).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StompConfig {
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -35,10 +35,10 @@ data_dir = "{data_dir}"
 listen = ["127.0.0.1:0"]
 
 [mqtt]
-listen = []
+listen = ["127.0.0.1:0"]
 
 [stomp]
-listen = []
+listen = ["127.0.0.1:0"]
 
 [http]
 listen = ["127.0.0.1:0"]

@@ -1,3 +1,6 @@
 //! Protocol adapters: each translates its wire protocol into calls on the core.
 
 pub mod amqp;
+pub mod mqtt;
+pub mod outbox;
+pub mod stomp;

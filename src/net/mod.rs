@@ -1,7 +1,7 @@
 //! Listeners: bind every configured address, accept connections and hand them to adapters, and
 //! shut down gracefully.
 
-use crate::adapter::amqp;
+use crate::adapter::{amqp, mqtt, stomp};
 use crate::admin;
 use crate::config::Config;
 use crate::core::Broker;
@@ -68,28 +68,27 @@ fn local_addrs(ls: &[TcpListener]) -> Vec<SocketAddr> {
 
 /// Binds the configured listeners and starts serving.
 pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
-    for (protocol, listen) in [
-        ("MQTT", &config.mqtt.listen),
-        ("STOMP", &config.stomp.listen),
-    ] {
-        if !listen.is_empty() {
-            tracing::info!(
-                "{protocol} listener configured on {listen:?}, but {protocol} is not built yet; ignoring it"
-            );
-        }
-    }
     let amqp_ls = bind_all("AMQP", &config.amqp.listen).await?;
+    let mqtt_ls = bind_all("MQTT", &config.mqtt.listen).await?;
+    let stomp_ls = bind_all("STOMP", &config.stomp.listen).await?;
     let http_ls = bind_all("HTTP", &config.http.listen).await?;
     let broker = Broker::new(config);
     let addrs = BoundAddrs {
         amqp: local_addrs(&amqp_ls),
+        mqtt: local_addrs(&mqtt_ls),
+        stomp: local_addrs(&stomp_ls),
         http: local_addrs(&http_ls),
-        ..Default::default()
     };
     let mut listeners = Vec::new();
-    for l in amqp_ls {
-        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "AMQP listener started");
-        listeners.push(tokio::spawn(accept_loop(l, broker.clone())));
+    for (protocol, ls) in [
+        (Protocol::Amqp, amqp_ls),
+        (Protocol::Mqtt, mqtt_ls),
+        (Protocol::Stomp, stomp_ls),
+    ] {
+        for l in ls {
+            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "{protocol:?} listener started");
+            listeners.push(tokio::spawn(accept_loop(l, broker.clone(), protocol)));
+        }
     }
     for l in http_ls {
         tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP API listener started");
@@ -102,13 +101,26 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     })
 }
 
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
+/// Which adapter a listener hands its connections to.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    Amqp,
+    Mqtt,
+    Stomp,
+}
+
+async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, protocol: Protocol) {
     let mut shutdown = broker.shutdown_signal();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => {
-                    tokio::spawn(amqp::serve(socket, broker.clone()));
+                    let broker = broker.clone();
+                    match protocol {
+                        Protocol::Amqp => tokio::spawn(amqp::serve(socket, broker)),
+                        Protocol::Mqtt => tokio::spawn(mqtt::serve(socket, broker)),
+                        Protocol::Stomp => tokio::spawn(stomp::serve(socket, broker)),
+                    };
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

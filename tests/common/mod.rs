@@ -24,9 +24,9 @@ memory_high_watermark_bytes = 0
 listen = ["127.0.0.1:0"]
 heartbeat = 60
 [mqtt]
-listen = []
+listen = ["127.0.0.1:0"]
 [stomp]
-listen = []
+listen = ["127.0.0.1:0"]
 [http]
 listen = ["127.0.0.1:0"]
 [[users]]
@@ -49,6 +49,8 @@ name = "other"
 pub struct TestBroker {
     pub running: Option<RunningBroker>,
     pub amqp: SocketAddr,
+    pub mqtt: SocketAddr,
+    pub stomp: SocketAddr,
     pub http: SocketAddr,
 }
 
@@ -68,9 +70,13 @@ impl TestBroker {
         let running = switchboard::start(config).await.expect("broker starts");
         let amqp = running.addrs.amqp[0];
         let http = running.addrs.http[0];
+        let mqtt = running.addrs.mqtt[0];
+        let stomp = running.addrs.stomp[0];
         TestBroker {
             running: Some(running),
             amqp,
+            mqtt,
+            stomp,
             http,
         }
     }

@@ -4,7 +4,7 @@
 
 use super::delivery::{AmqpConsumer, ChannelDeliveries, Unacked};
 use super::error::*;
-use super::outbox::Outbox;
+use crate::adapter::outbox::Outbox;
 use crate::core::queue::{ConnectionId, ConsumeError};
 use crate::core::vhost::{generate_name, ExchangeSpec, QueueSpec};
 use crate::core::{Broker, Consumer, Exchange, Message, Queue, VHost};

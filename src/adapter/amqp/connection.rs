@@ -4,7 +4,7 @@
 use super::channel::{Channel, ConnCtx};
 use super::error::*;
 use super::handshake::{handshake, HandshakeError, Negotiated};
-use super::outbox::Outbox;
+use crate::adapter::outbox::Outbox;
 use crate::core::broker::ConnectionEntry;
 use crate::core::Broker;
 use bytes::BytesMut;

@@ -5,7 +5,7 @@
 //! this state is shared. Tags are assigned and frames appended under one lock, which keeps tags
 //! in wire order: an ack with `multiple` never covers a delivery the client has not seen.
 
-use super::outbox::Outbox;
+use crate::adapter::outbox::Outbox;
 use crate::core::{ConsumerSink, Delivery, Queue};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -2,7 +2,7 @@
 //! tune/tune-ok and open/open-ok.
 
 use super::error::*;
-use super::outbox::Outbox;
+use crate::adapter::outbox::Outbox;
 use crate::core::auth::AuthError;
 use crate::core::{Broker, VHost};
 use bytes::{Buf, BytesMut};

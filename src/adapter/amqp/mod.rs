@@ -6,6 +6,5 @@ pub mod connection;
 pub mod delivery;
 pub mod error;
 pub mod handshake;
-pub mod outbox;
 
 pub use connection::{serve, serve_stream};

@@ -1,0 +1,9 @@
+//! The STOMP adapter (being built): until it lands, a connection to the STOMP listener is closed at once.
+
+use crate::core::Broker;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+pub async fn serve(socket: TcpStream, _broker: Arc<Broker>) {
+    tracing::warn!(peer = ?socket.peer_addr().ok(), "STOMP is not built yet; closing the connection");
+}
