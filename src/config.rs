@@ -14,7 +14,7 @@ pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Sections that `SWITCHBOARD_<SECTION>_<KEY>` can reach. Other `SWITCHBOARD_*` variables (such
 /// as `SWITCHBOARD_LOG`, or a test harness's `SWITCHBOARD_BIN`) are not configuration.
-const ENV_SECTIONS: &[&str] = &["server", "amqp", "mqtt", "stomp", "http"];
+const ENV_SECTIONS: &[&str] = &["server", "store", "amqp", "mqtt", "stomp", "http"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +38,8 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
     pub amqp: AmqpConfig,
     #[serde(default)]
     pub mqtt: MqttConfig,
@@ -63,6 +65,32 @@ pub struct ServerConfig {
     pub loopback_users: Vec<String>,
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
+}
+
+/// The message store (`src/store`): what a confirm promises, and segment size.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `always`: a confirm for a persistent message is sent only after its record is fsync'd.
+    /// `never`: after it is written to the OS (survives a broker crash, not a power cut).
+    #[serde(default)]
+    pub fsync: crate::store::FsyncPolicy,
+    /// A log segment is closed and a new one started past this size, in bytes.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            fsync: Default::default(),
+            segment_bytes: default_segment_bytes(),
+        }
+    }
+}
+
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod core;
 pub mod ctl;
 pub mod net;
+pub mod store;
 
 pub use config::Config;
 pub use net::{start, RunningBroker};

@@ -6,6 +6,7 @@ use super::memory::MemoryMonitor;
 use super::queue::ConnectionId;
 use super::vhost::VHost;
 use crate::config::Config;
+use crate::store::{Store, StoreError};
 use dashmap::DashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -36,6 +37,8 @@ pub struct Broker {
     pub config: Arc<Config>,
     pub users: Users,
     pub memory: Arc<MemoryMonitor>,
+    /// Durable storage; None for a memory-only broker (unit tests, benchmarks).
+    pub store: Option<Arc<Store>>,
     vhosts: DashMap<String, Arc<VHost>>,
     connections: DashMap<ConnectionId, Arc<ConnectionEntry>>,
     next_id: AtomicU64,
@@ -43,15 +46,47 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker that keeps everything in memory: nothing is read from or written to disk.
     pub fn new(config: Config) -> Arc<Self> {
+        let memory = MemoryMonitor::new(config.memory_high_watermark_bytes());
         let vhosts = DashMap::new();
         for v in &config.vhosts {
             vhosts.insert(v.name.clone(), Arc::new(VHost::new(&v.name)));
         }
+        Self::assemble(config, memory, None, vhosts)
+    }
+
+    /// A broker on the store in `config.server.data_dir`: durable definitions and persistent
+    /// messages are recovered from it and written to it.
+    pub fn open(config: Config) -> Result<Arc<Self>, StoreError> {
+        let memory = MemoryMonitor::new(config.memory_high_watermark_bytes());
+        let names: Vec<String> = config.vhosts.iter().map(|v| v.name.clone()).collect();
+        let (store, mut recovered) = Store::open(&config.server.data_dir, &names, &config.store)?;
+        let vhosts = DashMap::new();
+        for defs in &recovered.definitions {
+            let vh = VHost::with_store(
+                &defs.vhost,
+                store.clone(),
+                defs,
+                &mut recovered.log,
+                &memory,
+            );
+            vhosts.insert(defs.vhost.clone(), Arc::new(vh));
+        }
+        Ok(Self::assemble(config, memory, Some(store), vhosts))
+    }
+
+    fn assemble(
+        config: Config,
+        memory: Arc<MemoryMonitor>,
+        store: Option<Arc<Store>>,
+        vhosts: DashMap<String, Arc<VHost>>,
+    ) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
         Arc::new(Broker {
             users: Users::from_config(&config),
-            memory: MemoryMonitor::new(config.memory_high_watermark_bytes()),
+            memory,
+            store,
             config: Arc::new(config),
             vhosts,
             connections: DashMap::new(),

@@ -16,5 +16,5 @@ pub use broker::Broker;
 pub use error::{CoreError, CoreResult, ErrorKind};
 pub use exchange::{Destination, Exchange, ExchangeKind};
 pub use message::Message;
-pub use queue::{ConnectionId, Consumer, ConsumerSink, Delivery, Queue};
+pub use queue::{ConnectionId, Consumer, ConsumerSink, Delivery, Enqueued, Queue, QueueStore};
 pub use vhost::VHost;

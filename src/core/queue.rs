@@ -6,6 +6,7 @@
 //! order, and a consumer removed under the lock gets nothing afterwards.
 
 use super::message::Message;
+use crate::store::MessageLog;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use switchboard_amqp::FieldTable;
@@ -81,6 +82,25 @@ struct Queued {
     id: u64,
     message: Arc<Message>,
     redelivered: bool,
+    /// The log segment holding the message's enqueue record, when it is persisted.
+    segment: Option<u64>,
+}
+
+/// A durable queue's place in the message log.
+#[derive(Debug, Clone)]
+pub struct QueueStore {
+    pub log: Arc<MessageLog>,
+    /// The queue's id in log records (see `store::definitions::QueueDef::id`).
+    pub id: u64,
+}
+
+/// What [`Queue::publish_tracked`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Enqueued {
+    /// False when the queue was deleted meanwhile.
+    pub accepted: bool,
+    /// The log sequence number to wait for before confirming, 0 when nothing was written.
+    pub lsn: u64,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +140,8 @@ pub struct Queue {
     /// The connection that owns an exclusive queue.
     pub exclusive_owner: Option<ConnectionId>,
     pub arguments: FieldTable,
+    /// Where persistent messages are written; None for transient queues (and tests).
+    store: Option<QueueStore>,
     state: Mutex<QueueState>,
 }
 
@@ -139,8 +161,43 @@ impl Queue {
             auto_delete,
             exclusive_owner,
             arguments,
+            store: None,
             state: Mutex::new(QueueState::default()),
         }
+    }
+
+    /// Makes the queue write its persistent messages to the log.
+    pub fn with_store(mut self, store: QueueStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The queue's id in the message log, when it has one.
+    pub fn store_id(&self) -> Option<u64> {
+        self.store.as_ref().map(|s| s.id)
+    }
+
+    /// Records in the log that these persisted entries left the queue for good.
+    fn log_settled(&self, settled: &[(u64, u64)]) {
+        if let (Some(store), false) = (&self.store, settled.is_empty()) {
+            store.log.append_settle(store.id, settled);
+        }
+    }
+
+    /// Loads messages recovered from the log (in sequence order), marked redelivered: they may
+    /// have been delivered before the restart.
+    pub fn recover(self: &Arc<Self>, messages: Vec<(u64, u64, Arc<Message>)>, max_seq: u64) {
+        let mut st = self.lock();
+        for (seq, segment, message) in messages {
+            st.ready_bytes += message.body.len() as u64;
+            st.ready.push_back(Queued {
+                id: seq,
+                message,
+                redelivered: true,
+                segment: Some(segment),
+            });
+        }
+        st.next_id = st.next_id.max(max_seq + 1);
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
@@ -151,20 +208,38 @@ impl Queue {
 
     /// Enqueues a message and delivers what consumers can take. False if the queue is deleted.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
+        self.publish_tracked(message).accepted
+    }
+
+    /// [`Queue::publish`], also saying which log record a confirm must wait for. A persistent
+    /// message is appended to the log under the queue's lock, so its enqueue record always
+    /// precedes any settle record for it.
+    pub fn publish_tracked(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
         let mut st = self.lock();
         if st.deleted {
-            return false;
+            return Enqueued::default();
         }
         let id = st.next_id;
         st.next_id += 1;
+        let (segment, lsn) = match &self.store {
+            Some(store) if message.is_persistent() => {
+                let a = store.log.append_enqueue(store.id, id, &message);
+                (Some(a.segment), a.lsn)
+            }
+            _ => (None, 0),
+        };
         st.ready_bytes += message.body.len() as u64;
         st.ready.push_back(Queued {
             id,
             message,
             redelivered: false,
+            segment,
         });
         self.dispatch_locked(&mut st);
-        true
+        Enqueued {
+            accepted: true,
+            lsn,
+        }
     }
 
     /// Delivers ready messages to consumers with credit. Called whenever credit may have
@@ -198,6 +273,8 @@ impl Queue {
             let (sink, no_ack) = (consumer.sink.clone(), consumer.no_ack);
             if !no_ack {
                 st.unacked.insert(q.id, q);
+            } else if let Some(seg) = q.segment {
+                self.log_settled(&[(q.id, seg)]);
             }
             sink.deliver(self, delivery);
         }
@@ -252,6 +329,8 @@ impl Queue {
         };
         if !no_ack {
             st.unacked.insert(q.id, q);
+        } else if let Some(seg) = q.segment {
+            self.log_settled(&[(q.id, seg)]);
         }
         Some((delivery, saturating_u32(st.ready.len())))
     }
@@ -259,9 +338,17 @@ impl Queue {
     /// Settles deliveries for good (ack, or reject without requeue). Unknown ids are ignored.
     pub fn settle(&self, ids: &[u64]) {
         let mut st = self.lock();
+        let mut persisted = Vec::new();
         for id in ids {
-            st.unacked.remove(id);
+            if let Some(Queued {
+                segment: Some(seg), ..
+            }) = st.unacked.remove(id)
+            {
+                persisted.push((*id, seg));
+            }
         }
+        // Under the lock, so a settle record never overtakes the requeue or delete it races.
+        self.log_settled(&persisted);
     }
 
     /// Puts unacked deliveries back in their original places, marked redelivered, and delivers
@@ -287,8 +374,14 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut st = self.lock();
         let n = st.ready.len();
+        let persisted: Vec<(u64, u64)> = st
+            .ready
+            .iter()
+            .filter_map(|q| q.segment.map(|s| (q.id, s)))
+            .collect();
         st.ready.clear();
         st.ready_bytes = 0;
+        self.log_settled(&persisted);
         saturating_u32(n)
     }
 
@@ -297,6 +390,12 @@ impl Queue {
         let mut st = self.lock();
         st.deleted = true;
         let messages = saturating_u32(st.ready.len());
+        if let Some(store) = &self.store {
+            // The queue leaves the definitions, so recovery ignores its records: no settle
+            // records needed, only the segments' live counts.
+            let segments = st.ready.iter().chain(st.unacked.values());
+            store.log.forget(segments.filter_map(|q| q.segment));
+        }
         st.ready.clear();
         st.ready_bytes = 0;
         st.unacked.clear();

@@ -3,10 +3,13 @@
 use super::error::{CoreError, CoreResult, ErrorKind};
 use super::exchange::{Destination, Exchange, ExchangeKind};
 use super::message::Message;
-use super::queue::{ConnectionId, Queue};
+use super::queue::{ConnectionId, Queue, QueueStore};
+use crate::store::definitions::{table_text, BindingDef, ExchangeDef, QueueDef};
+use crate::store::{Store, VHostDefinitions};
 use dashmap::DashMap;
 use rand::Rng;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use switchboard_amqp::{FieldTable, FieldValue};
 
 /// Arguments that must match when a queue is redeclared (as RabbitMQ checks them).
@@ -58,6 +61,12 @@ pub struct VHost {
     pub name: String,
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
+    /// Where durable definitions and persistent messages go; None for a memory-only vhost.
+    store: Option<Arc<Store>>,
+    /// Off while definitions are being restored at start (nothing new to write).
+    persisting: AtomicBool,
+    /// Serialises definition writes so the last file written reflects the latest state.
+    persist_lock: Mutex<()>,
 }
 
 impl VHost {
@@ -67,6 +76,9 @@ impl VHost {
             name: name.to_owned(),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
+            store: None,
+            persisting: AtomicBool::new(false),
+            persist_lock: Mutex::new(()),
         };
         for (ename, kind) in [
             ("", ExchangeKind::Direct),
@@ -89,6 +101,188 @@ impl VHost {
             );
         }
         vh
+    }
+
+    /// A vhost whose durable definitions and persistent messages go to `store`, rebuilt from
+    /// what the store recovered.
+    pub fn with_store(
+        name: &str,
+        store: Arc<Store>,
+        defs: &VHostDefinitions,
+        recovered: &mut crate::store::RecoveredLog,
+        memory: &Arc<super::memory::MemoryMonitor>,
+    ) -> Self {
+        let mut vh = VHost::new(name);
+        vh.store = Some(store);
+        vh.restore(defs, recovered, memory);
+        vh.persisting.store(true, Ordering::Release);
+        vh
+    }
+
+    fn restore(
+        &self,
+        defs: &VHostDefinitions,
+        recovered: &mut crate::store::RecoveredLog,
+        memory: &Arc<super::memory::MemoryMonitor>,
+    ) {
+        let table = |s: &str, what: &str| {
+            crate::store::definitions::text_table(s).unwrap_or_else(|e| {
+                tracing::warn!(vhost = %self.name, "bad arguments for {what} in definitions: {e}");
+                FieldTable::new()
+            })
+        };
+        for e in &defs.exchanges {
+            let spec = ExchangeSpec {
+                name: e.name.clone(),
+                kind: e.kind.clone(),
+                durable: true,
+                auto_delete: e.auto_delete,
+                internal: e.internal,
+                arguments: table(&e.arguments, &e.name),
+            };
+            if let Err(err) = self.declare_exchange(spec, false) {
+                tracing::warn!(vhost = %self.name, exchange = %e.name, "cannot restore exchange: {err}");
+            }
+        }
+        for qd in &defs.queues {
+            let queue = Arc::new(self.new_queue(
+                QueueSpec {
+                    name: qd.name.clone(),
+                    durable: true,
+                    exclusive: false,
+                    auto_delete: qd.auto_delete,
+                    arguments: table(&qd.arguments, &qd.name),
+                },
+                0,
+                Some(qd.id),
+            ));
+            if let Some(rq) = recovered.queues.remove(&qd.id) {
+                let messages = rq
+                    .messages
+                    .into_iter()
+                    .filter_map(|(seq, m)| {
+                        let properties =
+                            switchboard_amqp::BasicProperties::decode(&m.properties).ok()?;
+                        let charge = memory.charge(Message::charge_size(m.body.len()));
+                        let msg = Message::new(
+                            m.exchange,
+                            m.routing_key,
+                            properties,
+                            Some(m.properties),
+                            m.body,
+                            charge,
+                        );
+                        Some((seq, m.segment, Arc::new(msg)))
+                    })
+                    .collect();
+                queue.recover(messages, rq.max_seq);
+            }
+            self.queues.insert(qd.name.clone(), queue);
+        }
+        for b in &defs.bindings {
+            let args = table(&b.arguments, &b.source);
+            let r = if b.destination_type == "exchange" {
+                self.bind_exchange(&b.destination, &b.source, &b.routing_key, &args)
+            } else {
+                self.bind_queue(&b.destination, &b.source, &b.routing_key, &args, 0)
+            };
+            if let Err(err) = r {
+                tracing::warn!(vhost = %self.name, source = %b.source, destination = %b.destination, "cannot restore binding: {err}");
+            }
+        }
+    }
+
+    /// The durable definitions as they stand.
+    pub fn definitions(&self) -> VHostDefinitions {
+        let durable_queue = |q: &Queue| q.durable && q.exclusive_owner.is_none();
+        let mut defs = VHostDefinitions {
+            vhost: self.name.clone(),
+            ..Default::default()
+        };
+        for ex in self.exchanges() {
+            if !ex.durable || ex.name.is_empty() {
+                continue;
+            }
+            if !ex.name.starts_with("amq.") {
+                defs.exchanges.push(ExchangeDef {
+                    name: ex.name.clone(),
+                    kind: ex.kind.as_str().to_owned(),
+                    auto_delete: ex.auto_delete,
+                    internal: ex.internal,
+                    arguments: table_text(&ex.arguments),
+                });
+            }
+            for b in ex.bindings() {
+                let durable_dest = match &b.destination {
+                    Destination::Queue(q) => durable_queue(q),
+                    Destination::Exchange(e) => e.durable,
+                };
+                if durable_dest {
+                    defs.bindings.push(BindingDef {
+                        source: ex.name.clone(),
+                        destination_type: b.destination.kind_str().to_owned(),
+                        destination: b.destination.name().to_owned(),
+                        routing_key: b.routing_key.clone(),
+                        arguments: table_text(&b.arguments),
+                    });
+                }
+            }
+        }
+        for q in self.queues() {
+            if let (true, Some(id)) = (durable_queue(&q), q.store_id()) {
+                defs.queues.push(QueueDef {
+                    name: q.name.clone(),
+                    id,
+                    auto_delete: q.auto_delete,
+                    arguments: table_text(&q.arguments),
+                });
+            }
+        }
+        defs
+    }
+
+    /// Writes the durable definitions if `changed` (something durable was created, changed or
+    /// removed). A failed write is logged; the change stands in memory.
+    fn persist_if(&self, changed: bool) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        if !changed || !self.persisting.load(Ordering::Acquire) {
+            return;
+        }
+        let _guard = self.persist_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = store.save_definitions(&self.definitions()) {
+            tracing::error!(vhost = %self.name, "cannot save definitions: {e}");
+        }
+    }
+
+    /// A new queue object for `spec` (not yet in the vhost). Durable, non-exclusive queues of a
+    /// vhost with a store write persistent messages to the log under `id` (a fresh random id
+    /// when None).
+    fn new_queue(&self, spec: QueueSpec, conn: ConnectionId, id: Option<u64>) -> Queue {
+        let exclusive = spec.exclusive;
+        let queue = Queue::new(
+            spec.name,
+            self.name.clone(),
+            spec.durable,
+            spec.auto_delete,
+            exclusive.then_some(conn),
+            spec.arguments,
+        );
+        match &self.store {
+            Some(store) if spec.durable && !exclusive => queue.with_store(QueueStore {
+                log: store.log.clone(),
+                id: id.unwrap_or_else(|| rand::rng().random()),
+            }),
+            _ => queue,
+        }
+    }
+
+    fn destination_durable(dest: &Destination) -> bool {
+        match dest {
+            Destination::Queue(q) => q.durable && q.exclusive_owner.is_none(),
+            Destination::Exchange(e) => e.durable,
+        }
     }
 
     pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
@@ -193,7 +387,13 @@ impl VHost {
             spec.arguments,
         ));
         // Two declarations may race: the first one in wins, the other gets it back.
-        Ok(self.exchanges.entry(spec.name).or_insert(ex).clone())
+        let winner = self
+            .exchanges
+            .entry(spec.name)
+            .or_insert(ex.clone())
+            .clone();
+        self.persist_if(Arc::ptr_eq(&winner, &ex) && ex.durable);
+        Ok(winner)
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
@@ -220,7 +420,9 @@ impl VHost {
             )));
         }
         self.exchanges.remove(name);
+        let durable = ex.durable;
         self.remove_bindings_to(&Destination::Exchange(ex));
+        self.persist_if(durable);
         Ok(())
     }
 
@@ -242,6 +444,7 @@ impl VHost {
                 .is_some();
             if removed {
                 self.remove_bindings_to(&Destination::Exchange(ex.clone()));
+                self.persist_if(ex.durable);
             }
         }
     }
@@ -276,14 +479,7 @@ impl VHost {
                 created: false,
             });
         }
-        let queue = Arc::new(Queue::new(
-            spec.name.clone(),
-            self.name.clone(),
-            spec.durable,
-            spec.auto_delete,
-            spec.exclusive.then_some(conn),
-            spec.arguments.clone(),
-        ));
+        let queue = Arc::new(self.new_queue(spec.clone(), conn, None));
         let entry = self
             .queues
             .entry(spec.name.clone())
@@ -291,6 +487,7 @@ impl VHost {
         let winner = entry.clone();
         drop(entry);
         if Arc::ptr_eq(&winner, &queue) {
+            self.persist_if(queue.store_id().is_some());
             Ok(QueueDeclared {
                 queue,
                 created: true,
@@ -398,6 +595,7 @@ impl VHost {
         }
         let deleted = q.delete();
         self.remove_bindings_to(&Destination::Queue(q.clone()));
+        self.persist_if(q.store_id().is_some());
         for c in &deleted.consumers {
             c.sink.cancelled(q, &c.tag);
         }
@@ -445,8 +643,10 @@ impl VHost {
     ) -> CoreResult<()> {
         let q = self.queue_for(queue, conn)?;
         let ex = self.check_bindable_source(exchange)?;
+        let durable = ex.durable && Self::destination_durable(&Destination::Queue(q.clone()));
         ex.bind(Destination::Queue(q), routing_key, arguments)
             .map_err(|e| CoreError::precondition(e.to_string()))?;
+        self.persist_if(durable);
         Ok(())
     }
 
@@ -461,8 +661,10 @@ impl VHost {
         let q = self.queue_for(queue, conn)?;
         let ex = self.check_bindable_source(exchange)?;
         // Unbinding what is not bound succeeds, as in RabbitMQ.
+        let durable = ex.durable && Self::destination_durable(&Destination::Queue(q.clone()));
         if ex.unbind(&Destination::Queue(q), routing_key, arguments) {
             self.maybe_auto_delete_exchange(&ex);
+            self.persist_if(durable);
         }
         Ok(())
     }
@@ -476,8 +678,10 @@ impl VHost {
     ) -> CoreResult<()> {
         let dst = self.check_bindable_source(destination)?;
         let src = self.check_bindable_source(source)?;
+        let durable = src.durable && dst.durable;
         src.bind(Destination::Exchange(dst), routing_key, arguments)
             .map_err(|e| CoreError::precondition(e.to_string()))?;
+        self.persist_if(durable);
         Ok(())
     }
 
@@ -490,8 +694,10 @@ impl VHost {
     ) -> CoreResult<()> {
         let dst = self.check_bindable_source(destination)?;
         let src = self.check_bindable_source(source)?;
+        let durable = src.durable && dst.durable;
         if src.unbind(&Destination::Exchange(dst), routing_key, arguments) {
             self.maybe_auto_delete_exchange(&src);
+            self.persist_if(durable);
         }
         Ok(())
     }

@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr} for {protocol}: {source}")]
     Bind {
         protocol: &'static str,
@@ -72,7 +74,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     let mqtt_ls = bind_all("MQTT", &config.mqtt.listen).await?;
     let stomp_ls = bind_all("STOMP", &config.stomp.listen).await?;
     let http_ls = bind_all("HTTP", &config.http.listen).await?;
-    let broker = Broker::new(config);
+    let broker = Broker::open(config)?;
     let addrs = BoundAddrs {
         amqp: local_addrs(&amqp_ls),
         mqtt: local_addrs(&mqtt_ls),
@@ -158,6 +160,13 @@ impl RunningBroker {
         }
         for l in self.listeners {
             l.abort();
+        }
+        if let Some(store) = &self.broker.store {
+            // Whatever was appended is written before the process goes.
+            let log = store.log.clone();
+            let last = log.last_lsn();
+            let _ = tokio::time::timeout(Duration::from_secs(5), log.wait_synced(last)).await;
+            log.stop();
         }
     }
 }

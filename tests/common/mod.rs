@@ -12,9 +12,20 @@ use switchboard::{Config, RunningBroker};
 /// Every wait in the tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// The test config: AMQP and HTTP on 127.0.0.1:0, a temp data dir, two users, two vhosts.
+/// A fresh data directory for one test broker (brokers in one test binary must not share one).
+pub fn fresh_data_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("switchboard-test-{}-{n}", std::process::id()))
+}
+
+/// The test config: every listener on 127.0.0.1:0, a fresh temp data dir, two users, two vhosts.
 pub fn test_config_text() -> String {
-    let dir = std::env::temp_dir().join(format!("switchboard-test-{}", std::process::id()));
+    test_config_text_in(&fresh_data_dir())
+}
+
+/// The test config with its data in `dir` (to restart a broker on the same data).
+pub fn test_config_text_in(dir: &std::path::Path) -> String {
     format!(
         r#"
 [server]
@@ -62,6 +73,13 @@ impl TestBroker {
     /// Starts on the test config as changed by `tweak`.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::parse(&test_config_text()).expect("test config");
+        tweak(&mut config);
+        Self::start_config(config).await
+    }
+
+    /// Starts on the test config with its data in `dir`, as changed by `tweak`.
+    pub async fn start_in(dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::parse(&test_config_text_in(dir)).expect("test config");
         tweak(&mut config);
         Self::start_config(config).await
     }

@@ -9,7 +9,7 @@ use crate::core::queue::{ConnectionId, ConsumeError};
 use crate::core::vhost::{generate_name, ExchangeSpec, QueueSpec};
 use crate::core::{Broker, Consumer, Exchange, Message, Queue, VHost};
 use bytes::{Bytes, BytesMut};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use switchboard_amqp::*;
 
@@ -135,6 +135,21 @@ pub struct Effects {
     pub published: bool,
 }
 
+/// Publisher confirms in flight on a channel.
+///
+/// Publishes handled in one read batch form a batch, acknowledged with one `multiple` ack. A
+/// batch that wrote persistent messages to the log waits until the log is durable up to its
+/// last record (its LSN); batches are acknowledged in order.
+#[derive(Debug, Default)]
+struct Confirms {
+    /// The last sequence number used.
+    seq: u64,
+    /// The batch being gathered: its highest sequence number and the LSN it needs.
+    batch: Option<(u64, u64)>,
+    /// Closed batches awaiting durability, oldest first.
+    waiting: VecDeque<(u64, u64)>,
+}
+
 #[derive(Debug)]
 pub struct Channel {
     pub id: u16,
@@ -143,8 +158,8 @@ pub struct Channel {
     consumers: HashMap<String, ChannelConsumer>,
     /// Per-consumer prefetch for consumers created from now on.
     prefetch_count: u32,
-    /// Publisher confirms: the last sequence number used and the highest not yet acked.
-    confirm: Option<(u64, Option<u64>)>,
+    /// Publisher confirm state, once `confirm.select` was sent.
+    confirm: Option<Confirms>,
     tx: Option<Vec<TxOp>>,
     /// The last queue declared on this channel, for methods that name queue "".
     last_queue: Option<String>,
@@ -485,7 +500,7 @@ impl Channel {
                     ));
                 }
                 if self.confirm.is_none() {
-                    self.confirm = Some((0, None));
+                    self.confirm = Some(Confirms::default());
                 }
                 if !m.no_wait {
                     ctx.send(ch, ConfirmSelectOk {});
@@ -688,21 +703,24 @@ impl Channel {
             });
             return Ok(());
         }
-        self.route(ctx, &exchange, message, publish.mandatory);
-        if let Some((seq, pending)) = &mut self.confirm {
-            *seq += 1;
-            *pending = Some(*seq);
+        let lsn = self.route(ctx, &exchange, message, publish.mandatory);
+        if let Some(c) = &mut self.confirm {
+            c.seq += 1;
+            let needed = c.batch.map_or(0, |b| b.1).max(lsn);
+            c.batch = Some((c.seq, needed));
         }
         Ok(())
     }
 
+    /// Routes a message to its queues; returns the log record a confirm must wait for (0 when
+    /// nothing was persisted).
     fn route(
         &self,
         ctx: &ConnCtx,
         exchange: &Arc<Exchange>,
         message: Arc<Message>,
         mandatory: bool,
-    ) {
+    ) -> u64 {
         let queues = ctx.vhost.route(exchange, &message);
         if queues.is_empty() {
             if mandatory {
@@ -724,27 +742,44 @@ impl Channel {
                     )
                 });
             }
-            return;
+            return 0;
         }
+        let mut lsn = 0;
         for q in queues {
-            q.publish(message.clone());
+            lsn = lsn.max(q.publish_tracked(message.clone()).lsn);
         }
+        lsn
     }
 
-    /// Sends the ack for every confirm-mode publish handled so far (one `multiple` ack for a
-    /// batch of publishes).
-    pub fn flush_confirms(&mut self, ctx: &ConnCtx) {
-        if let Some((_, pending)) = &mut self.confirm {
-            if let Some(tag) = pending.take() {
-                ctx.send(
-                    self.id,
-                    BasicAck {
-                        delivery_tag: tag,
-                        multiple: true,
-                    },
-                );
-            }
+    /// Closes the current batch of confirm-mode publishes and acknowledges, with one `multiple`
+    /// ack, every batch whose records are durable (log synced up to `synced`). True while
+    /// batches still wait for the log.
+    pub fn flush_confirms(&mut self, ctx: &ConnCtx, synced: u64) -> bool {
+        let Some(c) = &mut self.confirm else {
+            return false;
+        };
+        if let Some(batch) = c.batch.take() {
+            c.waiting.push_back(batch);
         }
+        let mut tag = None;
+        while let Some(&(seq, lsn)) = c.waiting.front() {
+            if lsn > synced {
+                break;
+            }
+            tag = Some(seq);
+            c.waiting.pop_front();
+        }
+        let waiting = !c.waiting.is_empty();
+        if let Some(delivery_tag) = tag {
+            ctx.send(
+                self.id,
+                BasicAck {
+                    delivery_tag,
+                    multiple: true,
+                },
+            );
+        }
+        waiting
     }
 
     fn settle_or_buffer(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
@@ -771,7 +806,9 @@ impl Channel {
                     exchange,
                     message,
                     mandatory,
-                } => self.route(ctx, &exchange, message, mandatory),
+                } => {
+                    self.route(ctx, &exchange, message, mandatory);
+                }
                 TxOp::Settle { tag, multiple, how } => self.settle(tag, multiple, how)?,
             }
         }

@@ -101,6 +101,8 @@ struct Connection<'a> {
     connection_blocked_cap: bool,
     /// Channels with publishes whose confirms are not yet sent.
     confirm_dirty: Vec<u16>,
+    /// Channels whose confirms wait for the message log to be durable.
+    confirm_waiting: Vec<u16>,
     /// A message was published since the last memory-alarm check.
     published: bool,
 }
@@ -129,6 +131,7 @@ impl<'a> Connection<'a> {
             heartbeat: n.heartbeat,
             connection_blocked_cap: n.connection_blocked,
             confirm_dirty: Vec::new(),
+            confirm_waiting: Vec::new(),
             published: false,
         }
     }
@@ -138,6 +141,7 @@ impl<'a> Connection<'a> {
         let outbox = self.ctx.outbox.clone();
         let mut shutdown = broker.shutdown_signal();
         let mut alarm = broker.memory.subscribe();
+        let mut log_synced = broker.store.as_ref().map(|s| s.log.subscribe());
         // A publisher that published during a memory alarm is not read until it clears. As in
         // RabbitMQ, only such a connection is blocked and told so: clients stop writing when
         // told, and a consumer's connection must stay free to ack, cancel and purge.
@@ -186,6 +190,9 @@ impl<'a> Connection<'a> {
                     }
                 }
                 _ = outbox.writer_done.notified() => return,
+                _ = log_changed(&mut log_synced), if !self.confirm_waiting.is_empty() => {
+                    self.flush_confirms();
+                }
                 _ = ticker.tick(), if hb.is_some() && !closing => {
                     outbox.push(encode_heartbeat);
                     // Two missed heartbeats mean a dead peer. A blocked connection is not read,
@@ -237,10 +244,29 @@ impl<'a> Connection<'a> {
         self.ctx.send(0, method);
     }
 
+    /// Sends the confirms that are due: those of channels that published since the last call,
+    /// and those waiting for the log.
     fn flush_confirms(&mut self) {
-        for id in std::mem::take(&mut self.confirm_dirty) {
+        if self.confirm_dirty.is_empty() && self.confirm_waiting.is_empty() {
+            return;
+        }
+        let synced = self
+            .ctx
+            .broker
+            .store
+            .as_ref()
+            .map_or(u64::MAX, |s| s.log.synced());
+        let mut ids = std::mem::take(&mut self.confirm_dirty);
+        for id in std::mem::take(&mut self.confirm_waiting) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        for id in ids {
             if let Some(ch) = self.channels.get_mut(&id) {
-                ch.flush_confirms(&self.ctx);
+                if ch.flush_confirms(&self.ctx, synced) {
+                    self.confirm_waiting.push(id);
+                }
             }
         }
     }
@@ -432,5 +458,18 @@ impl<'a> Connection<'a> {
             ch.cleanup(&self.ctx);
         }
         self.entry.channels.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Resolves when the message log's durable LSN moves (never, for a broker without a store).
+async fn log_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            rx.borrow_and_update();
+        }
+        None => std::future::pending().await,
     }
 }

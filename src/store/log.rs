@@ -1,0 +1,344 @@
+//! The append-only message log: segment files written by one writer thread with group commit.
+//!
+//! Publishers append records to an in-memory buffer under a short lock and get a log sequence
+//! number (LSN). The writer thread takes everything appended so far, writes it with one
+//! `write` per segment touched and one `fdatasync`, then publishes the highest LSN now durable;
+//! confirms wait for that. Many publishers thus share one fsync: durability costs latency, not
+//! throughput.
+//!
+//! Each segment counts the enqueue records in it that are still live. Segments are deleted from
+//! the head of the log once nothing in them is live: deleting only from the head keeps every
+//! settle record that a surviving enqueue record needs.
+
+use super::record::{encode_enqueue, encode_settle};
+use super::FsyncPolicy;
+use crate::core::Message;
+use bytes::BytesMut;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Where an appended record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The record's log sequence number: durable once [`MessageLog::synced`] reaches it.
+    pub lsn: u64,
+    /// The segment holding it.
+    pub segment: u64,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Encoded records not yet written, per segment, in log order.
+    chunks: Vec<(u64, Vec<u8>)>,
+    /// The segment new records go to, and the bytes assigned to it so far.
+    segment: u64,
+    segment_len: u64,
+    last_lsn: u64,
+    /// Live enqueue records per segment (every segment on disk has an entry).
+    live: BTreeMap<u64, u64>,
+    stop: bool,
+}
+
+/// Counters for the management API and tests.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub fsyncs: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub segments_deleted: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct MessageLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    fsync: FsyncPolicy,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    synced: watch::Sender<u64>,
+    pub stats: LogStats,
+}
+
+/// The file name of segment `n`.
+pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:016}.log"))
+}
+
+impl MessageLog {
+    /// Starts a log in `dir` whose existing segments (from recovery) hold `live` live records
+    /// each; new records go to a fresh segment after them. Spawns the writer thread.
+    pub fn start(
+        dir: PathBuf,
+        segment_bytes: u64,
+        fsync: FsyncPolicy,
+        live: BTreeMap<u64, u64>,
+    ) -> std::io::Result<Arc<Self>> {
+        let segment = live.keys().next_back().map_or(1, |n| n + 1);
+        let mut live = live;
+        live.insert(segment, 0);
+        let (synced, _) = watch::channel(0);
+        let log = Arc::new(MessageLog {
+            dir,
+            segment_bytes: segment_bytes.max(1024),
+            fsync,
+            pending: Mutex::new(Pending {
+                segment,
+                live,
+                ..Default::default()
+            }),
+            wake: Condvar::new(),
+            synced,
+            stats: LogStats::default(),
+        });
+        let writer = log.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run_writer(segment))?;
+        Ok(log)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends records written by `encode` to the current segment (rolling over to a new one
+    /// when it is full) and returns where they went.
+    fn append(&self, live_delta: u64, encode: impl FnOnce(&mut Vec<u8>)) -> Appended {
+        let mut p = self.lock();
+        if p.segment_len >= self.segment_bytes {
+            p.segment += 1;
+            p.segment_len = 0;
+            let seg = p.segment;
+            p.live.insert(seg, 0);
+        }
+        let seg = p.segment;
+        let was_idle = p.chunks.is_empty();
+        if p.chunks.last().map(|c| c.0) != Some(seg) {
+            p.chunks.push((seg, Vec::with_capacity(64 * 1024)));
+        }
+        let last = p.chunks.len() - 1;
+        let buf = &mut p.chunks[last].1;
+        let before = buf.len();
+        encode(buf);
+        let written = (buf.len() - before) as u64;
+        p.segment_len += written;
+        p.last_lsn += 1;
+        *p.live.entry(seg).or_default() += live_delta;
+        let lsn = p.last_lsn;
+        drop(p);
+        if was_idle {
+            self.wake.notify_one();
+        }
+        Appended { lsn, segment: seg }
+    }
+
+    /// Appends an enqueue record for `message` entering durable queue `queue` as `seq`.
+    pub fn append_enqueue(&self, queue: u64, seq: u64, message: &Message) -> Appended {
+        let encoded;
+        let props: &[u8] = match &message.raw_properties {
+            Some(raw) => raw,
+            None => {
+                let mut b = BytesMut::with_capacity(message.properties.encoded_len());
+                message.properties.encode(&mut b);
+                encoded = b;
+                &encoded
+            }
+        };
+        self.append(1, |out| {
+            encode_enqueue(
+                out,
+                queue,
+                seq,
+                &message.exchange,
+                &message.routing_key,
+                props,
+                &message.body,
+            )
+        })
+    }
+
+    /// Records that messages `(seq, segment)` of `queue` left it for good.
+    pub fn append_settle(&self, queue: u64, settled: &[(u64, u64)]) -> u64 {
+        let seqs: Vec<u64> = settled.iter().map(|s| s.0).collect();
+        let a = self.append(0, |out| encode_settle(out, queue, &seqs));
+        self.forget(settled.iter().map(|s| s.1));
+        a.lsn
+    }
+
+    /// Drops live records without writing anything: their queue is gone from the definitions,
+    /// so recovery ignores them anyway.
+    pub fn forget(&self, segments: impl IntoIterator<Item = u64>) {
+        let mut p = self.lock();
+        for seg in segments {
+            if let Some(n) = p.live.get_mut(&seg) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The highest LSN known durable (per the fsync policy).
+    pub fn synced(&self) -> u64 {
+        *self.synced.borrow()
+    }
+
+    /// Watches the durable LSN.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.synced.subscribe()
+    }
+
+    /// The LSN of the last record appended.
+    pub fn last_lsn(&self) -> u64 {
+        self.lock().last_lsn
+    }
+
+    /// Waits until every record up to `lsn` is durable.
+    pub async fn wait_synced(&self, lsn: u64) {
+        let mut rx = self.subscribe();
+        let _ = rx.wait_for(|s| *s >= lsn).await;
+    }
+
+    /// Segment numbers and their live record counts.
+    pub fn segments(&self) -> Vec<(u64, u64)> {
+        self.lock().live.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// Stops the writer after it has written everything appended so far.
+    pub fn stop(&self) {
+        self.lock().stop = true;
+        self.wake.notify_one();
+    }
+
+    fn run_writer(&self, first_segment: u64) {
+        let mut open: Option<(u64, File)> = None;
+        let mut created_first = false;
+        loop {
+            let (chunks, lsn, stop) = {
+                let mut p = self.lock();
+                while p.chunks.is_empty() && !p.stop {
+                    p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+                (std::mem::take(&mut p.chunks), p.last_lsn, p.stop)
+            };
+            if !created_first {
+                // The first segment exists from the start, so an empty log still has a head.
+                if let Ok(f) = self.open_segment(first_segment) {
+                    open = Some((first_segment, f));
+                }
+                created_first = true;
+            }
+            for (seg, data) in &chunks {
+                self.write_chunk(&mut open, *seg, data);
+            }
+            if !chunks.is_empty() {
+                if self.fsync == FsyncPolicy::Always {
+                    if let Some((_, f)) = &open {
+                        if let Err(e) = f.sync_data() {
+                            tracing::error!(error = %e, "message log fsync failed");
+                            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                }
+                self.synced.send_replace(lsn);
+            }
+            self.delete_dead_segments(open.as_ref().map(|o| o.0));
+            if stop {
+                return;
+            }
+        }
+    }
+
+    fn open_segment(&self, seg: u64) -> std::io::Result<File> {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(&self.dir, seg))?;
+        // The new file's directory entry must be durable too, or a crash could lose the file.
+        if self.fsync == FsyncPolicy::Always {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(f)
+    }
+
+    /// Writes one chunk to its segment, retrying until the disk takes it: a record is never
+    /// reported durable before it is written, and a failed write is cut off before retrying so
+    /// the file never holds a half record followed by more data.
+    fn write_chunk(&self, open: &mut Option<(u64, File)>, seg: u64, data: &[u8]) {
+        loop {
+            if open.as_ref().map(|o| o.0) != Some(seg) {
+                if let Some((_, old)) = open.take() {
+                    if self.fsync == FsyncPolicy::Always {
+                        let _ = old.sync_data();
+                    }
+                }
+                match self.open_segment(seg) {
+                    Ok(f) => *open = Some((seg, f)),
+                    Err(e) => {
+                        self.write_failed(&e);
+                        continue;
+                    }
+                }
+            }
+            let Some((_, f)) = open.as_mut() else {
+                continue;
+            };
+            let before = f.metadata().map(|m| m.len()).ok();
+            match f.write_all(data) {
+                Ok(()) => {
+                    self.stats
+                        .bytes_written
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    if let Some(len) = before {
+                        let _ = f.set_len(len);
+                    }
+                    self.write_failed(&e);
+                }
+            }
+        }
+    }
+
+    fn write_failed(&self, e: &std::io::Error) {
+        tracing::error!(error = %e, dir = %self.dir.display(), "message log write failed; retrying");
+        self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// Deletes segments at the head of the log that hold nothing live.
+    fn delete_dead_segments(&self, open: Option<u64>) {
+        let dead: Vec<u64> = {
+            let mut p = self.lock();
+            let current = p.segment;
+            let mut dead = Vec::new();
+            for (&seg, &live) in p.live.iter() {
+                if live > 0 || seg >= current || Some(seg) == open {
+                    break;
+                }
+                dead.push(seg);
+            }
+            for seg in &dead {
+                p.live.remove(seg);
+            }
+            dead
+        };
+        for seg in dead {
+            match std::fs::remove_file(segment_path(&self.dir, seg)) {
+                Ok(()) => {
+                    self.stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, segment = seg, "cannot delete settled segment")
+                }
+            }
+        }
+    }
+}
