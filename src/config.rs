@@ -78,6 +78,10 @@ pub struct StoreConfig {
     /// A log segment is closed and a new one started past this size, in bytes.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+    /// Past this many bytes of ready message bodies in memory, a durable queue keeps further
+    /// persistent messages only as positions in the log and reads them back when delivering.
+    #[serde(default = "default_queue_memory_bytes")]
+    pub queue_memory_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -85,12 +89,17 @@ impl Default for StoreConfig {
         StoreConfig {
             fsync: Default::default(),
             segment_bytes: default_segment_bytes(),
+            queue_memory_bytes: default_queue_memory_bytes(),
         }
     }
 }
 
 fn default_segment_bytes() -> u64 {
     64 * 1024 * 1024
+}
+
+fn default_queue_memory_bytes() -> u64 {
+    128 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -28,6 +28,14 @@ struct Broker {
     amqp: SocketAddr,
 }
 
+impl Drop for Broker {
+    /// A failing test must not leave a broker running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts the broker binary on `dir` and waits for its ports file.
 fn spawn(dir: &Path) -> Broker {
     std::fs::create_dir_all(dir).expect("data dir");
@@ -35,26 +43,28 @@ fn spawn(dir: &Path) -> Broker {
     std::fs::write(&config, test_config_text_in(dir)).expect("config");
     let ports = dir.join("ports.json");
     let _ = std::fs::remove_file(&ports);
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--ports-file")
-        .arg(&ports)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn broker");
+    let mut broker = Broker {
+        child: Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--ports-file")
+            .arg(&ports)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn broker"),
+        amqp: SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    // From here on, a panic drops (kills) the broker.
     let deadline = std::time::Instant::now() + WAIT * 3;
     loop {
         if let Ok(text) = std::fs::read_to_string(&ports) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
                 let addr = v["amqp"][0].as_str().expect("amqp address");
-                return Broker {
-                    child,
-                    amqp: addr.parse().expect("address"),
-                };
+                broker.amqp = addr.parse().expect("address");
+                return broker;
             }
         }
         assert!(std::time::Instant::now() < deadline, "broker did not start");
@@ -259,6 +269,7 @@ async fn crash_round(kill_after: usize) {
     }
     broker.child.kill().expect("SIGKILL");
     broker.child.wait().expect("reap");
+    drop(broker);
     for t in tasks {
         within(t)
             .await
@@ -267,7 +278,7 @@ async fn crash_round(kill_after: usize) {
     }
     let seen = std::mem::take(&mut *seen.lock().expect("seen"));
 
-    let mut broker = spawn(&dir);
+    let broker = spawn(&dir);
     let conn = within(connect(broker.amqp))
         .await
         .expect("reconnect")
@@ -284,8 +295,7 @@ async fn crash_round(kill_after: usize) {
     {
         received.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
     }
-    let _ = broker.child.kill();
-    let _ = broker.child.wait();
+    drop(broker);
 
     let got: HashSet<&str> = received.iter().map(|s| s.as_str()).collect();
     let mut lost = Vec::new();
@@ -306,7 +316,7 @@ async fn crash_round(kill_after: usize) {
         returned.is_empty(),
         "durably acked messages came back: {returned:?}"
     );
-    let mut last = vec![None; PUBLISHERS];
+    let mut last = [None; PUBLISHERS];
     for body in &received {
         let (p, s) = parse(body);
         assert!(

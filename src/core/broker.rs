@@ -61,7 +61,12 @@ impl Broker {
     pub fn open(config: Config) -> Result<Arc<Self>, StoreError> {
         let memory = MemoryMonitor::new(config.memory_high_watermark_bytes());
         let names: Vec<String> = config.vhosts.iter().map(|v| v.name.clone()).collect();
-        let (store, mut recovered) = Store::open(&config.server.data_dir, &names, &config.store)?;
+        let (store, mut recovered) = Store::open(
+            &config.server.data_dir,
+            &names,
+            &config.store,
+            memory.clone(),
+        )?;
         let vhosts = DashMap::new();
         for defs in &recovered.definitions {
             let vh = VHost::with_store(

@@ -5,7 +5,9 @@
 //! [`ConsumerSink`] under that lock, so the order in which a consumer sees messages is the queue's
 //! order, and a consumer removed under the lock gets nothing afterwards.
 
+use super::memory::MemoryMonitor;
 use super::message::Message;
+use crate::store::log::RecordPos;
 use crate::store::MessageLog;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -80,10 +82,12 @@ pub struct QueueStats {
 #[derive(Debug)]
 struct Queued {
     id: u64,
-    message: Arc<Message>,
+    /// None while paged out: only the record's position stays in memory.
+    message: Option<Arc<Message>>,
+    body_len: u64,
     redelivered: bool,
-    /// The log segment holding the message's enqueue record, when it is persisted.
-    segment: Option<u64>,
+    /// Where the message's enqueue record is, when it is persisted.
+    stored: Option<RecordPos>,
 }
 
 /// A durable queue's place in the message log.
@@ -92,6 +96,21 @@ pub struct QueueStore {
     pub log: Arc<MessageLog>,
     /// The queue's id in log records (see `store::definitions::QueueDef::id`).
     pub id: u64,
+    /// Past this many bytes of ready message bodies in memory, persistent messages are kept
+    /// only as log positions and read back when delivered.
+    pub memory_budget: u64,
+    /// Charged for messages read back from the log.
+    pub memory: Arc<MemoryMonitor>,
+}
+
+/// A message recovered from the log for [`Queue::recover`].
+#[derive(Debug)]
+pub struct RecoveredEntry {
+    pub seq: u64,
+    pub at: RecordPos,
+    pub body_len: u64,
+    /// None: leave it paged out.
+    pub message: Option<Arc<Message>>,
 }
 
 /// What [`Queue::publish_tracked`] did.
@@ -108,6 +127,8 @@ struct QueueState {
     /// Ready messages, ordered by id (requeued messages go back to their place).
     ready: VecDeque<Queued>,
     ready_bytes: u64,
+    /// Bytes of ready bodies held in memory (ready_bytes less the paged-out ones).
+    memory_bytes: u64,
     unacked: HashMap<u64, Queued>,
     consumers: Vec<Consumer>,
     /// Round-robin cursor into `consumers`.
@@ -177,6 +198,53 @@ impl Queue {
         self.store.as_ref().map(|s| s.id)
     }
 
+    /// The message of a ready entry, read back from the log if it was paged out. None if the
+    /// record cannot be read (then the entry is settled and dropped: it could not be recovered
+    /// either).
+    fn load(&self, q: &Queued) -> Option<Arc<Message>> {
+        if let Some(m) = &q.message {
+            return Some(m.clone());
+        }
+        let (store, pos) = (self.store.as_ref()?, q.stored?);
+        let read = store
+            .log
+            .read(pos)
+            .map_err(|e| e.to_string())
+            .and_then(|data| match crate::store::record::scan(&data, 0) {
+                crate::store::record::Scan::Record(
+                    crate::store::record::Record::Enqueue {
+                        exchange,
+                        routing_key,
+                        properties,
+                        body,
+                        ..
+                    },
+                    _,
+                ) => {
+                    let props = switchboard_amqp::BasicProperties::decode(&properties)
+                        .map_err(|e| e.to_string())?;
+                    let charge = store.memory.charge(Message::charge_size(body.len()));
+                    Ok(Arc::new(Message::new(
+                        exchange,
+                        routing_key,
+                        props,
+                        Some(properties),
+                        body,
+                        charge,
+                    )))
+                }
+                other => Err(format!("not an enqueue record: {other:?}")),
+            });
+        match read {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!(queue = %self.name, segment = pos.segment, offset = pos.offset, "cannot read a paged-out message back; dropping it: {e}");
+                self.log_settled(&[(q.id, pos.segment)]);
+                None
+            }
+        }
+    }
+
     /// Records in the log that these persisted entries left the queue for good.
     fn log_settled(&self, settled: &[(u64, u64)]) {
         if let (Some(store), false) = (&self.store, settled.is_empty()) {
@@ -186,18 +254,37 @@ impl Queue {
 
     /// Loads messages recovered from the log (in sequence order), marked redelivered: they may
     /// have been delivered before the restart.
-    pub fn recover(self: &Arc<Self>, messages: Vec<(u64, u64, Arc<Message>)>, max_seq: u64) {
+    pub fn recover(self: &Arc<Self>, entries: Vec<RecoveredEntry>, max_seq: u64) {
         let mut st = self.lock();
-        for (seq, segment, message) in messages {
-            st.ready_bytes += message.body.len() as u64;
+        for e in entries {
+            st.ready_bytes += e.body_len;
+            if e.message.is_some() {
+                st.memory_bytes += e.body_len;
+            }
             st.ready.push_back(Queued {
-                id: seq,
-                message,
+                id: e.seq,
+                message: e.message,
+                body_len: e.body_len,
                 redelivered: true,
-                segment: Some(segment),
+                stored: Some(e.at),
             });
         }
         st.next_id = st.next_id.max(max_seq + 1);
+    }
+
+    /// Takes the head ready entry with its message loaded, dropping unreadable ones.
+    fn pop_ready(&self, st: &mut QueueState) -> Option<(Queued, Arc<Message>)> {
+        while let Some(mut q) = st.ready.pop_front() {
+            st.ready_bytes -= q.body_len;
+            if q.message.is_some() {
+                st.memory_bytes -= q.body_len;
+            }
+            if let Some(m) = self.load(&q) {
+                q.message = Some(m.clone());
+                return Some((q, m));
+            }
+        }
+        None
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
@@ -221,19 +308,27 @@ impl Queue {
         }
         let id = st.next_id;
         st.next_id += 1;
-        let (segment, lsn) = match &self.store {
+        let body_len = message.body.len() as u64;
+        let (stored, lsn, page_out) = match &self.store {
             Some(store) if message.is_persistent() => {
                 let a = store.log.append_enqueue(store.id, id, &message);
-                (Some(a.segment), a.lsn)
+                // Paging out only behind other ready messages: a message a consumer can take
+                // now is delivered from memory.
+                let page_out = st.memory_bytes > store.memory_budget && !st.ready.is_empty();
+                (Some(a.at), a.lsn, page_out)
             }
-            _ => (None, 0),
+            _ => (None, 0, false),
         };
-        st.ready_bytes += message.body.len() as u64;
+        st.ready_bytes += body_len;
+        if !page_out {
+            st.memory_bytes += body_len;
+        }
         st.ready.push_back(Queued {
             id,
-            message,
+            message: (!page_out).then_some(message),
+            body_len,
             redelivered: false,
-            segment,
+            stored,
         });
         self.dispatch_locked(&mut st);
         Enqueued {
@@ -260,21 +355,21 @@ impl Queue {
                 return;
             };
             st.next_consumer = idx + 1;
-            let Some(q) = st.ready.pop_front() else {
+            let Some((q, message)) = self.pop_ready(st) else {
+                // Only unreadable entries were left; the reserved credit goes unused.
                 return;
             };
-            st.ready_bytes -= q.message.body.len() as u64;
             let delivery = Delivery {
                 id: q.id,
-                message: q.message.clone(),
+                message,
                 redelivered: q.redelivered,
             };
             let consumer = &st.consumers[idx];
             let (sink, no_ack) = (consumer.sink.clone(), consumer.no_ack);
             if !no_ack {
                 st.unacked.insert(q.id, q);
-            } else if let Some(seg) = q.segment {
-                self.log_settled(&[(q.id, seg)]);
+            } else if let Some(pos) = q.stored {
+                self.log_settled(&[(q.id, pos.segment)]);
             }
             sink.deliver(self, delivery);
         }
@@ -320,17 +415,16 @@ impl Queue {
     /// Takes the head message for `basic.get`, with the number of messages left ready.
     pub fn get(&self, no_ack: bool) -> Option<(Delivery, u32)> {
         let mut st = self.lock();
-        let q = st.ready.pop_front()?;
-        st.ready_bytes -= q.message.body.len() as u64;
+        let (q, message) = self.pop_ready(&mut st)?;
         let delivery = Delivery {
             id: q.id,
-            message: q.message.clone(),
+            message,
             redelivered: q.redelivered,
         };
         if !no_ack {
             st.unacked.insert(q.id, q);
-        } else if let Some(seg) = q.segment {
-            self.log_settled(&[(q.id, seg)]);
+        } else if let Some(pos) = q.stored {
+            self.log_settled(&[(q.id, pos.segment)]);
         }
         Some((delivery, saturating_u32(st.ready.len())))
     }
@@ -341,10 +435,10 @@ impl Queue {
         let mut persisted = Vec::new();
         for id in ids {
             if let Some(Queued {
-                segment: Some(seg), ..
+                stored: Some(pos), ..
             }) = st.unacked.remove(id)
             {
-                persisted.push((*id, seg));
+                persisted.push((*id, pos.segment));
             }
         }
         // Under the lock, so a settle record never overtakes the requeue or delete it races.
@@ -360,7 +454,9 @@ impl Queue {
                 continue;
             };
             q.redelivered = true;
-            st.ready_bytes += q.message.body.len() as u64;
+            // Unacked entries always hold their message (it was loaded to be delivered).
+            st.ready_bytes += q.body_len;
+            st.memory_bytes += q.body_len;
             // Ready is ordered by id; requeued messages are usually older than all ready ones.
             let pos = st.ready.partition_point(|r| r.id < q.id);
             st.ready.insert(pos, q);
@@ -377,10 +473,11 @@ impl Queue {
         let persisted: Vec<(u64, u64)> = st
             .ready
             .iter()
-            .filter_map(|q| q.segment.map(|s| (q.id, s)))
+            .filter_map(|q| q.stored.map(|s| (q.id, s.segment)))
             .collect();
         st.ready.clear();
         st.ready_bytes = 0;
+        st.memory_bytes = 0;
         self.log_settled(&persisted);
         saturating_u32(n)
     }
@@ -394,10 +491,13 @@ impl Queue {
             // The queue leaves the definitions, so recovery ignores its records: no settle
             // records needed, only the segments' live counts.
             let segments = st.ready.iter().chain(st.unacked.values());
-            store.log.forget(segments.filter_map(|q| q.segment));
+            store
+                .log
+                .forget(segments.filter_map(|q| q.stored.map(|s| s.segment)));
         }
         st.ready.clear();
         st.ready_bytes = 0;
+        st.memory_bytes = 0;
         st.unacked.clear();
         QueueDeleted {
             messages,

@@ -3,7 +3,7 @@
 use super::error::{CoreError, CoreResult, ErrorKind};
 use super::exchange::{Destination, Exchange, ExchangeKind};
 use super::message::Message;
-use super::queue::{ConnectionId, Queue, QueueStore};
+use super::queue::{ConnectionId, Queue, QueueStore, RecoveredEntry};
 use crate::store::definitions::{table_text, BindingDef, ExchangeDef, QueueDef};
 use crate::store::{Store, VHostDefinitions};
 use dashmap::DashMap;
@@ -157,25 +157,43 @@ impl VHost {
                 Some(qd.id),
             ));
             if let Some(rq) = recovered.queues.remove(&qd.id) {
-                let messages = rq
+                let budget = self
+                    .store
+                    .as_ref()
+                    .map_or(u64::MAX, |s| s.queue_memory_budget);
+                let mut in_memory = 0u64;
+                let entries = rq
                     .messages
                     .into_iter()
                     .filter_map(|(seq, m)| {
-                        let properties =
-                            switchboard_amqp::BasicProperties::decode(&m.properties).ok()?;
-                        let charge = memory.charge(Message::charge_size(m.body.len()));
-                        let msg = Message::new(
-                            m.exchange,
-                            m.routing_key,
-                            properties,
-                            Some(m.properties),
-                            m.body,
-                            charge,
-                        );
-                        Some((seq, m.segment, Arc::new(msg)))
+                        let body_len = m.body.len() as u64;
+                        let message = if in_memory <= budget {
+                            let properties =
+                                switchboard_amqp::BasicProperties::decode(&m.properties).ok()?;
+                            in_memory += body_len;
+                            let charge = memory.charge(Message::charge_size(m.body.len()));
+                            // Copies, so that a few kept messages do not pin whole segment
+                            // buffers in memory.
+                            Some(Arc::new(Message::new(
+                                m.exchange,
+                                m.routing_key,
+                                properties,
+                                Some(bytes::Bytes::copy_from_slice(&m.properties)),
+                                bytes::Bytes::copy_from_slice(&m.body),
+                                charge,
+                            )))
+                        } else {
+                            None
+                        };
+                        Some(RecoveredEntry {
+                            seq,
+                            at: m.at,
+                            body_len,
+                            message,
+                        })
                     })
                     .collect();
-                queue.recover(messages, rq.max_seq);
+                queue.recover(entries, rq.max_seq);
             }
             self.queues.insert(qd.name.clone(), queue);
         }
@@ -273,6 +291,8 @@ impl VHost {
             Some(store) if spec.durable && !exclusive => queue.with_store(QueueStore {
                 log: store.log.clone(),
                 id: id.unwrap_or_else(|| rand::rng().random()),
+                memory_budget: store.queue_memory_budget,
+                memory: store.memory.clone(),
             }),
             _ => queue,
         }

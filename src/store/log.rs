@@ -28,14 +28,42 @@ use tokio::sync::watch;
 pub struct Appended {
     /// The record's log sequence number: durable once [`MessageLog::synced`] reaches it.
     pub lsn: u64,
-    /// The segment holding it.
+    pub at: RecordPos,
+}
+
+/// A record's place: enough to read it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordPos {
     pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Encoded records bound for one segment, starting at `base` in it.
+#[derive(Debug)]
+struct Chunk {
+    segment: u64,
+    base: u64,
+    data: Vec<u8>,
+}
+
+impl Chunk {
+    /// The bytes of `pos` if this chunk holds them.
+    fn slice(&self, pos: RecordPos) -> Option<&[u8]> {
+        if pos.segment != self.segment || pos.offset < self.base {
+            return None;
+        }
+        let start = usize::try_from(pos.offset - self.base).ok()?;
+        self.data.get(start..start + pos.len as usize)
+    }
 }
 
 #[derive(Debug, Default)]
 struct Pending {
-    /// Encoded records not yet written, per segment, in log order.
-    chunks: Vec<(u64, Vec<u8>)>,
+    /// Encoded records not yet written, in log order.
+    chunks: Vec<Chunk>,
+    /// Chunks the writer is writing now: readers find records here until they are in the file.
+    in_flight: Arc<Vec<Chunk>>,
     /// The segment new records go to, and the bytes assigned to it so far.
     segment: u64,
     segment_len: u64,
@@ -118,12 +146,17 @@ impl MessageLog {
             p.live.insert(seg, 0);
         }
         let seg = p.segment;
+        let offset = p.segment_len;
         let was_idle = p.chunks.is_empty();
-        if p.chunks.last().map(|c| c.0) != Some(seg) {
-            p.chunks.push((seg, Vec::with_capacity(64 * 1024)));
+        if p.chunks.last().map(|c| c.segment) != Some(seg) {
+            p.chunks.push(Chunk {
+                segment: seg,
+                base: offset,
+                data: Vec::with_capacity(64 * 1024),
+            });
         }
         let last = p.chunks.len() - 1;
-        let buf = &mut p.chunks[last].1;
+        let buf = &mut p.chunks[last].data;
         let before = buf.len();
         encode(buf);
         let written = (buf.len() - before) as u64;
@@ -135,7 +168,37 @@ impl MessageLog {
         if was_idle {
             self.wake.notify_one();
         }
-        Appended { lsn, segment: seg }
+        Appended {
+            lsn,
+            at: RecordPos {
+                segment: seg,
+                offset,
+                len: u32::try_from(written).unwrap_or(u32::MAX),
+            },
+        }
+    }
+
+    /// Reads a record back (for a queue that keeps only positions in memory): from the buffers
+    /// when it is not written yet, else from its segment file.
+    pub fn read(&self, pos: RecordPos) -> std::io::Result<bytes::Bytes> {
+        {
+            // Holding the lock across both looks: the writer moves chunks from `chunks` to
+            // `in_flight` under it, and clears `in_flight` only once they are in the file.
+            let p = self.lock();
+            let found = p
+                .chunks
+                .iter()
+                .chain(p.in_flight.iter())
+                .find_map(|c| c.slice(pos));
+            if let Some(b) = found {
+                return Ok(bytes::Bytes::copy_from_slice(b));
+            }
+        }
+        use std::os::unix::fs::FileExt;
+        let f = File::open(segment_path(&self.dir, pos.segment))?;
+        let mut buf = vec![0; pos.len as usize];
+        f.read_exact_at(&mut buf, pos.offset)?;
+        Ok(bytes::Bytes::from(buf))
     }
 
     /// Appends an enqueue record for `message` entering durable queue `queue` as `seq`.
@@ -223,7 +286,9 @@ impl MessageLog {
                 while p.chunks.is_empty() && !p.stop {
                     p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
                 }
-                (std::mem::take(&mut p.chunks), p.last_lsn, p.stop)
+                let chunks = Arc::new(std::mem::take(&mut p.chunks));
+                p.in_flight = chunks.clone();
+                (chunks, p.last_lsn, p.stop)
             };
             if !created_first {
                 // The first segment exists from the start, so an empty log still has a head.
@@ -232,9 +297,10 @@ impl MessageLog {
                 }
                 created_first = true;
             }
-            for (seg, data) in &chunks {
-                self.write_chunk(&mut open, *seg, data);
+            for c in chunks.iter() {
+                self.write_chunk(&mut open, c.segment, &c.data);
             }
+            self.lock().in_flight = Arc::default();
             if !chunks.is_empty() {
                 if self.fsync == FsyncPolicy::Always {
                     if let Some((_, f)) = &open {

@@ -53,6 +53,10 @@ pub enum StoreError {
 pub struct Store {
     definitions_dir: PathBuf,
     pub log: Arc<MessageLog>,
+    /// Per-queue bytes of ready bodies kept in memory (store.queue_memory_bytes).
+    pub queue_memory_budget: u64,
+    /// Charged for messages read back from the log.
+    pub memory: Arc<crate::core::memory::MemoryMonitor>,
 }
 
 /// What the store held at start, for the broker to rebuild its vhosts from.
@@ -76,6 +80,7 @@ impl Store {
         data_dir: &Path,
         vhosts: &[String],
         config: &crate::config::StoreConfig,
+        memory: Arc<crate::core::memory::MemoryMonitor>,
     ) -> Result<(Arc<Store>, Recovered), StoreError> {
         let definitions_dir = data_dir.join("definitions");
         let messages_dir = data_dir.join("messages");
@@ -120,6 +125,8 @@ impl Store {
             Arc::new(Store {
                 definitions_dir,
                 log: message_log,
+                queue_memory_budget: config.queue_memory_bytes,
+                memory,
             }),
             Recovered { definitions, log },
         ))

@@ -6,7 +6,7 @@
 //! else is skipped (the scan resumes at the next record's magic word), counted and logged: one
 //! bad sector costs the records it covers, never the broker or the rest of the log.
 
-use super::log::segment_path;
+use super::log::{segment_path, RecordPos};
 use super::record::{resync, scan, Record, Scan};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +15,7 @@ use std::path::Path;
 /// A message as the log holds it.
 #[derive(Debug, Clone)]
 pub struct RecoveredMessage {
-    pub segment: u64,
+    pub at: RecordPos,
     pub exchange: String,
     pub routing_key: String,
     pub properties: Bytes,
@@ -48,7 +48,7 @@ impl RecoveredLog {
         let mut live: BTreeMap<u64, u64> = self.segments.iter().map(|s| (*s, 0)).collect();
         for q in self.queues.values() {
             for m in q.messages.values() {
-                *live.entry(m.segment).or_default() += 1;
+                *live.entry(m.at.segment).or_default() += 1;
             }
         }
         live
@@ -116,7 +116,12 @@ fn read_segment(out: &mut RecoveredLog, seg: u64, data: &Bytes) -> usize {
     while at < data.len() {
         match scan(data, at) {
             Scan::Record(record, next) => {
-                apply(out, seg, record);
+                let pos = RecordPos {
+                    segment: seg,
+                    offset: at as u64,
+                    len: u32::try_from(next - at).unwrap_or(u32::MAX),
+                };
+                apply(out, pos, record);
                 out.records += 1;
                 at = next;
                 valid_end = next;
@@ -143,7 +148,7 @@ fn read_segment(out: &mut RecoveredLog, seg: u64, data: &Bytes) -> usize {
     valid_end
 }
 
-fn apply(out: &mut RecoveredLog, seg: u64, record: Record) {
+fn apply(out: &mut RecoveredLog, at: RecordPos, record: Record) {
     match record {
         Record::Enqueue {
             queue,
@@ -158,7 +163,7 @@ fn apply(out: &mut RecoveredLog, seg: u64, record: Record) {
             q.messages.insert(
                 seq,
                 RecoveredMessage {
-                    segment: seg,
+                    at,
                     exchange,
                     routing_key,
                     properties,
