@@ -279,3 +279,42 @@ async fn a_torn_tail_is_cut_off_and_the_rest_recovered() {
     assert_eq!(drain(&ch, &q).await, ["after"]);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn an_old_message_does_not_pin_the_segments_after_it() {
+    let dir = fresh_data_dir();
+    let small_segments = |c: &mut switchboard::Config| c.store.segment_bytes = 4096;
+    let b = TestBroker::start_in(&dir, small_segments).await;
+    let (_c, ch) = b.channel().await;
+    confirm_mode(&ch).await;
+    let old = unique("old");
+    declare_durable(&ch, &old, FieldTable::default()).await;
+    publish_confirmed(&ch, "", &old, b"still here", persistent()).await;
+    let q = unique("stream");
+    declare_durable(&ch, &q, FieldTable::default()).await;
+    let body = vec![b'x'; 1000];
+    for _ in 0..40 {
+        publish_confirmed(&ch, "", &q, &body, persistent()).await;
+    }
+    assert_eq!(drain(&ch, &q).await.len(), 40);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        publish_confirmed(&ch, "", &q, b"tick", persistent()).await;
+        assert_eq!(drain(&ch, &q).await.len(), 1);
+        let now = segment_files(&dir).len();
+        if now <= 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "segments not reclaimed behind an old message: {now} left"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    b.stop().await;
+    let b = TestBroker::start_in(&dir, small_segments).await;
+    let (_c, ch) = b.channel().await;
+    assert_eq!(drain(&ch, &old).await, ["still here"]);
+    assert!(drain(&ch, &q).await.is_empty());
+    b.stop().await;
+}

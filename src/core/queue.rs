@@ -239,14 +239,14 @@ impl Queue {
             Ok(m) => Some(m),
             Err(e) => {
                 tracing::error!(queue = %self.name, segment = pos.segment, offset = pos.offset, "cannot read a paged-out message back; dropping it: {e}");
-                self.log_settled(&[(q.id, pos.segment)]);
+                self.log_settled(&[(q.id, pos)]);
                 None
             }
         }
     }
 
     /// Records in the log that these persisted entries left the queue for good.
-    fn log_settled(&self, settled: &[(u64, u64)]) {
+    fn log_settled(&self, settled: &[(u64, RecordPos)]) {
         if let (Some(store), false) = (&self.store, settled.is_empty()) {
             store.log.append_settle(store.id, settled);
         }
@@ -270,6 +270,32 @@ impl Queue {
             });
         }
         st.next_id = st.next_id.max(max_seq + 1);
+    }
+
+    /// Rewrites the enqueue records this queue still holds in log segment `segment` at the end
+    /// of the log, so the segment (and the settled ones behind it) can be deleted. Returns how
+    /// many were moved.
+    pub fn relocate(&self, segment: u64) -> usize {
+        let Some(store) = &self.store else {
+            return 0;
+        };
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut moved = Vec::new();
+        for q in st.ready.iter_mut().chain(st.unacked.values_mut()) {
+            let Some(old) = q.stored.filter(|p| p.segment == segment) else {
+                continue;
+            };
+            let Some(message) = self.load(q) else {
+                continue;
+            };
+            let a = store.log.append_enqueue(store.id, q.id, &message);
+            q.stored = Some(a.at);
+            moved.push(old);
+        }
+        let n = moved.len();
+        store.log.forget(moved);
+        n
     }
 
     /// Takes the head ready entry with its message loaded, dropping unreadable ones.
@@ -369,7 +395,7 @@ impl Queue {
             if !no_ack {
                 st.unacked.insert(q.id, q);
             } else if let Some(pos) = q.stored {
-                self.log_settled(&[(q.id, pos.segment)]);
+                self.log_settled(&[(q.id, pos)]);
             }
             sink.deliver(self, delivery);
         }
@@ -424,7 +450,7 @@ impl Queue {
         if !no_ack {
             st.unacked.insert(q.id, q);
         } else if let Some(pos) = q.stored {
-            self.log_settled(&[(q.id, pos.segment)]);
+            self.log_settled(&[(q.id, pos)]);
         }
         Some((delivery, saturating_u32(st.ready.len())))
     }
@@ -438,7 +464,7 @@ impl Queue {
                 stored: Some(pos), ..
             }) = st.unacked.remove(id)
             {
-                persisted.push((*id, pos.segment));
+                persisted.push((*id, pos));
             }
         }
         // Under the lock, so a settle record never overtakes the requeue or delete it races.
@@ -470,10 +496,10 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut st = self.lock();
         let n = st.ready.len();
-        let persisted: Vec<(u64, u64)> = st
+        let persisted: Vec<(u64, RecordPos)> = st
             .ready
             .iter()
-            .filter_map(|q| q.stored.map(|s| (q.id, s.segment)))
+            .filter_map(|q| q.stored.map(|s| (q.id, s)))
             .collect();
         st.ready.clear();
         st.ready_bytes = 0;
@@ -491,9 +517,7 @@ impl Queue {
             // The queue leaves the definitions, so recovery ignores its records: no settle
             // records needed, only the segments' live counts.
             let segments = st.ready.iter().chain(st.unacked.values());
-            store
-                .log
-                .forget(segments.filter_map(|q| q.stored.map(|s| s.segment)));
+            store.log.forget(segments.filter_map(|q| q.stored));
         }
         st.ready.clear();
         st.ready_bytes = 0;

@@ -58,6 +58,13 @@ impl Chunk {
     }
 }
 
+/// What is still live in a segment: enqueue records not yet settled, and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentUse {
+    pub records: u64,
+    pub bytes: u64,
+}
+
 #[derive(Debug, Default)]
 struct Pending {
     /// Encoded records not yet written, in log order.
@@ -69,7 +76,7 @@ struct Pending {
     segment_len: u64,
     last_lsn: u64,
     /// Live enqueue records per segment (every segment on disk has an entry).
-    live: BTreeMap<u64, u64>,
+    live: BTreeMap<u64, SegmentUse>,
     stop: bool,
 }
 
@@ -105,11 +112,11 @@ impl MessageLog {
         dir: PathBuf,
         segment_bytes: u64,
         fsync: FsyncPolicy,
-        live: BTreeMap<u64, u64>,
+        live: BTreeMap<u64, SegmentUse>,
     ) -> std::io::Result<Arc<Self>> {
         let segment = live.keys().next_back().map_or(1, |n| n + 1);
         let mut live = live;
-        live.insert(segment, 0);
+        live.insert(segment, SegmentUse::default());
         let (synced, _) = watch::channel(0);
         let log = Arc::new(MessageLog {
             dir,
@@ -137,13 +144,13 @@ impl MessageLog {
 
     /// Appends records written by `encode` to the current segment (rolling over to a new one
     /// when it is full) and returns where they went.
-    fn append(&self, live_delta: u64, encode: impl FnOnce(&mut Vec<u8>)) -> Appended {
+    fn append(&self, live: bool, encode: impl FnOnce(&mut Vec<u8>)) -> Appended {
         let mut p = self.lock();
         if p.segment_len >= self.segment_bytes {
             p.segment += 1;
             p.segment_len = 0;
             let seg = p.segment;
-            p.live.insert(seg, 0);
+            p.live.insert(seg, SegmentUse::default());
         }
         let seg = p.segment;
         let offset = p.segment_len;
@@ -162,7 +169,11 @@ impl MessageLog {
         let written = (buf.len() - before) as u64;
         p.segment_len += written;
         p.last_lsn += 1;
-        *p.live.entry(seg).or_default() += live_delta;
+        if live {
+            let u = p.live.entry(seg).or_default();
+            u.records += 1;
+            u.bytes += written;
+        }
         let lsn = p.last_lsn;
         drop(p);
         if was_idle {
@@ -213,7 +224,7 @@ impl MessageLog {
                 &encoded
             }
         };
-        self.append(1, |out| {
+        self.append(true, |out| {
             encode_enqueue(
                 out,
                 queue,
@@ -226,23 +237,36 @@ impl MessageLog {
         })
     }
 
-    /// Records that messages `(seq, segment)` of `queue` left it for good.
-    pub fn append_settle(&self, queue: u64, settled: &[(u64, u64)]) -> u64 {
+    /// Records that messages `(seq, position)` of `queue` left it for good.
+    pub fn append_settle(&self, queue: u64, settled: &[(u64, RecordPos)]) -> u64 {
         let seqs: Vec<u64> = settled.iter().map(|s| s.0).collect();
-        let a = self.append(0, |out| encode_settle(out, queue, &seqs));
+        let a = self.append(false, |out| encode_settle(out, queue, &seqs));
         self.forget(settled.iter().map(|s| s.1));
         a.lsn
     }
 
-    /// Drops live records without writing anything: their queue is gone from the definitions,
-    /// so recovery ignores them anyway.
-    pub fn forget(&self, segments: impl IntoIterator<Item = u64>) {
+    /// Drops live records without writing anything: their queue is gone from the definitions
+    /// (so recovery ignores them), or they were rewritten further on.
+    pub fn forget(&self, records: impl IntoIterator<Item = RecordPos>) {
         let mut p = self.lock();
-        for seg in segments {
-            if let Some(n) = p.live.get_mut(&seg) {
-                *n = n.saturating_sub(1);
+        for pos in records {
+            if let Some(u) = p.live.get_mut(&pos.segment) {
+                u.records = u.records.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub(u64::from(pos.len));
             }
         }
+    }
+
+    /// The head segment, when rewriting what is live in it (to delete it and the dead segments
+    /// behind it) is worth it: more than `min_segments` segments exist, and its live bytes are
+    /// at most half a segment.
+    pub fn compaction_candidate(&self, min_segments: usize) -> Option<u64> {
+        let p = self.lock();
+        if p.live.len() <= min_segments {
+            return None;
+        }
+        let (&head, u) = p.live.iter().next()?;
+        (u.records > 0 && head < p.segment && u.bytes <= self.segment_bytes / 2).then_some(head)
     }
 
     /// The highest LSN known durable (per the fsync policy).
@@ -266,8 +290,8 @@ impl MessageLog {
         let _ = rx.wait_for(|s| *s >= lsn).await;
     }
 
-    /// Segment numbers and their live record counts.
-    pub fn segments(&self) -> Vec<(u64, u64)> {
+    /// Segment numbers and what is live in them.
+    pub fn segments(&self) -> Vec<(u64, SegmentUse)> {
         self.lock().live.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
@@ -384,8 +408,8 @@ impl MessageLog {
             let mut p = self.lock();
             let current = p.segment;
             let mut dead = Vec::new();
-            for (&seg, &live) in p.live.iter() {
-                if live > 0 || seg >= current || Some(seg) == open {
+            for (&seg, u) in p.live.iter() {
+                if u.records > 0 || seg >= current || Some(seg) == open {
                     break;
                 }
                 dead.push(seg);

@@ -8,6 +8,7 @@
 //! messages/<16-digit segment>.log     the message log (see log.rs, record.rs)
 //! ```
 
+pub mod compaction;
 pub mod definitions;
 pub mod log;
 pub mod record;

@@ -6,7 +6,7 @@
 //! else is skipped (the scan resumes at the next record's magic word), counted and logged: one
 //! bad sector costs the records it covers, never the broker or the rest of the log.
 
-use super::log::{segment_path, RecordPos};
+use super::log::{segment_path, RecordPos, SegmentUse};
 use super::record::{resync, scan, Record, Scan};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
@@ -43,12 +43,18 @@ pub struct RecoveredLog {
 impl RecoveredLog {
     /// Live records per segment once the messages of queues that no longer exist (`keep`
     /// false) are dropped.
-    pub fn retain_queues(&mut self, keep: impl Fn(u64) -> bool) -> BTreeMap<u64, u64> {
+    pub fn retain_queues(&mut self, keep: impl Fn(u64) -> bool) -> BTreeMap<u64, SegmentUse> {
         self.queues.retain(|q, _| keep(*q));
-        let mut live: BTreeMap<u64, u64> = self.segments.iter().map(|s| (*s, 0)).collect();
+        let mut live: BTreeMap<u64, SegmentUse> = self
+            .segments
+            .iter()
+            .map(|s| (*s, SegmentUse::default()))
+            .collect();
         for q in self.queues.values() {
             for m in q.messages.values() {
-                *live.entry(m.at.segment).or_default() += 1;
+                let u = live.entry(m.at.segment).or_default();
+                u.records += 1;
+                u.bytes += u64::from(m.at.len);
             }
         }
         live
@@ -230,7 +236,8 @@ mod tests {
         let bodies: Vec<&[u8]> = q.messages.values().map(|m| &m.body[..]).collect();
         assert_eq!(bodies, [&b"b"[..], b"c"]);
         assert_eq!(q.max_seq, 2);
-        assert_eq!(live, BTreeMap::from([(1, 1), (2, 1)]));
+        let counts: Vec<(u64, u64)> = live.iter().map(|(s, u)| (*s, u.records)).collect();
+        assert_eq!(counts, [(1, 1), (2, 1)]);
         std::fs::remove_dir_all(&dir).ok();
     }
 
