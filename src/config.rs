@@ -65,6 +65,10 @@ pub struct ServerConfig {
     pub loopback_users: Vec<String>,
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
+    /// Publishers are blocked while the data directory's disk has less free space than this
+    /// (0 = never).
+    #[serde(default = "default_disk_free_limit")]
+    pub disk_free_limit_bytes: u64,
 }
 
 /// The message store (`src/store`): what a confirm promises, and segment size.
@@ -162,6 +166,10 @@ fn default_loopback_users() -> Vec<String> {
 }
 fn default_grace() -> u64 {
     5
+}
+fn default_disk_free_limit() -> u64 {
+    // RabbitMQ's default.
+    50_000_000
 }
 fn default_heartbeat() -> u16 {
     60

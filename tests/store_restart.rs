@@ -318,3 +318,20 @@ async fn an_old_message_does_not_pin_the_segments_after_it() {
     assert!(drain(&ch, &q).await.is_empty());
     b.stop().await;
 }
+
+#[tokio::test]
+async fn too_little_free_disk_blocks_publishers() {
+    // No disk has this much free space, so the alarm goes off at once.
+    let b = TestBroker::start_with(|c| c.server.disk_free_limit_bytes = u64::MAX).await;
+    common::wait_until("the disk alarm", || b.broker().memory.alarm()).await;
+    let publisher = b.connect().await;
+    let mut events = publisher.events_listener();
+    let ch = bounded(publisher.create_channel()).await.expect("channel");
+    publish_doomed(&ch, "", "nowhere", b"x", BasicProperties::default()).await;
+    wait_event(&mut events, "connection.blocked", |e| {
+        matches!(e, lapin::Event::ConnectionBlocked(_)).then_some(())
+    })
+    .await;
+    assert!(publisher.status().blocked());
+    b.stop().await;
+}

@@ -1,4 +1,6 @@
-//! Memory accounting for message bodies, and the high-watermark alarm that blocks publishers.
+//! Memory accounting for message bodies, and the resource alarm that blocks publishers: set
+//! above the memory high watermark, or while the disk is short of space (the store's disk
+//! monitor sets that half).
 //!
 //! Every [`Message`](super::message::Message) holds a [`MemoryCharge`] for its size; the charge is
 //! released when the last reference to the message goes. So the total is what messages really
@@ -13,8 +15,11 @@ use tokio::sync::watch;
 pub struct MemoryMonitor {
     used: AtomicUsize,
     high_watermark: usize,
-    alarm: AtomicBool,
+    memory_alarm: AtomicBool,
+    disk_alarm: AtomicBool,
+    /// The combined alarm as last published; updates are serialised so it never goes stale.
     alarm_tx: watch::Sender<bool>,
+    publish: std::sync::Mutex<()>,
 }
 
 impl MemoryMonitor {
@@ -24,8 +29,10 @@ impl MemoryMonitor {
         Arc::new(MemoryMonitor {
             used: AtomicUsize::new(0),
             high_watermark,
-            alarm: AtomicBool::new(false),
+            memory_alarm: AtomicBool::new(false),
+            disk_alarm: AtomicBool::new(false),
             alarm_tx,
+            publish: std::sync::Mutex::new(()),
         })
     }
 
@@ -38,9 +45,30 @@ impl MemoryMonitor {
         self.high_watermark
     }
 
-    /// Whether publishers should be blocked now.
+    /// Whether publishers should be blocked now (memory or disk).
     pub fn alarm(&self) -> bool {
-        self.alarm.load(Ordering::Relaxed)
+        self.memory_alarm.load(Ordering::Relaxed) || self.disk_alarm.load(Ordering::Relaxed)
+    }
+
+    /// Sets or clears the disk half of the alarm.
+    pub fn set_disk_alarm(&self, on: bool) {
+        if self.disk_alarm.swap(on, Ordering::Relaxed) != on {
+            if on {
+                tracing::warn!(
+                    "disk alarm set: free disk space below the limit; blocking publishers"
+                );
+            } else {
+                tracing::info!("disk alarm cleared");
+            }
+            self.publish_alarm();
+        }
+    }
+
+    fn publish_alarm(&self) {
+        let _guard = self.publish.lock().unwrap_or_else(|e| e.into_inner());
+        let on = self.alarm();
+        self.alarm_tx
+            .send_if_modified(|v| std::mem::replace(v, on) != on);
     }
 
     /// Watch the alarm state (true = publishers blocked).
@@ -51,7 +79,10 @@ impl MemoryMonitor {
     /// Charge `bytes` to this monitor until the returned guard drops.
     pub fn charge(self: &Arc<Self>, bytes: usize) -> MemoryCharge {
         let now = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if self.high_watermark > 0 && now > self.high_watermark && !self.alarm() {
+        if self.high_watermark > 0
+            && now > self.high_watermark
+            && !self.memory_alarm.load(Ordering::Relaxed)
+        {
             self.set_alarm(true);
         }
         MemoryCharge {
@@ -63,13 +94,13 @@ impl MemoryMonitor {
     fn release(&self, bytes: usize) {
         let now = self.used.fetch_sub(bytes, Ordering::Relaxed) - bytes;
         // Clear below 90% so that a queue hovering at the mark does not flap the alarm.
-        if self.alarm() && now <= self.high_watermark / 10 * 9 {
+        if self.memory_alarm.load(Ordering::Relaxed) && now <= self.high_watermark / 10 * 9 {
             self.set_alarm(false);
         }
     }
 
     fn set_alarm(&self, on: bool) {
-        if self.alarm.swap(on, Ordering::Relaxed) != on {
+        if self.memory_alarm.swap(on, Ordering::Relaxed) != on {
             if on {
                 tracing::warn!(
                     used = self.used(),
@@ -79,7 +110,7 @@ impl MemoryMonitor {
             } else {
                 tracing::info!(used = self.used(), "memory alarm cleared");
             }
-            self.alarm_tx.send_replace(on);
+            self.publish_alarm();
         }
     }
 }
@@ -115,6 +146,19 @@ mod tests {
         assert!(!m.alarm(), "600 <= 900 clears");
         drop(b);
         assert_eq!(m.used(), 0);
+    }
+
+    #[test]
+    fn disk_and_memory_alarms_combine() {
+        let m = MemoryMonitor::new(1000);
+        let rx = m.subscribe();
+        m.set_disk_alarm(true);
+        assert!(m.alarm() && *rx.borrow());
+        let a = m.charge(2000);
+        m.set_disk_alarm(false);
+        assert!(m.alarm() && *rx.borrow(), "memory still over the mark");
+        drop(a);
+        assert!(!m.alarm() && !*rx.borrow());
     }
 
     #[test]

@@ -81,7 +81,10 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
         stomp: local_addrs(&stomp_ls),
         http: local_addrs(&http_ls),
     };
-    let mut listeners = vec![tokio::spawn(crate::store::compaction::run(broker.clone()))];
+    let mut listeners = vec![
+        tokio::spawn(crate::store::compaction::run(broker.clone())),
+        tokio::spawn(crate::store::disk::run(broker.clone())),
+    ];
     for (protocol, ls) in [
         (Protocol::Amqp, amqp_ls),
         (Protocol::Mqtt, mqtt_ls),

@@ -10,6 +10,7 @@
 
 pub mod compaction;
 pub mod definitions;
+pub mod disk;
 pub mod log;
 pub mod record;
 pub mod recovery;

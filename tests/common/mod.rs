@@ -31,6 +31,8 @@ pub fn test_config_text_in(dir: &std::path::Path) -> String {
 [server]
 data_dir = "{}"
 memory_high_watermark_bytes = 0
+# Tests that want the disk alarm set their own limit; the others must not depend on the disk.
+disk_free_limit_bytes = 0
 [amqp]
 listen = ["127.0.0.1:0"]
 heartbeat = 60
