@@ -59,6 +59,15 @@ enum Command {
         max_in_flight: u64,
         #[arg(long, default_value = "switchboard-bench")]
         queue: String,
+        /// Persistent messages (delivery mode 2) to a durable queue.
+        #[arg(long)]
+        persistent: bool,
+        /// Publisher confirms, with at most this many unconfirmed messages per publisher.
+        #[arg(long)]
+        confirm: Option<u32>,
+        /// Stop publishing after this many messages in all (besides --duration).
+        #[arg(long)]
+        messages: Option<u64>,
         /// The broker's pid: report its CPU seconds per million messages.
         #[arg(long)]
         broker_pid: Option<u32>,
@@ -104,6 +113,9 @@ fn main() -> anyhow::Result<()> {
             manual_ack,
             max_in_flight,
             queue,
+            persistent,
+            confirm,
+            messages,
             broker_pid,
         } => {
             let scenario = switchboard::bench::AmqpScenario {
@@ -118,6 +130,9 @@ fn main() -> anyhow::Result<()> {
                 prefetch: manual_ack.unwrap_or(0),
                 max_in_flight,
                 queue,
+                persistent,
+                confirm_window: confirm,
+                messages,
                 broker_pid,
             };
             let runtime =

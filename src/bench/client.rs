@@ -130,17 +130,50 @@ impl BenchClient {
 
     /// Every complete frame buffered now, reading once if none is.
     pub async fn frames(&mut self, out: &mut Vec<Frame>) -> Result<(), ClientError> {
-        out.clear();
-        loop {
-            while let Some(f) = decode_frame(&mut self.buf, 0)? {
-                out.push(f);
-            }
-            if !out.is_empty() {
-                return Ok(());
-            }
-            if self.rd.read_buf(&mut self.buf).await? == 0 {
-                return Err(ClientError::Closed);
-            }
+        read_frames(&mut self.rd, &mut self.buf, out).await
+    }
+
+    /// Splits into a frame reader and the write half, for a publisher that reads its confirms
+    /// on another task.
+    pub fn into_split(self) -> (BenchReader, OwnedWriteHalf, u32) {
+        (
+            BenchReader {
+                rd: self.rd,
+                buf: self.buf,
+            },
+            self.wr,
+            self.frame_max,
+        )
+    }
+}
+
+/// The read side of a split [`BenchClient`].
+pub struct BenchReader {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl BenchReader {
+    pub async fn frames(&mut self, out: &mut Vec<Frame>) -> Result<(), ClientError> {
+        read_frames(&mut self.rd, &mut self.buf, out).await
+    }
+}
+
+async fn read_frames(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    out: &mut Vec<Frame>,
+) -> Result<(), ClientError> {
+    out.clear();
+    loop {
+        while let Some(f) = decode_frame(buf, 0)? {
+            out.push(f);
+        }
+        if !out.is_empty() {
+            return Ok(());
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Err(ClientError::Closed);
         }
     }
 }

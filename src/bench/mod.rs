@@ -6,7 +6,7 @@
 pub mod client;
 
 use bytes::BytesMut;
-use client::{BenchClient, ClientError, CH};
+use client::{BenchClient, BenchReader, ClientError, CH};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,12 @@ pub struct AmqpScenario {
     /// measures a steady state instead of filling the broker's memory.
     pub max_in_flight: u64,
     pub queue: String,
+    /// Persistent messages to a durable queue.
+    pub persistent: bool,
+    /// Publisher confirms with this window of unconfirmed messages per publisher.
+    pub confirm_window: Option<u32>,
+    /// Stop after this many messages in all.
+    pub messages: Option<u64>,
     pub broker_pid: Option<u32>,
 }
 
@@ -90,6 +96,7 @@ pub async fn run_amqp(s: AmqpScenario) -> Result<Report, ClientError> {
     setup
         .call(QueueDeclare {
             queue: s.queue.clone(),
+            durable: s.persistent,
             auto_delete: false,
             ..Default::default()
         })
@@ -129,10 +136,19 @@ pub async fn run_amqp(s: AmqpScenario) -> Result<Report, ClientError> {
     let started = Instant::now();
     let mut publishers = Vec::new();
     for _ in 0..s.publishers {
-        let c = BenchClient::connect(s.addr, &s.user, &s.password).await?;
+        let mut c = BenchClient::connect(s.addr, &s.user, &s.password).await?;
+        if s.confirm_window.is_some() {
+            c.call(ConfirmSelect { no_wait: false }).await?;
+        }
         publishers.push(tokio::spawn(publish(c, shared.clone(), s.clone())));
     }
-    tokio::time::sleep(s.duration).await;
+    let deadline = Instant::now() + s.duration;
+    while Instant::now() < deadline
+        && s.messages
+            .is_none_or(|n| shared.published.load(Ordering::Relaxed) < n)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     shared.stop.store(true, Ordering::Relaxed);
     for p in publishers {
         let _ = p.await;
@@ -164,20 +180,50 @@ pub async fn run_amqp(s: AmqpScenario) -> Result<Report, ClientError> {
 /// Latency samples in µs, pushed by consumers in chunks.
 static LATENCIES: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
-async fn publish(
-    mut c: BenchClient,
-    shared: Arc<Shared>,
-    s: AmqpScenario,
+/// Counts a publisher's confirmed messages from the acks the broker sends.
+async fn read_confirms(
+    mut rd: BenchReader,
+    confirmed: Arc<AtomicU64>,
+    wake: Arc<tokio::sync::Notify>,
 ) -> Result<(), ClientError> {
+    let mut frames = Vec::new();
+    loop {
+        rd.frames(&mut frames).await?;
+        for f in frames.drain(..) {
+            if let Frame::Method {
+                method: Method::BasicAck(a),
+                ..
+            } = f
+            {
+                // Tags count from 1 and acks only go forward; `multiple` covers all below.
+                confirmed.fetch_max(a.delivery_tag, Ordering::Relaxed);
+                wake.notify_one();
+            }
+        }
+    }
+}
+
+async fn publish(c: BenchClient, shared: Arc<Shared>, s: AmqpScenario) -> Result<(), ClientError> {
     use tokio::io::AsyncWriteExt;
     const BATCH: u64 = 64;
+    let (rd, mut wr, frame_max) = c.into_split();
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let reader = s
+        .confirm_window
+        .map(|_| tokio::spawn(read_confirms(rd, confirmed.clone(), wake.clone())));
+    let window = s.confirm_window.map(|w| u64::from(w).max(BATCH));
+    let mut sent: u64 = 0;
     let method: Method = BasicPublish {
         exchange: String::new(),
         routing_key: s.queue.clone(),
         ..Default::default()
     }
     .into();
-    let props = BasicProperties::default();
+    let props = BasicProperties {
+        delivery_mode: s.persistent.then_some(2),
+        ..Default::default()
+    };
     let mut body = vec![0u8; s.size.max(8)];
     let mut out = BytesMut::with_capacity(64 * 1024);
     while !shared.stop.load(Ordering::Relaxed) {
@@ -186,6 +232,13 @@ async fn publish(
         if lag > s.max_in_flight {
             tokio::time::sleep(Duration::from_micros(200)).await;
             continue;
+        }
+        if let Some(w) = window {
+            if sent - confirmed.load(Ordering::Relaxed) + BATCH > w {
+                // Bounded, so a stop request is seen even if the broker stops acking.
+                let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;
+                continue;
+            }
         }
         out.clear();
         for _ in 0..BATCH {
@@ -198,11 +251,15 @@ async fn publish(
                 &props,
                 None,
                 &body[..s.size.max(8)],
-                c.frame_max,
+                frame_max,
             );
         }
-        c.wr.write_all(&out).await?;
+        wr.write_all(&out).await?;
+        sent += BATCH;
         shared.published.fetch_add(BATCH, Ordering::Relaxed);
+    }
+    if let Some(r) = reader {
+        r.abort();
     }
     Ok(())
 }

@@ -127,7 +127,8 @@ struct QueueState {
     /// Ready messages, ordered by id (requeued messages go back to their place).
     ready: VecDeque<Queued>,
     ready_bytes: u64,
-    /// Bytes of ready bodies held in memory (ready_bytes less the paged-out ones).
+    /// Memory held by ready messages in memory (body plus per-message overhead, as charged to
+    /// the memory monitor); paged-out messages do not count.
     memory_bytes: u64,
     unacked: HashMap<u64, Queued>,
     consumers: Vec<Consumer>,
@@ -259,7 +260,7 @@ impl Queue {
         for e in entries {
             st.ready_bytes += e.body_len;
             if e.message.is_some() {
-                st.memory_bytes += e.body_len;
+                st.memory_bytes += footprint(e.body_len);
             }
             st.ready.push_back(Queued {
                 id: e.seq,
@@ -303,7 +304,7 @@ impl Queue {
         while let Some(mut q) = st.ready.pop_front() {
             st.ready_bytes -= q.body_len;
             if q.message.is_some() {
-                st.memory_bytes -= q.body_len;
+                st.memory_bytes -= footprint(q.body_len);
             }
             if let Some(m) = self.load(&q) {
                 q.message = Some(m.clone());
@@ -347,7 +348,7 @@ impl Queue {
         };
         st.ready_bytes += body_len;
         if !page_out {
-            st.memory_bytes += body_len;
+            st.memory_bytes += footprint(body_len);
         }
         st.ready.push_back(Queued {
             id,
@@ -482,7 +483,7 @@ impl Queue {
             q.redelivered = true;
             // Unacked entries always hold their message (it was loaded to be delivered).
             st.ready_bytes += q.body_len;
-            st.memory_bytes += q.body_len;
+            st.memory_bytes += footprint(q.body_len);
             // Ready is ordered by id; requeued messages are usually older than all ready ones.
             let pos = st.ready.partition_point(|r| r.id < q.id);
             st.ready.insert(pos, q);
@@ -550,6 +551,11 @@ impl Queue {
     pub fn consumer_count(&self) -> u32 {
         saturating_u32(self.lock().consumers.len())
     }
+}
+
+/// Memory a message with a body of `body_len` bytes holds, for the queue's memory budget.
+fn footprint(body_len: u64) -> u64 {
+    Message::charge_size(usize::try_from(body_len).unwrap_or(usize::MAX)) as u64
 }
 
 fn saturating_u32(n: usize) -> u32 {

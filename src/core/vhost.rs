@@ -170,7 +170,7 @@ impl VHost {
                         let message = if in_memory <= budget {
                             let properties =
                                 switchboard_amqp::BasicProperties::decode(&m.properties).ok()?;
-                            in_memory += body_len;
+                            in_memory += Message::charge_size(m.body.len()) as u64;
                             let charge = memory.charge(Message::charge_size(m.body.len()));
                             // Copies, so that a few kept messages do not pin whole segment
                             // buffers in memory.
