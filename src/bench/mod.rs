@@ -89,6 +89,8 @@ struct Shared {
     published: AtomicU64,
     consumed: AtomicU64,
     stop: AtomicBool,
+    /// Latency samples in µs, pushed by consumers in chunks.
+    latencies: std::sync::Mutex<Vec<u32>>,
 }
 
 pub async fn run_amqp(s: AmqpScenario) -> Result<Report, ClientError> {
@@ -112,6 +114,7 @@ pub async fn run_amqp(s: AmqpScenario) -> Result<Report, ClientError> {
         published: AtomicU64::new(0),
         consumed: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        latencies: std::sync::Mutex::new(Vec::new()),
     });
     let mut consumers = Vec::new();
     for _ in 0..s.consumers {
@@ -165,7 +168,7 @@ pub async fn run_amqp(s: AmqpScenario) -> Result<Report, ClientError> {
     for c in consumers {
         c.abort();
     }
-    let mut lat = std::mem::take(&mut *LATENCIES.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut lat = std::mem::take(&mut *shared.latencies.lock().unwrap_or_else(|e| e.into_inner()));
     lat.sort_unstable();
     let pct = |p: f64| u64::from(lat[((lat.len() - 1) as f64 * p) as usize]);
     Ok(Report {
@@ -176,9 +179,6 @@ pub async fn run_amqp(s: AmqpScenario) -> Result<Report, ClientError> {
         broker_cpu_seconds: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
     })
 }
-
-/// Latency samples in µs, pushed by consumers in chunks.
-static LATENCIES: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
 /// Counts a publisher's confirmed messages from the acks the broker sends.
 async fn read_confirms(
@@ -264,7 +264,7 @@ async fn publish(c: BenchClient, shared: Arc<Shared>, s: AmqpScenario) -> Result
     Ok(())
 }
 
-/// Consumes until aborted; latency samples go to [`LATENCIES`] in chunks.
+/// Consumes until aborted; latency samples go to `shared.latencies` in chunks.
 async fn consume(
     mut c: BenchClient,
     shared: Arc<Shared>,
@@ -302,7 +302,8 @@ async fn consume(
             }
         }
         if samples.len() >= 256 {
-            LATENCIES
+            shared
+                .latencies
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .append(&mut samples);
