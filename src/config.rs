@@ -88,11 +88,78 @@ pub struct MqttConfig {
 }
 
 /// The STOMP listener and its limits (the STOMP adapter's settings).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StompConfig {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// The vhost for a CONNECT whose `host` names no vhost (most clients send the server's
+    /// hostname there), as ActiveMQ does.
+    #[serde(default = "default_stomp_vhost")]
+    pub default_vhost: String,
+    /// Login used for a CONNECT without `login` (as RabbitMQ's `stomp.default_user`); unset =
+    /// such connections are refused.
+    #[serde(default)]
+    pub default_login: Option<String>,
+    #[serde(default)]
+    pub default_passcode: Option<String>,
+    /// Whether the default login applies only to connections from loopback.
+    #[serde(default = "default_true")]
+    pub default_login_loopback_only: bool,
+    /// Heart-beat interval the server offers in both directions, in milliseconds (0 = none).
+    #[serde(default = "default_stomp_heartbeat_ms")]
+    pub heartbeat_ms: u32,
+    /// Largest frame (command, headers and body), in bytes.
+    #[serde(default = "default_stomp_max_frame_size")]
+    pub max_frame_size: usize,
+    /// Largest body, in bytes.
+    #[serde(default = "default_stomp_max_body_size")]
+    pub max_body_size: usize,
+    /// Most headers in one frame.
+    #[serde(default = "default_stomp_max_headers")]
+    pub max_headers: usize,
+    /// Longest header line, in bytes.
+    #[serde(default = "default_stomp_max_header_line")]
+    pub max_header_line: usize,
+}
+
+impl Default for StompConfig {
+    fn default() -> Self {
+        StompConfig {
+            listen: Vec::new(),
+            default_vhost: default_stomp_vhost(),
+            default_login: None,
+            default_passcode: None,
+            default_login_loopback_only: true,
+            heartbeat_ms: default_stomp_heartbeat_ms(),
+            max_frame_size: default_stomp_max_frame_size(),
+            max_body_size: default_stomp_max_body_size(),
+            max_headers: default_stomp_max_headers(),
+            max_header_line: default_stomp_max_header_line(),
+        }
+    }
+}
+
+fn default_stomp_vhost() -> String {
+    "/".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_stomp_heartbeat_ms() -> u32 {
+    10_000
+}
+fn default_stomp_max_frame_size() -> usize {
+    16 * 1024 * 1024 + 64 * 1024
+}
+fn default_stomp_max_body_size() -> usize {
+    16 * 1024 * 1024
+}
+fn default_stomp_max_headers() -> usize {
+    256
+}
+fn default_stomp_max_header_line() -> usize {
+    16 * 1024
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

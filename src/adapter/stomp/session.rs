@@ -1,0 +1,583 @@
+//! A connected STOMP session: SEND, SUBSCRIBE/UNSUBSCRIBE, ACK/NACK, transactions, receipts.
+//! Owned by the connection task; the delivery side shared with queues is in
+//! [`super::subscription`].
+
+use super::destination::{
+    durable_subscription_queue, queue_arguments, Destination, TOPIC_EXCHANGE,
+};
+use super::error::{StompError, StompResult};
+use super::headers::properties_from_send;
+use super::subscription::{AckMode, SessionDeliveries, StompSubscription, Unacked};
+use crate::adapter::outbox::Outbox;
+use crate::core::queue::{ConnectionId, ConsumeError};
+use crate::core::vhost::{generate_name, QueueSpec};
+use crate::core::{Broker, Consumer, Exchange, Message, Queue, VHost};
+use std::collections::HashMap;
+use std::sync::Arc;
+use switchboard_amqp::FieldTable;
+use switchboard_stomp::{encode, Command, Frame, Version};
+
+/// What the connection does after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// DISCONNECT: its receipt is queued; flush and close.
+    Disconnect,
+}
+
+/// What an ACK or NACK does with the deliveries it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Requeue,
+    Discard,
+}
+
+/// An operation held back until COMMIT.
+#[derive(Debug)]
+enum TxOp {
+    Send {
+        exchange: Arc<Exchange>,
+        message: Arc<Message>,
+    },
+    Settle {
+        delivery: u64,
+        how: Settle,
+    },
+}
+
+#[derive(Debug)]
+struct Subscription {
+    sink: Arc<StompSubscription>,
+    queue: Arc<Queue>,
+}
+
+/// Everything a session needs from its connection.
+#[derive(Debug)]
+pub struct SessionCtx {
+    pub broker: Arc<Broker>,
+    pub vhost: Arc<VHost>,
+    pub conn_id: ConnectionId,
+    pub user: String,
+    pub outbox: Arc<Outbox>,
+    pub version: Version,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    ctx: SessionCtx,
+    deliveries: Arc<SessionDeliveries>,
+    subscriptions: HashMap<String, Subscription>,
+    transactions: HashMap<String, Vec<TxOp>>,
+    /// `/temp-queue/<name>` → the private queue behind it.
+    temp_queues: HashMap<String, Arc<Queue>>,
+    /// A SEND was handled since the connection last looked (memory alarm).
+    pub published: bool,
+}
+
+impl Session {
+    pub fn new(ctx: SessionCtx, session_id: String) -> Self {
+        let deliveries = SessionDeliveries::new(ctx.outbox.clone(), ctx.version, session_id);
+        Session {
+            ctx,
+            deliveries,
+            subscriptions: HashMap::new(),
+            transactions: HashMap::new(),
+            temp_queues: HashMap::new(),
+            published: false,
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        self.ctx.version
+    }
+
+    /// Handles one frame; the RECEIPT it asks for is sent once it is done.
+    pub fn handle(&mut self, frame: Frame) -> StompResult<Next> {
+        let receipt = frame.header("receipt").map(str::to_owned);
+        match frame.command {
+            Command::Send => {
+                let persistent = self.send(frame)?;
+                self.receipt_for_send(receipt.as_deref(), persistent);
+                return Ok(Next::Continue);
+            }
+            Command::Subscribe => self.subscribe(&frame)?,
+            Command::Unsubscribe => self.unsubscribe(&frame)?,
+            Command::Ack => self.ack_or_nack(&frame, Settle::Ack)?,
+            Command::Nack => {
+                let how = match frame.header("requeue").map(str::trim) {
+                    None | Some("true") => Settle::Requeue,
+                    Some("false") => Settle::Discard,
+                    Some(other) => {
+                        return Err(StompError::invalid_header(
+                            "requeue",
+                            other,
+                            "expected true or false",
+                        ))
+                    }
+                };
+                self.ack_or_nack(&frame, how)?
+            }
+            Command::Begin => {
+                let tx = required(&frame, "transaction")?;
+                if self.transactions.contains_key(tx) {
+                    return Err(StompError::new(
+                        "Transaction already started",
+                        format!("Transaction '{tx}' was already begun on this connection."),
+                    ));
+                }
+                self.transactions.insert(tx.to_owned(), Vec::new());
+            }
+            Command::Commit => {
+                let ops = self.take_transaction(&frame)?;
+                self.commit(ops);
+            }
+            Command::Abort => {
+                self.take_transaction(&frame)?;
+            }
+            Command::Disconnect => {
+                if let Some(r) = &receipt {
+                    self.send_receipt(r);
+                }
+                return Ok(Next::Disconnect);
+            }
+            Command::Connect | Command::Stomp => {
+                return Err(StompError::new(
+                    "Already connected",
+                    "CONNECT is only valid as the first frame of a connection.",
+                ))
+            }
+            Command::Connected | Command::Message | Command::Receipt | Command::Error => {
+                return Err(StompError::new(
+                    "Invalid command",
+                    format!(
+                        "{} is a server frame; clients may not send it.",
+                        frame.command
+                    ),
+                ))
+            }
+        }
+        if let Some(r) = &receipt {
+            self.send_receipt(r);
+        }
+        Ok(Next::Continue)
+    }
+
+    fn send_receipt(&self, receipt: &str) {
+        let frame = Frame::new(Command::Receipt).with("receipt-id", receipt);
+        let version = self.ctx.version;
+        self.ctx.outbox.push(|out| encode(&frame, version, out));
+    }
+
+    /// The RECEIPT for a SEND, sent once the message is routed to its queues. For a persistent
+    /// message this is the one place that confirms it to the client: durable storage makes this
+    /// wait until the message is safely written.
+    fn receipt_for_send(&self, receipt: Option<&str>, _persistent: bool) {
+        if let Some(r) = receipt {
+            self.send_receipt(r);
+        }
+    }
+
+    // ---- SEND ----
+
+    /// Publishes a SEND (or holds it in its transaction). Returns whether it is persistent.
+    fn send(&mut self, frame: Frame) -> StompResult<bool> {
+        let dest_text = required(&frame, "destination")?;
+        let dest = Destination::parse(dest_text)?;
+        let Some((exchange_name, routing_key)) = dest.publish_target() else {
+            return Err(StompError::new(
+                "Invalid destination",
+                format!("'{dest_text}' can only be used in a reply-to header."),
+            ));
+        };
+        if let Destination::Queue(q) = &dest {
+            self.ensure_queue(q, FieldTable::new())?;
+        }
+        let vhost = &self.ctx.vhost;
+        let exchange = vhost.exchange(exchange_name).ok_or_else(|| {
+            crate::core::CoreError::not_found("exchange", exchange_name, &vhost.name)
+        })?;
+        if exchange.internal {
+            return Err(crate::core::CoreError::access_refused(format!(
+                "cannot publish to internal exchange '{exchange_name}' in vhost '{}'",
+                vhost.name
+            ))
+            .into());
+        }
+        let mut properties = properties_from_send(&frame)?;
+        if let Some(uid) = &properties.user_id {
+            if *uid != self.ctx.user {
+                return Err(crate::core::CoreError::precondition(format!(
+                    "user_id property set to '{uid}' but authenticated user was '{}'",
+                    self.ctx.user
+                ))
+                .into());
+            }
+        }
+        if let Some(name) = properties
+            .reply_to
+            .as_deref()
+            .and_then(|r| r.strip_prefix("/temp-queue/"))
+        {
+            let name = name.to_owned();
+            properties.reply_to = Some(self.temp_queue(&name)?.name.clone());
+        }
+        let (exchange_name, routing_key) = (exchange_name.to_owned(), routing_key.to_owned());
+        let persistent = properties.delivery_mode == Some(2);
+        let charge = self
+            .ctx
+            .broker
+            .memory
+            .charge(Message::charge_size(frame.body.len()));
+        let message = Arc::new(Message::new(
+            exchange_name,
+            routing_key,
+            properties,
+            None,
+            frame.body.clone(),
+            charge,
+        ));
+        self.published = true;
+        if let Some(tx) = frame.header("transaction") {
+            self.transaction(tx)?.push(TxOp::Send { exchange, message });
+        } else {
+            self.route(&exchange, message);
+        }
+        Ok(persistent)
+    }
+
+    /// Routes a message to its queues: the one place where a SEND reaches the core.
+    fn route(&self, exchange: &Arc<Exchange>, message: Arc<Message>) {
+        for q in self.ctx.vhost.route(exchange, &message) {
+            q.publish(message.clone());
+        }
+    }
+
+    /// The private queue behind `/temp-queue/<name>`, made (and subscribed to, with the
+    /// subscription id `/temp-queue/<name>`) on first use, as RabbitMQ does.
+    fn temp_queue(&mut self, name: &str) -> StompResult<Arc<Queue>> {
+        if let Some(q) = self.temp_queues.get(name).filter(|q| !q.is_deleted()) {
+            return Ok(q.clone());
+        }
+        let q = self
+            .ctx
+            .vhost
+            .create_private_queue(generate_name("amq.gen-"), self.ctx.conn_id);
+        self.start_subscription(format!("/temp-queue/{name}"), q.clone(), AckMode::Auto, 0)?;
+        self.temp_queues.insert(name.to_owned(), q.clone());
+        Ok(q)
+    }
+
+    // ---- SUBSCRIBE / UNSUBSCRIBE ----
+
+    fn subscribe(&mut self, frame: &Frame) -> StompResult<()> {
+        let dest_text = required(frame, "destination")?;
+        // STOMP 1.0 has no id; RabbitMQ then uses the destination.
+        let id = frame.header("id").unwrap_or(dest_text).to_owned();
+        if self.subscriptions.contains_key(&id) {
+            return Err(StompError::new(
+                "Duplicated subscription identifier",
+                format!("A subscription with id '{id}' already exists on this connection."),
+            ));
+        }
+        let ack_text = frame.header("ack").unwrap_or("auto");
+        let ack = AckMode::parse(ack_text).ok_or_else(|| {
+            StompError::invalid_header(
+                "ack",
+                ack_text,
+                "expected auto, client or client-individual",
+            )
+        })?;
+        let prefetch = match frame.header("prefetch-count") {
+            None => 0,
+            Some(p) => p
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| StompError::invalid_header("prefetch-count", p, "expected a count"))?,
+        };
+        let args = queue_arguments(frame)?;
+        let queue = match Destination::parse(dest_text)? {
+            Destination::Queue(q) => self.ensure_queue(&q, args)?,
+            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => {
+                self.ctx.vhost.queue_for(&q, self.ctx.conn_id)?
+            }
+            Destination::Topic(key) => {
+                self.subscription_queue(frame, dest_text, TOPIC_EXCHANGE, &key, args)?
+            }
+            Destination::Exchange { exchange, key } => {
+                self.subscription_queue(frame, dest_text, &exchange, &key, args)?
+            }
+            Destination::TempQueue(_) => {
+                return Err(StompError::new(
+                    "Invalid destination",
+                    format!("'{dest_text}' can only be used in a reply-to header."),
+                ))
+            }
+        };
+        self.start_subscription(id, queue, ack, prefetch)
+    }
+
+    /// `/queue/<name>`: the queue, declared durable if it does not exist. With queue arguments
+    /// the declaration also checks them against an existing queue, as RabbitMQ does.
+    fn ensure_queue(&self, name: &str, arguments: FieldTable) -> StompResult<Arc<Queue>> {
+        let vhost = &self.ctx.vhost;
+        if arguments.is_empty() {
+            if let Some(_q) = vhost.queue(name) {
+                return Ok(vhost.queue_for(name, self.ctx.conn_id)?);
+            }
+        }
+        let declared = vhost.declare_queue(
+            QueueSpec {
+                name: name.to_owned(),
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments,
+            },
+            false,
+            self.ctx.conn_id,
+        )?;
+        Ok(declared.queue)
+    }
+
+    /// The queue of a `/topic` or `/exchange` subscription, bound to `exchange` with `key`:
+    /// an exclusive auto-delete queue, or with `durable:true` (or `persistent:true`) and
+    /// `auto-delete:false`, a durable queue named after the subscription that outlives it.
+    fn subscription_queue(
+        &self,
+        frame: &Frame,
+        dest_text: &str,
+        exchange: &str,
+        key: &str,
+        arguments: FieldTable,
+    ) -> StompResult<Arc<Queue>> {
+        let vhost = &self.ctx.vhost;
+        if vhost.exchange(exchange).is_none() {
+            return Err(
+                crate::core::CoreError::not_found("exchange", exchange, &vhost.name).into(),
+            );
+        }
+        let is_true = |h: &str| frame.header(h).map(str::trim) == Some("true");
+        let durable = (is_true("durable") || is_true("persistent"))
+            && frame.header("auto-delete") == Some("false");
+        let spec = if durable {
+            let id = required(frame, "id")?;
+            QueueSpec {
+                name: frame
+                    .header("x-queue-name")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| durable_subscription_queue(dest_text, id)),
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments,
+            }
+        } else {
+            QueueSpec {
+                name: frame
+                    .header("x-queue-name")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| generate_name("stomp-subscription-")),
+                durable: false,
+                exclusive: true,
+                auto_delete: true,
+                arguments,
+            }
+        };
+        let declared = vhost.declare_queue(spec, false, self.ctx.conn_id)?;
+        vhost.bind_queue(
+            &declared.queue.name,
+            exchange,
+            key,
+            &FieldTable::new(),
+            self.ctx.conn_id,
+        )?;
+        Ok(declared.queue)
+    }
+
+    fn start_subscription(
+        &mut self,
+        id: String,
+        queue: Arc<Queue>,
+        ack: AckMode,
+        prefetch: u32,
+    ) -> StompResult<()> {
+        if self.subscriptions.contains_key(&id) {
+            return Err(StompError::new(
+                "Duplicated subscription identifier",
+                format!("A subscription with id '{id}' already exists on this connection."),
+            ));
+        }
+        let consumer_id = self.ctx.broker.next_id();
+        let sink = StompSubscription::new(
+            consumer_id,
+            id.clone(),
+            ack,
+            self.deliveries.clone(),
+            prefetch,
+        );
+        queue
+            .add_consumer(Consumer {
+                id: consumer_id,
+                tag: id.clone(),
+                no_ack: ack == AckMode::Auto,
+                exclusive: false,
+                owner: self.ctx.conn_id,
+                sink: sink.clone(),
+            })
+            .map_err(|e| match e {
+                ConsumeError::Deleted(q) => {
+                    crate::core::CoreError::not_found("queue", &q, &self.ctx.vhost.name)
+                }
+                other => crate::core::CoreError::access_refused(other.to_string()),
+            })?;
+        self.subscriptions.insert(id, Subscription { sink, queue });
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, frame: &Frame) -> StompResult<()> {
+        let id = match frame.header("id").or_else(|| frame.header("destination")) {
+            Some(id) => id,
+            None => return Err(StompError::missing_header("id", "UNSUBSCRIBE")),
+        };
+        let Some(sub) = self.subscriptions.remove(id) else {
+            return Err(StompError::new(
+                "Subscription not found",
+                format!("There is no subscription with id '{id}' on this connection."),
+            ));
+        };
+        sub.queue.remove_consumer(sub.sink.consumer_id);
+        let is_true = |h: &str| frame.header(h).map(str::trim) == Some("true");
+        // A durable subscription ends for good when UNSUBSCRIBE says so (as in RabbitMQ).
+        if sub.queue.durable
+            && sub.queue.name.starts_with("stomp-subscription-")
+            && (is_true("durable") || is_true("persistent"))
+        {
+            self.ctx.vhost.remove_queue(&sub.queue);
+        } else {
+            self.ctx.vhost.consumer_gone(&sub.queue);
+        }
+        Ok(())
+    }
+
+    // ---- ACK / NACK ----
+
+    fn ack_or_nack(&mut self, frame: &Frame, how: Settle) -> StompResult<()> {
+        // 1.2 names the delivery by `id` (the MESSAGE's `ack`); 1.0 and 1.1 by `message-id`.
+        let (first, second) = if self.ctx.version == Version::V1_2 {
+            ("id", "message-id")
+        } else {
+            ("message-id", "id")
+        };
+        let Some(id) = frame.header(first).or_else(|| frame.header(second)) else {
+            return Err(StompError::missing_header(first, frame.command.as_str()));
+        };
+        let delivery = SessionDeliveries::parse_ack_id(id).ok_or_else(|| {
+            StompError::invalid_header(first, id, "not a message id of this server")
+        })?;
+        match frame.header("transaction") {
+            Some(tx) => self.transaction(tx)?.push(TxOp::Settle { delivery, how }),
+            None => self.settle(delivery, how),
+        }
+        Ok(())
+    }
+
+    /// Settles what an ACK/NACK of `delivery` covers. Acking what is not (or no longer)
+    /// unacknowledged is ignored, as a repeated ACK is harmless.
+    fn settle(&mut self, delivery: u64, how: Settle) {
+        let taken = self.deliveries.take(delivery);
+        if taken.is_empty() {
+            tracing::debug!(
+                delivery,
+                "ACK/NACK of an unknown or settled message ignored"
+            );
+            return;
+        }
+        apply_settle(taken, how);
+        self.wake_subscriptions();
+    }
+
+    // ---- transactions ----
+
+    fn transaction(&mut self, tx: &str) -> StompResult<&mut Vec<TxOp>> {
+        self.transactions
+            .get_mut(tx)
+            .ok_or_else(|| unknown_transaction(tx))
+    }
+
+    fn take_transaction(&mut self, frame: &Frame) -> StompResult<Vec<TxOp>> {
+        let tx = required(frame, "transaction")?;
+        self.transactions
+            .remove(tx)
+            .ok_or_else(|| unknown_transaction(tx))
+    }
+
+    fn commit(&mut self, ops: Vec<TxOp>) {
+        for op in ops {
+            match op {
+                TxOp::Send { exchange, message } => self.route(&exchange, message),
+                TxOp::Settle { delivery, how } => self.settle(delivery, how),
+            }
+        }
+    }
+
+    // ---- lifecycle ----
+
+    /// Lets the subscriptions' queues deliver again (credit or outbox room came back).
+    pub fn wake_subscriptions(&mut self) {
+        self.subscriptions.retain(|_, s| !s.sink.is_cancelled());
+        let mut woken: Vec<&Arc<Queue>> = Vec::with_capacity(self.subscriptions.len());
+        for s in self.subscriptions.values() {
+            if !woken.iter().any(|q| Arc::ptr_eq(q, &s.queue)) {
+                woken.push(&s.queue);
+                s.queue.dispatch();
+            }
+        }
+    }
+
+    /// Ends the session: subscriptions go (and their auto-delete queues with them), temp
+    /// queues are deleted, uncommitted transactions are dropped and unacknowledged messages
+    /// return to their queues, marked redelivered.
+    pub fn cleanup(&mut self) {
+        self.deliveries.close();
+        self.transactions.clear();
+        for (_, s) in self.subscriptions.drain() {
+            s.queue.remove_consumer(s.sink.consumer_id);
+            self.ctx.vhost.consumer_gone(&s.queue);
+        }
+        for (_, q) in self.temp_queues.drain() {
+            self.ctx.vhost.remove_queue(&q);
+        }
+        apply_settle(self.deliveries.take_all(), Settle::Requeue);
+    }
+}
+
+fn required<'a>(frame: &'a Frame, name: &str) -> StompResult<&'a str> {
+    frame
+        .header(name)
+        .ok_or_else(|| StompError::missing_header(name, frame.command.as_str()))
+}
+
+fn unknown_transaction(tx: &str) -> StompError {
+    StompError::new(
+        "Invalid transaction",
+        format!("Transaction '{tx}' was not begun on this connection (or already ended)."),
+    )
+}
+
+/// Settles deliveries grouped by queue, one queue call per group.
+fn apply_settle(taken: Vec<Unacked>, how: Settle) {
+    let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    for u in taken {
+        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, ids)) => ids.push(u.message_id),
+            None => groups.push((u.queue, vec![u.message_id])),
+        }
+    }
+    for (q, ids) in groups {
+        match how {
+            Settle::Ack | Settle::Discard => q.settle(&ids),
+            Settle::Requeue => q.requeue(&ids),
+        }
+    }
+}
