@@ -5,12 +5,24 @@ mod common;
 
 use common::stomp::{text, StompClient};
 use common::{unique, wait_until, TestBroker};
+use std::sync::Arc;
 use std::time::Duration;
 use switchboard::core::vhost::QueueSpec;
+use switchboard::core::Queue;
 use switchboard_amqp::FieldValue;
 use switchboard_stomp::{Command, Frame};
 
 const QUIET: Duration = Duration::from_millis(200);
+
+/// The core queue behind a `/queue/<name>` destination.
+fn queue_behind(tb: &TestBroker, destination: &str) -> Arc<Queue> {
+    let name = destination.trim_start_matches("/queue/");
+    tb.broker()
+        .vhost("/")
+        .unwrap()
+        .queue(name)
+        .expect("queue exists")
+}
 
 #[tokio::test]
 async fn queue_destination_round_trip_in_every_version() {
@@ -28,8 +40,7 @@ async fn queue_destination_round_trip_in_every_version() {
         assert_eq!(m.header("content-length"), Some("5"));
         assert!(m.header("message-id").is_some());
         // The queue is durable, as RabbitMQ declares it.
-        let name = q.trim_start_matches("/queue/");
-        let queue = tb.broker().vhost("/").unwrap().queue(name).unwrap();
+        let queue = queue_behind(&tb, &q);
         assert!(queue.durable && !queue.auto_delete);
     }
 }
@@ -50,16 +61,13 @@ async fn client_ack_is_cumulative_and_unacked_messages_come_back_redelivered() {
     let tb = TestBroker::start().await;
     let q = unique("/queue/cum");
     let mut c = StompClient::connect(tb.stomp, "1.2").await;
-    for i in 0..3 {
-        c.send(&q, format!("m{i}").as_bytes(), &[]).await;
-    }
+    c.send_numbered(&q, "m", 3).await;
     c.subscribe("s", &q, "client").await;
     let ms = [c.message().await, c.message().await, c.message().await];
     assert_eq!(ms[1].header("ack"), ms[1].header("message-id"));
     // ACK of the second covers the first too.
     c.ack(&ms[1], Command::Ack, &[]).await;
-    let name = q.trim_start_matches("/queue/").to_owned();
-    let queue = tb.broker().vhost("/").unwrap().queue(&name).unwrap();
+    let queue = queue_behind(&tb, &q);
     assert_eq!(queue.stats().unacked, 1);
     drop(c); // abrupt close: the third comes back
     let mut d = StompClient::connect(tb.stomp, "1.1").await;
@@ -82,19 +90,12 @@ async fn client_individual_acks_one_and_nack_requeues_or_discards() {
     let tb = TestBroker::start().await;
     let q = unique("/queue/ind");
     let mut c = StompClient::connect(tb.stomp, "1.2").await;
-    for i in 0..2 {
-        c.send(&q, format!("m{i}").as_bytes(), &[]).await;
-    }
+    c.send_numbered(&q, "m", 2).await;
     c.subscribe("s", &q, "client-individual").await;
     let m0 = c.message().await;
     let m1 = c.message().await;
     c.ack(&m1, Command::Ack, &[]).await;
-    let queue = tb
-        .broker()
-        .vhost("/")
-        .unwrap()
-        .queue(q.trim_start_matches("/queue/"))
-        .unwrap();
+    let queue = queue_behind(&tb, &q);
     assert_eq!(queue.stats().unacked, 1, "m0 still unacked");
     // NACK requeues by default...
     c.ack(&m0, Command::Nack, &[]).await;
@@ -127,12 +128,7 @@ async fn version_1_0_acks_by_message_id() {
     assert_eq!(m.header("subscription"), Some(q.as_str()));
     c.request(Frame::new(Command::Ack).with("message-id", m.header("message-id").unwrap()))
         .await;
-    let queue = tb
-        .broker()
-        .vhost("/")
-        .unwrap()
-        .queue(q.trim_start_matches("/queue/"))
-        .unwrap();
+    let queue = queue_behind(&tb, &q);
     assert_eq!(queue.stats().unacked, 0);
 }
 
@@ -141,9 +137,7 @@ async fn prefetch_count_limits_unacked_messages() {
     let tb = TestBroker::start().await;
     let q = unique("/queue/pf");
     let mut c = StompClient::connect(tb.stomp, "1.2").await;
-    for i in 0..5 {
-        c.send(&q, format!("{i}").as_bytes(), &[]).await;
-    }
+    c.send_numbered(&q, "", 5).await;
     c.subscribe_with("s", &q, "client-individual", &[("prefetch-count", "2")])
         .await;
     let a = c.message().await;
@@ -166,12 +160,7 @@ async fn transactions_hold_sends_and_acks_until_commit() {
     c.send(&q, b"in-tx", &[("transaction", "t1")]).await;
     c.ack(&before, Command::Ack, &[("transaction", "t1")]).await;
     c.expect_nothing(QUIET).await;
-    let queue = tb
-        .broker()
-        .vhost("/")
-        .unwrap()
-        .queue(q.trim_start_matches("/queue/"))
-        .unwrap();
+    let queue = queue_behind(&tb, &q);
     assert_eq!(queue.stats().unacked, 1, "ack held");
     c.request(Frame::new(Command::Commit).with("transaction", "t1"))
         .await;

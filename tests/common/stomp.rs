@@ -184,6 +184,14 @@ impl StompClient {
         self.request(f).await;
     }
 
+    /// SENDs `n` messages with bodies `<prefix>0`, `<prefix>1`, …, each with a receipt.
+    pub async fn send_numbered(&mut self, destination: &str, prefix: &str, n: usize) {
+        for i in 0..n {
+            self.send(destination, format!("{prefix}{i}").as_bytes(), &[])
+                .await;
+        }
+    }
+
     /// The next MESSAGE.
     pub async fn message(&mut self) -> Frame {
         self.expect(Command::Message).await

@@ -50,6 +50,8 @@ enum TxOp {
 struct Subscription {
     sink: Arc<StompSubscription>,
     queue: Arc<Queue>,
+    /// A durable `/topic` or `/exchange` subscription: its queue outlives the connection.
+    durable: bool,
 }
 
 /// Everything a session needs from its connection.
@@ -263,7 +265,13 @@ impl Session {
             .ctx
             .vhost
             .create_private_queue(generate_name("amq.gen-"), self.ctx.conn_id);
-        self.start_subscription(format!("/temp-queue/{name}"), q.clone(), AckMode::Auto, 0)?;
+        self.start_subscription(
+            format!("/temp-queue/{name}"),
+            q.clone(),
+            AckMode::Auto,
+            0,
+            false,
+        )?;
         self.temp_queues.insert(name.to_owned(), q.clone());
         Ok(q)
     }
@@ -296,10 +304,10 @@ impl Session {
                 .map_err(|_| StompError::invalid_header("prefetch-count", p, "expected a count"))?,
         };
         let args = queue_arguments(frame)?;
-        let queue = match Destination::parse(dest_text)? {
-            Destination::Queue(q) => self.ensure_queue(&q, args)?,
+        let (queue, durable) = match Destination::parse(dest_text)? {
+            Destination::Queue(q) => (self.ensure_queue(&q, args)?, false),
             Destination::AmqQueue(q) | Destination::ReplyQueue(q) => {
-                self.ctx.vhost.queue_for(&q, self.ctx.conn_id)?
+                (self.ctx.vhost.queue_for(&q, self.ctx.conn_id)?, false)
             }
             Destination::Topic(key) => {
                 self.subscription_queue(frame, dest_text, TOPIC_EXCHANGE, &key, args)?
@@ -314,17 +322,15 @@ impl Session {
                 ))
             }
         };
-        self.start_subscription(id, queue, ack, prefetch)
+        self.start_subscription(id, queue, ack, prefetch, durable)
     }
 
     /// `/queue/<name>`: the queue, declared durable if it does not exist. With queue arguments
     /// the declaration also checks them against an existing queue, as RabbitMQ does.
     fn ensure_queue(&self, name: &str, arguments: FieldTable) -> StompResult<Arc<Queue>> {
         let vhost = &self.ctx.vhost;
-        if arguments.is_empty() {
-            if let Some(_q) = vhost.queue(name) {
-                return Ok(vhost.queue_for(name, self.ctx.conn_id)?);
-            }
+        if arguments.is_empty() && vhost.queue(name).is_some() {
+            return Ok(vhost.queue_for(name, self.ctx.conn_id)?);
         }
         let declared = vhost.declare_queue(
             QueueSpec {
@@ -343,6 +349,7 @@ impl Session {
     /// The queue of a `/topic` or `/exchange` subscription, bound to `exchange` with `key`:
     /// an exclusive auto-delete queue, or with `durable:true` (or `persistent:true`) and
     /// `auto-delete:false`, a durable queue named after the subscription that outlives it.
+    /// Returns the queue and whether it is such a durable subscription's.
     fn subscription_queue(
         &self,
         frame: &Frame,
@@ -350,7 +357,7 @@ impl Session {
         exchange: &str,
         key: &str,
         arguments: FieldTable,
-    ) -> StompResult<Arc<Queue>> {
+    ) -> StompResult<(Arc<Queue>, bool)> {
         let vhost = &self.ctx.vhost;
         if vhost.exchange(exchange).is_none() {
             return Err(
@@ -392,7 +399,7 @@ impl Session {
             &FieldTable::new(),
             self.ctx.conn_id,
         )?;
-        Ok(declared.queue)
+        Ok((declared.queue, durable))
     }
 
     fn start_subscription(
@@ -401,6 +408,7 @@ impl Session {
         queue: Arc<Queue>,
         ack: AckMode,
         prefetch: u32,
+        durable: bool,
     ) -> StompResult<()> {
         if self.subscriptions.contains_key(&id) {
             return Err(StompError::new(
@@ -431,7 +439,14 @@ impl Session {
                 }
                 other => crate::core::CoreError::access_refused(other.to_string()),
             })?;
-        self.subscriptions.insert(id, Subscription { sink, queue });
+        self.subscriptions.insert(
+            id,
+            Subscription {
+                sink,
+                queue,
+                durable,
+            },
+        );
         Ok(())
     }
 
@@ -449,10 +464,7 @@ impl Session {
         sub.queue.remove_consumer(sub.sink.consumer_id);
         let is_true = |h: &str| frame.header(h).map(str::trim) == Some("true");
         // A durable subscription ends for good when UNSUBSCRIBE says so (as in RabbitMQ).
-        if sub.queue.durable
-            && sub.queue.name.starts_with("stomp-subscription-")
-            && (is_true("durable") || is_true("persistent"))
-        {
+        if sub.durable && (is_true("durable") || is_true("persistent")) {
             self.ctx.vhost.remove_queue(&sub.queue);
         } else {
             self.ctx.vhost.consumer_gone(&sub.queue);
