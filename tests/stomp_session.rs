@@ -238,3 +238,28 @@ async fn first_frame_must_be_connect() {
         .await;
     assert!(err.header("message").unwrap().contains("CONNECT"));
 }
+
+#[tokio::test]
+async fn shutdown_sends_an_error_then_closes() {
+    let tb = TestBroker::start().await;
+    let mut c = StompClient::connect(tb.stomp, "1.2").await;
+    c.request(Frame::new(Command::Begin).with("transaction", "t"))
+        .await;
+    tb.stop().await;
+    let err = c.expect(Command::Error).await;
+    assert_eq!(err.header("message"), Some("Server shutdown"));
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn unsubscribing_after_the_queue_was_deleted_is_fine() {
+    let tb = TestBroker::start().await;
+    let q = common::unique("deleted");
+    let mut c = StompClient::connect(tb.stomp, "1.2").await;
+    c.subscribe("s", &format!("/queue/{q}"), "auto").await;
+    let vh = tb.broker().vhost("/").unwrap();
+    vh.delete_queue(&q, false, false, 0).unwrap();
+    c.request(Frame::new(Command::Unsubscribe).with("id", "s"))
+        .await;
+    c.disconnect().await;
+}

@@ -537,9 +537,14 @@ impl Session {
 
     /// Lets the subscriptions' queues deliver again (credit or outbox room came back).
     pub fn wake_subscriptions(&mut self) {
-        self.subscriptions.retain(|_, s| !s.sink.is_cancelled());
+        // A subscription whose queue was deleted stays in the map until the client
+        // unsubscribes, so that its UNSUBSCRIBE is not an error.
         let mut woken: Vec<&Arc<Queue>> = Vec::with_capacity(self.subscriptions.len());
-        for s in self.subscriptions.values() {
+        for s in self
+            .subscriptions
+            .values()
+            .filter(|s| !s.sink.is_cancelled())
+        {
             if !woken.iter().any(|q| Arc::ptr_eq(q, &s.queue)) {
                 woken.push(&s.queue);
                 s.queue.dispatch();
