@@ -149,17 +149,18 @@ fn default_true() -> bool {
 fn default_stomp_heartbeat_ms() -> u32 {
     10_000
 }
+// The codec's own defaults, so that the two cannot drift apart.
 fn default_stomp_max_frame_size() -> usize {
-    16 * 1024 * 1024 + 64 * 1024
+    switchboard_stomp::Limits::default().max_frame_size
 }
 fn default_stomp_max_body_size() -> usize {
-    16 * 1024 * 1024
+    switchboard_stomp::Limits::default().max_body_size
 }
 fn default_stomp_max_headers() -> usize {
-    256
+    switchboard_stomp::Limits::default().max_headers
 }
 fn default_stomp_max_header_line() -> usize {
-    16 * 1024
+    switchboard_stomp::Limits::default().max_header_line
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -271,6 +272,20 @@ impl Config {
                 reason: "must be a fraction between 0 and 1".into(),
             });
         }
+        let stomp = &self.stomp;
+        for (key, value) in [
+            ("stomp.max_frame_size", stomp.max_frame_size),
+            ("stomp.max_body_size", stomp.max_body_size),
+            ("stomp.max_headers", stomp.max_headers),
+            ("stomp.max_header_line", stomp.max_header_line),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
         if self.vhosts.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "vhosts",
@@ -344,6 +359,32 @@ mod tests {
         assert_eq!(c.server.data_dir, PathBuf::from("data"));
         assert_eq!(c.users[0].name, "guest");
         assert_eq!(c.vhosts[0].name, "/");
+        assert_eq!(c.stomp.default_vhost, "/");
+        assert_eq!(c.stomp.default_login.as_deref(), Some("guest"));
+        assert!(c.stomp.default_login_loopback_only);
+        assert_eq!(c.stomp.heartbeat_ms, 10_000);
+        let limits = switchboard_stomp::Limits::default();
+        assert_eq!(c.stomp.max_frame_size, limits.max_frame_size);
+        assert_eq!(c.stomp.max_body_size, limits.max_body_size);
+        assert_eq!(c.stomp.max_headers, limits.max_headers);
+        assert_eq!(c.stomp.max_header_line, limits.max_header_line);
+    }
+
+    #[test]
+    fn stomp_settings_default_when_absent() {
+        // The [stomp] section with only `listen`.
+        let start = DEFAULT_CONFIG.find("# Vhost for a CONNECT").unwrap();
+        let end = DEFAULT_CONFIG.find("[http]").unwrap();
+        let trimmed = format!("{}{}", &DEFAULT_CONFIG[..start], &DEFAULT_CONFIG[end..]);
+        let c = Config::parse(&trimmed).unwrap();
+        assert_eq!(
+            c.stomp.default_login, None,
+            "no default login unless configured"
+        );
+        assert_eq!(
+            c.stomp.max_body_size,
+            switchboard_stomp::Limits::default().max_body_size
+        );
     }
 
     #[test]
@@ -400,6 +441,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn zero_stomp_limit_rejected() {
+        let text = DEFAULT_CONFIG.replace("max_headers = 256", "max_headers = 0");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("stomp.max_headers"), "{err}");
     }
 
     #[test]

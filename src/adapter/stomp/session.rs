@@ -11,7 +11,7 @@ use super::subscription::{AckMode, SessionDeliveries, StompSubscription, Unacked
 use crate::adapter::outbox::Outbox;
 use crate::core::queue::{ConnectionId, ConsumeError};
 use crate::core::vhost::{generate_name, QueueSpec};
-use crate::core::{Broker, Consumer, Exchange, Message, Queue, VHost};
+use crate::core::{Broker, Consumer, CoreError, Exchange, Message, Queue, VHost};
 use std::collections::HashMap;
 use std::sync::Arc;
 use switchboard_amqp::FieldTable;
@@ -196,11 +196,11 @@ impl Session {
             self.ensure_queue(q, FieldTable::new())?;
         }
         let vhost = &self.ctx.vhost;
-        let exchange = vhost.exchange(exchange_name).ok_or_else(|| {
-            crate::core::CoreError::not_found("exchange", exchange_name, &vhost.name)
-        })?;
+        let exchange = vhost
+            .exchange(exchange_name)
+            .ok_or_else(|| CoreError::not_found("exchange", exchange_name, &vhost.name))?;
         if exchange.internal {
-            return Err(crate::core::CoreError::access_refused(format!(
+            return Err(CoreError::access_refused(format!(
                 "cannot publish to internal exchange '{exchange_name}' in vhost '{}'",
                 vhost.name
             ))
@@ -209,7 +209,7 @@ impl Session {
         let mut properties = properties_from_send(&frame)?;
         if let Some(uid) = &properties.user_id {
             if *uid != self.ctx.user {
-                return Err(crate::core::CoreError::precondition(format!(
+                return Err(CoreError::precondition(format!(
                     "user_id property set to '{uid}' but authenticated user was '{}'",
                     self.ctx.user
                 ))
@@ -360,9 +360,7 @@ impl Session {
     ) -> StompResult<(Arc<Queue>, bool)> {
         let vhost = &self.ctx.vhost;
         if vhost.exchange(exchange).is_none() {
-            return Err(
-                crate::core::CoreError::not_found("exchange", exchange, &vhost.name).into(),
-            );
+            return Err(CoreError::not_found("exchange", exchange, &vhost.name).into());
         }
         let is_true = |h: &str| frame.header(h).map(str::trim) == Some("true");
         let durable = (is_true("durable") || is_true("persistent"))
@@ -434,10 +432,8 @@ impl Session {
                 sink: sink.clone(),
             })
             .map_err(|e| match e {
-                ConsumeError::Deleted(q) => {
-                    crate::core::CoreError::not_found("queue", &q, &self.ctx.vhost.name)
-                }
-                other => crate::core::CoreError::access_refused(other.to_string()),
+                ConsumeError::Deleted(q) => CoreError::not_found("queue", &q, &self.ctx.vhost.name),
+                other => CoreError::access_refused(other.to_string()),
             })?;
         self.subscriptions.insert(
             id,
