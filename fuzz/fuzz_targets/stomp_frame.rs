@@ -1,5 +1,5 @@
-//! Feeds arbitrary bytes to the STOMP decoder under every version, in two pieces split at an
-//! arbitrary point. Decoding must never panic, must never leave more buffered than the frame
+//! Feeds arbitrary bytes to a STOMP `Decoder` under every version, in two pieces split at an
+//! arbitrary point (so that it resumes mid-frame). Decoding must never panic, must never leave more buffered than the frame
 //! limit allows, and whatever decodes must survive encode -> decode unchanged.
 
 #![no_main]
@@ -17,10 +17,11 @@ const LIMITS: Limits = Limits {
 
 fn check(data: &[u8], version: Version, split: usize) {
     let mut buf = BytesMut::new();
+    let mut decoder = Decoder::new();
     for piece in [&data[..split], &data[split..]] {
         buf.extend_from_slice(piece);
         loop {
-            match decode(&mut buf, version, &LIMITS) {
+            match decoder.decode(&mut buf, version, &LIMITS) {
                 Ok(Some(frame)) => round_trip(&frame, version),
                 Ok(None) => {
                     // Waiting for more: never with more than a frame's worth buffered.

@@ -6,13 +6,14 @@ use bytes::BytesMut;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
-use switchboard_stomp::{decode, encode, Command, Frame, Limits, Version};
+use switchboard_stomp::{encode, Command, Decoder, Frame, Limits, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub struct StompClient {
     pub stream: TcpStream,
     buf: BytesMut,
+    decoder: Decoder,
     pub version: Version,
     /// Frames read while waiting for something else (a RECEIPT).
     pending: VecDeque<Frame>,
@@ -30,6 +31,7 @@ impl StompClient {
         StompClient {
             stream,
             buf: BytesMut::new(),
+            decoder: Decoder::new(),
             version: Version::V1_2,
             pending: VecDeque::new(),
             next_receipt: 1,
@@ -89,7 +91,9 @@ impl StompClient {
     async fn read_frame(&mut self) -> Option<Frame> {
         loop {
             self.heartbeats += switchboard_stomp::skip_heartbeats(&mut self.buf);
-            if let Some(f) = decode(&mut self.buf, self.version, &Limits::default())
+            if let Some(f) = self
+                .decoder
+                .decode(&mut self.buf, self.version, &Limits::default())
                 .expect("server frame decodes")
             {
                 return Some(f);

@@ -13,7 +13,7 @@ mod escape;
 mod frame;
 
 pub use command::Command;
-pub use decode::{decode, skip_heartbeats};
+pub use decode::{decode, skip_heartbeats, Decoder};
 pub use encode::{encode, encode_parts, representable};
 pub use error::DecodeError;
 pub use frame::{Frame, Limits, Version};

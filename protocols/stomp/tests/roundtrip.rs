@@ -91,17 +91,24 @@ proptest! {
             wire.extend_from_slice(b"\n");
         }
         let limits = Limits::default();
-        let mut buf = BytesMut::new();
-        let mut got = Vec::new();
+        let want: Vec<Frame> = frames.iter().map(|f| expected(f, v)).collect();
+        // A Decoder resuming where it stopped, and the stateless function, agree.
+        let mut decoder = Decoder::new();
+        let (mut buf, mut stateless_buf) = (BytesMut::new(), BytesMut::new());
+        let (mut got, mut stateless_got) = (Vec::new(), Vec::new());
         for piece in wire.chunks(chunk) {
             buf.extend_from_slice(piece);
-            while let Some(f) = decode(&mut buf, v, &limits).expect("decodes") {
+            while let Some(f) = decoder.decode(&mut buf, v, &limits).expect("decodes") {
                 got.push(f);
             }
+            stateless_buf.extend_from_slice(piece);
+            while let Some(f) = decode(&mut stateless_buf, v, &limits).expect("decodes") {
+                stateless_got.push(f);
+            }
         }
-        prop_assert!(buf.is_empty());
-        let want: Vec<Frame> = frames.iter().map(|f| expected(f, v)).collect();
-        prop_assert_eq!(got, want);
+        prop_assert!(buf.is_empty() && stateless_buf.is_empty());
+        prop_assert_eq!(&got, &want);
+        prop_assert_eq!(stateless_got, want);
     }
 
     #[test]
@@ -112,6 +119,20 @@ proptest! {
         let limits = Limits { max_frame_size: 200, max_headers: 4, max_header_line: 40, max_body_size: 100 };
         let mut buf = BytesMut::from(&input[..]);
         while let Ok(Some(_)) = decode(&mut buf, v, &limits) {}
+        // Byte by byte through a Decoder: never more than a frame's worth waits in the buffer.
+        let mut decoder = Decoder::new();
+        let mut buf = BytesMut::new();
+        'feed: for b in &input {
+            buf.extend_from_slice(&[*b]);
+            loop {
+                match decoder.decode(&mut buf, v, &limits) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => break 'feed,
+                }
+            }
+            prop_assert!(buf.len() <= limits.max_frame_size + 2);
+        }
     }
 }
 

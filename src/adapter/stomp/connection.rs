@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use switchboard_stomp::{decode, encode, Command, Frame, Limits, Version};
+use switchboard_stomp::{encode, Command, Decoder, Frame, Limits, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
@@ -46,7 +46,13 @@ where
     });
     let limits = limits_of(&broker);
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    match timeout(HANDSHAKE_TIMEOUT, read_connect(&mut rd, &mut buf, &limits)).await {
+    let mut decoder = Decoder::new();
+    match timeout(
+        HANDSHAKE_TIMEOUT,
+        read_connect(&mut rd, &mut buf, &mut decoder, &limits),
+    )
+    .await
+    {
         Err(_) => tracing::info!(%peer, "STOMP client sent no CONNECT in time"),
         Ok(Err(ReadEnd::Closed)) => tracing::debug!(%peer, "STOMP client left before CONNECT"),
         Ok(Err(ReadEnd::Error(e))) => {
@@ -95,10 +101,11 @@ enum ReadEnd {
 async fn read_connect<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
+    decoder: &mut Decoder,
     limits: &Limits,
 ) -> Result<Frame, ReadEnd> {
     loop {
-        match decode(buf, HANDSHAKE_VERSION, limits) {
+        match decoder.decode(buf, HANDSHAKE_VERSION, limits) {
             Ok(Some(frame)) => return Ok(frame),
             Ok(None) => {}
             Err(e) => return Err(ReadEnd::Error(e.into())),
@@ -127,6 +134,7 @@ fn send_error(outbox: &Outbox, version: Version, e: &StompError, receipt: Option
 
 struct Connection {
     session: Session,
+    decoder: Decoder,
     broker: Arc<Broker>,
     outbox: Arc<Outbox>,
     peer: SocketAddr,
@@ -154,6 +162,7 @@ impl Connection {
         };
         Connection {
             session: Session::new(ctx, n.session),
+            decoder: Decoder::new(),
             broker: broker.clone(),
             outbox: outbox.clone(),
             peer,
@@ -234,7 +243,7 @@ impl Connection {
     fn process(&mut self, buf: &mut BytesMut) -> bool {
         let version = self.session.version();
         loop {
-            let frame = match decode(buf, version, &self.limits) {
+            let frame = match self.decoder.decode(buf, version, &self.limits) {
                 Ok(Some(f)) => f,
                 Ok(None) => return true,
                 Err(e) => {
