@@ -201,7 +201,10 @@ impl Connection {
                     if !self.process(&mut buf) {
                         return;
                     }
-                    if self.broker.memory.alarm() && std::mem::take(&mut self.session.published) {
+                    // Only a SEND in this very read counts, so a connection that published
+                    // long ago and now only consumes stays readable.
+                    let published = std::mem::take(&mut self.session.published);
+                    if published && self.broker.memory.alarm() {
                         blocked = true;
                     }
                 }
