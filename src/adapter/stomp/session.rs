@@ -594,3 +594,109 @@ fn apply_settle(taken: Vec<Unacked>, how: Settle) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The session driven frame by frame with no socket: frames in, the outbox's bytes out.
+    use super::*;
+    use crate::config::{Config, DEFAULT_CONFIG};
+    use bytes::BytesMut;
+    use switchboard_stomp::{Decoder, Limits};
+
+    fn session(broker: &Arc<Broker>) -> (Session, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new());
+        let ctx = SessionCtx {
+            broker: broker.clone(),
+            vhost: broker.vhost("/").expect("default vhost"),
+            conn_id: broker.next_id(),
+            user: "guest".into(),
+            outbox: outbox.clone(),
+            version: Version::V1_2,
+        };
+        (Session::new(ctx, "session-test".into()), outbox)
+    }
+
+    /// Everything the session wrote, as frames.
+    async fn written(outbox: &Outbox) -> Vec<Frame> {
+        outbox.close();
+        let mut bytes: Vec<u8> = Vec::new();
+        outbox.run_writer(&mut bytes).await;
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut decoder = Decoder::new();
+        let mut frames = Vec::new();
+        while let Some(f) = decoder
+            .decode(&mut buf, Version::V1_2, &Limits::default())
+            .expect("our own frames decode")
+        {
+            frames.push(f);
+        }
+        frames
+    }
+
+    fn sub(id: &str, dest: &str) -> Frame {
+        Frame::new(Command::Subscribe)
+            .with("id", id)
+            .with("destination", dest)
+            .with("ack", "client")
+    }
+
+    fn send(dest: &str, body: &'static str) -> Frame {
+        Frame::new(Command::Send)
+            .with("destination", dest)
+            .with_body(body.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn cumulative_ack_covers_only_its_own_subscription() {
+        let broker = Broker::new(Config::parse(DEFAULT_CONFIG).expect("default config"));
+        let (mut s, outbox) = session(&broker);
+        for f in [
+            sub("a", "/queue/sess-a"),
+            sub("b", "/queue/sess-b"),
+            send("/queue/sess-a", "a1"),
+            send("/queue/sess-b", "b1"),
+            send("/queue/sess-a", "a2"),
+        ] {
+            assert_eq!(s.handle(f), Ok(Next::Continue));
+        }
+        // Find a2's ack id without closing the outbox: deliveries are numbered in wire order
+        // a1=1, b1=2, a2=3.
+        let ack = Frame::new(Command::Ack).with("id", "T_a@@session-test@@3");
+        assert_eq!(s.handle(ack), Ok(Next::Continue));
+        let vh = broker.vhost("/").expect("vhost");
+        let stats = |q: &str| vh.queue(q).expect("queue").stats().unacked;
+        assert_eq!(
+            (stats("sess-a"), stats("sess-b")),
+            (0, 1),
+            "a1 and a2 acked, b1 not"
+        );
+        let frames = written(&outbox).await;
+        let ids: Vec<&str> = frames
+            .iter()
+            .filter_map(|f| f.header("message-id"))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "T_a@@session-test@@1",
+                "T_b@@session-test@@2",
+                "T_a@@session-test@@3"
+            ]
+        );
+        s.cleanup();
+        assert_eq!(stats("sess-b"), 0, "b1 requeued at cleanup");
+        assert_eq!(vh.queue("sess-b").expect("queue").stats().ready, 1);
+    }
+
+    #[tokio::test]
+    async fn disconnect_sends_its_receipt_and_ends() {
+        let broker = Broker::new(Config::parse(DEFAULT_CONFIG).expect("default config"));
+        let (mut s, outbox) = session(&broker);
+        let f = Frame::new(Command::Disconnect).with("receipt", "bye");
+        assert_eq!(s.handle(f), Ok(Next::Disconnect));
+        let frames = written(&outbox).await;
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].command, Command::Receipt);
+        assert_eq!(frames[0].header("receipt-id"), Some("bye"));
+    }
+}
