@@ -263,3 +263,35 @@ async fn unsubscribing_after_the_queue_was_deleted_is_fine() {
         .await;
     c.disconnect().await;
 }
+
+#[tokio::test]
+async fn absurd_heart_beat_values_do_not_hurt() {
+    let tb = TestBroker::start().await;
+    for hb in ["18446744073709551615,18446744073709551615", "1,1", "0,0"] {
+        let (mut c, answer) = StompClient::connect_with(
+            tb.stomp,
+            &[
+                ("accept-version", "1.2"),
+                ("login", "guest"),
+                ("passcode", "guest"),
+                ("heart-beat", hb),
+            ],
+        )
+        .await;
+        assert_eq!(answer.command, Command::Connected, "{hb}");
+        c.request(Frame::new(Command::Begin).with("transaction", "t"))
+            .await;
+    }
+    let (mut c, answer) = StompClient::connect_with(
+        tb.stomp,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "guest"),
+            ("passcode", "guest"),
+            ("heart-beat", "a,b"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.command, Command::Error);
+    c.expect_closed().await;
+}

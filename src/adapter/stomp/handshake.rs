@@ -54,9 +54,14 @@ fn parse_heart_beat(value: &str) -> StompResult<(u64, u64)> {
     ))
 }
 
+/// Heart-beat intervals above this (one day) are treated as none: timers that far out are
+/// pointless, and a peer's `u64::MAX` must not overflow a deadline.
+const MAX_HEARTBEAT_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// One direction of heart-beating: both sides must want it; the slower of the two wins.
 fn interval(ours: u64, theirs: u64) -> Option<Duration> {
-    (ours > 0 && theirs > 0).then(|| Duration::from_millis(ours.max(theirs)))
+    let ms = ours.max(theirs);
+    (ours > 0 && theirs > 0 && ms <= MAX_HEARTBEAT_MS).then(|| Duration::from_millis(ms))
 }
 
 /// Handles the first frame of a connection; returns what was agreed and the CONNECTED frame.
@@ -176,5 +181,6 @@ mod tests {
         assert_eq!(interval(1000, 0), None);
         assert_eq!(interval(1000, 5000), Some(Duration::from_millis(5000)));
         assert_eq!(interval(1000, 10), Some(Duration::from_millis(1000)));
+        assert_eq!(interval(1000, u64::MAX), None, "absurd intervals mean none");
     }
 }
