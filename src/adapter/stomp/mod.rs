@@ -7,6 +7,7 @@ pub mod error;
 pub mod handshake;
 pub mod headers;
 pub mod session;
+pub mod subscribe;
 pub mod subscription;
 
 pub use connection::{serve, serve_stream};
