@@ -410,3 +410,37 @@ async fn temp_queue_replies_come_back_on_the_temp_subscription() {
     client.disconnect().await;
     wait_until("temp queue deleted", || vh.queue(&name).is_none()).await;
 }
+
+#[tokio::test]
+async fn a_deleted_temp_queue_is_made_again_on_next_use() {
+    let tb = TestBroker::start().await;
+    let service = unique("/queue/svc2");
+    let mut server = StompClient::connect(tb.stomp, "1.2").await;
+    server.subscribe("svc", &service, "auto").await;
+    let mut client = StompClient::connect(tb.stomp, "1.2").await;
+    let vh = tb.broker().vhost("/").unwrap();
+    let mut names = Vec::new();
+    for round in 0..2 {
+        client
+            .send(&service, b"ping", &[("reply-to", "/temp-queue/r")])
+            .await;
+        let reply_to = server
+            .message()
+            .await
+            .header("reply-to")
+            .unwrap()
+            .to_owned();
+        server.send(&reply_to, b"pong", &[]).await;
+        let reply = client.message().await;
+        assert_eq!(
+            reply.header("subscription"),
+            Some("/temp-queue/r"),
+            "round {round}"
+        );
+        let name = reply_to.trim_start_matches("/reply-queue/").to_owned();
+        // An admin deletes it between the rounds.
+        vh.remove_queue(&vh.queue(&name).expect("temp queue"));
+        names.push(name);
+    }
+    assert_ne!(names[0], names[1]);
+}

@@ -18,20 +18,19 @@ impl Session {
     /// The private queue behind `/temp-queue/<name>`, made (and subscribed to, with the
     /// subscription id `/temp-queue/<name>`) on first use, as RabbitMQ does.
     pub(super) fn temp_queue(&mut self, name: &str) -> StompResult<Arc<Queue>> {
-        if let Some(q) = self.temp_queues.get(name).filter(|q| !q.is_deleted()) {
-            return Ok(q.clone());
+        let id = format!("/temp-queue/{name}");
+        if let Some(q) = self.temp_queues.get(name) {
+            if !q.is_deleted() {
+                return Ok(q.clone());
+            }
+            // Deleted under us (by an admin): its subscription goes, a new queue comes.
+            self.subscriptions.remove(&id);
         }
         let q = self
             .ctx
             .vhost
             .create_private_queue(generate_name("amq.gen-"), self.ctx.conn_id);
-        self.start_subscription(
-            format!("/temp-queue/{name}"),
-            q.clone(),
-            AckMode::Auto,
-            0,
-            false,
-        )?;
+        self.start_subscription(id, q.clone(), AckMode::Auto, 0, false)?;
         self.temp_queues.insert(name.to_owned(), q.clone());
         Ok(q)
     }
