@@ -129,11 +129,79 @@ pub struct MqttConfig {
 }
 
 /// The STOMP listener and its limits (the STOMP adapter's settings).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StompConfig {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// The vhost for a CONNECT whose `host` names no vhost (most clients send the server's
+    /// hostname there), as ActiveMQ does.
+    #[serde(default = "default_stomp_vhost")]
+    pub default_vhost: String,
+    /// Login used for a CONNECT without `login` (as RabbitMQ's `stomp.default_user`); unset =
+    /// such connections are refused.
+    #[serde(default)]
+    pub default_login: Option<String>,
+    #[serde(default)]
+    pub default_passcode: Option<String>,
+    /// Whether the default login applies only to connections from loopback.
+    #[serde(default = "default_true")]
+    pub default_login_loopback_only: bool,
+    /// Heart-beat interval the server offers in both directions, in milliseconds (0 = none).
+    #[serde(default = "default_stomp_heartbeat_ms")]
+    pub heartbeat_ms: u32,
+    /// Largest frame (command, headers and body), in bytes.
+    #[serde(default = "default_stomp_max_frame_size")]
+    pub max_frame_size: usize,
+    /// Largest body, in bytes.
+    #[serde(default = "default_stomp_max_body_size")]
+    pub max_body_size: usize,
+    /// Most headers in one frame.
+    #[serde(default = "default_stomp_max_headers")]
+    pub max_headers: usize,
+    /// Longest header line, in bytes.
+    #[serde(default = "default_stomp_max_header_line")]
+    pub max_header_line: usize,
+}
+
+impl Default for StompConfig {
+    fn default() -> Self {
+        StompConfig {
+            listen: Vec::new(),
+            default_vhost: default_stomp_vhost(),
+            default_login: None,
+            default_passcode: None,
+            default_login_loopback_only: true,
+            heartbeat_ms: default_stomp_heartbeat_ms(),
+            max_frame_size: default_stomp_max_frame_size(),
+            max_body_size: default_stomp_max_body_size(),
+            max_headers: default_stomp_max_headers(),
+            max_header_line: default_stomp_max_header_line(),
+        }
+    }
+}
+
+fn default_stomp_vhost() -> String {
+    "/".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_stomp_heartbeat_ms() -> u32 {
+    10_000
+}
+// The codec's own defaults, so that the two cannot drift apart.
+fn default_stomp_max_frame_size() -> usize {
+    switchboard_stomp::Limits::default().max_frame_size
+}
+fn default_stomp_max_body_size() -> usize {
+    switchboard_stomp::Limits::default().max_body_size
+}
+fn default_stomp_max_headers() -> usize {
+    switchboard_stomp::Limits::default().max_headers
+}
+fn default_stomp_max_header_line() -> usize {
+    switchboard_stomp::Limits::default().max_header_line
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -249,6 +317,20 @@ impl Config {
                 reason: "must be a fraction between 0 and 1".into(),
             });
         }
+        let stomp = &self.stomp;
+        for (key, value) in [
+            ("stomp.max_frame_size", stomp.max_frame_size),
+            ("stomp.max_body_size", stomp.max_body_size),
+            ("stomp.max_headers", stomp.max_headers),
+            ("stomp.max_header_line", stomp.max_header_line),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
         if self.vhosts.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "vhosts",
@@ -322,6 +404,32 @@ mod tests {
         assert_eq!(c.server.data_dir, PathBuf::from("data"));
         assert_eq!(c.users[0].name, "guest");
         assert_eq!(c.vhosts[0].name, "/");
+        assert_eq!(c.stomp.default_vhost, "/");
+        assert_eq!(c.stomp.default_login.as_deref(), Some("guest"));
+        assert!(c.stomp.default_login_loopback_only);
+        assert_eq!(c.stomp.heartbeat_ms, 10_000);
+        let limits = switchboard_stomp::Limits::default();
+        assert_eq!(c.stomp.max_frame_size, limits.max_frame_size);
+        assert_eq!(c.stomp.max_body_size, limits.max_body_size);
+        assert_eq!(c.stomp.max_headers, limits.max_headers);
+        assert_eq!(c.stomp.max_header_line, limits.max_header_line);
+    }
+
+    #[test]
+    fn stomp_settings_default_when_absent() {
+        // The [stomp] section with only `listen`.
+        let start = DEFAULT_CONFIG.find("# Vhost for a CONNECT").unwrap();
+        let end = DEFAULT_CONFIG.find("[http]").unwrap();
+        let trimmed = format!("{}{}", &DEFAULT_CONFIG[..start], &DEFAULT_CONFIG[end..]);
+        let c = Config::parse(&trimmed).unwrap();
+        assert_eq!(
+            c.stomp.default_login, None,
+            "no default login unless configured"
+        );
+        assert_eq!(
+            c.stomp.max_body_size,
+            switchboard_stomp::Limits::default().max_body_size
+        );
     }
 
     #[test]
@@ -378,6 +486,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn zero_stomp_limit_rejected() {
+        let text = DEFAULT_CONFIG.replace("max_headers = 256", "max_headers = 0");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("stomp.max_headers"), "{err}");
     }
 
     #[test]

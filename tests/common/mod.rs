@@ -3,6 +3,7 @@
 
 pub mod amqp;
 pub mod raw;
+pub mod stomp;
 
 use std::future::Future;
 use std::net::SocketAddr;
