@@ -335,3 +335,52 @@ async fn too_little_free_disk_blocks_publishers() {
     assert!(publisher.status().blocked());
     b.stop().await;
 }
+
+/// The log is durable up to everything appended so far (nothing else writes in these tests).
+fn log_is_synced(b: &TestBroker) -> bool {
+    let log = &b.broker().store.as_ref().expect("a store").log;
+    log.synced() >= log.last_lsn()
+}
+
+#[tokio::test]
+async fn a_confirm_and_a_stomp_receipt_come_only_after_the_fsync_and_survive_a_restart() {
+    use switchboard_stomp::{Command, Frame};
+    let dir = fresh_data_dir();
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    confirm_mode(&ch).await;
+    let q = unique("receipts");
+    declare_durable(&ch, &q, FieldTable::default()).await;
+    for i in 0..3 {
+        publish_confirmed(&ch, "", &q, format!("amqp{i}").as_bytes(), persistent()).await;
+        assert!(
+            log_is_synced(&b),
+            "confirm sent before its record was durable"
+        );
+    }
+    let mut stomp = common::stomp::StompClient::connect(b.stomp, "1.2").await;
+    for i in 0..3 {
+        stomp
+            .request(
+                Frame::new(Command::Send)
+                    .with("destination", format!("/queue/{q}"))
+                    .with("persistent", "true")
+                    .with_body(format!("stomp{i}").into_bytes()),
+            )
+            .await;
+        assert!(
+            log_is_synced(&b),
+            "receipt sent before its record was durable"
+        );
+    }
+    stomp.disconnect().await;
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    assert_eq!(
+        drain(&ch, &q).await,
+        ["amqp0", "amqp1", "amqp2", "stomp0", "stomp1", "stomp2"]
+    );
+    b.stop().await;
+}

@@ -175,6 +175,7 @@ impl Connection {
     async fn run<R: AsyncRead + Unpin>(&mut self, rd: &mut R, mut buf: BytesMut) {
         let mut shutdown = self.broker.shutdown_signal();
         let mut alarm = self.broker.memory.subscribe();
+        let mut log_synced = self.broker.store.as_ref().map(|s| s.log.subscribe());
         // A connection that published during a memory alarm is not read until it clears (its
         // TCP window fills and the client stops). Consumers' connections stay readable so that
         // their ACKs can free memory.
@@ -188,6 +189,7 @@ impl Connection {
 
         // Frames that arrived right behind CONNECT.
         if !self.process(&mut buf) {
+            self.finish_receipts(&mut log_synced).await;
             return;
         }
         loop {
@@ -199,6 +201,7 @@ impl Connection {
                     }
                     last_read = Instant::now();
                     if !self.process(&mut buf) {
+                        self.finish_receipts(&mut log_synced).await;
                         return;
                     }
                     // Only a SEND in this very read counts, so a connection that published
@@ -209,6 +212,9 @@ impl Connection {
                     }
                 }
                 _ = self.outbox.drained.notified() => self.session.wake_subscriptions(),
+                _ = crate::store::log::synced_changed(&mut log_synced), if self.session.receipts_pending() => {
+                    self.session.flush_receipts();
+                }
                 _ = self.outbox.writer_done.notified() => return,
                 _ = send_ticker.tick(), if self.send_every.is_some() => {
                     self.outbox.push(|out| out.extend_from_slice(b"\n"));
@@ -241,6 +247,23 @@ impl Connection {
         }
     }
 
+    /// Before closing after DISCONNECT: sends the receipts still waiting for the log (bounded,
+    /// so a stuck disk cannot hold the connection forever).
+    async fn finish_receipts(
+        &mut self,
+        log_synced: &mut Option<tokio::sync::watch::Receiver<u64>>,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.session.flush_receipts() {
+            if tokio::time::timeout_at(deadline, crate::store::log::synced_changed(log_synced))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
     /// Handles every complete frame in `buf`. False when the connection must close (after
     /// DISCONNECT, or after an ERROR frame was queued).
     fn process(&mut self, buf: &mut BytesMut) -> bool {
@@ -251,6 +274,7 @@ impl Connection {
                 Ok(None) => return true,
                 Err(e) => {
                     tracing::info!(peer = %self.peer, error = %e, "malformed STOMP frame");
+                    self.session.drop_receipts();
                     send_error(&self.outbox, version, &e.into(), None);
                     return false;
                 }
@@ -262,6 +286,8 @@ impl Connection {
                 Ok(Next::Disconnect) => return false,
                 Err(e) => {
                     tracing::info!(peer = %self.peer, %command, error = %e, "STOMP error, closing");
+                    // Nothing follows an ERROR frame.
+                    self.session.drop_receipts();
                     send_error(&self.outbox, version, &e, receipt.as_deref());
                     return false;
                 }

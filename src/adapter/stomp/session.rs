@@ -9,7 +9,7 @@ use super::subscription::{SessionDeliveries, StompSubscription, Unacked};
 use crate::adapter::outbox::Outbox;
 use crate::core::queue::ConnectionId;
 use crate::core::{Broker, CoreError, Exchange, Message, Queue, VHost};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use switchboard_amqp::FieldTable;
 use switchboard_stomp::{encode, Command, Frame, Version};
@@ -72,6 +72,9 @@ pub struct Session {
     pub(super) temp_queues: HashMap<String, Arc<Queue>>,
     /// A SEND was handled since the connection last looked (memory alarm).
     pub published: bool,
+    /// RECEIPTs waiting for the message log to be durable up to an LSN, in the order asked
+    /// (a receipt for a later frame never overtakes one for an earlier SEND).
+    receipts: VecDeque<(u64, String)>,
 }
 
 impl Session {
@@ -84,6 +87,7 @@ impl Session {
             transactions: HashMap::new(),
             temp_queues: HashMap::new(),
             published: false,
+            receipts: VecDeque::new(),
         }
     }
 
@@ -96,8 +100,8 @@ impl Session {
         let receipt = frame.header("receipt").map(str::to_owned);
         match frame.command {
             Command::Send => {
-                let persistent = self.send(frame)?;
-                self.receipt_for_send(receipt.as_deref(), persistent);
+                let lsn = self.send(frame)?;
+                self.receipt_for_send(receipt.as_deref(), lsn);
                 return Ok(Next::Continue);
             }
             Command::Subscribe => self.subscribe(&frame)?,
@@ -129,14 +133,19 @@ impl Session {
             }
             Command::Commit => {
                 let ops = self.take_transaction(&frame)?;
-                self.commit(ops);
+                let lsn = self.commit(ops);
+                // The COMMIT's receipt confirms the persistent SENDs it routed.
+                if let Some(r) = &receipt {
+                    self.queue_receipt(r, lsn);
+                }
+                return Ok(Next::Continue);
             }
             Command::Abort => {
                 self.take_transaction(&frame)?;
             }
             Command::Disconnect => {
                 if let Some(r) = &receipt {
-                    self.send_receipt(r);
+                    self.queue_receipt(r, 0);
                 }
                 return Ok(Next::Disconnect);
             }
@@ -157,7 +166,7 @@ impl Session {
             }
         }
         if let Some(r) = &receipt {
-            self.send_receipt(r);
+            self.queue_receipt(r, 0);
         }
         Ok(Next::Continue)
     }
@@ -168,19 +177,61 @@ impl Session {
         self.ctx.outbox.push(|out| encode(&frame, version, out));
     }
 
-    /// The RECEIPT for a SEND, sent once the message is routed to its queues. For a persistent
-    /// message this is the one place that confirms it to the client: durable storage makes this
-    /// wait until the message is safely written.
-    fn receipt_for_send(&self, receipt: Option<&str>, _persistent: bool) {
+    /// The highest LSN the message log has made durable (everything, without a store).
+    fn synced(&self) -> u64 {
+        self.ctx
+            .broker
+            .store
+            .as_ref()
+            .map_or(u64::MAX, |s| s.log.synced())
+    }
+
+    /// Sends a RECEIPT once the log is durable up to `lsn` (0: nothing to wait for) and every
+    /// earlier receipt has gone.
+    fn queue_receipt(&mut self, receipt: &str, lsn: u64) {
+        if self.receipts.is_empty() && lsn <= self.synced() {
+            self.send_receipt(receipt);
+        } else {
+            self.receipts.push_back((lsn, receipt.to_owned()));
+        }
+    }
+
+    /// Sends the receipts whose records are now durable; true while some still wait.
+    pub fn flush_receipts(&mut self) -> bool {
+        let synced = self.synced();
+        while let Some((lsn, _)) = self.receipts.front() {
+            if *lsn > synced {
+                break;
+            }
+            if let Some((_, r)) = self.receipts.pop_front() {
+                self.send_receipt(&r);
+            }
+        }
+        !self.receipts.is_empty()
+    }
+
+    pub fn receipts_pending(&self) -> bool {
+        !self.receipts.is_empty()
+    }
+
+    /// Forgets waiting receipts (the connection is closing with an ERROR).
+    pub fn drop_receipts(&mut self) {
+        self.receipts.clear();
+    }
+
+    /// The RECEIPT for a SEND, sent once the message is routed to its queues and, when it was
+    /// written to the message log (persistent, durable queue), once that record is durable.
+    fn receipt_for_send(&mut self, receipt: Option<&str>, lsn: u64) {
         if let Some(r) = receipt {
-            self.send_receipt(r);
+            self.queue_receipt(r, lsn);
         }
     }
 
     // ---- SEND ----
 
-    /// Publishes a SEND (or holds it in its transaction). Returns whether it is persistent.
-    fn send(&mut self, frame: Frame) -> StompResult<bool> {
+    /// Publishes a SEND (or holds it in its transaction). Returns the LSN its receipt must wait
+    /// for (0 when nothing was written to the message log).
+    fn send(&mut self, frame: Frame) -> StompResult<u64> {
         let dest_text = required(&frame, "destination")?;
         let dest = Destination::parse(dest_text)?;
         let Some((exchange_name, routing_key)) = dest.publish_target() else {
@@ -222,7 +273,6 @@ impl Session {
             properties.reply_to = Some(self.temp_queue(&name)?.name.clone());
         }
         let (exchange_name, routing_key) = (exchange_name.to_owned(), routing_key.to_owned());
-        let persistent = properties.delivery_mode == Some(2);
         let charge = self
             .ctx
             .broker
@@ -239,17 +289,20 @@ impl Session {
         self.published = true;
         if let Some(tx) = frame.header("transaction") {
             self.transaction(tx)?.push(TxOp::Send { exchange, message });
+            Ok(0)
         } else {
-            self.route(&exchange, message);
+            Ok(self.route(&exchange, message))
         }
-        Ok(persistent)
     }
 
-    /// Routes a message to its queues: the one place where a SEND reaches the core.
-    fn route(&self, exchange: &Arc<Exchange>, message: Arc<Message>) {
+    /// Routes a message to its queues: the one place where a SEND reaches the core. Returns
+    /// the LSN of the log records written for it (0 when none).
+    fn route(&self, exchange: &Arc<Exchange>, message: Arc<Message>) -> u64 {
+        let mut lsn = 0;
         for q in self.ctx.vhost.route(exchange, &message) {
-            q.publish(message.clone());
+            lsn = lsn.max(q.publish_tracked(message.clone()).lsn);
         }
+        lsn
     }
 
     // ---- ACK / NACK ----
@@ -304,13 +357,16 @@ impl Session {
             .ok_or_else(|| unknown_transaction(tx))
     }
 
-    fn commit(&mut self, ops: Vec<TxOp>) {
+    /// Applies a transaction; returns the LSN its persistent SENDs need.
+    fn commit(&mut self, ops: Vec<TxOp>) -> u64 {
+        let mut lsn = 0;
         for op in ops {
             match op {
-                TxOp::Send { exchange, message } => self.route(&exchange, message),
+                TxOp::Send { exchange, message } => lsn = lsn.max(self.route(&exchange, message)),
                 TxOp::Settle { delivery, how } => self.settle(delivery, how),
             }
         }
+        lsn
     }
 
     // ---- lifecycle ----
