@@ -409,3 +409,33 @@ async fn a_stomp_durable_topic_subscription_keeps_its_messages_across_a_restart(
     assert_eq!(text(&m), "while away");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn tx_commit_ok_comes_after_the_fsync_of_its_publishes_and_acks() {
+    let dir = fresh_data_dir();
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("tx-durable");
+    declare_durable(&ch, &q, FieldTable::default()).await;
+    bounded(ch.tx_select()).await.expect("tx.select");
+    for body in ["a", "b", "c"] {
+        publish_with(&ch, "", &q, body.as_bytes(), persistent()).await;
+    }
+    bounded(ch.tx_commit()).await.expect("tx.commit");
+    assert!(
+        log_is_synced(&b),
+        "commit-ok before the publishes were durable"
+    );
+    let a = get(&ch, &q, false).await.expect("a");
+    bounded(a.delivery.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    bounded(ch.tx_commit()).await.expect("tx.commit");
+    assert!(log_is_synced(&b), "commit-ok before the ack was durable");
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    assert_eq!(drain(&ch, &q).await, ["b", "c"]);
+    b.stop().await;
+}
