@@ -22,6 +22,9 @@ pub fn decode(
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
+    // The type and flags are checked before waiting for the rest, so garbage is refused at
+    // its first byte.
+    check_fixed_header(first >> 4, first & 0x0f, version)?;
     let (remaining, len_bytes) = match peek_var_int(&buf[1..])? {
         VarInt::Complete(v, n) => (v as usize, n),
         VarInt::Incomplete => return Ok(None),
@@ -134,6 +137,25 @@ fn decode_body(
         }
         _ => return Err(DecodeError::Malformed("reserved packet type")),
     })
+}
+
+/// Packet type and fixed-header flags (spec 2.1.2, 2.1.3): every packet but PUBLISH has fixed
+/// flags; type 0 is reserved, and type 15 (AUTH) exists only in v5.
+fn check_fixed_header(kind: u8, flags: u8, version: Protocol) -> Result<(), DecodeError> {
+    if kind == 0 || (kind == kind::AUTH && !version.is_v5()) {
+        return Err(DecodeError::Malformed("reserved packet type"));
+    }
+    let expected_flags = match kind {
+        kind::PUBLISH => flags,
+        kind::PUBREL | kind::SUBSCRIBE | kind::UNSUBSCRIBE => 0b0010,
+        _ => 0,
+    };
+    if flags != expected_flags {
+        return Err(DecodeError::Malformed(
+            "reserved flag bits in the fixed header",
+        ));
+    }
+    Ok(())
 }
 
 fn props(r: &mut Reader, v5: bool) -> Result<Properties, DecodeError> {

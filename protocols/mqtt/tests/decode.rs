@@ -85,6 +85,9 @@ fn remaining_length_limits() {
 #[test]
 fn reserved_flags_and_types() {
     assert!(dec(&[0xc1, 0], Protocol::V311).is_err()); // PINGREQ with a flag
+                                                       // Refused at the first byte, without waiting for the rest.
+    assert!(dec(&[0xc1], Protocol::V311).is_err());
+    assert!(dec(&[0x47, 0x45, 0x54], Protocol::V311).is_err()); // "GET"
     assert!(dec(&[0x60, 2, 0, 1], Protocol::V311).is_err()); // PUBREL without 0b0010
     assert!(dec(&[0x62, 2, 0, 1], Protocol::V311).is_ok());
     assert!(dec(&[0x00, 0], Protocol::V311).is_err()); // type 0

@@ -101,6 +101,11 @@ async fn read_first<R: AsyncRead + Unpin>(
         if let Some(p) = decode(buf, Protocol::V311, max).map_err(Some)? {
             return Ok(p);
         }
+        if buf.first().is_some_and(|b| b >> 4 != 1) {
+            // Not a CONNECT: no need to wait for the rest of it.
+            tracing::info!("first MQTT packet is not CONNECT");
+            return Err(None);
+        }
         if buf.capacity() - buf.len() < 128 {
             buf.reserve(512);
         }
