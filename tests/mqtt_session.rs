@@ -244,8 +244,10 @@ async fn session_expiry_ends_a_disconnected_session() {
 
 fn with_will(protocol: Protocol, id: &str, topic: &str, delay: Option<u32>) -> Connect {
     let mut c = connect_packet(protocol, id, true);
-    let mut properties = Properties::default();
-    properties.will_delay_interval = delay;
+    let properties = Properties {
+        will_delay_interval: delay,
+        ..Default::default()
+    };
     c.will = Some(Will {
         topic: topic.into(),
         payload: Bytes::from_static(b"gone"),
