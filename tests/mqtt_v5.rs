@@ -1,6 +1,6 @@
 //! MQTT 5 extras over a raw socket: topic aliases both ways, Maximum Packet Size when sending,
 //! Payload Format Indicator checks, No Local, Retain Handling, Retain As Published, SUBACK
-//! failure codes, Request Problem Information.
+//! failure codes, Request Problem Information, shared subscriptions.
 
 mod common;
 
@@ -171,7 +171,8 @@ async fn suback_failure_codes_for_refused_filters() {
                 sub("a/#/b", QoS::AtMostOnce),
                 sub("a+", QoS::AtMostOnce),
                 sub("a/b/c/d", QoS::AtMostOnce),
-                sub("$share/g/x", QoS::AtMostOnce),
+                sub("$share//x", QoS::AtMostOnce),
+                sub("$share/g/a/#/b", QoS::AtMostOnce),
             ],
             Properties::default(),
         )
@@ -183,7 +184,8 @@ async fn suback_failure_codes_for_refused_filters() {
             reason::TOPIC_FILTER_INVALID,
             reason::TOPIC_FILTER_INVALID,
             reason::TOPIC_FILTER_INVALID,
-            reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+            reason::TOPIC_FILTER_INVALID,
+            reason::TOPIC_FILTER_INVALID
         ]
     );
     let mut c3 = RawMqtt::connect(b.mqtt, Protocol::V311, "fail3", true).await;
@@ -222,5 +224,72 @@ async fn request_problem_information_zero_hides_reason_strings() {
         Some(Packet::Disconnect(d)) => assert!(d.properties.reason_string.is_some()),
         other => panic!("{other:?}"),
     }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn shared_subscriptions_load_balance_across_members() {
+    let b = TestBroker::start().await;
+    let mut m1 = RawMqtt::connect(b.mqtt, Protocol::V5, "share-1", true).await;
+    let mut m2 = RawMqtt::connect(b.mqtt, Protocol::V311, "share-2", true).await;
+    let mut plain = RawMqtt::connect(b.mqtt, Protocol::V5, "share-plain", true).await;
+    assert_eq!(
+        m1.subscribe("$share/grp/jobs/+", QoS::AtLeastOnce)
+            .await
+            .codes,
+        vec![1]
+    );
+    assert_eq!(
+        m2.subscribe("$share/grp/jobs/+", QoS::AtMostOnce)
+            .await
+            .codes,
+        vec![0]
+    );
+    plain.subscribe("jobs/+", QoS::AtMostOnce).await;
+    let mut p = RawMqtt::connect(b.mqtt, Protocol::V5, "share-pub", true).await;
+    for i in 0..10u8 {
+        p.publish("jobs/x", QoS::AtMostOnce, 0, &[i]).await;
+    }
+    // Every message reaches the group once, and the plain subscriber too.
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        seen.push(plain.next_publish().await.payload[0]);
+    }
+    assert_eq!(seen, (0..10).collect::<Vec<u8>>());
+    let mut group = Vec::new();
+    for _ in 0..5 {
+        let m = m1.next_publish().await;
+        assert_eq!(m.topic, "jobs/x");
+        group.push(m.payload[0]);
+    }
+    for _ in 0..5 {
+        group.push(m2.next_publish().await.payload[0]);
+    }
+    group.sort_unstable();
+    assert_eq!(group, (0..10).collect::<Vec<u8>>());
+    m1.expect_nothing_pending().await;
+    m2.expect_nothing_pending().await;
+    // A member that leaves stops getting its share; the other takes everything.
+    m2.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: 2,
+        properties: Properties::default(),
+        filters: vec!["$share/grp/jobs/+".into()],
+    }))
+    .await;
+    assert!(matches!(m2.recv().await, Some(Packet::UnsubAck(_))));
+    for i in 0..4u8 {
+        p.publish("jobs/y", QoS::AtMostOnce, 0, &[i]).await;
+    }
+    for i in 0..4u8 {
+        assert_eq!(m1.next_publish().await.payload[0], i);
+    }
+    m2.expect_nothing_pending().await;
+    // The last member out removes the group's queue.
+    drop(m1);
+    let vh = b.broker().vhost("/").unwrap();
+    wait_until("group queue deleted", || {
+        vh.queue("mqtt-shared-grp/jobs/+").is_none()
+    })
+    .await;
     b.stop().await;
 }

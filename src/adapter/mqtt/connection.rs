@@ -8,9 +8,10 @@ use super::delivery::{Link, OfflineSink};
 use super::error::Violation;
 use super::publish::{acknowledge_publish, InboundMessage, Publisher};
 use super::registry::{lock, MqttState, SessionKey};
-use super::session::SubscriptionEntry;
+use super::session::{is_shared, shared_queue_name, SubscriptionEntry};
 use crate::adapter::outbox::Outbox;
 use crate::core::broker::ConnectionEntry;
+use crate::core::vhost::QueueSpec;
 use crate::core::{Broker, Consumer, Queue, VHost};
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -52,6 +53,9 @@ pub struct Connection {
     pub problem_info: bool,
     /// Published since the last memory-alarm check.
     pub published: bool,
+    /// Shared subscription groups joined, by subscription key: the group's queue and this
+    /// connection's consumer on it.
+    pub shared: HashMap<String, (Arc<Queue>, u64)>,
 }
 
 impl Connection {
@@ -73,11 +77,15 @@ impl Connection {
     }
 
     /// Starts delivering: resends what was in flight, sends what waited, then consumes.
-    pub fn start_delivery(&self) {
-        {
+    pub fn start_delivery(&mut self) {
+        let shared = {
             let mut s = lock(&self.attached.session);
             self.link.resend_in_flight(&s);
             self.link.pump(&mut s);
+            s.shared_keys()
+        };
+        for key in shared {
+            self.join_shared(&key);
         }
         let consumer = Consumer {
             id: self.consumer_id,
@@ -374,6 +382,71 @@ impl Connection {
         Ok(())
     }
 
+    /// Joins the group of shared subscription `key` (`$share/<group>/<filter>`): its queue,
+    /// bound with the filter, consumed by every member in turn. False if that failed.
+    fn join_shared(&mut self, key: &str) -> bool {
+        if self.shared.contains_key(key) {
+            return true;
+        }
+        let (Some(name), Ok(Some((_, filter)))) = (shared_queue_name(key), split_shared(key))
+        else {
+            return false;
+        };
+        let vhost = self.vhost().clone();
+        let queue = match vhost.queue(&name) {
+            Some(q) => q,
+            None => {
+                let spec = QueueSpec {
+                    name,
+                    ..Default::default()
+                };
+                match vhost.declare_queue(spec, false, self.entry.id) {
+                    Ok(d) => d.queue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "shared subscription queue not declared");
+                        return false;
+                    }
+                }
+            }
+        };
+        let bound = vhost.bind_queue(
+            &queue.name,
+            &self.broker.config.mqtt.exchange,
+            &filter_to_pattern(filter),
+            &FieldTable::new(),
+            self.entry.id,
+        );
+        if let Err(e) = bound {
+            tracing::warn!(error = %e, "shared subscription not bound");
+            return false;
+        }
+        let id = self.broker.next_id();
+        let consumer = Consumer {
+            id,
+            tag: format!("mqtt-{}", self.attached.key.client_id),
+            no_ack: true,
+            exclusive: false,
+            owner: self.entry.id,
+            sink: self.link.clone(),
+        };
+        if queue.add_consumer(consumer).is_err() {
+            return false;
+        }
+        self.shared.insert(key.to_owned(), (queue, id));
+        true
+    }
+
+    /// Leaves a shared group; the last member out deletes the group's queue, so nothing
+    /// piles up for a group nobody consumes.
+    fn leave_shared(&mut self, key: &str) {
+        if let Some((queue, id)) = self.shared.remove(key) {
+            queue.remove_consumer(id);
+            if queue.consumer_count() == 0 {
+                self.vhost().remove_queue(&queue);
+            }
+        }
+    }
+
     /// The SUBACK code for a filter the broker refuses, if it does.
     fn refuse_filter(&self, filter: &str) -> Option<u8> {
         let v5 = self.protocol.is_v5();
@@ -382,18 +455,12 @@ impl Connection {
         } else {
             reason::V3_SUBACK_FAILURE
         };
-        match split_shared(filter) {
-            Ok(Some(_)) => {
-                return Some(if v5 {
-                    reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-                } else {
-                    reason::V3_SUBACK_FAILURE
-                })
-            }
+        let inner = match split_shared(filter) {
+            Ok(Some((_, inner))) => inner,
             Err(_) => return Some(invalid),
-            Ok(None) => {}
-        }
-        if check_filter(filter).is_err() || !self.check_topic_limits(filter) {
+            Ok(None) => filter,
+        };
+        if check_filter(inner).is_err() || !self.check_topic_limits(inner) {
             return Some(invalid);
         }
         None
@@ -407,6 +474,25 @@ impl Connection {
         let mut retained = Vec::new();
         for s in sub.subscriptions {
             if let Some(code) = self.refuse_filter(&s.filter) {
+                codes.push(code);
+                continue;
+            }
+            if is_shared(&s.filter) {
+                // Retained messages are not sent for shared subscriptions (spec 4.8.2).
+                let code = if self.join_shared(&s.filter) {
+                    lock(&self.attached.session).subscriptions.insert(
+                        s.filter.clone(),
+                        SubscriptionEntry {
+                            options: s.options,
+                            identifier,
+                        },
+                    );
+                    s.options.qos as u8
+                } else if self.protocol.is_v5() {
+                    reason::UNSPECIFIED_ERROR
+                } else {
+                    reason::V3_SUBACK_FAILURE
+                };
                 codes.push(code);
                 continue;
             }
@@ -471,7 +557,9 @@ impl Connection {
                 .subscriptions
                 .remove(f)
                 .is_some();
-            if removed {
+            if removed && is_shared(f) {
+                self.leave_shared(f);
+            } else if removed {
                 let _ = self.vhost().unbind_queue(
                     &self.queue().name,
                     &exchange,
@@ -495,9 +583,13 @@ impl Connection {
 
     /// Lets go of the session: a session that expires now goes with its queue; one that
     /// persists keeps collecting messages offline until it expires. Then the will, if due.
-    pub fn finish(self, ending: Ending) {
+    pub fn finish(mut self, ending: Ending) {
         self.link.close();
         self.queue().remove_consumer(self.consumer_id);
+        let groups: Vec<String> = self.shared.keys().cloned().collect();
+        for key in groups {
+            self.leave_shared(&key);
+        }
         let expiry = lock(&self.attached.session).expiry_interval;
         let key = self.attached.key.clone();
         let generation = self.attached.generation;

@@ -11,7 +11,7 @@
 
 use super::convert::{key_to_topic, outbound_from_core, published_by};
 use super::registry::lock;
-use super::session::{InFlight, OutboundMessage, Session};
+use super::session::{shared_key, InFlight, OutboundMessage, Session};
 use crate::adapter::outbox::Outbox;
 use crate::core::{ConsumerSink, Delivery, Queue};
 use std::collections::HashMap;
@@ -179,11 +179,21 @@ impl Link {
 
 /// Builds the MQTT message for a queue delivery to `s`, or `None` when no subscription of
 /// the session matches it under MQTT's rules.
-fn for_session(s: &Session, client_id: &str, d: &Delivery) -> Option<OutboundMessage> {
+fn for_session(
+    s: &Session,
+    client_id: &str,
+    queue: &Queue,
+    d: &Delivery,
+) -> Option<OutboundMessage> {
     let msg = &d.message;
     let topic = key_to_topic(&msg.routing_key);
-    let from_self = published_by(&msg.properties) == Some(client_id);
-    let matched = s.match_topic(&topic, from_self)?;
+    let matched = match shared_key(&queue.name) {
+        Some(key) => s.match_shared(&key, &topic)?,
+        None => {
+            let from_self = published_by(&msg.properties) == Some(client_id);
+            s.match_topic(&topic, from_self)?
+        }
+    };
     let mut m = outbound_from_core(
         &msg.routing_key,
         &msg.body,
@@ -205,9 +215,9 @@ impl ConsumerSink for Link {
         s.pending.is_empty() && s.in_flight.len() < self.limits.in_flight
     }
 
-    fn deliver(&self, _queue: &Arc<Queue>, delivery: Delivery) {
+    fn deliver(&self, queue: &Arc<Queue>, delivery: Delivery) {
         let mut s = lock(&self.session);
-        if let Some(m) = for_session(&s, &self.client_id, &delivery) {
+        if let Some(m) = for_session(&s, &self.client_id, queue, &delivery) {
             self.offer(&mut s, m);
         }
     }
@@ -230,9 +240,9 @@ impl ConsumerSink for OfflineSink {
         true
     }
 
-    fn deliver(&self, _queue: &Arc<Queue>, delivery: Delivery) {
+    fn deliver(&self, queue: &Arc<Queue>, delivery: Delivery) {
         let mut s = lock(&self.session);
-        if let Some(m) = for_session(&s, &self.client_id, &delivery) {
+        if let Some(m) = for_session(&s, &self.client_id, queue, &delivery) {
             if m.qos != QoS::AtMostOnce {
                 s.push_pending(m, self.limit);
             }

@@ -199,7 +199,6 @@ async fn handshake_and_run<R: AsyncRead + Unpin>(
         props.receive_maximum = Some(cfg.receive_maximum.max(1));
         props.maximum_packet_size = Some(cfg.max_packet_size.max(1));
         props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
-        props.shared_subscription_available = Some(0);
         if attached.assigned_id {
             props.assigned_client_identifier = Some(attached.key.client_id.clone());
         }
@@ -244,6 +243,7 @@ async fn handshake_and_run<R: AsyncRead + Unpin>(
         inbound_aliases: HashMap::new(),
         problem_info: c.properties.request_problem_information != Some(0),
         published: false,
+        shared: HashMap::new(),
         attached,
     };
     conn.start_delivery();

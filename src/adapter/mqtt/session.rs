@@ -114,7 +114,9 @@ impl Session {
     pub fn match_topic(&self, topic: &str, from_self: bool) -> Option<Matched> {
         let mut m: Option<Matched> = None;
         for (filter, sub) in &self.subscriptions {
-            if (sub.options.no_local && from_self)
+            // Shared subscriptions deliver from their group's queue, not the session's.
+            if is_shared(filter)
+                || (sub.options.no_local && from_self)
                 || !switchboard_mqtt::topic::matches(filter, topic)
             {
                 continue;
@@ -126,6 +128,52 @@ impl Session {
         }
         m
     }
+
+    /// What the shared subscription `$share/<group>/<filter>` (`key`) asks for a message on
+    /// `topic` delivered from its group's queue.
+    pub fn match_shared(&self, key: &str, topic: &str) -> Option<Matched> {
+        let sub = self.subscriptions.get(key)?;
+        let (_, filter) = switchboard_mqtt::topic::split_shared(key).ok()??;
+        if !switchboard_mqtt::topic::matches(filter, topic) {
+            return None;
+        }
+        Some(Matched {
+            qos: sub.options.qos,
+            retain_as_published: sub.options.retain_as_published,
+            identifiers: sub.identifier.into_iter().collect(),
+        })
+    }
+
+    /// The shared subscriptions of the session, by key.
+    pub fn shared_keys(&self) -> Vec<String> {
+        self.subscriptions
+            .keys()
+            .filter(|k| is_shared(k))
+            .cloned()
+            .collect()
+    }
+}
+
+const SHARED_KEY_PREFIX: &str = "$share/";
+/// Queues of shared subscription groups are named `mqtt-shared-<group>/<filter>`: a group name
+/// has no `/`, so the name is unambiguous.
+pub const SHARED_QUEUE_PREFIX: &str = "mqtt-shared-";
+
+pub fn is_shared(filter: &str) -> bool {
+    filter.starts_with(SHARED_KEY_PREFIX)
+}
+
+/// The queue a shared subscription's group consumes from.
+pub fn shared_queue_name(key: &str) -> Option<String> {
+    key.strip_prefix(SHARED_KEY_PREFIX)
+        .map(|rest| format!("{SHARED_QUEUE_PREFIX}{rest}"))
+}
+
+/// The subscription key (`$share/<group>/<filter>`) a shared group queue serves.
+pub fn shared_key(queue_name: &str) -> Option<String> {
+    queue_name
+        .strip_prefix(SHARED_QUEUE_PREFIX)
+        .map(|rest| format!("{SHARED_KEY_PREFIX}{rest}"))
 }
 
 /// What the subscriptions matching one message ask for.
