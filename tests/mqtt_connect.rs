@@ -338,3 +338,32 @@ async fn keep_alive_is_enforced_at_one_and_a_half_times() {
     b.stop().await;
     b2.stop().await;
 }
+
+#[tokio::test]
+async fn memory_alarm_stops_reading_publishers_only() {
+    use common::amqp::*;
+    let b = TestBroker::start_with(|c| c.server.memory_high_watermark_bytes = Some(10_000)).await;
+    let (_conn, ch) = b.channel().await;
+    let q = unique("mem");
+    declare(&ch, &q).await;
+    bind(&ch, &q, "amq.topic", "mem.#").await;
+    let mut reader = RawMqtt::connect(b.mqtt, Protocol::V311, "mem-reader", true).await;
+    let mut p = RawMqtt::connect(b.mqtt, Protocol::V311, "mem-pub", true).await;
+    p.publish("mem/big", QoS::AtLeastOnce, 1, &[7u8; 20_000])
+        .await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    wait_until("alarm", || b.broker().memory.alarm()).await;
+    // The publisher is no longer read: its PINGREQ stays unanswered...
+    p.send(&Packet::PingReq).await;
+    let quiet = tokio::time::timeout(QUIET, p.recv()).await;
+    assert!(
+        quiet.is_err(),
+        "publisher was read during the alarm: {quiet:?}"
+    );
+    // ...while a connection that did not publish is still served.
+    reader.expect_nothing_pending().await;
+    // Draining the queue clears the alarm and the publisher is read again.
+    assert!(get(&ch, &q, true).await.is_some());
+    assert_eq!(p.recv().await, Some(Packet::PingResp));
+    b.stop().await;
+}
