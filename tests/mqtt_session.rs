@@ -342,3 +342,27 @@ async fn will_delay_is_cancelled_by_a_resumed_session() {
     watcher.expect_nothing_pending().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn inbound_receive_maximum_is_enforced() {
+    let b = TestBroker::start_with(|c| c.mqtt.receive_maximum = 2).await;
+    let (mut p, ack) =
+        RawMqtt::connect_with(b.mqtt, connect_packet(Protocol::V5, "rm-in", true)).await;
+    assert_eq!(ack.properties.receive_maximum, Some(2));
+    for id in 1..=2u16 {
+        p.publish("rmi", QoS::ExactlyOnce, id, b"x").await;
+        assert!(matches!(p.recv().await, Some(Packet::PubRec(_))));
+    }
+    // Released ones free their slot.
+    p.send(&Packet::PubRel(PubResponse::new(1))).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubComp(_))));
+    p.publish("rmi", QoS::ExactlyOnce, 3, b"x").await;
+    assert!(matches!(p.recv().await, Some(Packet::PubRec(_))));
+    // A third unreleased one is over the maximum.
+    p.publish("rmi", QoS::ExactlyOnce, 4, b"x").await;
+    match p.closed().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason::RECEIVE_MAXIMUM_EXCEEDED),
+        other => panic!("{other:?}"),
+    }
+    b.stop().await;
+}
