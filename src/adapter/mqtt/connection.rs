@@ -78,12 +78,24 @@ impl Connection {
 
     /// Starts delivering: resends what was in flight, sends what waited, then consumes.
     pub fn start_delivery(&mut self) {
-        let shared = {
+        let (shared, filters) = {
             let mut s = lock(&self.attached.session);
             self.link.resend_in_flight(&s);
             self.link.pump(&mut s);
-            s.shared_keys()
+            let filters: Vec<String> = s.subscriptions.keys().cloned().collect();
+            (s.shared_keys(), filters)
         };
+        // A resumed session's bindings exist already unless its queue was deleted meanwhile
+        // (by an AMQP client, say); binding again is idempotent.
+        for filter in filters.iter().filter(|f| !is_shared(f)) {
+            let _ = self.vhost().bind_queue(
+                &self.queue().name,
+                &self.broker.config.mqtt.exchange,
+                &filter_to_pattern(filter),
+                &FieldTable::new(),
+                self.entry.id,
+            );
+        }
         for key in shared {
             self.join_shared(&key);
         }
@@ -103,7 +115,6 @@ impl Connection {
     pub async fn run<R: AsyncRead + Unpin>(&mut self, rd: &mut R, mut buf: BytesMut) -> Ending {
         let outbox = self.outbox.clone();
         let kick = self.attached.kick.clone();
-        let queue = self.queue().clone();
         let mut shutdown = self.broker.shutdown_signal();
         let mut alarm = self.broker.memory.subscribe();
         let mut blocked = false;
@@ -149,7 +160,7 @@ impl Connection {
                     self.disconnect(&Violation::new(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout"));
                     return Ending::Abnormal;
                 }
-                _ = outbox.drained.notified() => queue.dispatch(),
+                _ = outbox.drained.notified() => self.dispatch_all(),
                 _ = outbox.writer_done.notified() => return Ending::Abnormal,
                 changed = alarm.changed() => {
                     if changed.is_ok() && !*alarm.borrow_and_update() {
@@ -295,7 +306,15 @@ impl Connection {
             self.link.pump(&mut s)
         };
         if drained {
-            self.queue().dispatch();
+            self.dispatch_all();
+        }
+    }
+
+    /// Lets every queue this connection consumes from deliver again.
+    fn dispatch_all(&self) {
+        self.queue().dispatch();
+        for (q, _) in self.shared.values() {
+            q.dispatch();
         }
     }
 
