@@ -23,8 +23,11 @@ use switchboard_mqtt::*;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
-/// Read buffer growth step; an idle connection's buffer is released (it is small anyway).
+/// Read buffer growth step while data flows. An idle connection holds only a small buffer
+/// (`IDLE_READ_RESERVE`): a packet larger than that makes the decoder reserve its announced
+/// size once its fixed header is in.
 const READ_RESERVE: usize = 2048;
+const IDLE_READ_RESERVE: usize = 256;
 
 /// How a connection ended, which decides the will.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,8 +132,12 @@ impl Connection {
                 .map_or(last_read + Duration::from_secs(86_400 * 365), |k| {
                     last_read + k
                 });
-            if buf.capacity() - buf.len() < 128 {
-                buf.reserve(READ_RESERVE);
+            if buf.capacity() - buf.len() < 64 {
+                buf.reserve(if buf.is_empty() {
+                    IDLE_READ_RESERVE
+                } else {
+                    READ_RESERVE
+                });
             }
             tokio::select! {
                 read = rd.read_buf(&mut buf), if !blocked => {
@@ -142,7 +149,7 @@ impl Connection {
                     if let Some(end) = self.process(&mut buf) {
                         return end;
                     }
-                    if buf.is_empty() && buf.capacity() > READ_RESERVE {
+                    if buf.is_empty() && buf.capacity() > IDLE_READ_RESERVE {
                         buf = BytesMut::new();
                     }
                     // As for AMQP: only a connection that publishes during the alarm stops
