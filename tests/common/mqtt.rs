@@ -239,6 +239,8 @@ pub struct V5Client {
     pub client: rumqttc::v5::AsyncClient,
     pub rx: mpsc::UnboundedReceiver<v5p::Packet>,
     pub connack: v5p::ConnAck,
+    /// The error that ended the event loop (a server DISCONNECT arrives as one).
+    pub ended: tokio::sync::oneshot::Receiver<rumqttc::v5::ConnectionError>,
 }
 
 impl V5Client {
@@ -256,10 +258,18 @@ impl V5Client {
     pub async fn connect_opts(o: rumqttc::v5::MqttOptions) -> Self {
         let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 100);
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let (end_tx, ended) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            while let Ok(ev) = el.poll().await {
-                if let rumqttc::v5::Event::Incoming(p) = ev {
-                    if tx.send(p).is_err() {
+            loop {
+                match el.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(p)) => {
+                        if tx.send(p).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = end_tx.send(e);
                         break;
                     }
                 }
@@ -274,6 +284,7 @@ impl V5Client {
             client,
             rx,
             connack,
+            ended,
         }
     }
 
