@@ -7,6 +7,7 @@ import pytest
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from paho.mqtt.packettypes import PacketTypes
 from mqtt_helpers import Paho, props, unique, PUBLISH, CONNECT, SUBSCRIBE
 
 
@@ -119,3 +120,52 @@ def test_takeover_disconnects_the_old_client_with_0x8e(clients):
     clients(client_id=cid)
     rc = old.disconnects.get(timeout=10)
     assert rc.value == 0x8E
+
+
+def test_shared_subscription_splits_messages(clients):
+    group = unique("grp")
+    topic = unique("jobs")
+    a = clients()
+    b = clients()
+    a.subscribe(f"$share/{group}/{topic}", qos=1)
+    b.subscribe(f"$share/{group}/{topic}", qos=1)
+    pub = clients()
+    for i in range(6):
+        pub.publish(topic, bytes([i]), qos=1)
+    got = [a.next_message().payload for _ in range(3)] + [b.next_message().payload for _ in range(3)]
+    assert sorted(got) == [bytes([i]) for i in range(6)]
+    a.assert_no_message()
+    b.assert_no_message()
+
+
+def test_topic_alias_from_the_client(clients):
+    topic = unique("alias")
+    sub = clients()
+    sub.subscribe(topic, qos=1)
+    pub = clients()
+    pub.publish(topic, b"first", qos=1, properties=props(PUBLISH, TopicAlias=1))
+    pub.publish("", b"second", qos=1, properties=props(PUBLISH, TopicAlias=1))
+    first = sub.next_message()
+    second = sub.next_message()
+    assert (first.topic, first.payload) == (topic, b"first")
+    assert (second.topic, second.payload) == (topic, b"second")
+
+
+def test_unsubscribe_reason_and_stop(clients):
+    topic = unique("unsub")
+    sub = clients()
+    sub.subscribe(topic, qos=1)
+    sub.unsubscribe(topic)
+    pub = clients()
+    pub.publish(topic, b"late", qos=1)
+    sub.assert_no_message()
+
+
+def test_will_with_delay_and_disconnect_with_will(clients):
+    topic = unique("willv5")
+    watcher = clients()
+    watcher.subscribe(f"{topic}/#", qos=1)
+    c = clients(will=dict(topic=f"{topic}/asked", payload=b"asked", qos=1))
+    c.client.disconnect(reasoncode=mqtt.ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+    msg = watcher.next_message()
+    assert (msg.topic, msg.payload) == (f"{topic}/asked", b"asked")
