@@ -268,6 +268,12 @@ async fn authentication_codes_and_vhost_user_form() {
         assert_eq!(ack.code, denied, "unknown vhost");
         let (_, ack) = RawMqtt::connect_with(b.mqtt, with(v, None, "")).await;
         assert_eq!(ack.code, denied, "anonymous refused by config");
+        if v.is_v5() {
+            let mut c = with(v, Some("guest"), "guest");
+            c.properties.authentication_method = Some("SCRAM-SHA-1".into());
+            let (_, ack) = RawMqtt::connect_with(b.mqtt, c).await;
+            assert_eq!(ack.code, reason::BAD_AUTHENTICATION_METHOD);
+        }
         let (_, ack) = RawMqtt::connect_with(b.mqtt, with(v, Some("other:alice"), "secret")).await;
         assert_eq!(ack.code, 0, "vhost:user form");
     }

@@ -296,6 +296,22 @@ async fn wills_on_abnormal_loss_only() {
     watcher
         .send(&Packet::PubAck(PubResponse::new(m.packet_id.unwrap())))
         .await;
+    // v5 DISCONNECT with an error reason from the client: will (only 0x00 discards it).
+    let (mut c, _) = RawMqtt::connect_with(
+        b.mqtt,
+        with_will(Protocol::V5, "w5", "will/client-error", None),
+    )
+    .await;
+    c.send(&Packet::Disconnect(Disconnect {
+        reason: reason::UNSPECIFIED_ERROR,
+        properties: Properties::default(),
+    }))
+    .await;
+    let m = watcher.next_publish().await;
+    assert_eq!(m.topic, "will/client-error");
+    watcher
+        .send(&Packet::PubAck(PubResponse::new(m.packet_id.unwrap())))
+        .await;
     // Protocol error: will.
     let (mut c, _) =
         RawMqtt::connect_with(b.mqtt, with_will(Protocol::V311, "w4", "will/error", None)).await;

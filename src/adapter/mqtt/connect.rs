@@ -39,6 +39,14 @@ pub fn authenticate(
     peer: SocketAddr,
 ) -> Result<(Arc<VHost>, String), Refusal> {
     let cfg = &broker.config.mqtt;
+    if let Some(method) = &connect.properties.authentication_method {
+        // Enhanced authentication (v5 AUTH exchanges) is not offered.
+        return Err(Refusal::new(
+            switchboard_mqtt::reason::V3_NOT_AUTHORIZED,
+            switchboard_mqtt::reason::BAD_AUTHENTICATION_METHOD,
+            format!("authentication method '{method}' is not supported"),
+        ));
+    }
     let (vhost, user, password) = match &connect.username {
         Some(name) => {
             let (vhost, user) = match name.split_once(':') {

@@ -83,7 +83,7 @@ impl Connection {
     pub fn start_delivery(&mut self) {
         let (shared, filters) = {
             let mut s = lock(&self.attached.session);
-            self.link.resend_in_flight(&s);
+            self.link.resend_in_flight(&mut s);
             self.link.pump(&mut s);
             let filters: Vec<String> = s.subscriptions.keys().cloned().collect();
             (s.shared_keys(), filters)
@@ -285,8 +285,10 @@ impl Connection {
                     }
                     s.expiry_interval = e.min(self.broker.config.mqtt.max_session_expiry_interval);
                 }
+                // Only a normal disconnection (0x00) discards the will (v5 3.1.2.5); 0x04 and
+                // error reasons from the client still send it.
                 return Ok(Some(Ending::Normal {
-                    publish_will: d.reason == reason::DISCONNECT_WITH_WILL,
+                    publish_will: d.reason != reason::NORMAL_DISCONNECTION,
                 }));
             }
             Packet::Connect(_) => return Err(Violation::protocol("second CONNECT")),

@@ -110,18 +110,20 @@ impl Link {
     }
 
     /// Resends everything in flight after a reconnect: PUBLISH with DUP, or PUBREL for QoS 2
-    /// messages already PUBREC'd (spec 4.4).
-    pub fn resend_in_flight(&self, s: &Session) {
-        for (&id, f) in &s.in_flight {
+    /// messages already PUBREC'd (spec 4.4). A message that expired meanwhile, or no longer
+    /// fits the client's Maximum Packet Size, is dropped rather than left holding a slot.
+    pub fn resend_in_flight(&self, s: &mut Session) {
+        s.in_flight.retain(|&id, f| {
             if f.released {
                 let p = Packet::PubRel(PubResponse::new(id));
                 self.outbox.push(|out| {
                     let _ = encode(&p, self.limits.protocol, out);
                 });
+                true
             } else {
-                self.write_publish(&f.message, Some(id), true);
+                self.write_publish(&f.message, Some(id), true)
             }
-        }
+        });
     }
 
     /// Writes one PUBLISH. False (and nothing written) when the message has expired or would
