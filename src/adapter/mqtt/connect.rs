@@ -140,11 +140,29 @@ pub async fn attach(
         tracing::debug!(client = %key.client_id, "session taken over from connection {}", owner.conn_id);
         owner.kick.notify_one();
         let mut released = owner.released;
-        let wait = tokio::time::timeout_at(deadline, released.wait_for(|r| *r)).await;
-        if wait.is_err() {
-            return Err(Refusal::unavailable(
-                "the connection holding this session did not close",
-            ));
+        let outcome = tokio::time::timeout_at(deadline, released.wait_for(|r| *r))
+            .await
+            .map(|r| r.is_ok());
+        match outcome {
+            Err(_) => {
+                return Err(Refusal::unavailable(
+                    "the connection holding this session did not close",
+                ))
+            }
+            Ok(true) => {}
+            Ok(false) => {
+                // The owner went away without letting go (its task ended abruptly): the
+                // session is free.
+                if let Some(slot) = state.sessions().get_mut(&key) {
+                    if slot
+                        .owner
+                        .as_ref()
+                        .is_some_and(|o| o.conn_id == owner.conn_id)
+                    {
+                        slot.owner = None;
+                    }
+                }
+            }
         }
     }
     let mut sessions = state.sessions();

@@ -177,12 +177,13 @@ async fn handshake_and_run<R: AsyncRead + Unpin>(
             .properties
             .maximum_packet_size
             .map_or(usize::MAX, |m| m as usize),
+        // Below 65535 so that a free packet id always exists.
         in_flight: usize::from(
             c.properties
                 .receive_maximum
                 .unwrap_or(u16::MAX)
                 .min(cfg.max_inflight)
-                .max(1),
+                .clamp(1, u16::MAX - 1),
         ),
         topic_alias_max: if v5 {
             c.properties.topic_alias_maximum.unwrap_or(0)
