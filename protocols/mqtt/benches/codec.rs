@@ -10,7 +10,9 @@ fn publish(size: usize, v5: bool) -> Publish {
     if v5 {
         properties.content_type = Some("application/json".into());
         properties.message_expiry_interval = Some(60);
-        properties.user_properties.push(("site".into(), "north".into()));
+        properties
+            .user_properties
+            .push(("site".into(), "north".into()));
     }
     Publish {
         dup: false,
