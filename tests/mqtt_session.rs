@@ -382,3 +382,48 @@ async fn inbound_receive_maximum_is_enforced() {
     }
     b.stop().await;
 }
+
+#[tokio::test]
+async fn unsubscribe_drops_messages_already_waiting_for_the_client() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, "unsub-wait", false);
+    c.properties.session_expiry_interval = Some(60);
+    c.properties.receive_maximum = Some(1);
+    let (mut s, _) = RawMqtt::connect_with(b.mqtt, c.clone()).await;
+    s.subscribe("uw/+", QoS::AtLeastOnce).await;
+    drop(s);
+    let state = MqttState::for_broker(b.broker());
+    let key = SessionKey {
+        vhost: "/".into(),
+        client_id: "unsub-wait".into(),
+    };
+    wait_until("session released", || {
+        state
+            .sessions()
+            .get(&key)
+            .is_some_and(|s| s.owner.is_none())
+    })
+    .await;
+    let mut p = RawMqtt::connect(b.mqtt, Protocol::V5, "unsub-wait-pub", true).await;
+    for i in 1..=3u16 {
+        p.publish("uw/a", QoS::AtLeastOnce, i, &[i as u8]).await;
+        p.recv().await;
+    }
+    // Back with Receive Maximum 1: one message in flight, two waiting in the session.
+    let (mut s, _) = RawMqtt::connect_with(b.mqtt, c).await;
+    let first = s.next_publish().await;
+    s.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: 9,
+        properties: Properties::default(),
+        filters: vec!["uw/+".into()],
+    }))
+    .await;
+    match s.recv().await {
+        Some(Packet::UnsubAck(a)) => assert_eq!(a.codes, vec![reason::SUCCESS]),
+        other => panic!("{other:?}"),
+    }
+    s.send(&Packet::PubAck(PubResponse::new(first.packet_id.unwrap())))
+        .await;
+    s.expect_nothing_pending().await;
+    b.stop().await;
+}

@@ -602,6 +602,7 @@ impl Connection {
                 reason::NO_SUBSCRIPTION_EXISTED
             });
         }
+        lock(&self.attached.session).drop_unmatched_pending();
         self.send(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::default(),

@@ -144,6 +144,24 @@ impl Session {
         })
     }
 
+    /// Drops waiting messages that no subscription matches any more (after UNSUBSCRIBE), so
+    /// that unsubscribing stops delivery at once.
+    pub fn drop_unmatched_pending(&mut self) {
+        let filters: Vec<&str> = self
+            .subscriptions
+            .keys()
+            .map(|k| match switchboard_mqtt::topic::split_shared(k) {
+                Ok(Some((_, inner))) => inner,
+                _ => k.as_str(),
+            })
+            .collect();
+        self.pending.retain(|m| {
+            filters
+                .iter()
+                .any(|f| switchboard_mqtt::topic::matches(f, &m.topic))
+        });
+    }
+
     /// The shared subscriptions of the session, by key.
     pub fn shared_keys(&self) -> Vec<String> {
         self.subscriptions
@@ -243,6 +261,34 @@ mod tests {
         assert_eq!(s.dropped, 2);
         let first: Vec<u8> = s.pending.iter().map(|m| m.payload[0]).collect();
         assert_eq!(first, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn unsubscribing_drops_waiting_messages_for_the_filter() {
+        let mut s = Session::new("c".into(), "/".into(), "q".into());
+        s.subscriptions
+            .insert("a/#".into(), sub(QoS::AtLeastOnce, None));
+        s.subscriptions
+            .insert("$share/g/b".into(), sub(QoS::AtLeastOnce, None));
+        for topic in ["a/1", "b", "c"] {
+            s.push_pending(
+                OutboundMessage {
+                    topic: topic.into(),
+                    payload: Bytes::new(),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    properties: Properties::default(),
+                    expires_at: None,
+                },
+                10,
+            );
+        }
+        s.drop_unmatched_pending();
+        let left: Vec<&str> = s.pending.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(left, vec!["a/1", "b"]);
+        s.subscriptions.remove("a/#");
+        s.drop_unmatched_pending();
+        assert_eq!(s.pending.len(), 1);
     }
 
     #[test]
