@@ -293,3 +293,27 @@ async fn shared_subscriptions_load_balance_across_members() {
     .await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn retained_messages_expire() {
+    let b = TestBroker::start().await;
+    let mut p = RawMqtt::connect(b.mqtt, Protocol::V5, "rexp-pub", true).await;
+    for (topic, expiry, id) in [("rexp/short", 1, 1), ("rexp/long", 100, 2)] {
+        let mut m = publish_packet(topic, QoS::AtLeastOnce, id, topic.as_bytes());
+        m.retain = true;
+        m.properties.message_expiry_interval = Some(expiry);
+        p.send(&Packet::Publish(m)).await;
+        p.recv().await;
+    }
+    // The expiry is the input here: let the short one's second pass.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let mut c = RawMqtt::connect(b.mqtt, Protocol::V5, "rexp-sub", true).await;
+    c.subscribe("rexp/#", QoS::AtLeastOnce).await;
+    let m = c.next_publish().await;
+    assert_eq!(m.topic, "rexp/long");
+    assert!(m.properties.message_expiry_interval.unwrap() < 100);
+    c.send(&Packet::PubAck(PubResponse::new(m.packet_id.unwrap())))
+        .await;
+    c.expect_nothing_pending().await;
+    b.stop().await;
+}

@@ -241,3 +241,68 @@ pub async fn attach(
         released,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, UserConfig, DEFAULT_CONFIG};
+    use bytes::Bytes;
+    use switchboard_mqtt::{reason, Properties};
+
+    fn connect(username: Option<&str>, password: &str) -> Connect {
+        Connect {
+            protocol: Protocol::V311,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: "c".into(),
+            will: None,
+            username: username.map(str::to_owned),
+            password: username.map(|_| Bytes::copy_from_slice(password.as_bytes())),
+            properties: Properties::default(),
+        }
+    }
+
+    fn broker(tweak: impl FnOnce(&mut Config)) -> Arc<Broker> {
+        let mut config = Config::parse(DEFAULT_CONFIG).expect("default config");
+        config.users.push(UserConfig {
+            name: "device".into(),
+            password: "pw".into(),
+            tags: vec![],
+        });
+        tweak(&mut config);
+        Broker::new(config)
+    }
+
+    #[test]
+    fn anonymous_is_loopback_only_unless_configured() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let b = broker(|_| {});
+        assert!(authenticate(&b, &connect(None, ""), local).is_ok());
+        let e = authenticate(&b, &connect(None, ""), remote).unwrap_err();
+        assert_eq!(e.v3_code, reason::V3_NOT_AUTHORIZED);
+        let b = broker(|c| {
+            c.mqtt.anonymous_user = Some("device".into());
+            c.mqtt.anonymous_loopback_only = false;
+        });
+        let (vhost, user) = authenticate(&b, &connect(None, ""), remote).unwrap();
+        assert_eq!((vhost.name.as_str(), user.as_str()), ("/", "device"));
+        // guest stays loopback-only by name, whatever the MQTT settings.
+        let e = authenticate(&b, &connect(Some("guest"), "guest"), remote).unwrap_err();
+        assert_eq!(e.v5_code, reason::NOT_AUTHORIZED);
+        let e = authenticate(&b, &connect(Some("device"), "bad"), remote).unwrap_err();
+        assert_eq!(e.v5_code, reason::BAD_USER_NAME_OR_PASSWORD);
+    }
+
+    #[test]
+    fn client_id_assignment_rules() {
+        let b = broker(|_| {});
+        let mut c = connect(None, "");
+        c.client_id.clear();
+        assert!(client_id(&c, &b).unwrap().1);
+        c.clean_start = false;
+        assert!(client_id(&c, &b).is_err());
+        c.protocol = Protocol::V5;
+        assert!(client_id(&c, &b).unwrap().1);
+    }
+}
