@@ -207,13 +207,9 @@ async fn handshake_and_run<R: AsyncRead + Unpin>(
             props.server_keep_alive = Some(keep_alive);
         }
     }
-    send_connack(
-        outbox,
-        protocol,
-        attached.session_present,
-        reason::SUCCESS,
-        props,
-    );
+    // MQTT 3.1's CONNACK has no session-present flag (the byte is reserved).
+    let session_present = attached.session_present && protocol != Protocol::V31;
+    send_connack(outbox, protocol, session_present, reason::SUCCESS, props);
     if let Ok(mut s) = entry.session.lock() {
         *s = Some((attached.user.clone(), attached.vhost.name.clone()));
     }
