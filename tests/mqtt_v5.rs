@@ -52,6 +52,15 @@ async fn topic_aliases_both_ways() {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason::PROTOCOL_ERROR),
         other => panic!("{other:?}"),
     }
+    // A client may not send a Subscription Identifier in PUBLISH.
+    let mut p = RawMqtt::connect(b.mqtt, Protocol::V5, "alias-subid", true).await;
+    let mut with_id = publish_packet("al/x", QoS::AtMostOnce, 0, b"x");
+    with_id.properties.subscription_identifiers = vec![3];
+    p.send(&Packet::Publish(with_id)).await;
+    match p.closed().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason::PROTOCOL_ERROR),
+        other => panic!("{other:?}"),
+    }
     let mut p = RawMqtt::connect(b.mqtt, Protocol::V5, "alias-pub2", true).await;
     let mut zero = publish_packet("al/x", QoS::AtMostOnce, 0, b"x");
     zero.properties.topic_alias = Some(0);

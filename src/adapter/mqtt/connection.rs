@@ -272,7 +272,7 @@ impl Connection {
                 drop(s);
                 self.after_completion();
             }
-            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Subscribe(s) => self.on_subscribe(s)?,
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => self.send(&Packet::PingResp),
             Packet::Disconnect(d) => {
@@ -333,6 +333,11 @@ impl Connection {
     }
 
     fn on_publish(&mut self, mut p: Publish) -> Result<(), Violation> {
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(Violation::protocol(
+                "a PUBLISH from a client carries a subscription identifier",
+            ));
+        }
         if let Some(alias) = p.properties.topic_alias.take() {
             if alias == 0 || alias > self.broker.config.mqtt.topic_alias_maximum {
                 return Err(Violation::new(
@@ -494,7 +499,10 @@ impl Connection {
         None
     }
 
-    fn on_subscribe(&mut self, sub: Subscribe) {
+    fn on_subscribe(&mut self, sub: Subscribe) -> Result<(), Violation> {
+        if sub.properties.subscription_identifiers.len() > 1 {
+            return Err(Violation::protocol("more than one subscription identifier"));
+        }
         let identifier = sub.properties.subscription_identifiers.first().copied();
         let exchange = self.broker.config.mqtt.exchange.clone();
         let now = SystemTime::now();
@@ -574,6 +582,7 @@ impl Connection {
                 self.link.offer(&mut s, m);
             }
         }
+        Ok(())
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
