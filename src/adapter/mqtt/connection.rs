@@ -4,21 +4,19 @@
 
 use super::connect::Attached;
 use super::convert::filter_to_pattern;
-use super::delivery::{Link, OfflineSink};
+use super::delivery::Link;
 use super::error::Violation;
 use super::publish::{acknowledge_publish, InboundMessage, Publisher};
-use super::registry::{lock, MqttState, SessionKey};
-use super::session::{is_shared, shared_queue_name, SubscriptionEntry};
+use super::registry::{lock, MqttState};
+use super::session::is_shared;
 use crate::adapter::outbox::Outbox;
 use crate::core::broker::ConnectionEntry;
-use crate::core::vhost::QueueSpec;
 use crate::core::{Broker, Consumer, Queue, VHost};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use switchboard_amqp::FieldTable;
-use switchboard_mqtt::topic::{check_filter, split_shared};
 use switchboard_mqtt::*;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
@@ -62,15 +60,15 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn vhost(&self) -> &Arc<VHost> {
+    pub(super) fn vhost(&self) -> &Arc<VHost> {
         &self.attached.vhost
     }
 
-    fn queue(&self) -> &Arc<Queue> {
+    pub(super) fn queue(&self) -> &Arc<Queue> {
         &self.attached.queue
     }
 
-    fn send(&self, packet: &Packet) {
+    pub(super) fn send(&self, packet: &Packet) {
         let protocol = self.protocol;
         self.outbox.push(|out| {
             if let Err(e) = encode(packet, protocol, out) {
@@ -327,7 +325,7 @@ impl Connection {
         }
     }
 
-    fn check_topic_limits(&self, topic: &str) -> bool {
+    pub(super) fn check_topic_limits(&self, topic: &str) -> bool {
         let cfg = &self.broker.config.mqtt;
         topic.len() <= cfg.max_topic_length && topic.split('/').count() <= cfg.max_topic_levels
     }
@@ -414,326 +412,4 @@ impl Connection {
         acknowledge_publish(&self.outbox, self.protocol, qos, id, routed);
         Ok(())
     }
-
-    /// Joins the group of shared subscription `key` (`$share/<group>/<filter>`): its queue,
-    /// bound with the filter, consumed by every member in turn. False if that failed.
-    fn join_shared(&mut self, key: &str) -> bool {
-        if self.shared.contains_key(key) {
-            return true;
-        }
-        let (Some(name), Ok(Some((_, filter)))) = (shared_queue_name(key), split_shared(key))
-        else {
-            return false;
-        };
-        let vhost = self.vhost().clone();
-        let queue = match vhost.queue(&name) {
-            Some(q) => q,
-            None => {
-                let spec = QueueSpec {
-                    name,
-                    ..Default::default()
-                };
-                match vhost.declare_queue(spec, false, self.entry.id) {
-                    Ok(d) => d.queue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "shared subscription queue not declared");
-                        return false;
-                    }
-                }
-            }
-        };
-        let bound = vhost.bind_queue(
-            &queue.name,
-            &self.broker.config.mqtt.exchange,
-            &filter_to_pattern(filter),
-            &FieldTable::new(),
-            self.entry.id,
-        );
-        if let Err(e) = bound {
-            tracing::warn!(error = %e, "shared subscription not bound");
-            return false;
-        }
-        let id = self.broker.next_id();
-        let consumer = Consumer {
-            id,
-            tag: format!("mqtt-{}", self.attached.key.client_id),
-            no_ack: true,
-            exclusive: false,
-            owner: self.entry.id,
-            sink: self.link.clone(),
-        };
-        if queue.add_consumer(consumer).is_err() {
-            return false;
-        }
-        self.shared.insert(key.to_owned(), (queue, id));
-        true
-    }
-
-    /// Leaves a shared group; the last member out deletes the group's queue, so nothing
-    /// piles up for a group nobody consumes.
-    fn leave_shared(&mut self, key: &str) {
-        if let Some((queue, id)) = self.shared.remove(key) {
-            queue.remove_consumer(id);
-            if queue.consumer_count() == 0 {
-                self.vhost().remove_queue(&queue);
-            }
-        }
-    }
-
-    /// The SUBACK code for a filter the broker refuses, if it does.
-    fn refuse_filter(&self, filter: &str) -> Option<u8> {
-        let v5 = self.protocol.is_v5();
-        let invalid = if v5 {
-            reason::TOPIC_FILTER_INVALID
-        } else {
-            reason::V3_SUBACK_FAILURE
-        };
-        let inner = match split_shared(filter) {
-            Ok(Some((_, inner))) => inner,
-            Err(_) => return Some(invalid),
-            Ok(None) => filter,
-        };
-        if check_filter(inner).is_err() || !self.check_topic_limits(inner) {
-            return Some(invalid);
-        }
-        None
-    }
-
-    fn on_subscribe(&mut self, sub: Subscribe) -> Result<(), Violation> {
-        if sub.properties.subscription_identifiers.len() > 1 {
-            return Err(Violation::protocol("more than one subscription identifier"));
-        }
-        let identifier = sub.properties.subscription_identifiers.first().copied();
-        let exchange = self.broker.config.mqtt.exchange.clone();
-        let now = SystemTime::now();
-        let mut codes = Vec::with_capacity(sub.subscriptions.len());
-        let mut retained = Vec::new();
-        for s in sub.subscriptions {
-            if let Some(code) = self.refuse_filter(&s.filter) {
-                codes.push(code);
-                continue;
-            }
-            if is_shared(&s.filter) {
-                // Retained messages are not sent for shared subscriptions (spec 4.8.2).
-                let code = if self.join_shared(&s.filter) {
-                    lock(&self.attached.session).subscriptions.insert(
-                        s.filter.clone(),
-                        SubscriptionEntry {
-                            options: s.options,
-                            identifier,
-                        },
-                    );
-                    s.options.qos as u8
-                } else if self.protocol.is_v5() {
-                    reason::UNSPECIFIED_ERROR
-                } else {
-                    reason::V3_SUBACK_FAILURE
-                };
-                codes.push(code);
-                continue;
-            }
-            let pattern = filter_to_pattern(&s.filter);
-            if let Err(e) = self.vhost().bind_queue(
-                &self.queue().name,
-                &exchange,
-                &pattern,
-                &FieldTable::new(),
-                self.entry.id,
-            ) {
-                tracing::warn!(error = %e, filter = %s.filter, "MQTT subscription not bound");
-                codes.push(if self.protocol.is_v5() {
-                    reason::UNSPECIFIED_ERROR
-                } else {
-                    reason::V3_SUBACK_FAILURE
-                });
-                continue;
-            }
-            let existed = lock(&self.attached.session)
-                .subscriptions
-                .insert(
-                    s.filter.clone(),
-                    SubscriptionEntry {
-                        options: s.options,
-                        identifier,
-                    },
-                )
-                .is_some();
-            let rh = s.options.retain_handling;
-            if rh == 0 || (rh == 1 && !existed) {
-                let found = self
-                    .state
-                    .with_retained(&self.vhost().name, |st| st.matching(&s.filter, now));
-                for mut m in found {
-                    m.qos = m.qos.min(s.options.qos);
-                    m.properties.subscription_identifiers = identifier.into_iter().collect();
-                    retained.push(m);
-                }
-            }
-            codes.push(s.options.qos as u8);
-        }
-        self.send(&Packet::SubAck(SubAck {
-            packet_id: sub.packet_id,
-            properties: Properties::default(),
-            codes,
-        }));
-        if !retained.is_empty() {
-            let mut s = lock(&self.attached.session);
-            for m in retained {
-                self.link.offer(&mut s, m);
-            }
-        }
-        Ok(())
-    }
-
-    fn on_unsubscribe(&mut self, u: Unsubscribe) {
-        let exchange = self.broker.config.mqtt.exchange.clone();
-        let mut codes = Vec::with_capacity(u.filters.len());
-        for f in &u.filters {
-            // Removed from the session first: queued messages for it are no longer delivered.
-            let removed = lock(&self.attached.session)
-                .subscriptions
-                .remove(f)
-                .is_some();
-            if removed && is_shared(f) {
-                self.leave_shared(f);
-            } else if removed {
-                let _ = self.vhost().unbind_queue(
-                    &self.queue().name,
-                    &exchange,
-                    &filter_to_pattern(f),
-                    &FieldTable::new(),
-                    self.entry.id,
-                );
-            }
-            codes.push(if removed {
-                reason::SUCCESS
-            } else {
-                reason::NO_SUBSCRIPTION_EXISTED
-            });
-        }
-        lock(&self.attached.session).drop_unmatched_pending();
-        self.send(&Packet::UnsubAck(UnsubAck {
-            packet_id: u.packet_id,
-            properties: Properties::default(),
-            codes,
-        }));
-    }
-
-    /// Lets go of the session: a session that expires now goes with its queue; one that
-    /// persists keeps collecting messages offline until it expires. Then the will, if due.
-    pub fn finish(mut self, ending: Ending) {
-        self.link.close();
-        self.queue().remove_consumer(self.consumer_id);
-        let groups: Vec<String> = self.shared.keys().cloned().collect();
-        for key in groups {
-            self.leave_shared(&key);
-        }
-        let expiry = lock(&self.attached.session).expiry_interval;
-        let key = self.attached.key.clone();
-        let generation = self.attached.generation;
-        {
-            let mut sessions = self.state.sessions();
-            let ours = sessions
-                .get(&key)
-                .is_some_and(|s| s.owner.as_ref().is_some_and(|o| o.conn_id == self.entry.id));
-            if ours && expiry == 0 {
-                sessions.remove(&key);
-                self.vhost().remove_queue(self.queue());
-            } else if ours {
-                let id = self.broker.next_id();
-                let sink = Arc::new(OfflineSink {
-                    session: self.attached.session.clone(),
-                    client_id: key.client_id.clone(),
-                    limit: self.broker.config.mqtt.max_offline_messages,
-                });
-                let consumer = Consumer {
-                    id,
-                    tag: format!("mqtt-offline-{}", key.client_id),
-                    no_ack: true,
-                    exclusive: false,
-                    owner: self.entry.id,
-                    sink,
-                };
-                let attached = self.queue().add_consumer(consumer).is_ok();
-                if let Some(slot) = sessions.get_mut(&key) {
-                    slot.owner = None;
-                    slot.offline_consumer = attached.then_some(id);
-                }
-                if expiry != u32::MAX {
-                    schedule_expiry(
-                        self.state.clone(),
-                        self.vhost().clone(),
-                        key.clone(),
-                        generation,
-                        expiry,
-                    );
-                }
-            }
-        }
-        let _ = self.attached.released.send(true);
-        let publish_will = match ending {
-            Ending::Abnormal => true,
-            Ending::Normal { publish_will } => publish_will,
-        };
-        if let (true, Some(will)) = (publish_will, self.will) {
-            let delay = will.properties.will_delay_interval.unwrap_or(0).min(expiry);
-            send_will(self.publisher, will, delay, key, generation);
-        }
-    }
-}
-
-/// Ends a disconnected session after its expiry interval, unless a client resumed it.
-fn schedule_expiry(
-    state: Arc<MqttState>,
-    vhost: Arc<VHost>,
-    key: SessionKey,
-    generation: u64,
-    secs: u32,
-) {
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
-        let mut sessions = state.sessions();
-        let due = sessions
-            .get(&key)
-            .is_some_and(|s| s.generation == generation && s.owner.is_none());
-        if !due {
-            return;
-        }
-        if let Some(slot) = sessions.remove(&key) {
-            let queue = lock(&slot.session).queue.clone();
-            if let Some(q) = vhost.queue(&queue) {
-                if let Some(id) = slot.offline_consumer {
-                    q.remove_consumer(id);
-                }
-                vhost.remove_queue(&q);
-            }
-            tracing::debug!(client = %key.client_id, "MQTT session expired");
-        }
-    });
-}
-
-/// Publishes a will now, or after its delay unless the session was resumed meanwhile.
-fn send_will(publisher: Publisher, will: Will, delay: u32, key: SessionKey, generation: u64) {
-    let message = InboundMessage {
-        topic: will.topic,
-        qos: will.qos,
-        retain: will.retain,
-        properties: will.properties,
-        payload: will.payload,
-    };
-    if delay == 0 {
-        publisher.route(message);
-        return;
-    }
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-        let resumed = publisher
-            .state
-            .sessions()
-            .get(&key)
-            .is_some_and(|s| s.generation != generation);
-        if !resumed {
-            publisher.route(message);
-        }
-    });
 }

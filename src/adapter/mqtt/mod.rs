@@ -4,7 +4,9 @@
 //! - `connect`: CONNECT rules, auth, session takeover; `connection`: the steady-state loop and
 //!   packet handlers; `delivery`: the consumer sinks and the sending side of a session;
 //!   `publish`: the one place publishes enter the core and are acknowledged; `session`,
-//!   `retained`, `registry`: the adapter's plain-data state; `convert`: MQTT ⇄ core mapping.
+//!   `retained`, `registry`: the adapter's plain-data state; `convert`: MQTT ⇄ core mapping;
+//!   `subscribe`: SUBSCRIBE/UNSUBSCRIBE and shared subscription groups; `release`: the end
+//!   of a connection (offline session, expiry, will).
 
 mod connect;
 mod connection;
@@ -13,8 +15,10 @@ mod delivery;
 mod error;
 mod publish;
 pub mod registry;
+mod release;
 pub mod retained;
 pub mod session;
+mod subscribe;
 
 use crate::adapter::outbox::Outbox;
 use crate::core::Broker;
