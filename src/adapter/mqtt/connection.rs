@@ -1,6 +1,6 @@
 //! One established MQTT connection: the steady-state loop (reads, keep-alive, takeover,
-//! memory alarm, shutdown), the packet handlers, and letting go of the session at the end
-//! (offline queueing, expiry, the will).
+//! memory alarm, shutdown) and the packet handlers for publishes and acknowledgements
+//! (subscriptions are in `subscribe`, the end of the connection in `release`).
 
 use super::connect::Attached;
 use super::convert::filter_to_pattern;
