@@ -119,3 +119,30 @@ async fn amqp_publish_reaches_an_mqtt_wildcard_subscriber_byte_for_byte() {
     assert_eq!(m3.qos, rumqttc::QoS::AtMostOnce);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn deleting_the_session_queue_over_amqp_disconnects_and_reconnect_rebuilds_it() {
+    use switchboard_mqtt::{reason, Packet, Protocol, QoS};
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, "deleted", false);
+    c.properties.session_expiry_interval = Some(60);
+    let (mut m, _) = RawMqtt::connect_with(b.mqtt, c.clone()).await;
+    m.subscribe("del/t", QoS::AtLeastOnce).await;
+    let (_conn, ch) = b.channel().await;
+    bounded(ch.queue_delete(
+        "mqtt-subscription-deleted".into(),
+        lapin::options::QueueDeleteOptions::default(),
+    ))
+    .await
+    .expect("queue.delete");
+    match m.closed().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason::IMPLEMENTATION_SPECIFIC_ERROR),
+        other => panic!("{other:?}"),
+    }
+    // The session survives; reconnecting declares the queue and binds its filters again.
+    let (mut m, ack) = RawMqtt::connect_with(b.mqtt, c).await;
+    assert!(ack.session_present);
+    publish(&ch, "amq.topic", "del.t", b"back").await;
+    assert_eq!(&m.next_publish().await.payload[..], b"back");
+    b.stop().await;
+}

@@ -116,6 +116,7 @@ impl Connection {
     pub async fn run<R: AsyncRead + Unpin>(&mut self, rd: &mut R, mut buf: BytesMut) -> Ending {
         let outbox = self.outbox.clone();
         let kick = self.attached.kick.clone();
+        let link = self.link.clone();
         let mut shutdown = self.broker.shutdown_signal();
         let mut alarm = self.broker.memory.subscribe();
         let mut blocked = false;
@@ -158,6 +159,10 @@ impl Connection {
                 }
                 _ = kick.notified() => {
                     self.disconnect(&Violation::new(reason::SESSION_TAKEN_OVER, "another connection took the session over"));
+                    return Ending::Abnormal;
+                }
+                _ = link.queue_deleted.notified() => {
+                    self.disconnect(&Violation::new(reason::IMPLEMENTATION_SPECIFIC_ERROR, "the session's queue was deleted"));
                     return Ending::Abnormal;
                 }
                 _ = tokio::time::sleep_until(keep_alive_deadline), if self.keep_alive.is_some() && !blocked => {

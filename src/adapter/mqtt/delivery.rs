@@ -43,6 +43,9 @@ pub struct Link {
     /// Outbound topic aliases by topic (one connection's; they do not outlive it).
     aliases: Mutex<HashMap<String, u16>>,
     closed: AtomicBool,
+    /// A queue this link consumes from was deleted (by an AMQP client, say): the connection
+    /// ends, and the client's reconnect rebuilds the queue and its bindings.
+    pub queue_deleted: tokio::sync::Notify,
 }
 
 impl Link {
@@ -59,6 +62,7 @@ impl Link {
             limits,
             aliases: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            queue_deleted: tokio::sync::Notify::new(),
         })
     }
 
@@ -225,7 +229,8 @@ impl ConsumerSink for Link {
     }
 
     fn cancelled(&self, queue: &Queue, _consumer_tag: &str) {
-        tracing::warn!(client = %self.client_id, queue = %queue.name, "MQTT session queue deleted under a connected client");
+        tracing::info!(client = %self.client_id, queue = %queue.name, "MQTT queue deleted under a connected client");
+        self.queue_deleted.notify_one();
     }
 }
 
