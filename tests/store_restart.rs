@@ -439,3 +439,36 @@ async fn tx_commit_ok_comes_after_the_fsync_of_its_publishes_and_acks() {
     assert_eq!(drain(&ch, &q).await, ["b", "c"]);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn an_mqtt_puback_and_pubrec_come_only_after_the_fsync_and_survive_a_restart() {
+    use common::mqtt::RawMqtt;
+    use switchboard_mqtt::{Packet, Protocol, QoS};
+    let dir = fresh_data_dir();
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("from-mqtt");
+    declare_durable(&ch, &q, FieldTable::default()).await;
+    let topic = unique("sensors");
+    bind(&ch, &q, "amq.topic", &format!("{topic}.#")).await;
+    let mut m = RawMqtt::connect(b.mqtt, Protocol::V311, &unique("dev"), true).await;
+    for (i, qos) in [(1u16, QoS::AtLeastOnce), (2, QoS::ExactlyOnce)] {
+        m.publish(&format!("{topic}/t{i}"), qos, i, format!("m{i}").as_bytes())
+            .await;
+        let ack = m.recv().await.expect("an acknowledgement");
+        assert!(
+            matches!(ack, Packet::PubAck(_) | Packet::PubRec(_)),
+            "{ack:?}"
+        );
+        assert!(
+            log_is_synced(&b),
+            "{ack:?} sent before the record was durable"
+        );
+    }
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    assert_eq!(drain(&ch, &q).await, ["m1", "m2"]);
+    b.stop().await;
+}

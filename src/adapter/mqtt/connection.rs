@@ -13,7 +13,7 @@ use crate::adapter::outbox::Outbox;
 use crate::core::broker::ConnectionEntry;
 use crate::core::{Broker, Consumer, Queue, VHost};
 use bytes::BytesMut;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_amqp::FieldTable;
@@ -57,6 +57,9 @@ pub struct Connection {
     /// Shared subscription groups joined, by subscription key: the group's queue and this
     /// connection's consumer on it.
     pub shared: HashMap<String, (Arc<Queue>, u64)>,
+    /// PUBACK/PUBRECs waiting for the message log to be durable up to their LSN, in order:
+    /// (lsn, qos, packet id, queues reached).
+    pub held_acks: VecDeque<(u64, QoS, u16, usize)>,
 }
 
 impl Connection {
@@ -66,6 +69,36 @@ impl Connection {
 
     pub(super) fn queue(&self) -> &Arc<Queue> {
         &self.attached.queue
+    }
+
+    /// The highest LSN the message log has made durable (everything, without a store).
+    fn log_synced(&self) -> u64 {
+        self.broker
+            .store
+            .as_ref()
+            .map_or(u64::MAX, |s| s.log.synced())
+    }
+
+    /// Acknowledges a QoS 1/2 publish once the records it wrote (persistent messages in
+    /// durable queues) are durable, and after every earlier acknowledgement.
+    fn ack_publish(&mut self, qos: QoS, packet_id: u16, routed: usize, lsn: u64) {
+        if self.held_acks.is_empty() && lsn <= self.log_synced() {
+            acknowledge_publish(&self.outbox, self.protocol, qos, packet_id, routed);
+        } else {
+            self.held_acks.push_back((lsn, qos, packet_id, routed));
+        }
+    }
+
+    /// Sends the held acknowledgements whose records are now durable.
+    fn flush_acks(&mut self) {
+        let synced = self.log_synced();
+        while let Some(&(lsn, qos, id, routed)) = self.held_acks.front() {
+            if lsn > synced {
+                break;
+            }
+            self.held_acks.pop_front();
+            acknowledge_publish(&self.outbox, self.protocol, qos, id, routed);
+        }
     }
 
     pub(super) fn send(&self, packet: &Packet) {
@@ -119,6 +152,7 @@ impl Connection {
         let link = self.link.clone();
         let mut shutdown = self.broker.shutdown_signal();
         let mut alarm = self.broker.memory.subscribe();
+        let mut log_synced = self.broker.store.as_ref().map(|s| s.log.subscribe());
         let mut blocked = false;
         let mut last_read = Instant::now();
         // Packets that arrived with the CONNECT.
@@ -171,6 +205,9 @@ impl Connection {
                     return Ending::Abnormal;
                 }
                 _ = outbox.drained.notified() => self.dispatch_all(),
+                _ = crate::store::log::synced_changed(&mut log_synced), if !self.held_acks.is_empty() => {
+                    self.flush_acks();
+                }
                 _ = outbox.writer_done.notified() => return Ending::Abnormal,
                 changed = alarm.changed() => {
                     if changed.is_ok() && !*alarm.borrow_and_update() {
@@ -392,7 +429,7 @@ impl Connection {
             if s.inbound_qos2.contains(&id) {
                 // A resend of a message routed already: acknowledge again, route nothing.
                 drop(s);
-                acknowledge_publish(&self.outbox, self.protocol, p.qos, id, 1);
+                self.ack_publish(p.qos, id, 1, 0);
                 return Ok(());
             }
             if s.inbound_qos2.len() >= usize::from(self.broker.config.mqtt.receive_maximum) {
@@ -403,7 +440,7 @@ impl Connection {
             }
         }
         let qos = p.qos;
-        let routed = self.publisher.route(InboundMessage {
+        let (routed, lsn) = self.publisher.route(InboundMessage {
             topic: p.topic,
             qos,
             retain: p.retain,
@@ -414,7 +451,7 @@ impl Connection {
         if qos == QoS::ExactlyOnce {
             lock(&self.attached.session).inbound_qos2.insert(id);
         }
-        acknowledge_publish(&self.outbox, self.protocol, qos, id, routed);
+        self.ack_publish(qos, id, routed, lsn);
         Ok(())
     }
 }

@@ -245,6 +245,7 @@ async fn handshake_and_run<R: AsyncRead + Unpin>(
         problem_info: c.properties.request_problem_information != Some(0),
         published: false,
         shared: HashMap::new(),
+        held_acks: Default::default(),
         attached,
     };
     conn.start_delivery();

@@ -1,6 +1,6 @@
 //! Inbound publishes: the one place an MQTT publish (or a will) enters the core, and the one
-//! place a QoS 1/2 publish is acknowledged to the client. Storage will make the latter wait
-//! for the fsync of persistent messages.
+//! place a QoS 1/2 publish is acknowledged to the client (the connection holds that
+//! acknowledgement until the records the publish wrote are durable).
 
 use super::convert::{publish_properties, topic_to_key};
 use super::registry::MqttState;
@@ -35,8 +35,8 @@ pub struct InboundMessage {
 impl Publisher {
     /// Routes a message to the configured exchange with the topic as routing key and, when
     /// `retain` is set, makes it the topic's retained message. Returns how many queues it
-    /// reached.
-    pub fn route(&self, m: InboundMessage) -> usize {
+    /// reached and the LSN of the log records it wrote (0 when none).
+    pub fn route(&self, m: InboundMessage) -> (usize, u64) {
         let now = SystemTime::now();
         if m.retain {
             let mut properties = m.properties.clone();
@@ -59,7 +59,7 @@ impl Publisher {
         let exchange_name = &self.broker.config.mqtt.exchange;
         let Some(exchange) = self.vhost.exchange(exchange_name) else {
             tracing::warn!(vhost = %self.vhost.name, exchange = %exchange_name, "MQTT exchange missing; message dropped");
-            return 0;
+            return (0, 0);
         };
         let properties = publish_properties(m.qos, m.retain, &self.client_id, &m.properties, now);
         let charge = self
@@ -75,10 +75,11 @@ impl Publisher {
             charge,
         ));
         let queues = self.vhost.route(&exchange, &message);
+        let mut lsn = 0;
         for q in &queues {
-            q.publish(message.clone());
+            lsn = lsn.max(q.publish_tracked(message.clone()).lsn);
         }
-        queues.len()
+        (queues.len(), lsn)
     }
 }
 
