@@ -253,6 +253,7 @@ def stomp_connect(stomp_addr):
             pass
 
 
+@pytest.fixture(scope="session")
 def mqtt_addr(broker):
     """(host, port) of the broker's MQTT listener (INTEROP_MQTT_PORT for an external one)."""
     ext = os.environ.get("INTEROP_MQTT_PORT")
