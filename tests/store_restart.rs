@@ -472,3 +472,85 @@ async fn an_mqtt_puback_and_pubrec_come_only_after_the_fsync_and_survive_a_resta
     assert_eq!(drain(&ch, &q).await, ["m1", "m2"]);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn mqtt_persistent_sessions_and_retained_messages_survive_a_restart() {
+    use common::mqtt::{connect_packet, publish_packet, RawMqtt};
+    use switchboard_mqtt::{Disconnect, Packet, Protocol, PubResponse, QoS};
+    let dir = fresh_data_dir();
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (dev, publisher) = (unique("dev"), unique("pub"));
+    let topic = unique("t");
+    let mut sub = RawMqtt::connect(b.mqtt, Protocol::V311, &dev, false).await;
+    sub.subscribe(&format!("{topic}/#"), QoS::AtLeastOnce).await;
+    sub.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert!(sub.closed().await.is_none(), "a clean close");
+    // The publisher has a persistent session too: its QoS 2 packet ids must survive.
+    let mut publ = RawMqtt::connect(b.mqtt, Protocol::V311, &publisher, false).await;
+    publ.publish(
+        &format!("{topic}/queued"),
+        QoS::AtLeastOnce,
+        1,
+        b"while away",
+    )
+    .await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+    let retained = switchboard_mqtt::Publish {
+        retain: true,
+        ..publish_packet(&format!("{topic}-r/x"), QoS::AtLeastOnce, 2, b"kept")
+    };
+    publ.send(&Packet::Publish(retained)).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+    // A QoS 2 publish received (PUBREC'd) but not yet released when the broker stops.
+    publ.publish(
+        &format!("{topic}/once"),
+        QoS::ExactlyOnce,
+        3,
+        b"exactly once",
+    )
+    .await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubRec(_))));
+    publ.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert!(publ.closed().await.is_none());
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (mut sub, ack) =
+        RawMqtt::connect_with(b.mqtt, connect_packet(Protocol::V311, &dev, false)).await;
+    assert_eq!(ack.code, 0);
+    assert!(ack.session_present, "the subscriber's session came back");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let p = sub.next_publish().await;
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        if let Some(id) = p.packet_id {
+            sub.send(&Packet::PubAck(PubResponse::new(id))).await;
+        }
+    }
+    got.sort();
+    assert_eq!(got, ["exactly once", "while away"]);
+    // The publisher resends its unreleased QoS 2 message: acknowledged, not routed again.
+    let (mut publ, ack) =
+        RawMqtt::connect_with(b.mqtt, connect_packet(Protocol::V311, &publisher, false)).await;
+    assert!(ack.session_present, "the publisher's session came back");
+    let mut again = publish_packet(
+        &format!("{topic}/once"),
+        QoS::ExactlyOnce,
+        3,
+        b"exactly once",
+    );
+    again.dup = true;
+    publ.send(&Packet::Publish(again)).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubRec(_))));
+    publ.send(&Packet::PubRel(PubResponse::new(3))).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubComp(_))));
+    sub.expect_nothing_pending().await;
+    // A new subscriber gets the retained message.
+    let mut late = RawMqtt::connect(b.mqtt, Protocol::V311, &unique("late"), true).await;
+    late.subscribe(&format!("{topic}-r/#"), QoS::AtLeastOnce)
+        .await;
+    let r = late.next_publish().await;
+    assert_eq!(&r.payload[..], b"kept");
+    assert!(r.retain);
+    b.stop().await;
+}

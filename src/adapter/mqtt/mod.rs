@@ -13,6 +13,7 @@ mod connection;
 pub mod convert;
 mod delivery;
 mod error;
+pub mod persist;
 mod publish;
 pub mod registry;
 mod release;

@@ -76,7 +76,7 @@ impl Connection {
 }
 
 /// Ends a disconnected session after its expiry interval, unless a client resumed it.
-fn schedule_expiry(
+pub(super) fn schedule_expiry(
     state: Arc<MqttState>,
     vhost: Arc<VHost>,
     key: SessionKey,

@@ -33,6 +33,11 @@ impl RetainedStore {
         found
     }
 
+    /// Every retained message (for persistence), in no particular order.
+    pub fn all(&self) -> impl Iterator<Item = &OutboundMessage> {
+        self.by_topic.values()
+    }
+
     pub fn len(&self) -> usize {
         self.by_topic.len()
     }
