@@ -15,6 +15,9 @@ use tokio::sync::Notify;
 /// Above this many pending bytes, consumers get no more deliveries.
 pub const HIGH_WATERMARK: usize = 1 << 20;
 
+/// A write buffer larger than this is released after use instead of kept for the next write.
+const RETAINED_CAPACITY: usize = 256 * 1024;
+
 #[derive(Debug, Default)]
 struct Pending {
     buf: BytesMut,
@@ -84,7 +87,9 @@ impl Outbox {
 
     /// Drains the outbox into `socket` until closed or the socket fails.
     pub async fn run_writer<W: AsyncWrite + Unpin>(&self, mut socket: W) {
-        let mut out = BytesMut::with_capacity(64 * 1024);
+        // Grows on demand (the buffers are swapped, so each side keeps what it grew to): an
+        // idle connection holds no buffer at all.
+        let mut out = BytesMut::new();
         loop {
             let closing = {
                 let mut p = self.lock();
@@ -103,6 +108,10 @@ impl Outbox {
                 break;
             }
             out.clear();
+            if out.capacity() > RETAINED_CAPACITY {
+                // A burst grew it; do not keep that much per connection forever.
+                out = BytesMut::new();
+            }
             if self.stalled.swap(false, Ordering::Relaxed) {
                 self.drained.notify_one();
             }
