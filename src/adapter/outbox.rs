@@ -8,9 +8,10 @@
 
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 /// Above this many pending bytes, consumers get no more deliveries.
 pub const HIGH_WATERMARK: usize = 1 << 20;
@@ -42,6 +43,19 @@ pub struct Outbox {
 impl Outbox {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A new outbox and the writer task draining it into `socket`.
+    pub fn start<W>(socket: W) -> (Arc<Outbox>, JoinHandle<()>)
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let outbox = Arc::new(Outbox::new());
+        let writer = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.run_writer(socket).await }
+        });
+        (outbox, writer)
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {

@@ -121,12 +121,14 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, protocol: Proto
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => {
+                Ok((socket, peer)) => {
                     let broker = broker.clone();
+                    let _ = socket.set_nodelay(true);
+                    let (rd, wr) = socket.into_split();
                     match protocol {
-                        Protocol::Amqp => tokio::spawn(amqp::serve(socket, broker)),
-                        Protocol::Mqtt => tokio::spawn(mqtt::serve(socket, broker)),
-                        Protocol::Stomp => tokio::spawn(stomp::serve(socket, broker)),
+                        Protocol::Amqp => tokio::spawn(amqp::serve_stream(rd, wr, peer, broker)),
+                        Protocol::Mqtt => tokio::spawn(mqtt::serve_stream(rd, wr, peer, broker)),
+                        Protocol::Stomp => tokio::spawn(stomp::serve_stream(rd, wr, peer, broker)),
                     };
                 }
                 Err(e) => {

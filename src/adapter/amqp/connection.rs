@@ -15,23 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchboard_amqp::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 /// Time a client has to complete the handshake (as RabbitMQ's `handshake_timeout`).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the peer has to answer our `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Serves one accepted TCP connection until it closes.
-pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
-    let _ = socket.set_nodelay(true);
-    let Ok(peer) = socket.peer_addr() else {
-        return;
-    };
-    let (rd, wr) = socket.into_split();
-    serve_stream(rd, wr, peer, broker).await;
-}
 
 /// Serves a connection over any byte stream (TCP, TLS, in-memory for tests).
 pub async fn serve_stream<R, W>(mut rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
@@ -40,11 +29,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let entry = broker.register_connection("amqp", peer);
-    let outbox = Arc::new(Outbox::new());
-    let writer = tokio::spawn({
-        let outbox = outbox.clone();
-        async move { outbox.run_writer(wr).await }
-    });
+    let (outbox, writer) = Outbox::start(wr);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let negotiated = timeout(
         HANDSHAKE_TIMEOUT,

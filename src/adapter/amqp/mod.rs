@@ -7,4 +7,4 @@ pub mod delivery;
 pub mod error;
 pub mod handshake;
 
-pub use connection::{serve, serve_stream};
+pub use connection::serve_stream;

@@ -35,23 +35,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchboard_mqtt::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 /// Time a client has to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the writer gets to flush the last packets.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Serves one accepted TCP connection until it closes.
-pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
-    let _ = socket.set_nodelay(true);
-    let Ok(peer) = socket.peer_addr() else {
-        return;
-    };
-    let (rd, wr) = socket.into_split();
-    serve_stream(rd, wr, peer, broker).await;
-}
 
 /// Serves a connection over any byte stream (TCP, TLS, WebSocket later).
 pub async fn serve_stream<R, W>(mut rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
@@ -60,11 +49,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let entry = broker.register_connection("mqtt", peer);
-    let outbox = Arc::new(Outbox::new());
-    let writer = tokio::spawn({
-        let outbox = outbox.clone();
-        async move { outbox.run_writer(wr).await }
-    });
+    let (outbox, writer) = Outbox::start(wr);
     let mut buf = BytesMut::new();
     let max_connect = broker.config.mqtt.max_connect_size as usize;
     match timeout(CONNECT_TIMEOUT, read_first(&mut rd, &mut buf, max_connect)).await {

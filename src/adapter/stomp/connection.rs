@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchboard_stomp::{encode, Command, Decoder, Frame, Limits, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 /// Time a client has to send CONNECT (as RabbitMQ's handshake timeout).
@@ -22,16 +21,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Versions decode CONNECT the same way (its headers are never escaped).
 const HANDSHAKE_VERSION: Version = Version::V1_2;
 
-/// Serves one accepted TCP connection until it closes.
-pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
-    let _ = socket.set_nodelay(true);
-    let Ok(peer) = socket.peer_addr() else {
-        return;
-    };
-    let (rd, wr) = socket.into_split();
-    serve_stream(rd, wr, peer, broker).await;
-}
-
 /// Serves a connection over any byte stream (TCP, TLS, WebSocket later).
 pub async fn serve_stream<R, W>(mut rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
 where
@@ -39,11 +28,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let entry = broker.register_connection("stomp", peer);
-    let outbox = Arc::new(Outbox::new());
-    let writer = tokio::spawn({
-        let outbox = outbox.clone();
-        async move { outbox.run_writer(wr).await }
-    });
+    let (outbox, writer) = Outbox::start(wr);
     let limits = limits_of(&broker);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut decoder = Decoder::new();

@@ -10,4 +10,4 @@ pub mod session;
 pub mod subscribe;
 pub mod subscription;
 
-pub use connection::{serve, serve_stream};
+pub use connection::serve_stream;
