@@ -2,8 +2,10 @@
 //! by every protocol adapter and the admin API.
 
 use super::auth::Users;
+use super::clock::SystemClock;
 use super::memory::MemoryMonitor;
 use super::queue::ConnectionId;
+use super::timer::Timer;
 use super::vhost::VHost;
 use crate::config::Config;
 use crate::store::{Store, StoreError};
@@ -39,6 +41,8 @@ pub struct Broker {
     pub memory: Arc<MemoryMonitor>,
     /// Durable storage; None for a memory-only broker (unit tests, benchmarks).
     pub store: Option<Arc<Store>>,
+    /// Wakes queues for message TTL and `x-expires`; served by [`Timer::run`].
+    pub timer: Arc<Timer>,
     vhosts: DashMap<String, Arc<VHost>>,
     connections: DashMap<ConnectionId, Arc<ConnectionEntry>>,
     next_id: AtomicU64,
@@ -88,7 +92,12 @@ impl Broker {
         vhosts: DashMap<String, Arc<VHost>>,
     ) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
+        let timer = Timer::new(Arc::new(SystemClock));
+        for vh in vhosts.iter() {
+            vh.attach(timer.clone(), Some(memory.clone()));
+        }
         Arc::new(Broker {
+            timer,
             users: Users::from_config(&config),
             memory,
             store,

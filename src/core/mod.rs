@@ -3,12 +3,15 @@
 
 pub mod auth;
 pub mod broker;
+pub mod clock;
+pub mod dead_letter;
 pub mod error;
 pub mod exchange;
 pub mod headers;
 pub mod memory;
 pub mod message;
 pub mod queue;
+pub mod timer;
 pub mod topic;
 pub mod vhost;
 

@@ -1,15 +1,19 @@
 //! A virtual host: its exchanges, queues and the bindings between them, and routing.
 
+use super::dead_letter::{self, DeadLetter};
 use super::error::{CoreError, CoreResult, ErrorKind};
 use super::exchange::{Destination, Exchange, ExchangeKind};
+use super::memory::MemoryMonitor;
 use super::message::Message;
-use super::queue::{ConnectionId, Queue, QueueStore, RecoveredEntry};
+use super::queue::args::QueueArgs;
+use super::queue::{ConnectionId, Queue, QueueEnv, QueueStore, RecoveredEntry};
+use super::timer::Timer;
 use crate::store::definitions::{table_text, BindingDef, ExchangeDef, QueueDef};
 use crate::store::{Store, VHostDefinitions};
 use dashmap::DashMap;
 use rand::Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use switchboard_amqp::{FieldTable, FieldValue};
 
 /// Arguments that must match when a queue is redeclared (as RabbitMQ checks them).
@@ -67,6 +71,16 @@ pub struct VHost {
     persisting: AtomicBool,
     /// Serialises definition writes so the last file written reflects the latest state.
     persist_lock: Mutex<()>,
+    /// The timer and memory monitor queues use, once the vhost is attached to its broker.
+    env: OnceLock<VHostEnv>,
+}
+
+/// What [`VHost::attach`] connects a vhost to.
+#[derive(Debug, Clone)]
+struct VHostEnv {
+    me: Weak<VHost>,
+    timer: Arc<Timer>,
+    memory: Option<Arc<MemoryMonitor>>,
 }
 
 impl VHost {
@@ -79,6 +93,7 @@ impl VHost {
             store: None,
             persisting: AtomicBool::new(false),
             persist_lock: Mutex::new(()),
+            env: OnceLock::new(),
         };
         for (ename, kind) in [
             ("", ExchangeKind::Direct),
@@ -117,6 +132,72 @@ impl VHost {
         vh.restore(defs, recovered, memory);
         vh.persisting.store(true, Ordering::Release);
         vh
+    }
+
+    /// Connects the vhost and its queues to the broker's timer (TTL, `x-expires`) and memory
+    /// monitor, and lets queues route their dead letters through it. Queues made later are
+    /// connected as they are made.
+    pub fn attach(self: &Arc<Self>, timer: Arc<Timer>, memory: Option<Arc<MemoryMonitor>>) {
+        let env = VHostEnv {
+            me: Arc::downgrade(self),
+            timer,
+            memory,
+        };
+        if self.env.set(env).is_ok() {
+            for q in self.queues() {
+                self.attach_queue(&q);
+            }
+        }
+    }
+
+    fn attach_queue(&self, q: &Arc<Queue>) {
+        if let Some(env) = self.env.get() {
+            q.attach(QueueEnv {
+                vhost: env.me.clone(),
+                timer: env.timer.clone(),
+                memory: env.memory.clone(),
+            });
+        }
+    }
+
+    /// Republishes messages that left `from` to its dead-letter exchange, with their `x-death`
+    /// history. Called with no queue lock held. A missing dead-letter exchange drops them, and
+    /// a queue the message would go round to again with no rejection on the way is skipped, as
+    /// in RabbitMQ.
+    pub fn dead_letter(&self, from: &Queue, dead: Vec<DeadLetter>) {
+        let args = from.args();
+        let Some(dlx) = args.dead_letter_exchange.as_deref() else {
+            return;
+        };
+        let Some(exchange) = self.exchange(dlx) else {
+            tracing::debug!(vhost = %self.name, queue = %from.name, exchange = dlx, "dead-letter exchange does not exist; dropping {} message(s)", dead.len());
+            return;
+        };
+        let env = self.env.get();
+        let now = env.map_or_else(
+            || super::clock::Clock::now_ms(&super::clock::SystemClock),
+            |e| e.timer.now_ms(),
+        );
+        let target = dead_letter::Target {
+            queue: &from.name,
+            exchange: dlx,
+            routing_key: args.dead_letter_routing_key.as_deref(),
+        };
+        for d in dead {
+            let size = Message::charge_size(d.message.body.len());
+            let charge = env
+                .and_then(|e| e.memory.as_ref())
+                .map(|m| m.charge(size))
+                .unwrap_or_default();
+            let message = Arc::new(dead_letter::dead_lettered(&d, target, now, charge));
+            for q in self.route(&exchange, &message) {
+                if dead_letter::is_cycle(&message, &q.name) {
+                    tracing::warn!(vhost = %self.name, queue = %q.name, "dead-letter cycle detected; dropping the message for this queue");
+                    continue;
+                }
+                q.publish(message.clone());
+            }
+        }
     }
 
     fn restore(
@@ -279,6 +360,7 @@ impl VHost {
     /// when None).
     fn new_queue(&self, spec: QueueSpec, conn: ConnectionId, id: Option<u64>) -> Queue {
         let exclusive = spec.exclusive;
+        let args = QueueArgs::parse(&spec.arguments, None).unwrap_or_default();
         let queue = Queue::new(
             spec.name,
             self.name.clone(),
@@ -286,7 +368,8 @@ impl VHost {
             spec.auto_delete,
             exclusive.then_some(conn),
             spec.arguments,
-        );
+        )
+        .with_args(args);
         match &self.store {
             Some(store) if spec.durable && !exclusive => queue.with_store(QueueStore {
                 log: store.log.clone(),
@@ -494,11 +577,18 @@ impl VHost {
         }
         if let Some(existing) = self.queue(&spec.name) {
             self.check_queue_equivalent(&existing, &spec, conn)?;
+            existing.touch();
             return Ok(QueueDeclared {
                 queue: existing,
                 created: false,
             });
         }
+        QueueArgs::parse(&spec.arguments, None).map_err(|e| {
+            CoreError::precondition(format!(
+                "invalid arg '{}' for queue '{}' in vhost '{}': {}",
+                e.key, spec.name, self.name, e.detail
+            ))
+        })?;
         let queue = Arc::new(self.new_queue(spec.clone(), conn, None));
         let entry = self
             .queues
@@ -507,6 +597,7 @@ impl VHost {
         let winner = entry.clone();
         drop(entry);
         if Arc::ptr_eq(&winner, &queue) {
+            self.attach_queue(&queue);
             self.persist_if(queue.store_id().is_some());
             Ok(QueueDeclared {
                 queue,
@@ -573,6 +664,7 @@ impl VHost {
             FieldTable::new(),
         ));
         self.queues.insert(name, queue.clone());
+        self.attach_queue(&queue);
         queue
     }
 
