@@ -124,7 +124,7 @@ async fn nack_multiple_expiry_and_drop_head_all_dead_letter_with_their_reason() 
     bind(&ch, &dead, &dlx, "").await;
     let dl = ("x-dead-letter-exchange", s(&dlx));
     let nacked = unique("nacked");
-    declare_with_args(&ch, &nacked, args(&[dl.clone()])).await;
+    declare_with_args(&ch, &nacked, args(std::slice::from_ref(&dl))).await;
     let expiring = unique("expiring");
     declare_with_args(
         &ch,
