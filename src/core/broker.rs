@@ -4,6 +4,7 @@
 use super::auth::Users;
 use super::clock::SystemClock;
 use super::memory::MemoryMonitor;
+use super::policy::Policies;
 use super::queue::ConnectionId;
 use super::timer::Timer;
 use super::vhost::VHost;
@@ -53,9 +54,11 @@ impl Broker {
     /// A broker that keeps everything in memory: nothing is read from or written to disk.
     pub fn new(config: Config) -> Arc<Self> {
         let memory = MemoryMonitor::new(config.memory_high_watermark_bytes());
+        let policies = Self::policies(&config);
         let vhosts = DashMap::new();
         for v in &config.vhosts {
-            vhosts.insert(v.name.clone(), Arc::new(VHost::new(&v.name)));
+            let vh = VHost::with_policies(&v.name, policies.clone());
+            vhosts.insert(v.name.clone(), Arc::new(vh));
         }
         Self::assemble(config, memory, None, vhosts)
     }
@@ -71,11 +74,13 @@ impl Broker {
             &config.store,
             memory.clone(),
         )?;
+        let policies = Self::policies(&config);
         let vhosts = DashMap::new();
         for defs in &recovered.definitions {
             let vh = VHost::with_store(
                 &defs.vhost,
                 store.clone(),
+                policies.clone(),
                 defs,
                 &mut recovered.log,
                 &memory,
@@ -83,6 +88,15 @@ impl Broker {
             vhosts.insert(defs.vhost.clone(), Arc::new(vh));
         }
         Ok(Self::assemble(config, memory, Some(store), vhosts))
+    }
+
+    /// The configured policies (validated when the configuration was loaded).
+    fn policies(config: &Config) -> Arc<Policies> {
+        let policies = Policies::from_config(&config.policies).unwrap_or_else(|e| {
+            tracing::error!("ignoring the policies: {e}");
+            Policies::default()
+        });
+        Arc::new(policies)
     }
 
     fn assemble(

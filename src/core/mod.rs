@@ -10,6 +10,7 @@ pub mod exchange;
 pub mod headers;
 pub mod memory;
 pub mod message;
+pub mod policy;
 pub mod queue;
 pub mod timer;
 pub mod topic;

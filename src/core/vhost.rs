@@ -5,6 +5,7 @@ use super::error::{CoreError, CoreResult, ErrorKind};
 use super::exchange::{Destination, Exchange, ExchangeKind};
 use super::memory::MemoryMonitor;
 use super::message::Message;
+use super::policy::Policies;
 use super::queue::args::QueueArgs;
 use super::queue::{ConnectionId, Queue, QueueEnv, QueueStore, RecoveredEntry};
 use super::timer::Timer;
@@ -73,6 +74,8 @@ pub struct VHost {
     persist_lock: Mutex<()>,
     /// The timer and memory monitor queues use, once the vhost is attached to its broker.
     env: OnceLock<VHostEnv>,
+    /// Configured policies: arguments for queues matching a pattern.
+    policies: Arc<Policies>,
 }
 
 /// What [`VHost::attach`] connects a vhost to.
@@ -94,6 +97,7 @@ impl VHost {
             persisting: AtomicBool::new(false),
             persist_lock: Mutex::new(()),
             env: OnceLock::new(),
+            policies: Arc::new(Policies::default()),
         };
         for (ename, kind) in [
             ("", ExchangeKind::Direct),
@@ -118,16 +122,25 @@ impl VHost {
         vh
     }
 
+    /// A memory-only vhost whose queues follow `policies`.
+    pub fn with_policies(name: &str, policies: Arc<Policies>) -> Self {
+        VHost {
+            policies,
+            ..VHost::new(name)
+        }
+    }
+
     /// A vhost whose durable definitions and persistent messages go to `store`, rebuilt from
-    /// what the store recovered.
+    /// what the store recovered; its queues follow `policies`.
     pub fn with_store(
         name: &str,
         store: Arc<Store>,
+        policies: Arc<Policies>,
         defs: &VHostDefinitions,
         recovered: &mut crate::store::RecoveredLog,
         memory: &Arc<super::memory::MemoryMonitor>,
     ) -> Self {
-        let mut vh = VHost::new(name);
+        let mut vh = VHost::with_policies(name, policies);
         vh.store = Some(store);
         vh.restore(defs, recovered, memory);
         vh.persisting.store(true, Ordering::Release);
@@ -360,7 +373,9 @@ impl VHost {
     /// when None).
     fn new_queue(&self, spec: QueueSpec, conn: ConnectionId, id: Option<u64>) -> Queue {
         let exclusive = spec.exclusive;
-        let args = QueueArgs::parse(&spec.arguments, None).unwrap_or_default();
+        let policy = self.policies.for_queue(&self.name, &spec.name);
+        let args =
+            QueueArgs::parse(&spec.arguments, policy.map(|p| &p.definition)).unwrap_or_default();
         let queue = Queue::new(
             spec.name,
             self.name.clone(),
