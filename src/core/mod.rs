@@ -5,6 +5,7 @@ pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod dead_letter;
+pub mod delayed;
 pub mod error;
 pub mod exchange;
 pub mod headers;

@@ -1,24 +1,30 @@
 //! The broker-wide timer: queues register the time their next message expires or they
-//! themselves expire, and one task sleeps until the earliest of those and wakes the queue.
+//! themselves expire, delayed exchanges the time their next message is due, and one task sleeps
+//! until the earliest of those and wakes its owner.
 //!
 //! A queue arms the timer only for a deadline earlier than the one it already armed, so the heap
 //! holds a few entries per queue at most; an entry that turns out early (the message was
 //! consumed meanwhile) only makes the queue look and arm again.
 
 use super::clock::Clock;
-use super::queue::Queue;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
+/// Something the timer wakes: a queue (TTL, `x-expires`) or a delayed exchange's hold.
+pub trait Timed: Send + Sync + std::fmt::Debug {
+    /// Its deadline came: do what is due and arm the timer again for what is next.
+    fn on_timer(self: Arc<Self>);
+}
+
 #[derive(Debug)]
 struct Entry {
     at: u64,
-    /// Tie-breaker so entries order totally without comparing queues.
+    /// Tie-breaker so entries order totally without comparing targets.
     seq: u64,
-    queue: Weak<Queue>,
+    target: Weak<dyn Timed>,
 }
 
 impl PartialEq for Entry {
@@ -69,20 +75,20 @@ impl Timer {
         self.heap.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Asks for `queue` to be woken at `at` (ms since the epoch).
-    pub fn arm(&self, at: u64, queue: Weak<Queue>) {
+    /// Asks for `target` to be woken at `at` (ms since the epoch).
+    pub fn arm(&self, at: u64, target: Weak<dyn Timed>) {
         let mut heap = self.heap();
         let earliest = heap.entries.peek().is_none_or(|Reverse(e)| at < e.at);
         let seq = heap.next_seq;
         heap.next_seq += 1;
-        heap.entries.push(Reverse(Entry { at, seq, queue }));
+        heap.entries.push(Reverse(Entry { at, seq, target }));
         drop(heap);
         if earliest {
             self.earlier.notify_one();
         }
     }
 
-    /// Wakes every queue whose deadline has come; returns the next deadline, if any.
+    /// Wakes every target whose deadline has come; returns the next deadline, if any.
     pub fn fire_due(&self) -> Option<u64> {
         loop {
             let now = self.clock.now_ms();
@@ -94,9 +100,9 @@ impl Timer {
                     None => return None,
                 }
             };
-            // Outside the heap lock: the queue re-arms while it runs.
-            if let Some(q) = due.and_then(|e| e.queue.upgrade()) {
-                q.on_timer();
+            // Outside the heap lock: the target re-arms while it runs.
+            if let Some(t) = due.and_then(|e| e.target.upgrade()) {
+                t.on_timer();
             }
         }
     }

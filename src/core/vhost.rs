@@ -1,6 +1,7 @@
 //! A virtual host: its exchanges, queues and the bindings between them, and routing.
 
 use super::dead_letter::{self, DeadLetter};
+use super::delayed::{self, DelayedHold, HoldStore};
 use super::error::{CoreError, CoreResult, ErrorKind};
 use super::exchange::{Destination, Exchange, ExchangeKind};
 use super::memory::MemoryMonitor;
@@ -160,6 +161,11 @@ impl VHost {
             for q in self.queues() {
                 self.attach_queue(&q);
             }
+            for ex in self.exchanges() {
+                if let Some(hold) = &ex.delayed {
+                    self.attach_hold(hold);
+                }
+            }
         }
     }
 
@@ -239,6 +245,10 @@ impl VHost {
             }
         }
         for qd in &defs.queues {
+            if let Some(exchange) = qd.name.strip_prefix(delayed::HOLD_PREFIX) {
+                self.restore_hold(exchange, qd.id, recovered);
+                continue;
+            }
             let queue = Arc::new(self.new_queue(
                 QueueSpec {
                     name: qd.name.clone(),
@@ -291,6 +301,13 @@ impl VHost {
             }
             self.queues.insert(qd.name.clone(), queue);
         }
+        for ex in self.exchanges() {
+            if let (true, Some(hold)) = (ex.durable, &ex.delayed) {
+                if hold.store_id().is_none() {
+                    self.give_hold_store(hold, None);
+                }
+            }
+        }
         for b in &defs.bindings {
             let args = table(&b.arguments, &b.source);
             let r = if b.destination_type == "exchange" {
@@ -302,6 +319,48 @@ impl VHost {
                 tracing::warn!(vhost = %self.name, source = %b.source, destination = %b.destination, "cannot restore binding: {err}");
             }
         }
+    }
+
+    /// Gives a durable delayed exchange its recovered store id and held messages.
+    fn restore_hold(&self, exchange: &str, id: u64, recovered: &mut crate::store::RecoveredLog) {
+        let Some(hold) = self.exchange(exchange).and_then(|e| e.delayed.clone()) else {
+            tracing::warn!(vhost = %self.name, exchange, "delayed messages of a missing delayed exchange are dropped");
+            return;
+        };
+        self.give_hold_store(&hold, Some(id));
+        if let Some(rq) = recovered.queues.remove(&id) {
+            hold.recover(rq);
+        }
+    }
+
+    /// Makes a durable delayed exchange's hold persist its persistent messages, under `id` (a
+    /// fresh random id when None).
+    fn give_hold_store(&self, hold: &DelayedHold, id: Option<u64>) {
+        if let Some(store) = &self.store {
+            hold.set_store(HoldStore {
+                log: store.log.clone(),
+                id: id.unwrap_or_else(|| rand::rng().random()),
+            });
+        }
+    }
+
+    fn attach_hold(&self, hold: &Arc<DelayedHold>) {
+        if let Some(env) = self.env.get() {
+            hold.attach(env.me.clone(), env.timer.clone());
+        }
+    }
+
+    /// Rewrites the live records of log segment `segment` held by this vhost's queues and
+    /// delayed exchanges at the end of the log (compaction). Returns how many moved.
+    pub fn relocate(&self, segment: u64) -> usize {
+        let queues: usize = self.queues().iter().map(|q| q.relocate(segment)).sum();
+        let holds: usize = self
+            .exchanges()
+            .iter()
+            .filter_map(|e| e.delayed.as_ref())
+            .map(|h| h.relocate(segment))
+            .sum();
+        queues + holds
     }
 
     /// The durable definitions as they stand.
@@ -318,7 +377,7 @@ impl VHost {
             if !ex.name.starts_with("amq.") {
                 defs.exchanges.push(ExchangeDef {
                     name: ex.name.clone(),
-                    kind: ex.kind.as_str().to_owned(),
+                    kind: ex.type_name().to_owned(),
                     auto_delete: ex.auto_delete,
                     internal: ex.internal,
                     arguments: table_text(&ex.arguments),
@@ -338,6 +397,19 @@ impl VHost {
                         arguments: table_text(&b.arguments),
                     });
                 }
+            }
+        }
+        // A durable delayed exchange's held messages are kept under a store id of their own,
+        // listed as a (never declared) queue so that recovery keeps its records.
+        for ex in self.exchanges() {
+            let hold_id = ex.delayed.as_ref().and_then(|h| h.store_id());
+            if let (true, Some(id)) = (ex.durable, hold_id) {
+                defs.queues.push(QueueDef {
+                    name: format!("{}{}", delayed::HOLD_PREFIX, ex.name),
+                    id,
+                    auto_delete: false,
+                    arguments: String::new(),
+                });
             }
         }
         for q in self.queues() {
@@ -462,12 +534,26 @@ impl VHost {
         if passive {
             return self.exchange_or_404(&spec.name);
         }
-        let kind = ExchangeKind::parse(&spec.kind).ok_or_else(|| {
-            CoreError::new(
-                ErrorKind::CommandInvalid,
-                format!("unknown exchange type '{}'", spec.kind),
-            )
-        })?;
+        let delayed = spec.kind == delayed::DELAYED_TYPE;
+        let kind = if delayed {
+            // As the delayed-message plugin: the routing type is an argument.
+            spec.arguments
+                .get(delayed::DELAYED_TYPE_ARG)
+                .and_then(FieldValue::as_str)
+                .and_then(ExchangeKind::parse)
+                .ok_or_else(|| {
+                    CoreError::precondition(
+                        "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+                    )
+                })?
+        } else {
+            ExchangeKind::parse(&spec.kind).ok_or_else(|| {
+                CoreError::new(
+                    ErrorKind::CommandInvalid,
+                    format!("unknown exchange type '{}'", spec.kind),
+                )
+            })?
+        };
         if let Some(existing) = self.exchange(&spec.name) {
             let mismatch = |field: &str, got: &str, have: &str| {
                 CoreError::precondition(format!(
@@ -476,8 +562,20 @@ impl VHost {
                     spec.name, self.name
                 ))
             };
+            let type_name = if delayed {
+                delayed::DELAYED_TYPE
+            } else {
+                kind.as_str()
+            };
+            if existing.type_name() != type_name {
+                return Err(mismatch("type", type_name, existing.type_name()));
+            }
             if existing.kind != kind {
-                return Err(mismatch("type", kind.as_str(), existing.kind.as_str()));
+                return Err(mismatch(
+                    delayed::DELAYED_TYPE_ARG,
+                    kind.as_str(),
+                    existing.kind.as_str(),
+                ));
             }
             for (field, got, have) in [
                 ("durable", spec.durable, existing.durable),
@@ -496,14 +594,24 @@ impl VHost {
                 spec.name
             )));
         }
-        let ex = Arc::new(Exchange::new(
+        let mut ex = Exchange::new(
             spec.name.clone(),
             kind,
             spec.durable,
             spec.auto_delete,
             spec.internal,
             spec.arguments,
-        ));
+        );
+        if delayed {
+            let hold = DelayedHold::new(spec.name.clone());
+            // While definitions are restored, the store id comes from them instead.
+            if spec.durable && self.persisting.load(Ordering::Acquire) {
+                self.give_hold_store(&hold, None);
+            }
+            self.attach_hold(&hold);
+            ex = ex.with_delay(hold);
+        }
+        let ex = Arc::new(ex);
         // Two declarations may race: the first one in wins, the other gets it back.
         let winner = self
             .exchanges
@@ -538,6 +646,9 @@ impl VHost {
             )));
         }
         self.exchanges.remove(name);
+        if let Some(hold) = &ex.delayed {
+            hold.delete();
+        }
         let durable = ex.durable;
         self.remove_bindings_to(&Destination::Exchange(ex));
         self.persist_if(durable);
@@ -561,6 +672,9 @@ impl VHost {
                 .remove_if(&ex.name, |_, e| Arc::ptr_eq(e, ex))
                 .is_some();
             if removed {
+                if let Some(hold) = &ex.delayed {
+                    hold.delete();
+                }
                 self.remove_bindings_to(&Destination::Exchange(ex.clone()));
                 self.persist_if(ex.durable);
             }
@@ -833,7 +947,37 @@ impl VHost {
 
     /// The queues `msg` reaches from `exchange`, each once, following exchange-to-exchange
     /// bindings (each exchange visited once, so binding cycles terminate).
+    ///
+    /// A message with an `x-delay` published to an `x-delayed-message` exchange is held instead
+    /// (it reaches no queue now; see [`VHost::hold_if_delayed`]).
     pub fn route(&self, exchange: &Arc<Exchange>, msg: &Message) -> Vec<Arc<Queue>> {
+        if self.hold_if_delayed(exchange, msg).is_some() {
+            return Vec::new();
+        }
+        self.route_now(exchange, msg)
+    }
+
+    /// Holds `msg` if `exchange` is a delayed exchange and the message asks for a delay;
+    /// returns the log sequence number a publisher confirm must wait for (0: nothing was
+    /// written). None: route it now.
+    pub fn hold_if_delayed(&self, exchange: &Exchange, msg: &Message) -> Option<u64> {
+        let hold = exchange.delayed.as_ref()?;
+        let delay = delayed::delay_of(msg)?;
+        Some(hold.hold(msg, delay))
+    }
+
+    /// Routes a delayed message that is due through exchange `name` (gone: dropped).
+    pub fn route_delayed(&self, name: &str, msg: Arc<Message>) {
+        let Some(exchange) = self.exchange(name) else {
+            return;
+        };
+        for q in self.route_now(&exchange, &msg) {
+            q.publish(msg.clone());
+        }
+    }
+
+    /// The queues `msg` reaches from `exchange` now, delayed exchange or not.
+    fn route_now(&self, exchange: &Arc<Exchange>, msg: &Message) -> Vec<Arc<Queue>> {
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         if exchange.name.is_empty() {
             if let Some(q) = self.queue(&msg.routing_key) {

@@ -759,6 +759,14 @@ impl Channel {
         message: Arc<Message>,
         mandatory: bool,
     ) -> Routed {
+        // A delayed message is accepted (and confirmed once stored) now; as with RabbitMQ's
+        // delayed-message plugin, `mandatory` cannot apply to a routing that happens later.
+        if let Some(lsn) = ctx.vhost.hold_if_delayed(exchange, &message) {
+            return Routed {
+                lsn,
+                refused: false,
+            };
+        }
         let queues = ctx.vhost.route(exchange, &message);
         if queues.is_empty() {
             if mandatory {

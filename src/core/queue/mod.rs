@@ -15,7 +15,7 @@ use super::clock::{Clock, SystemClock};
 use super::dead_letter::{DeadLetter, Reason};
 use super::memory::MemoryMonitor;
 use super::message::Message;
-use super::timer::Timer;
+use super::timer::{Timed, Timer};
 use super::vhost::VHost;
 use crate::store::log::RecordPos;
 use crate::store::MessageLog;
@@ -513,7 +513,8 @@ impl Queue {
         if let Some(at) = next {
             if st.armed.is_none_or(|armed| at < armed) {
                 st.armed = Some(at);
-                attached.env.timer.arm(at, attached.me.clone());
+                let me: Weak<dyn Timed> = attached.me.clone();
+                attached.env.timer.arm(at, me);
             }
         }
     }
@@ -545,7 +546,7 @@ impl Queue {
 
     /// The timer's call: removes expired head messages and deletes the queue if it has been
     /// unused for its `x-expires`.
-    pub fn on_timer(self: &Arc<Self>) {
+    fn expire_due(self: &Arc<Self>) {
         let now = self.now();
         let mut st = self.lock();
         if st.armed.is_some_and(|a| a <= now) {
@@ -941,6 +942,12 @@ fn footprint(body_len: u64) -> u64 {
 
 fn saturating_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Timed for Queue {
+    fn on_timer(self: Arc<Self>) {
+        self.expire_due();
+    }
 }
 
 #[cfg(test)]
