@@ -7,6 +7,7 @@
 //! definitions as a queue named `amq.delayed-message.<exchange>`, which is never a real queue),
 //! with the due time in a header, so they are armed again after a restart.
 
+use super::memory::MemoryCharge;
 use super::message::Message;
 use super::timer::{Timed, Timer};
 use super::vhost::VHost;
@@ -129,7 +130,7 @@ impl DelayedHold {
 
     /// Holds `message` for `delay_ms`. Returns the log sequence number a publisher confirm must
     /// wait for (0 when nothing was written).
-    pub fn hold(&self, message: &Message, delay_ms: u64) -> u64 {
+    pub fn hold(&self, message: &Message, delay_ms: u64, charge: MemoryCharge) -> u64 {
         let due = self.now().saturating_add(delay_ms);
         let mut properties = message.properties.clone();
         properties
@@ -142,7 +143,7 @@ impl DelayedHold {
             properties,
             None,
             message.body.clone(),
-            Default::default(),
+            charge,
         ));
         let mut st = self.lock();
         if st.deleted {
@@ -241,7 +242,7 @@ impl DelayedHold {
         }
         if let Some(vhost) = self.env.get().and_then(|e| e.vhost.upgrade()) {
             for (_, h) in &due {
-                vhost.route_delayed(&self.exchange, without_due_header(&h.message));
+                vhost.route_delayed(&self.exchange, &h.message);
             }
         }
         if let Some(store) = self.store.get() {
@@ -299,19 +300,19 @@ impl Timed for DelayedHold {
 }
 
 /// The held message as it is routed: without the due-time header.
-fn without_due_header(m: &Arc<Message>) -> Arc<Message> {
+pub fn without_due_header(m: &Message, charge: MemoryCharge) -> Message {
     let mut properties = m.properties.clone();
     if let Some(h) = properties.headers.as_mut() {
         h.remove(DUE_HEADER);
     }
-    Arc::new(Message::new(
+    Message::new(
         m.exchange.clone(),
         m.routing_key.clone(),
         properties,
         None,
         m.body.clone(),
-        Default::default(),
-    ))
+        charge,
+    )
 }
 
 fn clamp_i64(n: u64) -> i64 {

@@ -4,7 +4,7 @@ use super::dead_letter::{self, DeadLetter};
 use super::delayed::{self, DelayedHold, HoldStore};
 use super::error::{CoreError, CoreResult, ErrorKind};
 use super::exchange::{Destination, Exchange, ExchangeKind};
-use super::memory::MemoryMonitor;
+use super::memory::{MemoryCharge, MemoryMonitor};
 use super::message::Message;
 use super::policy::Policies;
 use super::queue::args::QueueArgs;
@@ -203,11 +203,7 @@ impl VHost {
             routing_key: args.dead_letter_routing_key.as_deref(),
         };
         for d in dead {
-            let size = Message::charge_size(d.message.body.len());
-            let charge = env
-                .and_then(|e| e.memory.as_ref())
-                .map(|m| m.charge(size))
-                .unwrap_or_default();
+            let charge = self.charge(d.message.body.len());
             let message = Arc::new(dead_letter::dead_lettered(&d, target, now, charge));
             for q in self.route(&exchange, &message) {
                 if dead_letter::is_cycle(&message, &q.name) {
@@ -271,9 +267,12 @@ impl VHost {
                     .into_iter()
                     .filter_map(|(seq, m)| {
                         let body_len = m.body.len() as u64;
+                        let properties =
+                            switchboard_amqp::BasicProperties::decode(&m.properties).ok()?;
+                        // Paged-out messages still need their place: priority level and TTL.
+                        let priority = properties.priority;
+                        let expiration = properties.expiration.clone();
                         let message = if in_memory <= budget {
-                            let properties =
-                                switchboard_amqp::BasicProperties::decode(&m.properties).ok()?;
                             in_memory += Message::charge_size(m.body.len()) as u64;
                             let charge = memory.charge(Message::charge_size(m.body.len()));
                             // Copies, so that a few kept messages do not pin whole segment
@@ -294,6 +293,8 @@ impl VHost {
                             at: m.at,
                             body_len,
                             message,
+                            priority,
+                            expiration,
                         })
                     })
                     .collect();
@@ -963,17 +964,30 @@ impl VHost {
     pub fn hold_if_delayed(&self, exchange: &Exchange, msg: &Message) -> Option<u64> {
         let hold = exchange.delayed.as_ref()?;
         let delay = delayed::delay_of(msg)?;
-        Some(hold.hold(msg, delay))
+        Some(hold.hold(msg, delay, self.charge(msg.body.len())))
     }
 
-    /// Routes a delayed message that is due through exchange `name` (gone: dropped).
-    pub fn route_delayed(&self, name: &str, msg: Arc<Message>) {
+    /// Routes a held message that is due through exchange `name` (gone: dropped).
+    pub fn route_delayed(&self, name: &str, held: &Message) {
         let Some(exchange) = self.exchange(name) else {
             return;
         };
+        let msg = Arc::new(delayed::without_due_header(
+            held,
+            self.charge(held.body.len()),
+        ));
         for q in self.route_now(&exchange, &msg) {
             q.publish(msg.clone());
         }
+    }
+
+    /// A memory charge for a message copy the vhost makes (dead letters, delayed messages).
+    fn charge(&self, body_len: usize) -> MemoryCharge {
+        self.env
+            .get()
+            .and_then(|e| e.memory.as_ref())
+            .map(|m| m.charge(Message::charge_size(body_len)))
+            .unwrap_or_default()
     }
 
     /// The queues `msg` reaches from `exchange` now, delayed exchange or not.

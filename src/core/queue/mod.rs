@@ -137,6 +137,9 @@ pub struct RecoveredEntry {
     pub body_len: u64,
     /// None: leave it paged out.
     pub message: Option<Arc<Message>>,
+    /// The message's `priority` and `expiration` properties, which place it in the queue.
+    pub priority: Option<u8>,
+    pub expiration: Option<String>,
 }
 
 /// What [`Queue::publish_tracked`] did.
@@ -365,13 +368,8 @@ impl Queue {
             if e.message.is_some() {
                 st.memory_bytes += footprint(e.body_len);
             }
-            let (level, expires_at) = match &e.message {
-                Some(m) => (
-                    self.args.level_of(m.properties.priority),
-                    self.expiry_of(m, now),
-                ),
-                None => (0, self.args.message_ttl.map(|t| now.saturating_add(t))),
-            };
+            let level = self.args.level_of(e.priority);
+            let expires_at = self.expiry_of(e.expiration.as_deref(), now);
             st.ready.push_back(Queued {
                 id: e.seq,
                 message: e.message,
@@ -411,14 +409,10 @@ impl Queue {
     }
 
     /// When a message enqueued at `now` expires: the lower of the queue's `x-message-ttl` and
-    /// the message's `expiration` (an invalid expiration, which AMQP publishers cannot send,
+    /// the message's `expiration` property (an invalid one, which AMQP publishers cannot send,
     /// is ignored).
-    fn expiry_of(&self, message: &Message, now: u64) -> Option<u64> {
-        let per_message = message
-            .properties
-            .expiration
-            .as_deref()
-            .and_then(|e| args::parse_expiration(e).ok());
+    fn expiry_of(&self, expiration: Option<&str>, now: u64) -> Option<u64> {
+        let per_message = expiration.and_then(|e| args::parse_expiration(e).ok());
         let ttl = match (self.args.message_ttl, per_message) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -644,7 +638,7 @@ impl Queue {
             st.memory_bytes += footprint(body_len);
         }
         let level = self.args.level_of(message.properties.priority);
-        let expires_at = self.expiry_of(&message, now);
+        let expires_at = self.expiry_of(message.properties.expiration.as_deref(), now);
         st.ready.push_back(Queued {
             id,
             message: (!page_out).then_some(message),
