@@ -66,17 +66,24 @@ pub fn dead_lettered(
         Some(FieldValue::Array(a)) => a,
         _ => Vec::new(),
     };
-    let same = deaths.iter().position(|d| match d {
+    let same = |d: &FieldValue| match d {
         FieldValue::Table(t) => {
             t.get("queue").and_then(FieldValue::as_str) == Some(to.queue)
                 && t.get("reason").and_then(FieldValue::as_str) == Some(dead.reason.as_str())
         }
         _ => false,
-    });
-    let entry = match same.map(|i| deaths.remove(i)) {
+    };
+    // One entry per queue and reason: the first is kept (counted up), any duplicate a peer
+    // may have sent is dropped.
+    let previous = deaths.iter().position(same).map(|i| deaths.remove(i));
+    deaths.retain(|d| !same(d));
+    let entry = match previous {
         Some(FieldValue::Table(mut t)) => {
             let count = t.get("count").and_then(FieldValue::as_i64).unwrap_or(0);
-            t.insert("count".into(), FieldValue::I64(count.saturating_add(1)));
+            t.insert(
+                "count".into(),
+                FieldValue::I64(count.max(0).saturating_add(1)),
+            );
             t
         }
         _ => {
@@ -242,6 +249,80 @@ mod tests {
         assert_eq!(h["x-first-death-queue"], FieldValue::string("work"));
         assert_eq!(h["x-last-death-reason"], FieldValue::string("rejected"));
         assert_eq!(h["x-first-death-exchange"], FieldValue::string(""));
+    }
+
+    fn arb_value() -> impl proptest::strategy::Strategy<Value = FieldValue> {
+        use proptest::prelude::*;
+        let words = || {
+            proptest::sample::select(vec![
+                "q", "other", "rejected", "expired", "maxlen", "count", "",
+            ])
+        };
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(FieldValue::I64),
+            any::<u64>().prop_map(FieldValue::Timestamp),
+            any::<bool>().prop_map(FieldValue::Bool),
+            words().prop_map(FieldValue::string),
+            Just(FieldValue::Void),
+        ];
+        leaf.prop_recursive(3, 24, 6, move |inner| {
+            let keys = proptest::sample::select(vec![
+                "count",
+                "reason",
+                "queue",
+                "time",
+                "exchange",
+                "routing-keys",
+            ]);
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(FieldValue::Array),
+                proptest::collection::btree_map(keys.prop_map(str::to_owned), inner, 0..6)
+                    .prop_map(FieldValue::Table),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever a peer put in `x-death` (or `CC`), dead-lettering neither panics nor loses
+        /// track: the entry for this queue and reason is first, once, with a positive count.
+        #[test]
+        fn any_x_death_header_is_handled(x_death in arb_value(), cc in arb_value()) {
+            let mut headers = FieldTable::new();
+            headers.insert("x-death".into(), x_death);
+            headers.insert("CC".into(), cc);
+            let m = Arc::new(Message::new(
+                "ex".into(),
+                "k".into(),
+                switchboard_amqp::BasicProperties {
+                    headers: Some(headers.clone()),
+                    ..Default::default()
+                },
+                None,
+                Bytes::new(),
+                MemoryCharge::default(),
+            ));
+            let _ = is_cycle(&m, "q");
+            let d = die(&m, "q", Reason::Expired, "dlx");
+            let x = deaths(&d);
+            let mine = |t: &FieldTable| {
+                t.get("queue").and_then(FieldValue::as_str) == Some("q")
+                    && t.get("reason").and_then(FieldValue::as_str) == Some("expired")
+            };
+            proptest::prop_assert!(mine(&x[0]));
+            proptest::prop_assert_eq!(x.iter().filter(|t| mine(t)).count(), 1);
+            proptest::prop_assert!(x[0]["count"].as_i64().is_some_and(|c| c >= 1));
+            let _ = is_cycle(&d, "q");
+            // The same values as queue arguments: refused or accepted, never a panic.
+            let args: FieldTable = headers
+                .values()
+                .flat_map(|v| {
+                    super::super::queue::args::QUEUE_ARGUMENTS
+                        .iter()
+                        .map(move |k| ((*k).to_owned(), v.clone()))
+                })
+                .collect();
+            let _ = super::super::queue::args::QueueArgs::parse(&args, Some(&headers));
+        }
     }
 
     #[test]

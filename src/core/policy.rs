@@ -2,23 +2,17 @@
 //! name matches a pattern, as RabbitMQ policies do. The matching policy with the highest priority
 //! applies; an argument given on the queue itself wins over the policy's.
 
-use super::queue::args::QueueArgs;
+use super::queue::args::{QueueArgs, QUEUE_ARGUMENTS};
 use crate::config::PolicyConfig;
 use regex::Regex;
 use switchboard_amqp::{FieldTable, FieldValue};
 
-/// Definition keys a policy may set: the queue arguments without their `x-` prefix.
-pub const POLICY_KEYS: &[&str] = &[
-    "message-ttl",
-    "expires",
-    "dead-letter-exchange",
-    "dead-letter-routing-key",
-    "max-length",
-    "max-length-bytes",
-    "overflow",
-    "max-priority",
-    "single-active-consumer",
-];
+/// Whether `key` is a definition key a policy may set: a queue argument without its `x-`.
+fn is_policy_key(key: &str) -> bool {
+    QUEUE_ARGUMENTS
+        .iter()
+        .any(|a| a.strip_prefix("x-") == Some(key))
+}
 
 /// What a policy applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +30,7 @@ pub enum PolicyError {
         "policy '{policy}': apply_to must be \"queues\", \"exchanges\" or \"all\", not {got:?}"
     )]
     ApplyTo { policy: String, got: String },
-    #[error("policy '{policy}': unknown definition key '{key}' (known: {})", POLICY_KEYS.join(", "))]
+    #[error("policy '{policy}': unknown definition key '{key}' (known: the queue arguments without 'x-')")]
     UnknownKey { policy: String, key: String },
     #[error("policy '{policy}': definition '{key}' must be a string, an integer or a boolean")]
     ValueType { policy: String, key: String },
@@ -75,7 +69,7 @@ impl Policy {
         };
         let mut definition = FieldTable::new();
         for (key, value) in &c.definition {
-            if !POLICY_KEYS.contains(&key.as_str()) {
+            if !is_policy_key(key) {
                 return Err(PolicyError::UnknownKey {
                     policy: c.name.clone(),
                     key: key.clone(),

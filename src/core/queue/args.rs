@@ -6,6 +6,19 @@ use switchboard_amqp::{FieldTable, FieldValue};
 /// The highest `x-max-priority` RabbitMQ accepts.
 pub const MAX_SUPPORTED_PRIORITY: i64 = 255;
 
+/// Every queue argument this module reads (policies set the same ones without `x-`).
+pub const QUEUE_ARGUMENTS: &[&str] = &[
+    "x-max-priority",
+    "x-message-ttl",
+    "x-expires",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-overflow",
+    "x-single-active-consumer",
+];
+
 /// What a queue does when a publish would take it past its length limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overflow {

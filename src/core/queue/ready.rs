@@ -33,6 +33,8 @@ impl Queued {
 pub(super) struct Ready {
     levels: Vec<VecDeque<Queued>>,
     len: usize,
+    /// How many entries have an expiry: none (the usual case) makes expiry checks free.
+    timed: usize,
 }
 
 impl Ready {
@@ -40,6 +42,7 @@ impl Ready {
         Ready {
             levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(),
             len: 0,
+            timed: 0,
         }
     }
 
@@ -56,14 +59,26 @@ impl Ready {
         &mut self.levels[level.min(last)]
     }
 
-    pub fn push_back(&mut self, q: Queued) {
+    /// Counts an entry coming in.
+    fn added(&mut self, q: &Queued) {
         self.len += 1;
+        self.timed += usize::from(q.expires_at.is_some());
+    }
+
+    /// Counts an entry going out.
+    fn removed(&mut self, q: &Queued) {
+        self.len -= 1;
+        self.timed -= usize::from(q.expires_at.is_some());
+    }
+
+    pub fn push_back(&mut self, q: Queued) {
+        self.added(&q);
         self.level_mut(q.level).push_back(q);
     }
 
     /// Puts a requeued message back in its place within its level.
     pub fn insert_in_place(&mut self, q: Queued) {
-        self.len += 1;
+        self.added(&q);
         let id = q.id;
         let level = self.level_mut(q.level);
         // Requeued messages are usually older than every ready one: found at the front.
@@ -74,23 +89,29 @@ impl Ready {
     /// The next message to deliver: the oldest of the highest non-empty level.
     pub fn pop_front(&mut self) -> Option<Queued> {
         let q = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
-        self.len -= 1;
+        self.removed(&q);
         Some(q)
     }
 
     /// Removes a head message (of any level) that has expired by `now`.
     pub fn pop_expired_head(&mut self, now: u64) -> Option<Queued> {
+        if self.timed == 0 {
+            return None;
+        }
         let level = self
             .levels
             .iter_mut()
             .find(|l| l.front().is_some_and(|q| q.expired(now)))?;
         let q = level.pop_front()?;
-        self.len -= 1;
+        self.removed(&q);
         Some(q)
     }
 
     /// The earliest expiry among the level heads: when the next one is due for removal.
     pub fn next_expiry(&self) -> Option<u64> {
+        if self.timed == 0 {
+            return None;
+        }
         self.levels
             .iter()
             .filter_map(|l| l.front().and_then(|q| q.expires_at))
@@ -108,6 +129,7 @@ impl Ready {
     pub fn clear(&mut self) {
         self.levels.iter_mut().for_each(VecDeque::clear);
         self.len = 0;
+        self.timed = 0;
     }
 }
 
