@@ -119,3 +119,38 @@ def test_invalid_arguments_are_refused_with_406(connection, names):
     with raises_channel_error(406) as excinfo:
         ch.queue_declare(queue=names.queue("bad"), arguments={"x-message-ttl": -1})
     assert "value_negative" in excinfo.value.reply_text
+
+
+def test_delayed_message_exchange(connection, names):
+    exchange, queue = names.exchange("delayed"), names.queue("delayed")
+    ch = connection.channel()
+    ch.exchange_declare(exchange=exchange, exchange_type="x-delayed-message",
+                        arguments={"x-delayed-type": "direct"})
+    ch.queue_declare(queue=queue)
+    ch.queue_bind(queue=queue, exchange=exchange, routing_key="k")
+    ch.basic_publish(exchange=exchange, routing_key="k", body=b"later",
+                     properties=pika.BasicProperties(headers={"x-delay": 1000}))
+    ch.basic_publish(exchange=exchange, routing_key="k", body=b"now")
+    assert get_message(ch, queue, auto_ack=True)[2] == b"now"
+    assert message_count(ch, queue) == 0, "the delayed one is still held"
+    _, props, body = get_message(ch, queue, auto_ack=True)
+    assert body == b"later"
+    assert props.headers["x-delay"] == 1000
+
+
+def test_single_active_consumer(connection, names):
+    queue = names.queue("sac")
+    ch = connection.channel()
+    ch.queue_declare(queue=queue, arguments={"x-single-active-consumer": True})
+    got = {"first": [], "second": []}
+    ch.basic_consume(queue=queue, consumer_tag="first", auto_ack=True,
+                     on_message_callback=lambda c, m, p, b: got["first"].append(b))
+    ch.basic_consume(queue=queue, consumer_tag="second", auto_ack=True,
+                     on_message_callback=lambda c, m, p, b: got["second"].append(b))
+    for i in range(3):
+        ch.basic_publish(exchange="", routing_key=queue, body=f"a{i}".encode())
+    wait_for(connection, lambda: len(got["first"]) == 3, "the active consumer's messages")
+    ch.basic_cancel("first")
+    ch.basic_publish(exchange="", routing_key=queue, body=b"b0")
+    wait_for(connection, lambda: got["second"] == [b"b0"], "the hand-over")
+    assert got["first"] == [b"a0", b"a1", b"a2"]
