@@ -124,19 +124,194 @@ pub struct AmqpConfig {
 }
 
 /// The MQTT listener and its limits (the MQTT adapter's settings).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// Vhost for user names without a `vhost:` prefix.
+    #[serde(default = "default_mqtt_vhost")]
+    pub default_vhost: String,
+    /// Exchange MQTT publishes go to and subscriptions bind to.
+    #[serde(default = "default_mqtt_exchange")]
+    pub exchange: String,
+    /// User that connections without a user name act as; unset refuses them.
+    #[serde(default = "default_mqtt_anonymous_user")]
+    pub anonymous_user: Option<String>,
+    /// Anonymous connections only from loopback (like `guest`), unless false.
+    #[serde(default = "default_true")]
+    pub anonymous_loopback_only: bool,
+    /// Largest packet accepted after CONNECT (bytes); larger ones get DISCONNECT 0x95 (v5) or
+    /// a closed connection (v3).
+    #[serde(default = "default_mqtt_max_packet_size")]
+    pub max_packet_size: u32,
+    /// Largest CONNECT accepted before the client has authenticated (bytes).
+    #[serde(default = "default_mqtt_max_connect_size")]
+    pub max_connect_size: u32,
+    /// QoS 1/2 messages sent to a client and not yet acknowledged, at most (v3, and the cap on
+    /// a v5 client's Receive Maximum).
+    #[serde(default = "default_mqtt_max_inflight")]
+    pub max_inflight: u16,
+    /// Receive Maximum the broker announces to v5 clients: inbound QoS 2 messages awaiting
+    /// PUBREL, at most.
+    #[serde(default = "default_mqtt_receive_maximum")]
+    pub receive_maximum: u16,
+    /// Messages a persistent session keeps while its client is offline; beyond it the oldest
+    /// are dropped (and counted).
+    #[serde(default = "default_mqtt_max_offline_messages")]
+    pub max_offline_messages: usize,
+    /// Longest session expiry interval granted (seconds); also the lifetime of a v3
+    /// persistent session after its client disconnects.
+    #[serde(default = "default_mqtt_max_session_expiry")]
+    pub max_session_expiry_interval: u32,
+    /// Longest topic name or filter (bytes).
+    #[serde(default = "default_mqtt_max_topic_length")]
+    pub max_topic_length: usize,
+    /// Most levels in a topic name or filter.
+    #[serde(default = "default_mqtt_max_topic_levels")]
+    pub max_topic_levels: usize,
+    /// Topic aliases a v5 client may set up (Topic Alias Maximum in CONNACK).
+    #[serde(default = "default_mqtt_topic_alias_maximum")]
+    pub topic_alias_maximum: u16,
+    /// Keep alive the broker imposes on v5 clients (Server Keep Alive), 0 = accept the
+    /// client's.
+    #[serde(default)]
+    pub server_keep_alive: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: Vec::new(),
+            default_vhost: default_mqtt_vhost(),
+            exchange: default_mqtt_exchange(),
+            anonymous_user: default_mqtt_anonymous_user(),
+            anonymous_loopback_only: true,
+            max_packet_size: default_mqtt_max_packet_size(),
+            max_connect_size: default_mqtt_max_connect_size(),
+            max_inflight: default_mqtt_max_inflight(),
+            receive_maximum: default_mqtt_receive_maximum(),
+            max_offline_messages: default_mqtt_max_offline_messages(),
+            max_session_expiry_interval: default_mqtt_max_session_expiry(),
+            max_topic_length: default_mqtt_max_topic_length(),
+            max_topic_levels: default_mqtt_max_topic_levels(),
+            topic_alias_maximum: default_mqtt_topic_alias_maximum(),
+            server_keep_alive: 0,
+        }
+    }
+}
+
+fn default_mqtt_vhost() -> String {
+    "/".into()
+}
+fn default_mqtt_exchange() -> String {
+    "amq.topic".into()
+}
+fn default_mqtt_anonymous_user() -> Option<String> {
+    Some("guest".into())
+}
+fn default_true() -> bool {
+    true
+}
+fn default_mqtt_max_packet_size() -> u32 {
+    16 * 1024 * 1024
+}
+fn default_mqtt_max_connect_size() -> u32 {
+    64 * 1024
+}
+fn default_mqtt_max_inflight() -> u16 {
+    32
+}
+fn default_mqtt_receive_maximum() -> u16 {
+    128
+}
+fn default_mqtt_max_offline_messages() -> usize {
+    1000
+}
+fn default_mqtt_max_session_expiry() -> u32 {
+    86_400
+}
+fn default_mqtt_max_topic_length() -> usize {
+    4096
+}
+fn default_mqtt_max_topic_levels() -> usize {
+    128
+}
+fn default_mqtt_topic_alias_maximum() -> u16 {
+    16
 }
 
 /// The STOMP listener and its limits (the STOMP adapter's settings).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StompConfig {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// The vhost for a CONNECT whose `host` names no vhost (most clients send the server's
+    /// hostname there), as ActiveMQ does.
+    #[serde(default = "default_stomp_vhost")]
+    pub default_vhost: String,
+    /// Login used for a CONNECT without `login` (as RabbitMQ's `stomp.default_user`); unset =
+    /// such connections are refused.
+    #[serde(default)]
+    pub default_login: Option<String>,
+    #[serde(default)]
+    pub default_passcode: Option<String>,
+    /// Whether the default login applies only to connections from loopback.
+    #[serde(default = "default_true")]
+    pub default_login_loopback_only: bool,
+    /// Heart-beat interval the server offers in both directions, in milliseconds (0 = none).
+    #[serde(default = "default_stomp_heartbeat_ms")]
+    pub heartbeat_ms: u32,
+    /// Largest frame (command, headers and body), in bytes.
+    #[serde(default = "default_stomp_max_frame_size")]
+    pub max_frame_size: usize,
+    /// Largest body, in bytes.
+    #[serde(default = "default_stomp_max_body_size")]
+    pub max_body_size: usize,
+    /// Most headers in one frame.
+    #[serde(default = "default_stomp_max_headers")]
+    pub max_headers: usize,
+    /// Longest header line, in bytes.
+    #[serde(default = "default_stomp_max_header_line")]
+    pub max_header_line: usize,
+}
+
+impl Default for StompConfig {
+    fn default() -> Self {
+        StompConfig {
+            listen: Vec::new(),
+            default_vhost: default_stomp_vhost(),
+            default_login: None,
+            default_passcode: None,
+            default_login_loopback_only: true,
+            heartbeat_ms: default_stomp_heartbeat_ms(),
+            max_frame_size: default_stomp_max_frame_size(),
+            max_body_size: default_stomp_max_body_size(),
+            max_headers: default_stomp_max_headers(),
+            max_header_line: default_stomp_max_header_line(),
+        }
+    }
+}
+
+fn default_stomp_vhost() -> String {
+    "/".into()
+}
+fn default_stomp_heartbeat_ms() -> u32 {
+    10_000
+}
+// The codec's own defaults, so that the two cannot drift apart.
+fn default_stomp_max_frame_size() -> usize {
+    switchboard_stomp::Limits::default().max_frame_size
+}
+fn default_stomp_max_body_size() -> usize {
+    switchboard_stomp::Limits::default().max_body_size
+}
+fn default_stomp_max_headers() -> usize {
+    switchboard_stomp::Limits::default().max_headers
+}
+fn default_stomp_max_header_line() -> usize {
+    switchboard_stomp::Limits::default().max_header_line
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -285,6 +460,20 @@ impl Config {
                 reason: e.to_string(),
             });
         }
+        let stomp = &self.stomp;
+        for (key, value) in [
+            ("stomp.max_frame_size", stomp.max_frame_size),
+            ("stomp.max_body_size", stomp.max_body_size),
+            ("stomp.max_headers", stomp.max_headers),
+            ("stomp.max_header_line", stomp.max_header_line),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
         if self.vhosts.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "vhosts",
@@ -358,6 +547,32 @@ mod tests {
         assert_eq!(c.server.data_dir, PathBuf::from("data"));
         assert_eq!(c.users[0].name, "guest");
         assert_eq!(c.vhosts[0].name, "/");
+        assert_eq!(c.stomp.default_vhost, "/");
+        assert_eq!(c.stomp.default_login.as_deref(), Some("guest"));
+        assert!(c.stomp.default_login_loopback_only);
+        assert_eq!(c.stomp.heartbeat_ms, 10_000);
+        let limits = switchboard_stomp::Limits::default();
+        assert_eq!(c.stomp.max_frame_size, limits.max_frame_size);
+        assert_eq!(c.stomp.max_body_size, limits.max_body_size);
+        assert_eq!(c.stomp.max_headers, limits.max_headers);
+        assert_eq!(c.stomp.max_header_line, limits.max_header_line);
+    }
+
+    #[test]
+    fn stomp_settings_default_when_absent() {
+        // The [stomp] section with only `listen`.
+        let start = DEFAULT_CONFIG.find("# Vhost for a CONNECT").unwrap();
+        let end = DEFAULT_CONFIG.find("[http]").unwrap();
+        let trimmed = format!("{}{}", &DEFAULT_CONFIG[..start], &DEFAULT_CONFIG[end..]);
+        let c = Config::parse(&trimmed).unwrap();
+        assert_eq!(
+            c.stomp.default_login, None,
+            "no default login unless configured"
+        );
+        assert_eq!(
+            c.stomp.max_body_size,
+            switchboard_stomp::Limits::default().max_body_size
+        );
     }
 
     #[test]
@@ -414,6 +629,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn zero_stomp_limit_rejected() {
+        let text = DEFAULT_CONFIG.replace("max_headers = 256", "max_headers = 0");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("stomp.max_headers"), "{err}");
     }
 
     #[test]

@@ -335,3 +335,222 @@ async fn too_little_free_disk_blocks_publishers() {
     assert!(publisher.status().blocked());
     b.stop().await;
 }
+
+/// The log is durable up to everything appended so far (nothing else writes in these tests).
+fn log_is_synced(b: &TestBroker) -> bool {
+    let log = &b.broker().store.as_ref().expect("a store").log;
+    log.synced() >= log.last_lsn()
+}
+
+#[tokio::test]
+async fn a_confirm_and_a_stomp_receipt_come_only_after_the_fsync_and_survive_a_restart() {
+    use switchboard_stomp::{Command, Frame};
+    let dir = fresh_data_dir();
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    confirm_mode(&ch).await;
+    let q = unique("receipts");
+    declare_durable(&ch, &q, FieldTable::default()).await;
+    for i in 0..3 {
+        publish_confirmed(&ch, "", &q, format!("amqp{i}").as_bytes(), persistent()).await;
+        assert!(
+            log_is_synced(&b),
+            "confirm sent before its record was durable"
+        );
+    }
+    let mut stomp = common::stomp::StompClient::connect(b.stomp, "1.2").await;
+    for i in 0..3 {
+        stomp
+            .request(
+                Frame::new(Command::Send)
+                    .with("destination", format!("/queue/{q}"))
+                    .with("persistent", "true")
+                    .with_body(format!("stomp{i}").into_bytes()),
+            )
+            .await;
+        assert!(
+            log_is_synced(&b),
+            "receipt sent before its record was durable"
+        );
+    }
+    stomp.disconnect().await;
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    assert_eq!(
+        drain(&ch, &q).await,
+        ["amqp0", "amqp1", "amqp2", "stomp0", "stomp1", "stomp2"]
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_stomp_durable_topic_subscription_keeps_its_messages_across_a_restart() {
+    use common::stomp::{text, StompClient};
+    let dir = fresh_data_dir();
+    let dest = format!("/topic/{}", unique("durable-sub"));
+    let durable = [("durable", "true"), ("auto-delete", "false")];
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let mut sub = StompClient::connect(b.stomp, "1.2").await;
+    sub.subscribe_with("sub-1", &dest, "client", &durable).await;
+    sub.disconnect().await;
+    let mut publisher = StompClient::connect(b.stomp, "1.2").await;
+    publisher
+        .send(&dest, b"while away", &[("persistent", "true")])
+        .await;
+    publisher.disconnect().await;
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let mut sub = StompClient::connect(b.stomp, "1.2").await;
+    sub.subscribe_with("sub-1", &dest, "client", &durable).await;
+    let m = sub.message().await;
+    assert_eq!(text(&m), "while away");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn tx_commit_ok_comes_after_the_fsync_of_its_publishes_and_acks() {
+    let dir = fresh_data_dir();
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("tx-durable");
+    declare_durable(&ch, &q, FieldTable::default()).await;
+    bounded(ch.tx_select()).await.expect("tx.select");
+    for body in ["a", "b", "c"] {
+        publish_with(&ch, "", &q, body.as_bytes(), persistent()).await;
+    }
+    bounded(ch.tx_commit()).await.expect("tx.commit");
+    assert!(
+        log_is_synced(&b),
+        "commit-ok before the publishes were durable"
+    );
+    let a = get(&ch, &q, false).await.expect("a");
+    bounded(a.delivery.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    bounded(ch.tx_commit()).await.expect("tx.commit");
+    assert!(log_is_synced(&b), "commit-ok before the ack was durable");
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    assert_eq!(drain(&ch, &q).await, ["b", "c"]);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_mqtt_puback_and_pubrec_come_only_after_the_fsync_and_survive_a_restart() {
+    use common::mqtt::RawMqtt;
+    use switchboard_mqtt::{Packet, Protocol, QoS};
+    let dir = fresh_data_dir();
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("from-mqtt");
+    declare_durable(&ch, &q, FieldTable::default()).await;
+    let topic = unique("sensors");
+    bind(&ch, &q, "amq.topic", &format!("{topic}.#")).await;
+    let mut m = RawMqtt::connect(b.mqtt, Protocol::V311, &unique("dev"), true).await;
+    for (i, qos) in [(1u16, QoS::AtLeastOnce), (2, QoS::ExactlyOnce)] {
+        m.publish(&format!("{topic}/t{i}"), qos, i, format!("m{i}").as_bytes())
+            .await;
+        let ack = m.recv().await.expect("an acknowledgement");
+        assert!(
+            matches!(ack, Packet::PubAck(_) | Packet::PubRec(_)),
+            "{ack:?}"
+        );
+        assert!(
+            log_is_synced(&b),
+            "{ack:?} sent before the record was durable"
+        );
+    }
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    assert_eq!(drain(&ch, &q).await, ["m1", "m2"]);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn mqtt_persistent_sessions_and_retained_messages_survive_a_restart() {
+    use common::mqtt::{connect_packet, publish_packet, RawMqtt};
+    use switchboard_mqtt::{Disconnect, Packet, Protocol, PubResponse, QoS};
+    let dir = fresh_data_dir();
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (dev, publisher) = (unique("dev"), unique("pub"));
+    let topic = unique("t");
+    let mut sub = RawMqtt::connect(b.mqtt, Protocol::V311, &dev, false).await;
+    sub.subscribe(&format!("{topic}/#"), QoS::AtLeastOnce).await;
+    sub.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert!(sub.closed().await.is_none(), "a clean close");
+    // The publisher has a persistent session too: its QoS 2 packet ids must survive.
+    let mut publ = RawMqtt::connect(b.mqtt, Protocol::V311, &publisher, false).await;
+    publ.publish(
+        &format!("{topic}/queued"),
+        QoS::AtLeastOnce,
+        1,
+        b"while away",
+    )
+    .await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+    let retained = switchboard_mqtt::Publish {
+        retain: true,
+        ..publish_packet(&format!("{topic}-r/x"), QoS::AtLeastOnce, 2, b"kept")
+    };
+    publ.send(&Packet::Publish(retained)).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+    // A QoS 2 publish received (PUBREC'd) but not yet released when the broker stops.
+    publ.publish(
+        &format!("{topic}/once"),
+        QoS::ExactlyOnce,
+        3,
+        b"exactly once",
+    )
+    .await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubRec(_))));
+    publ.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert!(publ.closed().await.is_none());
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (mut sub, ack) =
+        RawMqtt::connect_with(b.mqtt, connect_packet(Protocol::V311, &dev, false)).await;
+    assert_eq!(ack.code, 0);
+    assert!(ack.session_present, "the subscriber's session came back");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let p = sub.next_publish().await;
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        if let Some(id) = p.packet_id {
+            sub.send(&Packet::PubAck(PubResponse::new(id))).await;
+        }
+    }
+    got.sort();
+    assert_eq!(got, ["exactly once", "while away"]);
+    // The publisher resends its unreleased QoS 2 message: acknowledged, not routed again.
+    let (mut publ, ack) =
+        RawMqtt::connect_with(b.mqtt, connect_packet(Protocol::V311, &publisher, false)).await;
+    assert!(ack.session_present, "the publisher's session came back");
+    let mut again = publish_packet(
+        &format!("{topic}/once"),
+        QoS::ExactlyOnce,
+        3,
+        b"exactly once",
+    );
+    again.dup = true;
+    publ.send(&Packet::Publish(again)).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubRec(_))));
+    publ.send(&Packet::PubRel(PubResponse::new(3))).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubComp(_))));
+    sub.expect_nothing_pending().await;
+    // A new subscriber gets the retained message.
+    let mut late = RawMqtt::connect(b.mqtt, Protocol::V311, &unique("late"), true).await;
+    late.subscribe(&format!("{topic}-r/#"), QoS::AtLeastOnce)
+        .await;
+    let r = late.next_publish().await;
+    assert_eq!(&r.payload[..], b"kept");
+    assert!(r.retain);
+    b.stop().await;
+}

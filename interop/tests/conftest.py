@@ -39,6 +39,9 @@ listen = ["127.0.0.1:0"]
 
 [stomp]
 listen = ["127.0.0.1:0"]
+default_login = "guest"
+default_passcode = "guest"
+heartbeat_ms = 200
 
 [http]
 listen = ["127.0.0.1:0"]
@@ -214,6 +217,52 @@ def broker():
 @pytest.fixture(scope="session")
 def amqp_port(broker):
     return broker.port
+
+
+@pytest.fixture(scope="session")
+def stomp_addr(broker):
+    """(host, port) of the broker's STOMP listener (INTEROP_STOMP_PORT for an external one)."""
+    ext = os.environ.get("INTEROP_STOMP_PORT")
+    if ext:
+        return ("127.0.0.1", int(ext))
+    addrs = broker.extra.get("stomp") or []
+    if not addrs:
+        pytest.skip("the broker has no STOMP listener")
+    return _parse_addr(addrs[0])
+
+
+@pytest.fixture
+def stomp_connect(stomp_addr):
+    """Factory for connected stomp.py clients (see stomp_helpers.open_stomp); all are
+    disconnected after the test."""
+    from stomp_helpers import open_stomp
+
+    opened = []
+
+    def _connect(**kwargs):
+        conn, rec = open_stomp(stomp_addr, **kwargs)
+        opened.append(conn)
+        return conn, rec
+
+    yield _connect
+    for conn in opened:
+        try:
+            if conn.is_connected():
+                conn.disconnect()
+        except Exception:  # already broken: nothing left to close
+            pass
+
+
+@pytest.fixture(scope="session")
+def mqtt_addr(broker):
+    """(host, port) of the broker's MQTT listener (INTEROP_MQTT_PORT for an external one)."""
+    ext = os.environ.get("INTEROP_MQTT_PORT")
+    if ext:
+        return ("127.0.0.1", int(ext))
+    addrs = broker.extra.get("mqtt") or []
+    if not addrs:
+        pytest.skip("the broker has no MQTT listener")
+    return _parse_addr(addrs[0])
 
 
 @pytest.fixture(autouse=True)

@@ -432,3 +432,17 @@ impl MessageLog {
         }
     }
 }
+
+/// Resolves when the durable LSN watched by `rx` moves; never, without a store (None). For
+/// connection loops that wait for the log before confirming.
+pub async fn synced_changed(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            rx.borrow_and_update();
+        }
+        None => std::future::pending().await,
+    }
+}

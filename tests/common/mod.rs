@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod mqtt;
 pub mod raw;
+pub mod stomp;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -190,7 +190,7 @@ impl<'a> Connection<'a> {
                     }
                 }
                 _ = outbox.writer_done.notified() => return,
-                _ = log_changed(&mut log_synced), if !self.confirm_waiting.is_empty() => {
+                _ = crate::store::log::synced_changed(&mut log_synced), if !self.confirm_waiting.is_empty() => {
                     self.flush_confirms();
                 }
                 _ = ticker.tick(), if hb.is_some() && !closing => {
@@ -396,9 +396,11 @@ impl<'a> Connection<'a> {
             Ok(effects) => {
                 if effects.published {
                     self.published = true;
-                    if !self.confirm_dirty.contains(&channel) {
-                        self.confirm_dirty.push(channel);
-                    }
+                }
+                if (effects.published || effects.reply_held)
+                    && !self.confirm_dirty.contains(&channel)
+                {
+                    self.confirm_dirty.push(channel);
                 }
                 Ok(Next::Continue)
             }
@@ -458,18 +460,5 @@ impl<'a> Connection<'a> {
             ch.cleanup(&self.ctx);
         }
         self.entry.channels.store(0, Ordering::Relaxed);
-    }
-}
-
-/// Resolves when the message log's durable LSN moves (never, for a broker without a store).
-async fn log_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
-    match rx {
-        Some(rx) => {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            rx.borrow_and_update();
-        }
-        None => std::future::pending().await,
     }
 }

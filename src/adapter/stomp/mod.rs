@@ -1,9 +1,13 @@
-//! The STOMP adapter (being built): until it lands, a connection to the STOMP listener is closed at once.
+//! The STOMP 1.0/1.1/1.2 adapter: frames ⇄ core, with RabbitMQ's destination and header
+//! conventions (DESIGN.md).
 
-use crate::core::Broker;
-use std::sync::Arc;
-use tokio::net::TcpStream;
+pub mod connection;
+pub mod destination;
+pub mod error;
+pub mod handshake;
+pub mod headers;
+pub mod session;
+pub mod subscribe;
+pub mod subscription;
 
-pub async fn serve(socket: TcpStream, _broker: Arc<Broker>) {
-    tracing::warn!(peer = ?socket.peer_addr().ok(), "STOMP is not built yet; closing the connection");
-}
+pub use connection::{serve, serve_stream};
