@@ -117,3 +117,32 @@ async fn stomp_send_with_x_delay_is_held_by_a_delayed_exchange_and_expiration_ap
     let queue = b.broker().vhost("/").unwrap().queue(&short).unwrap();
     wait_until("the STOMP message expires", || queue.expired_count() == 1).await;
 }
+
+#[tokio::test]
+async fn mqtt5_user_property_x_delay_is_held_when_mqtt_publishes_to_a_delayed_exchange() {
+    let b = TestBroker::start_with(|c| c.mqtt.exchange = "mqtt.delayed".into()).await;
+    let (_c, ch) = b.channel().await;
+    bounded(ch.exchange_declare(
+        "mqtt.delayed".into(),
+        lapin::ExchangeKind::Custom("x-delayed-message".into()),
+        lapin::options::ExchangeDeclareOptions::default(),
+        args(&[("x-delayed-type", s("topic"))]),
+    ))
+    .await
+    .unwrap();
+    let q = unique("mqtt-delayed-q");
+    declare(&ch, &q).await;
+    bind(&ch, &q, "mqtt.delayed", "jobs.#").await;
+    let mut p = RawMqtt::connect(b.mqtt, Protocol::V5, &unique("delay-pub"), true).await;
+    let mut m = publish_packet("jobs/1", QoS::AtMostOnce, 0, b"later");
+    m.properties.user_properties = vec![("x-delay".into(), "150".into())];
+    let sent = Instant::now();
+    p.send(&Packet::Publish(m)).await;
+    let queue = b.broker().vhost("/").unwrap().queue(&q).unwrap();
+    wait_until("the delayed MQTT message arrives", || {
+        queue.stats().ready == 1
+    })
+    .await;
+    // Millisecond resolution: at most 1 ms of rounding.
+    assert!(sent.elapsed() >= Duration::from_millis(149));
+}
