@@ -5,17 +5,12 @@
 
 mod common;
 
-use common::amqp::{args, bind, declare, declare_with_args};
+use common::amqp::{args, bind, declare, declare_with_args, longstr};
 use common::mqtt::*;
 use common::stomp::{text, StompClient};
 use common::*;
-use lapin::types::{AMQPValue, LongString};
 use std::time::{Duration, Instant};
 use switchboard_mqtt::*;
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(v))
-}
 
 #[tokio::test]
 async fn mqtt5_message_expiry_interval_expires_in_an_amqp_queue() {
@@ -48,8 +43,8 @@ async fn stomp_nack_without_requeue_dead_letters_with_x_death_readable_from_stom
         &ch,
         &work,
         args(&[
-            ("x-dead-letter-exchange", s("")),
-            ("x-dead-letter-routing-key", s(&dead)),
+            ("x-dead-letter-exchange", longstr("")),
+            ("x-dead-letter-routing-key", longstr(&dead)),
         ]),
     )
     .await;
@@ -86,7 +81,7 @@ async fn stomp_send_with_x_delay_is_held_by_a_delayed_exchange_and_expiration_ap
         ex.as_str().into(),
         lapin::ExchangeKind::Custom("x-delayed-message".into()),
         lapin::options::ExchangeDeclareOptions::default(),
-        args(&[("x-delayed-type", s("direct"))]),
+        args(&[("x-delayed-type", longstr("direct"))]),
     ))
     .await
     .unwrap();
@@ -126,7 +121,7 @@ async fn mqtt5_user_property_x_delay_is_held_when_mqtt_publishes_to_a_delayed_ex
         "mqtt.delayed".into(),
         lapin::ExchangeKind::Custom("x-delayed-message".into()),
         lapin::options::ExchangeDeclareOptions::default(),
-        args(&[("x-delayed-type", s("topic"))]),
+        args(&[("x-delayed-type", longstr("topic"))]),
     ))
     .await
     .unwrap();

@@ -6,7 +6,7 @@ mod common;
 use common::amqp::*;
 use common::*;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
 use std::collections::BTreeMap;
 
@@ -40,10 +40,6 @@ fn x_death(d: &lapin::message::Delivery) -> Vec<BTreeMap<String, AMQPValue>> {
     }
 }
 
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(v))
-}
-
 async fn nack(d: &lapin::message::Delivery, multiple: bool) {
     bounded(d.acker.nack(BasicNackOptions {
         multiple,
@@ -65,8 +61,8 @@ async fn rejected_message_carries_x_death_as_rabbitmq_writes_it() {
         &ch,
         &work,
         args(&[
-            ("x-dead-letter-exchange", s(&dlx)),
-            ("x-dead-letter-routing-key", s("failed")),
+            ("x-dead-letter-exchange", longstr(&dlx)),
+            ("x-dead-letter-routing-key", longstr("failed")),
         ]),
     )
     .await;
@@ -97,21 +93,21 @@ async fn rejected_message_carries_x_death_as_rabbitmq_writes_it() {
     assert_eq!(x.len(), 1);
     let e = &x[0];
     assert_eq!(e["count"], AMQPValue::LongLongInt(1));
-    assert_eq!(e["reason"], s("rejected"));
-    assert_eq!(e["queue"], s(&work));
-    assert_eq!(e["exchange"], s("amq.direct"));
-    assert_eq!(e["original-expiration"], s("60000"));
+    assert_eq!(e["reason"], longstr("rejected"));
+    assert_eq!(e["queue"], longstr(&work));
+    assert_eq!(e["exchange"], longstr("amq.direct"));
+    assert_eq!(e["original-expiration"], longstr("60000"));
     let AMQPValue::FieldArray(keys) = &e["routing-keys"] else {
         panic!("routing-keys is not an array: {:?}", e["routing-keys"]);
     };
-    assert_eq!(keys.as_slice(), &[s("orders")]);
+    assert_eq!(keys.as_slice(), &[longstr("orders")]);
     assert!(matches!(e["time"], AMQPValue::Timestamp(t) if t > 1_600_000_000));
     let h = headers(&d);
-    assert_eq!(h["x-first-death-reason"], s("rejected"));
-    assert_eq!(h["x-first-death-queue"], s(&work));
-    assert_eq!(h["x-first-death-exchange"], s("amq.direct"));
-    assert_eq!(h["x-last-death-reason"], s("rejected"));
-    assert_eq!(h["x-last-death-queue"], s(&work));
+    assert_eq!(h["x-first-death-reason"], longstr("rejected"));
+    assert_eq!(h["x-first-death-queue"], longstr(&work));
+    assert_eq!(h["x-first-death-exchange"], longstr("amq.direct"));
+    assert_eq!(h["x-last-death-reason"], longstr("rejected"));
+    assert_eq!(h["x-last-death-queue"], longstr(&work));
 }
 
 #[tokio::test]
@@ -122,7 +118,7 @@ async fn nack_multiple_expiry_and_drop_head_all_dead_letter_with_their_reason() 
     declare_exchange(&ch, &dlx, ExchangeKind::Fanout).await;
     declare(&ch, &dead).await;
     bind(&ch, &dead, &dlx, "").await;
-    let dl = ("x-dead-letter-exchange", s(&dlx));
+    let dl = ("x-dead-letter-exchange", longstr(&dlx));
     let nacked = unique("nacked");
     declare_with_args(&ch, &nacked, args(std::slice::from_ref(&dl))).await;
     let expiring = unique("expiring");
@@ -159,10 +155,10 @@ async fn nack_multiple_expiry_and_drop_head_all_dead_letter_with_their_reason() 
     assert_eq!(
         reasons,
         vec![
-            ("n1".to_owned(), s("rejected")),
-            ("n2".to_owned(), s("rejected")),
-            ("e1".to_owned(), s("expired")),
-            ("s1".to_owned(), s("maxlen")),
+            ("n1".to_owned(), longstr("rejected")),
+            ("n2".to_owned(), longstr("rejected")),
+            ("e1".to_owned(), longstr("expired")),
+            ("s1".to_owned(), longstr("maxlen")),
         ]
     );
     assert_eq!(drain(&ch, &short).await, vec!["s2"]);
@@ -180,8 +176,8 @@ async fn retry_with_back_off_through_a_ttl_queue() {
         &retry,
         args(&[
             ("x-message-ttl", AMQPValue::LongInt(50)),
-            ("x-dead-letter-exchange", s("")),
-            ("x-dead-letter-routing-key", s(&work)),
+            ("x-dead-letter-exchange", longstr("")),
+            ("x-dead-letter-routing-key", longstr(&work)),
         ]),
     )
     .await;
@@ -189,7 +185,7 @@ async fn retry_with_back_off_through_a_ttl_queue() {
     declare_with_args(
         &ch,
         &work,
-        args(&[("x-dead-letter-exchange", s(&retry_ex))]),
+        args(&[("x-dead-letter-exchange", longstr(&retry_ex))]),
     )
     .await;
     publish(&ch, "", &work, b"job").await;
@@ -200,13 +196,13 @@ async fn retry_with_back_off_through_a_ttl_queue() {
         if attempt > 1 {
             let x = x_death(&d);
             assert_eq!(x.len(), 2, "one entry per queue and reason");
-            assert_eq!(x[0]["queue"], s(&retry));
-            assert_eq!(x[0]["reason"], s("expired"));
+            assert_eq!(x[0]["queue"], longstr(&retry));
+            assert_eq!(x[0]["reason"], longstr("expired"));
             assert_eq!(x[0]["count"], AMQPValue::LongLongInt(attempt - 1));
-            assert_eq!(x[1]["queue"], s(&work));
-            assert_eq!(x[1]["reason"], s("rejected"));
+            assert_eq!(x[1]["queue"], longstr(&work));
+            assert_eq!(x[1]["reason"], longstr("rejected"));
             assert_eq!(x[1]["count"], AMQPValue::LongLongInt(attempt - 1));
-            assert_eq!(headers(&d)["x-first-death-queue"], s(&work));
+            assert_eq!(headers(&d)["x-first-death-queue"], longstr(&work));
         }
         if attempt < 3 {
             nack(&d, false).await;
@@ -227,7 +223,7 @@ async fn expiry_into_the_same_queue_is_a_cycle_and_dropped() {
         &q,
         args(&[
             ("x-message-ttl", AMQPValue::LongInt(10)),
-            ("x-dead-letter-exchange", s("")),
+            ("x-dead-letter-exchange", longstr("")),
         ]),
     )
     .await;
@@ -254,8 +250,8 @@ async fn dead_lettered_persistent_message_moves_for_good_across_a_restart() {
         work.as_str().into(),
         durable,
         args(&[
-            ("x-dead-letter-exchange", s("")),
-            ("x-dead-letter-routing-key", s(&dead)),
+            ("x-dead-letter-exchange", longstr("")),
+            ("x-dead-letter-routing-key", longstr(&dead)),
         ]),
     ))
     .await
@@ -285,6 +281,6 @@ async fn dead_lettered_persistent_message_moves_for_good_across_a_restart() {
         .await
         .expect("the dead letter survived");
     let x = x_death(&got.delivery);
-    assert_eq!(x[0]["queue"], s(&work));
-    assert_eq!(x[0]["reason"], s("rejected"));
+    assert_eq!(x[0]["queue"], longstr(&work));
+    assert_eq!(x[0]["reason"], longstr("rejected"));
 }

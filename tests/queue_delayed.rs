@@ -6,16 +6,9 @@ mod common;
 use common::amqp::*;
 use common::*;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use std::time::{Duration, Instant};
-
-fn delayed_args(kind: &str) -> FieldTable {
-    args(&[(
-        "x-delayed-type",
-        AMQPValue::LongString(LongString::from(kind)),
-    )])
-}
 
 async fn declare_delayed(ch: &lapin::Channel, name: &str, durable: bool) {
     bounded(ch.exchange_declare(
@@ -25,7 +18,7 @@ async fn declare_delayed(ch: &lapin::Channel, name: &str, durable: bool) {
             durable,
             ..Default::default()
         },
-        delayed_args("direct"),
+        args(&[("x-delayed-type", longstr("direct"))]),
     ))
     .await
     .expect("x-delayed-message exchange");

@@ -6,12 +6,8 @@ mod common;
 use common::amqp::*;
 use common::*;
 use lapin::options::*;
-use lapin::types::{AMQPValue, LongString};
+use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Confirmation, ExchangeKind};
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(v))
-}
 
 #[tokio::test]
 async fn drop_head_keeps_the_newest_by_count_and_by_bytes() {
@@ -51,7 +47,7 @@ async fn reject_publish_nacks_exactly_the_refused_publishes_in_order() {
         &q,
         args(&[
             ("x-max-length", AMQPValue::LongInt(2)),
-            ("x-overflow", s("reject-publish")),
+            ("x-overflow", longstr("reject-publish")),
         ]),
     )
     .await;
@@ -106,8 +102,8 @@ async fn reject_publish_without_confirms_drops_silently_and_dlx_variant_dead_let
         &plain,
         args(&[
             ("x-max-length", AMQPValue::LongInt(1)),
-            ("x-overflow", s("reject-publish")),
-            ("x-dead-letter-exchange", s(&dlx)),
+            ("x-overflow", longstr("reject-publish")),
+            ("x-dead-letter-exchange", longstr(&dlx)),
         ]),
     )
     .await;
@@ -117,8 +113,8 @@ async fn reject_publish_without_confirms_drops_silently_and_dlx_variant_dead_let
         &with_dlx,
         args(&[
             ("x-max-length", AMQPValue::LongInt(1)),
-            ("x-overflow", s("reject-publish-dlx")),
-            ("x-dead-letter-exchange", s(&dlx)),
+            ("x-overflow", longstr("reject-publish-dlx")),
+            ("x-dead-letter-exchange", longstr(&dlx)),
         ]),
     )
     .await;
@@ -142,7 +138,7 @@ async fn bad_overflow_value_is_refused() {
     let r = bounded(ch.queue_declare(
         q.as_str().into(),
         QueueDeclareOptions::default(),
-        args(&[("x-overflow", s("drop-tail"))]),
+        args(&[("x-overflow", longstr("drop-tail"))]),
     ))
     .await;
     assert_amqp_err(r, 406, "invalid arg 'x-overflow'");

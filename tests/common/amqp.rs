@@ -271,3 +271,8 @@ pub async fn declare_with_args(ch: &Channel, name: &str, arguments: FieldTable) 
         .await
         .expect("queue.declare")
 }
+
+/// A long-string field value (queue arguments, headers).
+pub fn longstr(v: &str) -> lapin::types::AMQPValue {
+    lapin::types::AMQPValue::LongString(lapin::types::LongString::from(v))
+}
