@@ -9,6 +9,7 @@ use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use std::time::{Duration, Instant};
+use switchboard::ctl::{run_listing, LISTINGS};
 
 async fn declare_delayed(ch: &lapin::Channel, name: &str, durable: bool) {
     bounded(ch.exchange_declare(
@@ -68,6 +69,30 @@ async fn delayed_messages_arrive_in_due_order_and_not_before_their_delay() {
     assert!(got[2].1 >= Duration::from_millis(99), "{got:?}");
     assert!(got[3].1 >= Duration::from_millis(199), "{got:?}");
     assert_eq!(ready_count(&ch, &q).await, 0);
+}
+
+#[tokio::test]
+async fn a_delayed_exchange_is_listed_with_its_declared_type() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let ex = unique("delayed-listed");
+    declare_delayed(&ch, &ex, false).await;
+    let listing = LISTINGS
+        .iter()
+        .find(|l| l.command == "list_exchanges")
+        .expect("listing");
+    let url = b.http_url();
+    let lines = bounded(tokio::task::spawn_blocking(move || {
+        let columns = vec!["name".to_owned(), "type".to_owned()];
+        run_listing(listing, &url, "guest", "guest", "/", &columns)
+    }))
+    .await
+    .expect("listing task")
+    .expect("listing");
+    assert!(
+        lines.contains(&format!("{ex}\tx-delayed-message")),
+        "{lines:#?}"
+    );
 }
 
 #[tokio::test]
