@@ -9,6 +9,7 @@
 
 use super::memory::MemoryCharge;
 use super::message::Message;
+use super::queue::read_back;
 use super::timer::{Timed, Timer};
 use super::vhost::VHost;
 use crate::store::log::RecordPos;
@@ -50,10 +51,12 @@ pub struct HoldStore {
     pub id: u64,
 }
 
+/// A held message: in memory when transient; only its log position when persisted, so a
+/// million pending persistent messages cost little memory (read back when due).
 #[derive(Debug)]
-struct Held {
-    message: Arc<Message>,
-    stored: Option<RecordPos>,
+enum Held {
+    InMemory(Arc<Message>),
+    Stored(RecordPos),
 }
 
 #[derive(Debug, Default)]
@@ -151,20 +154,14 @@ impl DelayedHold {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        let (stored, lsn) = match self.store.get() {
+        let (entry, lsn) = match self.store.get() {
             Some(store) if held.is_persistent() => {
                 let a = store.log.append_enqueue(store.id, seq, &held);
-                (Some(a.at), a.lsn)
+                (Held::Stored(a.at), a.lsn)
             }
-            _ => (None, 0),
+            _ => (Held::InMemory(held), 0),
         };
-        st.held.insert(
-            seq,
-            Held {
-                message: held,
-                stored,
-            },
-        );
+        st.held.insert(seq, entry);
         st.due.push(Reverse((due, seq)));
         self.rearm(&mut st);
         lsn
@@ -186,21 +183,7 @@ impl DelayedHold {
                 .and_then(FieldValue::as_i64)
                 .and_then(|d| u64::try_from(d).ok())
                 .unwrap_or(now);
-            let message = Arc::new(Message::new(
-                m.exchange,
-                m.routing_key,
-                properties,
-                None,
-                bytes::Bytes::copy_from_slice(&m.body),
-                Default::default(),
-            ));
-            st.held.insert(
-                seq,
-                Held {
-                    message,
-                    stored: Some(m.at),
-                },
-            );
+            st.held.insert(seq, Held::Stored(m.at));
             st.due.push(Reverse((due, seq)));
         }
         st.next_seq = st.next_seq.max(recovered.max_seq + 1);
@@ -242,16 +225,38 @@ impl DelayedHold {
         }
         if let Some(vhost) = self.env.get().and_then(|e| e.vhost.upgrade()) {
             for (_, h) in &due {
-                vhost.route_delayed(&self.exchange, &h.message);
+                if let Some(message) = self.message_of(h) {
+                    vhost.route_delayed(&self.exchange, &message);
+                }
             }
         }
         if let Some(store) = self.store.get() {
             let settled: Vec<(u64, RecordPos)> = due
                 .iter()
-                .filter_map(|(seq, h)| h.stored.map(|p| (*seq, p)))
+                .filter_map(|(seq, h)| match h {
+                    Held::Stored(pos) => Some((*seq, *pos)),
+                    Held::InMemory(_) => None,
+                })
                 .collect();
             if !settled.is_empty() {
                 store.log.append_settle(store.id, &settled);
+            }
+        }
+    }
+
+    /// A held message, read back from the log if it is stored there. None (logged) if the
+    /// record cannot be read.
+    fn message_of(&self, held: &Held) -> Option<Arc<Message>> {
+        let pos = match held {
+            Held::InMemory(m) => return Some(m.clone()),
+            Held::Stored(pos) => *pos,
+        };
+        let log = &self.store.get()?.log;
+        match read_back(log, pos, |_| MemoryCharge::default()) {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                tracing::error!(exchange = %self.exchange, segment = pos.segment, offset = pos.offset, "cannot read a delayed message back; dropping it: {e}");
+                None
             }
         }
     }
@@ -269,10 +274,16 @@ impl DelayedHold {
         let mut st = self.lock();
         let mut moved = Vec::new();
         for (seq, h) in st.held.iter_mut() {
-            let Some(old) = h.stored.filter(|p| p.segment == segment) else {
+            let Held::Stored(old) = *h else {
                 continue;
             };
-            h.stored = Some(store.log.append_enqueue(store.id, *seq, &h.message).at);
+            if old.segment != segment {
+                continue;
+            }
+            let Some(message) = self.message_of(h) else {
+                continue;
+            };
+            *h = Held::Stored(store.log.append_enqueue(store.id, *seq, &message).at);
             moved.push(old);
         }
         let n = moved.len();
@@ -286,7 +297,10 @@ impl DelayedHold {
         st.deleted = true;
         if let Some(store) = self.store.get() {
             // The hold leaves the definitions, so recovery ignores its records.
-            store.log.forget(st.held.values().filter_map(|h| h.stored));
+            store.log.forget(st.held.values().filter_map(|h| match h {
+                Held::Stored(pos) => Some(*pos),
+                Held::InMemory(_) => None,
+            }));
         }
         st.held.clear();
         st.due.clear();

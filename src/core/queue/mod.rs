@@ -13,6 +13,8 @@ mod lifecycle;
 mod ready;
 mod storage;
 
+pub use storage::read_back;
+
 use super::clock::{Clock, SystemClock};
 use super::dead_letter::{DeadLetter, Reason};
 use super::memory::MemoryMonitor;

@@ -3,9 +3,46 @@
 
 use super::ready::Queued;
 use super::{footprint, Queue, RecoveredEntry};
+use crate::core::memory::MemoryCharge;
 use crate::core::message::Message;
 use crate::store::log::RecordPos;
+use crate::store::record::{self, Record, Scan};
+use crate::store::MessageLog;
 use std::sync::Arc;
+use switchboard_amqp::BasicProperties;
+
+/// Reads a message back from its enqueue record at `pos`, charging its memory with `charge`.
+pub fn read_back(
+    log: &MessageLog,
+    pos: RecordPos,
+    charge: impl FnOnce(usize) -> MemoryCharge,
+) -> Result<Message, String> {
+    let data = log.read(pos).map_err(|e| e.to_string())?;
+    match record::scan(&data, 0) {
+        Scan::Record(
+            Record::Enqueue {
+                exchange,
+                routing_key,
+                properties,
+                body,
+                ..
+            },
+            _,
+        ) => {
+            let props = BasicProperties::decode(&properties).map_err(|e| e.to_string())?;
+            let charge = charge(Message::charge_size(body.len()));
+            Ok(Message::new(
+                exchange,
+                routing_key,
+                props,
+                Some(properties),
+                body,
+                charge,
+            ))
+        }
+        other => Err(format!("not an enqueue record: {other:?}")),
+    }
+}
 
 impl Queue {
     /// The message of a ready entry, read back from the log if it was paged out. None if the
@@ -16,35 +53,7 @@ impl Queue {
             return Some(m.clone());
         }
         let (store, pos) = (self.store.as_ref()?, q.stored?);
-        let read = store
-            .log
-            .read(pos)
-            .map_err(|e| e.to_string())
-            .and_then(|data| match crate::store::record::scan(&data, 0) {
-                crate::store::record::Scan::Record(
-                    crate::store::record::Record::Enqueue {
-                        exchange,
-                        routing_key,
-                        properties,
-                        body,
-                        ..
-                    },
-                    _,
-                ) => {
-                    let props = switchboard_amqp::BasicProperties::decode(&properties)
-                        .map_err(|e| e.to_string())?;
-                    let charge = store.memory.charge(Message::charge_size(body.len()));
-                    Ok(Arc::new(Message::new(
-                        exchange,
-                        routing_key,
-                        props,
-                        Some(properties),
-                        body,
-                        charge,
-                    )))
-                }
-                other => Err(format!("not an enqueue record: {other:?}")),
-            });
+        let read = read_back(&store.log, pos, |size| store.memory.charge(size)).map(Arc::new);
         match read {
             Ok(m) => Some(m),
             Err(e) => {
