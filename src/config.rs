@@ -51,6 +51,9 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub vhosts: Vec<VHostConfig>,
+    /// Queue arguments applied by name pattern, as RabbitMQ policies (see `core::policy`).
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,6 +336,33 @@ pub struct VHostConfig {
     pub name: String,
 }
 
+/// One `[[policies]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub name: String,
+    /// A regular expression matched against queue names (unanchored, as in RabbitMQ).
+    pub pattern: String,
+    /// "queues", "exchanges" or "all".
+    #[serde(default = "default_apply_to")]
+    pub apply_to: String,
+    /// Among matching policies the highest priority applies.
+    #[serde(default)]
+    pub priority: i32,
+    /// The vhost it applies in; every vhost when unset.
+    #[serde(default)]
+    pub vhost: Option<String>,
+    /// Queue arguments without their `x-` prefix: `message-ttl`, `expires`,
+    /// `dead-letter-exchange`, `dead-letter-routing-key`, `max-length`, `max-length-bytes`,
+    /// `overflow`, `max-priority`, `single-active-consumer`.
+    #[serde(default)]
+    pub definition: toml::Table,
+}
+
+fn default_apply_to() -> String {
+    "all".into()
+}
+
 fn default_watermark() -> f64 {
     0.4
 }
@@ -422,6 +452,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "server.memory_high_watermark",
                 reason: "must be a fraction between 0 and 1".into(),
+            });
+        }
+        if let Err(e) = crate::core::policy::Policies::from_config(&self.policies) {
+            return Err(ConfigError::Invalid {
+                key: "policies",
+                reason: e.to_string(),
             });
         }
         let stomp = &self.stomp;

@@ -150,7 +150,7 @@ async fn exchanges(State(b): State<Arc<Broker>>) -> Json<Value> {
             out.push(json!({
                 "name": e.name,
                 "vhost": vh.name,
-                "type": e.kind.as_str(),
+                "type": e.type_name(),
                 "durable": e.durable,
                 "auto_delete": e.auto_delete,
                 "internal": e.internal,

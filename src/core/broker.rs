@@ -2,8 +2,11 @@
 //! by every protocol adapter and the admin API.
 
 use super::auth::Users;
+use super::clock::SystemClock;
 use super::memory::MemoryMonitor;
+use super::policy::Policies;
 use super::queue::ConnectionId;
+use super::timer::Timer;
 use super::vhost::VHost;
 use crate::config::Config;
 use crate::store::{Store, StoreError};
@@ -39,6 +42,8 @@ pub struct Broker {
     pub memory: Arc<MemoryMonitor>,
     /// Durable storage; None for a memory-only broker (unit tests, benchmarks).
     pub store: Option<Arc<Store>>,
+    /// Wakes queues for message TTL and `x-expires`; served by [`Timer::run`].
+    pub timer: Arc<Timer>,
     vhosts: DashMap<String, Arc<VHost>>,
     connections: DashMap<ConnectionId, Arc<ConnectionEntry>>,
     next_id: AtomicU64,
@@ -49,9 +54,11 @@ impl Broker {
     /// A broker that keeps everything in memory: nothing is read from or written to disk.
     pub fn new(config: Config) -> Arc<Self> {
         let memory = MemoryMonitor::new(config.memory_high_watermark_bytes());
+        let policies = Self::policies(&config);
         let vhosts = DashMap::new();
         for v in &config.vhosts {
-            vhosts.insert(v.name.clone(), Arc::new(VHost::new(&v.name)));
+            let vh = VHost::with_policies(&v.name, policies.clone());
+            vhosts.insert(v.name.clone(), Arc::new(vh));
         }
         Self::assemble(config, memory, None, vhosts)
     }
@@ -67,11 +74,13 @@ impl Broker {
             &config.store,
             memory.clone(),
         )?;
+        let policies = Self::policies(&config);
         let vhosts = DashMap::new();
         for defs in &recovered.definitions {
             let vh = VHost::with_store(
                 &defs.vhost,
                 store.clone(),
+                policies.clone(),
                 defs,
                 &mut recovered.log,
                 &memory,
@@ -81,6 +90,15 @@ impl Broker {
         Ok(Self::assemble(config, memory, Some(store), vhosts))
     }
 
+    /// The configured policies (validated when the configuration was loaded).
+    fn policies(config: &Config) -> Arc<Policies> {
+        let policies = Policies::from_config(&config.policies).unwrap_or_else(|e| {
+            tracing::error!("ignoring the policies: {e}");
+            Policies::default()
+        });
+        Arc::new(policies)
+    }
+
     fn assemble(
         config: Config,
         memory: Arc<MemoryMonitor>,
@@ -88,7 +106,12 @@ impl Broker {
         vhosts: DashMap<String, Arc<VHost>>,
     ) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
+        let timer = Timer::new(Arc::new(SystemClock));
+        for vh in vhosts.iter() {
+            vh.attach(timer.clone(), Some(memory.clone()));
+        }
         Arc::new(Broker {
+            timer,
             users: Users::from_config(&config),
             memory,
             store,

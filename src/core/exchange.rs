@@ -1,5 +1,6 @@
 //! Exchanges and their bindings: direct, fanout, topic and headers.
 
+use super::delayed::{DelayedHold, DELAYED_TYPE};
 use super::headers::{HeadersSpec, InvalidXMatch};
 use super::message::Message;
 use super::queue::Queue;
@@ -115,6 +116,9 @@ pub struct Exchange {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+    /// For an `x-delayed-message` exchange (which routes as `kind`, its `x-delayed-type`): the
+    /// messages held until their `x-delay` is over.
+    pub delayed: Option<Arc<DelayedHold>>,
     bindings: RwLock<BindingSet>,
 }
 
@@ -140,10 +144,26 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
+            delayed: None,
             bindings: RwLock::new(BindingSet {
                 all: Vec::new(),
                 index,
             }),
+        }
+    }
+
+    /// Makes this an `x-delayed-message` exchange holding delayed messages in `hold`.
+    pub fn with_delay(mut self, hold: Arc<DelayedHold>) -> Self {
+        self.delayed = Some(hold);
+        self
+    }
+
+    /// The type as declared: `x-delayed-message` for a delayed exchange, else its kind.
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed.is_some() {
+            DELAYED_TYPE
+        } else {
+            self.kind.as_str()
         }
     }
 

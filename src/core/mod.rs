@@ -3,12 +3,17 @@
 
 pub mod auth;
 pub mod broker;
+pub mod clock;
+pub mod dead_letter;
+pub mod delayed;
 pub mod error;
 pub mod exchange;
 pub mod headers;
 pub mod memory;
 pub mod message;
+pub mod policy;
 pub mod queue;
+pub mod timer;
 pub mod topic;
 pub mod vhost;
 

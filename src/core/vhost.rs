@@ -1,15 +1,21 @@
 //! A virtual host: its exchanges, queues and the bindings between them, and routing.
 
+use super::dead_letter::{self, DeadLetter};
+use super::delayed::{self, DelayedHold, HoldStore};
 use super::error::{CoreError, CoreResult, ErrorKind};
 use super::exchange::{Destination, Exchange, ExchangeKind};
+use super::memory::{MemoryCharge, MemoryMonitor};
 use super::message::Message;
-use super::queue::{ConnectionId, Queue, QueueStore, RecoveredEntry};
+use super::policy::Policies;
+use super::queue::args::QueueArgs;
+use super::queue::{ConnectionId, Queue, QueueEnv, QueueStore, RecoveredEntry};
+use super::timer::Timer;
 use crate::store::definitions::{table_text, BindingDef, ExchangeDef, QueueDef};
 use crate::store::{Store, VHostDefinitions};
 use dashmap::DashMap;
 use rand::Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use switchboard_amqp::{FieldTable, FieldValue};
 
 /// Arguments that must match when a queue is redeclared (as RabbitMQ checks them).
@@ -67,6 +73,18 @@ pub struct VHost {
     persisting: AtomicBool,
     /// Serialises definition writes so the last file written reflects the latest state.
     persist_lock: Mutex<()>,
+    /// The timer and memory monitor queues use, once the vhost is attached to its broker.
+    env: OnceLock<VHostEnv>,
+    /// Configured policies: arguments for queues matching a pattern.
+    policies: Arc<Policies>,
+}
+
+/// What [`VHost::attach`] connects a vhost to.
+#[derive(Debug, Clone)]
+struct VHostEnv {
+    me: Weak<VHost>,
+    timer: Arc<Timer>,
+    memory: Option<Arc<MemoryMonitor>>,
 }
 
 impl VHost {
@@ -79,6 +97,8 @@ impl VHost {
             store: None,
             persisting: AtomicBool::new(false),
             persist_lock: Mutex::new(()),
+            env: OnceLock::new(),
+            policies: Arc::new(Policies::default()),
         };
         for (ename, kind) in [
             ("", ExchangeKind::Direct),
@@ -103,20 +123,96 @@ impl VHost {
         vh
     }
 
+    /// A memory-only vhost whose queues follow `policies`.
+    pub fn with_policies(name: &str, policies: Arc<Policies>) -> Self {
+        VHost {
+            policies,
+            ..VHost::new(name)
+        }
+    }
+
     /// A vhost whose durable definitions and persistent messages go to `store`, rebuilt from
-    /// what the store recovered.
+    /// what the store recovered; its queues follow `policies`.
     pub fn with_store(
         name: &str,
         store: Arc<Store>,
+        policies: Arc<Policies>,
         defs: &VHostDefinitions,
         recovered: &mut crate::store::RecoveredLog,
         memory: &Arc<super::memory::MemoryMonitor>,
     ) -> Self {
-        let mut vh = VHost::new(name);
+        let mut vh = VHost::with_policies(name, policies);
         vh.store = Some(store);
         vh.restore(defs, recovered, memory);
         vh.persisting.store(true, Ordering::Release);
         vh
+    }
+
+    /// Connects the vhost and its queues to the broker's timer (TTL, `x-expires`) and memory
+    /// monitor, and lets queues route their dead letters through it. Queues made later are
+    /// connected as they are made.
+    pub fn attach(self: &Arc<Self>, timer: Arc<Timer>, memory: Option<Arc<MemoryMonitor>>) {
+        let env = VHostEnv {
+            me: Arc::downgrade(self),
+            timer,
+            memory,
+        };
+        if self.env.set(env).is_ok() {
+            for q in self.queues() {
+                self.attach_queue(&q);
+            }
+            for ex in self.exchanges() {
+                if let Some(hold) = &ex.delayed {
+                    self.attach_hold(hold);
+                }
+            }
+        }
+    }
+
+    fn attach_queue(&self, q: &Arc<Queue>) {
+        if let Some(env) = self.env.get() {
+            q.attach(QueueEnv {
+                vhost: env.me.clone(),
+                timer: env.timer.clone(),
+                memory: env.memory.clone(),
+            });
+        }
+    }
+
+    /// Republishes messages that left `from` to its dead-letter exchange, with their `x-death`
+    /// history. Called with no queue lock held. A missing dead-letter exchange drops them, and
+    /// a queue the message would go round to again with no rejection on the way is skipped, as
+    /// in RabbitMQ.
+    pub fn dead_letter(&self, from: &Queue, dead: Vec<DeadLetter>) {
+        let args = from.args();
+        let Some(dlx) = args.dead_letter_exchange.as_deref() else {
+            return;
+        };
+        let Some(exchange) = self.exchange(dlx) else {
+            tracing::debug!(vhost = %self.name, queue = %from.name, exchange = dlx, "dead-letter exchange does not exist; dropping {} message(s)", dead.len());
+            return;
+        };
+        let env = self.env.get();
+        let now = env.map_or_else(
+            || super::clock::Clock::now_ms(&super::clock::SystemClock),
+            |e| e.timer.now_ms(),
+        );
+        let target = dead_letter::Target {
+            queue: &from.name,
+            exchange: dlx,
+            routing_key: args.dead_letter_routing_key.as_deref(),
+        };
+        for d in dead {
+            let charge = self.charge(d.message.body.len());
+            let message = Arc::new(dead_letter::dead_lettered(&d, target, now, charge));
+            for q in self.route(&exchange, &message) {
+                if dead_letter::is_cycle(&message, &q.name) {
+                    tracing::warn!(vhost = %self.name, queue = %q.name, "dead-letter cycle detected; dropping the message for this queue");
+                    continue;
+                }
+                q.publish(message.clone());
+            }
+        }
     }
 
     fn restore(
@@ -145,6 +241,10 @@ impl VHost {
             }
         }
         for qd in &defs.queues {
+            if let Some(exchange) = qd.name.strip_prefix(delayed::HOLD_PREFIX) {
+                self.restore_hold(exchange, qd.id, recovered);
+                continue;
+            }
             let queue = Arc::new(self.new_queue(
                 QueueSpec {
                     name: qd.name.clone(),
@@ -167,9 +267,12 @@ impl VHost {
                     .into_iter()
                     .filter_map(|(seq, m)| {
                         let body_len = m.body.len() as u64;
+                        let properties =
+                            switchboard_amqp::BasicProperties::decode(&m.properties).ok()?;
+                        // Paged-out messages still need their place: priority level and TTL.
+                        let priority = properties.priority;
+                        let expiration = properties.expiration.clone();
                         let message = if in_memory <= budget {
-                            let properties =
-                                switchboard_amqp::BasicProperties::decode(&m.properties).ok()?;
                             in_memory += Message::charge_size(m.body.len()) as u64;
                             let charge = memory.charge(Message::charge_size(m.body.len()));
                             // Copies, so that a few kept messages do not pin whole segment
@@ -190,12 +293,21 @@ impl VHost {
                             at: m.at,
                             body_len,
                             message,
+                            priority,
+                            expiration,
                         })
                     })
                     .collect();
                 queue.recover(entries, rq.max_seq);
             }
             self.queues.insert(qd.name.clone(), queue);
+        }
+        for ex in self.exchanges() {
+            if let (true, Some(hold)) = (ex.durable, &ex.delayed) {
+                if hold.store_id().is_none() {
+                    self.give_hold_store(hold, None);
+                }
+            }
         }
         for b in &defs.bindings {
             let args = table(&b.arguments, &b.source);
@@ -208,6 +320,48 @@ impl VHost {
                 tracing::warn!(vhost = %self.name, source = %b.source, destination = %b.destination, "cannot restore binding: {err}");
             }
         }
+    }
+
+    /// Gives a durable delayed exchange its recovered store id and held messages.
+    fn restore_hold(&self, exchange: &str, id: u64, recovered: &mut crate::store::RecoveredLog) {
+        let Some(hold) = self.exchange(exchange).and_then(|e| e.delayed.clone()) else {
+            tracing::warn!(vhost = %self.name, exchange, "delayed messages of a missing delayed exchange are dropped");
+            return;
+        };
+        self.give_hold_store(&hold, Some(id));
+        if let Some(rq) = recovered.queues.remove(&id) {
+            hold.recover(rq);
+        }
+    }
+
+    /// Makes a durable delayed exchange's hold persist its persistent messages, under `id` (a
+    /// fresh random id when None).
+    fn give_hold_store(&self, hold: &DelayedHold, id: Option<u64>) {
+        if let Some(store) = &self.store {
+            hold.set_store(HoldStore {
+                log: store.log.clone(),
+                id: id.unwrap_or_else(|| rand::rng().random()),
+            });
+        }
+    }
+
+    fn attach_hold(&self, hold: &Arc<DelayedHold>) {
+        if let Some(env) = self.env.get() {
+            hold.attach(env.me.clone(), env.timer.clone());
+        }
+    }
+
+    /// Rewrites the live records of log segment `segment` held by this vhost's queues and
+    /// delayed exchanges at the end of the log (compaction). Returns how many moved.
+    pub fn relocate(&self, segment: u64) -> usize {
+        let queues: usize = self.queues().iter().map(|q| q.relocate(segment)).sum();
+        let holds: usize = self
+            .exchanges()
+            .iter()
+            .filter_map(|e| e.delayed.as_ref())
+            .map(|h| h.relocate(segment))
+            .sum();
+        queues + holds
     }
 
     /// The durable definitions as they stand.
@@ -224,7 +378,7 @@ impl VHost {
             if !ex.name.starts_with("amq.") {
                 defs.exchanges.push(ExchangeDef {
                     name: ex.name.clone(),
-                    kind: ex.kind.as_str().to_owned(),
+                    kind: ex.type_name().to_owned(),
                     auto_delete: ex.auto_delete,
                     internal: ex.internal,
                     arguments: table_text(&ex.arguments),
@@ -244,6 +398,19 @@ impl VHost {
                         arguments: table_text(&b.arguments),
                     });
                 }
+            }
+        }
+        // A durable delayed exchange's held messages are kept under a store id of their own,
+        // listed as a (never declared) queue so that recovery keeps its records.
+        for ex in self.exchanges() {
+            let hold_id = ex.delayed.as_ref().and_then(|h| h.store_id());
+            if let (true, Some(id)) = (ex.durable, hold_id) {
+                defs.queues.push(QueueDef {
+                    name: format!("{}{}", delayed::HOLD_PREFIX, ex.name),
+                    id,
+                    auto_delete: false,
+                    arguments: String::new(),
+                });
             }
         }
         for q in self.queues() {
@@ -279,6 +446,9 @@ impl VHost {
     /// when None).
     fn new_queue(&self, spec: QueueSpec, conn: ConnectionId, id: Option<u64>) -> Queue {
         let exclusive = spec.exclusive;
+        let policy = self.policies.for_queue(&self.name, &spec.name);
+        let args =
+            QueueArgs::parse(&spec.arguments, policy.map(|p| &p.definition)).unwrap_or_default();
         let queue = Queue::new(
             spec.name,
             self.name.clone(),
@@ -286,7 +456,8 @@ impl VHost {
             spec.auto_delete,
             exclusive.then_some(conn),
             spec.arguments,
-        );
+        )
+        .with_args(args);
         match &self.store {
             Some(store) if spec.durable && !exclusive => queue.with_store(QueueStore {
                 log: store.log.clone(),
@@ -364,12 +535,26 @@ impl VHost {
         if passive {
             return self.exchange_or_404(&spec.name);
         }
-        let kind = ExchangeKind::parse(&spec.kind).ok_or_else(|| {
-            CoreError::new(
-                ErrorKind::CommandInvalid,
-                format!("unknown exchange type '{}'", spec.kind),
-            )
-        })?;
+        let delayed = spec.kind == delayed::DELAYED_TYPE;
+        let kind = if delayed {
+            // As the delayed-message plugin: the routing type is an argument.
+            spec.arguments
+                .get(delayed::DELAYED_TYPE_ARG)
+                .and_then(FieldValue::as_str)
+                .and_then(ExchangeKind::parse)
+                .ok_or_else(|| {
+                    CoreError::precondition(
+                        "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+                    )
+                })?
+        } else {
+            ExchangeKind::parse(&spec.kind).ok_or_else(|| {
+                CoreError::new(
+                    ErrorKind::CommandInvalid,
+                    format!("unknown exchange type '{}'", spec.kind),
+                )
+            })?
+        };
         if let Some(existing) = self.exchange(&spec.name) {
             let mismatch = |field: &str, got: &str, have: &str| {
                 CoreError::precondition(format!(
@@ -378,8 +563,20 @@ impl VHost {
                     spec.name, self.name
                 ))
             };
+            let type_name = if delayed {
+                delayed::DELAYED_TYPE
+            } else {
+                kind.as_str()
+            };
+            if existing.type_name() != type_name {
+                return Err(mismatch("type", type_name, existing.type_name()));
+            }
             if existing.kind != kind {
-                return Err(mismatch("type", kind.as_str(), existing.kind.as_str()));
+                return Err(mismatch(
+                    delayed::DELAYED_TYPE_ARG,
+                    kind.as_str(),
+                    existing.kind.as_str(),
+                ));
             }
             for (field, got, have) in [
                 ("durable", spec.durable, existing.durable),
@@ -398,14 +595,24 @@ impl VHost {
                 spec.name
             )));
         }
-        let ex = Arc::new(Exchange::new(
+        let mut ex = Exchange::new(
             spec.name.clone(),
             kind,
             spec.durable,
             spec.auto_delete,
             spec.internal,
             spec.arguments,
-        ));
+        );
+        if delayed {
+            let hold = DelayedHold::new(spec.name.clone());
+            // While definitions are restored, the store id comes from them instead.
+            if spec.durable && self.persisting.load(Ordering::Acquire) {
+                self.give_hold_store(&hold, None);
+            }
+            self.attach_hold(&hold);
+            ex = ex.with_delay(hold);
+        }
+        let ex = Arc::new(ex);
         // Two declarations may race: the first one in wins, the other gets it back.
         let winner = self
             .exchanges
@@ -440,6 +647,9 @@ impl VHost {
             )));
         }
         self.exchanges.remove(name);
+        if let Some(hold) = &ex.delayed {
+            hold.delete();
+        }
         let durable = ex.durable;
         self.remove_bindings_to(&Destination::Exchange(ex));
         self.persist_if(durable);
@@ -463,6 +673,9 @@ impl VHost {
                 .remove_if(&ex.name, |_, e| Arc::ptr_eq(e, ex))
                 .is_some();
             if removed {
+                if let Some(hold) = &ex.delayed {
+                    hold.delete();
+                }
                 self.remove_bindings_to(&Destination::Exchange(ex.clone()));
                 self.persist_if(ex.durable);
             }
@@ -494,11 +707,18 @@ impl VHost {
         }
         if let Some(existing) = self.queue(&spec.name) {
             self.check_queue_equivalent(&existing, &spec, conn)?;
+            existing.touch();
             return Ok(QueueDeclared {
                 queue: existing,
                 created: false,
             });
         }
+        QueueArgs::parse(&spec.arguments, None).map_err(|e| {
+            CoreError::precondition(format!(
+                "invalid arg '{}' for queue '{}' in vhost '{}': {}",
+                e.key, spec.name, self.name, e.detail
+            ))
+        })?;
         let queue = Arc::new(self.new_queue(spec.clone(), conn, None));
         let entry = self
             .queues
@@ -507,6 +727,7 @@ impl VHost {
         let winner = entry.clone();
         drop(entry);
         if Arc::ptr_eq(&winner, &queue) {
+            self.attach_queue(&queue);
             self.persist_if(queue.store_id().is_some());
             Ok(QueueDeclared {
                 queue,
@@ -573,6 +794,7 @@ impl VHost {
             FieldTable::new(),
         ));
         self.queues.insert(name, queue.clone());
+        self.attach_queue(&queue);
         queue
     }
 
@@ -726,7 +948,50 @@ impl VHost {
 
     /// The queues `msg` reaches from `exchange`, each once, following exchange-to-exchange
     /// bindings (each exchange visited once, so binding cycles terminate).
+    ///
+    /// A message with an `x-delay` published to an `x-delayed-message` exchange is held instead
+    /// (it reaches no queue now; see [`VHost::hold_if_delayed`]).
     pub fn route(&self, exchange: &Arc<Exchange>, msg: &Message) -> Vec<Arc<Queue>> {
+        if self.hold_if_delayed(exchange, msg).is_some() {
+            return Vec::new();
+        }
+        self.route_now(exchange, msg)
+    }
+
+    /// Holds `msg` if `exchange` is a delayed exchange and the message asks for a delay;
+    /// returns the log sequence number a publisher confirm must wait for (0: nothing was
+    /// written). None: route it now.
+    pub fn hold_if_delayed(&self, exchange: &Exchange, msg: &Message) -> Option<u64> {
+        let hold = exchange.delayed.as_ref()?;
+        let delay = delayed::delay_of(msg)?;
+        Some(hold.hold(msg, delay, self.charge(msg.body.len())))
+    }
+
+    /// Routes a held message that is due through exchange `name` (gone: dropped).
+    pub fn route_delayed(&self, name: &str, held: &Message) {
+        let Some(exchange) = self.exchange(name) else {
+            return;
+        };
+        let msg = Arc::new(delayed::without_due_header(
+            held,
+            self.charge(held.body.len()),
+        ));
+        for q in self.route_now(&exchange, &msg) {
+            q.publish(msg.clone());
+        }
+    }
+
+    /// A memory charge for a message copy the vhost makes (dead letters, delayed messages).
+    fn charge(&self, body_len: usize) -> MemoryCharge {
+        self.env
+            .get()
+            .and_then(|e| e.memory.as_ref())
+            .map(|m| m.charge(Message::charge_size(body_len)))
+            .unwrap_or_default()
+    }
+
+    /// The queues `msg` reaches from `exchange` now, delayed exchange or not.
+    fn route_now(&self, exchange: &Arc<Exchange>, msg: &Message) -> Vec<Arc<Queue>> {
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         if exchange.name.is_empty() {
             if let Some(q) = self.queue(&msg.routing_key) {

@@ -85,6 +85,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     let mut listeners = vec![
         tokio::spawn(crate::store::compaction::run(broker.clone())),
         tokio::spawn(crate::store::disk::run(broker.clone())),
+        tokio::spawn(broker.timer.clone().run(broker.shutdown_signal())),
         tokio::spawn(mqtt::persist::run(broker.clone())),
     ];
     for (protocol, ls) in [

@@ -30,9 +30,7 @@ pub async fn run(broker: Arc<Broker>) {
         while let Some(head) = store.log.compaction_candidate(MIN_SEGMENTS) {
             let mut moved = 0;
             for vh in broker.vhosts() {
-                for q in vh.queues() {
-                    moved += q.relocate(head);
-                }
+                moved += vh.relocate(head);
             }
             tracing::debug!(
                 segment = head,

@@ -255,3 +255,24 @@ pub async fn provoke(conn: &Connection, code: u16, action: impl Future<Output = 
     action.await;
     wait_error_event(&mut events, code).await
 }
+
+/// A queue-argument table from `(name, value)` pairs.
+pub fn args(entries: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+/// Declares a plain queue with arguments.
+pub async fn declare_with_args(ch: &Channel, name: &str, arguments: FieldTable) -> lapin::Queue {
+    bounded(ch.queue_declare(name.into(), QueueDeclareOptions::default(), arguments))
+        .await
+        .expect("queue.declare")
+}
+
+/// A long-string field value (queue arguments, headers).
+pub fn longstr(v: &str) -> lapin::types::AMQPValue {
+    lapin::types::AMQPValue::LongString(lapin::types::LongString::from(v))
+}

@@ -5,6 +5,7 @@
 use super::delivery::{AmqpConsumer, ChannelDeliveries, Unacked};
 use super::error::*;
 use crate::adapter::outbox::Outbox;
+use crate::core::queue::args::parse_expiration;
 use crate::core::queue::{ConnectionId, ConsumeError};
 use crate::core::vhost::{generate_name, ExchangeSpec, QueueSpec};
 use crate::core::{Broker, Consumer, Exchange, Message, Queue, VHost};
@@ -141,15 +142,42 @@ pub struct Effects {
 ///
 /// Publishes handled in one read batch form a batch, acknowledged with one `multiple` ack. A
 /// batch that wrote persistent messages to the log waits until the log is durable up to its
-/// last record (its LSN); batches are acknowledged in order.
+/// last record (its LSN); batches are acknowledged in order. A publish a queue refused
+/// (`x-overflow` `reject-publish`) closes the batch before it and is nacked on its own, in
+/// sequence order with the acks.
 #[derive(Debug, Default)]
 struct Confirms {
     /// The last sequence number used.
     seq: u64,
     /// The batch being gathered: its highest sequence number and the LSN it needs.
     batch: Option<(u64, u64)>,
-    /// Closed batches awaiting durability, oldest first.
-    waiting: VecDeque<(u64, u64)>,
+    /// Closed batches awaiting durability, and nacks, oldest first.
+    waiting: VecDeque<Confirm>,
+}
+
+/// One answer a confirm-mode publisher is owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Confirm {
+    /// Ack everything up to `seq` once the log is durable up to `lsn`.
+    Ack { seq: u64, lsn: u64 },
+    /// Nack exactly `seq`.
+    Nack { seq: u64 },
+}
+
+impl Confirms {
+    /// Accounts for one publish: acked with its batch, or nacked on its own when refused.
+    fn published(&mut self, lsn: u64, refused: bool) {
+        self.seq += 1;
+        if refused {
+            if let Some((seq, lsn)) = self.batch.take() {
+                self.waiting.push_back(Confirm::Ack { seq, lsn });
+            }
+            self.waiting.push_back(Confirm::Nack { seq: self.seq });
+        } else {
+            let needed = self.batch.map_or(0, |b| b.1).max(lsn);
+            self.batch = Some((self.seq, needed));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -620,15 +648,19 @@ impl Channel {
             self.prefetch_count,
             ctx.consumer_cancel_notify,
         );
+        let priority = consumer_priority(&m.arguments)?;
         let id = ctx.broker.next_id();
-        q.add_consumer(Consumer {
-            id,
-            tag: tag.clone(),
-            no_ack: m.no_ack,
-            exclusive: m.exclusive,
-            owner: ctx.conn_id,
-            sink: sink.clone(),
-        })
+        q.add_consumer_with_priority(
+            Consumer {
+                id,
+                tag: tag.clone(),
+                no_ack: m.no_ack,
+                exclusive: m.exclusive,
+                owner: ctx.conn_id,
+                sink: sink.clone(),
+            },
+            priority,
+        )
         .map_err(|e| match e {
             ConsumeError::Deleted(_) => AmqpError::channel(
                 NOT_FOUND,
@@ -695,6 +727,14 @@ impl Channel {
                 ));
             }
         }
+        if let Some(expiration) = &properties.expiration {
+            if let Err(reason) = parse_expiration(expiration) {
+                return Err(AmqpError::channel(
+                    PRECONDITION_FAILED,
+                    format!("invalid expiration '{expiration}': {reason}"),
+                ));
+            }
+        }
         let mut raw = Some(raw);
         if properties.reply_to.as_deref() == Some(DIRECT_REPLY_TO) {
             let Some(rq) = &self.reply_queue else {
@@ -723,24 +763,30 @@ impl Channel {
             });
             return Ok(());
         }
-        let lsn = self.route(ctx, &exchange, message, publish.mandatory);
+        let routed = self.route(ctx, &exchange, message, publish.mandatory);
         if let Some(c) = &mut self.confirm {
-            c.seq += 1;
-            let needed = c.batch.map_or(0, |b| b.1).max(lsn);
-            c.batch = Some((c.seq, needed));
+            c.published(routed.lsn, routed.refused);
         }
         Ok(())
     }
 
     /// Routes a message to its queues; returns the log record a confirm must wait for (0 when
-    /// nothing was persisted).
+    /// nothing was persisted) and whether a queue refused it.
     fn route(
         &self,
         ctx: &ConnCtx,
         exchange: &Arc<Exchange>,
         message: Arc<Message>,
         mandatory: bool,
-    ) -> u64 {
+    ) -> Routed {
+        // A delayed message is accepted (and confirmed once stored) now; as with RabbitMQ's
+        // delayed-message plugin, `mandatory` cannot apply to a routing that happens later.
+        if let Some(lsn) = ctx.vhost.hold_if_delayed(exchange, &message) {
+            return Routed {
+                lsn,
+                refused: false,
+            };
+        }
         let queues = ctx.vhost.route(exchange, &message);
         if queues.is_empty() {
             if mandatory {
@@ -762,13 +808,16 @@ impl Channel {
                     )
                 });
             }
-            return 0;
+            return Routed::default();
         }
-        let mut lsn = 0;
+        let mut routed = Routed::default();
         for q in queues {
-            lsn = lsn.max(q.publish_tracked(message.clone()).lsn);
+            let enqueued = q.publish_tracked(message.clone());
+            routed.lsn = routed.lsn.max(enqueued.lsn);
+            // As RabbitMQ: one refusing queue makes the publish nacked.
+            routed.refused |= enqueued.refused;
         }
-        lsn
+        routed
     }
 
     /// Closes the current batch of confirm-mode publishes and acknowledges, with one `multiple`
@@ -786,28 +835,42 @@ impl Channel {
         let Some(c) = &mut self.confirm else {
             return false;
         };
-        if let Some(batch) = c.batch.take() {
-            c.waiting.push_back(batch);
+        if let Some((seq, lsn)) = c.batch.take() {
+            c.waiting.push_back(Confirm::Ack { seq, lsn });
         }
         let mut tag = None;
-        while let Some(&(seq, lsn)) = c.waiting.front() {
-            if lsn > synced {
-                break;
+        let ack = |tag: &mut Option<u64>| {
+            if let Some(delivery_tag) = tag.take() {
+                ctx.send(
+                    self.id,
+                    BasicAck {
+                        delivery_tag,
+                        multiple: true,
+                    },
+                );
             }
-            tag = Some(seq);
+        };
+        while let Some(&next) = c.waiting.front() {
+            match next {
+                Confirm::Ack { lsn, .. } if lsn > synced => break,
+                Confirm::Ack { seq, .. } => tag = Some(seq),
+                Confirm::Nack { seq } => {
+                    // The acks before it go first, so the publisher sees them in order.
+                    ack(&mut tag);
+                    ctx.send(
+                        self.id,
+                        BasicNack {
+                            delivery_tag: seq,
+                            multiple: false,
+                            requeue: false,
+                        },
+                    );
+                }
+            }
             c.waiting.pop_front();
         }
-        let waiting = !c.waiting.is_empty();
-        if let Some(delivery_tag) = tag {
-            ctx.send(
-                self.id,
-                BasicAck {
-                    delivery_tag,
-                    multiple: true,
-                },
-            );
-        }
-        waiting
+        ack(&mut tag);
+        !c.waiting.is_empty()
     }
 
     fn settle_or_buffer(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
@@ -877,6 +940,23 @@ impl Channel {
     }
 }
 
+/// The `x-priority` consume argument (0 when absent); RabbitMQ wants an integer.
+fn consumer_priority(arguments: &FieldTable) -> AmqpResult<i32> {
+    let Some(v) = arguments.get("x-priority") else {
+        return Ok(0);
+    };
+    match v.as_i64() {
+        Some(p) => Ok(i32::try_from(p).unwrap_or(if p < 0 { i32::MIN } else { i32::MAX })),
+        None => Err(AmqpError::channel(
+            PRECONDITION_FAILED,
+            format!(
+                "invalid arg 'x-priority': {{unacceptable_type,{}}}",
+                crate::core::queue::args::type_name(v)
+            ),
+        )),
+    }
+}
+
 /// Settles deliveries grouped by queue, one queue call per group.
 fn apply_settle(taken: Vec<Unacked>, how: Settle) {
     let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
@@ -888,10 +968,20 @@ fn apply_settle(taken: Vec<Unacked>, how: Settle) {
     }
     for (q, ids) in groups {
         match how {
-            Settle::Ack | Settle::Discard => q.settle(&ids),
+            Settle::Ack => q.settle(&ids),
+            Settle::Discard => q.reject(&ids),
             Settle::Requeue => q.requeue(&ids),
         }
     }
+}
+
+/// What routing one publish did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Routed {
+    /// The log record a confirm must wait for (0: nothing persisted).
+    lsn: u64,
+    /// A queue refused the message for its length limit.
+    refused: bool,
 }
 
 fn clamp_u32(n: u64) -> u32 {

@@ -429,7 +429,9 @@ fn apply_settle(taken: Vec<Unacked>, how: Settle) {
     }
     for (q, ids) in groups {
         match how {
-            Settle::Ack | Settle::Discard => q.settle(&ids),
+            Settle::Ack => q.settle(&ids),
+            // A NACK without requeue is a rejection: dead-lettered when the queue has a DLX.
+            Settle::Discard => q.reject(&ids),
             Settle::Requeue => q.requeue(&ids),
         }
     }

@@ -1,16 +1,32 @@
-//! A queue: ready messages in order, deliveries awaiting acknowledgement, and consumers served
-//! round-robin within their prefetch credit.
+//! A queue: ready messages by priority, deliveries awaiting acknowledgement, and consumers served
+//! by priority and round-robin within their prefetch credit; TTL, queue expiry, length limits and
+//! dead-lettering (RabbitMQ's queue arguments, see [`args`]).
 //!
 //! Every operation takes the queue's one short lock. Deliveries are handed to a consumer's
 //! [`ConsumerSink`] under that lock, so the order in which a consumer sees messages is the queue's
-//! order, and a consumer removed under the lock gets nothing afterwards.
+//! order, and a consumer removed under the lock gets nothing afterwards. Dead letters are only
+//! collected under the lock and republished after it is released: a queue may dead-letter into
+//! itself.
 
+pub mod args;
+mod lifecycle;
+mod ready;
+mod storage;
+
+pub use storage::read_back;
+
+use super::clock::{Clock, SystemClock};
+use super::dead_letter::{DeadLetter, Reason};
 use super::memory::MemoryMonitor;
 use super::message::Message;
+use super::timer::Timer;
+use super::vhost::VHost;
 use crate::store::log::RecordPos;
 use crate::store::MessageLog;
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use args::{Overflow, QueueArgs};
+use ready::{Queued, Ready};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use switchboard_amqp::FieldTable;
 
 /// Identifies a client connection across the broker (exclusive ownership, listings).
@@ -61,6 +77,13 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
+/// A registered consumer with its priority (`x-priority` on consume; 0 by default).
+#[derive(Debug, Clone)]
+struct Registered {
+    consumer: Consumer,
+    priority: i32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConsumeError {
     #[error("queue '{0}' has an exclusive consumer")]
@@ -79,17 +102,6 @@ pub struct QueueStats {
     pub ready_bytes: u64,
 }
 
-#[derive(Debug)]
-struct Queued {
-    id: u64,
-    /// None while paged out: only the record's position stays in memory.
-    message: Option<Arc<Message>>,
-    body_len: u64,
-    redelivered: bool,
-    /// Where the message's enqueue record is, when it is persisted.
-    stored: Option<RecordPos>,
-}
-
 /// A durable queue's place in the message log.
 #[derive(Debug, Clone)]
 pub struct QueueStore {
@@ -103,6 +115,24 @@ pub struct QueueStore {
     pub memory: Arc<MemoryMonitor>,
 }
 
+/// What a queue needs from the broker around it: the timer that wakes it for expiries, and the
+/// vhost its dead letters are routed through. Queues without one (unit tests) read the system
+/// clock and drop their dead letters.
+#[derive(Debug, Clone)]
+pub struct QueueEnv {
+    pub vhost: Weak<VHost>,
+    pub timer: Arc<Timer>,
+    /// Charged for dead-lettered copies of messages.
+    pub memory: Option<Arc<MemoryMonitor>>,
+}
+
+/// The environment with the queue's own handle for arming the timer.
+#[derive(Debug)]
+struct Attached {
+    env: QueueEnv,
+    me: Weak<Queue>,
+}
+
 /// A message recovered from the log for [`Queue::recover`].
 #[derive(Debug)]
 pub struct RecoveredEntry {
@@ -111,33 +141,51 @@ pub struct RecoveredEntry {
     pub body_len: u64,
     /// None: leave it paged out.
     pub message: Option<Arc<Message>>,
+    /// The message's `priority` and `expiration` properties, which place it in the queue.
+    pub priority: Option<u8>,
+    pub expiration: Option<String>,
 }
 
 /// What [`Queue::publish_tracked`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Enqueued {
-    /// False when the queue was deleted meanwhile.
+    /// False when the queue was deleted meanwhile or refused the message.
     pub accepted: bool,
     /// The log sequence number to wait for before confirming, 0 when nothing was written.
     pub lsn: u64,
+    /// The queue refused the message because it is full (`x-overflow` `reject-publish` or
+    /// `reject-publish-dlx`): an AMQP publisher in confirm mode gets a nack, an MQTT 5 PUBACK
+    /// a failure reason, a STOMP receipt an ERROR.
+    pub refused: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct QueueState {
-    /// Ready messages, ordered by id (requeued messages go back to their place).
-    ready: VecDeque<Queued>,
+    ready: Ready,
     ready_bytes: u64,
     /// Memory held by ready messages in memory (body plus per-message overhead, as charged to
     /// the memory monitor); paged-out messages do not count.
     memory_bytes: u64,
     unacked: HashMap<u64, Queued>,
-    consumers: Vec<Consumer>,
+    /// In registration order (single active consumer takes the first).
+    consumers: Vec<Registered>,
     /// Round-robin cursor into `consumers`.
     next_consumer: usize,
     next_id: u64,
     /// Set once the queue had a consumer: auto-delete applies only after that.
     had_consumer: bool,
     deleted: bool,
+    /// Messages that left the queue for its dead-letter exchange, to be republished once the
+    /// lock is released.
+    dead: Vec<DeadLetter>,
+    /// The earliest deadline the timer was asked to wake the queue at.
+    armed: Option<u64>,
+    /// When the queue was last used (consumer, get, redeclare), for `x-expires`.
+    last_used: u64,
+    /// Messages removed because their TTL ran out.
+    expired: u64,
+    /// `x-expires` ran out: the queue is to be deleted once the lock is released.
+    expire_queue: bool,
 }
 
 /// What [`Queue::remove_consumer`] leaves behind.
@@ -161,9 +209,13 @@ pub struct Queue {
     pub auto_delete: bool,
     /// The connection that owns an exclusive queue.
     pub exclusive_owner: Option<ConnectionId>,
+    /// The arguments as declared (what redeclarations are compared with and definitions keep).
     pub arguments: FieldTable,
+    /// The effective arguments: declared ones over a matching policy.
+    args: QueueArgs,
     /// Where persistent messages are written; None for transient queues (and tests).
     store: Option<QueueStore>,
+    env: OnceLock<Attached>,
     state: Mutex<QueueState>,
 }
 
@@ -176,6 +228,9 @@ impl Queue {
         exclusive_owner: Option<ConnectionId>,
         arguments: FieldTable,
     ) -> Self {
+        // Validated by the vhost before a client's queue is made; a bad value that slipped in
+        // (an old definitions file) is ignored rather than refusing to start.
+        let args = QueueArgs::parse(&arguments, None).unwrap_or_default();
         Queue {
             name,
             vhost,
@@ -184,8 +239,34 @@ impl Queue {
             exclusive_owner,
             arguments,
             store: None,
-            state: Mutex::new(QueueState::default()),
+            env: OnceLock::new(),
+            state: Mutex::new(QueueState {
+                ready: Ready::new(args.levels()),
+                ready_bytes: 0,
+                memory_bytes: 0,
+                unacked: HashMap::new(),
+                consumers: Vec::new(),
+                next_consumer: 0,
+                next_id: 0,
+                had_consumer: false,
+                deleted: false,
+                dead: Vec::new(),
+                armed: None,
+                last_used: SystemClock.now_ms(),
+                expired: 0,
+                expire_queue: false,
+            }),
+            args,
         }
+    }
+
+    /// Replaces the effective arguments (declared ones merged with a policy). Only before the
+    /// queue holds messages: the priority levels are set up here.
+    pub fn with_args(mut self, args: QueueArgs) -> Self {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        st.ready = Ready::new(args.levels());
+        self.args = args;
+        self
     }
 
     /// Makes the queue write its persistent messages to the log.
@@ -194,118 +275,42 @@ impl Queue {
         self
     }
 
+    /// Connects the queue to its timer and vhost (once; later calls are ignored), and arms the
+    /// timer for whatever is already due (recovered messages, `x-expires`).
+    pub fn attach(self: &Arc<Self>, env: QueueEnv) {
+        let now = env.timer.now_ms();
+        let attached = Attached {
+            env,
+            me: Arc::downgrade(self),
+        };
+        if self.env.set(attached).is_ok() {
+            let mut st = self.lock();
+            st.last_used = now;
+            self.rearm(&mut st);
+        }
+    }
+
+    /// The effective arguments.
+    pub fn args(&self) -> &QueueArgs {
+        &self.args
+    }
+
     /// The queue's id in the message log, when it has one.
     pub fn store_id(&self) -> Option<u64> {
         self.store.as_ref().map(|s| s.id)
     }
 
-    /// The message of a ready entry, read back from the log if it was paged out. None if the
-    /// record cannot be read (then the entry is settled and dropped: it could not be recovered
-    /// either).
-    fn load(&self, q: &Queued) -> Option<Arc<Message>> {
-        if let Some(m) = &q.message {
-            return Some(m.clone());
+    fn now(&self) -> u64 {
+        match self.env.get() {
+            Some(a) => a.env.timer.now_ms(),
+            None => SystemClock.now_ms(),
         }
-        let (store, pos) = (self.store.as_ref()?, q.stored?);
-        let read = store
-            .log
-            .read(pos)
-            .map_err(|e| e.to_string())
-            .and_then(|data| match crate::store::record::scan(&data, 0) {
-                crate::store::record::Scan::Record(
-                    crate::store::record::Record::Enqueue {
-                        exchange,
-                        routing_key,
-                        properties,
-                        body,
-                        ..
-                    },
-                    _,
-                ) => {
-                    let props = switchboard_amqp::BasicProperties::decode(&properties)
-                        .map_err(|e| e.to_string())?;
-                    let charge = store.memory.charge(Message::charge_size(body.len()));
-                    Ok(Arc::new(Message::new(
-                        exchange,
-                        routing_key,
-                        props,
-                        Some(properties),
-                        body,
-                        charge,
-                    )))
-                }
-                other => Err(format!("not an enqueue record: {other:?}")),
-            });
-        match read {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::error!(queue = %self.name, segment = pos.segment, offset = pos.offset, "cannot read a paged-out message back; dropping it: {e}");
-                self.log_settled(&[(q.id, pos)]);
-                None
-            }
-        }
-    }
-
-    /// Records in the log that these persisted entries left the queue for good.
-    fn log_settled(&self, settled: &[(u64, RecordPos)]) {
-        if let (Some(store), false) = (&self.store, settled.is_empty()) {
-            store.log.append_settle(store.id, settled);
-        }
-    }
-
-    /// Loads messages recovered from the log (in sequence order), marked redelivered: they may
-    /// have been delivered before the restart.
-    pub fn recover(self: &Arc<Self>, entries: Vec<RecoveredEntry>, max_seq: u64) {
-        let mut st = self.lock();
-        for e in entries {
-            st.ready_bytes += e.body_len;
-            if e.message.is_some() {
-                st.memory_bytes += footprint(e.body_len);
-            }
-            st.ready.push_back(Queued {
-                id: e.seq,
-                message: e.message,
-                body_len: e.body_len,
-                redelivered: true,
-                stored: Some(e.at),
-            });
-        }
-        st.next_id = st.next_id.max(max_seq + 1);
-    }
-
-    /// Rewrites the enqueue records this queue still holds in log segment `segment` at the end
-    /// of the log, so the segment (and the settled ones behind it) can be deleted. Returns how
-    /// many were moved.
-    pub fn relocate(&self, segment: u64) -> usize {
-        let Some(store) = &self.store else {
-            return 0;
-        };
-        let mut st = self.lock();
-        let st = &mut *st;
-        let mut moved = Vec::new();
-        for q in st.ready.iter_mut().chain(st.unacked.values_mut()) {
-            let Some(old) = q.stored.filter(|p| p.segment == segment) else {
-                continue;
-            };
-            let Some(message) = self.load(q) else {
-                continue;
-            };
-            let a = store.log.append_enqueue(store.id, q.id, &message);
-            q.stored = Some(a.at);
-            moved.push(old);
-        }
-        let n = moved.len();
-        store.log.forget(moved);
-        n
     }
 
     /// Takes the head ready entry with its message loaded, dropping unreadable ones.
     fn pop_ready(&self, st: &mut QueueState) -> Option<(Queued, Arc<Message>)> {
         while let Some(mut q) = st.ready.pop_front() {
-            st.ready_bytes -= q.body_len;
-            if q.message.is_some() {
-                st.memory_bytes -= footprint(q.body_len);
-            }
+            Self::unaccount(st, &q);
             if let Some(m) = self.load(&q) {
                 q.message = Some(m.clone());
                 return Some((q, m));
@@ -320,22 +325,42 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Enqueues a message and delivers what consumers can take. False if the queue is deleted.
+    /// Enqueues a message and delivers what consumers can take. False if the queue is deleted
+    /// or refused the message.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
         self.publish_tracked(message).accepted
     }
 
-    /// [`Queue::publish`], also saying which log record a confirm must wait for. A persistent
-    /// message is appended to the log under the queue's lock, so its enqueue record always
-    /// precedes any settle record for it.
+    /// [`Queue::publish`], also saying which log record a confirm must wait for and whether the
+    /// queue refused the message for its length limit. A persistent message is appended to the
+    /// log under the queue's lock, so its enqueue record always precedes any settle record for
+    /// it.
     pub fn publish_tracked(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
+        let now = self.now();
         let mut st = self.lock();
         if st.deleted {
             return Enqueued::default();
         }
+        let body_len = message.body.len() as u64;
+        self.expire_heads(&mut st, now);
+        if self.args.overflow != Overflow::DropHead && self.would_overflow(&st, body_len) {
+            if self.args.overflow == Overflow::RejectPublishDlx
+                && self.args.dead_letter_exchange.is_some()
+            {
+                st.dead.push(DeadLetter {
+                    message,
+                    reason: Reason::Maxlen,
+                });
+            }
+            self.finish(st);
+            return Enqueued {
+                accepted: false,
+                lsn: 0,
+                refused: true,
+            };
+        }
         let id = st.next_id;
         st.next_id += 1;
-        let body_len = message.body.len() as u64;
         let (stored, lsn, page_out) = match &self.store {
             Some(store) if message.is_persistent() => {
                 let a = store.log.append_enqueue(store.id, id, &message);
@@ -350,17 +375,27 @@ impl Queue {
         if !page_out {
             st.memory_bytes += footprint(body_len);
         }
+        let level = self.args.level_of(message.properties.priority);
+        let expires_at = self.expiry_of(message.properties.expiration.as_deref(), now);
         st.ready.push_back(Queued {
             id,
             message: (!page_out).then_some(message),
             body_len,
             redelivered: false,
             stored,
+            level,
+            expires_at,
         });
-        self.dispatch_locked(&mut st);
+        // A TTL of 0 means deliver now or never: the message is still alive in the instant it
+        // is published, and what no consumer took then has expired.
+        self.dispatch_at(&mut st, now.saturating_sub(1));
+        self.expire_heads(&mut st, now);
+        self.drop_over_limit(&mut st);
+        self.finish(st);
         Enqueued {
             accepted: true,
             lsn,
+            refused: false,
         }
     }
 
@@ -369,19 +404,24 @@ impl Queue {
     pub fn dispatch(self: &Arc<Self>) {
         let mut st = self.lock();
         self.dispatch_locked(&mut st);
+        self.finish(st);
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
-        while !st.ready.is_empty() && !st.consumers.is_empty() {
-            let n = st.consumers.len();
-            let start = st.next_consumer % n;
-            let Some(idx) = (0..n).map(|i| (start + i) % n).find(|&i| {
-                let c = &st.consumers[i];
-                c.sink.try_reserve(!c.no_ack)
-            }) else {
+        self.dispatch_at(st, self.now());
+    }
+
+    /// Delivers what consumers can take, expiring first what expired by `now`.
+    fn dispatch_at(self: &Arc<Self>, st: &mut QueueState, now: u64) {
+        loop {
+            // Expired messages are never delivered.
+            self.expire_heads(st, now);
+            if st.ready.is_empty() || st.consumers.is_empty() {
+                return;
+            }
+            let Some(idx) = self.pick_consumer(st) else {
                 return;
             };
-            st.next_consumer = idx + 1;
             let Some((q, message)) = self.pop_ready(st) else {
                 // Only unreadable entries were left; the reserved credit goes unused.
                 return;
@@ -391,7 +431,7 @@ impl Queue {
                 message,
                 redelivered: q.redelivered,
             };
-            let consumer = &st.consumers[idx];
+            let consumer = &st.consumers[idx].consumer;
             let (sink, no_ack) = (consumer.sink.clone(), consumer.no_ack);
             if !no_ack {
                 st.unacked.insert(q.id, q);
@@ -402,35 +442,85 @@ impl Queue {
         }
     }
 
-    /// Registers a consumer and starts delivering to it.
+    /// The consumer to deliver the next message to, with its credit reserved: with a single
+    /// active consumer only the first registered; otherwise the highest priority with credit,
+    /// round-robin among equals.
+    fn pick_consumer(&self, st: &mut QueueState) -> Option<usize> {
+        let n = st.consumers.len();
+        if self.args.single_active_consumer {
+            let c = &st.consumers.first()?.consumer;
+            return c.sink.try_reserve(!c.no_ack).then_some(0);
+        }
+        let start = st.next_consumer % n;
+        let mut priority = st.consumers.iter().map(|r| r.priority).max()?;
+        loop {
+            let found = (0..n).map(|i| (start + i) % n).find(|&i| {
+                let r = &st.consumers[i];
+                r.priority == priority && r.consumer.sink.try_reserve(!r.consumer.no_ack)
+            });
+            if let Some(i) = found {
+                st.next_consumer = i + 1;
+                return Some(i);
+            }
+            // Lower priorities get messages only when every higher one is out of credit.
+            priority = st
+                .consumers
+                .iter()
+                .map(|r| r.priority)
+                .filter(|&p| p < priority)
+                .max()?;
+        }
+    }
+
+    /// Registers a consumer (priority 0) and starts delivering to it.
     pub fn add_consumer(self: &Arc<Self>, consumer: Consumer) -> Result<(), ConsumeError> {
+        self.add_consumer_with_priority(consumer, 0)
+    }
+
+    /// Registers a consumer with a priority (`x-priority`): higher ones get messages first.
+    pub fn add_consumer_with_priority(
+        self: &Arc<Self>,
+        consumer: Consumer,
+        priority: i32,
+    ) -> Result<(), ConsumeError> {
         let mut st = self.lock();
         if st.deleted {
             return Err(ConsumeError::Deleted(self.name.clone()));
         }
-        if st.consumers.iter().any(|c| c.exclusive) {
+        if st.consumers.iter().any(|r| r.consumer.exclusive) {
             return Err(ConsumeError::ExclusiveConsumerPresent(self.name.clone()));
         }
         if consumer.exclusive && !st.consumers.is_empty() {
             return Err(ConsumeError::QueueInUse(self.name.clone()));
         }
-        st.consumers.push(consumer);
+        st.consumers.push(Registered { consumer, priority });
         st.had_consumer = true;
         self.dispatch_locked(&mut st);
+        self.finish(st);
         Ok(())
     }
 
-    /// Removes a consumer by id; None if it was not registered.
+    /// Removes a consumer by id; None if it was not registered. Ready messages go to the
+    /// consumers left (with a single active consumer, the next one takes over).
     pub fn remove_consumer(&self, consumer_id: u64) -> Option<ConsumerRemoved> {
+        let now = self.now();
         let mut st = self.lock();
-        let pos = st.consumers.iter().position(|c| c.id == consumer_id)?;
+        let pos = st
+            .consumers
+            .iter()
+            .position(|r| r.consumer.id == consumer_id)?;
         st.consumers.remove(pos);
         if st.next_consumer > pos {
             st.next_consumer -= 1;
         }
-        Some(ConsumerRemoved {
-            remaining: st.consumers.len(),
-        })
+        let remaining = st.consumers.len();
+        if remaining == 0 {
+            st.last_used = now;
+        } else if let Some(me) = self.env.get().and_then(|a| a.me.upgrade()) {
+            me.dispatch_locked(&mut st);
+        }
+        self.finish(st);
+        Some(ConsumerRemoved { remaining })
     }
 
     /// Whether an auto-delete queue should go now: it had a consumer and has none left.
@@ -441,8 +531,14 @@ impl Queue {
 
     /// Takes the head message for `basic.get`, with the number of messages left ready.
     pub fn get(&self, no_ack: bool) -> Option<(Delivery, u32)> {
+        let now = self.now();
         let mut st = self.lock();
-        let (q, message) = self.pop_ready(&mut st)?;
+        st.last_used = now;
+        self.expire_heads(&mut st, now);
+        let Some((q, message)) = self.pop_ready(&mut st) else {
+            self.finish(st);
+            return None;
+        };
         let delivery = Delivery {
             id: q.id,
             message,
@@ -453,10 +549,12 @@ impl Queue {
         } else if let Some(pos) = q.stored {
             self.log_settled(&[(q.id, pos)]);
         }
-        Some((delivery, saturating_u32(st.ready.len())))
+        let left = saturating_u32(st.ready.len());
+        self.finish(st);
+        Some((delivery, left))
     }
 
-    /// Settles deliveries for good (ack, or reject without requeue). Unknown ids are ignored.
+    /// Settles deliveries for good (ack). Unknown ids are ignored.
     pub fn settle(&self, ids: &[u64]) {
         let mut st = self.lock();
         let mut persisted = Vec::new();
@@ -472,6 +570,19 @@ impl Queue {
         self.log_settled(&persisted);
     }
 
+    /// Rejects deliveries without requeueing (AMQP reject/nack with requeue=false, STOMP NACK):
+    /// settled like an ack, and dead-lettered with reason `rejected` if the queue has a
+    /// dead-letter exchange. Unknown ids are ignored.
+    pub fn reject(&self, ids: &[u64]) {
+        let mut st = self.lock();
+        for id in ids {
+            if let Some(q) = st.unacked.remove(id) {
+                self.leave(&mut st, q, Reason::Rejected);
+            }
+        }
+        self.finish(st);
+    }
+
     /// Puts unacked deliveries back in their original places, marked redelivered, and delivers
     /// again.
     pub fn requeue(self: &Arc<Self>, ids: &[u64]) {
@@ -484,13 +595,12 @@ impl Queue {
             // Unacked entries always hold their message (it was loaded to be delivered).
             st.ready_bytes += q.body_len;
             st.memory_bytes += footprint(q.body_len);
-            // Ready is ordered by id; requeued messages are usually older than all ready ones.
-            let pos = st.ready.partition_point(|r| r.id < q.id);
-            st.ready.insert(pos, q);
+            st.ready.insert_in_place(q);
         }
         if !st.deleted {
             self.dispatch_locked(&mut st);
         }
+        self.finish(st);
     }
 
     /// Drops every ready message; returns how many.
@@ -524,9 +634,13 @@ impl Queue {
         st.ready_bytes = 0;
         st.memory_bytes = 0;
         st.unacked.clear();
+        st.dead.clear();
         QueueDeleted {
             messages,
-            consumers: std::mem::take(&mut st.consumers),
+            consumers: std::mem::take(&mut st.consumers)
+                .into_iter()
+                .map(|r| r.consumer)
+                .collect(),
         }
     }
 
@@ -563,168 +677,4 @@ fn saturating_u32(n: usize) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::memory::MemoryCharge;
-    use bytes::Bytes;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// A consumer that records deliveries and has a fixed prefetch.
-    struct TestSink {
-        prefetch: u32,
-        in_flight: AtomicU32,
-        got: Mutex<Vec<Delivery>>,
-    }
-
-    impl TestSink {
-        fn new(prefetch: u32) -> Arc<Self> {
-            Arc::new(TestSink {
-                prefetch,
-                in_flight: AtomicU32::new(0),
-                got: Mutex::new(vec![]),
-            })
-        }
-        fn bodies(&self) -> Vec<String> {
-            self.got
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|d| String::from_utf8_lossy(&d.message.body).into_owned())
-                .collect()
-        }
-    }
-
-    impl ConsumerSink for TestSink {
-        fn try_reserve(&self, needs_ack: bool) -> bool {
-            if !needs_ack || self.prefetch == 0 {
-                return true;
-            }
-            self.in_flight
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < self.prefetch).then_some(n + 1)
-                })
-                .is_ok()
-        }
-        fn deliver(&self, _q: &Arc<Queue>, d: Delivery) {
-            self.got.lock().unwrap().push(d);
-        }
-        fn cancelled(&self, _q: &Queue, _tag: &str) {}
-    }
-
-    fn msg(body: &str) -> Arc<Message> {
-        Arc::new(Message::new(
-            String::new(),
-            "q".into(),
-            Default::default(),
-            None,
-            Bytes::from(body.to_owned()),
-            MemoryCharge::default(),
-        ))
-    }
-
-    fn queue() -> Arc<Queue> {
-        Arc::new(Queue::new(
-            "q".into(),
-            "/".into(),
-            false,
-            false,
-            None,
-            FieldTable::new(),
-        ))
-    }
-
-    fn consumer(id: u64, sink: &Arc<TestSink>, no_ack: bool) -> Consumer {
-        Consumer {
-            id,
-            tag: format!("c{id}"),
-            no_ack,
-            exclusive: false,
-            owner: 1,
-            sink: sink.clone(),
-        }
-    }
-
-    #[test]
-    fn round_robin_between_consumers() {
-        let q = queue();
-        let (a, b) = (TestSink::new(0), TestSink::new(0));
-        q.add_consumer(consumer(1, &a, true)).unwrap();
-        q.add_consumer(consumer(2, &b, true)).unwrap();
-        for i in 0..4 {
-            q.publish(msg(&i.to_string()));
-        }
-        assert_eq!(a.bodies(), vec!["0", "2"]);
-        assert_eq!(b.bodies(), vec!["1", "3"]);
-    }
-
-    #[test]
-    fn prefetch_limits_and_requeue_keeps_order() {
-        let q = queue();
-        let a = TestSink::new(2);
-        for i in 0..5 {
-            q.publish(msg(&i.to_string()));
-        }
-        q.add_consumer(consumer(1, &a, false)).unwrap();
-        assert_eq!(a.bodies(), vec!["0", "1"]);
-        assert_eq!(
-            q.stats(),
-            QueueStats {
-                ready: 3,
-                unacked: 2,
-                consumers: 1,
-                ready_bytes: 3
-            }
-        );
-        // The consumer goes away without acking: both come back first, redelivered.
-        q.remove_consumer(1);
-        let ids: Vec<u64> = a.got.lock().unwrap().iter().map(|d| d.id).collect();
-        q.requeue(&ids);
-        let (d, left) = q.get(true).unwrap();
-        assert_eq!(
-            (&d.message.body[..], d.redelivered, left),
-            (&b"0"[..], true, 4)
-        );
-        let (d, _) = q.get(true).unwrap();
-        assert_eq!((&d.message.body[..], d.redelivered), (&b"1"[..], true));
-        let (d, _) = q.get(true).unwrap();
-        assert_eq!((&d.message.body[..], d.redelivered), (&b"2"[..], false));
-    }
-
-    #[test]
-    fn exclusive_consumer_rules() {
-        let q = queue();
-        let a = TestSink::new(0);
-        let mut ex = consumer(1, &a, true);
-        ex.exclusive = true;
-        q.add_consumer(ex).unwrap();
-        assert!(matches!(
-            q.add_consumer(consumer(2, &a, true)),
-            Err(ConsumeError::ExclusiveConsumerPresent(_))
-        ));
-        q.remove_consumer(1);
-        q.add_consumer(consumer(2, &a, true)).unwrap();
-        let mut ex = consumer(3, &a, true);
-        ex.exclusive = true;
-        assert!(matches!(
-            q.add_consumer(ex),
-            Err(ConsumeError::QueueInUse(_))
-        ));
-    }
-
-    #[test]
-    fn settle_purge_delete_counts() {
-        let q = queue();
-        for i in 0..3 {
-            q.publish(msg(&i.to_string()));
-        }
-        let (d, _) = q.get(false).unwrap();
-        assert_eq!(q.stats().unacked, 1);
-        q.settle(&[d.id]);
-        assert_eq!(q.stats().unacked, 0);
-        assert_eq!(q.purge(), 2);
-        q.publish(msg("x"));
-        let del = q.delete();
-        assert_eq!(del.messages, 1);
-        assert!(!q.publish(msg("y")), "deleted queue refuses");
-    }
-}
+mod tests;

@@ -1,0 +1,136 @@
+//! The broker-wide timer: queues register the time their next message expires or they
+//! themselves expire, delayed exchanges the time their next message is due, and one task sleeps
+//! until the earliest of those and wakes its owner.
+//!
+//! A queue arms the timer only for a deadline earlier than the one it already armed, so the heap
+//! holds a few entries per queue at most; an entry that turns out early (the message was
+//! consumed meanwhile) only makes the queue look and arm again.
+
+use super::clock::Clock;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Something the timer wakes: a queue (TTL, `x-expires`) or a delayed exchange's hold.
+pub trait Timed: Send + Sync + std::fmt::Debug {
+    /// Its deadline came: do what is due and arm the timer again for what is next.
+    fn on_timer(self: Arc<Self>);
+}
+
+#[derive(Debug)]
+struct Entry {
+    at: u64,
+    /// Tie-breaker so entries order totally without comparing targets.
+    seq: u64,
+    target: Weak<dyn Timed>,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Heap {
+    entries: BinaryHeap<Reverse<Entry>>,
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+pub struct Timer {
+    clock: Arc<dyn Clock>,
+    heap: Mutex<Heap>,
+    /// Woken when a deadline earlier than every other one arrives.
+    earlier: Notify,
+}
+
+impl Timer {
+    pub fn new(clock: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new(Timer {
+            clock,
+            heap: Mutex::new(Heap::default()),
+            earlier: Notify::new(),
+        })
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn heap(&self) -> std::sync::MutexGuard<'_, Heap> {
+        self.heap.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for `target` to be woken at `at` (ms since the epoch).
+    pub fn arm(&self, at: u64, target: Weak<dyn Timed>) {
+        let mut heap = self.heap();
+        let earliest = heap.entries.peek().is_none_or(|Reverse(e)| at < e.at);
+        let seq = heap.next_seq;
+        heap.next_seq += 1;
+        heap.entries.push(Reverse(Entry { at, seq, target }));
+        drop(heap);
+        if earliest {
+            self.earlier.notify_one();
+        }
+    }
+
+    /// Wakes every target whose deadline has come; returns the next deadline, if any.
+    pub fn fire_due(&self) -> Option<u64> {
+        loop {
+            let now = self.clock.now_ms();
+            let due = {
+                let mut heap = self.heap();
+                match heap.entries.peek() {
+                    Some(Reverse(e)) if e.at <= now => heap.entries.pop().map(|Reverse(e)| e),
+                    Some(Reverse(e)) => return Some(e.at),
+                    None => return None,
+                }
+            };
+            // Outside the heap lock: the target re-arms while it runs.
+            if let Some(t) = due.and_then(|e| e.target.upgrade()) {
+                t.on_timer();
+            }
+        }
+    }
+
+    /// Number of pending entries (for tests and listings).
+    pub fn pending(&self) -> usize {
+        self.heap().entries.len()
+    }
+
+    /// Serves deadlines until shutdown.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let next = self.fire_due();
+            let wait = next.map(|at| Duration::from_millis(at.saturating_sub(self.now_ms())));
+            tokio::select! {
+                _ = self.earlier.notified() => {}
+                _ = async {
+                    match wait {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                r = shutdown.changed() => {
+                    if r.is_err() || *shutdown.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
