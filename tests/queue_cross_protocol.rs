@@ -141,3 +141,29 @@ async fn mqtt5_user_property_x_delay_is_held_when_mqtt_publishes_to_a_delayed_ex
     // Millisecond resolution: at most 1 ms of rounding.
     assert!(sent.elapsed() >= Duration::from_millis(149));
 }
+
+#[tokio::test]
+async fn mqtt5_publish_refused_by_a_full_queue_gets_quota_exceeded() {
+    use lapin::types::AMQPValue;
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("full");
+    let a = args(&[
+        ("x-max-length", AMQPValue::LongInt(1)),
+        ("x-overflow", longstr("reject-publish")),
+    ]);
+    declare_with_args(&ch, &q, a).await;
+    let topic = unique("capped");
+    bind(&ch, &q, "amq.topic", &format!("{topic}.#")).await;
+    let mut p = RawMqtt::connect(b.mqtt, Protocol::V5, &unique("capped-pub"), true).await;
+    let mut codes = Vec::new();
+    for id in [1, 2] {
+        p.publish(&format!("{topic}/x"), QoS::AtLeastOnce, id, b"m")
+            .await;
+        match p.recv().await {
+            Some(Packet::PubAck(ack)) => codes.push(ack.reason),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(codes, [reason::SUCCESS, reason::QUOTA_EXCEEDED]);
+}

@@ -58,8 +58,8 @@ pub struct Connection {
     /// connection's consumer on it.
     pub shared: HashMap<String, (Arc<Queue>, u64)>,
     /// PUBACK/PUBRECs waiting for the message log to be durable up to their LSN, in order:
-    /// (lsn, qos, packet id, queues reached).
-    pub held_acks: VecDeque<(u64, QoS, u16, usize)>,
+    /// (lsn, qos, packet id, reason code).
+    pub held_acks: VecDeque<(u64, QoS, u16, u8)>,
 }
 
 impl Connection {
@@ -81,23 +81,23 @@ impl Connection {
 
     /// Acknowledges a QoS 1/2 publish once the records it wrote (persistent messages in
     /// durable queues) are durable, and after every earlier acknowledgement.
-    fn ack_publish(&mut self, qos: QoS, packet_id: u16, routed: usize, lsn: u64) {
+    fn ack_publish(&mut self, qos: QoS, packet_id: u16, code: u8, lsn: u64) {
         if self.held_acks.is_empty() && lsn <= self.log_synced() {
-            acknowledge_publish(&self.outbox, self.protocol, qos, packet_id, routed);
+            acknowledge_publish(&self.outbox, self.protocol, qos, packet_id, code);
         } else {
-            self.held_acks.push_back((lsn, qos, packet_id, routed));
+            self.held_acks.push_back((lsn, qos, packet_id, code));
         }
     }
 
     /// Sends the held acknowledgements whose records are now durable.
     fn flush_acks(&mut self) {
         let synced = self.log_synced();
-        while let Some(&(lsn, qos, id, routed)) = self.held_acks.front() {
+        while let Some(&(lsn, qos, id, code)) = self.held_acks.front() {
             if lsn > synced {
                 break;
             }
             self.held_acks.pop_front();
-            acknowledge_publish(&self.outbox, self.protocol, qos, id, routed);
+            acknowledge_publish(&self.outbox, self.protocol, qos, id, code);
         }
     }
 
@@ -429,7 +429,7 @@ impl Connection {
             if s.inbound_qos2.contains(&id) {
                 // A resend of a message routed already: acknowledge again, route nothing.
                 drop(s);
-                self.ack_publish(p.qos, id, 1, 0);
+                self.ack_publish(p.qos, id, reason::SUCCESS, 0);
                 return Ok(());
             }
             if s.inbound_qos2.len() >= usize::from(self.broker.config.mqtt.receive_maximum) {
@@ -440,7 +440,7 @@ impl Connection {
             }
         }
         let qos = p.qos;
-        let (routed, lsn) = self.publisher.route(InboundMessage {
+        let routed = self.publisher.route(InboundMessage {
             topic: p.topic,
             qos,
             retain: p.retain,
@@ -451,7 +451,7 @@ impl Connection {
         if qos == QoS::ExactlyOnce {
             lock(&self.attached.session).inbound_qos2.insert(id);
         }
-        self.ack_publish(qos, id, routed, lsn);
+        self.ack_publish(qos, id, routed.reason(), routed.lsn);
         Ok(())
     }
 }

@@ -22,6 +22,31 @@ pub struct Publisher {
     pub client_id: String,
 }
 
+/// What routing a publish did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Routed {
+    /// Queues it reached.
+    pub queues: usize,
+    /// The LSN of the log records it wrote (0 when none).
+    pub lsn: u64,
+    /// A full queue refused it (`x-overflow` `reject-publish`).
+    pub refused: bool,
+}
+
+impl Routed {
+    /// The PUBACK/PUBREC reason code (v5; v3 acknowledgements carry none): 0x97 Quota
+    /// exceeded when a queue refused it, 0x10 when no queue matched.
+    pub fn reason(&self) -> u8 {
+        if self.refused {
+            reason::QUOTA_EXCEEDED
+        } else if self.queues == 0 {
+            reason::NO_MATCHING_SUBSCRIBERS
+        } else {
+            reason::SUCCESS
+        }
+    }
+}
+
 /// One MQTT application message as received.
 #[derive(Debug, Clone)]
 pub struct InboundMessage {
@@ -34,9 +59,8 @@ pub struct InboundMessage {
 
 impl Publisher {
     /// Routes a message to the configured exchange with the topic as routing key and, when
-    /// `retain` is set, makes it the topic's retained message. Returns how many queues it
-    /// reached and the LSN of the log records it wrote (0 when none).
-    pub fn route(&self, m: InboundMessage) -> (usize, u64) {
+    /// `retain` is set, makes it the topic's retained message.
+    pub fn route(&self, m: InboundMessage) -> Routed {
         let now = SystemTime::now();
         if m.retain {
             let mut properties = m.properties.clone();
@@ -59,7 +83,7 @@ impl Publisher {
         let exchange_name = &self.broker.config.mqtt.exchange;
         let Some(exchange) = self.vhost.exchange(exchange_name) else {
             tracing::warn!(vhost = %self.vhost.name, exchange = %exchange_name, "MQTT exchange missing; message dropped");
-            return (0, 0);
+            return Routed::default();
         };
         let properties = publish_properties(m.qos, m.retain, &self.client_id, &m.properties, now);
         let charge = self
@@ -75,11 +99,16 @@ impl Publisher {
             charge,
         ));
         let queues = self.vhost.route(&exchange, &message);
-        let mut lsn = 0;
+        let mut out = Routed {
+            queues: queues.len(),
+            ..Default::default()
+        };
         for q in &queues {
-            lsn = lsn.max(q.publish_tracked(message.clone()).lsn);
+            let e = q.publish_tracked(message.clone());
+            out.lsn = out.lsn.max(e.lsn);
+            out.refused |= e.refused;
         }
-        (queues.len(), lsn)
+        out
     }
 }
 
@@ -90,12 +119,10 @@ pub fn acknowledge_publish(
     protocol: Protocol,
     qos: QoS,
     packet_id: u16,
-    routed: usize,
+    code: u8,
 ) {
     let mut ack = PubResponse::new(packet_id);
-    if routed == 0 {
-        ack.reason = reason::NO_MATCHING_SUBSCRIBERS;
-    }
+    ack.reason = code;
     let packet = match qos {
         QoS::AtMostOnce => return,
         QoS::AtLeastOnce => Packet::PubAck(ack),
