@@ -14,7 +14,7 @@ pub enum ScenarioName {
     Amqp,
     /// 1..P publishers -> fanout exchange -> C consumers, each with its own queue.
     AmqpFanout,
-    /// SEND to /queue/NAME -> C competing subscribers.
+    /// SEND to /queue/NAME.stomp -> C competing subscribers.
     Stomp,
     /// Publish with --from, consume with --to, through amq.topic (each consumer gets all).
     Cross,
@@ -83,8 +83,9 @@ pub struct BenchArgs {
     /// Deliveries published but not yet consumed before publishers pause (0: no bound).
     #[arg(long, default_value_t = 100_000)]
     max_in_flight: u64,
-    /// Seconds consumers get to take the rest once publishing stops.
-    #[arg(long, default_value_t = 10)]
+    /// At most this many seconds for consumers to take the rest once publishing stops (the
+    /// drain also ends once nothing arrives for 3 s).
+    #[arg(long, default_value_t = 60)]
     drain_timeout: u64,
     /// The queue (or name stem) used.
     #[arg(long, default_value = "switchboard-bench")]

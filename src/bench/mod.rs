@@ -68,7 +68,7 @@ pub enum Scenario {
     Amqp,
     /// Publishers → a fanout exchange → one private queue per consumer.
     AmqpFanout,
-    /// SEND to `/queue/NAME` → competing subscribers.
+    /// SEND to `/queue/NAME.stomp` → competing subscribers.
     Stomp,
     /// Publish with one protocol through `amq.topic`, consume with another; every consumer
     /// gets every message.
@@ -97,7 +97,8 @@ pub struct Options {
     /// Publishers pause while this many deliveries are outstanding, so a run measures a
     /// steady state instead of filling the broker's memory.
     pub max_in_flight: u64,
-    /// How long consumers get to take what was published after publishing stops.
+    /// At most how long consumers get to take what was published after publishing stops (the
+    /// drain also ends once they receive nothing for 3 s).
     pub drain_timeout: Duration,
     /// Manual acknowledgements with this prefetch (AMQP acks, STOMP `client-individual`).
     pub manual_ack: Option<u16>,
@@ -128,7 +129,7 @@ impl Options {
             rate: None,
             consumer_rate: None,
             max_in_flight: 100_000,
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(60),
             manual_ack: None,
             persistent: false,
             confirm_window: None,
@@ -213,7 +214,9 @@ pub async fn run(scenario: Scenario, o: &Options) -> Result<Report, BenchError> 
             )
         }
         Scenario::Stomp => {
-            let destination = format!("/queue/{}", o.queue);
+            // Not the AMQP scenario's queue: STOMP declares its queues durable, and a broker
+            // refuses to re-declare a transient queue as durable.
+            let destination = format!("/queue/{}.stomp", o.queue);
             (
                 "stomp".to_string(),
                 Target::Stomp(destination.clone()),

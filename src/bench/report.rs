@@ -65,6 +65,8 @@ pub struct Report {
     /// False for flows where the protocol allows dropping (MQTT QoS 0, a slow consumer
     /// whose backlog was not drained): `missing` is then a figure, not a defect.
     pub loss_is_defect: bool,
+    /// False when consumers were not given the time to take the backlog (`--consumer-rate`).
+    pub drained: bool,
     pub publish_rate: f64,
     pub consume_rate: f64,
     pub latency: Option<Latency>,
@@ -132,6 +134,7 @@ impl Report {
             duplicates,
             foreign,
             loss_is_defect,
+            drained: true,
             publish_rate: published as f64 / t.publish_seconds.max(1e-9),
             consume_rate: consumed as f64 / t.elapsed_seconds.max(1e-9),
             latency: latency.as_ref().and_then(Latency::of),
@@ -156,6 +159,7 @@ impl Report {
             duplicates: 0,
             foreign: 0,
             loss_is_defect: false,
+            drained: true,
             publish_rate: 0.0,
             consume_rate: 0.0,
             latency: None,
@@ -187,7 +191,9 @@ impl Report {
             rows.push(("elapsed", format!("{:.2} s", self.elapsed_seconds)));
             rows.push(("published", self.published.to_string()));
             rows.push(("consumed", self.consumed.to_string()));
-            let missing = if self.loss_is_defect {
+            let missing = if !self.drained {
+                format!("{} (backlog not drained)", self.missing)
+            } else if self.loss_is_defect {
                 self.missing.to_string()
             } else {
                 format!("{} (allowed here)", self.missing)
