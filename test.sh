@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: formatting and lint gates, the Rust unit/property/integration tests (with the
 # benchmarks compiled and run once as tests), then the interop suite with the clients people
-# use (pika), which makes its own Python venv.
+# use (pika, paho-mqtt), which makes its own Python venv.
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TERM_COLOR=never
@@ -15,5 +15,5 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-targets
 
-echo "== interop (pika)"
+echo "== interop (pika, paho-mqtt)"
 interop/run.sh

@@ -121,11 +121,121 @@ pub struct AmqpConfig {
 }
 
 /// The MQTT listener and its limits (the MQTT adapter's settings).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// Vhost for user names without a `vhost:` prefix.
+    #[serde(default = "default_mqtt_vhost")]
+    pub default_vhost: String,
+    /// Exchange MQTT publishes go to and subscriptions bind to.
+    #[serde(default = "default_mqtt_exchange")]
+    pub exchange: String,
+    /// User that connections without a user name act as; unset refuses them.
+    #[serde(default = "default_mqtt_anonymous_user")]
+    pub anonymous_user: Option<String>,
+    /// Anonymous connections only from loopback (like `guest`), unless false.
+    #[serde(default = "default_true")]
+    pub anonymous_loopback_only: bool,
+    /// Largest packet accepted after CONNECT (bytes); larger ones get DISCONNECT 0x95 (v5) or
+    /// a closed connection (v3).
+    #[serde(default = "default_mqtt_max_packet_size")]
+    pub max_packet_size: u32,
+    /// Largest CONNECT accepted before the client has authenticated (bytes).
+    #[serde(default = "default_mqtt_max_connect_size")]
+    pub max_connect_size: u32,
+    /// QoS 1/2 messages sent to a client and not yet acknowledged, at most (v3, and the cap on
+    /// a v5 client's Receive Maximum).
+    #[serde(default = "default_mqtt_max_inflight")]
+    pub max_inflight: u16,
+    /// Receive Maximum the broker announces to v5 clients: inbound QoS 2 messages awaiting
+    /// PUBREL, at most.
+    #[serde(default = "default_mqtt_receive_maximum")]
+    pub receive_maximum: u16,
+    /// Messages a persistent session keeps while its client is offline; beyond it the oldest
+    /// are dropped (and counted).
+    #[serde(default = "default_mqtt_max_offline_messages")]
+    pub max_offline_messages: usize,
+    /// Longest session expiry interval granted (seconds); also the lifetime of a v3
+    /// persistent session after its client disconnects.
+    #[serde(default = "default_mqtt_max_session_expiry")]
+    pub max_session_expiry_interval: u32,
+    /// Longest topic name or filter (bytes).
+    #[serde(default = "default_mqtt_max_topic_length")]
+    pub max_topic_length: usize,
+    /// Most levels in a topic name or filter.
+    #[serde(default = "default_mqtt_max_topic_levels")]
+    pub max_topic_levels: usize,
+    /// Topic aliases a v5 client may set up (Topic Alias Maximum in CONNACK).
+    #[serde(default = "default_mqtt_topic_alias_maximum")]
+    pub topic_alias_maximum: u16,
+    /// Keep alive the broker imposes on v5 clients (Server Keep Alive), 0 = accept the
+    /// client's.
+    #[serde(default)]
+    pub server_keep_alive: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: Vec::new(),
+            default_vhost: default_mqtt_vhost(),
+            exchange: default_mqtt_exchange(),
+            anonymous_user: default_mqtt_anonymous_user(),
+            anonymous_loopback_only: true,
+            max_packet_size: default_mqtt_max_packet_size(),
+            max_connect_size: default_mqtt_max_connect_size(),
+            max_inflight: default_mqtt_max_inflight(),
+            receive_maximum: default_mqtt_receive_maximum(),
+            max_offline_messages: default_mqtt_max_offline_messages(),
+            max_session_expiry_interval: default_mqtt_max_session_expiry(),
+            max_topic_length: default_mqtt_max_topic_length(),
+            max_topic_levels: default_mqtt_max_topic_levels(),
+            topic_alias_maximum: default_mqtt_topic_alias_maximum(),
+            server_keep_alive: 0,
+        }
+    }
+}
+
+fn default_mqtt_vhost() -> String {
+    "/".into()
+}
+fn default_mqtt_exchange() -> String {
+    "amq.topic".into()
+}
+fn default_mqtt_anonymous_user() -> Option<String> {
+    Some("guest".into())
+}
+fn default_true() -> bool {
+    true
+}
+fn default_mqtt_max_packet_size() -> u32 {
+    16 * 1024 * 1024
+}
+fn default_mqtt_max_connect_size() -> u32 {
+    64 * 1024
+}
+fn default_mqtt_max_inflight() -> u16 {
+    32
+}
+fn default_mqtt_receive_maximum() -> u16 {
+    128
+}
+fn default_mqtt_max_offline_messages() -> usize {
+    1000
+}
+fn default_mqtt_max_session_expiry() -> u32 {
+    86_400
+}
+fn default_mqtt_max_topic_length() -> usize {
+    4096
+}
+fn default_mqtt_max_topic_levels() -> usize {
+    128
+}
+fn default_mqtt_topic_alias_maximum() -> u16 {
+    16
 }
 
 /// The STOMP listener and its limits (the STOMP adapter's settings).
@@ -183,9 +293,6 @@ impl Default for StompConfig {
 
 fn default_stomp_vhost() -> String {
     "/".into()
-}
-fn default_true() -> bool {
-    true
 }
 fn default_stomp_heartbeat_ms() -> u32 {
     10_000

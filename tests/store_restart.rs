@@ -384,3 +384,58 @@ async fn a_confirm_and_a_stomp_receipt_come_only_after_the_fsync_and_survive_a_r
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_stomp_durable_topic_subscription_keeps_its_messages_across_a_restart() {
+    use common::stomp::{text, StompClient};
+    let dir = fresh_data_dir();
+    let dest = format!("/topic/{}", unique("durable-sub"));
+    let durable = [("durable", "true"), ("auto-delete", "false")];
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let mut sub = StompClient::connect(b.stomp, "1.2").await;
+    sub.subscribe_with("sub-1", &dest, "client", &durable).await;
+    sub.disconnect().await;
+    let mut publisher = StompClient::connect(b.stomp, "1.2").await;
+    publisher
+        .send(&dest, b"while away", &[("persistent", "true")])
+        .await;
+    publisher.disconnect().await;
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let mut sub = StompClient::connect(b.stomp, "1.2").await;
+    sub.subscribe_with("sub-1", &dest, "client", &durable).await;
+    let m = sub.message().await;
+    assert_eq!(text(&m), "while away");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn tx_commit_ok_comes_after_the_fsync_of_its_publishes_and_acks() {
+    let dir = fresh_data_dir();
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("tx-durable");
+    declare_durable(&ch, &q, FieldTable::default()).await;
+    bounded(ch.tx_select()).await.expect("tx.select");
+    for body in ["a", "b", "c"] {
+        publish_with(&ch, "", &q, body.as_bytes(), persistent()).await;
+    }
+    bounded(ch.tx_commit()).await.expect("tx.commit");
+    assert!(
+        log_is_synced(&b),
+        "commit-ok before the publishes were durable"
+    );
+    let a = get(&ch, &q, false).await.expect("a");
+    bounded(a.delivery.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    bounded(ch.tx_commit()).await.expect("tx.commit");
+    assert!(log_is_synced(&b), "commit-ok before the ack was durable");
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    assert_eq!(drain(&ch, &q).await, ["b", "c"]);
+    b.stop().await;
+}

@@ -253,6 +253,17 @@ def stomp_connect(stomp_addr):
             pass
 
 
+def mqtt_addr(broker):
+    """(host, port) of the broker's MQTT listener (INTEROP_MQTT_PORT for an external one)."""
+    ext = os.environ.get("INTEROP_MQTT_PORT")
+    if ext:
+        return ("127.0.0.1", int(ext))
+    addrs = broker.extra.get("mqtt") or []
+    if not addrs:
+        pytest.skip("the broker has no MQTT listener")
+    return _parse_addr(addrs[0])
+
+
 @pytest.fixture(autouse=True)
 def _broker_alive(request):
     """Fail loudly (with its log) if the broker process died during a test."""

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod mqtt;
 pub mod raw;
 pub mod stomp;
 

@@ -133,6 +133,8 @@ enum TxOp {
 pub struct Effects {
     /// A message was published: confirms may need flushing; the memory alarm applies.
     pub published: bool,
+    /// A reply waits for the message log (see [`Channel::flush_confirms`]).
+    pub reply_held: bool,
 }
 
 /// Publisher confirms in flight on a channel.
@@ -160,6 +162,8 @@ pub struct Channel {
     prefetch_count: u32,
     /// Publisher confirm state, once `confirm.select` was sent.
     confirm: Option<Confirms>,
+    /// Replies held until the message log is durable up to their LSN (tx.commit-ok).
+    held_replies: VecDeque<(u64, Method)>,
     tx: Option<Vec<TxOp>>,
     /// The last queue declared on this channel, for methods that name queue "".
     last_queue: Option<String>,
@@ -178,6 +182,7 @@ impl Channel {
             consumers: HashMap::new(),
             prefetch_count: 0,
             confirm: None,
+            held_replies: VecDeque::new(),
             tx: None,
             last_queue: None,
             reply_queue: None,
@@ -272,7 +277,10 @@ impl Channel {
         };
         self.publish(ctx, publish, properties, raw, body.into_bytes())
             .map_err(|e| e.during(60, 40))?;
-        Ok(Effects { published: true })
+        Ok(Effects {
+            published: true,
+            reply_held: false,
+        })
     }
 
     fn handle_method(&mut self, ctx: &ConnCtx, method: Method) -> AmqpResult<Effects> {
@@ -524,7 +532,19 @@ impl Channel {
                     ));
                 };
                 self.commit(ctx, ops)?;
-                ctx.send(ch, TxCommitOk {});
+                // commit-ok promises the transaction's publishes and acks are done: with a
+                // store, once everything appended so far (its records included) is durable.
+                match &ctx.broker.store {
+                    Some(store) => {
+                        self.held_replies
+                            .push_back((store.log.last_lsn(), TxCommitOk {}.into()));
+                        return Ok(Effects {
+                            published: false,
+                            reply_held: true,
+                        });
+                    }
+                    None => ctx.send(ch, TxCommitOk {}),
+                }
             }
             Method::TxRollback(_) => {
                 let Some(ops) = self.tx.as_mut() else {
@@ -755,6 +775,14 @@ impl Channel {
     /// ack, every batch whose records are durable (log synced up to `synced`). True while
     /// batches still wait for the log.
     pub fn flush_confirms(&mut self, ctx: &ConnCtx, synced: u64) -> bool {
+        while let Some((lsn, _)) = self.held_replies.front() {
+            if *lsn > synced {
+                return true;
+            }
+            if let Some((_, reply)) = self.held_replies.pop_front() {
+                ctx.send(self.id, reply);
+            }
+        }
         let Some(c) = &mut self.confirm else {
             return false;
         };

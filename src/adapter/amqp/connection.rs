@@ -396,9 +396,11 @@ impl<'a> Connection<'a> {
             Ok(effects) => {
                 if effects.published {
                     self.published = true;
-                    if !self.confirm_dirty.contains(&channel) {
-                        self.confirm_dirty.push(channel);
-                    }
+                }
+                if (effects.published || effects.reply_held)
+                    && !self.confirm_dirty.contains(&channel)
+                {
+                    self.confirm_dirty.push(channel);
                 }
                 Ok(Next::Continue)
             }

@@ -1,0 +1,308 @@
+//! CONNECT: client id rules, authentication, taking over or creating the session, and the
+//! CONNACK that answers it.
+
+use super::error::Refusal;
+use super::registry::{lock, MqttState, Owner, SessionKey, SessionSlot};
+use super::session::Session;
+use crate::core::vhost::QueueSpec;
+use crate::core::{Broker, Queue, VHost};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchboard_mqtt::{Connect, Protocol};
+use tokio::sync::{watch, Notify};
+
+/// How long a CONNECT waits for the connection it takes a session over from to let go.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A session held by a connection.
+pub struct Attached {
+    pub vhost: Arc<VHost>,
+    pub user: String,
+    pub key: SessionKey,
+    pub session: Arc<Mutex<Session>>,
+    pub session_present: bool,
+    pub generation: u64,
+    /// The client id was assigned by the broker (v5 Assigned Client Identifier).
+    pub assigned_id: bool,
+    pub queue: Arc<Queue>,
+    pub kick: Arc<Notify>,
+    pub released: watch::Sender<bool>,
+}
+
+/// The vhost and user a CONNECT authenticates as. User names may be `vhost:user` (RabbitMQ's
+/// form); without one the configured default vhost is used. No user name means the configured
+/// anonymous user, from loopback only unless the configuration allows more.
+pub fn authenticate(
+    broker: &Broker,
+    connect: &Connect,
+    peer: SocketAddr,
+) -> Result<(Arc<VHost>, String), Refusal> {
+    let cfg = &broker.config.mqtt;
+    if let Some(method) = &connect.properties.authentication_method {
+        // Enhanced authentication (v5 AUTH exchanges) is not offered.
+        return Err(Refusal::new(
+            switchboard_mqtt::reason::V3_NOT_AUTHORIZED,
+            switchboard_mqtt::reason::BAD_AUTHENTICATION_METHOD,
+            format!("authentication method '{method}' is not supported"),
+        ));
+    }
+    let (vhost, user, password) = match &connect.username {
+        Some(name) => {
+            let (vhost, user) = match name.split_once(':') {
+                Some((v, u)) if !v.is_empty() => (v.to_owned(), u.to_owned()),
+                _ => (cfg.default_vhost.clone(), name.clone()),
+            };
+            let password = connect
+                .password
+                .as_ref()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default();
+            (vhost, user, password)
+        }
+        None => {
+            let Some(anon) = &cfg.anonymous_user else {
+                return Err(Refusal::not_authorized(
+                    "anonymous connections are not allowed",
+                ));
+            };
+            if cfg.anonymous_loopback_only && !peer.ip().is_loopback() {
+                return Err(Refusal::not_authorized(
+                    "anonymous connections are allowed from loopback only",
+                ));
+            }
+            let Some(u) = broker.config.users.iter().find(|u| &u.name == anon) else {
+                return Err(Refusal::not_authorized("the anonymous user does not exist"));
+            };
+            (
+                cfg.default_vhost.clone(),
+                u.name.clone(),
+                u.password.clone(),
+            )
+        }
+    };
+    match broker.users.authenticate(&user, &password, peer.ip()) {
+        Ok(_) => {}
+        Err(crate::core::auth::AuthError::InvalidCredentials(_)) => {
+            return Err(Refusal::bad_credentials(format!(
+                "user '{user}' - invalid credentials"
+            )))
+        }
+        Err(e) => return Err(Refusal::not_authorized(e.to_string())),
+    }
+    let Some(vh) = broker.vhost(&vhost) else {
+        return Err(Refusal::not_authorized(format!("no vhost '{vhost}'")));
+    };
+    Ok((vh, user))
+}
+
+/// The client id to use: the client's, or one assigned when it sent none and may have one.
+pub fn client_id(connect: &Connect, broker: &Broker) -> Result<(String, bool), Refusal> {
+    if !connect.client_id.is_empty() {
+        return Ok((connect.client_id.clone(), false));
+    }
+    match connect.protocol {
+        Protocol::V31 => Err(Refusal::identifier_rejected(
+            "MQTT 3.1 requires a client identifier",
+        )),
+        Protocol::V311 if !connect.clean_start => Err(Refusal::identifier_rejected(
+            "a persistent session needs a client identifier",
+        )),
+        _ => Ok((format!("switchboard-{}", broker.next_id()), true)),
+    }
+}
+
+/// Queue name for a session's subscriptions.
+pub fn queue_name(client_id: &str) -> String {
+    format!("mqtt-subscription-{client_id}")
+}
+
+/// Takes the session for `key`: closes a connection that holds it (takeover), then resumes
+/// it, or starts a new one when asked for a clean start or none exists.
+pub async fn attach(
+    state: &Arc<MqttState>,
+    vhost: Arc<VHost>,
+    user: String,
+    key: SessionKey,
+    assigned_id: bool,
+    clean_start: bool,
+    conn_id: u64,
+) -> Result<Attached, Refusal> {
+    let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
+    loop {
+        let held = {
+            let sessions = state.sessions();
+            sessions.get(&key).and_then(|s| s.owner.clone())
+        };
+        let Some(owner) = held else {
+            break;
+        };
+        tracing::debug!(client = %key.client_id, "session taken over from connection {}", owner.conn_id);
+        owner.kick.notify_one();
+        let mut released = owner.released;
+        let outcome = tokio::time::timeout_at(deadline, released.wait_for(|r| *r))
+            .await
+            .map(|r| r.is_ok());
+        match outcome {
+            Err(_) => {
+                return Err(Refusal::unavailable(
+                    "the connection holding this session did not close",
+                ))
+            }
+            Ok(true) => {}
+            Ok(false) => {
+                // The owner went away without letting go (its task ended abruptly): the
+                // session is free.
+                if let Some(slot) = state.sessions().get_mut(&key) {
+                    if slot
+                        .owner
+                        .as_ref()
+                        .is_some_and(|o| o.conn_id == owner.conn_id)
+                    {
+                        slot.owner = None;
+                    }
+                }
+            }
+        }
+    }
+    let mut sessions = state.sessions();
+    // Checked again under the lock: another CONNECT may have won the race meanwhile.
+    if sessions.get(&key).is_some_and(|s| s.owner.is_some()) {
+        return Err(Refusal::unavailable(
+            "session taken by a concurrent connection",
+        ));
+    }
+    let kick = Arc::new(Notify::new());
+    let (released, released_rx) = watch::channel(false);
+    let owner = Owner {
+        conn_id,
+        kick: kick.clone(),
+        released: released_rx,
+    };
+    let queue_name = queue_name(&key.client_id);
+    let existing = sessions.remove(&key);
+    let (session, session_present, generation) = match existing {
+        Some(slot) if !clean_start => {
+            if let (Some(id), Some(q)) = (slot.offline_consumer, vhost.queue(&queue_name)) {
+                q.remove_consumer(id);
+            }
+            (slot.session, true, slot.generation + 1)
+        }
+        old => {
+            if let Some(slot) = &old {
+                if let Some(q) = vhost.queue(&queue_name) {
+                    if let Some(id) = slot.offline_consumer {
+                        q.remove_consumer(id);
+                    }
+                    vhost.remove_queue(&q);
+                }
+            }
+            let s = Session::new(key.client_id.clone(), key.vhost.clone(), queue_name.clone());
+            let generation = old.map_or(1, |s| s.generation + 1);
+            (Arc::new(Mutex::new(s)), false, generation)
+        }
+    };
+    let queue = match vhost.queue(&queue_name) {
+        Some(q) => q,
+        None => {
+            let spec = QueueSpec {
+                name: queue_name.clone(),
+                durable: false,
+                ..Default::default()
+            };
+            match vhost.declare_queue(spec, false, conn_id) {
+                Ok(d) => d.queue,
+                Err(e) => return Err(Refusal::unavailable(e.to_string())),
+            }
+        }
+    };
+    sessions.insert(
+        key.clone(),
+        SessionSlot {
+            session: session.clone(),
+            owner: Some(owner),
+            generation,
+            offline_consumer: None,
+        },
+    );
+    drop(sessions);
+    // A resumed session's subscriptions are bound already; a fresh one has none.
+    lock(&session).queue = queue_name;
+    Ok(Attached {
+        vhost,
+        user,
+        key,
+        session,
+        session_present,
+        generation,
+        assigned_id,
+        queue,
+        kick,
+        released,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, UserConfig, DEFAULT_CONFIG};
+    use bytes::Bytes;
+    use switchboard_mqtt::{reason, Properties};
+
+    fn connect(username: Option<&str>, password: &str) -> Connect {
+        Connect {
+            protocol: Protocol::V311,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: "c".into(),
+            will: None,
+            username: username.map(str::to_owned),
+            password: username.map(|_| Bytes::copy_from_slice(password.as_bytes())),
+            properties: Properties::default(),
+        }
+    }
+
+    fn broker(tweak: impl FnOnce(&mut Config)) -> Arc<Broker> {
+        let mut config = Config::parse(DEFAULT_CONFIG).expect("default config");
+        config.users.push(UserConfig {
+            name: "device".into(),
+            password: "pw".into(),
+            tags: vec![],
+        });
+        tweak(&mut config);
+        Broker::new(config)
+    }
+
+    #[test]
+    fn anonymous_is_loopback_only_unless_configured() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let b = broker(|_| {});
+        assert!(authenticate(&b, &connect(None, ""), local).is_ok());
+        let e = authenticate(&b, &connect(None, ""), remote).unwrap_err();
+        assert_eq!(e.v3_code, reason::V3_NOT_AUTHORIZED);
+        let b = broker(|c| {
+            c.mqtt.anonymous_user = Some("device".into());
+            c.mqtt.anonymous_loopback_only = false;
+        });
+        let (vhost, user) = authenticate(&b, &connect(None, ""), remote).unwrap();
+        assert_eq!((vhost.name.as_str(), user.as_str()), ("/", "device"));
+        // guest stays loopback-only by name, whatever the MQTT settings.
+        let e = authenticate(&b, &connect(Some("guest"), "guest"), remote).unwrap_err();
+        assert_eq!(e.v5_code, reason::NOT_AUTHORIZED);
+        let e = authenticate(&b, &connect(Some("device"), "bad"), remote).unwrap_err();
+        assert_eq!(e.v5_code, reason::BAD_USER_NAME_OR_PASSWORD);
+    }
+
+    #[test]
+    fn client_id_assignment_rules() {
+        let b = broker(|_| {});
+        let mut c = connect(None, "");
+        c.client_id.clear();
+        assert!(client_id(&c, &b).unwrap().1);
+        c.clean_start = false;
+        assert!(client_id(&c, &b).is_err());
+        c.protocol = Protocol::V5;
+        assert!(client_id(&c, &b).unwrap().1);
+    }
+}

@@ -1,0 +1,253 @@
+//! MQTT ⇄ core translation (DESIGN.md "Cross-protocol mapping"): topics and filters to routing
+//! keys and binding patterns, MQTT publishes to core messages, core messages to MQTT publishes.
+
+use super::session::OutboundMessage;
+use crate::adapter::header_text::field_value_text;
+use bytes::Bytes;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use switchboard_amqp::{BasicProperties, FieldTable, FieldValue};
+use switchboard_mqtt::{Properties, QoS};
+
+/// QoS the message was published with (RabbitMQ's header name).
+pub const HEADER_QOS: &str = "x-mqtt-publish-qos";
+/// Client id of the MQTT publisher, for No Local.
+pub const HEADER_CLIENT_ID: &str = "x-mqtt-client-id";
+/// The publisher set the retain flag (kept for Retain As Published).
+pub const HEADER_RETAIN: &str = "x-mqtt-retain";
+/// v5 Payload Format Indicator 1 (UTF-8 payload), forwarded unaltered as the spec asks.
+pub const HEADER_PAYLOAD_FORMAT: &str = "x-mqtt-payload-format-indicator";
+/// v5 Response Topic (DESIGN.md).
+pub const HEADER_REPLY_TO_TOPIC: &str = "x-reply-to-topic";
+/// v5 Correlation Data that is not a valid AMQP short string (DESIGN.md).
+pub const HEADER_CORRELATION: &str = "x-correlation-id";
+
+/// Swaps `/` and `.`: MQTT `a/b.c` is routing key `a.b/c` and back. The swap is its own
+/// inverse, so topics survive the round trip exactly.
+pub fn swap_separators(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '/' => '.',
+            '.' => '/',
+            c => c,
+        })
+        .collect()
+}
+
+pub fn topic_to_key(topic: &str) -> String {
+    swap_separators(topic)
+}
+
+pub fn key_to_topic(key: &str) -> String {
+    swap_separators(key)
+}
+
+/// An MQTT filter as an AMQP topic binding pattern: `+` becomes `*`, `#` stays.
+pub fn filter_to_pattern(filter: &str) -> String {
+    filter
+        .chars()
+        .map(|c| match c {
+            '/' => '.',
+            '.' => '/',
+            '+' => '*',
+            c => c,
+        })
+        .collect()
+}
+
+fn now_secs(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Core properties for an MQTT publish. The timestamp records when the broker took the
+/// message, so the Message Expiry Interval can be counted down on delivery.
+pub fn publish_properties(
+    qos: QoS,
+    retain: bool,
+    client_id: &str,
+    props: &Properties,
+    now: SystemTime,
+) -> BasicProperties {
+    let mut headers = FieldTable::new();
+    for (k, v) in &props.user_properties {
+        headers.insert(k.clone(), FieldValue::string(v.clone()));
+    }
+    headers.insert(HEADER_QOS.into(), FieldValue::U8(qos as u8));
+    headers.insert(HEADER_CLIENT_ID.into(), FieldValue::string(client_id));
+    if retain {
+        headers.insert(HEADER_RETAIN.into(), FieldValue::Bool(true));
+    }
+    if props.payload_format_indicator == Some(1) {
+        headers.insert(HEADER_PAYLOAD_FORMAT.into(), FieldValue::U8(1));
+    }
+    if let Some(t) = &props.response_topic {
+        headers.insert(HEADER_REPLY_TO_TOPIC.into(), FieldValue::string(t.clone()));
+    }
+    let mut correlation_id = None;
+    if let Some(c) = &props.correlation_data {
+        match std::str::from_utf8(c) {
+            Ok(s) if s.len() <= 255 => correlation_id = Some(s.to_owned()),
+            _ => {
+                headers.insert(HEADER_CORRELATION.into(), FieldValue::ByteArray(c.clone()));
+            }
+        }
+    }
+    BasicProperties {
+        content_type: props.content_type.clone(),
+        headers: Some(headers),
+        delivery_mode: Some(if qos == QoS::AtMostOnce { 1 } else { 2 }),
+        correlation_id,
+        expiration: props
+            .message_expiry_interval
+            .map(|s| (u64::from(s) * 1000).to_string()),
+        timestamp: Some(now_secs(now)),
+        ..Default::default()
+    }
+}
+
+/// The QoS a core message was published with: the MQTT header, else persistent = 1.
+pub fn message_qos(p: &BasicProperties) -> QoS {
+    let from_header = p
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_QOS))
+        .and_then(FieldValue::as_i64)
+        .and_then(|q| u8::try_from(q).ok())
+        .and_then(QoS::from_u8);
+    from_header.unwrap_or(if p.delivery_mode == Some(2) {
+        QoS::AtLeastOnce
+    } else {
+        QoS::AtMostOnce
+    })
+}
+
+fn header<'a>(p: &'a BasicProperties, name: &str) -> Option<&'a FieldValue> {
+    p.headers.as_ref().and_then(|h| h.get(name))
+}
+
+pub fn published_by(p: &BasicProperties) -> Option<&str> {
+    header(p, HEADER_CLIENT_ID).and_then(FieldValue::as_str)
+}
+
+pub fn published_retained(p: &BasicProperties) -> bool {
+    header(p, HEADER_RETAIN).and_then(FieldValue::as_bool) == Some(true)
+}
+
+/// When a core message expires: its `expiration` (ms) counted from its timestamp (seconds),
+/// or from now when it has none.
+pub fn expires_at(p: &BasicProperties, now: SystemTime) -> Option<SystemTime> {
+    let ms: u64 = p.expiration.as_deref()?.parse().ok()?;
+    let start = p
+        .timestamp
+        .map_or(now, |t| UNIX_EPOCH + Duration::from_secs(t));
+    start.checked_add(Duration::from_millis(ms))
+}
+
+/// A core message as the MQTT message a subscriber gets (before QoS and retain are chosen).
+/// AMQP properties become v5 properties as DESIGN.md maps them; every other header becomes a
+/// user property in the text form of `header_text`.
+pub fn outbound_from_core(
+    routing_key: &str,
+    body: &Bytes,
+    p: &BasicProperties,
+    now: SystemTime,
+) -> OutboundMessage {
+    let mut props = Properties {
+        content_type: p.content_type.clone(),
+        ..Default::default()
+    };
+    if let Some(c) = &p.correlation_id {
+        props.correlation_data = Some(Bytes::from(c.clone().into_bytes()));
+    }
+    if let Some(h) = &p.headers {
+        for (k, v) in h {
+            match k.as_str() {
+                HEADER_QOS | HEADER_CLIENT_ID | HEADER_RETAIN => {}
+                HEADER_PAYLOAD_FORMAT => props.payload_format_indicator = Some(1),
+                HEADER_REPLY_TO_TOPIC => {
+                    props.response_topic = v.as_str().map(str::to_owned);
+                }
+                HEADER_CORRELATION if props.correlation_data.is_none() => {
+                    if let FieldValue::ByteArray(b) | FieldValue::LongString(b) = v {
+                        props.correlation_data = Some(b.clone());
+                    }
+                }
+                _ => props
+                    .user_properties
+                    .push((k.clone(), field_value_text(v).into_owned())),
+            }
+        }
+    }
+    OutboundMessage {
+        topic: key_to_topic(routing_key),
+        payload: body.clone(),
+        qos: message_qos(p),
+        retain: published_retained(p),
+        properties: props,
+        expires_at: expires_at(p, now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_and_filters() {
+        assert_eq!(topic_to_key("a/b.c/d"), "a.b/c.d");
+        assert_eq!(key_to_topic(&topic_to_key("a/b.c//d")), "a/b.c//d");
+        assert_eq!(filter_to_pattern("sport/+/x/#"), "sport.*.x.#");
+    }
+
+    #[test]
+    fn properties_round_trip_through_core() {
+        let now = SystemTime::now();
+        let props = Properties {
+            content_type: Some("text/plain".into()),
+            correlation_data: Some(Bytes::from_static(b"abc")),
+            response_topic: Some("reply/here".into()),
+            message_expiry_interval: Some(60),
+            payload_format_indicator: Some(1),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        let p = publish_properties(QoS::ExactlyOnce, true, "me", &props, now);
+        assert_eq!(p.correlation_id.as_deref(), Some("abc"));
+        assert_eq!(p.expiration.as_deref(), Some("60000"));
+        assert_eq!(published_by(&p), Some("me"));
+        let out = outbound_from_core("a.b", &Bytes::from_static(b"x"), &p, now);
+        assert_eq!(out.topic, "a/b");
+        assert_eq!(out.qos, QoS::ExactlyOnce);
+        assert!(out.retain);
+        assert_eq!(out.properties.content_type, props.content_type);
+        assert_eq!(out.properties.correlation_data, props.correlation_data);
+        assert_eq!(out.properties.response_topic, props.response_topic);
+        assert_eq!(out.properties.payload_format_indicator, Some(1));
+        assert_eq!(out.properties.user_properties, props.user_properties);
+        let left = out.remaining_expiry(now).unwrap();
+        assert!((59..=60).contains(&left), "{left}");
+    }
+
+    #[test]
+    fn binary_correlation_data_goes_to_a_header() {
+        let props = Properties {
+            correlation_data: Some(Bytes::from_static(&[0xff, 0])),
+            ..Default::default()
+        };
+        let now = SystemTime::now();
+        let p = publish_properties(QoS::AtMostOnce, false, "me", &props, now);
+        assert!(p.correlation_id.is_none());
+        let out = outbound_from_core("t", &Bytes::new(), &p, now);
+        assert_eq!(out.properties.correlation_data, props.correlation_data);
+        assert_eq!(out.qos, QoS::AtMostOnce);
+    }
+
+    #[test]
+    fn amqp_messages_map_qos_from_delivery_mode() {
+        let p = BasicProperties {
+            delivery_mode: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(message_qos(&p), QoS::AtLeastOnce);
+        assert_eq!(message_qos(&BasicProperties::default()), QoS::AtMostOnce);
+    }
+}

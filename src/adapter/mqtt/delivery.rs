@@ -1,0 +1,260 @@
+//! Delivery to MQTT clients: the consumer sinks a session's queue hands messages to, and the
+//! sending side of a session (packet ids, in-flight limit, topic aliases, size limits).
+//!
+//! Queues call `deliver` under their own lock, from whatever task published; the sinks then
+//! take the session lock. The connection task never calls into a queue while holding the
+//! session lock, so the order is always queue → session.
+//!
+//! Both sinks consume with `no_ack`: a delivery belongs to the session from the moment it is
+//! handed over (in flight, pending, or resent on reconnect), which is what MQTT's session
+//! state asks for.
+
+use super::convert::{key_to_topic, outbound_from_core, published_by};
+use super::registry::lock;
+use super::session::{shared_key, InFlight, OutboundMessage, Session};
+use crate::adapter::outbox::Outbox;
+use crate::core::{ConsumerSink, Delivery, Queue};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use switchboard_mqtt::{encode, encoded_len, Packet, Protocol, PubResponse, Publish, QoS};
+
+/// What a client accepts, from its CONNECT.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    pub protocol: Protocol,
+    /// The client's Maximum Packet Size (v5), else unlimited.
+    pub max_packet_size: usize,
+    /// QoS 1/2 messages in flight at most (client Receive Maximum capped by config).
+    pub in_flight: usize,
+    /// Topic aliases the client accepts (v5 Topic Alias Maximum).
+    pub topic_alias_max: u16,
+    /// Messages kept waiting for a slot or for the client to return.
+    pub pending: usize,
+}
+
+/// The live side of a session: delivers to a connected client.
+pub struct Link {
+    pub session: Arc<Mutex<Session>>,
+    pub outbox: Arc<Outbox>,
+    pub client_id: String,
+    pub limits: ClientLimits,
+    /// Outbound topic aliases by topic (one connection's; they do not outlive it).
+    aliases: Mutex<HashMap<String, u16>>,
+    closed: AtomicBool,
+    /// A queue this link consumes from was deleted (by an AMQP client, say): the connection
+    /// ends, and the client's reconnect rebuilds the queue and its bindings.
+    pub queue_deleted: tokio::sync::Notify,
+}
+
+impl Link {
+    pub fn new(
+        session: Arc<Mutex<Session>>,
+        outbox: Arc<Outbox>,
+        client_id: String,
+        limits: ClientLimits,
+    ) -> Arc<Self> {
+        Arc::new(Link {
+            session,
+            outbox,
+            client_id,
+            limits,
+            aliases: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            queue_deleted: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// No more deliveries through this link.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Sends `m` now if a slot is free, else queues it behind the others.
+    pub fn offer(&self, s: &mut Session, m: OutboundMessage) {
+        if m.qos == QoS::AtMostOnce {
+            self.write_publish(&m, None, false);
+            return;
+        }
+        if s.pending.is_empty() && s.in_flight.len() < self.limits.in_flight {
+            self.send_in_flight(s, m);
+        } else {
+            s.push_pending(m, self.limits.pending);
+        }
+    }
+
+    fn send_in_flight(&self, s: &mut Session, m: OutboundMessage) {
+        let id = s.next_packet_id();
+        if self.write_publish(&m, Some(id), false) {
+            s.in_flight.insert(
+                id,
+                InFlight {
+                    message: m,
+                    released: false,
+                },
+            );
+        }
+    }
+
+    /// Moves pending messages into free in-flight slots. True when nothing is left pending,
+    /// so the session's queue may deliver again.
+    pub fn pump(&self, s: &mut Session) -> bool {
+        while s.in_flight.len() < self.limits.in_flight {
+            let Some(m) = s.pending.pop_front() else {
+                break;
+            };
+            if m.qos == QoS::AtMostOnce {
+                self.write_publish(&m, None, false);
+            } else {
+                self.send_in_flight(s, m);
+            }
+        }
+        s.pending.is_empty()
+    }
+
+    /// Resends everything in flight after a reconnect: PUBLISH with DUP, or PUBREL for QoS 2
+    /// messages already PUBREC'd (spec 4.4). A message that expired meanwhile, or no longer
+    /// fits the client's Maximum Packet Size, is dropped rather than left holding a slot.
+    pub fn resend_in_flight(&self, s: &mut Session) {
+        s.in_flight.retain(|&id, f| {
+            if f.released {
+                let p = Packet::PubRel(PubResponse::new(id));
+                self.outbox.push(|out| {
+                    let _ = encode(&p, self.limits.protocol, out);
+                });
+                true
+            } else {
+                self.write_publish(&f.message, Some(id), true)
+            }
+        });
+    }
+
+    /// Writes one PUBLISH. False (and nothing written) when the message has expired or would
+    /// exceed the client's Maximum Packet Size: the spec says to discard it as if delivered.
+    fn write_publish(&self, m: &OutboundMessage, packet_id: Option<u16>, dup: bool) -> bool {
+        let now = SystemTime::now();
+        if m.is_expired(now) {
+            return false;
+        }
+        let v5 = self.limits.protocol.is_v5();
+        let mut properties = if v5 {
+            m.properties.clone()
+        } else {
+            Default::default()
+        };
+        properties.message_expiry_interval = m.remaining_expiry(now);
+        let mut topic = m.topic.clone();
+        if v5 && self.limits.topic_alias_max > 0 && !dup {
+            let mut aliases = lock(&self.aliases);
+            if let Some(&a) = aliases.get(&m.topic) {
+                topic.clear();
+                properties.topic_alias = Some(a);
+            } else if aliases.len() < usize::from(self.limits.topic_alias_max) {
+                let a = aliases.len() as u16 + 1;
+                aliases.insert(m.topic.clone(), a);
+                properties.topic_alias = Some(a);
+            }
+        }
+        let packet = Packet::Publish(Publish {
+            dup,
+            qos: m.qos,
+            retain: m.retain,
+            topic,
+            packet_id,
+            properties,
+            payload: m.payload.clone(),
+        });
+        match encoded_len(&packet, self.limits.protocol) {
+            Ok(n) if n <= self.limits.max_packet_size => {}
+            Ok(n) => {
+                tracing::debug!(client = %self.client_id, size = n, "message over the client's maximum packet size dropped");
+                return false;
+            }
+            Err(e) => {
+                tracing::debug!(client = %self.client_id, error = %e, "message cannot be encoded for MQTT, dropped");
+                return false;
+            }
+        }
+        self.outbox.push(|out| {
+            let _ = encode(&packet, self.limits.protocol, out);
+        });
+        true
+    }
+}
+
+/// Builds the MQTT message for a queue delivery to `s`, or `None` when no subscription of
+/// the session matches it under MQTT's rules.
+fn for_session(
+    s: &Session,
+    client_id: &str,
+    queue: &Queue,
+    d: &Delivery,
+) -> Option<OutboundMessage> {
+    let msg = &d.message;
+    let topic = key_to_topic(&msg.routing_key);
+    let matched = match shared_key(&queue.name) {
+        Some(key) => s.match_shared(&key, &topic)?,
+        None => {
+            let from_self = published_by(&msg.properties) == Some(client_id);
+            s.match_topic(&topic, from_self)?
+        }
+    };
+    let mut m = outbound_from_core(
+        &msg.routing_key,
+        &msg.body,
+        &msg.properties,
+        SystemTime::now(),
+    );
+    m.qos = m.qos.min(matched.qos);
+    m.retain = m.retain && matched.retain_as_published;
+    m.properties.subscription_identifiers = matched.identifiers;
+    Some(m)
+}
+
+impl ConsumerSink for Link {
+    fn try_reserve(&self, _needs_ack: bool) -> bool {
+        if self.closed.load(Ordering::Acquire) || !self.outbox.has_room() {
+            return false;
+        }
+        let s = lock(&self.session);
+        s.pending.is_empty() && s.in_flight.len() < self.limits.in_flight
+    }
+
+    fn deliver(&self, queue: &Arc<Queue>, delivery: Delivery) {
+        let mut s = lock(&self.session);
+        if let Some(m) = for_session(&s, &self.client_id, queue, &delivery) {
+            self.offer(&mut s, m);
+        }
+    }
+
+    fn cancelled(&self, queue: &Queue, _consumer_tag: &str) {
+        tracing::info!(client = %self.client_id, queue = %queue.name, "MQTT queue deleted under a connected client");
+        self.queue_deleted.notify_one();
+    }
+}
+
+/// Holds a persistent session's QoS 1/2 messages while its client is offline, oldest dropped
+/// beyond the limit (QoS 0 messages are not kept, as the spec allows).
+pub struct OfflineSink {
+    pub session: Arc<Mutex<Session>>,
+    pub client_id: String,
+    pub limit: usize,
+}
+
+impl ConsumerSink for OfflineSink {
+    fn try_reserve(&self, _needs_ack: bool) -> bool {
+        true
+    }
+
+    fn deliver(&self, queue: &Arc<Queue>, delivery: Delivery) {
+        let mut s = lock(&self.session);
+        if let Some(m) = for_session(&s, &self.client_id, queue, &delivery) {
+            if m.qos != QoS::AtMostOnce {
+                s.push_pending(m, self.limit);
+            }
+        }
+    }
+
+    fn cancelled(&self, _queue: &Queue, _consumer_tag: &str) {}
+}

@@ -1,0 +1,106 @@
+//! Inbound publishes: the one place an MQTT publish (or a will) enters the core, and the one
+//! place a QoS 1/2 publish is acknowledged to the client. Storage will make the latter wait
+//! for the fsync of persistent messages.
+
+use super::convert::{publish_properties, topic_to_key};
+use super::registry::MqttState;
+use super::session::OutboundMessage;
+use crate::adapter::outbox::Outbox;
+use crate::core::{Broker, Message, VHost};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use switchboard_mqtt::{encode, reason, Packet, Properties, Protocol, PubResponse, QoS};
+
+/// Everything needed to publish on behalf of one client; owned, so a delayed will can carry it
+/// after the connection is gone.
+#[derive(Clone)]
+pub struct Publisher {
+    pub broker: Arc<Broker>,
+    pub state: Arc<MqttState>,
+    pub vhost: Arc<VHost>,
+    pub client_id: String,
+}
+
+/// One MQTT application message as received.
+#[derive(Debug, Clone)]
+pub struct InboundMessage {
+    pub topic: String,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: Properties,
+    pub payload: Bytes,
+}
+
+impl Publisher {
+    /// Routes a message to the configured exchange with the topic as routing key and, when
+    /// `retain` is set, makes it the topic's retained message. Returns how many queues it
+    /// reached.
+    pub fn route(&self, m: InboundMessage) -> usize {
+        let now = SystemTime::now();
+        if m.retain {
+            let mut properties = m.properties.clone();
+            properties.topic_alias = None;
+            properties.subscription_identifiers.clear();
+            let expires_at = properties
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s)));
+            self.state.with_retained(&self.vhost.name, |store| {
+                store.set(OutboundMessage {
+                    topic: m.topic.clone(),
+                    payload: m.payload.clone(),
+                    qos: m.qos,
+                    retain: true,
+                    properties,
+                    expires_at,
+                })
+            });
+        }
+        let exchange_name = &self.broker.config.mqtt.exchange;
+        let Some(exchange) = self.vhost.exchange(exchange_name) else {
+            tracing::warn!(vhost = %self.vhost.name, exchange = %exchange_name, "MQTT exchange missing; message dropped");
+            return 0;
+        };
+        let properties = publish_properties(m.qos, m.retain, &self.client_id, &m.properties, now);
+        let charge = self
+            .broker
+            .memory
+            .charge(Message::charge_size(m.payload.len()));
+        let message = Arc::new(Message::new(
+            exchange_name.clone(),
+            topic_to_key(&m.topic),
+            properties,
+            None,
+            m.payload,
+            charge,
+        ));
+        let queues = self.vhost.route(&exchange, &message);
+        for q in &queues {
+            q.publish(message.clone());
+        }
+        queues.len()
+    }
+}
+
+/// Acknowledges a routed QoS 1 (PUBACK) or QoS 2 (PUBREC) publish. v5 says 0x10 when no
+/// subscriber matched.
+pub fn acknowledge_publish(
+    outbox: &Outbox,
+    protocol: Protocol,
+    qos: QoS,
+    packet_id: u16,
+    routed: usize,
+) {
+    let mut ack = PubResponse::new(packet_id);
+    if routed == 0 {
+        ack.reason = reason::NO_MATCHING_SUBSCRIBERS;
+    }
+    let packet = match qos {
+        QoS::AtMostOnce => return,
+        QoS::AtLeastOnce => Packet::PubAck(ack),
+        QoS::ExactlyOnce => Packet::PubRec(ack),
+    };
+    outbox.push(|out| {
+        let _ = encode(&packet, protocol, out);
+    });
+}

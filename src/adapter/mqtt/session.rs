@@ -1,0 +1,316 @@
+//! A session's state as plain data (no sockets, no tasks): subscriptions, QoS state in both
+//! directions and the messages waiting to be sent. It outlives connections for persistent
+//! sessions, and everything in it could be written out by the storage layer.
+
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::SystemTime;
+use switchboard_mqtt::{Properties, QoS, SubscriptionOptions};
+
+/// One subscription of a session, by topic filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionEntry {
+    pub options: SubscriptionOptions,
+    /// v5 Subscription Identifier given with the SUBSCRIBE, if any.
+    pub identifier: Option<u32>,
+}
+
+/// A message on its way to the client, in MQTT terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundMessage {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// v5 properties to send (Message Expiry Interval is recomputed when sent).
+    pub properties: Properties,
+    /// When the message expires (v5 Message Expiry Interval), if it does.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl OutboundMessage {
+    /// Seconds left before expiry, `None` when it never expires, `Some(0)` when expired.
+    pub fn remaining_expiry(&self, now: SystemTime) -> Option<u32> {
+        let at = self.expires_at?;
+        let left = at.duration_since(now).map(|d| d.as_secs()).unwrap_or(0);
+        Some(u32::try_from(left).unwrap_or(u32::MAX))
+    }
+
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// An outbound QoS 1/2 message the client has not yet completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub message: OutboundMessage,
+    /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
+    pub released: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub client_id: String,
+    pub vhost: String,
+    /// The queue the session's subscriptions are bound to.
+    pub queue: String,
+    pub subscriptions: BTreeMap<String, SubscriptionEntry>,
+    /// Inbound QoS 2 packet ids PUBREC'd and not yet released: a re-sent PUBLISH with one of
+    /// these ids is not routed again.
+    pub inbound_qos2: BTreeSet<u16>,
+    /// Outbound QoS 1/2 messages by packet id, resent (with DUP) when the client reconnects.
+    pub in_flight: BTreeMap<u16, InFlight>,
+    /// Messages waiting for an in-flight slot, or for the client to come back (bounded).
+    pub pending: VecDeque<OutboundMessage>,
+    /// Messages dropped from `pending` because it was full (oldest first).
+    pub dropped: u64,
+    /// Session Expiry Interval in seconds (0: the session ends with its connection).
+    pub expiry_interval: u32,
+    next_packet_id: u16,
+}
+
+impl Session {
+    pub fn new(client_id: String, vhost: String, queue: String) -> Self {
+        Session {
+            client_id,
+            vhost,
+            queue,
+            subscriptions: BTreeMap::new(),
+            inbound_qos2: BTreeSet::new(),
+            in_flight: BTreeMap::new(),
+            pending: VecDeque::new(),
+            dropped: 0,
+            expiry_interval: 0,
+            next_packet_id: 1,
+        }
+    }
+
+    /// The next packet id not in flight. Callers keep `in_flight` below 65535 entries (the
+    /// in-flight limit is a u16 receive maximum at most), so one is always free.
+    pub fn next_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if id != 0 && !self.in_flight.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Queues a message for later, dropping the oldest beyond `limit`.
+    pub fn push_pending(&mut self, message: OutboundMessage, limit: usize) {
+        self.pending.push_back(message);
+        while self.pending.len() > limit {
+            self.pending.pop_front();
+            self.dropped += 1;
+        }
+    }
+
+    /// The subscriptions matching `topic`, for one delivery: the highest QoS among them, their
+    /// identifiers, and whether any asks to keep the retain flag. `None` when nothing matches
+    /// (the message reached the queue through a binding that MQTT's rules do not match, such
+    /// as `#` for a `$` topic, or a filter unsubscribed since it was queued).
+    pub fn match_topic(&self, topic: &str, from_self: bool) -> Option<Matched> {
+        let mut m: Option<Matched> = None;
+        for (filter, sub) in &self.subscriptions {
+            // Shared subscriptions deliver from their group's queue, not the session's.
+            if is_shared(filter)
+                || (sub.options.no_local && from_self)
+                || !switchboard_mqtt::topic::matches(filter, topic)
+            {
+                continue;
+            }
+            let e = m.get_or_insert(Matched::default());
+            e.qos = e.qos.max(sub.options.qos);
+            e.retain_as_published |= sub.options.retain_as_published;
+            e.identifiers.extend(sub.identifier);
+        }
+        m
+    }
+
+    /// What the shared subscription `$share/<group>/<filter>` (`key`) asks for a message on
+    /// `topic` delivered from its group's queue.
+    pub fn match_shared(&self, key: &str, topic: &str) -> Option<Matched> {
+        let sub = self.subscriptions.get(key)?;
+        let (_, filter) = switchboard_mqtt::topic::split_shared(key).ok()??;
+        if !switchboard_mqtt::topic::matches(filter, topic) {
+            return None;
+        }
+        Some(Matched {
+            qos: sub.options.qos,
+            retain_as_published: sub.options.retain_as_published,
+            identifiers: sub.identifier.into_iter().collect(),
+        })
+    }
+
+    /// Drops waiting messages that no subscription matches any more (after UNSUBSCRIBE), so
+    /// that unsubscribing stops delivery at once.
+    pub fn drop_unmatched_pending(&mut self) {
+        let filters: Vec<&str> = self
+            .subscriptions
+            .keys()
+            .map(|k| match switchboard_mqtt::topic::split_shared(k) {
+                Ok(Some((_, inner))) => inner,
+                _ => k.as_str(),
+            })
+            .collect();
+        self.pending.retain(|m| {
+            filters
+                .iter()
+                .any(|f| switchboard_mqtt::topic::matches(f, &m.topic))
+        });
+    }
+
+    /// The shared subscriptions of the session, by key.
+    pub fn shared_keys(&self) -> Vec<String> {
+        self.subscriptions
+            .keys()
+            .filter(|k| is_shared(k))
+            .cloned()
+            .collect()
+    }
+}
+
+const SHARED_KEY_PREFIX: &str = "$share/";
+/// Queues of shared subscription groups are named `mqtt-shared-<group>/<filter>`: a group name
+/// has no `/`, so the name is unambiguous.
+pub const SHARED_QUEUE_PREFIX: &str = "mqtt-shared-";
+
+pub fn is_shared(filter: &str) -> bool {
+    filter.starts_with(SHARED_KEY_PREFIX)
+}
+
+/// The queue a shared subscription's group consumes from.
+pub fn shared_queue_name(key: &str) -> Option<String> {
+    key.strip_prefix(SHARED_KEY_PREFIX)
+        .map(|rest| format!("{SHARED_QUEUE_PREFIX}{rest}"))
+}
+
+/// The subscription key (`$share/<group>/<filter>`) a shared group queue serves.
+pub fn shared_key(queue_name: &str) -> Option<String> {
+    queue_name
+        .strip_prefix(SHARED_QUEUE_PREFIX)
+        .map(|rest| format!("{SHARED_KEY_PREFIX}{rest}"))
+}
+
+/// What the subscriptions matching one message ask for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matched {
+    pub qos: QoS,
+    pub retain_as_published: bool,
+    pub identifiers: Vec<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(qos: QoS, identifier: Option<u32>) -> SubscriptionEntry {
+        SubscriptionEntry {
+            options: SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+            identifier,
+        }
+    }
+
+    #[test]
+    fn overlapping_subscriptions_give_max_qos_and_every_identifier() {
+        let mut s = Session::new("c".into(), "/".into(), "q".into());
+        s.subscriptions
+            .insert("a/#".into(), sub(QoS::AtMostOnce, Some(1)));
+        s.subscriptions
+            .insert("a/+".into(), sub(QoS::ExactlyOnce, Some(2)));
+        s.subscriptions
+            .insert("b".into(), sub(QoS::AtLeastOnce, Some(3)));
+        let m = s.match_topic("a/x", false).unwrap();
+        assert_eq!(m.qos, QoS::ExactlyOnce);
+        assert_eq!(m.identifiers, vec![1, 2]);
+        assert!(s.match_topic("$SYS/x", false).is_none());
+        assert!(s.match_topic("c", false).is_none());
+    }
+
+    #[test]
+    fn no_local_skips_own_messages() {
+        let mut s = Session::new("c".into(), "/".into(), "q".into());
+        let mut e = sub(QoS::AtLeastOnce, None);
+        e.options.no_local = true;
+        s.subscriptions.insert("t".into(), e);
+        assert!(s.match_topic("t", true).is_none());
+        assert!(s.match_topic("t", false).is_some());
+    }
+
+    #[test]
+    fn pending_drops_oldest_beyond_limit() {
+        let mut s = Session::new("c".into(), "/".into(), "q".into());
+        for i in 0..5u8 {
+            s.push_pending(
+                OutboundMessage {
+                    topic: "t".into(),
+                    payload: Bytes::from(vec![i]),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    properties: Properties::default(),
+                    expires_at: None,
+                },
+                3,
+            );
+        }
+        assert_eq!(s.dropped, 2);
+        let first: Vec<u8> = s.pending.iter().map(|m| m.payload[0]).collect();
+        assert_eq!(first, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn unsubscribing_drops_waiting_messages_for_the_filter() {
+        let mut s = Session::new("c".into(), "/".into(), "q".into());
+        s.subscriptions
+            .insert("a/#".into(), sub(QoS::AtLeastOnce, None));
+        s.subscriptions
+            .insert("$share/g/b".into(), sub(QoS::AtLeastOnce, None));
+        for topic in ["a/1", "b", "c"] {
+            s.push_pending(
+                OutboundMessage {
+                    topic: topic.into(),
+                    payload: Bytes::new(),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    properties: Properties::default(),
+                    expires_at: None,
+                },
+                10,
+            );
+        }
+        s.drop_unmatched_pending();
+        let left: Vec<&str> = s.pending.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(left, vec!["a/1", "b"]);
+        s.subscriptions.remove("a/#");
+        s.drop_unmatched_pending();
+        assert_eq!(s.pending.len(), 1);
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_zero() {
+        let mut s = Session::new("c".into(), "/".into(), "q".into());
+        s.next_packet_id = u16::MAX;
+        assert_eq!(s.next_packet_id(), u16::MAX);
+        let msg = OutboundMessage {
+            topic: "t".into(),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+            expires_at: None,
+        };
+        s.in_flight.insert(
+            1,
+            InFlight {
+                message: msg,
+                released: false,
+            },
+        );
+        assert_eq!(s.next_packet_id(), 2);
+    }
+}
