@@ -4,12 +4,14 @@ mod common;
 use common::*;
 use std::time::Duration;
 use switchboard::bench::report::Report;
-use switchboard::bench::{run, Options, Protocol, Scenario};
+use switchboard::bench::{connections, run, Options, Protocol, Scenario};
+use switchboard_mqtt::{Protocol as MqttVersion, QoS};
 
 fn options(b: &TestBroker) -> Options {
     Options {
         amqp_addr: b.amqp,
         stomp_addr: b.stomp,
+        mqtt_addr: b.mqtt,
         publishers: 1,
         consumers: 2,
         size: 32,
@@ -23,11 +25,16 @@ fn options(b: &TestBroker) -> Options {
 
 /// Everything published reached every consumer group once, and the JSON carries it all.
 fn assert_accounted(report: &Report) {
-    assert!(report.published > 0, "{report:?}");
-    assert_eq!(report.missing, 0, "no loss: {report:?}");
-    assert_eq!(report.duplicates, 0, "no duplicates: {report:?}");
-    assert_eq!(report.consumed, report.expected, "{report:?}");
     assert!(report.loss_is_defect, "{report:?}");
+    assert_eq!(report.missing, 0, "no loss: {report:?}");
+    assert_eq!(report.consumed, report.expected, "{report:?}");
+    assert_figures(report);
+}
+
+/// A run published, nothing arrived twice, and every figure is in the JSON.
+fn assert_figures(report: &Report) {
+    assert!(report.published > 0, "{report:?}");
+    assert_eq!(report.duplicates, 0, "no duplicates: {report:?}");
     assert!(report.latency.is_some(), "latency measured: {report:?}");
     assert!(
         report.broker.cpu_seconds_per_million.is_some(),
@@ -169,4 +176,77 @@ async fn a_size_below_the_stamp_is_refused() {
     };
     let err = bounded(run(Scenario::Amqp, &o)).await.expect_err("refused");
     assert!(err.to_string().contains("--size"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_at_each_qos_and_version_gives_every_subscriber_every_message() {
+    let b = TestBroker::start().await;
+    for version in [MqttVersion::V311, MqttVersion::V5] {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let o = Options {
+                mqtt_version: version,
+                qos,
+                ..options(&b)
+            };
+            let report = bounded(run(Scenario::Mqtt, &o)).await.expect("bench runs");
+            assert_eq!(report.expected, 2 * report.published, "{report:?}");
+            if qos == QoS::AtMostOnce {
+                // QoS 0 may drop; what is missing is reported, not a defect.
+                assert!(!report.loss_is_defect, "{report:?}");
+                assert_figures(&report);
+            } else {
+                assert_accounted(&report);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_fan_out_reaches_every_subscriber() {
+    let b = TestBroker::start().await;
+    let o = Options {
+        consumers: 20,
+        qos: QoS::AtLeastOnce,
+        ..options(&b)
+    };
+    let report = bounded(run(Scenario::Mqtt, &o)).await.expect("bench runs");
+    assert_accounted(&report);
+    assert_eq!(report.expected, 20 * report.published);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_protocol_flows_through_mqtt_deliver_everything() {
+    let b = TestBroker::start().await;
+    for (from, to) in [
+        (Protocol::Mqtt, Protocol::Amqp),
+        (Protocol::Amqp, Protocol::Mqtt),
+        (Protocol::Stomp, Protocol::Mqtt),
+    ] {
+        let o = Options {
+            qos: QoS::AtLeastOnce,
+            ..options(&b)
+        };
+        let report = bounded(run(Scenario::Cross { from, to }, &o))
+            .await
+            .expect("bench runs");
+        assert_accounted(&report);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_opened_and_counted() {
+    let b = TestBroker::start().await;
+    let report = bounded(connections::run(&options(&b), 300))
+        .await
+        .expect("connections open");
+    let c = report.connections.expect("connection figures");
+    assert_eq!(c.opened, 300);
+    assert!(c.per_second > 0.0);
+    assert!(c.rss_bytes_per_connection.is_some(), "{c:?}");
+    let json: serde_json::Value = serde_json::from_str(&report.json()).expect("JSON parses");
+    assert_eq!(json["connections"]["opened"], 300);
+    wait_until("the bench closed them again", || {
+        b.broker().connections().is_empty()
+    })
+    .await;
 }

@@ -2,7 +2,7 @@
 
 use super::body::Stamp;
 use super::client::{BenchClient, BenchReader, ClientError, CH};
-use super::live::{write_unless_stopped, Live, Pacer};
+use super::live::{await_acks, write_unless_stopped, Live, Pacer};
 use super::record::Recorder;
 use super::run::Task;
 use super::{BenchError, Options};
@@ -282,6 +282,7 @@ async fn publish(
         pacer.count_sent(&live, n);
     }
     if let Some(r) = reader {
+        await_acks(&confirmed, pacer.sent, &wake).await;
         r.abort();
     }
     Ok(pacer.sent)

@@ -16,6 +16,9 @@ pub enum ScenarioName {
     AmqpFanout,
     /// SEND to /queue/NAME.stomp -> C competing subscribers.
     Stomp,
+    /// Publish to topic NAME/mqtt -> C subscribers, each getting every message (fan-out
+    /// 1 -> N: --publishers 1 --consumers N). With --connections N: idle connections instead.
+    Mqtt,
     /// Publish with --from, consume with --to, through amq.topic (each consumer gets all).
     Cross,
 }
@@ -23,6 +26,7 @@ pub enum ScenarioName {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProtocolName {
     Amqp,
+    Mqtt,
     Stomp,
 }
 
@@ -30,9 +34,18 @@ impl From<ProtocolName> for Protocol {
     fn from(p: ProtocolName) -> Self {
         match p {
             ProtocolName::Amqp => Protocol::Amqp,
+            ProtocolName::Mqtt => Protocol::Mqtt,
             ProtocolName::Stomp => Protocol::Stomp,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MqttVersion {
+    #[value(name = "3.1.1")]
+    V311,
+    #[value(name = "5")]
+    V5,
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +66,18 @@ pub struct BenchArgs {
     amqp_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:61613")]
     stomp_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_addr: SocketAddr,
+    /// MQTT protocol version.
+    #[arg(long, value_enum, default_value = "3.1.1")]
+    mqtt_version: MqttVersion,
+    /// MQTT QoS of publishes and subscriptions (0, 1 or 2).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Open this many idle MQTT connections, each with one subscription, and report the
+    /// connect rate and (with --broker-pid) the broker's RSS per connection.
+    #[arg(long)]
+    connections: Option<usize>,
     #[arg(long, default_value = "guest")]
     user: String,
     #[arg(long, default_value = "guest")]
@@ -94,7 +119,7 @@ pub struct BenchArgs {
     #[arg(long)]
     persistent: bool,
     /// At most this many unconfirmed messages per publisher: AMQP publisher confirms, STOMP
-    /// a receipt for every SEND.
+    /// a receipt for every SEND, MQTT QoS 1/2 in flight (default 1000 there).
     #[arg(long, alias = "receipts")]
     confirm: Option<u32>,
     /// The broker's pid: report its CPU seconds per million messages and peak RSS.
@@ -114,6 +139,7 @@ impl BenchArgs {
             ScenarioName::Amqp => Scenario::Amqp,
             ScenarioName::AmqpFanout => Scenario::AmqpFanout,
             ScenarioName::Stomp => Scenario::Stomp,
+            ScenarioName::Mqtt => Scenario::Mqtt,
             ScenarioName::Cross => Scenario::Cross {
                 from: self.from.into(),
                 to: self.to.into(),
@@ -125,6 +151,12 @@ impl BenchArgs {
         let mut o = Options {
             amqp_addr: self.amqp_addr,
             stomp_addr: self.stomp_addr,
+            mqtt_addr: self.mqtt_addr,
+            mqtt_version: match self.mqtt_version {
+                MqttVersion::V311 => switchboard_mqtt::Protocol::V311,
+                MqttVersion::V5 => switchboard_mqtt::Protocol::V5,
+            },
+            qos: switchboard_mqtt::QoS::from_u8(self.qos).unwrap_or_default(),
             user: self.user.clone(),
             password: self.password.clone(),
             publishers: self.publishers,
@@ -151,10 +183,12 @@ impl BenchArgs {
             match self.scenario {
                 ScenarioName::Amqp | ScenarioName::AmqpFanout => o.amqp_addr = addr,
                 ScenarioName::Stomp => o.stomp_addr = addr,
+                ScenarioName::Mqtt => o.mqtt_addr = addr,
                 // Two protocols: --addr means the publishing side.
                 ScenarioName::Cross => match self.from {
                     ProtocolName::Amqp => o.amqp_addr = addr,
                     ProtocolName::Stomp => o.stomp_addr = addr,
+                    ProtocolName::Mqtt => o.mqtt_addr = addr,
                 },
             }
         }
@@ -165,7 +199,11 @@ impl BenchArgs {
 /// Runs the command: the report goes to stdout, as a table or as JSON.
 pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let report = runtime.block_on(run(args.scenario(), &args.options()))?;
+    let options = args.options();
+    let report = match args.connections {
+        Some(n) => runtime.block_on(super::connections::run(&options, n))?,
+        None => runtime.block_on(run(args.scenario(), &options))?,
+    };
     if args.json {
         println!("{}", report.json());
     } else {

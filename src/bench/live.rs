@@ -104,8 +104,13 @@ impl Pacer {
     }
 }
 
-/// Writes `buf` unless the run stops first: a publisher the broker has stopped reading (its
-/// memory alarm) must still end with the run. Returns whether the write completed.
+/// How long a publisher's last write and its outstanding acknowledgements get once the run
+/// stops.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Writes `buf` unless the run stops and the write still cannot finish within [`GRACE`]: a
+/// publisher the broker has stopped reading (its memory alarm) must still end with the run.
+/// Returns whether the write completed (when it did not, part of `buf` may have been sent).
 pub async fn write_unless_stopped<W>(wr: &mut W, buf: &[u8], live: &Live) -> std::io::Result<bool>
 where
     W: tokio::io::AsyncWrite + Unpin,
@@ -113,14 +118,28 @@ where
     use tokio::io::AsyncWriteExt;
     let write = wr.write_all(buf);
     tokio::pin!(write);
+    let mut stopped_at = None;
     loop {
         tokio::select! {
             r = &mut write => return r.map(|()| true),
             () = tokio::time::sleep(Duration::from_millis(50)) => {
                 if live.stopped() {
-                    return Ok(false);
+                    let since = *stopped_at.get_or_insert_with(Instant::now);
+                    if since.elapsed() > GRACE {
+                        return Ok(false);
+                    }
                 }
             }
         }
+    }
+}
+
+/// Waits (at most [`GRACE`]) until `acked` reaches `sent`: a publisher that closes its socket
+/// with acknowledgements unread makes the kernel reset the connection, and the broker may
+/// then lose what it had not yet read.
+pub async fn await_acks(acked: &AtomicU64, sent: u64, wake: &tokio::sync::Notify) {
+    let until = Instant::now() + GRACE;
+    while acked.load(Ordering::Relaxed) < sent && Instant::now() < until {
+        let _ = tokio::time::timeout(Duration::from_millis(20), wake.notified()).await;
     }
 }

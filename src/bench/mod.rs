@@ -1,7 +1,8 @@
 //! `switchboard bench`: a load generator pointed at any broker on 127.0.0.1 by default.
 //!
-//! Scenarios: AMQP publish → queue → consume, AMQP fan-out, STOMP send → subscribe, and
-//! cross-protocol flows. Every body carries a stamp (run, publisher, sequence number, send
+//! Scenarios: AMQP publish → queue → consume, AMQP fan-out, STOMP send → subscribe, MQTT
+//! publish → subscribe at QoS 0/1/2 (3.1.1 and 5), cross-protocol flows, and idle MQTT
+//! connections (`--connections`). Every body carries a stamp (run, publisher, sequence number, send
 //! time; see [`body`]), from which consumers measure latency into an HDR histogram and count
 //! loss and duplicates exactly. Given the broker's pid, a run reports the broker's CPU seconds
 //! per million messages (the figure that holds on a shared machine) and its peak RSS.
@@ -10,7 +11,9 @@ pub mod amqp;
 pub mod body;
 pub mod cli;
 pub mod client;
+pub mod connections;
 pub mod live;
+pub mod mqtt;
 pub mod procfs;
 pub mod record;
 pub mod report;
@@ -49,6 +52,7 @@ pub enum BenchError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Amqp,
+    Mqtt,
     Stomp,
 }
 
@@ -56,6 +60,7 @@ impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Amqp => "amqp",
+            Protocol::Mqtt => "mqtt",
             Protocol::Stomp => "stomp",
         }
     }
@@ -70,6 +75,9 @@ pub enum Scenario {
     AmqpFanout,
     /// SEND to `/queue/NAME.stomp` → competing subscribers.
     Stomp,
+    /// Publish to topic `NAME/mqtt` → every subscriber gets every message (fan-out 1 → N is
+    /// one publisher and N consumers).
+    Mqtt,
     /// Publish with one protocol through `amq.topic`, consume with another; every consumer
     /// gets every message.
     Cross { from: Protocol, to: Protocol },
@@ -80,6 +88,10 @@ pub enum Scenario {
 pub struct Options {
     pub amqp_addr: SocketAddr,
     pub stomp_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
+    pub mqtt_version: switchboard_mqtt::Protocol,
+    /// QoS of MQTT publishes and subscriptions.
+    pub qos: switchboard_mqtt::QoS,
     pub user: String,
     pub password: String,
     pub publishers: usize,
@@ -119,6 +131,9 @@ impl Options {
         Options {
             amqp_addr: SocketAddr::from(([127, 0, 0, 1], 5672)),
             stomp_addr: SocketAddr::from(([127, 0, 0, 1], 61613)),
+            mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            mqtt_version: switchboard_mqtt::Protocol::V311,
+            qos: switchboard_mqtt::QoS::AtMostOnce,
             user: "guest".into(),
             password: "guest".into(),
             publishers: 1,
@@ -150,6 +165,7 @@ impl Default for Options {
 enum Target {
     Amqp { exchange: String, key: String },
     Stomp(String),
+    Mqtt(String),
 }
 
 /// Where consumers take from, and whether they share the messages.
@@ -162,6 +178,7 @@ struct Source {
 enum SourceKind {
     Amqp(amqp::Source),
     Stomp(String),
+    Mqtt(String),
 }
 
 /// The topic key cross-protocol flows use on `amq.topic`.
@@ -226,6 +243,17 @@ pub async fn run(scenario: Scenario, o: &Options) -> Result<Report, BenchError> 
                 },
             )
         }
+        Scenario::Mqtt => {
+            let topic = format!("{}/mqtt", o.queue);
+            (
+                format!("mqtt {:?} {:?}", o.mqtt_version, o.qos),
+                Target::Mqtt(topic.clone()),
+                Source {
+                    from: SourceKind::Mqtt(topic),
+                    shared: false,
+                },
+            )
+        }
         Scenario::Cross { from, to } => {
             let key = cross_key(o);
             let target = match from {
@@ -234,6 +262,7 @@ pub async fn run(scenario: Scenario, o: &Options) -> Result<Report, BenchError> 
                     key: key.clone(),
                 },
                 Protocol::Stomp => Target::Stomp(format!("/topic/{key}")),
+                Protocol::Mqtt => Target::Mqtt(mqtt_topic(&key)),
             };
             let from_kind = match to {
                 Protocol::Amqp => SourceKind::Amqp(amqp::Source::Bound {
@@ -241,6 +270,7 @@ pub async fn run(scenario: Scenario, o: &Options) -> Result<Report, BenchError> 
                     key,
                 }),
                 Protocol::Stomp => SourceKind::Stomp(format!("/topic/{key}")),
+                Protocol::Mqtt => SourceKind::Mqtt(mqtt_topic(&key)),
             };
             (
                 format!("cross {} -> {}", from.name(), to.name()),
@@ -252,7 +282,21 @@ pub async fn run(scenario: Scenario, o: &Options) -> Result<Report, BenchError> 
             )
         }
     };
-    flow(label, target, source, o, true).await
+    // MQTT QoS 0 may drop: what is missing is then a figure, not a defect.
+    let mqtt_involved =
+        matches!(target, Target::Mqtt(_)) || matches!(source.from, SourceKind::Mqtt(_));
+    let loss_is_defect = !(mqtt_involved && o.qos == switchboard_mqtt::QoS::AtMostOnce);
+    flow(label, target, source, o, loss_is_defect).await
+}
+
+/// The MQTT topic that maps to an `amq.topic` routing key (`.` and `/` swap).
+fn mqtt_topic(key: &str) -> String {
+    key.replace('.', "/")
+}
+
+/// An MQTT client id unique to this run.
+fn client_id(live: &Live, role: char, i: usize) -> String {
+    format!("sb-bench-{:04x}-{role}{i}", live.run)
 }
 
 /// Subscribes the consumers, then drives the publishers.
@@ -273,6 +317,10 @@ async fn flow(
         let task = match &source.from {
             SourceKind::Amqp(s) => amqp::start_consumer(o, s, rec, stop.subscribe()).await,
             SourceKind::Stomp(d) => stomp::start_consumer(o, d, rec, stop.subscribe()).await,
+            SourceKind::Mqtt(t) => {
+                let id = client_id(&live, 'c', i);
+                mqtt::start_consumer(o, t, id, rec, stop.subscribe()).await
+            }
         };
         match task {
             Ok(t) => consumers.push(t),
@@ -307,6 +355,10 @@ async fn start_publishers(
                 amqp::start_publisher(o, exchange, key, id, budget, live.clone()).await
             }
             Target::Stomp(d) => stomp::start_publisher(o, d, id, budget, live.clone()).await,
+            Target::Mqtt(t) => {
+                let client = client_id(&live, 'p', i);
+                mqtt::start_publisher(o, t, client, id, budget, live.clone()).await
+            }
         };
         match task {
             Ok(t) => tasks.push(t),

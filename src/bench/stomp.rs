@@ -2,7 +2,7 @@
 //! SEND with optional receipts, SUBSCRIBE with `ack:auto` or `client-individual`.
 
 use super::body::Stamp;
-use super::live::{write_unless_stopped, Live, Pacer};
+use super::live::{await_acks, write_unless_stopped, Live, Pacer};
 use super::record::Recorder;
 use super::run::Task;
 use super::{BenchError, Options};
@@ -247,6 +247,9 @@ async fn publish(
             break;
         }
         pacer.count_sent(&live, n);
+    }
+    if window.is_some() {
+        await_acks(&confirmed, pacer.sent, &wake).await;
     }
     reader.abort();
     if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::ZERO, reader).await {
