@@ -96,6 +96,8 @@ stop_all() {
 }
 trap stop_all EXIT
 
+# Each idle connection is a descriptor in the broker and in the bench.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 start_switchboard
 command -v mosquitto >/dev/null && start_mosquitto || log "mosquitto not installed: skipped"
 [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] && start_rabbitmq || log "rabbitmq-server not installed: skipped"
@@ -111,7 +113,19 @@ SCENARIOS=(
     "STOMP 16 B, client-individual (200), receipts (1000)|switchboard rabbitmq|stomp --manual-ack 200 --confirm 1000"
     "AMQP -> STOMP, 16 B|switchboard rabbitmq|cross --from amqp --to stomp"
     "STOMP -> AMQP, 16 B|switchboard rabbitmq|cross --from stomp --to amqp"
+    "MQTT 3.1.1 QoS 0, 16 B, 1 -> 1|switchboard mosquitto rabbitmq|mqtt --qos 0 --max-in-flight 10000"
+    "MQTT 3.1.1 QoS 1, 16 B, 1 -> 1|switchboard mosquitto rabbitmq|mqtt --qos 1 --max-in-flight 10000"
+    "MQTT 3.1.1 QoS 2, 16 B, 1 -> 1|switchboard mosquitto|mqtt --qos 2 --max-in-flight 10000"
+    "MQTT 5 QoS 1, 16 B, 1 -> 1|switchboard mosquitto|mqtt --qos 1 --mqtt-version 5 --max-in-flight 10000"
+    "MQTT QoS 0 fan-out 1 -> 100, 16 B|switchboard mosquitto rabbitmq|mqtt --qos 0 --consumers 100 --max-in-flight 100000"
+    "MQTT QoS 1 fan-out 1 -> 100, 16 B|switchboard mosquitto|mqtt --qos 1 --consumers 100 --max-in-flight 100000"
+    "MQTT QoS 0 at 1,000 msg/s (latency)|switchboard mosquitto rabbitmq|mqtt --qos 0 --rate 1000"
+    "MQTT -> AMQP, QoS 1|switchboard rabbitmq|cross --from mqtt --to amqp --qos 1 --max-in-flight 10000"
+    "AMQP -> MQTT, QoS 1|switchboard rabbitmq|cross --from amqp --to mqtt --qos 1 --max-in-flight 10000"
+    "STOMP -> MQTT, QoS 1|switchboard rabbitmq|cross --from stomp --to mqtt --qos 1 --max-in-flight 10000"
 )
+# Idle connections: N MQTT connections with one subscription each (connect rate, RSS each).
+CONNECTIONS=${CONNECTIONS:-10000}
 if [[ -n ${EXTRA_SCENARIOS_FILE:-} ]]; then
     mapfile -t -O "${#SCENARIOS[@]}" SCENARIOS <"$EXTRA_SCENARIOS_FILE"
 fi
@@ -135,6 +149,19 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
+for b in switchboard mosquitto rabbitmq; do
+    [[ -n ${PID[$b]:-} ]] || continue
+    log "$b: $CONNECTIONS idle MQTT connections"
+    if out=$("$BIN" bench mqtt --connections "$CONNECTIONS" --json --broker-pid "${PID[$b]}" \
+        --mqtt-addr "${MQTT[$b]}" 2>"$WORK/last.err"); then
+        python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["broker"]=sys.argv[2]; print(json.dumps(r))' \
+            "$out" "$b" >>"$WORK/connections.jsonl"
+    else
+        log "  failed: $(tail -1 "$WORK/last.err")"
+    fi
+done
+
 python3 bench/table.py "$RESULTS"
+[[ -s $WORK/connections.jsonl ]] && python3 bench/table.py --connections "$WORK/connections.jsonl"
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); results: $RESULTS"

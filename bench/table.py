@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Summarises bench/compare.sh results: medians per scenario and broker, and Switchboard's
 ratios (msg/s ratio: Switchboard / other, higher is better; CPU ratio: other / Switchboard
-CPU-s per million, higher is better). Usage: table.py results.jsonl"""
+CPU-s per million, higher is better). Usage: table.py results.jsonl
+or table.py --connections connections.jsonl"""
 import json
 import statistics
 import sys
@@ -50,5 +51,20 @@ def main(path):
                   f'| {fmt(m["rss"] and m["rss"] / 2**20, ".0f")} | {m["missing"]} / {m["dup"]} | {ratio} |')
 
 
+def connections(path):
+    print("| broker | idle MQTT connections | connect rate /s | broker RSS per connection |")
+    print("|---|---|---|---|")
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            c = r["connections"]
+            per = c["rss_bytes_per_connection"]
+            print(f'| {r["broker"]} | {c["opened"]:,} | {c["per_second"]:,.0f} '
+                  f'| {fmt(per and per / 1024, ".1f")} KiB |')
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--connections":
+        connections(sys.argv[2])
+    else:
+        main(sys.argv[1])

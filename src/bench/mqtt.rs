@@ -381,7 +381,9 @@ async fn publish(
         o.mqtt_version,
         &mut out,
     )?;
-    let _ = wr.lock().await.write_all(&out).await;
+    // Bounded: a broker under its memory alarm may not be reading.
+    let mut w = wr.lock().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(&out)).await;
     Ok(pacer.sent)
 }
 
