@@ -9,8 +9,9 @@
 # Needs a release build (`cargo build --release`); RabbitMQ (Debian `rabbitmq-server`, the
 # rabbitmq_mqtt and rabbitmq_stomp plugins are enabled here) and Mosquitto are used when
 # installed and skipped otherwise. Every broker started here is stopped on exit. Results go to
-# $WORK/results.jsonl (one bench JSON object per line, with "broker" and "label" added).
+# $WORK/results.jsonl (one bench JSON object per line, with "target" (the broker) and "label" added).
 set -euo pipefail
+export RUST_BACKTRACE=0
 
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -93,6 +94,8 @@ stop_all() {
         [[ -n ${PID[$b]:-} ]] && kill "${PID[$b]}" 2>/dev/null || true
     done
     wait 2>/dev/null || true
+    # The brokers' data (persistent runs write hundreds of MB); the results stay.
+    rm -rf "$WORK/switchboard-data" "$WORK/rabbitmq/mnesia"
 }
 trap stop_all EXIT
 
@@ -115,7 +118,7 @@ SCENARIOS=(
     "STOMP -> AMQP, 16 B|switchboard rabbitmq|cross --from stomp --to amqp"
     "MQTT 3.1.1 QoS 0, 16 B, 1 -> 1|switchboard mosquitto rabbitmq|mqtt --qos 0 --max-in-flight 10000"
     "MQTT 3.1.1 QoS 1, 16 B, 1 -> 1|switchboard mosquitto rabbitmq|mqtt --qos 1 --max-in-flight 10000"
-    "MQTT 3.1.1 QoS 2, 16 B, 1 -> 1|switchboard mosquitto|mqtt --qos 2 --max-in-flight 10000"
+    "MQTT 3.1.1 QoS 2, 16 B, 1 -> 1, 20 in flight|switchboard mosquitto|mqtt --qos 2 --confirm 20 --max-in-flight 10000"
     "MQTT 5 QoS 1, 16 B, 1 -> 1|switchboard mosquitto|mqtt --qos 1 --mqtt-version 5 --max-in-flight 10000"
     "MQTT QoS 0 fan-out 1 -> 100, 16 B|switchboard mosquitto rabbitmq|mqtt --qos 0 --consumers 100 --max-in-flight 100000"
     "MQTT QoS 1 fan-out 1 -> 100, 16 B|switchboard mosquitto|mqtt --qos 1 --consumers 100 --max-in-flight 100000"
@@ -140,10 +143,10 @@ for round in $(seq "$ROUNDS"); do
             if out=$("$BIN" bench $args --duration "$DURATION" --json --broker-pid "${PID[$b]}" \
                 --amqp-addr "${AMQP[$b]:-127.0.0.1:1}" --stomp-addr "${STOMP[$b]:-127.0.0.1:1}" \
                 --mqtt-addr "${MQTT[$b]:-127.0.0.1:1}" 2>"$WORK/last.err"); then
-                python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["broker"]=sys.argv[2]; r["label"]=sys.argv[3]; r["round"]=int(sys.argv[4]); print(json.dumps(r))' \
+                python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["target"]=sys.argv[2]; r["label"]=sys.argv[3]; r["round"]=int(sys.argv[4]); print(json.dumps(r))' \
                     "$out" "$b" "$label" "$round" >>"$RESULTS"
             else
-                log "  failed: $(tail -1 "$WORK/last.err")"
+                log "  failed: $(grep -m1 "^Error" "$WORK/last.err")"
             fi
         done
     done
@@ -154,10 +157,10 @@ for b in switchboard mosquitto rabbitmq; do
     log "$b: $CONNECTIONS idle MQTT connections"
     if out=$("$BIN" bench mqtt --connections "$CONNECTIONS" --json --broker-pid "${PID[$b]}" \
         --mqtt-addr "${MQTT[$b]}" 2>"$WORK/last.err"); then
-        python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["broker"]=sys.argv[2]; print(json.dumps(r))' \
+        python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["target"]=sys.argv[2]; print(json.dumps(r))' \
             "$out" "$b" >>"$WORK/connections.jsonl"
     else
-        log "  failed: $(tail -1 "$WORK/last.err")"
+        log "  failed: $(grep -m1 "^Error" "$WORK/last.err")"
     fi
 done
 

@@ -23,7 +23,7 @@ def main(path):
     with open(path) as f:
         for line in f:
             r = json.loads(line)
-            runs.setdefault(r["label"], OrderedDict()).setdefault(r["broker"], []).append(r)
+            runs.setdefault(r["label"], OrderedDict()).setdefault(r["target"], []).append(r)
     print("| scenario | broker | runs | msg/s | broker CPU-s per million | latency p50 / p99 µs "
           "| peak RSS MiB | missing / dup | Switchboard × (msg/s, CPU) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -59,7 +59,7 @@ def connections(path):
             r = json.loads(line)
             c = r["connections"]
             per = c["rss_bytes_per_connection"]
-            print(f'| {r["broker"]} | {c["opened"]:,} | {c["per_second"]:,.0f} '
+            print(f'| {r["target"]} | {c["opened"]:,} | {c["per_second"]:,.0f} '
                   f'| {fmt(per and per / 1024, ".1f")} KiB |')
 
 

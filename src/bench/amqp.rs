@@ -2,7 +2,7 @@
 
 use super::body::Stamp;
 use super::client::{BenchClient, BenchReader, ClientError, CH};
-use super::live::{await_acks, write_unless_stopped, Live, Pacer};
+use super::live::{await_acks, finish_reader, write_goodbye, write_unless_stopped, Live, Pacer};
 use super::record::Recorder;
 use super::run::Task;
 use super::{BenchError, Options};
@@ -211,24 +211,40 @@ pub async fn start_publisher(
     Ok(tokio::spawn(publish(c, method, o.clone(), id, pacer, live)))
 }
 
-/// Counts a publisher's confirmed messages from the acks the broker sends.
-async fn read_confirms(
+/// Reads what the broker sends a publisher: counts confirms, ends at `connection.close-ok`
+/// and fails on a `connection.close` or `channel.close` from the broker.
+async fn read_replies(
     mut rd: BenchReader,
     confirmed: Arc<AtomicU64>,
     wake: Arc<tokio::sync::Notify>,
-) -> Result<(), ClientError> {
+) -> Result<(), BenchError> {
     let mut frames = Vec::new();
     loop {
         rd.frames(&mut frames).await?;
         for f in frames.drain(..) {
-            if let Frame::Method {
-                method: Method::BasicAck(a),
-                ..
-            } = f
-            {
-                // Tags count from 1 and acks only go forward; `multiple` covers all below.
-                confirmed.fetch_max(a.delivery_tag, Ordering::Relaxed);
-                wake.notify_one();
+            let Frame::Method { method, .. } = f else {
+                continue;
+            };
+            match method {
+                Method::BasicAck(a) => {
+                    // Tags count from 1 and acks only go forward; `multiple` covers all below.
+                    confirmed.fetch_max(a.delivery_tag, Ordering::Relaxed);
+                    wake.notify_one();
+                }
+                Method::ConnectionCloseOk(_) => return Ok(()),
+                Method::ConnectionClose(c) => {
+                    return Err(BenchError::Refused(format!(
+                        "{} {}",
+                        c.reply_code, c.reply_text
+                    )))
+                }
+                Method::ChannelClose(c) => {
+                    return Err(BenchError::Refused(format!(
+                        "{} {}",
+                        c.reply_code, c.reply_text
+                    )))
+                }
+                _ => {}
             }
         }
     }
@@ -245,9 +261,7 @@ async fn publish(
     let (rd, mut wr, frame_max) = c.into_split();
     let confirmed = Arc::new(AtomicU64::new(0));
     let wake = Arc::new(tokio::sync::Notify::new());
-    let reader = o
-        .confirm_window
-        .map(|_| tokio::spawn(read_confirms(rd, confirmed.clone(), wake.clone())));
+    let reader = tokio::spawn(read_replies(rd, confirmed.clone(), wake.clone()));
     let window = o.confirm_window.map(u64::from);
     let props = BasicProperties {
         delivery_mode: o.persistent.then_some(2),
@@ -256,6 +270,9 @@ async fn publish(
     let mut body = vec![0u8; o.size];
     let mut out = BytesMut::with_capacity(64 * 1024);
     while let Some(mut n) = pacer.next_batch(&live).await {
+        if reader.is_finished() {
+            break;
+        }
         if let Some(w) = window {
             let unconfirmed = pacer.sent - confirmed.load(Ordering::Relaxed);
             if unconfirmed >= w {
@@ -281,9 +298,24 @@ async fn publish(
         }
         pacer.count_sent(&live, n);
     }
-    if let Some(r) = reader {
+    if window.is_some() {
         await_acks(&confirmed, pacer.sent, &wake).await;
-        r.abort();
     }
+    out.clear();
+    encode_method(
+        &mut out,
+        0,
+        &ConnectionClose {
+            reply_code: 200,
+            reply_text: "bench done".into(),
+            class_id: 0,
+            method_id: 0,
+        }
+        .into(),
+    );
+    if !write_goodbye(&mut wr, &out).await {
+        reader.abort();
+    }
+    finish_reader(reader).await?;
     Ok(pacer.sent)
 }

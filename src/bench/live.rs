@@ -134,6 +134,33 @@ where
     }
 }
 
+/// Waits (at most [`GRACE`]) for a publisher's reader task, which ends when the broker answers
+/// the publisher's goodbye (AMQP `connection.close-ok`, a STOMP DISCONNECT receipt): closing
+/// before that lets a broker drop what it had not yet processed (RabbitMQ does). An error the
+/// reader met (the broker refused something) is the run's error.
+pub async fn finish_reader(
+    reader: tokio::task::JoinHandle<Result<(), super::BenchError>>,
+) -> Result<(), super::BenchError> {
+    match tokio::time::timeout(GRACE, reader).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) if join.is_cancelled() => Ok(()),
+        Ok(Err(join)) => Err(super::BenchError::Task(join.to_string())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Writes a publisher's goodbye, bounded: a broker under its memory alarm may not be reading.
+pub async fn write_goodbye<W>(wr: &mut W, buf: &[u8]) -> bool
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), wr.write_all(buf)).await,
+        Ok(Ok(()))
+    )
+}
+
 /// Waits (at most [`GRACE`]) until `acked` reaches `sent`: a publisher that closes its socket
 /// with acknowledgements unread makes the kernel reset the connection, and the broker may
 /// then lose what it had not yet read.

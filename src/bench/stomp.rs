@@ -2,7 +2,7 @@
 //! SEND with optional receipts, SUBSCRIBE with `ack:auto` or `client-individual`.
 
 use super::body::Stamp;
-use super::live::{await_acks, write_unless_stopped, Live, Pacer};
+use super::live::{await_acks, finish_reader, write_goodbye, write_unless_stopped, Live, Pacer};
 use super::record::Recorder;
 use super::run::Task;
 use super::{BenchError, Options};
@@ -173,7 +173,11 @@ pub async fn start_publisher(
     )))
 }
 
+/// The receipt asked for with the publisher's DISCONNECT.
+const GOODBYE: &str = "bench-done";
+
 /// Counts receipts: they come in order, and receipt `n` is the SEND with sequence number `n`.
+/// Ends at the DISCONNECT's receipt.
 async fn read_receipts(
     mut rd: Reader,
     confirmed: Arc<AtomicU64>,
@@ -183,6 +187,9 @@ async fn read_receipts(
     loop {
         rd.frames(&mut frames).await?;
         for f in frames.drain(..) {
+            if f.header("receipt-id") == Some(GOODBYE) {
+                return Ok(());
+            }
             if let Some(n) = f.header("receipt-id").and_then(|r| r.parse::<u64>().ok()) {
                 confirmed.fetch_max(n + 1, Ordering::Relaxed);
                 wake.notify_one();
@@ -204,7 +211,9 @@ async fn publish(
     let wake = Arc::new(tokio::sync::Notify::new());
     let reader = tokio::spawn(read_receipts(rd, confirmed.clone(), wake.clone()));
     let window = o.confirm_window.map(u64::from);
-    let persistent = if o.persistent { "true" } else { "false" };
+    // Only `persistent:true` is sent: RabbitMQ takes a SEND's `persistent:false` as a
+    // queue property and refuses it (resource_locked) for a queue a subscriber declared.
+    let persistent = o.persistent.then_some(("persistent", "true"));
     let mut body = vec![0u8; o.size];
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut receipt = String::new();
@@ -230,18 +239,15 @@ async fn publish(
                 sent_ns: live.now_ns(),
             }
             .write(&mut body);
-            let headers = [
-                ("destination", destination.as_str()),
-                ("persistent", persistent),
-            ];
+            receipt.clear();
             if window.is_some() {
-                receipt.clear();
                 receipt.push_str(&seq.to_string());
-                let with_receipt = headers.into_iter().chain([("receipt", receipt.as_str())]);
-                encode_parts(&mut out, VERSION, Command::Send, with_receipt, &body);
-            } else {
-                encode_parts(&mut out, VERSION, Command::Send, headers, &body);
             }
+            let headers = [("destination", destination.as_str())]
+                .into_iter()
+                .chain(persistent)
+                .chain((!receipt.is_empty()).then_some(("receipt", receipt.as_str())));
+            encode_parts(&mut out, VERSION, Command::Send, headers, &body);
         }
         if !write_unless_stopped(&mut wr, &out, &live).await? {
             break;
@@ -251,10 +257,16 @@ async fn publish(
     if window.is_some() {
         await_acks(&confirmed, pacer.sent, &wake).await;
     }
-    reader.abort();
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::ZERO, reader).await {
-        // The broker sent an ERROR or closed: that, not the stop, ended the run.
-        return Err(e);
+    out.clear();
+    encode(
+        &Frame::new(Command::Disconnect).with("receipt", GOODBYE),
+        VERSION,
+        &mut out,
+    );
+    if !write_goodbye(&mut wr, &out).await {
+        reader.abort();
     }
+    // An ERROR or a close from the broker, not the stop, may have ended the run.
+    finish_reader(reader).await?;
     Ok(pacer.sent)
 }
