@@ -23,7 +23,7 @@ RESULTS=$WORK/results.jsonl
 
 # name amqp stomp mqtt pid
 declare -A AMQP STOMP MQTT PID
-STARTED_EPMD=
+EPMD_PID=
 
 log() { echo "compare: $*" >&2; }
 
@@ -61,7 +61,8 @@ stomp.listeners.tcp.1 = 127.0.0.1:61623
 loopback_users.guest = true
 CONF
     echo "[rabbitmq_mqtt,rabbitmq_stomp]." >"$dir/enabled_plugins"
-    pgrep -x epmd >/dev/null || STARTED_EPMD=1
+    local had_epmd=
+    pgrep -x epmd >/dev/null && had_epmd=1
     export HOME=$dir RABBITMQ_NODENAME=sbcompare@localhost \
         RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins \
         RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log RABBITMQ_PID_FILE=$dir/pid
@@ -71,6 +72,8 @@ CONF
     STOMP[rabbitmq]=127.0.0.1:61623
     MQTT[rabbitmq]=127.0.0.1:1893
     PID[rabbitmq]=$(cat "$dir/pid")
+    # RabbitMQ starts Erlang's port mapper if none runs; if so, it is ours to stop.
+    [[ -n $had_epmd ]] || EPMD_PID=$(pgrep -x epmd || true)
 }
 
 start_mosquitto() {
@@ -87,8 +90,10 @@ CONF
 
 stop_all() {
     if [[ -n ${PID[rabbitmq]:-} ]]; then
-        /usr/lib/rabbitmq/bin/rabbitmqctl -n sbcompare@localhost -q stop >/dev/null 2>&1 || kill "${PID[rabbitmq]}" 2>/dev/null || true
-        [[ -n $STARTED_EPMD ]] && epmd -kill >/dev/null 2>&1 || true
+        # Stopping takes a minute after 10,000 connections; bounded, then killed.
+        timeout 120 /usr/lib/rabbitmq/bin/rabbitmqctl -n sbcompare@localhost -q stop >/dev/null 2>&1 ||
+            kill "${PID[rabbitmq]}" 2>/dev/null || true
+        [[ -n $EPMD_PID ]] && kill "$EPMD_PID" 2>/dev/null || true
     fi
     for b in switchboard mosquitto; do
         [[ -n ${PID[$b]:-} ]] && kill "${PID[$b]}" 2>/dev/null || true
