@@ -1,4 +1,5 @@
-//! The `switchboard` command: `serve` runs the broker, `ctl` queries a running one.
+//! The `switchboard` command: `serve` runs the broker, `ctl` queries a running one, `bench`
+//! load-tests one.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -32,46 +33,8 @@ enum Command {
         #[arg(long)]
         ports_file: Option<PathBuf>,
     },
-    /// Load-test an AMQP broker: publishers -> queue -> consumers, on 127.0.0.1 by default.
-    Bench {
-        /// AMQP address of the broker.
-        #[arg(long, default_value = "127.0.0.1:5672")]
-        addr: std::net::SocketAddr,
-        #[arg(long, default_value = "guest")]
-        user: String,
-        #[arg(long, default_value = "guest")]
-        password: String,
-        #[arg(long, default_value_t = 1)]
-        publishers: usize,
-        #[arg(long, default_value_t = 1)]
-        consumers: usize,
-        /// Body size in bytes (at least 8: the body carries a timestamp).
-        #[arg(long, default_value_t = 16)]
-        size: usize,
-        /// Seconds to publish for (at most 600).
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        /// Acknowledge manually (one multiple-ack per read) with this prefetch instead of auto-ack.
-        #[arg(long)]
-        manual_ack: Option<u16>,
-        /// Messages published but not yet consumed before publishers pause.
-        #[arg(long, default_value_t = 100_000)]
-        max_in_flight: u64,
-        #[arg(long, default_value = "switchboard-bench")]
-        queue: String,
-        /// Persistent messages (delivery mode 2) to a durable queue.
-        #[arg(long)]
-        persistent: bool,
-        /// Publisher confirms, with at most this many unconfirmed messages per publisher.
-        #[arg(long)]
-        confirm: Option<u32>,
-        /// Stop publishing after this many messages in all (besides --duration).
-        #[arg(long)]
-        messages: Option<u64>,
-        /// The broker's pid: report its CPU seconds per million messages.
-        #[arg(long)]
-        broker_pid: Option<u32>,
-    },
+    /// Load-test a broker (AMQP, STOMP, cross-protocol) on 127.0.0.1 by default.
+    Bench(switchboard::bench::cli::BenchArgs),
     /// Query a running broker through its HTTP API, like rabbitmqctl.
     Ctl {
         /// Base URL of the broker's HTTP API.
@@ -102,45 +65,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve { config, ports_file } => serve(config, ports_file),
-        Command::Bench {
-            addr,
-            user,
-            password,
-            publishers,
-            consumers,
-            size,
-            duration,
-            manual_ack,
-            max_in_flight,
-            queue,
-            persistent,
-            confirm,
-            messages,
-            broker_pid,
-        } => {
-            let scenario = switchboard::bench::AmqpScenario {
-                addr,
-                user,
-                password,
-                publishers,
-                consumers,
-                size: size.max(8),
-                duration: std::time::Duration::from_secs(duration.min(600)),
-                manual_ack: manual_ack.is_some(),
-                prefetch: manual_ack.unwrap_or(0),
-                max_in_flight,
-                queue,
-                persistent,
-                confirm_window: confirm,
-                messages,
-                broker_pid,
-            };
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let report = runtime.block_on(switchboard::bench::run_amqp(scenario))?;
-            println!("{}", report.render());
-            Ok(())
-        }
+        Command::Bench(args) => switchboard::bench::cli::main(args),
         Command::Ctl {
             url,
             user,

@@ -1,55 +1,259 @@
-//! The load generator runs against the broker and accounts for every message.
+//! The load generator runs each scenario briefly against an in-process broker and accounts for
+//! every message: nothing missing, nothing duplicated, every figure present in the JSON.
 mod common;
 use common::*;
 use std::time::Duration;
-use switchboard::bench::{run_amqp, AmqpScenario};
+use switchboard::bench::report::Report;
+use switchboard::bench::{connections, run, Options, Protocol, Scenario};
+use switchboard_mqtt::{Protocol as MqttVersion, QoS};
 
-fn scenario(b: &TestBroker, manual_ack: bool) -> AmqpScenario {
-    AmqpScenario {
-        addr: b.amqp,
-        user: "guest".into(),
-        password: "guest".into(),
+fn options(b: &TestBroker) -> Options {
+    Options {
+        amqp_addr: b.amqp,
+        stomp_addr: b.stomp,
+        mqtt_addr: b.mqtt,
         publishers: 1,
         consumers: 2,
         size: 32,
         duration: Duration::from_millis(300),
-        manual_ack,
-        prefetch: 50,
         max_in_flight: 5_000,
         queue: unique("bench"),
-        persistent: false,
-        confirm_window: None,
-        messages: None,
         broker_pid: Some(std::process::id()),
+        ..Options::new()
+    }
+}
+
+/// Everything published reached every consumer group once, and the JSON carries it all.
+fn assert_accounted(report: &Report) {
+    assert!(report.loss_is_defect, "{report:?}");
+    assert_eq!(report.missing, 0, "no loss: {report:?}");
+    assert_eq!(report.consumed, report.expected, "{report:?}");
+    assert_figures(report);
+}
+
+/// A run published, nothing arrived twice, and every figure is in the JSON.
+fn assert_figures(report: &Report) {
+    assert!(report.published > 0, "{report:?}");
+    assert_eq!(report.duplicates, 0, "no duplicates: {report:?}");
+    assert!(report.latency.is_some(), "latency measured: {report:?}");
+    assert!(
+        report.broker.cpu_seconds_per_million.is_some(),
+        "{report:?}"
+    );
+    assert!(
+        report.broker.rss_peak_bytes.is_some_and(|b| b > 0),
+        "{report:?}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&report.json()).expect("JSON parses");
+    assert_eq!(json["published"], report.published);
+    assert_eq!(json["missing"], 0);
+    assert!(json["latency"]["p99_us"].is_u64(), "{json}");
+    assert!(report.render().contains("consume rate"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_auto_and_manual_ack_runs_consume_everything_published() {
+    let b = TestBroker::start().await;
+    for manual_ack in [None, Some(50)] {
+        let o = Options {
+            manual_ack,
+            ..options(&b)
+        };
+        let report = bounded(run(Scenario::Amqp, &o)).await.expect("bench runs");
+        assert_accounted(&report);
+        assert_eq!(
+            report.expected, report.published,
+            "competing consumers share"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_and_manual_ack_runs_consume_everything_published() {
+async fn an_amqp_persistent_confirmed_run_consumes_everything_published() {
     let b = TestBroker::start().await;
-    for manual in [false, true] {
-        let report = bounded(run_amqp(scenario(&b, manual)))
-            .await
-            .expect("bench runs");
-        assert!(report.published > 0, "{report:?}");
-        assert_eq!(report.consumed, report.published, "no loss, no duplicates");
-        assert!(report.latency_us.is_some(), "latency sampled");
-        assert!(report.broker_cpu_seconds.is_some(), "cpu read from /proc");
-        assert!(report.render().contains("msg/s"));
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_persistent_confirmed_run_consumes_everything_published() {
-    let b = TestBroker::start().await;
-    let s = AmqpScenario {
+    let o = Options {
         persistent: true,
         confirm_window: Some(256),
+        manual_ack: Some(100),
         messages: Some(2_000),
         duration: Duration::from_secs(5),
-        ..scenario(&b, true)
+        ..options(&b)
     };
-    let report = bounded(run_amqp(s)).await.expect("bench runs");
-    assert!(report.published >= 2_000, "{report:?}");
-    assert_eq!(report.consumed, report.published, "no loss, no duplicates");
+    let report = bounded(run(Scenario::Amqp, &o)).await.expect("bench runs");
+    assert_eq!(report.published, 2_000, "{report:?}");
+    assert_accounted(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_fanout_gives_every_consumer_every_message() {
+    let b = TestBroker::start().await;
+    let o = Options {
+        consumers: 3,
+        ..options(&b)
+    };
+    let report = bounded(run(Scenario::AmqpFanout, &o))
+        .await
+        .expect("bench runs");
+    assert_accounted(&report);
+    assert_eq!(report.expected, 3 * report.published);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stomp_auto_and_client_individual_with_receipts_consume_everything() {
+    let b = TestBroker::start().await;
+    for (manual_ack, receipts) in [(None, None), (Some(100), Some(500))] {
+        let o = Options {
+            publishers: 2,
+            manual_ack,
+            confirm_window: receipts,
+            ..options(&b)
+        };
+        let report = bounded(run(Scenario::Stomp, &o)).await.expect("bench runs");
+        assert_accounted(&report);
+        assert_eq!(report.publishers, 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_protocol_flows_deliver_everything_to_every_consumer() {
+    let b = TestBroker::start().await;
+    for (from, to) in [
+        (Protocol::Amqp, Protocol::Stomp),
+        (Protocol::Stomp, Protocol::Amqp),
+    ] {
+        let report = bounded(run(Scenario::Cross { from, to }, &options(&b)))
+            .await
+            .expect("bench runs");
+        assert_accounted(&report);
+        assert_eq!(
+            report.expected,
+            2 * report.published,
+            "each consumer gets all"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_publisher_sends_about_its_rate() {
+    let b = TestBroker::start().await;
+    let o = Options {
+        rate: Some(1_000),
+        duration: Duration::from_millis(500),
+        ..options(&b)
+    };
+    let report = bounded(run(Scenario::Amqp, &o)).await.expect("bench runs");
+    assert_accounted(&report);
+    // Pacing, not speed: never more than the rate allows over the publishing time.
+    let allowed = (1_000.0 * report.publish_seconds) as u64 + 2;
+    assert!(report.published <= allowed, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_consumer_keeps_its_rate_and_its_backlog_is_not_loss() {
+    let b = TestBroker::start().await;
+    let o = Options {
+        consumers: 1,
+        consumer_rate: Some(2_000),
+        max_in_flight: u64::MAX,
+        duration: Duration::from_millis(500),
+        ..options(&b)
+    };
+    let report = bounded(run(Scenario::Amqp, &o)).await.expect("bench runs");
+    // Pacing, not speed: the consumer takes at most its rate over the run (it was subscribed
+    // a moment before publishing started) plus what one read brings.
+    let allowed = (2_000.0 * (report.elapsed_seconds + 0.5)) as u64 + 8_192;
+    assert!(
+        report.consumed <= allowed,
+        "consumer kept its rate: {report:?}"
+    );
+    assert_eq!(report.duplicates, 0, "{report:?}");
+    assert!(
+        !report.drained,
+        "the backlog is left on purpose: {report:?}"
+    );
+    assert!(!report.loss_is_defect, "an undrained backlog is not loss");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_size_below_the_stamp_is_refused() {
+    let b = TestBroker::start().await;
+    let o = Options {
+        size: 8,
+        ..options(&b)
+    };
+    let err = bounded(run(Scenario::Amqp, &o)).await.expect_err("refused");
+    assert!(err.to_string().contains("--size"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_at_each_qos_and_version_gives_every_subscriber_every_message() {
+    let b = TestBroker::start().await;
+    for version in [MqttVersion::V311, MqttVersion::V5] {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let o = Options {
+                mqtt_version: version,
+                qos,
+                ..options(&b)
+            };
+            let report = bounded(run(Scenario::Mqtt, &o)).await.expect("bench runs");
+            assert_eq!(report.expected, 2 * report.published, "{report:?}");
+            if qos == QoS::AtMostOnce {
+                // QoS 0 may drop; what is missing is reported, not a defect.
+                assert!(!report.loss_is_defect, "{report:?}");
+                assert_figures(&report);
+            } else {
+                assert_accounted(&report);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_fan_out_reaches_every_subscriber() {
+    let b = TestBroker::start().await;
+    let o = Options {
+        consumers: 20,
+        qos: QoS::AtLeastOnce,
+        ..options(&b)
+    };
+    let report = bounded(run(Scenario::Mqtt, &o)).await.expect("bench runs");
+    assert_accounted(&report);
+    assert_eq!(report.expected, 20 * report.published);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_protocol_flows_through_mqtt_deliver_everything() {
+    let b = TestBroker::start().await;
+    for (from, to) in [
+        (Protocol::Mqtt, Protocol::Amqp),
+        (Protocol::Amqp, Protocol::Mqtt),
+        (Protocol::Stomp, Protocol::Mqtt),
+    ] {
+        let o = Options {
+            qos: QoS::AtLeastOnce,
+            ..options(&b)
+        };
+        let report = bounded(run(Scenario::Cross { from, to }, &o))
+            .await
+            .expect("bench runs");
+        assert_accounted(&report);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_opened_and_counted() {
+    let b = TestBroker::start().await;
+    let report = bounded(connections::run(&options(&b), 300))
+        .await
+        .expect("connections open");
+    let c = report.connections.expect("connection figures");
+    assert_eq!(c.opened, 300);
+    assert!(c.per_second > 0.0);
+    assert!(c.rss_bytes_per_connection.is_some(), "{c:?}");
+    let json: serde_json::Value = serde_json::from_str(&report.json()).expect("JSON parses");
+    assert_eq!(json["connections"]["opened"], 300);
+    wait_until("the bench closed them again", || {
+        b.broker().connections().is_empty()
+    })
+    .await;
 }

@@ -1,327 +1,396 @@
-//! `switchboard bench`: an end-to-end load generator (here: AMQP publish → consume), pointed at
-//! any AMQP 0-9-1 broker on 127.0.0.1 by default. It reports messages per second, latency
-//! percentiles from a timestamp in each body, and, given the broker's pid, the broker's CPU
-//! seconds per million messages — the figure that holds on a shared machine.
+//! `switchboard bench`: a load generator pointed at any broker on 127.0.0.1 by default.
+//!
+//! Scenarios: AMQP publish → queue → consume, AMQP fan-out, STOMP send → subscribe, MQTT
+//! publish → subscribe at QoS 0/1/2 (3.1.1 and 5), cross-protocol flows, and idle MQTT
+//! connections (`--connections`). Every body carries a stamp (run, publisher, sequence number, send
+//! time; see [`body`]), from which consumers measure latency into an HDR histogram and count
+//! loss and duplicates exactly. Given the broker's pid, a run reports the broker's CPU seconds
+//! per million messages (the figure that holds on a shared machine) and its peak RSS.
 
+pub mod amqp;
+pub mod body;
+pub mod cli;
 pub mod client;
+pub mod connections;
+pub mod live;
+pub mod mqtt;
+pub mod procfs;
+pub mod record;
+pub mod report;
+pub mod run;
+pub mod stomp;
 
-use bytes::BytesMut;
-use client::{BenchClient, BenchReader, ClientError, CH};
+use live::Live;
+use record::Recorder;
+use report::Report;
+use run::{drive, Flow, StopConsumers, Task};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use switchboard_amqp::*;
+use std::time::Duration;
 
-/// Parameters of the AMQP publish → consume scenario.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("AMQP client: {0}")]
+    Amqp(#[from] client::ClientError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("the broker refused: {0}")]
+    Refused(String),
+    #[error("the broker closed the connection")]
+    Closed,
+    #[error("a client task failed: {0}")]
+    Task(String),
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    #[error("bad options: {0}")]
+    Options(String),
+}
+
+/// A protocol a scenario publishes or consumes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Amqp,
+    Mqtt,
+    Stomp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Amqp => "amqp",
+            Protocol::Mqtt => "mqtt",
+            Protocol::Stomp => "stomp",
+        }
+    }
+}
+
+/// What a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Publishers → one queue → competing consumers.
+    Amqp,
+    /// Publishers → a fanout exchange → one private queue per consumer.
+    AmqpFanout,
+    /// SEND to `/queue/NAME.stomp` → competing subscribers.
+    Stomp,
+    /// Publish to topic `NAME/mqtt` → every subscriber gets every message (fan-out 1 → N is
+    /// one publisher and N consumers).
+    Mqtt,
+    /// Publish with one protocol through `amq.topic`, consume with another; every consumer
+    /// gets every message.
+    Cross { from: Protocol, to: Protocol },
+}
+
+/// Everything a run is told. Unused options are ignored by scenarios they do not apply to.
 #[derive(Debug, Clone)]
-pub struct AmqpScenario {
-    pub addr: SocketAddr,
+pub struct Options {
+    pub amqp_addr: SocketAddr,
+    pub stomp_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
+    pub mqtt_version: switchboard_mqtt::Protocol,
+    /// QoS of MQTT publishes and subscriptions.
+    pub qos: switchboard_mqtt::QoS,
     pub user: String,
     pub password: String,
     pub publishers: usize,
     pub consumers: usize,
+    /// Body size in bytes (at least the stamp's 16).
     pub size: usize,
+    /// Publishing time.
     pub duration: Duration,
-    /// Manual acks (with this prefetch) instead of auto-ack.
-    pub manual_ack: bool,
-    pub prefetch: u16,
-    /// Publishers pause while this many messages are published but not yet consumed, so a run
-    /// measures a steady state instead of filling the broker's memory.
-    pub max_in_flight: u64,
-    pub queue: String,
-    /// Persistent messages to a durable queue.
-    pub persistent: bool,
-    /// Publisher confirms with this window of unconfirmed messages per publisher.
-    pub confirm_window: Option<u32>,
-    /// Stop after this many messages in all.
+    /// Stop after this many messages in all (spread over the publishers).
     pub messages: Option<u64>,
+    /// Messages per second per publisher.
+    pub rate: Option<u64>,
+    /// Messages per second per consumer (a deliberately slow consumer).
+    pub consumer_rate: Option<u64>,
+    /// Publishers pause while this many deliveries are outstanding, so a run measures a
+    /// steady state instead of filling the broker's memory.
+    pub max_in_flight: u64,
+    /// At most how long consumers get to take what was published after publishing stops (the
+    /// drain also ends once they receive nothing for 3 s).
+    pub drain_timeout: Duration,
+    /// Manual acknowledgements with this prefetch (AMQP acks, STOMP `client-individual`).
+    pub manual_ack: Option<u16>,
+    /// Persistent messages (AMQP delivery mode 2 to a durable queue, STOMP `persistent:true`).
+    pub persistent: bool,
+    /// At most this many unconfirmed messages per publisher (AMQP confirms, STOMP receipts).
+    pub confirm_window: Option<u32>,
+    /// The queue (or name stem) the scenario uses.
+    pub queue: String,
     pub broker_pid: Option<u32>,
+    /// Print the progress line even when stderr is not a terminal.
+    pub progress: bool,
 }
 
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub elapsed: Duration,
-    pub published: u64,
-    pub consumed: u64,
-    pub latency_us: Option<[u64; 3]>,
-    pub broker_cpu_seconds: Option<f64>,
-}
-
-impl Report {
-    pub fn consumed_per_second(&self) -> f64 {
-        self.consumed as f64 / self.elapsed.as_secs_f64()
-    }
-
-    pub fn render(&self) -> String {
-        let mut s = format!(
-            "elapsed {:.2}s  published {}  consumed {}  rate {:.0} msg/s",
-            self.elapsed.as_secs_f64(),
-            self.published,
-            self.consumed,
-            self.consumed_per_second()
-        );
-        if let Some([p50, p99, p999]) = self.latency_us {
-            s += &format!("  latency p50 {p50} µs  p99 {p99} µs  p99.9 {p999} µs");
-        }
-        if let Some(cpu) = self.broker_cpu_seconds {
-            let per_million = cpu / (self.consumed.max(1) as f64 / 1e6);
-            s += &format!("  broker CPU {cpu:.2}s = {per_million:.2} CPU-s per million");
-        }
-        s
-    }
-}
-
-/// Broker CPU seconds (user + system) from /proc/PID/stat.
-fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // Linux reports clock ticks; USER_HZ is 100 on every mainstream configuration.
-    Some((utime + stime) / 100.0)
-}
-
-struct Shared {
-    start: Instant,
-    published: AtomicU64,
-    consumed: AtomicU64,
-    stop: AtomicBool,
-    /// Latency samples in µs, pushed by consumers in chunks.
-    latencies: std::sync::Mutex<Vec<u32>>,
-}
-
-pub async fn run_amqp(s: AmqpScenario) -> Result<Report, ClientError> {
-    let mut setup = BenchClient::connect(s.addr, &s.user, &s.password).await?;
-    setup
-        .call(QueueDeclare {
-            queue: s.queue.clone(),
-            durable: s.persistent,
-            auto_delete: false,
-            ..Default::default()
-        })
-        .await?;
-    setup
-        .call(QueuePurge {
-            queue: s.queue.clone(),
-            no_wait: false,
-        })
-        .await?;
-    let shared = Arc::new(Shared {
-        start: Instant::now(),
-        published: AtomicU64::new(0),
-        consumed: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        latencies: std::sync::Mutex::new(Vec::new()),
-    });
-    let mut consumers = Vec::new();
-    for _ in 0..s.consumers {
-        let mut c = BenchClient::connect(s.addr, &s.user, &s.password).await?;
-        if s.manual_ack {
-            c.call(BasicQos {
-                prefetch_size: 0,
-                prefetch_count: s.prefetch,
-                global: false,
-            })
-            .await?;
-        }
-        c.call(BasicConsume {
-            queue: s.queue.clone(),
-            no_ack: !s.manual_ack,
-            ..Default::default()
-        })
-        .await?;
-        consumers.push(tokio::spawn(consume(c, shared.clone(), s.manual_ack)));
-    }
-    let cpu_before = s.broker_pid.and_then(process_cpu_seconds);
-    let started = Instant::now();
-    let mut publishers = Vec::new();
-    for _ in 0..s.publishers {
-        let mut c = BenchClient::connect(s.addr, &s.user, &s.password).await?;
-        if s.confirm_window.is_some() {
-            c.call(ConfirmSelect { no_wait: false }).await?;
-        }
-        publishers.push(tokio::spawn(publish(c, shared.clone(), s.clone())));
-    }
-    let deadline = Instant::now() + s.duration;
-    while Instant::now() < deadline
-        && s.messages
-            .is_none_or(|n| shared.published.load(Ordering::Relaxed) < n)
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    shared.stop.store(true, Ordering::Relaxed);
-    for p in publishers {
-        let _ = p.await;
-    }
-    // Let consumers drain what was published, bounded.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while shared.consumed.load(Ordering::Relaxed) < shared.published.load(Ordering::Relaxed)
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let elapsed = started.elapsed();
-    let cpu_after = s.broker_pid.and_then(process_cpu_seconds);
-    for c in consumers {
-        c.abort();
-    }
-    let mut lat = std::mem::take(&mut *shared.latencies.lock().unwrap_or_else(|e| e.into_inner()));
-    lat.sort_unstable();
-    let pct = |p: f64| u64::from(lat[((lat.len() - 1) as f64 * p) as usize]);
-    Ok(Report {
-        elapsed,
-        published: shared.published.load(Ordering::Relaxed),
-        consumed: shared.consumed.load(Ordering::Relaxed),
-        latency_us: (!lat.is_empty()).then(|| [pct(0.5), pct(0.99), pct(0.999)]),
-        broker_cpu_seconds: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
-    })
-}
-
-/// Counts a publisher's confirmed messages from the acks the broker sends.
-async fn read_confirms(
-    mut rd: BenchReader,
-    confirmed: Arc<AtomicU64>,
-    wake: Arc<tokio::sync::Notify>,
-) -> Result<(), ClientError> {
-    let mut frames = Vec::new();
-    loop {
-        rd.frames(&mut frames).await?;
-        for f in frames.drain(..) {
-            if let Frame::Method {
-                method: Method::BasicAck(a),
-                ..
-            } = f
-            {
-                // Tags count from 1 and acks only go forward; `multiple` covers all below.
-                confirmed.fetch_max(a.delivery_tag, Ordering::Relaxed);
-                wake.notify_one();
-            }
+impl Options {
+    /// Defaults: standard ports on 127.0.0.1, guest/guest, 1 → 1, 16 B, 10 s.
+    pub fn new() -> Self {
+        Options {
+            amqp_addr: SocketAddr::from(([127, 0, 0, 1], 5672)),
+            stomp_addr: SocketAddr::from(([127, 0, 0, 1], 61613)),
+            mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            mqtt_version: switchboard_mqtt::Protocol::V311,
+            qos: switchboard_mqtt::QoS::AtMostOnce,
+            user: "guest".into(),
+            password: "guest".into(),
+            publishers: 1,
+            consumers: 1,
+            size: 16,
+            duration: Duration::from_secs(10),
+            messages: None,
+            rate: None,
+            consumer_rate: None,
+            max_in_flight: 100_000,
+            drain_timeout: Duration::from_secs(60),
+            manual_ack: None,
+            persistent: false,
+            confirm_window: None,
+            queue: "switchboard-bench".into(),
+            broker_pid: None,
+            progress: false,
         }
     }
 }
 
-async fn publish(c: BenchClient, shared: Arc<Shared>, s: AmqpScenario) -> Result<(), ClientError> {
-    use tokio::io::AsyncWriteExt;
-    const BATCH: u64 = 64;
-    let (rd, mut wr, frame_max) = c.into_split();
-    let confirmed = Arc::new(AtomicU64::new(0));
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let reader = s
-        .confirm_window
-        .map(|_| tokio::spawn(read_confirms(rd, confirmed.clone(), wake.clone())));
-    let window = s.confirm_window.map(|w| u64::from(w).max(BATCH));
-    let mut sent: u64 = 0;
-    let method: Method = BasicPublish {
-        exchange: String::new(),
-        routing_key: s.queue.clone(),
-        ..Default::default()
+impl Default for Options {
+    fn default() -> Self {
+        Self::new()
     }
-    .into();
-    let props = BasicProperties {
-        delivery_mode: s.persistent.then_some(2),
-        ..Default::default()
+}
+
+/// Where publishers send.
+enum Target {
+    Amqp { exchange: String, key: String },
+    Stomp(String),
+    Mqtt(String),
+}
+
+/// Where consumers take from, and whether they share the messages.
+struct Source {
+    from: SourceKind,
+    /// Consumers compete for one copy of each message (one queue) rather than each getting all.
+    shared: bool,
+}
+
+enum SourceKind {
+    Amqp(amqp::Source),
+    Stomp(String),
+    Mqtt(String),
+}
+
+/// The topic key cross-protocol flows use on `amq.topic`.
+fn cross_key(o: &Options) -> String {
+    format!("{}.cross", o.queue)
+}
+
+/// Runs a scenario to its end and reports.
+pub async fn run(scenario: Scenario, o: &Options) -> Result<Report, BenchError> {
+    if o.size < body::STAMP_LEN {
+        return Err(BenchError::Options(format!(
+            "--size must be at least {} (the stamp)",
+            body::STAMP_LEN
+        )));
+    }
+    if o.publishers == 0 || o.publishers > usize::from(u16::MAX) {
+        return Err(BenchError::Options("--publishers must be 1..65535".into()));
+    }
+    let (label, target, source) = match scenario {
+        Scenario::Amqp => {
+            amqp::declare_queue(o, &o.queue).await?;
+            (
+                "amqp".to_string(),
+                Target::Amqp {
+                    exchange: String::new(),
+                    key: o.queue.clone(),
+                },
+                Source {
+                    from: SourceKind::Amqp(amqp::Source::Queue(o.queue.clone())),
+                    shared: true,
+                },
+            )
+        }
+        Scenario::AmqpFanout => {
+            let exchange = format!("{}.fanout", o.queue);
+            amqp::declare_fanout(o, &exchange).await?;
+            (
+                "amqp-fanout".to_string(),
+                Target::Amqp {
+                    exchange: exchange.clone(),
+                    key: String::new(),
+                },
+                Source {
+                    from: SourceKind::Amqp(amqp::Source::Bound {
+                        exchange,
+                        key: String::new(),
+                    }),
+                    shared: false,
+                },
+            )
+        }
+        Scenario::Stomp => {
+            // Not the AMQP scenario's queue: STOMP declares its queues durable, and a broker
+            // refuses to re-declare a transient queue as durable.
+            let destination = format!("/queue/{}.stomp", o.queue);
+            (
+                "stomp".to_string(),
+                Target::Stomp(destination.clone()),
+                Source {
+                    from: SourceKind::Stomp(destination),
+                    shared: true,
+                },
+            )
+        }
+        Scenario::Mqtt => {
+            let topic = format!("{}/mqtt", o.queue);
+            (
+                format!("mqtt {:?} {:?}", o.mqtt_version, o.qos),
+                Target::Mqtt(topic.clone()),
+                Source {
+                    from: SourceKind::Mqtt(topic),
+                    shared: false,
+                },
+            )
+        }
+        Scenario::Cross { from, to } => {
+            let key = cross_key(o);
+            let target = match from {
+                Protocol::Amqp => Target::Amqp {
+                    exchange: "amq.topic".into(),
+                    key: key.clone(),
+                },
+                Protocol::Stomp => Target::Stomp(format!("/topic/{key}")),
+                Protocol::Mqtt => Target::Mqtt(mqtt_topic(&key)),
+            };
+            let from_kind = match to {
+                Protocol::Amqp => SourceKind::Amqp(amqp::Source::Bound {
+                    exchange: "amq.topic".into(),
+                    key,
+                }),
+                Protocol::Stomp => SourceKind::Stomp(format!("/topic/{key}")),
+                Protocol::Mqtt => SourceKind::Mqtt(mqtt_topic(&key)),
+            };
+            (
+                format!("cross {} -> {}", from.name(), to.name()),
+                target,
+                Source {
+                    from: from_kind,
+                    shared: false,
+                },
+            )
+        }
     };
-    let mut body = vec![0u8; s.size.max(8)];
-    let mut out = BytesMut::with_capacity(64 * 1024);
-    while !shared.stop.load(Ordering::Relaxed) {
-        let lag =
-            shared.published.load(Ordering::Relaxed) - shared.consumed.load(Ordering::Relaxed);
-        if lag > s.max_in_flight {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-            continue;
-        }
-        if let Some(w) = window {
-            if sent - confirmed.load(Ordering::Relaxed) + BATCH > w {
-                // Bounded, so a stop request is seen even if the broker stops acking.
-                let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;
-                continue;
-            }
-        }
-        out.clear();
-        for _ in 0..BATCH {
-            let now = shared.start.elapsed().as_nanos() as u64;
-            body[..8].copy_from_slice(&now.to_be_bytes());
-            encode_content(
-                &mut out,
-                CH,
-                &method,
-                &props,
-                None,
-                &body[..s.size.max(8)],
-                frame_max,
-            );
-        }
-        wr.write_all(&out).await?;
-        sent += BATCH;
-        shared.published.fetch_add(BATCH, Ordering::Relaxed);
-    }
-    if let Some(r) = reader {
-        r.abort();
-    }
-    Ok(())
+    // MQTT QoS 0 may drop: what is missing is then a figure, not a defect.
+    let mqtt_involved =
+        matches!(target, Target::Mqtt(_)) || matches!(source.from, SourceKind::Mqtt(_));
+    let loss_is_defect = !(mqtt_involved && o.qos == switchboard_mqtt::QoS::AtMostOnce);
+    flow(label, target, source, o, loss_is_defect).await
 }
 
-/// Consumes until aborted; latency samples go to `shared.latencies` in chunks.
-async fn consume(
-    mut c: BenchClient,
-    shared: Arc<Shared>,
-    manual_ack: bool,
-) -> Result<(), ClientError> {
-    use tokio::io::AsyncWriteExt;
-    let mut frames = Vec::new();
-    let mut samples = Vec::with_capacity(1 << 16);
-    let mut acks = BytesMut::new();
-    let mut n: u64 = 0;
-    loop {
-        c.frames(&mut frames).await?;
-        let mut last_tag = None;
-        for f in frames.drain(..) {
-            match f {
-                Frame::Method {
-                    method: Method::BasicDeliver(d),
-                    ..
-                } => last_tag = Some(d.delivery_tag),
-                Frame::Body { payload, .. } if payload.len() >= 8 => {
-                    let mut ts = [0u8; 8];
-                    ts.copy_from_slice(&payload[..8]);
-                    let sent = u64::from_be_bytes(ts);
-                    let now = shared.start.elapsed().as_nanos() as u64;
-                    n += 1;
-                    // Sample one message in 16 to keep the cost of measuring low.
-                    if n.is_multiple_of(16) {
-                        samples.push(
-                            u32::try_from(now.saturating_sub(sent) / 1000).unwrap_or(u32::MAX),
-                        );
-                    }
-                    shared.consumed.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {}
+/// The MQTT topic that maps to an `amq.topic` routing key (`.` and `/` swap).
+fn mqtt_topic(key: &str) -> String {
+    key.replace('.', "/")
+}
+
+/// An MQTT client id unique to this run.
+fn client_id(live: &Live, role: char, i: usize) -> String {
+    format!("sb-bench-{:04x}-{role}{i}", live.run)
+}
+
+/// Subscribes the consumers, then drives the publishers.
+async fn flow(
+    label: String,
+    target: Target,
+    source: Source,
+    o: &Options,
+    loss_is_defect: bool,
+) -> Result<Report, BenchError> {
+    let groups = if source.shared { 1 } else { o.consumers };
+    let live = Arc::new(Live::new(groups as u64, o.max_in_flight));
+    let stop = StopConsumers::new();
+    let mut consumers = Vec::new();
+    for i in 0..o.consumers {
+        let group = if source.shared { 0 } else { i };
+        let rec = Recorder::new(live.clone(), group, o.consumer_rate);
+        let task = match &source.from {
+            SourceKind::Amqp(s) => amqp::start_consumer(o, s, rec, stop.subscribe()).await,
+            SourceKind::Stomp(d) => stomp::start_consumer(o, d, rec, stop.subscribe()).await,
+            SourceKind::Mqtt(t) => {
+                let id = client_id(&live, 'c', i);
+                mqtt::start_consumer(o, t, id, rec, stop.subscribe()).await
+            }
+        };
+        match task {
+            Ok(t) => consumers.push(t),
+            Err(e) => {
+                consumers.iter().for_each(|c| c.abort());
+                return Err(e);
             }
         }
-        if samples.len() >= 256 {
-            shared
-                .latencies
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(&mut samples);
-        }
-        if manual_ack {
-            if let Some(tag) = last_tag {
-                acks.clear();
-                encode_method(
-                    &mut acks,
-                    CH,
-                    &BasicAck {
-                        delivery_tag: tag,
-                        multiple: true,
-                    }
-                    .into(),
-                );
-                c.wr.write_all(&acks).await?;
+    }
+    let flow = Flow {
+        label,
+        live: live.clone(),
+        groups,
+        stop,
+        consumers,
+        loss_is_defect,
+    };
+    drive(flow, o, || start_publishers(&target, o, live)).await
+}
+
+async fn start_publishers(
+    target: &Target,
+    o: &Options,
+    live: Arc<Live>,
+) -> Result<Vec<Task<u64>>, BenchError> {
+    let mut tasks = Vec::new();
+    for i in 0..o.publishers {
+        let budget = publisher_budget(o.messages, o.publishers, i);
+        let id = i as u16;
+        let task = match target {
+            Target::Amqp { exchange, key } => {
+                amqp::start_publisher(o, exchange, key, id, budget, live.clone()).await
+            }
+            Target::Stomp(d) => stomp::start_publisher(o, d, id, budget, live.clone()).await,
+            Target::Mqtt(t) => {
+                let client = client_id(&live, 'p', i);
+                mqtt::start_publisher(o, t, client, id, budget, live.clone()).await
+            }
+        };
+        match task {
+            Ok(t) => tasks.push(t),
+            Err(e) => {
+                tasks.iter().for_each(|t| t.abort());
+                return Err(e);
             }
         }
+    }
+    Ok(tasks)
+}
+
+/// Publisher `i`'s share of `messages` (all of u32's range when unbounded: sequence numbers
+/// are 32-bit).
+fn publisher_budget(messages: Option<u64>, publishers: usize, i: usize) -> u64 {
+    match messages {
+        None => u64::from(u32::MAX),
+        Some(m) => {
+            let p = publishers as u64;
+            m / p + u64::from((i as u64) < m % p)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_message_budget_is_spread_over_publishers_exactly() {
+        let shares: Vec<u64> = (0..3)
+            .map(|i| super::publisher_budget(Some(10), 3, i))
+            .collect();
+        assert_eq!(shares, [4, 3, 3]);
+        assert_eq!(super::publisher_budget(None, 3, 0), u64::from(u32::MAX));
     }
 }

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Runs the same `switchboard bench` scenarios against Switchboard, RabbitMQ and Mosquitto on
+# 127.0.0.1 (non-standard ports), alternating brokers within each round, and prints a table of
+# median msg/s and broker CPU-seconds per million messages with Switchboard's ratios.
+#
+#   bench/compare.sh                     # 3 rounds of 5 s runs
+#   ROUNDS=5 DURATION=10 bench/compare.sh
+#
+# Needs a release build (`cargo build --release`); RabbitMQ (Debian `rabbitmq-server`, the
+# rabbitmq_mqtt and rabbitmq_stomp plugins are enabled here) and Mosquitto are used when
+# installed and skipped otherwise. Every broker started here is stopped on exit. Results go to
+# $WORK/results.jsonl (one bench JSON object per line, with "target" (the broker) and "label" added).
+set -euo pipefail
+export RUST_BACKTRACE=0
+
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+BIN=${BIN:-target/release/switchboard}
+WORK=$(mktemp -d /tmp/switchboard-compare.XXXXXX)
+RESULTS=$WORK/results.jsonl
+: >"$RESULTS"
+
+# name amqp stomp mqtt pid
+declare -A AMQP STOMP MQTT PID
+EPMD_PID=
+
+log() { echo "compare: $*" >&2; }
+
+wait_port() { # host:port, seconds
+    local end=$((SECONDS + $2))
+    until (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; do
+        ((SECONDS < end)) || return 1
+        sleep 0.2
+    done
+}
+
+start_switchboard() {
+    [[ -x $BIN ]] || { log "no $BIN: run cargo build --release"; exit 1; }
+    AMQP[switchboard]=127.0.0.1:5692
+    STOMP[switchboard]=127.0.0.1:61633
+    MQTT[switchboard]=127.0.0.1:1903
+    SWITCHBOARD_SERVER_DATA_DIR=$WORK/switchboard-data \
+    SWITCHBOARD_AMQP_LISTEN="[\"${AMQP[switchboard]}\"]" \
+    SWITCHBOARD_STOMP_LISTEN="[\"${STOMP[switchboard]}\"]" \
+    SWITCHBOARD_MQTT_LISTEN="[\"${MQTT[switchboard]}\"]" \
+    SWITCHBOARD_HTTP_LISTEN='["127.0.0.1:15692"]' \
+    SWITCHBOARD_LOG=warn \
+        "$BIN" serve >"$WORK/switchboard.log" 2>&1 &
+    PID[switchboard]=$!
+    wait_port "${AMQP[switchboard]}" 30 || { log "switchboard did not start"; exit 1; }
+}
+
+start_rabbitmq() {
+    local dir=$WORK/rabbitmq
+    mkdir -p "$dir"
+    cat >"$dir/rabbitmq.conf" <<CONF
+listeners.tcp.default = 127.0.0.1:5682
+mqtt.listeners.tcp.default = 127.0.0.1:1893
+stomp.listeners.tcp.1 = 127.0.0.1:61623
+loopback_users.guest = true
+CONF
+    echo "[rabbitmq_mqtt,rabbitmq_stomp]." >"$dir/enabled_plugins"
+    local had_epmd=
+    pgrep -x epmd >/dev/null && had_epmd=1
+    export HOME=$dir RABBITMQ_NODENAME=sbcompare@localhost \
+        RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins \
+        RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log RABBITMQ_PID_FILE=$dir/pid
+    setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$dir/out.log" 2>&1 &
+    /usr/lib/rabbitmq/bin/rabbitmqctl -n "$RABBITMQ_NODENAME" -q wait --timeout 120 "$dir/pid" >/dev/null
+    AMQP[rabbitmq]=127.0.0.1:5682
+    STOMP[rabbitmq]=127.0.0.1:61623
+    MQTT[rabbitmq]=127.0.0.1:1893
+    PID[rabbitmq]=$(cat "$dir/pid")
+    # RabbitMQ starts Erlang's port mapper if none runs; if so, it is ours to stop.
+    [[ -n $had_epmd ]] || EPMD_PID=$(pgrep -x epmd || true)
+}
+
+start_mosquitto() {
+    cat >"$WORK/mosquitto.conf" <<CONF
+listener 1913 127.0.0.1
+allow_anonymous true
+max_queued_messages 100000
+CONF
+    mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+    PID[mosquitto]=$!
+    MQTT[mosquitto]=127.0.0.1:1913
+    wait_port "${MQTT[mosquitto]}" 10 || { log "mosquitto did not start"; exit 1; }
+}
+
+stop_all() {
+    if [[ -n ${PID[rabbitmq]:-} ]]; then
+        # Stopping takes a minute after 10,000 connections; bounded, then killed.
+        timeout 120 /usr/lib/rabbitmq/bin/rabbitmqctl -n sbcompare@localhost -q stop >/dev/null 2>&1 ||
+            kill "${PID[rabbitmq]}" 2>/dev/null || true
+        [[ -n $EPMD_PID ]] && kill "$EPMD_PID" 2>/dev/null || true
+    fi
+    for b in switchboard mosquitto; do
+        [[ -n ${PID[$b]:-} ]] && kill "${PID[$b]}" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    # The brokers' data (persistent runs write hundreds of MB); the results stay.
+    rm -rf "$WORK/switchboard-data" "$WORK/rabbitmq/mnesia"
+}
+trap stop_all EXIT
+
+# Each idle connection is a descriptor in the broker and in the bench.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+start_switchboard
+command -v mosquitto >/dev/null && start_mosquitto || log "mosquitto not installed: skipped"
+[[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] && start_rabbitmq || log "rabbitmq-server not installed: skipped"
+
+# label | brokers | bench arguments
+SCENARIOS=(
+    "AMQP 16 B, 1 -> 1, auto-ack|switchboard rabbitmq|amqp --size 16"
+    "AMQP 1 KiB, 1 -> 1, auto-ack|switchboard rabbitmq|amqp --size 1024"
+    "AMQP 16 B persistent, confirms (1000), manual ack (200)|switchboard rabbitmq|amqp --persistent --confirm 1000 --manual-ack 200 --queue switchboard-bench-durable"
+    "AMQP fan-out 1 -> 10, 16 B|switchboard rabbitmq|amqp-fanout --consumers 10"
+    "AMQP 16 B at 1,000 msg/s (latency)|switchboard rabbitmq|amqp --rate 1000"
+    "STOMP 16 B, ack auto|switchboard rabbitmq|stomp"
+    "STOMP 16 B, client-individual (200), receipts (1000)|switchboard rabbitmq|stomp --manual-ack 200 --confirm 1000"
+    "AMQP -> STOMP, 16 B|switchboard rabbitmq|cross --from amqp --to stomp"
+    "STOMP -> AMQP, 16 B|switchboard rabbitmq|cross --from stomp --to amqp"
+    "MQTT 3.1.1 QoS 0, 16 B, 1 -> 1|switchboard mosquitto rabbitmq|mqtt --qos 0 --max-in-flight 10000"
+    "MQTT 3.1.1 QoS 1, 16 B, 1 -> 1|switchboard mosquitto rabbitmq|mqtt --qos 1 --max-in-flight 10000"
+    "MQTT 3.1.1 QoS 2, 16 B, 1 -> 1, 20 in flight|switchboard mosquitto|mqtt --qos 2 --confirm 20 --max-in-flight 10000"
+    "MQTT 5 QoS 1, 16 B, 1 -> 1|switchboard mosquitto|mqtt --qos 1 --mqtt-version 5 --max-in-flight 10000"
+    "MQTT QoS 0 fan-out 1 -> 100, 16 B|switchboard mosquitto rabbitmq|mqtt --qos 0 --consumers 100 --max-in-flight 100000"
+    "MQTT QoS 1 fan-out 1 -> 100, 16 B|switchboard mosquitto|mqtt --qos 1 --consumers 100 --max-in-flight 100000"
+    "MQTT QoS 0 at 1,000 msg/s (latency)|switchboard mosquitto rabbitmq|mqtt --qos 0 --rate 1000"
+    "MQTT -> AMQP, QoS 1|switchboard rabbitmq|cross --from mqtt --to amqp --qos 1 --max-in-flight 10000"
+    "AMQP -> MQTT, QoS 1|switchboard rabbitmq|cross --from amqp --to mqtt --qos 1 --max-in-flight 10000"
+    "STOMP -> MQTT, QoS 1|switchboard rabbitmq|cross --from stomp --to mqtt --qos 1 --max-in-flight 10000"
+)
+# Idle connections: N MQTT connections with one subscription each (connect rate, RSS each).
+CONNECTIONS=${CONNECTIONS:-10000}
+if [[ -n ${EXTRA_SCENARIOS_FILE:-} ]]; then
+    mapfile -t -O "${#SCENARIOS[@]}" SCENARIOS <"$EXTRA_SCENARIOS_FILE"
+fi
+
+for round in $(seq "$ROUNDS"); do
+    for s in "${SCENARIOS[@]}"; do
+        IFS='|' read -r label brokers args <<<"$s"
+        for b in $brokers; do
+            [[ -n ${PID[$b]:-} ]] || continue
+            log "round $round: $b: $label"
+            # shellcheck disable=SC2086 # args are words
+            if out=$("$BIN" bench $args --duration "$DURATION" --json --broker-pid "${PID[$b]}" \
+                --amqp-addr "${AMQP[$b]:-127.0.0.1:1}" --stomp-addr "${STOMP[$b]:-127.0.0.1:1}" \
+                --mqtt-addr "${MQTT[$b]:-127.0.0.1:1}" 2>"$WORK/last.err"); then
+                python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["target"]=sys.argv[2]; r["label"]=sys.argv[3]; r["round"]=int(sys.argv[4]); print(json.dumps(r))' \
+                    "$out" "$b" "$label" "$round" >>"$RESULTS"
+            else
+                log "  failed: $(grep -m1 "^Error" "$WORK/last.err")"
+            fi
+        done
+    done
+done
+
+for b in switchboard mosquitto rabbitmq; do
+    [[ -n ${PID[$b]:-} ]] || continue
+    log "$b: $CONNECTIONS idle MQTT connections"
+    if out=$("$BIN" bench mqtt --connections "$CONNECTIONS" --json --broker-pid "${PID[$b]}" \
+        --mqtt-addr "${MQTT[$b]}" 2>"$WORK/last.err"); then
+        python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["target"]=sys.argv[2]; print(json.dumps(r))' \
+            "$out" "$b" >>"$WORK/connections.jsonl"
+    else
+        log "  failed: $(grep -m1 "^Error" "$WORK/last.err")"
+    fi
+done
+
+python3 bench/table.py "$RESULTS"
+[[ -s $WORK/connections.jsonl ]] && python3 bench/table.py --connections "$WORK/connections.jsonl"
+echo
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); results: $RESULTS"
