@@ -167,3 +167,29 @@ async fn mqtt5_publish_refused_by_a_full_queue_gets_quota_exceeded() {
     }
     assert_eq!(codes, [reason::SUCCESS, reason::QUOTA_EXCEEDED]);
 }
+
+#[tokio::test]
+async fn stomp_send_refused_by_a_full_queue_gets_an_error() {
+    use lapin::types::AMQPValue;
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("full-stomp");
+    let a = args(&[
+        ("x-max-length", AMQPValue::LongInt(1)),
+        ("x-overflow", longstr("reject-publish")),
+    ]);
+    declare_with_args(&ch, &q, a).await;
+    let mut s = StompClient::connect(b.stomp, "1.2").await;
+    let dest = format!("/amq/queue/{q}");
+    s.send(&dest, b"first", &[]).await;
+    let err = s
+        .expect_error(
+            switchboard_stomp::Frame::new(switchboard_stomp::Command::Send)
+                .with("destination", dest.as_str())
+                .with("receipt", "r-full")
+                .with_body(b"second".to_vec()),
+        )
+        .await;
+    assert_eq!(err.header("message"), Some("Message rejected"));
+    assert!(text(&err).contains(&q), "{}", text(&err));
+}

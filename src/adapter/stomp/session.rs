@@ -133,7 +133,7 @@ impl Session {
             }
             Command::Commit => {
                 let ops = self.take_transaction(&frame)?;
-                let lsn = self.commit(ops);
+                let lsn = self.commit(ops)?;
                 // The COMMIT's receipt confirms the persistent SENDs it routed.
                 if let Some(r) = &receipt {
                     self.queue_receipt(r, lsn);
@@ -291,18 +291,34 @@ impl Session {
             self.transaction(tx)?.push(TxOp::Send { exchange, message });
             Ok(0)
         } else {
-            Ok(self.route(&exchange, message))
+            self.route(&exchange, message)
         }
     }
 
     /// Routes a message to its queues: the one place where a SEND reaches the core. Returns
     /// the LSN of the log records written for it (0 when none).
-    fn route(&self, exchange: &Arc<Exchange>, message: Arc<Message>) -> u64 {
+    /// A queue that refuses the message because it is full (`x-overflow` `reject-publish`)
+    /// makes it an error: the client gets an ERROR instead of its RECEIPT.
+    fn route(&self, exchange: &Arc<Exchange>, message: Arc<Message>) -> StompResult<u64> {
         let mut lsn = 0;
+        let mut refused = Vec::new();
         for q in self.ctx.vhost.route(exchange, &message) {
-            lsn = lsn.max(q.publish_tracked(message.clone()).lsn);
+            let e = q.publish_tracked(message.clone());
+            lsn = lsn.max(e.lsn);
+            if e.refused {
+                refused.push(q.name.clone());
+            }
         }
-        lsn
+        if !refused.is_empty() {
+            return Err(StompError::new(
+                "Message rejected",
+                format!(
+                    "The message was refused by full queue(s) {} (x-overflow reject-publish).",
+                    refused.join(", ")
+                ),
+            ));
+        }
+        Ok(lsn)
     }
 
     // ---- ACK / NACK ----
@@ -358,15 +374,15 @@ impl Session {
     }
 
     /// Applies a transaction; returns the LSN its persistent SENDs need.
-    fn commit(&mut self, ops: Vec<TxOp>) -> u64 {
+    fn commit(&mut self, ops: Vec<TxOp>) -> StompResult<u64> {
         let mut lsn = 0;
         for op in ops {
             match op {
-                TxOp::Send { exchange, message } => lsn = lsn.max(self.route(&exchange, message)),
+                TxOp::Send { exchange, message } => lsn = lsn.max(self.route(&exchange, message)?),
                 TxOp::Settle { delivery, how } => self.settle(delivery, how),
             }
         }
-        lsn
+        Ok(lsn)
     }
 
     // ---- lifecycle ----
