@@ -554,3 +554,41 @@ async fn mqtt_persistent_sessions_and_retained_messages_survive_a_restart() {
     assert!(r.retain);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_stomp_receipt_for_a_delayed_persistent_send_follows_its_fsync() {
+    use switchboard_stomp::{Command, Frame};
+    let dir = fresh_data_dir();
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, ch) = b.channel().await;
+    let ex = unique("delayed-durable");
+    bounded(ch.exchange_declare(
+        ex.as_str().into(),
+        ExchangeKind::Custom("x-delayed-message".into()),
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args(&[("x-delayed-type", longstr("direct"))]),
+    ))
+    .await
+    .expect("delayed exchange");
+    let q = unique("delayed-target");
+    declare_durable(&ch, &q, FieldTable::default()).await;
+    bind(&ch, &q, &ex, "k").await;
+    let mut stomp = common::stomp::StompClient::connect(b.stomp, "1.2").await;
+    stomp
+        .request(
+            Frame::new(Command::Send)
+                .with("destination", format!("/exchange/{ex}/k"))
+                .with("persistent", "true")
+                .with("x-delay", "60000")
+                .with_body(b"later".to_vec()),
+        )
+        .await;
+    assert!(
+        log_is_synced(&b),
+        "receipt sent before the held message was durable"
+    );
+    b.stop().await;
+}

@@ -98,6 +98,15 @@ impl Publisher {
             m.payload,
             charge,
         ));
+        // A delayed message is accepted now (and acknowledged once stored); it is routed when
+        // due.
+        if let Some(lsn) = self.vhost.hold_if_delayed(&exchange, &message) {
+            return Routed {
+                queues: 1,
+                lsn,
+                refused: false,
+            };
+        }
         let queues = self.vhost.route(&exchange, &message);
         let mut out = Routed {
             queues: queues.len(),

@@ -300,6 +300,11 @@ impl Session {
     /// A queue that refuses the message because it is full (`x-overflow` `reject-publish`)
     /// makes it an error: the client gets an ERROR instead of its RECEIPT.
     fn route(&self, exchange: &Arc<Exchange>, message: Arc<Message>) -> StompResult<u64> {
+        // A delayed message is accepted now (its receipt waits until it is stored); it is routed
+        // when due.
+        if let Some(lsn) = self.ctx.vhost.hold_if_delayed(exchange, &message) {
+            return Ok(lsn);
+        }
         let mut lsn = 0;
         let mut refused = Vec::new();
         for q in self.ctx.vhost.route(exchange, &message) {
