@@ -4,4 +4,5 @@ pub mod amqp;
 pub mod header_text;
 pub mod mqtt;
 pub mod outbox;
+pub mod settle;
 pub mod stomp;

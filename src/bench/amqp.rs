@@ -9,7 +9,6 @@ use super::{BenchError, Options};
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use switchboard_amqp::*;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -269,19 +268,13 @@ async fn publish(
     };
     let mut body = vec![0u8; o.size];
     let mut out = BytesMut::with_capacity(64 * 1024);
-    while let Some(mut n) = pacer.next_batch(&live).await {
+    while let Some(n) = pacer.next_batch(&live).await {
         if reader.is_finished() {
             break;
         }
-        if let Some(w) = window {
-            let unconfirmed = pacer.sent - confirmed.load(Ordering::Relaxed);
-            if unconfirmed >= w {
-                // Bounded, so a stop request is seen even if the broker stops acking.
-                let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;
-                continue;
-            }
-            n = n.min(w - unconfirmed);
-        }
+        let Some(n) = pacer.fit_window(n, window, &confirmed, &wake).await else {
+            continue;
+        };
         out.clear();
         for i in 0..n {
             Stamp {

@@ -97,6 +97,28 @@ impl Pacer {
         }
     }
 
+    /// Trims a batch of `n` to what the acknowledgement window leaves room for (`acked`: the
+    /// publisher's acknowledged count). None when the window is full: it waited briefly for
+    /// acknowledgements (bounded, so a stop request is seen even if the broker stops acking)
+    /// and the caller asks its pacer again.
+    pub async fn fit_window(
+        &self,
+        n: u64,
+        window: Option<u64>,
+        acked: &AtomicU64,
+        wake: &tokio::sync::Notify,
+    ) -> Option<u64> {
+        let Some(w) = window else {
+            return Some(n);
+        };
+        let open = self.sent - acked.load(Ordering::Relaxed);
+        if open >= w {
+            let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;
+            return None;
+        }
+        Some(n.min(w - open))
+    }
+
     /// Counts `n` messages as written.
     pub fn count_sent(&mut self, live: &Live, n: u64) {
         self.sent += n;

@@ -336,18 +336,13 @@ async fn publish(
         )
     });
     let mut out = BytesMut::with_capacity(64 * 1024);
-    while let Some(mut n) = pacer.next_batch(&live).await {
+    while let Some(n) = pacer.next_batch(&live).await {
         if reader.is_finished() {
             break;
         }
-        if let Some(w) = window {
-            let open = pacer.sent - completed.load(Ordering::Relaxed);
-            if open >= w {
-                let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;
-                continue;
-            }
-            n = n.min(w - open);
-        }
+        let Some(n) = pacer.fit_window(n, window, &completed, &wake).await else {
+            continue;
+        };
         out.clear();
         for i in 0..n {
             let seq = pacer.sent + i;

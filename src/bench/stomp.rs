@@ -9,7 +9,6 @@ use super::{BenchError, Options};
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use switchboard_stomp::{encode, encode_parts, Command, Decoder, Frame, Limits, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -217,18 +216,13 @@ async fn publish(
     let mut body = vec![0u8; o.size];
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut receipt = String::new();
-    while let Some(mut n) = pacer.next_batch(&live).await {
+    while let Some(n) = pacer.next_batch(&live).await {
         if reader.is_finished() {
             break;
         }
-        if let Some(w) = window {
-            let unconfirmed = pacer.sent - confirmed.load(Ordering::Relaxed);
-            if unconfirmed >= w {
-                let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;
-                continue;
-            }
-            n = n.min(w - unconfirmed);
-        }
+        let Some(n) = pacer.fit_window(n, window, &confirmed, &wake).await else {
+            continue;
+        };
         out.clear();
         for i in 0..n {
             let seq = pacer.sent + i;

@@ -990,8 +990,9 @@ impl VHost {
             .unwrap_or_default()
     }
 
-    /// The queues `msg` reaches from `exchange` now, delayed exchange or not.
-    fn route_now(&self, exchange: &Arc<Exchange>, msg: &Message) -> Vec<Arc<Queue>> {
+    /// The queues `msg` reaches from `exchange` now, delayed exchange or not: for publishers
+    /// that asked [`VHost::hold_if_delayed`] first (so the delay is not looked up twice).
+    pub fn route_now(&self, exchange: &Arc<Exchange>, msg: &Message) -> Vec<Arc<Queue>> {
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         if exchange.name.is_empty() {
             if let Some(q) = self.queue(&msg.routing_key) {

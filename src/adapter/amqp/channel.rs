@@ -5,6 +5,7 @@
 use super::delivery::{AmqpConsumer, ChannelDeliveries, Unacked};
 use super::error::*;
 use crate::adapter::outbox::Outbox;
+use crate::adapter::settle::{self, Settle};
 use crate::core::queue::args::parse_expiration;
 use crate::core::queue::{ConnectionId, ConsumeError};
 use crate::core::vhost::{generate_name, ExchangeSpec, QueueSpec};
@@ -93,25 +94,6 @@ struct ChannelConsumer {
     id: u64,
     queue: Arc<Queue>,
     sink: Arc<AmqpConsumer>,
-}
-
-/// What settling deliveries does with them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settle {
-    Ack,
-    Requeue,
-    Discard,
-}
-
-impl Settle {
-    /// What a reject or nack does.
-    fn rejected(requeue: bool) -> Self {
-        if requeue {
-            Settle::Requeue
-        } else {
-            Settle::Discard
-        }
-    }
 }
 
 /// An operation held back until `tx.commit`.
@@ -787,7 +769,7 @@ impl Channel {
                 refused: false,
             };
         }
-        let queues = ctx.vhost.route(exchange, &message);
+        let queues = ctx.vhost.route_now(exchange, &message);
         if queues.is_empty() {
             if mandatory {
                 let method = Method::BasicReturn(BasicReturn {
@@ -885,7 +867,7 @@ impl Channel {
         let taken = self.deliveries.take(tag, multiple).ok_or_else(|| {
             AmqpError::channel(PRECONDITION_FAILED, format!("unknown delivery tag {tag}"))
         })?;
-        apply_settle(taken, how);
+        settle::apply(taken.into_iter().map(|u| (u.queue, u.message_id)), how);
         self.wake_consumers();
         Ok(())
     }
@@ -907,7 +889,13 @@ impl Channel {
     }
 
     fn requeue_all(&mut self) {
-        apply_settle(self.deliveries.take_all(), Settle::Requeue);
+        settle::apply(
+            self.deliveries
+                .take_all()
+                .into_iter()
+                .map(|u| (u.queue, u.message_id)),
+            Settle::Requeue,
+        );
         self.wake_consumers();
     }
 
@@ -936,7 +924,13 @@ impl Channel {
             ctx.vhost.remove_queue(&rq);
         }
         // Consumers are gone first so requeued messages go to other consumers, not back here.
-        apply_settle(self.deliveries.take_all(), Settle::Requeue);
+        settle::apply(
+            self.deliveries
+                .take_all()
+                .into_iter()
+                .map(|u| (u.queue, u.message_id)),
+            Settle::Requeue,
+        );
     }
 }
 
@@ -954,24 +948,6 @@ fn consumer_priority(arguments: &FieldTable) -> AmqpResult<i32> {
                 crate::core::queue::args::type_name(v)
             ),
         )),
-    }
-}
-
-/// Settles deliveries grouped by queue, one queue call per group.
-fn apply_settle(taken: Vec<Unacked>, how: Settle) {
-    let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
-    for u in taken {
-        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, ids)) => ids.push(u.message_id),
-            None => groups.push((u.queue, vec![u.message_id])),
-        }
-    }
-    for (q, ids) in groups {
-        match how {
-            Settle::Ack => q.settle(&ids),
-            Settle::Discard => q.reject(&ids),
-            Settle::Requeue => q.requeue(&ids),
-        }
     }
 }
 

@@ -107,7 +107,7 @@ impl Publisher {
                 refused: false,
             };
         }
-        let queues = self.vhost.route(&exchange, &message);
+        let queues = self.vhost.route_now(&exchange, &message);
         let mut out = Routed {
             queues: queues.len(),
             ..Default::default()

@@ -5,8 +5,9 @@
 use super::destination::Destination;
 use super::error::{StompError, StompResult};
 use super::headers::properties_from_send;
-use super::subscription::{SessionDeliveries, StompSubscription, Unacked};
+use super::subscription::{SessionDeliveries, StompSubscription};
 use crate::adapter::outbox::Outbox;
+use crate::adapter::settle::{self, Settle};
 use crate::core::queue::ConnectionId;
 use crate::core::{Broker, CoreError, Exchange, Message, Queue, VHost};
 use std::collections::{HashMap, VecDeque};
@@ -20,14 +21,6 @@ pub enum Next {
     Continue,
     /// DISCONNECT: its receipt is queued; flush and close.
     Disconnect,
-}
-
-/// What an ACK or NACK does with the deliveries it names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settle {
-    Ack,
-    Requeue,
-    Discard,
 }
 
 /// An operation held back until COMMIT.
@@ -307,7 +300,7 @@ impl Session {
         }
         let mut lsn = 0;
         let mut refused = Vec::new();
-        for q in self.ctx.vhost.route(exchange, &message) {
+        for q in self.ctx.vhost.route_now(exchange, &message) {
             let e = q.publish_tracked(message.clone());
             lsn = lsn.max(e.lsn);
             if e.refused {
@@ -359,7 +352,7 @@ impl Session {
             );
             return;
         }
-        apply_settle(taken, how);
+        settle::apply(taken.into_iter().map(|u| (u.queue, u.message_id)), how);
         self.wake_subscriptions();
     }
 
@@ -422,7 +415,13 @@ impl Session {
         for (_, q) in self.temp_queues.drain() {
             self.ctx.vhost.remove_queue(&q);
         }
-        apply_settle(self.deliveries.take_all(), Settle::Requeue);
+        settle::apply(
+            self.deliveries
+                .take_all()
+                .into_iter()
+                .map(|u| (u.queue, u.message_id)),
+            Settle::Requeue,
+        );
     }
 }
 
@@ -437,25 +436,6 @@ fn unknown_transaction(tx: &str) -> StompError {
         "Invalid transaction",
         format!("Transaction '{tx}' was not begun on this connection (or already ended)."),
     )
-}
-
-/// Settles deliveries grouped by queue, one queue call per group.
-fn apply_settle(taken: Vec<Unacked>, how: Settle) {
-    let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
-    for u in taken {
-        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, ids)) => ids.push(u.message_id),
-            None => groups.push((u.queue, vec![u.message_id])),
-        }
-    }
-    for (q, ids) in groups {
-        match how {
-            Settle::Ack => q.settle(&ids),
-            // A NACK without requeue is a rejection: dead-lettered when the queue has a DLX.
-            Settle::Discard => q.reject(&ids),
-            Settle::Requeue => q.requeue(&ids),
-        }
-    }
 }
 
 #[cfg(test)]
