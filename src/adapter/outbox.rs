@@ -1,4 +1,6 @@
-//! A connection's outbound buffer and the writer task that drains it.
+//! A connection's outbound buffer and the writer that drains it: a task of its own
+//! ([`Outbox::start`]), or the connection's own task ([`InlineWriter`], one task per connection
+//! where idle connections are many, as with MQTT).
 //!
 //! Anything may append frames (the connection task, or a publisher's task delivering to one of
 //! this connection's consumers); the writer swaps the whole buffer out and writes it with one
@@ -7,6 +9,7 @@
 //! can wake their queues: a slow reader cannot make the broker buffer without bound.
 
 use bytes::BytesMut;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -99,17 +102,50 @@ impl Outbox {
         self.dead.load(Ordering::Relaxed)
     }
 
+    /// Swaps the pending frames into `out` (which must be empty); whether the outbox is closing.
+    fn take_pending(&self, out: &mut BytesMut) -> bool {
+        let mut p = self.lock();
+        std::mem::swap(&mut p.buf, out);
+        if out.is_empty() && (out.capacity() > 0 || p.buf.capacity() > 0) {
+            // Nothing to write: an idle connection holds no buffer while it waits (the next
+            // frame allocates one; a busy connection finds frames pending here and keeps
+            // reusing its two buffers).
+            p.buf = BytesMut::new();
+            *out = BytesMut::new();
+        }
+        p.closing
+    }
+
+    /// After `out` was written: empties it, and says whether consumers refused for lack of
+    /// room may deliver again.
+    fn written(&self, out: &mut BytesMut) -> bool {
+        out.clear();
+        if out.capacity() > RETAINED_CAPACITY {
+            // A burst grew it; do not keep that much per connection forever.
+            *out = BytesMut::new();
+        }
+        self.stalled.swap(false, Ordering::Relaxed)
+    }
+
+    /// Resolves once frames may be pending, the outbox closes, or [`wake`](Self::wake) is called.
+    pub fn frames_pushed(&self) -> impl Future<Output = ()> + '_ {
+        self.wake_writer.notified()
+    }
+
+    /// Wakes whoever waits in [`frames_pushed`](Self::frames_pushed): a connection task that
+    /// writes its own outbox uses it as its one wake-up for other events too (it keeps one
+    /// waiter instead of one per event).
+    pub fn wake(&self) {
+        self.wake_writer.notify_one();
+    }
+
     /// Drains the outbox into `socket` until closed or the socket fails.
     pub async fn run_writer<W: AsyncWrite + Unpin>(&self, mut socket: W) {
-        // Grows on demand (the buffers are swapped, so each side keeps what it grew to): an
-        // idle connection holds no buffer at all.
+        // Grows on demand (the buffers are swapped, so each side keeps what it grew to while
+        // frames keep coming).
         let mut out = BytesMut::new();
         loop {
-            let closing = {
-                let mut p = self.lock();
-                std::mem::swap(&mut p.buf, &mut out);
-                p.closing
-            };
+            let closing = self.take_pending(&mut out);
             if out.is_empty() {
                 if closing {
                     break;
@@ -121,17 +157,83 @@ impl Outbox {
                 tracing::debug!(error = %e, "socket write failed");
                 break;
             }
-            out.clear();
-            if out.capacity() > RETAINED_CAPACITY {
-                // A burst grew it; do not keep that much per connection forever.
-                out = BytesMut::new();
-            }
-            if self.stalled.swap(false, Ordering::Relaxed) {
+            if self.written(&mut out) {
                 self.drained.notify_one();
             }
         }
         let _ = socket.shutdown().await;
         self.dead.store(true, Ordering::Relaxed);
         self.writer_done.notify_one();
+    }
+}
+
+/// Writes an [`Outbox`] from the connection's own task: its loop selects on
+/// [`Outbox::frames_pushed`] (then [`take`](Self::take)) and on [`write_some`](Self::write_some)
+/// beside its reads. It saves the writer task and its wake-up notifications, which for an idle
+/// MQTT connection are a good part of its memory (issue 7).
+#[derive(Debug)]
+pub struct InlineWriter<W> {
+    socket: W,
+    out: BytesMut,
+    /// How much of `out` is on the wire already.
+    sent: usize,
+}
+
+impl<W: AsyncWrite + Unpin> InlineWriter<W> {
+    pub fn new(socket: W) -> Self {
+        InlineWriter {
+            socket,
+            out: BytesMut::new(),
+            sent: 0,
+        }
+    }
+
+    /// Whether everything taken from the outbox is written.
+    pub fn is_idle(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Takes the outbox's pending frames to write (call when idle).
+    pub fn take(&mut self, outbox: &Outbox) {
+        if self.is_idle() {
+            outbox.take_pending(&mut self.out);
+        }
+    }
+
+    /// Writes part of what was taken: `Ok(true)` when that finished it and consumers refused
+    /// for lack of room may deliver again. Cancel-safe, so it can be a `select!` branch:
+    /// progress is kept here, not in the future.
+    pub async fn write_some(&mut self, outbox: &Outbox) -> std::io::Result<bool> {
+        let n = match self.socket.write(&self.out[self.sent..]).await {
+            Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => Ok(n),
+            Err(e) => Err(e),
+        }
+        .inspect_err(|_| outbox.dead.store(true, Ordering::Relaxed))?;
+        self.sent += n;
+        if self.sent < self.out.len() {
+            return Ok(false);
+        }
+        self.sent = 0;
+        Ok(outbox.written(&mut self.out))
+    }
+
+    /// The end of the connection: closes the outbox, writes what is left and shuts the
+    /// socket's write side.
+    pub async fn finish(mut self, outbox: &Outbox) {
+        outbox.close();
+        loop {
+            if self.is_idle() {
+                self.take(outbox);
+                if self.is_idle() {
+                    break;
+                }
+            }
+            if self.write_some(outbox).await.is_err() {
+                break;
+            }
+        }
+        let _ = self.socket.shutdown().await;
+        outbox.dead.store(true, Ordering::Relaxed);
     }
 }

@@ -2,7 +2,7 @@
 //! CONNACK that answers it.
 
 use super::error::Refusal;
-use super::registry::{lock, MqttState, Owner, SessionKey, SessionSlot};
+use super::registry::{lock, Handover, MqttState, Owner, SessionKey, SessionSlot};
 use super::session::Session;
 use crate::core::vhost::QueueSpec;
 use crate::core::{Broker, Queue, VHost};
@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchboard_mqtt::{Connect, Protocol};
-use tokio::sync::{watch, Notify};
 
 /// How long a CONNECT waits for the connection it takes a session over from to let go.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,8 +25,14 @@ pub struct Attached {
     /// The client id was assigned by the broker (v5 Assigned Client Identifier).
     pub assigned_id: bool,
     pub queue: Arc<Queue>,
-    pub kick: Arc<Notify>,
-    pub released: watch::Sender<bool>,
+    pub handover: Arc<Handover>,
+}
+
+impl Drop for Attached {
+    /// However the connection ends (even by a panic), a takeover waiting for it goes on.
+    fn drop(&mut self) {
+        self.handover.release();
+    }
 }
 
 /// The vhost and user a CONNECT authenticates as. User names may be `vhost:user` (RabbitMQ's
@@ -126,7 +131,7 @@ pub async fn attach(
     key: SessionKey,
     assigned_id: bool,
     clean_start: bool,
-    conn_id: u64,
+    me: Owner,
 ) -> Result<Attached, Refusal> {
     let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
     loop {
@@ -138,30 +143,24 @@ pub async fn attach(
             break;
         };
         tracing::debug!(client = %key.client_id, "session taken over from connection {}", owner.conn_id);
-        owner.kick.notify_one();
-        let mut released = owner.released;
-        let outcome = tokio::time::timeout_at(deadline, released.wait_for(|r| *r))
+        owner.handover.kick();
+        if tokio::time::timeout_at(deadline, owner.handover.released())
             .await
-            .map(|r| r.is_ok());
-        match outcome {
-            Err(_) => {
-                return Err(Refusal::unavailable(
-                    "the connection holding this session did not close",
-                ))
-            }
-            Ok(true) => {}
-            Ok(false) => {
-                // The owner went away without letting go (its task ended abruptly): the
-                // session is free.
-                if let Some(slot) = state.sessions().get_mut(&key) {
-                    if slot
-                        .owner
-                        .as_ref()
-                        .is_some_and(|o| o.conn_id == owner.conn_id)
-                    {
-                        slot.owner = None;
-                    }
-                }
+            .is_err()
+        {
+            return Err(Refusal::unavailable(
+                "the connection holding this session did not close",
+            ));
+        }
+        // The owner normally lets go of the slot before it says so; one that ended abruptly
+        // did not, and the session is free.
+        if let Some(slot) = state.sessions().get_mut(&key) {
+            if slot
+                .owner
+                .as_ref()
+                .is_some_and(|o| o.conn_id == owner.conn_id)
+            {
+                slot.owner = None;
             }
         }
     }
@@ -172,13 +171,9 @@ pub async fn attach(
             "session taken by a concurrent connection",
         ));
     }
-    let kick = Arc::new(Notify::new());
-    let (released, released_rx) = watch::channel(false);
-    let owner = Owner {
-        conn_id,
-        kick: kick.clone(),
-        released: released_rx,
-    };
+    let handover = me.handover.clone();
+    let conn_id = me.conn_id;
+    let owner = me;
     let queue_name = queue_name(&key.client_id);
     let existing = sessions.remove(&key);
     let (session, session_present, generation) = match existing {
@@ -237,8 +232,7 @@ pub async fn attach(
         generation,
         assigned_id,
         queue,
-        kick,
-        released,
+        handover,
     })
 }
 

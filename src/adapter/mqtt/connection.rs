@@ -9,7 +9,7 @@ use super::error::Violation;
 use super::publish::{acknowledge_publish, InboundMessage, Publisher};
 use super::registry::{lock, MqttState};
 use super::session::is_shared;
-use crate::adapter::outbox::Outbox;
+use crate::adapter::outbox::{InlineWriter, Outbox};
 use crate::core::broker::ConnectionEntry;
 use crate::core::{Broker, Consumer, Queue, VHost};
 use bytes::BytesMut;
@@ -18,14 +18,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchboard_amqp::FieldTable;
 use switchboard_mqtt::*;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 /// Read buffer growth step while data flows. An idle connection holds only a small buffer
 /// (`IDLE_READ_RESERVE`): a packet larger than that makes the decoder reserve its announced
 /// size once its fixed header is in.
 const READ_RESERVE: usize = 2048;
-const IDLE_READ_RESERVE: usize = 256;
+const IDLE_READ_RESERVE: usize = 64;
+
+/// What the connection's input branch produced: bytes read, or (while publishing is blocked by
+/// the memory alarm) a change of the alarm.
+enum Input {
+    Read(std::io::Result<usize>),
+    AlarmChanged(bool),
+}
 
 /// How a connection ended, which decides the will.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +53,8 @@ pub struct Connection {
     pub attached: Attached,
     pub link: Arc<Link>,
     pub consumer_id: u64,
-    pub will: Option<Will>,
+    /// Boxed: most clients set none, and the connection lives as long as the client does.
+    pub will: Option<Box<Will>>,
     /// 1.5 × the keep alive in force, if any.
     pub keep_alive: Option<Duration>,
     pub inbound_aliases: HashMap<u16, String>,
@@ -146,25 +154,29 @@ impl Connection {
         }
     }
 
-    pub async fn run<R: AsyncRead + Unpin>(&mut self, rd: &mut R, mut buf: BytesMut) -> Ending {
+    pub async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut InlineWriter<W>,
+        mut buf: BytesMut,
+    ) -> Ending {
         let outbox = self.outbox.clone();
-        let kick = self.attached.kick.clone();
+        let handover = self.attached.handover.clone();
         let link = self.link.clone();
         let mut shutdown = self.broker.shutdown_signal();
         let mut alarm = self.broker.memory.subscribe();
         let mut log_synced = self.broker.store.as_ref().map(|s| s.log.subscribe());
         let mut blocked = false;
         let mut last_read = Instant::now();
+        // Armed once and moved only when it fires: a read does not touch the timer.
+        let keep_alive = self.keep_alive.unwrap_or(Duration::from_secs(86_400 * 365));
+        let keep_alive_timer = tokio::time::sleep_until(last_read + keep_alive);
+        tokio::pin!(keep_alive_timer);
         // Packets that arrived with the CONNECT.
         if let Some(end) = self.process(&mut buf) {
             return end;
         }
         loop {
-            let keep_alive_deadline = self
-                .keep_alive
-                .map_or(last_read + Duration::from_secs(86_400 * 365), |k| {
-                    last_read + k
-                });
             if buf.capacity() - buf.len() < 64 {
                 buf.reserve(if buf.is_empty() {
                     IDLE_READ_RESERVE
@@ -172,48 +184,75 @@ impl Connection {
                     READ_RESERVE
                 });
             }
+            // Reading and waiting for the memory alarm to clear exclude each other, so they
+            // share one future (and its room in this task).
+            let input = async {
+                if blocked {
+                    Input::AlarmChanged(alarm.changed().await.is_ok())
+                } else {
+                    Input::Read(rd.read_buf(&mut buf).await)
+                }
+            };
             tokio::select! {
-                read = rd.read_buf(&mut buf), if !blocked => {
-                    match read {
-                        Ok(0) | Err(_) => return Ending::Abnormal,
-                        Ok(_) => {}
+                input = input => match input {
+                    Input::Read(Ok(0) | Err(_)) => return Ending::Abnormal,
+                    Input::Read(Ok(_)) => {
+                        last_read = Instant::now();
+                        if let Some(end) = self.process(&mut buf) {
+                            return end;
+                        }
+                        if buf.is_empty() && buf.capacity() > IDLE_READ_RESERVE {
+                            buf = BytesMut::new();
+                        }
+                        // As for AMQP: only a connection that publishes during the alarm stops
+                        // being read, so consumers can still ack and drain.
+                        if std::mem::take(&mut self.published) && self.broker.memory.alarm() {
+                            blocked = true;
+                        }
                     }
-                    last_read = Instant::now();
-                    if let Some(end) = self.process(&mut buf) {
-                        return end;
+                    Input::AlarmChanged(changed) => {
+                        if changed && !*alarm.borrow_and_update() {
+                            blocked = false;
+                            last_read = Instant::now();
+                        }
                     }
-                    if buf.is_empty() && buf.capacity() > IDLE_READ_RESERVE {
-                        buf = BytesMut::new();
+                },
+                _ = &mut keep_alive_timer, if self.keep_alive.is_some() && !blocked => {
+                    if last_read + keep_alive > Instant::now() {
+                        keep_alive_timer.as_mut().reset(last_read + keep_alive);
+                        continue;
                     }
-                    // As for AMQP: only a connection that publishes during the alarm stops
-                    // being read, so consumers can still ack and drain.
-                    if std::mem::take(&mut self.published) && self.broker.memory.alarm() {
-                        blocked = true;
-                    }
-                }
-                _ = kick.notified() => {
-                    self.disconnect(&Violation::new(reason::SESSION_TAKEN_OVER, "another connection took the session over"));
-                    return Ending::Abnormal;
-                }
-                _ = link.queue_deleted.notified() => {
-                    self.disconnect(&Violation::new(reason::IMPLEMENTATION_SPECIFIC_ERROR, "the session's queue was deleted"));
-                    return Ending::Abnormal;
-                }
-                _ = tokio::time::sleep_until(keep_alive_deadline), if self.keep_alive.is_some() && !blocked => {
                     tracing::info!(peer = %self.entry.peer, "MQTT keep alive expired");
                     self.disconnect(&Violation::new(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout"));
                     return Ending::Abnormal;
                 }
-                _ = outbox.drained.notified() => self.dispatch_all(),
+                // Frames to write, a takeover or a deleted queue: all wake the outbox.
+                _ = outbox.frames_pushed() => {
+                    if handover.is_kicked() {
+                        self.disconnect(&Violation::new(reason::SESSION_TAKEN_OVER, "another connection took the session over"));
+                        return Ending::Abnormal;
+                    }
+                    if link.queue_was_deleted() {
+                        self.disconnect(&Violation::new(reason::IMPLEMENTATION_SPECIFIC_ERROR, "the session's queue was deleted"));
+                        return Ending::Abnormal;
+                    }
+                    wr.take(&outbox);
+                }
+                written = wr.write_some(&outbox), if !wr.is_idle() => match written {
+                    Ok(drained) => {
+                        // Frames pushed while this write was under way woke nobody.
+                        wr.take(&outbox);
+                        if drained {
+                            self.dispatch_all();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %self.entry.peer, error = %e, "MQTT socket write failed");
+                        return Ending::Abnormal;
+                    }
+                },
                 _ = crate::store::log::synced_changed(&mut log_synced), if !self.held_acks.is_empty() => {
                     self.flush_acks();
-                }
-                _ = outbox.writer_done.notified() => return Ending::Abnormal,
-                changed = alarm.changed() => {
-                    if changed.is_ok() && !*alarm.borrow_and_update() {
-                        blocked = false;
-                        last_read = Instant::now();
-                    }
                 }
                 _ = shutdown.changed() => {
                     self.disconnect(&Violation::new(reason::SERVER_SHUTTING_DOWN, "broker shutting down"));

@@ -45,7 +45,7 @@ pub struct Link {
     closed: AtomicBool,
     /// A queue this link consumes from was deleted (by an AMQP client, say): the connection
     /// ends, and the client's reconnect rebuilds the queue and its bindings.
-    pub queue_deleted: tokio::sync::Notify,
+    queue_deleted: AtomicBool,
 }
 
 impl Link {
@@ -62,8 +62,13 @@ impl Link {
             limits,
             aliases: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
-            queue_deleted: tokio::sync::Notify::new(),
+            queue_deleted: AtomicBool::new(false),
         })
+    }
+
+    /// Whether a queue this link consumes from was deleted (the connection then ends).
+    pub fn queue_was_deleted(&self) -> bool {
+        self.queue_deleted.load(Ordering::Acquire)
     }
 
     /// No more deliveries through this link.
@@ -230,7 +235,8 @@ impl ConsumerSink for Link {
 
     fn cancelled(&self, queue: &Queue, _consumer_tag: &str) {
         tracing::info!(client = %self.client_id, queue = %queue.name, "MQTT queue deleted under a connected client");
-        self.queue_deleted.notify_one();
+        self.queue_deleted.store(true, Ordering::Release);
+        self.outbox.wake();
     }
 }
 

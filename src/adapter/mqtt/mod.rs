@@ -21,14 +21,14 @@ pub mod retained;
 pub mod session;
 mod subscribe;
 
-use crate::adapter::outbox::Outbox;
+use crate::adapter::outbox::{InlineWriter, Outbox};
 use crate::core::Broker;
 use bytes::BytesMut;
 use connection::{Connection, Ending};
 use delivery::{ClientLimits, Link};
 use error::Refusal;
 use publish::Publisher;
-use registry::{lock, MqttState, SessionKey};
+use registry::{lock, Handover, MqttState, Owner, SessionKey};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,20 +39,46 @@ use tokio::time::timeout;
 
 /// Time a client has to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time the writer gets to flush the last packets.
+/// Time the last packets get to be written.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves a connection over any byte stream (TCP, TLS, WebSocket later).
+///
+/// The connection's task lives as long as the client stays connected, so its future is kept
+/// small: the handshake (CONNECT, authentication, session takeover) runs in a boxed future that
+/// is freed before the steady-state loop starts, and the connection's state is boxed too. An
+/// idle connection then holds only what it needs (issue 7: memory per idle connection).
 pub async fn serve_stream<R, W>(mut rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let entry = broker.register_connection("mqtt", peer);
-    let (outbox, writer) = Outbox::start(wr);
+    // This task writes too (no writer task): one task per connection.
+    let outbox = Arc::new(Outbox::new());
+    let mut wr = InlineWriter::new(wr);
+    let opened = Box::pin(open(&mut rd, &outbox, &entry, peer, &broker)).await;
+    if let Some((mut conn, buf)) = opened {
+        let ending: Ending = conn.run(&mut rd, &mut wr, buf).await;
+        conn.finish(ending);
+    }
+    let _ = timeout(CLOSE_TIMEOUT, wr.finish(&outbox)).await;
+    broker.unregister_connection(entry.id);
+    tracing::debug!(%peer, "MQTT connection closed");
+}
+
+/// Reads the CONNECT and answers it: the established connection and the bytes read past the
+/// CONNECT, or `None` when the connection is refused or gone.
+async fn open<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    outbox: &Arc<Outbox>,
+    entry: &Arc<crate::core::broker::ConnectionEntry>,
+    peer: SocketAddr,
+    broker: &Arc<Broker>,
+) -> Option<(Box<Connection>, BytesMut)> {
     let mut buf = BytesMut::new();
     let max_connect = broker.config.mqtt.max_connect_size as usize;
-    match timeout(CONNECT_TIMEOUT, read_first(&mut rd, &mut buf, max_connect)).await {
+    match timeout(CONNECT_TIMEOUT, read_first(rd, &mut buf, max_connect)).await {
         Err(_) => tracing::info!(%peer, "no MQTT CONNECT in time"),
         Ok(Err(None)) => {}
         Ok(Err(Some(e))) => {
@@ -64,20 +90,19 @@ where
                 } else {
                     (Protocol::V311, reason::V3_UNACCEPTABLE_PROTOCOL_VERSION)
                 };
-                send_connack(&outbox, protocol, false, code, Properties::default());
+                send_connack(outbox, protocol, false, code, Properties::default());
             }
         }
         Ok(Ok(Packet::Connect(c))) => {
-            handshake_and_run(*c, &mut rd, buf, &outbox, &entry, peer, &broker).await
+            return handshake(*c, outbox, entry, peer, broker)
+                .await
+                .map(|conn| (conn, buf));
         }
         Ok(Ok(other)) => {
             tracing::info!(%peer, packet = other.name(), "first MQTT packet is not CONNECT");
         }
     }
-    outbox.close();
-    let _ = timeout(CLOSE_TIMEOUT, writer).await;
-    broker.unregister_connection(entry.id);
-    tracing::debug!(%peer, "MQTT connection closed");
+    None
 }
 
 /// Reads until one packet is decoded. `Err(None)`: the peer closed or the socket failed.
@@ -117,15 +142,15 @@ fn send_connack(outbox: &Outbox, protocol: Protocol, present: bool, code: u8, pr
     });
 }
 
-async fn handshake_and_run<R: AsyncRead + Unpin>(
+/// Authenticates, attaches the session and sends the CONNACK: the established connection, or
+/// `None` when refused.
+async fn handshake(
     c: Connect,
-    rd: &mut R,
-    buf: BytesMut,
     outbox: &Arc<Outbox>,
     entry: &Arc<crate::core::broker::ConnectionEntry>,
     peer: SocketAddr,
     broker: &Arc<Broker>,
-) {
+) -> Option<Box<Connection>> {
     let state = MqttState::for_broker(broker);
     let protocol = c.protocol;
     let attached = async {
@@ -135,14 +160,18 @@ async fn handshake_and_run<R: AsyncRead + Unpin>(
             vhost: vhost.name.clone(),
             client_id,
         };
-        connect::attach(&state, vhost, user, key, assigned, c.clean_start, entry.id).await
+        let me = Owner {
+            conn_id: entry.id,
+            handover: Arc::new(Handover::new(outbox.clone())),
+        };
+        connect::attach(&state, vhost, user, key, assigned, c.clean_start, me).await
     }
     .await;
     let attached = match attached {
         Ok(a) => a,
         Err(r) => {
             refuse(outbox, protocol, &r, peer);
-            return;
+            return None;
         }
     };
     let cfg = &broker.config.mqtt;
@@ -216,7 +245,7 @@ async fn handshake_and_run<R: AsyncRead + Unpin>(
         vhost: attached.vhost.clone(),
         client_id: attached.key.client_id.clone(),
     };
-    let mut conn = Connection {
+    let mut conn = Box::new(Connection {
         broker: broker.clone(),
         state,
         entry: entry.clone(),
@@ -225,7 +254,7 @@ async fn handshake_and_run<R: AsyncRead + Unpin>(
         publisher,
         link,
         consumer_id: broker.next_id(),
-        will: c.will,
+        will: c.will.map(Box::new),
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         inbound_aliases: HashMap::new(),
         problem_info: c.properties.request_problem_information != Some(0),
@@ -233,10 +262,9 @@ async fn handshake_and_run<R: AsyncRead + Unpin>(
         shared: HashMap::new(),
         held_acks: Default::default(),
         attached,
-    };
+    });
     conn.start_delivery();
-    let ending: Ending = conn.run(rd, buf).await;
-    conn.finish(ending);
+    Some(conn)
 }
 
 fn refuse(outbox: &Outbox, protocol: Protocol, r: &Refusal, peer: SocketAddr) {
@@ -246,4 +274,21 @@ fn refuse(outbox: &Outbox, protocol: Protocol, r: &Refusal, peer: SocketAddr) {
         props.reason_string = Some(r.text.clone());
     }
     send_connack(outbox, protocol, false, r.code(protocol), props);
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every connected client holds one of these futures for as long as it stays connected
+    /// (issue 7: an idle connection's memory). The handshake's state (a decoded CONNECT is
+    /// 840 bytes) must not stay in it: it made the future 4.7 KB before it was boxed apart.
+    #[test]
+    fn the_connection_future_stays_small() {
+        let broker = crate::core::Broker::new(
+            crate::config::Config::load(None).expect("the embedded default parses"),
+        );
+        let peer: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
+        let connection = super::serve_stream(tokio::io::empty(), tokio::io::sink(), peer, broker);
+        let size = std::mem::size_of_val(&connection);
+        assert!(size <= 1280, "MQTT connection future is {size} bytes");
+    }
 }

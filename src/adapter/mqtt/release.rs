@@ -63,14 +63,14 @@ impl Connection {
                 }
             }
         }
-        let _ = self.attached.released.send(true);
+        self.attached.handover.release();
         let publish_will = match ending {
             Ending::Abnormal => true,
             Ending::Normal { publish_will } => publish_will,
         };
         if let (true, Some(will)) = (publish_will, self.will) {
             let delay = will.properties.will_delay_interval.unwrap_or(0).min(expiry);
-            send_will(self.publisher, will, delay, key, generation);
+            send_will(self.publisher, *will, delay, key, generation);
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Deref;
 use std::time::SystemTime;
 use switchboard_mqtt::{Properties, QoS, SubscriptionOptions};
 
@@ -13,6 +14,70 @@ pub struct SubscriptionEntry {
     pub options: SubscriptionOptions,
     /// v5 Subscription Identifier given with the SUBSCRIBE, if any.
     pub identifier: Option<u32>,
+}
+
+/// A session's subscriptions by topic filter, in filter order.
+///
+/// A sorted `Vec` rather than a `BTreeMap`: most sessions hold one or a few filters, and a
+/// B-tree allocates a whole node (about 400 bytes here) for the first one, which dominated the
+/// memory of an idle connection (issue 7). Look-ups are binary searches; every delivery scans
+/// all filters anyway (`Session::match_topic`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscriptions(Vec<(String, SubscriptionEntry)>);
+
+impl Subscriptions {
+    fn position(&self, filter: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(f, _)| f.as_str().cmp(filter))
+    }
+
+    /// Adds or replaces the subscription for `filter`; the one replaced, if any.
+    pub fn insert(
+        &mut self,
+        filter: String,
+        entry: SubscriptionEntry,
+    ) -> Option<SubscriptionEntry> {
+        match self.position(&filter) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, entry)),
+            Err(i) => {
+                if self.0.is_empty() {
+                    // Exactly one slot: most sessions never subscribe to a second filter.
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (filter, entry));
+                None
+            }
+        }
+    }
+
+    pub fn get(&self, filter: &str) -> Option<&SubscriptionEntry> {
+        self.position(filter).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn remove(&mut self, filter: &str) -> Option<SubscriptionEntry> {
+        let i = self.position(filter).ok()?;
+        let (_, entry) = self.0.remove(i);
+        if self.0.is_empty() {
+            // Give the allocation back: the session may stay around idle.
+            self.0 = Vec::new();
+        }
+        Some(entry)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &SubscriptionEntry)> {
+        self.0.iter().map(|(f, e)| (f, e))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(f, _)| f)
+    }
+}
+
+impl Deref for Subscriptions {
+    type Target = [(String, SubscriptionEntry)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// A message on its way to the client, in MQTT terms.
@@ -55,7 +120,7 @@ pub struct Session {
     pub vhost: String,
     /// The queue the session's subscriptions are bound to.
     pub queue: String,
-    pub subscriptions: BTreeMap<String, SubscriptionEntry>,
+    pub subscriptions: Subscriptions,
     /// Inbound QoS 2 packet ids PUBREC'd and not yet released: a re-sent PUBLISH with one of
     /// these ids is not routed again.
     pub inbound_qos2: BTreeSet<u16>,
@@ -76,7 +141,7 @@ impl Session {
             client_id,
             vhost,
             queue,
-            subscriptions: BTreeMap::new(),
+            subscriptions: Subscriptions::default(),
             inbound_qos2: BTreeSet::new(),
             in_flight: BTreeMap::new(),
             pending: VecDeque::new(),
@@ -113,7 +178,7 @@ impl Session {
     /// as `#` for a `$` topic, or a filter unsubscribed since it was queued).
     pub fn match_topic(&self, topic: &str, from_self: bool) -> Option<Matched> {
         let mut m: Option<Matched> = None;
-        for (filter, sub) in &self.subscriptions {
+        for (filter, sub) in self.subscriptions.iter() {
             // Shared subscriptions deliver from their group's queue, not the session's.
             if is_shared(filter)
                 || (sub.options.no_local && from_self)

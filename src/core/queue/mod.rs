@@ -493,6 +493,10 @@ impl Queue {
         if consumer.exclusive && !st.consumers.is_empty() {
             return Err(ConsumeError::QueueInUse(self.name.clone()));
         }
+        if st.consumers.is_empty() {
+            // Most queues have one consumer (every MQTT session's has): no room for four.
+            st.consumers.reserve_exact(1);
+        }
         st.consumers.push(Registered { consumer, priority });
         st.had_consumer = true;
         self.dispatch_locked(&mut st);
