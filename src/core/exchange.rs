@@ -98,8 +98,136 @@ enum Index {
 
 #[derive(Debug)]
 struct BindingSet {
+    /// In no particular order (removal moves the last binding into the gap).
     all: Vec<Binding>,
+    /// Where each destination's bindings are in `all`: binding, unbinding and deleting a queue
+    /// look at that queue's bindings only. Scanning them all made connecting and disconnecting
+    /// N MQTT clients (a binding each on `amq.topic`) O(N²).
+    by_destination: HashMap<DestinationKey, Positions>,
     index: Index,
+}
+
+/// A destination's identity as a map key: its address, with the low bit set for an exchange
+/// (`Arc`s are aligned, so the bit is free; the binding holds the `Arc`, so the address cannot
+/// be reused while bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct DestinationKey(usize);
+
+impl Destination {
+    fn key(&self) -> DestinationKey {
+        match self {
+            Destination::Queue(q) => DestinationKey(Arc::as_ptr(q) as usize),
+            Destination::Exchange(e) => DestinationKey(Arc::as_ptr(e) as usize | 1),
+        }
+    }
+}
+
+/// One destination's positions in `all`: most destinations are bound once, and a `Vec` for
+/// each would be an allocation per binding.
+#[derive(Debug)]
+enum Positions {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl Positions {
+    fn as_slice(&self) -> &[usize] {
+        match self {
+            Positions::One(p) => std::slice::from_ref(p),
+            Positions::Many(ps) => ps,
+        }
+    }
+
+    fn add(&mut self, pos: usize) {
+        match self {
+            Positions::One(p) => *self = Positions::Many(vec![*p, pos]),
+            Positions::Many(ps) => ps.push(pos),
+        }
+    }
+
+    /// Removes `pos`; whether none are left.
+    fn remove(&mut self, pos: usize) -> bool {
+        match self {
+            Positions::One(p) => *p == pos,
+            Positions::Many(ps) => {
+                ps.retain(|&i| i != pos);
+                ps.is_empty()
+            }
+        }
+    }
+
+    fn replace(&mut self, from: usize, to: usize) {
+        match self {
+            Positions::One(p) if *p == from => *p = to,
+            Positions::One(_) => {}
+            Positions::Many(ps) => {
+                if let Some(i) = ps.iter_mut().find(|i| **i == from) {
+                    *i = to;
+                }
+            }
+        }
+    }
+}
+
+impl BindingSet {
+    fn positions(&self, destination: &Destination) -> &[usize] {
+        self.by_destination
+            .get(&destination.key())
+            .map_or(&[], Positions::as_slice)
+    }
+
+    /// The position of an identical binding.
+    fn find(
+        &self,
+        destination: &Destination,
+        routing_key: &str,
+        args: &FieldTable,
+    ) -> Option<usize> {
+        self.positions(destination)
+            .iter()
+            .copied()
+            .find(|&i| self.all[i].same(destination, routing_key, args))
+    }
+
+    /// Whether `destination` is bound with `routing_key` (under any arguments).
+    fn bound_with_key(&self, destination: &Destination, routing_key: &str) -> bool {
+        self.positions(destination)
+            .iter()
+            .any(|&i| self.all[i].routing_key == routing_key)
+    }
+
+    fn push(&mut self, binding: Binding) {
+        let pos = self.all.len();
+        self.by_destination
+            .entry(binding.destination.key())
+            .and_modify(|ps| ps.add(pos))
+            .or_insert(Positions::One(pos));
+        self.all.push(binding);
+    }
+
+    /// Removes the binding at `pos`, moving the last one into its place (and the headers spec
+    /// parallel to it).
+    fn remove_at(&mut self, pos: usize) {
+        let last = self.all.len() - 1;
+        let key = self.all[pos].destination.key();
+        if self
+            .by_destination
+            .get_mut(&key)
+            .is_some_and(|ps| ps.remove(pos))
+        {
+            self.by_destination.remove(&key);
+        }
+        if pos != last {
+            let moved = self.all[last].destination.key();
+            if let Some(ps) = self.by_destination.get_mut(&moved) {
+                ps.replace(last, pos);
+            }
+        }
+        self.all.swap_remove(pos);
+        if let Index::Headers(specs) = &mut self.index {
+            specs.swap_remove(pos);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +275,7 @@ impl Exchange {
             delayed: None,
             bindings: RwLock::new(BindingSet {
                 all: Vec::new(),
+                by_destination: HashMap::new(),
                 index,
             }),
         }
@@ -183,11 +312,7 @@ impl Exchange {
         arguments: &FieldTable,
     ) -> Result<bool, BindError> {
         let mut set = self.write();
-        if set
-            .all
-            .iter()
-            .any(|b| b.same(&destination, routing_key, arguments))
-        {
+        if set.find(&destination, routing_key, arguments).is_some() {
             return Ok(false);
         }
         match &mut set.index {
@@ -203,7 +328,7 @@ impl Exchange {
             }
             Index::Headers(specs) => specs.push(HeadersSpec::parse(arguments)?),
         }
-        set.all.push(Binding {
+        set.push(Binding {
             destination,
             routing_key: routing_key.to_owned(),
             arguments: arguments.clone(),
@@ -214,18 +339,11 @@ impl Exchange {
     /// Removes a binding; false if no such binding existed.
     pub fn unbind(&self, destination: &Destination, routing_key: &str, args: &FieldTable) -> bool {
         let mut set = self.write();
-        let Some(pos) = set
-            .all
-            .iter()
-            .position(|b| b.same(destination, routing_key, args))
-        else {
+        let Some(pos) = set.find(destination, routing_key, args) else {
             return false;
         };
-        set.all.remove(pos);
-        let still_bound_same_key = set
-            .all
-            .iter()
-            .any(|b| b.destination == *destination && b.routing_key == routing_key);
+        set.remove_at(pos);
+        let still_bound_same_key = set.bound_with_key(destination, routing_key);
         match &mut set.index {
             Index::Direct(map) => {
                 if let Some(v) = map.get_mut(routing_key) {
@@ -243,9 +361,8 @@ impl Exchange {
                     trie.remove(routing_key, destination);
                 }
             }
-            Index::Headers(specs) => {
-                specs.remove(pos);
-            }
+            // `remove_at` removed its spec.
+            Index::Headers(_) => {}
         }
         true
     }
@@ -253,21 +370,26 @@ impl Exchange {
     /// Removes every binding to `destination` (when a queue or exchange is deleted). Returns how
     /// many were removed.
     pub fn unbind_destination(&self, destination: &Destination) -> usize {
-        let doomed: Vec<Binding> = self
-            .read()
-            .all
-            .iter()
-            .filter(|b| b.destination == *destination)
-            .cloned()
-            .collect();
+        let doomed: Vec<Binding> = {
+            let set = self.read();
+            set.positions(destination)
+                .iter()
+                .map(|&i| set.all[i].clone())
+                .collect()
+        };
         for b in &doomed {
             self.unbind(&b.destination, &b.routing_key, &b.arguments);
         }
         doomed.len()
     }
 
+    /// The bindings, by destination name and routing key (their order inside is arbitrary).
     pub fn bindings(&self) -> Vec<Binding> {
-        self.read().all.clone()
+        let mut all = self.read().all.clone();
+        all.sort_by(|a, b| {
+            (a.destination.name(), &a.routing_key).cmp(&(b.destination.name(), &b.routing_key))
+        });
+        all
     }
 
     pub fn has_bindings(&self) -> bool {
@@ -294,5 +416,114 @@ impl Exchange {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::memory::MemoryCharge;
+    use bytes::Bytes;
+    use switchboard_amqp::{BasicProperties, FieldValue};
+
+    fn queue(name: &str) -> Arc<Queue> {
+        Arc::new(Queue::new(
+            name.into(),
+            "/".into(),
+            false,
+            false,
+            None,
+            FieldTable::new(),
+        ))
+    }
+
+    fn exchange(kind: ExchangeKind) -> Exchange {
+        Exchange::new("x".into(), kind, false, false, false, FieldTable::new())
+    }
+
+    fn routed(ex: &Exchange, key: &str, headers: Option<FieldTable>) -> Vec<String> {
+        let properties = BasicProperties {
+            headers,
+            ..Default::default()
+        };
+        let msg = Message::new(
+            "x".into(),
+            key.into(),
+            properties,
+            None,
+            Bytes::new(),
+            MemoryCharge::default(),
+        );
+        let mut out = Vec::new();
+        ex.route(&msg, &mut out);
+        let mut names: Vec<String> = out.iter().map(|d| d.name().to_owned()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn header(key: &str, value: &str) -> FieldTable {
+        FieldTable::from([(key.to_owned(), FieldValue::string(value))])
+    }
+
+    #[test]
+    fn unbinding_moves_the_last_binding_and_keeps_each_headers_spec_with_its_binding() {
+        let ex = exchange(ExchangeKind::Headers);
+        let qs: Vec<Arc<Queue>> = (0..4).map(|i| queue(&format!("q{i}"))).collect();
+        for (i, q) in qs.iter().enumerate() {
+            let args = header("n", &i.to_string());
+            assert!(ex.bind(Destination::Queue(q.clone()), "", &args).unwrap());
+        }
+        // Removing the first moves the last (q3) into its place: its spec must move with it.
+        assert!(ex.unbind(&Destination::Queue(qs[0].clone()), "", &header("n", "0")));
+        assert_eq!(routed(&ex, "", Some(header("n", "3"))), ["q3"]);
+        assert_eq!(routed(&ex, "", Some(header("n", "1"))), ["q1"]);
+        assert!(routed(&ex, "", Some(header("n", "0"))).is_empty());
+        // A removed binding is gone; binding it again works once.
+        assert!(!ex.unbind(&Destination::Queue(qs[0].clone()), "", &header("n", "0")));
+        assert!(ex
+            .bind(Destination::Queue(qs[0].clone()), "", &header("n", "0"))
+            .unwrap());
+        assert!(!ex
+            .bind(Destination::Queue(qs[0].clone()), "", &header("n", "0"))
+            .unwrap());
+        assert_eq!(routed(&ex, "", Some(header("n", "0"))), ["q0"]);
+        assert_eq!(ex.bindings().len(), 4);
+    }
+
+    #[test]
+    fn removing_a_destination_removes_only_its_bindings_and_the_trie_keeps_shared_patterns() {
+        let ex = exchange(ExchangeKind::Topic);
+        let (a, b, c) = (queue("a"), queue("b"), queue("c"));
+        let none = FieldTable::new();
+        for (q, key) in [
+            (&a, "s.*"),
+            (&a, "t.#"),
+            (&b, "s.*"),
+            (&c, "t.#"),
+            (&a, "u"),
+        ] {
+            assert!(ex.bind(Destination::Queue(q.clone()), key, &none).unwrap());
+        }
+        // The same pattern with other arguments: one trie entry, kept until the last goes.
+        let args = header("k", "v");
+        assert!(ex
+            .bind(Destination::Queue(b.clone()), "s.*", &args)
+            .unwrap());
+        assert!(ex.unbind(&Destination::Queue(b.clone()), "s.*", &none));
+        assert_eq!(routed(&ex, "s.x", None), ["a", "b"]);
+        assert_eq!(ex.unbind_destination(&Destination::Queue(a.clone())), 3);
+        assert_eq!(routed(&ex, "s.x", None), ["b"]);
+        assert_eq!(routed(&ex, "t.x.y", None), ["c"]);
+        assert!(routed(&ex, "u", None).is_empty());
+        let listed: Vec<(String, String)> = ex
+            .bindings()
+            .iter()
+            .map(|b| (b.destination.name().to_owned(), b.routing_key.clone()))
+            .collect();
+        assert_eq!(
+            listed,
+            [("b".into(), "s.*".into()), ("c".into(), "t.#".into())]
+        );
     }
 }

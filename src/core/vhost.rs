@@ -14,6 +14,7 @@ use crate::store::definitions::{table_text, BindingDef, ExchangeDef, QueueDef};
 use crate::store::{Store, VHostDefinitions};
 use dashmap::DashMap;
 use rand::Rng;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use switchboard_amqp::{FieldTable, FieldValue};
@@ -77,6 +78,9 @@ pub struct VHost {
     env: OnceLock<VHostEnv>,
     /// Configured policies: arguments for queues matching a pattern.
     policies: Arc<Policies>,
+    /// Exclusive queues by owning connection, so that a closing connection finds its own
+    /// without scanning every queue (which made closing N connections O(N²)).
+    exclusive: Mutex<HashMap<ConnectionId, Vec<Arc<Queue>>>>,
 }
 
 /// What [`VHost::attach`] connects a vhost to.
@@ -99,6 +103,7 @@ impl VHost {
             persist_lock: Mutex::new(()),
             env: OnceLock::new(),
             policies: Arc::new(Policies::default()),
+            exclusive: Mutex::new(HashMap::new()),
         };
         for (ename, kind) in [
             ("", ExchangeKind::Direct),
@@ -728,6 +733,7 @@ impl VHost {
         drop(entry);
         if Arc::ptr_eq(&winner, &queue) {
             self.attach_queue(&queue);
+            self.note_exclusive(&queue);
             self.persist_if(queue.store_id().is_some());
             Ok(QueueDeclared {
                 queue,
@@ -795,7 +801,35 @@ impl VHost {
         ));
         self.queues.insert(name, queue.clone());
         self.attach_queue(&queue);
+        self.note_exclusive(&queue);
         queue
+    }
+
+    fn exclusive_index(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, Vec<Arc<Queue>>>> {
+        self.exclusive.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records an exclusive queue under its owner, for [`connection_closed`](Self::connection_closed).
+    fn note_exclusive(&self, q: &Arc<Queue>) {
+        if let Some(owner) = q.exclusive_owner {
+            self.exclusive_index()
+                .entry(owner)
+                .or_default()
+                .push(q.clone());
+        }
+    }
+
+    fn forget_exclusive(&self, q: &Arc<Queue>) {
+        let Some(owner) = q.exclusive_owner else {
+            return;
+        };
+        let mut index = self.exclusive_index();
+        if let Some(owned) = index.get_mut(&owner) {
+            owned.retain(|o| !Arc::ptr_eq(o, q));
+            if owned.is_empty() {
+                index.remove(&owner);
+            }
+        }
     }
 
     /// Deletes a queue; returns the number of ready messages it held.
@@ -835,6 +869,7 @@ impl VHost {
         {
             return 0;
         }
+        self.forget_exclusive(q);
         let deleted = q.delete();
         self.remove_bindings_to(&Destination::Queue(q.clone()));
         self.persist_if(q.store_id().is_some());
@@ -853,12 +888,7 @@ impl VHost {
 
     /// Deletes the exclusive queues of a connection that closed.
     pub fn connection_closed(&self, conn: ConnectionId) {
-        let owned: Vec<Arc<Queue>> = self
-            .queues
-            .iter()
-            .filter(|q| q.exclusive_owner == Some(conn))
-            .map(|q| q.clone())
-            .collect();
+        let owned = self.exclusive_index().remove(&conn).unwrap_or_default();
         for q in owned {
             self.remove_queue(&q);
         }

@@ -102,6 +102,10 @@ pub struct QueueStats {
     pub ready_bytes: u64,
 }
 
+fn boxed_unless_default(args: QueueArgs) -> Option<Box<QueueArgs>> {
+    (args != QueueArgs::default()).then(|| Box::new(args))
+}
+
 /// A durable queue's place in the message log.
 #[derive(Debug, Clone)]
 pub struct QueueStore {
@@ -211,8 +215,9 @@ pub struct Queue {
     pub exclusive_owner: Option<ConnectionId>,
     /// The arguments as declared (what redeclarations are compared with and definitions keep).
     pub arguments: FieldTable,
-    /// The effective arguments: declared ones over a matching policy.
-    args: QueueArgs,
+    /// The effective arguments: declared ones over a matching policy. None when they are all
+    /// defaults, as for most queues (every MQTT session has one): the arguments are 120 bytes.
+    args: Option<Box<QueueArgs>>,
     /// Where persistent messages are written; None for transient queues (and tests).
     store: Option<QueueStore>,
     env: OnceLock<Attached>,
@@ -256,7 +261,7 @@ impl Queue {
                 expired: 0,
                 expire_queue: false,
             }),
-            args,
+            args: boxed_unless_default(args),
         }
     }
 
@@ -265,7 +270,7 @@ impl Queue {
     pub fn with_args(mut self, args: QueueArgs) -> Self {
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         st.ready = Ready::new(args.levels());
-        self.args = args;
+        self.args = boxed_unless_default(args);
         self
     }
 
@@ -292,7 +297,9 @@ impl Queue {
 
     /// The effective arguments.
     pub fn args(&self) -> &QueueArgs {
-        &self.args
+        static DEFAULT: std::sync::LazyLock<QueueArgs> =
+            std::sync::LazyLock::new(QueueArgs::default);
+        self.args.as_deref().unwrap_or(&DEFAULT)
     }
 
     /// The queue's id in the message log, when it has one.
@@ -343,9 +350,9 @@ impl Queue {
         }
         let body_len = message.body.len() as u64;
         self.expire_heads(&mut st, now);
-        if self.args.overflow != Overflow::DropHead && self.would_overflow(&st, body_len) {
-            if self.args.overflow == Overflow::RejectPublishDlx
-                && self.args.dead_letter_exchange.is_some()
+        if self.args().overflow != Overflow::DropHead && self.would_overflow(&st, body_len) {
+            if self.args().overflow == Overflow::RejectPublishDlx
+                && self.args().dead_letter_exchange.is_some()
             {
                 st.dead.push(DeadLetter {
                     message,
@@ -375,7 +382,7 @@ impl Queue {
         if !page_out {
             st.memory_bytes += footprint(body_len);
         }
-        let level = self.args.level_of(message.properties.priority);
+        let level = self.args().level_of(message.properties.priority);
         let expires_at = self.expiry_of(message.properties.expiration.as_deref(), now);
         st.ready.push_back(Queued {
             id,
@@ -447,7 +454,7 @@ impl Queue {
     /// round-robin among equals.
     fn pick_consumer(&self, st: &mut QueueState) -> Option<usize> {
         let n = st.consumers.len();
-        if self.args.single_active_consumer {
+        if self.args().single_active_consumer {
             let c = &st.consumers.first()?.consumer;
             return c.sink.try_reserve(!c.no_ack).then_some(0);
         }
