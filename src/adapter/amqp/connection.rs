@@ -6,9 +6,9 @@ use super::error::*;
 use super::handshake::{handshake, HandshakeError, Negotiated};
 use crate::adapter::outbox::Outbox;
 use crate::core::broker::ConnectionEntry;
+use crate::core::hash::FastHashMap;
 use crate::core::Broker;
 use bytes::BytesMut;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ enum Next {
 struct Connection<'a> {
     ctx: ConnCtx,
     entry: &'a ConnectionEntry,
-    channels: HashMap<u16, Channel>,
+    channels: FastHashMap<u16, Channel>,
     channel_max: u16,
     heartbeat: u16,
     connection_blocked_cap: bool,
@@ -111,7 +111,7 @@ impl<'a> Connection<'a> {
                 consumer_cancel_notify: n.consumer_cancel_notify,
             },
             entry,
-            channels: HashMap::new(),
+            channels: FastHashMap::default(),
             channel_max: n.channel_max,
             heartbeat: n.heartbeat,
             connection_blocked_cap: n.connection_blocked,

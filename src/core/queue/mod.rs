@@ -21,11 +21,11 @@ use super::memory::MemoryMonitor;
 use super::message::Message;
 use super::timer::Timer;
 use super::vhost::VHost;
+use crate::core::hash::FastHashMap;
 use crate::store::log::RecordPos;
 use crate::store::MessageLog;
 use args::{Overflow, QueueArgs};
 use ready::{Queued, Ready};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use switchboard_amqp::FieldTable;
 
@@ -166,7 +166,7 @@ struct QueueState {
     /// Memory held by ready messages in memory (body plus per-message overhead, as charged to
     /// the memory monitor); paged-out messages do not count.
     memory_bytes: u64,
-    unacked: HashMap<u64, Queued>,
+    unacked: FastHashMap<u64, Queued>,
     /// In registration order (single active consumer takes the first).
     consumers: Vec<Registered>,
     /// Round-robin cursor into `consumers`.
@@ -244,7 +244,7 @@ impl Queue {
                 ready: Ready::new(args.levels()),
                 ready_bytes: 0,
                 memory_bytes: 0,
-                unacked: HashMap::new(),
+                unacked: FastHashMap::default(),
                 consumers: Vec::new(),
                 next_consumer: 0,
                 next_id: 0,
