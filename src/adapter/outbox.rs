@@ -7,7 +7,7 @@
 //! can wake their queues: a slow reader cannot make the broker buffer without bound.
 
 use bytes::BytesMut;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -29,6 +29,9 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct Outbox {
     pending: Mutex<Pending>,
+    /// The length of `pending.buf`, kept beside it so that [`Outbox::has_room`], asked before
+    /// every delivery, does not take the lock that pushes and the writer contend for.
+    pending_len: AtomicUsize,
     /// Wakes the writer.
     wake_writer: Notify,
     /// A consumer was refused for lack of room.
@@ -70,6 +73,7 @@ impl Outbox {
         }
         let was_empty = p.buf.is_empty();
         f(&mut p.buf);
+        self.pending_len.store(p.buf.len(), Ordering::Relaxed);
         drop(p);
         if was_empty {
             self.wake_writer.notify_one();
@@ -82,7 +86,7 @@ impl Outbox {
         if self.dead.load(Ordering::Relaxed) {
             return false;
         }
-        if self.lock().buf.len() < HIGH_WATERMARK {
+        if self.pending_len.load(Ordering::Relaxed) < HIGH_WATERMARK {
             return true;
         }
         self.stalled.store(true, Ordering::Relaxed);
@@ -108,6 +112,7 @@ impl Outbox {
             let closing = {
                 let mut p = self.lock();
                 std::mem::swap(&mut p.buf, &mut out);
+                self.pending_len.store(0, Ordering::Relaxed);
                 p.closing
             };
             if out.is_empty() {

@@ -125,7 +125,7 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
             }
             let _weight = get_u16(&mut p).map_err(|e| e.context("content header"))?;
             let body_size = get_u64(&mut p).map_err(|e| e.context("content header"))?;
-            let properties = Box::new(BasicProperties::decode(p)?);
+            let properties = BasicProperties::decode_boxed(p)?;
             buf.advance(HEADER_LEN + CONTENT_HEADER_FIXED);
             let raw_properties = buf.split_to(size - CONTENT_HEADER_FIXED).freeze();
             buf.advance(1);
