@@ -307,6 +307,18 @@ impl Queue {
         }
     }
 
+    /// "Now" for expiring ready messages: read from the clock only when a ready message has an
+    /// expiry, or `incoming_expires` (a message about to be enqueued may get one). Otherwise
+    /// nothing can expire and 0 serves: most queues have no TTL, and reading the clock cost
+    /// more than the rest of a publish's queue bookkeeping (~4% of broker CPU in `bench amqp`).
+    fn now_for_expiry(&self, st: &QueueState, incoming_expires: bool) -> u64 {
+        if incoming_expires || st.ready.has_timed() {
+            self.now()
+        } else {
+            0
+        }
+    }
+
     /// Takes the head ready entry with its message loaded, dropping unreadable ones.
     fn pop_ready(&self, st: &mut QueueState) -> Option<(Queued, Arc<Message>)> {
         while let Some(mut q) = st.ready.pop_front() {
@@ -336,11 +348,12 @@ impl Queue {
     /// log under the queue's lock, so its enqueue record always precedes any settle record for
     /// it.
     pub fn publish_tracked(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
-        let now = self.now();
         let mut st = self.lock();
         if st.deleted {
             return Enqueued::default();
         }
+        let may_expire = self.args.message_ttl.is_some() || message.properties.expiration.is_some();
+        let now = self.now_for_expiry(&st, may_expire);
         let body_len = message.body.len() as u64;
         self.expire_heads(&mut st, now);
         if self.args.overflow != Overflow::DropHead && self.would_overflow(&st, body_len) {
@@ -408,7 +421,8 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
-        self.dispatch_at(st, self.now());
+        let now = self.now_for_expiry(st, false);
+        self.dispatch_at(st, now);
     }
 
     /// Delivers what consumers can take, expiring first what expired by `now`.
