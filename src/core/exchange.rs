@@ -274,11 +274,6 @@ impl Exchange {
         !self.read().all.is_empty()
     }
 
-    /// Appends the destinations `msg` routes to (possibly with repeats).
-    pub fn route(&self, msg: &Message, out: &mut Vec<Destination>) {
-        self.for_each_destination(msg, |d| out.push(d.clone()));
-    }
-
     /// Calls `f` with each destination `msg` routes to (possibly with repeats), under the
     /// bindings' read lock: `f` must not bind or unbind.
     pub fn for_each_destination(&self, msg: &Message, mut f: impl FnMut(&Destination)) {
