@@ -70,7 +70,7 @@ fn frames(data: &[u8], frame_max: u32) -> Vec<Frame> {
                         assert_eq!(*class_id, 60);
                         check_properties(properties);
                         let again = BasicProperties::decode(raw_properties).expect("raw properties decode");
-                        same(properties, &again, enc_props);
+                        same(&**properties, &again, enc_props);
                     }
                     Frame::Body { payload, .. } => {
                         if frame_max != 0 {

@@ -10,7 +10,7 @@
 
 use bytes::BytesMut;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -32,6 +32,9 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct Outbox {
     pending: Mutex<Pending>,
+    /// The length of `pending.buf`, kept beside it so that [`Outbox::has_room`], asked before
+    /// every delivery, does not take the lock that pushes and the writer contend for.
+    pending_len: AtomicUsize,
     /// Wakes the writer.
     wake_writer: Notify,
     /// A consumer was refused for lack of room.
@@ -73,6 +76,7 @@ impl Outbox {
         }
         let was_empty = p.buf.is_empty();
         f(&mut p.buf);
+        self.pending_len.store(p.buf.len(), Ordering::Relaxed);
         drop(p);
         if was_empty {
             self.wake_writer.notify_one();
@@ -85,7 +89,7 @@ impl Outbox {
         if self.dead.load(Ordering::Relaxed) {
             return false;
         }
-        if self.lock().buf.len() < HIGH_WATERMARK {
+        if self.pending_len.load(Ordering::Relaxed) < HIGH_WATERMARK {
             return true;
         }
         self.stalled.store(true, Ordering::Relaxed);
@@ -106,6 +110,7 @@ impl Outbox {
     fn take_pending(&self, out: &mut BytesMut) -> bool {
         let mut p = self.lock();
         std::mem::swap(&mut p.buf, out);
+        self.pending_len.store(0, Ordering::Relaxed);
         if out.is_empty() && (out.capacity() > 0 || p.buf.capacity() > 0) {
             // Nothing to write: an idle connection holds no buffer while it waits (the next
             // frame allocates one; a busy connection finds frames pending here and keeps

@@ -1,11 +1,11 @@
 //! Exchanges and their bindings: direct, fanout, topic and headers.
 
 use super::delayed::{DelayedHold, DELAYED_TYPE};
+use super::hash::FastHashMap;
 use super::headers::{HeadersSpec, InvalidXMatch};
 use super::message::Message;
 use super::queue::Queue;
 use super::topic::TopicTrie;
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use switchboard_amqp::FieldTable;
 
@@ -88,7 +88,7 @@ impl Binding {
 /// What the exchange's routing index holds, per kind.
 #[derive(Debug)]
 enum Index {
-    Direct(HashMap<String, Vec<Destination>>),
+    Direct(FastHashMap<String, Vec<Destination>>),
     /// Fanout routes to every binding in `all`.
     Fanout,
     Topic(TopicTrie<Destination>),
@@ -103,7 +103,7 @@ struct BindingSet {
     /// Where each destination's bindings are in `all`: binding, unbinding and deleting a queue
     /// look at that queue's bindings only. Scanning them all made connecting and disconnecting
     /// N MQTT clients (a binding each on `amq.topic`) O(N²).
-    by_destination: HashMap<DestinationKey, Positions>,
+    by_destination: FastHashMap<DestinationKey, Positions>,
     index: Index,
 }
 
@@ -260,7 +260,7 @@ impl Exchange {
         arguments: FieldTable,
     ) -> Self {
         let index = match kind {
-            ExchangeKind::Direct => Index::Direct(HashMap::new()),
+            ExchangeKind::Direct => Index::Direct(FastHashMap::default()),
             ExchangeKind::Fanout => Index::Fanout,
             ExchangeKind::Topic => Index::Topic(TopicTrie::new()),
             ExchangeKind::Headers => Index::Headers(Vec::new()),
@@ -275,7 +275,7 @@ impl Exchange {
             delayed: None,
             bindings: RwLock::new(BindingSet {
                 all: Vec::new(),
-                by_destination: HashMap::new(),
+                by_destination: FastHashMap::default(),
                 index,
             }),
         }
@@ -396,22 +396,23 @@ impl Exchange {
         !self.read().all.is_empty()
     }
 
-    /// Appends the destinations `msg` routes to (possibly with repeats).
-    pub fn route(&self, msg: &Message, out: &mut Vec<Destination>) {
+    /// Calls `f` with each destination `msg` routes to (possibly with repeats), under the
+    /// bindings' read lock: `f` must not bind or unbind.
+    pub fn for_each_destination(&self, msg: &Message, mut f: impl FnMut(&Destination)) {
         let set = self.read();
         match &set.index {
             Index::Direct(map) => {
                 if let Some(v) = map.get(msg.routing_key.as_str()) {
-                    out.extend(v.iter().cloned());
+                    v.iter().for_each(f);
                 }
             }
-            Index::Fanout => out.extend(set.all.iter().map(|b| b.destination.clone())),
-            Index::Topic(trie) => trie.for_each_match(&msg.routing_key, |d| out.push(d.clone())),
+            Index::Fanout => set.all.iter().for_each(|b| f(&b.destination)),
+            Index::Topic(trie) => trie.for_each_match(&msg.routing_key, f),
             Index::Headers(specs) => {
                 let headers = msg.properties.headers.as_ref();
                 for (spec, b) in specs.iter().zip(&set.all) {
                     if spec.matches(headers) {
-                        out.push(b.destination.clone());
+                        f(&b.destination);
                     }
                 }
             }
@@ -454,9 +455,8 @@ mod tests {
             Bytes::new(),
             MemoryCharge::default(),
         );
-        let mut out = Vec::new();
-        ex.route(&msg, &mut out);
-        let mut names: Vec<String> = out.iter().map(|d| d.name().to_owned()).collect();
+        let mut names = Vec::new();
+        ex.for_each_destination(&msg, |d| names.push(d.name().to_owned()));
         names.sort();
         names.dedup();
         names

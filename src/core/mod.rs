@@ -8,6 +8,7 @@ pub mod dead_letter;
 pub mod delayed;
 pub mod error;
 pub mod exchange;
+pub mod hash;
 pub mod headers;
 pub mod memory;
 pub mod message;

@@ -3,7 +3,7 @@
 //!
 //! Words follow RabbitMQ: the empty key has no words, and `a..b` has three (`a`, ``, `b`).
 
-use std::collections::HashMap;
+use super::hash::FastHashMap;
 
 /// Splits a routing key or pattern into words the way RabbitMQ does.
 pub fn words(key: &str) -> impl Iterator<Item = &str> {
@@ -14,7 +14,7 @@ pub fn words(key: &str) -> impl Iterator<Item = &str> {
 
 #[derive(Debug)]
 struct Node<T> {
-    children: HashMap<Box<str>, Node<T>>,
+    children: FastHashMap<Box<str>, Node<T>>,
     star: Option<Box<Node<T>>>,
     hash: Option<Box<Node<T>>>,
     /// Values bound with a pattern that ends at this node.
@@ -24,7 +24,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
+            children: FastHashMap::default(),
             star: None,
             hash: None,
             values: Vec::new(),

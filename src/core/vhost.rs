@@ -4,6 +4,7 @@ use super::dead_letter::{self, DeadLetter};
 use super::delayed::{self, DelayedHold, HoldStore};
 use super::error::{CoreError, CoreResult, ErrorKind};
 use super::exchange::{Destination, Exchange, ExchangeKind};
+use super::hash::FastDashMap;
 use super::memory::{MemoryCharge, MemoryMonitor};
 use super::message::Message;
 use super::policy::Policies;
@@ -12,7 +13,6 @@ use super::queue::{ConnectionId, Queue, QueueEnv, QueueStore, RecoveredEntry};
 use super::timer::Timer;
 use crate::store::definitions::{table_text, BindingDef, ExchangeDef, QueueDef};
 use crate::store::{Store, VHostDefinitions};
-use dashmap::DashMap;
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,8 +66,8 @@ pub struct QueueDeclared {
 #[derive(Debug)]
 pub struct VHost {
     pub name: String,
-    exchanges: DashMap<String, Arc<Exchange>>,
-    queues: DashMap<String, Arc<Queue>>,
+    exchanges: FastDashMap<String, Arc<Exchange>>,
+    queues: FastDashMap<String, Arc<Queue>>,
     /// Where durable definitions and persistent messages go; None for a memory-only vhost.
     store: Option<Arc<Store>>,
     /// Off while definitions are being restored at start (nothing new to write).
@@ -96,8 +96,8 @@ impl VHost {
     pub fn new(name: &str) -> Self {
         let vh = VHost {
             name: name.to_owned(),
-            exchanges: DashMap::new(),
-            queues: DashMap::new(),
+            exchanges: FastDashMap::default(),
+            queues: FastDashMap::default(),
             store: None,
             persisting: AtomicBool::new(false),
             persist_lock: Mutex::new(()),
@@ -1023,32 +1023,52 @@ impl VHost {
     /// The queues `msg` reaches from `exchange` now, delayed exchange or not: for publishers
     /// that asked [`VHost::hold_if_delayed`] first (so the delay is not looked up twice).
     pub fn route_now(&self, exchange: &Arc<Exchange>, msg: &Message) -> Vec<Arc<Queue>> {
-        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        let mut queues = Vec::new();
+        self.route_now_into(exchange, msg, &mut queues);
+        queues
+    }
+
+    /// [`VHost::route_now`] into a buffer the caller keeps (and clears) across publishes, so
+    /// routing allocates nothing unless exchanges are bound to exchanges. Each queue is added
+    /// once, in the order first reached.
+    pub fn route_now_into(
+        &self,
+        exchange: &Arc<Exchange>,
+        msg: &Message,
+        queues: &mut Vec<Arc<Queue>>,
+    ) {
         if exchange.name.is_empty() {
             if let Some(q) = self.queue(&msg.routing_key) {
                 queues.push(q);
             }
-            return queues;
+            return;
         }
-        let mut dests = Vec::new();
-        exchange.route(msg, &mut dests);
-        let mut visited: Vec<*const Exchange> = vec![Arc::as_ptr(exchange)];
-        while let Some(d) = dests.pop() {
-            match d {
+        // Exchanges reached through exchange-to-exchange bindings, still to route through, and
+        // those already routed through (bindings may form cycles).
+        let mut pending: Vec<Arc<Exchange>> = Vec::new();
+        let mut visited: Vec<*const Exchange> = Vec::new();
+        let mut through: Option<Arc<Exchange>> = None;
+        loop {
+            let source = through.as_ref().unwrap_or(exchange);
+            source.for_each_destination(msg, |d| match d {
                 Destination::Queue(q) => {
-                    if !queues.iter().any(|x| Arc::ptr_eq(x, &q)) {
-                        queues.push(q);
+                    if !queues.iter().any(|x| Arc::ptr_eq(x, q)) {
+                        queues.push(q.clone());
                     }
                 }
                 Destination::Exchange(e) => {
-                    if !visited.contains(&Arc::as_ptr(&e)) {
-                        visited.push(Arc::as_ptr(&e));
-                        e.route(msg, &mut dests);
+                    let at = Arc::as_ptr(e);
+                    if at != Arc::as_ptr(exchange) && !visited.contains(&at) {
+                        visited.push(at);
+                        pending.push(e.clone());
                     }
                 }
+            });
+            match pending.pop() {
+                Some(next) => through = Some(next),
+                None => return,
             }
         }
-        queues
     }
 
     /// Every binding in the vhost as (source exchange name, binding).

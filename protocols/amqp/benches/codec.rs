@@ -82,6 +82,55 @@ fn encode(c: &mut Criterion) {
                 black_box(out.len())
             })
         });
+        // What the broker did per delivery before `DeliverArgs`: build the method from the
+        // consumer's tag and the message's names (three `String` clones), then encode it.
+        g.bench_function(format!("{size}B_built_method_raw_properties"), |b| {
+            let Method::BasicDeliver(template) = &method else {
+                unreachable!("a basic.deliver")
+            };
+            b.iter(|| {
+                out.clear();
+                let built = Method::BasicDeliver(BasicDeliver {
+                    consumer_tag: black_box(&template.consumer_tag).clone(),
+                    delivery_tag: 123_456,
+                    redelivered: false,
+                    exchange: black_box(&template.exchange).clone(),
+                    routing_key: black_box(&template.routing_key).clone(),
+                });
+                encode_content(
+                    &mut out,
+                    1,
+                    &built,
+                    &props,
+                    Some(&raw),
+                    black_box(&body),
+                    FRAME_MAX,
+                );
+                black_box(out.len())
+            })
+        });
+        g.bench_function(format!("{size}B_deliver_args_raw_properties"), |b| {
+            let args = DeliverArgs {
+                consumer_tag: "amq.ctag-3Fq9cB2Ldw1pXHk0sY7zRg",
+                delivery_tag: 123_456,
+                redelivered: false,
+                exchange: "amq.topic",
+                routing_key: "orders.eu.created",
+            };
+            b.iter(|| {
+                out.clear();
+                encode_content(
+                    &mut out,
+                    1,
+                    black_box(&args),
+                    &props,
+                    Some(&raw),
+                    black_box(&body),
+                    FRAME_MAX,
+                );
+                black_box(out.len())
+            })
+        });
         g.bench_function(format!("{size}B_raw_properties"), |b| {
             b.iter(|| {
                 out.clear();

@@ -6,9 +6,9 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::DecodeError;
-use crate::method::Method;
+use crate::method::{BasicDeliver, Method};
 use crate::properties::BasicProperties;
-use crate::wire::{get_u16, get_u64};
+use crate::wire::{get_u16, get_u64, Sink, Sizer, Writer};
 use crate::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_OVERHEAD};
 
 /// The basic class, the only one that carries content.
@@ -21,9 +21,10 @@ const HEADER_LEN: usize = 7;
 const CONTENT_HEADER_FIXED: usize = 12;
 
 /// One decoded frame.
-// `Header` is large (the decoded properties); frames are short-lived values on the read path,
-// so boxing would only add an allocation per message.
-#[allow(clippy::large_enum_variant)]
+///
+/// The decoded properties of a `Header` are boxed: unboxed they made every frame (method and
+/// body frames too) over 300 bytes, and a frame is moved several times between decoding and the
+/// channel that handles it. Those copies cost more than the one allocation per message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     Method {
@@ -36,7 +37,7 @@ pub enum Frame {
         channel: u16,
         class_id: u16,
         body_size: u64,
-        properties: BasicProperties,
+        properties: Box<BasicProperties>,
         raw_properties: Bytes,
     },
     /// A content body frame; `payload` is a zero-copy slice of the input buffer.
@@ -124,7 +125,7 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
             }
             let _weight = get_u16(&mut p).map_err(|e| e.context("content header"))?;
             let body_size = get_u64(&mut p).map_err(|e| e.context("content header"))?;
-            let properties = BasicProperties::decode(p)?;
+            let properties = BasicProperties::decode_boxed(p)?;
             buf.advance(HEADER_LEN + CONTENT_HEADER_FIXED);
             let raw_properties = buf.split_to(size - CONTENT_HEADER_FIXED).freeze();
             buf.advance(1);
@@ -232,14 +233,76 @@ pub fn encode_heartbeat(out: &mut BytesMut) {
     out.put_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
 }
 
+/// The method frame that opens a content-carrying message: a whole [`Method`], or borrowed
+/// [`DeliverArgs`] for the broker's per-message `basic.deliver`.
+pub trait ContentMethod {
+    /// The exact size of the method frame payload (class id, method id, arguments).
+    fn encoded_len(&self) -> usize;
+    /// Appends the method frame payload; the caller reserved [`ContentMethod::encoded_len`].
+    fn encode_payload(&self, out: &mut BytesMut);
+}
+
+impl ContentMethod for Method {
+    #[inline]
+    fn encoded_len(&self) -> usize {
+        Method::encoded_len(self)
+    }
+
+    #[inline]
+    fn encode_payload(&self, out: &mut BytesMut) {
+        self.encode_unreserved(out);
+    }
+}
+
+/// `basic.deliver`'s arguments borrowed from the consumer and the message. A broker encodes one
+/// per delivered message; building a [`BasicDeliver`] instead would allocate its three strings
+/// (consumer tag, exchange, routing key) every time only to copy them into the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliverArgs<'a> {
+    pub consumer_tag: &'a str,
+    pub delivery_tag: u64,
+    pub redelivered: bool,
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+}
+
+impl DeliverArgs<'_> {
+    /// Walks the arguments in [`BasicDeliver`]'s wire order (its generated `write_args`).
+    #[inline]
+    fn write<S: Sink>(&self, s: &mut S) {
+        s.short(&BasicDeliver::CLASS_ID);
+        s.short(&BasicDeliver::METHOD_ID);
+        s.shortstr(self.consumer_tag);
+        s.longlong(&self.delivery_tag);
+        s.bit(&self.redelivered);
+        s.shortstr(self.exchange);
+        s.shortstr(self.routing_key);
+        s.finish();
+    }
+}
+
+impl ContentMethod for DeliverArgs<'_> {
+    #[inline]
+    fn encoded_len(&self) -> usize {
+        let mut s = Sizer::default();
+        self.write(&mut s);
+        s.len
+    }
+
+    #[inline]
+    fn encode_payload(&self, out: &mut BytesMut) {
+        self.write(&mut Writer::new(out));
+    }
+}
+
 /// Encode a whole message delivery/return/get-ok: the method frame, the content header (raw if
 /// Some, else from properties), then the body split into body frames of at most frame_max - 8
 /// bytes (frame_max 0 = unlimited; no body frame when the body is empty). Appends everything to
 /// `out` (copies the body — fine; the caller decides about huge bodies). Reserves once.
-pub fn encode_content(
+pub fn encode_content<M: ContentMethod + ?Sized>(
     out: &mut BytesMut,
     channel: u16,
-    method: &Method,
+    method: &M,
     properties: &BasicProperties,
     raw_properties: Option<&[u8]>,
     body: &[u8],
@@ -255,7 +318,9 @@ pub fn encode_content(
             + props_len
             + body.len(),
     );
-    put_method(out, channel, method);
+    let at = begin_frame(out, FRAME_METHOD, channel);
+    method.encode_payload(out);
+    end_frame(out, at);
     let at = begin_header(out, channel, body.len() as u64);
     match raw_properties {
         Some(raw) => out.put_slice(raw),

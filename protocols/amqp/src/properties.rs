@@ -53,6 +53,23 @@ macro_rules! basic_properties {
             /// bit or any unknown bit set, a truncated property, or trailing bytes is a syntax
             /// error.
             pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+                let mut props = BasicProperties::default();
+                props.decode_present(buf)?;
+                Ok(props)
+            }
+
+            /// [`BasicProperties::decode`] straight into a new box: each property is written
+            /// in place instead of the whole struct (over 300 bytes) being built on the stack
+            /// and copied to the heap.
+            pub fn decode_boxed(buf: &[u8]) -> Result<Box<Self>, DecodeError> {
+                let mut props = Box::<BasicProperties>::default();
+                props.decode_present(buf)?;
+                Ok(props)
+            }
+
+            /// Sets the properties `buf` has; `self` has none set yet.
+            #[inline]
+            fn decode_present(&mut self, buf: &[u8]) -> Result<(), DecodeError> {
                 let mut b = buf;
                 let flags = get_u16(&mut b).map_err(|e| e.context("content header"))?;
                 if flags & !KNOWN_FLAGS != 0 {
@@ -60,21 +77,17 @@ macro_rules! basic_properties {
                         "content header: unsupported property flags {flags:#06x}"
                     )));
                 }
-                let props = BasicProperties {
-                    $($field: if flags & flag::$field != 0 {
-                        Some(prop_decode!($ty, &mut b)
-                            .map_err(|e| e.context(concat!("content header property ", stringify!($field))))?)
-                    } else {
-                        None
-                    },)*
-                };
+                $(if flags & flag::$field != 0 {
+                    self.$field = Some(prop_decode!($ty, &mut b)
+                        .map_err(|e| e.context(concat!("content header property ", stringify!($field))))?);
+                })*
                 if !b.is_empty() {
                     return Err(DecodeError::Syntax(format!(
                         "content header: {} trailing bytes after the properties",
                         b.len()
                     )));
                 }
-                Ok(props)
+                Ok(())
             }
 
             /// Append the property-flags word and the present properties.

@@ -207,7 +207,7 @@ fn decodes_hand_made_publish() {
             raw_properties,
         }) => {
             assert_eq!((channel, class_id, body_size), (1, 60, 5));
-            assert_eq!(properties, props);
+            assert_eq!(*properties, props);
             assert_eq!(&raw_properties[..], &wire[41..55]);
             // re-encoding from the decoded properties gives the same bytes as the raw slice
             let mut re = BytesMut::new();

@@ -435,7 +435,7 @@ fn check_content(props: &BasicProperties, raw: bool, body: &[u8], frame_max: u32
             raw_properties,
         }) => {
             assert_eq!((channel, class_id, body_size), (7, 60, body.len() as u64));
-            assert_eq!(&properties, props);
+            assert_eq!(&*properties, props);
             assert_eq!(raw_properties, raw_props.freeze());
         }
         other => panic!("expected a header, got {other:?}"),
@@ -558,7 +558,7 @@ proptest! {
         prop_assert_eq!(&raw, &header);
         match decode_frame(&mut header, 0).unwrap() {
             Some(Frame::Header { channel: 2, class_id: 60, body_size: 99, properties, raw_properties }) => {
-                prop_assert_eq!(properties, p);
+                prop_assert_eq!(*properties, p);
                 prop_assert_eq!(&raw_properties[..], &out[..]);
             }
             other => prop_assert!(false, "{:?}", other),
@@ -602,5 +602,43 @@ proptest! {
         prop_assume!(frame_max == 0 || header_frame <= frame_max as usize);
         let body: Vec<u8> = (0..len).map(|i| (i % 256) as u8).collect();
         check_content(&p, raw, &body, frame_max, chunk);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, .. ProptestConfig::default() })]
+
+    /// The borrowed `DeliverArgs` the broker encodes deliveries with writes exactly the bytes of
+    /// the generated `BasicDeliver`, including a string longer than a short string allows.
+    #[test]
+    fn deliver_args_encode_as_basic_deliver(
+        consumer_tag in shortstr(),
+        delivery_tag in any::<u64>(),
+        redelivered in any::<bool>(),
+        exchange in prop_oneof![shortstr(), Just("x".repeat(300))],
+        routing_key in shortstr(),
+        body in vec(any::<u8>(), 0..64),
+    ) {
+        let props = BasicProperties { delivery_mode: Some(1), ..Default::default() };
+        let args = DeliverArgs {
+            consumer_tag: &consumer_tag,
+            delivery_tag,
+            redelivered,
+            exchange: &exchange,
+            routing_key: &routing_key,
+        };
+        let method = Method::BasicDeliver(BasicDeliver {
+            consumer_tag: consumer_tag.clone(),
+            delivery_tag,
+            redelivered,
+            exchange: exchange.clone(),
+            routing_key: routing_key.clone(),
+        });
+        let mut borrowed = BytesMut::new();
+        encode_content(&mut borrowed, 5, &args, &props, None, &body, 4096);
+        prop_assert_eq!(borrowed.capacity(), borrowed.len());
+        let mut owned = BytesMut::new();
+        encode_content(&mut owned, 5, &method, &props, None, &body, 4096);
+        prop_assert_eq!(&borrowed, &owned);
     }
 }

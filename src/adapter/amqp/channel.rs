@@ -42,7 +42,7 @@ impl ConnCtx {
 #[derive(Debug)]
 struct ContentInProgress {
     publish: BasicPublish,
-    header: Option<(BasicProperties, Bytes, u64)>,
+    header: Option<(Box<BasicProperties>, Bytes, u64)>,
     body: Body,
 }
 
@@ -181,6 +181,9 @@ pub struct Channel {
     reply_queue: Option<Arc<Queue>>,
     /// The server closed this channel and awaits `channel.close-ok`.
     pub closing: bool,
+    /// The queues of the publish being routed: kept empty between publishes so its capacity is
+    /// reused instead of allocating a list per message.
+    routed_to: Vec<Arc<Queue>>,
 }
 
 impl Channel {
@@ -197,6 +200,7 @@ impl Channel {
             last_queue: None,
             reply_queue: None,
             closing: false,
+            routed_to: Vec::new(),
         }
     }
 
@@ -676,7 +680,7 @@ impl Channel {
         &mut self,
         ctx: &ConnCtx,
         publish: BasicPublish,
-        mut properties: BasicProperties,
+        mut properties: Box<BasicProperties>,
         raw: Bytes,
         body: Bytes,
     ) -> AmqpResult<()> {
@@ -732,7 +736,7 @@ impl Channel {
         let message = Arc::new(Message::new(
             publish.exchange,
             publish.routing_key,
-            properties,
+            *properties,
             raw,
             body,
             charge,
@@ -755,7 +759,7 @@ impl Channel {
     /// Routes a message to its queues; returns the log record a confirm must wait for (0 when
     /// nothing was persisted) and whether a queue refused it.
     fn route(
-        &self,
+        &mut self,
         ctx: &ConnCtx,
         exchange: &Arc<Exchange>,
         message: Arc<Message>,
@@ -769,7 +773,8 @@ impl Channel {
                 refused: false,
             };
         }
-        let queues = ctx.vhost.route_now(exchange, &message);
+        let mut queues = std::mem::take(&mut self.routed_to);
+        ctx.vhost.route_now_into(exchange, &message, &mut queues);
         if queues.is_empty() {
             if mandatory {
                 let method = Method::BasicReturn(BasicReturn {
@@ -790,15 +795,17 @@ impl Channel {
                     )
                 });
             }
+            self.routed_to = queues;
             return Routed::default();
         }
         let mut routed = Routed::default();
-        for q in queues {
+        for q in queues.drain(..) {
             let enqueued = q.publish_tracked(message.clone());
             routed.lsn = routed.lsn.max(enqueued.lsn);
             // As RabbitMQ: one refusing queue makes the publish nacked.
             routed.refused |= enqueued.refused;
         }
+        self.routed_to = queues;
         routed
     }
 

@@ -10,7 +10,7 @@ use crate::core::{ConsumerSink, Delivery, Queue};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use switchboard_amqp::{encode_content, BasicCancel, BasicDeliver, Method};
+use switchboard_amqp::{encode_content, BasicCancel, ContentMethod, DeliverArgs, Method};
 
 /// A delivery awaiting ack: enough to settle or requeue it and to return its credit.
 #[derive(Debug)]
@@ -98,11 +98,11 @@ impl ChannelDeliveries {
 
     /// Assigns the next delivery tag to a message and appends its frames, recording it as
     /// unacked when `unacked` is given. `method` builds the delivery method from the tag.
-    pub fn send_content(
+    pub fn send_content<M: ContentMethod>(
         &self,
         message: &crate::core::Message,
         unacked: Option<Unacked>,
-        method: impl FnOnce(u64) -> Method,
+        method: impl FnOnce(u64) -> M,
     ) -> u64 {
         let mut tags = self.lock();
         let tag = tags.next_tag;
@@ -241,15 +241,14 @@ impl ConsumerSink for AmqpConsumer {
             consumer_credit: Some(self.in_flight.clone()),
         });
         let message = &d.message;
-        self.channel.send_content(message, unacked, |delivery_tag| {
-            Method::BasicDeliver(BasicDeliver {
-                consumer_tag: self.tag.clone(),
+        self.channel
+            .send_content(message, unacked, |delivery_tag| DeliverArgs {
+                consumer_tag: &self.tag,
                 delivery_tag,
                 redelivered: d.redelivered,
-                exchange: message.exchange.clone(),
-                routing_key: message.routing_key.clone(),
-            })
-        });
+                exchange: &message.exchange,
+                routing_key: &message.routing_key,
+            });
     }
 
     fn cancelled(&self, _queue: &Queue, consumer_tag: &str) {

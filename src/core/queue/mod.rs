@@ -21,11 +21,11 @@ use super::memory::MemoryMonitor;
 use super::message::Message;
 use super::timer::Timer;
 use super::vhost::VHost;
+use crate::core::hash::FastHashMap;
 use crate::store::log::RecordPos;
 use crate::store::MessageLog;
 use args::{Overflow, QueueArgs};
 use ready::{Queued, Ready};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use switchboard_amqp::FieldTable;
 
@@ -170,7 +170,7 @@ struct QueueState {
     /// Memory held by ready messages in memory (body plus per-message overhead, as charged to
     /// the memory monitor); paged-out messages do not count.
     memory_bytes: u64,
-    unacked: HashMap<u64, Queued>,
+    unacked: FastHashMap<u64, Queued>,
     /// In registration order (single active consumer takes the first).
     consumers: Vec<Registered>,
     /// Round-robin cursor into `consumers`.
@@ -249,7 +249,7 @@ impl Queue {
                 ready: Ready::new(args.levels()),
                 ready_bytes: 0,
                 memory_bytes: 0,
-                unacked: HashMap::new(),
+                unacked: FastHashMap::default(),
                 consumers: Vec::new(),
                 next_consumer: 0,
                 next_id: 0,
@@ -314,6 +314,18 @@ impl Queue {
         }
     }
 
+    /// "Now" for expiring ready messages: read from the clock only when a ready message has an
+    /// expiry, or `incoming_expires` (a message about to be enqueued may get one). Otherwise
+    /// nothing can expire and 0 serves: most queues have no TTL, and reading the clock cost
+    /// more than the rest of a publish's queue bookkeeping (~4% of broker CPU in `bench amqp`).
+    fn now_for_expiry(&self, st: &QueueState, incoming_expires: bool) -> u64 {
+        if incoming_expires || st.ready.has_timed() {
+            self.now()
+        } else {
+            0
+        }
+    }
+
     /// Takes the head ready entry with its message loaded, dropping unreadable ones.
     fn pop_ready(&self, st: &mut QueueState) -> Option<(Queued, Arc<Message>)> {
         while let Some(mut q) = st.ready.pop_front() {
@@ -343,11 +355,13 @@ impl Queue {
     /// log under the queue's lock, so its enqueue record always precedes any settle record for
     /// it.
     pub fn publish_tracked(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
-        let now = self.now();
         let mut st = self.lock();
         if st.deleted {
             return Enqueued::default();
         }
+        let may_expire =
+            self.args().message_ttl.is_some() || message.properties.expiration.is_some();
+        let now = self.now_for_expiry(&st, may_expire);
         let body_len = message.body.len() as u64;
         self.expire_heads(&mut st, now);
         if self.args().overflow != Overflow::DropHead && self.would_overflow(&st, body_len) {
@@ -415,7 +429,8 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
-        self.dispatch_at(st, self.now());
+        let now = self.now_for_expiry(st, false);
+        self.dispatch_at(st, now);
     }
 
     /// Delivers what consumers can take, expiring first what expired by `now`.

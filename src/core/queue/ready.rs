@@ -54,6 +54,11 @@ impl Ready {
         self.len == 0
     }
 
+    /// Whether any entry has an expiry.
+    pub fn has_timed(&self) -> bool {
+        self.timed > 0
+    }
+
     fn level_mut(&mut self, level: usize) -> &mut VecDeque<Queued> {
         let last = self.levels.len() - 1;
         &mut self.levels[level.min(last)]

@@ -259,6 +259,58 @@ fn drain_bodies(q: &Queue) -> Vec<String> {
     std::iter::from_fn(|| get_body(q)).collect()
 }
 
+/// A clock that counts how often it is read.
+#[derive(Debug, Default)]
+struct CountingClock {
+    reads: AtomicU32,
+}
+
+impl crate::core::clock::Clock for CountingClock {
+    fn now_ms(&self) -> u64 {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        1_700_000_000_000
+    }
+}
+
+#[test]
+fn the_clock_is_read_only_when_a_message_can_expire() {
+    let clock = Arc::new(CountingClock::default());
+    let vh = Arc::new(VHost::new("/"));
+    vh.attach(Timer::new(clock.clone()), None);
+    let spec = QueueSpec {
+        name: "q".into(),
+        ..Default::default()
+    };
+    let q = vh.declare_queue(spec, false, 1).unwrap().queue;
+    let sink = TestSink::new(1);
+    q.add_consumer(consumer(1, &sink, false)).unwrap();
+    let reads = || clock.reads.load(Ordering::SeqCst);
+
+    let before = reads();
+    for body in ["a", "b", "c"] {
+        assert!(q.publish(msg(body)));
+    }
+    q.dispatch();
+    assert_eq!(
+        reads(),
+        before,
+        "no TTL anywhere: publish and dispatch skip the clock"
+    );
+    assert_eq!(sink.bodies(), ["a"], "prefetch 1 holds the rest ready");
+
+    assert!(q.publish(expiring("d", "60000")));
+    let after_expiring = reads();
+    assert!(
+        after_expiring > before,
+        "a message with an expiration needs the time"
+    );
+    q.dispatch();
+    assert!(
+        reads() > after_expiring,
+        "a ready message can expire: dispatch reads the clock"
+    );
+}
+
 fn x_death(m: &Message) -> Vec<FieldTable> {
     match m.properties.headers.as_ref().and_then(|h| h.get("x-death")) {
         Some(FieldValue::Array(a)) => a
