@@ -427,3 +427,47 @@ async fn unsubscribe_drops_messages_already_waiting_for_the_client() {
     s.expect_nothing_pending().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn messages_a_session_keeps_are_charged_until_delivered() {
+    let b = TestBroker::start_with(|c| c.mqtt.max_offline_messages = 2).await;
+    let mut s = RawMqtt::connect(b.mqtt, Protocol::V311, "charged", false).await;
+    s.subscribe("charged", QoS::AtLeastOnce).await;
+    drop(s);
+    let state = MqttState::for_broker(b.broker());
+    let key = SessionKey {
+        vhost: "/".into(),
+        client_id: "charged".into(),
+    };
+    wait_until("session released", || {
+        state
+            .sessions()
+            .get(&key)
+            .is_some_and(|s| s.owner.is_none())
+    })
+    .await;
+    let memory = &b.broker().memory;
+    let base = memory.used();
+    let mut p = RawMqtt::connect(b.mqtt, Protocol::V311, "charged-pub", true).await;
+    for i in 1..=4u16 {
+        p.publish("charged", QoS::AtLeastOnce, i, &[i as u8; 1000])
+            .await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    }
+    // The queue handed the messages to the offline session and let go of them; the session
+    // keeps the newest two (the oldest two were dropped), and those are what is charged.
+    wait_until("only the session's two messages charged", || {
+        let held = memory.used().saturating_sub(base);
+        (2_000..3_000).contains(&held)
+    })
+    .await;
+    let mut s = RawMqtt::connect(b.mqtt, Protocol::V311, "charged", false).await;
+    for _ in 0..2 {
+        let m = s.next_publish().await;
+        assert_eq!(m.payload.len(), 1000);
+        s.send(&Packet::PubAck(PubResponse::new(m.packet_id.unwrap())))
+            .await;
+    }
+    wait_until("acknowledged messages released", || memory.used() == base).await;
+    b.stop().await;
+}

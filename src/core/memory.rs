@@ -236,7 +236,32 @@ impl MemoryCharge {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// A new charge of `bytes` to the same monitor (none when this one has none).
+    pub fn sibling(&self, bytes: usize) -> MemoryCharge {
+        match &self.monitor {
+            Some(m) => m.charge(bytes),
+            None => MemoryCharge::default(),
+        }
+    }
 }
+
+/// A clone is a copy of what was charged, so it is charged again.
+impl Clone for MemoryCharge {
+    fn clone(&self) -> Self {
+        self.sibling(self.bytes)
+    }
+}
+
+/// Accounting is not part of a value's identity: any two charges compare equal, so that the
+/// values holding them compare by content.
+impl PartialEq for MemoryCharge {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for MemoryCharge {}
 
 impl Drop for MemoryCharge {
     fn drop(&mut self) {

@@ -77,6 +77,12 @@ impl Message {
         body_len + MESSAGE_OVERHEAD
     }
 
+    /// A charge of `bytes` to the monitor this message is charged to, for a copy of it that a
+    /// protocol adapter keeps (an MQTT session's waiting and in-flight messages).
+    pub fn charge_copy(&self, bytes: usize) -> MemoryCharge {
+        self._charge.sibling(bytes)
+    }
+
     /// Delivery mode 2: the publisher asked for the message to survive a restart.
     pub fn is_persistent(&self) -> bool {
         self.properties.delivery_mode == Some(2)

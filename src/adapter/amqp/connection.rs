@@ -29,7 +29,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let entry = broker.register_connection("amqp", peer);
-    let (outbox, writer) = Outbox::start(wr);
+    let (outbox, writer) = Outbox::start(wr, &broker.memory);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let negotiated = timeout(
         HANDSHAKE_TIMEOUT,

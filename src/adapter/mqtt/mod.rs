@@ -49,7 +49,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let entry = broker.register_connection("mqtt", peer);
-    let (outbox, writer) = Outbox::start(wr);
+    let (outbox, writer) = Outbox::start(wr, &broker.memory);
     let mut buf = BytesMut::new();
     let max_connect = broker.config.mqtt.max_connect_size as usize;
     match timeout(CONNECT_TIMEOUT, read_first(&mut rd, &mut buf, max_connect)).await {
