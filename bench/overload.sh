@@ -11,7 +11,8 @@
 #
 # The broker listens on ports the OS chooses (read back from --ports-file), so runs beside other
 # brokers cannot clash. The per-second RSS samples (seconds since start, RSS in KiB) are kept in
-# $WORK/rss-<n>.tsv, one file per scenario, and the directory is printed at the end.
+# $WORK/rss-<n>.tsv, one file per scenario, the bench's stderr in $WORK/bench-<n>.err, and the
+# directory is printed at the end.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -82,9 +83,13 @@ for scenario in "${scenarios[@]}"; do
     sample_rss "$PID" "$rss_file" &
     SAMPLER=$!
     # shellcheck disable=SC2086 # scenario holds words
-    out=$("$BIN" bench $scenario --size "$SIZE" --duration "$DURATION" --consumer-rate "$CONSUMER_RATE" \
+    if ! out=$("$BIN" bench $scenario --size "$SIZE" --duration "$DURATION" --consumer-rate "$CONSUMER_RATE" \
         --max-in-flight 0 --queue "overload-$n" --json --broker-pid "$PID" \
-        --amqp-addr "$AMQP_ADDR" --stomp-addr "$STOMP_ADDR" --mqtt-addr "$MQTT_ADDR")
+        --amqp-addr "$AMQP_ADDR" --stomp-addr "$STOMP_ADDR" --mqtt-addr "$MQTT_ADDR" 2>"$WORK/bench-$n.err"); then
+        stop_broker
+        echo "| $scenario | the bench failed: $(grep -m1 -E 'panicked|rror' "$WORK/bench-$n.err") (all of it in $WORK/bench-$n.err) |"
+        continue
+    fi
     stop_broker
     python3 - "$out" "$scenario" "$rss_file" "$WATERMARK_MIB" <<'PY'
 import json, sys
