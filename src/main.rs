@@ -101,6 +101,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> anyhow::Result<()> {
+    switchboard::core::process_memory::use_one_malloc_arena();
     let config = Config::load(config.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -394,6 +394,76 @@ async fn memory_alarm_blocks_publishers_until_memory_is_freed() {
 }
 
 #[tokio::test]
+async fn a_flood_into_a_stalled_consumer_stays_at_the_watermark_and_resumes_as_it_drains() {
+    const WATERMARK: usize = 200_000;
+    const MESSAGES: usize = 500;
+    // After the alarm goes off the publisher's connection finishes the frames it has already
+    // read (one read buffer of 64 KiB, about 30 of these messages with their overhead), and a
+    // consumer's connection holds what it is writing: the count may pass the mark by that.
+    const SLACK: usize = 128 * 1024;
+    let b =
+        TestBroker::start_with(|c| c.server.memory_high_watermark_bytes = Some(WATERMARK as u64))
+            .await;
+    let memory = b.broker().memory.clone();
+    let publisher = b.connect().await;
+    let mut events = publisher.events_listener();
+    let pch = bounded(publisher.create_channel()).await.unwrap();
+    let q = unique("flood");
+    declare(&pch, &q).await;
+    let flood = tokio::spawn({
+        let q = q.clone();
+        async move {
+            for i in 0..MESSAGES {
+                let mut body = vec![b'x'; 2_000];
+                body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                pch.basic_publish(
+                    "".into(),
+                    q.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("basic.publish");
+            }
+        }
+    });
+    // Nobody consumes yet: the publisher is blocked at the watermark.
+    wait_event(&mut events, "connection.blocked", |e| {
+        matches!(e, Event::ConnectionBlocked(_)).then_some(())
+    })
+    .await;
+    let at_block = memory.used();
+    assert!(
+        (WATERMARK..WATERMARK + SLACK).contains(&at_block),
+        "blocked at {at_block} bytes"
+    );
+    assert!(!flood.is_finished(), "the flood is held back");
+    // A consumer drains with acknowledgements; the publisher is let through again each time
+    // the count falls below 90% of the mark, until every message has arrived, in order.
+    let (_cc, cch) = b.channel().await;
+    bounded(cch.basic_qos(10, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    let mut consumer = consume(&cch, &q, false).await;
+    let mut peak = at_block;
+    for i in 0..MESSAGES {
+        let d = next(&mut consumer).await;
+        assert_eq!(
+            d.data[..8],
+            (i as u64).to_be_bytes(),
+            "message {i} in order"
+        );
+        ack(&d).await;
+        peak = peak.max(memory.used());
+    }
+    bounded(flood).await.unwrap();
+    assert!(peak < WATERMARK + SLACK, "counted {peak} bytes at most");
+    wait_until("all memory released", || memory.used() < WATERMARK / 2).await;
+    assert!(!memory.alarm());
+}
+
+#[tokio::test]
 async fn heartbeats_keep_an_idle_connection_open() {
     let b = TestBroker::start().await;
     let c = connect_url(&format!("amqp://guest:guest@{}/%2f?heartbeat=1", b.amqp))

@@ -11,6 +11,24 @@ use std::time::Duration;
 use switchboard::adapter::mqtt::registry::{MqttState, SessionKey};
 use switchboard_mqtt::*;
 
+/// Waits until the session of `client_id` in the default vhost has no connection, and returns
+/// the MQTT state and the session's key for looking at it.
+async fn wait_released(b: &TestBroker, client_id: &str) -> (std::sync::Arc<MqttState>, SessionKey) {
+    let state = MqttState::for_broker(b.broker());
+    let key = SessionKey {
+        vhost: "/".into(),
+        client_id: client_id.into(),
+    };
+    wait_until("session released", || {
+        state
+            .sessions()
+            .get(&key)
+            .is_some_and(|s| s.owner.is_none())
+    })
+    .await;
+    (state, key)
+}
+
 #[tokio::test]
 async fn qos2_inbound_is_routed_once_across_resends() {
     let b = TestBroker::start().await;
@@ -48,18 +66,7 @@ async fn persistent_session_queues_qos1_while_offline() {
     let mut s = RawMqtt::connect(b.mqtt, Protocol::V311, "persist", false).await;
     s.subscribe("off/+", QoS::AtLeastOnce).await;
     drop(s);
-    let state = MqttState::for_broker(b.broker());
-    let key = SessionKey {
-        vhost: "/".into(),
-        client_id: "persist".into(),
-    };
-    wait_until("session released", || {
-        state
-            .sessions()
-            .get(&key)
-            .is_some_and(|s| s.owner.is_none())
-    })
-    .await;
+    wait_released(&b, "persist").await;
     let mut p = RawMqtt::connect(b.mqtt, Protocol::V311, "persist-pub", true).await;
     p.publish("off/0", QoS::AtMostOnce, 0, b"q0").await;
     for i in 1..=3u16 {
@@ -94,18 +101,7 @@ async fn offline_queue_is_bounded_oldest_dropped() {
     let mut s = RawMqtt::connect(b.mqtt, Protocol::V311, "bounded", false).await;
     s.subscribe("bd", QoS::AtLeastOnce).await;
     drop(s);
-    let state = MqttState::for_broker(b.broker());
-    let key = SessionKey {
-        vhost: "/".into(),
-        client_id: "bounded".into(),
-    };
-    wait_until("session released", || {
-        state
-            .sessions()
-            .get(&key)
-            .is_some_and(|s| s.owner.is_none())
-    })
-    .await;
+    let (state, key) = wait_released(&b, "bounded").await;
     let mut p = RawMqtt::connect(b.mqtt, Protocol::V311, "bounded-pub", true).await;
     for i in 1..=5u16 {
         p.publish("bd", QoS::AtLeastOnce, i, &[i as u8]).await;
@@ -185,18 +181,7 @@ async fn expired_messages_are_not_delivered() {
     let (mut s, _) = RawMqtt::connect_with(b.mqtt, c.clone()).await;
     s.subscribe("ex", QoS::AtLeastOnce).await;
     drop(s);
-    let state = MqttState::for_broker(b.broker());
-    let key = SessionKey {
-        vhost: "/".into(),
-        client_id: "expiry".into(),
-    };
-    wait_until("session released", || {
-        state
-            .sessions()
-            .get(&key)
-            .is_some_and(|s| s.owner.is_none())
-    })
-    .await;
+    wait_released(&b, "expiry").await;
     let mut p = RawMqtt::connect(b.mqtt, Protocol::V5, "expiry-pub", true).await;
     let mut short = publish_packet("ex", QoS::AtLeastOnce, 1, b"short");
     short.properties.message_expiry_interval = Some(1);
@@ -392,18 +377,7 @@ async fn unsubscribe_drops_messages_already_waiting_for_the_client() {
     let (mut s, _) = RawMqtt::connect_with(b.mqtt, c.clone()).await;
     s.subscribe("uw/+", QoS::AtLeastOnce).await;
     drop(s);
-    let state = MqttState::for_broker(b.broker());
-    let key = SessionKey {
-        vhost: "/".into(),
-        client_id: "unsub-wait".into(),
-    };
-    wait_until("session released", || {
-        state
-            .sessions()
-            .get(&key)
-            .is_some_and(|s| s.owner.is_none())
-    })
-    .await;
+    wait_released(&b, "unsub-wait").await;
     let mut p = RawMqtt::connect(b.mqtt, Protocol::V5, "unsub-wait-pub", true).await;
     for i in 1..=3u16 {
         p.publish("uw/a", QoS::AtLeastOnce, i, &[i as u8]).await;
@@ -425,5 +399,38 @@ async fn unsubscribe_drops_messages_already_waiting_for_the_client() {
     s.send(&Packet::PubAck(PubResponse::new(first.packet_id.unwrap())))
         .await;
     s.expect_nothing_pending().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn messages_a_session_keeps_are_charged_until_delivered() {
+    let b = TestBroker::start_with(|c| c.mqtt.max_offline_messages = 2).await;
+    let mut s = RawMqtt::connect(b.mqtt, Protocol::V311, "charged", false).await;
+    s.subscribe("charged", QoS::AtLeastOnce).await;
+    drop(s);
+    wait_released(&b, "charged").await;
+    let memory = &b.broker().memory;
+    let base = memory.used();
+    let mut p = RawMqtt::connect(b.mqtt, Protocol::V311, "charged-pub", true).await;
+    for i in 1..=4u16 {
+        p.publish("charged", QoS::AtLeastOnce, i, &[i as u8; 1000])
+            .await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    }
+    // The queue handed the messages to the offline session and let go of them; the session
+    // keeps the newest two (the oldest two were dropped), and those are what is charged.
+    wait_until("only the session's two messages charged", || {
+        let held = memory.used().saturating_sub(base);
+        (2_000..3_000).contains(&held)
+    })
+    .await;
+    let mut s = RawMqtt::connect(b.mqtt, Protocol::V311, "charged", false).await;
+    for _ in 0..2 {
+        let m = s.next_publish().await;
+        assert_eq!(m.payload.len(), 1000);
+        s.send(&Packet::PubAck(PubResponse::new(m.packet_id.unwrap())))
+            .await;
+    }
+    wait_until("acknowledged messages released", || memory.used() == base).await;
     b.stop().await;
 }

@@ -7,7 +7,14 @@
 //! syscall, so many small frames cost one write. Consumers stop taking deliveries while the
 //! buffer is over [`HIGH_WATERMARK`], and the connection task is told when it drains so that it
 //! can wake their queues: a slow reader cannot make the broker buffer without bound.
+//!
+//! The writer charges the bytes it is writing to the broker's memory monitor until the write
+//! completes: a socket that does not drain holds them, up to about [`HIGH_WATERMARK`] per
+//! connection, and a thousand stalled consumers make that memory the high watermark is about.
+//! Not charged: what is appended while a write is under way (bounded by the same mark) and the
+//! capacity kept for the next write (up to `RETAINED_CAPACITY`).
 
+use crate::core::memory::{MemoryCharge, MemoryMonitor};
 use bytes::BytesMut;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -44,6 +51,8 @@ pub struct Outbox {
     /// The writer has stopped (socket error or closed).
     dead: AtomicBool,
     pub writer_done: Notify,
+    /// Charged for the bytes being written; none for outboxes of unit tests.
+    memory: Option<Arc<MemoryMonitor>>,
 }
 
 impl Outbox {
@@ -51,12 +60,28 @@ impl Outbox {
         Self::default()
     }
 
-    /// A new outbox and the writer task draining it into `socket`.
-    pub fn start<W>(socket: W) -> (Arc<Outbox>, JoinHandle<()>)
+    /// An outbox whose writer charges the bytes it is writing to `memory`.
+    pub fn charged_to(memory: &Arc<MemoryMonitor>) -> Self {
+        Outbox {
+            memory: Some(memory.clone()),
+            ..Outbox::new()
+        }
+    }
+
+    /// A charge for bytes being written (nothing for outboxes without a monitor).
+    fn write_charge(&self) -> MemoryCharge {
+        self.memory
+            .as_ref()
+            .map_or_else(MemoryCharge::default, |m| m.charge(0))
+    }
+
+    /// A new outbox and the writer task draining it into `socket`, the bytes it writes charged
+    /// to `memory`.
+    pub fn start<W>(socket: W, memory: &Arc<MemoryMonitor>) -> (Arc<Outbox>, JoinHandle<()>)
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let outbox = Arc::new(Outbox::new());
+        let outbox = Arc::new(Outbox::charged_to(memory));
         let writer = tokio::spawn({
             let outbox = outbox.clone();
             async move { outbox.run_writer(socket).await }
@@ -149,6 +174,7 @@ impl Outbox {
         // Grows on demand (the buffers are swapped, so each side keeps what it grew to while
         // frames keep coming).
         let mut out = BytesMut::new();
+        let mut charge = self.write_charge();
         loop {
             let closing = self.take_pending(&mut out);
             if out.is_empty() {
@@ -158,10 +184,12 @@ impl Outbox {
                 self.wake_writer.notified().await;
                 continue;
             }
+            charge.resize(out.len());
             if let Err(e) = socket.write_all(&out).await {
                 tracing::debug!(error = %e, "socket write failed");
                 break;
             }
+            charge.resize(0);
             if self.written(&mut out) {
                 self.drained.notify_one();
             }
@@ -182,14 +210,17 @@ pub struct InlineWriter<W> {
     out: BytesMut,
     /// How much of `out` is on the wire already.
     sent: usize,
+    /// Charged for `out` until it is written, as the writer task charges (module comment).
+    charge: MemoryCharge,
 }
 
 impl<W: AsyncWrite + Unpin> InlineWriter<W> {
-    pub fn new(socket: W) -> Self {
+    pub fn new(socket: W, outbox: &Outbox) -> Self {
         InlineWriter {
             socket,
             out: BytesMut::new(),
             sent: 0,
+            charge: outbox.write_charge(),
         }
     }
 
@@ -202,6 +233,7 @@ impl<W: AsyncWrite + Unpin> InlineWriter<W> {
     pub fn take(&mut self, outbox: &Outbox) {
         if self.is_idle() {
             outbox.take_pending(&mut self.out);
+            self.charge.resize(self.out.len());
         }
     }
 
@@ -220,6 +252,7 @@ impl<W: AsyncWrite + Unpin> InlineWriter<W> {
             return Ok(false);
         }
         self.sent = 0;
+        self.charge.resize(0);
         Ok(outbox.written(&mut self.out))
     }
 
@@ -240,5 +273,44 @@ impl<W: AsyncWrite + Unpin> InlineWriter<W> {
         }
         let _ = self.socket.shutdown().await;
         outbox.dead.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+
+    async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(tokio::time::Instant::now() < until, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn buffers_are_charged_while_held_and_released_with_the_writer() {
+        let memory = MemoryMonitor::new(0);
+        // A peer that reads nothing yet: the writer stalls once 4 KiB are in the pipe.
+        let (wr, mut peer) = tokio::io::duplex(4096);
+        let (outbox, writer) = Outbox::start(wr, &memory);
+        for _ in 0..64 {
+            outbox.push(|b| b.extend_from_slice(&[7; 4096]));
+        }
+        wait_for("the bytes being written charged", || {
+            memory.used() == 64 * 4096
+        })
+        .await;
+        let mut got = vec![0; 64 * 4096];
+        peer.read_exact(&mut got).await.unwrap();
+        outbox.close();
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(memory.used(), 0, "the writer's charge goes with it");
+        assert!(got.iter().all(|&b| b == 7));
     }
 }

@@ -13,6 +13,7 @@ pub mod headers;
 pub mod memory;
 pub mod message;
 pub mod policy;
+pub mod process_memory;
 pub mod queue;
 pub mod timer;
 pub mod topic;

@@ -35,7 +35,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let entry = broker.register_connection("amqp", peer);
-    let (outbox, writer) = Outbox::start(wr);
+    let (outbox, writer) = Outbox::start(wr, &broker.memory);
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let negotiated = timeout(
         HANDSHAKE_TIMEOUT,

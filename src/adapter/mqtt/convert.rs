@@ -3,6 +3,7 @@
 
 use super::session::OutboundMessage;
 use crate::adapter::header_text::field_value_text;
+use crate::core::memory::MemoryCharge;
 use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_amqp::{BasicProperties, FieldTable, FieldValue};
@@ -184,6 +185,7 @@ pub fn outbound_from_core(
         retain: published_retained(p),
         properties: props,
         expires_at: expires_at(p, now),
+        charge: MemoryCharge::default(),
     }
 }
 

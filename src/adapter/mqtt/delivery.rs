@@ -214,6 +214,10 @@ fn for_session(
     m.qos = m.qos.min(matched.qos);
     m.retain = m.retain && matched.retain_as_published;
     m.properties.subscription_identifiers = matched.identifiers;
+    if m.qos != QoS::AtMostOnce {
+        // The session keeps it (in flight or waiting) after the queue lets go of the message.
+        m.charge = msg.charge_copy(m.footprint());
+    }
     Some(m)
 }
 

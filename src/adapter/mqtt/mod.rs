@@ -55,8 +55,8 @@ where
 {
     let entry = broker.register_connection("mqtt", peer);
     // This task writes too (no writer task): one task per connection.
-    let outbox = Arc::new(Outbox::new());
-    let mut wr = InlineWriter::new(wr);
+    let outbox = Arc::new(Outbox::charged_to(&broker.memory));
+    let mut wr = InlineWriter::new(wr, &outbox);
     let opened = Box::pin(open(&mut rd, &outbox, &entry, peer, &broker)).await;
     if let Some((mut conn, buf)) = opened {
         let ending: Ending = conn.run(&mut rd, &mut wr, buf).await;

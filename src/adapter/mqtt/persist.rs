@@ -12,6 +12,7 @@
 use super::delivery::OfflineSink;
 use super::registry::{lock, MqttState, SessionKey, SessionSlot};
 use super::session::{InFlight, OutboundMessage, Session, SubscriptionEntry};
+use crate::core::memory::MemoryCharge;
 use crate::core::vhost::QueueSpec;
 use crate::core::{Broker, Consumer};
 use base64::Engine;
@@ -100,6 +101,7 @@ fn outbound(r: &MessageRecord) -> Option<OutboundMessage> {
         retain: p.retain,
         properties: p.properties,
         expires_at: r.expires_at.map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+        charge: MemoryCharge::default(),
     })
 }
 
@@ -394,6 +396,7 @@ mod tests {
                 ..Default::default()
             },
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
+            charge: MemoryCharge::default(),
         };
         s.in_flight.insert(
             3,

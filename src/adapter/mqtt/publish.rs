@@ -6,6 +6,7 @@ use super::convert::{publish_properties, topic_to_key};
 use super::registry::MqttState;
 use super::session::OutboundMessage;
 use crate::adapter::outbox::Outbox;
+use crate::core::memory::MemoryCharge;
 use crate::core::{Broker, Message, VHost};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -77,6 +78,7 @@ impl Publisher {
                     retain: true,
                     properties,
                     expires_at,
+                    charge: MemoryCharge::default(),
                 })
             });
         }

@@ -50,6 +50,7 @@ impl RetainedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::memory::MemoryCharge;
     use bytes::Bytes;
     use std::time::Duration;
     use switchboard_mqtt::{Properties, QoS};
@@ -62,6 +63,7 @@ mod tests {
             retain: true,
             properties: Properties::default(),
             expires_at,
+            charge: MemoryCharge::default(),
         }
     }
 

@@ -2,6 +2,8 @@
 //! directions and the messages waiting to be sent. It outlives connections for persistent
 //! sessions, and everything in it could be written out by the storage layer.
 
+use crate::core::memory::MemoryCharge;
+use crate::core::message::string_heap_size;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Deref;
@@ -91,6 +93,9 @@ pub struct OutboundMessage {
     pub properties: Properties,
     /// When the message expires (v5 Message Expiry Interval), if it does.
     pub expires_at: Option<SystemTime>,
+    /// Charged to the memory monitor while a session keeps the message (waiting or in
+    /// flight); the payload is shared with the core message but outlives it there.
+    pub charge: MemoryCharge,
 }
 
 impl OutboundMessage {
@@ -103,6 +108,31 @@ impl OutboundMessage {
 
     pub fn is_expired(&self, now: SystemTime) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Bytes the message holds as a session keeps it: its slot in the in-flight map, topic,
+    /// payload and the v5 properties' strings.
+    pub fn footprint(&self) -> usize {
+        let p = &self.properties;
+        let strings = [&p.content_type, &p.response_topic]
+            .into_iter()
+            .flatten()
+            .map(|s| string_heap_size(s))
+            .sum::<usize>()
+            + p.user_properties
+                .iter()
+                .map(|(k, v)| {
+                    string_heap_size(k)
+                        + string_heap_size(v)
+                        + std::mem::size_of::<(String, String)>()
+                })
+                .sum::<usize>();
+        std::mem::size_of::<InFlight>()
+            + std::mem::size_of::<u16>()
+            + string_heap_size(&self.topic)
+            + self.payload.len()
+            + p.correlation_data.as_ref().map_or(0, |c| c.len())
+            + strings
     }
 }
 
@@ -319,6 +349,7 @@ mod tests {
                     retain: false,
                     properties: Properties::default(),
                     expires_at: None,
+                    charge: MemoryCharge::default(),
                 },
                 3,
             );
@@ -344,6 +375,7 @@ mod tests {
                     retain: false,
                     properties: Properties::default(),
                     expires_at: None,
+                    charge: MemoryCharge::default(),
                 },
                 10,
             );
@@ -368,6 +400,7 @@ mod tests {
             retain: false,
             properties: Properties::default(),
             expires_at: None,
+            charge: MemoryCharge::default(),
         };
         s.in_flight.insert(
             1,

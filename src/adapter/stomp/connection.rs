@@ -28,7 +28,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let entry = broker.register_connection("stomp", peer);
-    let (outbox, writer) = Outbox::start(wr);
+    let (outbox, writer) = Outbox::start(wr, &broker.memory);
     let limits = limits_of(&broker);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut decoder = Decoder::new();
