@@ -172,8 +172,6 @@ pub async fn attach(
         ));
     }
     let handover = me.handover.clone();
-    let conn_id = me.conn_id;
-    let owner = me;
     let queue_name = queue_name(&key.client_id);
     let existing = sessions.remove(&key);
     let (session, session_present, generation) = match existing {
@@ -205,7 +203,7 @@ pub async fn attach(
                 durable: false,
                 ..Default::default()
             };
-            match vhost.declare_queue(spec, false, conn_id) {
+            match vhost.declare_queue(spec, false, me.conn_id) {
                 Ok(d) => d.queue,
                 Err(e) => return Err(Refusal::unavailable(e.to_string())),
             }
@@ -215,7 +213,7 @@ pub async fn attach(
         key.clone(),
         SessionSlot {
             session: session.clone(),
-            owner: Some(owner),
+            owner: Some(me),
             generation,
             offline_consumer: None,
         },
