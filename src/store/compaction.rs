@@ -28,7 +28,7 @@ pub async fn run(broker: Arc<Broker>) {
             _ = shutdown.changed() => return,
         }
         while let Some(head) = store.log.compaction_candidate(MIN_SEGMENTS) {
-            let mut moved = 0;
+            let mut moved = store.log.relocate_keyed(head);
             for vh in broker.vhosts() {
                 moved += vh.relocate(head);
             }

@@ -10,11 +10,12 @@
 //! the head of the log once nothing in them is live: deleting only from the head keeps every
 //! settle record that a surviving enqueue record needs.
 
-use super::record::{encode_enqueue, encode_settle};
+use super::keyed::index_key;
+use super::record::{encode_delete, encode_enqueue, encode_put, encode_settle, scan, Record, Scan};
 use super::FsyncPolicy;
 use crate::core::Message;
 use bytes::BytesMut;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -77,7 +78,19 @@ struct Pending {
     last_lsn: u64,
     /// Live enqueue records per segment (every segment on disk has an entry).
     live: BTreeMap<u64, SegmentUse>,
+    /// Where each key of keyed state has its current (live) put record.
+    keyed: HashMap<Box<[u8]>, RecordPos>,
     stop: bool,
+}
+
+impl Pending {
+    /// A live record at `pos` is dead now.
+    fn forget(&mut self, pos: RecordPos) {
+        if let Some(u) = self.live.get_mut(&pos.segment) {
+            u.records = u.records.saturating_sub(1);
+            u.bytes = u.bytes.saturating_sub(u64::from(pos.len));
+        }
+    }
 }
 
 /// Counters for the management API and tests.
@@ -107,12 +120,14 @@ pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
 
 impl MessageLog {
     /// Starts a log in `dir` whose existing segments (from recovery) hold `live` live records
-    /// each; new records go to a fresh segment after them. Spawns the writer thread.
+    /// each, and whose keyed state has its current records at `keyed`; new records go to a
+    /// fresh segment after them. Spawns the writer thread.
     pub fn start(
         dir: PathBuf,
         segment_bytes: u64,
         fsync: FsyncPolicy,
         live: BTreeMap<u64, SegmentUse>,
+        keyed: HashMap<Box<[u8]>, RecordPos>,
     ) -> std::io::Result<Arc<Self>> {
         let segment = live.keys().next_back().map_or(1, |n| n + 1);
         let mut live = live;
@@ -125,6 +140,7 @@ impl MessageLog {
             pending: Mutex::new(Pending {
                 segment,
                 live,
+                keyed,
                 ..Default::default()
             }),
             wake: Condvar::new(),
@@ -146,6 +162,21 @@ impl MessageLog {
     /// when it is full) and returns where they went.
     fn append(&self, live: bool, encode: impl FnOnce(&mut Vec<u8>)) -> Appended {
         let mut p = self.lock();
+        let (appended, was_idle) = self.append_locked(&mut p, live, encode);
+        drop(p);
+        if was_idle {
+            self.wake.notify_one();
+        }
+        appended
+    }
+
+    /// [`Self::append`] under the lock already held; also says whether the writer must be woken.
+    fn append_locked(
+        &self,
+        p: &mut Pending,
+        live: bool,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> (Appended, bool) {
         if p.segment_len >= self.segment_bytes {
             p.segment += 1;
             p.segment_len = 0;
@@ -174,19 +205,96 @@ impl MessageLog {
             u.records += 1;
             u.bytes += written;
         }
-        let lsn = p.last_lsn;
-        drop(p);
-        if was_idle {
-            self.wake.notify_one();
-        }
-        Appended {
-            lsn,
+        let appended = Appended {
+            lsn: p.last_lsn,
             at: RecordPos {
                 segment: seg,
                 offset,
                 len: u32::try_from(written).unwrap_or(u32::MAX),
             },
+        };
+        (appended, was_idle)
+    }
+
+    /// Durably sets `key` of `kind` to `value` (replacing its earlier value) and returns the
+    /// LSN to wait for. The index is updated under the same lock as the append, so the log's
+    /// order of puts to one key is the order they take effect in.
+    pub fn put(&self, kind: u8, key: &[u8], value: &[u8]) -> u64 {
+        let mut p = self.lock();
+        let (a, was_idle) =
+            self.append_locked(&mut p, true, |out| encode_put(out, kind, key, value));
+        if let Some(old) = p.keyed.insert(index_key(kind, key), a.at) {
+            p.forget(old);
         }
+        drop(p);
+        if was_idle {
+            self.wake.notify_one();
+        }
+        a.lsn
+    }
+
+    /// Durably removes `key` of `kind` and returns the LSN to wait for. A key that holds
+    /// nothing writes nothing (the LSN is then that of the last record appended).
+    pub fn delete(&self, kind: u8, key: &[u8]) -> u64 {
+        let mut p = self.lock();
+        let Some(old) = p.keyed.remove(&index_key(kind, key)[..]) else {
+            return p.last_lsn;
+        };
+        p.forget(old);
+        let (a, was_idle) = self.append_locked(&mut p, false, |out| encode_delete(out, kind, key));
+        drop(p);
+        if was_idle {
+            self.wake.notify_one();
+        }
+        a.lsn
+    }
+
+    /// Rewrites the current records of keys that live in `segment` at the end of the log (for
+    /// compaction); returns how many moved. A key put or deleted meanwhile is left alone.
+    pub fn relocate_keyed(&self, segment: u64) -> usize {
+        let found: Vec<(Box<[u8]>, RecordPos)> = self
+            .lock()
+            .keyed
+            .iter()
+            .filter(|(_, pos)| pos.segment == segment)
+            .map(|(k, pos)| (k.clone(), *pos))
+            .collect();
+        let mut moved = 0;
+        for (key, pos) in found {
+            let record = match self.read(pos) {
+                Ok(bytes) => scan(&bytes, 0),
+                Err(e) => {
+                    tracing::warn!(error = %e, segment, "cannot read a keyed record to compact");
+                    continue;
+                }
+            };
+            let Scan::Record(
+                Record::Put {
+                    kind,
+                    key: k,
+                    value,
+                },
+                _,
+            ) = record
+            else {
+                tracing::warn!(segment, "keyed record unreadable during compaction");
+                continue;
+            };
+            let mut p = self.lock();
+            if p.keyed.get(&key) != Some(&pos) {
+                continue;
+            }
+            let (a, was_idle) =
+                self.append_locked(&mut p, true, |out| encode_put(out, kind, &k, &value));
+            p.keyed.insert(key, a.at);
+            p.forget(pos);
+            drop(p);
+            if was_idle {
+                self.wake.notify_one();
+            }
+            moved += 1;
+        }
+        moved
     }
 
     /// Reads a record back (for a queue that keeps only positions in memory): from the buffers
@@ -250,10 +358,7 @@ impl MessageLog {
     pub fn forget(&self, records: impl IntoIterator<Item = RecordPos>) {
         let mut p = self.lock();
         for pos in records {
-            if let Some(u) = p.live.get_mut(&pos.segment) {
-                u.records = u.records.saturating_sub(1);
-                u.bytes = u.bytes.saturating_sub(u64::from(pos.len));
-            }
+            p.forget(pos);
         }
     }
 

@@ -11,6 +11,7 @@
 pub mod compaction;
 pub mod definitions;
 pub mod disk;
+pub mod keyed;
 pub mod log;
 pub mod record;
 pub mod recovery;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use definitions::{DefinitionsError, VHostDefinitions};
+pub use keyed::{compose_key, kind, split_key, RecoveredKeyed};
 pub use log::MessageLog;
 pub use recovery::{RecoveredLog, RecoveredQueue};
 
@@ -118,6 +120,7 @@ impl Store {
             config.segment_bytes,
             config.fsync,
             live,
+            log.keyed.index(),
         )
         .map_err(|source| StoreError::Dir {
             path: messages_dir,
@@ -132,6 +135,17 @@ impl Store {
             }),
             Recovered { definitions, log },
         ))
+    }
+
+    /// Durably sets keyed state `key` of `kind` (see [`keyed`]) to `value`; returns the LSN
+    /// to wait for ([`MessageLog::wait_synced`]) before acknowledging the change.
+    pub fn put(&self, kind: u8, key: &[u8], value: &[u8]) -> u64 {
+        self.log.put(kind, key, value)
+    }
+
+    /// Durably removes keyed state `key` of `kind`; returns the LSN to wait for.
+    pub fn delete(&self, kind: u8, key: &[u8]) -> u64 {
+        self.log.delete(kind, key)
     }
 
     /// Replaces a vhost's durable definitions on disk.

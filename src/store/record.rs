@@ -4,7 +4,13 @@
 //! record  = magic:u32 len:u32 crc:u32 payload[len]      (big-endian; crc = CRC-32 of payload)
 //! payload = 1 queue:u64 seq:u64 exchange:str8 key:str8 props_len:u32 props body   (enqueue)
 //!         | 2 queue:u64 count:u32 seq:u64*count                                    (settle)
+//!         | 3 kind:u8 key_len:u32 key value                                        (put)
+//!         | 4 kind:u8 key_len:u32 key                                              (delete)
 //! ```
+//!
+//! Put and delete records hold keyed state other than messages (definitions, users, MQTT
+//! sessions, retained messages; see keyed.rs): the latest put of a key is its value, a delete
+//! removes it.
 //!
 //! The magic word lets recovery find the next record after a corrupt length; the checksum
 //! catches torn and corrupted records. `props` is the AMQP content-header property block, the
@@ -21,6 +27,8 @@ pub const MAX_PAYLOAD: usize = 1 << 30;
 
 const ENQUEUE: u8 = 1;
 const SETTLE: u8 = 2;
+const PUT: u8 = 3;
+const DELETE: u8 = 4;
 
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +44,10 @@ pub enum Record {
     },
     /// Messages left a queue for good (ack, reject without requeue, purge, expiry).
     Settle { queue: u64, seqs: Vec<u64> },
+    /// Keyed state: `key` of `kind` now holds `value`.
+    Put { kind: u8, key: Bytes, value: Bytes },
+    /// Keyed state: `key` of `kind` is gone.
+    Delete { kind: u8, key: Bytes },
 }
 
 /// What a scan found at some offset.
@@ -104,6 +116,43 @@ pub fn encode_settle(out: &mut Vec<u8>, queue: u64, seqs: &[u64]) {
         out.put_u64(*s);
     }
     frame(out, start + HEADER_LEN);
+}
+
+/// Appends a put record to `out`.
+pub fn encode_put(out: &mut Vec<u8>, kind: u8, key: &[u8], value: &[u8]) {
+    let start = out.len();
+    out.resize(start + HEADER_LEN, 0);
+    out.reserve(1 + 1 + 4 + key.len() + value.len());
+    out.put_u8(PUT);
+    out.put_u8(kind);
+    out.put_u32(key.len() as u32);
+    out.put_slice(key);
+    out.put_slice(value);
+    frame(out, start + HEADER_LEN);
+}
+
+/// Appends a delete record to `out`.
+pub fn encode_delete(out: &mut Vec<u8>, kind: u8, key: &[u8]) {
+    let start = out.len();
+    out.resize(start + HEADER_LEN, 0);
+    out.put_u8(DELETE);
+    out.put_u8(kind);
+    out.put_u32(key.len() as u32);
+    out.put_slice(key);
+    frame(out, start + HEADER_LEN);
+}
+
+/// Splits `kind key_len key` off the front of a put or delete payload.
+fn get_kind_key(p: &mut Bytes) -> Option<(u8, Bytes)> {
+    if p.len() < 5 {
+        return None;
+    }
+    let kind = p.get_u8();
+    let n = p.get_u32() as usize;
+    if p.len() < n {
+        return None;
+    }
+    Some((kind, p.split_to(n)))
 }
 
 /// Reads the record at `offset` in `data` (a whole segment, shared so bodies are not copied).
@@ -181,6 +230,18 @@ fn decode_payload(mut p: Bytes) -> Option<Record> {
             let seqs = (0..n).map(|_| p.get_u64()).collect();
             Some(Record::Settle { queue, seqs })
         }
+        PUT => {
+            let (kind, key) = get_kind_key(&mut p)?;
+            Some(Record::Put {
+                kind,
+                key,
+                value: p,
+            })
+        }
+        DELETE => {
+            let (kind, key) = get_kind_key(&mut p)?;
+            p.is_empty().then_some(Record::Delete { kind, key })
+        }
         _ => None,
     }
 }
@@ -236,6 +297,41 @@ mod tests {
         );
         assert_eq!(end, data.len());
         assert_eq!(scan(&data, end), Scan::Incomplete);
+    }
+
+    #[test]
+    fn put_and_delete_round_trip() {
+        let mut out = Vec::new();
+        encode_put(&mut out, 3, b"vhost\0queue", b"{\"durable\":true}");
+        encode_put(&mut out, 4, b"", b"");
+        encode_delete(&mut out, 3, b"vhost\0queue");
+        let data = Bytes::from(out);
+        let mut at = 0;
+        let mut records = Vec::new();
+        while let Scan::Record(r, next) = scan(&data, at) {
+            records.push(r);
+            at = next;
+        }
+        assert_eq!(at, data.len());
+        assert_eq!(
+            records,
+            [
+                Record::Put {
+                    kind: 3,
+                    key: Bytes::from_static(b"vhost\0queue"),
+                    value: Bytes::from_static(b"{\"durable\":true}"),
+                },
+                Record::Put {
+                    kind: 4,
+                    key: Bytes::new(),
+                    value: Bytes::new(),
+                },
+                Record::Delete {
+                    kind: 3,
+                    key: Bytes::from_static(b"vhost\0queue"),
+                },
+            ]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! else is skipped (the scan resumes at the next record's magic word), counted and logged: one
 //! bad sector costs the records it covers, never the broker or the rest of the log.
 
+use super::keyed::{RecoveredKeyed, RecoveredValue};
 use super::log::{segment_path, RecordPos, SegmentUse};
 use super::record::{resync, scan, Record, Scan};
 use bytes::Bytes;
@@ -33,6 +34,8 @@ pub struct RecoveredQueue {
 #[derive(Debug, Default)]
 pub struct RecoveredLog {
     pub queues: HashMap<u64, RecoveredQueue>,
+    /// Keyed state (definitions, users, sessions, ...): each key's current value.
+    pub keyed: RecoveredKeyed,
     /// Every segment found, in order.
     pub segments: Vec<u64>,
     pub records: u64,
@@ -41,8 +44,8 @@ pub struct RecoveredLog {
 }
 
 impl RecoveredLog {
-    /// Live records per segment once the messages of queues that no longer exist (`keep`
-    /// false) are dropped.
+    /// Live records per segment (messages and keyed state) once the messages of queues that no
+    /// longer exist (`keep` false) are dropped.
     pub fn retain_queues(&mut self, keep: impl Fn(u64) -> bool) -> BTreeMap<u64, SegmentUse> {
         self.queues.retain(|q, _| keep(*q));
         let mut live: BTreeMap<u64, SegmentUse> = self
@@ -56,6 +59,11 @@ impl RecoveredLog {
                 u.records += 1;
                 u.bytes += u64::from(m.at.len);
             }
+        }
+        for at in self.keyed.positions() {
+            let u = live.entry(at.segment).or_default();
+            u.records += 1;
+            u.bytes += u64::from(at.len);
         }
         live
     }
@@ -185,6 +193,12 @@ fn apply(out: &mut RecoveredLog, at: RecordPos, record: Record) {
                 }
             }
         }
+        Record::Put { kind, key, value } => {
+            // Copied: a slice would pin the whole segment read at start in memory.
+            let value = Bytes::copy_from_slice(&value);
+            out.keyed.put(kind, &key, RecoveredValue { at, value });
+        }
+        Record::Delete { kind, key } => out.keyed.delete(kind, &key),
     }
 }
 
@@ -236,6 +250,35 @@ mod tests {
         let bodies: Vec<&[u8]> = q.messages.values().map(|m| &m.body[..]).collect();
         assert_eq!(bodies, [&b"b"[..], b"c"]);
         assert_eq!(q.max_seq, 2);
+        let counts: Vec<(u64, u64)> = live.iter().map(|(s, u)| (*s, u.records)).collect();
+        assert_eq!(counts, [(1, 1), (2, 1)]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn keyed_state_keeps_the_latest_put_and_forgets_deleted_keys() {
+        use crate::store::record::{encode_delete, encode_put};
+        let dir = tempdir("keyed");
+        let mut s1 = Vec::new();
+        encode_put(&mut s1, 3, b"q1", b"v1");
+        encode_put(&mut s1, 3, b"q2", b"old");
+        encode_put(&mut s1, 6, b"q1", b"other kind");
+        std::fs::write(segment_path(&dir, 1), &s1).expect("write");
+        let mut s2 = Vec::new();
+        encode_put(&mut s2, 3, b"q2", b"new");
+        encode_delete(&mut s2, 3, b"q1");
+        std::fs::write(segment_path(&dir, 2), &s2).expect("write");
+        let mut log = recover(&dir).expect("recover");
+        let mut queues: Vec<(&[u8], &[u8])> =
+            log.keyed.of_kind(3).map(|(k, v)| (k, &v[..])).collect();
+        queues.sort();
+        assert_eq!(queues, [(&b"q2"[..], &b"new"[..])]);
+        assert_eq!(
+            log.keyed.get(6, b"q1").map(|v| &v[..]),
+            Some(&b"other kind"[..])
+        );
+        // Live: the other kind's put in segment 1, the new q2 in segment 2.
+        let live = log.retain_queues(|_| true);
         let counts: Vec<(u64, u64)> = live.iter().map(|(s, u)| (*s, u.records)).collect();
         assert_eq!(counts, [(1, 1), (2, 1)]);
         std::fs::remove_dir_all(&dir).ok();
