@@ -9,7 +9,7 @@ use super::queue::ConnectionId;
 use super::timer::Timer;
 use super::vhost::VHost;
 use crate::config::Config;
-use crate::store::{Store, StoreError};
+use crate::store::{RecoveredKeyed, Store, StoreError};
 use dashmap::DashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -44,6 +44,9 @@ pub struct Broker {
     pub store: Option<Arc<Store>>,
     /// Wakes queues for message TTL and `x-expires`; served by [`Timer::run`].
     pub timer: Arc<Timer>,
+    /// Keyed state read back from the log at start, until the owners of its kinds (the MQTT
+    /// adapter's sessions and retained messages) have taken theirs.
+    keyed_at_start: Mutex<RecoveredKeyed>,
     vhosts: DashMap<String, Arc<VHost>>,
     connections: DashMap<ConnectionId, Arc<ConnectionEntry>>,
     next_id: AtomicU64,
@@ -60,7 +63,7 @@ impl Broker {
             let vh = VHost::with_policies(&v.name, policies.clone());
             vhosts.insert(v.name.clone(), Arc::new(vh));
         }
-        Self::assemble(config, memory, None, vhosts)
+        Self::assemble(config, memory, None, vhosts, RecoveredKeyed::default())
     }
 
     /// A broker on the store in `config.server.data_dir`: durable definitions and persistent
@@ -87,7 +90,8 @@ impl Broker {
             );
             vhosts.insert(defs.vhost.clone(), Arc::new(vh));
         }
-        Ok(Self::assemble(config, memory, Some(store), vhosts))
+        let keyed = std::mem::take(&mut recovered.log.keyed);
+        Ok(Self::assemble(config, memory, Some(store), vhosts, keyed))
     }
 
     /// The configured policies (validated when the configuration was loaded).
@@ -104,6 +108,7 @@ impl Broker {
         memory: Arc<MemoryMonitor>,
         store: Option<Arc<Store>>,
         vhosts: DashMap<String, Arc<VHost>>,
+        keyed_at_start: RecoveredKeyed,
     ) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
         let timer = Timer::new(Arc::new(SystemClock));
@@ -115,6 +120,7 @@ impl Broker {
             users: Users::from_config(&config),
             memory,
             store,
+            keyed_at_start: Mutex::new(keyed_at_start),
             config: Arc::new(config),
             vhosts,
             connections: DashMap::new(),
@@ -131,6 +137,22 @@ impl Broker {
         let mut v: Vec<_> = self.vhosts.iter().map(|v| v.clone()).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// Takes the keyed state of `kind` recovered at start (empty the second time).
+    pub fn take_recovered(&self, kind: u8) -> Vec<(Vec<u8>, bytes::Bytes)> {
+        let mut keyed = self
+            .keyed_at_start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let out: Vec<(Vec<u8>, bytes::Bytes)> = keyed
+            .of_kind(kind)
+            .map(|(k, v)| (k.to_vec(), v.clone()))
+            .collect();
+        for (k, _) in &out {
+            keyed.delete(kind, k);
+        }
+        out
     }
 
     /// A broker-unique id (connections, consumers).

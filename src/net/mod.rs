@@ -81,12 +81,11 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
         stomp: local_addrs(&stomp_ls),
         http: local_addrs(&http_ls),
     };
-    mqtt::persist::restore(&broker);
+    mqtt::persist::restore(&broker).await;
     let mut listeners = vec![
         tokio::spawn(crate::store::compaction::run(broker.clone())),
         tokio::spawn(crate::store::disk::run(broker.clone())),
         tokio::spawn(broker.timer.clone().run(broker.shutdown_signal())),
-        tokio::spawn(mqtt::persist::run(broker.clone())),
     ];
     for (protocol, ls) in [
         (Protocol::Amqp, amqp_ls),
@@ -169,8 +168,6 @@ impl RunningBroker {
         for l in self.listeners {
             l.abort();
         }
-        // Connections have let go of their MQTT sessions by now.
-        mqtt::persist::save_now(&self.broker);
         if let Some(store) = &self.broker.store {
             // Whatever was appended is written before the process goes.
             let log = store.log.clone();

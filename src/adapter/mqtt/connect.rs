@@ -9,6 +9,7 @@ use crate::core::{Broker, Queue, VHost};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use switchboard_amqp::{FieldTable, FieldValue};
 use switchboard_mqtt::{Connect, Protocol};
 
 /// How long a CONNECT waits for the connection it takes a session over from to let go.
@@ -25,6 +26,8 @@ pub struct Attached {
     /// The client id was assigned by the broker (v5 Assigned Client Identifier).
     pub assigned_id: bool,
     pub queue: Arc<Queue>,
+    /// The queue was declared by this CONNECT (it has no bindings yet).
+    pub queue_created: bool,
     pub handover: Arc<Handover>,
 }
 
@@ -122,17 +125,44 @@ pub fn queue_name(client_id: &str) -> String {
     format!("mqtt-subscription-{client_id}")
 }
 
+/// The queue of a session: durable for a persistent session, so that what waits for its client
+/// is in the message log; `mqtt.max_offline_messages` is its length limit (oldest dropped).
+pub fn session_queue_spec(broker: &Broker, client_id: &str, persistent: bool) -> QueueSpec {
+    let mut arguments = FieldTable::new();
+    let limit = i64::try_from(broker.config.mqtt.max_offline_messages).unwrap_or(i64::MAX);
+    arguments.insert("x-max-length".into(), FieldValue::I64(limit));
+    QueueSpec {
+        name: queue_name(client_id),
+        durable: persistent,
+        arguments,
+        ..Default::default()
+    }
+}
+
+/// What a CONNECT asks of its session.
+pub struct Wanted {
+    pub assigned_id: bool,
+    pub clean_start: bool,
+    /// The Session Expiry Interval granted (0: the session ends with the connection).
+    pub expiry: u32,
+}
+
 /// Takes the session for `key`: closes a connection that holds it (takeover), then resumes
 /// it, or starts a new one when asked for a clean start or none exists.
 pub async fn attach(
     state: &Arc<MqttState>,
+    broker: &Broker,
     vhost: Arc<VHost>,
     user: String,
     key: SessionKey,
-    assigned_id: bool,
-    clean_start: bool,
+    wanted: Wanted,
     me: Owner,
 ) -> Result<Attached, Refusal> {
+    let Wanted {
+        assigned_id,
+        clean_start,
+        expiry,
+    } = wanted;
     let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
     loop {
         let held = {
@@ -175,36 +205,23 @@ pub async fn attach(
     let queue_name = queue_name(&key.client_id);
     let existing = sessions.remove(&key);
     let (session, session_present, generation) = match existing {
-        Some(slot) if !clean_start => {
-            if let (Some(id), Some(q)) = (slot.offline_consumer, vhost.queue(&queue_name)) {
-                q.remove_consumer(id);
-            }
-            (slot.session, true, slot.generation + 1)
-        }
+        Some(slot) if !clean_start => (slot.session, true, slot.generation + 1),
         old => {
-            if let Some(slot) = &old {
-                if let Some(q) = vhost.queue(&queue_name) {
-                    if let Some(id) = slot.offline_consumer {
-                        q.remove_consumer(id);
-                    }
-                    vhost.remove_queue(&q);
-                }
+            // A clean start discards the old session's queue (left by a crash, too).
+            if let Some(q) = vhost.queue(&queue_name) {
+                vhost.remove_queue(&q);
             }
             let s = Session::new(key.client_id.clone(), key.vhost.clone(), queue_name.clone());
             let generation = old.map_or(1, |s| s.generation + 1);
             (Arc::new(Mutex::new(s)), false, generation)
         }
     };
-    let queue = match vhost.queue(&queue_name) {
-        Some(q) => q,
+    let (queue, queue_created) = match vhost.queue(&queue_name) {
+        Some(q) => (q, false),
         None => {
-            let spec = QueueSpec {
-                name: queue_name.clone(),
-                durable: false,
-                ..Default::default()
-            };
+            let spec = session_queue_spec(broker, &key.client_id, expiry > 0);
             match vhost.declare_queue(spec, false, me.conn_id) {
-                Ok(d) => d.queue,
+                Ok(d) => (d.queue, true),
                 Err(e) => return Err(Refusal::unavailable(e.to_string())),
             }
         }
@@ -215,12 +232,19 @@ pub async fn attach(
             session: session.clone(),
             owner: Some(me),
             generation,
-            offline_consumer: None,
         },
     );
     drop(sessions);
-    // A resumed session's subscriptions are bound already; a fresh one has none.
-    lock(&session).queue = queue_name;
+    {
+        // A resumed session's subscriptions are bound already; a fresh one has none.
+        let mut s = lock(&session);
+        s.queue = queue_name;
+        s.expiry_interval = expiry;
+        s.disconnected_at = None;
+        // Written (or, for a session that now ends with its connection, removed) before the
+        // CONNACK; what depends on it (SUBACK, PUBREC) waits for a later record.
+        super::persist::write_session(broker, &mut s);
+    }
     Ok(Attached {
         vhost,
         user,
@@ -230,6 +254,7 @@ pub async fn attach(
         generation,
         assigned_id,
         queue,
+        queue_created,
         handover,
     })
 }

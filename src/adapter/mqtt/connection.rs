@@ -6,7 +6,7 @@ use super::connect::Attached;
 use super::convert::filter_to_pattern;
 use super::delivery::Link;
 use super::error::Violation;
-use super::publish::{acknowledge_publish, InboundMessage, Publisher};
+use super::publish::{publish_ack, InboundMessage, Publisher};
 use super::registry::{lock, MqttState};
 use super::session::is_shared;
 use crate::adapter::outbox::{InlineWriter, Outbox};
@@ -65,9 +65,9 @@ pub struct Connection {
     /// Shared subscription groups joined, by subscription key: the group's queue and this
     /// connection's consumer on it.
     pub shared: HashMap<String, (Arc<Queue>, u64)>,
-    /// PUBACK/PUBRECs waiting for the message log to be durable up to their LSN, in order:
-    /// (lsn, qos, packet id, reason code).
-    pub held_acks: VecDeque<(u64, QoS, u16, u8)>,
+    /// Acknowledgements (PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK) waiting for the
+    /// message log to be durable up to their LSN, in order.
+    pub held: VecDeque<(u64, Packet)>,
 }
 
 impl Connection {
@@ -87,25 +87,60 @@ impl Connection {
             .map_or(u64::MAX, |s| s.log.synced())
     }
 
-    /// Acknowledges a QoS 1/2 publish once the records it wrote (persistent messages in
-    /// durable queues) are durable, and after every earlier acknowledgement.
-    fn ack_publish(&mut self, qos: QoS, packet_id: u16, code: u8, lsn: u64) {
-        if self.held_acks.is_empty() && lsn <= self.log_synced() {
-            acknowledge_publish(&self.outbox, self.protocol, qos, packet_id, code);
+    /// Sends `packet` once the log records it acknowledges (up to `lsn`) are durable, and
+    /// after every acknowledgement held before it.
+    pub(super) fn send_when_synced(&mut self, lsn: u64, packet: Packet) {
+        if self.held.is_empty() && lsn <= self.log_synced() {
+            self.send(&packet);
         } else {
-            self.held_acks.push_back((lsn, qos, packet_id, code));
+            self.held.push_back((lsn, packet));
+        }
+    }
+
+    /// Acknowledges a QoS 1/2 publish once the records it wrote (persistent messages in
+    /// durable queues, a retained message, the session's QoS 2 packet id) are durable.
+    fn ack_publish(&mut self, qos: QoS, packet_id: u16, code: u8, lsn: u64) {
+        if let Some(packet) = publish_ack(qos, packet_id, code) {
+            self.send_when_synced(lsn, packet);
         }
     }
 
     /// Sends the held acknowledgements whose records are now durable.
-    fn flush_acks(&mut self) {
+    fn flush_held(&mut self) {
         let synced = self.log_synced();
-        while let Some(&(lsn, qos, id, code)) = self.held_acks.front() {
-            if lsn > synced {
-                break;
+        while self.held.front().is_some_and(|(lsn, _)| *lsn <= synced) {
+            if let Some((_, packet)) = self.held.pop_front() {
+                self.send(&packet);
             }
-            self.held_acks.pop_front();
-            acknowledge_publish(&self.outbox, self.protocol, qos, id, code);
+        }
+    }
+
+    /// Writes the session's record now, if it is persistent; the LSN to wait for.
+    pub(super) fn save_session(&self) -> u64 {
+        let mut s = lock(&self.attached.session);
+        super::persist::write_session(&self.broker, &mut s)
+    }
+
+    /// Settles the session queue's deliveries the session is done with (or dropped), and
+    /// writes its record if deliveries changed it. Called from the connection task, outside
+    /// every queue lock.
+    pub(super) fn settle_dropped(&self) {
+        let ids = {
+            let mut s = lock(&self.attached.session);
+            if s.record_stale {
+                super::persist::write_session(&self.broker, &mut s);
+            }
+            std::mem::take(&mut s.to_settle)
+        };
+        if !ids.is_empty() {
+            self.queue().settle(&ids);
+        }
+    }
+
+    /// Settles one delivery of the session queue, if the message came from it.
+    fn settle(&self, delivery: Option<u64>) {
+        if let Some(id) = delivery {
+            self.queue().settle(&[id]);
         }
     }
 
@@ -128,8 +163,13 @@ impl Connection {
             (s.shared_keys(), filters)
         };
         // A resumed session's bindings exist already unless its queue was deleted meanwhile
-        // (by an AMQP client, say); binding again is idempotent.
-        for filter in filters.iter().filter(|f| !is_shared(f)) {
+        // (by an AMQP client, say) and declared again by this CONNECT.
+        let bind = if self.attached.queue_created {
+            filters.as_slice()
+        } else {
+            &[]
+        };
+        for filter in bind.iter().filter(|f| !is_shared(f)) {
             let _ = self.vhost().bind_queue(
                 &self.queue().name,
                 &self.broker.config.mqtt.exchange,
@@ -141,10 +181,11 @@ impl Connection {
         for key in shared {
             self.join_shared(&key);
         }
+        // Acknowledged: a message leaves the queue when its flow completes (see `delivery`).
         let consumer = Consumer {
             id: self.consumer_id,
             tag: format!("mqtt-{}", self.attached.key.client_id),
-            no_ack: true,
+            no_ack: false,
             exclusive: false,
             owner: self.entry.id,
             sink: self.link.clone(),
@@ -236,6 +277,7 @@ impl Connection {
                         self.disconnect(&Violation::new(reason::IMPLEMENTATION_SPECIFIC_ERROR, "the session's queue was deleted"));
                         return Ending::Abnormal;
                     }
+                    self.settle_dropped();
                     wr.take(&outbox);
                 }
                 written = wr.write_some(&outbox), if !wr.is_idle() => match written {
@@ -251,8 +293,8 @@ impl Connection {
                         return Ending::Abnormal;
                     }
                 },
-                _ = crate::store::log::synced_changed(&mut log_synced), if !self.held_acks.is_empty() => {
-                    self.flush_acks();
+                _ = crate::store::log::synced_changed(&mut log_synced), if !self.held.is_empty() => {
+                    self.flush_held();
                 }
                 _ = shutdown.changed() => {
                     self.disconnect(&Violation::new(reason::SERVER_SHUTTING_DOWN, "broker shutting down"));
@@ -302,35 +344,48 @@ impl Connection {
             Packet::Publish(p) => self.on_publish(p)?,
             Packet::PubAck(a) => {
                 let mut s = lock(&self.attached.session);
-                if s.in_flight
-                    .get(&a.packet_id)
-                    .is_some_and(|f| f.message.qos == QoS::AtLeastOnce)
-                {
-                    s.in_flight.remove(&a.packet_id);
-                }
+                let done = match s.in_flight.get(&a.packet_id) {
+                    Some(f) if f.message.qos == QoS::AtLeastOnce => {
+                        s.in_flight.remove(&a.packet_id)
+                    }
+                    _ => None,
+                };
                 drop(s);
+                self.settle(done.and_then(|f| f.message.delivery));
                 self.after_completion();
             }
             Packet::PubRec(a) => {
                 let mut s = lock(&self.attached.session);
-                let known = s
-                    .in_flight
-                    .get(&a.packet_id)
-                    .is_some_and(|f| f.message.qos == QoS::ExactlyOnce);
-                if known && a.reason >= 0x80 {
+                let flight = match s.in_flight.get(&a.packet_id) {
+                    Some(f) if f.message.qos == QoS::ExactlyOnce => {
+                        s.in_flight.remove(&a.packet_id)
+                    }
+                    _ => None,
+                };
+                if let (Some(f), true) = (&flight, a.reason >= 0x80) {
                     // The client refused it: the flow ends here (v5 4.3.3).
-                    s.in_flight.remove(&a.packet_id);
+                    let delivery = f.message.delivery;
                     drop(s);
+                    self.settle(delivery);
+                    self.save_session();
                     self.after_completion();
+                } else if let Some(f) = flight {
+                    // The client has the message: it leaves the queue, and only the packet id
+                    // (in the session's record) is left until PUBCOMP. PUBREL waits for that
+                    // record, so a restart resends PUBREL rather than the message.
+                    s.released.insert(a.packet_id);
+                    drop(s);
+                    self.settle(f.message.delivery);
+                    let lsn = self.save_session();
+                    self.send_when_synced(lsn, Packet::PubRel(PubResponse::new(a.packet_id)));
                 } else {
+                    let known = s.released.contains(&a.packet_id);
+                    drop(s);
                     let mut rel = PubResponse::new(a.packet_id);
-                    if let Some(f) = s.in_flight.get_mut(&a.packet_id) {
-                        f.released = true;
-                    } else {
+                    if !known {
                         rel.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
                     }
-                    drop(s);
-                    self.send(&Packet::PubRel(rel));
+                    self.send_when_synced(0, Packet::PubRel(rel));
                 }
             }
             Packet::PubRel(a) => {
@@ -338,17 +393,21 @@ impl Connection {
                     .inbound_qos2
                     .remove(&a.packet_id);
                 let mut comp = PubResponse::new(a.packet_id);
-                if !found {
+                let mut lsn = 0;
+                if found {
+                    // PUBCOMP waits for the id to be gone from the record: after a crash a
+                    // reused id must not be taken for a duplicate.
+                    lsn = self.save_session();
+                } else {
                     comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
                 }
-                self.send(&Packet::PubComp(comp));
+                self.send_when_synced(lsn, Packet::PubComp(comp));
             }
             Packet::PubComp(a) => {
-                let mut s = lock(&self.attached.session);
-                if s.in_flight.get(&a.packet_id).is_some_and(|f| f.released) {
-                    s.in_flight.remove(&a.packet_id);
+                let done = lock(&self.attached.session).released.remove(&a.packet_id);
+                if done {
+                    self.save_session();
                 }
-                drop(s);
                 self.after_completion();
             }
             Packet::Subscribe(s) => self.on_subscribe(s)?,
@@ -487,10 +546,14 @@ impl Connection {
             payload: p.payload,
         });
         self.published = true;
+        let mut lsn = routed.lsn;
         if qos == QoS::ExactlyOnce {
             lock(&self.attached.session).inbound_qos2.insert(id);
+            // PUBREC waits for the record holding the id, so a resend after a crash is still
+            // recognised as a duplicate.
+            lsn = lsn.max(self.save_session());
         }
-        self.ack_publish(qos, id, routed.reason(), routed.lsn);
+        self.ack_publish(qos, id, routed.reason(), lsn);
         Ok(())
     }
 }

@@ -186,6 +186,7 @@ pub fn outbound_from_core(
         properties: props,
         expires_at: expires_at(p, now),
         charge: MemoryCharge::default(),
+        delivery: None,
     }
 }
 

@@ -5,9 +5,11 @@
 //! take the session lock. The connection task never calls into a queue while holding the
 //! session lock, so the order is always queue → session.
 //!
-//! Both sinks consume with `no_ack`: a delivery belongs to the session from the moment it is
-//! handed over (in flight, pending, or resent on reconnect), which is what MQTT's session
-//! state asks for.
+//! The session's own queue is consumed with acknowledgements: a message stays in the queue
+//! (and, for a persistent session, in the message log) until its flow completes (PUBACK, or
+//! PUBREC for QoS 2) or the session drops it, and the session settles it then. Messages
+//! waiting for an offline client are simply left in the queue. Shared groups' queues are
+//! consumed with `no_ack`, as before: a delivery belongs to the member it was handed to.
 
 use super::convert::{key_to_topic, outbound_from_core, published_by};
 use super::registry::lock;
@@ -80,9 +82,11 @@ impl Link {
     pub fn offer(&self, s: &mut Session, m: OutboundMessage) {
         if m.qos == QoS::AtMostOnce {
             self.write_publish(&m, None, false);
+            // Sent is done for QoS 0.
+            s.drop_message(&m);
             return;
         }
-        if s.pending.is_empty() && s.in_flight.len() < self.limits.in_flight {
+        if s.pending.is_empty() && s.in_flight_count() < self.limits.in_flight {
             self.send_in_flight(s, m);
         } else {
             s.push_pending(m, self.limits.pending);
@@ -90,27 +94,32 @@ impl Link {
     }
 
     fn send_in_flight(&self, s: &mut Session, m: OutboundMessage) {
-        let id = s.next_packet_id();
-        if self.write_publish(&m, Some(id), false) {
-            s.in_flight.insert(
-                id,
-                InFlight {
-                    message: m,
-                    released: false,
-                },
-            );
+        // A QoS 2 message in flight before a restart keeps its packet id (sent as a DUP).
+        let resumed = m.delivery.and_then(|d| s.resumed_ids.remove(&d));
+        let (id, dup) = match resumed {
+            Some(id) => (id, true),
+            None => (s.next_packet_id(), false),
+        };
+        if self.write_publish(&m, Some(id), dup) {
+            if m.qos == QoS::ExactlyOnce && m.delivery.is_some() {
+                s.record_stale = true;
+            }
+            s.in_flight.insert(id, InFlight { message: m });
+        } else {
+            s.drop_message(&m);
         }
     }
 
     /// Moves pending messages into free in-flight slots. True when nothing is left pending,
     /// so the session's queue may deliver again.
     pub fn pump(&self, s: &mut Session) -> bool {
-        while s.in_flight.len() < self.limits.in_flight {
+        while s.in_flight_count() < self.limits.in_flight {
             let Some(m) = s.pending.pop_front() else {
                 break;
             };
             if m.qos == QoS::AtMostOnce {
                 self.write_publish(&m, None, false);
+                s.drop_message(&m);
             } else {
                 self.send_in_flight(s, m);
             }
@@ -118,21 +127,39 @@ impl Link {
         s.pending.is_empty()
     }
 
+    /// Lets the connection task know there are deliveries to settle.
+    pub fn wake_if_settling(&self, s: &Session) {
+        if !s.to_settle.is_empty() || s.record_stale {
+            self.outbox.wake();
+        }
+    }
+
     /// Resends everything in flight after a reconnect: PUBLISH with DUP, or PUBREL for QoS 2
     /// messages already PUBREC'd (spec 4.4). A message that expired meanwhile, or no longer
     /// fits the client's Maximum Packet Size, is dropped rather than left holding a slot.
     pub fn resend_in_flight(&self, s: &mut Session) {
-        s.in_flight.retain(|&id, f| {
-            if f.released {
+        // In packet id order, as they were first sent.
+        let mut ids: Vec<u16> = s.in_flight.keys().chain(&s.released).copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if s.released.contains(&id) {
                 let p = Packet::PubRel(PubResponse::new(id));
                 self.outbox.push(|out| {
                     let _ = encode(&p, self.limits.protocol, out);
                 });
-                true
-            } else {
-                self.write_publish(&f.message, Some(id), true)
+                continue;
             }
-        });
+            let sent = s
+                .in_flight
+                .get(&id)
+                .is_some_and(|f| self.write_publish(&f.message, Some(id), true));
+            if !sent {
+                if let Some(f) = s.in_flight.remove(&id) {
+                    s.record_stale |= f.message.qos == QoS::ExactlyOnce;
+                    s.drop_message(&f.message);
+                }
+            }
+        }
     }
 
     /// Writes one PUBLISH. False (and nothing written) when the message has expired or would
@@ -227,14 +254,21 @@ impl ConsumerSink for Link {
             return false;
         }
         let s = lock(&self.session);
-        s.pending.is_empty() && s.in_flight.len() < self.limits.in_flight
+        s.pending.is_empty() && s.in_flight_count() < self.limits.in_flight
     }
 
     fn deliver(&self, queue: &Arc<Queue>, delivery: Delivery) {
         let mut s = lock(&self.session);
-        if let Some(m) = for_session(&s, &self.client_id, queue, &delivery) {
-            self.offer(&mut s, m);
+        // Only the session's own queue waits for a settle; shared groups' queues do not.
+        let settles = shared_key(&queue.name).is_none().then_some(delivery.id);
+        match for_session(&s, &self.client_id, queue, &delivery) {
+            Some(mut m) => {
+                m.delivery = settles;
+                self.offer(&mut s, m);
+            }
+            None => s.to_settle.extend(settles),
         }
+        self.wake_if_settling(&s);
     }
 
     fn cancelled(&self, queue: &Queue, _consumer_tag: &str) {
@@ -242,29 +276,4 @@ impl ConsumerSink for Link {
         self.queue_deleted.store(true, Ordering::Release);
         self.outbox.wake();
     }
-}
-
-/// Holds a persistent session's QoS 1/2 messages while its client is offline, oldest dropped
-/// beyond the limit (QoS 0 messages are not kept, as the spec allows).
-pub struct OfflineSink {
-    pub session: Arc<Mutex<Session>>,
-    pub client_id: String,
-    pub limit: usize,
-}
-
-impl ConsumerSink for OfflineSink {
-    fn try_reserve(&self, _needs_ack: bool) -> bool {
-        true
-    }
-
-    fn deliver(&self, queue: &Arc<Queue>, delivery: Delivery) {
-        let mut s = lock(&self.session);
-        if let Some(m) = for_session(&s, &self.client_id, queue, &delivery) {
-            if m.qos != QoS::AtMostOnce {
-                s.push_pending(m, self.limit);
-            }
-        }
-    }
-
-    fn cancelled(&self, _queue: &Queue, _consumer_tag: &str) {}
 }

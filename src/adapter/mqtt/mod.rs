@@ -28,7 +28,7 @@ use connection::{Connection, Ending};
 use delivery::{ClientLimits, Link};
 use error::Refusal;
 use publish::Publisher;
-use registry::{lock, Handover, MqttState, Owner, SessionKey};
+use registry::{Handover, MqttState, Owner, SessionKey};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -153,6 +153,16 @@ async fn handshake(
 ) -> Option<Box<Connection>> {
     let state = MqttState::for_broker(broker);
     let protocol = c.protocol;
+    let cfg = &broker.config.mqtt;
+    let v5 = protocol.is_v5();
+    let requested_expiry = if v5 {
+        c.properties.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let expiry = requested_expiry.min(cfg.max_session_expiry_interval);
     let attached = async {
         let (client_id, assigned) = connect::client_id(&c, broker)?;
         let (vhost, user) = connect::authenticate(broker, &c, peer)?;
@@ -164,7 +174,12 @@ async fn handshake(
             conn_id: entry.id,
             handover: Arc::new(Handover::new(outbox.clone())),
         };
-        connect::attach(&state, vhost, user, key, assigned, c.clean_start, me).await
+        let wanted = connect::Wanted {
+            assigned_id: assigned,
+            clean_start: c.clean_start,
+            expiry,
+        };
+        connect::attach(&state, broker, vhost, user, key, wanted, me).await
     }
     .await;
     let attached = match attached {
@@ -174,17 +189,6 @@ async fn handshake(
             return None;
         }
     };
-    let cfg = &broker.config.mqtt;
-    let v5 = protocol.is_v5();
-    let requested_expiry = if v5 {
-        c.properties.session_expiry_interval.unwrap_or(0)
-    } else if c.clean_start {
-        0
-    } else {
-        u32::MAX
-    };
-    let expiry = requested_expiry.min(cfg.max_session_expiry_interval);
-    lock(&attached.session).expiry_interval = expiry;
     let keep_alive = if v5 && cfg.server_keep_alive > 0 {
         cfg.server_keep_alive
     } else {
@@ -260,7 +264,7 @@ async fn handshake(
         problem_info: c.properties.request_problem_information != Some(0),
         published: false,
         shared: HashMap::new(),
-        held_acks: Default::default(),
+        held: Default::default(),
         attached,
     });
     conn.start_delivery();

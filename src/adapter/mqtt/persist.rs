@@ -1,22 +1,25 @@
-//! MQTT state across restarts: persistent sessions (subscriptions, QoS 2 packet ids, messages in
-//! flight and waiting) and retained messages, one snapshot file per vhost under
-//! `<data_dir>/mqtt/`.
+//! MQTT state in the message log: each persistent session and each retained message is a keyed
+//! record (`kind::MQTT_SESSION`, `kind::RETAINED`), written when it changes, with the same group
+//! commit as messages; the acknowledgement that depends on a change (SUBACK, PUBREC, PUBCOMP,
+//! the PUBACK of a retained publish) waits for its LSN. A persistent session's messages are in
+//! its durable queue, not in its record.
 //!
-//! Snapshots are written atomically (temp file, fsync, rename, fsync the directory) every
-//! [`INTERVAL`] when the state changed, and at shutdown; at start they are read back and each
-//! session is set up as if its client had just disconnected: its queue and bindings collect
-//! messages, and it expires on schedule. A graceful restart loses nothing; a crash loses what
-//! changed since the last snapshot (at most [`INTERVAL`]) — unlike persistent messages in
-//! durable queues, which the message log keeps with every confirm.
+//! At start the records are read back and each session is set up as disconnected: its queue
+//! and bindings are durable definitions already, and it expires on schedule, counted from the
+//! disconnect time it recorded. A data directory written by an older release holds JSON
+//! snapshots under `<data_dir>/mqtt/` instead: they are read once, written as records (their
+//! waiting messages as persistent messages of the session queues), and removed once all of that
+//! is durable.
 
-use super::delivery::OfflineSink;
-use super::registry::{lock, MqttState, SessionKey, SessionSlot};
-use super::session::{InFlight, OutboundMessage, Session, SubscriptionEntry};
+use super::connect::{queue_name, session_queue_spec};
+use super::convert::{filter_to_pattern, publish_properties, topic_to_key};
+use super::registry::{MqttState, SessionKey, SessionSlot};
+use super::session::{is_shared, OutboundMessage, Session, SubscriptionEntry};
 use crate::core::memory::MemoryCharge;
-use crate::core::vhost::QueueSpec;
-use crate::core::{Broker, Consumer};
+use crate::core::{Broker, Message, VHost};
+use crate::store::{compose_key, kind, split_key, Store};
 use base64::Engine;
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,25 +27,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_amqp::FieldTable;
 use switchboard_mqtt::{decode, encode, Packet, Protocol, Publish, QoS, SubscriptionOptions};
 
-/// How often changed state is written.
-pub const INTERVAL: Duration = Duration::from_secs(1);
-
+/// A persistent session as its record keeps it (the key holds the vhost and client id).
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
-struct VHostSnapshot {
-    sessions: Vec<SessionRecord>,
-    retained: Vec<MessageRecord>,
-}
-
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct SessionRecord {
-    client_id: String,
-    queue: String,
     expiry_interval: u32,
+    /// Seconds since the epoch when the client went away; None while connected.
+    disconnected_at: Option<u64>,
     subscriptions: Vec<SubscriptionRecord>,
     inbound_qos2: Vec<u16>,
-    in_flight: Vec<(u16, MessageRecord, bool)>,
-    pending: Vec<MessageRecord>,
-    dropped: u64,
+    /// Outbound QoS 2 messages in flight: (packet id, id in the session queue).
+    in_flight: Vec<(u16, u64)>,
+    /// Outbound QoS 2 packet ids PUBREC'd, awaiting PUBCOMP.
+    released: Vec<u16>,
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -55,61 +51,33 @@ struct SubscriptionRecord {
     identifier: Option<u32>,
 }
 
-/// A message as an encoded v5 PUBLISH (base64), which keeps every property exactly.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct MessageRecord {
-    publish: String,
-    /// Seconds since the epoch when it expires.
-    expires_at: Option<u64>,
-}
-
-fn b64() -> &'static base64::engine::GeneralPurpose {
-    &base64::engine::general_purpose::STANDARD
-}
-
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn message_record(m: &OutboundMessage) -> Option<MessageRecord> {
-    let packet = Packet::Publish(Publish {
-        dup: false,
-        qos: m.qos,
-        retain: m.retain,
-        topic: m.topic.clone(),
-        packet_id: (m.qos != QoS::AtMostOnce).then_some(1),
-        properties: m.properties.clone(),
-        payload: m.payload.clone(),
-    });
-    let mut out = BytesMut::new();
-    encode(&packet, Protocol::V5, &mut out).ok()?;
-    Some(MessageRecord {
-        publish: b64().encode(&out),
-        expires_at: m.expires_at.map(unix),
-    })
+fn session_key(vhost: &str, client_id: &str) -> Vec<u8> {
+    compose_key(&[vhost.as_bytes(), client_id.as_bytes()])
 }
 
-fn outbound(r: &MessageRecord) -> Option<OutboundMessage> {
-    let mut buf = BytesMut::from(&b64().decode(&r.publish).ok()?[..]);
-    let Ok(Some(Packet::Publish(p))) = decode(&mut buf, Protocol::V5, usize::MAX) else {
-        return None;
-    };
-    Some(OutboundMessage {
-        topic: p.topic,
-        payload: p.payload,
-        qos: p.qos,
-        retain: p.retain,
-        properties: p.properties,
-        expires_at: r.expires_at.map(|s| UNIX_EPOCH + Duration::from_secs(s)),
-        charge: MemoryCharge::default(),
-    })
+fn retained_key(vhost: &str, topic: &str) -> Vec<u8> {
+    compose_key(&[vhost.as_bytes(), topic.as_bytes()])
+}
+
+/// The (vhost, name) a record key holds.
+fn key_fields(key: &[u8]) -> Option<(String, String)> {
+    match split_key(key)?.as_slice() {
+        [v, n] => Some((
+            String::from_utf8(v.to_vec()).ok()?,
+            String::from_utf8(n.to_vec()).ok()?,
+        )),
+        _ => None,
+    }
 }
 
 fn session_record(s: &Session) -> SessionRecord {
     SessionRecord {
-        client_id: s.client_id.clone(),
-        queue: s.queue.clone(),
         expiry_interval: s.expiry_interval,
+        disconnected_at: s.disconnected_at,
         subscriptions: s
             .subscriptions
             .iter()
@@ -126,241 +94,394 @@ fn session_record(s: &Session) -> SessionRecord {
         in_flight: s
             .in_flight
             .iter()
-            .filter_map(|(id, f)| Some((*id, message_record(&f.message)?, f.released)))
+            .filter(|(_, f)| f.message.qos == QoS::ExactlyOnce)
+            .filter_map(|(id, f)| Some((*id, f.message.delivery?)))
+            .chain(s.resumed_ids.iter().map(|(d, id)| (*id, *d)))
             .collect(),
-        pending: s.pending.iter().filter_map(message_record).collect(),
-        dropped: s.dropped,
+        released: s.released.iter().copied().collect(),
     }
 }
 
-fn session(vhost: &str, r: &SessionRecord) -> Session {
-    let mut s = Session::new(r.client_id.clone(), vhost.to_owned(), r.queue.clone());
+fn subscription_entry(sub: &SubscriptionRecord) -> SubscriptionEntry {
+    SubscriptionEntry {
+        options: SubscriptionOptions {
+            qos: QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce),
+            no_local: sub.no_local,
+            retain_as_published: sub.retain_as_published,
+            retain_handling: sub.retain_handling,
+        },
+        identifier: sub.identifier,
+    }
+}
+
+fn session(vhost: &str, client_id: &str, r: &SessionRecord) -> Session {
+    let mut s = Session::new(
+        client_id.to_owned(),
+        vhost.to_owned(),
+        queue_name(client_id),
+    );
     s.expiry_interval = r.expiry_interval;
+    s.disconnected_at = r.disconnected_at;
     for sub in &r.subscriptions {
-        s.subscriptions.insert(
-            sub.filter.clone(),
-            SubscriptionEntry {
-                options: SubscriptionOptions {
-                    qos: QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce),
-                    no_local: sub.no_local,
-                    retain_as_published: sub.retain_as_published,
-                    retain_handling: sub.retain_handling,
-                },
-                identifier: sub.identifier,
-            },
-        );
+        s.subscriptions
+            .insert(sub.filter.clone(), subscription_entry(sub));
     }
     s.inbound_qos2 = r.inbound_qos2.iter().copied().collect();
-    for (id, m, released) in &r.in_flight {
-        if let Some(message) = outbound(m) {
-            s.in_flight.insert(
-                *id,
-                InFlight {
-                    message,
-                    released: *released,
-                },
-            );
-        }
-    }
-    s.pending = r.pending.iter().filter_map(outbound).collect();
-    s.dropped = r.dropped;
+    s.resumed_ids = r.in_flight.iter().map(|&(id, d)| (d, id)).collect();
+    s.released = r.released.iter().copied().collect();
+    s.recorded = true;
     s
 }
 
-fn dir(broker: &Broker) -> PathBuf {
-    broker.config.server.data_dir.join("mqtt")
-}
-
-fn file(dir: &Path, vhost: &str) -> PathBuf {
-    let hex: String = vhost.bytes().map(|b| format!("{b:02x}")).collect();
-    dir.join(format!("vhost-{hex}.json"))
-}
-
-/// The state of every vhost as snapshots: persistent sessions (expiry interval > 0) only.
-fn snapshots(broker: &Broker, state: &MqttState) -> Vec<(String, VHostSnapshot)> {
-    let mut out: Vec<(String, VHostSnapshot)> = broker
-        .vhosts()
-        .iter()
-        .map(|v| (v.name.clone(), VHostSnapshot::default()))
-        .collect();
-    {
-        let sessions = state.sessions();
-        for (key, slot) in sessions.iter() {
-            let s = lock(&slot.session);
-            if s.expiry_interval == 0 {
-                continue;
-            }
-            if let Some((_, snap)) = out.iter_mut().find(|(v, _)| *v == key.vhost) {
-                snap.sessions.push(session_record(&s));
-            }
+/// Writes the session's record (a persistent session) or removes it (a session that ends with
+/// its connection); the LSN to wait for before acknowledging what changed, 0 without a store.
+pub fn write_session(broker: &Broker, s: &mut Session) -> u64 {
+    s.record_stale = false;
+    let Some(store) = &broker.store else {
+        return 0;
+    };
+    let key = session_key(&s.vhost, &s.client_id);
+    if s.expiry_interval == 0 {
+        if !std::mem::take(&mut s.recorded) {
+            return 0;
+        }
+        return store.delete(kind::MQTT_SESSION, &key);
+    }
+    match serde_json::to_vec(&session_record(s)) {
+        Ok(value) => {
+            s.recorded = true;
+            store.put(kind::MQTT_SESSION, &key, &value)
+        }
+        Err(e) => {
+            tracing::error!(client = %s.client_id, error = %e, "cannot encode an MQTT session record");
+            0
         }
     }
-    for (vhost, snap) in &mut out {
-        snap.sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        snap.retained =
-            state.with_retained(vhost, |r| r.all().filter_map(message_record).collect());
-    }
-    out
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Some(d) = path.parent() {
-        std::fs::File::open(d)?.sync_all()?;
-    }
-    Ok(())
+/// Removes a session's record (it expired or was discarded); the LSN to wait for.
+pub fn forget_session(broker: &Broker, key: &SessionKey) -> u64 {
+    broker.store.as_ref().map_or(0, |store| {
+        store.delete(kind::MQTT_SESSION, &session_key(&key.vhost, &key.client_id))
+    })
 }
 
-/// Writes the snapshots that differ from `last` (what was written before); returns them.
-fn save(broker: &Broker, state: &MqttState, last: &mut Vec<(String, Vec<u8>)>) {
-    let dir = dir(broker);
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        tracing::error!(error = %e, dir = %dir.display(), "cannot create the MQTT state directory");
+/// A retained message as its record keeps it: when it expires (seconds since the epoch, 0 for
+/// never, big-endian u64), then the message as an encoded v5 PUBLISH, which keeps every
+/// property exactly.
+fn retained_value(m: &OutboundMessage) -> Option<Vec<u8>> {
+    let packet = Packet::Publish(Publish {
+        dup: false,
+        qos: m.qos,
+        retain: m.retain,
+        topic: m.topic.clone(),
+        packet_id: (m.qos != QoS::AtMostOnce).then_some(1),
+        properties: m.properties.clone(),
+        payload: m.payload.clone(),
+    });
+    let mut out = BytesMut::new();
+    out.put_u64(m.expires_at.map_or(0, unix));
+    encode(&packet, Protocol::V5, &mut out).ok()?;
+    Some(out.to_vec())
+}
+
+fn decode_publish(bytes: &[u8], expires_at: Option<u64>) -> Option<OutboundMessage> {
+    let mut buf = BytesMut::from(bytes);
+    let Ok(Some(Packet::Publish(p))) = decode(&mut buf, Protocol::V5, usize::MAX) else {
+        return None;
+    };
+    Some(OutboundMessage {
+        topic: p.topic,
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        properties: p.properties,
+        expires_at: expires_at.map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+        charge: MemoryCharge::default(),
+        delivery: None,
+    })
+}
+
+fn retained_message(value: &[u8]) -> Option<OutboundMessage> {
+    let (at, publish) = value.split_first_chunk::<8>()?;
+    let at = u64::from_be_bytes(*at);
+    decode_publish(publish, (at != 0).then_some(at))
+}
+
+/// Records a topic's retained message, or its removal (an empty payload clears it); the LSN
+/// the publish's acknowledgement waits for, 0 without a store.
+pub fn write_retained(broker: &Broker, vhost: &str, m: &OutboundMessage) -> u64 {
+    let Some(store) = &broker.store else {
+        return 0;
+    };
+    let key = retained_key(vhost, &m.topic);
+    if m.payload.is_empty() {
+        return store.delete(kind::RETAINED, &key);
+    }
+    retained_value(m).map_or(0, |value| store.put(kind::RETAINED, &key, &value))
+}
+
+/// Sets up a restored persistent session as disconnected: its durable queue (declared and
+/// bound again only if it is missing), then its slot and expiry. A session whose expiry ran
+/// out while the broker was down goes now, with its queue and record.
+fn install(broker: &Arc<Broker>, state: &Arc<MqttState>, vhost: &Arc<VHost>, s: Session) {
+    let key = SessionKey {
+        vhost: vhost.name.clone(),
+        client_id: s.client_id.clone(),
+    };
+    let left = match s.expiry_interval {
+        u32::MAX => None,
+        e => {
+            let gone_at = s.disconnected_at.unwrap_or_else(|| unix(SystemTime::now()));
+            let elapsed = unix(SystemTime::now()).saturating_sub(gone_at);
+            Some(u64::from(e).saturating_sub(elapsed))
+        }
+    };
+    if left == Some(0) {
+        if let Some(q) = vhost.queue(&s.queue) {
+            vhost.remove_queue(&q);
+        }
+        forget_session(broker, &key);
+        tracing::debug!(client = %key.client_id, "MQTT session expired while the broker was down");
         return;
     }
-    for (vhost, snap) in snapshots(broker, state) {
-        let Ok(bytes) = serde_json::to_vec(&snap) else {
-            continue;
-        };
-        if last.iter().any(|(v, b)| *v == vhost && *b == bytes) {
-            continue;
+    if vhost.queue(&s.queue).is_none() {
+        let spec = session_queue_spec(broker, &s.client_id, true);
+        if let Err(e) = vhost.declare_queue(spec, false, 0) {
+            tracing::warn!(client = %key.client_id, "cannot restore MQTT session queue: {e}");
+            return;
         }
-        let path = file(&dir, &vhost);
-        match write_atomically(&path, &bytes) {
-            Ok(()) => {
-                last.retain(|(v, _)| *v != vhost);
-                last.push((vhost, bytes));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, path = %path.display(), "cannot save MQTT state")
-            }
+        for filter in s.subscriptions.keys().filter(|f| !is_shared(f)) {
+            let _ = vhost.bind_queue(
+                &s.queue,
+                &broker.config.mqtt.exchange,
+                &filter_to_pattern(filter),
+                &FieldTable::new(),
+                0,
+            );
         }
+    }
+    state.sessions().insert(
+        key.clone(),
+        SessionSlot {
+            session: Arc::new(Mutex::new(s)),
+            owner: None,
+            generation: 1,
+        },
+    );
+    if let Some(secs) = left {
+        super::release::schedule_expiry(broker.clone(), state.clone(), vhost.clone(), key, 1, secs);
     }
 }
 
-/// Reads the snapshots back: retained messages into their stores, and every persistent
-/// session set up as disconnected (queue, bindings, offline consumer, expiry timer).
-pub fn restore(broker: &Arc<Broker>) {
-    if broker.store.is_none() {
+/// Reads the MQTT records back (and imports the snapshots of an older release): retained
+/// messages into their stores, and every persistent session set up as disconnected.
+pub async fn restore(broker: &Arc<Broker>) {
+    let Some(store) = broker.store.clone() else {
         return;
-    }
+    };
     let state = MqttState::for_broker(broker);
-    let dir = dir(broker);
     let now = SystemTime::now();
-    for vhost in broker.vhosts() {
-        let path = file(&dir, &vhost.name);
-        let snap: VHostSnapshot = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, path = %path.display(), "unreadable MQTT state; ignored");
-                    continue;
-                }
-            },
-            Err(_) => continue,
+    let mut sessions = 0usize;
+    for (key, value) in broker.take_recovered(kind::MQTT_SESSION) {
+        let (Some((vhost, client_id)), Ok(r)) = (
+            key_fields(&key),
+            serde_json::from_slice::<SessionRecord>(&value),
+        ) else {
+            tracing::error!("unreadable MQTT session record; ignored");
+            continue;
         };
-        let retained = snap.retained.iter().filter_map(outbound);
-        state.with_retained(&vhost.name, |store| {
-            for m in retained.filter(|m| !m.is_expired(now)) {
-                store.set(m);
+        let Some(vh) = broker.vhost(&vhost) else {
+            continue;
+        };
+        install(broker, &state, &vh, session(&vhost, &client_id, &r));
+        sessions += 1;
+    }
+    let mut retained = 0usize;
+    for (key, value) in broker.take_recovered(kind::RETAINED) {
+        let Some((vhost, topic)) = key_fields(&key) else {
+            continue;
+        };
+        match retained_message(&value) {
+            Some(m) if !m.is_expired(now) => {
+                state.with_retained(&vhost, |st| st.set(m));
+                retained += 1;
             }
-        });
+            Some(_) => {
+                store.delete(kind::RETAINED, &key);
+            }
+            None => tracing::error!(%vhost, %topic, "unreadable retained message record; ignored"),
+        }
+    }
+    tracing::info!(sessions, retained, "MQTT state restored");
+    legacy::import(broker, &store, &state).await;
+}
+
+/// The snapshots of releases before the MQTT state moved into the log.
+mod legacy {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    pub(super) struct VHostSnapshot {
+        pub sessions: Vec<SessionSnapshot>,
+        pub retained: Vec<MessageSnapshot>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub(super) struct SessionSnapshot {
+        pub client_id: String,
+        pub queue: String,
+        pub expiry_interval: u32,
+        pub subscriptions: Vec<SubscriptionRecord>,
+        pub inbound_qos2: Vec<u16>,
+        pub in_flight: Vec<(u16, MessageSnapshot, bool)>,
+        pub pending: Vec<MessageSnapshot>,
+        pub dropped: u64,
+    }
+
+    /// A message as an encoded v5 PUBLISH (base64).
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub(super) struct MessageSnapshot {
+        pub publish: String,
+        /// Seconds since the epoch when it expires.
+        pub expires_at: Option<u64>,
+    }
+
+    fn message(m: &MessageSnapshot) -> Option<OutboundMessage> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&m.publish)
+            .ok()?;
+        decode_publish(&bytes, m.expires_at)
+    }
+
+    pub(super) fn dir(broker: &Broker) -> PathBuf {
+        broker.config.server.data_dir.join("mqtt")
+    }
+
+    pub(super) fn file(dir: &Path, vhost: &str) -> PathBuf {
+        let hex: String = vhost.bytes().map(|b| format!("{b:02x}")).collect();
+        dir.join(format!("vhost-{hex}.json"))
+    }
+
+    /// Puts a message a snapshot held for a session into the session's queue, as the
+    /// persistent message it would be had it been routed there; the LSN of its record.
+    fn enqueue(broker: &Broker, vhost: &VHost, queue: &str, m: &OutboundMessage) -> u64 {
+        let now = SystemTime::now();
+        let (Some(q), false) = (vhost.queue(queue), m.is_expired(now)) else {
+            return 0;
+        };
+        let mut props = m.properties.clone();
+        props.message_expiry_interval = m.remaining_expiry(now);
+        let exchange = broker.config.mqtt.exchange.clone();
+        let properties = publish_properties(m.qos, m.retain, "", &props, now);
+        let charge = broker.memory.charge(Message::charge_size(m.payload.len()));
+        let message = Message::new(
+            exchange,
+            topic_to_key(&m.topic),
+            properties,
+            None,
+            m.payload.clone(),
+            charge,
+        );
+        q.publish_tracked(Arc::new(message)).lsn
+    }
+
+    /// Imports one vhost's snapshot; the highest LSN it wrote.
+    fn import_vhost(
+        broker: &Arc<Broker>,
+        store: &Store,
+        state: &Arc<MqttState>,
+        vhost: &Arc<VHost>,
+        snap: &VHostSnapshot,
+    ) -> u64 {
+        let now = SystemTime::now();
+        let mut lsn = 0;
+        for r in &snap.retained {
+            if let Some(m) = message(r).filter(|m| !m.is_expired(now)) {
+                lsn = lsn.max(write_retained(broker, &vhost.name, &m));
+                state.with_retained(&vhost.name, |st| st.set(m));
+            }
+        }
         for r in &snap.sessions {
-            let s = session(&vhost.name, r);
-            let spec = QueueSpec {
-                name: s.queue.clone(),
-                durable: false,
-                ..Default::default()
-            };
-            let queue = match vhost.declare_queue(spec, false, 0) {
-                Ok(d) => d.queue,
-                Err(e) => {
-                    tracing::warn!(client = %r.client_id, "cannot restore MQTT session queue: {e}");
-                    continue;
-                }
-            };
-            for filter in s
-                .subscriptions
-                .keys()
-                .filter(|f| !super::session::is_shared(f))
-            {
-                let _ = vhost.bind_queue(
-                    &queue.name,
-                    &broker.config.mqtt.exchange,
-                    &super::convert::filter_to_pattern(filter),
-                    &FieldTable::new(),
-                    0,
-                );
-            }
-            let expiry = s.expiry_interval;
-            let session = Arc::new(Mutex::new(s));
-            let id = broker.next_id();
-            let consumer = Consumer {
-                id,
-                tag: format!("mqtt-offline-{}", r.client_id),
-                no_ack: true,
-                exclusive: false,
-                owner: 0,
-                sink: Arc::new(OfflineSink {
-                    session: session.clone(),
-                    client_id: r.client_id.clone(),
-                    limit: broker.config.mqtt.max_offline_messages,
-                }),
-            };
-            let attached = queue.add_consumer(consumer).is_ok();
             let key = SessionKey {
                 vhost: vhost.name.clone(),
                 client_id: r.client_id.clone(),
             };
-            state.sessions().insert(
-                key.clone(),
-                SessionSlot {
-                    session,
-                    owner: None,
-                    generation: 1,
-                    offline_consumer: attached.then_some(id),
-                },
+            if state.sessions().contains_key(&key) || r.expiry_interval == 0 {
+                continue;
+            }
+            let mut s = Session::new(
+                r.client_id.clone(),
+                vhost.name.clone(),
+                queue_name(&r.client_id),
             );
-            if expiry != u32::MAX {
-                super::release::schedule_expiry(state.clone(), vhost.clone(), key, 1, expiry);
+            s.expiry_interval = r.expiry_interval;
+            // The snapshot did not keep the disconnect time: expiry counts from the upgrade.
+            s.disconnected_at = Some(unix(now));
+            for sub in &r.subscriptions {
+                s.subscriptions
+                    .insert(sub.filter.clone(), subscription_entry(sub));
+            }
+            s.inbound_qos2 = r.inbound_qos2.iter().copied().collect();
+            s.released = r
+                .in_flight
+                .iter()
+                .filter(|(_, _, released)| *released)
+                .map(|(id, _, _)| *id)
+                .collect();
+            let waiting: Vec<OutboundMessage> = r
+                .in_flight
+                .iter()
+                .filter(|(_, _, released)| !released)
+                .map(|(_, m, _)| m)
+                .chain(&r.pending)
+                .filter_map(message)
+                .collect();
+            lsn = lsn.max(write_session(broker, &mut s));
+            let queue = s.queue.clone();
+            install(broker, state, vhost, s);
+            for m in &waiting {
+                lsn = lsn.max(enqueue(broker, vhost, &queue, m));
             }
         }
-        tracing::info!(vhost = %vhost.name, sessions = snap.sessions.len(), retained = snap.retained.len(), "MQTT state restored");
+        lsn.max(store.log.last_lsn())
     }
-}
 
-/// Saves changed state every [`INTERVAL`] until shutdown, then once more.
-pub async fn run(broker: Arc<Broker>) {
-    if broker.store.is_none() {
-        return;
-    }
-    let state = MqttState::for_broker(&broker);
-    let mut last = Vec::new();
-    let mut shutdown = broker.shutdown_signal();
-    let mut tick = tokio::time::interval(INTERVAL);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => break,
+    /// Reads the snapshots of an older release once, writes them as records and removes them
+    /// once the records are durable. A snapshot that cannot be read is left in place (and
+    /// said so): nothing is deleted that was not imported.
+    pub(super) async fn import(broker: &Arc<Broker>, store: &Arc<Store>, state: &Arc<MqttState>) {
+        let dir = dir(broker);
+        if !dir.is_dir() {
+            return;
         }
-        save(&broker, &state, &mut last);
+        let mut imported = Vec::new();
+        let mut lsn = 0;
+        for vhost in broker.vhosts() {
+            let path = file(&dir, &vhost.name);
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            match serde_json::from_slice::<VHostSnapshot>(&bytes) {
+                Ok(snap) => {
+                    lsn = lsn.max(import_vhost(broker, store, state, &vhost, &snap));
+                    tracing::info!(vhost = %vhost.name, sessions = snap.sessions.len(), retained = snap.retained.len(), "MQTT snapshot of an older release imported");
+                    imported.push(path);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, path = %path.display(), "unreadable MQTT snapshot of an older release; left in place, not imported")
+                }
+            }
+        }
+        store.log.wait_synced(lsn).await;
+        for path in imported {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(error = %e, path = %path.display(), "cannot remove an imported MQTT snapshot");
+            }
+        }
+        // Only goes when nothing is left in it.
+        let _ = std::fs::remove_dir(&dir);
     }
-    save(&broker, &state, &mut last);
-}
-
-/// Saves now (at shutdown, once connections have let go of their sessions).
-pub fn save_now(broker: &Arc<Broker>) {
-    if broker.store.is_none() {
-        return;
-    }
-    let state = MqttState::for_broker(broker);
-    save(broker, &state, &mut Vec::new());
 }
 
 #[cfg(test)]
@@ -369,10 +490,27 @@ mod tests {
     use bytes::Bytes;
     use switchboard_mqtt::Properties;
 
+    fn message() -> OutboundMessage {
+        OutboundMessage {
+            topic: "a/b".into(),
+            payload: Bytes::from_static(&[0, 255, 1]),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Properties {
+                content_type: Some("text/plain".into()),
+                ..Default::default()
+            },
+            expires_at: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
+            charge: MemoryCharge::default(),
+            delivery: None,
+        }
+    }
+
     #[test]
-    fn sessions_and_messages_round_trip() {
-        let mut s = Session::new("dev".into(), "/".into(), "mqtt-subscription-dev".into());
+    fn session_records_round_trip() {
+        let mut s = Session::new("dev".into(), "/".into(), queue_name("dev"));
         s.expiry_interval = 60;
+        s.disconnected_at = Some(1_700_000_000);
         s.subscriptions.insert(
             "a/+".into(),
             SubscriptionEntry {
@@ -386,34 +524,44 @@ mod tests {
             },
         );
         s.inbound_qos2.insert(9);
-        let m = OutboundMessage {
-            topic: "a/b".into(),
-            payload: Bytes::from_static(&[0, 255, 1]),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: Properties {
-                content_type: Some("text/plain".into()),
-                ..Default::default()
-            },
-            expires_at: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
-            charge: MemoryCharge::default(),
-        };
-        s.in_flight.insert(
-            3,
-            InFlight {
-                message: m.clone(),
-                released: true,
-            },
-        );
-        s.pending.push_back(m);
-        let r = session_record(&s);
-        let text = serde_json::to_vec(&r).expect("json");
+        s.released.insert(4);
+        let mut m = message();
+        m.qos = QoS::ExactlyOnce;
+        m.delivery = Some(77);
+        s.in_flight
+            .insert(3, super::super::session::InFlight { message: m });
+        let text = serde_json::to_vec(&session_record(&s)).expect("json");
         let back: SessionRecord = serde_json::from_slice(&text).expect("parse");
-        let restored = session("/", &back);
+        let restored = session("/", "dev", &back);
         assert_eq!(restored.subscriptions, s.subscriptions);
         assert_eq!(restored.inbound_qos2, s.inbound_qos2);
-        assert_eq!(restored.in_flight, s.in_flight);
-        assert_eq!(restored.pending, s.pending);
+        assert_eq!(restored.released, s.released);
+        assert_eq!(restored.disconnected_at, Some(1_700_000_000));
         assert_eq!(restored.expiry_interval, 60);
+        // The QoS 2 message in flight is redelivered from the queue under its packet id.
+        assert_eq!(restored.resumed_ids.get(&77), Some(&3));
+        assert_eq!(restored.queue, "mqtt-subscription-dev");
+    }
+
+    #[test]
+    fn retained_records_round_trip() {
+        let m = message();
+        let value = retained_value(&m).expect("encodes");
+        assert_eq!(retained_message(&value), Some(m.clone()));
+        let mut never = m;
+        never.expires_at = None;
+        let value = retained_value(&never).expect("encodes");
+        assert_eq!(retained_message(&value).and_then(|m| m.expires_at), None);
+        assert_eq!(retained_message(&value[..4]), None);
+    }
+
+    #[test]
+    fn keys_hold_vhost_and_name() {
+        let k = session_key("v/1", "client:x");
+        assert_eq!(
+            key_fields(&k),
+            Some(("v/1".to_owned(), "client:x".to_owned()))
+        );
+        assert_eq!(key_fields(b"junk"), None);
     }
 }

@@ -3,15 +3,15 @@
 //! acknowledgement until the records the publish wrote are durable).
 
 use super::convert::{publish_properties, topic_to_key};
+use super::persist;
 use super::registry::MqttState;
 use super::session::OutboundMessage;
-use crate::adapter::outbox::Outbox;
 use crate::core::memory::MemoryCharge;
 use crate::core::{Broker, Message, VHost};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use switchboard_mqtt::{encode, reason, Packet, Properties, Protocol, PubResponse, QoS};
+use switchboard_mqtt::{reason, Packet, Properties, PubResponse, QoS};
 
 /// Everything needed to publish on behalf of one client; owned, so a delayed will can carry it
 /// after the connection is gone.
@@ -63,6 +63,7 @@ impl Publisher {
     /// `retain` is set, makes it the topic's retained message.
     pub fn route(&self, m: InboundMessage) -> Routed {
         let now = SystemTime::now();
+        let mut retained_lsn = 0;
         if m.retain {
             let mut properties = m.properties.clone();
             properties.topic_alias = None;
@@ -70,22 +71,28 @@ impl Publisher {
             let expires_at = properties
                 .message_expiry_interval
                 .map(|s| now + Duration::from_secs(u64::from(s)));
-            self.state.with_retained(&self.vhost.name, |store| {
-                store.set(OutboundMessage {
-                    topic: m.topic.clone(),
-                    payload: m.payload.clone(),
-                    qos: m.qos,
-                    retain: true,
-                    properties,
-                    expires_at,
-                    charge: MemoryCharge::default(),
-                })
-            });
+            let retained = OutboundMessage {
+                topic: m.topic.clone(),
+                payload: m.payload.clone(),
+                qos: m.qos,
+                retain: true,
+                properties,
+                expires_at,
+                charge: MemoryCharge::default(),
+                delivery: None,
+            };
+            // The acknowledgement waits for the record (a clear is a delete).
+            retained_lsn = persist::write_retained(&self.broker, &self.vhost.name, &retained);
+            self.state
+                .with_retained(&self.vhost.name, |store| store.set(retained));
         }
         let exchange_name = &self.broker.config.mqtt.exchange;
         let Some(exchange) = self.vhost.exchange(exchange_name) else {
             tracing::warn!(vhost = %self.vhost.name, exchange = %exchange_name, "MQTT exchange missing; message dropped");
-            return Routed::default();
+            return Routed {
+                lsn: retained_lsn,
+                ..Default::default()
+            };
         };
         let properties = publish_properties(m.qos, m.retain, &self.client_id, &m.properties, now);
         let charge = self
@@ -105,13 +112,14 @@ impl Publisher {
         if let Some(lsn) = self.vhost.hold_if_delayed(&exchange, &message) {
             return Routed {
                 queues: 1,
-                lsn,
+                lsn: lsn.max(retained_lsn),
                 refused: false,
             };
         }
         let queues = self.vhost.route_now(&exchange, &message);
         let mut out = Routed {
             queues: queues.len(),
+            lsn: retained_lsn,
             ..Default::default()
         };
         for q in &queues {
@@ -123,23 +131,14 @@ impl Publisher {
     }
 }
 
-/// Acknowledges a routed QoS 1 (PUBACK) or QoS 2 (PUBREC) publish. v5 says 0x10 when no
-/// subscriber matched.
-pub fn acknowledge_publish(
-    outbox: &Outbox,
-    protocol: Protocol,
-    qos: QoS,
-    packet_id: u16,
-    code: u8,
-) {
+/// The acknowledgement of a routed QoS 1 (PUBACK) or QoS 2 (PUBREC) publish; none for QoS 0.
+/// v5 says 0x10 when no subscriber matched.
+pub fn publish_ack(qos: QoS, packet_id: u16, code: u8) -> Option<Packet> {
     let mut ack = PubResponse::new(packet_id);
     ack.reason = code;
-    let packet = match qos {
-        QoS::AtMostOnce => return,
-        QoS::AtLeastOnce => Packet::PubAck(ack),
-        QoS::ExactlyOnce => Packet::PubRec(ack),
-    };
-    outbox.push(|out| {
-        let _ = encode(&packet, protocol, out);
-    });
+    match qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => Some(Packet::PubAck(ack)),
+        QoS::ExactlyOnce => Some(Packet::PubRec(ack)),
+    }
 }

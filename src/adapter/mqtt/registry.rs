@@ -87,8 +87,6 @@ pub struct SessionSlot {
     /// Bumped each time a connection takes the session; a delayed will or an expiry timer
     /// armed for an older generation does nothing.
     pub generation: u64,
-    /// While no connection holds the session: the consumer keeping its queued messages.
-    pub offline_consumer: Option<u64>,
 }
 
 #[derive(Debug, Default)]

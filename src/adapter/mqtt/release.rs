@@ -1,22 +1,25 @@
 //! Letting go of a session when its connection ends: a session that expires now goes with its
-//! queue, one that persists collects messages offline until it expires; then the will, now or
-//! after its delay.
+//! queue, one that persists leaves its queue collecting messages until it expires; then the
+//! will, now or after its delay.
 
 use super::connection::{Connection, Ending};
-use super::delivery::OfflineSink;
+use super::persist;
 use super::publish::{InboundMessage, Publisher};
 use super::registry::{lock, MqttState, SessionKey};
-use crate::core::{Consumer, VHost};
+use crate::core::{Broker, VHost};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_mqtt::Will;
 
 impl Connection {
     /// Lets go of the session: a session that expires now goes with its queue; one that
-    /// persists keeps collecting messages offline until it expires. Then the will, if due.
+    /// persists keeps collecting messages offline until it expires (what was handed to the
+    /// client and not yet acknowledged stays unsettled in the queue, and is resent when the
+    /// client returns). Then the will, if due.
     pub fn finish(mut self, ending: Ending) {
         self.link.close();
         self.queue().remove_consumer(self.consumer_id);
+        self.settle_dropped();
         let groups: Vec<String> = self.shared.keys().cloned().collect();
         for key in groups {
             self.leave_shared(&key);
@@ -32,28 +35,20 @@ impl Connection {
             if ours && expiry == 0 {
                 sessions.remove(&key);
                 self.vhost().remove_queue(self.queue());
+                persist::forget_session(&self.broker, &key);
             } else if ours {
-                let id = self.broker.next_id();
-                let sink = Arc::new(OfflineSink {
-                    session: self.attached.session.clone(),
-                    client_id: key.client_id.clone(),
-                    limit: self.broker.config.mqtt.max_offline_messages,
-                });
-                let consumer = Consumer {
-                    id,
-                    tag: format!("mqtt-offline-{}", key.client_id),
-                    no_ack: true,
-                    exclusive: false,
-                    owner: self.entry.id,
-                    sink,
-                };
-                let attached = self.queue().add_consumer(consumer).is_ok();
+                {
+                    let mut s = lock(&self.attached.session);
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH);
+                    s.disconnected_at = Some(now.map_or(0, |d| d.as_secs()));
+                    persist::write_session(&self.broker, &mut s);
+                }
                 if let Some(slot) = sessions.get_mut(&key) {
                     slot.owner = None;
-                    slot.offline_consumer = attached.then_some(id);
                 }
                 if expiry != u32::MAX {
                     schedule_expiry(
+                        self.broker.clone(),
                         self.state.clone(),
                         self.vhost().clone(),
                         key.clone(),
@@ -75,16 +70,18 @@ impl Connection {
     }
 }
 
-/// Ends a disconnected session after its expiry interval, unless a client resumed it.
+/// Ends a disconnected session after `secs`, unless a client resumed it.
 pub(super) fn schedule_expiry(
+    broker: Arc<Broker>,
     state: Arc<MqttState>,
     vhost: Arc<VHost>,
     key: SessionKey,
     generation: u64,
-    secs: u32,
+    secs: impl Into<u64>,
 ) {
+    let secs = secs.into();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+        tokio::time::sleep(Duration::from_secs(secs)).await;
         let mut sessions = state.sessions();
         let due = sessions
             .get(&key)
@@ -95,11 +92,9 @@ pub(super) fn schedule_expiry(
         if let Some(slot) = sessions.remove(&key) {
             let queue = lock(&slot.session).queue.clone();
             if let Some(q) = vhost.queue(&queue) {
-                if let Some(id) = slot.offline_consumer {
-                    q.remove_consumer(id);
-                }
                 vhost.remove_queue(&q);
             }
+            persist::forget_session(&broker, &key);
             tracing::debug!(client = %key.client_id, "MQTT session expired");
         }
     });

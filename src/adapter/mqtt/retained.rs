@@ -64,6 +64,7 @@ mod tests {
             properties: Properties::default(),
             expires_at,
             charge: MemoryCharge::default(),
+            delivery: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! A session's state as plain data (no sockets, no tasks): subscriptions, QoS state in both
 //! directions and the messages waiting to be sent. It outlives connections for persistent
-//! sessions, and everything in it could be written out by the storage layer.
+//! sessions; `persist` writes what must survive a restart as the session's record, while its
+//! messages stay in its queue (settled when their flow completes).
 
 use crate::core::memory::MemoryCharge;
 use crate::core::message::string_heap_size;
@@ -96,6 +97,10 @@ pub struct OutboundMessage {
     /// Charged to the memory monitor while a session keeps the message (waiting or in
     /// flight); the payload is shared with the core message but outlives it there.
     pub charge: MemoryCharge,
+    /// The session queue's id for the message (None for retained messages and shared
+    /// groups' deliveries): settled once its flow completes or it is dropped, so until then
+    /// it stays in the queue, and in the message log.
+    pub delivery: Option<u64>,
 }
 
 impl OutboundMessage {
@@ -140,8 +145,6 @@ impl OutboundMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
     pub message: OutboundMessage,
-    /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
-    pub released: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +159,23 @@ pub struct Session {
     pub inbound_qos2: BTreeSet<u16>,
     /// Outbound QoS 1/2 messages by packet id, resent (with DUP) when the client reconnects.
     pub in_flight: BTreeMap<u16, InFlight>,
+    /// Outbound QoS 2 packet ids PUBREC'd (the message is settled) awaiting PUBCOMP: PUBREL is
+    /// sent again on reconnect. They hold in-flight slots until completed.
+    pub released: BTreeSet<u16>,
+    /// After a restart: the packet id each QoS 2 message in flight before it had, by its id
+    /// in the session queue, so its redelivery reuses the id (the client then recognises a
+    /// duplicate).
+    pub resumed_ids: BTreeMap<u64, u16>,
+    /// Session queue deliveries dropped (expired, too large, unsubscribed, over the limit)
+    /// and to be settled by the connection, outside the queue's lock.
+    pub to_settle: Vec<u64>,
+    /// The in-flight state changed in a way the session's record keeps (outbound QoS 2).
+    pub record_stale: bool,
+    /// The session has a record in the log (it is, or was, persistent).
+    pub recorded: bool,
+    /// When the client went away (seconds since the epoch): expiry counts from it, also
+    /// across restarts.
+    pub disconnected_at: Option<u64>,
     /// Messages waiting for an in-flight slot, or for the client to come back (bounded).
     pub pending: VecDeque<OutboundMessage>,
     /// Messages dropped from `pending` because it was full (oldest first).
@@ -174,6 +194,12 @@ impl Session {
             subscriptions: Subscriptions::default(),
             inbound_qos2: BTreeSet::new(),
             in_flight: BTreeMap::new(),
+            released: BTreeSet::new(),
+            resumed_ids: BTreeMap::new(),
+            to_settle: Vec::new(),
+            record_stale: false,
+            recorded: false,
+            disconnected_at: None,
             pending: VecDeque::new(),
             dropped: 0,
             expiry_interval: 0,
@@ -187,17 +213,33 @@ impl Session {
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if id != 0 && !self.in_flight.contains_key(&id) {
+            if id != 0
+                && !self.in_flight.contains_key(&id)
+                && !self.released.contains(&id)
+                && !self.resumed_ids.values().any(|&r| r == id)
+            {
                 return id;
             }
         }
+    }
+
+    /// Outbound QoS 1/2 flows not yet complete (what the in-flight limit counts).
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight.len() + self.released.len()
+    }
+
+    /// A message the session will not send: its queue entry, if any, is to be settled.
+    pub fn drop_message(&mut self, message: &OutboundMessage) {
+        self.to_settle.extend(message.delivery);
     }
 
     /// Queues a message for later, dropping the oldest beyond `limit`.
     pub fn push_pending(&mut self, message: OutboundMessage, limit: usize) {
         self.pending.push_back(message);
         while self.pending.len() > limit {
-            self.pending.pop_front();
+            if let Some(m) = self.pending.pop_front() {
+                self.drop_message(&m);
+            }
             self.dropped += 1;
         }
     }
@@ -250,11 +292,17 @@ impl Session {
                 _ => k.as_str(),
             })
             .collect();
+        let mut dropped = Vec::new();
         self.pending.retain(|m| {
-            filters
+            let keep = filters
                 .iter()
-                .any(|f| switchboard_mqtt::topic::matches(f, &m.topic))
+                .any(|f| switchboard_mqtt::topic::matches(f, &m.topic));
+            if !keep {
+                dropped.extend(m.delivery);
+            }
+            keep
         });
+        self.to_settle.extend(dropped);
     }
 
     /// The shared subscriptions of the session, by key.
@@ -350,11 +398,13 @@ mod tests {
                     properties: Properties::default(),
                     expires_at: None,
                     charge: MemoryCharge::default(),
+                    delivery: Some(u64::from(i)),
                 },
                 3,
             );
         }
         assert_eq!(s.dropped, 2);
+        assert_eq!(s.to_settle, vec![0, 1], "dropped queue entries are settled");
         let first: Vec<u8> = s.pending.iter().map(|m| m.payload[0]).collect();
         assert_eq!(first, vec![2, 3, 4]);
     }
@@ -376,6 +426,7 @@ mod tests {
                     properties: Properties::default(),
                     expires_at: None,
                     charge: MemoryCharge::default(),
+                    delivery: None,
                 },
                 10,
             );
@@ -401,14 +452,12 @@ mod tests {
             properties: Properties::default(),
             expires_at: None,
             charge: MemoryCharge::default(),
+            delivery: None,
         };
-        s.in_flight.insert(
-            1,
-            InFlight {
-                message: msg,
-                released: false,
-            },
-        );
+        s.in_flight.insert(1, InFlight { message: msg });
         assert_eq!(s.next_packet_id(), 2);
+        s.released.insert(3);
+        s.resumed_ids.insert(40, 4);
+        assert_eq!(s.next_packet_id(), 5, "released and resumed ids are taken");
     }
 }

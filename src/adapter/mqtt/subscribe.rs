@@ -170,11 +170,16 @@ impl Connection {
             }
             codes.push(s.options.qos as u8);
         }
-        self.send(&Packet::SubAck(SubAck {
-            packet_id: sub.packet_id,
-            properties: Properties::default(),
-            codes,
-        }));
+        // A persistent session's SUBACK waits for the record holding its subscriptions.
+        let lsn = self.save_session();
+        self.send_when_synced(
+            lsn,
+            Packet::SubAck(SubAck {
+                packet_id: sub.packet_id,
+                properties: Properties::default(),
+                codes,
+            }),
+        );
         if !retained.is_empty() {
             let mut s = lock(&self.attached.session);
             for m in retained {
@@ -211,10 +216,15 @@ impl Connection {
             });
         }
         lock(&self.attached.session).drop_unmatched_pending();
-        self.send(&Packet::UnsubAck(UnsubAck {
-            packet_id: u.packet_id,
-            properties: Properties::default(),
-            codes,
-        }));
+        self.settle_dropped();
+        let lsn = self.save_session();
+        self.send_when_synced(
+            lsn,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                properties: Properties::default(),
+                codes,
+            }),
+        );
     }
 }
