@@ -221,6 +221,17 @@ pub fn write_retained(broker: &Broker, vhost: &str, m: &OutboundMessage) -> u64 
     retained_value(m).map_or(0, |value| store.put(kind::RETAINED, &key, &value))
 }
 
+/// Seconds a disconnected session has left at `now` (seconds since the epoch), counted from
+/// when its client went away; None when it never expires. A session recorded while connected
+/// (the broker stopped under it) counts from `now`.
+fn expiry_left(expiry: u32, disconnected_at: Option<u64>, now: u64) -> Option<u64> {
+    if expiry == u32::MAX {
+        return None;
+    }
+    let elapsed = now.saturating_sub(disconnected_at.unwrap_or(now));
+    Some(u64::from(expiry).saturating_sub(elapsed))
+}
+
 /// Sets up a restored persistent session as disconnected: its durable queue (declared and
 /// bound again only if it is missing), then its slot and expiry. A session whose expiry ran
 /// out while the broker was down goes now, with its queue and record.
@@ -229,14 +240,11 @@ fn install(broker: &Arc<Broker>, state: &Arc<MqttState>, vhost: &Arc<VHost>, s: 
         vhost: vhost.name.clone(),
         client_id: s.client_id.clone(),
     };
-    let left = match s.expiry_interval {
-        u32::MAX => None,
-        e => {
-            let gone_at = s.disconnected_at.unwrap_or_else(|| unix(SystemTime::now()));
-            let elapsed = unix(SystemTime::now()).saturating_sub(gone_at);
-            Some(u64::from(e).saturating_sub(elapsed))
-        }
-    };
+    let left = expiry_left(
+        s.expiry_interval,
+        s.disconnected_at,
+        unix(SystemTime::now()),
+    );
     if left == Some(0) {
         if let Some(q) = vhost.queue(&s.queue) {
             vhost.remove_queue(&q);
@@ -553,6 +561,19 @@ mod tests {
         let value = retained_value(&never).expect("encodes");
         assert_eq!(retained_message(&value).and_then(|m| m.expires_at), None);
         assert_eq!(retained_message(&value[..4]), None);
+    }
+
+    #[test]
+    fn session_expiry_counts_from_the_disconnect_across_restarts() {
+        assert_eq!(expiry_left(60, Some(1_000), 1_045), Some(15));
+        assert_eq!(expiry_left(60, Some(1_000), 1_060), Some(0));
+        assert_eq!(
+            expiry_left(60, Some(1_000), 900),
+            Some(60),
+            "clock went back"
+        );
+        assert_eq!(expiry_left(60, None, 5_000), Some(60));
+        assert_eq!(expiry_left(u32::MAX, Some(0), 5_000), None);
     }
 
     #[test]
