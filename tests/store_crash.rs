@@ -6,15 +6,14 @@
 
 mod common;
 
-use common::{fresh_data_dir, test_config_text_in, WAIT};
+use common::process::BrokerProcess;
+use common::{fresh_data_dir, WAIT};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,55 +21,6 @@ const PUBLISHERS: usize = 3;
 const WINDOW: usize = 20;
 const QUEUE: &str = "crash";
 const MARKER: &str = "crash-marker";
-
-struct Broker {
-    child: Child,
-    amqp: SocketAddr,
-}
-
-impl Drop for Broker {
-    /// A failing test must not leave a broker running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the broker binary on `dir` and waits for its ports file.
-fn spawn(dir: &Path) -> Broker {
-    std::fs::create_dir_all(dir).expect("data dir");
-    let config = dir.join("switchboard.toml");
-    std::fs::write(&config, test_config_text_in(dir)).expect("config");
-    let ports = dir.join("ports.json");
-    let _ = std::fs::remove_file(&ports);
-    let mut broker = Broker {
-        child: Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--ports-file")
-            .arg(&ports)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn broker"),
-        amqp: SocketAddr::from(([127, 0, 0, 1], 0)),
-    };
-    // From here on, a panic drops (kills) the broker.
-    let deadline = std::time::Instant::now() + WAIT * 3;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&ports) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                let addr = v["amqp"][0].as_str().expect("amqp address");
-                broker.amqp = addr.parse().expect("address");
-                return broker;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// Awaits `f` within the standard wait; None on timeout (the broker may be dead).
 async fn within<F: std::future::Future>(f: F) -> Option<F::Output> {
@@ -215,7 +165,7 @@ fn parse(body: &str) -> (usize, u64) {
 
 async fn crash_round(kill_after: usize) {
     let dir = fresh_data_dir();
-    let mut broker = spawn(&dir);
+    let broker = BrokerProcess::spawn(&dir);
     let addr = broker.amqp;
     {
         let conn = within(connect(addr))
@@ -267,9 +217,7 @@ async fn crash_round(kill_after: usize) {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    broker.child.kill().expect("SIGKILL");
-    broker.child.wait().expect("reap");
-    drop(broker);
+    broker.kill();
     // What the clients saw confirmed is recorded as it happens; whatever they are waiting on
     // now can only fail, however long their client library takes to notice.
     for t in tasks {
@@ -278,7 +226,7 @@ async fn crash_round(kill_after: usize) {
     }
     let seen = std::mem::take(&mut *seen.lock().expect("seen"));
 
-    let broker = spawn(&dir);
+    let broker = BrokerProcess::spawn(&dir);
     let conn = within(connect(broker.amqp))
         .await
         .expect("reconnect")

@@ -3,6 +3,7 @@
 
 pub mod amqp;
 pub mod mqtt;
+pub mod process;
 pub mod raw;
 pub mod stomp;
 

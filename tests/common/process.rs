@@ -1,0 +1,75 @@
+//! The broker binary as a child process on a data directory, for crash tests: started with a
+//! ports file (every listener on an OS-chosen port) and killed with SIGKILL.
+
+use super::{test_config_text_in, WAIT};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct BrokerProcess {
+    child: Child,
+    pub amqp: SocketAddr,
+    pub mqtt: SocketAddr,
+    pub stomp: SocketAddr,
+}
+
+impl Drop for BrokerProcess {
+    /// A failing test must not leave a broker running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn first_addr(ports: &serde_json::Value, protocol: &str) -> Option<SocketAddr> {
+    ports[protocol][0].as_str()?.parse().ok()
+}
+
+impl BrokerProcess {
+    /// Starts the broker binary on `dir` (test config) and waits for its ports file.
+    pub fn spawn(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("data dir");
+        let config = dir.join("switchboard.toml");
+        std::fs::write(&config, test_config_text_in(dir)).expect("config");
+        let ports = dir.join("ports.json");
+        let _ = std::fs::remove_file(&ports);
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut broker = BrokerProcess {
+            child: Command::new(env!("CARGO_BIN_EXE_switchboard"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&config)
+                .arg("--ports-file")
+                .arg(&ports)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn broker"),
+            amqp: unbound,
+            mqtt: unbound,
+            stomp: unbound,
+        };
+        // From here on, a panic drops (kills) the broker.
+        let deadline = std::time::Instant::now() + WAIT * 3;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ports) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    broker.amqp = first_addr(&v, "amqp").expect("amqp address");
+                    broker.mqtt = first_addr(&v, "mqtt").expect("mqtt address");
+                    broker.stomp = first_addr(&v, "stomp").expect("stomp address");
+                    return broker;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "broker did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL: no shutdown, no last write.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
