@@ -27,13 +27,8 @@ EPMD_PID=
 
 log() { echo "compare: $*" >&2; }
 
-wait_port() { # host:port, seconds
-    local end=$((SECONDS + $2))
-    until (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; do
-        ((SECONDS < end)) || return 1
-        sleep 0.2
-    done
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 start_switchboard() {
     [[ -x $BIN ]] || { log "no $BIN: run cargo build --release"; exit 1; }

@@ -531,20 +531,9 @@ async fn crash_round(kill_after: usize) {
         tokio::spawn(stomp_sender(stomp, STOMP_TOPIC, seen.clone())),
         tokio::spawn(amqp_publisher(amqp, seen.clone())),
     ];
-    let deadline = tokio::time::Instant::now() + WAIT * 3;
-    while seen.lock().expect("seen").acked < kill_after {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} acknowledgements before the deadline",
-            seen.lock().expect("seen").acked
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    broker.kill();
-    for t in tasks {
-        t.abort();
-        let _ = t.await;
-    }
+    broker
+        .kill_at(kill_after, || seen.lock().expect("seen").acked, tasks)
+        .await;
     let seen = std::mem::take(&mut *seen.lock().expect("seen"));
     let broker = BrokerProcess::spawn(&dir);
     check(&broker, &seen).await;

@@ -15,7 +15,6 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 const PUBLISHERS: usize = 3;
 const WINDOW: usize = 20;
@@ -199,31 +198,11 @@ async fn crash_round(kill_after: usize) {
         tasks.push(tokio::spawn(publisher(addr, id, seen.clone())));
     }
     tasks.push(tokio::spawn(consumer(addr, seen.clone())));
-    let deadline = tokio::time::Instant::now() + WAIT * 6;
-    loop {
-        let total: usize = seen
-            .lock()
-            .expect("seen")
-            .confirmed
-            .iter()
-            .map(|s| s.len())
-            .sum();
-        if total >= kill_after {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {total} confirms before the deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    broker.kill();
-    // What the clients saw confirmed is recorded as it happens; whatever they are waiting on
-    // now can only fail, however long their client library takes to notice.
-    for t in tasks {
-        t.abort();
-        let _ = t.await;
-    }
+    let confirmed = || {
+        let s = seen.lock().expect("seen");
+        s.confirmed.iter().map(|s| s.len()).sum()
+    };
+    broker.kill_at(kill_after, confirmed, tasks).await;
     let seen = std::mem::take(&mut *seen.lock().expect("seen"));
 
     let broker = BrokerProcess::spawn(&dir);

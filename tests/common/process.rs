@@ -72,4 +72,32 @@ impl BrokerProcess {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");
     }
+
+    /// SIGKILLs the broker as soon as `progress()` (what the clients saw acknowledged so far)
+    /// reaches `target`, then ends the client `tasks`: what they record happens as it happens,
+    /// and whatever they wait on now can only fail, however long their clients take to notice.
+    pub async fn kill_at<T>(
+        self,
+        target: usize,
+        mut progress: impl FnMut() -> usize,
+        tasks: Vec<tokio::task::JoinHandle<T>>,
+    ) {
+        let deadline = tokio::time::Instant::now() + WAIT * 6;
+        loop {
+            let done = progress();
+            if done >= target {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {done} acknowledgements of {target} before the deadline"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.kill();
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
 }
