@@ -181,11 +181,12 @@ impl Connection {
         for key in shared {
             self.join_shared(&key);
         }
-        // Acknowledged: a message leaves the queue when its flow completes (see `delivery`).
+        // A persistent session's messages leave the queue when their flow completes (see
+        // `delivery`).
         let consumer = Consumer {
             id: self.consumer_id,
             tag: format!("mqtt-{}", self.attached.key.client_id),
-            no_ack: false,
+            no_ack: !self.link.settles,
             exclusive: false,
             owner: self.entry.id,
             sink: self.link.clone(),

@@ -5,11 +5,12 @@
 //! take the session lock. The connection task never calls into a queue while holding the
 //! session lock, so the order is always queue → session.
 //!
-//! The session's own queue is consumed with acknowledgements: a message stays in the queue
-//! (and, for a persistent session, in the message log) until its flow completes (PUBACK, or
-//! PUBREC for QoS 2) or the session drops it, and the session settles it then. Messages
-//! waiting for an offline client are simply left in the queue. Shared groups' queues are
-//! consumed with `no_ack`, as before: a delivery belongs to the member it was handed to.
+//! A persistent session's own queue is consumed with acknowledgements: a message stays in the
+//! queue (and in the message log) until its flow completes (PUBACK, or PUBREC for QoS 2) or the
+//! session drops it, and the session settles it then. Messages waiting for an offline client
+//! are simply left in the queue. A session that ends with its connection, and shared groups'
+//! queues, are consumed with `no_ack`: a delivery belongs to the session (or member) it was
+//! handed to, and nothing outlives the connection for it.
 
 use super::convert::{key_to_topic, outbound_from_core, published_by};
 use super::registry::lock;
@@ -42,6 +43,8 @@ pub struct Link {
     pub outbox: Arc<Outbox>,
     pub client_id: String,
     pub limits: ClientLimits,
+    /// The session queue is consumed with acknowledgements (a persistent session).
+    pub settles: bool,
     /// Outbound topic aliases by topic (one connection's; they do not outlive it).
     aliases: Mutex<HashMap<String, u16>>,
     closed: AtomicBool,
@@ -56,12 +59,14 @@ impl Link {
         outbox: Arc<Outbox>,
         client_id: String,
         limits: ClientLimits,
+        settles: bool,
     ) -> Arc<Self> {
         Arc::new(Link {
             session,
             outbox,
             client_id,
             limits,
+            settles,
             aliases: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             queue_deleted: AtomicBool::new(false),
@@ -259,8 +264,8 @@ impl ConsumerSink for Link {
 
     fn deliver(&self, queue: &Arc<Queue>, delivery: Delivery) {
         let mut s = lock(&self.session);
-        // Only the session's own queue waits for a settle; shared groups' queues do not.
-        let settles = shared_key(&queue.name).is_none().then_some(delivery.id);
+        // Only a persistent session's own queue waits for a settle.
+        let settles = (self.settles && shared_key(&queue.name).is_none()).then_some(delivery.id);
         match for_session(&s, &self.client_id, queue, &delivery) {
             Some(mut m) => {
                 m.delivery = settles;

@@ -242,6 +242,7 @@ async fn handshake(
         outbox.clone(),
         attached.key.client_id.clone(),
         limits,
+        expiry > 0,
     );
     let publisher = Publisher {
         broker: broker.clone(),
