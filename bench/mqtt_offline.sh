@@ -88,5 +88,6 @@ for round in $(seq 1 "$ROUNDS"); do
     run switchboard "$SB" "$round"
     [[ -n $MQ ]] && run mosquitto "$MQ" "$round"
 done
-# What the offline session holds on Switchboard: every acknowledged message, in its queue.
-"$BIN" ctl --url http://127.0.0.1:15712 list_queues name messages_ready 2>/dev/null | grep offline || true
+# What the offline session holds on Switchboard: every acknowledged message, in its queue
+# (ready, and unacknowledged: the few each round's reconnect took in flight).
+"$BIN" ctl --url http://127.0.0.1:15712 list_queues name messages_ready messages_unacknowledged 2>/dev/null | grep offline || true
