@@ -110,6 +110,9 @@ pub struct MessageLog {
     pending: Mutex<Pending>,
     wake: Condvar,
     synced: watch::Sender<u64>,
+    /// Wakes threads blocked in [`MessageLog::wait_synced_blocking`] (start-up, outside any
+    /// runtime task) when the durable LSN moves.
+    synced_wake: (Mutex<()>, Condvar),
     pub stats: LogStats,
 }
 
@@ -145,6 +148,7 @@ impl MessageLog {
             }),
             wake: Condvar::new(),
             synced,
+            synced_wake: (Mutex::new(()), Condvar::new()),
             stats: LogStats::default(),
         });
         let writer = log.clone();
@@ -395,6 +399,16 @@ impl MessageLog {
         let _ = rx.wait_for(|s| *s >= lsn).await;
     }
 
+    /// Blocks the calling thread until every record up to `lsn` is durable. Only for start-up
+    /// work outside the runtime's tasks (a task awaits [`Self::wait_synced`] instead).
+    pub fn wait_synced_blocking(&self, lsn: u64) {
+        let (lock, cv) = &self.synced_wake;
+        let mut held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while self.synced() < lsn {
+            held = cv.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     /// Segment numbers and what is live in them.
     pub fn segments(&self) -> Vec<(u64, SegmentUse)> {
         self.lock().live.iter().map(|(k, v)| (*k, *v)).collect()
@@ -441,6 +455,8 @@ impl MessageLog {
                     self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                 }
                 self.synced.send_replace(lsn);
+                let _held = self.synced_wake.0.lock().unwrap_or_else(|e| e.into_inner());
+                self.synced_wake.1.notify_all();
             }
             self.delete_dead_segments(open.as_ref().map(|o| o.0));
             if stop {

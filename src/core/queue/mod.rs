@@ -234,7 +234,7 @@ impl Queue {
         arguments: FieldTable,
     ) -> Self {
         // Validated by the vhost before a client's queue is made; a bad value that slipped in
-        // (an old definitions file) is ignored rather than refusing to start.
+        // (an old definitions record) is ignored rather than refusing to start.
         let args = QueueArgs::parse(&arguments, None).unwrap_or_default();
         Queue {
             name,
