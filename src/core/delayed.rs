@@ -156,7 +156,7 @@ impl DelayedHold {
         st.next_seq += 1;
         let (entry, lsn) = match self.store.get() {
             Some(store) if held.is_persistent() => {
-                let a = store.log.append_enqueue(store.id, seq, &held);
+                let a = crate::core::stored::append_message(&store.log, store.id, seq, &held);
                 (Held::Stored(a.at), a.lsn)
             }
             _ => (Held::InMemory(held), 0),
@@ -283,7 +283,9 @@ impl DelayedHold {
             let Some(message) = self.message_of(h) else {
                 continue;
             };
-            *h = Held::Stored(store.log.append_enqueue(store.id, *seq, &message).at);
+            *h = Held::Stored(
+                crate::core::stored::append_message(&store.log, store.id, *seq, &message).at,
+            );
             moved.push(old);
         }
         let n = moved.len();

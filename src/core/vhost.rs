@@ -72,6 +72,8 @@ pub struct VHost {
     queues: FastDashMap<String, Arc<Queue>>,
     /// Where durable definitions and persistent messages go; None for a memory-only vhost.
     store: Option<Arc<Store>>,
+    /// Charged for messages durable queues read back from the store (set with `store`).
+    store_memory: Option<Arc<MemoryMonitor>>,
     /// Off while definitions are being restored at start (nothing new to write).
     persisting: AtomicBool,
     /// Held while a definition change appends its record, after checking that the change still
@@ -107,6 +109,7 @@ impl VHost {
             exchanges: FastDashMap::default(),
             queues: FastDashMap::default(),
             store: None,
+            store_memory: None,
             persisting: AtomicBool::new(false),
             record_lock: Mutex::new(()),
             definitions_lsn: AtomicU64::new(0),
@@ -157,6 +160,7 @@ impl VHost {
     ) -> Self {
         let mut vh = VHost::with_policies(name, policies);
         vh.store = Some(store);
+        vh.store_memory = Some(memory.clone());
         vh.restore(defs, recovered, memory);
         vh.persisting.store(true, Ordering::Release);
         vh
@@ -559,13 +563,15 @@ impl VHost {
             spec.arguments,
         )
         .with_args(args);
-        match &self.store {
-            Some(store) if spec.durable && !exclusive => queue.with_store(QueueStore {
-                log: store.log.clone(),
-                id: id.unwrap_or_else(|| rand::rng().random()),
-                memory_budget: store.queue_memory_budget,
-                memory: store.memory.clone(),
-            }),
+        match (&self.store, &self.store_memory) {
+            (Some(store), Some(memory)) if spec.durable && !exclusive => {
+                queue.with_store(QueueStore {
+                    log: store.log.clone(),
+                    id: id.unwrap_or_else(|| rand::rng().random()),
+                    memory_budget: store.queue_memory_budget,
+                    memory: memory.clone(),
+                })
+            }
             _ => queue,
         }
     }

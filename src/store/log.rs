@@ -13,8 +13,6 @@
 use super::keyed::index_key;
 use super::record::{encode_delete, encode_enqueue, encode_put, encode_settle, scan, Record, Scan};
 use super::FsyncPolicy;
-use crate::core::Message;
-use bytes::BytesMut;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -324,28 +322,19 @@ impl MessageLog {
         Ok(bytes::Bytes::from(buf))
     }
 
-    /// Appends an enqueue record for `message` entering durable queue `queue` as `seq`.
-    pub fn append_enqueue(&self, queue: u64, seq: u64, message: &Message) -> Appended {
-        let encoded;
-        let props: &[u8] = match &message.raw_properties {
-            Some(raw) => raw,
-            None => {
-                let mut b = BytesMut::with_capacity(message.properties.encoded_len());
-                message.properties.encode(&mut b);
-                encoded = b;
-                &encoded
-            }
-        };
+    /// Appends an enqueue record for a message entering durable queue `queue` as `seq`:
+    /// where it was published, its AMQP content-header property block and its body.
+    pub fn append_enqueue(
+        &self,
+        queue: u64,
+        seq: u64,
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+        body: &[u8],
+    ) -> Appended {
         self.append(true, |out| {
-            encode_enqueue(
-                out,
-                queue,
-                seq,
-                &message.exchange,
-                &message.routing_key,
-                props,
-                &message.body,
-            )
+            encode_enqueue(out, queue, seq, exchange, routing_key, properties, body)
         })
     }
 

@@ -65,8 +65,6 @@ pub struct Store {
     pub log: Arc<MessageLog>,
     /// Per-queue bytes of ready bodies kept in memory (store.queue_memory_bytes).
     pub queue_memory_budget: u64,
-    /// Charged for messages read back from the log.
-    pub memory: Arc<crate::core::memory::MemoryMonitor>,
 }
 
 /// What the store held at start, for the broker to rebuild its vhosts from.
@@ -92,7 +90,6 @@ impl Store {
         data_dir: &Path,
         vhosts: &[String],
         config: &crate::config::StoreConfig,
-        memory: Arc<crate::core::memory::MemoryMonitor>,
     ) -> Result<(Arc<Store>, Recovered), StoreError> {
         let messages_dir = data_dir.join("messages");
         ensure_dir(&messages_dir)?;
@@ -147,7 +144,6 @@ impl Store {
         let store = Arc::new(Store {
             log: message_log,
             queue_memory_budget: config.queue_memory_bytes,
-            memory,
         });
         if !legacy.is_empty() {
             store.migrate_legacy(data_dir, &legacy)?;

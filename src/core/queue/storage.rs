@@ -113,7 +113,7 @@ impl Queue {
             let Some(message) = self.load(q) else {
                 continue;
             };
-            let a = store.log.append_enqueue(store.id, q.id, &message);
+            let a = crate::core::stored::append_message(&store.log, store.id, q.id, &message);
             q.stored = Some(a.at);
             moved.push(old);
         }
