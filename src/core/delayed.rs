@@ -271,21 +271,22 @@ impl DelayedHold {
         let Some(store) = self.store.get() else {
             return 0;
         };
+        let sharing = store.log.references_into(segment);
         let mut st = self.lock();
         let mut moved = Vec::new();
         for (seq, h) in st.held.iter_mut() {
             let Held::Stored(old) = *h else {
                 continue;
             };
-            if old.segment != segment {
+            if old.segment != segment && !sharing.contains(&old) {
                 continue;
             }
             let Some(message) = self.message_of(h) else {
                 continue;
             };
-            *h = Held::Stored(
-                crate::core::stored::append_message(&store.log, store.id, *seq, &message).at,
-            );
+            // Whole: a reference would point back into the segment being emptied.
+            let a = crate::core::stored::append_whole_message(&store.log, store.id, *seq, &message);
+            *h = Held::Stored(a.at);
             moved.push(old);
         }
         let n = moved.len();

@@ -7,10 +7,25 @@ use crate::store::log::{Appended, MessageLog};
 use bytes::BytesMut;
 use std::sync::Arc;
 
-/// Appends an enqueue record for `message` entering durable queue (or delayed hold) `queue`
-/// as `seq`. The property block is the one the message arrived with when it has one (no
-/// re-encoding on the hot path).
+/// Appends the record of `message` entering durable queue (or delayed hold) `queue` as `seq`:
+/// a reference to the record it was already written to for another queue (a fan-out writes
+/// the body once), else the whole message.
 pub fn append_message(log: &MessageLog, queue: u64, seq: u64, message: &Message) -> Appended {
+    if let Some(&body) = message.stored.get() {
+        if let Some(a) = log.append_reference(queue, seq, body) {
+            return a;
+        }
+    }
+    let a = append_whole_message(log, queue, seq, message);
+    // The first record written stays the one referenced (a racing second writer keeps its own).
+    let _ = message.stored.set(a.at);
+    a
+}
+
+/// Appends an enqueue record holding the whole of `message` (for compaction, which must not
+/// point back into the segment it empties). The property block is the one the message arrived
+/// with when it has one (no re-encoding on the hot path).
+pub fn append_whole_message(log: &MessageLog, queue: u64, seq: u64, message: &Message) -> Appended {
     let encoded;
     let props: &[u8] = match &message.raw_properties {
         Some(raw) => raw,
