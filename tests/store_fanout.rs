@@ -77,6 +77,7 @@ async fn a_fanned_out_body_is_written_once_and_kept_until_the_last_queue_acks() 
     }
     settle_all(&b).await;
     let per_message = (bytes_written(&b) - before) / MESSAGES as u64;
+    eprintln!("{per_message} bytes written per {BODY}-byte message fanned out to {QUEUES} queues");
     // The body once plus nine 48-byte references, not ten bodies.
     assert!(
         per_message < (BODY as u64) * 2,
