@@ -71,12 +71,7 @@ impl Broker {
     pub fn open(config: Config) -> Result<Arc<Self>, StoreError> {
         let memory = MemoryMonitor::new(config.memory_high_watermark_bytes());
         let names: Vec<String> = config.vhosts.iter().map(|v| v.name.clone()).collect();
-        let (store, mut recovered) = Store::open(
-            &config.server.data_dir,
-            &names,
-            &config.store,
-            memory.clone(),
-        )?;
+        let (store, mut recovered) = Store::open(&config.server.data_dir, &names, &config.store)?;
         let policies = Self::policies(&config);
         let vhosts = DashMap::new();
         for defs in &recovered.definitions {

@@ -156,7 +156,7 @@ impl DelayedHold {
         st.next_seq += 1;
         let (entry, lsn) = match self.store.get() {
             Some(store) if held.is_persistent() => {
-                let a = store.log.append_enqueue(store.id, seq, &held);
+                let a = crate::core::stored::append_message(&store.log, store.id, seq, &held);
                 (Held::Stored(a.at), a.lsn)
             }
             _ => (Held::InMemory(held), 0),
@@ -271,19 +271,22 @@ impl DelayedHold {
         let Some(store) = self.store.get() else {
             return 0;
         };
+        let sharing = store.log.references_into(segment);
         let mut st = self.lock();
         let mut moved = Vec::new();
         for (seq, h) in st.held.iter_mut() {
             let Held::Stored(old) = *h else {
                 continue;
             };
-            if old.segment != segment {
+            if old.segment != segment && !sharing.contains(&old) {
                 continue;
             }
             let Some(message) = self.message_of(h) else {
                 continue;
             };
-            *h = Held::Stored(store.log.append_enqueue(store.id, *seq, &message).at);
+            // Whole: a reference would point back into the segment being emptied.
+            let a = crate::core::stored::append_whole_message(&store.log, store.id, *seq, &message);
+            *h = Held::Stored(a.at);
             moved.push(old);
         }
         let n = moved.len();

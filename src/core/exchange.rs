@@ -367,9 +367,9 @@ impl Exchange {
         true
     }
 
-    /// Removes every binding to `destination` (when a queue or exchange is deleted). Returns how
-    /// many were removed.
-    pub fn unbind_destination(&self, destination: &Destination) -> usize {
+    /// Removes every binding to `destination` (when a queue or exchange is deleted). Returns
+    /// the bindings removed.
+    pub fn unbind_destination(&self, destination: &Destination) -> Vec<Binding> {
         let doomed: Vec<Binding> = {
             let set = self.read();
             set.positions(destination)
@@ -380,7 +380,7 @@ impl Exchange {
         for b in &doomed {
             self.unbind(&b.destination, &b.routing_key, &b.arguments);
         }
-        doomed.len()
+        doomed
     }
 
     /// The bindings, by destination name and routing key (their order inside is arbitrary).
@@ -512,7 +512,10 @@ mod tests {
             .unwrap());
         assert!(ex.unbind(&Destination::Queue(b.clone()), "s.*", &none));
         assert_eq!(routed(&ex, "s.x", None), ["a", "b"]);
-        assert_eq!(ex.unbind_destination(&Destination::Queue(a.clone())), 3);
+        assert_eq!(
+            ex.unbind_destination(&Destination::Queue(a.clone())).len(),
+            3
+        );
         assert_eq!(routed(&ex, "s.x", None), ["b"]);
         assert_eq!(routed(&ex, "t.x.y", None), ["c"]);
         assert!(routed(&ex, "u", None).is_empty());

@@ -44,6 +44,9 @@ pub struct Message {
     /// The content-header property bytes as received from an AMQP publisher, if unchanged.
     pub raw_properties: Option<Bytes>,
     pub body: Bytes,
+    /// The enqueue record the message was first written to: further durable queues it is
+    /// routed to write a small reference to it instead of the whole message again.
+    pub stored: std::sync::OnceLock<crate::store::log::RecordPos>,
     _charge: MemoryCharge,
 }
 
@@ -67,6 +70,7 @@ impl Message {
             properties,
             raw_properties,
             body,
+            stored: std::sync::OnceLock::new(),
             _charge: charge,
         }
     }

@@ -15,6 +15,7 @@ pub mod message;
 pub mod policy;
 pub mod process_memory;
 pub mod queue;
+pub mod stored;
 pub mod timer;
 pub mod topic;
 pub mod vhost;

@@ -11,11 +11,13 @@ use super::policy::Policies;
 use super::queue::args::QueueArgs;
 use super::queue::{ConnectionId, Queue, QueueEnv, QueueStore, RecoveredEntry};
 use super::timer::Timer;
-use crate::store::definitions::{table_text, BindingDef, ExchangeDef, QueueDef};
-use crate::store::{Store, VHostDefinitions};
+use crate::store::definitions::{
+    binding_key, encode, exchange_key, queue_key, table_text, BindingDef, ExchangeDef, QueueDef,
+};
+use crate::store::{kind, Store, VHostDefinitions};
 use rand::Rng;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use switchboard_amqp::{FieldTable, FieldValue};
 
@@ -70,10 +72,18 @@ pub struct VHost {
     queues: FastDashMap<String, Arc<Queue>>,
     /// Where durable definitions and persistent messages go; None for a memory-only vhost.
     store: Option<Arc<Store>>,
+    /// Charged for messages durable queues read back from the store (set with `store`).
+    store_memory: Option<Arc<MemoryMonitor>>,
     /// Off while definitions are being restored at start (nothing new to write).
     persisting: AtomicBool,
-    /// Serialises definition writes so the last file written reflects the latest state.
-    persist_lock: Mutex<()>,
+    /// Held while a definition change appends its record, after checking that the change still
+    /// stands: two racing changes to one definition (a declare and a delete) then append their
+    /// records in the order they took effect in memory.
+    record_lock: Mutex<()>,
+    /// The LSN of the last definition record appended: a reply promising a definition (a
+    /// declare-ok, even for a definition another connection just made) waits until the log is
+    /// durable up to it.
+    definitions_lsn: AtomicU64,
     /// The timer and memory monitor queues use, once the vhost is attached to its broker.
     env: OnceLock<VHostEnv>,
     /// Configured policies: arguments for queues matching a pattern.
@@ -99,8 +109,10 @@ impl VHost {
             exchanges: FastDashMap::default(),
             queues: FastDashMap::default(),
             store: None,
+            store_memory: None,
             persisting: AtomicBool::new(false),
-            persist_lock: Mutex::new(()),
+            record_lock: Mutex::new(()),
+            definitions_lsn: AtomicU64::new(0),
             env: OnceLock::new(),
             policies: Arc::new(Policies::default()),
             exclusive: Mutex::new(HashMap::new()),
@@ -148,6 +160,7 @@ impl VHost {
     ) -> Self {
         let mut vh = VHost::with_policies(name, policies);
         vh.store = Some(store);
+        vh.store_memory = Some(memory.clone());
         vh.restore(defs, recovered, memory);
         vh.persisting.store(true, Ordering::Release);
         vh
@@ -311,6 +324,13 @@ impl VHost {
             if let (true, Some(hold)) = (ex.durable, &ex.delayed) {
                 if hold.store_id().is_none() {
                     self.give_hold_store(hold, None);
+                    if let (Some(store), Some(def)) = (&self.store, hold_def(&ex)) {
+                        store.put(
+                            kind::QUEUE,
+                            &queue_key(&self.name, &def.name),
+                            &encode(&def),
+                        );
+                    }
                 }
             }
         }
@@ -322,7 +342,10 @@ impl VHost {
                 self.bind_queue(&b.destination, &b.source, &b.routing_key, &args, 0)
             };
             if let Err(err) = r {
-                tracing::warn!(vhost = %self.name, source = %b.source, destination = %b.destination, "cannot restore binding: {err}");
+                tracing::warn!(vhost = %self.name, source = %b.source, destination = %b.destination, "cannot restore binding: {err}; its record is deleted");
+                if let Some(store) = &self.store {
+                    store.delete(kind::BINDING, &binding_key(&self.name, b));
+                }
             }
         }
     }
@@ -331,6 +354,10 @@ impl VHost {
     fn restore_hold(&self, exchange: &str, id: u64, recovered: &mut crate::store::RecoveredLog) {
         let Some(hold) = self.exchange(exchange).and_then(|e| e.delayed.clone()) else {
             tracing::warn!(vhost = %self.name, exchange, "delayed messages of a missing delayed exchange are dropped");
+            if let Some(store) = &self.store {
+                let name = format!("{}{exchange}", delayed::HOLD_PREFIX);
+                store.delete(kind::QUEUE, &queue_key(&self.name, &name));
+            }
             return;
         };
         self.give_hold_store(&hold, Some(id));
@@ -369,81 +396,154 @@ impl VHost {
         queues + holds
     }
 
-    /// The durable definitions as they stand.
-    pub fn definitions(&self) -> VHostDefinitions {
-        let durable_queue = |q: &Queue| q.durable && q.exclusive_owner.is_none();
-        let mut defs = VHostDefinitions {
-            vhost: self.name.clone(),
-            ..Default::default()
-        };
-        for ex in self.exchanges() {
-            if !ex.durable || ex.name.is_empty() {
-                continue;
-            }
-            if !ex.name.starts_with("amq.") {
-                defs.exchanges.push(ExchangeDef {
-                    name: ex.name.clone(),
-                    kind: ex.type_name().to_owned(),
-                    auto_delete: ex.auto_delete,
-                    internal: ex.internal,
-                    arguments: table_text(&ex.arguments),
-                });
-            }
-            for b in ex.bindings() {
-                let durable_dest = match &b.destination {
-                    Destination::Queue(q) => durable_queue(q),
-                    Destination::Exchange(e) => e.durable,
-                };
-                if durable_dest {
-                    defs.bindings.push(BindingDef {
-                        source: ex.name.clone(),
-                        destination_type: b.destination.kind_str().to_owned(),
-                        destination: b.destination.name().to_owned(),
-                        routing_key: b.routing_key.clone(),
-                        arguments: table_text(&b.arguments),
-                    });
-                }
-            }
-        }
-        // A durable delayed exchange's held messages are kept under a store id of their own,
-        // listed as a (never declared) queue so that recovery keeps its records.
-        for ex in self.exchanges() {
-            let hold_id = ex.delayed.as_ref().and_then(|h| h.store_id());
-            if let (true, Some(id)) = (ex.durable, hold_id) {
-                defs.queues.push(QueueDef {
-                    name: format!("{}{}", delayed::HOLD_PREFIX, ex.name),
-                    id,
-                    auto_delete: false,
-                    arguments: String::new(),
-                });
-            }
-        }
-        for q in self.queues() {
-            if let (true, Some(id)) = (durable_queue(&q), q.store_id()) {
-                defs.queues.push(QueueDef {
-                    name: q.name.clone(),
-                    id,
-                    auto_delete: q.auto_delete,
-                    arguments: table_text(&q.arguments),
-                });
-            }
-        }
-        defs
+    /// The LSN of the last definition record appended (0: none). A reply that promises a
+    /// definition is durable waits until the log is durable up to it.
+    pub fn definitions_lsn(&self) -> u64 {
+        self.definitions_lsn.load(Ordering::Acquire)
     }
 
-    /// Writes the durable definitions if `changed` (something durable was created, changed or
-    /// removed). A failed write is logged; the change stands in memory.
-    fn persist_if(&self, changed: bool) {
+    /// Waits until every definition change made so far is durable.
+    pub async fn definitions_synced(&self) {
+        if let Some(store) = &self.store {
+            store.log.wait_synced(self.definitions_lsn()).await;
+        }
+    }
+
+    /// Appends the record of a definition change if the vhost keeps durable definitions and
+    /// `still_stands` (checked under the record lock, see `record_lock`).
+    fn record(&self, still_stands: impl FnOnce() -> bool, write: impl FnOnce(&Store) -> u64) {
         let Some(store) = &self.store else {
             return;
         };
-        if !changed || !self.persisting.load(Ordering::Acquire) {
+        if !self.persisting.load(Ordering::Acquire) {
             return;
         }
-        let _guard = self.persist_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = store.save_definitions(&self.definitions()) {
-            tracing::error!(vhost = %self.name, "cannot save definitions: {e}");
+        let _held = self.record_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if still_stands() {
+            let lsn = write(store);
+            self.definitions_lsn.fetch_max(lsn, Ordering::AcqRel);
         }
+    }
+
+    /// Records a durable exchange that was just declared (and its delayed hold's store id).
+    fn record_exchange(&self, ex: &Arc<Exchange>) {
+        let current = || self.exchange(&ex.name).is_some_and(|e| Arc::ptr_eq(&e, ex));
+        self.record(current, |store| {
+            let def = ExchangeDef {
+                name: ex.name.clone(),
+                kind: ex.type_name().to_owned(),
+                auto_delete: ex.auto_delete,
+                internal: ex.internal,
+                arguments: table_text(&ex.arguments),
+            };
+            let mut lsn = store.put(
+                kind::EXCHANGE,
+                &exchange_key(&self.name, &ex.name),
+                &encode(&def),
+            );
+            if let Some(hold) = hold_def(ex) {
+                lsn = store.put(
+                    kind::QUEUE,
+                    &queue_key(&self.name, &hold.name),
+                    &encode(&hold),
+                );
+            }
+            lsn
+        });
+    }
+
+    /// Deletes the records of a durable exchange that was just removed: its own, its delayed
+    /// hold's and those of the bindings from it (bindings to it are handled as a destination's).
+    fn record_exchange_gone(&self, ex: &Arc<Exchange>) {
+        if !ex.durable {
+            return;
+        }
+        self.record(
+            || true,
+            |store| {
+                let mut lsn = store.delete(kind::EXCHANGE, &exchange_key(&self.name, &ex.name));
+                let hold = format!("{}{}", delayed::HOLD_PREFIX, ex.name);
+                lsn = lsn.max(store.delete(kind::QUEUE, &queue_key(&self.name, &hold)));
+                for b in ex.bindings() {
+                    if Self::destination_durable(&b.destination) {
+                        let def = binding_def(&ex.name, &b);
+                        lsn = lsn.max(store.delete(kind::BINDING, &binding_key(&self.name, &def)));
+                    }
+                }
+                lsn
+            },
+        );
+    }
+
+    /// Records a durable queue that was just declared.
+    fn record_queue(&self, q: &Arc<Queue>) {
+        let Some(id) = q.store_id() else {
+            return;
+        };
+        let current = || self.queue(&q.name).is_some_and(|e| Arc::ptr_eq(&e, q));
+        self.record(current, |store| {
+            let def = QueueDef {
+                name: q.name.clone(),
+                id,
+                auto_delete: q.auto_delete,
+                arguments: table_text(&q.arguments),
+            };
+            store.put(kind::QUEUE, &queue_key(&self.name, &q.name), &encode(&def))
+        });
+    }
+
+    /// Deletes the record of a durable queue that was just removed.
+    fn record_queue_gone(&self, q: &Arc<Queue>) {
+        if q.store_id().is_none() {
+            return;
+        }
+        self.record(
+            || true,
+            |store| store.delete(kind::QUEUE, &queue_key(&self.name, &q.name)),
+        );
+    }
+
+    /// Records a new binding from `source` if both ends are durable and still in the vhost.
+    fn record_binding(&self, source: &Arc<Exchange>, binding: &super::exchange::Binding) {
+        if !(source.durable && Self::destination_durable(&binding.destination)) {
+            return;
+        }
+        let current = || {
+            let source_here = self
+                .exchange(&source.name)
+                .is_some_and(|e| Arc::ptr_eq(&e, source));
+            let destination_here = match &binding.destination {
+                Destination::Queue(q) => self.queue(&q.name).is_some_and(|e| Arc::ptr_eq(&e, q)),
+                Destination::Exchange(x) => {
+                    self.exchange(&x.name).is_some_and(|e| Arc::ptr_eq(&e, x))
+                }
+            };
+            source_here && destination_here
+        };
+        self.record(current, |store| {
+            let def = binding_def(&source.name, binding);
+            store.put(kind::BINDING, &binding_key(&self.name, &def), &encode(&def))
+        });
+    }
+
+    /// Deletes the records of bindings from `source` that were just removed.
+    fn record_bindings_gone(&self, source: &Exchange, removed: &[super::exchange::Binding]) {
+        if !source.durable {
+            return;
+        }
+        self.record(
+            || true,
+            |store| {
+                let mut lsn = 0;
+                for b in removed {
+                    if Self::destination_durable(&b.destination) {
+                        let def = binding_def(&source.name, b);
+                        lsn = lsn.max(store.delete(kind::BINDING, &binding_key(&self.name, &def)));
+                    }
+                }
+                lsn
+            },
+        );
     }
 
     /// A new queue object for `spec` (not yet in the vhost). Durable, non-exclusive queues of a
@@ -463,13 +563,15 @@ impl VHost {
             spec.arguments,
         )
         .with_args(args);
-        match &self.store {
-            Some(store) if spec.durable && !exclusive => queue.with_store(QueueStore {
-                log: store.log.clone(),
-                id: id.unwrap_or_else(|| rand::rng().random()),
-                memory_budget: store.queue_memory_budget,
-                memory: store.memory.clone(),
-            }),
+        match (&self.store, &self.store_memory) {
+            (Some(store), Some(memory)) if spec.durable && !exclusive => {
+                queue.with_store(QueueStore {
+                    log: store.log.clone(),
+                    id: id.unwrap_or_else(|| rand::rng().random()),
+                    memory_budget: store.queue_memory_budget,
+                    memory: memory.clone(),
+                })
+            }
             _ => queue,
         }
     }
@@ -624,7 +726,9 @@ impl VHost {
             .entry(spec.name)
             .or_insert(ex.clone())
             .clone();
-        self.persist_if(Arc::ptr_eq(&winner, &ex) && ex.durable);
+        if Arc::ptr_eq(&winner, &ex) && ex.durable {
+            self.record_exchange(&ex);
+        }
         Ok(winner)
     }
 
@@ -655,9 +759,8 @@ impl VHost {
         if let Some(hold) = &ex.delayed {
             hold.delete();
         }
-        let durable = ex.durable;
-        self.remove_bindings_to(&Destination::Exchange(ex));
-        self.persist_if(durable);
+        self.remove_bindings_to(&Destination::Exchange(ex.clone()));
+        self.record_exchange_gone(&ex);
         Ok(())
     }
 
@@ -665,7 +768,9 @@ impl VHost {
     fn remove_bindings_to(&self, dest: &Destination) {
         let sources: Vec<Arc<Exchange>> = self.exchanges.iter().map(|e| e.clone()).collect();
         for src in sources {
-            if src.unbind_destination(dest) > 0 {
+            let removed = src.unbind_destination(dest);
+            if !removed.is_empty() {
+                self.record_bindings_gone(&src, &removed);
                 self.maybe_auto_delete_exchange(&src);
             }
         }
@@ -682,7 +787,7 @@ impl VHost {
                     hold.delete();
                 }
                 self.remove_bindings_to(&Destination::Exchange(ex.clone()));
-                self.persist_if(ex.durable);
+                self.record_exchange_gone(ex);
             }
         }
     }
@@ -734,7 +839,7 @@ impl VHost {
         if Arc::ptr_eq(&winner, &queue) {
             self.attach_queue(&queue);
             self.note_exclusive(&queue);
-            self.persist_if(queue.store_id().is_some());
+            self.record_queue(&queue);
             Ok(QueueDeclared {
                 queue,
                 created: true,
@@ -872,7 +977,7 @@ impl VHost {
         self.forget_exclusive(q);
         let deleted = q.delete();
         self.remove_bindings_to(&Destination::Queue(q.clone()));
-        self.persist_if(q.store_id().is_some());
+        self.record_queue_gone(q);
         for c in &deleted.consumers {
             c.sink.cancelled(q, &c.tag);
         }
@@ -915,11 +1020,7 @@ impl VHost {
     ) -> CoreResult<()> {
         let q = self.queue_for(queue, conn)?;
         let ex = self.check_bindable_source(exchange)?;
-        let durable = ex.durable && Self::destination_durable(&Destination::Queue(q.clone()));
-        ex.bind(Destination::Queue(q), routing_key, arguments)
-            .map_err(|e| CoreError::precondition(e.to_string()))?;
-        self.persist_if(durable);
-        Ok(())
+        self.bind(&ex, Destination::Queue(q), routing_key, arguments)
     }
 
     pub fn unbind_queue(
@@ -932,12 +1033,7 @@ impl VHost {
     ) -> CoreResult<()> {
         let q = self.queue_for(queue, conn)?;
         let ex = self.check_bindable_source(exchange)?;
-        // Unbinding what is not bound succeeds, as in RabbitMQ.
-        let durable = ex.durable && Self::destination_durable(&Destination::Queue(q.clone()));
-        if ex.unbind(&Destination::Queue(q), routing_key, arguments) {
-            self.maybe_auto_delete_exchange(&ex);
-            self.persist_if(durable);
-        }
+        self.unbind(&ex, Destination::Queue(q), routing_key, arguments);
         Ok(())
     }
 
@@ -950,11 +1046,7 @@ impl VHost {
     ) -> CoreResult<()> {
         let dst = self.check_bindable_source(destination)?;
         let src = self.check_bindable_source(source)?;
-        let durable = src.durable && dst.durable;
-        src.bind(Destination::Exchange(dst), routing_key, arguments)
-            .map_err(|e| CoreError::precondition(e.to_string()))?;
-        self.persist_if(durable);
-        Ok(())
+        self.bind(&src, Destination::Exchange(dst), routing_key, arguments)
     }
 
     pub fn unbind_exchange(
@@ -966,12 +1058,50 @@ impl VHost {
     ) -> CoreResult<()> {
         let dst = self.check_bindable_source(destination)?;
         let src = self.check_bindable_source(source)?;
-        let durable = src.durable && dst.durable;
-        if src.unbind(&Destination::Exchange(dst), routing_key, arguments) {
-            self.maybe_auto_delete_exchange(&src);
-            self.persist_if(durable);
+        self.unbind(&src, Destination::Exchange(dst), routing_key, arguments);
+        Ok(())
+    }
+
+    /// Binds `destination` to `source` and records a new durable binding.
+    fn bind(
+        &self,
+        source: &Arc<Exchange>,
+        destination: Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> CoreResult<()> {
+        let binding = super::exchange::Binding {
+            destination,
+            routing_key: routing_key.to_owned(),
+            arguments: arguments.clone(),
+        };
+        let added = source
+            .bind(binding.destination.clone(), routing_key, arguments)
+            .map_err(|e| CoreError::precondition(e.to_string()))?;
+        if added {
+            self.record_binding(source, &binding);
         }
         Ok(())
+    }
+
+    /// Unbinds `destination` from `source` (unbinding what is not bound succeeds, as in
+    /// RabbitMQ), deleting its record and an auto-delete source left unbound.
+    fn unbind(
+        &self,
+        source: &Arc<Exchange>,
+        destination: Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) {
+        if source.unbind(&destination, routing_key, arguments) {
+            let binding = super::exchange::Binding {
+                destination,
+                routing_key: routing_key.to_owned(),
+                arguments: arguments.clone(),
+            };
+            self.record_bindings_gone(source, std::slice::from_ref(&binding));
+            self.maybe_auto_delete_exchange(source);
+        }
     }
 
     // ---- routing ----
@@ -1092,6 +1222,29 @@ impl VHost {
         }
         out
     }
+}
+
+/// A binding from exchange `source` as a definition record.
+fn binding_def(source: &str, b: &super::exchange::Binding) -> BindingDef {
+    BindingDef {
+        source: source.to_owned(),
+        destination_type: b.destination.kind_str().to_owned(),
+        destination: b.destination.name().to_owned(),
+        routing_key: b.routing_key.clone(),
+        arguments: table_text(&b.arguments),
+    }
+}
+
+/// A durable delayed exchange's held messages are kept under a store id of their own, recorded
+/// as a (never declared) queue so that recovery keeps their records.
+fn hold_def(ex: &Exchange) -> Option<QueueDef> {
+    let id = ex.delayed.as_ref()?.store_id()?;
+    ex.durable.then(|| QueueDef {
+        name: format!("{}{}", delayed::HOLD_PREFIX, ex.name),
+        id,
+        auto_delete: false,
+        arguments: String::new(),
+    })
 }
 
 /// A random name with RabbitMQ's shape: prefix + 22 URL-safe base64 characters.

@@ -83,8 +83,8 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     };
     mqtt::persist::restore(&broker).await;
     let mut listeners = vec![
-        tokio::spawn(crate::store::compaction::run(broker.clone())),
-        tokio::spawn(crate::store::disk::run(broker.clone())),
+        tokio::spawn(crate::core::stored::compact(broker.clone())),
+        tokio::spawn(crate::core::stored::watch_disk(broker.clone())),
         tokio::spawn(broker.timer.clone().run(broker.shutdown_signal())),
     ];
     for (protocol, ls) in [

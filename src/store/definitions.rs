@@ -1,17 +1,20 @@
-//! Durable definitions (exchanges, queues, bindings) of each vhost, one JSON file per vhost.
+//! Durable definitions (exchanges, queues, bindings) as keyed records in the log: one record
+//! per exchange, queue or binding, so a declare or delete appends one small record whatever
+//! the number of definitions (see keyed.rs for keys and values).
 //!
-//! A file is replaced atomically: written to a temporary file, fsync'd, renamed over the old one,
-//! and the directory fsync'd, so a crash leaves either the old or the new file, never half of one.
-//! Argument tables are kept as base64 of their AMQP encoding: exact for every field type.
+//! Keys are [`compose_key`] fields: `[vhost, name]` for exchanges and queues, and
+//! `[vhost, source, destination type, destination, routing key, encoded arguments]` for
+//! bindings (a binding is identified by all of them). Values are the definitions below as
+//! JSON. Argument tables are kept as base64 of their AMQP encoding: exact for every field type.
 
+use super::keyed::{compose_key, kind, split_key, RecoveredKeyed};
 use base64::Engine;
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
 use switchboard_amqp::{decode_table, encode_table, FieldTable};
 
+/// One vhost's durable definitions, as recovered at start.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VHostDefinitions {
     pub vhost: String,
@@ -49,30 +52,14 @@ pub struct BindingDef {
     pub arguments: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DefinitionsError {
-    #[error("cannot read definitions {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("definitions file {path} is not valid: {reason}")]
-    Invalid { path: PathBuf, reason: String },
-    #[error("cannot write definitions {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// Encodes an argument table for a definitions file.
+/// Encodes an argument table for a definition record.
 pub fn table_text(t: &FieldTable) -> String {
     let mut b = BytesMut::new();
     encode_table(&mut b, t);
     base64::engine::general_purpose::STANDARD.encode(&b)
 }
 
-/// Decodes an argument table from a definitions file.
+/// Decodes an argument table from a definition record.
 pub fn text_table(s: &str) -> Result<FieldTable, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s)
@@ -81,79 +68,221 @@ pub fn text_table(s: &str) -> Result<FieldTable, String> {
     decode_table(&mut b).map_err(|e| e.to_string())
 }
 
-/// The file holding `vhost`'s definitions (the name hex-encoded: vhost names may hold `/`).
-pub fn path_for(dir: &Path, vhost: &str) -> PathBuf {
-    let hex: String = vhost.bytes().map(|b| format!("{b:02x}")).collect();
-    dir.join(format!("vhost-{hex}.json"))
+/// The key of exchange `name` of `vhost` (kind [`kind::EXCHANGE`]).
+pub fn exchange_key(vhost: &str, name: &str) -> Vec<u8> {
+    compose_key(&[vhost.as_bytes(), name.as_bytes()])
 }
 
-/// Reads `vhost`'s definitions; empty ones when there is no file yet.
-pub fn load(dir: &Path, vhost: &str) -> Result<VHostDefinitions, DefinitionsError> {
-    let path = path_for(dir, vhost);
-    let text = match std::fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(VHostDefinitions {
-                vhost: vhost.to_owned(),
-                ..Default::default()
-            })
-        }
-        Err(source) => return Err(DefinitionsError::Read { path, source }),
+/// The key of queue `name` of `vhost` (kind [`kind::QUEUE`]).
+pub fn queue_key(vhost: &str, name: &str) -> Vec<u8> {
+    compose_key(&[vhost.as_bytes(), name.as_bytes()])
+}
+
+/// The key of binding `b` of `vhost` (kind [`kind::BINDING`]).
+pub fn binding_key(vhost: &str, b: &BindingDef) -> Vec<u8> {
+    compose_key(&[
+        vhost.as_bytes(),
+        b.source.as_bytes(),
+        b.destination_type.as_bytes(),
+        b.destination.as_bytes(),
+        b.routing_key.as_bytes(),
+        b.arguments.as_bytes(),
+    ])
+}
+
+/// A definition as a record value.
+pub fn encode<T: Serialize>(def: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail (no maps with non-string keys, no custom
+    // serialisers); an empty value would be reported on recovery rather than panicking here.
+    serde_json::to_vec(def).unwrap_or_default()
+}
+
+/// A record that is not a definition this version can read.
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable {what} record {key:?}: {reason}")]
+pub struct BadRecord {
+    pub what: &'static str,
+    pub key: String,
+    pub reason: String,
+}
+
+/// The vhost a definition record's key belongs to.
+fn vhost_of<'a>(what: &'static str, key: &'a [u8]) -> Result<&'a str, BadRecord> {
+    let bad = |reason: &str| BadRecord {
+        what,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.to_owned(),
     };
-    serde_json::from_slice(&text).map_err(|e| DefinitionsError::Invalid {
-        path,
+    let fields = split_key(key).ok_or_else(|| bad("not a composed key"))?;
+    let first = fields.first().ok_or_else(|| bad("empty key"))?;
+    std::str::from_utf8(first).map_err(|_| bad("vhost is not UTF-8"))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    what: &'static str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, BadRecord> {
+    serde_json::from_slice(value).map_err(|e| BadRecord {
+        what,
+        key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
     })
 }
 
-/// Replaces `defs.vhost`'s definitions file atomically.
-pub fn save(dir: &Path, defs: &VHostDefinitions) -> Result<(), DefinitionsError> {
-    let path = path_for(dir, &defs.vhost);
-    let err = |source| DefinitionsError::Write {
-        path: path.clone(),
-        source,
-    };
-    let json = serde_json::to_vec_pretty(defs).map_err(|e| err(std::io::Error::other(e)))?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = File::create(&tmp).map_err(err)?;
-    f.write_all(&json).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(err)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+/// Every vhost's definitions from the recovered keyed state, by vhost name, each list sorted
+/// by name (so restoring is deterministic). A record that cannot be read is reported in the
+/// second list and left out.
+pub fn from_keyed(keyed: &RecoveredKeyed) -> (BTreeMap<String, VHostDefinitions>, Vec<BadRecord>) {
+    let mut out: BTreeMap<String, VHostDefinitions> = BTreeMap::new();
+    let mut bad = Vec::new();
+    fn entry<'a>(
+        out: &'a mut BTreeMap<String, VHostDefinitions>,
+        vhost: &str,
+    ) -> &'a mut VHostDefinitions {
+        out.entry(vhost.to_owned())
+            .or_insert_with(|| VHostDefinitions {
+                vhost: vhost.to_owned(),
+                ..Default::default()
+            })
+    }
+    for (key, value) in keyed.of_kind(kind::EXCHANGE) {
+        match vhost_of("exchange", key).and_then(|v| Ok((v, decode("exchange", key, value)?))) {
+            Ok((v, def)) => entry(&mut out, v).exchanges.push(def),
+            Err(e) => bad.push(e),
+        }
+    }
+    for (key, value) in keyed.of_kind(kind::QUEUE) {
+        match vhost_of("queue", key).and_then(|v| Ok((v, decode("queue", key, value)?))) {
+            Ok((v, def)) => entry(&mut out, v).queues.push(def),
+            Err(e) => bad.push(e),
+        }
+    }
+    for (key, value) in keyed.of_kind(kind::BINDING) {
+        match vhost_of("binding", key).and_then(|v| Ok((v, decode("binding", key, value)?))) {
+            Ok((v, def)) => entry(&mut out, v).bindings.push(def),
+            Err(e) => bad.push(e),
+        }
+    }
+    for defs in out.values_mut() {
+        defs.sort();
+    }
+    (out, bad)
+}
+
+impl VHostDefinitions {
+    /// Sorts every list by name, so the order does not depend on the index's hashing.
+    pub fn sort(&mut self) {
+        self.exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        self.queues.sort_by(|a, b| a.name.cmp(&b.name));
+        self.bindings.sort_by(|a, b| {
+            (&a.source, &a.destination, &a.routing_key).cmp(&(
+                &b.source,
+                &b.destination,
+                &b.routing_key,
+            ))
+        });
+    }
+
+    /// Every definition as `(kind, key, value)` records.
+    pub fn records(&self) -> Vec<(u8, Vec<u8>, Vec<u8>)> {
+        let v = &self.vhost;
+        let exchanges = self
+            .exchanges
+            .iter()
+            .map(|e| (kind::EXCHANGE, exchange_key(v, &e.name), encode(e)));
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| (kind::QUEUE, queue_key(v, &q.name), encode(q)));
+        let bindings = self
+            .bindings
+            .iter()
+            .map(|b| (kind::BINDING, binding_key(v, b), encode(b)));
+        exchanges.chain(queues).chain(bindings).collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::keyed::RecoveredValue;
+    use crate::store::log::RecordPos;
     use switchboard_amqp::FieldValue;
 
     #[test]
-    fn round_trip_through_a_file() {
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-defs-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).expect("dir");
+    fn records_read_back_as_the_same_definitions() {
         let mut args = FieldTable::new();
         args.insert("x-max-priority".into(), FieldValue::U8(10));
         let defs = VHostDefinitions {
             vhost: "a/b".into(),
-            exchanges: vec![],
+            exchanges: vec![ExchangeDef {
+                name: "x".into(),
+                kind: "topic".into(),
+                auto_delete: false,
+                internal: true,
+                arguments: table_text(&FieldTable::new()),
+            }],
             queues: vec![QueueDef {
                 name: "q".into(),
                 id: 9,
                 auto_delete: false,
                 arguments: table_text(&args),
             }],
-            bindings: vec![],
+            bindings: vec![BindingDef {
+                source: "x".into(),
+                destination_type: "queue".into(),
+                destination: "q".into(),
+                routing_key: "a.#".into(),
+                arguments: table_text(&FieldTable::new()),
+            }],
         };
-        save(&dir, &defs).expect("save");
-        let back = load(&dir, "a/b").expect("load");
-        assert_eq!(back, defs);
-        assert_eq!(text_table(&back.queues[0].arguments), Ok(args));
-        assert!(load(&dir, "none").expect("empty").queues.is_empty());
-        std::fs::remove_dir_all(&dir).ok();
+        let mut keyed = RecoveredKeyed::default();
+        let at = RecordPos {
+            segment: 1,
+            offset: 0,
+            len: 1,
+        };
+        for (k, key, value) in defs.records() {
+            keyed.put(
+                k,
+                &key,
+                RecoveredValue {
+                    at,
+                    value: value.into(),
+                },
+            );
+        }
+        // A record this version cannot read is reported, not fatal.
+        keyed.put(
+            kind::QUEUE,
+            &queue_key("a/b", "broken"),
+            RecoveredValue {
+                at,
+                value: bytes::Bytes::from_static(b"{"),
+            },
+        );
+        let (back, bad) = from_keyed(&keyed);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back["a/b"], defs);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!(text_table(&back["a/b"].queues[0].arguments), Ok(args));
+    }
+
+    #[test]
+    fn binding_keys_tell_every_field_apart() {
+        let b = |key: &str, args: &str| BindingDef {
+            source: "x".into(),
+            destination_type: "queue".into(),
+            destination: "q".into(),
+            routing_key: key.into(),
+            arguments: args.into(),
+        };
+        assert_ne!(binding_key("/", &b("k", "")), binding_key("/", &b("", "k")));
+        assert_ne!(binding_key("/", &b("k", "")), binding_key("v", &b("k", "")));
+        assert_eq!(
+            binding_key("/", &b("k", "a")),
+            binding_key("/", &b("k", "a"))
+        );
     }
 }

@@ -2,11 +2,10 @@
 //! free space than `server.disk_free_limit_bytes`, so the store never has to fail a write for
 //! lack of space in normal operation (and if it does, it retries without corrupting anything).
 
-use crate::core::Broker;
 use std::ffi::CString;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// How often free space is checked.
 const INTERVAL: Duration = Duration::from_millis(500);
@@ -28,14 +27,14 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// Checks free space until the broker shuts down, setting and clearing the disk alarm.
-pub async fn run(broker: Arc<Broker>) {
-    let limit = broker.config.server.disk_free_limit_bytes;
-    if limit == 0 || broker.store.is_none() {
-        return;
-    }
-    let dir = broker.config.server.data_dir.clone();
-    let mut shutdown = broker.shutdown_signal();
+/// Checks the free space of `dir`'s file system until `shutdown` turns true, telling
+/// `set_alarm` each time whether it is below `limit` bytes.
+pub async fn run(
+    dir: PathBuf,
+    limit: u64,
+    mut shutdown: watch::Receiver<bool>,
+    set_alarm: impl Fn(bool),
+) {
     let mut tick = tokio::time::interval(INTERVAL);
     loop {
         tokio::select! {
@@ -43,7 +42,7 @@ pub async fn run(broker: Arc<Broker>) {
             _ = shutdown.changed() => return,
         }
         match free_bytes(&dir) {
-            Ok(free) => broker.memory.set_disk_alarm(free < limit),
+            Ok(free) => set_alarm(free < limit),
             Err(e) => {
                 tracing::warn!(error = %e, dir = %dir.display(), "cannot read free disk space")
             }

@@ -11,10 +11,10 @@
 //! settle record that a surviving enqueue record needs.
 
 use super::keyed::index_key;
-use super::record::{encode_delete, encode_enqueue, encode_put, encode_settle, scan, Record, Scan};
+use super::record::{
+    encode_delete, encode_enqueue, encode_put, encode_reference, encode_settle, scan, Record, Scan,
+};
 use super::FsyncPolicy;
-use crate::core::Message;
-use bytes::BytesMut;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -33,7 +33,7 @@ pub struct Appended {
 }
 
 /// A record's place: enough to read it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RecordPos {
     pub segment: u64,
     pub offset: u64,
@@ -80,17 +80,56 @@ struct Pending {
     live: BTreeMap<u64, SegmentUse>,
     /// Where each key of keyed state has its current (live) put record.
     keyed: HashMap<Box<[u8]>, RecordPos>,
+    /// Message bodies: the live enqueue records and how many queue entries hold each (its own
+    /// queue's, and one per reference record). The record stays live until the last goes.
+    bodies: HashMap<RecordPos, u32>,
+    /// The body each live reference record points at.
+    references: HashMap<RecordPos, RecordPos>,
     stop: bool,
 }
 
 impl Pending {
-    /// A live record at `pos` is dead now.
+    /// A queue entry (or keyed record) at `pos` left for good: a reference releases its body
+    /// too, and a body stays live while other entries still hold it.
     fn forget(&mut self, pos: RecordPos) {
+        if let Some(body) = self.references.remove(&pos) {
+            self.dead(pos);
+            self.release(body);
+        } else if self.bodies.contains_key(&pos) {
+            self.release(pos);
+        } else {
+            self.dead(pos);
+        }
+    }
+
+    /// One holder of the body at `body` is gone.
+    fn release(&mut self, body: RecordPos) {
+        match self.bodies.get_mut(&body) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.bodies.remove(&body);
+                self.dead(body);
+            }
+            None => {}
+        }
+    }
+
+    /// The record at `pos` is no longer live.
+    fn dead(&mut self, pos: RecordPos) {
         if let Some(u) = self.live.get_mut(&pos.segment) {
             u.records = u.records.saturating_sub(1);
             u.bytes = u.bytes.saturating_sub(u64::from(pos.len));
         }
     }
+}
+
+/// What is live in the log at start (from recovery): per segment, the message bodies and who
+/// holds them, and the reference records.
+#[derive(Debug, Default)]
+pub struct LiveRecords {
+    pub segments: BTreeMap<u64, SegmentUse>,
+    pub bodies: HashMap<RecordPos, u32>,
+    pub references: HashMap<RecordPos, RecordPos>,
 }
 
 /// Counters for the management API and tests.
@@ -110,6 +149,9 @@ pub struct MessageLog {
     pending: Mutex<Pending>,
     wake: Condvar,
     synced: watch::Sender<u64>,
+    /// Wakes threads blocked in [`MessageLog::wait_synced_blocking`] (start-up, outside any
+    /// runtime task) when the durable LSN moves.
+    synced_wake: (Mutex<()>, Condvar),
     pub stats: LogStats,
 }
 
@@ -126,11 +168,15 @@ impl MessageLog {
         dir: PathBuf,
         segment_bytes: u64,
         fsync: FsyncPolicy,
-        live: BTreeMap<u64, SegmentUse>,
+        live: LiveRecords,
         keyed: HashMap<Box<[u8]>, RecordPos>,
     ) -> std::io::Result<Arc<Self>> {
+        let LiveRecords {
+            segments: mut live,
+            bodies,
+            references,
+        } = live;
         let segment = live.keys().next_back().map_or(1, |n| n + 1);
-        let mut live = live;
         live.insert(segment, SegmentUse::default());
         let (synced, _) = watch::channel(0);
         let log = Arc::new(MessageLog {
@@ -141,10 +187,13 @@ impl MessageLog {
                 segment,
                 live,
                 keyed,
+                bodies,
+                references,
                 ..Default::default()
             }),
             wake: Condvar::new(),
             synced,
+            synced_wake: (Mutex::new(()), Condvar::new()),
             stats: LogStats::default(),
         });
         let writer = log.clone();
@@ -320,29 +369,55 @@ impl MessageLog {
         Ok(bytes::Bytes::from(buf))
     }
 
-    /// Appends an enqueue record for `message` entering durable queue `queue` as `seq`.
-    pub fn append_enqueue(&self, queue: u64, seq: u64, message: &Message) -> Appended {
-        let encoded;
-        let props: &[u8] = match &message.raw_properties {
-            Some(raw) => raw,
-            None => {
-                let mut b = BytesMut::with_capacity(message.properties.encoded_len());
-                message.properties.encode(&mut b);
-                encoded = b;
-                &encoded
-            }
-        };
-        self.append(true, |out| {
-            encode_enqueue(
-                out,
-                queue,
-                seq,
-                &message.exchange,
-                &message.routing_key,
-                props,
-                &message.body,
-            )
-        })
+    /// Appends an enqueue record for a message entering durable queue `queue` as `seq`:
+    /// where it was published, its AMQP content-header property block and its body.
+    pub fn append_enqueue(
+        &self,
+        queue: u64,
+        seq: u64,
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+        body: &[u8],
+    ) -> Appended {
+        let mut p = self.lock();
+        let (a, was_idle) = self.append_locked(&mut p, true, |out| {
+            encode_enqueue(out, queue, seq, exchange, routing_key, properties, body)
+        });
+        p.bodies.insert(a.at, 1);
+        drop(p);
+        if was_idle {
+            self.wake.notify_one();
+        }
+        a
+    }
+
+    /// Appends a reference record: the message of the enqueue record at `body` entered durable
+    /// queue `queue` as `seq` (a fan-out writes the body once). None when that record is no
+    /// longer live (every entry holding it was settled): then the caller writes the message in
+    /// full.
+    pub fn append_reference(&self, queue: u64, seq: u64, body: RecordPos) -> Option<Appended> {
+        let mut p = self.lock();
+        *p.bodies.get_mut(&body)? += 1;
+        let (a, was_idle) =
+            self.append_locked(&mut p, true, |out| encode_reference(out, queue, seq, body));
+        p.references.insert(a.at, body);
+        drop(p);
+        if was_idle {
+            self.wake.notify_one();
+        }
+        Some(a)
+    }
+
+    /// The live reference records whose message is held in `segment` (compaction moves
+    /// them with the segment's own records).
+    pub fn references_into(&self, segment: u64) -> std::collections::HashSet<RecordPos> {
+        let p = self.lock();
+        p.references
+            .iter()
+            .filter(|(_, body)| body.segment == segment)
+            .map(|(at, _)| *at)
+            .collect()
     }
 
     /// Records that messages `(seq, position)` of `queue` left it for good.
@@ -395,6 +470,16 @@ impl MessageLog {
         let _ = rx.wait_for(|s| *s >= lsn).await;
     }
 
+    /// Blocks the calling thread until every record up to `lsn` is durable. Only for start-up
+    /// work outside the runtime's tasks (a task awaits [`Self::wait_synced`] instead).
+    pub fn wait_synced_blocking(&self, lsn: u64) {
+        let (lock, cv) = &self.synced_wake;
+        let mut held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while self.synced() < lsn {
+            held = cv.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     /// Segment numbers and what is live in them.
     pub fn segments(&self) -> Vec<(u64, SegmentUse)> {
         self.lock().live.iter().map(|(k, v)| (*k, *v)).collect()
@@ -441,6 +526,8 @@ impl MessageLog {
                     self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                 }
                 self.synced.send_replace(lsn);
+                let _held = self.synced_wake.0.lock().unwrap_or_else(|e| e.into_inner());
+                self.synced_wake.1.notify_all();
             }
             self.delete_dead_segments(open.as_ref().map(|o| o.0));
             if stop {

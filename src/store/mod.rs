@@ -1,17 +1,19 @@
-//! Durable storage: the definitions of durable exchanges, queues and bindings, and the message
-//! log holding persistent messages of durable queues. Recovery at start rebuilds both.
+//! Durable storage: one append-only log holding persistent messages of durable queues and
+//! every other kind of durable state as keyed records (definitions, users, MQTT sessions, ...).
+//! Recovery at start rebuilds all of it.
 //!
 //! Layout under `server.data_dir`:
 //!
 //! ```text
-//! definitions/vhost-<hex name>.json   one per vhost, replaced atomically
-//! messages/<16-digit segment>.log     the message log (see log.rs, record.rs)
+//! messages/<16-digit segment>.log     the log (see log.rs, record.rs, keyed.rs)
+//! definitions.migrated/               definitions of an older release, once moved into the log
 //! ```
 
 pub mod compaction;
 pub mod definitions;
 pub mod disk;
 pub mod keyed;
+pub mod legacy;
 pub mod log;
 pub mod record;
 pub mod recovery;
@@ -20,7 +22,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use definitions::{DefinitionsError, VHostDefinitions};
+pub use definitions::VHostDefinitions;
 pub use keyed::{compose_key, kind, split_key, RecoveredKeyed};
 pub use log::MessageLog;
 pub use recovery::{RecoveredLog, RecoveredQueue};
@@ -49,18 +51,20 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Definitions(#[from] DefinitionsError),
+    Legacy(#[from] legacy::LegacyError),
+    #[error("cannot retire the migrated definitions directory {path}: {source}")]
+    Retire {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The broker's store: where definitions go, and the message log.
 #[derive(Debug)]
 pub struct Store {
-    definitions_dir: PathBuf,
     pub log: Arc<MessageLog>,
     /// Per-queue bytes of ready bodies kept in memory (store.queue_memory_bytes).
     pub queue_memory_budget: u64,
-    /// Charged for messages read back from the log.
-    pub memory: Arc<crate::core::memory::MemoryMonitor>,
 }
 
 /// What the store held at start, for the broker to rebuild its vhosts from.
@@ -78,37 +82,48 @@ fn ensure_dir(path: &Path) -> Result<(), StoreError> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store under `data_dir`, reads the definitions of `vhosts`
-    /// and recovers the message log, keeping only messages of queues those definitions name.
+    /// Opens (creating if needed) the store under `data_dir` and recovers the log: the
+    /// definitions of `vhosts` (empty for a vhost with none) and the messages of the queues
+    /// they name. Definitions of an older release (`definitions/*.json`) are moved into the
+    /// log first (see [`Self::migrate_legacy`]).
     pub fn open(
         data_dir: &Path,
         vhosts: &[String],
         config: &crate::config::StoreConfig,
-        memory: Arc<crate::core::memory::MemoryMonitor>,
     ) -> Result<(Arc<Store>, Recovered), StoreError> {
-        let definitions_dir = data_dir.join("definitions");
         let messages_dir = data_dir.join("messages");
-        ensure_dir(&definitions_dir)?;
         ensure_dir(&messages_dir)?;
-        let definitions = vhosts
-            .iter()
-            .map(|v| definitions::load(&definitions_dir, v))
-            .collect::<Result<Vec<_>, _>>()?;
+        let legacy_dir = data_dir.join(legacy::DIR);
+        let legacy = legacy::load_all(&legacy_dir)?;
         let started = std::time::Instant::now();
         let mut log = recovery::recover(&messages_dir).map_err(|source| StoreError::Recover {
             path: messages_dir.clone(),
             source,
         })?;
-        let known: std::collections::HashSet<u64> = definitions
-            .iter()
+        let (mut by_vhost, bad) = definitions::from_keyed(&log.keyed);
+        for e in &bad {
+            tracing::error!("{e}; left out");
+        }
+        // The old files are the truth for their vhosts: the log can only hold an earlier,
+        // interrupted migration of the same content.
+        for defs in &legacy {
+            by_vhost.insert(defs.vhost.clone(), defs.clone());
+        }
+        let known: std::collections::HashSet<u64> = by_vhost
+            .values()
             .flat_map(|d| d.queues.iter().map(|q| q.id))
             .collect();
         let live = log.retain_queues(|q| known.contains(&q));
         let messages: usize = log.queues.values().map(|q| q.messages.len()).sum();
+        let definitions_count: usize = by_vhost
+            .values()
+            .map(|d| d.exchanges.len() + d.queues.len() + d.bindings.len())
+            .sum();
         tracing::info!(
             records = log.records,
             messages,
             queues = log.queues.len(),
+            definitions = definitions_count,
             segments = log.segments.len(),
             corrupt_records = log.corrupt_records,
             truncated_bytes = log.truncated_bytes,
@@ -126,15 +141,62 @@ impl Store {
             path: messages_dir,
             source,
         })?;
-        Ok((
-            Arc::new(Store {
-                definitions_dir,
-                log: message_log,
-                queue_memory_budget: config.queue_memory_bytes,
-                memory,
-            }),
-            Recovered { definitions, log },
-        ))
+        let store = Arc::new(Store {
+            log: message_log,
+            queue_memory_budget: config.queue_memory_bytes,
+        });
+        if !legacy.is_empty() {
+            store.migrate_legacy(data_dir, &legacy)?;
+        }
+        let definitions = vhosts
+            .iter()
+            .map(|v| {
+                by_vhost.remove(v).unwrap_or_else(|| VHostDefinitions {
+                    vhost: v.clone(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        Ok((store, Recovered { definitions, log }))
+    }
+
+    /// Writes the definitions read from an older release's files as records, waits until they
+    /// are durable, and only then renames the old directory: a crash at any point leaves the
+    /// old files in place, and the next start migrates them again (the same records again).
+    fn migrate_legacy(
+        &self,
+        data_dir: &Path,
+        legacy: &[VHostDefinitions],
+    ) -> Result<(), StoreError> {
+        let mut lsn = 0;
+        let mut count = 0;
+        for defs in legacy {
+            for (k, key, value) in defs.records() {
+                lsn = self.log.put(k, &key, &value);
+                count += 1;
+            }
+        }
+        self.log.wait_synced_blocking(lsn);
+        let from = data_dir.join(legacy::DIR);
+        let to = data_dir.join(legacy::MIGRATED_DIR);
+        let retire = |source| StoreError::Retire {
+            path: from.clone(),
+            source,
+        };
+        if to.exists() {
+            std::fs::remove_dir_all(&to).map_err(retire)?;
+        }
+        std::fs::rename(&from, &to).map_err(retire)?;
+        std::fs::File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(retire)?;
+        tracing::info!(
+            vhosts = legacy.len(),
+            records = count,
+            moved_to = %to.display(),
+            "moved definitions of an older release into the log"
+        );
+        Ok(())
     }
 
     /// Durably sets keyed state `key` of `kind` (see [`keyed`]) to `value`; returns the LSN
@@ -146,10 +208,5 @@ impl Store {
     /// Durably removes keyed state `key` of `kind`; returns the LSN to wait for.
     pub fn delete(&self, kind: u8, key: &[u8]) -> u64 {
         self.log.delete(kind, key)
-    }
-
-    /// Replaces a vhost's durable definitions on disk.
-    pub fn save_definitions(&self, defs: &VHostDefinitions) -> Result<(), DefinitionsError> {
-        definitions::save(&self.definitions_dir, defs)
     }
 }

@@ -6,7 +6,12 @@
 //!         | 2 queue:u64 count:u32 seq:u64*count                                    (settle)
 //!         | 3 kind:u8 key_len:u32 key value                                        (put)
 //!         | 4 kind:u8 key_len:u32 key                                              (delete)
+//!         | 5 queue:u64 seq:u64 segment:u64 offset:u64 len:u32                     (reference)
 //! ```
+//!
+//! A reference record enqueues, in another durable queue, the message of the enqueue record at
+//! `segment`/`offset` (`len` bytes long): a message routed to N durable queues is written once
+//! and referenced N-1 times (see log.rs for how the body is kept while referenced).
 //!
 //! Put and delete records hold keyed state other than messages (definitions, users, MQTT
 //! sessions, retained messages; see keyed.rs): the latest put of a key is its value, a delete
@@ -16,6 +21,7 @@
 //! catches torn and corrupted records. `props` is the AMQP content-header property block, the
 //! canonical form of every protocol's metadata, so recovery rebuilds messages with the codec.
 
+use super::log::RecordPos;
 use bytes::{Buf, BufMut, Bytes};
 
 /// Marks the start of every record ("SBLG").
@@ -29,6 +35,7 @@ const ENQUEUE: u8 = 1;
 const SETTLE: u8 = 2;
 const PUT: u8 = 3;
 const DELETE: u8 = 4;
+const REFERENCE: u8 = 5;
 
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +55,12 @@ pub enum Record {
     Put { kind: u8, key: Bytes, value: Bytes },
     /// Keyed state: `key` of `kind` is gone.
     Delete { kind: u8, key: Bytes },
+    /// The message of the enqueue record at `body` entered durable queue `queue` as `seq`.
+    Reference {
+        queue: u64,
+        seq: u64,
+        body: RecordPos,
+    },
 }
 
 /// What a scan found at some offset.
@@ -115,6 +128,19 @@ pub fn encode_settle(out: &mut Vec<u8>, queue: u64, seqs: &[u64]) {
     for s in seqs {
         out.put_u64(*s);
     }
+    frame(out, start + HEADER_LEN);
+}
+
+/// Appends a reference record to `out`.
+pub fn encode_reference(out: &mut Vec<u8>, queue: u64, seq: u64, body: RecordPos) {
+    let start = out.len();
+    out.resize(start + HEADER_LEN, 0);
+    out.put_u8(REFERENCE);
+    out.put_u64(queue);
+    out.put_u64(seq);
+    out.put_u64(body.segment);
+    out.put_u64(body.offset);
+    out.put_u32(body.len);
     frame(out, start + HEADER_LEN);
 }
 
@@ -242,6 +268,18 @@ fn decode_payload(mut p: Bytes) -> Option<Record> {
             let (kind, key) = get_kind_key(&mut p)?;
             p.is_empty().then_some(Record::Delete { kind, key })
         }
+        REFERENCE => {
+            if p.len() != 36 {
+                return None;
+            }
+            let (queue, seq) = (p.get_u64(), p.get_u64());
+            let body = RecordPos {
+                segment: p.get_u64(),
+                offset: p.get_u64(),
+                len: p.get_u32(),
+            };
+            Some(Record::Reference { queue, seq, body })
+        }
         _ => None,
     }
 }
@@ -264,6 +302,29 @@ mod tests {
         let mut out = Vec::new();
         encode_enqueue(&mut out, 7, 42, "ex", "a.b", &[0x80, 0], body);
         out
+    }
+
+    #[test]
+    fn a_reference_round_trips() {
+        let body = RecordPos {
+            segment: 3,
+            offset: 1 << 33,
+            len: 77,
+        };
+        let mut out = Vec::new();
+        encode_reference(&mut out, 9, 5, body);
+        let data = Bytes::from(out);
+        assert_eq!(
+            scan(&data, 0),
+            Scan::Record(
+                Record::Reference {
+                    queue: 9,
+                    seq: 5,
+                    body
+                },
+                data.len()
+            )
+        );
     }
 
     #[test]

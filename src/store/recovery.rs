@@ -7,7 +7,7 @@
 //! bad sector costs the records it covers, never the broker or the rest of the log.
 
 use super::keyed::{RecoveredKeyed, RecoveredValue};
-use super::log::{segment_path, RecordPos, SegmentUse};
+use super::log::{segment_path, LiveRecords, RecordPos};
 use super::record::{resync, scan, Record, Scan};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
@@ -16,7 +16,10 @@ use std::path::Path;
 /// A message as the log holds it.
 #[derive(Debug, Clone)]
 pub struct RecoveredMessage {
+    /// The queue entry's record: an enqueue record, or a reference to one.
     pub at: RecordPos,
+    /// For a reference, the enqueue record holding the message (the fields below are its).
+    pub shares: Option<RecordPos>,
     pub exchange: String,
     pub routing_key: String,
     pub properties: Bytes,
@@ -44,26 +47,42 @@ pub struct RecoveredLog {
 }
 
 impl RecoveredLog {
-    /// Live records per segment (messages and keyed state) once the messages of queues that no
-    /// longer exist (`keep` false) are dropped.
-    pub fn retain_queues(&mut self, keep: impl Fn(u64) -> bool) -> BTreeMap<u64, SegmentUse> {
+    /// What is live (messages, the bodies they hold, keyed state) once the messages of queues
+    /// that no longer exist (`keep` false) are dropped.
+    pub fn retain_queues(&mut self, keep: impl Fn(u64) -> bool) -> LiveRecords {
         self.queues.retain(|q, _| keep(*q));
-        let mut live: BTreeMap<u64, SegmentUse> = self
-            .segments
-            .iter()
-            .map(|s| (*s, SegmentUse::default()))
-            .collect();
+        let mut live = LiveRecords {
+            segments: self
+                .segments
+                .iter()
+                .map(|s| (*s, Default::default()))
+                .collect(),
+            ..Default::default()
+        };
+        let mut count = |at: RecordPos| {
+            let u = live.segments.entry(at.segment).or_default();
+            u.records += 1;
+            u.bytes += u64::from(at.len);
+        };
         for q in self.queues.values() {
             for m in q.messages.values() {
-                let u = live.entry(m.at.segment).or_default();
-                u.records += 1;
-                u.bytes += u64::from(m.at.len);
+                let body = match m.shares {
+                    Some(body) => {
+                        count(m.at);
+                        live.references.insert(m.at, body);
+                        body
+                    }
+                    None => m.at,
+                };
+                let holders = live.bodies.entry(body).or_insert(0);
+                if *holders == 0 {
+                    count(body);
+                }
+                *holders += 1;
             }
         }
         for at in self.keyed.positions() {
-            let u = live.entry(at.segment).or_default();
-            u.records += 1;
-            u.bytes += u64::from(at.len);
+            count(at);
         }
         live
     }
@@ -120,7 +139,87 @@ pub fn recover(dir: &Path) -> std::io::Result<RecoveredLog> {
             }
         }
     }
+    resolve_references(dir, &mut out);
     Ok(out)
+}
+
+/// Fills in the messages of reference records from the enqueue records they point at: from
+/// a message still recovered, else read from its segment (its own queue settled it).
+fn resolve_references(dir: &Path, out: &mut RecoveredLog) {
+    let mut bodies: HashMap<RecordPos, RecoveredMessage> = HashMap::new();
+    let wanted: std::collections::HashSet<RecordPos> = out
+        .queues
+        .values()
+        .flat_map(|q| q.messages.values().filter_map(|m| m.shares))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    for q in out.queues.values() {
+        for m in q.messages.values() {
+            if m.shares.is_none() && wanted.contains(&m.at) {
+                bodies.insert(m.at, m.clone());
+            }
+        }
+    }
+    let mut unreadable = 0;
+    for q in out.queues.values_mut() {
+        q.messages.retain(|_, m| {
+            let Some(body) = m.shares else {
+                return true;
+            };
+            let b = match bodies.entry(body) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => match read_enqueue(dir, body) {
+                    Some(found) => e.insert(found),
+                    None => {
+                        unreadable += 1;
+                        return false;
+                    }
+                },
+            };
+            m.exchange.clone_from(&b.exchange);
+            m.routing_key.clone_from(&b.routing_key);
+            m.properties = b.properties.clone();
+            m.body = b.body.clone();
+            true
+        });
+    }
+    if unreadable > 0 {
+        tracing::warn!(
+            messages = unreadable,
+            "messages whose body record cannot be read are dropped"
+        );
+        out.corrupt_records += unreadable;
+    }
+}
+
+/// The enqueue record at `pos`, read from its segment file.
+fn read_enqueue(dir: &Path, pos: RecordPos) -> Option<RecoveredMessage> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(segment_path(dir, pos.segment)).ok()?;
+    let mut buf = vec![0; pos.len as usize];
+    f.read_exact_at(&mut buf, pos.offset).ok()?;
+    match scan(&Bytes::from(buf), 0) {
+        Scan::Record(
+            Record::Enqueue {
+                exchange,
+                routing_key,
+                properties,
+                body,
+                ..
+            },
+            _,
+        ) => Some(RecoveredMessage {
+            at: pos,
+            shares: None,
+            exchange,
+            routing_key,
+            properties,
+            body,
+        }),
+        _ => None,
+    }
 }
 
 /// Applies the records of one segment; returns the offset where valid data ends.
@@ -178,6 +277,7 @@ fn apply(out: &mut RecoveredLog, at: RecordPos, record: Record) {
                 seq,
                 RecoveredMessage {
                     at,
+                    shares: None,
                     exchange,
                     routing_key,
                     properties,
@@ -199,6 +299,22 @@ fn apply(out: &mut RecoveredLog, at: RecordPos, record: Record) {
             out.keyed.put(kind, &key, RecoveredValue { at, value });
         }
         Record::Delete { kind, key } => out.keyed.delete(kind, &key),
+        Record::Reference { queue, seq, body } => {
+            let q = out.queues.entry(queue).or_default();
+            q.max_seq = q.max_seq.max(seq);
+            // The message's fields are filled in once every segment is read.
+            q.messages.insert(
+                seq,
+                RecoveredMessage {
+                    at,
+                    shares: Some(body),
+                    exchange: String::new(),
+                    routing_key: String::new(),
+                    properties: Bytes::new(),
+                    body: Bytes::new(),
+                },
+            );
+        }
     }
 }
 
@@ -250,7 +366,7 @@ mod tests {
         let bodies: Vec<&[u8]> = q.messages.values().map(|m| &m.body[..]).collect();
         assert_eq!(bodies, [&b"b"[..], b"c"]);
         assert_eq!(q.max_seq, 2);
-        let counts: Vec<(u64, u64)> = live.iter().map(|(s, u)| (*s, u.records)).collect();
+        let counts: Vec<(u64, u64)> = live.segments.iter().map(|(s, u)| (*s, u.records)).collect();
         assert_eq!(counts, [(1, 1), (2, 1)]);
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -279,8 +395,44 @@ mod tests {
         );
         // Live: the other kind's put in segment 1, the new q2 in segment 2.
         let live = log.retain_queues(|_| true);
-        let counts: Vec<(u64, u64)> = live.iter().map(|(s, u)| (*s, u.records)).collect();
+        let counts: Vec<(u64, u64)> = live.segments.iter().map(|(s, u)| (*s, u.records)).collect();
         assert_eq!(counts, [(1, 1), (2, 1)]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn references_read_the_body_of_a_settled_holder_and_keep_it_live() {
+        use crate::store::record::encode_reference;
+        let dir = tempdir("refs");
+        let mut s1 = Vec::new();
+        enq(&mut s1, 1, 0, "shared body");
+        let body = RecordPos {
+            segment: 1,
+            offset: 0,
+            len: s1.len() as u32,
+        };
+        let first_ref = s1.len() as u64;
+        encode_reference(&mut s1, 2, 0, body);
+        encode_reference(&mut s1, 3, 0, body);
+        std::fs::write(segment_path(&dir, 1), &s1).expect("write");
+        // The holder's own queue settled it; queue 2 settled its reference too.
+        let mut s2 = Vec::new();
+        encode_settle(&mut s2, 1, &[0]);
+        encode_settle(&mut s2, 2, &[0]);
+        std::fs::write(segment_path(&dir, 2), &s2).expect("write");
+
+        let mut log = recover(&dir).expect("recover");
+        assert!(log.queues[&1].messages.is_empty());
+        assert!(log.queues[&2].messages.is_empty());
+        let m = &log.queues[&3].messages[&0];
+        assert_eq!(&m.body[..], b"shared body");
+        assert_eq!(m.shares, Some(body));
+        let live = log.retain_queues(|_| true);
+        // Live in segment 1: the body (held by queue 3 only) and queue 3's reference.
+        assert_eq!(live.segments[&1].records, 2);
+        assert_eq!(live.bodies.get(&body), Some(&1));
+        assert_eq!(live.references.len(), 1);
+        assert!(live.references.keys().all(|r| r.offset > first_ref));
         std::fs::remove_dir_all(&dir).ok();
     }
 

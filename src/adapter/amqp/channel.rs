@@ -172,7 +172,8 @@ pub struct Channel {
     prefetch_count: u32,
     /// Publisher confirm state, once `confirm.select` was sent.
     confirm: Option<Confirms>,
-    /// Replies held until the message log is durable up to their LSN (tx.commit-ok).
+    /// Replies held until the message log is durable up to their LSN (tx.commit-ok, and
+    /// declare/delete/bind replies of durable definitions).
     held_replies: VecDeque<(u64, Method)>,
     tx: Option<Vec<TxOp>>,
     /// The last queue declared on this channel, for methods that name queue "".
@@ -329,20 +330,20 @@ impl Channel {
                     m.passive,
                 )?;
                 if !m.no_wait {
-                    ctx.send(ch, ExchangeDeclareOk {});
+                    return Ok(self.reply_when_defined(ctx, ExchangeDeclareOk {}));
                 }
             }
             Method::ExchangeDelete(m) => {
                 ctx.vhost.delete_exchange(&m.exchange, m.if_unused)?;
                 if !m.no_wait {
-                    ctx.send(ch, ExchangeDeleteOk {});
+                    return Ok(self.reply_when_defined(ctx, ExchangeDeleteOk {}));
                 }
             }
             Method::ExchangeBind(m) => {
                 ctx.vhost
                     .bind_exchange(&m.destination, &m.source, &m.routing_key, &m.arguments)?;
                 if !m.no_wait {
-                    ctx.send(ch, ExchangeBindOk {});
+                    return Ok(self.reply_when_defined(ctx, ExchangeBindOk {}));
                 }
             }
             Method::ExchangeUnbind(m) => {
@@ -353,7 +354,7 @@ impl Channel {
                     &m.arguments,
                 )?;
                 if !m.no_wait {
-                    ctx.send(ch, ExchangeUnbindOk {});
+                    return Ok(self.reply_when_defined(ctx, ExchangeUnbindOk {}));
                 }
             }
             Method::QueueDeclare(m) => {
@@ -371,14 +372,12 @@ impl Channel {
                 let stats = declared.queue.stats();
                 self.last_queue = Some(declared.queue.name.clone());
                 if !m.no_wait {
-                    ctx.send(
-                        ch,
-                        QueueDeclareOk {
-                            queue: declared.queue.name.clone(),
-                            message_count: clamp_u32(stats.ready),
-                            consumer_count: clamp_u32(stats.consumers),
-                        },
-                    );
+                    let ok = QueueDeclareOk {
+                        queue: declared.queue.name.clone(),
+                        message_count: clamp_u32(stats.ready),
+                        consumer_count: clamp_u32(stats.consumers),
+                    };
+                    return Ok(self.reply_when_defined(ctx, ok));
                 }
             }
             Method::QueueBind(m) => {
@@ -391,7 +390,7 @@ impl Channel {
                     ctx.conn_id,
                 )?;
                 if !m.no_wait {
-                    ctx.send(ch, QueueBindOk {});
+                    return Ok(self.reply_when_defined(ctx, QueueBindOk {}));
                 }
             }
             Method::QueueUnbind(m) => {
@@ -403,7 +402,7 @@ impl Channel {
                     &m.arguments,
                     ctx.conn_id,
                 )?;
-                ctx.send(ch, QueueUnbindOk {});
+                return Ok(self.reply_when_defined(ctx, QueueUnbindOk {}));
             }
             Method::QueuePurge(m) => {
                 let queue = self.resolve_queue(&m.queue)?;
@@ -419,7 +418,7 @@ impl Channel {
                     ctx.vhost
                         .delete_queue(&queue, m.if_unused, m.if_empty, ctx.conn_id)?;
                 if !m.no_wait {
-                    ctx.send(ch, QueueDeleteOk { message_count });
+                    return Ok(self.reply_when_defined(ctx, QueueDeleteOk { message_count }));
                 }
             }
             Method::BasicQos(m) => {
@@ -581,6 +580,27 @@ impl Channel {
             }
         }
         Ok(Effects::default())
+    }
+
+    /// Sends the reply to a declare, delete, bind or unbind once the vhost's definition records
+    /// (this change's, or a racing one's it reports) are durable: held like `tx.commit-ok`
+    /// while the log is behind, so no runtime worker waits for an fsync.
+    fn reply_when_defined(&mut self, ctx: &ConnCtx, reply: impl Into<Method>) -> Effects {
+        let lsn = ctx.vhost.definitions_lsn();
+        let synced = ctx
+            .broker
+            .store
+            .as_ref()
+            .map_or(u64::MAX, |s| s.log.synced());
+        if self.held_replies.is_empty() && lsn <= synced {
+            ctx.send(self.id, reply);
+            return Effects::default();
+        }
+        self.held_replies.push_back((lsn, reply.into()));
+        Effects {
+            published: false,
+            reply_held: true,
+        }
     }
 
     /// A queue name from a method, where "" means the last queue declared on this channel.

@@ -97,8 +97,18 @@ impl Session {
                 self.receipt_for_send(receipt.as_deref(), lsn);
                 return Ok(Next::Continue);
             }
-            Command::Subscribe => self.subscribe(&frame)?,
-            Command::Unsubscribe => self.unsubscribe(&frame)?,
+            Command::Subscribe | Command::Unsubscribe => {
+                if frame.command == Command::Subscribe {
+                    self.subscribe(&frame)?;
+                } else {
+                    self.unsubscribe(&frame)?;
+                }
+                // A durable subscription's queue and binding are on disk before its receipt.
+                if let Some(r) = &receipt {
+                    self.queue_receipt(r, self.ctx.vhost.definitions_lsn());
+                }
+                return Ok(Next::Continue);
+            }
             Command::Ack => self.ack_or_nack(&frame, Settle::Ack)?,
             Command::Nack => {
                 let how = match frame.header("requeue").map(str::trim) {

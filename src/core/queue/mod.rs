@@ -234,7 +234,7 @@ impl Queue {
         arguments: FieldTable,
     ) -> Self {
         // Validated by the vhost before a client's queue is made; a bad value that slipped in
-        // (an old definitions file) is ignored rather than refusing to start.
+        // (an old definitions record) is ignored rather than refusing to start.
         let args = QueueArgs::parse(&arguments, None).unwrap_or_default();
         Queue {
             name,
@@ -384,7 +384,7 @@ impl Queue {
         st.next_id += 1;
         let (stored, lsn, page_out) = match &self.store {
             Some(store) if message.is_persistent() => {
-                let a = store.log.append_enqueue(store.id, id, &message);
+                let a = crate::core::stored::append_message(&store.log, store.id, id, &message);
                 // Paging out only behind other ready messages: a message a consumer can take
                 // now is delivered from memory.
                 let page_out = st.memory_bytes > store.memory_budget && !st.ready.is_empty();

@@ -11,13 +11,17 @@ use crate::store::MessageLog;
 use std::sync::Arc;
 use switchboard_amqp::BasicProperties;
 
-/// Reads a message back from its enqueue record at `pos`, charging its memory with `charge`.
+/// Reads a message back from its enqueue record at `pos` (or the one the reference record at
+/// `pos` points at), charging its memory with `charge`.
 pub fn read_back(
     log: &MessageLog,
     pos: RecordPos,
     charge: impl FnOnce(usize) -> MemoryCharge,
 ) -> Result<Message, String> {
-    let data = log.read(pos).map_err(|e| e.to_string())?;
+    let mut data = log.read(pos).map_err(|e| e.to_string())?;
+    if let Scan::Record(Record::Reference { body, .. }, _) = record::scan(&data, 0) {
+        data = log.read(body).map_err(|e| e.to_string())?;
+    }
     match record::scan(&data, 0) {
         Scan::Record(
             Record::Enqueue {
@@ -103,17 +107,20 @@ impl Queue {
         let Some(store) = &self.store else {
             return 0;
         };
+        let sharing = store.log.references_into(segment);
         let mut st = self.lock();
         let st = &mut *st;
         let mut moved = Vec::new();
         for q in st.ready.iter_mut().chain(st.unacked.values_mut()) {
-            let Some(old) = q.stored.filter(|p| p.segment == segment) else {
+            let in_segment = |p: &RecordPos| p.segment == segment || sharing.contains(p);
+            let Some(old) = q.stored.filter(in_segment) else {
                 continue;
             };
             let Some(message) = self.load(q) else {
                 continue;
             };
-            let a = store.log.append_enqueue(store.id, q.id, &message);
+            // Whole: a reference would point back into the segment being emptied.
+            let a = crate::core::stored::append_whole_message(&store.log, store.id, q.id, &message);
             q.stored = Some(a.at);
             moved.push(old);
         }
