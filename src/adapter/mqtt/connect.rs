@@ -126,11 +126,16 @@ pub fn queue_name(client_id: &str) -> String {
 }
 
 /// The queue of a session: durable for a persistent session, so that what waits for its client
-/// is in the message log; `mqtt.max_offline_messages` is its length limit (oldest dropped).
+/// is in the message log, with `mqtt.max_offline_messages` as its length limit (oldest
+/// dropped). A session that ends with its connection has no limit: its backlog is bounded by
+/// flow control while it is connected, and a limit there would drop messages from a
+/// subscriber that is merely slower than its publisher.
 pub fn session_queue_spec(broker: &Broker, client_id: &str, persistent: bool) -> QueueSpec {
     let mut arguments = FieldTable::new();
-    let limit = i64::try_from(broker.config.mqtt.max_offline_messages).unwrap_or(i64::MAX);
-    arguments.insert("x-max-length".into(), FieldValue::I64(limit));
+    if persistent {
+        let limit = i64::try_from(broker.config.mqtt.max_offline_messages).unwrap_or(i64::MAX);
+        arguments.insert("x-max-length".into(), FieldValue::I64(limit));
+    }
     QueueSpec {
         name: queue_name(client_id),
         durable: persistent,
