@@ -28,8 +28,12 @@ async fn expired_messages_are_removed_from_the_head_without_a_consumer_and_count
         publish(&ch, "", &q, format!("m{i}").as_bytes()).await;
     }
     let queue = find_queue(&b, &q).expect("queue");
-    // Nobody consumes or gets: only the broker's timer can remove them.
-    wait_until("the messages expire", || queue.stats().ready == 0).await;
+    // Nobody consumes or gets: only the broker's timer can remove them. (Waiting for the
+    // count, not an empty queue: unconfirmed publishes may not have arrived yet.)
+    wait_until("the messages expire", || {
+        queue.expired_count() == 3 && queue.stats().ready == 0
+    })
+    .await;
     assert_eq!(queue.expired_count(), 3);
     assert_eq!(ready_count(&ch, &q).await, 0);
 }

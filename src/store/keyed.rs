@@ -230,8 +230,12 @@ mod tests {
             1,
             "only the pinned key lives in the head"
         );
-        // One more write lets the writer delete the dead head segments.
+        // One more write lets the writer delete the dead head segments; it does so after
+        // reporting the write durable, so a second write's round ends after the deletion.
         log.put(kind::EXCHANGE, b"k1", b"last");
+        let lsn = log.last_lsn();
+        log.wait_synced(lsn).await;
+        log.put(kind::EXCHANGE, b"k2", &[value.as_slice(), &[39]].concat());
         let lsn = log.last_lsn();
         log.wait_synced(lsn).await;
         let segments: Vec<u64> = log.segments().iter().map(|s| s.0).collect();
