@@ -71,7 +71,7 @@ async fn authenticate(State(broker): State<Arc<Broker>>, req: Request, next: Nex
     let Some((user, password)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
         return unauthorized();
     };
-    match broker.users.authenticate(user, password, peer_ip) {
+    match broker.access.authenticate(user, password, peer_ip) {
         Ok(u) if u.is_administrator() => next.run(req).await,
         Ok(_) => (
             StatusCode::FORBIDDEN,

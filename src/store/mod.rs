@@ -78,11 +78,12 @@ fn ensure_dir(path: &Path) -> Result<(), StoreError> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store under `data_dir`, reads the definitions of `vhosts`
-    /// and recovers the message log, keeping only messages of queues those definitions name.
+    /// Opens (creating if needed) the store under `data_dir`, recovers the message log, reads
+    /// the definitions of the vhosts `vhosts` names from the recovered keyed state, and keeps
+    /// only messages of queues those definitions name.
     pub fn open(
         data_dir: &Path,
-        vhosts: &[String],
+        vhosts: impl FnOnce(&RecoveredKeyed) -> Vec<String>,
         config: &crate::config::StoreConfig,
         memory: Arc<crate::core::memory::MemoryMonitor>,
     ) -> Result<(Arc<Store>, Recovered), StoreError> {
@@ -90,15 +91,15 @@ impl Store {
         let messages_dir = data_dir.join("messages");
         ensure_dir(&definitions_dir)?;
         ensure_dir(&messages_dir)?;
-        let definitions = vhosts
-            .iter()
-            .map(|v| definitions::load(&definitions_dir, v))
-            .collect::<Result<Vec<_>, _>>()?;
         let started = std::time::Instant::now();
         let mut log = recovery::recover(&messages_dir).map_err(|source| StoreError::Recover {
             path: messages_dir.clone(),
             source,
         })?;
+        let definitions = vhosts(&log.keyed)
+            .iter()
+            .map(|v| definitions::load(&definitions_dir, v))
+            .collect::<Result<Vec<_>, _>>()?;
         let known: std::collections::HashSet<u64> = definitions
             .iter()
             .flat_map(|d| d.queues.iter().map(|q| q.id))

@@ -164,6 +164,7 @@ impl Connection {
         let handover = self.attached.handover.clone();
         let link = self.link.clone();
         let mut shutdown = self.broker.shutdown_signal();
+        let entry = self.entry.clone();
         let mut alarm = self.broker.memory.subscribe();
         let mut log_synced = self.broker.store.as_ref().map(|s| s.log.subscribe());
         let mut blocked = false;
@@ -256,6 +257,10 @@ impl Connection {
                 }
                 _ = shutdown.changed() => {
                     self.disconnect(&Violation::new(reason::SERVER_SHUTTING_DOWN, "broker shutting down"));
+                    return Ending::Abnormal;
+                }
+                why = entry.forced() => {
+                    self.disconnect(&Violation::new(reason::ADMINISTRATIVE_ACTION, why));
                     return Ending::Abnormal;
                 }
             }

@@ -51,6 +51,8 @@ pub struct SessionCtx {
     pub vhost: Arc<VHost>,
     pub conn_id: ConnectionId,
     pub user: String,
+    /// May send with another user's `user-id` (the `impersonator` tag).
+    pub impersonator: bool,
     pub outbox: Arc<Outbox>,
     pub version: Version,
 }
@@ -249,7 +251,7 @@ impl Session {
         }
         let mut properties = properties_from_send(&frame)?;
         if let Some(uid) = &properties.user_id {
-            if *uid != self.ctx.user {
+            if *uid != self.ctx.user && !self.ctx.impersonator {
                 return Err(CoreError::precondition(format!(
                     "user_id property set to '{uid}' but authenticated user was '{}'",
                     self.ctx.user
@@ -453,6 +455,7 @@ mod tests {
             vhost: broker.vhost("/").expect("default vhost"),
             conn_id: broker.next_id(),
             user: "guest".into(),
+            impersonator: false,
             outbox: outbox.clone(),
             version: Version::V1_2,
         };
