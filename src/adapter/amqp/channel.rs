@@ -7,6 +7,7 @@ use super::error::*;
 use crate::adapter::outbox::Outbox;
 use crate::adapter::settle::{self, Settle};
 use crate::core::access::permissions::{Perm, ResourceKind, TopicVars};
+use crate::core::access::PublishVerdicts;
 use crate::core::queue::args::parse_expiration;
 use crate::core::queue::{ConnectionId, ConsumeError};
 use crate::core::vhost::{generate_name, ExchangeSpec, QueueSpec};
@@ -70,16 +71,6 @@ impl ConnCtx {
             client_id: "",
         }
     }
-}
-
-/// Publish permission verdicts per exchange (write permission, and whether topic permissions
-/// restrict it), valid for one access-control generation: the publish path checks once per
-/// exchange, not per message.
-#[derive(Debug, Default)]
-struct PublishVerdicts {
-    generation: u64,
-    /// Exchange name → whether topic permissions apply to it.
-    allowed: HashMap<String, bool>,
 }
 
 /// A publish whose content header and body are still arriving.
@@ -844,25 +835,11 @@ impl Channel {
         exchange: &str,
         routing_key: &str,
     ) -> AmqpResult<()> {
-        let generation = ctx.broker.access.generation();
-        let verdicts = &mut self.publish_verdicts;
-        if verdicts.generation != generation {
-            verdicts.allowed.clear();
-            verdicts.generation = generation;
-        }
-        let topic_restricted = match verdicts.allowed.get(exchange) {
-            Some(t) => *t,
-            None => {
-                ctx.permit(Perm::Write, ResourceKind::Exchange, exchange)?;
-                let t =
-                    ctx.broker
-                        .access
-                        .has_topic_permissions(&ctx.vhost.name, &ctx.user, exchange);
-                verdicts.allowed.insert(exchange.to_owned(), t);
-                t
-            }
-        };
-        if topic_restricted {
+        let restricted = self
+            .publish_verdicts
+            .check(&ctx.broker.access, &ctx.vhost.name, &ctx.user, exchange)
+            .map_err(|r| AmqpError::channel(ACCESS_REFUSED, r.0))?;
+        if restricted {
             ctx.permit_topic(Perm::Write, exchange, routing_key)?;
         }
         Ok(())

@@ -68,6 +68,8 @@ pub struct Connection {
     /// PUBACK/PUBRECs waiting for the message log to be durable up to their LSN, in order:
     /// (lsn, qos, packet id, reason code).
     pub held_acks: VecDeque<(u64, QoS, u16, u8)>,
+    /// Publish permission verdicts (see [`super::permit`]).
+    pub publish_verdicts: crate::core::access::PublishVerdicts,
 }
 
 impl Connection {
@@ -449,6 +451,16 @@ impl Connection {
             ));
         }
         let id = p.packet_id.unwrap_or(0);
+        if let Err(refused) = self.permit_publish(&p.topic) {
+            // v5 answers a refused QoS 1/2 publish with 0x87; v3 has no way to say so but
+            // closing, and neither has a QoS 0 publish.
+            if !self.protocol.is_v5() || p.qos == QoS::AtMostOnce {
+                return Err(Violation::new(reason::NOT_AUTHORIZED, refused.0));
+            }
+            tracing::info!(peer = %self.entry.peer, "{refused}");
+            self.ack_publish(p.qos, id, reason::NOT_AUTHORIZED, 0);
+            return Ok(());
+        }
         if self.protocol.is_v5()
             && p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()

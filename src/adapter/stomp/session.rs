@@ -70,6 +70,8 @@ pub struct Session {
     /// RECEIPTs waiting for the message log to be durable up to an LSN, in the order asked
     /// (a receipt for a later frame never overtakes one for an earlier SEND).
     receipts: VecDeque<(u64, String)>,
+    /// SEND permission verdicts per exchange (see [`super::permit`]).
+    pub(super) publish_verdicts: crate::core::access::PublishVerdicts,
 }
 
 impl Session {
@@ -83,6 +85,7 @@ impl Session {
             temp_queues: HashMap::new(),
             published: false,
             receipts: VecDeque::new(),
+            publish_verdicts: Default::default(),
         }
     }
 
@@ -238,6 +241,9 @@ impl Session {
         if let Destination::Queue(q) = &dest {
             self.ensure_queue(q, FieldTable::new())?;
         }
+        let (exchange_name, routing_key) = (exchange_name.to_owned(), routing_key.to_owned());
+        self.permit_send(&exchange_name, &routing_key)?;
+        let exchange_name = exchange_name.as_str();
         let vhost = &self.ctx.vhost;
         let exchange = vhost
             .exchange(exchange_name)

@@ -78,6 +78,41 @@ pub enum AccessError {
 #[error("{0}")]
 pub struct Refused(pub String);
 
+/// Publish verdicts per exchange (write permission, and whether topic permissions restrict
+/// it), valid for one access-control generation: a channel or session checks them once per
+/// exchange, not per message, until access control changes.
+#[derive(Debug, Default)]
+pub struct PublishVerdicts {
+    generation: u64,
+    /// Exchange name → whether topic permissions apply to it.
+    allowed: HashMap<String, bool>,
+}
+
+impl PublishVerdicts {
+    /// Write permission on `exchange`; Ok(true) when topic permissions must still be checked
+    /// on the routing key.
+    pub fn check(
+        &mut self,
+        access: &Access,
+        vhost: &str,
+        user: &str,
+        exchange: &str,
+    ) -> Result<bool, Refused> {
+        let generation = access.generation();
+        if self.generation != generation {
+            self.allowed.clear();
+            self.generation = generation;
+        }
+        if let Some(restricted) = self.allowed.get(exchange) {
+            return Ok(*restricted);
+        }
+        access.check(vhost, user, Perm::Write, ResourceKind::Exchange, exchange)?;
+        let restricted = access.has_topic_permissions(vhost, user, exchange);
+        self.allowed.insert(exchange.to_owned(), restricted);
+        Ok(restricted)
+    }
+}
+
 /// Whether loopback-only users may connect from `ip`: IPv4 loopback, `::1`, and IPv4-mapped
 /// loopback (`::ffff:127.0.0.1`, what a dual-stack listener reports for an IPv4 client).
 pub fn is_loopback(ip: IpAddr) -> bool {
