@@ -309,3 +309,38 @@ async fn stomp_permission_matrix() {
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn stomp_default_login_acts_as_the_configured_user() {
+    let b = TestBroker::start_with(|c| {
+        c.stomp.default_login = Some("alice".into());
+        c.stomp.default_passcode = None;
+    })
+    .await;
+    b.broker()
+        .access
+        .set_permissions("/", "alice", &spec("^a-", "^amq\\.default$", "^a-"))
+        .unwrap();
+    let (mut c, answer) =
+        StompClient::connect_with(b.stomp, &[("accept-version", "1.2"), ("host", "/")]).await;
+    assert_eq!(answer.command, Command::Connected, "{answer:?}");
+    c.request(
+        Frame::new(Command::Send)
+            .with("destination", "/queue/a-q")
+            .with_body("ok"),
+    )
+    .await;
+    let err = c
+        .expect_error(
+            Frame::new(Command::Send)
+                .with("destination", "/queue/b-q")
+                .with_body("no"),
+        )
+        .await;
+    assert!(
+        String::from_utf8_lossy(&err.body)
+            .contains("access to queue 'b-q' in vhost '/' refused for user 'alice'"),
+        "{err:?}"
+    );
+    b.stop().await;
+}

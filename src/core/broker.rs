@@ -167,6 +167,11 @@ impl Broker {
         policies: Arc<Policies>,
         vhosts: DashMap<String, Arc<VHost>>,
     ) -> Arc<Self> {
+        // The seed's passwords are hashed by now; the running broker keeps no plain text.
+        let mut config = config;
+        for u in &mut config.users {
+            u.password.clear();
+        }
         let (shutdown, _) = watch::channel(false);
         let timer = Timer::new(Arc::new(SystemClock));
         for vh in vhosts.iter() {
