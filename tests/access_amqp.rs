@@ -43,6 +43,22 @@ async fn channel_as(b: &TestBroker, user: &str) -> (Connection, lapin::Channel) 
     (c, ch)
 }
 
+/// Publishes in confirm mode and waits for the confirm: the channel's closing error when the
+/// publish was refused.
+async fn publish_refused(
+    ch: &lapin::Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::Result<()> {
+    bounded(ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    let options = BasicPublishOptions::default();
+    let confirm =
+        bounded(ch.basic_publish(exchange.into(), key.into(), options, body, properties)).await?;
+    bounded(confirm).await.map(|_| ())
+}
+
 /// A user "u" (password "pw") allowed only names starting with "u-" on "/".
 fn restricted_user(b: &TestBroker) {
     let access = &b.broker().access;
@@ -161,21 +177,7 @@ async fn configure_write_read_matrix() {
 
     // write: publishing to the default exchange (checked as amq.default) and to others.
     let ch = bounded(_c.create_channel()).await.unwrap();
-    bounded(ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
-    let refused = bounded(ch.basic_publish(
-        "".into(),
-        "guest-q".into(),
-        BasicPublishOptions::default(),
-        b"x",
-        BasicProperties::default(),
-    ))
-    .await;
-    let closed = match refused {
-        Err(e) => Err(e),
-        Ok(confirm) => bounded(confirm).await.map(|_| ()),
-    };
+    let closed = publish_refused(&ch, "", "guest-q", b"x", BasicProperties::default()).await;
     assert_amqp_err(
         closed,
         REFUSED,
@@ -218,21 +220,7 @@ async fn permission_changes_apply_to_new_operations() {
         .access
         .set_permissions("/", "u", &spec(".*", "", ".*"))
         .unwrap();
-    bounded(ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
-    let r = bounded(ch.basic_publish(
-        "".into(),
-        "shared".into(),
-        BasicPublishOptions::default(),
-        b"x",
-        BasicProperties::default(),
-    ))
-    .await;
-    let closed = match r {
-        Err(e) => Err(e),
-        Ok(confirm) => bounded(confirm).await.map(|_| ()),
-    };
+    let closed = publish_refused(&ch, "", "shared", b"x", BasicProperties::default()).await;
     assert_amqp_err(closed, REFUSED, "access to exchange 'amq.default'");
     b.stop().await;
 }
@@ -275,21 +263,14 @@ async fn topic_permissions_on_publish_and_bind() {
         "access to topic '#' in exchange 'amq.topic' in vhost '/' refused for user 'u'",
     );
     let ch3 = bounded(c.create_channel()).await.unwrap();
-    bounded(ch3.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
-    let r = bounded(ch3.basic_publish(
-        "amq.topic".into(),
-        "other.temp".into(),
-        BasicPublishOptions::default(),
+    let closed = publish_refused(
+        &ch3,
+        "amq.topic",
+        "other.temp",
         b"x",
         BasicProperties::default(),
-    ))
+    )
     .await;
-    let closed = match r {
-        Err(e) => Err(e),
-        Ok(confirm) => bounded(confirm).await.map(|_| ()),
-    };
     assert_amqp_err(
         closed,
         REFUSED,
@@ -326,21 +307,7 @@ async fn user_id_needs_impersonator_to_differ() {
     .unwrap();
     assert_eq!(drain(&ch, "q").await, vec!["1"]);
     let (_c, ch) = channel_as(&b, "u").await;
-    bounded(ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
-    let r = bounded(ch.basic_publish(
-        "".into(),
-        "q".into(),
-        BasicPublishOptions::default(),
-        b"2",
-        props,
-    ))
-    .await;
-    let closed = match r {
-        Err(e) => Err(e),
-        Ok(confirm) => bounded(confirm).await.map(|_| ()),
-    };
+    let closed = publish_refused(&ch, "", "q", b"2", props).await;
     assert_amqp_err(
         closed,
         406,

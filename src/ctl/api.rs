@@ -66,39 +66,33 @@ impl Api {
         Ok((status, body))
     }
 
-    /// GET: the status and body.
-    pub fn get(&self, path: &str) -> Result<(u16, Value), CtlError> {
-        let url = self.url(path);
-        let result = ureq::get(&url)
+    /// Our authorization, and answers of every status returned rather than errors.
+    fn prepare<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        request
             .config()
             .http_status_as_error(false)
             .build()
             .header("Authorization", &self.authorization)
-            .call();
+    }
+
+    /// GET: the status and body.
+    pub fn get(&self, path: &str) -> Result<(u16, Value), CtlError> {
+        let url = self.url(path);
+        let result = self.prepare(ureq::get(&url)).call();
         Self::answer(&url, result)
     }
 
     /// PUT with a JSON body: the status and body.
     pub fn put(&self, path: &str, body: &Value) -> Result<(u16, Value), CtlError> {
         let url = self.url(path);
-        let result = ureq::put(&url)
-            .config()
-            .http_status_as_error(false)
-            .build()
-            .header("Authorization", &self.authorization)
-            .send_json(body);
+        let result = self.prepare(ureq::put(&url)).send_json(body);
         Self::answer(&url, result)
     }
 
     /// DELETE: the status and body.
     pub fn delete(&self, path: &str) -> Result<(u16, Value), CtlError> {
         let url = self.url(path);
-        let result = ureq::delete(&url)
-            .config()
-            .http_status_as_error(false)
-            .build()
-            .header("Authorization", &self.authorization)
-            .call();
+        let result = self.prepare(ureq::delete(&url)).call();
         Self::answer(&url, result)
     }
 
