@@ -4,7 +4,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use switchboard::ctl::{run_listing, LISTINGS};
+use switchboard::ctl::api::Api;
+use switchboard::ctl::{manage, run_listing, LISTINGS};
 use switchboard::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -35,7 +36,7 @@ enum Command {
     },
     /// Load-test a broker (AMQP, STOMP, cross-protocol) on 127.0.0.1 by default.
     Bench(switchboard::bench::cli::BenchArgs),
-    /// Query a running broker through its HTTP API, like rabbitmqctl.
+    /// Query and manage a running broker through its HTTP API, like rabbitmqctl.
     Ctl {
         /// Base URL of the broker's HTTP API.
         #[arg(long, default_value = "http://127.0.0.1:15672")]
@@ -44,15 +45,17 @@ enum Command {
         user: String,
         #[arg(long, default_value = "guest")]
         password: String,
-        /// Virtual host to list.
+        /// Virtual host to list or change.
         #[arg(short = 'p', long, default_value = "/")]
         vhost: String,
         /// Print only the rows, without the informational line.
         #[arg(short, long)]
         quiet: bool,
-        /// list_queues, list_exchanges, list_bindings or list_connections
+        /// list_queues, list_exchanges, list_bindings, list_connections, or a user, vhost or
+        /// permission command (add_user, set_permissions, list_users, ...)
         command: String,
-        /// Columns to show (as rabbitmqctl's info items).
+        /// Columns to show (as rabbitmqctl's info items), or the command's arguments.
+        #[arg(allow_hyphen_values = true)]
         columns: Vec<String>,
     },
 }
@@ -75,11 +78,26 @@ fn main() -> anyhow::Result<()> {
             command,
             columns,
         } => {
+            let api = Api::new(&url, &user, &password);
+            if let Some(result) = manage::run(&api, &vhost, &command, &columns) {
+                let out = result?;
+                if !quiet {
+                    eprintln!("{}", out.info);
+                }
+                for line in out.lines {
+                    println!("{line}");
+                }
+                return Ok(());
+            }
             let listing = LISTINGS
                 .iter()
                 .find(|l| l.command == command)
                 .with_context(|| {
-                    let known: Vec<_> = LISTINGS.iter().map(|l| l.command).collect();
+                    let known: Vec<_> = LISTINGS
+                        .iter()
+                        .map(|l| l.command)
+                        .chain(manage::COMMANDS.iter().map(|c| c.0))
+                        .collect();
                     format!(
                         "unknown ctl command '{command}'; known: {}",
                         known.join(", ")

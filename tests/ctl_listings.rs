@@ -207,7 +207,10 @@ async fn ctl_errors() {
     let err = listing_as(&b, "list_queues", "/", &[], ("guest", "wrong"))
         .await
         .unwrap_err();
-    assert!(matches!(err, CtlError::Request { .. }), "{err}");
+    assert!(
+        matches!(err, CtlError::Refused { status: 401, .. }),
+        "{err}"
+    );
     // The API is for administrators.
     let err = listing_as(&b, "list_queues", "/", &[], ("alice", "secret"))
         .await

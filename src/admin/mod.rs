@@ -1,16 +1,20 @@
 //! The HTTP management API: a JSON subset of RabbitMQ's `/api/` (queues, exchanges, bindings,
-//! connections, overview), which `switchboard ctl` reads. Requests authenticate with HTTP basic
-//! auth as a user tagged `administrator`.
+//! connections, overview, and users, vhosts and permissions), which `switchboard ctl` uses.
+//! Requests authenticate with HTTP basic auth; what a user may do follows its tags as in
+//! RabbitMQ (see [`allowed`]).
 
+mod access;
 mod json;
 
-use crate::core::Broker;
+use crate::core::access::{tag, User};
+use crate::core::{Broker, VHost};
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::Method;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -43,6 +47,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/api/bindings", get(bindings))
         .route("/api/connections", get(connections))
         .route("/api/vhosts", get(vhosts))
+        .merge(access::routes())
         .layer(middleware::from_fn_with_state(broker.clone(), authenticate))
         .with_state(broker)
 }
@@ -71,20 +76,57 @@ async fn authenticate(State(broker): State<Arc<Broker>>, req: Request, next: Nex
     let Some((user, password)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
         return unauthorized();
     };
-    match broker.users.authenticate(user, password, peer_ip) {
-        Ok(u) if u.is_administrator() => next.run(req).await,
-        Ok(_) => (
-            StatusCode::FORBIDDEN,
-            Json(json!({"error": "not_authorised", "reason": "Not administrator user"})),
-        )
-            .into_response(),
+    match broker.access.authenticate(user, password, peer_ip) {
+        Ok(u) => match allowed(&u, req.method(), req.uri().path()) {
+            Ok(()) => {
+                let mut req = req;
+                req.extensions_mut().insert(u);
+                next.run(req).await
+            }
+            Err(reason) => access::error(StatusCode::FORBIDDEN, "not_authorised", reason),
+        },
         Err(_) => unauthorized(),
     }
 }
 
-async fn overview(State(b): State<Arc<Broker>>) -> Json<Value> {
+/// What a user's tags let it do, as in RabbitMQ: `administrator` everything; `monitoring`,
+/// `management` and `policymaker` read the listings (the latter two only of the vhosts they
+/// have permissions in, and their own connections); users, permissions and every change are
+/// for administrators. `/api/whoami` answers any user that authenticates.
+fn allowed(user: &User, method: &Method, path: &str) -> Result<(), &'static str> {
+    if user.is_administrator() || path == "/api/whoami" {
+        return Ok(());
+    }
+    let admin_only = method != Method::GET
+        || path.starts_with("/api/users")
+        || path.starts_with("/api/permissions")
+        || path.starts_with("/api/topic-permissions")
+        || path.ends_with("/permissions")
+        || path.ends_with("/topic-permissions");
+    if admin_only {
+        return Err("Not administrator user");
+    }
+    let reads = [tag::MONITORING, tag::MANAGEMENT, tag::POLICYMAKER];
+    if reads.iter().any(|t| user.has_tag(t)) {
+        Ok(())
+    } else {
+        Err("Not management user")
+    }
+}
+
+/// The vhosts whose contents `user` may see: all for administrators and monitoring users,
+/// else those it has permissions in.
+fn visible_vhosts(b: &Broker, user: &User) -> Vec<Arc<VHost>> {
+    let all = user.is_administrator() || user.has_tag(tag::MONITORING);
+    b.vhosts()
+        .into_iter()
+        .filter(|v| all || b.access.permissions_of(&v.name, &user.name).is_some())
+        .collect()
+}
+
+async fn overview(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
     let (mut queues, mut exchanges, mut ready, mut unacked) = (0, 0, 0, 0);
-    for vh in b.vhosts() {
+    for vh in visible_vhosts(&b, &user) {
         exchanges += vh.exchanges().len();
         for q in vh.queues() {
             queues += 1;
@@ -114,15 +156,18 @@ async fn overview(State(b): State<Arc<Broker>>) -> Json<Value> {
     }))
 }
 
-async fn vhosts(State(b): State<Arc<Broker>>) -> Json<Value> {
+async fn vhosts(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
     Json(Value::Array(
-        b.vhosts().iter().map(|v| json!({"name": v.name})).collect(),
+        visible_vhosts(&b, &user)
+            .iter()
+            .map(|v| json!({"name": v.name}))
+            .collect(),
     ))
 }
 
-async fn queues(State(b): State<Arc<Broker>>) -> Json<Value> {
+async fn queues(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
     let mut out = Vec::new();
-    for vh in b.vhosts() {
+    for vh in visible_vhosts(&b, &user) {
         for q in vh.queues() {
             let s = q.stats();
             out.push(json!({
@@ -143,9 +188,9 @@ async fn queues(State(b): State<Arc<Broker>>) -> Json<Value> {
     Json(Value::Array(out))
 }
 
-async fn exchanges(State(b): State<Arc<Broker>>) -> Json<Value> {
+async fn exchanges(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
     let mut out = Vec::new();
-    for vh in b.vhosts() {
+    for vh in visible_vhosts(&b, &user) {
         for e in vh.exchanges() {
             out.push(json!({
                 "name": e.name,
@@ -161,9 +206,9 @@ async fn exchanges(State(b): State<Arc<Broker>>) -> Json<Value> {
     Json(Value::Array(out))
 }
 
-async fn bindings(State(b): State<Arc<Broker>>) -> Json<Value> {
+async fn bindings(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
     let mut out = Vec::new();
-    for vh in b.vhosts() {
+    for vh in visible_vhosts(&b, &user) {
         for (source, binding) in vh.bindings() {
             out.push(json!({
                 "source": source,
@@ -178,19 +223,23 @@ async fn bindings(State(b): State<Arc<Broker>>) -> Json<Value> {
     Json(Value::Array(out))
 }
 
-async fn connections(State(b): State<Arc<Broker>>) -> Json<Value> {
+async fn connections(State(b): State<Arc<Broker>>, Extension(me): Extension<User>) -> Json<Value> {
+    let sees_all = me.is_administrator() || me.has_tag(tag::MONITORING);
     let out = b
         .connections()
         .iter()
-        .map(|c| {
+        .filter_map(|c| {
             let session = c.session.lock().map(|s| s.clone()).unwrap_or(None);
             let (user, vhost) = session.unwrap_or_default();
+            if !sees_all && user != me.name {
+                return None;
+            }
             let connected_at = c
                 .connected_at
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            json!({
+            Some(json!({
                 "name": c.name(),
                 "protocol": c.protocol,
                 "peer_host": c.peer.ip().to_string(),
@@ -200,7 +249,7 @@ async fn connections(State(b): State<Arc<Broker>>) -> Json<Value> {
                 "channels": c.channels.load(std::sync::atomic::Ordering::Relaxed),
                 "state": if user.is_empty() { "starting" } else { "running" },
                 "connected_at": connected_at,
-            })
+            }))
         })
         .collect();
     Json(Value::Array(out))

@@ -1,7 +1,8 @@
-//! The broker: vhosts, users, the memory monitor and the registry of live connections. Shared
-//! by every protocol adapter and the admin API.
+//! The broker: vhosts, access control, the memory monitor and the registry of live
+//! connections. Shared by every protocol adapter and the admin API.
 
-use super::auth::Users;
+use super::access::records::{encode, VHostRecord};
+use super::access::Access;
 use super::clock::SystemClock;
 use super::memory::MemoryMonitor;
 use super::policy::Policies;
@@ -9,13 +10,13 @@ use super::queue::ConnectionId;
 use super::timer::Timer;
 use super::vhost::VHost;
 use crate::config::Config;
-use crate::store::{RecoveredKeyed, Store, StoreError};
+use crate::store::{kind, RecoveredKeyed, RecoveredLog, Store, StoreError, VHostDefinitions};
 use dashmap::DashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// A live client connection, as listed by `ctl list_connections`.
 #[derive(Debug)]
@@ -27,26 +28,50 @@ pub struct ConnectionEntry {
     pub channels: AtomicU32,
     /// (user, vhost) once authenticated and opened.
     pub session: Mutex<Option<(String, String)>>,
+    /// Set when the broker closes the connection (its user or vhost was deleted).
+    forced: Notify,
+    forced_reason: Mutex<Option<String>>,
 }
 
 impl ConnectionEntry {
     pub fn name(&self) -> String {
         format!("{} -> {}", self.peer, self.protocol)
     }
+
+    /// Asks the connection's task to close, telling the client `reason`.
+    pub fn force_close(&self, reason: String) {
+        if let Ok(mut r) = self.forced_reason.lock() {
+            *r = Some(reason);
+        }
+        // A stored permit: the task sees it even if it is not waiting right now.
+        self.forced.notify_one();
+    }
+
+    /// Resolves with the reason once [`ConnectionEntry::force_close`] was called.
+    pub async fn forced(&self) -> String {
+        self.forced.notified().await;
+        self.forced_reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug)]
 pub struct Broker {
     pub config: Arc<Config>,
-    pub users: Users,
+    /// Users, permissions and topic permissions.
+    pub access: Access,
+    policies: Arc<Policies>,
     pub memory: Arc<MemoryMonitor>,
     /// Durable storage; None for a memory-only broker (unit tests, benchmarks).
     pub store: Option<Arc<Store>>,
-    /// Wakes queues for message TTL and `x-expires`; served by [`Timer::run`].
-    pub timer: Arc<Timer>,
     /// Keyed state read back from the log at start, until the owners of its kinds (the MQTT
     /// adapter's sessions and retained messages) have taken theirs.
     keyed_at_start: Mutex<RecoveredKeyed>,
+    /// Wakes queues for message TTL and `x-expires`; served by [`Timer::run`].
+    pub timer: Arc<Timer>,
     vhosts: DashMap<String, Arc<VHost>>,
     connections: DashMap<ConnectionId, Arc<ConnectionEntry>>,
     next_id: AtomicU64,
@@ -59,19 +84,42 @@ impl Broker {
         let memory = MemoryMonitor::new(config.memory_high_watermark_bytes());
         let policies = Self::policies(&config);
         let vhosts = DashMap::new();
-        for v in &config.vhosts {
-            let vh = VHost::with_policies(&v.name, policies.clone());
-            vhosts.insert(v.name.clone(), Arc::new(vh));
+        let names: Vec<String> = config.vhosts.iter().map(|v| v.name.clone()).collect();
+        for name in &names {
+            let vh = VHost::with_policies(name, policies.clone());
+            vhosts.insert(name.clone(), Arc::new(vh));
         }
-        Self::assemble(config, memory, None, vhosts, RecoveredKeyed::default())
+        let access = Access::seeded(&config, &names, None);
+        Self::assemble(
+            config,
+            memory,
+            None,
+            access,
+            policies,
+            vhosts,
+            RecoveredKeyed::default(),
+        )
     }
 
     /// A broker on the store in `config.server.data_dir`: durable definitions and persistent
     /// messages are recovered from it and written to it.
     pub fn open(config: Config) -> Result<Arc<Self>, StoreError> {
         let memory = MemoryMonitor::new(config.memory_high_watermark_bytes());
-        let names: Vec<String> = config.vhosts.iter().map(|v| v.name.clone()).collect();
-        let (store, mut recovered) = Store::open(&config.server.data_dir, &names, &config.store)?;
+        // Users, vhosts and permissions come from the store; the configuration's only seed
+        // a data directory that has none.
+        let mut seed = false;
+        let (store, mut recovered) = Store::open(
+            &config.server.data_dir,
+            |keyed| {
+                if Access::any_recovered(keyed) {
+                    Access::recovered_vhosts(keyed)
+                } else {
+                    seed = true;
+                    config.vhosts.iter().map(|v| v.name.clone()).collect()
+                }
+            },
+            &config.store,
+        )?;
         let policies = Self::policies(&config);
         let vhosts = DashMap::new();
         for defs in &recovered.definitions {
@@ -85,8 +133,33 @@ impl Broker {
             );
             vhosts.insert(defs.vhost.clone(), Arc::new(vh));
         }
+        let access = if seed {
+            let names: Vec<String> = recovered
+                .definitions
+                .iter()
+                .map(|d| d.vhost.clone())
+                .collect();
+            for name in &names {
+                store.put(
+                    kind::VHOST,
+                    name.as_bytes(),
+                    &encode(&VHostRecord { name: name.clone() }),
+                );
+            }
+            Access::seeded(&config, &names, Some(store.clone()))
+        } else {
+            Access::restored(&config, &recovered.log.keyed, store.clone())
+        };
         let keyed = std::mem::take(&mut recovered.log.keyed);
-        Ok(Self::assemble(config, memory, Some(store), vhosts, keyed))
+        Ok(Self::assemble(
+            config,
+            memory,
+            Some(store),
+            access,
+            policies,
+            vhosts,
+            keyed,
+        ))
     }
 
     /// The configured policies (validated when the configuration was loaded).
@@ -102,9 +175,16 @@ impl Broker {
         config: Config,
         memory: Arc<MemoryMonitor>,
         store: Option<Arc<Store>>,
+        access: Access,
+        policies: Arc<Policies>,
         vhosts: DashMap<String, Arc<VHost>>,
         keyed_at_start: RecoveredKeyed,
     ) -> Arc<Self> {
+        // The seed's passwords are hashed by now; the running broker keeps no plain text.
+        let mut config = config;
+        for u in &mut config.users {
+            u.password.clear();
+        }
         let (shutdown, _) = watch::channel(false);
         let timer = Timer::new(Arc::new(SystemClock));
         for vh in vhosts.iter() {
@@ -112,7 +192,8 @@ impl Broker {
         }
         Arc::new(Broker {
             timer,
-            users: Users::from_config(&config),
+            access,
+            policies,
             memory,
             store,
             keyed_at_start: Mutex::new(keyed_at_start),
@@ -150,6 +231,81 @@ impl Broker {
         out
     }
 
+    /// Adds a vhost with the standard exchanges (nothing when it exists); returns the LSN that
+    /// makes it durable (0 when nothing was written).
+    pub fn add_vhost(&self, name: &str) -> u64 {
+        let vh = match self.vhosts.entry(name.to_owned()) {
+            dashmap::Entry::Occupied(_) => return 0,
+            dashmap::Entry::Vacant(slot) => {
+                let vh = Arc::new(match &self.store {
+                    Some(store) => VHost::with_store(
+                        name,
+                        store.clone(),
+                        self.policies.clone(),
+                        &VHostDefinitions {
+                            vhost: name.to_owned(),
+                            ..Default::default()
+                        },
+                        &mut RecoveredLog::default(),
+                        &self.memory,
+                    ),
+                    None => VHost::with_policies(name, self.policies.clone()),
+                });
+                slot.insert(vh.clone());
+                vh
+            }
+        };
+        vh.attach(self.timer.clone(), Some(self.memory.clone()));
+        let record = encode(&VHostRecord {
+            name: name.to_owned(),
+        });
+        self.store
+            .as_ref()
+            .map_or(0, |s| s.put(kind::VHOST, name.as_bytes(), &record))
+    }
+
+    /// Deletes a vhost and everything in it (queues with their messages, exchanges,
+    /// permissions) and closes its connections; `None` when there is no such vhost.
+    pub fn delete_vhost(&self, name: &str) -> Option<u64> {
+        let (_, vh) = self.vhosts.remove(name)?;
+        self.close_connections(|_, v| v == name, &format!("vhost '{name}' is deleted"));
+        for q in vh.queues() {
+            vh.remove_queue(&q);
+        }
+        for ex in vh.exchanges() {
+            if !ex.name.is_empty() && !ex.name.starts_with("amq.") {
+                let _ = vh.delete_exchange(&ex.name, false);
+            }
+        }
+        let mut lsn = self.access.vhost_deleted(name);
+        if let Some(store) = &self.store {
+            lsn = lsn.max(store.delete(kind::VHOST, name.as_bytes()));
+        }
+        Some(lsn)
+    }
+
+    /// Deletes a user with its permissions and closes its connections.
+    pub fn delete_user(&self, name: &str) -> Result<u64, super::access::AccessError> {
+        let lsn = self.access.delete_user(name)?;
+        self.close_connections(|u, _| u == name, &format!("user '{name}' is deleted"));
+        Ok(lsn)
+    }
+
+    /// Closes every connection whose (user, vhost) `which` selects.
+    pub fn close_connections(&self, which: impl Fn(&str, &str) -> bool, reason: &str) {
+        for c in self.connections.iter() {
+            let hit = c
+                .session
+                .lock()
+                .ok()
+                .and_then(|s| s.as_ref().map(|(u, v)| which(u, v)))
+                .unwrap_or(false);
+            if hit {
+                c.force_close(reason.to_owned());
+            }
+        }
+    }
+
     /// A broker-unique id (connections, consumers).
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -167,6 +323,8 @@ impl Broker {
             connected_at: SystemTime::now(),
             channels: AtomicU32::new(0),
             session: Mutex::new(None),
+            forced: Notify::new(),
+            forced_reason: Mutex::new(None),
         });
         self.connections.insert(entry.id, entry.clone());
         entry

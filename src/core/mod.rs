@@ -1,7 +1,7 @@
 //! The routing core: exchanges, bindings, queues and consumers. It knows no wire protocol;
 //! adapters translate their frames into calls here.
 
-pub mod auth;
+pub mod access;
 pub mod broker;
 pub mod clock;
 pub mod dead_letter;

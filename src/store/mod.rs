@@ -83,12 +83,13 @@ fn ensure_dir(path: &Path) -> Result<(), StoreError> {
 
 impl Store {
     /// Opens (creating if needed) the store under `data_dir` and recovers the log: the
-    /// definitions of `vhosts` (empty for a vhost with none) and the messages of the queues
-    /// they name. Definitions of an older release (`definitions/*.json`) are moved into the
-    /// log first (see [`Self::migrate_legacy`]).
+    /// definitions of the vhosts `vhosts` names from the recovered keyed state (empty for a
+    /// vhost with none) and the messages of the queues they name. Definitions of an older
+    /// release (`definitions/*.json`) are moved into the log first (see
+    /// [`Self::migrate_legacy`]).
     pub fn open(
         data_dir: &Path,
-        vhosts: &[String],
+        vhosts: impl FnOnce(&RecoveredKeyed) -> Vec<String>,
         config: &crate::config::StoreConfig,
     ) -> Result<(Arc<Store>, Recovered), StoreError> {
         let messages_dir = data_dir.join("messages");
@@ -100,6 +101,7 @@ impl Store {
             path: messages_dir.clone(),
             source,
         })?;
+        let vhosts = vhosts(&log.keyed);
         let (mut by_vhost, bad) = definitions::from_keyed(&log.keyed);
         for e in &bad {
             tracing::error!("{e}; left out");

@@ -6,10 +6,12 @@ use super::delivery::{AmqpConsumer, ChannelDeliveries, Unacked};
 use super::error::*;
 use crate::adapter::outbox::Outbox;
 use crate::adapter::settle::{self, Settle};
+use crate::core::access::permissions::{Perm, ResourceKind, TopicVars};
+use crate::core::access::PublishVerdicts;
 use crate::core::queue::args::parse_expiration;
 use crate::core::queue::{ConnectionId, ConsumeError};
 use crate::core::vhost::{generate_name, ExchangeSpec, QueueSpec};
-use crate::core::{Broker, Consumer, Exchange, Message, Queue, VHost};
+use crate::core::{Broker, Consumer, Exchange, ExchangeKind, Message, Queue, VHost};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -25,6 +27,8 @@ pub struct ConnCtx {
     pub vhost: Arc<VHost>,
     pub conn_id: ConnectionId,
     pub user: String,
+    /// May publish with another user's `user_id` (the `impersonator` tag).
+    pub impersonator: bool,
     pub outbox: Arc<Outbox>,
     pub frame_max: u32,
     pub max_message_size: u64,
@@ -35,6 +39,37 @@ impl ConnCtx {
     pub fn send(&self, channel: u16, method: impl Into<Method>) {
         let method = method.into();
         self.outbox.push(|out| encode_method(out, channel, &method));
+    }
+
+    /// Checks a permission as RabbitMQ's channel does; a refusal closes the channel with 403.
+    fn permit(&self, perm: Perm, kind: ResourceKind, name: &str) -> AmqpResult<()> {
+        self.broker
+            .access
+            .check(&self.vhost.name, &self.user, perm, kind, name)
+            .map_err(|r| AmqpError::channel(ACCESS_REFUSED, r.0))
+    }
+
+    /// Checks a topic permission on a routing key, for topic exchanges only.
+    fn permit_topic(&self, perm: Perm, exchange: &str, routing_key: &str) -> AmqpResult<()> {
+        if !self
+            .vhost
+            .exchange(exchange)
+            .is_some_and(|e| e.kind == ExchangeKind::Topic)
+        {
+            return Ok(());
+        }
+        self.broker
+            .access
+            .check_topic(perm, exchange, routing_key, self.topic_vars())
+            .map_err(|r| AmqpError::channel(ACCESS_REFUSED, r.0))
+    }
+
+    fn topic_vars(&self) -> TopicVars<'_> {
+        TopicVars {
+            username: &self.user,
+            vhost: &self.vhost.name,
+            client_id: "",
+        }
     }
 }
 
@@ -185,6 +220,7 @@ pub struct Channel {
     /// The queues of the publish being routed: kept empty between publishes so its capacity is
     /// reused instead of allocating a list per message.
     routed_to: Vec<Arc<Queue>>,
+    publish_verdicts: PublishVerdicts,
 }
 
 impl Channel {
@@ -202,6 +238,7 @@ impl Channel {
             reply_queue: None,
             closing: false,
             routed_to: Vec::new(),
+            publish_verdicts: PublishVerdicts::default(),
         }
     }
 
@@ -318,6 +355,9 @@ impl Channel {
                         "operation not permitted on the default exchange",
                     ));
                 }
+                if !m.passive {
+                    ctx.permit(Perm::Configure, ResourceKind::Exchange, &m.exchange)?;
+                }
                 ctx.vhost.declare_exchange(
                     ExchangeSpec {
                         name: m.exchange,
@@ -334,12 +374,16 @@ impl Channel {
                 }
             }
             Method::ExchangeDelete(m) => {
+                ctx.permit(Perm::Configure, ResourceKind::Exchange, &m.exchange)?;
                 ctx.vhost.delete_exchange(&m.exchange, m.if_unused)?;
                 if !m.no_wait {
                     return Ok(self.reply_when_defined(ctx, ExchangeDeleteOk {}));
                 }
             }
             Method::ExchangeBind(m) => {
+                ctx.permit(Perm::Write, ResourceKind::Exchange, &m.destination)?;
+                ctx.permit(Perm::Read, ResourceKind::Exchange, &m.source)?;
+                ctx.permit_topic(Perm::Read, &m.source, &m.routing_key)?;
                 ctx.vhost
                     .bind_exchange(&m.destination, &m.source, &m.routing_key, &m.arguments)?;
                 if !m.no_wait {
@@ -347,6 +391,9 @@ impl Channel {
                 }
             }
             Method::ExchangeUnbind(m) => {
+                ctx.permit(Perm::Write, ResourceKind::Exchange, &m.destination)?;
+                ctx.permit(Perm::Read, ResourceKind::Exchange, &m.source)?;
+                ctx.permit_topic(Perm::Read, &m.source, &m.routing_key)?;
                 ctx.vhost.unbind_exchange(
                     &m.destination,
                     &m.source,
@@ -357,7 +404,19 @@ impl Channel {
                     return Ok(self.reply_when_defined(ctx, ExchangeUnbindOk {}));
                 }
             }
-            Method::QueueDeclare(m) => {
+            Method::QueueDeclare(mut m) => {
+                if !m.passive {
+                    if m.queue.is_empty() {
+                        // Server-named: the permission applies to the name it gets.
+                        m.queue = generate_name("amq.gen-");
+                    }
+                    ctx.permit(Perm::Configure, ResourceKind::Queue, &m.queue)?;
+                    let dlx = m.arguments.get("x-dead-letter-exchange");
+                    if let Some(dlx) = dlx.and_then(|v| v.as_str()) {
+                        ctx.permit(Perm::Read, ResourceKind::Queue, &m.queue)?;
+                        ctx.permit(Perm::Write, ResourceKind::Exchange, dlx)?;
+                    }
+                }
                 let declared = ctx.vhost.declare_queue(
                     QueueSpec {
                         name: m.queue,
@@ -382,6 +441,9 @@ impl Channel {
             }
             Method::QueueBind(m) => {
                 let queue = self.resolve_queue(&m.queue)?;
+                ctx.permit(Perm::Write, ResourceKind::Queue, &queue)?;
+                ctx.permit(Perm::Read, ResourceKind::Exchange, &m.exchange)?;
+                ctx.permit_topic(Perm::Read, &m.exchange, &m.routing_key)?;
                 ctx.vhost.bind_queue(
                     &queue,
                     &m.exchange,
@@ -395,6 +457,9 @@ impl Channel {
             }
             Method::QueueUnbind(m) => {
                 let queue = self.resolve_queue(&m.queue)?;
+                ctx.permit(Perm::Write, ResourceKind::Queue, &queue)?;
+                ctx.permit(Perm::Read, ResourceKind::Exchange, &m.exchange)?;
+                ctx.permit_topic(Perm::Read, &m.exchange, &m.routing_key)?;
                 ctx.vhost.unbind_queue(
                     &queue,
                     &m.exchange,
@@ -406,6 +471,7 @@ impl Channel {
             }
             Method::QueuePurge(m) => {
                 let queue = self.resolve_queue(&m.queue)?;
+                ctx.permit(Perm::Read, ResourceKind::Queue, &queue)?;
                 let q = ctx.vhost.queue_for(&queue, ctx.conn_id)?;
                 let message_count = q.purge();
                 if !m.no_wait {
@@ -414,6 +480,7 @@ impl Channel {
             }
             Method::QueueDelete(m) => {
                 let queue = self.resolve_queue(&m.queue)?;
+                ctx.permit(Perm::Configure, ResourceKind::Queue, &queue)?;
                 let message_count =
                     ctx.vhost
                         .delete_queue(&queue, m.if_unused, m.if_empty, ctx.conn_id)?;
@@ -463,6 +530,7 @@ impl Channel {
             }
             Method::BasicGet(m) => {
                 let queue = self.resolve_queue(&m.queue)?;
+                ctx.permit(Perm::Read, ResourceKind::Queue, &queue)?;
                 let q = ctx.vhost.queue_for(&queue, ctx.conn_id)?;
                 match q.get(m.no_ack) {
                     None => ctx.send(ch, BasicGetEmpty::default()),
@@ -645,6 +713,7 @@ impl Channel {
             self.reply_queue = Some(q.clone());
             q
         } else {
+            ctx.permit(Perm::Read, ResourceKind::Queue, &queue_name)?;
             ctx.vhost.queue_for(&queue_name, ctx.conn_id)?
         };
         let sink = AmqpConsumer::new(
@@ -704,6 +773,8 @@ impl Channel {
         raw: Bytes,
         body: Bytes,
     ) -> AmqpResult<()> {
+        // As RabbitMQ: write permission first, then whether the exchange exists.
+        self.permit_publish(ctx, &publish.exchange, &publish.routing_key)?;
         let exchange = ctx.vhost.exchange(&publish.exchange).ok_or_else(|| {
             AmqpError::channel(
                 NOT_FOUND,
@@ -723,7 +794,7 @@ impl Channel {
             ));
         }
         if let Some(uid) = &properties.user_id {
-            if *uid != ctx.user {
+            if *uid != ctx.user && !ctx.impersonator {
                 return Err(AmqpError::channel(
                     PRECONDITION_FAILED,
                     format!(
@@ -772,6 +843,24 @@ impl Channel {
         let routed = self.route(ctx, &exchange, message, publish.mandatory);
         if let Some(c) = &mut self.confirm {
             c.published(routed.lsn, routed.refused);
+        }
+        Ok(())
+    }
+
+    /// Write permission on the exchange (cached per exchange until access control changes),
+    /// then topic permission on the routing key when topic permissions apply.
+    fn permit_publish(
+        &mut self,
+        ctx: &ConnCtx,
+        exchange: &str,
+        routing_key: &str,
+    ) -> AmqpResult<()> {
+        let restricted = self
+            .publish_verdicts
+            .check(&ctx.broker.access, &ctx.vhost.name, &ctx.user, exchange)
+            .map_err(|r| AmqpError::channel(ACCESS_REFUSED, r.0))?;
+        if restricted {
+            ctx.permit_topic(Perm::Write, exchange, routing_key)?;
         }
         Ok(())
     }

@@ -111,6 +111,7 @@ impl<'a> Connection<'a> {
                 vhost: n.vhost,
                 conn_id: entry.id,
                 user: n.user,
+                impersonator: n.impersonator,
                 outbox: outbox.clone(),
                 frame_max: n.frame_max,
                 max_message_size: broker.config.amqp.max_message_size,
@@ -143,6 +144,7 @@ impl<'a> Connection<'a> {
         ticker.tick().await;
         let mut last_read = Instant::now();
         let mut closing_deadline: Option<Instant> = None;
+        let entry = self.entry;
 
         // Frames already buffered after the handshake.
         match self.process(&mut buf, closing_deadline.is_some()) {
@@ -213,6 +215,11 @@ impl<'a> Connection<'a> {
                     let e = AmqpError::connection(CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'");
                     self.close_connection(&e);
                     closing_deadline = Some(Instant::now() + Duration::from_secs(broker.config.server.shutdown_grace_seconds.min(CLOSE_TIMEOUT.as_secs())));
+                }
+                reason = entry.forced(), if !closing => {
+                    let e = AmqpError::connection(CONNECTION_FORCED, format!("broker forced connection closure with reason '{reason}'"));
+                    self.close_connection(&e);
+                    closing_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
                 }
                 _ = tokio::time::sleep_until(sleep_until), if closing => return,
             }

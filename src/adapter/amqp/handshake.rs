@@ -3,7 +3,7 @@
 
 use super::error::*;
 use crate::adapter::outbox::Outbox;
-use crate::core::auth::AuthError;
+use crate::core::access::{tag, AuthError};
 use crate::core::{Broker, VHost};
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
@@ -15,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 #[derive(Debug)]
 pub struct Negotiated {
     pub user: String,
+    /// The user may set `user_id` to another user's name (RabbitMQ's `impersonator` tag).
+    pub impersonator: bool,
     pub vhost: Arc<VHost>,
     pub frame_max: u32,
     pub channel_max: u16,
@@ -224,7 +226,7 @@ pub async fn handshake<R: AsyncRead + Unpin>(
     let auth_failure_close =
         client_capability(&start_ok.client_properties, "authentication_failure_close");
     let (user, password) = credentials(&start_ok.mechanism, &start_ok.response)?;
-    let user = match broker.users.authenticate(&user, &password, peer.ip()) {
+    let user = match broker.access.authenticate(&user, &password, peer.ip()) {
         Ok(u) => u,
         Err(e) => {
             if auth_failure_close {
@@ -302,8 +304,14 @@ pub async fn handshake<R: AsyncRead + Unpin>(
         .during(10, 40)
         .into());
     };
+    if let Err(refused) = broker.access.check_vhost(&vhost.name, &user.name) {
+        return Err(AmqpError::connection(NOT_ALLOWED, refused.0)
+            .during(10, 40)
+            .into());
+    }
     outbox.push(|out| encode_method(out, 0, &ConnectionOpenOk {}.into()));
     Ok(Negotiated {
+        impersonator: user.has_tag(tag::IMPERSONATOR),
         user: user.name,
         vhost,
         frame_max,

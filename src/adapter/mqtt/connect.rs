@@ -4,6 +4,7 @@
 use super::error::Refusal;
 use super::registry::{lock, Handover, MqttState, Owner, SessionKey, SessionSlot};
 use super::session::Session;
+use crate::core::access::AuthError;
 use crate::core::vhost::QueueSpec;
 use crate::core::{Broker, Queue, VHost};
 use std::net::SocketAddr;
@@ -66,7 +67,7 @@ pub fn authenticate(
                 .as_ref()
                 .map(|p| String::from_utf8_lossy(p).into_owned())
                 .unwrap_or_default();
-            (vhost, user, password)
+            (vhost, user, Some(password))
         }
         None => {
             let Some(anon) = &cfg.anonymous_user else {
@@ -74,24 +75,25 @@ pub fn authenticate(
                     "anonymous connections are not allowed",
                 ));
             };
-            if cfg.anonymous_loopback_only && !peer.ip().is_loopback() {
+            if cfg.anonymous_loopback_only && !crate::core::access::is_loopback(peer.ip()) {
                 return Err(Refusal::not_authorized(
                     "anonymous connections are allowed from loopback only",
                 ));
             }
-            let Some(u) = broker.config.users.iter().find(|u| &u.name == anon) else {
-                return Err(Refusal::not_authorized("the anonymous user does not exist"));
-            };
-            (
-                cfg.default_vhost.clone(),
-                u.name.clone(),
-                u.password.clone(),
-            )
+            // Acts as the configured user, with exactly its permissions (no password).
+            (cfg.default_vhost.clone(), anon.clone(), None)
         }
     };
-    match broker.users.authenticate(&user, &password, peer.ip()) {
+    let authenticated = match &password {
+        Some(p) => broker.access.authenticate(&user, p, peer.ip()),
+        None => broker.access.trusted(&user, peer.ip()),
+    };
+    match authenticated {
         Ok(_) => {}
-        Err(crate::core::auth::AuthError::InvalidCredentials(_)) => {
+        Err(AuthError::InvalidCredentials(_)) if password.is_none() => {
+            return Err(Refusal::not_authorized("the anonymous user does not exist"))
+        }
+        Err(AuthError::InvalidCredentials(_)) => {
             return Err(Refusal::bad_credentials(format!(
                 "user '{user}' - invalid credentials"
             )))
@@ -101,6 +103,11 @@ pub fn authenticate(
     let Some(vh) = broker.vhost(&vhost) else {
         return Err(Refusal::not_authorized(format!("no vhost '{vhost}'")));
     };
+    // No permissions in the vhost: CONNACK 0x05 (3.1.1) / 0x87 (5), as RabbitMQ.
+    broker
+        .access
+        .check_vhost(&vh.name, &user)
+        .map_err(|r| Refusal::not_authorized(r.0))?;
     Ok((vh, user))
 }
 

@@ -68,6 +68,8 @@ pub struct Connection {
     /// Acknowledgements (PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK) waiting for the
     /// message log to be durable up to their LSN, in order.
     pub held: VecDeque<(u64, Packet)>,
+    /// Publish permission verdicts (see [`super::permit`]).
+    pub publish_verdicts: crate::core::access::PublishVerdicts,
 }
 
 impl Connection {
@@ -206,6 +208,7 @@ impl Connection {
         let handover = self.attached.handover.clone();
         let link = self.link.clone();
         let mut shutdown = self.broker.shutdown_signal();
+        let entry = self.entry.clone();
         let mut alarm = self.broker.memory.subscribe();
         let mut log_synced = self.broker.store.as_ref().map(|s| s.log.subscribe());
         let mut blocked = false;
@@ -299,6 +302,10 @@ impl Connection {
                 }
                 _ = shutdown.changed() => {
                     self.disconnect(&Violation::new(reason::SERVER_SHUTTING_DOWN, "broker shutting down"));
+                    return Ending::Abnormal;
+                }
+                why = entry.forced() => {
+                    self.disconnect(&Violation::new(reason::ADMINISTRATIVE_ACTION, why));
                     return Ending::Abnormal;
                 }
             }
@@ -504,6 +511,16 @@ impl Connection {
             ));
         }
         let id = p.packet_id.unwrap_or(0);
+        if let Err(refused) = self.permit_publish(&p.topic) {
+            // v5 answers a refused QoS 1/2 publish with 0x87; v3 has no way to say so but
+            // closing, and neither has a QoS 0 publish.
+            if !self.protocol.is_v5() || p.qos == QoS::AtMostOnce {
+                return Err(Violation::new(reason::NOT_AUTHORIZED, refused.0));
+            }
+            tracing::info!(peer = %self.entry.peer, "{refused}");
+            self.ack_publish(p.qos, id, reason::NOT_AUTHORIZED, 0);
+            return Ok(());
+        }
         if self.protocol.is_v5()
             && p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()

@@ -13,6 +13,7 @@ mod connection;
 pub mod convert;
 mod delivery;
 mod error;
+mod permit;
 pub mod persist;
 mod publish;
 pub mod registry;
@@ -166,6 +167,11 @@ async fn handshake(
     let attached = async {
         let (client_id, assigned) = connect::client_id(&c, broker)?;
         let (vhost, user) = connect::authenticate(broker, &c, peer)?;
+        if let Some(will) = &c.will {
+            // As RabbitMQ: a will the user could not publish is refused at CONNECT.
+            permit::permit_publish(broker, &vhost.name, &user, &client_id, &will.topic)
+                .map_err(|r| error::Refusal::not_authorized(r.0))?;
+        }
         let key = SessionKey {
             vhost: vhost.name.clone(),
             client_id,
@@ -266,6 +272,7 @@ async fn handshake(
         published: false,
         shared: HashMap::new(),
         held: Default::default(),
+        publish_verdicts: Default::default(),
         attached,
     });
     conn.start_delivery();

@@ -112,6 +112,23 @@ impl Connection {
                 codes.push(code);
                 continue;
             }
+            let queue = match split_shared(&s.filter) {
+                Ok(Some(_)) => shared_queue_name(&s.filter).unwrap_or_default(),
+                _ => self.queue().name.clone(),
+            };
+            let filter = match split_shared(&s.filter) {
+                Ok(Some((_, inner))) => inner,
+                _ => &s.filter,
+            };
+            if let Err(refused) = self.permit_subscribe(&queue, filter) {
+                tracing::info!(peer = %self.entry.peer, "{refused}");
+                codes.push(if self.protocol.is_v5() {
+                    reason::NOT_AUTHORIZED
+                } else {
+                    reason::V3_SUBACK_FAILURE
+                });
+                continue;
+            }
             if is_shared(&s.filter) {
                 // Retained messages are not sent for shared subscriptions (spec 4.8.2).
                 let code = if self.join_shared(&s.filter) {

@@ -5,6 +5,7 @@ use super::error::StompError;
 use super::handshake::{connect, Negotiated};
 use super::session::{Next, Session, SessionCtx};
 use crate::adapter::outbox::Outbox;
+use crate::core::broker::ConnectionEntry;
 use crate::core::Broker;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -56,7 +57,7 @@ where
                 }
                 outbox.push(|out| encode(&connected, n.version, out));
                 let mut conn = Connection::new(&broker, entry.id, peer, &outbox, n, limits);
-                conn.run(&mut rd, buf).await;
+                conn.run(&mut rd, buf, &entry).await;
                 conn.session.cleanup();
             }
         },
@@ -142,6 +143,7 @@ impl Connection {
             vhost: n.vhost,
             conn_id,
             user: n.user,
+            impersonator: n.impersonator,
             outbox: outbox.clone(),
             version: n.version,
         };
@@ -157,7 +159,12 @@ impl Connection {
         }
     }
 
-    async fn run<R: AsyncRead + Unpin>(&mut self, rd: &mut R, mut buf: BytesMut) {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        mut buf: BytesMut,
+        entry: &ConnectionEntry,
+    ) {
         let mut shutdown = self.broker.shutdown_signal();
         let mut alarm = self.broker.memory.subscribe();
         let mut log_synced = self.broker.store.as_ref().map(|s| s.log.subscribe());
@@ -225,6 +232,11 @@ impl Connection {
                 }
                 _ = shutdown.changed() => {
                     let e = StompError::new("Server shutdown", "The broker is shutting down.");
+                    send_error(&self.outbox, self.session.version(), &e, None);
+                    return;
+                }
+                why = entry.forced() => {
+                    let e = StompError::new("Connection closed by the broker", why);
                     send_error(&self.outbox, self.session.version(), &e, None);
                     return;
                 }

@@ -1,6 +1,7 @@
 //! CONNECT / STOMP: version negotiation, authentication, vhost choice and heart-beats.
 
 use super::error::{StompError, StompResult};
+use crate::core::access::{tag, User};
 use crate::core::vhost::generate_name;
 use crate::core::{Broker, VHost};
 use std::net::SocketAddr;
@@ -14,6 +15,8 @@ pub struct Negotiated {
     pub version: Version,
     pub vhost: Arc<VHost>,
     pub user: String,
+    /// May send with another user's `user-id` (the `impersonator` tag).
+    pub impersonator: bool,
     pub session: String,
     /// How often we send a heart-beat (None = never).
     pub send_every: Option<Duration>,
@@ -95,6 +98,10 @@ pub fn connect(
                 ),
             )
         })?;
+    broker
+        .access
+        .check_vhost(&vhost.name, &user.name)
+        .map_err(|r| StompError::new("Access refused", r.0))?;
     let ours = u64::from(config.heartbeat_ms);
     let (cx, cy) = match frame.header("heart-beat") {
         Some(h) if version != Version::V1_0 => parse_heart_beat(h)?,
@@ -103,7 +110,8 @@ pub fn connect(
     let negotiated = Negotiated {
         version,
         vhost,
-        user,
+        impersonator: user.has_tag(tag::IMPERSONATOR),
+        user: user.name,
         session: generate_name("session-"),
         send_every: interval(ours, cy),
         expect_every: interval(ours, cx),
@@ -118,15 +126,18 @@ pub fn connect(
 
 /// `login`/`passcode` against the users; without `login`, the configured default login (from
 /// loopback only, unless configured otherwise).
-fn authenticate(frame: &Frame, broker: &Broker, peer: SocketAddr) -> StompResult<String> {
+fn authenticate(frame: &Frame, broker: &Broker, peer: SocketAddr) -> StompResult<User> {
     let config = &broker.config.stomp;
     let (login, passcode) = match frame.header("login") {
-        Some(login) => (login, frame.header("passcode").unwrap_or("")),
+        Some(login) => (login, Some(frame.header("passcode").unwrap_or(""))),
+        // The default login acts as that user with exactly its permissions; its passcode is
+        // checked when one is configured.
         None => match (&config.default_login, &config.default_passcode) {
             (Some(login), passcode)
-                if !config.default_login_loopback_only || peer.ip().is_loopback() =>
+                if !config.default_login_loopback_only
+                    || crate::core::access::is_loopback(peer.ip()) =>
             {
-                (login.as_str(), passcode.as_deref().unwrap_or(""))
+                (login.as_str(), passcode.as_deref())
             }
             _ => {
                 return Err(StompError::new(
@@ -136,11 +147,11 @@ fn authenticate(frame: &Frame, broker: &Broker, peer: SocketAddr) -> StompResult
             }
         },
     };
-    broker
-        .users
-        .authenticate(login, passcode, peer.ip())
-        .map(|u| u.name)
-        .map_err(|e| StompError::new("Access refused", e.to_string()))
+    let user = match passcode {
+        Some(p) => broker.access.authenticate(login, p, peer.ip()),
+        None => broker.access.trusted(login, peer.ip()),
+    };
+    user.map_err(|e| StompError::new("Access refused", e.to_string()))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod destination;
 pub mod error;
 pub mod handshake;
 pub mod headers;
+mod permit;
 pub mod session;
 pub mod subscribe;
 pub mod subscription;

@@ -51,6 +51,8 @@ pub struct SessionCtx {
     pub vhost: Arc<VHost>,
     pub conn_id: ConnectionId,
     pub user: String,
+    /// May send with another user's `user-id` (the `impersonator` tag).
+    pub impersonator: bool,
     pub outbox: Arc<Outbox>,
     pub version: Version,
 }
@@ -68,6 +70,8 @@ pub struct Session {
     /// RECEIPTs waiting for the message log to be durable up to an LSN, in the order asked
     /// (a receipt for a later frame never overtakes one for an earlier SEND).
     receipts: VecDeque<(u64, String)>,
+    /// SEND permission verdicts per exchange (see [`super::permit`]).
+    pub(super) publish_verdicts: crate::core::access::PublishVerdicts,
 }
 
 impl Session {
@@ -81,6 +85,7 @@ impl Session {
             temp_queues: HashMap::new(),
             published: false,
             receipts: VecDeque::new(),
+            publish_verdicts: Default::default(),
         }
     }
 
@@ -246,6 +251,9 @@ impl Session {
         if let Destination::Queue(q) = &dest {
             self.ensure_queue(q, FieldTable::new())?;
         }
+        let (exchange_name, routing_key) = (exchange_name.to_owned(), routing_key.to_owned());
+        self.permit_send(&exchange_name, &routing_key)?;
+        let exchange_name = exchange_name.as_str();
         let vhost = &self.ctx.vhost;
         let exchange = vhost
             .exchange(exchange_name)
@@ -259,7 +267,7 @@ impl Session {
         }
         let mut properties = properties_from_send(&frame)?;
         if let Some(uid) = &properties.user_id {
-            if *uid != self.ctx.user {
+            if *uid != self.ctx.user && !self.ctx.impersonator {
                 return Err(CoreError::precondition(format!(
                     "user_id property set to '{uid}' but authenticated user was '{}'",
                     self.ctx.user
@@ -463,6 +471,7 @@ mod tests {
             vhost: broker.vhost("/").expect("default vhost"),
             conn_id: broker.next_id(),
             user: "guest".into(),
+            impersonator: false,
             outbox: outbox.clone(),
             version: Version::V1_2,
         };

@@ -7,6 +7,7 @@ use super::destination::{
 use super::error::{StompError, StompResult};
 use super::session::{required, Session, Subscription};
 use super::subscription::{AckMode, StompSubscription};
+use crate::core::access::permissions::{Perm, ResourceKind};
 use crate::core::queue::ConsumeError;
 use crate::core::vhost::{generate_name, QueueSpec};
 use crate::core::{Consumer, CoreError, Queue};
@@ -26,10 +27,13 @@ impl Session {
             // Deleted under us (by an admin): its subscription goes, a new queue comes.
             self.subscriptions.remove(&id);
         }
+        let queue_name = generate_name("amq.gen-");
+        self.permit(Perm::Configure, ResourceKind::Queue, &queue_name)?;
+        self.permit(Perm::Read, ResourceKind::Queue, &queue_name)?;
         let q = self
             .ctx
             .vhost
-            .create_private_queue(generate_name("amq.gen-"), self.ctx.conn_id);
+            .create_private_queue(queue_name, self.ctx.conn_id);
         self.start_subscription(id, q.clone(), AckMode::Auto, 0, false)?;
         self.temp_queues.insert(name.to_owned(), q.clone());
         Ok(q)
@@ -64,8 +68,13 @@ impl Session {
         };
         let args = queue_arguments(frame)?;
         let (queue, durable) = match Destination::parse(dest_text)? {
-            Destination::Queue(q) => (self.ensure_queue(&q, args)?, false),
+            Destination::Queue(q) => {
+                let queue = self.ensure_queue(&q, args)?;
+                self.permit(Perm::Read, ResourceKind::Queue, &q)?;
+                (queue, false)
+            }
             Destination::AmqQueue(q) | Destination::ReplyQueue(q) => {
+                self.permit(Perm::Read, ResourceKind::Queue, &q)?;
                 (self.ctx.vhost.queue_for(&q, self.ctx.conn_id)?, false)
             }
             Destination::Topic(key) => {
@@ -91,6 +100,8 @@ impl Session {
         name: &str,
         arguments: FieldTable,
     ) -> StompResult<Arc<Queue>> {
+        // As RabbitMQ, a /queue/ destination is declared: that needs configure.
+        self.permit(Perm::Configure, ResourceKind::Queue, name)?;
         let vhost = &self.ctx.vhost;
         if arguments.is_empty() && vhost.queue(name).is_some() {
             return Ok(vhost.queue_for(name, self.ctx.conn_id)?);
@@ -152,6 +163,7 @@ impl Session {
                 arguments,
             }
         };
+        self.permit_subscription(&spec.name, exchange, key)?;
         let declared = vhost.declare_queue(spec, false, self.ctx.conn_id)?;
         vhost.bind_queue(
             &declared.queue.name,

@@ -1,6 +1,11 @@
-//! `switchboard ctl`: lists a running broker's queues, exchanges, bindings and connections
-//! through its HTTP API, printing tab-separated columns as `rabbitmqctl` does.
+//! `switchboard ctl`: lists a running broker's queues, exchanges, bindings and connections,
+//! and manages its users, vhosts and permissions ([`manage`]), through its HTTP API, printing
+//! tab-separated columns as `rabbitmqctl` does.
 
+pub mod api;
+pub mod manage;
+
+use api::Api;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -9,6 +14,16 @@ pub enum CtlError {
     Request { url: String, reason: String },
     #[error("unexpected answer from {url}: {reason}")]
     Answer { url: String, reason: String },
+    #[error("{path}: {status} {reason}")]
+    Refused {
+        path: String,
+        status: u16,
+        reason: String,
+    },
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Usage(String),
     #[error("unknown column '{column}' for {command}; known: {known}")]
     UnknownColumn {
         command: &'static str,
@@ -156,28 +171,10 @@ pub fn run_listing(
             });
         }
     }
-    let url = format!("{}{}", base_url.trim_end_matches('/'), listing.path);
-    let auth = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        format!("{user}:{password}"),
-    );
-    let mut response = ureq::get(&url)
-        .header("Authorization", &format!("Basic {auth}"))
-        .call()
-        .map_err(|e| CtlError::Request {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
-    let rows: Value = response
-        .body_mut()
-        .read_json()
-        .map_err(|e| CtlError::Answer {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+    let rows = Api::new(base_url, user, password).get_ok(listing.path)?;
     let Value::Array(rows) = rows else {
         return Err(CtlError::Answer {
-            url,
+            url: listing.path.to_owned(),
             reason: "expected a JSON array".into(),
         });
     };
