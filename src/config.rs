@@ -72,6 +72,10 @@ pub struct ServerConfig {
     /// (0 = never).
     #[serde(default = "default_disk_free_limit")]
     pub disk_free_limit_bytes: u64,
+    /// Most words (`.`-separated) in a binding key of a topic exchange and in a routing key
+    /// published to one; longer ones are refused, so that matching stays cheap.
+    #[serde(default = "default_topic_max_words")]
+    pub topic_max_words: usize,
 }
 
 /// The message store (`src/store`): what a confirm promises, and segment size.
@@ -368,6 +372,9 @@ fn default_watermark() -> f64 {
 }
 fn default_loopback_users() -> Vec<String> {
     vec!["guest".into()]
+}
+fn default_topic_max_words() -> usize {
+    crate::core::topic::DEFAULT_MAX_WORDS
 }
 fn default_grace() -> u64 {
     5

@@ -109,6 +109,7 @@ impl Broker {
         let timer = Timer::new(Arc::new(SystemClock));
         for vh in vhosts.iter() {
             vh.attach(timer.clone(), Some(memory.clone()));
+            vh.set_topic_max_words(config.server.topic_max_words);
         }
         Arc::new(Broker {
             timer,
