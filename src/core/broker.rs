@@ -44,6 +44,8 @@ pub struct Broker {
     pub store: Option<Arc<Store>>,
     /// Wakes queues for message TTL and `x-expires`; served by [`Timer::run`].
     pub timer: Arc<Timer>,
+    /// Slows down repeated authentication failures from one address, for every protocol.
+    pub auth_throttle: crate::net::auth_throttle::AuthThrottle,
     vhosts: DashMap<String, Arc<VHost>>,
     connections: DashMap<ConnectionId, Arc<ConnectionEntry>>,
     next_id: AtomicU64,
@@ -113,6 +115,7 @@ impl Broker {
         }
         Arc::new(Broker {
             timer,
+            auth_throttle: Default::default(),
             users: Users::from_config(&config),
             memory,
             store,

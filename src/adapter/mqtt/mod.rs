@@ -155,7 +155,16 @@ async fn handshake(
     let protocol = c.protocol;
     let attached = async {
         let (client_id, assigned) = connect::client_id(&c, broker)?;
-        let (vhost, user) = connect::authenticate(broker, &c, peer)?;
+        let (vhost, user) = match connect::authenticate(broker, &c, peer) {
+            Ok(authenticated) => {
+                broker.auth_throttle.succeeded(peer.ip());
+                authenticated
+            }
+            Err(e) => {
+                broker.auth_throttle.failed(peer.ip()).await;
+                return Err(e);
+            }
+        };
         let key = SessionKey {
             vhost: vhost.name.clone(),
             client_id,
