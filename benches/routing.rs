@@ -1,5 +1,6 @@
-//! Routing hot paths: topic matching against 10k bindings, and a publish routed through a
-//! topic exchange into a queue.
+//! Routing hot paths: topic matching against 10k bindings, the worst cases a client can bind
+//! (`#` repeated 20 times, 128-word keys), and a publish routed through a topic exchange into a
+//! queue.
 //!
 //! Run: `cargo bench --bench routing`
 
@@ -43,6 +44,56 @@ fn topic_matching(c: &mut Criterion) {
                 n
             })
         });
+    }
+    g.finish();
+}
+
+/// Patterns that make a backtracking matcher exponential, against keys at the 128-word limit:
+/// each match must take microseconds.
+fn topic_matching_worst_cases(c: &mut Criterion) {
+    let hashes = ["#"; 20].join(".");
+    let cases = [
+        ("hash_x20", vec![hashes.clone()]),
+        ("hash_x20_then_z", vec![format!("{hashes}.z")]),
+        (
+            "hash_word_x20_then_z",
+            vec![format!("{}.z", ["#.a"; 20].join("."))],
+        ),
+        (
+            "star_hash_x20_then_z",
+            vec![format!("{}.#.z", ["*.#"; 20].join("."))],
+        ),
+        // All of them, and 128-word patterns, sharing one trie.
+        (
+            "all_and_128_word_patterns",
+            vec![
+                hashes.clone(),
+                format!("{hashes}.z"),
+                format!("{}.z", ["#.a"; 20].join(".")),
+                format!("{}.#.z", ["*.#"; 20].join(".")),
+                vec!["a"; 128].join("."),
+                vec!["*"; 128].join("."),
+                format!("{}.#", vec!["#.a"; 63].join(".")),
+            ],
+        ),
+    ];
+    let key = vec!["a"; 128].join(".");
+    let key_z = format!("{}.z", vec!["a"; 127].join("."));
+    let mut g = c.benchmark_group("topic_match_worst_case_128_words");
+    for (name, patterns) in &cases {
+        let mut trie = TopicTrie::new();
+        for (i, p) in patterns.iter().enumerate() {
+            trie.insert(p, i);
+        }
+        for (suffix, k) in [("no_z", &key), ("z", &key_z)] {
+            g.bench_function(format!("{name}/{suffix}"), |b| {
+                b.iter(|| {
+                    let mut n = 0usize;
+                    trie.for_each_match(black_box(k), |_| n += 1);
+                    n
+                })
+            });
+        }
     }
     g.finish();
 }
@@ -103,5 +154,10 @@ fn route_and_enqueue(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, topic_matching, route_and_enqueue);
+criterion_group!(
+    benches,
+    topic_matching,
+    topic_matching_worst_cases,
+    route_and_enqueue
+);
 criterion_main!(benches);

@@ -72,6 +72,17 @@ pub struct ServerConfig {
     /// (0 = never).
     #[serde(default = "default_disk_free_limit")]
     pub disk_free_limit_bytes: u64,
+    /// Most words (`.`-separated) in a binding key of a topic exchange and in a routing key
+    /// published to one; longer ones are refused, so that matching stays cheap.
+    #[serde(default = "default_topic_max_words")]
+    pub topic_max_words: usize,
+    /// Most connections open at once over all listeners (HTTP included); 0 = the file
+    /// descriptor limit less a reserve. Connections past it are closed as they are accepted.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Most connections open at once from one source address (0 = no limit of its own).
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
 }
 
 /// The message store (`src/store`): what a confirm promises, and segment size.
@@ -314,11 +325,29 @@ fn default_stomp_max_header_line() -> usize {
     switchboard_stomp::Limits::default().max_header_line
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// An HTTP connection that has not sent a whole request head this long after it opened or
+    /// after its last response is closed (idle and slow-header connections alike), as RabbitMQ
+    /// closes idle management connections after 5 s.
+    #[serde(default = "default_http_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            listen: Vec::new(),
+            idle_timeout_ms: default_http_idle_timeout_ms(),
+        }
+    }
+}
+
+fn default_http_idle_timeout_ms() -> u64 {
+    5_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -368,6 +397,12 @@ fn default_watermark() -> f64 {
 }
 fn default_loopback_users() -> Vec<String> {
     vec!["guest".into()]
+}
+fn default_max_connections_per_address() -> usize {
+    16_384
+}
+fn default_topic_max_words() -> usize {
+    crate::core::topic::DEFAULT_MAX_WORDS
 }
 fn default_grace() -> u64 {
     5

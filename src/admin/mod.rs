@@ -16,26 +16,51 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use base64::Engine;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 
 pub use json::field_table_to_json;
 
-/// Serves the API on `listener` until the broker shuts down.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
+/// Serves the API on the connections `acceptor` admits until the broker shuts down. Each
+/// connection is served by hyper directly (not `axum::serve`) for its header read timeout:
+/// `http.idle_timeout_ms` closes a connection that sends no complete request head within that
+/// time of opening or of its last response, so idle or half-sent requests cannot hold file
+/// descriptors.
+pub async fn serve(mut acceptor: crate::net::accept::Acceptor, broker: Arc<Broker>) {
+    let idle_timeout = std::time::Duration::from_millis(broker.config.http.idle_timeout_ms);
+    let app = router(broker.clone());
     let mut shutdown = broker.shutdown_signal();
-    let app = router(broker);
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = shutdown.changed().await;
-    })
-    .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "HTTP API stopped");
+    loop {
+        let (socket, peer, admitted) = tokio::select! {
+            next = acceptor.next() => next,
+            _ = shutdown.changed() => return,
+        };
+        let service = TowerToHyperService::new(app.clone().layer(Extension(ConnectInfo(peer))));
+        let mut shutdown = broker.shutdown_signal();
+        tokio::spawn(async move {
+            // Counted against the connection limits until the connection ends.
+            let _admitted = admitted;
+            let mut builder = http1::Builder::new();
+            builder.timer(TokioTimer::new());
+            if !idle_timeout.is_zero() {
+                builder.header_read_timeout(idle_timeout);
+            }
+            let conn = builder.serve_connection(TokioIo::new(socket), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        });
     }
 }
 
@@ -76,7 +101,12 @@ async fn authenticate(State(broker): State<Arc<Broker>>, req: Request, next: Nex
     let Some((user, password)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
         return unauthorized();
     };
-    match broker.access.authenticate(user, password, peer_ip) {
+    let authenticated = broker.access.authenticate(user, password, peer_ip);
+    match &authenticated {
+        Ok(_) => broker.auth_throttle.succeeded(peer_ip),
+        Err(_) => broker.auth_throttle.failed(peer_ip).await,
+    }
+    match authenticated {
         Ok(u) => match allowed(&u, req.method(), req.uri().path()) {
             Ok(()) => {
                 let mut req = req;

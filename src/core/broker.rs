@@ -72,6 +72,8 @@ pub struct Broker {
     keyed_at_start: Mutex<RecoveredKeyed>,
     /// Wakes queues for message TTL and `x-expires`; served by [`Timer::run`].
     pub timer: Arc<Timer>,
+    /// Slows down repeated authentication failures from one address, for every protocol.
+    pub auth_throttle: crate::net::auth_throttle::AuthThrottle,
     vhosts: DashMap<String, Arc<VHost>>,
     connections: DashMap<ConnectionId, Arc<ConnectionEntry>>,
     next_id: AtomicU64,
@@ -189,9 +191,11 @@ impl Broker {
         let timer = Timer::new(Arc::new(SystemClock));
         for vh in vhosts.iter() {
             vh.attach(timer.clone(), Some(memory.clone()));
+            vh.set_topic_max_words(config.server.topic_max_words);
         }
         Arc::new(Broker {
             timer,
+            auth_throttle: Default::default(),
             access,
             policies,
             memory,
@@ -256,6 +260,7 @@ impl Broker {
             }
         };
         vh.attach(self.timer.clone(), Some(self.memory.clone()));
+        vh.set_topic_max_words(self.config.server.topic_max_words);
         let record = encode(&VHostRecord {
             name: name.to_owned(),
         });

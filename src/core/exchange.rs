@@ -1,11 +1,12 @@
 //! Exchanges and their bindings: direct, fanout, topic and headers.
 
 use super::delayed::{DelayedHold, DELAYED_TYPE};
-use super::hash::FastHashMap;
+use super::hash::{FastHashMap, FastHasher};
 use super::headers::{HeadersSpec, InvalidXMatch};
 use super::message::Message;
 use super::queue::Queue;
 use super::topic::TopicTrie;
+use indexmap::IndexMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use switchboard_amqp::FieldTable;
 
@@ -63,11 +64,15 @@ impl Destination {
 
 impl PartialEq for Destination {
     fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Destination::Queue(a), Destination::Queue(b)) => Arc::ptr_eq(a, b),
-            (Destination::Exchange(a), Destination::Exchange(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Destination {}
+
+impl std::hash::Hash for Destination {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
     }
 }
 
@@ -85,12 +90,18 @@ impl Binding {
     }
 }
 
+/// Destinations with how many bindings put them there: adding or removing one of N costs O(1),
+/// where a list had to be scanned.
+type DestinationCounts = IndexMap<Destination, u32, FastHasher>;
+
 /// What the exchange's routing index holds, per kind.
 #[derive(Debug)]
 enum Index {
-    Direct(FastHashMap<String, Vec<Destination>>),
+    Direct(FastHashMap<String, DestinationCounts>),
     /// Fanout routes to every binding in `all`.
     Fanout,
+    /// Counts bindings itself: the same destination under the same pattern with other arguments
+    /// (or a pattern that differs only in runs of `#`) stays until the last such binding goes.
     Topic(TopicTrie<Destination>),
     /// Parsed headers specs, parallel to `all`.
     Headers(Vec<HeadersSpec>),
@@ -100,9 +111,10 @@ enum Index {
 struct BindingSet {
     /// In no particular order (removal moves the last binding into the gap).
     all: Vec<Binding>,
-    /// Where each destination's bindings are in `all`: binding, unbinding and deleting a queue
-    /// look at that queue's bindings only. Scanning them all made connecting and disconnecting
-    /// N MQTT clients (a binding each on `amq.topic`) O(N²).
+    /// Where each destination's bindings are in `all`, by routing key: binding and unbinding
+    /// look at that destination's bindings with that key only. Scanning every binding made
+    /// connecting N MQTT clients O(N²); scanning one destination's made one MQTT session with N
+    /// subscriptions O(N²).
     by_destination: FastHashMap<DestinationKey, Positions>,
     index: Index,
 }
@@ -122,46 +134,62 @@ impl Destination {
     }
 }
 
-/// One destination's positions in `all`: most destinations are bound once, and a `Vec` for
-/// each would be an allocation per binding.
+/// One destination's positions in `all`: most destinations are bound once, and a map for each
+/// would be an allocation per binding.
 #[derive(Debug)]
 enum Positions {
     One(usize),
-    Many(Vec<usize>),
+    /// By routing key (several positions under one key only when their arguments differ).
+    Many(FastHashMap<Box<str>, Vec<usize>>),
 }
 
 impl Positions {
-    fn as_slice(&self) -> &[usize] {
+    fn all(&self) -> Vec<usize> {
         match self {
-            Positions::One(p) => std::slice::from_ref(p),
-            Positions::Many(ps) => ps,
+            Positions::One(p) => vec![*p],
+            Positions::Many(by_key) => by_key.values().flatten().copied().collect(),
         }
     }
 
-    fn add(&mut self, pos: usize) {
+    /// Adds `pos`, a binding with `key`; `all` gives the routing key at a position.
+    fn add(&mut self, pos: usize, key: &str, all: &[Binding]) {
         match self {
-            Positions::One(p) => *self = Positions::Many(vec![*p, pos]),
-            Positions::Many(ps) => ps.push(pos),
+            Positions::One(p) => {
+                let mut by_key: FastHashMap<Box<str>, Vec<usize>> = FastHashMap::default();
+                by_key.insert(all[*p].routing_key.as_str().into(), vec![*p]);
+                by_key.entry(key.into()).or_default().push(pos);
+                *self = Positions::Many(by_key);
+            }
+            Positions::Many(by_key) => by_key.entry(key.into()).or_default().push(pos),
         }
     }
 
-    /// Removes `pos`; whether none are left.
-    fn remove(&mut self, pos: usize) -> bool {
+    /// Removes `pos`, a binding with `key`; whether none are left.
+    fn remove(&mut self, pos: usize, key: &str) -> bool {
         match self {
             Positions::One(p) => *p == pos,
-            Positions::Many(ps) => {
-                ps.retain(|&i| i != pos);
-                ps.is_empty()
+            Positions::Many(by_key) => {
+                if let Some(ps) = by_key.get_mut(key) {
+                    ps.retain(|&i| i != pos);
+                    if ps.is_empty() {
+                        by_key.remove(key);
+                    }
+                }
+                by_key.is_empty()
             }
         }
     }
 
-    fn replace(&mut self, from: usize, to: usize) {
+    /// The binding with `key` at `from` moved to `to`.
+    fn replace(&mut self, from: usize, to: usize, key: &str) {
         match self {
             Positions::One(p) if *p == from => *p = to,
             Positions::One(_) => {}
-            Positions::Many(ps) => {
-                if let Some(i) = ps.iter_mut().find(|i| **i == from) {
+            Positions::Many(by_key) => {
+                if let Some(i) = by_key
+                    .get_mut(key)
+                    .and_then(|ps| ps.iter_mut().find(|i| **i == from))
+                {
                     *i = to;
                 }
             }
@@ -170,10 +198,16 @@ impl Positions {
 }
 
 impl BindingSet {
-    fn positions(&self, destination: &Destination) -> &[usize] {
-        self.by_destination
-            .get(&destination.key())
-            .map_or(&[], Positions::as_slice)
+    /// The positions of `destination`'s bindings with `routing_key`.
+    fn positions_with_key(&self, destination: &Destination, routing_key: &str) -> &[usize] {
+        match self.by_destination.get(&destination.key()) {
+            None => &[],
+            Some(Positions::One(p)) if self.all[*p].routing_key == routing_key => {
+                std::slice::from_ref(p)
+            }
+            Some(Positions::One(_)) => &[],
+            Some(Positions::Many(by_key)) => by_key.get(routing_key).map_or(&[], Vec::as_slice),
+        }
     }
 
     /// The position of an identical binding.
@@ -183,25 +217,21 @@ impl BindingSet {
         routing_key: &str,
         args: &FieldTable,
     ) -> Option<usize> {
-        self.positions(destination)
+        self.positions_with_key(destination, routing_key)
             .iter()
             .copied()
             .find(|&i| self.all[i].same(destination, routing_key, args))
     }
 
-    /// Whether `destination` is bound with `routing_key` (under any arguments).
-    fn bound_with_key(&self, destination: &Destination, routing_key: &str) -> bool {
-        self.positions(destination)
-            .iter()
-            .any(|&i| self.all[i].routing_key == routing_key)
-    }
-
     fn push(&mut self, binding: Binding) {
         let pos = self.all.len();
-        self.by_destination
-            .entry(binding.destination.key())
-            .and_modify(|ps| ps.add(pos))
-            .or_insert(Positions::One(pos));
+        match self.by_destination.get_mut(&binding.destination.key()) {
+            Some(ps) => ps.add(pos, &binding.routing_key, &self.all),
+            None => {
+                self.by_destination
+                    .insert(binding.destination.key(), Positions::One(pos));
+            }
+        }
         self.all.push(binding);
     }
 
@@ -209,18 +239,19 @@ impl BindingSet {
     /// parallel to it).
     fn remove_at(&mut self, pos: usize) {
         let last = self.all.len() - 1;
-        let key = self.all[pos].destination.key();
+        let doomed = &self.all[pos];
+        let key = doomed.destination.key();
         if self
             .by_destination
             .get_mut(&key)
-            .is_some_and(|ps| ps.remove(pos))
+            .is_some_and(|ps| ps.remove(pos, &doomed.routing_key))
         {
             self.by_destination.remove(&key);
         }
         if pos != last {
-            let moved = self.all[last].destination.key();
-            if let Some(ps) = self.by_destination.get_mut(&moved) {
-                ps.replace(last, pos);
+            let moved = &self.all[last];
+            if let Some(ps) = self.by_destination.get_mut(&moved.destination.key()) {
+                ps.replace(last, pos, &moved.routing_key);
             }
         }
         self.all.swap_remove(pos);
@@ -316,14 +347,14 @@ impl Exchange {
             return Ok(false);
         }
         match &mut set.index {
-            Index::Direct(map) => map
-                .entry(routing_key.to_owned())
-                .or_default()
-                .push(destination.clone()),
+            Index::Direct(map) => {
+                *map.entry(routing_key.to_owned())
+                    .or_default()
+                    .entry(destination.clone())
+                    .or_insert(0) += 1;
+            }
             Index::Fanout => {}
             Index::Topic(trie) => {
-                // Same destination under the same pattern with other arguments: the trie holds it
-                // once, and `unbind` only removes it from the trie with its last binding.
                 trie.insert(routing_key, destination.clone());
             }
             Index::Headers(specs) => specs.push(HeadersSpec::parse(arguments)?),
@@ -343,23 +374,23 @@ impl Exchange {
             return false;
         };
         set.remove_at(pos);
-        let still_bound_same_key = set.bound_with_key(destination, routing_key);
         match &mut set.index {
             Index::Direct(map) => {
-                if let Some(v) = map.get_mut(routing_key) {
-                    if let Some(i) = v.iter().position(|d| d == destination) {
-                        v.remove(i);
+                if let Some(counts) = map.get_mut(routing_key) {
+                    if let Some(n) = counts.get_mut(destination) {
+                        *n -= 1;
+                        if *n == 0 {
+                            counts.swap_remove(destination);
+                        }
                     }
-                    if v.is_empty() {
+                    if counts.is_empty() {
                         map.remove(routing_key);
                     }
                 }
             }
             Index::Fanout => {}
             Index::Topic(trie) => {
-                if !still_bound_same_key {
-                    trie.remove(routing_key, destination);
-                }
+                trie.remove(routing_key, destination);
             }
             // `remove_at` removed its spec.
             Index::Headers(_) => {}
@@ -372,9 +403,12 @@ impl Exchange {
     pub fn unbind_destination(&self, destination: &Destination) -> Vec<Binding> {
         let doomed: Vec<Binding> = {
             let set = self.read();
-            set.positions(destination)
-                .iter()
-                .map(|&i| set.all[i].clone())
+            set.by_destination
+                .get(&destination.key())
+                .map(Positions::all)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| set.all[i].clone())
                 .collect()
         };
         for b in &doomed {
@@ -402,8 +436,8 @@ impl Exchange {
         let set = self.read();
         match &set.index {
             Index::Direct(map) => {
-                if let Some(v) = map.get(msg.routing_key.as_str()) {
-                    v.iter().for_each(f);
+                if let Some(counts) = map.get(msg.routing_key.as_str()) {
+                    counts.keys().for_each(f);
                 }
             }
             Index::Fanout => set.all.iter().for_each(|b| f(&b.destination)),

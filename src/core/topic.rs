@@ -2,8 +2,20 @@
 //! `#` matches zero or more. Shared by the topic exchange and (translated) MQTT subscriptions.
 //!
 //! Words follow RabbitMQ: the empty key has no words, and `a..b` has three (`a`, ``, `b`).
+//!
+//! Matching is bounded whatever the patterns: runs of `#` are collapsed when a pattern is
+//! inserted (`#.#` matches what `#` matches), and the matcher visits each (`#` node, word index)
+//! state once, so a match costs at most (trie nodes × key words). Trying every split of the key
+//! for each `#`, as a plain backtracking matcher does, is exponential in the number of `#`s: one
+//! binding `#.#.#.#.#.#.#.#.#.z` and a 40-word key froze the broker for 26 s.
 
-use super::hash::FastHashMap;
+use super::hash::{FastHashMap, FastHasher};
+use indexmap::IndexMap;
+use std::hash::Hash;
+
+/// The default for the most words a routing key or binding key may have (`[server]
+/// topic_max_words`); MQTT's `max_topic_levels` has the same default.
+pub const DEFAULT_MAX_WORDS: usize = 128;
 
 /// Splits a routing key or pattern into words the way RabbitMQ does.
 pub fn words(key: &str) -> impl Iterator<Item = &str> {
@@ -12,13 +24,35 @@ pub fn words(key: &str) -> impl Iterator<Item = &str> {
     key.split('.').filter(move |_| !empty)
 }
 
+/// How many words [`words`] yields, without splitting.
+pub fn word_count(key: &str) -> usize {
+    if key.is_empty() {
+        0
+    } else {
+        key.bytes().filter(|&b| b == b'.').count() + 1
+    }
+}
+
+/// The words of a pattern with each run of `#` collapsed into one: the trie's path for it.
+fn pattern_words(pattern: &str) -> impl Iterator<Item = &str> {
+    let mut previous_hash = false;
+    words(pattern).filter(move |&w| {
+        let hash = w == "#";
+        let keep = !(hash && previous_hash);
+        previous_hash = hash;
+        keep
+    })
+}
+
 #[derive(Debug)]
 struct Node<T> {
     children: FastHashMap<Box<str>, Node<T>>,
     star: Option<Box<Node<T>>>,
     hash: Option<Box<Node<T>>>,
-    /// Values bound with a pattern that ends at this node.
-    values: Vec<T>,
+    /// Values bound with a pattern that ends at this node, each with how many times it was
+    /// inserted (patterns that collapse to the same path share an entry). A map, so that adding
+    /// or removing one of N destinations bound with the same pattern does not scan the N.
+    values: IndexMap<T, u32, FastHasher>,
 }
 
 impl<T> Default for Node<T> {
@@ -27,7 +61,7 @@ impl<T> Default for Node<T> {
             children: FastHashMap::default(),
             star: None,
             hash: None,
-            values: Vec::new(),
+            values: IndexMap::default(),
         }
     }
 }
@@ -38,6 +72,11 @@ impl<T> Node<T> {
             && self.children.is_empty()
             && self.star.is_none()
             && self.hash.is_none()
+    }
+
+    /// A `#` with nothing after it: it matches the rest of any key.
+    fn is_leaf(&self) -> bool {
+        self.children.is_empty() && self.star.is_none() && self.hash.is_none()
     }
 }
 
@@ -57,12 +96,12 @@ impl<T> Default for TopicTrie<T> {
     }
 }
 
-impl<T: PartialEq> TopicTrie<T> {
+impl<T: Hash + Eq> TopicTrie<T> {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Number of (pattern, value) pairs.
+    /// Number of distinct (pattern, value) pairs, patterns compared after collapsing `#` runs.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -71,39 +110,49 @@ impl<T: PartialEq> TopicTrie<T> {
         self.len == 0
     }
 
-    /// Adds `value` under `pattern`; false if that exact pair is already present.
+    /// Adds `value` under `pattern`; false if that pair was already present (it is then counted
+    /// once more, and stays until removed as many times).
     pub fn insert(&mut self, pattern: &str, value: T) -> bool {
         let mut node = &mut self.root;
-        for word in words(pattern) {
+        for word in pattern_words(pattern) {
             node = match word {
                 "*" => node.star.get_or_insert_with(Default::default),
                 "#" => node.hash.get_or_insert_with(Default::default),
                 w => node.children.entry(w.into()).or_default(),
             };
         }
-        if node.values.contains(&value) {
-            return false;
+        let count = node.values.entry(value).or_insert(0);
+        *count += 1;
+        let added = *count == 1;
+        if added {
+            self.len += 1;
         }
-        node.values.push(value);
-        self.len += 1;
+        added
+    }
+
+    /// Removes one insertion of the pair; false if it was not present. The pair stops matching
+    /// when its last insertion is removed; empty branches are then pruned.
+    pub fn remove(&mut self, pattern: &str, value: &T) -> bool {
+        let path: Vec<&str> = pattern_words(pattern).collect();
+        let Some(gone) = Self::remove_at(&mut self.root, &path, value) else {
+            return false;
+        };
+        if gone {
+            self.len -= 1;
+        }
         true
     }
 
-    /// Removes the pair; false if it was not present. Empty branches are pruned.
-    pub fn remove(&mut self, pattern: &str, value: &T) -> bool {
-        let path: Vec<&str> = words(pattern).collect();
-        let removed = Self::remove_at(&mut self.root, &path, value);
-        if removed {
-            self.len -= 1;
-        }
-        removed
-    }
-
-    fn remove_at(node: &mut Node<T>, path: &[&str], value: &T) -> bool {
+    /// None: not present; Some(true): its last insertion was removed.
+    fn remove_at(node: &mut Node<T>, path: &[&str], value: &T) -> Option<bool> {
         let Some((&word, rest)) = path.split_first() else {
-            let before = node.values.len();
-            node.values.retain(|v| v != value);
-            return node.values.len() != before;
+            let count = node.values.get_mut(value)?;
+            *count -= 1;
+            let gone = *count == 0;
+            if gone {
+                node.values.swap_remove(value);
+            }
+            return Some(gone);
         };
         match word {
             "*" | "#" => {
@@ -112,9 +161,7 @@ impl<T: PartialEq> TopicTrie<T> {
                 } else {
                     &mut node.hash
                 };
-                let Some(child) = slot.as_deref_mut() else {
-                    return false;
-                };
+                let child = slot.as_deref_mut()?;
                 let removed = Self::remove_at(child, rest, value);
                 if child.is_empty() {
                     *slot = None;
@@ -122,9 +169,7 @@ impl<T: PartialEq> TopicTrie<T> {
                 removed
             }
             w => {
-                let Some(child) = node.children.get_mut(w) else {
-                    return false;
-                };
+                let child = node.children.get_mut(w)?;
                 let removed = Self::remove_at(child, rest, value);
                 if child.is_empty() {
                     node.children.remove(w);
@@ -134,8 +179,9 @@ impl<T: PartialEq> TopicTrie<T> {
         }
     }
 
-    /// Calls `f` for every value whose pattern matches `key`. A value bound under several
-    /// matching patterns is reported once per pattern; callers de-duplicate destinations.
+    /// Calls `f` for every value whose pattern matches `key`, once per matching pattern (a value
+    /// bound under several matching patterns is reported once for each; callers de-duplicate
+    /// destinations).
     pub fn for_each_match<'a>(&'a self, key: &str, mut f: impl FnMut(&'a T)) {
         // Routing keys are short; a small stack buffer of word slices avoids an allocation for
         // the common case.
@@ -143,26 +189,109 @@ impl<T: PartialEq> TopicTrie<T> {
         for w in words(key) {
             buf.push(w);
         }
-        Self::walk(&self.root, buf.as_slice(), &mut f);
+        let mut matcher = Matcher {
+            words: buf.as_slice(),
+            hash_visits: HashVisits::default(),
+            f: &mut f,
+        };
+        matcher.walk(&self.root, 0);
     }
+}
 
-    fn walk<'a>(node: &'a Node<T>, words: &[&str], f: &mut impl FnMut(&'a T)) {
+/// One match in progress.
+struct Matcher<'k, T, F> {
+    words: &'k [&'k str],
+    hash_visits: HashVisits<T>,
+    f: &'k mut F,
+}
+
+impl<'a, T: 'a, F: FnMut(&'a T)> Matcher<'_, T, F> {
+    /// Matches the words from `at` on against the patterns below `node`. A non-`#` node is
+    /// reached with a given `at` at most once: its path from the nearest `#` above it (or the
+    /// root) is fixed, so `at` fixes where that `#` stopped, and each such `#` state is visited
+    /// once (see [`Matcher::walk_hash`]).
+    fn walk(&mut self, node: &'a Node<T>, at: usize) {
         if let Some(hash) = &node.hash {
-            // `#` consumes zero or more words: try every split.
-            for skip in 0..=words.len() {
-                Self::walk(hash, &words[skip..], f);
+            self.walk_hash(hash, at);
+        }
+        match self.words.get(at) {
+            None => node.values.keys().for_each(&mut *self.f),
+            Some(word) => {
+                if let Some(child) = node.children.get(*word) {
+                    self.walk(child, at + 1);
+                }
+                if let Some(star) = &node.star {
+                    self.walk(star, at + 1);
+                }
             }
         }
-        let Some((first, rest)) = words.split_first() else {
-            node.values.iter().for_each(&mut *f);
+    }
+
+    /// `#` at `hash`, reached with the words from `at` on left: it consumes `at..k` for each
+    /// `k`. The states (`hash`, k) for k from the lowest `at` seen so far on were visited already,
+    /// so only those below it are walked.
+    fn walk_hash(&mut self, hash: &'a Node<T>, at: usize) {
+        let unvisited_until = self.hash_visits.lowest(hash, at).unwrap_or(usize::MAX);
+        let end = unvisited_until.min(self.words.len() + 1);
+        if at >= end {
             return;
+        }
+        if hash.is_leaf() {
+            // Matches whatever is left: only the state that consumes the whole key reports.
+            if end > self.words.len() {
+                hash.values.keys().for_each(&mut *self.f);
+            }
+            return;
+        }
+        for k in at..end {
+            self.walk(hash, k);
+        }
+    }
+}
+
+const HASH_VISITS_INLINE: usize = 8;
+
+/// The lowest word index each `#` node was reached with during one match. A few inline
+/// entries cover ordinary keys without allocating; a map takes over past them.
+struct HashVisits<T> {
+    inline: [(*const Node<T>, usize); HASH_VISITS_INLINE],
+    len: usize,
+    spill: FastHashMap<*const Node<T>, usize>,
+}
+
+impl<T> Default for HashVisits<T> {
+    fn default() -> Self {
+        HashVisits {
+            inline: [(std::ptr::null(), 0); HASH_VISITS_INLINE],
+            len: 0,
+            spill: FastHashMap::default(),
+        }
+    }
+}
+
+impl<T> HashVisits<T> {
+    /// Records that `node` was reached with `at`; returns the lowest index it had been reached
+    /// with before (None: never), and keeps the lower of the two.
+    fn lowest(&mut self, node: &Node<T>, at: usize) -> Option<usize> {
+        let ptr: *const Node<T> = node;
+        let slot = match self.inline[..self.len].iter_mut().find(|(p, _)| *p == ptr) {
+            Some((_, lowest)) => lowest,
+            None if self.len < HASH_VISITS_INLINE && self.spill.is_empty() => {
+                self.inline[self.len] = (ptr, at);
+                self.len += 1;
+                return None;
+            }
+            None => match self.spill.entry(ptr) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(at);
+                    return None;
+                }
+            },
         };
-        if let Some(child) = node.children.get(*first) {
-            Self::walk(child, rest, f);
-        }
-        if let Some(star) = &node.star {
-            Self::walk(star, rest, f);
-        }
+        let before = *slot;
+        *slot = before.min(at);
+        Some(before)
     }
 }
 
@@ -252,13 +381,22 @@ mod tests {
     }
 
     #[test]
-    fn insert_remove_prunes_and_dedupes() {
+    fn insert_remove_prunes_and_counts() {
         let mut t = TopicTrie::new();
         assert!(t.insert("a.*.c", 1));
-        assert!(!t.insert("a.*.c", 1));
+        assert!(!t.insert("a.*.c", 1), "second insertion of the pair");
         assert!(t.insert("a.*.c", 2));
         assert!(t.insert("a.#", 1));
         assert_eq!(t.len(), 3);
+        assert!(t.remove("a.*.c", &1));
+        let mut got = vec![];
+        t.for_each_match("a.b.c", |v| got.push(*v));
+        got.sort();
+        assert_eq!(
+            got,
+            vec![1, 1, 2],
+            "inserted twice: still there after one removal"
+        );
         assert!(t.remove("a.*.c", &1));
         assert!(!t.remove("a.*.c", &1));
         let mut got = vec![];
@@ -269,6 +407,43 @@ mod tests {
         assert!(t.remove("a.#", &1));
         assert!(t.is_empty());
         assert!(t.root.is_empty(), "all branches pruned");
+    }
+
+    #[test]
+    fn runs_of_hash_collapse_into_one_pattern() {
+        let mut t = TopicTrie::new();
+        assert!(t.insert("a.#.#.#", 1));
+        assert!(!t.insert("a.#", 1), "the same pattern once collapsed");
+        assert_eq!(t.len(), 1);
+        let mut n = 0;
+        t.for_each_match("a.b.c", |_| n += 1);
+        assert_eq!(n, 1, "reported once, not once per `#`");
+        assert!(t.remove("a.#.#", &1));
+        let mut n = 0;
+        t.for_each_match("a", |_| n += 1);
+        assert_eq!(n, 1, "the other binding keeps it");
+        assert!(t.remove("a.#", &1));
+        assert!(t.root.is_empty());
+    }
+
+    #[test]
+    fn pathological_patterns_match_in_bounded_time() {
+        // Exponential for a backtracking matcher: 20 `#` (also interleaved with words, so they
+        // do not collapse) against a 128-word key.
+        let mut t = TopicTrie::new();
+        t.insert(&["#"; 20].join("."), 0);
+        t.insert(&format!("{}.z", ["#"; 20].join(".")), 1);
+        t.insert(&format!("{}.z", ["#.a"; 20].join(".")), 2);
+        t.insert(&format!("{}.#.z", ["*.#"; 20].join(".")), 3);
+        let key = vec!["a"; 128].join(".");
+        let mut got = vec![];
+        t.for_each_match(&key, |v| got.push(*v));
+        assert_eq!(got, vec![0]);
+        let key_z = format!("{key}.z");
+        let mut got = vec![];
+        t.for_each_match(&key_z, |v| got.push(*v));
+        got.sort();
+        assert_eq!(got, vec![0, 1, 2, 3]);
     }
 
     #[test]
@@ -289,6 +464,35 @@ mod tests {
             let p: Vec<&str> = words(&pattern).collect();
             let k: Vec<&str> = words(&key).collect();
             proptest::prop_assert_eq!(matches(&pattern, &key), reference(&p, &k));
+        }
+
+        /// Many patterns heavy in `#` in one trie (sharing nodes), long keys: each value whose
+        /// pattern matches is reported exactly once, and no other.
+        #[test]
+        fn shared_trie_reports_each_matching_pattern_once(
+            patterns in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec!["a", "b", "*", "#", "#"]), 0..10),
+                1..12,
+            ),
+            key in proptest::collection::vec(proptest::sample::select(vec!["a", "b"]), 0..24),
+        ) {
+            let patterns: Vec<String> = patterns.iter().map(|p| p.join(".")).collect();
+            let key = key.join(".");
+            let mut t = TopicTrie::new();
+            for (i, p) in patterns.iter().enumerate() {
+                t.insert(p, i);
+            }
+            let mut got = vec![];
+            t.for_each_match(&key, |v| got.push(*v));
+            got.sort();
+            let k: Vec<&str> = words(&key).collect();
+            let want: Vec<usize> = patterns
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| reference(&words(p).collect::<Vec<_>>(), &k))
+                .map(|(i, _)| i)
+                .collect();
+            proptest::prop_assert_eq!(got, want);
         }
     }
 

@@ -1,6 +1,10 @@
 //! Listeners: bind every configured address, accept connections and hand them to adapters, and
 //! shut down gracefully.
 
+pub mod accept;
+pub mod auth_throttle;
+pub mod limits;
+
 use crate::adapter::{amqp, mqtt, stomp};
 use crate::admin;
 use crate::config::Config;
@@ -82,6 +86,10 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
         http: local_addrs(&http_ls),
     };
     mqtt::persist::restore(&broker).await;
+    let limits = limits::ConnectionLimits::new(
+        broker.config.server.max_connections,
+        broker.config.server.max_connections_per_address,
+    );
     let mut listeners = vec![
         tokio::spawn(crate::core::stored::compact(broker.clone())),
         tokio::spawn(crate::core::stored::watch_disk(broker.clone())),
@@ -94,12 +102,18 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     ] {
         for l in ls {
             tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "{protocol:?} listener started");
-            listeners.push(tokio::spawn(accept_loop(l, broker.clone(), protocol)));
+            let acceptor = accept::Acceptor::new(l, limits.clone(), protocol.name());
+            listeners.push(tokio::spawn(accept_loop(
+                acceptor,
+                broker.clone(),
+                protocol,
+            )));
         }
     }
     for l in http_ls {
         tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP API listener started");
-        listeners.push(tokio::spawn(admin::serve(l, broker.clone())));
+        let acceptor = accept::Acceptor::new(l, limits.clone(), "HTTP");
+        listeners.push(tokio::spawn(admin::serve(acceptor, broker.clone())));
     }
     Ok(RunningBroker {
         broker,
@@ -116,29 +130,35 @@ enum Protocol {
     Stomp,
 }
 
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, protocol: Protocol) {
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Amqp => "AMQP",
+            Protocol::Mqtt => "MQTT",
+            Protocol::Stomp => "STOMP",
+        }
+    }
+}
+
+async fn accept_loop(mut acceptor: accept::Acceptor, broker: Arc<Broker>, protocol: Protocol) {
     let mut shutdown = broker.shutdown_signal();
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    let broker = broker.clone();
-                    let _ = socket.set_nodelay(true);
-                    let (rd, wr) = socket.into_split();
-                    match protocol {
-                        Protocol::Amqp => tokio::spawn(amqp::serve_stream(rd, wr, peer, broker)),
-                        Protocol::Mqtt => tokio::spawn(mqtt::serve_stream(rd, wr, peer, broker)),
-                        Protocol::Stomp => tokio::spawn(stomp::serve_stream(rd, wr, peer, broker)),
-                    };
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+        let (socket, peer, admitted) = tokio::select! {
+            next = acceptor.next() => next,
             _ = shutdown.changed() => return,
-        }
+        };
+        let broker = broker.clone();
+        let _ = socket.set_nodelay(true);
+        let (rd, wr) = socket.into_split();
+        tokio::spawn(async move {
+            // Counted against the limits until the connection ends.
+            let _admitted = admitted;
+            match protocol {
+                Protocol::Amqp => amqp::serve_stream(rd, wr, peer, broker).await,
+                Protocol::Mqtt => mqtt::serve_stream(rd, wr, peer, broker).await,
+                Protocol::Stomp => stomp::serve_stream(rd, wr, peer, broker).await,
+            }
+        });
     }
 }
 

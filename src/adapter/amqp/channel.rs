@@ -793,6 +793,8 @@ impl Channel {
                 ),
             ));
         }
+        ctx.vhost
+            .check_routing_key(&exchange, &publish.routing_key)?;
         if let Some(uid) = &properties.user_id {
             if *uid != ctx.user && !ctx.impersonator {
                 return Err(AmqpError::channel(

@@ -227,8 +227,12 @@ pub async fn handshake<R: AsyncRead + Unpin>(
         client_capability(&start_ok.client_properties, "authentication_failure_close");
     let (user, password) = credentials(&start_ok.mechanism, &start_ok.response)?;
     let user = match broker.access.authenticate(&user, &password, peer.ip()) {
-        Ok(u) => u,
+        Ok(u) => {
+            broker.auth_throttle.succeeded(peer.ip());
+            u
+        }
         Err(e) => {
+            broker.auth_throttle.failed(peer.ip()).await;
             if auth_failure_close {
                 let close = ConnectionClose {
                     reply_code: ACCESS_REFUSED,

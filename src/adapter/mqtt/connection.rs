@@ -474,8 +474,10 @@ impl Connection {
     }
 
     pub(super) fn check_topic_limits(&self, topic: &str) -> bool {
-        let cfg = &self.broker.config.mqtt;
-        topic.len() <= cfg.max_topic_length && topic.split('/').count() <= cfg.max_topic_levels
+        let cfg = &self.broker.config;
+        // A level is a word of the topic exchange's key: its word limit applies too.
+        let max_levels = cfg.mqtt.max_topic_levels.min(cfg.server.topic_max_words);
+        topic.len() <= cfg.mqtt.max_topic_length && topic.split('/').count() <= max_levels
     }
 
     fn on_publish(&mut self, mut p: Publish) -> Result<(), Violation> {

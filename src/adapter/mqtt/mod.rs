@@ -166,7 +166,16 @@ async fn handshake(
     let expiry = requested_expiry.min(cfg.max_session_expiry_interval);
     let attached = async {
         let (client_id, assigned) = connect::client_id(&c, broker)?;
-        let (vhost, user) = connect::authenticate(broker, &c, peer)?;
+        let (vhost, user) = match connect::authenticate(broker, &c, peer) {
+            Ok(authenticated) => {
+                broker.auth_throttle.succeeded(peer.ip());
+                authenticated
+            }
+            Err(e) => {
+                broker.auth_throttle.failed(peer.ip()).await;
+                return Err(e);
+            }
+        };
         if let Some(will) = &c.will {
             // As RabbitMQ: a will the user could not publish is refused at CONNECT.
             permit::permit_publish(broker, &vhost.name, &user, &client_id, &will.topic)

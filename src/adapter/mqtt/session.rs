@@ -7,7 +7,6 @@ use crate::core::memory::MemoryCharge;
 use crate::core::message::string_heap_size;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::ops::Deref;
 use std::time::SystemTime;
 use switchboard_mqtt::{Properties, QoS, SubscriptionOptions};
 
@@ -21,17 +20,33 @@ pub struct SubscriptionEntry {
 
 /// A session's subscriptions by topic filter, in filter order.
 ///
-/// A sorted `Vec` rather than a `BTreeMap`: most sessions hold one or a few filters, and a
-/// B-tree allocates a whole node (about 400 bytes here) for the first one, which dominated the
-/// memory of an idle connection (issue 7). Look-ups are binary searches; every delivery scans
-/// all filters anyway (`Session::match_topic`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Subscriptions(Vec<(String, SubscriptionEntry)>);
+/// A sorted `Vec` while there are few: most sessions hold one or a few filters, and a B-tree
+/// allocates a whole node (about 400 bytes here) for the first one, which dominated the memory
+/// of an idle connection (issue 7). Past [`Subscriptions::FEW`] a B-tree: inserting into a sorted
+/// `Vec` shifts half of it, which made 100,000 subscriptions on one session quadratic.
+#[derive(Debug, Clone)]
+pub enum Subscriptions {
+    Few(Vec<(String, SubscriptionEntry)>),
+    Many(BTreeMap<String, SubscriptionEntry>),
+}
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Subscriptions::Few(Vec::new())
+    }
+}
+
+impl PartialEq for Subscriptions {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Subscriptions {}
 
 impl Subscriptions {
-    fn position(&self, filter: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(f, _)| f.as_str().cmp(filter))
-    }
+    /// The most subscriptions kept in the sorted `Vec`.
+    const FEW: usize = 32;
 
     /// Adds or replaces the subscription for `filter`; the one replaced, if any.
     pub fn insert(
@@ -39,47 +54,92 @@ impl Subscriptions {
         filter: String,
         entry: SubscriptionEntry,
     ) -> Option<SubscriptionEntry> {
-        match self.position(&filter) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, entry)),
+        let few = match self {
+            Subscriptions::Many(map) => return map.insert(filter, entry),
+            Subscriptions::Few(few) => few,
+        };
+        match few.binary_search_by(|(f, _)| f.as_str().cmp(&filter)) {
+            Ok(i) => Some(std::mem::replace(&mut few[i].1, entry)),
+            Err(_) if few.len() >= Self::FEW => {
+                let mut map: BTreeMap<String, SubscriptionEntry> =
+                    std::mem::take(few).into_iter().collect();
+                map.insert(filter, entry);
+                *self = Subscriptions::Many(map);
+                None
+            }
             Err(i) => {
-                if self.0.is_empty() {
+                if few.is_empty() {
                     // Exactly one slot: most sessions never subscribe to a second filter.
-                    self.0.reserve_exact(1);
+                    few.reserve_exact(1);
                 }
-                self.0.insert(i, (filter, entry));
+                few.insert(i, (filter, entry));
                 None
             }
         }
     }
 
     pub fn get(&self, filter: &str) -> Option<&SubscriptionEntry> {
-        self.position(filter).ok().map(|i| &self.0[i].1)
+        match self {
+            Subscriptions::Few(few) => few
+                .binary_search_by(|(f, _)| f.as_str().cmp(filter))
+                .ok()
+                .map(|i| &few[i].1),
+            Subscriptions::Many(map) => map.get(filter),
+        }
     }
 
     pub fn remove(&mut self, filter: &str) -> Option<SubscriptionEntry> {
-        let i = self.position(filter).ok()?;
-        let (_, entry) = self.0.remove(i);
-        if self.0.is_empty() {
-            // Give the allocation back: the session may stay around idle.
-            self.0 = Vec::new();
+        match self {
+            Subscriptions::Few(few) => {
+                let i = few.binary_search_by(|(f, _)| f.as_str().cmp(filter)).ok()?;
+                let (_, entry) = few.remove(i);
+                if few.is_empty() {
+                    // Give the allocation back: the session may stay around idle.
+                    *few = Vec::new();
+                }
+                Some(entry)
+            }
+            Subscriptions::Many(map) => map.remove(filter),
         }
-        Some(entry)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &SubscriptionEntry)> {
-        self.0.iter().map(|(f, e)| (f, e))
+    pub fn len(&self) -> usize {
+        match self {
+            Subscriptions::Few(few) => few.len(),
+            Subscriptions::Many(map) => map.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> SubscriptionsIter<'_> {
+        match self {
+            Subscriptions::Few(few) => SubscriptionsIter::Few(few.iter()),
+            Subscriptions::Many(map) => SubscriptionsIter::Many(map.iter()),
+        }
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(f, _)| f)
+        self.iter().map(|(f, _)| f)
     }
 }
 
-impl Deref for Subscriptions {
-    type Target = [(String, SubscriptionEntry)];
+/// [`Subscriptions::iter`]: (filter, subscription) in filter order.
+pub enum SubscriptionsIter<'a> {
+    Few(std::slice::Iter<'a, (String, SubscriptionEntry)>),
+    Many(std::collections::btree_map::Iter<'a, String, SubscriptionEntry>),
+}
 
-    fn deref(&self) -> &Self::Target {
-        &self.0
+impl<'a> Iterator for SubscriptionsIter<'a> {
+    type Item = (&'a String, &'a SubscriptionEntry);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            SubscriptionsIter::Few(it) => it.next().map(|(f, e)| (f, e)),
+            SubscriptionsIter::Many(it) => it.next(),
+        }
     }
 }
 

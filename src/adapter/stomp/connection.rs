@@ -2,7 +2,7 @@
 //! heart-beats both ways, honours the memory alarm and shutdown, and closes cleanly.
 
 use super::error::StompError;
-use super::handshake::{connect, Negotiated};
+use super::handshake::{connect, Negotiated, ACCESS_REFUSED};
 use super::session::{Next, Session, SessionCtx};
 use crate::adapter::outbox::Outbox;
 use crate::core::broker::ConnectionEntry;
@@ -47,10 +47,14 @@ where
         }
         Ok(Ok(frame)) => match connect(&frame, &broker, peer) {
             Err(e) => {
+                if e.message == ACCESS_REFUSED {
+                    broker.auth_throttle.failed(peer.ip()).await;
+                }
                 tracing::info!(%peer, error = %e, "STOMP CONNECT refused");
                 send_error(&outbox, HANDSHAKE_VERSION, &e, frame.header("receipt"));
             }
             Ok((n, connected)) => {
+                broker.auth_throttle.succeeded(peer.ip());
                 tracing::debug!(%peer, user = %n.user, vhost = %n.vhost.name, version = n.version.as_str(), "STOMP connection opened");
                 if let Ok(mut s) = entry.session.lock() {
                     *s = Some((n.user.clone(), n.vhost.name.clone()));

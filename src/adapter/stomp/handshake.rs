@@ -67,6 +67,9 @@ fn interval(ours: u64, theirs: u64) -> Option<Duration> {
     (ours > 0 && theirs > 0 && ms <= MAX_HEARTBEAT_MS).then(|| Duration::from_millis(ms))
 }
 
+/// The `message` of the ERROR refusing a CONNECT's credentials.
+pub const ACCESS_REFUSED: &str = "Access refused";
+
 /// Handles the first frame of a connection; returns what was agreed and the CONNECTED frame.
 pub fn connect(
     frame: &Frame,
@@ -141,7 +144,7 @@ fn authenticate(frame: &Frame, broker: &Broker, peer: SocketAddr) -> StompResult
             }
             _ => {
                 return Err(StompError::new(
-                    "Access refused",
+                    ACCESS_REFUSED,
                     "No login was given and no default login applies to this connection.",
                 ))
             }
@@ -151,7 +154,7 @@ fn authenticate(frame: &Frame, broker: &Broker, peer: SocketAddr) -> StompResult
         Some(p) => broker.access.authenticate(login, p, peer.ip()),
         None => broker.access.trusted(login, peer.ip()),
     };
-    user.map_err(|e| StompError::new("Access refused", e.to_string()))
+    user.map_err(|e| StompError::new(ACCESS_REFUSED, e.to_string()))
 }
 
 #[cfg(test)]

@@ -265,6 +265,7 @@ impl Session {
             ))
             .into());
         }
+        vhost.check_routing_key(&exchange, &routing_key)?;
         let mut properties = properties_from_send(&frame)?;
         if let Some(uid) = &properties.user_id {
             if *uid != self.ctx.user && !self.ctx.impersonator {

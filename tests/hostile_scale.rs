@@ -1,0 +1,217 @@
+//! Big numbers: adding or removing one binding, subscription or queue costs the same whether
+//! there are a thousand or ten thousand, and a publish reaching N queues costs O(N). Each case
+//! times the work at n and at 10·n (best of three, so a busy machine does not decide) and
+//! asserts the ratio is far from the 100× a quadratic cost gives.
+
+mod common;
+use common::mqtt::RawMqtt;
+use common::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchboard::core::memory::MemoryCharge;
+use switchboard::core::vhost::QueueSpec;
+use switchboard::core::{Destination, Exchange, ExchangeKind, Message, Queue, VHost};
+use switchboard_amqp::FieldTable;
+use switchboard_mqtt::{Disconnect, Packet, Properties, Protocol, QoS, Subscription};
+use switchboard_mqtt::{SubscriptionOptions, Unsubscribe};
+
+/// Linear work at 10× the size takes about 10× the time; quadratic, 100×.
+const MAX_RATIO: f64 = 45.0;
+
+/// The best of three timings of `work(n)`.
+fn best_of_three(n: usize, work: &mut impl FnMut(usize) -> Duration) -> Duration {
+    (0..3).map(|_| work(n)).min().unwrap_or_default()
+}
+
+/// Asserts that `work` scales (close to) linearly from `n` to `10 n`.
+fn assert_linear(what: &str, n: usize, mut work: impl FnMut(usize) -> Duration) {
+    let small = best_of_three(n, &mut work);
+    let large = best_of_three(10 * n, &mut work);
+    // A floor keeps timer resolution out of the ratio.
+    let ratio = large.as_secs_f64() / small.as_secs_f64().max(1e-4);
+    eprintln!(
+        "{what}: {n}: {small:?}, {}: {large:?}, ratio {ratio:.1}",
+        10 * n
+    );
+    assert!(
+        ratio < MAX_RATIO,
+        "{what}: {n} took {small:?}, {} took {large:?} (ratio {ratio:.1})",
+        10 * n
+    );
+}
+
+fn queue(name: String) -> Arc<Queue> {
+    Arc::new(Queue::new(
+        name,
+        "/".into(),
+        false,
+        false,
+        None,
+        FieldTable::new(),
+    ))
+}
+
+fn exchange(kind: ExchangeKind) -> Exchange {
+    Exchange::new("x".into(), kind, false, false, false, FieldTable::new())
+}
+
+#[test]
+fn many_bindings_of_one_queue_bind_and_unbind_in_linear_time() {
+    for kind in [ExchangeKind::Topic, ExchangeKind::Direct] {
+        assert_linear(&format!("{kind:?}: one queue, n keys"), 2_000, |n| {
+            let ex = exchange(kind);
+            let q = Destination::Queue(queue("q".into()));
+            let none = FieldTable::new();
+            let t = Instant::now();
+            for i in 0..n {
+                ex.bind(q.clone(), &format!("k.{i}.*"), &none).unwrap();
+            }
+            for i in (0..n).step_by(2) {
+                assert!(ex.unbind(&q, &format!("k.{i}.*"), &none));
+            }
+            assert_eq!(ex.unbind_destination(&q).len(), n / 2);
+            t.elapsed()
+        });
+    }
+}
+
+#[test]
+fn many_queues_under_one_key_bind_unbind_and_route_in_linear_time() {
+    for kind in [
+        ExchangeKind::Topic,
+        ExchangeKind::Direct,
+        ExchangeKind::Fanout,
+    ] {
+        assert_linear(&format!("{kind:?}: n queues, one key"), 2_000, |n| {
+            let ex = exchange(kind);
+            let qs: Vec<Destination> = (0..n)
+                .map(|i| Destination::Queue(queue(format!("q{i}"))))
+                .collect();
+            let none = FieldTable::new();
+            let t = Instant::now();
+            for q in &qs {
+                ex.bind(q.clone(), "k", &none).unwrap();
+            }
+            let msg = Message::new(
+                "x".into(),
+                "k".into(),
+                Default::default(),
+                None,
+                bytes::Bytes::new(),
+                MemoryCharge::default(),
+            );
+            let mut reached = 0;
+            ex.for_each_destination(&msg, |_| reached += 1);
+            assert_eq!(reached, n);
+            for q in qs.iter().rev() {
+                assert!(ex.unbind(q, "k", &none));
+            }
+            t.elapsed()
+        });
+    }
+}
+
+#[test]
+fn fan_out_to_n_queues_is_linear_in_n() {
+    assert_linear("route to n queues", 2_000, |n| {
+        let vh = VHost::new("/");
+        for i in 0..n {
+            let name = format!("q{i}");
+            vh.declare_queue(
+                QueueSpec {
+                    name: name.clone(),
+                    ..Default::default()
+                },
+                false,
+                1,
+            )
+            .unwrap();
+            // Two bindings each, so that de-duplication has work to do.
+            for key in ["a.*", "#"] {
+                vh.bind_queue(&name, "amq.topic", key, &FieldTable::new(), 1)
+                    .unwrap();
+            }
+        }
+        let ex = vh.exchange("amq.topic").unwrap();
+        let msg = Message::new(
+            "amq.topic".into(),
+            "a.b".into(),
+            Default::default(),
+            None,
+            bytes::Bytes::new(),
+            MemoryCharge::default(),
+        );
+        let t = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(vh.route_now(&ex, &msg).len(), n);
+        }
+        t.elapsed()
+    });
+}
+
+/// One SUBSCRIBE (or UNSUBSCRIBE) packet carries this many filters.
+const PER_PACKET: usize = 500;
+
+/// Connects a clean MQTT session, subscribes `n` filters, unsubscribes half, disconnects, and
+/// waits for its queue to be gone; how long the broker took.
+async fn session_with_subscriptions(b: &TestBroker, n: usize) -> Duration {
+    let id = unique("many-subs");
+    let filters: Vec<String> = (0..n).map(|i| format!("dev/{i}/+/temp")).collect();
+    let t = Instant::now();
+    let mut c = RawMqtt::connect(b.mqtt, Protocol::V311, &id, true).await;
+    for (p, chunk) in filters.chunks(PER_PACKET).enumerate() {
+        let subscriptions = chunk
+            .iter()
+            .map(|f| Subscription {
+                filter: f.clone(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let ack = c
+            .subscribe_with(p as u16 + 1, subscriptions, Properties::default())
+            .await;
+        assert!(ack.codes.iter().all(|&code| code == 1), "all granted");
+    }
+    for (p, chunk) in filters.chunks(PER_PACKET).step_by(2).enumerate() {
+        c.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: p as u16 + 1,
+            properties: Properties::default(),
+            filters: chunk.to_vec(),
+        }))
+        .await;
+        assert!(matches!(c.recv().await, Some(Packet::UnsubAck(_))));
+    }
+    c.send(&Packet::Disconnect(Disconnect {
+        reason: 0,
+        properties: Properties::default(),
+    }))
+    .await;
+    assert!(c.closed().await.is_none());
+    let vh = b.broker().vhost("/").unwrap();
+    let queue = format!("mqtt-subscription-{id}qos1");
+    wait_until("the session's queue deleted", || vh.queue(&queue).is_none()).await;
+    t.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_session_with_many_subscriptions_connects_and_disconnects_in_linear_time() {
+    let b = TestBroker::start().await;
+    let mut times = Vec::new();
+    for n in [1_000, 10_000] {
+        let mut best = Duration::MAX;
+        for _ in 0..3 {
+            best = best.min(session_with_subscriptions(&b, n).await);
+        }
+        times.push(best);
+    }
+    let ratio = times[1].as_secs_f64() / times[0].as_secs_f64().max(1e-4);
+    eprintln!(
+        "MQTT session: 1k subscriptions {:?}, 10k {:?}, ratio {ratio:.1}",
+        times[0], times[1]
+    );
+    assert!(ratio < MAX_RATIO, "{times:?} (ratio {ratio:.1})");
+    b.stop().await;
+}
