@@ -800,9 +800,30 @@ impl VHost {
 
     pub fn declare_queue(
         &self,
+        spec: QueueSpec,
+        passive: bool,
+        conn: ConnectionId,
+    ) -> CoreResult<QueueDeclared> {
+        self.declare_queue_as(spec, passive, conn, false)
+    }
+
+    /// Declares a queue whose name the server generated beforehand with
+    /// [`generate_name`]`("amq.gen-")` (so that permissions could be checked on it): the
+    /// reserved `amq.` prefix is allowed for it, as for a name generated here.
+    pub fn declare_server_named_queue(
+        &self,
+        spec: QueueSpec,
+        conn: ConnectionId,
+    ) -> CoreResult<QueueDeclared> {
+        self.declare_queue_as(spec, false, conn, true)
+    }
+
+    fn declare_queue_as(
+        &self,
         mut spec: QueueSpec,
         passive: bool,
         conn: ConnectionId,
+        server_named: bool,
     ) -> CoreResult<QueueDeclared> {
         if passive {
             let queue = self.queue_for(&spec.name, conn)?;
@@ -813,7 +834,7 @@ impl VHost {
         }
         if spec.name.is_empty() {
             spec.name = generate_name("amq.gen-");
-        } else if spec.name.starts_with("amq.") {
+        } else if spec.name.starts_with("amq.") && !server_named {
             return Err(CoreError::access_refused(format!(
                 "queue name '{}' contains reserved prefix 'amq.*'",
                 spec.name

@@ -405,8 +405,9 @@ impl Channel {
                 }
             }
             Method::QueueDeclare(mut m) => {
+                let server_named = !m.passive && m.queue.is_empty();
                 if !m.passive {
-                    if m.queue.is_empty() {
+                    if server_named {
                         // Server-named: the permission applies to the name it gets.
                         m.queue = generate_name("amq.gen-");
                     }
@@ -417,17 +418,18 @@ impl Channel {
                         ctx.permit(Perm::Write, ResourceKind::Exchange, dlx)?;
                     }
                 }
-                let declared = ctx.vhost.declare_queue(
-                    QueueSpec {
-                        name: m.queue,
-                        durable: m.durable,
-                        exclusive: m.exclusive,
-                        auto_delete: m.auto_delete,
-                        arguments: m.arguments,
-                    },
-                    m.passive,
-                    ctx.conn_id,
-                )?;
+                let spec = QueueSpec {
+                    name: m.queue,
+                    durable: m.durable,
+                    exclusive: m.exclusive,
+                    auto_delete: m.auto_delete,
+                    arguments: m.arguments,
+                };
+                let declared = if server_named {
+                    ctx.vhost.declare_server_named_queue(spec, ctx.conn_id)?
+                } else {
+                    ctx.vhost.declare_queue(spec, m.passive, ctx.conn_id)?
+                };
                 let stats = declared.queue.stats();
                 self.last_queue = Some(declared.queue.name.clone());
                 if !m.no_wait {
