@@ -212,11 +212,17 @@ impl MessageLog {
     fn append(&self, live: bool, encode: impl FnOnce(&mut Vec<u8>)) -> Appended {
         let mut p = self.lock();
         let (appended, was_idle) = self.append_locked(&mut p, live, encode);
+        self.unlock_and_wake(p, was_idle);
+        appended
+    }
+
+    /// Releases the lock taken for an append, then wakes the writer if it was idle (after the
+    /// release, so that it does not wake only to wait for the lock).
+    fn unlock_and_wake(&self, p: MutexGuard<'_, Pending>, was_idle: bool) {
         drop(p);
         if was_idle {
             self.wake.notify_one();
         }
-        appended
     }
 
     /// [`Self::append`] under the lock already held; also says whether the writer must be woken.
@@ -275,10 +281,7 @@ impl MessageLog {
         if let Some(old) = p.keyed.insert(index_key(kind, key), a.at) {
             p.forget(old);
         }
-        drop(p);
-        if was_idle {
-            self.wake.notify_one();
-        }
+        self.unlock_and_wake(p, was_idle);
         a.lsn
     }
 
@@ -291,10 +294,7 @@ impl MessageLog {
         };
         p.forget(old);
         let (a, was_idle) = self.append_locked(&mut p, false, |out| encode_delete(out, kind, key));
-        drop(p);
-        if was_idle {
-            self.wake.notify_one();
-        }
+        self.unlock_and_wake(p, was_idle);
         a.lsn
     }
 
@@ -337,10 +337,7 @@ impl MessageLog {
                 self.append_locked(&mut p, true, |out| encode_put(out, kind, &k, &value));
             p.keyed.insert(key, a.at);
             p.forget(pos);
-            drop(p);
-            if was_idle {
-                self.wake.notify_one();
-            }
+            self.unlock_and_wake(p, was_idle);
             moved += 1;
         }
         moved
@@ -385,10 +382,7 @@ impl MessageLog {
             encode_enqueue(out, queue, seq, exchange, routing_key, properties, body)
         });
         p.bodies.insert(a.at, 1);
-        drop(p);
-        if was_idle {
-            self.wake.notify_one();
-        }
+        self.unlock_and_wake(p, was_idle);
         a
     }
 
@@ -402,10 +396,7 @@ impl MessageLog {
         let (a, was_idle) =
             self.append_locked(&mut p, true, |out| encode_reference(out, queue, seq, body));
         p.references.insert(a.at, body);
-        drop(p);
-        if was_idle {
-            self.wake.notify_one();
-        }
+        self.unlock_and_wake(p, was_idle);
         Some(a)
     }
 
