@@ -171,6 +171,13 @@ pub struct MqttConfig {
     /// are dropped (and counted).
     #[serde(default = "default_mqtt_max_offline_messages")]
     pub max_offline_messages: usize,
+    /// Retained messages kept over all vhosts, at most (0 = no limit of its own); a retained
+    /// publish for a new topic beyond it is refused.
+    #[serde(default = "default_mqtt_retained_max_messages")]
+    pub retained_max_messages: usize,
+    /// Bytes retained messages may hold over all vhosts (0 = no limit of its own).
+    #[serde(default = "default_mqtt_retained_max_bytes")]
+    pub retained_max_bytes: usize,
     /// Longest session expiry interval granted (seconds); also the lifetime of a v3
     /// persistent session after its client disconnects.
     #[serde(default = "default_mqtt_max_session_expiry")]
@@ -203,6 +210,8 @@ impl Default for MqttConfig {
             max_inflight: default_mqtt_max_inflight(),
             receive_maximum: default_mqtt_receive_maximum(),
             max_offline_messages: default_mqtt_max_offline_messages(),
+            retained_max_messages: default_mqtt_retained_max_messages(),
+            retained_max_bytes: default_mqtt_retained_max_bytes(),
             max_session_expiry_interval: default_mqtt_max_session_expiry(),
             max_topic_length: default_mqtt_max_topic_length(),
             max_topic_levels: default_mqtt_max_topic_levels(),
@@ -238,6 +247,12 @@ fn default_mqtt_receive_maximum() -> u16 {
 }
 fn default_mqtt_max_offline_messages() -> usize {
     1000
+}
+fn default_mqtt_retained_max_messages() -> usize {
+    100_000
+}
+fn default_mqtt_retained_max_bytes() -> usize {
+    256 * 1024 * 1024
 }
 fn default_mqtt_max_session_expiry() -> u32 {
     86_400

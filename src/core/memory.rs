@@ -194,10 +194,9 @@ impl MemoryMonitor {
                 );
             } else {
                 tracing::info!(used = self.used(), "memory alarm cleared");
-                if self.resident.is_some() {
-                    // So that the next probes see the memory in use, not the peak.
-                    super::process_memory::return_free_memory();
-                }
+                // What the backlog held goes back to the operating system (and the next
+                // resident-set probes see the memory in use, not the peak).
+                super::process_memory::return_free_memory();
             }
             self.publish_alarm();
         }

@@ -48,30 +48,55 @@ pub fn use_one_malloc_arena() {
 /// a backlog has shrunk, the resident set would go on showing its peak, and the memory monitor
 /// (which reads it) would take memory that is free for reuse for memory in use.
 pub fn return_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        static RUNNING: AtomicBool = AtomicBool::new(false);
-        if RUNNING.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let spawned = std::thread::Builder::new()
-            .name("malloc-trim".into())
-            .spawn(|| {
-                // SAFETY: malloc_trim only releases free pages; it takes the arena locks.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
-                RUNNING.store(false, Ordering::Release);
-            });
-        if spawned.is_err() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    if RUNNING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| {
+            trim_heap();
             RUNNING.store(false, Ordering::Release);
-        }
+        });
+    if spawned.is_err() {
+        RUNNING.store(false, Ordering::Release);
+    }
+}
+
+/// Gives the free pages of every malloc arena back to the operating system (glibc's
+/// `malloc_trim(0)`, which also releases free pages in the middle of the heap); nothing on other
+/// allocators.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages; it takes the arena locks itself.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn trimming_returns_free_blocks_in_the_middle_of_the_heap() {
+        const BLOCK: usize = 16 * 1024; // below the mmap threshold: from the heap
+        const BLOCKS: usize = 4096; // 64 MiB
+        let mut blocks: Vec<Vec<u8>> = (0..BLOCKS).map(|i| vec![i as u8 | 1; BLOCK]).collect();
+        // Keep every 64th block, so the free ones sit between live ones and glibc's own
+        // trimming of the heap's top cannot give them back.
+        let kept: Vec<Vec<u8>> = blocks.iter_mut().step_by(64).map(std::mem::take).collect();
+        drop(blocks);
+        let before = super::resident_bytes().expect("/proc/self/statm");
+        super::trim_heap();
+        let after = super::resident_bytes().expect("/proc/self/statm");
+        assert!(
+            after + (32 << 20) < before,
+            "resident {before} -> {after} after freeing 63 MiB"
+        );
+        assert!(kept.iter().all(|b| b.len() == BLOCK));
+    }
+
     #[test]
     fn resident_set_is_read_on_linux() {
         if cfg!(target_os = "linux") {

@@ -566,8 +566,18 @@ impl Connection {
             payload: p.payload,
         });
         self.published = true;
+        if let Some(full) = &routed.retained_full {
+            // v5 refuses a QoS 1/2 publish in its acknowledgement; v3 and QoS 0 have no way to
+            // say so but closing (as Mosquitto closes a v3 client whose retained publish it
+            // does not accept), which the client sees, rather than a silent drop.
+            if !self.protocol.is_v5() || qos == QoS::AtMostOnce {
+                return Err(Violation::new(reason::QUOTA_EXCEEDED, full.to_string()));
+            }
+        }
         let mut lsn = routed.lsn;
-        if qos == QoS::ExactlyOnce {
+        // A v5 PUBREC with an error code ends the QoS 2 flow (4.3.3): no PUBREL will come.
+        let flow_goes_on = !self.protocol.is_v5() || routed.reason() < 0x80;
+        if qos == QoS::ExactlyOnce && flow_goes_on {
             lock(&self.attached.session).inbound_qos2.insert(id);
             // PUBREC waits for the record holding the id, so a resend after a crash is still
             // recognised as a duplicate.

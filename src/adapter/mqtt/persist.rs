@@ -312,7 +312,7 @@ pub async fn restore(broker: &Arc<Broker>) {
         };
         match retained_message(&value) {
             Some(m) if !m.is_expired(now) => {
-                state.with_retained(&vhost, |st| st.set(m));
+                state.retained().restore(&vhost, m);
                 retained += 1;
             }
             Some(_) => {
@@ -407,7 +407,7 @@ mod legacy {
         for r in &snap.retained {
             if let Some(m) = message(r).filter(|m| !m.is_expired(now)) {
                 lsn = lsn.max(write_retained(broker, &vhost.name, &m));
-                state.with_retained(&vhost.name, |st| st.set(m));
+                state.retained().restore(&vhost.name, m);
             }
         }
         for r in &snap.sessions {

@@ -5,6 +5,7 @@
 use super::convert::{publish_properties, topic_to_key};
 use super::persist;
 use super::registry::MqttState;
+use super::retained::RetainedFull;
 use super::session::OutboundMessage;
 use crate::core::memory::MemoryCharge;
 use crate::core::{Broker, Message, VHost};
@@ -24,14 +25,16 @@ pub struct Publisher {
 }
 
 /// What routing a publish did.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Routed {
     /// Queues it reached.
     pub queues: usize,
     /// The LSN of the log records it wrote (0 when none).
     pub lsn: u64,
-    /// A full queue refused it (`x-overflow` `reject-publish`).
+    /// A full queue refused it (`x-overflow` `reject-publish`), or the retained store did.
     pub refused: bool,
+    /// The retained store was full: the message was neither retained nor routed.
+    pub retained_full: Option<RetainedFull>,
 }
 
 impl Routed {
@@ -60,7 +63,9 @@ pub struct InboundMessage {
 
 impl Publisher {
     /// Routes a message to the configured exchange with the topic as routing key and, when
-    /// `retain` is set, makes it the topic's retained message.
+    /// `retain` is set, makes it the topic's retained message. A retained message the retained
+    /// store has no room for is not routed either: the publish is refused as a whole, so a
+    /// client that retries does not deliver it twice.
     pub fn route(&self, m: InboundMessage) -> Routed {
         let now = SystemTime::now();
         let mut retained_lsn = 0;
@@ -82,9 +87,23 @@ impl Publisher {
                 delivery: None,
             };
             // The acknowledgement waits for the record (a clear is a delete).
-            retained_lsn = persist::write_retained(&self.broker, &self.vhost.name, &retained);
-            self.state
-                .with_retained(&self.vhost.name, |store| store.set(retained));
+            let stored = self
+                .state
+                .retained()
+                .set(&self.vhost.name, retained, now, |r| {
+                    persist::write_retained(&self.broker, &self.vhost.name, r)
+                });
+            match stored {
+                Ok(lsn) => retained_lsn = lsn,
+                Err(full) => {
+                    tracing::warn!(vhost = %self.vhost.name, topic = %m.topic, client = %self.client_id, "{full}; publish refused");
+                    return Routed {
+                        refused: true,
+                        retained_full: Some(full),
+                        ..Default::default()
+                    };
+                }
+            }
         }
         let exchange_name = &self.broker.config.mqtt.exchange;
         let Some(exchange) = self.vhost.exchange(exchange_name) else {
@@ -113,7 +132,7 @@ impl Publisher {
             return Routed {
                 queues: 1,
                 lsn: lsn.max(retained_lsn),
-                refused: false,
+                ..Default::default()
             };
         }
         let queues = self.vhost.route_now(&exchange, &message);

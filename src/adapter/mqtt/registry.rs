@@ -2,7 +2,7 @@
 //! by vhost. One per broker; several brokers may live in one process (the tests start many),
 //! so the state is found by the broker it belongs to rather than held in a plain global.
 
-use super::retained::RetainedStore;
+use super::retained::{RetainedLimits, RetainedStore};
 use super::session::Session;
 use crate::adapter::outbox::Outbox;
 use crate::core::Broker;
@@ -89,10 +89,10 @@ pub struct SessionSlot {
     pub generation: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MqttState {
     sessions: Mutex<HashMap<SessionKey, SessionSlot>>,
-    retained: Mutex<HashMap<String, RetainedStore>>,
+    retained: Mutex<RetainedStore>,
 }
 
 /// Poison-tolerant lock: a panic in one connection must not wedge every other one.
@@ -112,7 +112,15 @@ impl MqttState {
         {
             return s.clone();
         }
-        let s = Arc::new(MqttState::default());
+        let mqtt = &broker.config.mqtt;
+        let limits = RetainedLimits {
+            max_messages: mqtt.retained_max_messages,
+            max_bytes: mqtt.retained_max_bytes,
+        };
+        let s = Arc::new(MqttState {
+            sessions: Mutex::default(),
+            retained: Mutex::new(RetainedStore::new(limits, Some(broker.memory.clone()))),
+        });
         states.push((Arc::downgrade(broker), s.clone()));
         s
     }
@@ -121,9 +129,8 @@ impl MqttState {
         lock(&self.sessions)
     }
 
-    /// Runs `f` on the retained store of `vhost`.
-    pub fn with_retained<R>(&self, vhost: &str, f: impl FnOnce(&mut RetainedStore) -> R) -> R {
-        let mut all = lock(&self.retained);
-        f(all.entry(vhost.to_owned()).or_default())
+    /// The retained messages of every vhost.
+    pub fn retained(&self) -> MutexGuard<'_, RetainedStore> {
+        lock(&self.retained)
     }
 }

@@ -1,56 +1,197 @@
-//! Retained messages of one vhost, by topic: plain data, so the storage layer can persist it.
+//! Retained messages of every vhost, by topic, with their own limit (count and bytes over all
+//! vhosts) and each message charged to the memory monitor while it is kept: plain data, so the
+//! storage layer can persist it.
+//!
+//! Nothing here runs on its own: the store is touched only by a retained publish, a subscribe
+//! and the restore at start, so an idle broker spends no CPU on it however many it keeps.
 
 use super::session::OutboundMessage;
+use crate::core::memory::{MemoryCharge, MemoryMonitor};
+use crate::core::message::string_heap_size;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 use switchboard_mqtt::topic::matches;
 
-#[derive(Debug, Default)]
+/// Most retained messages kept, over all vhosts; 0 in a field means no limit of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetainedLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+/// Why a retained message was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetainedFull {
+    #[error("retained message limit reached: {0} messages kept (mqtt.retained_max_messages)")]
+    Messages(usize),
+    #[error("retained message limit reached: {0} bytes kept (mqtt.retained_max_bytes)")]
+    Bytes(usize),
+}
+
+/// One kept message and the bytes it counts for.
+#[derive(Debug)]
+struct Kept {
+    message: OutboundMessage,
+    bytes: usize,
+}
+
+#[derive(Debug)]
 pub struct RetainedStore {
-    by_topic: HashMap<String, OutboundMessage>,
+    by_vhost: HashMap<String, HashMap<String, Kept>>,
+    limits: RetainedLimits,
+    memory: Option<Arc<MemoryMonitor>>,
+    messages: usize,
+    bytes: usize,
+}
+
+/// Bytes a retained message holds in the store: the message as a session would keep it, plus
+/// its topic again as the map's key and the map's slot.
+pub fn retained_footprint(m: &OutboundMessage) -> usize {
+    m.footprint()
+        + string_heap_size(&m.topic)
+        + std::mem::size_of::<(String, Kept)>()
+        + std::mem::size_of::<u64>()
 }
 
 impl RetainedStore {
-    /// Stores `message` as the topic's retained message; an empty payload clears it.
-    pub fn set(&mut self, message: OutboundMessage) {
-        if message.payload.is_empty() {
-            self.by_topic.remove(&message.topic);
-        } else {
-            self.by_topic.insert(message.topic.clone(), message);
+    /// An empty store with `limits`, charging what it keeps to `memory` (none: uncharged).
+    pub fn new(limits: RetainedLimits, memory: Option<Arc<MemoryMonitor>>) -> Self {
+        RetainedStore {
+            by_vhost: HashMap::new(),
+            limits,
+            memory,
+            messages: 0,
+            bytes: 0,
         }
     }
 
-    /// The unexpired retained messages matching `filter`, expired ones dropped on the way.
-    pub fn matching(&mut self, filter: &str, now: SystemTime) -> Vec<OutboundMessage> {
-        self.by_topic.retain(|_, m| !m.is_expired(now));
-        let mut found: Vec<OutboundMessage> = self
-            .by_topic
-            .values()
-            .filter(|m| matches(filter, &m.topic))
-            .cloned()
-            .collect();
+    /// Makes `message` the topic's retained message in `vhost` (an empty payload clears it),
+    /// unless that would take the store over its limits; replacing a topic's message counts
+    /// only the difference, and a clear is always accepted. Expired messages are dropped first
+    /// when the store is full. `record` is called with the accepted change while the store is
+    /// still locked (so records keep the order of the changes); its result is returned.
+    pub fn set(
+        &mut self,
+        vhost: &str,
+        message: OutboundMessage,
+        now: SystemTime,
+        record: impl FnOnce(&OutboundMessage) -> u64,
+    ) -> Result<u64, RetainedFull> {
+        if !message.payload.is_empty() {
+            if let Err(full) = self.check(vhost, &message) {
+                self.drop_expired(now);
+                self.check(vhost, &message).map_err(|_| full)?;
+            }
+        }
+        let lsn = record(&message);
+        self.put(vhost, message);
+        Ok(lsn)
+    }
+
+    /// Stores `message` whatever the limits (a restored message was acknowledged once).
+    pub fn restore(&mut self, vhost: &str, message: OutboundMessage) {
+        self.put(vhost, message);
+    }
+
+    fn check(&self, vhost: &str, message: &OutboundMessage) -> Result<(), RetainedFull> {
+        let replaced = self
+            .by_vhost
+            .get(vhost)
+            .and_then(|topics| topics.get(&message.topic))
+            .map(|k| k.bytes);
+        let messages = self.messages + usize::from(replaced.is_none());
+        let bytes = self.bytes - replaced.unwrap_or(0) + retained_footprint(message);
+        let RetainedLimits {
+            max_messages,
+            max_bytes,
+        } = self.limits;
+        if max_messages > 0 && messages > max_messages {
+            return Err(RetainedFull::Messages(self.messages));
+        }
+        if max_bytes > 0 && bytes > max_bytes {
+            return Err(RetainedFull::Bytes(self.bytes));
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, vhost: &str, mut message: OutboundMessage) {
+        let topics = self.by_vhost.entry(vhost.to_owned()).or_default();
+        let old = if message.payload.is_empty() {
+            topics.remove(&message.topic)
+        } else {
+            let bytes = retained_footprint(&message);
+            message.charge = match &self.memory {
+                Some(m) => m.charge(bytes),
+                None => MemoryCharge::default(),
+            };
+            self.messages += 1;
+            self.bytes += bytes;
+            topics.insert(message.topic.clone(), Kept { message, bytes })
+        };
+        if let Some(old) = old {
+            self.messages -= 1;
+            self.bytes -= old.bytes;
+        }
+        if topics.is_empty() {
+            self.by_vhost.remove(vhost);
+        }
+    }
+
+    fn drop_expired(&mut self, now: SystemTime) {
+        for topics in self.by_vhost.values_mut() {
+            topics.retain(|_, k| {
+                let keep = !k.message.is_expired(now);
+                if !keep {
+                    self.messages -= 1;
+                    self.bytes -= k.bytes;
+                }
+                keep
+            });
+        }
+        self.by_vhost.retain(|_, topics| !topics.is_empty());
+    }
+
+    /// The unexpired retained messages of `vhost` matching `filter`, by topic, expired ones
+    /// dropped on the way. Each copy is charged again while the subscriber's session keeps it.
+    pub fn matching(&mut self, vhost: &str, filter: &str, now: SystemTime) -> Vec<OutboundMessage> {
+        let Some(topics) = self.by_vhost.get_mut(vhost) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        topics.retain(|_, k| {
+            if k.message.is_expired(now) {
+                self.messages -= 1;
+                self.bytes -= k.bytes;
+                return false;
+            }
+            if matches(filter, &k.message.topic) {
+                found.push(k.message.clone());
+            }
+            true
+        });
         found.sort_by(|a, b| a.topic.cmp(&b.topic));
         found
     }
 
-    /// Every retained message (for persistence), in no particular order.
-    pub fn all(&self) -> impl Iterator<Item = &OutboundMessage> {
-        self.by_topic.values()
-    }
-
+    /// Retained messages kept, over all vhosts.
     pub fn len(&self) -> usize {
-        self.by_topic.len()
+        self.messages
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_topic.is_empty()
+        self.messages == 0
+    }
+
+    /// Bytes the kept messages count for (what is charged to the memory monitor).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::memory::MemoryCharge;
     use bytes::Bytes;
     use std::time::Duration;
     use switchboard_mqtt::{Properties, QoS};
@@ -68,20 +209,119 @@ mod tests {
         }
     }
 
+    const NO_LIMITS: RetainedLimits = RetainedLimits {
+        max_messages: 0,
+        max_bytes: 0,
+    };
+
+    fn set(s: &mut RetainedStore, vhost: &str, m: OutboundMessage) -> Result<u64, RetainedFull> {
+        s.set(vhost, m, SystemTime::now(), |_| 7)
+    }
+
     #[test]
     fn set_match_clear_and_expire() {
         let now = SystemTime::now();
-        let mut s = RetainedStore::default();
-        s.set(msg("a/b", b"1", None));
-        s.set(msg("a/c", b"2", Some(now - Duration::from_secs(1))));
-        s.set(msg("$SYS/x", b"3", None));
-        let got = s.matching("a/#", now);
+        let mut s = RetainedStore::new(NO_LIMITS, None);
+        set(&mut s, "/", msg("a/b", b"1", None)).expect("stored");
+        set(
+            &mut s,
+            "/",
+            msg("a/c", b"2", Some(now - Duration::from_secs(1))),
+        )
+        .expect("stored");
+        set(&mut s, "/", msg("$SYS/x", b"3", None)).expect("stored");
+        set(&mut s, "other", msg("a/b", b"4", None)).expect("stored");
+        let got = s.matching("/", "a/#", now);
         assert_eq!(got.len(), 1);
         assert_eq!(&got[0].payload[..], b"1");
-        assert!(s.matching("#", now).iter().all(|m| m.topic != "$SYS/x"));
-        assert_eq!(s.matching("$SYS/+", now).len(), 1);
-        s.set(msg("a/b", b"", None));
-        assert!(s.matching("a/b", now).is_empty());
-        assert_eq!(s.len(), 1);
+        assert!(s
+            .matching("/", "#", now)
+            .iter()
+            .all(|m| m.topic != "$SYS/x"));
+        assert_eq!(s.matching("/", "$SYS/+", now).len(), 1);
+        set(&mut s, "/", msg("a/b", b"", None)).expect("a clear");
+        assert!(s.matching("/", "a/b", now).is_empty());
+        assert_eq!(s.len(), 2, "$SYS/x in / and a/b in other");
+        assert_eq!(&s.matching("other", "a/b", now)[0].payload[..], b"4");
+    }
+
+    #[test]
+    fn count_limit_refuses_new_topics_but_not_replacements_or_clears() {
+        let mut s = RetainedStore::new(
+            RetainedLimits {
+                max_messages: 2,
+                max_bytes: 0,
+            },
+            None,
+        );
+        set(&mut s, "/", msg("a", b"1", None)).expect("first");
+        set(&mut s, "v", msg("b", b"2", None)).expect("second, other vhost");
+        assert_eq!(
+            set(&mut s, "/", msg("c", b"3", None)),
+            Err(RetainedFull::Messages(2)),
+            "the limit is over all vhosts"
+        );
+        let mut written = false;
+        let refused = s.set("/", msg("c", b"3", None), SystemTime::now(), |_| {
+            written = true;
+            0
+        });
+        assert!(
+            refused.is_err() && !written,
+            "a refused change writes no record"
+        );
+        assert_eq!(set(&mut s, "/", msg("a", b"new", None)), Ok(7), "replacing");
+        set(&mut s, "/", msg("a", b"", None)).expect("clearing");
+        set(&mut s, "/", msg("c", b"3", None)).expect("room again");
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn byte_limit_counts_footprints_and_expired_messages_make_room() {
+        let now = SystemTime::now();
+        let one = retained_footprint(&msg("t/1", b"xxxx", None));
+        let mut s = RetainedStore::new(
+            RetainedLimits {
+                max_messages: 0,
+                max_bytes: 2 * one,
+            },
+            None,
+        );
+        set(&mut s, "/", msg("t/1", b"xxxx", None)).expect("first");
+        set(
+            &mut s,
+            "/",
+            msg("t/2", b"xxxx", Some(now - Duration::from_secs(1))),
+        )
+        .expect("second");
+        assert_eq!(s.bytes(), 2 * one);
+        set(&mut s, "/", msg("t/3", b"xxxx", None)).expect("the expired one made room");
+        assert_eq!((s.len(), s.bytes()), (2, 2 * one));
+        assert_eq!(
+            set(&mut s, "/", msg("t/1", b"xxxxx", None)),
+            Err(RetainedFull::Bytes(2 * one)),
+            "a bigger replacement is over by one byte"
+        );
+    }
+
+    #[test]
+    fn kept_messages_are_charged_until_cleared() {
+        let memory = MemoryMonitor::new(0);
+        let mut s = RetainedStore::new(NO_LIMITS, Some(memory.clone()));
+        let m = msg("a", b"12345678", None);
+        let bytes = retained_footprint(&m);
+        set(&mut s, "/", m).expect("stored");
+        assert_eq!(memory.used(), bytes);
+        let copies = s.matching("/", "#", SystemTime::now());
+        assert_eq!(
+            memory.used(),
+            2 * bytes,
+            "a subscriber's copy is charged too"
+        );
+        drop(copies);
+        set(&mut s, "/", msg("a", b"", None)).expect("cleared");
+        assert_eq!(memory.used(), 0);
+        s.restore("/", msg("b", b"1", None));
+        assert!(memory.used() > 0, "a restored message is charged");
     }
 }

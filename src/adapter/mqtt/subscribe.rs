@@ -178,7 +178,8 @@ impl Connection {
             if rh == 0 || (rh == 1 && !existed) {
                 let found = self
                     .state
-                    .with_retained(&self.vhost().name, |st| st.matching(&s.filter, now));
+                    .retained()
+                    .matching(&self.vhost().name, &s.filter, now);
                 for mut m in found {
                     m.qos = m.qos.min(s.options.qos);
                     m.properties.subscription_identifiers = identifier.into_iter().collect();
