@@ -6,11 +6,13 @@
 mod common;
 use common::mqtt::RawMqtt;
 use common::*;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard::core::memory::MemoryCharge;
 use switchboard::core::vhost::QueueSpec;
-use switchboard::core::{Destination, Exchange, ExchangeKind, Message, Queue, VHost};
+use switchboard::core::{Consumer, ConsumerSink, Delivery, Destination, Exchange, ExchangeKind};
+use switchboard::core::{Message, Queue, VHost};
 use switchboard_amqp::FieldTable;
 use switchboard_mqtt::{Disconnect, Packet, Properties, Protocol, QoS, Subscription};
 use switchboard_mqtt::{SubscriptionOptions, Unsubscribe};
@@ -214,4 +216,98 @@ async fn an_mqtt_session_with_many_subscriptions_connects_and_disconnects_in_lin
     );
     assert!(ratio < MAX_RATIO, "{times:?} (ratio {ratio:.1})");
     b.stop().await;
+}
+
+/// A consumer that counts what it is given and how often its credit is asked for.
+#[derive(Default)]
+struct CountingSink {
+    delivered: std::sync::atomic::AtomicU32,
+    asked: std::sync::atomic::AtomicU32,
+}
+
+impl ConsumerSink for CountingSink {
+    fn try_reserve(&self, _needs_ack: bool) -> bool {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+    fn deliver(&self, _queue: &Arc<Queue>, _delivery: Delivery) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+    fn cancelled(&self, _queue: &Queue, _consumer_tag: &str) {}
+}
+
+/// Consumers of one queue: `SWITCHBOARD_SOAK=1` for the 100,000 of the README's figures.
+fn consumer_count() -> usize {
+    if std::env::var_os("SWITCHBOARD_SOAK").is_some() {
+        100_000
+    } else {
+        20_000
+    }
+}
+
+/// Many consumers on one queue: each is added and removed without a scan of the others
+/// (timings printed, not asserted), round-robin stays exact through removals in the middle,
+/// and each delivery asks one consumer for credit, not all of them.
+#[test]
+fn many_consumers_of_one_queue_come_and_go_and_share_messages_round_robin() {
+    let n = consumer_count();
+    let q = queue("many-consumers".into());
+    let sinks: Vec<Arc<CountingSink>> = (0..n).map(|_| Arc::default()).collect();
+    let message = || {
+        Arc::new(Message::new(
+            String::new(),
+            "many-consumers".into(),
+            Default::default(),
+            None,
+            bytes::Bytes::from_static(b"m"),
+            MemoryCharge::default(),
+        ))
+    };
+    let t = Instant::now();
+    for (i, sink) in sinks.iter().enumerate() {
+        q.add_consumer(Consumer {
+            id: i as u64,
+            tag: format!("c{i}"),
+            no_ack: true,
+            exclusive: false,
+            owner: 1,
+            sink: sink.clone(),
+        })
+        .expect("consumer added");
+    }
+    let added = t.elapsed();
+    let t = Instant::now();
+    for _ in 0..n {
+        assert!(q.publish(message()));
+    }
+    let delivered = t.elapsed();
+    let count = |s: &CountingSink| s.delivered.load(Ordering::Relaxed);
+    assert!(sinks.iter().all(|s| count(s) == 1), "one message each");
+    let asked: u32 = sinks.iter().map(|s| s.asked.load(Ordering::Relaxed)).sum();
+    assert_eq!(asked as usize, n, "one credit check per delivery");
+    // Every other consumer goes, from the middle out.
+    let t = Instant::now();
+    let (low, high) = (0..n).step_by(2).partition::<Vec<_>, _>(|&i| i < n / 2);
+    for i in low.into_iter().rev().chain(high) {
+        assert!(q.remove_consumer(i as u64).is_some());
+    }
+    let removed = t.elapsed();
+    assert_eq!(q.consumer_count() as usize, n / 2);
+    for _ in 0..n / 2 {
+        assert!(q.publish(message()));
+    }
+    for (i, s) in sinks.iter().enumerate() {
+        let expected = if i % 2 == 0 { 1 } else { 2 };
+        assert_eq!(count(s), expected, "consumer {i}");
+    }
+    let t = Instant::now();
+    for i in (1..n).step_by(2) {
+        assert!(q.remove_consumer(i as u64).is_some());
+    }
+    let removed_rest = t.elapsed();
+    assert_eq!(q.consumer_count(), 0);
+    eprintln!(
+        "{n} consumers of one queue: added in {added:?}, {n} deliveries in {delivered:?}, \
+         half removed in {removed:?}, the rest in {removed_rest:?}"
+    );
 }

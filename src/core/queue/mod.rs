@@ -9,6 +9,7 @@
 //! itself.
 
 pub mod args;
+mod consumers;
 mod lifecycle;
 mod ready;
 mod storage;
@@ -25,6 +26,7 @@ use crate::core::hash::FastHashMap;
 use crate::store::log::RecordPos;
 use crate::store::MessageLog;
 use args::{Overflow, QueueArgs};
+use consumers::Consumers;
 use ready::{Queued, Ready};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use switchboard_amqp::FieldTable;
@@ -75,13 +77,6 @@ impl std::fmt::Debug for Consumer {
             .field("exclusive", &self.exclusive)
             .finish()
     }
-}
-
-/// A registered consumer with its priority (`x-priority` on consume; 0 by default).
-#[derive(Debug, Clone)]
-struct Registered {
-    consumer: Consumer,
-    priority: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,10 +166,8 @@ struct QueueState {
     /// the memory monitor); paged-out messages do not count.
     memory_bytes: u64,
     unacked: FastHashMap<u64, Queued>,
-    /// In registration order (single active consumer takes the first).
-    consumers: Vec<Registered>,
-    /// Round-robin cursor into `consumers`.
-    next_consumer: usize,
+    /// By priority and registration order, with the round-robin cursor.
+    consumers: Consumers,
     next_id: u64,
     /// Set once the queue had a consumer: auto-delete applies only after that.
     had_consumer: bool,
@@ -250,8 +243,7 @@ impl Queue {
                 ready_bytes: 0,
                 memory_bytes: 0,
                 unacked: FastHashMap::default(),
-                consumers: Vec::new(),
-                next_consumer: 0,
+                consumers: Consumers::default(),
                 next_id: 0,
                 had_consumer: false,
                 deleted: false,
@@ -441,7 +433,7 @@ impl Queue {
             if st.ready.is_empty() || st.consumers.is_empty() {
                 return;
             }
-            let Some(idx) = self.pick_consumer(st) else {
+            let Some((sink, no_ack)) = self.pick_consumer(st) else {
                 return;
             };
             let Some((q, message)) = self.pop_ready(st) else {
@@ -453,8 +445,6 @@ impl Queue {
                 message,
                 redelivered: q.redelivered,
             };
-            let consumer = &st.consumers[idx].consumer;
-            let (sink, no_ack) = (consumer.sink.clone(), consumer.no_ack);
             if !no_ack {
                 st.unacked.insert(q.id, q);
             } else if let Some(pos) = q.stored {
@@ -464,34 +454,18 @@ impl Queue {
         }
     }
 
-    /// The consumer to deliver the next message to, with its credit reserved: with a single
-    /// active consumer only the first registered; otherwise the highest priority with credit,
-    /// round-robin among equals.
-    fn pick_consumer(&self, st: &mut QueueState) -> Option<usize> {
-        let n = st.consumers.len();
-        if self.args().single_active_consumer {
-            let c = &st.consumers.first()?.consumer;
-            return c.sink.try_reserve(!c.no_ack).then_some(0);
-        }
-        let start = st.next_consumer % n;
-        let mut priority = st.consumers.iter().map(|r| r.priority).max()?;
-        loop {
-            let found = (0..n).map(|i| (start + i) % n).find(|&i| {
-                let r = &st.consumers[i];
-                r.priority == priority && r.consumer.sink.try_reserve(!r.consumer.no_ack)
-            });
-            if let Some(i) = found {
-                st.next_consumer = i + 1;
-                return Some(i);
-            }
-            // Lower priorities get messages only when every higher one is out of credit.
-            priority = st
-                .consumers
-                .iter()
-                .map(|r| r.priority)
-                .filter(|&p| p < priority)
-                .max()?;
-        }
+    /// The consumer to deliver the next message to (its sink and whether it takes messages
+    /// without acknowledgement), with its credit reserved: with a single active consumer only
+    /// the first registered; otherwise the highest priority with credit, round-robin among
+    /// equals.
+    fn pick_consumer(&self, st: &mut QueueState) -> Option<(Arc<dyn ConsumerSink>, bool)> {
+        let reserve = |c: &Consumer| c.sink.try_reserve(!c.no_ack);
+        let c = if self.args().single_active_consumer {
+            st.consumers.first().filter(|c| reserve(c))?
+        } else {
+            st.consumers.pick(reserve)?
+        };
+        Some((c.sink.clone(), c.no_ack))
     }
 
     /// Registers a consumer (priority 0) and starts delivering to it.
@@ -509,17 +483,13 @@ impl Queue {
         if st.deleted {
             return Err(ConsumeError::Deleted(self.name.clone()));
         }
-        if st.consumers.iter().any(|r| r.consumer.exclusive) {
+        if st.consumers.has_exclusive() {
             return Err(ConsumeError::ExclusiveConsumerPresent(self.name.clone()));
         }
         if consumer.exclusive && !st.consumers.is_empty() {
             return Err(ConsumeError::QueueInUse(self.name.clone()));
         }
-        if st.consumers.is_empty() {
-            // Most queues have one consumer (every MQTT session's has): no room for four.
-            st.consumers.reserve_exact(1);
-        }
-        st.consumers.push(Registered { consumer, priority });
+        st.consumers.add(consumer, priority);
         st.had_consumer = true;
         self.dispatch_locked(&mut st);
         self.finish(st);
@@ -531,14 +501,7 @@ impl Queue {
     pub fn remove_consumer(&self, consumer_id: u64) -> Option<ConsumerRemoved> {
         let now = self.now();
         let mut st = self.lock();
-        let pos = st
-            .consumers
-            .iter()
-            .position(|r| r.consumer.id == consumer_id)?;
-        st.consumers.remove(pos);
-        if st.next_consumer > pos {
-            st.next_consumer -= 1;
-        }
+        st.consumers.remove(consumer_id)?;
         let remaining = st.consumers.len();
         if remaining == 0 {
             st.last_used = now;
@@ -663,10 +626,7 @@ impl Queue {
         st.dead.clear();
         QueueDeleted {
             messages,
-            consumers: std::mem::take(&mut st.consumers)
-                .into_iter()
-                .map(|r| r.consumer)
-                .collect(),
+            consumers: st.consumers.take_all(),
         }
     }
 
