@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use switchboard::ctl::api::Api;
-use switchboard::ctl::{manage, run_listing, LISTINGS};
+use switchboard::ctl::{manage, operate, run_listing, LISTINGS};
 use switchboard::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -79,7 +79,9 @@ fn main() -> anyhow::Result<()> {
             columns,
         } => {
             let api = Api::new(&url, &user, &password);
-            if let Some(result) = manage::run(&api, &vhost, &command, &columns) {
+            let result = operate::run(&api, &vhost, &command, &columns)
+                .or_else(|| manage::run(&api, &vhost, &command, &columns));
+            if let Some(result) = result {
                 let out = result?;
                 if !quiet {
                     eprintln!("{}", out.info);
@@ -97,6 +99,7 @@ fn main() -> anyhow::Result<()> {
                         .iter()
                         .map(|l| l.command)
                         .chain(manage::COMMANDS.iter().map(|c| c.0))
+                        .chain(operate::COMMANDS.iter().map(|c| c.0))
                         .collect();
                     format!(
                         "unknown ctl command '{command}'; known: {}",
@@ -131,7 +134,12 @@ fn serve(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> anyhow::Result
             running.write_ports_file(&path)?;
         }
         tracing::info!(addrs = ?running.addrs, "Switchboard is running");
-        wait_for_signal().await;
+        // A signal, or `ctl stop` through the HTTP API.
+        let mut stopping = running.broker.shutdown_signal();
+        tokio::select! {
+            _ = wait_for_signal() => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
         tracing::info!("shutting down");
         running.shutdown().await;
         anyhow::Ok(())

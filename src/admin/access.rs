@@ -65,11 +65,11 @@ pub fn error(status: StatusCode, error: &str, reason: impl Into<String>) -> Resp
         .into_response()
 }
 
-fn not_found() -> Response {
+pub(super) fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
 }
 
-fn bad_request(reason: impl Into<String>) -> Response {
+pub(super) fn bad_request(reason: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_request", reason)
 }
 
@@ -360,7 +360,7 @@ async fn delete_topic_permissions(
 
 async fn get_vhost(State(b): B, Path(name): Path<String>) -> Response {
     match b.vhost(&name) {
-        Some(vh) => Json(json!({"name": vh.name})).into_response(),
+        Some(vh) => Json(super::overview::vhost_json(&vh)).into_response(),
         None => not_found(),
     }
 }

@@ -4,7 +4,18 @@
 //! RabbitMQ (see [`allowed`]).
 
 mod access;
+mod bindings;
+mod connections;
+mod definitions;
+mod exchanges;
+mod health;
 mod json;
+mod listing;
+mod messages;
+mod overview;
+mod policies;
+mod queues;
+mod reply;
 
 use crate::core::access::{tag, User};
 use crate::core::{Broker, VHost};
@@ -13,25 +24,30 @@ use axum::http::Method;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Extension, Json, Router};
 use base64::Engine;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::Arc;
 
+pub use definitions::{export as export_definitions, import as import_definitions};
 pub use json::field_table_to_json;
+pub use overview::{node_name, Listeners};
 
 /// Serves the API on the connections `acceptor` admits until the broker shuts down. Each
 /// connection is served by hyper directly (not `axum::serve`) for its header read timeout:
 /// `http.idle_timeout_ms` closes a connection that sends no complete request head within that
 /// time of opening or of its last response, so idle or half-sent requests cannot hold file
 /// descriptors.
-pub async fn serve(mut acceptor: crate::net::accept::Acceptor, broker: Arc<Broker>) {
+pub async fn serve(
+    mut acceptor: crate::net::accept::Acceptor,
+    broker: Arc<Broker>,
+    listeners: Listeners,
+) {
     let idle_timeout = std::time::Duration::from_millis(broker.config.http.idle_timeout_ms);
-    let app = router(broker.clone());
+    let app = router(broker.clone(), listeners);
     let mut shutdown = broker.shutdown_signal();
     loop {
         let (socket, peer, admitted) = tokio::select! {
@@ -64,15 +80,21 @@ pub async fn serve(mut acceptor: crate::net::accept::Acceptor, broker: Arc<Broke
     }
 }
 
-pub fn router(broker: Arc<Broker>) -> Router {
+/// The management API; `listeners` are the broker's bound addresses, for the overview and the
+/// listener health checks.
+pub fn router(broker: Arc<Broker>, listeners: Listeners) -> Router {
     Router::new()
-        .route("/api/overview", get(overview))
-        .route("/api/queues", get(queues))
-        .route("/api/exchanges", get(exchanges))
-        .route("/api/bindings", get(bindings))
-        .route("/api/connections", get(connections))
-        .route("/api/vhosts", get(vhosts))
+        .merge(overview::routes())
+        .merge(queues::routes())
+        .merge(exchanges::routes())
+        .merge(bindings::routes())
+        .merge(connections::routes())
+        .merge(health::routes())
+        .merge(definitions::routes())
+        .merge(policies::routes())
         .merge(access::routes())
+        .layer(Extension(listeners))
+        .layer(Extension(overview::Started::now()))
         .layer(middleware::from_fn_with_state(broker.clone(), authenticate))
         .with_state(broker)
 }
@@ -146,141 +168,10 @@ fn allowed(user: &User, method: &Method, path: &str) -> Result<(), &'static str>
 
 /// The vhosts whose contents `user` may see: all for administrators and monitoring users,
 /// else those it has permissions in.
-fn visible_vhosts(b: &Broker, user: &User) -> Vec<Arc<VHost>> {
+pub(crate) fn visible_vhosts(b: &Broker, user: &User) -> Vec<Arc<VHost>> {
     let all = user.is_administrator() || user.has_tag(tag::MONITORING);
     b.vhosts()
         .into_iter()
         .filter(|v| all || b.access.permissions_of(&v.name, &user.name).is_some())
         .collect()
-}
-
-async fn overview(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
-    let (mut queues, mut exchanges, mut ready, mut unacked) = (0, 0, 0, 0);
-    for vh in visible_vhosts(&b, &user) {
-        exchanges += vh.exchanges().len();
-        for q in vh.queues() {
-            queues += 1;
-            let s = q.stats();
-            ready += s.ready;
-            unacked += s.unacked;
-        }
-    }
-    Json(json!({
-        "product_name": "Switchboard",
-        "product_version": env!("CARGO_PKG_VERSION"),
-        "object_totals": {
-            "connections": b.connections().len(),
-            "queues": queues,
-            "exchanges": exchanges,
-        },
-        "queue_totals": {
-            "messages": ready + unacked,
-            "messages_ready": ready,
-            "messages_unacknowledged": unacked,
-        },
-        "memory": {
-            "used": b.memory.used(),
-            "high_watermark": b.memory.high_watermark(),
-            "alarm": b.memory.alarm(),
-        },
-    }))
-}
-
-async fn vhosts(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
-    Json(Value::Array(
-        visible_vhosts(&b, &user)
-            .iter()
-            .map(|v| json!({"name": v.name}))
-            .collect(),
-    ))
-}
-
-async fn queues(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
-    let mut out = Vec::new();
-    for vh in visible_vhosts(&b, &user) {
-        for q in vh.queues() {
-            let s = q.stats();
-            out.push(json!({
-                "name": q.name,
-                "vhost": vh.name,
-                "durable": q.durable,
-                "auto_delete": q.auto_delete,
-                "exclusive": q.exclusive_owner.is_some(),
-                "arguments": field_table_to_json(&q.arguments),
-                "messages_ready": s.ready,
-                "messages_unacknowledged": s.unacked,
-                "messages": s.ready + s.unacked,
-                "message_bytes_ready": s.ready_bytes,
-                "consumers": s.consumers,
-            }));
-        }
-    }
-    Json(Value::Array(out))
-}
-
-async fn exchanges(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
-    let mut out = Vec::new();
-    for vh in visible_vhosts(&b, &user) {
-        for e in vh.exchanges() {
-            out.push(json!({
-                "name": e.name,
-                "vhost": vh.name,
-                "type": e.type_name(),
-                "durable": e.durable,
-                "auto_delete": e.auto_delete,
-                "internal": e.internal,
-                "arguments": field_table_to_json(&e.arguments),
-            }));
-        }
-    }
-    Json(Value::Array(out))
-}
-
-async fn bindings(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
-    let mut out = Vec::new();
-    for vh in visible_vhosts(&b, &user) {
-        for (source, binding) in vh.bindings() {
-            out.push(json!({
-                "source": source,
-                "vhost": vh.name,
-                "destination": binding.destination.name(),
-                "destination_type": binding.destination.kind_str(),
-                "routing_key": binding.routing_key,
-                "arguments": field_table_to_json(&binding.arguments),
-            }));
-        }
-    }
-    Json(Value::Array(out))
-}
-
-async fn connections(State(b): State<Arc<Broker>>, Extension(me): Extension<User>) -> Json<Value> {
-    let sees_all = me.is_administrator() || me.has_tag(tag::MONITORING);
-    let out = b
-        .connections()
-        .iter()
-        .filter_map(|c| {
-            let session = c.session.lock().map(|s| s.clone()).unwrap_or(None);
-            let (user, vhost) = session.unwrap_or_default();
-            if !sees_all && user != me.name {
-                return None;
-            }
-            let connected_at = c
-                .connected_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            Some(json!({
-                "name": c.name(),
-                "protocol": c.protocol,
-                "peer_host": c.peer.ip().to_string(),
-                "peer_port": c.peer.port(),
-                "user": user,
-                "vhost": vhost,
-                "channels": c.channels.load(std::sync::atomic::Ordering::Relaxed),
-                "state": if user.is_empty() { "starting" } else { "running" },
-                "connected_at": connected_at,
-            }))
-        })
-        .collect();
-    Json(Value::Array(out))
 }

@@ -123,6 +123,14 @@ impl Broker {
             &config.store,
         )?;
         let policies = Self::policies(&config);
+        // Before the queues come back, so that run-time policies apply to them as before.
+        policies.restore(
+            recovered
+                .log
+                .keyed
+                .of_kind(kind::POLICY)
+                .map(|(_, v)| &v[..]),
+        );
         let vhosts = DashMap::new();
         for defs in &recovered.definitions {
             let vh = VHost::with_store(
@@ -209,6 +217,11 @@ impl Broker {
         })
     }
 
+    /// The configured and run-time policies.
+    pub fn policy_set(&self) -> &Arc<Policies> {
+        &self.policies
+    }
+
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.get(name).map(|v| v.clone())
     }
@@ -285,6 +298,15 @@ impl Broker {
         let mut lsn = self.access.vhost_deleted(name);
         if let Some(store) = &self.store {
             lsn = lsn.max(store.delete(kind::VHOST, name.as_bytes()));
+        }
+        for p in self.policies.runtime() {
+            if p.vhost.as_deref() == Some(name) {
+                self.policies.clear_runtime(name, &p.name);
+                if let Some(store) = &self.store {
+                    let key = super::policy::RuntimePolicy::key(name, &p.name);
+                    lsn = lsn.max(store.delete(kind::POLICY, &key));
+                }
+            }
         }
         Some(lsn)
     }

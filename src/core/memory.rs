@@ -102,6 +102,14 @@ impl MemoryMonitor {
         self.memory_alarm.load(Ordering::Relaxed) || self.disk_alarm.load(Ordering::Relaxed)
     }
 
+    /// Which alarms are in effect, as (memory, disk), for the health checks and the nodes API.
+    pub fn alarms(&self) -> (bool, bool) {
+        (
+            self.memory_alarm.load(Ordering::Relaxed),
+            self.disk_alarm.load(Ordering::Relaxed),
+        )
+    }
+
     /// Sets or clears the disk half of the alarm.
     pub fn set_disk_alarm(&self, on: bool) {
         if self.disk_alarm.swap(on, Ordering::Relaxed) != on {

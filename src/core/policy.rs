@@ -5,6 +5,8 @@
 use super::queue::args::{QueueArgs, QUEUE_ARGUMENTS};
 use crate::config::PolicyConfig;
 use regex::Regex;
+use serde::{Deserialize, Serialize};
+use std::sync::RwLock;
 use switchboard_amqp::{FieldTable, FieldValue};
 
 /// Whether `key` is a definition key a policy may set: a queue argument without its `x-`.
@@ -109,24 +111,114 @@ impl Policy {
     }
 }
 
-/// Every configured policy.
-#[derive(Debug, Clone, Default)]
-pub struct Policies(Vec<Policy>);
+/// The policies in force: those of the configuration (fixed for the broker's life) and the
+/// run-time ones set through the management API (each in one vhost, persisted by the API as
+/// keyed records of kind `POLICY`). A policy applies to the queues declared (or recovered)
+/// after it is set, not to queues that exist already.
+#[derive(Debug, Default)]
+pub struct Policies {
+    configured: Vec<Policy>,
+    runtime: RwLock<Vec<Policy>>,
+}
+
+/// A run-time policy as stored and as the management API writes it (RabbitMQ's fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimePolicy {
+    pub vhost: String,
+    pub name: String,
+    pub pattern: String,
+    #[serde(rename = "apply-to", default = "all")]
+    pub apply_to: String,
+    #[serde(default)]
+    pub priority: i32,
+    pub definition: serde_json::Map<String, serde_json::Value>,
+}
+
+fn all() -> String {
+    "all".into()
+}
+
+impl RuntimePolicy {
+    /// The store key: vhost and name, NUL-separated (neither may contain NUL in AMQP).
+    pub fn key(vhost: &str, name: &str) -> Vec<u8> {
+        format!("{vhost}\0{name}").into_bytes()
+    }
+
+    /// Compiles it with the checks a configured policy gets.
+    pub fn compile(&self) -> Result<Policy, PolicyError> {
+        let mut definition = toml::Table::new();
+        for (k, v) in &self.definition {
+            let value = match v {
+                serde_json::Value::String(s) => toml::Value::String(s.clone()),
+                serde_json::Value::Bool(b) => toml::Value::Boolean(*b),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(i) => toml::Value::Integer(i),
+                    None => {
+                        return Err(PolicyError::ValueType {
+                            policy: self.name.clone(),
+                            key: k.clone(),
+                        })
+                    }
+                },
+                _ => {
+                    return Err(PolicyError::ValueType {
+                        policy: self.name.clone(),
+                        key: k.clone(),
+                    })
+                }
+            };
+            definition.insert(k.clone(), value);
+        }
+        Policy::from_config(&PolicyConfig {
+            name: self.name.clone(),
+            pattern: self.pattern.clone(),
+            apply_to: self.apply_to.clone(),
+            priority: self.priority,
+            vhost: Some(self.vhost.clone()),
+            definition,
+        })
+    }
+}
+
+impl Policy {
+    /// The pattern as written.
+    pub fn pattern(&self) -> &str {
+        self.pattern.as_str()
+    }
+
+    /// `apply-to` as RabbitMQ writes it.
+    pub fn apply_to_str(&self) -> &'static str {
+        match self.apply_to {
+            ApplyTo::Queues => "queues",
+            ApplyTo::Exchanges => "exchanges",
+            ApplyTo::All => "all",
+        }
+    }
+}
 
 impl Policies {
     pub fn from_config(configs: &[PolicyConfig]) -> Result<Self, PolicyError> {
-        configs
+        let configured = configs
             .iter()
             .map(Policy::from_config)
-            .collect::<Result<_, _>>()
-            .map(Policies)
+            .collect::<Result<_, _>>()?;
+        Ok(Policies {
+            configured,
+            runtime: RwLock::new(Vec::new()),
+        })
+    }
+
+    fn runtime_list(&self) -> std::sync::RwLockReadGuard<'_, Vec<Policy>> {
+        self.runtime.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The policy for queue `name` in `vhost`: the highest-priority match (the first one
-    /// configured among equals).
-    pub fn for_queue(&self, vhost: &str, name: &str) -> Option<&Policy> {
-        self.0
+    /// configured among equals, configured before run-time ones).
+    pub fn for_queue(&self, vhost: &str, name: &str) -> Option<Policy> {
+        let runtime = self.runtime_list();
+        self.configured
             .iter()
+            .chain(runtime.iter())
             .filter(|p| p.apply_to != ApplyTo::Exchanges)
             .filter(|p| p.vhost.as_deref().is_none_or(|v| v == vhost))
             .filter(|p| p.pattern.is_match(name))
@@ -134,6 +226,59 @@ impl Policies {
                 Some(b) if b.priority >= p.priority => Some(b),
                 _ => Some(p),
             })
+            .cloned()
+    }
+
+    /// Sets (adds or replaces) a run-time policy; true when it is new.
+    pub fn set_runtime(&self, policy: Policy) -> bool {
+        let mut runtime = self.runtime.write().unwrap_or_else(|e| e.into_inner());
+        match runtime
+            .iter_mut()
+            .find(|p| p.vhost == policy.vhost && p.name == policy.name)
+        {
+            Some(existing) => {
+                *existing = policy;
+                false
+            }
+            None => {
+                runtime.push(policy);
+                true
+            }
+        }
+    }
+
+    /// Clears a run-time policy; false when there was none.
+    pub fn clear_runtime(&self, vhost: &str, name: &str) -> bool {
+        let mut runtime = self.runtime.write().unwrap_or_else(|e| e.into_inner());
+        let before = runtime.len();
+        runtime.retain(|p| !(p.vhost.as_deref() == Some(vhost) && p.name == name));
+        runtime.len() != before
+    }
+
+    /// The run-time policies, in the order they were first set.
+    pub fn runtime(&self) -> Vec<Policy> {
+        self.runtime_list().clone()
+    }
+
+    /// The configured policies.
+    pub fn configured(&self) -> &[Policy] {
+        &self.configured
+    }
+
+    /// Restores run-time policies from their store records, skipping (with a warning) any
+    /// that no longer compile.
+    pub fn restore<'a>(&self, records: impl Iterator<Item = &'a [u8]>) {
+        for bytes in records {
+            let compiled = serde_json::from_slice::<RuntimePolicy>(bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.compile().map_err(|e| e.to_string()));
+            match compiled {
+                Ok(p) => {
+                    self.set_runtime(p);
+                }
+                Err(e) => tracing::warn!("ignoring a stored policy: {e}"),
+            }
+        }
     }
 }
 

@@ -556,8 +556,8 @@ impl VHost {
     fn new_queue(&self, spec: QueueSpec, conn: ConnectionId, id: Option<u64>) -> Queue {
         let exclusive = spec.exclusive;
         let policy = self.policies.for_queue(&self.name, &spec.name);
-        let args =
-            QueueArgs::parse(&spec.arguments, policy.map(|p| &p.definition)).unwrap_or_default();
+        let args = QueueArgs::parse(&spec.arguments, policy.as_ref().map(|p| &p.definition))
+            .unwrap_or_default();
         let queue = Queue::new(
             spec.name,
             self.name.clone(),

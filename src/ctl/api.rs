@@ -96,6 +96,27 @@ impl Api {
         Self::answer(&url, result)
     }
 
+    /// POST with a JSON body: the status and body.
+    pub fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), CtlError> {
+        let url = self.url(path);
+        let result = self.prepare(ureq::post(&url)).send_json(body);
+        Self::answer(&url, result)
+    }
+
+    /// DELETE with extra headers (`X-Reason`): the status and body.
+    pub fn delete_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Value), CtlError> {
+        let url = self.url(path);
+        let mut request = self.prepare(ureq::delete(&url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Self::answer(&url, request.call())
+    }
+
     /// GET that must succeed: the body.
     pub fn get_ok(&self, path: &str) -> Result<Value, CtlError> {
         expect_ok(path, self.get(path)?)

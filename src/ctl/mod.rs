@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod manage;
+pub mod operate;
 
 use api::Api;
 use serde_json::Value;
@@ -132,7 +133,7 @@ fn field_for(column: &str) -> &str {
     }
 }
 
-fn cell(row: &Value, column: &str) -> String {
+pub(crate) fn cell(row: &Value, column: &str) -> String {
     if column == "source_kind" {
         return "exchange".into();
     }
@@ -171,7 +172,11 @@ pub fn run_listing(
             });
         }
     }
-    let rows = Api::new(base_url, user, password).get_ok(listing.path)?;
+    let api = Api::new(base_url, user, password);
+    if listing.per_vhost {
+        operate::require_vhost(&api, vhost)?;
+    }
+    let rows = api.get_ok(listing.path)?;
     let Value::Array(rows) = rows else {
         return Err(CtlError::Answer {
             url: listing.path.to_owned(),

@@ -113,7 +113,11 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     for l in http_ls {
         tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP API listener started");
         let acceptor = accept::Acceptor::new(l, limits.clone(), "HTTP");
-        listeners.push(tokio::spawn(admin::serve(acceptor, broker.clone())));
+        listeners.push(tokio::spawn(admin::serve(
+            acceptor,
+            broker.clone(),
+            admin::Listeners::from_bound(&addrs),
+        )));
     }
     Ok(RunningBroker {
         broker,

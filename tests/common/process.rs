@@ -12,6 +12,7 @@ pub struct BrokerProcess {
     pub amqp: SocketAddr,
     pub mqtt: SocketAddr,
     pub stomp: SocketAddr,
+    pub http: SocketAddr,
 }
 
 impl Drop for BrokerProcess {
@@ -50,6 +51,7 @@ impl BrokerProcess {
             amqp: unbound,
             mqtt: unbound,
             stomp: unbound,
+            http: unbound,
         };
         // From here on, a panic drops (kills) the broker.
         let deadline = std::time::Instant::now() + WAIT * 3;
@@ -59,10 +61,25 @@ impl BrokerProcess {
                     broker.amqp = first_addr(&v, "amqp").expect("amqp address");
                     broker.mqtt = first_addr(&v, "mqtt").expect("mqtt address");
                     broker.stomp = first_addr(&v, "stomp").expect("stomp address");
+                    broker.http = first_addr(&v, "http").expect("http address");
                     return broker;
                 }
             }
             assert!(std::time::Instant::now() < deadline, "broker did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits up to `within` for the broker to exit by itself; its exit status if it did.
+    pub fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }

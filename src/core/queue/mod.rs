@@ -651,6 +651,20 @@ impl Queue {
     pub fn consumer_count(&self) -> u32 {
         saturating_u32(self.lock().consumers.len())
     }
+
+    /// The consumers with their priorities, for the management API's listings.
+    pub fn consumers(&self) -> Vec<(Consumer, i32)> {
+        self.lock()
+            .consumers
+            .iter()
+            .map(|r| (r.consumer.clone(), r.priority))
+            .collect()
+    }
+
+    /// The bytes of ready messages held in memory (the figure the memory budget counts).
+    pub fn memory_bytes(&self) -> u64 {
+        self.lock().memory_bytes
+    }
 }
 
 /// Memory a message with a body of `body_len` bytes holds, for the queue's memory budget.

@@ -1,0 +1,178 @@
+//! `/api/connections` (list, show, close with an `X-Reason`) and `/api/consumers`, in
+//! RabbitMQ's JSON. Users that are neither administrators nor monitoring see only their own
+//! connections and the consumers in vhosts they may use.
+
+use super::access::not_found;
+use super::listing::{respond, ListQuery};
+use super::queues::visible;
+use super::visible_vhosts;
+use crate::core::access::{tag, User};
+use crate::core::broker::ConnectionEntry;
+use crate::core::{Broker, VHost};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+type B = State<Arc<Broker>>;
+
+pub fn routes() -> Router<Arc<Broker>> {
+    Router::new()
+        .route("/api/connections", get(list_all))
+        .route("/api/connections/{name}", get(show).delete(close))
+        .route("/api/vhosts/{vhost}/connections", get(list_in))
+        .route("/api/consumers", get(consumers_all))
+        .route("/api/consumers/{vhost}", get(consumers_in))
+}
+
+/// The (user, vhost) of a connection; empty until it has authenticated and opened a vhost.
+fn session(c: &ConnectionEntry) -> (String, String) {
+    c.session
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or(None)
+        .unwrap_or_default()
+}
+
+pub fn connection_json(b: &Broker, c: &ConnectionEntry) -> Value {
+    let (user, vhost) = session(c);
+    let connected_at = c
+        .connected_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    json!({
+        "name": c.name(),
+        "node": super::node_name(b),
+        "type": "network",
+        "protocol": c.protocol,
+        "peer_host": c.peer.ip().to_string(),
+        "peer_port": c.peer.port(),
+        "user": user,
+        "vhost": vhost,
+        "channels": c.channels.load(std::sync::atomic::Ordering::Relaxed),
+        "state": if user.is_empty() { "starting" } else { "running" },
+        "connected_at": connected_at,
+        "ssl": false,
+    })
+}
+
+/// The connections `me` may see, as JSON.
+fn connections_for(b: &Broker, me: &User, vhost: Option<&str>) -> Vec<Value> {
+    let sees_all = me.is_administrator() || me.has_tag(tag::MONITORING);
+    b.connections()
+        .iter()
+        .filter(|c| {
+            let (user, vh) = session(c);
+            (sees_all || user == me.name) && vhost.is_none_or(|v| v == vh)
+        })
+        .map(|c| connection_json(b, c))
+        .collect()
+}
+
+async fn list_all(
+    State(b): B,
+    Extension(me): Extension<User>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    respond(connections_for(&b, &me, None), &q)
+}
+
+async fn list_in(
+    State(b): B,
+    Extension(me): Extension<User>,
+    Path(vh): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    match visible(&b, &me, &vh) {
+        Ok(vh) => respond(connections_for(&b, &me, Some(&vh.name)), &q),
+        Err(r) => r.into_response(),
+    }
+}
+
+fn find(b: &Broker, me: &User, name: &str) -> Option<Arc<ConnectionEntry>> {
+    let sees_all = me.is_administrator() || me.has_tag(tag::MONITORING);
+    b.connections()
+        .into_iter()
+        .find(|c| c.name() == name && (sees_all || session(c).0 == me.name))
+}
+
+async fn show(State(b): B, Extension(me): Extension<User>, Path(name): Path<String>) -> Response {
+    match find(&b, &me, &name) {
+        Some(c) => Json(connection_json(&b, &c)).into_response(),
+        None => not_found(),
+    }
+}
+
+/// DELETE: asks the connection to close, telling the client the `X-Reason` header's text
+/// (RabbitMQ's default otherwise).
+async fn close(
+    State(b): B,
+    Extension(me): Extension<User>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(c) = find(&b, &me, &name) else {
+        return not_found();
+    };
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Closed via management plugin")
+        .to_owned();
+    c.force_close(reason);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Every consumer of the queues in `vhosts`, as RabbitMQ lists them.
+pub fn consumers_of(b: &Broker, vhosts: &[Arc<VHost>]) -> Vec<Value> {
+    let connections = b.connections();
+    let mut out = Vec::new();
+    for vh in vhosts {
+        for q in vh.queues() {
+            for (c, priority) in q.consumers() {
+                let conn = connections.iter().find(|e| e.id == c.owner);
+                out.push(json!({
+                    "consumer_tag": c.tag,
+                    "exclusive": c.exclusive,
+                    "ack_required": !c.no_ack,
+                    "active": true,
+                    "activity_status": "up",
+                    "arguments": if priority == 0 { json!({}) } else { json!({"x-priority": priority}) },
+                    "queue": {"name": q.name, "vhost": vh.name},
+                    "channel_details": {
+                        "connection_name": conn.map(|e| e.name()),
+                        "peer_host": conn.map(|e| e.peer.ip().to_string()),
+                        "peer_port": conn.map(|e| e.peer.port()),
+                        "user": conn.map(|e| session(e).0),
+                        "node": super::node_name(b),
+                    },
+                }));
+            }
+        }
+    }
+    out
+}
+
+async fn consumers_all(
+    State(b): B,
+    Extension(me): Extension<User>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    respond(consumers_of(&b, &visible_vhosts(&b, &me)), &q)
+}
+
+async fn consumers_in(
+    State(b): B,
+    Extension(me): Extension<User>,
+    Path(vh): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    match visible(&b, &me, &vh) {
+        Ok(vh) => respond(consumers_of(&b, &[vh]), &q),
+        Err(r) => r.into_response(),
+    }
+}

@@ -1,0 +1,235 @@
+//! `/api/overview`, `/api/nodes`, `/api/cluster-name` and the `/api/vhosts` listing: what this
+//! one-node broker is, where it listens and what it holds, in RabbitMQ's JSON.
+
+use super::listing::{respond, ListQuery};
+use super::visible_vhosts;
+use crate::core::access::User;
+use crate::core::{Broker, VHost};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+type B = State<Arc<Broker>>;
+
+/// The bound listeners as (RabbitMQ's protocol name, address): `amqp`, `mqtt`, `stomp`, `http`.
+#[derive(Debug, Clone, Default)]
+pub struct Listeners(pub Vec<(&'static str, SocketAddr)>);
+
+impl Listeners {
+    pub fn from_bound(addrs: &crate::net::BoundAddrs) -> Self {
+        let mut out = Vec::new();
+        for (protocol, list) in [
+            ("amqp", &addrs.amqp),
+            ("mqtt", &addrs.mqtt),
+            ("stomp", &addrs.stomp),
+            ("http", &addrs.http),
+        ] {
+            out.extend(list.iter().map(|a| (protocol, *a)));
+        }
+        Listeners(out)
+    }
+}
+
+/// When the API started serving, for the node's `uptime`.
+#[derive(Debug, Clone, Copy)]
+pub struct Started(Instant);
+
+impl Started {
+    pub fn now() -> Self {
+        Started(Instant::now())
+    }
+}
+
+pub fn routes() -> Router<Arc<Broker>> {
+    Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/cluster-name", get(cluster_name))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{name}", get(node))
+        .route("/api/vhosts", get(vhosts))
+        .route("/api/switchboard/stop", post(stop))
+}
+
+/// `ctl stop`: begins the graceful shutdown (connections are asked to close and given the
+/// configured grace period), answering before the listener goes.
+async fn stop(State(b): B) -> Response {
+    let node = node_name(&b);
+    tracing::info!("stop requested through the management API");
+    b.begin_shutdown();
+    (
+        axum::http::StatusCode::ACCEPTED,
+        Json(json!({"status": "stopping", "node": node})),
+    )
+        .into_response()
+}
+
+/// This node's name, as RabbitMQ's `rabbit@host`: `switchboard@` and the host name.
+pub fn node_name(_b: &Broker) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
+    // truncates, and we stop at the first NUL either way.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let host = if rc == 0 {
+        let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "localhost".into()
+    };
+    format!("switchboard@{host}")
+}
+
+fn listeners_json(b: &Broker, l: &Listeners) -> Vec<Value> {
+    let node = node_name(b);
+    l.0.iter()
+        .map(|(protocol, addr)| {
+            json!({
+                "node": node,
+                "protocol": protocol,
+                "ip_address": addr.ip().to_string(),
+                "port": addr.port(),
+            })
+        })
+        .collect()
+}
+
+async fn overview(
+    State(b): B,
+    Extension(user): Extension<User>,
+    Extension(listeners): Extension<Listeners>,
+) -> Json<Value> {
+    let (mut queues, mut exchanges, mut consumers, mut ready, mut unacked) = (0, 0, 0, 0, 0);
+    for vh in visible_vhosts(&b, &user) {
+        exchanges += vh.exchanges().len();
+        for q in vh.queues() {
+            queues += 1;
+            let s = q.stats();
+            ready += s.ready;
+            unacked += s.unacked;
+            consumers += s.consumers;
+        }
+    }
+    let connections = b.connections();
+    let channels: u64 = connections
+        .iter()
+        .map(|c| u64::from(c.channels.load(Ordering::Relaxed)))
+        .sum();
+    let node = node_name(&b);
+    let version = env!("CARGO_PKG_VERSION");
+    let http = listeners.0.iter().find(|(p, _)| *p == "http");
+    Json(json!({
+        "product_name": "Switchboard",
+        "product_version": version,
+        "rabbitmq_version": version,
+        "management_version": version,
+        "cluster_name": node,
+        "node": node,
+        "rates_mode": "none",
+        "listeners": listeners_json(&b, &listeners),
+        "contexts": http.map(|(_, a)| vec![json!({
+            "node": node,
+            "description": "Switchboard management API",
+            "path": "/",
+            "port": a.port().to_string(),
+        })]).unwrap_or_default(),
+        "object_totals": {
+            "connections": connections.len(),
+            "channels": channels,
+            "queues": queues,
+            "exchanges": exchanges,
+            "consumers": consumers,
+        },
+        "queue_totals": {
+            "messages": ready + unacked,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
+        },
+        "memory": {
+            "used": b.memory.used(),
+            "high_watermark": b.memory.high_watermark(),
+            "alarm": b.memory.alarm(),
+        },
+    }))
+}
+
+async fn cluster_name(State(b): B) -> Json<Value> {
+    Json(json!({"name": node_name(&b)}))
+}
+
+fn node_json(b: &Broker, started: Started) -> Value {
+    let (mem_alarm, disk_alarm) = b.memory.alarms();
+    json!({
+        "name": node_name(b),
+        "type": "disc",
+        "running": true,
+        "being_drained": false,
+        "mem_used": b.memory.used(),
+        "mem_limit": b.memory.high_watermark(),
+        "mem_alarm": mem_alarm,
+        "disk_free_alarm": disk_alarm,
+        "disk_free_limit": b.config.server.disk_free_limit_bytes,
+        "uptime": started.0.elapsed().as_millis() as u64,
+        "os_pid": std::process::id().to_string(),
+        "processors": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "partitions": [],
+        "applications": [{
+            "name": "switchboard",
+            "description": "Switchboard message broker",
+            "version": env!("CARGO_PKG_VERSION"),
+        }],
+    })
+}
+
+async fn nodes(State(b): B, Extension(started): Extension<Started>) -> Json<Value> {
+    Json(json!([node_json(&b, started)]))
+}
+
+async fn node(
+    State(b): B,
+    Extension(started): Extension<Started>,
+    Path(name): Path<String>,
+) -> Response {
+    if name != node_name(&b) {
+        return super::access::not_found();
+    }
+    Json(node_json(&b, started)).into_response()
+}
+
+/// A vhost as RabbitMQ lists it, with its message totals.
+pub fn vhost_json(vh: &VHost) -> Value {
+    let (mut ready, mut unacked) = (0, 0);
+    for q in vh.queues() {
+        let s = q.stats();
+        ready += s.ready;
+        unacked += s.unacked;
+    }
+    json!({
+        "name": vh.name,
+        "description": "",
+        "tags": [],
+        "metadata": {"description": "", "tags": []},
+        "default_queue_type": "classic",
+        "tracing": false,
+        "cluster_state": {},
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+    })
+}
+
+async fn vhosts(
+    State(b): B,
+    Extension(user): Extension<User>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let items = visible_vhosts(&b, &user)
+        .iter()
+        .map(|v| vhost_json(v))
+        .collect();
+    respond(items, &q)
+}

@@ -1,0 +1,799 @@
+//! The management HTTP API with RabbitMQ's paths, JSON, status codes and error bodies, checked
+//! over real HTTP against state made and observed with lapin.
+
+mod common;
+use common::amqp::*;
+use common::http::{call, call_as};
+use common::*;
+use lapin::options::*;
+use serde_json::{json, Value};
+
+fn q_path(name: &str) -> String {
+    format!("/api/queues/%2F/{name}")
+}
+
+#[tokio::test]
+async fn overview_shows_version_listeners_and_totals() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("ov");
+    declare(&ch, &q).await;
+    publish(&ch, "", &q, b"x").await;
+    ready_count(&ch, &q).await;
+    let a = call(&b, "GET", "/api/overview", None).await;
+    assert_eq!(a.status, 200);
+    let v = a.body;
+    assert_eq!(v["product_version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["cluster_name"]
+        .as_str()
+        .unwrap()
+        .starts_with("switchboard@"));
+    let ports: Vec<(String, u64)> = v["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["protocol"].as_str().unwrap().to_owned(),
+                l["port"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        ports.contains(&("amqp".into(), u64::from(b.amqp.port()))),
+        "{ports:?}"
+    );
+    assert!(
+        ports.contains(&("http".into(), u64::from(b.http.port()))),
+        "{ports:?}"
+    );
+    assert!(v["object_totals"]["connections"].as_u64().unwrap() >= 1);
+    assert!(v["object_totals"]["channels"].as_u64().unwrap() >= 1);
+    assert!(v["queue_totals"]["messages_ready"].as_u64().unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn queue_put_show_and_conditional_delete() {
+    let b = TestBroker::start().await;
+    let q = unique("api-q");
+    let body = json!({"durable": true, "auto_delete": false, "arguments": {"x-max-length": 5}});
+    assert_eq!(
+        call(&b, "PUT", &q_path(&q), Some(body.clone()))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(call(&b, "PUT", &q_path(&q), Some(body)).await.status, 204);
+    let a = call(&b, "PUT", &q_path(&q), Some(json!({"durable": false}))).await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.body["error"], "bad_request");
+    assert!(a.body["reason"]
+        .as_str()
+        .unwrap()
+        .contains("inequivalent arg 'durable'"));
+
+    let (_c, ch) = b.channel().await;
+    publish(&ch, "", &q, b"one").await;
+    ready_count(&ch, &q).await;
+    let v = call(&b, "GET", &q_path(&q), None).await.body;
+    assert_eq!(v["name"], q.as_str());
+    assert_eq!(v["vhost"], "/");
+    assert_eq!(v["type"], "classic");
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["arguments"], json!({"x-max-length": 5}));
+    assert_eq!(v["messages_ready"], 1);
+    assert_eq!(v["messages"], 1);
+    assert!(v["node"].as_str().unwrap().starts_with("switchboard@"));
+    assert!(v["memory"].as_u64().unwrap() > 0);
+
+    let a = call(&b, "DELETE", &format!("{}?if-empty=true", q_path(&q)), None).await;
+    assert_eq!(a.status, 400, "{a:?}");
+    assert_eq!(call(&b, "DELETE", &q_path(&q), None).await.status, 204);
+    let a = call(&b, "GET", &q_path(&q), None).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(
+        a.body,
+        json!({"error": "Object Not Found", "reason": "Not Found"})
+    );
+    assert_eq!(
+        call(&b, "GET", "/api/queues/nosuchvhost", None)
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn publish_then_get_with_ack_modes_and_encodings() {
+    let b = TestBroker::start().await;
+    let q = unique("api-get");
+    call(&b, "PUT", &q_path(&q), Some(json!({}))).await;
+    for (payload, enc) in [("aGVsbG8=", "base64"), ("world", "string")] {
+        let a = call(
+            &b,
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(
+                json!({"routing_key": q, "payload": payload, "payload_encoding": enc,
+                        "properties": {"delivery_mode": 2, "headers": {"h": 1}}}),
+            ),
+        )
+        .await;
+        assert_eq!(a.body, json!({"routed": true}));
+    }
+    let a = call(
+        &b,
+        "POST",
+        "/api/exchanges/%2F/amq.default/publish",
+        Some(
+            json!({"routing_key": "nowhere", "payload": "x", "payload_encoding": "string",
+                    "properties": {}}),
+        ),
+    )
+    .await;
+    assert_eq!(a.body, json!({"routed": false}));
+
+    let get = |ackmode: &str, encoding: &str| json!({"count": 5, "ackmode": ackmode, "encoding": encoding, "truncate": 3});
+    let path = format!("{}/get", q_path(&q));
+    let a = call(&b, "POST", &path, Some(get("ack_requeue_true", "auto"))).await;
+    let msgs = a.body.as_array().unwrap();
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[0]["payload"], "hel");
+    assert_eq!(msgs[0]["payload_encoding"], "string");
+    assert_eq!(msgs[0]["payload_bytes"], 5);
+    assert_eq!(msgs[0]["redelivered"], false);
+    assert_eq!(msgs[0]["message_count"], 1);
+    assert_eq!(msgs[0]["properties"]["headers"], json!({"h": 1}));
+    assert_eq!(msgs[0]["properties"]["delivery_mode"], 2);
+    // Requeued: both are there again, now redelivered.
+    let a = call(
+        &b,
+        "POST",
+        &path,
+        Some(get("reject_requeue_true", "base64")),
+    )
+    .await;
+    let msgs = a.body.as_array().unwrap();
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[1]["payload"], "d29y");
+    assert_eq!(msgs[1]["payload_encoding"], "base64");
+    assert_eq!(msgs[1]["redelivered"], true);
+    let a = call(&b, "POST", &path, Some(get("ack_requeue_false", "auto"))).await;
+    assert_eq!(a.body.as_array().unwrap().len(), 2);
+    let a = call(&b, "POST", &path, Some(get("ack_requeue_false", "auto"))).await;
+    assert_eq!(a.body, json!([]));
+    let a = call(&b, "POST", &path, Some(get("nack_maybe", "auto"))).await;
+    assert_eq!(a.status, 400);
+}
+
+#[tokio::test]
+async fn reject_requeue_false_dead_letters_and_purge_empties() {
+    let b = TestBroker::start().await;
+    let (q, dlq) = (unique("api-rej"), unique("api-dlq"));
+    call(&b, "PUT", &q_path(&dlq), Some(json!({}))).await;
+    let args =
+        json!({"arguments": {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}});
+    call(&b, "PUT", &q_path(&q), Some(args)).await;
+    let publish =
+        json!({"routing_key": q, "payload": "m", "payload_encoding": "string", "properties": {}});
+    for _ in 0..3 {
+        call(
+            &b,
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(publish.clone()),
+        )
+        .await;
+    }
+    let a = call(
+        &b,
+        "POST",
+        &format!("{}/get", q_path(&q)),
+        Some(json!({"count": 1, "ackmode": "reject_requeue_false", "encoding": "auto"})),
+    )
+    .await;
+    assert_eq!(a.body.as_array().unwrap().len(), 1);
+    let v = call(&b, "GET", &q_path(&dlq), None).await.body;
+    assert_eq!(v["messages_ready"], 1);
+    assert_eq!(
+        call(&b, "DELETE", &format!("{}/contents", q_path(&q)), None)
+            .await
+            .status,
+        204
+    );
+    let v = call(&b, "GET", &q_path(&q), None).await.body;
+    assert_eq!(v["messages_ready"], 0);
+}
+
+#[tokio::test]
+async fn exchanges_put_show_delete() {
+    let b = TestBroker::start().await;
+    let e = unique("api-ex");
+    let path = format!("/api/exchanges/%2F/{e}");
+    let a = call(
+        &b,
+        "PUT",
+        &path,
+        Some(json!({"type": "topic", "durable": true})),
+    )
+    .await;
+    assert_eq!(a.status, 201);
+    assert_eq!(
+        call(&b, "PUT", &path, Some(json!({"type": "topic"})))
+            .await
+            .status,
+        204
+    );
+    let a = call(&b, "PUT", &path, Some(json!({"type": "fanout"}))).await;
+    assert_eq!(a.status, 400);
+    let v = call(&b, "GET", &path, None).await.body;
+    assert_eq!(v["type"], "topic");
+    assert_eq!(v["durable"], true);
+    let v = call(&b, "GET", "/api/exchanges/%2F/amq.default", None)
+        .await
+        .body;
+    assert_eq!(v["name"], "");
+    assert_eq!(v["type"], "direct");
+    let a = call(&b, "DELETE", "/api/exchanges/%2F/amq.topic", None).await;
+    assert!(a.status >= 400, "{a:?}");
+    assert_eq!(call(&b, "DELETE", &path, None).await.status, 204);
+    assert_eq!(call(&b, "GET", &path, None).await.status, 404);
+    let list = call(&b, "GET", "/api/exchanges/%2F", None).await.body;
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["name"] == "amq.fanout"));
+}
+
+#[tokio::test]
+async fn bindings_in_all_four_forms() {
+    let b = TestBroker::start().await;
+    let (e, e2, q) = (unique("bx"), unique("bx2"), unique("bq"));
+    call(
+        &b,
+        "PUT",
+        &format!("/api/exchanges/%2F/{e}"),
+        Some(json!({"type": "direct"})),
+    )
+    .await;
+    call(
+        &b,
+        "PUT",
+        &format!("/api/exchanges/%2F/{e2}"),
+        Some(json!({"type": "fanout"})),
+    )
+    .await;
+    call(&b, "PUT", &q_path(&q), Some(json!({}))).await;
+
+    let eq = format!("/api/bindings/%2F/e/{e}/q/{q}");
+    let a = call(
+        &b,
+        "POST",
+        &eq,
+        Some(json!({"routing_key": "k.1", "arguments": {}})),
+    )
+    .await;
+    assert_eq!(a.status, 201);
+    assert_eq!(a.location.as_deref(), Some(format!("{eq}/k.1").as_str()));
+    let a = call(
+        &b,
+        "POST",
+        &eq,
+        Some(json!({"routing_key": "k 2", "arguments": {"x": 1}})),
+    )
+    .await;
+    assert_eq!(a.status, 201);
+    let ee = format!("/api/bindings/%2F/e/{e}/e/{e2}");
+    assert_eq!(
+        call(&b, "POST", &ee, Some(json!({"routing_key": ""})))
+            .await
+            .status,
+        201
+    );
+
+    let list = call(&b, "GET", &eq, None).await.body;
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let with_args = list.iter().find(|x| x["routing_key"] == "k 2").unwrap();
+    let key = with_args["properties_key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("k%202~"), "{key}");
+    assert_eq!(with_args["destination_type"], "queue");
+
+    // Routed through the exchange now.
+    let publish = json!({"routing_key": "k.1", "payload": "m", "payload_encoding": "string", "properties": {}});
+    let a = call(
+        &b,
+        "POST",
+        &format!("/api/exchanges/%2F/{e}/publish"),
+        Some(publish),
+    )
+    .await;
+    assert_eq!(a.body["routed"], true);
+
+    let one = call(
+        &b,
+        "GET",
+        &format!("{eq}/{}", key.replace('%', "%25")),
+        None,
+    )
+    .await;
+    assert_eq!(one.status, 200, "{one:?}");
+    assert_eq!(one.body["arguments"], json!({"x": 1}));
+    let a = call(
+        &b,
+        "DELETE",
+        &format!("{eq}/{}", key.replace('%', "%25")),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 204);
+    assert_eq!(
+        call(&b, "GET", &eq, None)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let a = call(&b, "GET", &format!("{ee}/~"), None).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(
+        call(&b, "DELETE", &format!("{ee}/~"), None).await.status,
+        204
+    );
+    assert_eq!(
+        call(&b, "DELETE", &format!("{ee}/~"), None).await.status,
+        404
+    );
+
+    let src = call(
+        &b,
+        "GET",
+        &format!("/api/exchanges/%2F/{e}/bindings/source"),
+        None,
+    )
+    .await;
+    assert_eq!(src.body.as_array().unwrap().len(), 1);
+    let qb = call(&b, "GET", &format!("{}/bindings", q_path(&q)), None)
+        .await
+        .body;
+    // The default exchange's implicit binding and the one from `e`.
+    assert_eq!(qb.as_array().unwrap().len(), 2, "{qb}");
+    assert_eq!(
+        call(&b, "GET", "/api/bindings/%2F/e/nope/q/nope", None)
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn listings_page_sort_filter_and_project() {
+    let b = TestBroker::start().await;
+    let prefix = unique("pg");
+    for i in 0..7 {
+        call(
+            &b,
+            "PUT",
+            &q_path(&format!("{prefix}-{i}")),
+            Some(json!({})),
+        )
+        .await;
+    }
+    let path = format!(
+        "/api/queues/%2F?page=2&page_size=3&name={prefix}&sort=name&sort_reverse=true&columns=name,messages"
+    );
+    let v = call(&b, "GET", &path, None).await.body;
+    assert_eq!(v["filtered_count"], 7);
+    assert_eq!(v["page_count"], 3);
+    assert_eq!(v["item_count"], 3);
+    assert_eq!(
+        v["items"][0],
+        json!({"name": format!("{prefix}-3"), "messages": 0})
+    );
+    let path = format!("/api/queues?name=^{prefix}-[05]$&use_regex=true");
+    let v = call(&b, "GET", &path, None).await.body;
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let a = call(&b, "GET", "/api/queues?page=0", None).await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.body["error"], "bad_request");
+}
+
+#[tokio::test]
+async fn connections_consumers_and_close_with_reason() {
+    let b = TestBroker::start().await;
+    let (c, ch) = b.channel().await;
+    let q = unique("cons");
+    declare(&ch, &q).await;
+    let _consumer = consume(&ch, &q, false).await;
+    let conns = call(&b, "GET", "/api/connections", None).await.body;
+    let conn = conns
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["protocol"] == "amqp" && x["user"] == "guest")
+        .cloned()
+        .expect("our connection");
+    assert_eq!(conn["vhost"], "/");
+    assert_eq!(conn["channels"], 1);
+    let name = conn["name"].as_str().unwrap().to_owned();
+    let consumers = call(&b, "GET", "/api/consumers/%2F", None).await.body;
+    let mine = consumers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["queue"]["name"] == q.as_str())
+        .cloned()
+        .expect("our consumer");
+    assert_eq!(mine["ack_required"], true);
+    assert_eq!(mine["channel_details"]["connection_name"], name.as_str());
+    assert_eq!(
+        call(&b, "GET", "/api/consumers/nosuch", None).await.status,
+        404
+    );
+    let per_vhost = call(&b, "GET", "/api/vhosts/%2F/connections", None)
+        .await
+        .body;
+    assert!(per_vhost
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["name"] == name.as_str()));
+
+    let encoded = name.replace(' ', "%20").replace('>', "%3E");
+    let one = call(&b, "GET", &format!("/api/connections/{encoded}"), None).await;
+    assert_eq!(one.status, 200, "{one:?}");
+    let a = call_as(
+        &b,
+        ("guest", "guest"),
+        "DELETE",
+        &format!("/api/connections/{encoded}"),
+        None,
+        &[("X-Reason", "maintenance window")],
+    )
+    .await;
+    assert_eq!(a.status, 204);
+    bounded(async {
+        while c.status().connected() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    wait_until("the connection is gone", || {
+        b.broker().connections().iter().all(|x| x.name() != name)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn health_checks_aliveness_nodes_and_whoami() {
+    let b = TestBroker::start().await;
+    for path in [
+        "/api/health/checks/alarms",
+        "/api/health/checks/local-alarms",
+        "/api/health/checks/virtual-hosts",
+        "/api/health/checks/protocol-listener/amqp",
+        "/api/health/checks/protocol-listener/mqtt",
+        "/api/aliveness-test/%2F",
+    ] {
+        let a = call(&b, "GET", path, None).await;
+        assert_eq!(
+            (a.status, a.body["status"].clone()),
+            (200, json!("ok")),
+            "{path}"
+        );
+    }
+    let a = call(
+        &b,
+        "GET",
+        &format!("/api/health/checks/port-listener/{}", b.stomp.port()),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let a = call(&b, "GET", "/api/health/checks/port-listener/1", None).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.body["status"], "failed");
+    let a = call(
+        &b,
+        "GET",
+        "/api/health/checks/protocol-listener/amqp/ssl",
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 404);
+    let a = call(
+        &b,
+        "GET",
+        "/api/health/checks/protocol-listener/amqps",
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 503);
+    assert_eq!(
+        call(&b, "GET", "/api/aliveness-test/nosuch", None)
+            .await
+            .status,
+        404
+    );
+
+    let nodes = call(&b, "GET", "/api/nodes", None).await.body;
+    let node = &nodes[0];
+    assert_eq!(node["running"], true);
+    assert_eq!(node["mem_alarm"], false);
+    let name = node["name"].as_str().unwrap();
+    assert_eq!(
+        call(&b, "GET", &format!("/api/nodes/{name}"), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call(&b, "GET", "/api/nodes/rabbit@elsewhere", None)
+            .await
+            .status,
+        404
+    );
+
+    let who = call_as(&b, ("alice", "secret"), "GET", "/api/whoami", None, &[]).await;
+    assert_eq!(who.body["name"], "alice");
+    let denied = call_as(&b, ("alice", "secret"), "GET", "/api/queues", None, &[]).await;
+    assert_eq!(denied.status, 403);
+    let bad = call_as(&b, ("guest", "wrong"), "GET", "/api/overview", None, &[]).await;
+    assert_eq!(bad.status, 401);
+    assert_eq!(bad.body["error"], "not_authorised");
+}
+
+#[tokio::test]
+async fn runtime_policies_apply_to_new_queues_and_survive_restart() {
+    let dir = fresh_data_dir();
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let path = "/api/policies/%2F/cap";
+    let body = json!({"pattern": "^capped\\.", "apply-to": "queues", "priority": 1,
+                      "definition": {"max-length": 2}});
+    assert_eq!(call(&b, "PUT", path, Some(body.clone())).await.status, 201);
+    assert_eq!(call(&b, "PUT", path, Some(body)).await.status, 204);
+    let bad = json!({"pattern": ".*", "definition": {"no-such-key": 1}});
+    assert_eq!(
+        call(&b, "PUT", "/api/policies/%2F/bad", Some(bad))
+            .await
+            .status,
+        400
+    );
+    let v = call(&b, "GET", "/api/policies", None).await.body;
+    assert_eq!(
+        v,
+        json!([{"vhost": "/", "name": "cap", "pattern": "^capped\\.", "apply-to": "queues",
+                "definition": {"max-length": 2}, "priority": 1}])
+    );
+    let q = "capped.q";
+    call(&b, "PUT", &q_path(q), Some(json!({}))).await;
+    let publish =
+        json!({"routing_key": q, "payload": "m", "payload_encoding": "string", "properties": {}});
+    for _ in 0..4 {
+        call(
+            &b,
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(publish.clone()),
+        )
+        .await;
+    }
+    assert_eq!(
+        call(&b, "GET", &q_path(q), None).await.body["messages_ready"],
+        2
+    );
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let v = call(&b, "GET", "/api/policies/%2F/cap", None).await;
+    assert_eq!(v.status, 200);
+    assert_eq!(v.body["definition"], json!({"max-length": 2}));
+    assert_eq!(
+        call(&b, "DELETE", "/api/policies/%2F/cap", None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        call(&b, "DELETE", "/api/policies/%2F/cap", None)
+            .await
+            .status,
+        404
+    );
+    b.stop().await;
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    assert_eq!(call(&b, "GET", "/api/policies", None).await.body, json!([]));
+}
+
+/// Everything a definitions export covers, made through the API.
+async fn populate(b: &TestBroker) {
+    call(b, "PUT", "/api/vhosts/defs", None).await;
+    call(
+        b,
+        "PUT",
+        "/api/users/carol",
+        Some(json!({"password": "pw", "tags": "monitoring"})),
+    )
+    .await;
+    call(
+        b,
+        "PUT",
+        "/api/permissions/defs/carol",
+        Some(json!({"configure": "^c", "write": "^w", "read": ".*"})),
+    )
+    .await;
+    call(
+        b,
+        "PUT",
+        "/api/topic-permissions/defs/carol",
+        Some(json!({"exchange": "amq.topic", "write": "^a", "read": ".*"})),
+    )
+    .await;
+    call(
+        b,
+        "PUT",
+        "/api/policies/defs/ttl",
+        Some(json!({"pattern": "^t", "definition": {"message-ttl": 1000}, "apply-to": "queues"})),
+    )
+    .await;
+    call(
+        b,
+        "PUT",
+        "/api/exchanges/defs/events",
+        Some(json!({"type": "topic"})),
+    )
+    .await;
+    call(
+        b,
+        "PUT",
+        "/api/exchanges/defs/fan",
+        Some(json!({"type": "fanout", "internal": true})),
+    )
+    .await;
+    call(
+        b,
+        "PUT",
+        "/api/queues/defs/orders",
+        Some(json!({"arguments": {"x-max-priority": 5, "x-queue-type": "classic"}})),
+    )
+    .await;
+    call(
+        b,
+        "POST",
+        "/api/bindings/defs/e/events/q/orders",
+        Some(json!({"routing_key": "o.#"})),
+    )
+    .await;
+    call(
+        b,
+        "POST",
+        "/api/bindings/defs/e/events/e/fan",
+        Some(json!({"routing_key": "f"})),
+    )
+    .await;
+}
+
+/// An export without the parts that differ between two brokers by design: the header.
+fn comparable(mut v: Value) -> Value {
+    for k in [
+        "rabbit_version",
+        "rabbitmq_version",
+        "product_version",
+        "product_name",
+    ] {
+        v.as_object_mut().unwrap().remove(k);
+    }
+    v
+}
+
+#[tokio::test]
+async fn definitions_round_trip_export_delete_import() {
+    let b = TestBroker::start().await;
+    populate(&b).await;
+    let exported = call(&b, "GET", "/api/definitions", None).await;
+    assert_eq!(exported.status, 200);
+    let exported = exported.body;
+    assert!(exported["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["name"] == "carol"
+            && u["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+            && u["tags"] == json!(["monitoring"])));
+    assert_eq!(exported["parameters"], json!([]));
+    assert_eq!(exported["global_parameters"], json!([]));
+
+    assert_eq!(
+        call(&b, "DELETE", "/api/vhosts/defs", None).await.status,
+        204
+    );
+    assert_eq!(
+        call(&b, "DELETE", "/api/users/carol", None).await.status,
+        204
+    );
+    let gone = call(&b, "GET", "/api/definitions", None).await.body;
+    assert_ne!(comparable(gone), comparable(exported.clone()));
+
+    let a = call(&b, "POST", "/api/definitions", Some(exported.clone())).await;
+    assert_eq!(a.status, 204, "{a:?}");
+    let again = call(&b, "GET", "/api/definitions", None).await.body;
+    assert_eq!(comparable(again), comparable(exported.clone()));
+    // The imported user logs in with its old password.
+    let who = call_as(&b, ("carol", "pw"), "GET", "/api/whoami", None, &[]).await;
+    assert_eq!(who.status, 200);
+
+    // Per vhost: the topology without vhost fields, importable into another vhost.
+    let per = call(&b, "GET", "/api/definitions/defs", None).await.body;
+    assert!(per.get("users").is_none());
+    assert!(per["queues"][0].get("vhost").is_none());
+    call(&b, "PUT", "/api/vhosts/copy", None).await;
+    assert_eq!(
+        call(&b, "POST", "/api/definitions/copy", Some(per.clone()))
+            .await
+            .status,
+        204
+    );
+    let copied = call(&b, "GET", "/api/definitions/copy", None).await.body;
+    assert_eq!(comparable(copied), comparable(per));
+    assert_eq!(
+        call(&b, "GET", "/api/definitions/nosuch", None)
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn definitions_exported_by_rabbitmq_import() {
+    let b = TestBroker::start().await;
+    let text = include_str!("fixtures/rabbitmq-3.13-definitions.json");
+    let defs: Value = serde_json::from_str(text).unwrap();
+    let a = call(&b, "POST", "/api/definitions", Some(defs)).await;
+    assert_eq!(a.status, 204, "{a:?}");
+    // The user's RabbitMQ hash works here: its password is "s3cret".
+    let who = call_as(&b, ("app", "s3cret"), "GET", "/api/whoami", None, &[]).await;
+    assert_eq!(who.status, 200, "{who:?}");
+    let q = call(&b, "GET", "/api/queues/shop/orders", None).await;
+    assert_eq!(q.status, 200);
+    assert_eq!(q.body["durable"], true);
+    let bindings = call(
+        &b,
+        "GET",
+        "/api/bindings/shop/e/orders.topic/q/orders",
+        None,
+    )
+    .await
+    .body;
+    assert_eq!(bindings[0]["routing_key"], "order.*");
+    let p = call(&b, "GET", "/api/policies/shop/dlx", None).await;
+    assert_eq!(p.body["definition"]["dead-letter-exchange"], "orders.dlx");
+    let perms = call(&b, "GET", "/api/permissions/shop/app", None).await;
+    assert_eq!(perms.body["write"], "^orders");
+
+    // And a lapin client sees the imported topology work.
+    let conn = bounded(lapin::Connection::connect(
+        &format!("amqp://app:s3cret@{}/shop", b.amqp),
+        lapin::ConnectionProperties::default(),
+    ))
+    .await
+    .expect("connect as the imported user");
+    let ch = bounded(conn.create_channel()).await.unwrap();
+    publish(&ch, "orders.topic", "order.new", b"o1").await;
+    let got = bounded(ch.basic_get("orders".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap();
+    assert_eq!(got.map(|m| m.delivery.data), Some(b"o1".to_vec()));
+}
+
+#[tokio::test]
+async fn definitions_with_unknown_parameters_are_refused() {
+    let b = TestBroker::start().await;
+    let defs =
+        json!({"parameters": [{"vhost": "/", "component": "shovel", "name": "s", "value": {}}]});
+    let a = call(&b, "POST", "/api/definitions", Some(defs)).await;
+    assert_eq!(a.status, 400);
+    assert!(a.body["reason"].as_str().unwrap().contains("shovel"));
+}
