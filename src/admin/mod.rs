@@ -5,8 +5,14 @@
 
 mod access;
 mod json;
+pub mod metrics;
 
 use crate::core::access::{tag, User};
+use crate::core::sampler::{session_of, vhost_counts};
+use crate::core::stats::{
+    key_of, message_stats_json, Counts, Rates, CONNECTION_FIELDS, EXCHANGE_FIELDS, QUEUE_FIELDS,
+    VHOST_FIELDS,
+};
 use crate::core::{Broker, VHost};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::Method;
@@ -29,9 +35,18 @@ pub use json::field_table_to_json;
 /// `http.idle_timeout_ms` closes a connection that sends no complete request head within that
 /// time of opening or of its last response, so idle or half-sent requests cannot hold file
 /// descriptors.
-pub async fn serve(mut acceptor: crate::net::accept::Acceptor, broker: Arc<Broker>) {
-    let idle_timeout = std::time::Duration::from_millis(broker.config.http.idle_timeout_ms);
+pub async fn serve(acceptor: crate::net::accept::Acceptor, broker: Arc<Broker>) {
     let app = router(broker.clone());
+    serve_app(acceptor, broker, app).await
+}
+
+/// Serves `app` on the connections `acceptor` admits, as [`serve`] describes.
+pub(crate) async fn serve_app(
+    mut acceptor: crate::net::accept::Acceptor,
+    broker: Arc<Broker>,
+    app: Router,
+) {
+    let idle_timeout = std::time::Duration::from_millis(broker.config.http.idle_timeout_ms);
     let mut shutdown = broker.shutdown_signal();
     loop {
         let (socket, peer, admitted) = tokio::select! {
@@ -72,6 +87,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/api/bindings", get(bindings))
         .route("/api/connections", get(connections))
         .route("/api/vhosts", get(vhosts))
+        .route("/api/mqtt/sessions", get(mqtt_sessions))
         .merge(access::routes())
         .layer(middleware::from_fn_with_state(broker.clone(), authenticate))
         .with_state(broker)
@@ -156,7 +172,9 @@ fn visible_vhosts(b: &Broker, user: &User) -> Vec<Arc<VHost>> {
 
 async fn overview(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
     let (mut queues, mut exchanges, mut ready, mut unacked) = (0, 0, 0, 0);
-    for vh in visible_vhosts(&b, &user) {
+    let vhosts = visible_vhosts(&b, &user);
+    let (counts, rates) = message_totals(&b, &vhosts);
+    for vh in vhosts {
         exchanges += vh.exchanges().len();
         for q in vh.queues() {
             queues += 1;
@@ -178,6 +196,8 @@ async fn overview(State(b): State<Arc<Broker>>, Extension(user): Extension<User>
             "messages_ready": ready,
             "messages_unacknowledged": unacked,
         },
+        "message_stats": message_stats_json(&counts, &rates, VHOST_FIELDS),
+        "statistics_interval_ms": b.config.http.stats_interval_ms,
         "memory": {
             "used": b.memory.used(),
             "high_watermark": b.memory.high_watermark(),
@@ -187,19 +207,77 @@ async fn overview(State(b): State<Arc<Broker>>, Extension(user): Extension<User>
 }
 
 async fn vhosts(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
+    let connections = b.connections();
+    let table = b.stats.table();
     Json(Value::Array(
         visible_vhosts(&b, &user)
             .iter()
-            .map(|v| json!({"name": v.name}))
+            .map(|v| {
+                let counts = vhost_counts(&table, v, &connections);
+                let rates = table.vhost_rates(&v.name);
+                json!({
+                    "name": v.name,
+                    "message_stats": message_stats_json(&counts, &rates, VHOST_FIELDS),
+                })
+            })
             .collect(),
     ))
 }
 
+/// The summed counts and rates of `vhosts`, for the overview.
+fn message_totals(b: &Broker, vhosts: &[Arc<VHost>]) -> (Counts, Rates) {
+    let connections = b.connections();
+    let table = b.stats.table();
+    let (mut counts, mut rates) = (Counts::default(), Rates::default());
+    for v in vhosts {
+        counts.add(&vhost_counts(&table, v, &connections));
+        rates.add(&table.vhost_rates(&v.name));
+    }
+    (counts, rates)
+}
+
+/// MQTT sessions (ours; RabbitMQ has no such endpoint), connected or waiting for their
+/// client, with their session queue's depth, for the dashboard. Users see the sessions of the
+/// vhosts they see.
+async fn mqtt_sessions(
+    State(b): State<Arc<Broker>>,
+    Extension(me): Extension<User>,
+) -> Json<Value> {
+    let vhosts: Vec<Arc<VHost>> = visible_vhosts(&b, &me);
+    let state = crate::adapter::mqtt::registry::MqttState::for_broker(&b);
+    let out = state
+        .session_summaries()
+        .into_iter()
+        .filter_map(|s| {
+            let vh = vhosts.iter().find(|v| v.name == s.vhost)?;
+            let messages = vh.queue(&s.queue).map_or(0, |q| {
+                let st = q.stats();
+                st.ready + st.unacked
+            });
+            Some(json!({
+                "client_id": s.client_id,
+                "vhost": s.vhost,
+                "queue": s.queue,
+                "connected": s.connected,
+                "subscriptions": s.subscriptions,
+                "in_flight": s.in_flight,
+                "pending": s.pending,
+                "messages": messages,
+                "expiry_interval": s.expiry_interval,
+            }))
+        })
+        .collect();
+    Json(Value::Array(out))
+}
+
 async fn queues(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
     let mut out = Vec::new();
-    for vh in visible_vhosts(&b, &user) {
+    let vhosts = visible_vhosts(&b, &user);
+    let table = b.stats.table();
+    for vh in vhosts {
         for q in vh.queues() {
             let s = q.stats();
+            let rates = table.rates(key_of(&q));
             out.push(json!({
                 "name": q.name,
                 "vhost": vh.name,
@@ -212,6 +290,7 @@ async fn queues(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) 
                 "messages": s.ready + s.unacked,
                 "message_bytes_ready": s.ready_bytes,
                 "consumers": s.consumers,
+                "message_stats": message_stats_json(&s.counters.counts(), &rates, QUEUE_FIELDS),
             }));
         }
     }
@@ -220,8 +299,11 @@ async fn queues(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) 
 
 async fn exchanges(State(b): State<Arc<Broker>>, Extension(user): Extension<User>) -> Json<Value> {
     let mut out = Vec::new();
-    for vh in visible_vhosts(&b, &user) {
+    let vhosts = visible_vhosts(&b, &user);
+    let table = b.stats.table();
+    for vh in vhosts {
         for e in vh.exchanges() {
+            let rates = table.rates(key_of(&e));
             out.push(json!({
                 "name": e.name,
                 "vhost": vh.name,
@@ -230,6 +312,7 @@ async fn exchanges(State(b): State<Arc<Broker>>, Extension(user): Extension<User
                 "auto_delete": e.auto_delete,
                 "internal": e.internal,
                 "arguments": field_table_to_json(&e.arguments),
+                "message_stats": message_stats_json(&e.stats.counts(), &rates, EXCHANGE_FIELDS),
             }));
         }
     }
@@ -255,15 +338,17 @@ async fn bindings(State(b): State<Arc<Broker>>, Extension(user): Extension<User>
 
 async fn connections(State(b): State<Arc<Broker>>, Extension(me): Extension<User>) -> Json<Value> {
     let sees_all = me.is_administrator() || me.has_tag(tag::MONITORING);
+    let table = b.stats.table();
     let out = b
         .connections()
         .iter()
         .filter_map(|c| {
-            let session = c.session.lock().map(|s| s.clone()).unwrap_or(None);
-            let (user, vhost) = session.unwrap_or_default();
+            let (user, vhost) = session_of(c);
             if !sees_all && user != me.name {
                 return None;
             }
+            let (recv_oct, send_oct) = c.stats.octets();
+            let (recv_rate, send_rate) = table.octet_rates(key_of(c));
             let connected_at = c
                 .connected_at
                 .duration_since(std::time::UNIX_EPOCH)
@@ -279,8 +364,29 @@ async fn connections(State(b): State<Arc<Broker>>, Extension(me): Extension<User
                 "channels": c.channels.load(std::sync::atomic::Ordering::Relaxed),
                 "state": if user.is_empty() { "starting" } else { "running" },
                 "connected_at": connected_at,
+                "client_properties": client_properties(c),
+                "recv_oct": recv_oct,
+                "recv_oct_details": {"rate": recv_rate},
+                "send_oct": send_oct,
+                "send_oct_details": {"rate": send_rate},
+                "message_stats": message_stats_json(
+                    &c.stats.counts(),
+                    &table.rates(key_of(c)),
+                    CONNECTION_FIELDS,
+                ),
             }))
         })
         .collect();
     Json(Value::Array(out))
+}
+
+/// What the client said about itself: for MQTT its client id (RabbitMQ's MQTT plugin shows it
+/// as `client_properties.client_id`).
+fn client_properties(c: &crate::core::broker::ConnectionEntry) -> Value {
+    let id = c.client_id.lock().map(|s| s.clone()).unwrap_or_default();
+    if id.is_empty() {
+        json!({})
+    } else {
+        json!({ "client_id": id })
+    }
 }
