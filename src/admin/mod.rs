@@ -4,6 +4,7 @@
 //! RabbitMQ (see [`allowed`]).
 
 mod access;
+mod dashboard;
 mod json;
 pub mod metrics;
 
@@ -90,6 +91,9 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/api/mqtt/sessions", get(mqtt_sessions))
         .merge(access::routes())
         .layer(middleware::from_fn_with_state(broker.clone(), authenticate))
+        // Added after the authentication layer, so not behind it: the page loads without
+        // credentials and shows its login form.
+        .merge(dashboard::routes())
         .with_state(broker)
 }
 
