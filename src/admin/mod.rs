@@ -110,11 +110,18 @@ async fn authenticate(State(broker): State<Arc<Broker>>, req: Request, next: Nex
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .and_then(|b| String::from_utf8(b).ok());
+    // A script's request (the dashboard's) gets no basic-auth challenge: a browser would answer
+    // one with its own login dialog instead of letting the page show the failure.
+    let from_script = req.headers().contains_key("x-requested-with");
     let unauthorized = || {
+        let body = Json(json!({"error": "not_authorised", "reason": "Login failed"}));
+        if from_script {
+            return (StatusCode::UNAUTHORIZED, body).into_response();
+        }
         (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"Switchboard\"")],
-            Json(json!({"error": "not_authorised", "reason": "Login failed"})),
+            body,
         )
             .into_response()
     };

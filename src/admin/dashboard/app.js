@@ -31,7 +31,9 @@ class ApiError extends Error {
 }
 
 async function api(method, path, body) {
-  const headers = { Authorization: "Basic " + auth };
+  // X-Requested-With: the broker then sends no basic-auth challenge that would make the
+  // browser open its own login dialog.
+  const headers = { Authorization: "Basic " + auth, "X-Requested-With": "XMLHttpRequest" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const res = await fetch(path, {
     method,
