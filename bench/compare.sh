@@ -40,6 +40,7 @@ start_switchboard() {
     SWITCHBOARD_STOMP_LISTEN="[\"${STOMP[switchboard]}\"]" \
     SWITCHBOARD_MQTT_LISTEN="[\"${MQTT[switchboard]}\"]" \
     SWITCHBOARD_HTTP_LISTEN='["127.0.0.1:15692"]' \
+    SWITCHBOARD_PROMETHEUS_LISTEN="[]" \
     SWITCHBOARD_LOG=warn \
         "$BIN" serve >"$WORK/switchboard.log" 2>&1 &
     PID[switchboard]=$!

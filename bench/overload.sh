@@ -34,6 +34,7 @@ start_broker() {
     SWITCHBOARD_STOMP_LISTEN='["127.0.0.1:0"]' \
     SWITCHBOARD_MQTT_LISTEN='["127.0.0.1:0"]' \
     SWITCHBOARD_HTTP_LISTEN='["127.0.0.1:0"]' \
+    SWITCHBOARD_PROMETHEUS_LISTEN='["127.0.0.1:0"]' \
     SWITCHBOARD_LOG=warn \
         "$BIN" serve --ports-file "$WORK/ports.json" >>"$WORK/switchboard.log" 2>&1 &
     PID=$!

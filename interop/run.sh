@@ -14,6 +14,21 @@ INTEROP_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$INTEROP_DIR/.." && pwd)"
 VENV="$INTEROP_DIR/.venv"
 
+# The dashboard's browser test (tests/test_dashboard.py) drives Debian's headless Chromium
+# through chromedriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            chromium chromium-driver; } </dev/null >/dev/null || {
+            echo "run.sh: could not install chromium and chromium-driver with apt-get" >&2
+            exit 1
+        }
+    else
+        echo "run.sh: chromium and chromedriver are needed (Debian: apt-get install chromium chromium-driver)" >&2
+        exit 1
+    fi
+fi
+
 if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
     python3 -m venv --clear "$VENV" || {
         echo "run.sh: 'python3 -m venv' failed (on Debian/Ubuntu: apt-get install python3-venv)" >&2

@@ -14,7 +14,15 @@ pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Sections that `SWITCHBOARD_<SECTION>_<KEY>` can reach. Other `SWITCHBOARD_*` variables (such
 /// as `SWITCHBOARD_LOG`, or a test harness's `SWITCHBOARD_BIN`) are not configuration.
-const ENV_SECTIONS: &[&str] = &["server", "store", "amqp", "mqtt", "stomp", "http"];
+const ENV_SECTIONS: &[&str] = &[
+    "server",
+    "store",
+    "amqp",
+    "mqtt",
+    "stomp",
+    "http",
+    "prometheus",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,6 +55,9 @@ pub struct Config {
     pub stomp: StompConfig,
     #[serde(default)]
     pub http: ListenerConfig,
+    /// The Prometheus scrape listener (`/metrics`, `/metrics/per-object`).
+    #[serde(default)]
+    pub prometheus: PrometheusConfig,
     #[serde(default)]
     pub users: Vec<UserConfig>,
     #[serde(default)]
@@ -350,6 +361,10 @@ pub struct ListenerConfig {
     /// closes idle management connections after 5 s.
     #[serde(default = "default_http_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// How often message counters are sampled into rates (RabbitMQ's
+    /// `collect_statistics_interval`); 0 = never (counts are still reported, rates are 0).
+    #[serde(default = "default_stats_interval_ms")]
+    pub stats_interval_ms: u64,
 }
 
 impl Default for ListenerConfig {
@@ -357,8 +372,33 @@ impl Default for ListenerConfig {
         ListenerConfig {
             listen: Vec::new(),
             idle_timeout_ms: default_http_idle_timeout_ms(),
+            stats_interval_ms: default_stats_interval_ms(),
         }
     }
+}
+
+fn default_stats_interval_ms() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    #[serde(default = "default_prometheus_listen")]
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            listen: default_prometheus_listen(),
+        }
+    }
+}
+
+/// RabbitMQ's `rabbitmq_prometheus` port.
+fn default_prometheus_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([0, 0, 0, 0], 15692))]
 }
 
 fn default_http_idle_timeout_ms() -> u64 {

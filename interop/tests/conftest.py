@@ -45,6 +45,10 @@ heartbeat_ms = 200
 
 [http]
 listen = ["127.0.0.1:0"]
+stats_interval_ms = 500
+
+[prometheus]
+listen = ["127.0.0.1:0"]
 
 [[users]]
 name = "guest"

@@ -15,6 +15,7 @@
 //! capacity kept for the next write (up to `RETAINED_CAPACITY`).
 
 use crate::core::memory::{MemoryCharge, MemoryMonitor};
+use crate::core::stats::ConnectionCounters;
 use bytes::BytesMut;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -53,6 +54,8 @@ pub struct Outbox {
     pub writer_done: Notify,
     /// Charged for the bytes being written; none for outboxes of unit tests.
     memory: Option<Arc<MemoryMonitor>>,
+    /// Where the bytes written are counted (the connection's `send_oct`), once set.
+    counters: std::sync::OnceLock<Arc<ConnectionCounters>>,
 }
 
 impl Outbox {
@@ -66,6 +69,11 @@ impl Outbox {
             memory: Some(memory.clone()),
             ..Outbox::new()
         }
+    }
+
+    /// Counts the bytes written from now on into `counters`.
+    pub fn count_into(&self, counters: &Arc<ConnectionCounters>) {
+        let _ = self.counters.set(counters.clone());
     }
 
     /// A charge for bytes being written (nothing for outboxes without a monitor).
@@ -149,6 +157,9 @@ impl Outbox {
     /// After `out` was written: empties it, and says whether consumers refused for lack of
     /// room may deliver again.
     fn written(&self, out: &mut BytesMut) -> bool {
+        if let Some(c) = self.counters.get() {
+            c.sent(out.len());
+        }
         out.clear();
         if out.capacity() > RETAINED_CAPACITY {
             // A burst grew it; do not keep that much per connection forever.

@@ -360,7 +360,7 @@ async fn delete_topic_permissions(
 
 async fn get_vhost(State(b): B, Path(name): Path<String>) -> Response {
     match b.vhost(&name) {
-        Some(vh) => Json(super::overview::vhost_json(&vh)).into_response(),
+        Some(vh) => Json(super::overview::vhost_json(&b, &vh)).into_response(),
         None => not_found(),
     }
 }

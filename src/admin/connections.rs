@@ -8,6 +8,8 @@ use super::queues::visible;
 use super::visible_vhosts;
 use crate::core::access::{tag, User};
 use crate::core::broker::ConnectionEntry;
+use crate::core::sampler::session_of;
+use crate::core::stats::{key_of, message_stats_json, CONNECTION_FIELDS};
 use crate::core::{Broker, VHost};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -28,17 +30,13 @@ pub fn routes() -> Router<Arc<Broker>> {
         .route("/api/consumers/{vhost}", get(consumers_in))
 }
 
-/// The (user, vhost) of a connection; empty until it has authenticated and opened a vhost.
-fn session(c: &ConnectionEntry) -> (String, String) {
-    c.session
-        .lock()
-        .map(|s| s.clone())
-        .unwrap_or(None)
-        .unwrap_or_default()
-}
-
-pub fn connection_json(b: &Broker, c: &ConnectionEntry) -> Value {
-    let (user, vhost) = session(c);
+pub fn connection_json(b: &Broker, c: &Arc<ConnectionEntry>) -> Value {
+    let (user, vhost) = session_of(c);
+    let (recv_oct, send_oct) = c.stats.octets();
+    let (table_rates, (recv_rate, send_rate)) = {
+        let table = b.stats.table();
+        (table.rates(key_of(c)), table.octet_rates(key_of(c)))
+    };
     let connected_at = c
         .connected_at
         .duration_since(std::time::UNIX_EPOCH)
@@ -57,7 +55,24 @@ pub fn connection_json(b: &Broker, c: &ConnectionEntry) -> Value {
         "state": if user.is_empty() { "starting" } else { "running" },
         "connected_at": connected_at,
         "ssl": false,
+        "client_properties": client_properties(c),
+        "recv_oct": recv_oct,
+        "recv_oct_details": {"rate": recv_rate},
+        "send_oct": send_oct,
+        "send_oct_details": {"rate": send_rate},
+        "message_stats": message_stats_json(&c.stats.counts(), &table_rates, CONNECTION_FIELDS),
     })
+}
+
+/// What the client said about itself: for MQTT its client id (RabbitMQ's MQTT plugin shows it
+/// as `client_properties.client_id`).
+fn client_properties(c: &ConnectionEntry) -> Value {
+    let id = c.client_id.lock().map(|s| s.clone()).unwrap_or_default();
+    if id.is_empty() {
+        json!({})
+    } else {
+        json!({ "client_id": id })
+    }
 }
 
 /// The connections `me` may see, as JSON.
@@ -66,7 +81,7 @@ fn connections_for(b: &Broker, me: &User, vhost: Option<&str>) -> Vec<Value> {
     b.connections()
         .iter()
         .filter(|c| {
-            let (user, vh) = session(c);
+            let (user, vh) = session_of(c);
             (sees_all || user == me.name) && vhost.is_none_or(|v| v == vh)
         })
         .map(|c| connection_json(b, c))
@@ -97,7 +112,7 @@ fn find(b: &Broker, me: &User, name: &str) -> Option<Arc<ConnectionEntry>> {
     let sees_all = me.is_administrator() || me.has_tag(tag::MONITORING);
     b.connections()
         .into_iter()
-        .find(|c| c.name() == name && (sees_all || session(c).0 == me.name))
+        .find(|c| c.name() == name && (sees_all || session_of(c).0 == me.name))
 }
 
 async fn show(State(b): B, Extension(me): Extension<User>, Path(name): Path<String>) -> Response {
@@ -147,7 +162,7 @@ pub fn consumers_of(b: &Broker, vhosts: &[Arc<VHost>]) -> Vec<Value> {
                         "connection_name": conn.map(|e| e.name()),
                         "peer_host": conn.map(|e| e.peer.ip().to_string()),
                         "peer_port": conn.map(|e| e.peer.port()),
-                        "user": conn.map(|e| session(e).0),
+                        "user": conn.map(|e| session_of(e).0),
                         "node": super::node_name(b),
                     },
                 }));

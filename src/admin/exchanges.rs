@@ -9,6 +9,7 @@ use super::queues::visible;
 use super::reply::{core_error, flag, vhost};
 use super::visible_vhosts;
 use crate::core::access::User;
+use crate::core::stats::{key_of, message_stats_json, EXCHANGE_FIELDS};
 use crate::core::vhost::ExchangeSpec;
 use crate::core::{Broker, Exchange, Message, VHost};
 use axum::extract::{Path, Query, State};
@@ -51,7 +52,9 @@ pub fn exchange_name(segment: &str) -> &str {
     }
 }
 
-pub fn exchange_json(vhost: &str, e: &Exchange) -> Value {
+/// An exchange as RabbitMQ's management API shows it, with its counters and the sampler's rates.
+pub fn exchange_json(b: &Broker, vhost: &str, e: &Arc<Exchange>) -> Value {
+    let rates = b.stats.table().rates(key_of(e));
     json!({
         "name": e.name,
         "vhost": vhost,
@@ -62,16 +65,17 @@ pub fn exchange_json(vhost: &str, e: &Exchange) -> Value {
         "arguments": field_table_to_json(&e.arguments),
         "user_who_performed_action": "rmq-internal",
         "policy": Value::Null,
+        "message_stats": message_stats_json(&e.stats.counts(), &rates, EXCHANGE_FIELDS),
     })
 }
 
-fn exchanges_of(vhosts: &[Arc<VHost>]) -> Vec<Value> {
+fn exchanges_of(b: &Broker, vhosts: &[Arc<VHost>]) -> Vec<Value> {
     vhosts
         .iter()
         .flat_map(|vh| {
             vh.exchanges()
                 .into_iter()
-                .map(|e| exchange_json(&vh.name, &e))
+                .map(|e| exchange_json(b, &vh.name, &e))
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -82,7 +86,7 @@ async fn list_all(
     Extension(user): Extension<User>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    respond(exchanges_of(&visible_vhosts(&b, &user)), &q)
+    respond(exchanges_of(&b, &visible_vhosts(&b, &user)), &q)
 }
 
 async fn list_in(
@@ -92,7 +96,7 @@ async fn list_in(
     Query(q): Query<ListQuery>,
 ) -> Response {
     match visible(&b, &user, &vh) {
-        Ok(vh) => respond(exchanges_of(&[vh]), &q),
+        Ok(vh) => respond(exchanges_of(&b, &[vh]), &q),
         Err(r) => r.into_response(),
     }
 }
@@ -107,7 +111,7 @@ async fn show(
         Err(r) => return r.into_response(),
     };
     match vh.exchange(exchange_name(&name)) {
-        Some(e) => Json(exchange_json(&vh.name, &e)).into_response(),
+        Some(e) => Json(exchange_json(&b, &vh.name, &e)).into_response(),
         None => not_found(),
     }
 }

@@ -6,12 +6,15 @@
 mod access;
 mod bindings;
 mod connections;
+mod dashboard;
 mod definitions;
 mod exchanges;
 mod health;
 mod json;
 mod listing;
 mod messages;
+pub mod metrics;
+mod mqtt;
 mod overview;
 mod policies;
 mod queues;
@@ -42,12 +45,21 @@ pub use overview::{node_name, Listeners};
 /// time of opening or of its last response, so idle or half-sent requests cannot hold file
 /// descriptors.
 pub async fn serve(
-    mut acceptor: crate::net::accept::Acceptor,
+    acceptor: crate::net::accept::Acceptor,
     broker: Arc<Broker>,
     listeners: Listeners,
 ) {
-    let idle_timeout = std::time::Duration::from_millis(broker.config.http.idle_timeout_ms);
     let app = router(broker.clone(), listeners);
+    serve_app(acceptor, broker, app).await
+}
+
+/// Serves `app` on the connections `acceptor` admits, as [`serve`] describes.
+pub(crate) async fn serve_app(
+    mut acceptor: crate::net::accept::Acceptor,
+    broker: Arc<Broker>,
+    app: Router,
+) {
+    let idle_timeout = std::time::Duration::from_millis(broker.config.http.idle_timeout_ms);
     let mut shutdown = broker.shutdown_signal();
     loop {
         let (socket, peer, admitted) = tokio::select! {
@@ -92,10 +104,14 @@ pub fn router(broker: Arc<Broker>, listeners: Listeners) -> Router {
         .merge(health::routes())
         .merge(definitions::routes())
         .merge(policies::routes())
+        .merge(mqtt::routes())
         .merge(access::routes())
         .layer(Extension(listeners))
         .layer(Extension(overview::Started::now()))
         .layer(middleware::from_fn_with_state(broker.clone(), authenticate))
+        // Added after the authentication layer, so not behind it: the page loads without
+        // credentials and shows its login form.
+        .merge(dashboard::routes())
         .with_state(broker)
 }
 
@@ -112,11 +128,18 @@ async fn authenticate(State(broker): State<Arc<Broker>>, req: Request, next: Nex
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .and_then(|b| String::from_utf8(b).ok());
+    // A script's request (the dashboard's) gets no basic-auth challenge: a browser would answer
+    // one with its own login dialog instead of letting the page show the failure.
+    let from_script = req.headers().contains_key("x-requested-with");
     let unauthorized = || {
+        let body = Json(json!({"error": "not_authorised", "reason": "Login failed"}));
+        if from_script {
+            return (StatusCode::UNAUTHORIZED, body).into_response();
+        }
         (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"Switchboard\"")],
-            Json(json!({"error": "not_authorised", "reason": "Login failed"})),
+            body,
         )
             .into_response()
     };

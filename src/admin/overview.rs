@@ -4,6 +4,8 @@
 use super::listing::{respond, ListQuery};
 use super::visible_vhosts;
 use crate::core::access::User;
+use crate::core::sampler::vhost_counts;
+use crate::core::stats::{message_stats_json, Counts, Rates, VHOST_FIELDS};
 use crate::core::{Broker, VHost};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -104,7 +106,9 @@ async fn overview(
     Extension(listeners): Extension<Listeners>,
 ) -> Json<Value> {
     let (mut queues, mut exchanges, mut consumers, mut ready, mut unacked) = (0, 0, 0, 0, 0);
-    for vh in visible_vhosts(&b, &user) {
+    let vhosts = visible_vhosts(&b, &user);
+    let (counts, rates) = message_totals(&b, &vhosts);
+    for vh in vhosts {
         exchanges += vh.exchanges().len();
         for q in vh.queues() {
             queues += 1;
@@ -149,6 +153,8 @@ async fn overview(
             "messages_ready": ready,
             "messages_unacknowledged": unacked,
         },
+        "message_stats": message_stats_json(&counts, &rates, VHOST_FIELDS),
+        "statistics_interval_ms": b.config.http.stats_interval_ms,
         "memory": {
             "used": b.memory.used(),
             "high_watermark": b.memory.high_watermark(),
@@ -200,8 +206,28 @@ async fn node(
     Json(node_json(&b, started)).into_response()
 }
 
-/// A vhost as RabbitMQ lists it, with its message totals.
-pub fn vhost_json(vh: &VHost) -> Value {
+/// The summed counts and rates of `vhosts`, for the overview.
+fn message_totals(b: &Broker, vhosts: &[Arc<VHost>]) -> (Counts, Rates) {
+    let connections = b.connections();
+    let table = b.stats.table();
+    let (mut counts, mut rates) = (Counts::default(), Rates::default());
+    for v in vhosts {
+        counts.add(&vhost_counts(&table, v, &connections));
+        rates.add(&table.vhost_rates(&v.name));
+    }
+    (counts, rates)
+}
+
+/// A vhost as RabbitMQ lists it, with its message totals, counters and rates.
+pub fn vhost_json(b: &Broker, vh: &VHost) -> Value {
+    let (counts, rates) = {
+        let connections = b.connections();
+        let table = b.stats.table();
+        (
+            vhost_counts(&table, vh, &connections),
+            table.vhost_rates(&vh.name),
+        )
+    };
     let (mut ready, mut unacked) = (0, 0);
     for q in vh.queues() {
         let s = q.stats();
@@ -219,6 +245,7 @@ pub fn vhost_json(vh: &VHost) -> Value {
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
+        "message_stats": message_stats_json(&counts, &rates, VHOST_FIELDS),
     })
 }
 
@@ -229,7 +256,7 @@ async fn vhosts(
 ) -> Response {
     let items = visible_vhosts(&b, &user)
         .iter()
-        .map(|v| vhost_json(v))
+        .map(|v| vhost_json(&b, v))
         .collect();
     respond(items, &q)
 }

@@ -8,6 +8,7 @@ use super::messages::{encode_payload, properties_to_json};
 use super::reply::{core_error, flag, vhost, NotFound, API_CONNECTION};
 use super::{node_name, visible_vhosts};
 use crate::core::access::User;
+use crate::core::stats::{key_of, message_stats_json, QUEUE_FIELDS};
 use crate::core::vhost::QueueSpec;
 use crate::core::{Broker, Queue, VHost};
 use axum::extract::{Path, Query, State};
@@ -35,10 +36,10 @@ pub fn routes() -> Router<Arc<Broker>> {
         .route("/api/queues/{vhost}/{name}/bindings", get(bindings))
 }
 
-/// A queue as RabbitMQ's management API shows it (without `message_stats`: rates come from the
-/// sampler, not from here).
-pub fn queue_json(b: &Broker, q: &Queue) -> Value {
+/// A queue as RabbitMQ's management API shows it, with its counters and the sampler's rates.
+pub fn queue_json(b: &Broker, q: &Arc<Queue>) -> Value {
     let s = q.stats();
+    let rates = b.stats.table().rates(key_of(q));
     let exclusive_tag = q
         .consumers()
         .into_iter()
@@ -72,6 +73,7 @@ pub fn queue_json(b: &Broker, q: &Queue) -> Value {
         "memory": q.memory_bytes(),
         "policy": Value::Null,
         "effective_policy_definition": {},
+        "message_stats": message_stats_json(&s.counters.counts(), &rates, QUEUE_FIELDS),
     })
 }
 

@@ -7,6 +7,7 @@ use super::clock::SystemClock;
 use super::memory::MemoryMonitor;
 use super::policy::Policies;
 use super::queue::ConnectionId;
+use super::stats::{ConnectionCounters, Stats};
 use super::timer::Timer;
 use super::vhost::VHost;
 use crate::config::Config;
@@ -28,6 +29,11 @@ pub struct ConnectionEntry {
     pub channels: AtomicU32,
     /// (user, vhost) once authenticated and opened.
     pub session: Mutex<Option<(String, String)>>,
+    /// Messages and bytes through the connection, for `message_stats`; shared with the
+    /// connection's protocol state, which counts.
+    pub stats: Arc<ConnectionCounters>,
+    /// The client's own name for itself: the MQTT client id, else empty.
+    pub client_id: Mutex<String>,
     /// Set when the broker closes the connection (its user or vhost was deleted).
     forced: Notify,
     forced_reason: Mutex<Option<String>>,
@@ -74,6 +80,8 @@ pub struct Broker {
     pub timer: Arc<Timer>,
     /// Slows down repeated authentication failures from one address, for every protocol.
     pub auth_throttle: crate::net::auth_throttle::AuthThrottle,
+    /// Message rates, filled by [`super::stats::sample`].
+    pub stats: Stats,
     vhosts: DashMap<String, Arc<VHost>>,
     connections: DashMap<ConnectionId, Arc<ConnectionEntry>>,
     next_id: AtomicU64,
@@ -204,6 +212,7 @@ impl Broker {
         Arc::new(Broker {
             timer,
             auth_throttle: Default::default(),
+            stats: Stats::default(),
             access,
             policies,
             memory,
@@ -350,6 +359,8 @@ impl Broker {
             connected_at: SystemTime::now(),
             channels: AtomicU32::new(0),
             session: Mutex::new(None),
+            stats: Arc::default(),
+            client_id: Mutex::new(String::new()),
             forced: Notify::new(),
             forced_reason: Mutex::new(None),
         });
@@ -359,7 +370,9 @@ impl Broker {
 
     /// Forgets a connection and deletes its exclusive queues.
     pub fn unregister_connection(&self, id: ConnectionId) {
-        self.connections.remove(&id);
+        if let Some((_, entry)) = self.connections.remove(&id) {
+            super::sampler::connection_closed(self, &entry);
+        }
         for vh in self.vhosts() {
             vh.connection_closed(id);
         }

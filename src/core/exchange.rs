@@ -5,6 +5,7 @@ use super::hash::{FastHashMap, FastHasher};
 use super::headers::{HeadersSpec, InvalidXMatch};
 use super::message::Message;
 use super::queue::Queue;
+use super::stats::ExchangeCounters;
 use super::topic::TopicTrie;
 use indexmap::IndexMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -278,6 +279,8 @@ pub struct Exchange {
     /// For an `x-delayed-message` exchange (which routes as `kind`, its `x-delayed-type`): the
     /// messages held until their `x-delay` is over.
     pub delayed: Option<Arc<DelayedHold>>,
+    /// Messages in and out, for `message_stats`.
+    pub stats: ExchangeCounters,
     bindings: RwLock<BindingSet>,
 }
 
@@ -304,6 +307,7 @@ impl Exchange {
             internal,
             arguments,
             delayed: None,
+            stats: ExchangeCounters::default(),
             bindings: RwLock::new(BindingSet {
                 all: Vec::new(),
                 by_destination: FastHashMap::default(),

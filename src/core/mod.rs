@@ -15,6 +15,8 @@ pub mod message;
 pub mod policy;
 pub mod process_memory;
 pub mod queue;
+pub mod sampler;
+pub mod stats;
 pub mod stored;
 pub mod timer;
 pub mod topic;

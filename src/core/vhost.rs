@@ -1219,6 +1219,13 @@ impl VHost {
         msg: &Message,
         queues: &mut Vec<Arc<Queue>>,
     ) {
+        let before = queues.len();
+        self.route_through(exchange, msg, queues);
+        exchange.stats.routed(queues.len() - before);
+    }
+
+    /// Routing proper for [`VHost::route_now_into`], which counts what it did.
+    fn route_through(&self, exchange: &Arc<Exchange>, msg: &Message, queues: &mut Vec<Arc<Queue>>) {
         if exchange.name.is_empty() {
             if let Some(q) = self.queue(&msg.routing_key) {
                 queues.push(q);

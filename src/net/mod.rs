@@ -41,6 +41,7 @@ pub struct BoundAddrs {
     pub mqtt: Vec<SocketAddr>,
     pub stomp: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
+    pub prometheus: Vec<SocketAddr>,
 }
 
 /// A broker with its listeners running.
@@ -78,12 +79,14 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     let mqtt_ls = bind_all("MQTT", &config.mqtt.listen).await?;
     let stomp_ls = bind_all("STOMP", &config.stomp.listen).await?;
     let http_ls = bind_all("HTTP", &config.http.listen).await?;
+    let prometheus_ls = bind_all("Prometheus", &config.prometheus.listen).await?;
     let broker = Broker::open(config)?;
     let addrs = BoundAddrs {
         amqp: local_addrs(&amqp_ls),
         mqtt: local_addrs(&mqtt_ls),
         stomp: local_addrs(&stomp_ls),
         http: local_addrs(&http_ls),
+        prometheus: local_addrs(&prometheus_ls),
     };
     mqtt::persist::restore(&broker).await;
     let limits = limits::ConnectionLimits::new(
@@ -94,6 +97,10 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
         tokio::spawn(crate::core::stored::compact(broker.clone())),
         tokio::spawn(crate::core::stored::watch_disk(broker.clone())),
         tokio::spawn(broker.timer.clone().run(broker.shutdown_signal())),
+        tokio::spawn(crate::core::sampler::run(
+            broker.clone(),
+            Duration::from_millis(broker.config.http.stats_interval_ms),
+        )),
     ];
     for (protocol, ls) in [
         (Protocol::Amqp, amqp_ls),
@@ -117,6 +124,14 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
             acceptor,
             broker.clone(),
             admin::Listeners::from_bound(&addrs),
+        )));
+    }
+    for l in prometheus_ls {
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Prometheus listener started");
+        let acceptor = accept::Acceptor::new(l, limits.clone(), "Prometheus");
+        listeners.push(tokio::spawn(admin::metrics::serve(
+            acceptor,
+            broker.clone(),
         )));
     }
     Ok(RunningBroker {

@@ -46,6 +46,8 @@ listen = ["127.0.0.1:0"]
 listen = ["127.0.0.1:0"]
 [http]
 listen = ["127.0.0.1:0"]
+[prometheus]
+listen = ["127.0.0.1:0"]
 [[users]]
 name = "guest"
 password = "guest"

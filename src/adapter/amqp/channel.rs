@@ -10,6 +10,7 @@ use crate::core::access::permissions::{Perm, ResourceKind, TopicVars};
 use crate::core::access::PublishVerdicts;
 use crate::core::queue::args::parse_expiration;
 use crate::core::queue::{ConnectionId, ConsumeError};
+use crate::core::stats::ConnectionCounters;
 use crate::core::vhost::{generate_name, ExchangeSpec, QueueSpec};
 use crate::core::{Broker, Consumer, Exchange, ExchangeKind, Message, Queue, VHost};
 use bytes::{Bytes, BytesMut};
@@ -33,6 +34,8 @@ pub struct ConnCtx {
     pub frame_max: u32,
     pub max_message_size: u64,
     pub consumer_cancel_notify: bool,
+    /// The connection's message counters (`message_stats`).
+    pub counters: Arc<ConnectionCounters>,
 }
 
 impl ConnCtx {
@@ -170,6 +173,8 @@ struct Confirms {
     batch: Option<(u64, u64)>,
     /// Closed batches awaiting durability, and nacks, oldest first.
     waiting: VecDeque<Confirm>,
+    /// The last sequence number answered (acked or nacked), for the confirm count.
+    answered: u64,
 }
 
 /// One answer a confirm-mode publisher is owed.
@@ -878,6 +883,7 @@ impl Channel {
         message: Arc<Message>,
         mandatory: bool,
     ) -> Routed {
+        ctx.counters.published();
         // A delayed message is accepted (and confirmed once stored) now; as with RabbitMQ's
         // delayed-message plugin, `mandatory` cannot apply to a routing that happens later.
         if let Some(lsn) = ctx.vhost.hold_if_delayed(exchange, &message) {
@@ -955,8 +961,13 @@ impl Channel {
         while let Some(&next) = c.waiting.front() {
             match next {
                 Confirm::Ack { lsn, .. } if lsn > synced => break,
-                Confirm::Ack { seq, .. } => tag = Some(seq),
+                Confirm::Ack { seq, .. } => {
+                    ctx.counters.confirmed(seq.saturating_sub(c.answered));
+                    c.answered = seq;
+                    tag = Some(seq);
+                }
                 Confirm::Nack { seq } => {
+                    c.answered = seq;
                     // The acks before it go first, so the publisher sees them in order.
                     ack(&mut tag);
                     ctx.send(

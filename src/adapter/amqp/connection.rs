@@ -36,6 +36,7 @@ where
 {
     let entry = broker.register_connection("amqp", peer);
     let (outbox, writer) = Outbox::start(wr, &broker.memory);
+    outbox.count_into(&entry.stats);
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let negotiated = timeout(
         HANDSHAKE_TIMEOUT,
@@ -116,6 +117,7 @@ impl<'a> Connection<'a> {
                 frame_max: n.frame_max,
                 max_message_size: broker.config.amqp.max_message_size,
                 consumer_cancel_notify: n.consumer_cancel_notify,
+                counters: entry.stats.clone(),
             },
             entry,
             channels: FastHashMap::default(),
@@ -160,7 +162,7 @@ impl<'a> Connection<'a> {
                 read = rd.read_buf(&mut buf), if !blocked || closing => {
                     match read {
                         Ok(0) | Err(_) => return,
-                        Ok(_) => {}
+                        Ok(n) => entry.stats.received(n),
                     }
                     last_read = Instant::now();
                     match self.process(&mut buf, closing) {

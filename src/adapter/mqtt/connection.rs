@@ -103,6 +103,7 @@ impl Connection {
     /// durable queues, a retained message, the session's QoS 2 packet id) are durable.
     fn ack_publish(&mut self, qos: QoS, packet_id: u16, code: u8, lsn: u64) {
         if let Some(packet) = publish_ack(qos, packet_id, code) {
+            self.entry.stats.confirmed(1);
             self.send_when_synced(lsn, packet);
         }
     }
@@ -241,7 +242,8 @@ impl Connection {
             tokio::select! {
                 input = input => match input {
                     Input::Read(Ok(0) | Err(_)) => return Ending::Abnormal,
-                    Input::Read(Ok(_)) => {
+                    Input::Read(Ok(n)) => {
+                        self.entry.stats.received(n);
                         last_read = Instant::now();
                         if let Some(end) = self.process(&mut buf) {
                             return end;
@@ -558,6 +560,7 @@ impl Connection {
             }
         }
         let qos = p.qos;
+        self.entry.stats.published();
         let routed = self.publisher.route(InboundMessage {
             topic: p.topic,
             qos,

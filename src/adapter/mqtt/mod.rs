@@ -57,6 +57,7 @@ where
     let entry = broker.register_connection("mqtt", peer);
     // This task writes too (no writer task): one task per connection.
     let outbox = Arc::new(Outbox::charged_to(&broker.memory));
+    outbox.count_into(&entry.stats);
     let mut wr = InlineWriter::new(wr, &outbox);
     let opened = Box::pin(open(&mut rd, &outbox, &entry, peer, &broker)).await;
     if let Some((mut conn, buf)) = opened {
@@ -250,6 +251,9 @@ async fn handshake(
     send_connack(outbox, protocol, session_present, reason::SUCCESS, props);
     if let Ok(mut s) = entry.session.lock() {
         *s = Some((attached.user.clone(), attached.vhost.name.clone()));
+    }
+    if let Ok(mut id) = entry.client_id.lock() {
+        id.clone_from(&attached.key.client_id);
     }
     tracing::debug!(%peer, client = %attached.key.client_id, ?protocol, "MQTT connection opened");
     let link = Link::new(

@@ -134,3 +134,46 @@ impl MqttState {
         lock(&self.retained)
     }
 }
+
+/// One MQTT session as the management API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub client_id: String,
+    pub vhost: String,
+    pub queue: String,
+    pub connected: bool,
+    pub subscriptions: usize,
+    pub in_flight: usize,
+    pub pending: usize,
+    pub expiry_interval: u32,
+}
+
+impl MqttState {
+    /// Every session, connected or waiting for its client, sorted by vhost and client id.
+    pub fn session_summaries(&self) -> Vec<SessionSummary> {
+        let mut out: Vec<SessionSummary> = self
+            .sessions()
+            .values()
+            .map(|slot| {
+                let s = lock(&slot.session);
+                SessionSummary {
+                    client_id: s.client_id.clone(),
+                    vhost: s.vhost.clone(),
+                    queue: s.queue.clone(),
+                    connected: slot.owner.is_some(),
+                    subscriptions: s.subscriptions.len(),
+                    in_flight: s.in_flight.len(),
+                    pending: s.pending.len(),
+                    expiry_interval: s.expiry_interval,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.vhost, &a.client_id).cmp(&(&b.vhost, &b.client_id)));
+        out
+    }
+
+    /// Retained messages over every vhost.
+    pub fn retained_count(&self) -> usize {
+        lock(&self.retained).len()
+    }
+}

@@ -30,6 +30,7 @@ where
 {
     let entry = broker.register_connection("stomp", peer);
     let (outbox, writer) = Outbox::start(wr, &broker.memory);
+    outbox.count_into(&entry.stats);
     let limits = limits_of(&broker);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut decoder = Decoder::new();
@@ -60,7 +61,15 @@ where
                     *s = Some((n.user.clone(), n.vhost.name.clone()));
                 }
                 outbox.push(|out| encode(&connected, n.version, out));
-                let mut conn = Connection::new(&broker, entry.id, peer, &outbox, n, limits);
+                let mut conn = Connection::new(
+                    &broker,
+                    entry.id,
+                    peer,
+                    &outbox,
+                    n,
+                    limits,
+                    entry.stats.clone(),
+                );
                 conn.run(&mut rd, buf, &entry).await;
                 conn.session.cleanup();
             }
@@ -141,8 +150,10 @@ impl Connection {
         outbox: &Arc<Outbox>,
         n: Negotiated,
         limits: Limits,
+        counters: Arc<crate::core::stats::ConnectionCounters>,
     ) -> Self {
         let ctx = SessionCtx {
+            counters,
             broker: broker.clone(),
             vhost: n.vhost,
             conn_id,
@@ -193,7 +204,7 @@ impl Connection {
                 read = rd.read_buf(&mut buf), if !blocked => {
                     match read {
                         Ok(0) | Err(_) => return,
-                        Ok(_) => {}
+                        Ok(n) => entry.stats.received(n),
                     }
                     last_read = Instant::now();
                     if !self.process(&mut buf) {

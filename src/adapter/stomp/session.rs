@@ -55,6 +55,8 @@ pub struct SessionCtx {
     pub impersonator: bool,
     pub outbox: Arc<Outbox>,
     pub version: Version,
+    /// The connection's message counters (`message_stats`).
+    pub counters: Arc<crate::core::stats::ConnectionCounters>,
 }
 
 #[derive(Debug)]
@@ -231,6 +233,7 @@ impl Session {
     /// written to the message log (persistent, durable queue), once that record is durable.
     fn receipt_for_send(&mut self, receipt: Option<&str>, lsn: u64) {
         if let Some(r) = receipt {
+            self.ctx.counters.confirmed(1);
             self.queue_receipt(r, lsn);
         }
     }
@@ -312,6 +315,7 @@ impl Session {
     /// A queue that refuses the message because it is full (`x-overflow` `reject-publish`)
     /// makes it an error: the client gets an ERROR instead of its RECEIPT.
     fn route(&self, exchange: &Arc<Exchange>, message: Arc<Message>) -> StompResult<u64> {
+        self.ctx.counters.published();
         // A delayed message is accepted now (its receipt waits until it is stored); it is routed
         // when due.
         if let Some(lsn) = self.ctx.vhost.hold_if_delayed(exchange, &message) {
@@ -475,6 +479,7 @@ mod tests {
             impersonator: false,
             outbox: outbox.clone(),
             version: Version::V1_2,
+            counters: Default::default(),
         };
         (Session::new(ctx, "session-test".into()), outbox)
     }

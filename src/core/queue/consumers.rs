@@ -172,6 +172,15 @@ impl Consumers {
         .map(|r| &r.consumer)
     }
 
+    /// Every consumer with its priority, in registration order (for listings).
+    pub fn listed(&self) -> Vec<(Consumer, i32)> {
+        let entries: Box<dyn Iterator<Item = &Registered>> = match &self.form {
+            Form::Few(v) => Box::new(v.iter()),
+            Form::Many(m) => Box::new(m.by_seq.values()),
+        };
+        entries.map(|r| (r.consumer.clone(), r.priority)).collect()
+    }
+
     /// Removes every consumer, in registration order.
     pub fn take_all(&mut self) -> Vec<Consumer> {
         self.exclusive = 0;

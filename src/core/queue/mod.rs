@@ -20,6 +20,7 @@ use super::clock::{Clock, SystemClock};
 use super::dead_letter::{DeadLetter, Reason};
 use super::memory::MemoryMonitor;
 use super::message::Message;
+use super::stats::QueueCounters;
 use super::timer::Timer;
 use super::vhost::VHost;
 use crate::core::hash::FastHashMap;
@@ -95,6 +96,8 @@ pub struct QueueStats {
     pub unacked: u64,
     pub consumers: u64,
     pub ready_bytes: u64,
+    /// Messages through the queue so far (its `message_stats`).
+    pub counters: QueueCounters,
 }
 
 fn boxed_unless_default(args: QueueArgs) -> Option<Box<QueueArgs>> {
@@ -183,6 +186,8 @@ struct QueueState {
     expired: u64,
     /// `x-expires` ran out: the queue is to be deleted once the lock is released.
     expire_queue: bool,
+    /// Message statistics, counted under the lock the queue holds anyway.
+    counters: QueueCounters,
 }
 
 /// What [`Queue::remove_consumer`] leaves behind.
@@ -252,6 +257,7 @@ impl Queue {
                 last_used: SystemClock.now_ms(),
                 expired: 0,
                 expire_queue: false,
+                counters: QueueCounters::default(),
             }),
             args: boxed_unless_default(args),
         }
@@ -374,6 +380,7 @@ impl Queue {
         }
         let id = st.next_id;
         st.next_id += 1;
+        st.counters.publish += 1;
         let (stored, lsn, page_out) = match &self.store {
             Some(store) if message.is_persistent() => {
                 let a = crate::core::stored::append_message(&store.log, store.id, id, &message);
@@ -445,6 +452,7 @@ impl Queue {
                 message,
                 redelivered: q.redelivered,
             };
+            st.counters.delivered(no_ack, delivery.redelivered);
             if !no_ack {
                 st.unacked.insert(q.id, q);
             } else if let Some(pos) = q.stored {
@@ -525,6 +533,7 @@ impl Queue {
         st.last_used = now;
         self.expire_heads(&mut st, now);
         let Some((q, message)) = self.pop_ready(&mut st) else {
+            st.counters.get_empty += 1;
             self.finish(st);
             return None;
         };
@@ -533,6 +542,7 @@ impl Queue {
             message,
             redelivered: q.redelivered,
         };
+        st.counters.got(no_ack, delivery.redelivered);
         if !no_ack {
             st.unacked.insert(q.id, q);
         } else if let Some(pos) = q.stored {
@@ -548,10 +558,11 @@ impl Queue {
         let mut st = self.lock();
         let mut persisted = Vec::new();
         for id in ids {
-            if let Some(Queued {
-                stored: Some(pos), ..
-            }) = st.unacked.remove(id)
-            {
+            let Some(q) = st.unacked.remove(id) else {
+                continue;
+            };
+            st.counters.ack += 1;
+            if let Some(pos) = q.stored {
                 persisted.push((*id, pos));
             }
         }
@@ -641,6 +652,7 @@ impl Queue {
             unacked: st.unacked.len() as u64,
             consumers: st.consumers.len() as u64,
             ready_bytes: st.ready_bytes,
+            counters: st.counters,
         }
     }
 
@@ -654,11 +666,7 @@ impl Queue {
 
     /// The consumers with their priorities, for the management API's listings.
     pub fn consumers(&self) -> Vec<(Consumer, i32)> {
-        self.lock()
-            .consumers
-            .iter()
-            .map(|r| (r.consumer.clone(), r.priority))
-            .collect()
+        self.lock().consumers.listed()
     }
 
     /// The bytes of ready messages held in memory (the figure the memory budget counts).

@@ -106,7 +106,12 @@ fn prefetch_limits_and_requeue_keeps_order() {
             ready: 3,
             unacked: 2,
             consumers: 1,
-            ready_bytes: 3
+            ready_bytes: 3,
+            counters: crate::core::stats::QueueCounters {
+                publish: 5,
+                deliver: 2,
+                ..Default::default()
+            },
         }
     );
     // The consumer goes away without acking: both come back first, redelivered.
@@ -122,6 +127,8 @@ fn prefetch_limits_and_requeue_keeps_order() {
     assert_eq!((&d.message.body[..], d.redelivered), (&b"1"[..], true));
     let (d, _) = q.get(true).unwrap();
     assert_eq!((&d.message.body[..], d.redelivered), (&b"2"[..], false));
+    let c = q.stats().counters;
+    assert_eq!((c.get_no_ack, c.redeliver, c.ack), (3, 2, 0));
 }
 
 #[test]
