@@ -3,6 +3,7 @@
 
 pub mod accept;
 pub mod auth_throttle;
+pub mod driver;
 pub mod limits;
 
 use crate::adapter::{amqp, mqtt, stomp};

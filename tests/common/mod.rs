@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod in_memory;
 pub mod mqtt;
 pub mod process;
 pub mod raw;
