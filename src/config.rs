@@ -14,7 +14,7 @@ pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Sections that `SWITCHBOARD_<SECTION>_<KEY>` can reach. Other `SWITCHBOARD_*` variables (such
 /// as `SWITCHBOARD_LOG`, or a test harness's `SWITCHBOARD_BIN`) are not configuration.
-const ENV_SECTIONS: &[&str] = &["server", "store", "amqp", "mqtt", "stomp", "http"];
+const ENV_SECTIONS: &[&str] = &["server", "store", "amqp", "mqtt", "stomp", "http", "tls"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,6 +47,9 @@ pub struct Config {
     pub stomp: StompConfig,
     #[serde(default)]
     pub http: ListenerConfig,
+    /// Certificates for every `tls_listen` (and `wss_listen`) address.
+    #[serde(default)]
+    pub tls: TlsConfig,
     #[serde(default)]
     pub users: Vec<UserConfig>,
     #[serde(default)]
@@ -124,6 +127,9 @@ fn default_queue_memory_bytes() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
     pub listen: Vec<SocketAddr>,
+    /// AMQP over TLS (amqps, 5671 by convention); needs `[tls]`.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
     #[serde(default = "default_heartbeat")]
     pub heartbeat: u16,
     #[serde(default = "default_frame_max")]
@@ -140,6 +146,9 @@ pub struct AmqpConfig {
 pub struct MqttConfig {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// MQTT over TLS (mqtts, 8883 by convention); needs `[tls]`.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
     /// Vhost for user names without a `vhost:` prefix.
     #[serde(default = "default_mqtt_vhost")]
     pub default_vhost: String,
@@ -194,6 +203,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: Vec::new(),
+            tls_listen: Vec::new(),
             default_vhost: default_mqtt_vhost(),
             exchange: default_mqtt_exchange(),
             anonymous_user: default_mqtt_anonymous_user(),
@@ -258,6 +268,9 @@ fn default_mqtt_topic_alias_maximum() -> u16 {
 pub struct StompConfig {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// STOMP over TLS (61614 by convention); needs `[tls]`.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
     /// The vhost for a CONNECT whose `host` names no vhost (most clients send the server's
     /// hostname there), as ActiveMQ does.
     #[serde(default = "default_stomp_vhost")]
@@ -292,6 +305,7 @@ impl Default for StompConfig {
     fn default() -> Self {
         StompConfig {
             listen: Vec::new(),
+            tls_listen: Vec::new(),
             default_vhost: default_stomp_vhost(),
             default_login: None,
             default_passcode: None,
@@ -330,6 +344,9 @@ fn default_stomp_max_header_line() -> usize {
 pub struct ListenerConfig {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// HTTPS; needs `[tls]`.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
     /// An HTTP connection that has not sent a whole request head this long after it opened or
     /// after its last response is closed (idle and slow-header connections alike), as RabbitMQ
     /// closes idle management connections after 5 s.
@@ -341,6 +358,7 @@ impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
             listen: Vec::new(),
+            tls_listen: Vec::new(),
             idle_timeout_ms: default_http_idle_timeout_ms(),
         }
     }
@@ -348,6 +366,31 @@ impl Default for ListenerConfig {
 
 fn default_http_idle_timeout_ms() -> u64 {
     5_000
+}
+
+/// The server's certificate and the client certificates it accepts, as RabbitMQ's
+/// `ssl_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's own certificate first.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// PEM certificates of the authorities client certificates are verified against.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Ask clients for a certificate and verify it against `ca_file`.
+    #[serde(default)]
+    pub verify_peer: bool,
+    /// With `verify_peer`: refuse clients that send no certificate.
+    #[serde(default)]
+    pub fail_if_no_peer_cert: bool,
+    /// TLS versions offered, of `tlsv1.2` and `tlsv1.3` (empty: both); the lowest is the floor.
+    #[serde(default)]
+    pub versions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

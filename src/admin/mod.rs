@@ -29,7 +29,11 @@ pub use json::field_table_to_json;
 /// `http.idle_timeout_ms` closes a connection that sends no complete request head within that
 /// time of opening or of its last response, so idle or half-sent requests cannot hold file
 /// descriptors.
-pub async fn serve(mut acceptor: crate::net::accept::Acceptor, broker: Arc<Broker>) {
+pub async fn serve(
+    mut acceptor: crate::net::accept::Acceptor,
+    broker: Arc<Broker>,
+    tls: Option<Arc<crate::net::tls::TlsServer>>,
+) {
     let idle_timeout = std::time::Duration::from_millis(broker.config.http.idle_timeout_ms);
     let app = router(broker.clone());
     let mut shutdown = broker.shutdown_signal();
@@ -39,28 +43,56 @@ pub async fn serve(mut acceptor: crate::net::accept::Acceptor, broker: Arc<Broke
             _ = shutdown.changed() => return,
         };
         let service = TowerToHyperService::new(app.clone().layer(Extension(ConnectInfo(peer))));
-        let mut shutdown = broker.shutdown_signal();
+        let shutdown = broker.shutdown_signal();
+        let tls = tls.clone();
         tokio::spawn(async move {
             // Counted against the connection limits until the connection ends.
             let _admitted = admitted;
-            let mut builder = http1::Builder::new();
-            builder.timer(TokioTimer::new());
-            if !idle_timeout.is_zero() {
-                builder.header_read_timeout(idle_timeout);
-            }
-            let conn = builder.serve_connection(TokioIo::new(socket), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match tls {
+                None => serve_connection(socket, peer, service, idle_timeout, shutdown).await,
+                Some(tls) => {
+                    if let Some(stream) = tls.accept(socket, peer).await {
+                        serve_connection(stream, peer, service, idle_timeout, shutdown).await;
+                    }
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended");
             }
         });
+    }
+}
+
+/// Serves HTTP/1 on one connection over any transport (TCP, TLS).
+async fn serve_connection<S, Svc>(
+    socket: S,
+    peer: std::net::SocketAddr,
+    service: Svc,
+    idle_timeout: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    Svc: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+        > + Send
+        + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new());
+    if !idle_timeout.is_zero() {
+        builder.header_read_timeout(idle_timeout);
+    }
+    let conn = builder.serve_connection(TokioIo::new(socket), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
     }
 }
 
