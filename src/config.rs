@@ -149,6 +149,9 @@ pub struct MqttConfig {
     /// MQTT over TLS (mqtts, 8883 by convention); needs `[tls]`.
     #[serde(default)]
     pub tls_listen: Vec<SocketAddr>,
+    /// A TLS client whose CONNECT has no user name logs in as its certificate's common name.
+    #[serde(default)]
+    pub ssl_cert_login: bool,
     /// Vhost for user names without a `vhost:` prefix.
     #[serde(default = "default_mqtt_vhost")]
     pub default_vhost: String,
@@ -204,6 +207,7 @@ impl Default for MqttConfig {
         MqttConfig {
             listen: Vec::new(),
             tls_listen: Vec::new(),
+            ssl_cert_login: false,
             default_vhost: default_mqtt_vhost(),
             exchange: default_mqtt_exchange(),
             anonymous_user: default_mqtt_anonymous_user(),
@@ -271,6 +275,9 @@ pub struct StompConfig {
     /// STOMP over TLS (61614 by convention); needs `[tls]`.
     #[serde(default)]
     pub tls_listen: Vec<SocketAddr>,
+    /// A TLS client whose CONNECT has no `login` logs in as its certificate's common name.
+    #[serde(default)]
+    pub ssl_cert_login: bool,
     /// The vhost for a CONNECT whose `host` names no vhost (most clients send the server's
     /// hostname there), as ActiveMQ does.
     #[serde(default = "default_stomp_vhost")]
@@ -306,6 +313,7 @@ impl Default for StompConfig {
         StompConfig {
             listen: Vec::new(),
             tls_listen: Vec::new(),
+            ssl_cert_login: false,
             default_vhost: default_stomp_vhost(),
             default_login: None,
             default_passcode: None,

@@ -202,3 +202,92 @@ async fn a_broken_tls_configuration_stops_the_start() {
     let err = switchboard::start(config).await.err().expect("refused");
     assert!(err.to_string().contains("key_file"), "{err}");
 }
+
+#[tokio::test]
+async fn a_client_certificate_logs_in_as_its_common_name() {
+    use switchboard_amqp::*;
+    let pki = TestPki::new();
+    let any = LOOPBACK_ANY.parse().unwrap();
+    let b = TestBroker::start_with(|c| {
+        c.tls = pki.server_config(true, true);
+        c.amqp.tls_listen = vec![any];
+        c.mqtt.tls_listen = vec![any];
+        c.stomp.tls_listen = vec![any];
+        c.mqtt.ssl_cert_login = true;
+        c.stomp.ssl_cert_login = true;
+    })
+    .await;
+    let alice = pki.connector(Some(pki.client_identity("alice")));
+
+    // AMQP: SASL EXTERNAL, offered only with a client certificate.
+    let stream = tls::connect(&alice, b.addrs().amqp_tls[0]).await.unwrap();
+    let mut amqp = RawClient::over(stream);
+    amqp.send_bytes(PROTOCOL_HEADER).await;
+    match amqp.recv_method().await {
+        (0, Method::ConnectionStart(s)) => {
+            assert!(String::from_utf8_lossy(&s.mechanisms).contains("EXTERNAL"))
+        }
+        other => panic!("expected connection.start, got {other:?}"),
+    }
+    amqp.send(
+        0,
+        ConnectionStartOk {
+            client_properties: FieldTable::new(),
+            mechanism: "EXTERNAL".into(),
+            response: bytes::Bytes::new(),
+            locale: "en_US".into(),
+        },
+    )
+    .await;
+    let tune = match amqp.recv_method().await {
+        (0, Method::ConnectionTune(t)) => t,
+        other => panic!("expected connection.tune, got {other:?}"),
+    };
+    amqp.send(
+        0,
+        ConnectionTuneOk {
+            channel_max: tune.channel_max,
+            frame_max: tune.frame_max,
+            heartbeat: 0,
+        },
+    )
+    .await;
+    amqp.send(
+        0,
+        ConnectionOpen {
+            virtual_host: "/".into(),
+        },
+    )
+    .await;
+    assert!(matches!(
+        amqp.recv_method().await,
+        (0, Method::ConnectionOpenOk(_))
+    ));
+
+    // MQTT without a user name, STOMP without a login: the certificate's name.
+    let stream = tls::connect(&alice, b.addrs().mqtt_tls[0]).await.unwrap();
+    let protocol = switchboard_mqtt::Protocol::V311;
+    let mut connect = connect_packet(protocol, "by-cert", true);
+    connect.username = None;
+    connect.password = None;
+    let (_mqtt, ack) = RawMqtt::over(stream, protocol).handshake(connect).await;
+    assert_eq!(ack.code, 0);
+    let stream = tls::connect(&alice, b.addrs().stomp_tls[0]).await.unwrap();
+    let (_stomp, answer) = StompClient::over(stream)
+        .handshake(&[("accept-version", "1.2")])
+        .await;
+    assert_eq!(answer.command, Command::Connected, "{answer:?}");
+
+    common::wait_until("three connections logged in as alice", || {
+        let users: Vec<_> = b
+            .broker()
+            .connections()
+            .iter()
+            .filter_map(|c| c.session.lock().ok().and_then(|s| s.clone()))
+            .map(|(user, _)| user)
+            .collect();
+        users == ["alice", "alice", "alice"]
+    })
+    .await;
+    b.stop().await;
+}

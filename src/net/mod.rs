@@ -216,16 +216,23 @@ impl Protocol {
         }
     }
 
-    /// Serves one connection over any transport.
-    async fn serve<R, W>(self, rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
-    where
+    /// Serves one connection over any transport; `cert_name`: the common name of the client's
+    /// verified TLS certificate, for certificate login.
+    async fn serve<R, W>(
+        self,
+        rd: R,
+        wr: W,
+        peer: SocketAddr,
+        cert_name: Option<String>,
+        broker: Arc<Broker>,
+    ) where
         R: tokio::io::AsyncRead + Unpin,
         W: tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         match self {
-            Protocol::Amqp => amqp::serve_stream(rd, wr, peer, broker).await,
-            Protocol::Mqtt => mqtt::serve_stream(rd, wr, peer, broker).await,
-            Protocol::Stomp => stomp::serve_stream(rd, wr, peer, broker).await,
+            Protocol::Amqp => amqp::serve_stream(rd, wr, peer, cert_name, broker).await,
+            Protocol::Mqtt => mqtt::serve_stream(rd, wr, peer, cert_name, broker).await,
+            Protocol::Stomp => stomp::serve_stream(rd, wr, peer, cert_name, broker).await,
         }
     }
 }
@@ -251,12 +258,13 @@ async fn accept_loop(
             match tls {
                 None => {
                     let (rd, wr) = socket.into_split();
-                    protocol.serve(rd, wr, peer, broker).await;
+                    protocol.serve(rd, wr, peer, None, broker).await;
                 }
                 Some(tls) => {
                     if let Some(stream) = tls.accept(socket, peer).await {
+                        let cert_name = tls::peer_common_name(&stream);
                         let (rd, wr) = tokio::io::split(stream);
-                        protocol.serve(rd, wr, peer, broker).await;
+                        protocol.serve(rd, wr, peer, cert_name, broker).await;
                     }
                 }
             }

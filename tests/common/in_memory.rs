@@ -36,13 +36,13 @@ pub fn connect(broker: &Arc<Broker>, protocol: Protocol) -> DuplexStream {
     tokio::spawn(async move {
         match protocol {
             Protocol::Amqp => {
-                switchboard::adapter::amqp::serve_stream(rd, wr, peer(), broker).await
+                switchboard::adapter::amqp::serve_stream(rd, wr, peer(), None, broker).await
             }
             Protocol::Mqtt => {
-                switchboard::adapter::mqtt::serve_stream(rd, wr, peer(), broker).await
+                switchboard::adapter::mqtt::serve_stream(rd, wr, peer(), None, broker).await
             }
             Protocol::Stomp => {
-                switchboard::adapter::stomp::serve_stream(rd, wr, peer(), broker).await
+                switchboard::adapter::stomp::serve_stream(rd, wr, peer(), None, broker).await
             }
         }
     });

@@ -33,8 +33,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_BUFFER: usize = 32 * 1024;
 
 /// Serves a connection over any byte stream (TCP, TLS, in-memory for tests).
-pub async fn serve_stream<R, W>(rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
-where
+pub async fn serve_stream<R, W>(
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    cert_name: Option<String>,
+    broker: Arc<Broker>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -58,6 +63,7 @@ where
             &outbox,
             &broker,
             peer,
+            cert_name.as_deref(),
         ),
     )
     .await;

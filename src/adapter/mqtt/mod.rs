@@ -48,8 +48,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// small: the handshake (CONNECT, authentication, session takeover) runs in a boxed future that
 /// is freed before the steady-state loop starts, and the connection's state is boxed too. An
 /// idle connection then holds only what it needs (issue 7: memory per idle connection).
-pub async fn serve_stream<R, W>(rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
-where
+pub async fn serve_stream<R, W>(
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    cert_name: Option<String>,
+    broker: Arc<Broker>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -72,6 +77,7 @@ where
         &driver.outbox,
         &driver.entry,
         peer,
+        cert_name,
         &broker,
     ))
     .await;
@@ -92,6 +98,8 @@ async fn open<R: AsyncRead + Unpin>(
     outbox: &Arc<Outbox>,
     entry: &Arc<crate::core::broker::ConnectionEntry>,
     peer: SocketAddr,
+    // Owned, so that it lives in the boxed handshake future only (see `serve_stream`).
+    cert_name: Option<String>,
     broker: &Arc<Broker>,
 ) -> Option<Box<Connection>> {
     let max_connect = broker.config.mqtt.max_connect_size as usize;
@@ -111,7 +119,7 @@ async fn open<R: AsyncRead + Unpin>(
             }
         }
         Ok(Ok(Packet::Connect(c))) => {
-            return handshake(*c, outbox, entry, peer, broker).await;
+            return handshake(*c, outbox, entry, peer, cert_name.as_deref(), broker).await;
         }
         Ok(Ok(other)) => {
             tracing::info!(%peer, packet = other.name(), "first MQTT packet is not CONNECT");
@@ -164,6 +172,7 @@ async fn handshake(
     outbox: &Arc<Outbox>,
     entry: &Arc<crate::core::broker::ConnectionEntry>,
     peer: SocketAddr,
+    cert_name: Option<&str>,
     broker: &Arc<Broker>,
 ) -> Option<Box<Connection>> {
     let state = MqttState::for_broker(broker);
@@ -180,7 +189,7 @@ async fn handshake(
     let expiry = requested_expiry.min(cfg.max_session_expiry_interval);
     let attached = async {
         let (client_id, assigned) = connect::client_id(&c, broker)?;
-        let (vhost, user) = match connect::authenticate(broker, &c, peer) {
+        let (vhost, user) = match connect::authenticate(broker, &c, peer, cert_name) {
             Ok(authenticated) => {
                 broker.auth_throttle.succeeded(peer.ip());
                 authenticated
@@ -334,7 +343,8 @@ mod tests {
             crate::config::Config::load(None).expect("the embedded default parses"),
         );
         let peer: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
-        let connection = super::serve_stream(tokio::io::empty(), tokio::io::sink(), peer, broker);
+        let connection =
+            super::serve_stream(tokio::io::empty(), tokio::io::sink(), peer, None, broker);
         let size = std::mem::size_of_val(&connection);
         assert!(size <= 1280, "MQTT connection future is {size} bytes");
     }

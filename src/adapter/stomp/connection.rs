@@ -27,8 +27,13 @@ const READ_BUFFER: usize = 16 * 1024;
 const HANDSHAKE_VERSION: Version = Version::V1_2;
 
 /// Serves a connection over any byte stream (TCP, TLS, WebSocket).
-pub async fn serve_stream<R, W>(rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
-where
+pub async fn serve_stream<R, W>(
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    cert_name: Option<String>,
+    broker: Arc<Broker>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -63,7 +68,7 @@ where
             tracing::info!(%peer, error = %e, "bad STOMP frame before CONNECT");
             send_error(&outbox, HANDSHAKE_VERSION, &e, None);
         }
-        Ok(Ok(frame)) => match connect(&frame, &broker, peer) {
+        Ok(Ok(frame)) => match connect(&frame, &broker, peer, cert_name.as_deref()) {
             Err(e) => {
                 if e.message == ACCESS_REFUSED {
                     broker.auth_throttle.failed(peer.ip()).await;
