@@ -22,6 +22,7 @@ const ENV_SECTIONS: &[&str] = &[
     "stomp",
     "http",
     "prometheus",
+    "tls",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,9 @@ pub struct Config {
     /// The Prometheus scrape listener (`/metrics`, `/metrics/per-object`).
     #[serde(default)]
     pub prometheus: PrometheusConfig,
+    /// Certificates for every `tls_listen` (and `wss_listen`) address.
+    #[serde(default)]
+    pub tls: TlsConfig,
     #[serde(default)]
     pub users: Vec<UserConfig>,
     #[serde(default)]
@@ -135,6 +139,9 @@ fn default_queue_memory_bytes() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
     pub listen: Vec<SocketAddr>,
+    /// AMQP over TLS (amqps, 5671 by convention); needs `[tls]`.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
     #[serde(default = "default_heartbeat")]
     pub heartbeat: u16,
     #[serde(default = "default_frame_max")]
@@ -151,6 +158,12 @@ pub struct AmqpConfig {
 pub struct MqttConfig {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// MQTT over TLS (mqtts, 8883 by convention); needs `[tls]`.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
+    /// A TLS client whose CONNECT has no user name logs in as its certificate's common name.
+    #[serde(default)]
+    pub ssl_cert_login: bool,
     /// Vhost for user names without a `vhost:` prefix.
     #[serde(default = "default_mqtt_vhost")]
     pub default_vhost: String,
@@ -212,6 +225,8 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: Vec::new(),
+            tls_listen: Vec::new(),
+            ssl_cert_login: false,
             default_vhost: default_mqtt_vhost(),
             exchange: default_mqtt_exchange(),
             anonymous_user: default_mqtt_anonymous_user(),
@@ -284,6 +299,12 @@ fn default_mqtt_topic_alias_maximum() -> u16 {
 pub struct StompConfig {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// STOMP over TLS (61614 by convention); needs `[tls]`.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
+    /// A TLS client whose CONNECT has no `login` logs in as its certificate's common name.
+    #[serde(default)]
+    pub ssl_cert_login: bool,
     /// The vhost for a CONNECT whose `host` names no vhost (most clients send the server's
     /// hostname there), as ActiveMQ does.
     #[serde(default = "default_stomp_vhost")]
@@ -318,6 +339,8 @@ impl Default for StompConfig {
     fn default() -> Self {
         StompConfig {
             listen: Vec::new(),
+            tls_listen: Vec::new(),
+            ssl_cert_login: false,
             default_vhost: default_stomp_vhost(),
             default_login: None,
             default_passcode: None,
@@ -356,6 +379,9 @@ fn default_stomp_max_header_line() -> usize {
 pub struct ListenerConfig {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// HTTPS; needs `[tls]`.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
     /// An HTTP connection that has not sent a whole request head this long after it opened or
     /// after its last response is closed (idle and slow-header connections alike), as RabbitMQ
     /// closes idle management connections after 5 s.
@@ -371,6 +397,7 @@ impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
             listen: Vec::new(),
+            tls_listen: Vec::new(),
             idle_timeout_ms: default_http_idle_timeout_ms(),
             stats_interval_ms: default_stats_interval_ms(),
         }
@@ -403,6 +430,31 @@ fn default_prometheus_listen() -> Vec<SocketAddr> {
 
 fn default_http_idle_timeout_ms() -> u64 {
     5_000
+}
+
+/// The server's certificate and the client certificates it accepts, as RabbitMQ's
+/// `ssl_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's own certificate first.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// PEM certificates of the authorities client certificates are verified against.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Ask clients for a certificate and verify it against `ca_file`.
+    #[serde(default)]
+    pub verify_peer: bool,
+    /// With `verify_peer`: refuse clients that send no certificate.
+    #[serde(default)]
+    pub fail_if_no_peer_cert: bool,
+    /// TLS versions offered, of `tlsv1.2` and `tlsv1.3` (empty: both); the lowest is the floor.
+    #[serde(default)]
+    pub versions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,7 +8,6 @@ use common::*;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, Event};
-use std::time::Duration;
 use switchboard::core::queue::QueueStats;
 
 async fn connect_url(url: &str) -> lapin::Result<Connection> {
@@ -461,28 +460,6 @@ async fn a_flood_into_a_stalled_consumer_stays_at_the_watermark_and_resumes_as_i
     assert!(peak < WATERMARK + SLACK, "counted {peak} bytes at most");
     wait_until("all memory released", || memory.used() < WATERMARK / 2).await;
     assert!(!memory.alarm());
-}
-
-#[tokio::test]
-async fn heartbeats_keep_an_idle_connection_open() {
-    let b = TestBroker::start().await;
-    let c = connect_url(&format!("amqp://guest:guest@{}/%2f?heartbeat=1", b.amqp))
-        .await
-        .unwrap();
-    assert_eq!(
-        c.configuration().heartbeat(),
-        1,
-        "the client's 1 s wins over the server's 60 s"
-    );
-    let ch = bounded(c.create_channel()).await.unwrap();
-    let q = unique("idle");
-    declare(&ch, &q).await;
-    // Idle for three heartbeat intervals: the broker would close a silent peer after two.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(c.status().connected());
-    publish(&ch, "", &q, b"still here").await;
-    assert_eq!(drain(&ch, &q).await, ["still here"]);
-    assert_eq!(b.broker().connections().len(), 1);
 }
 
 #[tokio::test]

@@ -7,7 +7,6 @@ use bytes::{BufMut, BytesMut};
 use common::amqp::*;
 use common::raw::RawClient;
 use common::*;
-use std::time::Duration;
 use switchboard_amqp::*;
 use tokio::io::AsyncWriteExt;
 
@@ -302,25 +301,6 @@ async fn exclusive_queue_goes_when_its_socket_dies() {
     c.stream.set_zero_linger().unwrap();
     drop(c);
     wait_until("exclusive queue deleted", || vhost.queue(&q).is_none()).await;
-}
-
-#[tokio::test]
-async fn a_silent_peer_is_dropped_after_missed_heartbeats() {
-    let b = TestBroker::start().await;
-    let mut c = RawClient::open(b.amqp, 1).await;
-    // The broker sends heartbeats at half the interval...
-    match c.recv().await {
-        Some(Frame::Heartbeat { channel: 0 }) => {}
-        other => panic!("expected a heartbeat, got {other:?}"),
-    }
-    // ...and, hearing nothing back for two intervals, closes the socket.
-    let started = tokio::time::Instant::now();
-    c.expect_eof().await;
-    assert!(started.elapsed() < Duration::from_secs(5));
-    wait_until("connection unregistered", || {
-        b.broker().connections().is_empty()
-    })
-    .await;
 }
 
 #[tokio::test]

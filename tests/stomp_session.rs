@@ -4,8 +4,7 @@
 mod common;
 
 use common::stomp::{text, StompClient};
-use common::{bounded, wait_until, TestBroker};
-use std::time::Duration;
+use common::{wait_until, TestBroker};
 use switchboard_stomp::{Command, Frame};
 
 #[tokio::test]
@@ -141,48 +140,6 @@ async fn receipts_and_disconnect() {
     c.request(Frame::new(Command::Unsubscribe).with("id", "s"))
         .await;
     c.disconnect().await;
-}
-
-#[tokio::test]
-async fn server_sends_heart_beats_and_closes_a_silent_client() {
-    let tb = TestBroker::start_with(|c| c.stomp.heartbeat_ms = 100).await;
-    let (mut c, answer) = StompClient::connect_with(
-        tb.stomp,
-        &[
-            ("accept-version", "1.2"),
-            ("login", "guest"),
-            ("passcode", "guest"),
-            ("heart-beat", "100,100"),
-        ],
-    )
-    .await;
-    assert_eq!(answer.header("heart-beat"), Some("100,100"));
-    // We promised to send every 100 ms and send nothing: the server sends EOLs meanwhile and
-    // closes us after two missed intervals.
-    let closed = bounded(c.recv()).await;
-    assert!(closed.is_none(), "expected close, got {closed:?}");
-    assert!(c.heartbeats > 0, "server sent heart-beats");
-}
-
-#[tokio::test]
-async fn a_client_that_beats_stays_connected() {
-    let tb = TestBroker::start_with(|c| c.stomp.heartbeat_ms = 50).await;
-    let (mut c, _) = StompClient::connect_with(
-        tb.stomp,
-        &[
-            ("accept-version", "1.2"),
-            ("login", "guest"),
-            ("passcode", "guest"),
-            ("heart-beat", "50,0"),
-        ],
-    )
-    .await;
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        c.send_bytes(b"\n").await;
-    }
-    c.request(Frame::new(Command::Begin).with("transaction", "alive"))
-        .await;
 }
 
 #[tokio::test]

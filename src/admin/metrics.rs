@@ -31,7 +31,7 @@ pub async fn serve(acceptor: crate::net::accept::Acceptor, broker: Arc<Broker>) 
         .route("/metrics", get(aggregated))
         .route("/metrics/per-object", get(per_object))
         .with_state(broker.clone());
-    super::serve_app(acceptor, broker, app).await
+    super::serve_app(acceptor, broker, app, None).await
 }
 
 async fn aggregated(State(b): State<Arc<Broker>>) -> Response {

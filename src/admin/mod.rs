@@ -48,16 +48,19 @@ pub async fn serve(
     acceptor: crate::net::accept::Acceptor,
     broker: Arc<Broker>,
     listeners: Listeners,
+    tls: Option<Arc<crate::net::tls::TlsServer>>,
 ) {
     let app = router(broker.clone(), listeners);
-    serve_app(acceptor, broker, app).await
+    serve_app(acceptor, broker, app, tls).await
 }
 
-/// Serves `app` on the connections `acceptor` admits, as [`serve`] describes.
+/// Serves `app` on the connections `acceptor` admits (over TLS with `tls`), as [`serve`]
+/// describes.
 pub(crate) async fn serve_app(
     mut acceptor: crate::net::accept::Acceptor,
     broker: Arc<Broker>,
     app: Router,
+    tls: Option<Arc<crate::net::tls::TlsServer>>,
 ) {
     let idle_timeout = std::time::Duration::from_millis(broker.config.http.idle_timeout_ms);
     let mut shutdown = broker.shutdown_signal();
@@ -67,28 +70,56 @@ pub(crate) async fn serve_app(
             _ = shutdown.changed() => return,
         };
         let service = TowerToHyperService::new(app.clone().layer(Extension(ConnectInfo(peer))));
-        let mut shutdown = broker.shutdown_signal();
+        let shutdown = broker.shutdown_signal();
+        let tls = tls.clone();
         tokio::spawn(async move {
             // Counted against the connection limits until the connection ends.
             let _admitted = admitted;
-            let mut builder = http1::Builder::new();
-            builder.timer(TokioTimer::new());
-            if !idle_timeout.is_zero() {
-                builder.header_read_timeout(idle_timeout);
-            }
-            let conn = builder.serve_connection(TokioIo::new(socket), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match tls {
+                None => serve_connection(socket, peer, service, idle_timeout, shutdown).await,
+                Some(tls) => {
+                    if let Some(stream) = tls.accept(socket, peer).await {
+                        serve_connection(stream, peer, service, idle_timeout, shutdown).await;
+                    }
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended");
             }
         });
+    }
+}
+
+/// Serves HTTP/1 on one connection over any transport (TCP, TLS).
+async fn serve_connection<S, Svc>(
+    socket: S,
+    peer: std::net::SocketAddr,
+    service: Svc,
+    idle_timeout: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    Svc: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+        > + Send
+        + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new());
+    if !idle_timeout.is_zero() {
+        builder.header_read_timeout(idle_timeout);
+    }
+    let conn = builder.serve_connection(TokioIo::new(socket), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
     }
 }
 

@@ -19,7 +19,8 @@ use std::time::Instant;
 
 type B = State<Arc<Broker>>;
 
-/// The bound listeners as (RabbitMQ's protocol name, address): `amqp`, `mqtt`, `stomp`, `http`.
+/// The bound listeners as (RabbitMQ's protocol name, address): `amqp`, `mqtt`, `stomp`, `http`,
+/// `prometheus`, and over TLS `amqp/ssl`, `mqtt/ssl`, `stomp/ssl`, `https`.
 #[derive(Debug, Clone, Default)]
 pub struct Listeners(pub Vec<(&'static str, SocketAddr)>);
 
@@ -31,6 +32,11 @@ impl Listeners {
             ("mqtt", &addrs.mqtt),
             ("stomp", &addrs.stomp),
             ("http", &addrs.http),
+            ("prometheus", &addrs.prometheus),
+            ("amqp/ssl", &addrs.amqp_tls),
+            ("mqtt/ssl", &addrs.mqtt_tls),
+            ("stomp/ssl", &addrs.stomp_tls),
+            ("https", &addrs.http_tls),
         ] {
             out.extend(list.iter().map(|a| (protocol, *a)));
         }

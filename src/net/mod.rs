@@ -3,7 +3,9 @@
 
 pub mod accept;
 pub mod auth_throttle;
+pub mod driver;
 pub mod limits;
+pub mod tls;
 
 use crate::adapter::{amqp, mqtt, stomp};
 use crate::admin;
@@ -21,6 +23,8 @@ use tokio::task::JoinHandle;
 pub enum ServerError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr} for {protocol}: {source}")]
     Bind {
         protocol: &'static str,
@@ -34,7 +38,7 @@ pub enum ServerError {
     },
 }
 
-/// The addresses actually bound (port 0 resolved), per protocol.
+/// The addresses actually bound (port 0 resolved), per protocol and transport.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BoundAddrs {
     pub amqp: Vec<SocketAddr>,
@@ -42,12 +46,18 @@ pub struct BoundAddrs {
     pub stomp: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
     pub prometheus: Vec<SocketAddr>,
+    pub amqp_tls: Vec<SocketAddr>,
+    pub mqtt_tls: Vec<SocketAddr>,
+    pub stomp_tls: Vec<SocketAddr>,
+    pub http_tls: Vec<SocketAddr>,
 }
 
 /// A broker with its listeners running.
 pub struct RunningBroker {
     pub broker: Arc<Broker>,
     pub addrs: BoundAddrs,
+    /// The TLS configuration in force, when a TLS listener is configured.
+    pub tls: Option<Arc<tls::TlsServer>>,
     listeners: Vec<JoinHandle<()>>,
 }
 
@@ -80,6 +90,17 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     let stomp_ls = bind_all("STOMP", &config.stomp.listen).await?;
     let http_ls = bind_all("HTTP", &config.http.listen).await?;
     let prometheus_ls = bind_all("Prometheus", &config.prometheus.listen).await?;
+    let amqp_tls_ls = bind_all("AMQP over TLS", &config.amqp.tls_listen).await?;
+    let mqtt_tls_ls = bind_all("MQTT over TLS", &config.mqtt.tls_listen).await?;
+    let stomp_tls_ls = bind_all("STOMP over TLS", &config.stomp.tls_listen).await?;
+    let http_tls_ls = bind_all("HTTPS", &config.http.tls_listen).await?;
+    let any_tls = [&amqp_tls_ls, &mqtt_tls_ls, &stomp_tls_ls, &http_tls_ls]
+        .iter()
+        .any(|ls| !ls.is_empty());
+    // Certificates are read before anything is served: a broken [tls] stops the start.
+    let tls = any_tls
+        .then(|| tls::TlsServer::new(&config.tls).map(Arc::new))
+        .transpose()?;
     let broker = Broker::open(config)?;
     let addrs = BoundAddrs {
         amqp: local_addrs(&amqp_ls),
@@ -87,6 +108,10 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
         stomp: local_addrs(&stomp_ls),
         http: local_addrs(&http_ls),
         prometheus: local_addrs(&prometheus_ls),
+        amqp_tls: local_addrs(&amqp_tls_ls),
+        mqtt_tls: local_addrs(&mqtt_tls_ls),
+        stomp_tls: local_addrs(&stomp_tls_ls),
+        http_tls: local_addrs(&http_tls_ls),
     };
     mqtt::persist::restore(&broker).await;
     let limits = limits::ConnectionLimits::new(
@@ -102,28 +127,47 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
             Duration::from_millis(broker.config.http.stats_interval_ms),
         )),
     ];
-    for (protocol, ls) in [
+    if let Some(tls) = &tls {
+        listeners.push(reload_on_sighup(tls.clone(), broker.shutdown_signal()));
+    }
+    let plain = [
         (Protocol::Amqp, amqp_ls),
         (Protocol::Mqtt, mqtt_ls),
         (Protocol::Stomp, stomp_ls),
-    ] {
+    ]
+    .into_iter()
+    .map(|(p, ls)| (p, ls, None));
+    let secure = [
+        (Protocol::Amqp, amqp_tls_ls),
+        (Protocol::Mqtt, mqtt_tls_ls),
+        (Protocol::Stomp, stomp_tls_ls),
+    ]
+    .into_iter()
+    .map(|(p, ls)| (p, ls, tls.clone()));
+    for (protocol, ls, tls) in plain.chain(secure) {
         for l in ls {
-            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "{protocol:?} listener started");
+            let transport = if tls.is_some() { "TLS" } else { "TCP" };
+            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), transport, "{protocol:?} listener started");
             let acceptor = accept::Acceptor::new(l, limits.clone(), protocol.name());
             listeners.push(tokio::spawn(accept_loop(
                 acceptor,
                 broker.clone(),
                 protocol,
+                tls.clone(),
             )));
         }
     }
-    for l in http_ls {
-        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP API listener started");
+    let http = http_ls.into_iter().map(|l| (l, None));
+    let https = http_tls_ls.into_iter().map(|l| (l, tls.clone()));
+    for (l, tls) in http.chain(https) {
+        let transport = if tls.is_some() { "TLS" } else { "TCP" };
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), transport, "HTTP API listener started");
         let acceptor = accept::Acceptor::new(l, limits.clone(), "HTTP");
         listeners.push(tokio::spawn(admin::serve(
             acceptor,
             broker.clone(),
             admin::Listeners::from_bound(&addrs),
+            tls,
         )));
     }
     for l in prometheus_ls {
@@ -137,7 +181,41 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     Ok(RunningBroker {
         broker,
         addrs,
+        tls,
         listeners,
+    })
+}
+
+/// Reads the TLS files again on every SIGHUP. The handler is installed before this returns, so
+/// a SIGHUP right after start is not the default (fatal) one.
+fn reload_on_sighup(
+    tls: Arc<tls::TlsServer>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: TLS certificates reload only on restart");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        let Some(hangups) = hangups.as_mut() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                got = hangups.recv() => if got.is_none() { return },
+                _ = shutdown.changed() => return,
+            }
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS reload failed; the old certificates stay")
+                }
+            }
+        }
     })
 }
 
@@ -157,9 +235,34 @@ impl Protocol {
             Protocol::Stomp => "STOMP",
         }
     }
+
+    /// Serves one connection over any transport; `cert_name`: the common name of the client's
+    /// verified TLS certificate, for certificate login.
+    async fn serve<R, W>(
+        self,
+        rd: R,
+        wr: W,
+        peer: SocketAddr,
+        cert_name: Option<String>,
+        broker: Arc<Broker>,
+    ) where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        match self {
+            Protocol::Amqp => amqp::serve_stream(rd, wr, peer, cert_name, broker).await,
+            Protocol::Mqtt => mqtt::serve_stream(rd, wr, peer, cert_name, broker).await,
+            Protocol::Stomp => stomp::serve_stream(rd, wr, peer, cert_name, broker).await,
+        }
+    }
 }
 
-async fn accept_loop(mut acceptor: accept::Acceptor, broker: Arc<Broker>, protocol: Protocol) {
+async fn accept_loop(
+    mut acceptor: accept::Acceptor,
+    broker: Arc<Broker>,
+    protocol: Protocol,
+    tls: Option<Arc<tls::TlsServer>>,
+) {
     let mut shutdown = broker.shutdown_signal();
     loop {
         let (socket, peer, admitted) = tokio::select! {
@@ -168,14 +271,22 @@ async fn accept_loop(mut acceptor: accept::Acceptor, broker: Arc<Broker>, protoc
         };
         let broker = broker.clone();
         let _ = socket.set_nodelay(true);
-        let (rd, wr) = socket.into_split();
+        let tls = tls.clone();
         tokio::spawn(async move {
             // Counted against the limits until the connection ends.
             let _admitted = admitted;
-            match protocol {
-                Protocol::Amqp => amqp::serve_stream(rd, wr, peer, broker).await,
-                Protocol::Mqtt => mqtt::serve_stream(rd, wr, peer, broker).await,
-                Protocol::Stomp => stomp::serve_stream(rd, wr, peer, broker).await,
+            match tls {
+                None => {
+                    let (rd, wr) = socket.into_split();
+                    protocol.serve(rd, wr, peer, None, broker).await;
+                }
+                Some(tls) => {
+                    if let Some(stream) = tls.accept(socket, peer).await {
+                        let cert_name = tls::peer_common_name(&stream);
+                        let (rd, wr) = tokio::io::split(stream);
+                        protocol.serve(rd, wr, peer, cert_name, broker).await;
+                    }
+                }
             }
         });
     }

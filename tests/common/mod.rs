@@ -3,10 +3,12 @@
 
 pub mod amqp;
 pub mod http;
+pub mod in_memory;
 pub mod mqtt;
 pub mod process;
 pub mod raw;
 pub mod stomp;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -107,6 +109,11 @@ impl TestBroker {
         }
     }
 
+    /// Every bound address (TLS listeners too).
+    pub fn addrs(&self) -> &switchboard::net::BoundAddrs {
+        &self.running.as_ref().expect("running").addrs
+    }
+
     pub fn broker(&self) -> &std::sync::Arc<switchboard::core::Broker> {
         &self.running.as_ref().expect("running").broker
     }
@@ -160,6 +167,17 @@ pub async fn bounded<F: Future>(f: F) -> F::Output {
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// As [`wait_until`], for a condition that has to do I/O to be checked.
+pub async fn wait_until_async<F: Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond().await {
         if tokio::time::Instant::now() > deadline {
             panic!("timed out waiting for {what}");
         }

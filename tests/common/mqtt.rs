@@ -6,12 +6,13 @@ use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::time::Duration;
 use switchboard_mqtt::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-pub struct RawMqtt {
-    pub stream: TcpStream,
+/// Over TCP by default; any byte stream (in-memory, TLS) with [`RawMqtt::over`].
+pub struct RawMqtt<S = TcpStream> {
+    pub stream: S,
     pub protocol: Protocol,
     buf: BytesMut,
 }
@@ -21,21 +22,13 @@ impl RawMqtt {
         let stream = bounded(TcpStream::connect(addr))
             .await
             .expect("tcp connect");
-        RawMqtt {
-            stream,
-            protocol,
-            buf: BytesMut::new(),
-        }
+        RawMqtt::over(stream, protocol)
     }
 
     /// Connects and sends CONNECT built from `connect`, returning the CONNACK.
     pub async fn connect_with(addr: SocketAddr, connect: Connect) -> (Self, ConnAck) {
-        let mut c = Self::tcp(addr, connect.protocol).await;
-        c.send(&Packet::Connect(Box::new(connect))).await;
-        match c.recv().await {
-            Some(Packet::ConnAck(a)) => (c, a),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
+        let c = Self::tcp(addr, connect.protocol).await;
+        c.handshake(connect).await
     }
 
     /// Connects as guest and expects success.
@@ -48,6 +41,26 @@ impl RawMqtt {
         let (c, ack) = Self::connect_with(addr, connect_packet(protocol, client_id, clean)).await;
         assert_eq!(ack.code, 0, "CONNACK {ack:?}");
         c
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> RawMqtt<S> {
+    /// A client on `stream` that has sent nothing yet.
+    pub fn over(stream: S, protocol: Protocol) -> Self {
+        RawMqtt {
+            stream,
+            protocol,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Sends CONNECT built from `connect`, returning the CONNACK.
+    pub async fn handshake(mut self, connect: Connect) -> (Self, ConnAck) {
+        self.send(&Packet::Connect(Box::new(connect))).await;
+        match self.recv().await {
+            Some(Packet::ConnAck(a)) => (self, a),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
     }
 
     pub async fn send(&mut self, p: &Packet) {

@@ -5,11 +5,12 @@ use super::bounded;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use switchboard_amqp::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub struct RawClient {
-    pub stream: TcpStream,
+/// Over TCP by default; any byte stream (in-memory, TLS) with [`RawClient::over`].
+pub struct RawClient<S = TcpStream> {
+    pub stream: S,
     buf: BytesMut,
 }
 
@@ -18,16 +19,29 @@ impl RawClient {
         let stream = bounded(TcpStream::connect(addr))
             .await
             .expect("tcp connect");
+        RawClient::over(stream)
+    }
+
+    /// Connects and runs the client side of the handshake: PLAIN guest/guest, the server's tune
+    /// values with `heartbeat`, vhost "/".
+    pub async fn open(addr: SocketAddr, heartbeat: u16) -> Self {
+        Self::connect(addr).await.handshake(heartbeat).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
+    /// A client on `stream` that has sent nothing yet.
+    pub fn over(stream: S) -> Self {
         RawClient {
             stream,
             buf: BytesMut::new(),
         }
     }
 
-    /// Connects and runs the client side of the handshake: PLAIN guest/guest, the server's tune
-    /// values with `heartbeat`, vhost "/".
-    pub async fn open(addr: SocketAddr, heartbeat: u16) -> Self {
-        let mut c = Self::connect(addr).await;
+    /// The client side of the handshake: PLAIN guest/guest, the server's tune values with
+    /// `heartbeat`, vhost "/".
+    pub async fn handshake(mut self, heartbeat: u16) -> Self {
+        let c = &mut self;
         c.send_bytes(PROTOCOL_HEADER).await;
         match c.recv_method().await {
             (0, Method::ConnectionStart(s)) => {
@@ -69,7 +83,7 @@ impl RawClient {
             (0, Method::ConnectionOpenOk(_)) => {}
             other => panic!("expected connection.open-ok, got {other:?}"),
         }
-        c
+        self
     }
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {

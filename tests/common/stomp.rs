@@ -7,11 +7,12 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 use switchboard_stomp::{encode, Command, Decoder, Frame, Limits, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub struct StompClient {
-    pub stream: TcpStream,
+/// Over TCP by default; any byte stream (in-memory, TLS) with [`StompClient::over`].
+pub struct StompClient<S = TcpStream> {
+    pub stream: S,
     buf: BytesMut,
     decoder: Decoder,
     pub version: Version,
@@ -28,30 +29,12 @@ impl StompClient {
         let stream = bounded(TcpStream::connect(addr))
             .await
             .expect("tcp connect");
-        StompClient {
-            stream,
-            buf: BytesMut::new(),
-            decoder: Decoder::new(),
-            version: Version::V1_2,
-            pending: VecDeque::new(),
-            next_receipt: 1,
-            heartbeats: 0,
-        }
+        StompClient::over(stream)
     }
 
     /// Sends CONNECT with `headers` and returns the answer (CONNECTED or ERROR).
     pub async fn connect_with(addr: SocketAddr, headers: &[(&str, &str)]) -> (Self, Frame) {
-        let mut c = Self::tcp(addr).await;
-        let mut f = Frame::new(Command::Connect);
-        for (k, v) in headers {
-            f = f.with(*k, *v);
-        }
-        c.send_frame(&f).await;
-        let answer = c.recv().await.expect("an answer to CONNECT");
-        if let Some(v) = answer.header("version").and_then(Version::parse) {
-            c.version = v;
-        }
-        (c, answer)
+        Self::tcp(addr).await.handshake(headers).await
     }
 
     /// Connects as guest, accepting `version` ("1.0", "1.1" or "1.2").
@@ -68,6 +51,35 @@ impl StompClient {
         .await;
         assert_eq!(answer.command, Command::Connected, "{answer:?}");
         c
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> StompClient<S> {
+    /// A client on `stream` that has sent nothing yet.
+    pub fn over(stream: S) -> Self {
+        StompClient {
+            stream,
+            buf: BytesMut::new(),
+            decoder: Decoder::new(),
+            version: Version::V1_2,
+            pending: VecDeque::new(),
+            next_receipt: 1,
+            heartbeats: 0,
+        }
+    }
+
+    /// Sends CONNECT with `headers` and returns the answer (CONNECTED or ERROR).
+    pub async fn handshake(mut self, headers: &[(&str, &str)]) -> (Self, Frame) {
+        let mut f = Frame::new(Command::Connect);
+        for (k, v) in headers {
+            f = f.with(*k, *v);
+        }
+        self.send_frame(&f).await;
+        let answer = self.recv().await.expect("an answer to CONNECT");
+        if let Some(v) = answer.header("version").and_then(Version::parse) {
+            self.version = v;
+        }
+        (self, answer)
     }
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {

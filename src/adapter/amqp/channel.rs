@@ -247,6 +247,11 @@ impl Channel {
         }
     }
 
+    /// Bytes of a message body still arriving (charged to the memory monitor by the driver).
+    pub fn content_bytes(&self) -> usize {
+        self.content.as_ref().map_or(0, |c| c.body.len())
+    }
+
     /// Handles a frame for this channel (not channel.open/close, which the connection handles).
     pub fn handle_frame(&mut self, ctx: &ConnCtx, frame: Frame) -> AmqpResult<Effects> {
         match frame {

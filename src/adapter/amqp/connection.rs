@@ -1,5 +1,6 @@
-//! One AMQP connection: the handshake, then the steady-state loop that reads frames, routes
-//! them to channels, keeps heartbeats, honours the memory alarm and closes cleanly.
+//! One AMQP connection: the handshake, then the session the connection driver
+//! (`crate::net::driver`) runs: frames routed to channels, heartbeats, confirms after the log,
+//! `connection.blocked`, and the close handshake.
 
 use super::channel::{Channel, ConnCtx};
 use super::error::*;
@@ -8,13 +9,16 @@ use crate::adapter::outbox::Outbox;
 use crate::core::broker::ConnectionEntry;
 use crate::core::hash::FastHashMap;
 use crate::core::Broker;
+use crate::net::driver::{
+    Check, Driver, Liveness, ReadPolicy, Session as DriverSession, Step, Stop, WriteMode,
+};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_amqp::*;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{timeout, Instant};
 
 /// Time a client has to complete the handshake (as RabbitMQ's `handshake_timeout`).
@@ -29,18 +33,38 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_BUFFER: usize = 32 * 1024;
 
 /// Serves a connection over any byte stream (TCP, TLS, in-memory for tests).
-pub async fn serve_stream<R, W>(mut rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
-where
+pub async fn serve_stream<R, W>(
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    cert_name: Option<String>,
+    broker: Arc<Broker>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let entry = broker.register_connection("amqp", peer);
-    let (outbox, writer) = Outbox::start(wr, &broker.memory);
-    outbox.count_into(&entry.stats);
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut driver = Driver::new(
+        "amqp",
+        rd,
+        wr,
+        peer,
+        &broker,
+        ReadPolicy::Keep {
+            initial: READ_BUFFER,
+        },
+        WriteMode::Task,
+    );
+    let outbox = driver.outbox.clone();
     let negotiated = timeout(
         HANDSHAKE_TIMEOUT,
-        handshake(&mut rd, &mut buf, &outbox, &broker, peer),
+        handshake(
+            &mut driver.reader,
+            &mut driver.read.buf,
+            &outbox,
+            &broker,
+            peer,
+            cert_name.as_deref(),
+        ),
     )
     .await;
     match negotiated {
@@ -52,17 +76,15 @@ where
         Ok(Err(e)) => tracing::info!(%peer, error = %e, "AMQP handshake failed"),
         Ok(Ok(n)) => {
             tracing::debug!(%peer, user = %n.user, vhost = %n.vhost.name, "AMQP connection opened");
-            if let Ok(mut s) = entry.session.lock() {
+            if let Ok(mut s) = driver.entry.session.lock() {
                 *s = Some((n.user.clone(), n.vhost.name.clone()));
             }
-            let mut conn = Connection::new(&broker, &entry, &outbox, n);
-            conn.run(&mut rd, buf).await;
+            let mut conn = Connection::new(&broker, driver.entry.clone(), &outbox, n);
+            driver.run(&mut conn).await;
             conn.cleanup();
         }
     }
-    outbox.close();
-    let _ = timeout(CLOSE_TIMEOUT, writer).await;
-    broker.unregister_connection(entry.id);
+    driver.finish().await;
     tracing::debug!(%peer, "AMQP connection closed");
 }
 
@@ -76,7 +98,8 @@ fn send_connection_close(outbox: &Outbox, e: &AmqpError) {
     outbox.push(|out| encode_method(out, 0, &close.into()));
 }
 
-/// How the steady-state loop ends.
+/// What handling frames leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
     Continue,
     /// We sent `connection.close`; wait for close-ok.
@@ -84,12 +107,11 @@ enum Next {
     Done,
 }
 
-struct Connection<'a> {
+struct Connection {
     ctx: ConnCtx,
-    entry: &'a ConnectionEntry,
+    entry: Arc<ConnectionEntry>,
     channels: FastHashMap<u16, Channel>,
     channel_max: u16,
-    heartbeat: u16,
     connection_blocked_cap: bool,
     /// Channels with publishes whose confirms are not yet sent.
     confirm_dirty: Vec<u16>,
@@ -97,15 +119,29 @@ struct Connection<'a> {
     confirm_waiting: Vec<u16>,
     /// A message was published since the last memory-alarm check.
     published: bool,
+    liveness: Liveness,
+    /// Not read because of the memory alarm (a publisher, as in RabbitMQ).
+    blocked: bool,
+    /// The client was sent `connection.blocked` (it asked for them).
+    blocked_notified: bool,
+    /// We sent `connection.close` and wait for close-ok.
+    closing: bool,
 }
 
-impl<'a> Connection<'a> {
+impl Connection {
     fn new(
         broker: &Arc<Broker>,
-        entry: &'a ConnectionEntry,
+        entry: Arc<ConnectionEntry>,
         outbox: &Arc<Outbox>,
         n: Negotiated,
     ) -> Self {
+        // Beats at half the interval; two missed intervals mean a dead peer.
+        let hb = (n.heartbeat > 0).then(|| Duration::from_secs(u64::from(n.heartbeat)));
+        let liveness = Liveness::new(
+            hb.map(|h| h / 2),
+            hb.map(|h| (Check::Every(h / 2), h * 2)),
+            Instant::now(),
+        );
         Connection {
             ctx: ConnCtx {
                 broker: broker.clone(),
@@ -122,114 +158,15 @@ impl<'a> Connection<'a> {
             entry,
             channels: FastHashMap::default(),
             channel_max: n.channel_max,
-            heartbeat: n.heartbeat,
             connection_blocked_cap: n.connection_blocked,
             confirm_dirty: Vec::new(),
             confirm_waiting: Vec::new(),
             published: false,
+            liveness,
+            blocked: false,
+            blocked_notified: false,
+            closing: false,
         }
-    }
-
-    async fn run<R: AsyncRead + Unpin>(&mut self, rd: &mut R, mut buf: BytesMut) {
-        let broker = self.ctx.broker.clone();
-        let outbox = self.ctx.outbox.clone();
-        let mut shutdown = broker.shutdown_signal();
-        let mut alarm = broker.memory.subscribe();
-        let mut log_synced = broker.store.as_ref().map(|s| s.log.subscribe());
-        // A publisher that published during a memory alarm is not read until it clears. As in
-        // RabbitMQ, only such a connection is blocked and told so: clients stop writing when
-        // told, and a consumer's connection must stay free to ack, cancel and purge.
-        let mut blocked = false;
-        let mut blocked_notified = false;
-        let hb = (self.heartbeat > 0).then(|| Duration::from_secs(u64::from(self.heartbeat)));
-        let mut ticker = tokio::time::interval(hb.map_or(Duration::from_secs(3600), |h| h / 2));
-        ticker.tick().await;
-        let mut last_read = Instant::now();
-        let mut closing_deadline: Option<Instant> = None;
-        let entry = self.entry;
-
-        // Frames already buffered after the handshake.
-        match self.process(&mut buf, closing_deadline.is_some()) {
-            Next::Continue => {}
-            Next::Closing => closing_deadline = Some(Instant::now() + CLOSE_TIMEOUT),
-            Next::Done => return,
-        }
-        loop {
-            let closing = closing_deadline.is_some();
-            let sleep_until =
-                closing_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
-            tokio::select! {
-                read = rd.read_buf(&mut buf), if !blocked || closing => {
-                    match read {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => entry.stats.received(n),
-                    }
-                    last_read = Instant::now();
-                    match self.process(&mut buf, closing) {
-                        Next::Continue => {}
-                        Next::Closing => closing_deadline = Some(Instant::now() + CLOSE_TIMEOUT),
-                        Next::Done => return,
-                    }
-                    self.flush_confirms();
-                    if !closing && broker.memory.alarm() && self.published_recently() {
-                        blocked = true;
-                        if self.connection_blocked_cap && !blocked_notified {
-                            self.send_blocked(true);
-                            blocked_notified = true;
-                        }
-                    }
-                }
-                _ = outbox.drained.notified() => {
-                    for ch in self.channels.values_mut() {
-                        ch.wake_consumers();
-                    }
-                }
-                _ = outbox.writer_done.notified() => return,
-                _ = crate::store::log::synced_changed(&mut log_synced), if !self.confirm_waiting.is_empty() => {
-                    self.flush_confirms();
-                }
-                _ = ticker.tick(), if hb.is_some() && !closing => {
-                    outbox.push(encode_heartbeat);
-                    // Two missed heartbeats mean a dead peer. A blocked connection is not read,
-                    // so its silence proves nothing.
-                    if let Some(h) = hb {
-                        if !blocked && last_read.elapsed() > h * 2 {
-                            tracing::info!(peer = %self.entry.peer, "missed heartbeats from client, closing");
-                            return;
-                        }
-                    }
-                }
-                changed = alarm.changed() => {
-                    if changed.is_err() {
-                        continue;
-                    }
-                    let on = *alarm.borrow_and_update();
-                    if !on && blocked_notified {
-                        self.send_blocked(false);
-                        blocked_notified = false;
-                    }
-                    if !on {
-                        blocked = false;
-                        last_read = Instant::now();
-                    }
-                }
-                _ = shutdown.changed(), if !closing => {
-                    let e = AmqpError::connection(CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'");
-                    self.close_connection(&e);
-                    closing_deadline = Some(Instant::now() + Duration::from_secs(broker.config.server.shutdown_grace_seconds.min(CLOSE_TIMEOUT.as_secs())));
-                }
-                reason = entry.forced(), if !closing => {
-                    let e = AmqpError::connection(CONNECTION_FORCED, format!("broker forced connection closure with reason '{reason}'"));
-                    self.close_connection(&e);
-                    closing_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
-                }
-                _ = tokio::time::sleep_until(sleep_until), if closing => return,
-            }
-        }
-    }
-
-    fn published_recently(&mut self) -> bool {
-        std::mem::take(&mut self.published)
     }
 
     fn send_blocked(&self, on: bool) {
@@ -460,5 +397,97 @@ impl<'a> Connection<'a> {
             ch.cleanup(&self.ctx);
         }
         self.entry.channels.store(0, Ordering::Relaxed);
+    }
+}
+
+impl DriverSession for Connection {
+    fn received(&mut self, buf: &mut BytesMut, now: Instant) -> Step {
+        self.liveness.heard(now);
+        let next = self.process(buf, self.closing);
+        match next {
+            Next::Continue => {}
+            Next::Closing => self.closing = true,
+            Next::Done => return Step::Close,
+        }
+        self.flush_confirms();
+        if next == Next::Closing {
+            Step::Closing(now + CLOSE_TIMEOUT)
+        } else {
+            Step::Continue
+        }
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.channels.values().map(Channel::content_bytes).sum()
+    }
+
+    fn take_published(&mut self) -> bool {
+        std::mem::take(&mut self.published)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.liveness.deadline()
+    }
+
+    fn timer(&mut self, now: Instant) -> Step {
+        let due = self.liveness.poll(now, self.blocked);
+        if due.send_beat {
+            self.ctx.outbox.push(encode_heartbeat);
+        }
+        if due.peer_silent {
+            tracing::info!(peer = %self.entry.peer, "missed heartbeats from client, closing");
+            return Step::Close;
+        }
+        Step::Continue
+    }
+
+    fn awaits_log(&self) -> bool {
+        !self.confirm_waiting.is_empty()
+    }
+
+    fn log_synced(&mut self) -> Step {
+        self.flush_confirms();
+        Step::Continue
+    }
+
+    fn drained(&mut self) {
+        for ch in self.channels.values_mut() {
+            ch.wake_consumers();
+        }
+    }
+
+    fn alarm_blocked(&mut self, on: bool, now: Instant) {
+        // As in RabbitMQ, only a publishing connection is blocked, and told so if it asked:
+        // clients stop writing when told, and a consumer's connection must stay free to ack,
+        // cancel and purge.
+        self.blocked = on;
+        if on != self.blocked_notified && (self.connection_blocked_cap || !on) {
+            self.send_blocked(on);
+            self.blocked_notified = on;
+        }
+        if !on {
+            self.liveness.heard(now);
+        }
+    }
+
+    fn stop(&mut self, why: Stop) -> Step {
+        let now = Instant::now();
+        let (reason, wait) = match why {
+            Stop::Shutdown => {
+                let grace = self.ctx.broker.config.server.shutdown_grace_seconds;
+                (
+                    "shutdown".to_owned(),
+                    Duration::from_secs(grace).min(CLOSE_TIMEOUT),
+                )
+            }
+            Stop::Forced(reason) => (reason, CLOSE_TIMEOUT),
+        };
+        let e = AmqpError::connection(
+            CONNECTION_FORCED,
+            format!("broker forced connection closure with reason '{reason}'"),
+        );
+        self.close_connection(&e);
+        self.closing = true;
+        Step::Closing(now + wait)
     }
 }

@@ -181,13 +181,15 @@ fn expect<T>(
     })
 }
 
-/// Runs the handshake from the protocol header to `connection.open-ok`.
+/// Runs the handshake from the protocol header to `connection.open-ok`. `cert_name`: the
+/// common name of the client's verified TLS certificate, which SASL EXTERNAL logs in as.
 pub async fn handshake<R: AsyncRead + Unpin>(
     socket: &mut R,
     buf: &mut BytesMut,
     outbox: &Outbox,
     broker: &Broker,
     peer: SocketAddr,
+    cert_name: Option<&str>,
 ) -> Result<Negotiated, HandshakeError> {
     while buf.len() < PROTOCOL_HEADER.len() {
         if socket.read_buf(buf).await? == 0 {
@@ -205,7 +207,13 @@ pub async fn handshake<R: AsyncRead + Unpin>(
         version_major: 0,
         version_minor: 9,
         server_properties: server_properties(),
-        mechanisms: "PLAIN AMQPLAIN".into(),
+        // EXTERNAL (the certificate's common name, as RabbitMQ's rabbitmq_auth_mechanism_ssl)
+        // only where there is a verified client certificate.
+        mechanisms: if cert_name.is_some() {
+            "PLAIN AMQPLAIN EXTERNAL".into()
+        } else {
+            "PLAIN AMQPLAIN".into()
+        },
         locales: "en_US".into(),
     };
     outbox.push(|out| encode_method(out, 0, &start.into()));
@@ -225,8 +233,14 @@ pub async fn handshake<R: AsyncRead + Unpin>(
     )?;
     let auth_failure_close =
         client_capability(&start_ok.client_properties, "authentication_failure_close");
-    let (user, password) = credentials(&start_ok.mechanism, &start_ok.response)?;
-    let user = match broker.access.authenticate(&user, &password, peer.ip()) {
+    let authenticated = match (start_ok.mechanism.as_str(), cert_name) {
+        ("EXTERNAL", Some(cn)) => broker.access.trusted(cn, peer.ip()),
+        _ => {
+            let (user, password) = credentials(&start_ok.mechanism, &start_ok.response)?;
+            broker.access.authenticate(&user, &password, peer.ip())
+        }
+    };
+    let user = match authenticated {
         Ok(u) => {
             broker.auth_throttle.succeeded(peer.ip());
             u

@@ -42,10 +42,13 @@ impl Drop for Attached {
 /// The vhost and user a CONNECT authenticates as. User names may be `vhost:user` (RabbitMQ's
 /// form); without one the configured default vhost is used. No user name means the configured
 /// anonymous user, from loopback only unless the configuration allows more.
+/// The CONNECT's user name and password; without a user name, the TLS client certificate's
+/// common name (`cert_name`) with `mqtt.ssl_cert_login`, else the anonymous user.
 pub fn authenticate(
     broker: &Broker,
     connect: &Connect,
     peer: SocketAddr,
+    cert_name: Option<&str>,
 ) -> Result<(Arc<VHost>, String), Refusal> {
     let cfg = &broker.config.mqtt;
     if let Some(method) = &connect.properties.authentication_method {
@@ -69,6 +72,13 @@ pub fn authenticate(
                 .unwrap_or_default();
             (vhost, user, Some(password))
         }
+        // The certificate was verified against the CA: it stands for the password (RabbitMQ's
+        // ssl_cert_login).
+        None if cfg.ssl_cert_login && cert_name.is_some() => (
+            cfg.default_vhost.clone(),
+            cert_name.unwrap_or_default().to_owned(),
+            None,
+        ),
         None => {
             let Some(anon) = &cfg.anonymous_user else {
                 return Err(Refusal::not_authorized(
@@ -307,19 +317,19 @@ mod tests {
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let remote: SocketAddr = "10.1.2.3:5000".parse().unwrap();
         let b = broker(|_| {});
-        assert!(authenticate(&b, &connect(None, ""), local).is_ok());
-        let e = authenticate(&b, &connect(None, ""), remote).unwrap_err();
+        assert!(authenticate(&b, &connect(None, ""), local, None).is_ok());
+        let e = authenticate(&b, &connect(None, ""), remote, None).unwrap_err();
         assert_eq!(e.v3_code, reason::V3_NOT_AUTHORIZED);
         let b = broker(|c| {
             c.mqtt.anonymous_user = Some("device".into());
             c.mqtt.anonymous_loopback_only = false;
         });
-        let (vhost, user) = authenticate(&b, &connect(None, ""), remote).unwrap();
+        let (vhost, user) = authenticate(&b, &connect(None, ""), remote, None).unwrap();
         assert_eq!((vhost.name.as_str(), user.as_str()), ("/", "device"));
         // guest stays loopback-only by name, whatever the MQTT settings.
-        let e = authenticate(&b, &connect(Some("guest"), "guest"), remote).unwrap_err();
+        let e = authenticate(&b, &connect(Some("guest"), "guest"), remote, None).unwrap_err();
         assert_eq!(e.v5_code, reason::NOT_AUTHORIZED);
-        let e = authenticate(&b, &connect(Some("device"), "bad"), remote).unwrap_err();
+        let e = authenticate(&b, &connect(Some("device"), "bad"), remote, None).unwrap_err();
         assert_eq!(e.v5_code, reason::BAD_USER_NAME_OR_PASSWORD);
     }
 

@@ -1,5 +1,6 @@
-//! One established MQTT connection: the steady-state loop (reads, keep-alive, takeover,
-//! memory alarm, shutdown) and the packet handlers for publishes and acknowledgements
+//! One established MQTT connection: the session the connection driver (`crate::net::driver`)
+//! runs (packets in, keep-alive, takeover, deleted queue, acknowledgements after the log) and
+//! the packet handlers for publishes and acknowledgements
 //! (subscriptions are in `subscribe`, the end of the connection in `release`).
 
 use super::connect::Attached;
@@ -9,30 +10,22 @@ use super::error::Violation;
 use super::publish::{publish_ack, InboundMessage, Publisher};
 use super::registry::{lock, MqttState};
 use super::session::is_shared;
-use crate::adapter::outbox::{InlineWriter, Outbox};
+use crate::adapter::outbox::Outbox;
 use crate::core::broker::ConnectionEntry;
 use crate::core::{Broker, Consumer, Queue, VHost};
+use crate::net::driver::{Liveness, Session as DriverSession, Step, Stop};
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 use switchboard_amqp::FieldTable;
 use switchboard_mqtt::*;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 /// Read buffer growth step while data flows. An idle connection holds only a small buffer
 /// (`IDLE_READ_RESERVE`): a packet larger than that makes the decoder reserve its announced
 /// size once its fixed header is in.
-const READ_RESERVE: usize = 2048;
-const IDLE_READ_RESERVE: usize = 64;
-
-/// What the connection's input branch produced: bytes read, or (while publishing is blocked by
-/// the memory alarm) a change of the alarm.
-enum Input {
-    Read(std::io::Result<usize>),
-    AlarmChanged(bool),
-}
+pub(super) const READ_RESERVE: usize = 2048;
+pub(super) const IDLE_READ_RESERVE: usize = 64;
 
 /// How a connection ended, which decides the will.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +48,6 @@ pub struct Connection {
     pub consumer_id: u64,
     /// Boxed: most clients set none, and the connection lives as long as the client does.
     pub will: Option<Box<Will>>,
-    /// 1.5 × the keep alive in force, if any.
-    pub keep_alive: Option<Duration>,
     pub inbound_aliases: HashMap<u16, String>,
     /// v5 Request Problem Information (reason strings beyond CONNACK/DISCONNECT).
     pub problem_info: bool,
@@ -70,6 +61,12 @@ pub struct Connection {
     pub held: VecDeque<(u64, Packet)>,
     /// Publish permission verdicts (see [`super::permit`]).
     pub publish_verdicts: crate::core::access::PublishVerdicts,
+    /// The keep alive as a deadline.
+    pub liveness: Liveness,
+    /// Not read because of the memory alarm.
+    pub blocked: bool,
+    /// How the connection ended (socket loss unless a packet or the broker says otherwise).
+    pub ending: Ending,
 }
 
 impl Connection {
@@ -82,7 +79,7 @@ impl Connection {
     }
 
     /// The highest LSN the message log has made durable (everything, without a store).
-    fn log_synced(&self) -> u64 {
+    fn durable_lsn(&self) -> u64 {
         self.broker
             .store
             .as_ref()
@@ -92,7 +89,7 @@ impl Connection {
     /// Sends `packet` once the log records it acknowledges (up to `lsn`) are durable, and
     /// after every acknowledgement held before it.
     pub(super) fn send_when_synced(&mut self, lsn: u64, packet: Packet) {
-        if self.held.is_empty() && lsn <= self.log_synced() {
+        if self.held.is_empty() && lsn <= self.durable_lsn() {
             self.send(&packet);
         } else {
             self.held.push_back((lsn, packet));
@@ -110,7 +107,7 @@ impl Connection {
 
     /// Sends the held acknowledgements whose records are now durable.
     fn flush_held(&mut self) {
-        let synced = self.log_synced();
+        let synced = self.durable_lsn();
         while self.held.front().is_some_and(|(lsn, _)| *lsn <= synced) {
             if let Some((_, packet)) = self.held.pop_front() {
                 self.send(&packet);
@@ -196,121 +193,6 @@ impl Connection {
         };
         if let Err(e) = self.queue().add_consumer(consumer) {
             tracing::warn!(error = %e, "MQTT session queue cannot be consumed");
-        }
-    }
-
-    pub async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-        &mut self,
-        rd: &mut R,
-        wr: &mut InlineWriter<W>,
-        mut buf: BytesMut,
-    ) -> Ending {
-        let outbox = self.outbox.clone();
-        let handover = self.attached.handover.clone();
-        let link = self.link.clone();
-        let mut shutdown = self.broker.shutdown_signal();
-        let entry = self.entry.clone();
-        let mut alarm = self.broker.memory.subscribe();
-        let mut log_synced = self.broker.store.as_ref().map(|s| s.log.subscribe());
-        let mut blocked = false;
-        let mut last_read = Instant::now();
-        // Armed once and moved only when it fires: a read does not touch the timer.
-        let keep_alive = self.keep_alive.unwrap_or(Duration::from_secs(86_400 * 365));
-        let keep_alive_timer = tokio::time::sleep_until(last_read + keep_alive);
-        tokio::pin!(keep_alive_timer);
-        // Packets that arrived with the CONNECT.
-        if let Some(end) = self.process(&mut buf) {
-            return end;
-        }
-        loop {
-            if buf.capacity() - buf.len() < 64 {
-                buf.reserve(if buf.is_empty() {
-                    IDLE_READ_RESERVE
-                } else {
-                    READ_RESERVE
-                });
-            }
-            // Reading and waiting for the memory alarm to clear exclude each other, so they
-            // share one future (and its room in this task).
-            let input = async {
-                if blocked {
-                    Input::AlarmChanged(alarm.changed().await.is_ok())
-                } else {
-                    Input::Read(rd.read_buf(&mut buf).await)
-                }
-            };
-            tokio::select! {
-                input = input => match input {
-                    Input::Read(Ok(0) | Err(_)) => return Ending::Abnormal,
-                    Input::Read(Ok(n)) => {
-                        self.entry.stats.received(n);
-                        last_read = Instant::now();
-                        if let Some(end) = self.process(&mut buf) {
-                            return end;
-                        }
-                        if buf.is_empty() && buf.capacity() > IDLE_READ_RESERVE {
-                            buf = BytesMut::new();
-                        }
-                        // As for AMQP: only a connection that publishes during the alarm stops
-                        // being read, so consumers can still ack and drain.
-                        if std::mem::take(&mut self.published) && self.broker.memory.alarm() {
-                            blocked = true;
-                        }
-                    }
-                    Input::AlarmChanged(changed) => {
-                        if changed && !*alarm.borrow_and_update() {
-                            blocked = false;
-                            last_read = Instant::now();
-                        }
-                    }
-                },
-                _ = &mut keep_alive_timer, if self.keep_alive.is_some() && !blocked => {
-                    if last_read + keep_alive > Instant::now() {
-                        keep_alive_timer.as_mut().reset(last_read + keep_alive);
-                        continue;
-                    }
-                    tracing::info!(peer = %self.entry.peer, "MQTT keep alive expired");
-                    self.disconnect(&Violation::new(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout"));
-                    return Ending::Abnormal;
-                }
-                // Frames to write, a takeover or a deleted queue: all wake the outbox.
-                _ = outbox.frames_pushed() => {
-                    if handover.is_kicked() {
-                        self.disconnect(&Violation::new(reason::SESSION_TAKEN_OVER, "another connection took the session over"));
-                        return Ending::Abnormal;
-                    }
-                    if link.queue_was_deleted() {
-                        self.disconnect(&Violation::new(reason::IMPLEMENTATION_SPECIFIC_ERROR, "the session's queue was deleted"));
-                        return Ending::Abnormal;
-                    }
-                    self.settle_dropped();
-                    wr.take(&outbox);
-                }
-                written = wr.write_some(&outbox), if !wr.is_idle() => match written {
-                    Ok(drained) => {
-                        // Frames pushed while this write was under way woke nobody.
-                        wr.take(&outbox);
-                        if drained {
-                            self.dispatch_all();
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(peer = %self.entry.peer, error = %e, "MQTT socket write failed");
-                        return Ending::Abnormal;
-                    }
-                },
-                _ = crate::store::log::synced_changed(&mut log_synced), if !self.held.is_empty() => {
-                    self.flush_held();
-                }
-                _ = shutdown.changed() => {
-                    self.disconnect(&Violation::new(reason::SERVER_SHUTTING_DOWN, "broker shutting down"));
-                    return Ending::Abnormal;
-                }
-                why = entry.forced() => {
-                    self.disconnect(&Violation::new(reason::ADMINISTRATIVE_ACTION, why));
-                    return Ending::Abnormal;
-                }
-            }
         }
     }
 
@@ -588,5 +470,89 @@ impl Connection {
         }
         self.ack_publish(qos, id, routed.reason(), lsn);
         Ok(())
+    }
+}
+
+impl DriverSession for Connection {
+    fn received(&mut self, buf: &mut BytesMut, now: Instant) -> Step {
+        self.liveness.heard(now);
+        match self.process(buf) {
+            None => Step::Continue,
+            Some(end) => {
+                self.ending = end;
+                Step::Close
+            }
+        }
+    }
+
+    fn take_published(&mut self) -> bool {
+        // As for AMQP: only a connection that publishes during the alarm stops being read, so
+        // consumers can still ack and drain.
+        std::mem::take(&mut self.published)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.liveness.deadline()
+    }
+
+    fn timer(&mut self, now: Instant) -> Step {
+        if !self.liveness.poll(now, self.blocked).peer_silent {
+            return Step::Continue;
+        }
+        tracing::info!(peer = %self.entry.peer, "MQTT keep alive expired");
+        self.disconnect(&Violation::new(
+            reason::KEEP_ALIVE_TIMEOUT,
+            "keep alive timeout",
+        ));
+        Step::Close
+    }
+
+    fn awaits_log(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    fn log_synced(&mut self) -> Step {
+        self.flush_held();
+        Step::Continue
+    }
+
+    fn drained(&mut self) {
+        self.dispatch_all();
+    }
+
+    /// Frames to write, a takeover or a deleted queue: all wake the outbox.
+    fn woken(&mut self) -> Step {
+        if self.attached.handover.is_kicked() {
+            self.disconnect(&Violation::new(
+                reason::SESSION_TAKEN_OVER,
+                "another connection took the session over",
+            ));
+            return Step::Close;
+        }
+        if self.link.queue_was_deleted() {
+            self.disconnect(&Violation::new(
+                reason::IMPLEMENTATION_SPECIFIC_ERROR,
+                "the session's queue was deleted",
+            ));
+            return Step::Close;
+        }
+        self.settle_dropped();
+        Step::Continue
+    }
+
+    fn alarm_blocked(&mut self, on: bool, now: Instant) {
+        self.blocked = on;
+        if !on {
+            self.liveness.heard(now);
+        }
+    }
+
+    fn stop(&mut self, why: Stop) -> Step {
+        let v = match why {
+            Stop::Shutdown => Violation::new(reason::SERVER_SHUTTING_DOWN, "broker shutting down"),
+            Stop::Forced(why) => Violation::new(reason::ADMINISTRATIVE_ACTION, why),
+        };
+        self.disconnect(&v);
+        Step::Close
     }
 }

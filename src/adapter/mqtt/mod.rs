@@ -22,8 +22,9 @@ pub mod retained;
 pub mod session;
 mod subscribe;
 
-use crate::adapter::outbox::{InlineWriter, Outbox};
+use crate::adapter::outbox::Outbox;
 use crate::core::Broker;
+use crate::net::driver::{Check, Driver, Liveness, ReadPolicy, WriteMode};
 use bytes::BytesMut;
 use connection::{Connection, Ending};
 use delivery::{ClientLimits, Link};
@@ -40,8 +41,6 @@ use tokio::time::timeout;
 
 /// Time a client has to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time the last packets get to be written.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves a connection over any byte stream (TCP, TLS, WebSocket later).
 ///
@@ -49,23 +48,45 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// small: the handshake (CONNECT, authentication, session takeover) runs in a boxed future that
 /// is freed before the steady-state loop starts, and the connection's state is boxed too. An
 /// idle connection then holds only what it needs (issue 7: memory per idle connection).
-pub async fn serve_stream<R, W>(mut rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
-where
+pub async fn serve_stream<R, W>(
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    cert_name: Option<String>,
+    broker: Arc<Broker>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let entry = broker.register_connection("mqtt", peer);
     // This task writes too (no writer task): one task per connection.
-    let outbox = Arc::new(Outbox::charged_to(&broker.memory));
-    outbox.count_into(&entry.stats);
-    let mut wr = InlineWriter::new(wr, &outbox);
-    let opened = Box::pin(open(&mut rd, &outbox, &entry, peer, &broker)).await;
-    if let Some((mut conn, buf)) = opened {
-        let ending: Ending = conn.run(&mut rd, &mut wr, buf).await;
+    let mut driver = Driver::new(
+        "mqtt",
+        rd,
+        wr,
+        peer,
+        &broker,
+        ReadPolicy::Lean {
+            idle: connection::IDLE_READ_RESERVE,
+            busy: connection::READ_RESERVE,
+        },
+        WriteMode::Inline,
+    );
+    let opened = Box::pin(open(
+        &mut driver.reader,
+        &mut driver.read.buf,
+        &driver.outbox,
+        &driver.entry,
+        peer,
+        cert_name,
+        &broker,
+    ))
+    .await;
+    if let Some(mut conn) = opened {
+        driver.run(&mut *conn).await;
+        let ending: Ending = conn.ending;
         conn.finish(ending);
     }
-    let _ = timeout(CLOSE_TIMEOUT, wr.finish(&outbox)).await;
-    broker.unregister_connection(entry.id);
+    driver.finish().await;
     tracing::debug!(%peer, "MQTT connection closed");
 }
 
@@ -73,14 +94,16 @@ where
 /// CONNECT, or `None` when the connection is refused or gone.
 async fn open<R: AsyncRead + Unpin>(
     rd: &mut R,
+    buf: &mut BytesMut,
     outbox: &Arc<Outbox>,
     entry: &Arc<crate::core::broker::ConnectionEntry>,
     peer: SocketAddr,
+    // Owned, so that it lives in the boxed handshake future only (see `serve_stream`).
+    cert_name: Option<String>,
     broker: &Arc<Broker>,
-) -> Option<(Box<Connection>, BytesMut)> {
-    let mut buf = BytesMut::new();
+) -> Option<Box<Connection>> {
     let max_connect = broker.config.mqtt.max_connect_size as usize;
-    match timeout(CONNECT_TIMEOUT, read_first(rd, &mut buf, max_connect)).await {
+    match timeout(CONNECT_TIMEOUT, read_first(rd, buf, max_connect)).await {
         Err(_) => tracing::info!(%peer, "no MQTT CONNECT in time"),
         Ok(Err(None)) => {}
         Ok(Err(Some(e))) => {
@@ -96,9 +119,7 @@ async fn open<R: AsyncRead + Unpin>(
             }
         }
         Ok(Ok(Packet::Connect(c))) => {
-            return handshake(*c, outbox, entry, peer, broker)
-                .await
-                .map(|conn| (conn, buf));
+            return handshake(*c, outbox, entry, peer, cert_name.as_deref(), broker).await;
         }
         Ok(Ok(other)) => {
             tracing::info!(%peer, packet = other.name(), "first MQTT packet is not CONNECT");
@@ -151,6 +172,7 @@ async fn handshake(
     outbox: &Arc<Outbox>,
     entry: &Arc<crate::core::broker::ConnectionEntry>,
     peer: SocketAddr,
+    cert_name: Option<&str>,
     broker: &Arc<Broker>,
 ) -> Option<Box<Connection>> {
     let state = MqttState::for_broker(broker);
@@ -167,7 +189,7 @@ async fn handshake(
     let expiry = requested_expiry.min(cfg.max_session_expiry_interval);
     let attached = async {
         let (client_id, assigned) = connect::client_id(&c, broker)?;
-        let (vhost, user) = match connect::authenticate(broker, &c, peer) {
+        let (vhost, user) = match connect::authenticate(broker, &c, peer, cert_name) {
             Ok(authenticated) => {
                 broker.auth_throttle.succeeded(peer.ip());
                 authenticated
@@ -279,7 +301,19 @@ async fn handshake(
         link,
         consumer_id: broker.next_id(),
         will: c.will.map(Box::new),
-        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        // The keep alive is enforced at 1.5 times its value (MQTT 3.1.2.10).
+        liveness: Liveness::new(
+            None,
+            (keep_alive > 0).then(|| {
+                (
+                    Check::AtExpiry,
+                    Duration::from_millis(u64::from(keep_alive) * 1500),
+                )
+            }),
+            tokio::time::Instant::now(),
+        ),
+        blocked: false,
+        ending: Ending::Abnormal,
         inbound_aliases: HashMap::new(),
         problem_info: c.properties.request_problem_information != Some(0),
         published: false,
@@ -312,7 +346,8 @@ mod tests {
             crate::config::Config::load(None).expect("the embedded default parses"),
         );
         let peer: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
-        let connection = super::serve_stream(tokio::io::empty(), tokio::io::sink(), peer, broker);
+        let connection =
+            super::serve_stream(tokio::io::empty(), tokio::io::sink(), peer, None, broker);
         let size = std::mem::size_of_val(&connection);
         assert!(size <= 1280, "MQTT connection future is {size} bytes");
     }

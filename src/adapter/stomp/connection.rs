@@ -1,12 +1,14 @@
-//! One STOMP connection: the CONNECT handshake, then the loop that reads frames, keeps
-//! heart-beats both ways, honours the memory alarm and shutdown, and closes cleanly.
+//! One STOMP connection: the CONNECT handshake, then the session the connection driver
+//! (`crate::net::driver`) runs: frames in, heart-beats both ways, receipts after the log.
 
 use super::error::StompError;
 use super::handshake::{connect, Negotiated, ACCESS_REFUSED};
 use super::session::{Next, Session, SessionCtx};
 use crate::adapter::outbox::Outbox;
-use crate::core::broker::ConnectionEntry;
 use crate::core::Broker;
+use crate::net::driver::{
+    Check, Driver, Liveness, ReadPolicy, Session as DriverSession, Step, Stop, WriteMode,
+};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,26 +19,46 @@ use tokio::time::{timeout, Instant};
 
 /// Time a client has to send CONNECT (as RabbitMQ's handshake timeout).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time the writer gets to flush the last frames (ERROR, RECEIPT) before the socket closes.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time the receipts still waiting for the log get after DISCONNECT.
+const RECEIPTS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The read buffer's starting size.
+const READ_BUFFER: usize = 16 * 1024;
 /// Versions decode CONNECT the same way (its headers are never escaped).
 const HANDSHAKE_VERSION: Version = Version::V1_2;
 
-/// Serves a connection over any byte stream (TCP, TLS, WebSocket later).
-pub async fn serve_stream<R, W>(mut rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
-where
+/// Serves a connection over any byte stream (TCP, TLS, WebSocket).
+pub async fn serve_stream<R, W>(
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    cert_name: Option<String>,
+    broker: Arc<Broker>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let entry = broker.register_connection("stomp", peer);
-    let (outbox, writer) = Outbox::start(wr, &broker.memory);
-    outbox.count_into(&entry.stats);
+    let mut driver = Driver::new(
+        "stomp",
+        rd,
+        wr,
+        peer,
+        &broker,
+        ReadPolicy::Keep {
+            initial: READ_BUFFER,
+        },
+        WriteMode::Task,
+    );
+    let outbox = driver.outbox.clone();
     let limits = limits_of(&broker);
-    let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut decoder = Decoder::new();
     match timeout(
         HANDSHAKE_TIMEOUT,
-        read_connect(&mut rd, &mut buf, &mut decoder, &limits),
+        read_connect(
+            &mut driver.reader,
+            &mut driver.read.buf,
+            &mut decoder,
+            &limits,
+        ),
     )
     .await
     {
@@ -46,7 +68,7 @@ where
             tracing::info!(%peer, error = %e, "bad STOMP frame before CONNECT");
             send_error(&outbox, HANDSHAKE_VERSION, &e, None);
         }
-        Ok(Ok(frame)) => match connect(&frame, &broker, peer) {
+        Ok(Ok(frame)) => match connect(&frame, &broker, peer, cert_name.as_deref()) {
             Err(e) => {
                 if e.message == ACCESS_REFUSED {
                     broker.auth_throttle.failed(peer.ip()).await;
@@ -57,27 +79,25 @@ where
             Ok((n, connected)) => {
                 broker.auth_throttle.succeeded(peer.ip());
                 tracing::debug!(%peer, user = %n.user, vhost = %n.vhost.name, version = n.version.as_str(), "STOMP connection opened");
-                if let Ok(mut s) = entry.session.lock() {
+                if let Ok(mut s) = driver.entry.session.lock() {
                     *s = Some((n.user.clone(), n.vhost.name.clone()));
                 }
                 outbox.push(|out| encode(&connected, n.version, out));
                 let mut conn = Connection::new(
                     &broker,
-                    entry.id,
+                    driver.entry.id,
                     peer,
                     &outbox,
                     n,
                     limits,
-                    entry.stats.clone(),
+                    driver.entry.stats.clone(),
                 );
-                conn.run(&mut rd, buf, &entry).await;
+                driver.run(&mut conn).await;
                 conn.session.cleanup();
             }
         },
     }
-    outbox.close();
-    let _ = timeout(CLOSE_TIMEOUT, writer).await;
-    broker.unregister_connection(entry.id);
+    driver.finish().await;
     tracing::debug!(%peer, "STOMP connection closed");
 }
 
@@ -134,12 +154,14 @@ fn send_error(outbox: &Outbox, version: Version, e: &StompError, receipt: Option
 struct Connection {
     session: Session,
     decoder: Decoder,
-    broker: Arc<Broker>,
     outbox: Arc<Outbox>,
     peer: SocketAddr,
     limits: Limits,
-    send_every: Option<Duration>,
-    expect_every: Option<Duration>,
+    liveness: Liveness,
+    /// Not read because of the memory alarm: its silence proves nothing.
+    blocked: bool,
+    /// After DISCONNECT or an ERROR: only the receipts still waiting for the log are sent.
+    closing: bool,
 }
 
 impl Connection {
@@ -165,114 +187,28 @@ impl Connection {
         Connection {
             session: Session::new(ctx, n.session),
             decoder: Decoder::new(),
-            broker: broker.clone(),
             outbox: outbox.clone(),
             peer,
             limits,
-            send_every: n.send_every,
-            expect_every: n.expect_every,
+            // Two missed heart-beats mean a dead peer.
+            liveness: Liveness::new(
+                n.send_every,
+                n.expect_every.map(|e| (Check::Every(e / 2), e * 2)),
+                Instant::now(),
+            ),
+            blocked: false,
+            closing: false,
         }
     }
 
-    async fn run<R: AsyncRead + Unpin>(
-        &mut self,
-        rd: &mut R,
-        mut buf: BytesMut,
-        entry: &ConnectionEntry,
-    ) {
-        let mut shutdown = self.broker.shutdown_signal();
-        let mut alarm = self.broker.memory.subscribe();
-        let mut log_synced = self.broker.store.as_ref().map(|s| s.log.subscribe());
-        // A connection that published during a memory alarm is not read until it clears (its
-        // TCP window fills and the client stops). Consumers' connections stay readable so that
-        // their ACKs can free memory.
-        let mut blocked = false;
-        let far = Duration::from_secs(3600);
-        let mut send_ticker = tokio::time::interval(self.send_every.unwrap_or(far));
-        send_ticker.tick().await;
-        let mut check_ticker = tokio::time::interval(self.expect_every.map_or(far, |e| e / 2));
-        check_ticker.tick().await;
-        let mut last_read = Instant::now();
-
-        // Frames that arrived right behind CONNECT.
-        if !self.process(&mut buf) {
-            self.finish_receipts(&mut log_synced).await;
-            return;
-        }
-        loop {
-            tokio::select! {
-                read = rd.read_buf(&mut buf), if !blocked => {
-                    match read {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => entry.stats.received(n),
-                    }
-                    last_read = Instant::now();
-                    if !self.process(&mut buf) {
-                        self.finish_receipts(&mut log_synced).await;
-                        return;
-                    }
-                    // Only a SEND in this very read counts, so a connection that published
-                    // long ago and now only consumes stays readable.
-                    let published = std::mem::take(&mut self.session.published);
-                    if published && self.broker.memory.alarm() {
-                        blocked = true;
-                    }
-                }
-                _ = self.outbox.drained.notified() => self.session.wake_subscriptions(),
-                _ = crate::store::log::synced_changed(&mut log_synced), if self.session.receipts_pending() => {
-                    self.session.flush_receipts();
-                }
-                _ = self.outbox.writer_done.notified() => return,
-                _ = send_ticker.tick(), if self.send_every.is_some() => {
-                    self.outbox.push(|out| out.extend_from_slice(b"\n"));
-                }
-                _ = check_ticker.tick(), if self.expect_every.is_some() => {
-                    // Two missed heart-beats mean a dead peer. A blocked connection is not
-                    // read, so its silence proves nothing.
-                    if let Some(every) = self.expect_every {
-                        if !blocked && last_read.elapsed() > every * 2 {
-                            tracing::info!(peer = %self.peer, "STOMP client missed heart-beats, closing");
-                            return;
-                        }
-                    }
-                }
-                changed = alarm.changed() => {
-                    if changed.is_err() {
-                        continue;
-                    }
-                    if !*alarm.borrow_and_update() {
-                        blocked = false;
-                        last_read = Instant::now();
-                    }
-                }
-                _ = shutdown.changed() => {
-                    let e = StompError::new("Server shutdown", "The broker is shutting down.");
-                    send_error(&self.outbox, self.session.version(), &e, None);
-                    return;
-                }
-                why = entry.forced() => {
-                    let e = StompError::new("Connection closed by the broker", why);
-                    send_error(&self.outbox, self.session.version(), &e, None);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Before closing after DISCONNECT: sends the receipts still waiting for the log (bounded,
-    /// so a stuck disk cannot hold the connection forever).
-    async fn finish_receipts(
-        &mut self,
-        log_synced: &mut Option<tokio::sync::watch::Receiver<u64>>,
-    ) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.session.flush_receipts() {
-            if tokio::time::timeout_at(deadline, crate::store::log::synced_changed(log_synced))
-                .await
-                .is_err()
-            {
-                return;
-            }
+    /// The end after DISCONNECT or an ERROR: at once, or once the receipts still waiting for
+    /// the log are sent (bounded, so a stuck disk cannot hold the connection forever).
+    fn close(&mut self, now: Instant) -> Step {
+        self.closing = true;
+        if self.session.flush_receipts() {
+            Step::Closing(now + RECEIPTS_TIMEOUT)
+        } else {
+            Step::Close
         }
     }
 
@@ -305,5 +241,76 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+impl DriverSession for Connection {
+    fn received(&mut self, buf: &mut BytesMut, now: Instant) -> Step {
+        if self.closing {
+            // After DISCONNECT or ERROR nothing the client sends is read.
+            buf.clear();
+            return Step::Continue;
+        }
+        self.liveness.heard(now);
+        if self.process(buf) {
+            Step::Continue
+        } else {
+            self.close(now)
+        }
+    }
+
+    fn take_published(&mut self) -> bool {
+        // Only a SEND since the last read counts, so a connection that published long ago and
+        // now only consumes stays readable.
+        std::mem::take(&mut self.session.published)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.liveness.deadline()
+    }
+
+    fn timer(&mut self, now: Instant) -> Step {
+        let due = self.liveness.poll(now, self.blocked);
+        if due.send_beat {
+            self.outbox.push(|out| out.extend_from_slice(b"\n"));
+        }
+        if due.peer_silent {
+            tracing::info!(peer = %self.peer, "STOMP client missed heart-beats, closing");
+            return Step::Close;
+        }
+        Step::Continue
+    }
+
+    fn awaits_log(&self) -> bool {
+        self.session.receipts_pending()
+    }
+
+    fn log_synced(&mut self) -> Step {
+        let waiting = self.session.flush_receipts();
+        if self.closing && !waiting {
+            Step::Close
+        } else {
+            Step::Continue
+        }
+    }
+
+    fn drained(&mut self) {
+        self.session.wake_subscriptions();
+    }
+
+    fn alarm_blocked(&mut self, on: bool, now: Instant) {
+        self.blocked = on;
+        if !on {
+            self.liveness.heard(now);
+        }
+    }
+
+    fn stop(&mut self, why: Stop) -> Step {
+        let e = match why {
+            Stop::Shutdown => StompError::new("Server shutdown", "The broker is shutting down."),
+            Stop::Forced(why) => StompError::new("Connection closed by the broker", why),
+        };
+        send_error(&self.outbox, self.session.version(), &e, None);
+        Step::Close
     }
 }

@@ -75,6 +75,7 @@ pub fn connect(
     frame: &Frame,
     broker: &Broker,
     peer: SocketAddr,
+    cert_name: Option<&str>,
 ) -> StompResult<(Negotiated, Frame)> {
     if !matches!(frame.command, Command::Connect | Command::Stomp) {
         return Err(StompError::new(
@@ -87,7 +88,7 @@ pub fn connect(
     }
     let version = negotiate_version(frame)?;
     let config = &broker.config.stomp;
-    let user = authenticate(frame, broker, peer)?;
+    let user = authenticate(frame, broker, peer, cert_name)?;
     let vhost = frame
         .header("host")
         .and_then(|h| broker.vhost(h))
@@ -127,15 +128,24 @@ pub fn connect(
     Ok((negotiated, connected))
 }
 
-/// `login`/`passcode` against the users; without `login`, the configured default login (from
+/// `login`/`passcode` against the users; without `login`, the TLS client certificate's common
+/// name (`cert_name`) with `stomp.ssl_cert_login`, else the configured default login (from
 /// loopback only, unless configured otherwise).
-fn authenticate(frame: &Frame, broker: &Broker, peer: SocketAddr) -> StompResult<User> {
+fn authenticate(
+    frame: &Frame,
+    broker: &Broker,
+    peer: SocketAddr,
+    cert_name: Option<&str>,
+) -> StompResult<User> {
     let config = &broker.config.stomp;
-    let (login, passcode) = match frame.header("login") {
-        Some(login) => (login, Some(frame.header("passcode").unwrap_or(""))),
+    let (login, passcode) = match (frame.header("login"), cert_name) {
+        (Some(login), _) => (login, Some(frame.header("passcode").unwrap_or(""))),
+        // Verified against the CA: the certificate stands for the passcode (RabbitMQ's
+        // ssl_cert_login).
+        (None, Some(cn)) if config.ssl_cert_login => (cn, None),
         // The default login acts as that user with exactly its permissions; its passcode is
         // checked when one is configured.
-        None => match (&config.default_login, &config.default_passcode) {
+        (None, _) => match (&config.default_login, &config.default_passcode) {
             (Some(login), passcode)
                 if !config.default_login_loopback_only
                     || crate::core::access::is_loopback(peer.ip()) =>

@@ -1,0 +1,268 @@
+//! The one connection driver: it owns a connection's transport (any `AsyncRead + AsyncWrite`:
+//! TCP, TLS, WebSocket), its read buffer and that buffer's memory charge, memory-alarm gating,
+//! the session's timers, waiting for the message log before durable acknowledgements, the
+//! outbox's writer, and shutdown. A protocol supplies a [`Session`]: bytes and `now` in, frames
+//! (pushed to the outbox) and its next deadline out; it never sees a socket or a clock.
+//!
+//! Time is tokio's clock (`tokio::time::Instant`), read only here and handed to the session, so
+//! tests of heart-beats and keep-alives run on paused time over in-memory transports.
+
+mod liveness;
+mod read_buffer;
+mod write_side;
+
+pub use liveness::{Check, Due, Liveness};
+pub use read_buffer::{ReadBuffer, ReadPolicy};
+use write_side::Outbound;
+pub use write_side::{WriteMode, WriteSide};
+
+use crate::adapter::outbox::Outbox;
+use crate::core::broker::ConnectionEntry;
+use crate::core::Broker;
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::time::Instant;
+
+/// During a memory alarm a connection holding this many bytes of unfinished frames is not read
+/// any more, as one that published: the bytes are a publish on its way (no acknowledgement or
+/// control frame a consumer sends is anywhere near this large).
+pub const UNFINISHED_BLOCKS_AT: usize = 64 * 1024;
+
+/// What the session wants after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    /// End the connection now (what the session queued is still written).
+    Close,
+    /// Keep reading (the session ignores what is not part of the close) and waiting for the
+    /// log, with no timers, until the session says [`Step::Close`] or this instant passes.
+    Closing(Instant),
+}
+
+/// Why the broker ends a connection.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    Shutdown,
+    /// By an operator or because its user or vhost was deleted; the reason.
+    Forced(String),
+}
+
+/// A protocol's connection state machine as the driver sees it.
+pub trait Session {
+    /// Handles every complete frame at the front of `buf` (consuming them), read at `now`.
+    fn received(&mut self, buf: &mut BytesMut, now: Instant) -> Step;
+    /// Bytes of unfinished frames the session keeps outside the read buffer (an AMQP body
+    /// still arriving), charged to the memory monitor with the buffer.
+    fn held_bytes(&self) -> usize {
+        0
+    }
+    /// Whether a publish was routed since the last call (the memory alarm then blocks reads).
+    fn take_published(&mut self) -> bool;
+    /// When [`timer`](Self::timer) is next due, if ever. Changes only when it fires or the
+    /// session starts or stops a timer, so the driver rarely re-arms it.
+    fn deadline(&self) -> Option<Instant>;
+    fn timer(&mut self, now: Instant) -> Step;
+    /// Whether acknowledgements wait for the message log to be durable.
+    fn awaits_log(&self) -> bool;
+    /// The log made more records durable.
+    fn log_synced(&mut self) -> Step;
+    /// The outbox has room again: consumers refused for lack of it may deliver.
+    fn drained(&mut self);
+    /// The outbox was woken ([`Outbox::wake`] or frames pushed); only with
+    /// [`WriteMode::Inline`], where that is the session's one wake-up from other tasks.
+    fn woken(&mut self) -> Step {
+        Step::Continue
+    }
+    /// Reads stopped (`true`) or resumed (`false`) because of the memory alarm.
+    fn alarm_blocked(&mut self, on: bool, now: Instant);
+    fn stop(&mut self, why: Stop) -> Step;
+}
+
+/// One connection: its transport, read buffer and outbox.
+pub struct Driver<R, W> {
+    pub reader: R,
+    pub read: ReadBuffer,
+    pub outbox: Arc<Outbox>,
+    writer: WriteSide<W>,
+    pub broker: Arc<Broker>,
+    pub entry: Arc<ConnectionEntry>,
+}
+
+impl<R, W> Driver<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    /// Registers the connection and starts its writer.
+    pub fn new(
+        protocol: &'static str,
+        reader: R,
+        writer: W,
+        peer: SocketAddr,
+        broker: &Arc<Broker>,
+        policy: ReadPolicy,
+        mode: WriteMode,
+    ) -> Self {
+        let entry = broker.register_connection(protocol, peer);
+        let (outbox, writer) = WriteSide::start(mode, writer, &broker.memory);
+        outbox.count_into(&entry.stats);
+        Driver {
+            reader,
+            read: ReadBuffer::new(policy, &broker.memory),
+            outbox,
+            writer,
+            broker: broker.clone(),
+            entry,
+        }
+    }
+
+    /// Runs `session` until it closes, the peer goes, or the writer fails.
+    pub async fn run<S: Session>(&mut self, session: &mut S) {
+        let mut shutdown = self.broker.shutdown_signal();
+        let mut alarm = self.broker.memory.subscribe();
+        let mut log_synced = self.broker.store.as_ref().map(|s| s.log.subscribe());
+        // Not read while blocked by the memory alarm (its TCP window fills and the client
+        // stops). Only a connection that publishes is blocked: consumers' connections stay
+        // readable so that their acknowledgements can free memory.
+        let mut blocked = false;
+        let mut closing: Option<Instant> = None;
+        let timer = tokio::time::sleep_until(far_future());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
+
+        // Frames that arrived behind the handshake.
+        let mut step = session.received(&mut self.read.buf, Instant::now());
+        self.read.processed(session.held_bytes());
+        loop {
+            match step {
+                Step::Continue => {}
+                Step::Close => return,
+                Step::Closing(until) => {
+                    if closing.is_none() {
+                        closing = Some(until);
+                    }
+                }
+            }
+            step = Step::Continue;
+            let due = closing.or_else(|| session.deadline());
+            if due != armed {
+                armed = due;
+                timer.as_mut().reset(due.unwrap_or_else(far_future));
+            }
+            self.read.prepare_read();
+            // Reading and waiting for the alarm to clear exclude each other, so they share one
+            // future (and its room in the connection's future).
+            let read_buf = &mut self.read.buf;
+            let reader = &mut self.reader;
+            let wait_alarm = blocked && closing.is_none();
+            let input = async {
+                if wait_alarm {
+                    Input::AlarmChanged(alarm.changed().await.is_ok())
+                } else {
+                    Input::Read(reader.read_buf(read_buf).await)
+                }
+            };
+            let outbound = self.writer.next_event(&self.outbox);
+            let entry = &self.entry;
+            let event = tokio::select! {
+                input = input => match input {
+                    Input::Read(Ok(0) | Err(_)) => return,
+                    Input::Read(Ok(n)) => {
+                        entry.stats.received(n);
+                        Event::Read
+                    }
+                    Input::AlarmChanged(ok) => Event::AlarmChanged { ok },
+                },
+                _ = &mut timer, if armed.is_some() => Event::Timer,
+                outbound = outbound => match outbound {
+                    Outbound::Drained => Event::Drained,
+                    Outbound::Woken => Event::Woken,
+                    Outbound::Written(Ok(drained)) => Event::Written { drained },
+                    Outbound::Written(Err(e)) => {
+                        tracing::debug!(peer = %entry.peer, error = %e, "socket write failed");
+                        return;
+                    }
+                    Outbound::WriterDone => return,
+                },
+                _ = crate::store::log::synced_changed(&mut log_synced), if session.awaits_log() => Event::LogSynced,
+                _ = shutdown.changed(), if closing.is_none() => Event::Stop(Stop::Shutdown),
+                why = entry.forced(), if closing.is_none() => Event::Stop(Stop::Forced(why)),
+            };
+            match event {
+                Event::Read => {
+                    let now = Instant::now();
+                    step = session.received(&mut self.read.buf, now);
+                    let held = session.held_bytes();
+                    self.read.processed(held);
+                    let published = session.take_published();
+                    if closing.is_none()
+                        && step == Step::Continue
+                        && self.broker.memory.alarm()
+                        && (published || self.read.unfinished(held) >= UNFINISHED_BLOCKS_AT)
+                    {
+                        blocked = true;
+                        session.alarm_blocked(true, now);
+                    }
+                }
+                Event::AlarmChanged { ok } => {
+                    // A monitor gone (never while the broker runs) blocks nothing.
+                    if !ok || !*alarm.borrow_and_update() {
+                        blocked = false;
+                        session.alarm_blocked(false, Instant::now());
+                    }
+                }
+                Event::Timer => {
+                    if closing.is_some() {
+                        return;
+                    }
+                    armed = None;
+                    step = session.timer(Instant::now());
+                }
+                Event::Drained => session.drained(),
+                Event::Woken => {
+                    step = session.woken();
+                    self.writer.take(&self.outbox);
+                }
+                Event::Written { drained } => {
+                    // Frames pushed while this write was under way woke nobody.
+                    self.writer.take(&self.outbox);
+                    if drained {
+                        session.drained();
+                    }
+                }
+                Event::LogSynced => step = session.log_synced(),
+                Event::Stop(why) => step = session.stop(why),
+            }
+        }
+    }
+
+    /// Writes what is left (bounded) and unregisters the connection.
+    pub async fn finish(self) {
+        self.writer.finish(&self.outbox).await;
+        self.broker.unregister_connection(self.entry.id);
+    }
+}
+
+/// A deadline that never comes, for a timer not in use.
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+}
+
+/// What the connection's input branch produced.
+enum Input {
+    Read(std::io::Result<usize>),
+    AlarmChanged(bool),
+}
+
+enum Event {
+    Read,
+    AlarmChanged { ok: bool },
+    Timer,
+    Drained,
+    Woken,
+    Written { drained: bool },
+    LogSynced,
+    Stop(Stop),
+}

@@ -1,0 +1,50 @@
+//! A broker without listeners, served over in-memory streams (`tokio::io::duplex`): nothing
+//! waits for the kernel, so tests of time-driven behaviour run on tokio's paused clock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use switchboard::core::Broker;
+use switchboard::Config;
+use tokio::io::DuplexStream;
+
+/// Bytes in flight each way of an in-memory connection.
+const PIPE: usize = 64 * 1024;
+
+/// A broker on the test config (tweaked), keeping everything in memory.
+pub fn broker(tweak: impl FnOnce(&mut Config)) -> Arc<Broker> {
+    let mut config = Config::parse(&super::test_config_text()).expect("test config");
+    tweak(&mut config);
+    Broker::new(config)
+}
+
+/// Loopback, where the guest user may log in from.
+fn peer() -> SocketAddr {
+    ([127, 0, 0, 1], 40000).into()
+}
+
+pub enum Protocol {
+    Amqp,
+    Mqtt,
+    Stomp,
+}
+
+/// The client end of a new connection that `broker` serves with `protocol`'s adapter.
+pub fn connect(broker: &Arc<Broker>, protocol: Protocol) -> DuplexStream {
+    let (client, server) = tokio::io::duplex(PIPE);
+    let (rd, wr) = tokio::io::split(server);
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        match protocol {
+            Protocol::Amqp => {
+                switchboard::adapter::amqp::serve_stream(rd, wr, peer(), None, broker).await
+            }
+            Protocol::Mqtt => {
+                switchboard::adapter::mqtt::serve_stream(rd, wr, peer(), None, broker).await
+            }
+            Protocol::Stomp => {
+                switchboard::adapter::stomp::serve_stream(rd, wr, peer(), None, broker).await
+            }
+        }
+    });
+    client
+}
