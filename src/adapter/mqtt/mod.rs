@@ -204,11 +204,7 @@ async fn handshake(
             return None;
         }
     };
-    let keep_alive = if v5 && cfg.server_keep_alive > 0 {
-        cfg.server_keep_alive
-    } else {
-        c.keep_alive
-    };
+    let keep_alive = granted_keep_alive(v5, c.keep_alive, cfg);
     let limits = ClientLimits {
         protocol,
         max_packet_size: c
@@ -288,6 +284,22 @@ async fn handshake(
     Some(conn)
 }
 
+/// The keep alive a client gets: `server_keep_alive` imposed on v5 clients when set; else the
+/// client's own, shortened to `max_keep_alive` for a v5 client that asked for a longer one (or
+/// none), as Mosquitto's `max_keepalive` and Paho's test broker do. A v3 client cannot be told,
+/// so it keeps its own.
+fn granted_keep_alive(v5: bool, asked: u16, cfg: &crate::config::MqttConfig) -> u16 {
+    if !v5 {
+        asked
+    } else if cfg.server_keep_alive > 0 {
+        cfg.server_keep_alive
+    } else if cfg.max_keep_alive > 0 && (asked == 0 || asked > cfg.max_keep_alive) {
+        cfg.max_keep_alive
+    } else {
+        asked
+    }
+}
+
 fn refuse(outbox: &Outbox, protocol: Protocol, r: &Refusal, peer: SocketAddr) {
     tracing::info!(%peer, reason = %r, "MQTT CONNECT refused");
     let mut props = Properties::default();
@@ -299,6 +311,27 @@ fn refuse(outbox: &Outbox, protocol: Protocol, r: &Refusal, peer: SocketAddr) {
 
 #[cfg(test)]
 mod tests {
+    use super::granted_keep_alive;
+    use crate::config::MqttConfig;
+
+    #[test]
+    fn keep_alive_is_capped_or_imposed_for_v5_only() {
+        let capped = MqttConfig {
+            max_keep_alive: 60,
+            ..MqttConfig::default()
+        };
+        assert_eq!(granted_keep_alive(true, 120, &capped), 60);
+        assert_eq!(granted_keep_alive(true, 0, &capped), 60, "none is longer");
+        assert_eq!(granted_keep_alive(true, 5, &capped), 5);
+        assert_eq!(granted_keep_alive(false, 120, &capped), 120);
+        let imposed = MqttConfig {
+            server_keep_alive: 30,
+            ..capped
+        };
+        assert_eq!(granted_keep_alive(true, 5, &imposed), 30);
+        assert_eq!(granted_keep_alive(true, 7, &MqttConfig::default()), 7);
+    }
+
     /// Every connected client holds one of these futures for as long as it stays connected
     /// (issue 7: an idle connection's memory). The handshake's state (a decoded CONNECT is
     /// 840 bytes) must not stay in it: it made the future 4.7 KB before it was boxed apart.
