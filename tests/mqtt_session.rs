@@ -373,6 +373,40 @@ async fn inbound_receive_maximum_is_enforced() {
 }
 
 #[tokio::test]
+async fn a_client_still_writing_when_disconnected_reads_the_disconnect() {
+    // Paho's test_flow_control2: the client sends one QoS 2 publish past the Receive Maximum
+    // without reading, then answers each PUBREC with PUBREL while it reads. Its writes must
+    // not meet a reset socket (a broken pipe) before it has read the DISCONNECT.
+    let b = TestBroker::start_with(|c| c.mqtt.receive_maximum = 8).await;
+    let (mut p, _) =
+        RawMqtt::connect_with(b.mqtt, connect_packet(Protocol::V5, "rm-busy", true)).await;
+    let mut burst = bytes::BytesMut::new();
+    for id in 1..=9u16 {
+        let packet = Packet::Publish(publish_packet("rmb", QoS::ExactlyOnce, id, b"x"));
+        encode(&packet, Protocol::V5, &mut burst).expect("encode");
+    }
+    p.send_bytes(&burst).await;
+    let mut recs = 0;
+    loop {
+        match p.recv().await {
+            Some(Packet::PubRec(r)) => {
+                recs += 1;
+                p.send(&Packet::PubRel(PubResponse::new(r.packet_id))).await;
+            }
+            Some(Packet::PubComp(_)) => {}
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason, reason::RECEIVE_MAXIMUM_EXCEEDED);
+                break;
+            }
+            other => panic!("after {recs} PUBRECs: {other:?}"),
+        }
+    }
+    assert_eq!(recs, 8);
+    assert_eq!(p.closed().await, None, "then the broker closes");
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn unsubscribe_drops_messages_already_waiting_for_the_client() {
     let b = TestBroker::start().await;
     let mut c = connect_packet(Protocol::V5, "unsub-wait", false);

@@ -42,6 +42,23 @@ use tokio::time::timeout;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the last packets get to be written.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a closed connection's input is still read and discarded, at most (see
+/// [`discard_until_closed`]).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much input a closed connection may still send; past it, the socket is dropped.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Reads and drops input until the peer closes, fails, or sent [`LINGER_BYTES`].
+async fn discard_until_closed<R: AsyncRead + Unpin>(rd: &mut R) {
+    let mut scratch = [0u8; 4096];
+    let mut total = 0;
+    while total < LINGER_BYTES {
+        match rd.read(&mut scratch).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+    }
+}
 
 /// Serves a connection over any byte stream (TCP, TLS, WebSocket later).
 ///
@@ -64,6 +81,11 @@ where
         conn.finish(ending);
     }
     let _ = timeout(CLOSE_TIMEOUT, wr.finish(&outbox)).await;
+    // Lingering close: a client may still be writing (PUBRELs for the PUBRECs it reads before
+    // our DISCONNECT). Closing the socket on unread input makes the kernel answer with a reset,
+    // and the client then loses the DISCONNECT to a broken pipe. With the write side shut
+    // (FIN sent), read and discard until it closes too, briefly.
+    let _ = timeout(LINGER_TIMEOUT, discard_until_closed(&mut rd)).await;
     broker.unregister_connection(entry.id);
     tracing::debug!(%peer, "MQTT connection closed");
 }
