@@ -50,7 +50,9 @@ const LINGER_BYTES: usize = 1024 * 1024;
 
 /// Reads and drops input until the peer closes, fails, or sent [`LINGER_BYTES`].
 async fn discard_until_closed<R: AsyncRead + Unpin>(rd: &mut R) {
-    let mut scratch = [0u8; 4096];
+    // On the heap: the connection's future holds this function's state for its whole life
+    // (see the_connection_future_stays_small).
+    let mut scratch = vec![0u8; 4096];
     let mut total = 0;
     while total < LINGER_BYTES {
         match rd.read(&mut scratch).await {

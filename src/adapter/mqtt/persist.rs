@@ -12,10 +12,11 @@
 //! is durable.
 
 use super::connect::{queue_name, session_queue_spec};
-use super::convert::{filter_to_pattern, publish_properties, topic_to_key};
+use super::convert::{filter_to_pattern, publish_properties, topic_to_key, MqttForm, PublishFlags};
 use super::registry::{MqttState, SessionKey, SessionSlot};
 use super::session::{is_shared, OutboundMessage, Session, SubscriptionEntry};
 use crate::core::memory::MemoryCharge;
+use crate::core::message::Protocol as Origin;
 use crate::core::{Broker, Message, VHost};
 use crate::store::{compose_key, kind, split_key, Store};
 use base64::Engine;
@@ -381,7 +382,12 @@ mod legacy {
         let mut props = m.properties.clone();
         props.message_expiry_interval = m.remaining_expiry(now);
         let exchange = broker.config.mqtt.exchange.clone();
-        let properties = publish_properties(m.qos, m.retain, "", &props, now);
+        let flags = PublishFlags {
+            qos: m.qos,
+            retain: m.retain,
+            dup: false,
+        };
+        let properties = publish_properties(flags, "", &props, now);
         let charge = broker.memory.charge(Message::charge_size(m.payload.len()));
         let message = Message::new(
             exchange,
@@ -390,7 +396,8 @@ mod legacy {
             None,
             m.payload.clone(),
             charge,
-        );
+        )
+        .with_arrival(Origin::Mqtt, MqttForm::arrived(&m.properties));
         q.publish_tracked(Arc::new(message)).lsn
     }
 
