@@ -14,7 +14,7 @@ use switchboard_mqtt::*;
 /// Waits until the session of `client_id` in the default vhost has no connection, and returns
 /// the MQTT state and the session's key for looking at it.
 async fn wait_released(b: &TestBroker, client_id: &str) -> (std::sync::Arc<MqttState>, SessionKey) {
-    let state = MqttState::for_broker(b.broker());
+    let state = b.mqtt_state();
     let key = SessionKey {
         vhost: "/".into(),
         client_id: client_id.into(),
@@ -214,7 +214,7 @@ async fn session_expiry_ends_a_disconnected_session() {
     let (mut s, _) = RawMqtt::connect_with(b.mqtt, c.clone()).await;
     s.subscribe("se", QoS::AtLeastOnce).await;
     drop(s);
-    let state = MqttState::for_broker(b.broker());
+    let state = b.mqtt_state();
     let key = SessionKey {
         vhost: "/".into(),
         client_id: "sess-exp".into(),

@@ -46,6 +46,9 @@ pub struct BoundAddrs {
 /// A broker with its listeners running.
 pub struct RunningBroker {
     pub broker: Arc<Broker>,
+    /// The MQTT adapter's sessions and retained messages, made here and handed to every MQTT
+    /// connection.
+    pub mqtt: Arc<mqtt::registry::MqttState>,
     pub addrs: BoundAddrs,
     listeners: Vec<JoinHandle<()>>,
 }
@@ -85,7 +88,8 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
         stomp: local_addrs(&stomp_ls),
         http: local_addrs(&http_ls),
     };
-    mqtt::persist::restore(&broker).await;
+    let mqtt_state = Arc::new(mqtt::registry::MqttState::default());
+    mqtt::persist::restore(&broker, &mqtt_state).await;
     let limits = limits::ConnectionLimits::new(
         broker.config.server.max_connections,
         broker.config.server.max_connections_per_address,
@@ -106,6 +110,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
             listeners.push(tokio::spawn(accept_loop(
                 acceptor,
                 broker.clone(),
+                mqtt_state.clone(),
                 protocol,
             )));
         }
@@ -117,6 +122,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     }
     Ok(RunningBroker {
         broker,
+        mqtt: mqtt_state,
         addrs,
         listeners,
     })
@@ -140,7 +146,12 @@ impl Protocol {
     }
 }
 
-async fn accept_loop(mut acceptor: accept::Acceptor, broker: Arc<Broker>, protocol: Protocol) {
+async fn accept_loop(
+    mut acceptor: accept::Acceptor,
+    broker: Arc<Broker>,
+    mqtt_state: Arc<mqtt::registry::MqttState>,
+    protocol: Protocol,
+) {
     let mut shutdown = broker.shutdown_signal();
     loop {
         let (socket, peer, admitted) = tokio::select! {
@@ -148,6 +159,7 @@ async fn accept_loop(mut acceptor: accept::Acceptor, broker: Arc<Broker>, protoc
             _ = shutdown.changed() => return,
         };
         let broker = broker.clone();
+        let mqtt_state = mqtt_state.clone();
         let _ = socket.set_nodelay(true);
         let (rd, wr) = socket.into_split();
         tokio::spawn(async move {
@@ -155,7 +167,7 @@ async fn accept_loop(mut acceptor: accept::Acceptor, broker: Arc<Broker>, protoc
             let _admitted = admitted;
             match protocol {
                 Protocol::Amqp => amqp::serve_stream(rd, wr, peer, broker).await,
-                Protocol::Mqtt => mqtt::serve_stream(rd, wr, peer, broker).await,
+                Protocol::Mqtt => mqtt::serve_stream(rd, wr, peer, broker, mqtt_state).await,
                 Protocol::Stomp => stomp::serve_stream(rd, wr, peer, broker).await,
             }
         });

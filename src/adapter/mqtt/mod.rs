@@ -68,8 +68,13 @@ async fn discard_until_closed<R: AsyncRead + Unpin>(rd: &mut R) {
 /// small: the handshake (CONNECT, authentication, session takeover) runs in a boxed future that
 /// is freed before the steady-state loop starts, and the connection's state is boxed too. An
 /// idle connection then holds only what it needs (issue 7: memory per idle connection).
-pub async fn serve_stream<R, W>(mut rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
-where
+pub async fn serve_stream<R, W>(
+    mut rd: R,
+    wr: W,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    state: Arc<MqttState>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -77,7 +82,7 @@ where
     // This task writes too (no writer task): one task per connection.
     let outbox = Arc::new(Outbox::charged_to(&broker.memory));
     let mut wr = InlineWriter::new(wr, &outbox);
-    let opened = Box::pin(open(&mut rd, &outbox, &entry, peer, &broker)).await;
+    let opened = Box::pin(open(&mut rd, &outbox, &entry, peer, &broker, state)).await;
     if let Some((mut conn, buf)) = opened {
         let ending: Ending = conn.run(&mut rd, &mut wr, buf).await;
         conn.finish(ending);
@@ -100,6 +105,7 @@ async fn open<R: AsyncRead + Unpin>(
     entry: &Arc<crate::core::broker::ConnectionEntry>,
     peer: SocketAddr,
     broker: &Arc<Broker>,
+    state: Arc<MqttState>,
 ) -> Option<(Box<Connection>, BytesMut)> {
     let mut buf = BytesMut::new();
     let max_connect = broker.config.mqtt.max_connect_size as usize;
@@ -119,7 +125,7 @@ async fn open<R: AsyncRead + Unpin>(
             }
         }
         Ok(Ok(Packet::Connect(c))) => {
-            return handshake(*c, outbox, entry, peer, broker)
+            return handshake(*c, outbox, entry, peer, broker, state)
                 .await
                 .map(|conn| (conn, buf));
         }
@@ -175,8 +181,8 @@ async fn handshake(
     entry: &Arc<crate::core::broker::ConnectionEntry>,
     peer: SocketAddr,
     broker: &Arc<Broker>,
+    state: Arc<MqttState>,
 ) -> Option<Box<Connection>> {
-    let state = MqttState::for_broker(broker);
     let protocol = c.protocol;
     let cfg = &broker.config.mqtt;
     let v5 = protocol.is_v5();
@@ -365,7 +371,9 @@ mod tests {
             crate::config::Config::load(None).expect("the embedded default parses"),
         );
         let peer: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
-        let connection = super::serve_stream(tokio::io::empty(), tokio::io::sink(), peer, broker);
+        let state = std::sync::Arc::new(super::MqttState::default());
+        let connection =
+            super::serve_stream(tokio::io::empty(), tokio::io::sink(), peer, broker, state);
         let size = std::mem::size_of_val(&connection);
         assert!(size <= 1280, "MQTT connection future is {size} bytes");
     }

@@ -285,11 +285,10 @@ fn install(broker: &Arc<Broker>, state: &Arc<MqttState>, vhost: &Arc<VHost>, s: 
 
 /// Reads the MQTT records back (and imports the snapshots of an older release): retained
 /// messages into their stores, and every persistent session set up as disconnected.
-pub async fn restore(broker: &Arc<Broker>) {
+pub async fn restore(broker: &Arc<Broker>, state: &Arc<MqttState>) {
     let Some(store) = broker.store.clone() else {
         return;
     };
-    let state = MqttState::for_broker(broker);
     let now = SystemTime::now();
     let mut sessions = 0usize;
     for (key, value) in broker.take_recovered(kind::MQTT_SESSION) {
@@ -303,7 +302,7 @@ pub async fn restore(broker: &Arc<Broker>) {
         let Some(vh) = broker.vhost(&vhost) else {
             continue;
         };
-        install(broker, &state, &vh, session(&vhost, &client_id, &r));
+        install(broker, state, &vh, session(&vhost, &client_id, &r));
         sessions += 1;
     }
     let mut retained = 0usize;
@@ -323,7 +322,7 @@ pub async fn restore(broker: &Arc<Broker>) {
         }
     }
     tracing::info!(sessions, retained, "MQTT state restored");
-    legacy::import(broker, &store, &state).await;
+    legacy::import(broker, &store, state).await;
 }
 
 /// The snapshots of releases before the MQTT state moved into the log.

@@ -1,14 +1,14 @@
 //! The MQTT adapter's broker-wide state: sessions by (vhost, client id) and retained messages
-//! by vhost. One per broker; several brokers may live in one process (the tests start many),
-//! so the state is found by the broker it belongs to rather than held in a plain global.
+//! by vhost. One per broker, made when the broker starts (`net::start`) and handed to every
+//! MQTT connection and to recovery: nothing lives in statics, so several brokers can share a
+//! process (the tests start many).
 
 use super::retained::RetainedStore;
 use super::session::Session;
 use crate::adapter::outbox::Outbox;
-use crate::core::Broker;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -101,22 +101,6 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MqttState {
-    /// The state belonging to `broker`, created on first use.
-    pub fn for_broker(broker: &Arc<Broker>) -> Arc<MqttState> {
-        static STATES: Mutex<Vec<(Weak<Broker>, Arc<MqttState>)>> = Mutex::new(Vec::new());
-        let mut states = lock(&STATES);
-        states.retain(|(b, _)| b.strong_count() > 0);
-        if let Some((_, s)) = states
-            .iter()
-            .find(|(b, _)| std::ptr::eq(b.as_ptr(), Arc::as_ptr(broker)))
-        {
-            return s.clone();
-        }
-        let s = Arc::new(MqttState::default());
-        states.push((Arc::downgrade(broker), s.clone()));
-        s
-    }
-
     pub fn sessions(&self) -> MutexGuard<'_, HashMap<SessionKey, SessionSlot>> {
         lock(&self.sessions)
     }
