@@ -43,12 +43,17 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
+/// Every key has a default, and it is the value the embedded default file gives it: leaving a
+/// key (or a whole section, or `[[users]]`/`[[vhosts]]`) out of a file means the same as the
+/// embedded default (a test compares the two key by key).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
     pub amqp: AmqpConfig,
     #[serde(default)]
     pub mqtt: MqttConfig,
@@ -62,9 +67,9 @@ pub struct Config {
     /// Certificates for every `tls_listen` (and `wss_listen`) address.
     #[serde(default)]
     pub tls: TlsConfig,
-    #[serde(default)]
+    #[serde(default = "default_users")]
     pub users: Vec<UserConfig>,
-    #[serde(default)]
+    #[serde(default = "default_vhosts")]
     pub vhosts: Vec<VHostConfig>,
     /// Queue arguments applied by name pattern, as RabbitMQ policies (see `core::policy`).
     #[serde(default)]
@@ -74,6 +79,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
+    #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     #[serde(default = "default_watermark")]
     pub memory_high_watermark: f64,
@@ -98,6 +104,26 @@ pub struct ServerConfig {
     /// Most connections open at once from one source address (0 = no limit of its own).
     #[serde(default = "default_max_connections_per_address")]
     pub max_connections_per_address: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: default_data_dir(),
+            memory_high_watermark: default_watermark(),
+            memory_high_watermark_bytes: None,
+            loopback_users: default_loopback_users(),
+            shutdown_grace_seconds: default_grace(),
+            disk_free_limit_bytes: default_disk_free_limit(),
+            topic_max_words: default_topic_max_words(),
+            max_connections: 0,
+            max_connections_per_address: default_max_connections_per_address(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
 }
 
 /// The message store (`src/store`): what a confirm promises, and segment size.
@@ -138,6 +164,7 @@ fn default_queue_memory_bytes() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
+    #[serde(default = "default_amqp_listen")]
     pub listen: Vec<SocketAddr>,
     /// AMQP over TLS (amqps, 5671 by convention); needs `[tls]`.
     #[serde(default)]
@@ -152,11 +179,47 @@ pub struct AmqpConfig {
     pub max_message_size: u64,
 }
 
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            listen: default_amqp_listen(),
+            tls_listen: Vec::new(),
+            heartbeat: default_heartbeat(),
+            frame_max: default_frame_max(),
+            channel_max: default_channel_max(),
+            max_message_size: default_max_message_size(),
+        }
+    }
+}
+
+/// `0.0.0.0:PORT`, a listener's default address.
+fn any_address(port: u16) -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([0, 0, 0, 0], port))]
+}
+fn default_amqp_listen() -> Vec<SocketAddr> {
+    any_address(5672)
+}
+fn default_mqtt_listen() -> Vec<SocketAddr> {
+    any_address(1883)
+}
+fn default_stomp_listen() -> Vec<SocketAddr> {
+    any_address(61613)
+}
+fn default_http_listen() -> Vec<SocketAddr> {
+    any_address(15672)
+}
+
+/// For keys whose "off" is "no value": TOML has no null, so an empty string turns them off.
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.is_empty()).then_some(s))
+}
+
 /// The MQTT listener and its limits (the MQTT adapter's settings).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    #[serde(default)]
+    #[serde(default = "default_mqtt_listen")]
     pub listen: Vec<SocketAddr>,
     /// MQTT over TLS (mqtts, 8883 by convention); needs `[tls]`.
     #[serde(default)]
@@ -170,8 +233,11 @@ pub struct MqttConfig {
     /// Exchange MQTT publishes go to and subscriptions bind to.
     #[serde(default = "default_mqtt_exchange")]
     pub exchange: String,
-    /// User that connections without a user name act as; unset refuses them.
-    #[serde(default = "default_mqtt_anonymous_user")]
+    /// User that connections without a user name act as; `""` refuses them.
+    #[serde(
+        default = "default_mqtt_anonymous_user",
+        deserialize_with = "empty_is_none"
+    )]
     pub anonymous_user: Option<String>,
     /// Anonymous connections only from loopback (like `guest`), unless false.
     #[serde(default = "default_true")]
@@ -219,12 +285,16 @@ pub struct MqttConfig {
     /// client's.
     #[serde(default)]
     pub server_keep_alive: u16,
+    /// Longest keep alive granted to a v5 client (seconds); one asking for longer, or for
+    /// none, is told this one in Server Keep Alive. 0 = no cap.
+    #[serde(default)]
+    pub max_keep_alive: u16,
 }
 
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
-            listen: Vec::new(),
+            listen: default_mqtt_listen(),
             tls_listen: Vec::new(),
             ssl_cert_login: false,
             default_vhost: default_mqtt_vhost(),
@@ -243,6 +313,7 @@ impl Default for MqttConfig {
             max_topic_levels: default_mqtt_max_topic_levels(),
             topic_alias_maximum: default_mqtt_topic_alias_maximum(),
             server_keep_alive: 0,
+            max_keep_alive: 0,
         }
     }
 }
@@ -297,7 +368,7 @@ fn default_mqtt_topic_alias_maximum() -> u16 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StompConfig {
-    #[serde(default)]
+    #[serde(default = "default_stomp_listen")]
     pub listen: Vec<SocketAddr>,
     /// STOMP over TLS (61614 by convention); needs `[tls]`.
     #[serde(default)]
@@ -309,18 +380,24 @@ pub struct StompConfig {
     /// hostname there), as ActiveMQ does.
     #[serde(default = "default_stomp_vhost")]
     pub default_vhost: String,
-    /// Login used for a CONNECT without `login` (as RabbitMQ's `stomp.default_user`); unset =
+    /// Login used for a CONNECT without `login` (as RabbitMQ's `stomp.default_user`); `""` =
     /// such connections are refused.
-    #[serde(default)]
+    #[serde(default = "default_stomp_login", deserialize_with = "empty_is_none")]
     pub default_login: Option<String>,
-    #[serde(default)]
+    /// Its passcode; `""` = none is checked (the login is trusted, as for a loopback guest).
+    #[serde(default = "default_stomp_login", deserialize_with = "empty_is_none")]
     pub default_passcode: Option<String>,
     /// Whether the default login applies only to connections from loopback.
     #[serde(default = "default_true")]
     pub default_login_loopback_only: bool,
-    /// Heart-beat interval the server offers in both directions, in milliseconds (0 = none).
+    /// Heart-beat interval the server asks the client to send at, and offers to send at, in
+    /// milliseconds (0 = no heart-beats either way).
     #[serde(default = "default_stomp_heartbeat_ms")]
     pub heartbeat_ms: u32,
+    /// The server sends heart-beats at the interval the client asks for, but never more often
+    /// than this (milliseconds).
+    #[serde(default = "default_stomp_heartbeat_min_ms")]
+    pub heartbeat_min_ms: u32,
     /// Largest frame (command, headers and body), in bytes.
     #[serde(default = "default_stomp_max_frame_size")]
     pub max_frame_size: usize,
@@ -338,14 +415,15 @@ pub struct StompConfig {
 impl Default for StompConfig {
     fn default() -> Self {
         StompConfig {
-            listen: Vec::new(),
+            listen: default_stomp_listen(),
             tls_listen: Vec::new(),
             ssl_cert_login: false,
             default_vhost: default_stomp_vhost(),
-            default_login: None,
-            default_passcode: None,
+            default_login: default_stomp_login(),
+            default_passcode: default_stomp_login(),
             default_login_loopback_only: true,
             heartbeat_ms: default_stomp_heartbeat_ms(),
+            heartbeat_min_ms: default_stomp_heartbeat_min_ms(),
             max_frame_size: default_stomp_max_frame_size(),
             max_body_size: default_stomp_max_body_size(),
             max_headers: default_stomp_max_headers(),
@@ -357,8 +435,15 @@ impl Default for StompConfig {
 fn default_stomp_vhost() -> String {
     "/".into()
 }
+/// guest, as RabbitMQ's `stomp.default_user` / `default_pass`.
+fn default_stomp_login() -> Option<String> {
+    Some("guest".into())
+}
 fn default_stomp_heartbeat_ms() -> u32 {
     10_000
+}
+fn default_stomp_heartbeat_min_ms() -> u32 {
+    100
 }
 // The codec's own defaults, so that the two cannot drift apart.
 fn default_stomp_max_frame_size() -> usize {
@@ -377,7 +462,7 @@ fn default_stomp_max_header_line() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    #[serde(default)]
+    #[serde(default = "default_http_listen")]
     pub listen: Vec<SocketAddr>,
     /// HTTPS; needs `[tls]`.
     #[serde(default)]
@@ -396,7 +481,7 @@ pub struct ListenerConfig {
 impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
-            listen: Vec::new(),
+            listen: default_http_listen(),
             tls_listen: Vec::new(),
             idle_timeout_ms: default_http_idle_timeout_ms(),
             stats_interval_ms: default_stats_interval_ms(),
@@ -493,6 +578,17 @@ pub struct PolicyConfig {
     /// `overflow`, `max-priority`, `single-active-consumer`.
     #[serde(default)]
     pub definition: toml::Table,
+}
+
+fn default_users() -> Vec<UserConfig> {
+    vec![UserConfig {
+        name: "guest".into(),
+        password: "guest".into(),
+        tags: vec!["administrator".into()],
+    }]
+}
+fn default_vhosts() -> Vec<VHostConfig> {
+    vec![VHostConfig { name: "/".into() }]
 }
 
 fn default_apply_to() -> String {
@@ -700,21 +796,56 @@ mod tests {
         assert_eq!(c.stomp.max_header_line, limits.max_header_line);
     }
 
+    /// Every value, in a form that compares all of them (Config holds no secrets worth hiding
+    /// from a test's failure message).
+    fn every_value(c: &Config) -> String {
+        format!("{c:#?}")
+    }
+
     #[test]
-    fn stomp_settings_default_when_absent() {
-        // The [stomp] section with only `listen`.
-        let start = DEFAULT_CONFIG.find("# Vhost for a CONNECT").unwrap();
-        let end = DEFAULT_CONFIG.find("[http]").unwrap();
-        let trimmed = format!("{}{}", &DEFAULT_CONFIG[..start], &DEFAULT_CONFIG[end..]);
-        let c = Config::parse(&trimmed).unwrap();
-        assert_eq!(
-            c.stomp.default_login, None,
-            "no default login unless configured"
-        );
-        assert_eq!(
-            c.stomp.max_body_size,
-            switchboard_stomp::Limits::default().max_body_size
-        );
+    fn an_empty_file_means_the_embedded_default() {
+        let embedded = Config::parse(DEFAULT_CONFIG).unwrap();
+        let empty = Config::parse("").unwrap();
+        assert_eq!(every_value(&empty), every_value(&embedded));
+    }
+
+    #[test]
+    fn every_key_left_out_defaults_to_its_embedded_value() {
+        let embedded: toml::Table = toml::from_str(DEFAULT_CONFIG).unwrap();
+        let want = every_value(&Config::parse(DEFAULT_CONFIG).unwrap());
+        let mut checked = 0;
+        for (name, value) in &embedded {
+            // The whole section (or array of tables) left out...
+            let mut without = embedded.clone();
+            without.remove(name);
+            let got = Config::parse(&toml::to_string(&without).unwrap()).unwrap();
+            assert_eq!(every_value(&got), want, "without {name}");
+            checked += 1;
+            // ...and each of its keys on its own.
+            if let toml::Value::Table(section) = value {
+                for key in section.keys() {
+                    let mut without = embedded.clone();
+                    if let Some(toml::Value::Table(s)) = without.get_mut(name) {
+                        s.remove(key);
+                    }
+                    let got = Config::parse(&toml::to_string(&without).unwrap()).unwrap();
+                    assert_eq!(every_value(&got), want, "without {name}.{key}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 50, "only {checked} keys checked");
+    }
+
+    #[test]
+    fn an_empty_string_turns_default_logins_off() {
+        let text = DEFAULT_CONFIG
+            .replace("default_login = \"guest\"", "default_login = \"\"")
+            .replace("anonymous_user = \"guest\"", "anonymous_user = \"\"");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.stomp.default_login, None);
+        assert_eq!(c.mqtt.anonymous_user, None);
+        assert_eq!(c.stomp.default_passcode.as_deref(), Some("guest"));
     }
 
     #[test]

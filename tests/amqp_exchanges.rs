@@ -609,7 +609,7 @@ async fn reserved_amq_prefix_is_403() {
 }
 
 #[tokio::test]
-async fn unknown_exchange_type_closes_the_connection_with_503() {
+async fn unknown_exchange_type_closes_the_channel_with_406() {
     let b = TestBroker::start().await;
     let (c, ch) = b.channel().await;
     let r = bounded(ch.exchange_declare(
@@ -621,12 +621,13 @@ async fn unknown_exchange_type_closes_the_connection_with_503() {
     .await;
     assert_amqp_err(
         r,
-        503,
-        "COMMAND_INVALID - unknown exchange type 'x-no-such-type'",
+        406,
+        "PRECONDITION_FAILED - invalid exchange type 'x-no-such-type'",
     );
-    wait_until("connection closed", || !c.status().connected()).await;
-    // Other clients are unaffected.
-    let (_c2, ch2) = b.channel().await;
+    // As RabbitMQ 3.13+: only the channel closes; the connection carries on.
+    wait_until("channel closed", || !ch.status().connected()).await;
+    assert!(c.status().connected());
+    let ch2 = bounded(c.create_channel()).await.expect("channel");
     declare(&ch2, &unique("after")).await;
 }
 

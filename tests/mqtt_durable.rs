@@ -80,7 +80,7 @@ async fn an_offline_sessions_messages_are_in_its_durable_queue_and_acks_follow_t
     assert!(q.durable);
     assert_eq!(amqp_count(&b, &queue).await, 4, "AMQP counts what waits");
     // Nothing is held by the session itself.
-    let state = switchboard::adapter::mqtt::registry::MqttState::for_broker(b.broker());
+    let state = b.mqtt_state();
     let key = switchboard::adapter::mqtt::registry::SessionKey {
         vhost: "/".into(),
         client_id: dev.clone(),

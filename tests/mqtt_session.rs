@@ -14,7 +14,7 @@ use switchboard_mqtt::*;
 /// Waits until the session of `client_id` in the default vhost has no connection, and returns
 /// the MQTT state and the session's key for looking at it.
 async fn wait_released(b: &TestBroker, client_id: &str) -> (std::sync::Arc<MqttState>, SessionKey) {
-    let state = MqttState::for_broker(b.broker());
+    let state = b.mqtt_state();
     let key = SessionKey {
         vhost: "/".into(),
         client_id: client_id.into(),
@@ -214,7 +214,7 @@ async fn session_expiry_ends_a_disconnected_session() {
     let (mut s, _) = RawMqtt::connect_with(b.mqtt, c.clone()).await;
     s.subscribe("se", QoS::AtLeastOnce).await;
     drop(s);
-    let state = MqttState::for_broker(b.broker());
+    let state = b.mqtt_state();
     let key = SessionKey {
         vhost: "/".into(),
         client_id: "sess-exp".into(),
@@ -369,6 +369,40 @@ async fn inbound_receive_maximum_is_enforced() {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason::RECEIVE_MAXIMUM_EXCEEDED),
         other => panic!("{other:?}"),
     }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_still_writing_when_disconnected_reads_the_disconnect() {
+    // Paho's test_flow_control2: the client sends one QoS 2 publish past the Receive Maximum
+    // without reading, then answers each PUBREC with PUBREL while it reads. Its writes must
+    // not meet a reset socket (a broken pipe) before it has read the DISCONNECT.
+    let b = TestBroker::start_with(|c| c.mqtt.receive_maximum = 8).await;
+    let (mut p, _) =
+        RawMqtt::connect_with(b.mqtt, connect_packet(Protocol::V5, "rm-busy", true)).await;
+    let mut burst = bytes::BytesMut::new();
+    for id in 1..=9u16 {
+        let packet = Packet::Publish(publish_packet("rmb", QoS::ExactlyOnce, id, b"x"));
+        encode(&packet, Protocol::V5, &mut burst).expect("encode");
+    }
+    p.send_bytes(&burst).await;
+    let mut recs = 0;
+    loop {
+        match p.recv().await {
+            Some(Packet::PubRec(r)) => {
+                recs += 1;
+                p.send(&Packet::PubRel(PubResponse::new(r.packet_id))).await;
+            }
+            Some(Packet::PubComp(_)) => {}
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason, reason::RECEIVE_MAXIMUM_EXCEEDED);
+                break;
+            }
+            other => panic!("after {recs} PUBRECs: {other:?}"),
+        }
+    }
+    assert_eq!(recs, 8);
+    assert_eq!(p.closed().await, None, "then the broker closes");
     b.stop().await;
 }
 

@@ -83,21 +83,19 @@ async fn login_is_checked_and_the_default_login_is_loopback_only() {
     .await;
     assert_eq!(answer.command, Command::Connected);
 
-    // The test config has no default login: refused.
-    let (_c, answer) = StompClient::connect_with(tb.stomp, &[("accept-version", "1.2")]).await;
-    assert_eq!(answer.command, Command::Error);
-
-    let tb = TestBroker::start_with(|c| {
-        c.stomp.default_login = Some("guest".into());
-        c.stomp.default_passcode = Some("guest".into());
-    })
-    .await;
+    // The test config leaves the default login out, so it is guest/guest (as in the embedded
+    // default), from loopback.
     let (_c, answer) = StompClient::connect_with(tb.stomp, &[("accept-version", "1.2")]).await;
     assert_eq!(
         answer.command,
         Command::Connected,
         "default login from loopback"
     );
+
+    // Turned off: refused.
+    let tb = TestBroker::start_with(|c| c.stomp.default_login = None).await;
+    let (_c, answer) = StompClient::connect_with(tb.stomp, &[("accept-version", "1.2")]).await;
+    assert_eq!(answer.command, Command::Error);
 }
 
 #[tokio::test]
@@ -140,6 +138,47 @@ async fn receipts_and_disconnect() {
     c.request(Frame::new(Command::Unsubscribe).with("id", "s"))
         .await;
     c.disconnect().await;
+}
+
+#[tokio::test]
+async fn server_beats_at_the_interval_the_client_asks_for() {
+    // The default offer is 10 s; a client asking for beats every 300 ms gets them that often
+    // (as from RabbitMQ), and is asked to send at the server's own interval.
+    let tb = TestBroker::start().await;
+    let (mut c, answer) = StompClient::connect_with(
+        tb.stomp,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "guest"),
+            ("passcode", "guest"),
+            ("heart-beat", "0,300"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.header("heart-beat"), Some("300,10000"));
+    let started = std::time::Instant::now();
+    c.wait_heartbeats(3).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "three beats took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn server_beats_no_faster_than_the_floor() {
+    let tb = TestBroker::start_with(|c| c.stomp.heartbeat_min_ms = 250).await;
+    let (_c, answer) = StompClient::connect_with(
+        tb.stomp,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "guest"),
+            ("passcode", "guest"),
+            ("heart-beat", "0,10"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.header("heart-beat"), Some("250,10000"));
 }
 
 #[tokio::test]

@@ -8,14 +8,12 @@ use common::in_memory::{self, Protocol};
 use common::raw::RawClient;
 use common::stomp::StompClient;
 use common::wait_until;
-use std::sync::Arc;
-use switchboard::core::Broker;
 use tokio::io::AsyncWriteExt;
 
 const MIB: usize = 1 << 20;
 const WATERMARK: usize = 4 * MIB;
 
-fn small_watermark() -> Arc<Broker> {
+fn small_watermark() -> in_memory::MemoryBroker {
     in_memory::broker(|c| {
         c.server.memory_high_watermark_bytes = Some(WATERMARK as u64);
         c.stomp.max_body_size = 64 * MIB;
@@ -37,7 +35,10 @@ where
 }
 
 /// The unfinished frames trip the alarm; once their clients go, every byte is released.
-async fn alarm_then_release<S>(broker: &Arc<Broker>, writers: Vec<tokio::task::JoinHandle<S>>) {
+async fn alarm_then_release<S>(
+    broker: &in_memory::MemoryBroker,
+    writers: Vec<tokio::task::JoinHandle<S>>,
+) {
     let memory = &broker.memory;
     wait_until("the unfinished frames trip the alarm", || memory.alarm()).await;
     assert!(

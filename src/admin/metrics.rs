@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,20 +26,31 @@ use std::sync::Arc;
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves the metrics endpoints on the connections `acceptor` admits.
-pub async fn serve(acceptor: crate::net::accept::Acceptor, broker: Arc<Broker>) {
+pub async fn serve(
+    acceptor: crate::net::accept::Acceptor,
+    broker: Arc<Broker>,
+    mqtt: Arc<MqttState>,
+) {
     let app = Router::new()
         .route("/metrics", get(aggregated))
         .route("/metrics/per-object", get(per_object))
+        .layer(Extension(mqtt))
         .with_state(broker.clone());
     super::serve_app(acceptor, broker, app, None).await
 }
 
-async fn aggregated(State(b): State<Arc<Broker>>) -> Response {
-    respond(render(&b, false))
+async fn aggregated(
+    State(b): State<Arc<Broker>>,
+    Extension(mqtt): Extension<Arc<MqttState>>,
+) -> Response {
+    respond(render(&b, &mqtt, false))
 }
 
-async fn per_object(State(b): State<Arc<Broker>>) -> Response {
-    respond(render(&b, true))
+async fn per_object(
+    State(b): State<Arc<Broker>>,
+    Extension(mqtt): Extension<Arc<MqttState>>,
+) -> Response {
+    respond(render(&b, &mqtt, true))
 }
 
 fn respond(text: Result<String, std::fmt::Error>) -> Response {
@@ -152,7 +163,7 @@ const QUEUE_DELIVERY_METRICS: [(Field, &str, &str); 8] = [
 ];
 
 /// The whole exposition: per-object series when `per_object`, else one series per metric.
-fn render(b: &Arc<Broker>, per_object: bool) -> Result<String, std::fmt::Error> {
+fn render(b: &Arc<Broker>, mqtt: &MqttState, per_object: bool) -> Result<String, std::fmt::Error> {
     let mut r = Registry::default();
     let vhosts = b.vhosts();
     let connections = b.connections();
@@ -306,7 +317,7 @@ fn render(b: &Arc<Broker>, per_object: bool) -> Result<String, std::fmt::Error> 
 
     global_metrics(&mut r, &connections, &table, &vhosts);
     drop(table);
-    node_metrics(&mut r, b, &connections);
+    node_metrics(&mut r, b, mqtt, &connections);
 
     let mut out = String::new();
     encode(&mut out, &r)?;
@@ -363,7 +374,12 @@ fn global_metrics(
 
 /// Node-level metrics: memory, alarms, identity, and ours (connections per protocol, MQTT
 /// sessions and retained messages, the message log's size and fsync latency).
-fn node_metrics(r: &mut Registry, b: &Arc<Broker>, connections: &[Arc<ConnectionEntry>]) {
+fn node_metrics(
+    r: &mut Registry,
+    b: &Arc<Broker>,
+    mqtt: &MqttState,
+    connections: &[Arc<ConnectionEntry>],
+) {
     let resident = crate::core::process_memory::resident_bytes().unwrap_or(0);
     gauge(
         r,
@@ -416,7 +432,6 @@ fn node_metrics(r: &mut Registry, b: &Arc<Broker>, connections: &[Arc<Connection
         );
     }
     per_protocol.register(r);
-    let mqtt = MqttState::for_broker(b);
     let sessions = mqtt.session_summaries();
     let connected = sessions.iter().filter(|s| s.connected).count() as u64;
     let mut by_state = Series::new(

@@ -20,6 +20,7 @@ mod policies;
 mod queues;
 mod reply;
 
+use crate::adapter::mqtt::registry::MqttState;
 use crate::core::access::{tag, User};
 use crate::core::{Broker, VHost};
 use axum::extract::{ConnectInfo, Request, State};
@@ -48,9 +49,10 @@ pub async fn serve(
     acceptor: crate::net::accept::Acceptor,
     broker: Arc<Broker>,
     listeners: Listeners,
+    mqtt: Arc<MqttState>,
     tls: Option<Arc<crate::net::tls::TlsServer>>,
 ) {
-    let app = router(broker.clone(), listeners);
+    let app = router(broker.clone(), listeners, mqtt);
     serve_app(acceptor, broker, app, tls).await
 }
 
@@ -124,8 +126,8 @@ async fn serve_connection<S, Svc>(
 }
 
 /// The management API; `listeners` are the broker's bound addresses, for the overview and the
-/// listener health checks.
-pub fn router(broker: Arc<Broker>, listeners: Listeners) -> Router {
+/// listener health checks; `mqtt` the MQTT adapter's sessions, for `/api/mqtt/sessions`.
+pub fn router(broker: Arc<Broker>, listeners: Listeners, mqtt: Arc<MqttState>) -> Router {
     Router::new()
         .merge(overview::routes())
         .merge(queues::routes())
@@ -138,6 +140,7 @@ pub fn router(broker: Arc<Broker>, listeners: Listeners) -> Router {
         .merge(mqtt::routes())
         .merge(access::routes())
         .layer(Extension(listeners))
+        .layer(Extension(mqtt))
         .layer(Extension(overview::Started::now()))
         .layer(middleware::from_fn_with_state(broker.clone(), authenticate))
         // Added after the authentication layer, so not behind it: the page loads without

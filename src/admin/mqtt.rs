@@ -16,9 +16,12 @@ pub fn routes() -> Router<Arc<Broker>> {
 }
 
 /// Users see the sessions of the vhosts they see.
-async fn sessions(State(b): State<Arc<Broker>>, Extension(me): Extension<User>) -> Json<Value> {
+async fn sessions(
+    State(b): State<Arc<Broker>>,
+    Extension(me): Extension<User>,
+    Extension(state): Extension<Arc<MqttState>>,
+) -> Json<Value> {
     let vhosts: Vec<Arc<VHost>> = visible_vhosts(&b, &me);
-    let state = MqttState::for_broker(&b);
     let out = state
         .session_summaries()
         .into_iter()

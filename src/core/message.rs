@@ -7,6 +7,8 @@
 
 use super::memory::MemoryCharge;
 use bytes::Bytes;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 use switchboard_amqp::{BasicProperties, FieldTable, FieldValue};
 
 /// What the allocator adds to every heap block: its header and the rounding to 16 bytes.
@@ -36,6 +38,42 @@ const MESSAGE_OVERHEAD: usize = std::mem::size_of::<Message>()
 /// Entries in one `BTreeMap` node (std's B = 6, 2B - 1 keys).
 const BTREE_NODE_ENTRIES: usize = 11;
 
+/// The protocols whose adapters keep their own form of a message's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Amqp,
+    Mqtt,
+    Stomp,
+}
+
+impl Protocol {
+    const COUNT: usize = 3;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A form of the metadata that only one adapter reads; the core stores it without looking.
+pub type Form = Arc<dyn Any + Send + Sync>;
+
+/// A message's metadata as its publisher's protocol gave it (MQTT properties in their order,
+/// with repeated user properties), and as translated for consumers of other protocols: at
+/// most once per protocol however many consumers take it.
+#[derive(Default)]
+pub struct Forms {
+    arrival: Option<(Protocol, Form)>,
+    translated: OnceLock<Box<[OnceLock<Form>; Protocol::COUNT]>>,
+}
+
+impl std::fmt::Debug for Forms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forms")
+            .field("arrival", &self.arrival.as_ref().map(|(p, _)| p))
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 pub struct Message {
     pub exchange: String,
@@ -47,6 +85,10 @@ pub struct Message {
     /// The enqueue record the message was first written to: further durable queues it is
     /// routed to write a small reference to it instead of the whole message again.
     pub stored: std::sync::OnceLock<crate::store::log::RecordPos>,
+    /// The publisher's own form of the metadata, and translations of it (see [`Forms`]).
+    /// `properties` stay the core's model (routing, TTL, dead-lettering, the store); a copy
+    /// whose properties the core changes is a new message without these.
+    forms: Forms,
     _charge: MemoryCharge,
 }
 
@@ -71,7 +113,48 @@ impl Message {
             raw_properties,
             body,
             stored: std::sync::OnceLock::new(),
+            forms: Forms::default(),
             _charge: charge,
+        }
+    }
+
+    /// Records the form the message arrived in, as `protocol`'s adapter keeps it.
+    pub fn with_arrival<T: Any + Send + Sync>(mut self, protocol: Protocol, form: T) -> Self {
+        self.forms.arrival = Some((protocol, Arc::new(form)));
+        self
+    }
+
+    /// The message's metadata in `protocol`'s form `T`: the arrival form when it came in
+    /// that way, else `translate`'s result, made on first use and shared by every later
+    /// consumer of that protocol.
+    pub fn form<T: Any + Send + Sync>(
+        &self,
+        protocol: Protocol,
+        translate: impl FnOnce(&Message) -> T,
+    ) -> Arc<T> {
+        if let Some((p, form)) = &self.forms.arrival {
+            if *p == protocol {
+                if let Ok(t) = form.clone().downcast::<T>() {
+                    return t;
+                }
+            }
+        }
+        let slots = self.forms.translated.get_or_init(Default::default);
+        let slot = &slots[protocol.index()];
+        if let Some(t) = slot.get().and_then(|f| f.clone().downcast::<T>().ok()) {
+            return t;
+        }
+        let made = Arc::new(translate(self));
+        // A racing consumer may have set it first; either translation is the same.
+        let _ = slot.set(made.clone());
+        made
+    }
+
+    /// The arrival form when the message came in over `protocol` (as `T`).
+    pub fn arrival<T: Any + Send + Sync>(&self, protocol: Protocol) -> Option<Arc<T>> {
+        match &self.forms.arrival {
+            Some((p, form)) if *p == protocol => form.clone().downcast::<T>().ok(),
+            _ => None,
         }
     }
 
@@ -160,6 +243,33 @@ fn value_heap_size(v: &FieldValue) -> usize {
 mod tests {
     use super::*;
     use crate::core::memory::MemoryMonitor;
+
+    #[test]
+    fn a_form_is_the_arrival_one_or_translated_once_per_protocol() {
+        let memory = MemoryMonitor::new(0);
+        let m = message(BasicProperties::default(), memory.charge(0))
+            .with_arrival(Protocol::Mqtt, String::from("as published"));
+        let same = m.form(Protocol::Mqtt, |_| -> String {
+            unreachable!("arrival form")
+        });
+        assert_eq!(*same, "as published");
+        assert_eq!(
+            m.arrival::<String>(Protocol::Mqtt)
+                .as_deref()
+                .map(String::as_str),
+            Some("as published")
+        );
+        assert!(m.arrival::<String>(Protocol::Stomp).is_none());
+        let mut made = 0;
+        for _ in 0..3 {
+            let t = m.form(Protocol::Stomp, |_| {
+                made += 1;
+                String::from("translated")
+            });
+            assert_eq!(*t, "translated");
+        }
+        assert_eq!(made, 1, "translated once for every consumer");
+    }
 
     fn message(properties: BasicProperties, charge: MemoryCharge) -> Message {
         Message::new(

@@ -659,11 +659,10 @@ impl VHost {
                     )
                 })?
         } else {
+            // RabbitMQ 3.13+ answers a channel-level 406 here (older releases closed the
+            // connection with 503), and clients' test suites expect the newer answer.
             ExchangeKind::parse(&spec.kind).ok_or_else(|| {
-                CoreError::new(
-                    ErrorKind::CommandInvalid,
-                    format!("unknown exchange type '{}'", spec.kind),
-                )
+                CoreError::precondition(format!("invalid exchange type '{}'", spec.kind))
             })?
         };
         if let Some(existing) = self.exchange(&spec.name) {

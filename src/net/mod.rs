@@ -55,6 +55,9 @@ pub struct BoundAddrs {
 /// A broker with its listeners running.
 pub struct RunningBroker {
     pub broker: Arc<Broker>,
+    /// The MQTT adapter's sessions and retained messages, made here and handed to every MQTT
+    /// connection.
+    pub mqtt: Arc<mqtt::registry::MqttState>,
     pub addrs: BoundAddrs,
     /// The TLS configuration in force, when a TLS listener is configured.
     pub tls: Option<Arc<tls::TlsServer>>,
@@ -113,7 +116,11 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
         stomp_tls: local_addrs(&stomp_tls_ls),
         http_tls: local_addrs(&http_tls_ls),
     };
-    mqtt::persist::restore(&broker).await;
+    let mqtt_state = Arc::new(mqtt::registry::MqttState::new(
+        &broker.config.mqtt,
+        broker.memory.clone(),
+    ));
+    mqtt::persist::restore(&broker, &mqtt_state).await;
     let limits = limits::ConnectionLimits::new(
         broker.config.server.max_connections,
         broker.config.server.max_connections_per_address,
@@ -152,6 +159,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
             listeners.push(tokio::spawn(accept_loop(
                 acceptor,
                 broker.clone(),
+                mqtt_state.clone(),
                 protocol,
                 tls.clone(),
             )));
@@ -167,6 +175,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
             acceptor,
             broker.clone(),
             admin::Listeners::from_bound(&addrs),
+            mqtt_state.clone(),
             tls,
         )));
     }
@@ -176,10 +185,12 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
         listeners.push(tokio::spawn(admin::metrics::serve(
             acceptor,
             broker.clone(),
+            mqtt_state.clone(),
         )));
     }
     Ok(RunningBroker {
         broker,
+        mqtt: mqtt_state,
         addrs,
         tls,
         listeners,
@@ -245,13 +256,14 @@ impl Protocol {
         peer: SocketAddr,
         cert_name: Option<String>,
         broker: Arc<Broker>,
+        mqtt_state: Arc<mqtt::registry::MqttState>,
     ) where
         R: tokio::io::AsyncRead + Unpin,
         W: tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         match self {
             Protocol::Amqp => amqp::serve_stream(rd, wr, peer, cert_name, broker).await,
-            Protocol::Mqtt => mqtt::serve_stream(rd, wr, peer, cert_name, broker).await,
+            Protocol::Mqtt => mqtt::serve_stream(rd, wr, peer, cert_name, broker, mqtt_state).await,
             Protocol::Stomp => stomp::serve_stream(rd, wr, peer, cert_name, broker).await,
         }
     }
@@ -260,6 +272,7 @@ impl Protocol {
 async fn accept_loop(
     mut acceptor: accept::Acceptor,
     broker: Arc<Broker>,
+    mqtt_state: Arc<mqtt::registry::MqttState>,
     protocol: Protocol,
     tls: Option<Arc<tls::TlsServer>>,
 ) {
@@ -270,6 +283,7 @@ async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         let broker = broker.clone();
+        let mqtt_state = mqtt_state.clone();
         let _ = socket.set_nodelay(true);
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -278,13 +292,15 @@ async fn accept_loop(
             match tls {
                 None => {
                     let (rd, wr) = socket.into_split();
-                    protocol.serve(rd, wr, peer, None, broker).await;
+                    protocol.serve(rd, wr, peer, None, broker, mqtt_state).await;
                 }
                 Some(tls) => {
                     if let Some(stream) = tls.accept(socket, peer).await {
                         let cert_name = tls::peer_common_name(&stream);
                         let (rd, wr) = tokio::io::split(stream);
-                        protocol.serve(rd, wr, peer, cert_name, broker).await;
+                        protocol
+                            .serve(rd, wr, peer, cert_name, broker, mqtt_state)
+                            .await;
                     }
                 }
             }

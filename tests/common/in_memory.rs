@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use switchboard::adapter::mqtt::registry::MqttState;
 use switchboard::core::Broker;
 use switchboard::Config;
 use tokio::io::DuplexStream;
@@ -10,11 +11,26 @@ use tokio::io::DuplexStream;
 /// Bytes in flight each way of an in-memory connection.
 const PIPE: usize = 64 * 1024;
 
+/// A broker without listeners and the MQTT adapter's state its connections share.
+pub struct MemoryBroker {
+    pub broker: Arc<Broker>,
+    pub mqtt: Arc<MqttState>,
+}
+
+impl std::ops::Deref for MemoryBroker {
+    type Target = Arc<Broker>;
+    fn deref(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+}
+
 /// A broker on the test config (tweaked), keeping everything in memory.
-pub fn broker(tweak: impl FnOnce(&mut Config)) -> Arc<Broker> {
+pub fn broker(tweak: impl FnOnce(&mut Config)) -> MemoryBroker {
     let mut config = Config::parse(&super::test_config_text()).expect("test config");
     tweak(&mut config);
-    Broker::new(config)
+    let broker = Broker::new(config);
+    let mqtt = Arc::new(MqttState::new(&broker.config.mqtt, broker.memory.clone()));
+    MemoryBroker { broker, mqtt }
 }
 
 /// Loopback, where the guest user may log in from.
@@ -29,17 +45,18 @@ pub enum Protocol {
 }
 
 /// The client end of a new connection that `broker` serves with `protocol`'s adapter.
-pub fn connect(broker: &Arc<Broker>, protocol: Protocol) -> DuplexStream {
+pub fn connect(served: &MemoryBroker, protocol: Protocol) -> DuplexStream {
     let (client, server) = tokio::io::duplex(PIPE);
     let (rd, wr) = tokio::io::split(server);
-    let broker = broker.clone();
+    let broker = served.broker.clone();
+    let mqtt = served.mqtt.clone();
     tokio::spawn(async move {
         match protocol {
             Protocol::Amqp => {
                 switchboard::adapter::amqp::serve_stream(rd, wr, peer(), None, broker).await
             }
             Protocol::Mqtt => {
-                switchboard::adapter::mqtt::serve_stream(rd, wr, peer(), None, broker).await
+                switchboard::adapter::mqtt::serve_stream(rd, wr, peer(), None, broker, mqtt).await
             }
             Protocol::Stomp => {
                 switchboard::adapter::stomp::serve_stream(rd, wr, peer(), None, broker).await

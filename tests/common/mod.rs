@@ -118,6 +118,11 @@ impl TestBroker {
         &self.running.as_ref().expect("running").broker
     }
 
+    /// The MQTT adapter's state (sessions, retained messages) of this broker.
+    pub fn mqtt_state(&self) -> std::sync::Arc<switchboard::adapter::mqtt::registry::MqttState> {
+        self.running.as_ref().expect("running").mqtt.clone()
+    }
+
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.amqp)
     }

@@ -213,6 +213,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> StompClient<S> {
         self.expect(Command::Message).await
     }
 
+    /// Reads until `n` heart-beats in all have arrived; panics on a frame or a close, and
+    /// after [`WAIT`].
+    pub async fn wait_heartbeats(&mut self, n: usize) {
+        let wait = async {
+            while self.heartbeats < n {
+                self.heartbeats += switchboard_stomp::skip_heartbeats(&mut self.buf);
+                if self.heartbeats >= n {
+                    break;
+                }
+                assert!(self.buf.is_empty(), "a frame instead of heart-beats");
+                let read = self.stream.read_buf(&mut self.buf).await.expect("read");
+                assert!(read > 0, "closed while waiting for heart-beats");
+            }
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .expect("heart-beats in time");
+    }
+
     /// Asserts that no frame (other than heart-beats) arrives within `quiet`.
     pub async fn expect_nothing(&mut self, quiet: Duration) {
         assert!(self.pending.is_empty(), "pending: {:?}", self.pending);

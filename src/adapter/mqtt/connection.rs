@@ -447,6 +447,7 @@ impl Connection {
             topic: p.topic,
             qos,
             retain: p.retain,
+            dup: p.dup,
             properties: p.properties,
             payload: p.payload,
         });

@@ -4,6 +4,8 @@
 use super::session::OutboundMessage;
 use crate::adapter::header_text::field_value_text;
 use crate::core::memory::MemoryCharge;
+use crate::core::message::Protocol;
+use crate::core::Message;
 use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_amqp::{BasicProperties, FieldTable, FieldValue};
@@ -21,6 +23,29 @@ pub const HEADER_PAYLOAD_FORMAT: &str = "x-mqtt-payload-format-indicator";
 pub const HEADER_REPLY_TO_TOPIC: &str = "x-reply-to-topic";
 /// v5 Correlation Data that is not a valid AMQP short string (DESIGN.md).
 pub const HEADER_CORRELATION: &str = "x-correlation-id";
+/// The publish's DUP flag (RabbitMQ's header name).
+pub const HEADER_DUP: &str = "x-mqtt-dup";
+
+/// A message's metadata as MQTT subscribers get it (before the per-subscriber QoS, retain,
+/// subscription identifiers, topic alias and remaining expiry): for a message published over
+/// MQTT, the publisher's properties exactly (their order, repeated user properties); for
+/// others, the translation of the core's properties, made once per message.
+#[derive(Debug, Clone)]
+pub struct MqttForm {
+    pub properties: Properties,
+}
+
+impl MqttForm {
+    /// The arrival form of a publish: what is per hop (topic alias, subscription
+    /// identifiers) goes, the expiry interval is recounted when sent.
+    pub fn arrived(props: &Properties) -> Self {
+        let mut properties = props.clone();
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        properties.message_expiry_interval = None;
+        MqttForm { properties }
+    }
+}
 
 /// Swaps `/` and `.`: MQTT `a/b.c` is routing key `a.b/c` and back. The swap is its own
 /// inverse, so topics survive the round trip exactly.
@@ -61,18 +86,32 @@ fn now_secs(now: SystemTime) -> u64 {
 
 /// Core properties for an MQTT publish. The timestamp records when the broker took the
 /// message, so the Message Expiry Interval can be counted down on delivery.
+///
+/// User properties become headers (RabbitMQ's mapping); a name given more than once becomes
+/// one header whose value is the array of its values in order, so none is lost.
 pub fn publish_properties(
-    qos: QoS,
-    retain: bool,
+    publish: PublishFlags,
     client_id: &str,
     props: &Properties,
     now: SystemTime,
 ) -> BasicProperties {
+    let PublishFlags { qos, retain, dup } = publish;
     let mut headers = FieldTable::new();
     for (k, v) in &props.user_properties {
-        headers.insert(k.clone(), FieldValue::string(v.clone()));
+        let value = FieldValue::string(v.clone());
+        match headers.get_mut(k) {
+            None => {
+                headers.insert(k.clone(), value);
+            }
+            Some(FieldValue::Array(values)) => values.push(value),
+            Some(first) => {
+                let first = std::mem::replace(first, FieldValue::Void);
+                headers.insert(k.clone(), FieldValue::Array(vec![first, value]));
+            }
+        }
     }
     headers.insert(HEADER_QOS.into(), FieldValue::U8(qos as u8));
+    headers.insert(HEADER_DUP.into(), FieldValue::Bool(dup));
     headers.insert(HEADER_CLIENT_ID.into(), FieldValue::string(client_id));
     if retain {
         headers.insert(HEADER_RETAIN.into(), FieldValue::Bool(true));
@@ -103,6 +142,14 @@ pub fn publish_properties(
         timestamp: Some(now_secs(now)),
         ..Default::default()
     }
+}
+
+/// The fixed-header flags of a publish that the core keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishFlags {
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
 }
 
 /// The QoS a core message was published with: the MQTT header, else persistent = 1.
@@ -152,6 +199,47 @@ pub fn outbound_from_core(
     p: &BasicProperties,
     now: SystemTime,
 ) -> OutboundMessage {
+    outbound(routing_key, body, p, outbound_properties(p), now)
+}
+
+/// A core message as an MQTT message, with its [`MqttForm`] (the arrival one, or translated
+/// once for every MQTT subscriber).
+pub fn outbound_from_message(msg: &Message, now: SystemTime) -> OutboundMessage {
+    let form = msg.form(Protocol::Mqtt, |m| MqttForm {
+        properties: outbound_properties(&m.properties),
+    });
+    outbound(
+        &msg.routing_key,
+        &msg.body,
+        &msg.properties,
+        form.properties.clone(),
+        now,
+    )
+}
+
+fn outbound(
+    routing_key: &str,
+    body: &Bytes,
+    p: &BasicProperties,
+    properties: Properties,
+    now: SystemTime,
+) -> OutboundMessage {
+    OutboundMessage {
+        topic: key_to_topic(routing_key),
+        payload: body.clone(),
+        qos: message_qos(p),
+        retain: published_retained(p),
+        properties,
+        expires_at: expires_at(p, now),
+        charge: MemoryCharge::default(),
+        delivery: None,
+    }
+}
+
+/// The core's properties as v5 properties. An array of strings (how a repeated user property
+/// crosses AMQP) becomes that user property repeated; other values take the text form of
+/// `header_text`.
+fn outbound_properties(p: &BasicProperties) -> Properties {
     let mut props = Properties {
         content_type: p.content_type.clone(),
         ..Default::default()
@@ -162,7 +250,7 @@ pub fn outbound_from_core(
     if let Some(h) = &p.headers {
         for (k, v) in h {
             match k.as_str() {
-                HEADER_QOS | HEADER_CLIENT_ID | HEADER_RETAIN => {}
+                HEADER_QOS | HEADER_CLIENT_ID | HEADER_RETAIN | HEADER_DUP => {}
                 HEADER_PAYLOAD_FORMAT => props.payload_format_indicator = Some(1),
                 HEADER_REPLY_TO_TOPIC => {
                     props.response_topic = v.as_str().map(str::to_owned);
@@ -172,27 +260,76 @@ pub fn outbound_from_core(
                         props.correlation_data = Some(b.clone());
                     }
                 }
-                _ => props
-                    .user_properties
-                    .push((k.clone(), field_value_text(v).into_owned())),
+                _ => match v {
+                    FieldValue::Array(items) if items.iter().all(|i| i.as_str().is_some()) => {
+                        for item in items {
+                            let text = item.as_str().unwrap_or_default().to_owned();
+                            props.user_properties.push((k.clone(), text));
+                        }
+                    }
+                    _ => props
+                        .user_properties
+                        .push((k.clone(), field_value_text(v).into_owned())),
+                },
             }
         }
     }
-    OutboundMessage {
-        topic: key_to_topic(routing_key),
-        payload: body.clone(),
-        qos: message_qos(p),
-        retain: published_retained(p),
-        properties: props,
-        expires_at: expires_at(p, now),
-        charge: MemoryCharge::default(),
-        delivery: None,
-    }
+    props
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flags(qos: QoS, retain: bool) -> PublishFlags {
+        PublishFlags {
+            qos,
+            retain,
+            dup: false,
+        }
+    }
+
+    #[test]
+    fn repeated_user_properties_cross_amqp_as_an_array_and_come_back_repeated() {
+        let props = Properties {
+            user_properties: vec![
+                ("region".into(), "eu".into()),
+                ("trace".into(), "abc".into()),
+                ("region".into(), "dup".into()),
+                ("region".into(), "third".into()),
+            ],
+            ..Default::default()
+        };
+        let now = SystemTime::now();
+        let p = publish_properties(flags(QoS::AtLeastOnce, false), "me", &props, now);
+        let h = p.headers.as_ref().unwrap();
+        assert_eq!(
+            h.get("region"),
+            Some(&FieldValue::Array(vec![
+                FieldValue::string("eu"),
+                FieldValue::string("dup"),
+                FieldValue::string("third"),
+            ]))
+        );
+        assert_eq!(h.get("trace"), Some(&FieldValue::string("abc")));
+        assert_eq!(h.get(HEADER_DUP), Some(&FieldValue::Bool(false)));
+        // Without the arrival form (an AMQP republish, a restart) every value comes back, in
+        // order per name.
+        let out = outbound_from_core("t", &Bytes::new(), &p, now);
+        let region: Vec<&str> = out
+            .properties
+            .user_properties
+            .iter()
+            .filter(|(k, _)| k == "region")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(region, ["eu", "dup", "third"]);
+        assert!(!out
+            .properties
+            .user_properties
+            .iter()
+            .any(|(k, _)| k.starts_with("x-mqtt")));
+    }
 
     #[test]
     fn topics_and_filters() {
@@ -213,7 +350,7 @@ mod tests {
             user_properties: vec![("k".into(), "v".into())],
             ..Default::default()
         };
-        let p = publish_properties(QoS::ExactlyOnce, true, "me", &props, now);
+        let p = publish_properties(flags(QoS::ExactlyOnce, true), "me", &props, now);
         assert_eq!(p.correlation_id.as_deref(), Some("abc"));
         assert_eq!(p.expiration.as_deref(), Some("60000"));
         assert_eq!(published_by(&p), Some("me"));
@@ -237,7 +374,7 @@ mod tests {
             ..Default::default()
         };
         let now = SystemTime::now();
-        let p = publish_properties(QoS::AtMostOnce, false, "me", &props, now);
+        let p = publish_properties(flags(QoS::AtMostOnce, false), "me", &props, now);
         assert!(p.correlation_id.is_none());
         let out = outbound_from_core("t", &Bytes::new(), &p, now);
         assert_eq!(out.properties.correlation_data, props.correlation_data);

@@ -12,7 +12,7 @@
 //! queues, are consumed with `no_ack`: a delivery belongs to the session (or member) it was
 //! handed to, and nothing outlives the connection for it.
 
-use super::convert::{key_to_topic, outbound_from_core, published_by};
+use super::convert::{key_to_topic, outbound_from_message, published_by};
 use super::registry::lock;
 use super::session::{shared_key, InFlight, OutboundMessage, Session};
 use crate::adapter::outbox::Outbox;
@@ -237,12 +237,7 @@ fn for_session(
             s.match_topic(&topic, from_self)?
         }
     };
-    let mut m = outbound_from_core(
-        &msg.routing_key,
-        &msg.body,
-        &msg.properties,
-        SystemTime::now(),
-    );
+    let mut m = outbound_from_message(msg, SystemTime::now());
     m.qos = m.qos.min(matched.qos);
     m.retain = m.retain && matched.retain_as_published;
     m.properties.subscription_identifiers = matched.identifiers;

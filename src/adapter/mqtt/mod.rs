@@ -41,6 +41,9 @@ use tokio::time::timeout;
 
 /// Time a client has to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closed connection's input is still read and discarded, at most (see
+/// [`Driver::finish_lingering`]).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves a connection over any byte stream (TCP, TLS, WebSocket later).
 ///
@@ -54,6 +57,7 @@ pub async fn serve_stream<R, W>(
     peer: SocketAddr,
     cert_name: Option<String>,
     broker: Arc<Broker>,
+    state: Arc<MqttState>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -76,9 +80,9 @@ pub async fn serve_stream<R, W>(
         &mut driver.read.buf,
         &driver.outbox,
         &driver.entry,
-        peer,
         cert_name,
         &broker,
+        state,
     ))
     .await;
     if let Some(mut conn) = opened {
@@ -86,7 +90,9 @@ pub async fn serve_stream<R, W>(
         let ending: Ending = conn.ending;
         conn.finish(ending);
     }
-    driver.finish().await;
+    // Lingering close: a client may still be writing (PUBRELs for the PUBRECs it reads before
+    // our DISCONNECT).
+    driver.finish_lingering(LINGER_TIMEOUT).await;
     tracing::debug!(%peer, "MQTT connection closed");
 }
 
@@ -97,11 +103,12 @@ async fn open<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     outbox: &Arc<Outbox>,
     entry: &Arc<crate::core::broker::ConnectionEntry>,
-    peer: SocketAddr,
     // Owned, so that it lives in the boxed handshake future only (see `serve_stream`).
     cert_name: Option<String>,
     broker: &Arc<Broker>,
+    state: Arc<MqttState>,
 ) -> Option<Box<Connection>> {
+    let peer = entry.peer;
     let max_connect = broker.config.mqtt.max_connect_size as usize;
     match timeout(CONNECT_TIMEOUT, read_first(rd, buf, max_connect)).await {
         Err(_) => tracing::info!(%peer, "no MQTT CONNECT in time"),
@@ -119,7 +126,7 @@ async fn open<R: AsyncRead + Unpin>(
             }
         }
         Ok(Ok(Packet::Connect(c))) => {
-            return handshake(*c, outbox, entry, peer, cert_name.as_deref(), broker).await;
+            return handshake(*c, outbox, entry, peer, cert_name.as_deref(), broker, state).await;
         }
         Ok(Ok(other)) => {
             tracing::info!(%peer, packet = other.name(), "first MQTT packet is not CONNECT");
@@ -174,8 +181,8 @@ async fn handshake(
     peer: SocketAddr,
     cert_name: Option<&str>,
     broker: &Arc<Broker>,
+    state: Arc<MqttState>,
 ) -> Option<Box<Connection>> {
-    let state = MqttState::for_broker(broker);
     let protocol = c.protocol;
     let cfg = &broker.config.mqtt;
     let v5 = protocol.is_v5();
@@ -227,11 +234,7 @@ async fn handshake(
             return None;
         }
     };
-    let keep_alive = if v5 && cfg.server_keep_alive > 0 {
-        cfg.server_keep_alive
-    } else {
-        c.keep_alive
-    };
+    let keep_alive = granted_keep_alive(v5, c.keep_alive, cfg);
     let limits = ClientLimits {
         protocol,
         max_packet_size: c
@@ -326,6 +329,22 @@ async fn handshake(
     Some(conn)
 }
 
+/// The keep alive a client gets: `server_keep_alive` imposed on v5 clients when set; else the
+/// client's own, shortened to `max_keep_alive` for a v5 client that asked for a longer one (or
+/// none), as Mosquitto's `max_keepalive` and Paho's test broker do. A v3 client cannot be told,
+/// so it keeps its own.
+fn granted_keep_alive(v5: bool, asked: u16, cfg: &crate::config::MqttConfig) -> u16 {
+    if !v5 {
+        asked
+    } else if cfg.server_keep_alive > 0 {
+        cfg.server_keep_alive
+    } else if cfg.max_keep_alive > 0 && (asked == 0 || asked > cfg.max_keep_alive) {
+        cfg.max_keep_alive
+    } else {
+        asked
+    }
+}
+
 fn refuse(outbox: &Outbox, protocol: Protocol, r: &Refusal, peer: SocketAddr) {
     tracing::info!(%peer, reason = %r, "MQTT CONNECT refused");
     let mut props = Properties::default();
@@ -337,6 +356,27 @@ fn refuse(outbox: &Outbox, protocol: Protocol, r: &Refusal, peer: SocketAddr) {
 
 #[cfg(test)]
 mod tests {
+    use super::granted_keep_alive;
+    use crate::config::MqttConfig;
+
+    #[test]
+    fn keep_alive_is_capped_or_imposed_for_v5_only() {
+        let capped = MqttConfig {
+            max_keep_alive: 60,
+            ..MqttConfig::default()
+        };
+        assert_eq!(granted_keep_alive(true, 120, &capped), 60);
+        assert_eq!(granted_keep_alive(true, 0, &capped), 60, "none is longer");
+        assert_eq!(granted_keep_alive(true, 5, &capped), 5);
+        assert_eq!(granted_keep_alive(false, 120, &capped), 120);
+        let imposed = MqttConfig {
+            server_keep_alive: 30,
+            ..capped
+        };
+        assert_eq!(granted_keep_alive(true, 5, &imposed), 30);
+        assert_eq!(granted_keep_alive(true, 7, &MqttConfig::default()), 7);
+    }
+
     /// Every connected client holds one of these futures for as long as it stays connected
     /// (issue 7: an idle connection's memory). The handshake's state (a decoded CONNECT is
     /// 840 bytes) must not stay in it: it made the future 4.7 KB before it was boxed apart.
@@ -346,8 +386,18 @@ mod tests {
             crate::config::Config::load(None).expect("the embedded default parses"),
         );
         let peer: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
-        let connection =
-            super::serve_stream(tokio::io::empty(), tokio::io::sink(), peer, None, broker);
+        let state = std::sync::Arc::new(super::MqttState::new(
+            &broker.config.mqtt,
+            broker.memory.clone(),
+        ));
+        let connection = super::serve_stream(
+            tokio::io::empty(),
+            tokio::io::sink(),
+            peer,
+            None,
+            broker,
+            state,
+        );
         let size = std::mem::size_of_val(&connection);
         assert!(size <= 1280, "MQTT connection future is {size} bytes");
     }

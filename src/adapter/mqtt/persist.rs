@@ -12,10 +12,11 @@
 //! is durable.
 
 use super::connect::{queue_name, session_queue_spec};
-use super::convert::{filter_to_pattern, publish_properties, topic_to_key};
+use super::convert::{filter_to_pattern, publish_properties, topic_to_key, MqttForm, PublishFlags};
 use super::registry::{MqttState, SessionKey, SessionSlot};
 use super::session::{is_shared, OutboundMessage, Session, SubscriptionEntry};
 use crate::core::memory::MemoryCharge;
+use crate::core::message::Protocol as Origin;
 use crate::core::{Broker, Message, VHost};
 use crate::store::{compose_key, kind, split_key, Store};
 use base64::Engine;
@@ -284,11 +285,10 @@ fn install(broker: &Arc<Broker>, state: &Arc<MqttState>, vhost: &Arc<VHost>, s: 
 
 /// Reads the MQTT records back (and imports the snapshots of an older release): retained
 /// messages into their stores, and every persistent session set up as disconnected.
-pub async fn restore(broker: &Arc<Broker>) {
+pub async fn restore(broker: &Arc<Broker>, state: &Arc<MqttState>) {
     let Some(store) = broker.store.clone() else {
         return;
     };
-    let state = MqttState::for_broker(broker);
     let now = SystemTime::now();
     let mut sessions = 0usize;
     for (key, value) in broker.take_recovered(kind::MQTT_SESSION) {
@@ -302,7 +302,7 @@ pub async fn restore(broker: &Arc<Broker>) {
         let Some(vh) = broker.vhost(&vhost) else {
             continue;
         };
-        install(broker, &state, &vh, session(&vhost, &client_id, &r));
+        install(broker, state, &vh, session(&vhost, &client_id, &r));
         sessions += 1;
     }
     let mut retained = 0usize;
@@ -322,7 +322,7 @@ pub async fn restore(broker: &Arc<Broker>) {
         }
     }
     tracing::info!(sessions, retained, "MQTT state restored");
-    legacy::import(broker, &store, &state).await;
+    legacy::import(broker, &store, state).await;
 }
 
 /// The snapshots of releases before the MQTT state moved into the log.
@@ -381,7 +381,12 @@ mod legacy {
         let mut props = m.properties.clone();
         props.message_expiry_interval = m.remaining_expiry(now);
         let exchange = broker.config.mqtt.exchange.clone();
-        let properties = publish_properties(m.qos, m.retain, "", &props, now);
+        let flags = PublishFlags {
+            qos: m.qos,
+            retain: m.retain,
+            dup: false,
+        };
+        let properties = publish_properties(flags, "", &props, now);
         let charge = broker.memory.charge(Message::charge_size(m.payload.len()));
         let message = Message::new(
             exchange,
@@ -390,7 +395,8 @@ mod legacy {
             None,
             m.payload.clone(),
             charge,
-        );
+        )
+        .with_arrival(Origin::Mqtt, MqttForm::arrived(&m.properties));
         q.publish_tracked(Arc::new(message)).lsn
     }
 

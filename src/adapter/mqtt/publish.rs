@@ -2,12 +2,13 @@
 //! place a QoS 1/2 publish is acknowledged to the client (the connection holds that
 //! acknowledgement until the records the publish wrote are durable).
 
-use super::convert::{publish_properties, topic_to_key};
+use super::convert::{publish_properties, topic_to_key, MqttForm, PublishFlags};
 use super::persist;
 use super::registry::MqttState;
 use super::retained::RetainedFull;
 use super::session::OutboundMessage;
 use crate::core::memory::MemoryCharge;
+use crate::core::message::Protocol;
 use crate::core::{Broker, Message, VHost};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct InboundMessage {
     pub topic: String,
     pub qos: QoS,
     pub retain: bool,
+    /// The DUP flag (a resend), kept as RabbitMQ's `x-mqtt-dup` header.
+    pub dup: bool,
     pub properties: Properties,
     pub payload: Bytes,
 }
@@ -113,19 +116,28 @@ impl Publisher {
                 ..Default::default()
             };
         };
-        let properties = publish_properties(m.qos, m.retain, &self.client_id, &m.properties, now);
+        let flags = PublishFlags {
+            qos: m.qos,
+            retain: m.retain,
+            dup: m.dup,
+        };
+        let properties = publish_properties(flags, &self.client_id, &m.properties, now);
+        let arrived = MqttForm::arrived(&m.properties);
         let charge = self
             .broker
             .memory
             .charge(Message::charge_size(m.payload.len()));
-        let message = Arc::new(Message::new(
-            exchange_name.clone(),
-            topic_to_key(&m.topic),
-            properties,
-            None,
-            m.payload,
-            charge,
-        ));
+        let message = Arc::new(
+            Message::new(
+                exchange_name.clone(),
+                topic_to_key(&m.topic),
+                properties,
+                None,
+                m.payload,
+                charge,
+            )
+            .with_arrival(Protocol::Mqtt, arrived),
+        );
         // A delayed message is accepted now (and acknowledged once stored); it is routed when
         // due.
         if let Some(lsn) = self.vhost.hold_if_delayed(&exchange, &message) {

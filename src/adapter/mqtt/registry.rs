@@ -1,14 +1,15 @@
 //! The MQTT adapter's broker-wide state: sessions by (vhost, client id) and retained messages
-//! by vhost. One per broker; several brokers may live in one process (the tests start many),
-//! so the state is found by the broker it belongs to rather than held in a plain global.
+//! by vhost. One per broker, made when the broker starts (`net::start`) and handed to every
+//! MQTT connection and to recovery: nothing lives in statics, so several brokers can share a
+//! process (the tests start many).
 
 use super::retained::{RetainedLimits, RetainedStore};
 use super::session::Session;
 use crate::adapter::outbox::Outbox;
-use crate::core::Broker;
+use crate::core::memory::MemoryMonitor;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -101,28 +102,17 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MqttState {
-    /// The state belonging to `broker`, created on first use.
-    pub fn for_broker(broker: &Arc<Broker>) -> Arc<MqttState> {
-        static STATES: Mutex<Vec<(Weak<Broker>, Arc<MqttState>)>> = Mutex::new(Vec::new());
-        let mut states = lock(&STATES);
-        states.retain(|(b, _)| b.strong_count() > 0);
-        if let Some((_, s)) = states
-            .iter()
-            .find(|(b, _)| std::ptr::eq(b.as_ptr(), Arc::as_ptr(broker)))
-        {
-            return s.clone();
-        }
-        let mqtt = &broker.config.mqtt;
+    /// The state of one broker: its retained messages limited by `mqtt`'s retained limits and
+    /// charged to `memory`.
+    pub fn new(mqtt: &crate::config::MqttConfig, memory: Arc<MemoryMonitor>) -> Self {
         let limits = RetainedLimits {
             max_messages: mqtt.retained_max_messages,
             max_bytes: mqtt.retained_max_bytes,
         };
-        let s = Arc::new(MqttState {
+        MqttState {
             sessions: Mutex::default(),
-            retained: Mutex::new(RetainedStore::new(limits, Some(broker.memory.clone()))),
-        });
-        states.push((Arc::downgrade(broker), s.clone()));
-        s
+            retained: Mutex::new(RetainedStore::new(limits, Some(memory))),
+        }
     }
 
     pub fn sessions(&self) -> MutexGuard<'_, HashMap<SessionKey, SessionSlot>> {

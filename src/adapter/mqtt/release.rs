@@ -106,6 +106,7 @@ fn send_will(publisher: Publisher, will: Will, delay: u32, key: SessionKey, gene
         topic: will.topic,
         qos: will.qos,
         retain: will.retain,
+        dup: false,
         properties: will.properties,
         payload: will.payload,
     };

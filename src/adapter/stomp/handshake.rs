@@ -67,6 +67,14 @@ fn interval(ours: u64, theirs: u64) -> Option<Duration> {
     (ours > 0 && theirs > 0 && ms <= MAX_HEARTBEAT_MS).then(|| Duration::from_millis(ms))
 }
 
+/// How often we send heart-beats: at the interval the client asked to receive them (`cy`), as
+/// RabbitMQ does, but never more often than `floor`; none when either side turned them off.
+/// Advertising this same value as our `sx` makes the client's `max(sx, cy)` agree with it.
+fn send_interval(ours: u64, floor: u64, cy: u64) -> Option<Duration> {
+    let ms = cy.max(floor);
+    (ours > 0 && cy > 0 && ms <= MAX_HEARTBEAT_MS).then(|| Duration::from_millis(ms))
+}
+
 /// The `message` of the ERROR refusing a CONNECT's credentials.
 pub const ACCESS_REFUSED: &str = "Access refused";
 
@@ -111,20 +119,23 @@ pub fn connect(
         Some(h) if version != Version::V1_0 => parse_heart_beat(h)?,
         _ => (0, 0),
     };
+    let send_every = send_interval(ours, u64::from(config.heartbeat_min_ms), cy);
+    // `sx`: what we will send at when the client wants beats, else our offer.
+    let sx = send_every.map_or(ours, |d| d.as_millis() as u64);
     let negotiated = Negotiated {
         version,
         vhost,
         impersonator: user.has_tag(tag::IMPERSONATOR),
         user: user.name,
         session: generate_name("session-"),
-        send_every: interval(ours, cy),
+        send_every,
         expect_every: interval(ours, cx),
     };
     let connected = Frame::new(Command::Connected)
         .with("version", version.as_str())
         .with("server", concat!("Switchboard/", env!("CARGO_PKG_VERSION")))
         .with("session", negotiated.session.clone())
-        .with("heart-beat", format!("{ours},{ours}"));
+        .with("heart-beat", format!("{sx},{ours}"));
     Ok((negotiated, connected))
 }
 
@@ -206,5 +217,20 @@ mod tests {
         assert_eq!(interval(1000, 5000), Some(Duration::from_millis(5000)));
         assert_eq!(interval(1000, 10), Some(Duration::from_millis(1000)));
         assert_eq!(interval(1000, u64::MAX), None, "absurd intervals mean none");
+    }
+
+    #[test]
+    fn we_send_at_the_clients_interval_above_the_floor() {
+        let ms = |v| Some(Duration::from_millis(v));
+        assert_eq!(send_interval(10_000, 100, 500), ms(500));
+        assert_eq!(send_interval(10_000, 100, 30_000), ms(30_000));
+        assert_eq!(
+            send_interval(10_000, 100, 20),
+            ms(100),
+            "never below the floor"
+        );
+        assert_eq!(send_interval(10_000, 100, 0), None, "the client wants none");
+        assert_eq!(send_interval(0, 100, 500), None, "heart-beats turned off");
+        assert_eq!(send_interval(10_000, 100, u64::MAX), None);
     }
 }

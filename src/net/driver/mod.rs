@@ -243,6 +243,32 @@ where
         self.writer.finish(&self.outbox).await;
         self.broker.unregister_connection(self.entry.id);
     }
+
+    /// As [`finish`](Self::finish), then reads and drops the peer's input for at most `linger`
+    /// (and [`LINGER_BYTES`]) until it closes too. Closing a socket with unread input makes the
+    /// kernel answer with a reset, and a client still writing then loses our last frames to a
+    /// broken pipe; with the write side shut (FIN sent) it reads them first.
+    pub async fn finish_lingering(mut self, linger: std::time::Duration) {
+        self.writer.finish(&self.outbox).await;
+        let _ = tokio::time::timeout(linger, discard_until_closed(&mut self.reader)).await;
+        self.broker.unregister_connection(self.entry.id);
+    }
+}
+
+/// How much input a closed connection may still send; past it, the socket is dropped.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Reads and drops input until the peer closes, fails, or sent [`LINGER_BYTES`].
+async fn discard_until_closed<R: AsyncRead + Unpin>(rd: &mut R) {
+    // On the heap: a connection's future holds this function's state for its whole life.
+    let mut scratch = vec![0u8; 4096];
+    let mut total = 0;
+    while total < LINGER_BYTES {
+        match rd.read(&mut scratch).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+    }
 }
 
 /// A deadline that never comes, for a timer not in use.
