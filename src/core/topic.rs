@@ -4,10 +4,11 @@
 //! Words follow RabbitMQ: the empty key has no words, and `a..b` has three (`a`, ``, `b`).
 //!
 //! Matching is bounded whatever the patterns: runs of `#` are collapsed when a pattern is
-//! inserted (`#.#` matches what `#` matches), and the matcher visits each (`#` node, word index)
-//! state once, so a match costs at most (trie nodes × key words). Trying every split of the key
-//! for each `#`, as a plain backtracking matcher does, is exponential in the number of `#`s: one
-//! binding `#.#.#.#.#.#.#.#.#.z` and a 40-word key froze the broker for 26 s.
+//! inserted (`#.#` matches what `#` matches), and the matcher visits each trie node once, with
+//! the set of key positions it is reached at as a bit set, so a match costs at most (trie nodes
+//! × key words / 64) word operations and a look-up per (node, position). Trying every split of
+//! the key for each `#`, as a plain backtracking matcher does, is exponential in the number of
+//! `#`s: one binding `#.#.#.#.#.#.#.#.#.z` and a 40-word key froze the broker for 26 s.
 
 use super::hash::{FastHashMap, FastHasher};
 use indexmap::IndexMap;
@@ -72,11 +73,6 @@ impl<T> Node<T> {
             && self.children.is_empty()
             && self.star.is_none()
             && self.hash.is_none()
-    }
-
-    /// A `#` with nothing after it: it matches the rest of any key.
-    fn is_leaf(&self) -> bool {
-        self.children.is_empty() && self.star.is_none() && self.hash.is_none()
     }
 }
 
@@ -189,109 +185,288 @@ impl<T: Hash + Eq> TopicTrie<T> {
         for w in words(key) {
             buf.push(w);
         }
-        let mut matcher = Matcher {
-            words: buf.as_slice(),
-            hash_visits: HashVisits::default(),
-            f: &mut f,
-        };
-        matcher.walk(&self.root, 0);
+        Matcher::new(buf.as_slice(), &mut f).walk_one(&self.root, 0);
     }
 }
 
 /// One match in progress.
+///
+/// A node is reached with a set of positions in the key (how many words the path to it has
+/// consumed). The trie is a tree, so each node is visited at most once, with the union of its
+/// positions: a path with no `#` above it has one position (the plain recursive walk, no sets);
+/// below a `#` the positions are a bit set, and each step (a word, `*`, `#`) is a few
+/// operations on it. A match costs at most (trie nodes × key words / 64) set operations plus one
+/// look-up per (node, position) where a node has more children than positions, whatever the
+/// patterns.
 struct Matcher<'k, T, F> {
     words: &'k [&'k str],
-    hash_visits: HashVisits<T>,
+    /// u64 blocks in a set of positions `0..=words.len()`.
+    blocks: usize,
+    /// For each distinct word of the key, the positions just after it; made on first use.
+    after: Option<FastHashMap<&'k str, Positions>>,
     f: &'k mut F,
+    reports: std::marker::PhantomData<fn(&T)>,
 }
 
-impl<'a, T: 'a, F: FnMut(&'a T)> Matcher<'_, T, F> {
-    /// Matches the words from `at` on against the patterns below `node`. A non-`#` node is
-    /// reached with a given `at` at most once: its path from the nearest `#` above it (or the
-    /// root) is fixed, so `at` fixes where that `#` stopped, and each such `#` state is visited
-    /// once (see [`Matcher::walk_hash`]).
-    fn walk(&mut self, node: &'a Node<T>, at: usize) {
+impl<'a, 'k, T: 'a, F: FnMut(&'a T)> Matcher<'k, T, F> {
+    fn new(words: &'k [&'k str], f: &'k mut F) -> Self {
+        Matcher {
+            words,
+            blocks: words.len() / 64 + 1,
+            after: None,
+            f,
+            reports: std::marker::PhantomData,
+        }
+    }
+
+    /// `node` reached with `at` words consumed, and no other position.
+    fn walk_one(&mut self, node: &'a Node<T>, at: usize) {
         if let Some(hash) = &node.hash {
-            self.walk_hash(hash, at);
+            let from = self.from(at);
+            self.walk_set(hash, from);
         }
         match self.words.get(at) {
             None => node.values.keys().for_each(&mut *self.f),
             Some(word) => {
                 if let Some(child) = node.children.get(*word) {
-                    self.walk(child, at + 1);
+                    self.walk_one(child, at + 1);
                 }
                 if let Some(star) = &node.star {
-                    self.walk(star, at + 1);
+                    self.walk_one(star, at + 1);
                 }
             }
         }
     }
 
-    /// `#` at `hash`, reached with the words from `at` on left: it consumes `at..k` for each
-    /// `k`. The states (`hash`, k) for k from the lowest `at` seen so far on were visited already,
-    /// so only those below it are walked.
-    fn walk_hash(&mut self, hash: &'a Node<T>, at: usize) {
-        let unvisited_until = self.hash_visits.lowest(hash, at).unwrap_or(usize::MAX);
-        let end = unvisited_until.min(self.words.len() + 1);
-        if at >= end {
+    /// `node` reached with each position in `at` (not empty).
+    fn walk_set(&mut self, node: &'a Node<T>, at: Positions) {
+        if let Some(only) = at.single() {
+            return self.walk_one(node, only);
+        }
+        let n = self.words.len();
+        if at.contains(n) {
+            node.values.keys().for_each(&mut *self.f);
+        }
+        if let (Some(hash), Some(lowest)) = (&node.hash, at.lowest()) {
+            let from = self.from(lowest);
+            self.walk_set(hash, from);
+        }
+        // One more word consumed from each position but the end.
+        let next = at.shifted(n);
+        if next.is_empty() {
             return;
         }
-        if hash.is_leaf() {
-            // Matches whatever is left: only the state that consumes the whole key reports.
-            if end > self.words.len() {
-                hash.values.keys().for_each(&mut *self.f);
-            }
+        if let Some(star) = &node.star {
+            self.walk_set(star, next.clone());
+        }
+        if node.children.is_empty() {
             return;
         }
-        for k in at..end {
-            self.walk(hash, k);
-        }
-    }
-}
-
-const HASH_VISITS_INLINE: usize = 8;
-
-/// The lowest word index each `#` node was reached with during one match. A few inline
-/// entries cover ordinary keys without allocating; a map takes over past them.
-struct HashVisits<T> {
-    inline: [(*const Node<T>, usize); HASH_VISITS_INLINE],
-    len: usize,
-    spill: FastHashMap<*const Node<T>, usize>,
-}
-
-impl<T> Default for HashVisits<T> {
-    fn default() -> Self {
-        HashVisits {
-            inline: [(std::ptr::null(), 0); HASH_VISITS_INLINE],
-            len: 0,
-            spill: FastHashMap::default(),
-        }
-    }
-}
-
-impl<T> HashVisits<T> {
-    /// Records that `node` was reached with `at`; returns the lowest index it had been reached
-    /// with before (None: never), and keeps the lower of the two.
-    fn lowest(&mut self, node: &Node<T>, at: usize) -> Option<usize> {
-        let ptr: *const Node<T> = node;
-        let slot = match self.inline[..self.len].iter_mut().find(|(p, _)| *p == ptr) {
-            Some((_, lowest)) => lowest,
-            None if self.len < HASH_VISITS_INLINE && self.spill.is_empty() => {
-                self.inline[self.len] = (ptr, at);
-                self.len += 1;
-                return None;
-            }
-            None => match self.spill.entry(ptr) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(at);
-                    return None;
+        if node.children.len() <= next.count() {
+            for (word, child) in &node.children {
+                let after = self.after(word);
+                let reached = next.and(after);
+                if !reached.is_empty() {
+                    self.walk_set(child, reached);
                 }
-            },
-        };
-        let before = *slot;
-        *slot = before.min(at);
-        Some(before)
+            }
+        } else if next.count() <= FEW_POSITIONS {
+            // Fewer positions than children: look each position's word up, once per distinct
+            // word (the same word leads to the same child), without allocating.
+            let positions = || at.iter().filter(|&p| p < n);
+            for p in positions() {
+                let word = self.words[p];
+                if positions()
+                    .take_while(|&q| q < p)
+                    .any(|q| self.words[q] == word)
+                {
+                    continue;
+                }
+                let Some(child) = node.children.get(word) else {
+                    continue;
+                };
+                let mut set = Positions::empty(self.blocks);
+                for q in positions().filter(|&q| self.words[q] == word) {
+                    set.insert(q + 1);
+                }
+                self.walk_set(child, set);
+            }
+        } else {
+            let mut reached: Vec<(&'a Node<T>, Positions)> = Vec::new();
+            for p in at.iter().filter(|&p| p < n) {
+                let Some(child) = node.children.get(self.words[p]) else {
+                    continue;
+                };
+                match reached.iter_mut().find(|(c, _)| std::ptr::eq(*c, child)) {
+                    Some((_, set)) => set.insert(p + 1),
+                    None => {
+                        let mut set = Positions::empty(self.blocks);
+                        set.insert(p + 1);
+                        reached.push((child, set));
+                    }
+                }
+            }
+            for (child, set) in reached {
+                self.walk_set(child, set);
+            }
+        }
+    }
+
+    /// Every position from `at` to the end of the key (what a `#` reached at `at` covers).
+    fn from(&self, at: usize) -> Positions {
+        let mut set = Positions::empty(self.blocks);
+        let end = self.words.len() + 1;
+        for (i, b) in set.blocks_mut().iter_mut().enumerate() {
+            let (lo, hi) = (i * 64, i * 64 + 64);
+            if hi <= at || lo >= end {
+                continue;
+            }
+            let below_at = if at > lo { (1u64 << (at - lo)) - 1 } else { 0 };
+            let below_end = if end < hi {
+                (1u64 << (end - lo)) - 1
+            } else {
+                u64::MAX
+            };
+            *b = below_end & !below_at;
+        }
+        set
+    }
+
+    /// The positions just after each occurrence of `word` in the key.
+    fn after(&mut self, word: &str) -> &Positions {
+        let (words, blocks) = (self.words, self.blocks);
+        let after = self.after.get_or_insert_with(|| {
+            let mut m: FastHashMap<&'k str, Positions> = FastHashMap::default();
+            for (p, w) in words.iter().enumerate() {
+                m.entry(*w)
+                    .or_insert_with(|| Positions::empty(blocks))
+                    .insert(p + 1);
+            }
+            m
+        });
+        static NONE: Positions = Positions::none();
+        after.get(word).unwrap_or(&NONE)
+    }
+}
+
+/// Up to this many positions, the children of a node reached at several are found without
+/// allocating (comparing the positions' words with each other).
+const FEW_POSITIONS: usize = 8;
+
+/// Blocks of a position set kept inline: keys of up to 191 words (the default limit is 128).
+const INLINE_BLOCKS: usize = 3;
+
+/// A set of positions in a key, `0..=words`, as bits.
+#[derive(Clone, Debug)]
+struct Positions {
+    inline: [u64; INLINE_BLOCKS],
+    /// Used instead of `inline` for longer keys.
+    heap: Vec<u64>,
+}
+
+impl Positions {
+    const fn none() -> Self {
+        Positions {
+            inline: [0; INLINE_BLOCKS],
+            heap: Vec::new(),
+        }
+    }
+
+    fn empty(blocks: usize) -> Self {
+        let mut set = Self::none();
+        if blocks > INLINE_BLOCKS {
+            set.heap = vec![0; blocks];
+        }
+        set
+    }
+
+    fn blocks(&self) -> &[u64] {
+        if self.heap.is_empty() {
+            &self.inline
+        } else {
+            &self.heap
+        }
+    }
+
+    fn blocks_mut(&mut self) -> &mut [u64] {
+        if self.heap.is_empty() {
+            &mut self.inline
+        } else {
+            &mut self.heap
+        }
+    }
+
+    fn insert(&mut self, p: usize) {
+        if let Some(b) = self.blocks_mut().get_mut(p / 64) {
+            *b |= 1 << (p % 64);
+        }
+    }
+
+    fn contains(&self, p: usize) -> bool {
+        self.blocks()
+            .get(p / 64)
+            .is_some_and(|b| b & (1 << (p % 64)) != 0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.blocks().iter().all(|&b| b == 0)
+    }
+
+    fn count(&self) -> usize {
+        self.blocks().iter().map(|b| b.count_ones() as usize).sum()
+    }
+
+    fn lowest(&self) -> Option<usize> {
+        let (i, b) = self.blocks().iter().enumerate().find(|(_, &b)| b != 0)?;
+        Some(i * 64 + b.trailing_zeros() as usize)
+    }
+
+    /// The position when there is exactly one.
+    fn single(&self) -> Option<usize> {
+        if self.count() == 1 {
+            self.lowest()
+        } else {
+            None
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.blocks().iter().enumerate().flat_map(|(i, &b)| {
+            let mut bits = b;
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let bit = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    i * 64 + bit
+                })
+            })
+        })
+    }
+
+    /// Each position but `end` moved one word on.
+    fn shifted(&self, end: usize) -> Positions {
+        let mut out = self.clone();
+        let blocks = out.blocks_mut();
+        let mut carry = 0;
+        for b in blocks.iter_mut() {
+            let next_carry = *b >> 63;
+            *b = (*b << 1) | carry;
+            carry = next_carry;
+        }
+        // Nothing goes past the end: drop the bit `end` moved to.
+        if let Some(b) = blocks.get_mut((end + 1) / 64) {
+            *b &= !(1 << ((end + 1) % 64));
+        }
+        out
+    }
+
+    fn and(&self, other: &Positions) -> Positions {
+        let mut out = self.clone();
+        let theirs = other.blocks();
+        for (i, b) in out.blocks_mut().iter_mut().enumerate() {
+            *b &= theirs.get(i).copied().unwrap_or(0);
+        }
+        out
     }
 }
 
@@ -494,6 +669,59 @@ mod tests {
                 .collect();
             proptest::prop_assert_eq!(got, want);
         }
+
+        /// Keys past 64 and 128 words (position sets of several blocks), and a `#` node with
+        /// more children than positions (the look-up-per-position branch), against a
+        /// dynamic-programming reference.
+        #[test]
+        fn long_keys_and_wide_nodes_agree_with_the_reference(
+            patterns in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec!["a", "b", "c3", "*", "#"]), 0..8),
+                1..8,
+            ),
+            key in proptest::collection::vec(
+                proptest::sample::select(vec!["a", "b", "a", "b", "a", "b", "c3", "d1"]),
+                60..200,
+            ),
+        ) {
+            let mut patterns: Vec<String> = patterns.iter().map(|p| p.join(".")).collect();
+            // `#.c3` is reached after each (rare) `c3`: fewer positions than its 40 children.
+            patterns.extend((0..40).map(|i| format!("#.c3.d{i}")));
+            patterns.extend((0..40).map(|i| format!("#.c3.d{i}.#")));
+            let key = key.join(".");
+            let mut t = TopicTrie::new();
+            for (i, p) in patterns.iter().enumerate() {
+                t.insert(p, i);
+            }
+            let mut got = vec![];
+            t.for_each_match(&key, |v| got.push(*v));
+            got.sort();
+            let k: Vec<&str> = words(&key).collect();
+            let want: Vec<usize> = patterns
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| reference_dp(&words(p).collect::<Vec<_>>(), &k))
+                .map(|(i, _)| i)
+                .collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    /// `reference` without its exponential backtracking: `m[i][j]` says whether pattern words
+    /// from `i` on match key words from `j` on.
+    fn reference_dp(p: &[&str], k: &[&str]) -> bool {
+        let mut m = vec![vec![false; k.len() + 1]; p.len() + 1];
+        m[p.len()][k.len()] = true;
+        for i in (0..p.len()).rev() {
+            for j in (0..=k.len()).rev() {
+                m[i][j] = match p[i] {
+                    "#" => m[i + 1][j] || (j < k.len() && m[i][j + 1]),
+                    "*" => j < k.len() && m[i + 1][j + 1],
+                    w => j < k.len() && k[j] == w && m[i + 1][j + 1],
+                };
+            }
+        }
+        m[0][0]
     }
 
     /// Straightforward recursive matcher used as the oracle.
