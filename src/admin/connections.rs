@@ -57,6 +57,8 @@ pub fn connection_json(b: &Broker, c: &ConnectionEntry) -> Value {
         "state": if user.is_empty() { "starting" } else { "running" },
         "connected_at": connected_at,
         "ssl": false,
+        // Client properties are not kept by the adapters; an empty object, not a guess.
+        "client_properties": {},
     })
 }
 
