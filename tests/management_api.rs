@@ -1080,3 +1080,55 @@ async fn listing_many_queues_whole_and_paged() {
         whole[2], whole[0], paged[2]
     );
 }
+
+#[tokio::test]
+async fn channels_are_listed_per_connection_and_vhost() {
+    let b = TestBroker::start().await;
+    let (c, _ch) = b.channel().await;
+    let _second = bounded(c.create_channel()).await.unwrap();
+    let all = call(&b, "GET", "/api/channels", None).await.body;
+    let mine: Vec<&Value> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["user"] == "guest")
+        .collect();
+    assert_eq!(mine.len(), 2, "{all}");
+    let conn = mine[0]["connection_details"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(mine[0]["name"], format!("{conn} (1)"));
+    assert_eq!(mine[1]["number"], 2);
+    let encoded = conn.replace(' ', "%20").replace('>', "%3E");
+    let of = call(
+        &b,
+        "GET",
+        &format!("/api/connections/{encoded}/channels"),
+        None,
+    )
+    .await;
+    assert_eq!(of.body.as_array().map(Vec::len), Some(2));
+    let one = format!("{encoded}%20(1)")
+        .replace('(', "%28")
+        .replace(')', "%29");
+    assert_eq!(
+        call(&b, "GET", &format!("/api/channels/{one}"), None)
+            .await
+            .status,
+        200
+    );
+    let in_vhost = call(&b, "GET", "/api/vhosts/other/channels", None)
+        .await
+        .body;
+    assert_eq!(in_vhost, json!([]));
+    bounded(_second.close(200, "bye".into())).await.unwrap();
+    let of = call(
+        &b,
+        "GET",
+        &format!("/api/connections/{encoded}/channels"),
+        None,
+    )
+    .await;
+    assert_eq!(of.body.as_array().map(Vec::len), Some(1));
+}

@@ -36,8 +36,8 @@ pub fn routes() -> Router<Arc<Broker>> {
 }
 
 /// A queue as RabbitMQ's management API shows it (without `message_stats`: rates come from the
-/// sampler, not from here).
-pub fn queue_json(b: &Broker, q: &Queue) -> Value {
+/// sampler, not from here). `node` is [`node_name`], looked up once per listing.
+pub fn queue_json(node: &str, q: &Queue) -> Value {
     let s = q.stats();
     let exclusive_tag = q
         .consumers()
@@ -58,7 +58,7 @@ pub fn queue_json(b: &Broker, q: &Queue) -> Value {
         "exclusive": q.exclusive_owner.is_some(),
         "owner_pid_details": q.exclusive_owner.map(|id| json!({"name": id.to_string()})),
         "arguments": field_table_to_json(&q.arguments),
-        "node": node_name(b),
+        "node": node,
         "state": "running",
         "type": queue_type,
         "consumers": s.consumers,
@@ -76,10 +76,11 @@ pub fn queue_json(b: &Broker, q: &Queue) -> Value {
 }
 
 fn queues_of(b: &Broker, vhosts: &[Arc<VHost>]) -> Vec<Value> {
+    let node = node_name(b);
     vhosts
         .iter()
         .flat_map(|vh| vh.queues())
-        .map(|q| queue_json(b, &q))
+        .map(|q| queue_json(&node, &q))
         .collect()
 }
 
@@ -123,7 +124,7 @@ async fn show(
         Err(r) => return r.into_response(),
     };
     match vh.queue(&name) {
-        Some(q) => Json(queue_json(&b, &q)).into_response(),
+        Some(q) => Json(queue_json(&node_name(&b), &q)).into_response(),
         None => not_found(),
     }
 }

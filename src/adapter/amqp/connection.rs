@@ -10,7 +10,6 @@ use crate::core::hash::FastHashMap;
 use crate::core::Broker;
 use bytes::BytesMut;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_amqp::*;
@@ -354,7 +353,7 @@ impl<'a> Connection<'a> {
                 channel,
                 Channel::new(channel, self.ctx.outbox.clone(), self.ctx.frame_max),
             );
-            self.entry.channels.fetch_add(1, Ordering::Relaxed);
+            self.entry.channel_opened(channel);
             self.ctx.send(channel, ChannelOpenOk {});
             return Ok(Next::Continue);
         }
@@ -371,7 +370,7 @@ impl<'a> Connection<'a> {
             } => {
                 if let Some(mut ch) = self.channels.remove(&channel) {
                     ch.cleanup(&self.ctx);
-                    self.entry.channels.fetch_sub(1, Ordering::Relaxed);
+                    self.entry.channel_closed(channel);
                 }
                 self.ctx.send(channel, ChannelCloseOk {});
                 return Ok(Next::Continue);
@@ -382,7 +381,7 @@ impl<'a> Connection<'a> {
             } => {
                 if ch.closing {
                     self.channels.remove(&channel);
-                    self.entry.channels.fetch_sub(1, Ordering::Relaxed);
+                    self.entry.channel_closed(channel);
                 }
                 return Ok(Next::Continue);
             }
@@ -457,6 +456,6 @@ impl<'a> Connection<'a> {
         for (_, mut ch) in self.channels.drain() {
             ch.cleanup(&self.ctx);
         }
-        self.entry.channels.store(0, Ordering::Relaxed);
+        self.entry.all_channels_closed();
     }
 }
