@@ -108,6 +108,14 @@ async fn list_consumers_and_close_connection() {
         "{err}"
     );
 
+    let (out, info) = ctl_ok(&b, &["list_channels"]).await;
+    assert!(info.contains("Listing channels ..."), "{info}");
+    assert!(
+        out.lines()
+            .any(|l| l == format!("{connection} (1)\tguest\t1")),
+        "{out}"
+    );
+
     let (_, info) = ctl_ok(&b, &["close_connection", &connection, "go away"]).await;
     assert!(info.contains("reason: go away"), "{info}");
     bounded(async {

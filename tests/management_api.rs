@@ -797,3 +797,338 @@ async fn definitions_with_unknown_parameters_are_refused() {
     assert_eq!(a.status, 400);
     assert!(a.body["reason"].as_str().unwrap().contains("shovel"));
 }
+
+/// The API driven by RabbitMQ's own Rust client (`rabbitmq_http_client`, blocking), for every
+/// endpoint of it that maps onto a feature we have. Not covered: the overview and consumer
+/// listings (the client requires Erlang runtime fields, churn rates and per-consumer prefetch
+/// that this broker does not have), streams, federation, shovels, limits, feature flags.
+mod rabbitmq_client {
+    use super::common::*;
+    use rabbitmq_http_client::blocking_api::Client;
+    use rabbitmq_http_client::commons::{
+        BindingDestinationType, ExchangeType, PolicyTarget, SupportedProtocol,
+    };
+    use rabbitmq_http_client::password_hashing;
+    use rabbitmq_http_client::requests::{
+        BindingDeletionParams, ExchangeParams, Permissions, PolicyParams, QueueParams,
+        TopicPermissions, UserParams, VirtualHostParams,
+    };
+    use serde_json::{json, Map, Value};
+
+    /// A broker on its own runtime, so that the blocking client can run on the test thread.
+    fn broker() -> (tokio::runtime::Runtime, TestBroker) {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let b = rt.block_on(TestBroker::start());
+        (rt, b)
+    }
+
+    fn client(b: &TestBroker) -> Client<String, &'static str, &'static str> {
+        Client::new(format!("{}/api", b.http_url()), "guest", "guest")
+    }
+
+    #[test]
+    fn queues_exchanges_bindings_and_messages() {
+        let (_rt, b) = broker();
+        let rc = client(&b);
+        let mut args = Map::new();
+        args.insert("x-max-length".into(), json!(100));
+        let q = unique("rc-q");
+        rc.declare_queue("/", &QueueParams::new_durable_classic_queue(&q, Some(args)))
+            .unwrap();
+        let info = rc.get_queue_info("/", &q).unwrap();
+        assert_eq!(info.name, q);
+        assert!(info.durable);
+        assert_eq!(info.queue_type, "classic");
+        assert_eq!(info.arguments.0.get("x-max-length"), Some(&json!(100)));
+        assert!(rc.list_queues().unwrap().iter().any(|x| x.name == q));
+        assert!(rc.list_queues_in("/").unwrap().iter().any(|x| x.name == q));
+        assert!(rc.get_queue_info("/", "nope").is_err());
+
+        let e = unique("rc-e");
+        rc.declare_exchange("/", &ExchangeParams::durable(&e, ExchangeType::Topic, None))
+            .unwrap();
+        let ex = rc.get_exchange_info("/", &e).unwrap();
+        assert_eq!(ex.exchange_type, "topic");
+        assert!(rc
+            .list_exchanges_in("/")
+            .unwrap()
+            .iter()
+            .any(|x| x.name == e));
+
+        rc.bind_queue("/", &q, &e, Some("a.*"), None).unwrap();
+        let e2 = unique("rc-e2");
+        rc.declare_exchange("/", &ExchangeParams::durable_fanout(&e2, None))
+            .unwrap();
+        rc.bind_exchange("/", &e2, &e, Some("b.#"), None).unwrap();
+        let qb = rc.list_queue_bindings("/", &q).unwrap();
+        assert!(qb.iter().any(|x| x.source == e && x.routing_key == "a.*"));
+        let src = rc.list_exchange_bindings_with_source("/", &e).unwrap();
+        assert_eq!(src.len(), 2);
+        assert!(rc
+            .list_bindings_in("/")
+            .unwrap()
+            .iter()
+            .any(|x| x.destination == e2));
+
+        let routed = rc
+            .publish_message("/", &e, "a.b", "hello", Map::new())
+            .unwrap();
+        assert!(routed.routed);
+        let got = rc.get_messages("/", &q, 1, "ack_requeue_false").unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload, "hello");
+        assert_eq!(got[0].routing_key, "a.b");
+        rc.publish_message("/", "", &q, "again", Map::new())
+            .unwrap();
+        rc.purge_queue("/", &q).unwrap();
+        assert_eq!(
+            rc.get_messages("/", &q, 1, "ack_requeue_false")
+                .unwrap()
+                .len(),
+            0
+        );
+
+        rc.delete_binding(
+            &BindingDeletionParams {
+                virtual_host: "/",
+                source: &e,
+                destination: &e2,
+                destination_type: BindingDestinationType::Exchange,
+                routing_key: "b.#",
+                arguments: None,
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            rc.list_exchange_bindings_with_source("/", &e)
+                .unwrap()
+                .len(),
+            1
+        );
+        rc.delete_exchange("/", &e, false).unwrap();
+        rc.delete_queue("/", &q, false).unwrap();
+        assert!(rc.delete_queue("/", &q, false).is_err());
+        rc.delete_queue("/", &q, true).unwrap();
+    }
+
+    #[test]
+    fn vhosts_users_permissions_and_policies() {
+        let (_rt, b) = broker();
+        let rc = client(&b);
+        let vh = unique("rc-vh");
+        rc.create_vhost(&VirtualHostParams::named(&vh)).unwrap();
+        assert_eq!(rc.get_vhost(&vh).unwrap().name, vh);
+        assert!(rc.list_vhosts().unwrap().iter().any(|v| v.name == vh));
+
+        let salt = password_hashing::salt();
+        let hash = password_hashing::base64_encoded_salted_password_hash_sha256(&salt, "pw");
+        rc.create_user(&UserParams::new("dave", &hash, "monitoring"))
+            .unwrap();
+        let dave = rc.get_user("dave").unwrap();
+        assert_eq!(dave.name, "dave");
+        rc.grant_permissions(&Permissions {
+            user: "dave",
+            vhost: &vh,
+            configure: "^d",
+            read: ".*",
+            write: "^d",
+        })
+        .unwrap();
+        let p = rc.get_permissions(&vh, "dave").unwrap();
+        assert_eq!(p.configure, "^d");
+        assert!(rc.list_permissions_of("dave").unwrap().len() == 1);
+        rc.declare_topic_permissions(&TopicPermissions {
+            user: "dave",
+            vhost: &vh,
+            exchange: "amq.topic",
+            read: ".*",
+            write: "^dave\\.",
+        })
+        .unwrap();
+        assert_eq!(rc.list_topic_permissions_in(&vh).unwrap().len(), 1);
+        let as_dave: Client<String, &str, &str> =
+            Client::new(format!("{}/api", b.http_url()), "dave", "pw");
+        assert_eq!(as_dave.current_user().unwrap().name, "dave");
+
+        let mut def = Map::new();
+        def.insert("max-length".into(), json!(10));
+        let mut policy = PolicyParams::new(&vh, "cap", "^cap", def);
+        policy.apply_to = PolicyTarget::Queues;
+        policy.priority = 2;
+        rc.declare_policy(&policy).unwrap();
+        let got = rc.get_policy(&vh, "cap").unwrap();
+        assert_eq!(got.pattern, "^cap");
+        assert_eq!(got.priority, 2);
+        assert_eq!(rc.list_policies_in(&vh).unwrap().len(), 1);
+        rc.delete_policy(&vh, "cap", false).unwrap();
+        assert!(rc.list_policies().unwrap().is_empty());
+
+        rc.clear_permissions(&vh, "dave", false).unwrap();
+        rc.delete_user("dave", false).unwrap();
+        assert!(rc.get_user("dave").is_err());
+        rc.delete_vhost(&vh, false).unwrap();
+        assert!(rc.get_vhost(&vh).is_err());
+    }
+
+    #[test]
+    fn definitions_health_checks_connections_and_nodes() {
+        let (rt, b) = broker();
+        let rc = client(&b);
+        let q = unique("rc-def");
+        rc.declare_queue("/", &QueueParams::new_durable_classic_queue(&q, None))
+            .unwrap();
+        let text = rc.export_cluster_wide_definitions().unwrap();
+        let defs: Value = serde_json::from_str(&text).unwrap();
+        assert!(defs["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == q.as_str()));
+        let data = rc.export_cluster_wide_definitions_as_data().unwrap();
+        assert!(data.queues.iter().any(|x| x.name == q));
+        rc.delete_queue("/", &q, false).unwrap();
+        rc.import_cluster_wide_definitions(defs).unwrap();
+        assert!(rc.get_queue_info("/", &q).is_ok());
+        let vdefs: Value =
+            serde_json::from_str(&rc.export_vhost_definitions("/").unwrap()).unwrap();
+        rc.import_vhost_definitions("other", vdefs).unwrap();
+        assert!(rc.get_queue_info("other", &q).is_ok());
+
+        rc.health_check_cluster_wide_alarms().unwrap();
+        rc.health_check_local_alarms().unwrap();
+        rc.health_check_if_node_is_quorum_critical().unwrap();
+        rc.health_check_port_listener(b.amqp.port()).unwrap();
+        assert!(rc.health_check_port_listener(1).is_err());
+        rc.health_check_protocol_listener(SupportedProtocol::AMQP)
+            .unwrap();
+        assert!(rc
+            .health_check_protocol_listener(SupportedProtocol::AMQPWithTLS)
+            .is_err());
+
+        let nodes = rc.list_nodes().unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert!(rc.get_node_info(&nodes[0].name).is_ok());
+
+        let conn = rt.block_on(b.connect());
+        let listed = rc.list_connections().unwrap();
+        let mine = listed
+            .iter()
+            .find(|c| c.username == "guest")
+            .expect("our connection");
+        assert!(rc.get_connection_info(&mine.name).is_ok());
+        assert_eq!(rc.list_connections_in("/").unwrap().len(), 1);
+        rc.close_connection(&mine.name, Some("from the client test"), false)
+            .unwrap();
+        rt.block_on(async {
+            bounded(async {
+                while conn.status().connected() {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            })
+            .await
+        });
+    }
+}
+
+/// How many queues the listing test makes: `SWITCHBOARD_API_QUEUES` (the README's figure is for
+/// 10,000 in a release build), else a number a debug build makes in a moment.
+fn listing_scale() -> usize {
+    std::env::var("SWITCHBOARD_API_QUEUES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000)
+}
+
+#[tokio::test]
+async fn listing_many_queues_whole_and_paged() {
+    let n = listing_scale();
+    let b = TestBroker::start().await;
+    let vh = b.broker().vhost("/").expect("vhost");
+    for i in 0..n {
+        let spec = switchboard::core::vhost::QueueSpec {
+            name: format!("many-{i:06}"),
+            ..Default::default()
+        };
+        vh.declare_queue(spec, false, 0).expect("declare");
+    }
+    let mut whole = Vec::new();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let a = call(&b, "GET", "/api/queues", None).await;
+        whole.push(started.elapsed());
+        assert_eq!(a.body.as_array().map(Vec::len), Some(n));
+    }
+    let mut paged = Vec::new();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let a = call(
+            &b,
+            "GET",
+            "/api/queues?page=1&page_size=100&sort=name",
+            None,
+        )
+        .await;
+        paged.push(started.elapsed());
+        assert_eq!(a.body["filtered_count"], n);
+        assert_eq!(a.body["items"][0]["name"], "many-000000");
+    }
+    whole.sort();
+    paged.sort();
+    println!(
+        "GET /api/queues with {n} queues: median {:?} (min {:?}); first page of 100 sorted: median {:?}",
+        whole[2], whole[0], paged[2]
+    );
+}
+
+#[tokio::test]
+async fn channels_are_listed_per_connection_and_vhost() {
+    let b = TestBroker::start().await;
+    let (c, _ch) = b.channel().await;
+    let _second = bounded(c.create_channel()).await.unwrap();
+    let all = call(&b, "GET", "/api/channels", None).await.body;
+    let mine: Vec<&Value> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["user"] == "guest")
+        .collect();
+    assert_eq!(mine.len(), 2, "{all}");
+    let conn = mine[0]["connection_details"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(mine[0]["name"], format!("{conn} (1)"));
+    assert_eq!(mine[1]["number"], 2);
+    let encoded = conn.replace(' ', "%20").replace('>', "%3E");
+    let of = call(
+        &b,
+        "GET",
+        &format!("/api/connections/{encoded}/channels"),
+        None,
+    )
+    .await;
+    assert_eq!(of.body.as_array().map(Vec::len), Some(2));
+    let one = format!("{encoded}%20(1)")
+        .replace('(', "%28")
+        .replace(')', "%29");
+    assert_eq!(
+        call(&b, "GET", &format!("/api/channels/{one}"), None)
+            .await
+            .status,
+        200
+    );
+    let in_vhost = call(&b, "GET", "/api/vhosts/other/channels", None)
+        .await
+        .body;
+    assert_eq!(in_vhost, json!([]));
+    bounded(_second.close(200, "bye".into())).await.unwrap();
+    let of = call(
+        &b,
+        "GET",
+        &format!("/api/connections/{encoded}/channels"),
+        None,
+    )
+    .await;
+    assert_eq!(of.body.as_array().map(Vec::len), Some(1));
+}

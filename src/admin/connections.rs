@@ -1,4 +1,5 @@
-//! `/api/connections` (list, show, close with an `X-Reason`) and `/api/consumers`, in
+//! `/api/connections` (list, show, close with an `X-Reason`), `/api/channels` and
+//! `/api/consumers`, in
 //! RabbitMQ's JSON. Users that are neither administrators nor monitoring see only their own
 //! connections and the consumers in vhosts they may use.
 
@@ -26,11 +27,17 @@ pub fn routes() -> Router<Arc<Broker>> {
         .route("/api/connections", get(list_all))
         .route("/api/connections/{name}", get(show).delete(close))
         .route("/api/vhosts/{vhost}/connections", get(list_in))
+        .route("/api/channels", get(channels_all))
+        .route("/api/channels/{name}", get(channel))
+        .route("/api/vhosts/{vhost}/channels", get(channels_in))
+        .route("/api/connections/{name}/channels", get(channels_of))
         .route("/api/consumers", get(consumers_all))
         .route("/api/consumers/{vhost}", get(consumers_in))
 }
 
-pub fn connection_json(b: &Broker, c: &Arc<ConnectionEntry>) -> Value {
+/// A connection as RabbitMQ's management API shows it; `node` is [`super::node_name`], looked
+/// up once per listing.
+pub fn connection_json(b: &Broker, node: &str, c: &Arc<ConnectionEntry>) -> Value {
     let (user, vhost) = session_of(c);
     let (recv_oct, send_oct) = c.stats.octets();
     let (table_rates, (recv_rate, send_rate)) = {
@@ -44,7 +51,7 @@ pub fn connection_json(b: &Broker, c: &Arc<ConnectionEntry>) -> Value {
         .unwrap_or(0);
     json!({
         "name": c.name(),
-        "node": super::node_name(b),
+        "node": node,
         "type": "network",
         "protocol": c.protocol,
         "peer_host": c.peer.ip().to_string(),
@@ -78,13 +85,14 @@ fn client_properties(c: &ConnectionEntry) -> Value {
 /// The connections `me` may see, as JSON.
 fn connections_for(b: &Broker, me: &User, vhost: Option<&str>) -> Vec<Value> {
     let sees_all = me.is_administrator() || me.has_tag(tag::MONITORING);
+    let node = super::node_name(b);
     b.connections()
         .iter()
         .filter(|c| {
             let (user, vh) = session_of(c);
             (sees_all || user == me.name) && vhost.is_none_or(|v| v == vh)
         })
-        .map(|c| connection_json(b, c))
+        .map(|c| connection_json(b, &node, c))
         .collect()
 }
 
@@ -117,7 +125,7 @@ fn find(b: &Broker, me: &User, name: &str) -> Option<Arc<ConnectionEntry>> {
 
 async fn show(State(b): B, Extension(me): Extension<User>, Path(name): Path<String>) -> Response {
     match find(&b, &me, &name) {
-        Some(c) => Json(connection_json(&b, &c)).into_response(),
+        Some(c) => Json(connection_json(&b, &super::node_name(&b), &c)).into_response(),
         None => not_found(),
     }
 }
@@ -145,6 +153,7 @@ async fn close(
 /// Every consumer of the queues in `vhosts`, as RabbitMQ lists them.
 pub fn consumers_of(b: &Broker, vhosts: &[Arc<VHost>]) -> Vec<Value> {
     let connections = b.connections();
+    let node = super::node_name(b);
     let mut out = Vec::new();
     for vh in vhosts {
         for q in vh.queues() {
@@ -163,7 +172,7 @@ pub fn consumers_of(b: &Broker, vhosts: &[Arc<VHost>]) -> Vec<Value> {
                         "peer_host": conn.map(|e| e.peer.ip().to_string()),
                         "peer_port": conn.map(|e| e.peer.port()),
                         "user": conn.map(|e| session_of(e).0),
-                        "node": super::node_name(b),
+                        "node": node,
                     },
                 }));
             }
@@ -190,4 +199,84 @@ async fn consumers_in(
         Ok(vh) => respond(consumers_of(&b, &[vh]), &q),
         Err(r) => r.into_response(),
     }
+}
+
+/// The open channels of `c` (AMQP; other protocols have none), named as RabbitMQ names them.
+fn channels_json(node: &str, c: &ConnectionEntry) -> Vec<Value> {
+    let (user, vhost) = session_of(c);
+    c.channel_numbers()
+        .into_iter()
+        .map(|n| {
+            json!({
+                "name": format!("{} ({n})", c.name()),
+                "number": n,
+                "node": node,
+                "user": user,
+                "vhost": vhost,
+                "state": "running",
+                "connection_details": {
+                    "name": c.name(),
+                    "peer_host": c.peer.ip().to_string(),
+                    "peer_port": c.peer.port(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// The channels of the connections `me` may see, in `vhost` if given.
+fn channels_for(b: &Broker, me: &User, vhost: Option<&str>) -> Vec<Value> {
+    let sees_all = me.is_administrator() || me.has_tag(tag::MONITORING);
+    let node = super::node_name(b);
+    b.connections()
+        .iter()
+        .filter(|c| {
+            let (user, vh) = session_of(c);
+            (sees_all || user == me.name) && vhost.is_none_or(|v| v == vh)
+        })
+        .flat_map(|c| channels_json(&node, c))
+        .collect()
+}
+
+async fn channels_all(
+    State(b): B,
+    Extension(me): Extension<User>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    respond(channels_for(&b, &me, None), &q)
+}
+
+async fn channels_in(
+    State(b): B,
+    Extension(me): Extension<User>,
+    Path(vh): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    match visible(&b, &me, &vh) {
+        Ok(vh) => respond(channels_for(&b, &me, Some(&vh.name)), &q),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn channels_of(
+    State(b): B,
+    Extension(me): Extension<User>,
+    Path(name): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    match find(&b, &me, &name) {
+        Some(c) => respond(channels_json(&super::node_name(&b), &c), &q),
+        None => not_found(),
+    }
+}
+
+async fn channel(
+    State(b): B,
+    Extension(me): Extension<User>,
+    Path(name): Path<String>,
+) -> Response {
+    channels_for(&b, &me, None)
+        .into_iter()
+        .find(|c| c["name"] == name.as_str())
+        .map_or_else(not_found, |c| Json(c).into_response())
 }

@@ -305,8 +305,8 @@ fn target(b: &Broker, into: Option<&str>, own: Option<&str>) -> Result<Arc<VHost
 }
 
 /// Applies a definitions file; `into` is the vhost of a per-vhost import (the objects' own
-/// `vhost` fields are then ignored, as RabbitMQ ignores them). Returns the LSN that makes the
-/// access-control changes durable.
+/// `vhost` fields are then ignored, as RabbitMQ ignores them). Returns once every change is
+/// durable; stops at the first object refused (what came before it stays, as in RabbitMQ).
 pub async fn import(b: &Broker, defs: Definitions, into: Option<&str>) -> Result<(), ImportError> {
     let invalid = |e: &dyn std::fmt::Display| ImportError::Invalid(e.to_string());
     if let Some(p) = defs.parameters.first() {

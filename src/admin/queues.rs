@@ -37,7 +37,8 @@ pub fn routes() -> Router<Arc<Broker>> {
 }
 
 /// A queue as RabbitMQ's management API shows it, with its counters and the sampler's rates.
-pub fn queue_json(b: &Broker, q: &Arc<Queue>) -> Value {
+/// `node` is [`node_name`], looked up once per listing.
+pub fn queue_json(b: &Broker, node: &str, q: &Arc<Queue>) -> Value {
     let s = q.stats();
     let rates = b.stats.table().rates(key_of(q));
     let exclusive_tag = q
@@ -59,7 +60,7 @@ pub fn queue_json(b: &Broker, q: &Arc<Queue>) -> Value {
         "exclusive": q.exclusive_owner.is_some(),
         "owner_pid_details": q.exclusive_owner.map(|id| json!({"name": id.to_string()})),
         "arguments": field_table_to_json(&q.arguments),
-        "node": node_name(b),
+        "node": node,
         "state": "running",
         "type": queue_type,
         "consumers": s.consumers,
@@ -78,10 +79,11 @@ pub fn queue_json(b: &Broker, q: &Arc<Queue>) -> Value {
 }
 
 fn queues_of(b: &Broker, vhosts: &[Arc<VHost>]) -> Vec<Value> {
+    let node = node_name(b);
     vhosts
         .iter()
         .flat_map(|vh| vh.queues())
-        .map(|q| queue_json(b, &q))
+        .map(|q| queue_json(b, &node, &q))
         .collect()
 }
 
@@ -125,7 +127,7 @@ async fn show(
         Err(r) => return r.into_response(),
     };
     match vh.queue(&name) {
-        Some(q) => Json(queue_json(&b, &q)).into_response(),
+        Some(q) => Json(queue_json(&b, &node_name(&b), &q)).into_response(),
         None => not_found(),
     }
 }

@@ -27,6 +27,8 @@ pub struct ConnectionEntry {
     pub peer: SocketAddr,
     pub connected_at: SystemTime,
     pub channels: AtomicU32,
+    /// The numbers of the open channels (AMQP), for the management API's channel listing.
+    channel_numbers: Mutex<std::collections::BTreeSet<u16>>,
     /// (user, vhost) once authenticated and opened.
     pub session: Mutex<Option<(String, String)>>,
     /// Messages and bytes through the connection, for `message_stats`; shared with the
@@ -42,6 +44,43 @@ pub struct ConnectionEntry {
 impl ConnectionEntry {
     pub fn name(&self) -> String {
         format!("{} -> {}", self.peer, self.protocol)
+    }
+
+    /// Records channel `number` as open.
+    pub fn channel_opened(&self, number: u16) {
+        self.channels.fetch_add(1, Ordering::Relaxed);
+        self.channel_numbers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(number);
+    }
+
+    /// Records channel `number` as closed.
+    pub fn channel_closed(&self, number: u16) {
+        self.channels.fetch_sub(1, Ordering::Relaxed);
+        self.channel_numbers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&number);
+    }
+
+    /// Records every channel as closed (the connection is going).
+    pub fn all_channels_closed(&self) {
+        self.channels.store(0, Ordering::Relaxed);
+        self.channel_numbers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// The open channels' numbers, ascending.
+    pub fn channel_numbers(&self) -> Vec<u16> {
+        self.channel_numbers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Asks the connection's task to close, telling the client `reason`.
@@ -358,6 +397,7 @@ impl Broker {
             peer,
             connected_at: SystemTime::now(),
             channels: AtomicU32::new(0),
+            channel_numbers: Mutex::new(Default::default()),
             session: Mutex::new(None),
             stats: Arc::default(),
             client_id: Mutex::new(String::new()),

@@ -105,6 +105,14 @@ pub const LISTINGS: &[Listing] = &[
         per_vhost: true,
     },
     Listing {
+        command: "list_channels",
+        path: "/api/channels",
+        what: "channels",
+        known: &["name", "number", "user", "vhost", "state"],
+        default: &["name", "user", "number"],
+        per_vhost: false,
+    },
+    Listing {
         command: "list_connections",
         path: "/api/connections",
         what: "connections",

@@ -14,7 +14,6 @@ use crate::net::driver::{
 };
 use bytes::BytesMut;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_amqp::*;
@@ -293,7 +292,7 @@ impl Connection {
                 channel,
                 Channel::new(channel, self.ctx.outbox.clone(), self.ctx.frame_max),
             );
-            self.entry.channels.fetch_add(1, Ordering::Relaxed);
+            self.entry.channel_opened(channel);
             self.ctx.send(channel, ChannelOpenOk {});
             return Ok(Next::Continue);
         }
@@ -310,7 +309,7 @@ impl Connection {
             } => {
                 if let Some(mut ch) = self.channels.remove(&channel) {
                     ch.cleanup(&self.ctx);
-                    self.entry.channels.fetch_sub(1, Ordering::Relaxed);
+                    self.entry.channel_closed(channel);
                 }
                 self.ctx.send(channel, ChannelCloseOk {});
                 return Ok(Next::Continue);
@@ -321,7 +320,7 @@ impl Connection {
             } => {
                 if ch.closing {
                     self.channels.remove(&channel);
-                    self.entry.channels.fetch_sub(1, Ordering::Relaxed);
+                    self.entry.channel_closed(channel);
                 }
                 return Ok(Next::Continue);
             }
@@ -396,7 +395,7 @@ impl Connection {
         for (_, mut ch) in self.channels.drain() {
             ch.cleanup(&self.ctx);
         }
-        self.entry.channels.store(0, Ordering::Relaxed);
+        self.entry.all_channels_closed();
     }
 }
 
