@@ -248,7 +248,13 @@ async fn endpoints_status_codes_and_tags() {
         (200, json!({"name": "m", "tags": ["management"]}))
     );
     let (status, vhosts) = http(&b, "GET", "/api/vhosts", m, None).await;
-    assert_eq!((status, vhosts), (200, json!([{"name": "v1"}])));
+    let names: Vec<&Value> = vhosts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| &v["name"])
+        .collect();
+    assert_eq!((status, names), (200, vec![&json!("v1")]));
     assert_eq!(http(&b, "GET", "/api/users", m, None).await.0, 403);
     assert_eq!(
         http(&b, "PUT", "/api/vhosts/v2", m, Some(json!({})))
