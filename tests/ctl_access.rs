@@ -250,8 +250,8 @@ async fn endpoints_status_codes_and_tags() {
     let (status, vhosts) = http(&b, "GET", "/api/vhosts", m, None).await;
     let names: Vec<&Value> = vhosts
         .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
+        .flatten()
         .map(|v| &v["name"])
         .collect();
     assert_eq!((status, names), (200, vec![&json!("v1")]));
