@@ -5,7 +5,7 @@
 use super::access::{bad_request, not_found};
 use super::exchanges::exchange_name;
 use super::json::{field_table_to_json, json_to_field_table};
-use super::listing::{respond, ListQuery};
+use super::listing::{respond, respond_in, ListQuery};
 use super::queues::visible;
 use super::reply::{core_error, vhost, NotFound, API_CONNECTION};
 use super::visible_vhosts;
@@ -93,10 +93,7 @@ async fn list_in(
     Path(vh): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    match visible(&b, &user, &vh) {
-        Ok(vh) => respond(bindings_json(&vh), &q),
-        Err(r) => r.into_response(),
-    }
+    respond_in(&b, &user, &vh, &q, |vh| bindings_json(&vh))
 }
 
 /// `q` or `e` in a path as the destination type it names.

@@ -4,8 +4,7 @@
 //! connections and the consumers in vhosts they may use.
 
 use super::access::not_found;
-use super::listing::{respond, ListQuery};
-use super::queues::visible;
+use super::listing::{respond, respond_in, ListQuery};
 use super::visible_vhosts;
 use crate::core::access::{tag, User};
 use crate::core::broker::ConnectionEntry;
@@ -82,16 +81,29 @@ fn client_properties(c: &ConnectionEntry) -> Value {
     }
 }
 
-/// The connections `me` may see, as JSON.
-fn connections_for(b: &Broker, me: &User, vhost: Option<&str>) -> Vec<Value> {
-    let sees_all = me.is_administrator() || me.has_tag(tag::MONITORING);
-    let node = super::node_name(b);
+/// Whether `me` sees every user's connections (RabbitMQ: administrators and monitoring users),
+/// not only its own.
+fn sees_all(me: &User) -> bool {
+    me.is_administrator() || me.has_tag(tag::MONITORING)
+}
+
+/// The connections `me` may see, in `vhost` if given.
+fn seen_connections(b: &Broker, me: &User, vhost: Option<&str>) -> Vec<Arc<ConnectionEntry>> {
+    let all = sees_all(me);
     b.connections()
-        .iter()
+        .into_iter()
         .filter(|c| {
             let (user, vh) = session_of(c);
-            (sees_all || user == me.name) && vhost.is_none_or(|v| v == vh)
+            (all || user == me.name) && vhost.is_none_or(|v| v == vh)
         })
+        .collect()
+}
+
+/// The connections `me` may see, as JSON.
+fn connections_for(b: &Broker, me: &User, vhost: Option<&str>) -> Vec<Value> {
+    let node = super::node_name(b);
+    seen_connections(b, me, vhost)
+        .iter()
         .map(|c| connection_json(b, &node, c))
         .collect()
 }
@@ -110,14 +122,13 @@ async fn list_in(
     Path(vh): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    match visible(&b, &me, &vh) {
-        Ok(vh) => respond(connections_for(&b, &me, Some(&vh.name)), &q),
-        Err(r) => r.into_response(),
-    }
+    respond_in(&b, &me, &vh, &q, |vh| {
+        connections_for(&b, &me, Some(&vh.name))
+    })
 }
 
 fn find(b: &Broker, me: &User, name: &str) -> Option<Arc<ConnectionEntry>> {
-    let sees_all = me.is_administrator() || me.has_tag(tag::MONITORING);
+    let sees_all = sees_all(me);
     b.connections()
         .into_iter()
         .find(|c| c.name() == name && (sees_all || session_of(c).0 == me.name))
@@ -195,10 +206,7 @@ async fn consumers_in(
     Path(vh): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    match visible(&b, &me, &vh) {
-        Ok(vh) => respond(consumers_of(&b, &[vh]), &q),
-        Err(r) => r.into_response(),
-    }
+    respond_in(&b, &me, &vh, &q, |vh| consumers_of(&b, &[vh]))
 }
 
 /// The open channels of `c` (AMQP; other protocols have none), named as RabbitMQ names them.
@@ -226,14 +234,9 @@ fn channels_json(node: &str, c: &ConnectionEntry) -> Vec<Value> {
 
 /// The channels of the connections `me` may see, in `vhost` if given.
 fn channels_for(b: &Broker, me: &User, vhost: Option<&str>) -> Vec<Value> {
-    let sees_all = me.is_administrator() || me.has_tag(tag::MONITORING);
     let node = super::node_name(b);
-    b.connections()
+    seen_connections(b, me, vhost)
         .iter()
-        .filter(|c| {
-            let (user, vh) = session_of(c);
-            (sees_all || user == me.name) && vhost.is_none_or(|v| v == vh)
-        })
         .flat_map(|c| channels_json(&node, c))
         .collect()
 }
@@ -252,10 +255,7 @@ async fn channels_in(
     Path(vh): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    match visible(&b, &me, &vh) {
-        Ok(vh) => respond(channels_for(&b, &me, Some(&vh.name)), &q),
-        Err(r) => r.into_response(),
-    }
+    respond_in(&b, &me, &vh, &q, |vh| channels_for(&b, &me, Some(&vh.name)))
 }
 
 async fn channels_of(

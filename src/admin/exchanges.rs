@@ -3,7 +3,7 @@
 
 use super::access::{bad_request, error, not_found};
 use super::json::{field_table_to_json, json_to_field_table};
-use super::listing::{respond, ListQuery};
+use super::listing::{respond, respond_in, ListQuery};
 use super::messages::{decode_payload, properties_from_json};
 use super::queues::visible;
 use super::reply::{core_error, flag, vhost};
@@ -95,10 +95,7 @@ async fn list_in(
     Path(vh): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    match visible(&b, &user, &vh) {
-        Ok(vh) => respond(exchanges_of(&b, &[vh]), &q),
-        Err(r) => r.into_response(),
-    }
+    respond_in(&b, &user, &vh, &q, |vh| exchanges_of(&b, &[vh]))
 }
 
 async fn show(

@@ -4,12 +4,16 @@
 //! `page_size` answers one page wrapped in RabbitMQ's pagination object instead of an array.
 
 use super::access::bad_request;
+use super::queues::visible;
+use crate::core::access::User;
+use crate::core::{Broker, VHost};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use regex::RegexBuilder;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 /// RabbitMQ's default and largest page sizes.
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -29,6 +33,21 @@ pub struct ListQuery {
 }
 
 /// Applies `q` to `items` and answers the listing (an array, or a page object).
+/// `items` of the vhost `name` as a page of `q`, when `user` may see that vhost; RabbitMQ's 404
+/// when not (the `/api/{resource}/{vhost}` listings).
+pub fn respond_in(
+    b: &Broker,
+    user: &User,
+    name: &str,
+    q: &ListQuery,
+    items: impl FnOnce(Arc<VHost>) -> Vec<Value>,
+) -> Response {
+    match visible(b, user, name) {
+        Ok(vh) => respond(items(vh), q),
+        Err(r) => r.into_response(),
+    }
+}
+
 pub fn respond(items: Vec<Value>, q: &ListQuery) -> Response {
     match apply(items, q) {
         Ok(v) => Json(v).into_response(),

@@ -3,7 +3,7 @@
 
 use super::access::{bad_request, not_found};
 use super::json::{field_table_to_json, json_to_field_table};
-use super::listing::{respond, ListQuery};
+use super::listing::{respond, respond_in, ListQuery};
 use super::messages::{encode_payload, properties_to_json};
 use super::reply::{core_error, flag, vhost, NotFound, API_CONNECTION};
 use super::{node_name, visible_vhosts};
@@ -111,10 +111,7 @@ async fn list_in(
     Path(vh): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    match visible(&b, &user, &vh) {
-        Ok(vh) => respond(queues_of(&b, &[vh]), &q),
-        Err(r) => r.into_response(),
-    }
+    respond_in(&b, &user, &vh, &q, |vh| queues_of(&b, &[vh]))
 }
 
 async fn show(
