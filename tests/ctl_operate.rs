@@ -7,7 +7,6 @@ use common::amqp::*;
 use common::process::BrokerProcess;
 use common::*;
 use std::process::Output;
-use std::time::Duration;
 
 /// Runs `switchboard ctl ARGS` against the HTTP API at `url` as guest.
 async fn ctl_at(url: &str, args: &[&str]) -> Output {
@@ -118,12 +117,7 @@ async fn list_consumers_and_close_connection() {
 
     let (_, info) = ctl_ok(&b, &["close_connection", &connection, "go away"]).await;
     assert!(info.contains("reason: go away"), "{info}");
-    bounded(async {
-        while c.status().connected() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    common::wait_until("the closed connection to go", || !c.status().connected()).await;
     let err = ctl_err(&b, &["close_connection", "nobody", "x"]).await;
     assert!(err.contains("no connection named 'nobody'"), "{err}");
 }

@@ -455,12 +455,7 @@ async fn connections_consumers_and_close_with_reason() {
     )
     .await;
     assert_eq!(a.status, 204);
-    bounded(async {
-        while c.status().connected() {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    wait_until("the closed connection to go", || !c.status().connected()).await;
     wait_until("the connection is gone", || {
         b.broker().connections().iter().all(|x| x.name() != name)
     })
@@ -1020,14 +1015,9 @@ mod rabbitmq_client {
         assert_eq!(rc.list_connections_in("/").unwrap().len(), 1);
         rc.close_connection(&mine.name, Some("from the client test"), false)
             .unwrap();
-        rt.block_on(async {
-            bounded(async {
-                while conn.status().connected() {
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-            })
-            .await
-        });
+        rt.block_on(wait_until("the closed connection to go", || {
+            !conn.status().connected()
+        }));
     }
 }
 

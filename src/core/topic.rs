@@ -652,21 +652,7 @@ mod tests {
             key in proptest::collection::vec(proptest::sample::select(vec!["a", "b"]), 0..24),
         ) {
             let patterns: Vec<String> = patterns.iter().map(|p| p.join(".")).collect();
-            let key = key.join(".");
-            let mut t = TopicTrie::new();
-            for (i, p) in patterns.iter().enumerate() {
-                t.insert(p, i);
-            }
-            let mut got = vec![];
-            t.for_each_match(&key, |v| got.push(*v));
-            got.sort();
-            let k: Vec<&str> = words(&key).collect();
-            let want: Vec<usize> = patterns
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| reference(&words(p).collect::<Vec<_>>(), &k))
-                .map(|(i, _)| i)
-                .collect();
+            let (got, want) = trie_against(&patterns, &key.join("."), reference);
             proptest::prop_assert_eq!(got, want);
         }
 
@@ -688,23 +674,33 @@ mod tests {
             // `#.c3` is reached after each (rare) `c3`: fewer positions than its 40 children.
             patterns.extend((0..40).map(|i| format!("#.c3.d{i}")));
             patterns.extend((0..40).map(|i| format!("#.c3.d{i}.#")));
-            let key = key.join(".");
-            let mut t = TopicTrie::new();
-            for (i, p) in patterns.iter().enumerate() {
-                t.insert(p, i);
-            }
-            let mut got = vec![];
-            t.for_each_match(&key, |v| got.push(*v));
-            got.sort();
-            let k: Vec<&str> = words(&key).collect();
-            let want: Vec<usize> = patterns
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| reference_dp(&words(p).collect::<Vec<_>>(), &k))
-                .map(|(i, _)| i)
-                .collect();
+            let (got, want) = trie_against(&patterns, &key.join("."), reference_dp);
             proptest::prop_assert_eq!(got, want);
         }
+    }
+
+    /// The indexes of `patterns` that one trie holding them all reports for `key`, sorted, and
+    /// those that `reference` says match.
+    fn trie_against(
+        patterns: &[String],
+        key: &str,
+        reference: fn(&[&str], &[&str]) -> bool,
+    ) -> (Vec<usize>, Vec<usize>) {
+        let mut t = TopicTrie::new();
+        for (i, p) in patterns.iter().enumerate() {
+            t.insert(p, i);
+        }
+        let mut got = vec![];
+        t.for_each_match(key, |v| got.push(*v));
+        got.sort();
+        let k: Vec<&str> = words(key).collect();
+        let want = patterns
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| reference(&words(p).collect::<Vec<_>>(), &k))
+            .map(|(i, _)| i)
+            .collect();
+        (got, want)
     }
 
     /// `reference` without its exponential backtracking: `m[i][j]` says whether pattern words
