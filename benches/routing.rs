@@ -3,6 +3,7 @@
 //! queue.
 //!
 //! Run: `cargo bench --bench routing`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};

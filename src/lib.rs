@@ -9,6 +9,7 @@ pub mod core;
 pub mod ctl;
 pub mod net;
 pub mod store;
+pub mod sys;
 
 pub use config::Config;
 pub use net::{start, RunningBroker};

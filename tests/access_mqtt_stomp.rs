@@ -1,6 +1,7 @@
 //! Access control over MQTT (3.1.1 and 5) and STOMP: vhost access at connect, refused
 //! subscriptions and publishes with each protocol's codes, topic permissions on topics in their
 //! AMQP form with `{username}`/`{client_id}`, and the anonymous user's permissions.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

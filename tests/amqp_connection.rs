@@ -1,6 +1,7 @@
 //! Connections and channel modes with lapin: authentication, vhosts, publisher confirms with
 //! mandatory returns, transactions, direct reply-to, the memory alarm (connection.blocked),
 //! heartbeats and graceful shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

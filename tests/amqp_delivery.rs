@@ -1,6 +1,7 @@
 //! Delivery over AMQP with lapin: acknowledgement modes, round-robin, prefetch (per consumer and
 //! channel-wide), ack/nack/reject, requeue order and the redelivered flag, recovery on channel and
 //! connection close, basic.recover, basic.get, exclusive consumers and consumer tags.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

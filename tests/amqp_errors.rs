@@ -1,5 +1,6 @@
 //! Channel and connection errors seen through lapin: RabbitMQ's reply codes and texts, and that
 //! a channel error leaves the connection and its other channels working.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

@@ -1,6 +1,7 @@
 //! Exchanges over AMQP with lapin: routing by every exchange type, the pre-declared `amq.*`
 //! exchanges, exchange-to-exchange bindings, internal and auto-delete exchanges, and the errors
 //! RabbitMQ gives for bad declarations and deletions.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

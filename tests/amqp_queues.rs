@@ -1,6 +1,7 @@
 //! Queues over AMQP with lapin: declaration flags and equivalence, server-named queues,
 //! exclusivity, auto-delete, purge and delete (with their preconditions), and the consumer
 //! cancel notification sent when a queue goes under its consumers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

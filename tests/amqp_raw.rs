@@ -1,6 +1,7 @@
 //! Raw-socket abuse: bytes no client library would send, built with the `switchboard_amqp`
 //! codec. Each case checks the broker's answer (RabbitMQ's reply codes) and that the broker
 //! survives for well-behaved clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use bytes::{BufMut, BytesMut};

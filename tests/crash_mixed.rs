@@ -6,6 +6,7 @@
 //! queue; nothing the MQTT subscriber settled comes back; the persistent sessions and the
 //! acknowledged retained messages are present. Repeated at many kill points (the AMQP
 //! consumer's acks are in tests/store_crash.rs).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

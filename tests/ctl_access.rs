@@ -1,6 +1,7 @@
 //! The RabbitMQ tutorials' rabbitmqctl user/vhost/permission commands run through the
 //! `switchboard ctl` binary against a broker, and the HTTP endpoints behind them: RabbitMQ's
 //! status codes, access by tag, and importing a RabbitMQ-exported password hash.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! `switchboard ctl` listings through the HTTP API, checked against state made with lapin.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

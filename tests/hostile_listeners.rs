@@ -1,6 +1,7 @@
 //! Listener deadlines and limits: the HTTP API closes idle and half-sent connections, every
 //! listener caps connections in all and per source address, and repeated authentication
 //! failures from one address are answered ever more slowly.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::stomp::StompClient;

@@ -1,5 +1,6 @@
 //! The management HTTP API with RabbitMQ's paths, JSON, status codes and error bodies, checked
 //! over real HTTP against state made and observed with lapin.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

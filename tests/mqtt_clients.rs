@@ -1,5 +1,6 @@
 //! Sessions, wills, takeover and shared subscriptions with rumqttc (3.1.1 and 5), the Rust
 //! client people use; the raw-socket tests check the same items packet by packet.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! MQTT 5 extras over a raw socket: topic aliases both ways, Maximum Packet Size when sending,
 //! Payload Format Indicator checks, No Local, Retain Handling, Retain As Published, SUBACK
 //! failure codes, Request Problem Information, shared subscriptions.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! an AMQP queue; a STOMP NACK without requeue dead-letters, with `x-death` readable from STOMP;
 //! a STOMP SEND with `x-delay` to a delayed exchange is held; a STOMP SEND with `expiration`
 //! expires.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Dead-lettering over AMQP with lapin: reject/nack without requeue, expiry and length limits
 //! republish to `x-dead-letter-exchange` with the `x-death` history RabbitMQ writes; retry with
 //! back-off through a TTL queue; dead letters of persistent messages survive a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

@@ -1,6 +1,7 @@
 //! Delayed delivery over AMQP with lapin: the `x-delayed-message` exchange type with
 //! `x-delayed-type`, messages with an `x-delay` header held and routed when due, persistent ones
 //! surviving a restart; the lateness of a batch of delayed messages is measured and printed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

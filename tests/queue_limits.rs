@@ -1,6 +1,7 @@
 //! Length limits over AMQP with lapin: `x-max-length` / `x-max-length-bytes` with `x-overflow`
 //! `drop-head`, `reject-publish` (a confirm-mode publisher gets a nack for exactly the refused
 //! publishes, in order with the acks) and `reject-publish-dlx`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

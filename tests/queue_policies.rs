@@ -1,5 +1,6 @@
 //! Policies from the configuration (`[[policies]]`) over AMQP with lapin: the highest-priority
 //! matching policy sets queue arguments; an argument on the queue wins.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

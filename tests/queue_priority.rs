@@ -1,5 +1,6 @@
 //! Priority queues (`x-max-priority`), consumer priorities (`x-priority`) and single active
 //! consumer (`x-single-active-consumer`) over AMQP with lapin.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

@@ -1,5 +1,6 @@
 //! Message TTL (`x-message-ttl`, the `expiration` property), TTL 0 and queue expiry
 //! (`x-expires`) over AMQP with lapin, with short real delays and bounded waits.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

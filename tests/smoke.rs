@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 mod common;
 use common::*;
 use lapin::options::*;

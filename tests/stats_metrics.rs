@@ -1,5 +1,6 @@
 //! Message statistics in the management API (`message_stats` with rates) and the Prometheus
 //! endpoints, scraped and parsed with a real exposition-format parser (`prometheus-parse`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

@@ -2,6 +2,7 @@
 //! queue bound to amq.topic, an AMQP publish reaches a STOMP `/queue` subscriber with its
 //! properties and every header type as text, a STOMP RPC over `/temp-queue` is answered by an
 //! AMQP server, and bodies with every byte value cross unchanged both ways.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! same data directory. Every confirmed message must come back unless it was acked; nothing
 //! whose ack was made durable may come back; each publisher's messages stay in order.
 //! Repeated at several kill points.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

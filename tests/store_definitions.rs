@@ -1,6 +1,7 @@
 //! Durable definitions as keyed records in the log: replies wait for their fsync, the records
 //! survive restarts, many definitions cost no more per declare than a few and recover quickly,
 //! and the definitions files of the previous release are moved into the log.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! A persistent message routed to several durable queues is written once and referenced by
 //! the others: fewer bytes written, every queue gets it back after a restart, and the body
 //! stays until the last queue settles it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! A durable queue's backlog larger than its memory budget: persistent messages past the budget
 //! are kept only as log positions, and the backlog still drains completely and in order, before
 //! and after a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Durable definitions and persistent messages survive a restart on the same data directory;
 //! transient ones do not; the log's segments are reclaimed and a torn tail is cut off.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Heart-beats and keep-alives of every protocol through the connection driver, on tokio's
 //! paused clock over in-memory connections: exact virtual times, no sleeping.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 type B = State<Arc<Broker>>;
 
-pub fn routes() -> Router<Arc<Broker>> {
+pub(super) fn routes() -> Router<Arc<Broker>> {
     Router::new()
         .route("/api/whoami", get(whoami))
         .route("/api/users", get(list_users))
@@ -57,7 +57,7 @@ pub fn routes() -> Router<Arc<Broker>> {
 }
 
 /// An error answer in RabbitMQ's shape.
-pub fn error(status: StatusCode, error: &str, reason: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, error: &str, reason: impl Into<String>) -> Response {
     (
         status,
         Json(json!({"error": error, "reason": reason.into()})),

@@ -27,7 +27,7 @@ use switchboard_amqp::FieldTable;
 
 type B = State<Arc<Broker>>;
 
-pub fn routes() -> Router<Arc<Broker>> {
+pub(super) fn routes() -> Router<Arc<Broker>> {
     Router::new()
         .route("/api/bindings", get(list_all))
         .route("/api/bindings/{vhost}", get(list_in))
@@ -47,7 +47,7 @@ const KEY_QUOTED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove
 
 /// A binding's id within its source and destination, as RabbitMQ forms it: the quoted routing
 /// key (`~` when empty and without arguments), then `~` and a hash of the arguments if any.
-pub fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
+pub(super) fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
     let key = utf8_percent_encode(routing_key, KEY_QUOTED).to_string();
     if arguments.is_empty() {
         return if key.is_empty() { "~".into() } else { key };
@@ -58,7 +58,7 @@ pub fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
 }
 
 /// Every binding in `vh`, the default exchange's implicit ones included, as RabbitMQ lists them.
-pub fn bindings_json(vh: &VHost) -> Vec<Value> {
+pub(super) fn bindings_json(vh: &VHost) -> Vec<Value> {
     vh.bindings()
         .into_iter()
         .map(|(source, b)| {

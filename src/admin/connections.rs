@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 type B = State<Arc<Broker>>;
 
-pub fn routes() -> Router<Arc<Broker>> {
+pub(super) fn routes() -> Router<Arc<Broker>> {
     Router::new()
         .route("/api/connections", get(list_all))
         .route("/api/connections/{name}", get(show).delete(close))
@@ -36,7 +36,7 @@ pub fn routes() -> Router<Arc<Broker>> {
 
 /// A connection as RabbitMQ's management API shows it; `node` is [`super::node_name`], looked
 /// up once per listing.
-pub fn connection_json(b: &Broker, node: &str, c: &Arc<ConnectionEntry>) -> Value {
+pub(super) fn connection_json(b: &Broker, node: &str, c: &Arc<ConnectionEntry>) -> Value {
     let (user, vhost) = session_of(c);
     let (recv_oct, send_oct) = c.stats.octets();
     let (table_rates, (recv_rate, send_rate)) = {
@@ -162,7 +162,7 @@ async fn close(
 }
 
 /// Every consumer of the queues in `vhosts`, as RabbitMQ lists them.
-pub fn consumers_of(b: &Broker, vhosts: &[Arc<VHost>]) -> Vec<Value> {
+pub(super) fn consumers_of(b: &Broker, vhosts: &[Arc<VHost>]) -> Vec<Value> {
     let connections = b.connections();
     let node = super::node_name(b);
     let mut out = Vec::new();

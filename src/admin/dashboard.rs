@@ -13,7 +13,7 @@ const APP_JS: &str = include_str!("dashboard/app.js");
 const APP_CSS: &str = include_str!("dashboard/app.css");
 
 /// `/` and the page's assets, for the router's public (unauthenticated) part.
-pub fn routes() -> Router<Arc<crate::core::Broker>> {
+pub(super) fn routes() -> Router<Arc<crate::core::Broker>> {
     Router::new()
         .route("/", get(|| asset("text/html; charset=utf-8", INDEX_HTML)))
         .route(

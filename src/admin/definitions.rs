@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 type B = State<Arc<Broker>>;
 
-pub fn routes() -> Router<Arc<Broker>> {
+pub(super) fn routes() -> Router<Arc<Broker>> {
     Router::new()
         .route("/api/definitions", get(export_all).post(import_all))
         .route(

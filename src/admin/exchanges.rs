@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 type B = State<Arc<Broker>>;
 
-pub fn routes() -> Router<Arc<Broker>> {
+pub(super) fn routes() -> Router<Arc<Broker>> {
     Router::new()
         .route("/api/exchanges", get(list_all))
         .route("/api/exchanges/{vhost}", get(list_in))
@@ -44,7 +44,7 @@ pub fn routes() -> Router<Arc<Broker>> {
 }
 
 /// The exchange a path segment names: `amq.default` is the default (nameless) exchange.
-pub fn exchange_name(segment: &str) -> &str {
+pub(super) fn exchange_name(segment: &str) -> &str {
     if segment == "amq.default" {
         ""
     } else {
@@ -53,7 +53,7 @@ pub fn exchange_name(segment: &str) -> &str {
 }
 
 /// An exchange as RabbitMQ's management API shows it, with its counters and the sampler's rates.
-pub fn exchange_json(b: &Broker, vhost: &str, e: &Arc<Exchange>) -> Value {
+pub(super) fn exchange_json(b: &Broker, vhost: &str, e: &Arc<Exchange>) -> Value {
     let rates = b.stats.table().rates(key_of(e));
     json!({
         "name": e.name,

@@ -22,7 +22,7 @@ type B = State<Arc<Broker>>;
 /// The queue the aliveness test uses, as RabbitMQ names it.
 const ALIVENESS_QUEUE: &str = "aliveness-test";
 
-pub fn routes() -> Router<Arc<Broker>> {
+pub(super) fn routes() -> Router<Arc<Broker>> {
     Router::new()
         .route("/api/aliveness-test/{vhost}", get(aliveness))
         .route("/api/health/checks/alarms", get(alarms))

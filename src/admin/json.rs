@@ -11,7 +11,7 @@ pub fn field_table_to_json(t: &FieldTable) -> Value {
     )
 }
 
-pub fn field_value_to_json(v: &FieldValue) -> Value {
+pub(super) fn field_value_to_json(v: &FieldValue) -> Value {
     match v {
         FieldValue::Bool(b) => json!(b),
         FieldValue::F32(f) => json!(f),
@@ -29,7 +29,7 @@ pub fn field_value_to_json(v: &FieldValue) -> Value {
 
 /// A JSON value as the AMQP field value RabbitMQ's management API makes of it: integers as
 /// signed 64-bit, other numbers as doubles, objects as tables, `null` as void.
-pub fn json_to_field_value(v: &Value) -> FieldValue {
+pub(super) fn json_to_field_value(v: &Value) -> FieldValue {
     match v {
         Value::Null => FieldValue::Void,
         Value::Bool(b) => FieldValue::Bool(*b),
@@ -48,7 +48,7 @@ pub fn json_to_field_value(v: &Value) -> FieldValue {
 }
 
 /// A JSON object (or nothing, or `null`) as a field table; anything else is refused.
-pub fn json_to_field_table(v: Option<&Value>) -> Result<FieldTable, String> {
+pub(super) fn json_to_field_table(v: Option<&Value>) -> Result<FieldTable, String> {
     match v {
         None | Some(Value::Null) => Ok(FieldTable::new()),
         Some(Value::Object(m)) => Ok(m

@@ -22,7 +22,7 @@ const MAX_PAGE_SIZE: usize = 500;
 /// The listing parameters as they come in the query string (all optional, all text, so that a
 /// bad number is answered with RabbitMQ's 400 rather than axum's rejection).
 #[derive(Debug, Default, Deserialize)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     page: Option<String>,
     page_size: Option<String>,
     name: Option<String>,
@@ -35,7 +35,7 @@ pub struct ListQuery {
 /// Applies `q` to `items` and answers the listing (an array, or a page object).
 /// `items` of the vhost `name` as a page of `q`, when `user` may see that vhost; RabbitMQ's 404
 /// when not (the `/api/{resource}/{vhost}` listings).
-pub fn respond_in(
+pub(super) fn respond_in(
     b: &Broker,
     user: &User,
     name: &str,
@@ -48,7 +48,7 @@ pub fn respond_in(
     }
 }
 
-pub fn respond(items: Vec<Value>, q: &ListQuery) -> Response {
+pub(super) fn respond(items: Vec<Value>, q: &ListQuery) -> Response {
     match apply(items, q) {
         Ok(v) => Json(v).into_response(),
         Err(reason) => bad_request(reason),
@@ -66,7 +66,7 @@ fn positive(name: &str, v: &str) -> Result<usize, String> {
     }
 }
 
-pub fn apply(mut items: Vec<Value>, q: &ListQuery) -> Result<Value, String> {
+pub(super) fn apply(mut items: Vec<Value>, q: &ListQuery) -> Result<Value, String> {
     let total = items.len();
     if let Some(name) = q.name.as_deref().filter(|n| !n.is_empty()) {
         let matcher = if is_true(&q.use_regex) {

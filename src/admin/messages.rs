@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use switchboard_amqp::BasicProperties;
 
 /// The properties that are set, under RabbitMQ's names.
-pub fn properties_to_json(p: &BasicProperties) -> Value {
+pub(super) fn properties_to_json(p: &BasicProperties) -> Value {
     let mut m = Map::new();
     let mut text = |k: &str, v: &Option<String>| {
         if let Some(v) = v {
@@ -51,7 +51,7 @@ fn small_uint(key: &str, v: &Value) -> Result<u64, String> {
 }
 
 /// RabbitMQ's property object as basic properties; unknown keys are refused as RabbitMQ does.
-pub fn properties_from_json(v: Option<&Value>) -> Result<BasicProperties, String> {
+pub(super) fn properties_from_json(v: Option<&Value>) -> Result<BasicProperties, String> {
     let mut p = BasicProperties::default();
     let Some(v) = v else {
         return Ok(p);
@@ -94,7 +94,7 @@ pub fn properties_from_json(v: Option<&Value>) -> Result<BasicProperties, String
 }
 
 /// The bytes of a published payload in `encoding` (`string` or `base64`).
-pub fn decode_payload(payload: &str, encoding: &str) -> Result<Bytes, String> {
+pub(super) fn decode_payload(payload: &str, encoding: &str) -> Result<Bytes, String> {
     match encoding {
         "string" => Ok(Bytes::copy_from_slice(payload.as_bytes())),
         "base64" => base64::engine::general_purpose::STANDARD
@@ -109,7 +109,7 @@ pub fn decode_payload(payload: &str, encoding: &str) -> Result<Bytes, String> {
 
 /// A body for `/get`: `auto` gives text when the (truncated) body is UTF-8, else base64;
 /// `base64` always base64. Returns (payload, payload_encoding).
-pub fn encode_payload(
+pub(super) fn encode_payload(
     body: &[u8],
     encoding: &str,
     truncate: Option<usize>,

@@ -11,7 +11,7 @@ use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-pub fn routes() -> Router<Arc<Broker>> {
+pub(super) fn routes() -> Router<Arc<Broker>> {
     Router::new().route("/api/mqtt/sessions", get(sessions))
 }
 

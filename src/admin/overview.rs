@@ -46,15 +46,15 @@ impl Listeners {
 
 /// When the API started serving, for the node's `uptime`.
 #[derive(Debug, Clone, Copy)]
-pub struct Started(Instant);
+pub(super) struct Started(Instant);
 
 impl Started {
-    pub fn now() -> Self {
+    pub(super) fn now() -> Self {
         Started(Instant::now())
     }
 }
 
-pub fn routes() -> Router<Arc<Broker>> {
+pub(super) fn routes() -> Router<Arc<Broker>> {
     Router::new()
         .route("/api/overview", get(overview))
         .route("/api/cluster-name", get(cluster_name))
@@ -79,16 +79,7 @@ async fn stop(State(b): B) -> Response {
 
 /// This node's name, as RabbitMQ's `rabbit@host`: `switchboard@` and the host name.
 pub fn node_name(_b: &Broker) -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
-    // truncates, and we stop at the first NUL either way.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let host = if rc == 0 {
-        let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "localhost".into()
-    };
+    let host = crate::sys::host_name().unwrap_or_else(|| "localhost".into());
     format!("switchboard@{host}")
 }
 
@@ -225,7 +216,7 @@ fn message_totals(b: &Broker, vhosts: &[Arc<VHost>]) -> (Counts, Rates) {
 }
 
 /// A vhost as RabbitMQ lists it, with its message totals, counters and rates.
-pub fn vhost_json(b: &Broker, vh: &VHost) -> Value {
+pub(super) fn vhost_json(b: &Broker, vh: &VHost) -> Value {
     let (counts, rates) = {
         let connections = b.connections();
         let table = b.stats.table();

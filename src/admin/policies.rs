@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 type B = State<Arc<Broker>>;
 
-pub fn routes() -> Router<Arc<Broker>> {
+pub(super) fn routes() -> Router<Arc<Broker>> {
     Router::new()
         .route("/api/policies", get(list_all))
         .route("/api/policies/{vhost}", get(list_in))
@@ -32,7 +32,7 @@ pub fn routes() -> Router<Arc<Broker>> {
         )
 }
 
-pub fn policy_json(p: &Policy) -> Value {
+pub(super) fn policy_json(p: &Policy) -> Value {
     json!({
         "vhost": p.vhost,
         "name": p.name,
@@ -44,7 +44,7 @@ pub fn policy_json(p: &Policy) -> Value {
 }
 
 /// The run-time policies, of one vhost or all.
-pub fn export(b: &Broker, vhost: Option<&str>) -> Vec<Value> {
+pub(super) fn export(b: &Broker, vhost: Option<&str>) -> Vec<Value> {
     b.policy_set()
         .runtime()
         .iter()
@@ -63,7 +63,7 @@ pub fn export(b: &Broker, vhost: Option<&str>) -> Vec<Value> {
 }
 
 /// Sets a run-time policy and writes its record; returns (created, LSN to wait for).
-pub fn set(b: &Broker, record: &RuntimePolicy) -> Result<(bool, u64), String> {
+pub(super) fn set(b: &Broker, record: &RuntimePolicy) -> Result<(bool, u64), String> {
     if b.vhost(&record.vhost).is_none() {
         return Err(format!("vhost '{}' does not exist", record.vhost));
     }
@@ -79,7 +79,7 @@ pub fn set(b: &Broker, record: &RuntimePolicy) -> Result<(bool, u64), String> {
 }
 
 /// A policy from a definitions file, into its own vhost or `into`.
-pub fn import(b: &Broker, v: &Value, into: Option<&str>) -> Result<u64, String> {
+pub(super) fn import(b: &Broker, v: &Value, into: Option<&str>) -> Result<u64, String> {
     let mut v = v.clone();
     if let (Some(into), Some(m)) = (into, v.as_object_mut()) {
         m.insert("vhost".into(), json!(into));

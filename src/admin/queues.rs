@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 type B = State<Arc<Broker>>;
 
-pub fn routes() -> Router<Arc<Broker>> {
+pub(super) fn routes() -> Router<Arc<Broker>> {
     Router::new()
         .route("/api/queues", get(list_all))
         .route("/api/queues/{vhost}", get(list_in))
@@ -38,7 +38,7 @@ pub fn routes() -> Router<Arc<Broker>> {
 
 /// A queue as RabbitMQ's management API shows it, with its counters and the sampler's rates.
 /// `node` is [`node_name`], looked up once per listing.
-pub fn queue_json(b: &Broker, node: &str, q: &Arc<Queue>) -> Value {
+pub(super) fn queue_json(b: &Broker, node: &str, q: &Arc<Queue>) -> Value {
     let s = q.stats();
     let rates = b.stats.table().rates(key_of(q));
     let exclusive_tag = q
@@ -96,7 +96,7 @@ async fn list_all(
 }
 
 /// The vhost in a path, if this user may see into it (else 404, as for a missing one).
-pub fn visible(b: &Broker, user: &User, name: &str) -> Result<Arc<VHost>, NotFound> {
+pub(super) fn visible(b: &Broker, user: &User, name: &str) -> Result<Arc<VHost>, NotFound> {
     let vh = vhost(b, name)?;
     if visible_vhosts(b, user).iter().any(|v| v.name == vh.name) {
         Ok(vh)

@@ -20,16 +20,8 @@ const SETTLE: Duration = Duration::from_millis(500);
 
 /// Raises this process's open-file limit to its hard limit: each connection is a descriptor.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    if !crate::sys::raise_open_file_limit() {
+        tracing::warn!("could not raise the open-file limit to its hard limit");
     }
 }
 

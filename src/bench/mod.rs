@@ -313,7 +313,8 @@ async fn flow(
     let mut consumers = Vec::new();
     for i in 0..o.consumers {
         let group = if source.shared { 0 } else { i };
-        let rec = Recorder::new(live.clone(), group, o.consumer_rate);
+        let rec = Recorder::new(live.clone(), group, o.consumer_rate)
+            .map_err(|e| BenchError::Options(format!("latency histogram: {e}")))?;
         let task = match &source.from {
             SourceKind::Amqp(s) => amqp::start_consumer(o, s, rec, stop.subscribe()).await,
             SourceKind::Stomp(d) => stomp::start_consumer(o, d, rec, stop.subscribe()).await,

@@ -91,11 +91,14 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(live: Arc<Live>, group: usize, max_rate: Option<u64>) -> Self {
-        Recorder {
+    pub fn new(
+        live: Arc<Live>,
+        group: usize,
+        max_rate: Option<u64>,
+    ) -> Result<Self, hdrhistogram::CreationError> {
+        Ok(Recorder {
             group,
-            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-                .expect("constant histogram bounds are valid"),
+            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
             seen: SeqBitmap::default(),
             received: 0,
             duplicates: 0,
@@ -103,7 +106,7 @@ impl Recorder {
             unflushed: 0,
             live,
             max_rate,
-        }
+        })
     }
 
     /// Records one message body.

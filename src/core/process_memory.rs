@@ -14,11 +14,7 @@ pub fn resident_bytes() -> Option<usize> {
     Some(pages.saturating_mul(page_size()))
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096)
-}
+use crate::sys::page_size;
 
 /// Makes glibc's malloc use one arena for every thread. Call before any thread is started.
 ///
@@ -31,13 +27,8 @@ fn page_size() -> usize {
 /// the cost in CPU was not measurable (`bench amqp` and `bench mqtt`, 16 B). An explicit
 /// `MALLOC_ARENA_MAX` in the environment is left to win.
 pub fn use_one_malloc_arena() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only changes allocator parameters; it is called before other
-        // threads exist, as glibc asks for M_ARENA_MAX.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        }
+        crate::sys::use_one_malloc_arena();
     }
 }
 
@@ -64,16 +55,7 @@ pub fn return_free_memory() {
     }
 }
 
-/// Gives the free pages of every malloc arena back to the operating system (glibc's
-/// `malloc_trim(0)`, which also releases free pages in the middle of the heap); nothing on other
-/// allocators.
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free pages; it takes the arena locks itself.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
+use crate::sys::trim_heap;
 
 #[cfg(test)]
 mod tests {

@@ -474,14 +474,14 @@ impl Positions {
 mod smallvec_lite {
     const INLINE: usize = 16;
 
-    pub struct WordBuf<'a> {
+    pub(super) struct WordBuf<'a> {
         inline: [&'a str; INLINE],
         len: usize,
         spill: Vec<&'a str>,
     }
 
     impl<'a> WordBuf<'a> {
-        pub fn new() -> Self {
+        pub(super) fn new() -> Self {
             WordBuf {
                 inline: [""; INLINE],
                 len: 0,
@@ -489,7 +489,7 @@ mod smallvec_lite {
             }
         }
 
-        pub fn push(&mut self, w: &'a str) {
+        pub(super) fn push(&mut self, w: &'a str) {
             if self.len < INLINE && self.spill.is_empty() {
                 self.inline[self.len] = w;
                 self.len += 1;
@@ -501,7 +501,7 @@ mod smallvec_lite {
             }
         }
 
-        pub fn as_slice(&self) -> &[&'a str] {
+        pub(super) fn as_slice(&self) -> &[&'a str] {
             if self.spill.is_empty() {
                 &self.inline[..self.len]
             } else {

@@ -100,16 +100,9 @@ impl ConnectionLimits {
 /// The default cap on connections: the soft file descriptor limit less a reserve (a tenth, at
 /// least 64) for the message store's files, the listeners and the HTTP API's own work.
 pub fn auto_max_connections() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit through a valid pointer.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    let soft = if ok && limit.rlim_cur != libc::RLIM_INFINITY {
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-    } else {
-        1 << 20
+    let soft = match crate::sys::open_file_limit() {
+        Some((soft, _)) => usize::try_from(soft).unwrap_or(usize::MAX),
+        None => 1 << 20,
     };
     let reserve = (soft / 10).max(64);
     soft.saturating_sub(reserve).max(1)
@@ -140,17 +133,10 @@ mod tests {
     fn the_automatic_cap_leaves_descriptors_spare() {
         let n = auto_max_connections();
         assert!(n >= 1);
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
-        if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur > 64 {
-            assert!((n as u64) < limit.rlim_cur);
+        if let Some((soft, _)) = crate::sys::open_file_limit() {
+            if soft > 64 {
+                assert!((n as u64) < soft);
+            }
         }
     }
 }

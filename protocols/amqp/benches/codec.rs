@@ -1,5 +1,6 @@
 //! Hot-path codec benchmarks: decoding a published message (method + header + body frames) and
 //! encoding a delivery with `encode_content`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};

@@ -1,5 +1,6 @@
 //! Decoder behaviour on known bytes and on bad input: bit packing, truncation, size limits,
 //! unknown types and methods, hostile nesting.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 use bytes::{BufMut, Bytes, BytesMut};
 use switchboard_amqp::*;

@@ -1,5 +1,6 @@
 //! Property tests: every method, every property subset and nested field tables survive
 //! encode → decode; whole messages survive encode_content → decode_frame.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 use bytes::{Bytes, BytesMut};
 use proptest::collection::{btree_map, vec};

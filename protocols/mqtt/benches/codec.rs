@@ -1,5 +1,6 @@
 //! Hot-path codec benchmarks: decoding a PUBLISH (v3.1.1 bare, v5 with typical properties) and
 //! encoding one for a subscriber.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};

@@ -41,33 +41,33 @@ pub struct Properties {
 }
 
 mod id {
-    pub const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
-    pub const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
-    pub const CONTENT_TYPE: u8 = 0x03;
-    pub const RESPONSE_TOPIC: u8 = 0x08;
-    pub const CORRELATION_DATA: u8 = 0x09;
-    pub const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
-    pub const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
-    pub const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
-    pub const SERVER_KEEP_ALIVE: u8 = 0x13;
-    pub const AUTHENTICATION_METHOD: u8 = 0x15;
-    pub const AUTHENTICATION_DATA: u8 = 0x16;
-    pub const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
-    pub const WILL_DELAY_INTERVAL: u8 = 0x18;
-    pub const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
-    pub const RESPONSE_INFORMATION: u8 = 0x1A;
-    pub const SERVER_REFERENCE: u8 = 0x1C;
-    pub const REASON_STRING: u8 = 0x1F;
-    pub const RECEIVE_MAXIMUM: u8 = 0x21;
-    pub const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
-    pub const TOPIC_ALIAS: u8 = 0x23;
-    pub const MAXIMUM_QOS: u8 = 0x24;
-    pub const RETAIN_AVAILABLE: u8 = 0x25;
-    pub const USER_PROPERTY: u8 = 0x26;
-    pub const MAXIMUM_PACKET_SIZE: u8 = 0x27;
-    pub const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
-    pub const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
-    pub const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
+    pub(super) const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
+    pub(super) const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
+    pub(super) const CONTENT_TYPE: u8 = 0x03;
+    pub(super) const RESPONSE_TOPIC: u8 = 0x08;
+    pub(super) const CORRELATION_DATA: u8 = 0x09;
+    pub(super) const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
+    pub(super) const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
+    pub(super) const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
+    pub(super) const SERVER_KEEP_ALIVE: u8 = 0x13;
+    pub(super) const AUTHENTICATION_METHOD: u8 = 0x15;
+    pub(super) const AUTHENTICATION_DATA: u8 = 0x16;
+    pub(super) const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
+    pub(super) const WILL_DELAY_INTERVAL: u8 = 0x18;
+    pub(super) const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
+    pub(super) const RESPONSE_INFORMATION: u8 = 0x1A;
+    pub(super) const SERVER_REFERENCE: u8 = 0x1C;
+    pub(super) const REASON_STRING: u8 = 0x1F;
+    pub(super) const RECEIVE_MAXIMUM: u8 = 0x21;
+    pub(super) const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
+    pub(super) const TOPIC_ALIAS: u8 = 0x23;
+    pub(super) const MAXIMUM_QOS: u8 = 0x24;
+    pub(super) const RETAIN_AVAILABLE: u8 = 0x25;
+    pub(super) const USER_PROPERTY: u8 = 0x26;
+    pub(super) const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+    pub(super) const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
+    pub(super) const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
+    pub(super) const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
 }
 
 /// Stores a property that may appear once; a second occurrence is a protocol error (3.1.2.11).

@@ -87,15 +87,15 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    pub fn new(buf: Bytes) -> Self {
+    pub(crate) fn new(buf: Bytes) -> Self {
         Reader { buf }
     }
 
-    pub fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         self.buf.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
@@ -106,22 +106,22 @@ impl Reader {
         Ok(())
     }
 
-    pub fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         self.need(1)?;
         Ok(self.buf.get_u8())
     }
 
-    pub fn u16(&mut self) -> Result<u16, DecodeError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
         self.need(2)?;
         Ok(self.buf.get_u16())
     }
 
-    pub fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         self.need(4)?;
         Ok(self.buf.get_u32())
     }
 
-    pub fn var_int(&mut self) -> Result<u32, DecodeError> {
+    pub(crate) fn var_int(&mut self) -> Result<u32, DecodeError> {
         match peek_var_int(&self.buf)? {
             VarInt::Complete(v, n) => {
                 self.buf.advance(n);
@@ -132,22 +132,22 @@ impl Reader {
     }
 
     /// `n` bytes as a zero-copy slice.
-    pub fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
         self.need(n)?;
         Ok(self.buf.split_to(n))
     }
 
     /// Everything left, zero-copy.
-    pub fn rest(&mut self) -> Bytes {
+    pub(crate) fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.buf)
     }
 
-    pub fn binary(&mut self) -> Result<Bytes, DecodeError> {
+    pub(crate) fn binary(&mut self) -> Result<Bytes, DecodeError> {
         let n = self.u16()?;
         self.take(usize::from(n))
     }
 
-    pub fn string(&mut self) -> Result<String, DecodeError> {
+    pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let b = self.binary()?;
         Ok(check_utf8(&b)?.to_owned())
     }

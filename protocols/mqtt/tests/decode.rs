@@ -1,4 +1,5 @@
 //! Decoder edge cases: limits, flags, lengths, UTF-8, topics, CONNECT rules, short forms.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 use bytes::{BufMut, BytesMut};
 use switchboard_mqtt::*;

@@ -1,5 +1,6 @@
 //! Property test: every packet type, encoded for v3.1.1 and v5 (and CONNECT for 3.1), decodes
 //! back to the same value.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 use bytes::{Bytes, BytesMut};
 use proptest::collection::vec;

@@ -1,5 +1,6 @@
 //! Hot-path codec benchmarks: decoding a SEND (content-length body and NUL-terminated body) and
 //! encoding a MESSAGE from borrowed parts, as the adapter does for every delivery.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};

@@ -1,6 +1,7 @@
 //! Property: whatever the encoder writes, the decoder reads back, for every version, command,
 //! header text and body (all 256 byte values, NUL included), with heart-beats around frames
 //! and the input arriving in arbitrary pieces.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 use bytes::BytesMut;
 use proptest::prelude::*;

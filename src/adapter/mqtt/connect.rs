@@ -17,7 +17,7 @@ use switchboard_mqtt::{Connect, Protocol};
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A session held by a connection.
-pub struct Attached {
+pub(super) struct Attached {
     pub vhost: Arc<VHost>,
     pub user: String,
     pub key: SessionKey,
@@ -44,7 +44,7 @@ impl Drop for Attached {
 /// anonymous user, from loopback only unless the configuration allows more.
 /// The CONNECT's user name and password; without a user name, the TLS client certificate's
 /// common name (`cert_name`) with `mqtt.ssl_cert_login`, else the anonymous user.
-pub fn authenticate(
+pub(super) fn authenticate(
     broker: &Broker,
     connect: &Connect,
     peer: SocketAddr,
@@ -122,7 +122,7 @@ pub fn authenticate(
 }
 
 /// The client id to use: the client's, or one assigned when it sent none and may have one.
-pub fn client_id(connect: &Connect, broker: &Broker) -> Result<(String, bool), Refusal> {
+pub(super) fn client_id(connect: &Connect, broker: &Broker) -> Result<(String, bool), Refusal> {
     if !connect.client_id.is_empty() {
         return Ok((connect.client_id.clone(), false));
     }
@@ -138,7 +138,7 @@ pub fn client_id(connect: &Connect, broker: &Broker) -> Result<(String, bool), R
 }
 
 /// Queue name for a session's subscriptions.
-pub fn queue_name(client_id: &str) -> String {
+pub(super) fn queue_name(client_id: &str) -> String {
     format!("mqtt-subscription-{client_id}")
 }
 
@@ -147,7 +147,7 @@ pub fn queue_name(client_id: &str) -> String {
 /// dropped). A session that ends with its connection has no limit: its backlog is bounded by
 /// flow control while it is connected, and a limit there would drop messages from a
 /// subscriber that is merely slower than its publisher.
-pub fn session_queue_spec(broker: &Broker, client_id: &str, persistent: bool) -> QueueSpec {
+pub(super) fn session_queue_spec(broker: &Broker, client_id: &str, persistent: bool) -> QueueSpec {
     let mut arguments = FieldTable::new();
     if persistent {
         let limit = i64::try_from(broker.config.mqtt.max_offline_messages).unwrap_or(i64::MAX);
@@ -162,7 +162,7 @@ pub fn session_queue_spec(broker: &Broker, client_id: &str, persistent: bool) ->
 }
 
 /// What a CONNECT asks of its session.
-pub struct Wanted {
+pub(super) struct Wanted {
     pub assigned_id: bool,
     pub clean_start: bool,
     /// The Session Expiry Interval granted (0: the session ends with the connection).
@@ -171,7 +171,7 @@ pub struct Wanted {
 
 /// Takes the session for `key`: closes a connection that holds it (takeover), then resumes
 /// it, or starts a new one when asked for a clean start or none exists.
-pub async fn attach(
+pub(super) async fn attach(
     state: &Arc<MqttState>,
     broker: &Broker,
     vhost: Arc<VHost>,

@@ -29,14 +29,14 @@ pub(super) const IDLE_READ_RESERVE: usize = 64;
 
 /// How a connection ended, which decides the will.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
+pub(super) enum Ending {
     /// DISCONNECT from the client; v5 reason 0x04 asks for the will anyway.
     Normal { publish_will: bool },
     /// Socket loss, keep-alive timeout, protocol error, takeover, shutdown.
     Abnormal,
 }
 
-pub struct Connection {
+pub(super) struct Connection {
     pub broker: Arc<Broker>,
     pub state: Arc<MqttState>,
     pub entry: Arc<ConnectionEntry>,
@@ -154,7 +154,7 @@ impl Connection {
     }
 
     /// Starts delivering: resends what was in flight, sends what waited, then consumes.
-    pub fn start_delivery(&mut self) {
+    pub(super) fn start_delivery(&mut self) {
         let (shared, filters) = {
             let mut s = lock(&self.attached.session);
             self.link.resend_in_flight(&mut s);

@@ -25,7 +25,7 @@ use switchboard_mqtt::{encode, encoded_len, Packet, Protocol, PubResponse, Publi
 
 /// What a client accepts, from its CONNECT.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientLimits {
+pub(super) struct ClientLimits {
     pub protocol: Protocol,
     /// The client's Maximum Packet Size (v5), else unlimited.
     pub max_packet_size: usize,
@@ -38,7 +38,7 @@ pub struct ClientLimits {
 }
 
 /// The live side of a session: delivers to a connected client.
-pub struct Link {
+pub(super) struct Link {
     pub session: Arc<Mutex<Session>>,
     pub outbox: Arc<Outbox>,
     pub client_id: String,
@@ -54,7 +54,7 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(
+    pub(super) fn new(
         session: Arc<Mutex<Session>>,
         outbox: Arc<Outbox>,
         client_id: String,
@@ -74,17 +74,17 @@ impl Link {
     }
 
     /// Whether a queue this link consumes from was deleted (the connection then ends).
-    pub fn queue_was_deleted(&self) -> bool {
+    pub(super) fn queue_was_deleted(&self) -> bool {
         self.queue_deleted.load(Ordering::Acquire)
     }
 
     /// No more deliveries through this link.
-    pub fn close(&self) {
+    pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
     }
 
     /// Sends `m` now if a slot is free, else queues it behind the others.
-    pub fn offer(&self, s: &mut Session, m: OutboundMessage) {
+    pub(super) fn offer(&self, s: &mut Session, m: OutboundMessage) {
         if m.qos == QoS::AtMostOnce {
             self.write_publish(&m, None, false);
             // Sent is done for QoS 0.
@@ -117,7 +117,7 @@ impl Link {
 
     /// Moves pending messages into free in-flight slots. True when nothing is left pending,
     /// so the session's queue may deliver again.
-    pub fn pump(&self, s: &mut Session) -> bool {
+    pub(super) fn pump(&self, s: &mut Session) -> bool {
         while s.in_flight_count() < self.limits.in_flight {
             let Some(m) = s.pending.pop_front() else {
                 break;
@@ -133,7 +133,7 @@ impl Link {
     }
 
     /// Lets the connection task know there are deliveries to settle.
-    pub fn wake_if_settling(&self, s: &Session) {
+    pub(super) fn wake_if_settling(&self, s: &Session) {
         if !s.to_settle.is_empty() || s.record_stale {
             self.outbox.wake();
         }
@@ -142,7 +142,7 @@ impl Link {
     /// Resends everything in flight after a reconnect: PUBLISH with DUP, or PUBREL for QoS 2
     /// messages already PUBREC'd (spec 4.4). A message that expired meanwhile, or no longer
     /// fits the client's Maximum Packet Size, is dropped rather than left holding a slot.
-    pub fn resend_in_flight(&self, s: &mut Session) {
+    pub(super) fn resend_in_flight(&self, s: &mut Session) {
         // In packet id order, as they were first sent.
         let mut ids: Vec<u16> = s.in_flight.keys().chain(&s.released).copied().collect();
         ids.sort_unstable();

@@ -5,14 +5,14 @@ use switchboard_mqtt::{reason, DecodeError, Protocol};
 /// A CONNECT the broker refuses: CONNACK with this code, then close.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{text}")]
-pub struct Refusal {
+pub(super) struct Refusal {
     pub v3_code: u8,
     pub v5_code: u8,
     pub text: String,
 }
 
 impl Refusal {
-    pub fn new(v3_code: u8, v5_code: u8, text: impl Into<String>) -> Self {
+    pub(super) fn new(v3_code: u8, v5_code: u8, text: impl Into<String>) -> Self {
         Refusal {
             v3_code,
             v5_code,
@@ -20,7 +20,7 @@ impl Refusal {
         }
     }
 
-    pub fn code(&self, protocol: Protocol) -> u8 {
+    pub(super) fn code(&self, protocol: Protocol) -> u8 {
         if protocol.is_v5() {
             self.v5_code
         } else {
@@ -28,7 +28,7 @@ impl Refusal {
         }
     }
 
-    pub fn bad_credentials(text: impl Into<String>) -> Self {
+    pub(super) fn bad_credentials(text: impl Into<String>) -> Self {
         Refusal::new(
             reason::V3_BAD_USER_NAME_OR_PASSWORD,
             reason::BAD_USER_NAME_OR_PASSWORD,
@@ -36,11 +36,11 @@ impl Refusal {
         )
     }
 
-    pub fn not_authorized(text: impl Into<String>) -> Self {
+    pub(super) fn not_authorized(text: impl Into<String>) -> Self {
         Refusal::new(reason::V3_NOT_AUTHORIZED, reason::NOT_AUTHORIZED, text)
     }
 
-    pub fn identifier_rejected(text: impl Into<String>) -> Self {
+    pub(super) fn identifier_rejected(text: impl Into<String>) -> Self {
         Refusal::new(
             reason::V3_IDENTIFIER_REJECTED,
             reason::CLIENT_IDENTIFIER_NOT_VALID,
@@ -48,7 +48,7 @@ impl Refusal {
         )
     }
 
-    pub fn unavailable(text: impl Into<String>) -> Self {
+    pub(super) fn unavailable(text: impl Into<String>) -> Self {
         Refusal::new(
             reason::V3_SERVER_UNAVAILABLE,
             reason::SERVER_UNAVAILABLE,
@@ -61,20 +61,20 @@ impl Refusal {
 /// (and the text as Reason String); a v3 client is simply disconnected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{text} (reason {reason:#04x})")]
-pub struct Violation {
+pub(super) struct Violation {
     pub reason: u8,
     pub text: String,
 }
 
 impl Violation {
-    pub fn new(reason: u8, text: impl Into<String>) -> Self {
+    pub(super) fn new(reason: u8, text: impl Into<String>) -> Self {
         Violation {
             reason,
             text: text.into(),
         }
     }
 
-    pub fn protocol(text: impl Into<String>) -> Self {
+    pub(super) fn protocol(text: impl Into<String>) -> Self {
         Violation::new(reason::PROTOCOL_ERROR, text)
     }
 }

@@ -11,7 +11,7 @@ use crate::core::access::Refused;
 use crate::core::Broker;
 
 /// Whether `user` may publish to `topic` in `vhost` as client `client_id`.
-pub fn permit_publish(
+pub(super) fn permit_publish(
     broker: &Broker,
     vhost: &str,
     user: &str,

@@ -18,7 +18,7 @@ use switchboard_mqtt::{reason, Packet, Properties, PubResponse, QoS};
 /// Everything needed to publish on behalf of one client; owned, so a delayed will can carry it
 /// after the connection is gone.
 #[derive(Clone)]
-pub struct Publisher {
+pub(super) struct Publisher {
     pub broker: Arc<Broker>,
     pub state: Arc<MqttState>,
     pub vhost: Arc<VHost>,
@@ -27,7 +27,7 @@ pub struct Publisher {
 
 /// What routing a publish did.
 #[derive(Debug, Clone, Default)]
-pub struct Routed {
+pub(super) struct Routed {
     /// Queues it reached.
     pub queues: usize,
     /// The LSN of the log records it wrote (0 when none).
@@ -41,7 +41,7 @@ pub struct Routed {
 impl Routed {
     /// The PUBACK/PUBREC reason code (v5; v3 acknowledgements carry none): 0x97 Quota
     /// exceeded when a queue refused it, 0x10 when no queue matched.
-    pub fn reason(&self) -> u8 {
+    pub(super) fn reason(&self) -> u8 {
         if self.refused {
             reason::QUOTA_EXCEEDED
         } else if self.queues == 0 {
@@ -54,7 +54,7 @@ impl Routed {
 
 /// One MQTT application message as received.
 #[derive(Debug, Clone)]
-pub struct InboundMessage {
+pub(super) struct InboundMessage {
     pub topic: String,
     pub qos: QoS,
     pub retain: bool,
@@ -69,7 +69,7 @@ impl Publisher {
     /// `retain` is set, makes it the topic's retained message. A retained message the retained
     /// store has no room for is not routed either: the publish is refused as a whole, so a
     /// client that retries does not deliver it twice.
-    pub fn route(&self, m: InboundMessage) -> Routed {
+    pub(super) fn route(&self, m: InboundMessage) -> Routed {
         let now = SystemTime::now();
         let mut retained_lsn = 0;
         if m.retain {
@@ -164,7 +164,7 @@ impl Publisher {
 
 /// The acknowledgement of a routed QoS 1 (PUBACK) or QoS 2 (PUBREC) publish; none for QoS 0.
 /// v5 says 0x10 when no subscriber matched.
-pub fn publish_ack(qos: QoS, packet_id: u16, code: u8) -> Option<Packet> {
+pub(super) fn publish_ack(qos: QoS, packet_id: u16, code: u8) -> Option<Packet> {
     let mut ack = PubResponse::new(packet_id);
     ack.reason = code;
     match qos {

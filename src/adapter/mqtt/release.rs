@@ -16,7 +16,7 @@ impl Connection {
     /// persists keeps collecting messages offline until it expires (what was handed to the
     /// client and not yet acknowledged stays unsettled in the queue, and is resent when the
     /// client returns). Then the will, if due.
-    pub fn finish(mut self, ending: Ending) {
+    pub(super) fn finish(mut self, ending: Ending) {
         self.link.close();
         self.queue().remove_consumer(self.consumer_id);
         self.settle_dropped();

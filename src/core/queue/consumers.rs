@@ -59,24 +59,24 @@ impl Default for Consumers {
 }
 
 impl Consumers {
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         match &self.form {
             Form::Few(v) => v.len(),
             Form::Many(m) => m.by_seq.len(),
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Whether an exclusive consumer is registered.
-    pub fn has_exclusive(&self) -> bool {
+    pub(super) fn has_exclusive(&self) -> bool {
         self.exclusive > 0
     }
 
     /// Registers `consumer` last.
-    pub fn add(&mut self, consumer: Consumer, priority: i32) {
+    pub(super) fn add(&mut self, consumer: Consumer, priority: i32) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.exclusive += usize::from(consumer.exclusive);
@@ -105,7 +105,7 @@ impl Consumers {
     }
 
     /// Removes the consumer with `id`, returning it.
-    pub fn remove(&mut self, id: u64) -> Option<Consumer> {
+    pub(super) fn remove(&mut self, id: u64) -> Option<Consumer> {
         let removed = match &mut self.form {
             Form::Few(v) => {
                 let pos = v.iter().position(|r| r.consumer.id == id)?;
@@ -125,7 +125,7 @@ impl Consumers {
     }
 
     /// The first registered consumer (the single active consumer).
-    pub fn first(&self) -> Option<&Consumer> {
+    pub(super) fn first(&self) -> Option<&Consumer> {
         match &self.form {
             Form::Few(v) => v.first(),
             Form::Many(m) => m.by_seq.values().next(),
@@ -136,7 +136,7 @@ impl Consumers {
     /// The next consumer that `take` accepts (it reserves the consumer's credit): the highest
     /// priority first, and among equals the first from the cursor on, wrapping round; lower
     /// priorities only when every higher one is refused.
-    pub fn pick(&mut self, mut take: impl FnMut(&Consumer) -> bool) -> Option<&Consumer> {
+    pub(super) fn pick(&mut self, mut take: impl FnMut(&Consumer) -> bool) -> Option<&Consumer> {
         let cursor = self.cursor;
         let found = match &self.form {
             Form::Few(v) => {
@@ -173,7 +173,7 @@ impl Consumers {
     }
 
     /// Every consumer with its priority, in registration order (for listings).
-    pub fn listed(&self) -> Vec<(Consumer, i32)> {
+    pub(super) fn listed(&self) -> Vec<(Consumer, i32)> {
         let entries: Box<dyn Iterator<Item = &Registered>> = match &self.form {
             Form::Few(v) => Box::new(v.iter()),
             Form::Many(m) => Box::new(m.by_seq.values()),
@@ -182,7 +182,7 @@ impl Consumers {
     }
 
     /// Removes every consumer, in registration order.
-    pub fn take_all(&mut self) -> Vec<Consumer> {
+    pub(super) fn take_all(&mut self) -> Vec<Consumer> {
         self.exclusive = 0;
         match std::mem::replace(&mut self.form, Form::Few(Vec::new())) {
             Form::Few(v) => v.into_iter().map(|r| r.consumer).collect(),

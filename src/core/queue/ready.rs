@@ -22,7 +22,7 @@ pub(super) struct Queued {
 }
 
 impl Queued {
-    pub fn expired(&self, now: u64) -> bool {
+    pub(super) fn expired(&self, now: u64) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }
 }
@@ -38,7 +38,7 @@ pub(super) struct Ready {
 }
 
 impl Ready {
-    pub fn new(levels: usize) -> Self {
+    pub(super) fn new(levels: usize) -> Self {
         Ready {
             levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(),
             len: 0,
@@ -46,16 +46,16 @@ impl Ready {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Whether any entry has an expiry.
-    pub fn has_timed(&self) -> bool {
+    pub(super) fn has_timed(&self) -> bool {
         self.timed > 0
     }
 
@@ -76,13 +76,13 @@ impl Ready {
         self.timed -= usize::from(q.expires_at.is_some());
     }
 
-    pub fn push_back(&mut self, q: Queued) {
+    pub(super) fn push_back(&mut self, q: Queued) {
         self.added(&q);
         self.level_mut(q.level).push_back(q);
     }
 
     /// Puts a requeued message back in its place within its level.
-    pub fn insert_in_place(&mut self, q: Queued) {
+    pub(super) fn insert_in_place(&mut self, q: Queued) {
         self.added(&q);
         let id = q.id;
         let level = self.level_mut(q.level);
@@ -92,14 +92,14 @@ impl Ready {
     }
 
     /// The next message to deliver: the oldest of the highest non-empty level.
-    pub fn pop_front(&mut self) -> Option<Queued> {
+    pub(super) fn pop_front(&mut self) -> Option<Queued> {
         let q = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
         self.removed(&q);
         Some(q)
     }
 
     /// Removes a head message (of any level) that has expired by `now`.
-    pub fn pop_expired_head(&mut self, now: u64) -> Option<Queued> {
+    pub(super) fn pop_expired_head(&mut self, now: u64) -> Option<Queued> {
         if self.timed == 0 {
             return None;
         }
@@ -113,7 +113,7 @@ impl Ready {
     }
 
     /// The earliest expiry among the level heads: when the next one is due for removal.
-    pub fn next_expiry(&self) -> Option<u64> {
+    pub(super) fn next_expiry(&self) -> Option<u64> {
         if self.timed == 0 {
             return None;
         }
@@ -123,15 +123,15 @@ impl Ready {
             .min()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Queued> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Queued> {
         self.levels.iter().flatten()
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Queued> {
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Queued> {
         self.levels.iter_mut().flatten()
     }
 
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.levels.iter_mut().for_each(VecDeque::clear);
         self.len = 0;
         self.timed = 0;
