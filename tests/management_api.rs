@@ -1122,3 +1122,81 @@ async fn channels_are_listed_per_connection_and_vhost() {
     .await;
     assert_eq!(of.body.as_array().map(Vec::len), Some(1));
 }
+
+/// The channel whose connection is `conn` and number is `n`, as `/api/channels` lists it.
+async fn channel_object(b: &TestBroker, conn: &str, n: u64) -> Value {
+    let all = call(b, "GET", "/api/channels", None).await.body;
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["connection_details"]["name"] == conn && x["number"] == n)
+        .cloned()
+        .unwrap_or_else(|| panic!("channel {n} of {conn} in {all}"))
+}
+
+#[tokio::test]
+async fn channel_objects_show_prefetch_unacked_confirms_and_transactions() {
+    let b = TestBroker::start().await;
+    let (c, consumer_ch) = b.channel().await;
+    let q = unique("chq");
+    declare(&consumer_ch, &q).await;
+    bounded(consumer_ch.basic_qos(3, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    let mut consumer = consume(&consumer_ch, &q, false).await;
+    for i in 0..5 {
+        publish(&consumer_ch, "", &q, format!("m{i}").as_bytes()).await;
+    }
+    // Prefetch 3: three delivered and held unacked, two left ready.
+    let held = next_n(&mut consumer, 3).await;
+    let conn = call(&b, "GET", "/api/connections", None).await.body[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ch1 = channel_object(&b, &conn, 1).await;
+    assert_eq!(ch1["prefetch_count"], 3, "{ch1}");
+    assert_eq!(ch1["consumer_count"], 1, "{ch1}");
+    assert_eq!(ch1["messages_unacknowledged"], 3, "{ch1}");
+    assert_eq!(ch1["transactional"], false);
+    assert_eq!(ch1["confirm"], false);
+    ack(&held[0]).await;
+    wait_until_async("one ack to be counted", || async {
+        channel_object(&b, &conn, 1).await["messages_unacknowledged"] == 3
+            && ready_count(&consumer_ch, &q).await == 1
+    })
+    .await;
+
+    let confirm_ch = confirm_channel(&c).await;
+    assert!(publish_confirmed(&confirm_ch, "", &q, b"confirmed")
+        .await
+        .is_ack());
+    let ch2 = channel_object(&b, &conn, 2).await;
+    assert_eq!(ch2["confirm"], true, "{ch2}");
+    assert_eq!(
+        ch2["messages_unconfirmed"], 0,
+        "the publish was confirmed: {ch2}"
+    );
+
+    let tx_ch = bounded(c.create_channel()).await.unwrap();
+    bounded(tx_ch.tx_select()).await.unwrap();
+    let got = get(&tx_ch, &q, false).await.expect("a message to get");
+    bounded(tx_ch.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default()))
+        .await
+        .unwrap();
+    publish(&tx_ch, "", &q, b"in tx").await;
+    wait_until_async(
+        "the transaction to hold one ack and one publish",
+        || async {
+            let ch3 = channel_object(&b, &conn, 3).await;
+            ch3["acks_uncommitted"] == 1 && ch3["messages_uncommitted"] == 1
+        },
+    )
+    .await;
+    let ch3 = channel_object(&b, &conn, 3).await;
+    assert_eq!(ch3["transactional"], true, "{ch3}");
+    assert_eq!(ch3["messages_unacknowledged"], 1, "{ch3}");
+    bounded(tx_ch.tx_commit()).await.unwrap();
+    let ch3 = channel_object(&b, &conn, 3).await;
+    assert_eq!(ch3["acks_uncommitted"], 0, "{ch3}");
+    assert_eq!(ch3["messages_unacknowledged"], 0, "{ch3}");
+}

@@ -212,9 +212,9 @@ async fn consumers_in(
 /// The open channels of `c` (AMQP; other protocols have none), named as RabbitMQ names them.
 fn channels_json(node: &str, c: &ConnectionEntry) -> Vec<Value> {
     let (user, vhost) = session_of(c);
-    c.channel_numbers()
+    c.channels_info()
         .into_iter()
-        .map(|n| {
+        .map(|(n, info)| {
             json!({
                 "name": format!("{} ({n})", c.name()),
                 "number": n,
@@ -222,6 +222,15 @@ fn channels_json(node: &str, c: &ConnectionEntry) -> Vec<Value> {
                 "user": user,
                 "vhost": vhost,
                 "state": "running",
+                "prefetch_count": info.prefetch_count,
+                "global_prefetch_count": info.global_prefetch_count,
+                "consumer_count": info.consumer_count,
+                "messages_unacknowledged": info.messages_unacknowledged,
+                "messages_unconfirmed": info.messages_unconfirmed,
+                "messages_uncommitted": info.messages_uncommitted,
+                "acks_uncommitted": info.acks_uncommitted,
+                "transactional": info.transactional,
+                "confirm": info.confirm,
                 "connection_details": {
                     "name": c.name(),
                     "peer_host": c.peer.ip().to_string(),
