@@ -260,6 +260,14 @@ impl ConsumerSink for AmqpConsumer {
             });
     }
 
+    fn prefetch_count(&self) -> u32 {
+        self.limit
+    }
+
+    fn channel_number(&self) -> Option<u16> {
+        Some(self.channel.channel)
+    }
+
     fn cancelled(&self, _queue: &Queue, consumer_tag: &str) {
         self.cancelled.store(true, Ordering::Release);
         if self.notify_cancel {

@@ -55,6 +55,14 @@ pub trait ConsumerSink: Send + Sync {
     fn deliver(&self, queue: &Arc<Queue>, delivery: Delivery);
     /// The queue was deleted under the consumer.
     fn cancelled(&self, queue: &Queue, consumer_tag: &str);
+    /// The consumer's own prefetch limit as listed (0: none), for the management API.
+    fn prefetch_count(&self) -> u32 {
+        0
+    }
+    /// The AMQP channel the consumer is on, for the management API; None for other protocols.
+    fn channel_number(&self) -> Option<u16> {
+        None
+    }
 }
 
 /// A consumer as the queue keeps it.
