@@ -794,10 +794,11 @@ async fn definitions_with_unknown_parameters_are_refused() {
 }
 
 /// The API driven by RabbitMQ's own Rust client (`rabbitmq_http_client`, blocking), for every
-/// endpoint of it that maps onto a feature we have. Not covered: the overview and consumer
-/// listings (the client requires Erlang runtime fields, churn rates and per-consumer prefetch
-/// that this broker does not have), streams, federation, shovels, limits, feature flags.
+/// endpoint of it that maps onto a feature we have. Not covered: the overview (the client
+/// requires Erlang runtime fields and churn rates that this broker does not have), streams,
+/// federation, shovels, limits, feature flags.
 mod rabbitmq_client {
+    use super::common::amqp::*;
     use super::common::*;
     use rabbitmq_http_client::blocking_api::Client;
     use rabbitmq_http_client::commons::{
@@ -1018,6 +1019,48 @@ mod rabbitmq_client {
         rt.block_on(wait_until("the closed connection to go", || {
             !conn.status().connected()
         }));
+    }
+
+    #[test]
+    fn channels_and_consumers_with_their_figures() {
+        let (rt, b) = broker();
+        let rc = client(&b);
+        let q = unique("rc-cons");
+        let (_c, ch, _consumer) = rt.block_on(async {
+            let (c, ch) = b.channel().await;
+            declare(&ch, &q).await;
+            bounded(ch.basic_qos(4, lapin::options::BasicQosOptions::default()))
+                .await
+                .unwrap();
+            let mut consumer = consume(&ch, &q, false).await;
+            publish(&ch, "", &q, b"held").await;
+            next(&mut consumer).await;
+            (c, ch, consumer)
+        });
+        let channels = rc.list_channels().unwrap();
+        let mine = channels
+            .iter()
+            .find(|c| c.consumer_count == 1)
+            .expect("our channel");
+        assert_eq!(mine.prefetch_count, 4);
+        assert_eq!(mine.messages_unacknowledged, 1);
+        assert!(!mine.has_publisher_confirms_enabled);
+        let consumers = rc.list_consumers().unwrap();
+        let c = consumers
+            .iter()
+            .find(|c| c.queue.name == q)
+            .expect("our consumer");
+        assert!(c.manual_ack);
+        assert_eq!(c.prefetch_count, 4);
+        let details = c.channel_details.as_ref().expect("channel details");
+        assert_eq!(details.id, 1);
+        assert_eq!(details.username, "guest");
+        assert!(rc
+            .list_consumers_in("/")
+            .unwrap()
+            .iter()
+            .any(|c| c.queue.name == q));
+        drop(ch);
     }
 }
 
