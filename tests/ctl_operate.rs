@@ -79,7 +79,7 @@ async fn list_consumers_and_close_connection() {
     let (c, ch) = b.channel().await;
     let q = unique("ctlc");
     declare(&ch, &q).await;
-    let _consumer = consume(&ch, &q, false).await;
+    let mut consumer = consume(&ch, &q, false).await;
     let (out, info) = ctl_ok(&b, &["list_consumers"]).await;
     assert!(info.contains("Listing consumers in vhost / ..."), "{info}");
     let lines: Vec<&str> = out.lines().collect();
@@ -112,8 +112,25 @@ async fn list_consumers_and_close_connection() {
     assert!(info.contains("Listing channels ..."), "{info}");
     assert!(
         out.lines()
-            .any(|l| l == format!("{connection} (1)\tguest\t1")),
-        "{out}"
+            .any(|l| l == format!("{connection} (1)\tguest\t1\t0")),
+        "name, user, consumer_count, messages_unacknowledged: {out}"
+    );
+    publish(&ch, "", &q, b"held").await;
+    let _held = next(&mut consumer).await;
+    let (out, _) = ctl_ok(
+        &b,
+        &[
+            "list_channels",
+            "number",
+            "messages_unacknowledged",
+            "transactional",
+            "confirm",
+        ],
+    )
+    .await;
+    assert!(
+        out.lines().any(|l| l == "1\t1\tfalse\tfalse"),
+        "a consumer holding one unacked delivery: {out}"
     );
 
     let (_, info) = ctl_ok(&b, &["close_connection", &connection, "go away"]).await;

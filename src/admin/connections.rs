@@ -25,6 +25,10 @@ pub(super) fn routes() -> Router<Arc<Broker>> {
     Router::new()
         .route("/api/connections", get(list_all))
         .route("/api/connections/{name}", get(show).delete(close))
+        .route(
+            "/api/connections/username/{username}",
+            get(of_user).delete(close_of_user),
+        )
         .route("/api/vhosts/{vhost}/connections", get(list_in))
         .route("/api/channels", get(channels_all))
         .route("/api/channels/{name}", get(channel))
@@ -143,6 +147,15 @@ async fn show(State(b): B, Extension(me): Extension<User>, Path(name): Path<Stri
 
 /// DELETE: asks the connection to close, telling the client the `X-Reason` header's text
 /// (RabbitMQ's default otherwise).
+/// What a closed client is told: the `X-Reason` header, or RabbitMQ's default.
+fn close_reason(headers: &HeaderMap) -> String {
+    headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Closed via management plugin")
+        .to_owned()
+}
+
 async fn close(
     State(b): B,
     Extension(me): Extension<User>,
@@ -152,12 +165,44 @@ async fn close(
     let Some(c) = find(&b, &me, &name) else {
         return not_found();
     };
-    let reason = headers
-        .get("x-reason")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("Closed via management plugin")
-        .to_owned();
-    c.force_close(reason);
+    c.force_close(close_reason(&headers));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The connections of user `username` that `me` may see.
+fn connections_of_user(b: &Broker, me: &User, username: &str) -> Vec<Arc<ConnectionEntry>> {
+    seen_connections(b, me, None)
+        .into_iter()
+        .filter(|c| session_of(c).0 == username)
+        .collect()
+}
+
+/// `GET /api/connections/username/{username}` (rabbitmqadmin's `list user_connections`).
+async fn of_user(
+    State(b): B,
+    Extension(me): Extension<User>,
+    Path(username): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let node = super::node_name(&b);
+    let items = connections_of_user(&b, &me, &username)
+        .iter()
+        .map(|c| connection_json(&b, &node, c))
+        .collect();
+    respond(items, &q)
+}
+
+/// `DELETE /api/connections/username/{username}`: closes every connection of the user.
+async fn close_of_user(
+    State(b): B,
+    Extension(me): Extension<User>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let reason = close_reason(&headers);
+    for c in connections_of_user(&b, &me, &username) {
+        c.force_close(reason.clone());
+    }
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -170,21 +215,38 @@ pub(super) fn consumers_of(b: &Broker, vhosts: &[Arc<VHost>]) -> Vec<Value> {
         for q in vh.queues() {
             for (c, priority) in q.consumers() {
                 let conn = connections.iter().find(|e| e.id == c.owner);
+                // MQTT and STOMP consumers have no channel: number 0 and the connection's name,
+                // so that RabbitMQ's clients (which require both) can read them.
+                let channel_details = conn.map_or_else(
+                    || json!({}),
+                    |e| {
+                        let (name, number) = match c.sink.channel_number() {
+                            Some(n) => (format!("{} ({n})", e.name()), n),
+                            None => (e.name(), 0),
+                        };
+                        json!({
+                            "name": name,
+                            "number": number,
+                            "connection_name": e.name(),
+                            "peer_host": e.peer.ip().to_string(),
+                            "peer_port": e.peer.port(),
+                            "user": session_of(e).0,
+                            "node": node,
+                        })
+                    },
+                );
                 out.push(json!({
                     "consumer_tag": c.tag,
                     "exclusive": c.exclusive,
                     "ack_required": !c.no_ack,
+                    "prefetch_count": c.sink.prefetch_count(),
+                    // No delivery acknowledgement timeout is enforced here.
+                    "consumer_timeout": 0,
                     "active": true,
                     "activity_status": "up",
                     "arguments": if priority == 0 { json!({}) } else { json!({"x-priority": priority}) },
                     "queue": {"name": q.name, "vhost": vh.name},
-                    "channel_details": {
-                        "connection_name": conn.map(|e| e.name()),
-                        "peer_host": conn.map(|e| e.peer.ip().to_string()),
-                        "peer_port": conn.map(|e| e.peer.port()),
-                        "user": conn.map(|e| session_of(e).0),
-                        "node": node,
-                    },
+                    "channel_details": channel_details,
                 }));
             }
         }
@@ -212,9 +274,9 @@ async fn consumers_in(
 /// The open channels of `c` (AMQP; other protocols have none), named as RabbitMQ names them.
 fn channels_json(node: &str, c: &ConnectionEntry) -> Vec<Value> {
     let (user, vhost) = session_of(c);
-    c.channel_numbers()
+    c.channels_info()
         .into_iter()
-        .map(|n| {
+        .map(|(n, info)| {
             json!({
                 "name": format!("{} ({n})", c.name()),
                 "number": n,
@@ -222,6 +284,15 @@ fn channels_json(node: &str, c: &ConnectionEntry) -> Vec<Value> {
                 "user": user,
                 "vhost": vhost,
                 "state": "running",
+                "prefetch_count": info.prefetch_count,
+                "global_prefetch_count": info.global_prefetch_count,
+                "consumer_count": info.consumer_count,
+                "messages_unacknowledged": info.messages_unacknowledged,
+                "messages_unconfirmed": info.messages_unconfirmed,
+                "messages_uncommitted": info.messages_uncommitted,
+                "acks_uncommitted": info.acks_uncommitted,
+                "transactional": info.transactional,
+                "confirm": info.confirm,
                 "connection_details": {
                     "name": c.name(),
                     "peer_host": c.peer.ip().to_string(),

@@ -1,6 +1,7 @@
 //! `/api/policies[/{vhost}[/{name}]]`: run-time policies in RabbitMQ's JSON, persisted as keyed
-//! records of kind `POLICY` and answered once durable. Policies from the configuration file stay
-//! as they are and are not listed here.
+//! records of kind `POLICY` and answered once durable. Setting or clearing one applies at once to
+//! the queues that exist in its vhost. Policies from the configuration file stay as they are and
+//! are not listed here.
 
 use super::access::{bad_request, not_found};
 use super::json::field_table_to_json;
@@ -70,12 +71,20 @@ pub(super) fn set(b: &Broker, record: &RuntimePolicy) -> Result<(bool, u64), Str
     let policy = record.compile().map_err(|e| e.to_string())?;
     let bytes = serde_json::to_vec(record).map_err(|e| e.to_string())?;
     let created = b.policy_set().set_runtime(policy);
+    apply(b, &record.vhost);
     let key = RuntimePolicy::key(&record.vhost, &record.name);
     let lsn = b
         .store
         .as_ref()
         .map_or(0, |s| s.put(kind::POLICY, &key, &bytes));
     Ok((created, lsn))
+}
+
+/// Applies the policies now in force to the queues that exist in `vhost`.
+fn apply(b: &Broker, vhost: &str) {
+    if let Some(vh) = b.vhost(vhost) {
+        vh.apply_policies();
+    }
 }
 
 /// A policy from a definitions file, into its own vhost or `into`.
@@ -193,6 +202,7 @@ async fn remove(State(b): B, Path((vh, name)): Path<(String, String)>) -> Respon
     if !b.policy_set().clear_runtime(&vh, &name) {
         return not_found();
     }
+    apply(&b, &vh);
     let key = RuntimePolicy::key(&vh, &name);
     let lsn = b.store.as_ref().map_or(0, |s| s.delete(kind::POLICY, &key));
     b.access.durable(lsn).await;

@@ -52,6 +52,7 @@ pub(super) fn queue_json(b: &Broker, node: &str, q: &Arc<Queue>) -> Value {
         .and_then(|v| v.as_str())
         .unwrap_or("classic")
         .to_owned();
+    let policy = b.policy_set().for_queue(&q.vhost, &q.name);
     json!({
         "name": q.name,
         "vhost": q.vhost,
@@ -72,8 +73,10 @@ pub(super) fn queue_json(b: &Broker, node: &str, q: &Arc<Queue>) -> Value {
         "messages": s.ready + s.unacked,
         "message_bytes_ready": s.ready_bytes,
         "memory": q.memory_bytes(),
-        "policy": Value::Null,
-        "effective_policy_definition": {},
+        "policy": policy.as_ref().map(|p| p.name.clone()),
+        "effective_policy_definition": policy
+            .as_ref()
+            .map_or_else(|| json!({}), |p| field_table_to_json(&p.definition)),
         "message_stats": message_stats_json(&s.counters.counts(), &rates, QUEUE_FIELDS),
     })
 }

@@ -3,6 +3,7 @@
 
 use super::access::records::{encode, VHostRecord};
 use super::access::Access;
+use super::channel_info::{ChannelInfo, ChannelView};
 use super::clock::SystemClock;
 use super::memory::MemoryMonitor;
 use super::policy::Policies;
@@ -27,8 +28,8 @@ pub struct ConnectionEntry {
     pub peer: SocketAddr,
     pub connected_at: SystemTime,
     pub channels: AtomicU32,
-    /// The numbers of the open channels (AMQP), for the management API's channel listing.
-    channel_numbers: Mutex<std::collections::BTreeSet<u16>>,
+    /// The open channels (AMQP) by number, for the management API's channel listing.
+    channel_views: Mutex<std::collections::BTreeMap<u16, Arc<dyn ChannelView>>>,
     /// (user, vhost) once authenticated and opened.
     pub session: Mutex<Option<(String, String)>>,
     /// Messages and bytes through the connection, for `message_stats`; shared with the
@@ -46,19 +47,19 @@ impl ConnectionEntry {
         format!("{} -> {}", self.peer, self.protocol)
     }
 
-    /// Records channel `number` as open.
-    pub fn channel_opened(&self, number: u16) {
+    /// Records channel `number` as open, listed with what `view` reports.
+    pub fn channel_opened(&self, number: u16, view: Arc<dyn ChannelView>) {
         self.channels.fetch_add(1, Ordering::Relaxed);
-        self.channel_numbers
+        self.channel_views
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(number);
+            .insert(number, view);
     }
 
     /// Records channel `number` as closed.
     pub fn channel_closed(&self, number: u16) {
         self.channels.fetch_sub(1, Ordering::Relaxed);
-        self.channel_numbers
+        self.channel_views
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&number);
@@ -67,20 +68,23 @@ impl ConnectionEntry {
     /// Records every channel as closed (the connection is going).
     pub fn all_channels_closed(&self) {
         self.channels.store(0, Ordering::Relaxed);
-        self.channel_numbers
+        self.channel_views
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
     }
 
-    /// The open channels' numbers, ascending.
-    pub fn channel_numbers(&self) -> Vec<u16> {
-        self.channel_numbers
+    /// The open channels' numbers, ascending, with their figures.
+    pub fn channels_info(&self) -> Vec<(u16, ChannelInfo)> {
+        // The views are read after the lock is released: a view takes its channel's own lock.
+        let views: Vec<(u16, Arc<dyn ChannelView>)> = self
+            .channel_views
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .copied()
-            .collect()
+            .map(|(n, v)| (*n, v.clone()))
+            .collect();
+        views.into_iter().map(|(n, v)| (n, v.info())).collect()
     }
 
     /// Asks the connection's task to close, telling the client `reason`.
@@ -397,7 +401,7 @@ impl Broker {
             peer,
             connected_at: SystemTime::now(),
             channels: AtomicU32::new(0),
-            channel_numbers: Mutex::new(Default::default()),
+            channel_views: Mutex::new(Default::default()),
             session: Mutex::new(None),
             stats: Arc::default(),
             client_id: Mutex::new(String::new()),

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod broker;
+pub mod channel_info;
 pub mod clock;
 pub mod dead_letter;
 pub mod delayed;

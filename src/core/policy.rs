@@ -113,8 +113,8 @@ impl Policy {
 
 /// The policies in force: those of the configuration (fixed for the broker's life) and the
 /// run-time ones set through the management API (each in one vhost, persisted by the API as
-/// keyed records of kind `POLICY`). A policy applies to the queues declared (or recovered)
-/// after it is set, not to queues that exist already.
+/// keyed records of kind `POLICY`). Queues declared or recovered get the policy in force then;
+/// a run-time change is applied to existing queues by `VHost::apply_policies`.
 #[derive(Debug, Default)]
 pub struct Policies {
     configured: Vec<Policy>,

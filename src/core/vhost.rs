@@ -550,6 +550,18 @@ impl VHost {
         );
     }
 
+    /// Applies the policies in force now to every queue of the vhost, as RabbitMQ does when a
+    /// policy is set or cleared: each queue's arguments become its declared ones over the
+    /// matching policy (or just its declared ones when none matches any more).
+    pub fn apply_policies(&self) {
+        for q in self.queues() {
+            let policy = self.policies.for_queue(&self.name, &q.name);
+            let args = QueueArgs::parse(&q.arguments, policy.as_ref().map(|p| &p.definition))
+                .unwrap_or_default();
+            q.set_args(args);
+        }
+    }
+
     /// A new queue object for `spec` (not yet in the vhost). Durable, non-exclusive queues of a
     /// vhost with a store write persistent messages to the log under `id` (a fresh random id
     /// when None).

@@ -276,3 +276,31 @@ pub async fn declare_with_args(ch: &Channel, name: &str, arguments: FieldTable) 
 pub fn longstr(v: &str) -> lapin::types::AMQPValue {
     lapin::types::AMQPValue::LongString(lapin::types::LongString::from(v))
 }
+
+/// A new channel on `conn` in confirm mode.
+pub async fn confirm_channel(conn: &Connection) -> Channel {
+    let ch = bounded(conn.create_channel()).await.expect("channel");
+    bounded(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .expect("confirm.select");
+    ch
+}
+
+/// Publishes on a confirm-mode channel and waits for the broker's answer.
+pub async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+) -> lapin::Confirmation {
+    let pending = bounded(ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default(),
+    ))
+    .await
+    .expect("basic.publish");
+    bounded(pending).await.expect("publisher confirm")
+}

@@ -8,6 +8,7 @@ use crate::adapter::outbox::Outbox;
 use crate::adapter::settle::{self, Settle};
 use crate::core::access::permissions::{Perm, ResourceKind, TopicVars};
 use crate::core::access::PublishVerdicts;
+use crate::core::channel_info::ChannelInfo;
 use crate::core::queue::args::parse_expiration;
 use crate::core::queue::{ConnectionId, ConsumeError};
 use crate::core::stats::ConnectionCounters;
@@ -247,6 +248,31 @@ impl Channel {
         }
     }
 
+    /// Publishes the channel's figures for the management API (see `core::channel_info`).
+    fn store_gauges(&self) {
+        let (messages_uncommitted, acks_uncommitted) = self.tx.as_ref().map_or((0, 0), |ops| {
+            let publishes = ops
+                .iter()
+                .filter(|op| matches!(op, TxOp::Publish { .. }))
+                .count() as u64;
+            (publishes, ops.len() as u64 - publishes)
+        });
+        self.deliveries.gauges.store(&ChannelInfo {
+            prefetch_count: self.prefetch_count,
+            global_prefetch_count: self.deliveries.global_limit(),
+            consumer_count: u32::try_from(self.consumers.len()).unwrap_or(u32::MAX),
+            messages_unacknowledged: 0,
+            messages_unconfirmed: self
+                .confirm
+                .as_ref()
+                .map_or(0, |c| c.seq.saturating_sub(c.answered)),
+            messages_uncommitted,
+            acks_uncommitted,
+            transactional: self.tx.is_some(),
+            confirm: self.confirm.is_some(),
+        });
+    }
+
     /// Bytes of a message body still arriving (charged to the memory monitor by the driver).
     pub fn content_bytes(&self) -> usize {
         self.content.as_ref().map_or(0, |c| c.body.len())
@@ -266,8 +292,16 @@ impl Channel {
                     ));
                 }
                 let (class_id, method_id) = (method.class_id(), method.method_id());
-                self.handle_method(ctx, method)
-                    .map_err(|e| e.during(class_id, method_id))
+                let is_publish = matches!(method, Method::BasicPublish(_));
+                let result = self
+                    .handle_method(ctx, method)
+                    .map_err(|e| e.during(class_id, method_id));
+                // A publish changes the figures only in a transaction (stored when its content
+                // completes) or in confirm mode (stored per confirm batch).
+                if !is_publish {
+                    self.store_gauges();
+                }
+                result
             }
             Frame::Header {
                 properties,
@@ -339,6 +373,9 @@ impl Channel {
         };
         self.publish(ctx, publish, properties, raw, body.into_bytes())
             .map_err(|e| e.during(60, 40))?;
+        if self.tx.is_some() {
+            self.store_gauges();
+        }
         Ok(Effects {
             published: true,
             reply_held: false,
@@ -988,7 +1025,9 @@ impl Channel {
             c.waiting.pop_front();
         }
         ack(&mut tag);
-        !c.waiting.is_empty()
+        let waiting = !c.waiting.is_empty();
+        self.store_gauges();
+        waiting
     }
 
     fn settle_or_buffer(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
@@ -1037,7 +1076,11 @@ impl Channel {
 
     /// Lets this channel's consumers' queues deliver again (credit or room came back).
     pub fn wake_consumers(&mut self) {
+        let before = self.consumers.len();
         self.consumers.retain(|_, c| !c.sink.is_cancelled());
+        if self.consumers.len() != before {
+            self.store_gauges();
+        }
         let mut woken: Vec<&Arc<Queue>> = Vec::with_capacity(self.consumers.len());
         for c in self.consumers.values() {
             if !woken.iter().any(|q| Arc::ptr_eq(q, &c.queue)) {

@@ -288,11 +288,9 @@ impl Connection {
                 )
                 .during(20, 10));
             }
-            self.channels.insert(
-                channel,
-                Channel::new(channel, self.ctx.outbox.clone(), self.ctx.frame_max),
-            );
-            self.entry.channel_opened(channel);
+            let ch = Channel::new(channel, self.ctx.outbox.clone(), self.ctx.frame_max);
+            self.entry.channel_opened(channel, ch.deliveries.clone());
+            self.channels.insert(channel, ch);
             self.ctx.send(channel, ChannelOpenOk {});
             return Ok(Next::Continue);
         }

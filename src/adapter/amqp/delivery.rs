@@ -6,6 +6,7 @@
 //! in wire order: an ack with `multiple` never covers a delivery the client has not seen.
 
 use crate::adapter::outbox::Outbox;
+use crate::core::channel_info::{ChannelGauges, ChannelInfo, ChannelView};
 use crate::core::{ConsumerSink, Delivery, Queue};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -41,6 +42,8 @@ pub struct ChannelDeliveries {
     /// `channel.flow` state; no deliveries while false.
     flow_active: AtomicBool,
     closed: AtomicBool,
+    /// The channel's figures for the management API, stored by the channel.
+    pub gauges: ChannelGauges,
 }
 
 /// Takes one unit from `counter` if it is below `limit` (0 = unlimited).
@@ -70,7 +73,13 @@ impl ChannelDeliveries {
             global_in_flight: AtomicU32::new(0),
             flow_active: AtomicBool::new(true),
             closed: AtomicBool::new(false),
+            gauges: ChannelGauges::default(),
         })
+    }
+
+    /// The channel-wide prefetch (`basic.qos` with `global`), 0 = unlimited.
+    pub fn global_limit(&self) -> u32 {
+        self.global_limit.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> MutexGuard<'_, Tags> {
@@ -251,6 +260,14 @@ impl ConsumerSink for AmqpConsumer {
             });
     }
 
+    fn prefetch_count(&self) -> u32 {
+        self.limit
+    }
+
+    fn channel_number(&self) -> Option<u16> {
+        Some(self.channel.channel)
+    }
+
     fn cancelled(&self, _queue: &Queue, consumer_tag: &str) {
         self.cancelled.store(true, Ordering::Release);
         if self.notify_cancel {
@@ -263,5 +280,12 @@ impl ConsumerSink for AmqpConsumer {
                 .outbox
                 .push(|out| switchboard_amqp::encode_method(out, ch, &method));
         }
+    }
+}
+
+impl ChannelView for ChannelDeliveries {
+    fn info(&self) -> ChannelInfo {
+        let unacked = self.lock().unacked.len() as u64;
+        self.gauges.load(unacked)
     }
 }

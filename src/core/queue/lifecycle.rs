@@ -13,9 +13,9 @@ impl Queue {
     /// When a message enqueued at `now` expires: the lower of the queue's `x-message-ttl` and
     /// the message's `expiration` property (an invalid one, which AMQP publishers cannot send,
     /// is ignored).
-    pub(super) fn expiry_of(&self, expiration: Option<&str>, now: u64) -> Option<u64> {
+    pub(super) fn expiry_of(st: &QueueState, expiration: Option<&str>, now: u64) -> Option<u64> {
         let per_message = expiration.and_then(|e| args::parse_expiration(e).ok());
-        let ttl = match (self.args().message_ttl, per_message) {
+        let ttl = match (st.args().message_ttl, per_message) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -35,7 +35,7 @@ impl Queue {
     /// restart never brings it back, and it is kept for the dead-letter exchange if the queue
     /// has one.
     pub(super) fn leave(&self, st: &mut QueueState, q: Queued, reason: Reason) {
-        if self.args().dead_letter_exchange.is_some() {
+        if st.args().dead_letter_exchange.is_some() {
             // An unreadable entry was settled and dropped by `load`.
             let Some(message) = self.load(&q) else {
                 return;
@@ -58,10 +58,10 @@ impl Queue {
 
     /// Whether one more message of `body_len` bytes would take the queue past a length limit.
     pub(super) fn would_overflow(&self, st: &QueueState, body_len: u64) -> bool {
-        self.args()
+        st.args()
             .max_length
             .is_some_and(|m| st.ready.len() as u64 >= m)
-            || self
+            || st
                 .args()
                 .max_length_bytes
                 .is_some_and(|m| st.ready_bytes.saturating_add(body_len) > m)
@@ -71,10 +71,10 @@ impl Queue {
     /// limits again.
     pub(super) fn drop_over_limit(&self, st: &mut QueueState) {
         let over = |st: &QueueState| {
-            self.args()
+            st.args()
                 .max_length
                 .is_some_and(|m| st.ready.len() as u64 > m)
-                || self
+                || st
                     .args()
                     .max_length_bytes
                     .is_some_and(|m| st.ready_bytes > m)
@@ -97,7 +97,7 @@ impl Queue {
         if st.deleted {
             return;
         }
-        let idle = self
+        let idle = st
             .args()
             .expires
             .filter(|_| st.consumers.is_empty())
@@ -152,7 +152,7 @@ impl Queue {
             return;
         }
         self.expire_heads(&mut st, now);
-        if let Some(e) = self.args().expires {
+        if let Some(e) = st.args().expires {
             if st.consumers.is_empty() && now >= st.last_used.saturating_add(e) {
                 st.expire_queue = true;
             }

@@ -55,6 +55,14 @@ pub trait ConsumerSink: Send + Sync {
     fn deliver(&self, queue: &Arc<Queue>, delivery: Delivery);
     /// The queue was deleted under the consumer.
     fn cancelled(&self, queue: &Queue, consumer_tag: &str);
+    /// The consumer's own prefetch limit as listed (0: none), for the management API.
+    fn prefetch_count(&self) -> u32 {
+        0
+    }
+    /// The AMQP channel the consumer is on, for the management API; None for other protocols.
+    fn channel_number(&self) -> Option<u16> {
+        None
+    }
 }
 
 /// A consumer as the queue keeps it.
@@ -188,6 +196,18 @@ struct QueueState {
     expire_queue: bool,
     /// Message statistics, counted under the lock the queue holds anyway.
     counters: QueueCounters,
+    /// The effective arguments: declared ones over a matching policy, replaced when policies
+    /// change. None when they are all defaults, as for most queues (every MQTT session has
+    /// one): the arguments are 120 bytes.
+    args: Option<Box<QueueArgs>>,
+}
+
+impl QueueState {
+    fn args(&self) -> &QueueArgs {
+        static DEFAULT: std::sync::LazyLock<QueueArgs> =
+            std::sync::LazyLock::new(QueueArgs::default);
+        self.args.as_deref().unwrap_or(&DEFAULT)
+    }
 }
 
 /// What [`Queue::remove_consumer`] leaves behind.
@@ -213,9 +233,6 @@ pub struct Queue {
     pub exclusive_owner: Option<ConnectionId>,
     /// The arguments as declared (what redeclarations are compared with and definitions keep).
     pub arguments: FieldTable,
-    /// The effective arguments: declared ones over a matching policy. None when they are all
-    /// defaults, as for most queues (every MQTT session has one): the arguments are 120 bytes.
-    args: Option<Box<QueueArgs>>,
     /// Where persistent messages are written; None for transient queues (and tests).
     store: Option<QueueStore>,
     env: OnceLock<Attached>,
@@ -258,8 +275,8 @@ impl Queue {
                 expired: 0,
                 expire_queue: false,
                 counters: QueueCounters::default(),
+                args: boxed_unless_default(args),
             }),
-            args: boxed_unless_default(args),
         }
     }
 
@@ -268,8 +285,28 @@ impl Queue {
     pub fn with_args(mut self, args: QueueArgs) -> Self {
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         st.ready = Ready::new(args.levels());
-        self.args = boxed_unless_default(args);
+        st.args = boxed_unless_default(args);
         self
+    }
+
+    /// Replaces the effective arguments of a queue in use, as a policy set or cleared at run
+    /// time does: a lower length limit drops (or dead-letters) the excess at once, a new
+    /// `x-expires` or TTL re-arms the timer, and messages already queued keep the expiry they
+    /// got when enqueued (as in RabbitMQ). The priority levels stay as declared: ready
+    /// messages are already placed in them.
+    pub fn set_args(self: &Arc<Self>, mut args: QueueArgs) {
+        let mut st = self.lock();
+        if st.deleted {
+            return;
+        }
+        args.max_priority = st.args().max_priority;
+        if *st.args() == args {
+            return;
+        }
+        st.args = boxed_unless_default(args);
+        self.drop_over_limit(&mut st);
+        self.dispatch_locked(&mut st);
+        self.finish(st);
     }
 
     /// Makes the queue write its persistent messages to the log.
@@ -293,11 +330,9 @@ impl Queue {
         }
     }
 
-    /// The effective arguments.
-    pub fn args(&self) -> &QueueArgs {
-        static DEFAULT: std::sync::LazyLock<QueueArgs> =
-            std::sync::LazyLock::new(QueueArgs::default);
-        self.args.as_deref().unwrap_or(&DEFAULT)
+    /// The effective arguments (a copy: a policy may replace them at any time).
+    pub fn args(&self) -> QueueArgs {
+        self.lock().args().clone()
     }
 
     /// The queue's id in the message log, when it has one.
@@ -357,14 +392,13 @@ impl Queue {
         if st.deleted {
             return Enqueued::default();
         }
-        let may_expire =
-            self.args().message_ttl.is_some() || message.properties.expiration.is_some();
+        let may_expire = st.args().message_ttl.is_some() || message.properties.expiration.is_some();
         let now = self.now_for_expiry(&st, may_expire);
         let body_len = message.body.len() as u64;
         self.expire_heads(&mut st, now);
-        if self.args().overflow != Overflow::DropHead && self.would_overflow(&st, body_len) {
-            if self.args().overflow == Overflow::RejectPublishDlx
-                && self.args().dead_letter_exchange.is_some()
+        if st.args().overflow != Overflow::DropHead && self.would_overflow(&st, body_len) {
+            if st.args().overflow == Overflow::RejectPublishDlx
+                && st.args().dead_letter_exchange.is_some()
             {
                 st.dead.push(DeadLetter {
                     message,
@@ -395,8 +429,8 @@ impl Queue {
         if !page_out {
             st.memory_bytes += footprint(body_len);
         }
-        let level = self.args().level_of(message.properties.priority);
-        let expires_at = self.expiry_of(message.properties.expiration.as_deref(), now);
+        let level = st.args().level_of(message.properties.priority);
+        let expires_at = Self::expiry_of(&st, message.properties.expiration.as_deref(), now);
         st.ready.push_back(Queued {
             id,
             message: (!page_out).then_some(message),
@@ -468,7 +502,7 @@ impl Queue {
     /// equals.
     fn pick_consumer(&self, st: &mut QueueState) -> Option<(Arc<dyn ConsumerSink>, bool)> {
         let reserve = |c: &Consumer| c.sink.try_reserve(!c.no_ack);
-        let c = if self.args().single_active_consumer {
+        let c = if st.args().single_active_consumer {
             st.consumers.first().filter(|c| reserve(c))?
         } else {
             st.consumers.pick(reserve)?

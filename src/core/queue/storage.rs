@@ -86,8 +86,8 @@ impl Queue {
             if e.message.is_some() {
                 st.memory_bytes += footprint(e.body_len);
             }
-            let level = self.args().level_of(e.priority);
-            let expires_at = self.expiry_of(e.expiration.as_deref(), now);
+            let level = st.args().level_of(e.priority);
+            let expires_at = Self::expiry_of(&st, e.expiration.as_deref(), now);
             st.ready.push_back(Queued {
                 id: e.seq,
                 message: e.message,
