@@ -35,7 +35,7 @@ enum Command {
         ports_file: Option<PathBuf>,
     },
     /// Load-test a broker (AMQP, STOMP, cross-protocol) on 127.0.0.1 by default.
-    Bench(switchboard::bench::cli::BenchArgs),
+    Bench(Box<switchboard::bench::cli::BenchArgs>),
     /// Query and manage a running broker through its HTTP API, like rabbitmqctl.
     Ctl {
         /// Base URL of the broker's HTTP API.
@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve { config, ports_file } => serve(config, ports_file),
-        Command::Bench(args) => switchboard::bench::cli::main(args),
+        Command::Bench(args) => switchboard::bench::cli::main(*args),
         Command::Ctl {
             url,
             user,

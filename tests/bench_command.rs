@@ -258,3 +258,28 @@ async fn idle_connections_are_opened_and_counted() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declare_makes_and_deletes_every_queue_and_times_both_phases() {
+    let b = TestBroker::start().await;
+    let o = options(&b);
+    let report = bounded(switchboard::bench::declare::run(&o, 200, 4))
+        .await
+        .expect("bench declare runs");
+    assert_eq!((report.queues, report.channels), (200, 4));
+    for phase in [&report.declare, &report.delete] {
+        assert!(phase.seconds > 0.0 && phase.per_second > 0.0, "{report:?}");
+        assert!(phase.first_tenth_per_second > 0.0, "{report:?}");
+        assert!(phase.last_tenth_per_second > 0.0, "{report:?}");
+    }
+    let vhost = b.broker().vhost("/").expect("vhost /");
+    let left = vhost
+        .queues()
+        .iter()
+        .filter(|q| q.name.starts_with(&o.queue))
+        .count();
+    assert_eq!(left, 0, "every declared queue was deleted");
+    let json: serde_json::Value = serde_json::from_str(&report.json()).expect("JSON parses");
+    assert_eq!(json["queues"], 200);
+    assert!(report.render().contains("last 10%"));
+}

@@ -1211,7 +1211,7 @@ async fn channel_objects_show_prefetch_unacked_confirms_and_transactions() {
     .await;
 
     let confirm_ch = confirm_channel(&c).await;
-    assert!(publish_confirmed(&confirm_ch, "", &q, b"confirmed")
+    assert!(publish_for_confirmation(&confirm_ch, "", &q, b"confirmed")
         .await
         .is_ack());
     let ch2 = channel_object(&b, &conn, 2).await;

@@ -271,8 +271,7 @@ fn write_legacy_data_dir(dir: &Path) {
     let mut segment = Vec::new();
     switchboard::store::record::encode_enqueue(
         &mut segment,
-        4242,
-        0,
+        switchboard::store::record::Entry::new(4242, 0),
         "legacy-ex",
         "a.b",
         &props,

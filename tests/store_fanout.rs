@@ -32,17 +32,7 @@ async fn a_fanned_out_body_is_written_once_and_kept_until_the_last_queue_acks() 
     let b = TestBroker::start_in(&dir, |_| {}).await;
     let (_c, ch) = b.channel().await;
     let x = unique("fan");
-    bounded(ch.exchange_declare(
-        x.as_str().into(),
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    ))
-    .await
-    .expect("exchange");
+    declare_durable_exchange(&ch, &x, ExchangeKind::Fanout).await;
     let queues: Vec<String> = (0..QUEUES).map(|i| unique(&format!("fan-q{i}"))).collect();
     for q in &queues {
         bounded(ch.queue_declare(

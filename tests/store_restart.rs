@@ -10,67 +10,13 @@ use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
 
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    }
-}
-
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
-}
-
-async fn declare_durable(ch: &lapin::Channel, name: &str, args: FieldTable) {
-    bounded(ch.queue_declare(name.into(), durable(), args))
-        .await
-        .expect("durable queue.declare");
-}
-
-async fn confirm_mode(ch: &lapin::Channel) {
-    bounded(ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .expect("confirm.select");
-}
-
-/// Publishes with confirms and waits for the broker's ack.
-async fn publish_confirmed(
-    ch: &lapin::Channel,
-    exchange: &str,
-    key: &str,
-    body: &[u8],
-    props: BasicProperties,
-) {
-    let confirm = bounded(ch.basic_publish(
-        exchange.into(),
-        key.into(),
-        BasicPublishOptions::default(),
-        body,
-        props,
-    ))
-    .await
-    .expect("publish");
-    let c = bounded(confirm).await.expect("confirm");
-    assert!(c.is_ack(), "publish was nacked");
-}
-
 #[tokio::test]
 async fn durable_definitions_survive_and_transient_ones_do_not() {
     let dir = fresh_data_dir();
     let b = TestBroker::start_in(&dir, |_| {}).await;
     let (c, ch) = b.channel().await;
     let ex = unique("dur-ex");
-    bounded(ch.exchange_declare(
-        ex.as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    ))
-    .await
-    .expect("durable exchange");
+    declare_durable_exchange(&ch, &ex, ExchangeKind::Topic).await;
     declare_exchange(&ch, &unique("transient-ex"), ExchangeKind::Fanout).await;
     let q = unique("dur-q");
     let mut args = FieldTable::default();

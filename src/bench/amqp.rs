@@ -58,7 +58,7 @@ pub async fn declare_fanout(o: &Options, exchange: &str) -> Result<(), BenchErro
 }
 
 /// A reply is what was asked for unless the broker closed the channel instead.
-fn expect_ok(m: Method) -> Result<Method, BenchError> {
+pub(super) fn expect_ok(m: Method) -> Result<Method, BenchError> {
     match m {
         Method::ChannelClose(c) => Err(BenchError::Refused(format!(
             "{} {}",
@@ -79,9 +79,12 @@ pub async fn start_consumer(
     let queue = match source {
         Source::Queue(q) => q.clone(),
         Source::Bound { exchange, key } => {
+            // Persistent runs need durable queues (exclusive ones are never stored); auto-delete
+            // either way, so the queue goes with its consumer.
             let Method::QueueDeclareOk(ok) = expect_ok(
                 c.call(QueueDeclare {
-                    exclusive: true,
+                    durable: o.persistent,
+                    exclusive: !o.persistent,
                     auto_delete: true,
                     ..Default::default()
                 })

@@ -21,6 +21,9 @@ pub enum ScenarioName {
     Mqtt,
     /// Publish with --from, consume with --to, through amq.topic (each consumer gets all).
     Cross,
+    /// Declare --queues durable queues over --channels connections, then delete them: rates
+    /// overall and in the first and last tenth.
+    Declare,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,6 +128,12 @@ pub struct BenchArgs {
     /// The broker's pid: report its CPU seconds per million messages and peak RSS.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Durable queues `declare` makes and deletes.
+    #[arg(long, default_value_t = 10_000)]
+    queues: u64,
+    /// Connections (one channel each, one declare in flight on each) `declare` uses.
+    #[arg(long, default_value_t = 16)]
+    channels: usize,
     /// Print one JSON object with every figure instead of the table.
     #[arg(long)]
     json: bool,
@@ -134,8 +143,9 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    pub fn scenario(&self) -> Scenario {
-        match self.scenario {
+    /// The messaging scenario to run (None for `declare`, which is not one).
+    pub fn scenario(&self) -> Option<Scenario> {
+        Some(match self.scenario {
             ScenarioName::Amqp => Scenario::Amqp,
             ScenarioName::AmqpFanout => Scenario::AmqpFanout,
             ScenarioName::Stomp => Scenario::Stomp,
@@ -144,7 +154,8 @@ impl BenchArgs {
                 from: self.from.into(),
                 to: self.to.into(),
             },
-        }
+            ScenarioName::Declare => return None,
+        })
     }
 
     pub fn options(&self) -> Options {
@@ -181,7 +192,9 @@ impl BenchArgs {
         };
         if let Some(addr) = self.addr {
             match self.scenario {
-                ScenarioName::Amqp | ScenarioName::AmqpFanout => o.amqp_addr = addr,
+                ScenarioName::Amqp | ScenarioName::AmqpFanout | ScenarioName::Declare => {
+                    o.amqp_addr = addr
+                }
                 ScenarioName::Stomp => o.stomp_addr = addr,
                 ScenarioName::Mqtt => o.mqtt_addr = addr,
                 // Two protocols: --addr means the publishing side.
@@ -200,9 +213,18 @@ impl BenchArgs {
 pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let options = args.options();
+    let Some(scenario) = args.scenario() else {
+        let report = runtime.block_on(super::declare::run(&options, args.queues, args.channels))?;
+        if args.json {
+            println!("{}", report.json());
+        } else {
+            print!("{}", report.render());
+        }
+        return Ok(());
+    };
     let report = match args.connections {
         Some(n) => runtime.block_on(super::connections::run(&options, n))?,
-        None => runtime.block_on(run(args.scenario(), &options))?,
+        None => runtime.block_on(run(scenario, &options))?,
     };
     if args.json {
         println!("{}", report.json());

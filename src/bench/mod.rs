@@ -2,9 +2,10 @@
 //!
 //! Scenarios: AMQP publish → queue → consume, AMQP fan-out, STOMP send → subscribe, MQTT
 //! publish → subscribe at QoS 0/1/2 (3.1.1 and 5), cross-protocol flows, and idle MQTT
-//! connections (`--connections`). Every body carries a stamp (run, publisher, sequence number, send
-//! time; see [`body`]), from which consumers measure latency into an HDR histogram and count
-//! loss and duplicates exactly. Given the broker's pid, a run reports the broker's CPU seconds
+//! connections (`--connections`); `declare` times durable queue declares and deletes (see
+//! [`declare`]). Every body carries a stamp (run, publisher, sequence number, send time; see
+//! [`body`]), from which consumers measure latency into an HDR histogram and count loss and
+//! duplicates exactly. Given the broker's pid, a run reports the broker's CPU seconds
 //! per million messages (the figure that holds on a shared machine) and its peak RSS.
 
 pub mod amqp;
@@ -12,6 +13,7 @@ pub mod body;
 pub mod cli;
 pub mod client;
 pub mod connections;
+pub mod declare;
 pub mod live;
 pub mod mqtt;
 pub mod procfs;
@@ -71,7 +73,8 @@ impl Protocol {
 pub enum Scenario {
     /// Publishers → one queue → competing consumers.
     Amqp,
-    /// Publishers → a fanout exchange → one private queue per consumer.
+    /// Publishers → a fanout exchange → one private queue per consumer (durable with
+    /// `persistent`).
     AmqpFanout,
     /// SEND to `/queue/NAME.stomp` → competing subscribers.
     Stomp,

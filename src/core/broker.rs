@@ -4,7 +4,7 @@
 use super::access::records::{encode, VHostRecord};
 use super::access::Access;
 use super::channel_info::{ChannelInfo, ChannelView};
-use super::clock::SystemClock;
+use super::clock::{Clock, SystemClock};
 use super::memory::MemoryMonitor;
 use super::policy::Policies;
 use super::queue::ConnectionId;
@@ -144,19 +144,25 @@ impl Broker {
         }
         let access = Access::seeded(&config, &names, None);
         Self::assemble(
+            Arc::new(SystemClock),
             config,
             memory,
             None,
             access,
             policies,
             vhosts,
-            RecoveredKeyed::default(),
         )
     }
 
     /// A broker on the store in `config.server.data_dir`: durable definitions and persistent
     /// messages are recovered from it and written to it.
     pub fn open(config: Config) -> Result<Arc<Self>, StoreError> {
+        Self::open_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// [`Broker::open`] with the core reading time from `clock` (tests move it by hand, across
+    /// restarts too).
+    pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Self>, StoreError> {
         let memory = MemoryMonitor::new(config.memory_high_watermark_bytes());
         // Users, vhosts and permissions come from the store; the configuration's only seed
         // a data directory that has none.
@@ -190,6 +196,7 @@ impl Broker {
                 policies.clone(),
                 defs,
                 &mut recovered.log,
+                clock.now_ms(),
                 &memory,
             );
             vhosts.insert(defs.vhost.clone(), Arc::new(vh));
@@ -213,13 +220,13 @@ impl Broker {
         };
         let keyed = std::mem::take(&mut recovered.log.keyed);
         Ok(Self::assemble(
+            clock,
             config,
             memory,
-            Some(store),
+            Some((store, keyed)),
             access,
             policies,
             vhosts,
-            keyed,
         ))
     }
 
@@ -233,21 +240,26 @@ impl Broker {
     }
 
     fn assemble(
+        clock: Arc<dyn Clock>,
         config: Config,
         memory: Arc<MemoryMonitor>,
-        store: Option<Arc<Store>>,
+        store: Option<(Arc<Store>, RecoveredKeyed)>,
         access: Access,
         policies: Arc<Policies>,
         vhosts: DashMap<String, Arc<VHost>>,
-        keyed_at_start: RecoveredKeyed,
     ) -> Arc<Self> {
+        // With the store, what it held at start of keyed state, for its owners to take.
+        let (store, keyed_at_start) = match store {
+            Some((store, keyed)) => (Some(store), keyed),
+            None => (None, RecoveredKeyed::default()),
+        };
         // The seed's passwords are hashed by now; the running broker keeps no plain text.
         let mut config = config;
         for u in &mut config.users {
             u.password.clear();
         }
         let (shutdown, _) = watch::channel(false);
-        let timer = Timer::new(Arc::new(SystemClock));
+        let timer = Timer::new(clock);
         for vh in vhosts.iter() {
             vh.attach(timer.clone(), Some(memory.clone()));
             vh.set_topic_max_words(config.server.topic_max_words);
@@ -316,6 +328,7 @@ impl Broker {
                             ..Default::default()
                         },
                         &mut RecoveredLog::default(),
+                        self.timer.now_ms(),
                         &self.memory,
                     ),
                     None => VHost::with_policies(name, self.policies.clone()),

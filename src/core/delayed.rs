@@ -13,6 +13,7 @@ use super::queue::read_back;
 use super::timer::{Timed, Timer};
 use super::vhost::VHost;
 use crate::store::log::RecordPos;
+use crate::store::record::Entry;
 use crate::store::recovery::RecoveredQueue;
 use crate::store::MessageLog;
 use std::cmp::Reverse;
@@ -156,7 +157,8 @@ impl DelayedHold {
         st.next_seq += 1;
         let (entry, lsn) = match self.store.get() {
             Some(store) if held.is_persistent() => {
-                let a = crate::core::stored::append_message(&store.log, store.id, seq, &held);
+                let place = Entry::new(store.id, seq);
+                let a = crate::core::stored::append_message(&store.log, place, &held);
                 (Held::Stored(a.at), a.lsn)
             }
             _ => (Held::InMemory(held), 0),
@@ -285,7 +287,8 @@ impl DelayedHold {
                 continue;
             };
             // Whole: a reference would point back into the segment being emptied.
-            let a = crate::core::stored::append_whole_message(&store.log, store.id, *seq, &message);
+            let place = Entry::new(store.id, *seq);
+            let a = crate::core::stored::append_whole_message(&store.log, place, &message);
             *h = Held::Stored(a.at);
             moved.push(old);
         }

@@ -4,19 +4,20 @@
 use super::message::Message;
 use super::Broker;
 use crate::store::log::{Appended, MessageLog};
+use crate::store::record::Entry;
 use bytes::BytesMut;
 use std::sync::Arc;
 
-/// Appends the record of `message` entering durable queue (or delayed hold) `queue` as `seq`:
-/// a reference to the record it was already written to for another queue (a fan-out writes
-/// the body once), else the whole message.
-pub fn append_message(log: &MessageLog, queue: u64, seq: u64, message: &Message) -> Appended {
+/// Appends the record of `message` making `entry` in a durable queue (or delayed hold): a
+/// reference to the record it was already written to for another queue (a fan-out writes the
+/// body once), else the whole message.
+pub fn append_message(log: &MessageLog, entry: Entry, message: &Message) -> Appended {
     if let Some(&body) = message.stored.get() {
-        if let Some(a) = log.append_reference(queue, seq, body) {
+        if let Some(a) = log.append_reference(entry, body) {
             return a;
         }
     }
-    let a = append_whole_message(log, queue, seq, message);
+    let a = append_whole_message(log, entry, message);
     // The first record written stays the one referenced (a racing second writer keeps its own).
     let _ = message.stored.set(a.at);
     a
@@ -25,7 +26,7 @@ pub fn append_message(log: &MessageLog, queue: u64, seq: u64, message: &Message)
 /// Appends an enqueue record holding the whole of `message` (for compaction, which must not
 /// point back into the segment it empties). The property block is the one the message arrived
 /// with when it has one (no re-encoding on the hot path).
-pub fn append_whole_message(log: &MessageLog, queue: u64, seq: u64, message: &Message) -> Appended {
+pub fn append_whole_message(log: &MessageLog, entry: Entry, message: &Message) -> Appended {
     let encoded;
     let props: &[u8] = match &message.raw_properties {
         Some(raw) => raw,
@@ -37,8 +38,7 @@ pub fn append_whole_message(log: &MessageLog, queue: u64, seq: u64, message: &Me
         }
     };
     log.append_enqueue(
-        queue,
-        seq,
+        entry,
         &message.exchange,
         &message.routing_key,
         props,

@@ -153,19 +153,20 @@ impl VHost {
     }
 
     /// A vhost whose durable definitions and persistent messages go to `store`, rebuilt from
-    /// what the store recovered; its queues follow `policies`.
+    /// what the store recovered at `now` (the broker's clock); its queues follow `policies`.
     pub fn with_store(
         name: &str,
         store: Arc<Store>,
         policies: Arc<Policies>,
         defs: &VHostDefinitions,
         recovered: &mut crate::store::RecoveredLog,
+        now: u64,
         memory: &Arc<super::memory::MemoryMonitor>,
     ) -> Self {
         let mut vh = VHost::with_policies(name, policies);
         vh.store = Some(store);
         vh.store_memory = Some(memory.clone());
-        vh.restore(defs, recovered, memory);
+        vh.restore(defs, recovered, now, memory);
         vh.persisting.store(true, Ordering::Release);
         vh
     }
@@ -241,6 +242,7 @@ impl VHost {
         &self,
         defs: &VHostDefinitions,
         recovered: &mut crate::store::RecoveredLog,
+        now: u64,
         memory: &Arc<super::memory::MemoryMonitor>,
     ) {
         let table = |s: &str, what: &str| {
@@ -278,6 +280,7 @@ impl VHost {
                 0,
                 Some(qd.id),
             ));
+            queue.recover_idle_since(&recovered.keyed);
             if let Some(rq) = recovered.queues.remove(&qd.id) {
                 let budget = self
                     .store
@@ -317,10 +320,11 @@ impl VHost {
                             message,
                             priority,
                             expiration,
+                            expires_at: m.expires,
                         })
                     })
                     .collect();
-                queue.recover(entries, rq.max_seq);
+                queue.recover(entries, rq.max_seq, now);
             }
             self.queues.insert(qd.name.clone(), queue);
         }

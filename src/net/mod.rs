@@ -88,6 +88,14 @@ fn local_addrs(ls: &[TcpListener]) -> Vec<SocketAddr> {
 
 /// Binds the configured listeners and starts serving.
 pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
+    start_with_clock(config, Arc::new(crate::core::clock::SystemClock)).await
+}
+
+/// [`start`] with the core reading time from `clock` (see [`Broker::open_with_clock`]).
+pub async fn start_with_clock(
+    config: Config,
+    clock: Arc<dyn crate::core::clock::Clock>,
+) -> Result<RunningBroker, ServerError> {
     let amqp_ls = bind_all("AMQP", &config.amqp.listen).await?;
     let mqtt_ls = bind_all("MQTT", &config.mqtt.listen).await?;
     let stomp_ls = bind_all("STOMP", &config.stomp.listen).await?;
@@ -104,7 +112,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     let tls = any_tls
         .then(|| tls::TlsServer::new(&config.tls).map(Arc::new))
         .transpose()?;
-    let broker = Broker::open(config)?;
+    let broker = Broker::open_with_clock(config, clock)?;
     let addrs = BoundAddrs {
         amqp: local_addrs(&amqp_ls),
         mqtt: local_addrs(&mqtt_ls),

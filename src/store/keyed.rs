@@ -23,6 +23,9 @@ pub mod kind {
     pub const TOPIC_PERMISSION: u8 = 8;
     pub const MQTT_SESSION: u8 = 9;
     pub const RETAINED: u8 = 10;
+    /// When a durable queue with `x-expires` became unused (key: its log id; value: u64
+    /// big-endian ms since the Unix epoch).
+    pub const QUEUE_IDLE: u8 = 11;
 }
 
 /// A key made of several fields (a vhost and a queue name, say): each field as a 16-bit

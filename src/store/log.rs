@@ -12,7 +12,8 @@
 
 use super::keyed::index_key;
 use super::record::{
-    encode_delete, encode_enqueue, encode_put, encode_reference, encode_settle, scan, Record, Scan,
+    encode_delete, encode_enqueue, encode_put, encode_reference, encode_settle, scan, Entry,
+    Record, Scan,
 };
 use super::FsyncPolicy;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -382,12 +383,11 @@ impl MessageLog {
         Ok(bytes::Bytes::from(buf))
     }
 
-    /// Appends an enqueue record for a message entering durable queue `queue` as `seq`:
-    /// where it was published, its AMQP content-header property block and its body.
+    /// Appends an enqueue record for a message making `entry` in a durable queue: where it
+    /// was published, its AMQP content-header property block and its body.
     pub fn append_enqueue(
         &self,
-        queue: u64,
-        seq: u64,
+        entry: Entry,
         exchange: &str,
         routing_key: &str,
         properties: &[u8],
@@ -395,22 +395,22 @@ impl MessageLog {
     ) -> Appended {
         let mut p = self.lock();
         let (a, was_idle) = self.append_locked(&mut p, true, |out| {
-            encode_enqueue(out, queue, seq, exchange, routing_key, properties, body)
+            encode_enqueue(out, entry, exchange, routing_key, properties, body)
         });
         p.bodies.insert(a.at, 1);
         self.unlock_and_wake(p, was_idle);
         a
     }
 
-    /// Appends a reference record: the message of the enqueue record at `body` entered durable
-    /// queue `queue` as `seq` (a fan-out writes the body once). None when that record is no
+    /// Appends a reference record: the message of the enqueue record at `body` makes `entry`
+    /// in a durable queue (a fan-out writes the body once). None when that record is no
     /// longer live (every entry holding it was settled): then the caller writes the message in
     /// full.
-    pub fn append_reference(&self, queue: u64, seq: u64, body: RecordPos) -> Option<Appended> {
+    pub fn append_reference(&self, entry: Entry, body: RecordPos) -> Option<Appended> {
         let mut p = self.lock();
         *p.bodies.get_mut(&body)? += 1;
         let (a, was_idle) =
-            self.append_locked(&mut p, true, |out| encode_reference(out, queue, seq, body));
+            self.append_locked(&mut p, true, |out| encode_reference(out, entry, body));
         p.references.insert(a.at, body);
         self.unlock_and_wake(p, was_idle);
         Some(a)

@@ -143,6 +143,14 @@ impl Store {
             path: messages_dir,
             source,
         })?;
+        // Idle times of queues no longer defined: a crash came between deleting a queue and
+        // deleting its idle time.
+        for (key, _) in log.keyed.of_kind(kind::QUEUE_IDLE) {
+            let id = <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes);
+            if !id.is_some_and(|id| known.contains(&id)) {
+                message_log.delete(kind::QUEUE_IDLE, key);
+            }
+        }
         let store = Arc::new(Store {
             log: message_log,
             queue_memory_budget: config.queue_memory_bytes,

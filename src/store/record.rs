@@ -7,7 +7,16 @@
 //!         | 3 kind:u8 key_len:u32 key value                                        (put)
 //!         | 4 kind:u8 key_len:u32 key                                              (delete)
 //!         | 5 queue:u64 seq:u64 segment:u64 offset:u64 len:u32                     (reference)
+//!         | 6 queue:u64 seq:u64 expires:u64 exchange:str8 key:str8 props_len:u32 props body
+//!                                                                     (enqueue, expiring)
+//!         | 7 queue:u64 seq:u64 expires:u64 segment:u64 offset:u64 len:u32
+//!                                                                     (reference, expiring)
 //! ```
+//!
+//! Types 6 and 7 are 1 and 5 for a message with a TTL in its queue: `expires` is when it
+//! expires there (ms since the Unix epoch), so its TTL counts from when it was enqueued across
+//! restarts. Messages without a TTL keep the older types, which logs of earlier releases hold
+//! (their messages' TTLs count again from the restart, as they did then).
 //!
 //! A reference record enqueues, in another durable queue, the message of the enqueue record at
 //! `segment`/`offset` (`len` bytes long): a message routed to N durable queues is written once
@@ -36,6 +45,8 @@ const SETTLE: u8 = 2;
 const PUT: u8 = 3;
 const DELETE: u8 = 4;
 const REFERENCE: u8 = 5;
+const ENQUEUE_EXPIRING: u8 = 6;
+const REFERENCE_EXPIRING: u8 = 7;
 
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +55,8 @@ pub enum Record {
     Enqueue {
         queue: u64,
         seq: u64,
+        /// When it expires in `queue` (ms since the Unix epoch), if it has a TTL there.
+        expires: Option<u64>,
         exchange: String,
         routing_key: String,
         properties: Bytes,
@@ -59,6 +72,8 @@ pub enum Record {
     Reference {
         queue: u64,
         seq: u64,
+        /// When it expires in `queue`, as for [`Record::Enqueue`].
+        expires: Option<u64>,
         body: RecordPos,
     },
 }
@@ -92,11 +107,40 @@ fn frame(out: &mut [u8], payload_start: usize) {
     out[header + 8..header + 12].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Which queue entry an enqueue or reference record makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub queue: u64,
+    pub seq: u64,
+    /// When the message expires in `queue` (ms since the Unix epoch), if it has a TTL there.
+    pub expires: Option<u64>,
+}
+
+impl Entry {
+    /// An entry of a message without a TTL.
+    pub fn new(queue: u64, seq: u64) -> Self {
+        Entry {
+            queue,
+            seq,
+            expires: None,
+        }
+    }
+
+    /// The record type (the expiring one of `types` when `expires` is set) and the fields.
+    fn put(self, out: &mut Vec<u8>, types: [u8; 2]) {
+        out.put_u8(types[usize::from(self.expires.is_some())]);
+        out.put_u64(self.queue);
+        out.put_u64(self.seq);
+        if let Some(t) = self.expires {
+            out.put_u64(t);
+        }
+    }
+}
+
 /// Appends an enqueue record to `out`.
 pub fn encode_enqueue(
     out: &mut Vec<u8>,
-    queue: u64,
-    seq: u64,
+    entry: Entry,
     exchange: &str,
     routing_key: &str,
     properties: &[u8],
@@ -105,11 +149,9 @@ pub fn encode_enqueue(
     let start = out.len();
     out.resize(start + HEADER_LEN, 0);
     out.reserve(
-        1 + 16 + 2 + exchange.len() + routing_key.len() + 4 + properties.len() + body.len(),
+        1 + 24 + 2 + exchange.len() + routing_key.len() + 4 + properties.len() + body.len(),
     );
-    out.put_u8(ENQUEUE);
-    out.put_u64(queue);
-    out.put_u64(seq);
+    entry.put(out, [ENQUEUE, ENQUEUE_EXPIRING]);
     put_str8(out, exchange);
     put_str8(out, routing_key);
     out.put_u32(properties.len() as u32);
@@ -132,12 +174,10 @@ pub fn encode_settle(out: &mut Vec<u8>, queue: u64, seqs: &[u64]) {
 }
 
 /// Appends a reference record to `out`.
-pub fn encode_reference(out: &mut Vec<u8>, queue: u64, seq: u64, body: RecordPos) {
+pub fn encode_reference(out: &mut Vec<u8>, entry: Entry, body: RecordPos) {
     let start = out.len();
     out.resize(start + HEADER_LEN, 0);
-    out.put_u8(REFERENCE);
-    out.put_u64(queue);
-    out.put_u64(seq);
+    entry.put(out, [REFERENCE, REFERENCE_EXPIRING]);
     out.put_u64(body.segment);
     out.put_u64(body.offset);
     out.put_u32(body.len);
@@ -219,12 +259,18 @@ fn decode_payload(mut p: Bytes) -> Option<Record> {
     if p.is_empty() {
         return None;
     }
-    match p.get_u8() {
-        ENQUEUE => {
-            if p.len() < 16 {
-                return None;
-            }
-            let (queue, seq) = (p.get_u64(), p.get_u64());
+    let tag = p.get_u8();
+    let entry = |p: &mut Bytes, expiring: bool| {
+        let n = if expiring { 24 } else { 16 };
+        if p.len() < n {
+            return None;
+        }
+        let (queue, seq) = (p.get_u64(), p.get_u64());
+        Some((queue, seq, expiring.then(|| p.get_u64())))
+    };
+    match tag {
+        ENQUEUE | ENQUEUE_EXPIRING => {
+            let (queue, seq, expires) = entry(&mut p, tag == ENQUEUE_EXPIRING)?;
             let exchange = get_str8(&mut p)?;
             let routing_key = get_str8(&mut p)?;
             if p.len() < 4 {
@@ -238,6 +284,7 @@ fn decode_payload(mut p: Bytes) -> Option<Record> {
             Some(Record::Enqueue {
                 queue,
                 seq,
+                expires,
                 exchange,
                 routing_key,
                 properties,
@@ -268,17 +315,22 @@ fn decode_payload(mut p: Bytes) -> Option<Record> {
             let (kind, key) = get_kind_key(&mut p)?;
             p.is_empty().then_some(Record::Delete { kind, key })
         }
-        REFERENCE => {
-            if p.len() != 36 {
+        REFERENCE | REFERENCE_EXPIRING => {
+            let (queue, seq, expires) = entry(&mut p, tag == REFERENCE_EXPIRING)?;
+            if p.len() != 20 {
                 return None;
             }
-            let (queue, seq) = (p.get_u64(), p.get_u64());
             let body = RecordPos {
                 segment: p.get_u64(),
                 offset: p.get_u64(),
                 len: p.get_u32(),
             };
-            Some(Record::Reference { queue, seq, body })
+            Some(Record::Reference {
+                queue,
+                seq,
+                expires,
+                body,
+            })
         }
         _ => None,
     }
@@ -300,7 +352,7 @@ mod tests {
 
     fn enqueue(body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_enqueue(&mut out, 7, 42, "ex", "a.b", &[0x80, 0], body);
+        encode_enqueue(&mut out, Entry::new(7, 42), "ex", "a.b", &[0x80, 0], body);
         out
     }
 
@@ -311,19 +363,46 @@ mod tests {
             offset: 1 << 33,
             len: 77,
         };
+        for expires in [None, Some(1_700_000_000_123)] {
+            let mut out = Vec::new();
+            let entry = Entry {
+                expires,
+                ..Entry::new(9, 5)
+            };
+            encode_reference(&mut out, entry, body);
+            let data = Bytes::from(out);
+            assert_eq!(
+                scan(&data, 0),
+                Scan::Record(
+                    Record::Reference {
+                        queue: 9,
+                        seq: 5,
+                        expires,
+                        body
+                    },
+                    data.len()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn an_expiring_enqueue_round_trips_and_costs_eight_bytes_more() {
+        let plain = enqueue(b"hello");
         let mut out = Vec::new();
-        encode_reference(&mut out, 9, 5, body);
+        let entry = Entry {
+            expires: Some(99),
+            ..Entry::new(7, 42)
+        };
+        encode_enqueue(&mut out, entry, "ex", "a.b", &[0x80, 0], b"hello");
+        assert_eq!(out.len(), plain.len() + 8);
         let data = Bytes::from(out);
+        let Scan::Record(Record::Enqueue { expires, body, .. }, end) = scan(&data, 0) else {
+            panic!("an enqueue record")
+        };
         assert_eq!(
-            scan(&data, 0),
-            Scan::Record(
-                Record::Reference {
-                    queue: 9,
-                    seq: 5,
-                    body
-                },
-                data.len()
-            )
+            (expires, &body[..], end),
+            (Some(99), &b"hello"[..], data.len())
         );
     }
 
@@ -340,6 +419,7 @@ mod tests {
             Record::Enqueue {
                 queue: 7,
                 seq: 42,
+                expires: None,
                 exchange: "ex".into(),
                 routing_key: "a.b".into(),
                 properties: Bytes::from_static(&[0x80, 0]),

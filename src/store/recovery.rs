@@ -20,6 +20,9 @@ pub struct RecoveredMessage {
     pub at: RecordPos,
     /// For a reference, the enqueue record holding the message (the fields below are its).
     pub shares: Option<RecordPos>,
+    /// When it expires in its queue (ms since the Unix epoch), if it has a TTL there and the
+    /// record says so (records of earlier releases do not).
+    pub expires: Option<u64>,
     pub exchange: String,
     pub routing_key: String,
     pub properties: Bytes,
@@ -213,6 +216,7 @@ fn read_enqueue(dir: &Path, pos: RecordPos) -> Option<RecoveredMessage> {
         ) => Some(RecoveredMessage {
             at: pos,
             shares: None,
+            expires: None,
             exchange,
             routing_key,
             properties,
@@ -266,6 +270,7 @@ fn apply(out: &mut RecoveredLog, at: RecordPos, record: Record) {
         Record::Enqueue {
             queue,
             seq,
+            expires,
             exchange,
             routing_key,
             properties,
@@ -278,6 +283,7 @@ fn apply(out: &mut RecoveredLog, at: RecordPos, record: Record) {
                 RecoveredMessage {
                     at,
                     shares: None,
+                    expires,
                     exchange,
                     routing_key,
                     properties,
@@ -299,7 +305,12 @@ fn apply(out: &mut RecoveredLog, at: RecordPos, record: Record) {
             out.keyed.put(kind, &key, RecoveredValue { at, value });
         }
         Record::Delete { kind, key } => out.keyed.delete(kind, &key),
-        Record::Reference { queue, seq, body } => {
+        Record::Reference {
+            queue,
+            seq,
+            expires,
+            body,
+        } => {
             let q = out.queues.entry(queue).or_default();
             q.max_seq = q.max_seq.max(seq);
             // The message's fields are filled in once every segment is read.
@@ -308,6 +319,7 @@ fn apply(out: &mut RecoveredLog, at: RecordPos, record: Record) {
                 RecoveredMessage {
                     at,
                     shares: Some(body),
+                    expires,
                     exchange: String::new(),
                     routing_key: String::new(),
                     properties: Bytes::new(),
@@ -321,7 +333,7 @@ fn apply(out: &mut RecoveredLog, at: RecordPos, record: Record) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::record::{encode_enqueue, encode_settle};
+    use crate::store::record::{encode_enqueue, encode_settle, Entry};
 
     fn tempdir(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!(
@@ -334,7 +346,29 @@ mod tests {
     }
 
     fn enq(out: &mut Vec<u8>, q: u64, seq: u64, body: &str) {
-        encode_enqueue(out, q, seq, "", "k", &[0, 0], body.as_bytes());
+        encode_enqueue(out, Entry::new(q, seq), "", "k", &[0, 0], body.as_bytes());
+    }
+
+    #[test]
+    fn expiring_entries_keep_their_expiry_and_older_ones_have_none() {
+        let dir = tempdir("expiring");
+        let mut s1 = Vec::new();
+        enq(&mut s1, 1, 0, "written by an earlier release");
+        let expiring = Entry {
+            expires: Some(1_700_000_060_000),
+            ..Entry::new(1, 1)
+        };
+        encode_enqueue(&mut s1, expiring, "", "k", &[0, 0], b"with a TTL");
+        std::fs::write(segment_path(&dir, 1), &s1).expect("write");
+        let log = recover(&dir).expect("recover");
+        let expiries: Vec<Option<u64>> = log.queues[&1]
+            .messages
+            .values()
+            .map(|m| m.expires)
+            .collect();
+        assert_eq!(expiries, [None, Some(1_700_000_060_000)]);
+        assert_eq!(log.corrupt_records, 0);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
@@ -412,8 +446,12 @@ mod tests {
             len: s1.len() as u32,
         };
         let first_ref = s1.len() as u64;
-        encode_reference(&mut s1, 2, 0, body);
-        encode_reference(&mut s1, 3, 0, body);
+        encode_reference(&mut s1, Entry::new(2, 0), body);
+        let expiring = Entry {
+            expires: Some(42),
+            ..Entry::new(3, 0)
+        };
+        encode_reference(&mut s1, expiring, body);
         std::fs::write(segment_path(&dir, 1), &s1).expect("write");
         // The holder's own queue settled it; queue 2 settled its reference too.
         let mut s2 = Vec::new();
@@ -427,6 +465,11 @@ mod tests {
         let m = &log.queues[&3].messages[&0];
         assert_eq!(&m.body[..], b"shared body");
         assert_eq!(m.shares, Some(body));
+        assert_eq!(
+            m.expires,
+            Some(42),
+            "a reference's own expiry, not its body's"
+        );
         let live = log.retain_queues(|_| true);
         // Live in segment 1: the body (held by queue 3 only) and queue 3's reference.
         assert_eq!(live.segments[&1].records, 2);

@@ -84,13 +84,28 @@ pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
     publish_with(ch, exchange, key, body, BasicProperties::default()).await;
 }
 
+pub async fn declare_durable_exchange(ch: &Channel, name: &str, kind: lapin::ExchangeKind) {
+    bounded(ch.exchange_declare(
+        name.into(),
+        kind,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("durable exchange.declare");
+}
+
+/// Publishes; returns the publisher confirm to wait for when `ch` is in confirm mode.
 pub async fn publish_with(
     ch: &Channel,
     exchange: &str,
     key: &str,
     body: &[u8],
     props: BasicProperties,
-) {
+) -> lapin::PublisherConfirm {
     bounded(ch.basic_publish(
         exchange.into(),
         key.into(),
@@ -99,7 +114,7 @@ pub async fn publish_with(
         props,
     ))
     .await
-    .expect("basic.publish");
+    .expect("basic.publish")
 }
 
 /// Publishes and ignores the outcome: for publishes meant to fail, whose channel may close
@@ -277,30 +292,56 @@ pub fn longstr(v: &str) -> lapin::types::AMQPValue {
     lapin::types::AMQPValue::LongString(lapin::types::LongString::from(v))
 }
 
-/// A new channel on `conn` in confirm mode.
-pub async fn confirm_channel(conn: &Connection) -> Channel {
-    let ch = bounded(conn.create_channel()).await.expect("channel");
+pub fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+pub fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+pub async fn declare_durable(ch: &Channel, name: &str, args: FieldTable) {
+    bounded(ch.queue_declare(name.into(), durable(), args))
+        .await
+        .expect("durable queue.declare");
+}
+
+pub async fn confirm_mode(ch: &Channel) {
     bounded(ch.confirm_select(ConfirmSelectOptions::default()))
         .await
         .expect("confirm.select");
+}
+
+/// A new channel on `conn` in confirm mode.
+pub async fn confirm_channel(conn: &Connection) -> Channel {
+    let ch = bounded(conn.create_channel()).await.expect("channel");
+    confirm_mode(&ch).await;
     ch
 }
 
-/// Publishes on a confirm-mode channel and waits for the broker's answer.
-pub async fn publish_confirmed(
+/// Publishes on a confirm-mode channel and returns the broker's answer, ack or nack.
+pub async fn publish_for_confirmation(
     ch: &Channel,
     exchange: &str,
     key: &str,
     body: &[u8],
 ) -> lapin::Confirmation {
-    let pending = bounded(ch.basic_publish(
-        exchange.into(),
-        key.into(),
-        BasicPublishOptions::default(),
-        body,
-        BasicProperties::default(),
-    ))
-    .await
-    .expect("basic.publish");
+    let pending = publish_with(ch, exchange, key, body, BasicProperties::default()).await;
     bounded(pending).await.expect("publisher confirm")
+}
+
+/// Publishes with confirms and waits for the broker's ack.
+pub async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    let confirm = publish_with(ch, exchange, key, body, props).await;
+    let c = bounded(confirm).await.expect("confirm");
+    assert!(c.is_ack(), "publish was nacked");
 }

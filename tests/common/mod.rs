@@ -98,7 +98,26 @@ impl TestBroker {
     }
 
     pub async fn start_config(config: Config) -> Self {
-        let running = switchboard::start(config).await.expect("broker starts");
+        let clock = std::sync::Arc::new(switchboard::core::clock::SystemClock);
+        Self::start_config_with_clock(config, clock).await
+    }
+
+    /// Starts on the test config with its data in `dir`, the core reading time from `clock`.
+    pub async fn start_in_with_clock(
+        dir: &std::path::Path,
+        clock: std::sync::Arc<dyn switchboard::core::clock::Clock>,
+    ) -> Self {
+        let config = Config::parse(&test_config_text_in(dir)).expect("test config");
+        Self::start_config_with_clock(config, clock).await
+    }
+
+    pub async fn start_config_with_clock(
+        config: Config,
+        clock: std::sync::Arc<dyn switchboard::core::clock::Clock>,
+    ) -> Self {
+        let running = switchboard::net::start_with_clock(config, clock)
+            .await
+            .expect("broker starts");
         let amqp = running.addrs.amqp[0];
         let http = running.addrs.http[0];
         let mqtt = running.addrs.mqtt[0];

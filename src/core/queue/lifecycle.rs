@@ -163,7 +163,9 @@ impl Queue {
     /// Records a use of the queue (a redeclaration) for `x-expires`.
     pub fn touch(&self) {
         let now = self.now();
-        self.lock().last_used = now;
+        let mut st = self.lock();
+        st.last_used = now;
+        self.used_while_idle(&mut st, now);
     }
 
     /// Messages removed because their TTL ran out, since the queue was created.

@@ -10,6 +10,7 @@
 
 pub mod args;
 mod consumers;
+mod idle;
 mod lifecycle;
 mod ready;
 mod storage;
@@ -25,6 +26,7 @@ use super::timer::Timer;
 use super::vhost::VHost;
 use crate::core::hash::FastHashMap;
 use crate::store::log::RecordPos;
+use crate::store::record::Entry;
 use crate::store::MessageLog;
 use args::{Overflow, QueueArgs};
 use consumers::Consumers;
@@ -154,6 +156,9 @@ pub struct RecoveredEntry {
     /// The message's `priority` and `expiration` properties, which place it in the queue.
     pub priority: Option<u8>,
     pub expiration: Option<String>,
+    /// When it expires, as its record says (None for a record without one: see
+    /// [`Queue::recover`]).
+    pub expires_at: Option<u64>,
 }
 
 /// What [`Queue::publish_tracked`] did.
@@ -190,6 +195,9 @@ struct QueueState {
     armed: Option<u64>,
     /// When the queue was last used (consumer, get, redeclare), for `x-expires`.
     last_used: u64,
+    /// What the log holds as the time a durable queue with `x-expires` is unused since (see
+    /// [`idle`]); None when it holds nothing.
+    idle_recorded: Option<u64>,
     /// Messages removed because their TTL ran out.
     expired: u64,
     /// `x-expires` ran out: the queue is to be deleted once the lock is released.
@@ -272,6 +280,7 @@ impl Queue {
                 dead: Vec::new(),
                 armed: None,
                 last_used: SystemClock.now_ms(),
+                idle_recorded: None,
                 expired: 0,
                 expire_queue: false,
                 counters: QueueCounters::default(),
@@ -326,6 +335,7 @@ impl Queue {
         if self.env.set(attached).is_ok() {
             let mut st = self.lock();
             st.last_used = now;
+            self.start_idle_clock(&mut st, now);
             self.rearm(&mut st);
         }
     }
@@ -415,9 +425,15 @@ impl Queue {
         let id = st.next_id;
         st.next_id += 1;
         st.counters.publish += 1;
+        let expires_at = Self::expiry_of(&st, message.properties.expiration.as_deref(), now);
         let (stored, lsn, page_out) = match &self.store {
             Some(store) if message.is_persistent() => {
-                let a = crate::core::stored::append_message(&store.log, store.id, id, &message);
+                // With its expiry, so that its TTL counts from now across restarts.
+                let entry = Entry {
+                    expires: expires_at,
+                    ..Entry::new(store.id, id)
+                };
+                let a = crate::core::stored::append_message(&store.log, entry, &message);
                 // Paging out only behind other ready messages: a message a consumer can take
                 // now is delivered from memory.
                 let page_out = st.memory_bytes > store.memory_budget && !st.ready.is_empty();
@@ -430,7 +446,6 @@ impl Queue {
             st.memory_bytes += footprint(body_len);
         }
         let level = st.args().level_of(message.properties.priority);
-        let expires_at = Self::expiry_of(&st, message.properties.expiration.as_deref(), now);
         st.ready.push_back(Queued {
             id,
             message: (!page_out).then_some(message),
@@ -531,6 +546,9 @@ impl Queue {
         if consumer.exclusive && !st.consumers.is_empty() {
             return Err(ConsumeError::QueueInUse(self.name.clone()));
         }
+        if st.consumers.is_empty() {
+            self.became_used(&mut st);
+        }
         st.consumers.add(consumer, priority);
         st.had_consumer = true;
         self.dispatch_locked(&mut st);
@@ -547,6 +565,7 @@ impl Queue {
         let remaining = st.consumers.len();
         if remaining == 0 {
             st.last_used = now;
+            self.became_unused(&mut st, now);
         } else if let Some(me) = self.env.get().and_then(|a| a.me.upgrade()) {
             me.dispatch_locked(&mut st);
         }
@@ -565,6 +584,7 @@ impl Queue {
         let now = self.now();
         let mut st = self.lock();
         st.last_used = now;
+        self.used_while_idle(&mut st, now);
         self.expire_heads(&mut st, now);
         let Some((q, message)) = self.pop_ready(&mut st) else {
             st.counters.get_empty += 1;
@@ -664,6 +684,7 @@ impl Queue {
             let segments = st.ready.iter().chain(st.unacked.values());
             store.log.forget(segments.filter_map(|q| q.stored));
         }
+        self.forget_idle_since();
         st.ready.clear();
         st.ready_bytes = 0;
         st.memory_bytes = 0;

@@ -6,7 +6,7 @@ use super::{footprint, Queue, RecoveredEntry};
 use crate::core::memory::MemoryCharge;
 use crate::core::message::Message;
 use crate::store::log::RecordPos;
-use crate::store::record::{self, Record, Scan};
+use crate::store::record::{self, Entry, Record, Scan};
 use crate::store::MessageLog;
 use std::sync::Arc;
 use switchboard_amqp::BasicProperties;
@@ -76,10 +76,12 @@ impl Queue {
     }
 
     /// Loads messages recovered from the log (in sequence order), marked redelivered: they may
-    /// have been delivered before the restart. A message TTL counts again from the restart
-    /// (the log does not keep the enqueue time).
-    pub fn recover(self: &Arc<Self>, entries: Vec<RecoveredEntry>, max_seq: u64) {
-        let now = self.now();
+    /// have been delivered before the restart. A message keeps the expiry its record holds, so
+    /// its TTL counts from when it was enqueued; what expired while the broker was down leaves
+    /// (dead-lettered or dropped) when the timer first runs, never delivered. A record without
+    /// an expiry (no TTL when it was written, or written by an earlier release) gets one
+    /// counted from `now` (the broker's clock) if a TTL applies to it now.
+    pub fn recover(self: &Arc<Self>, entries: Vec<RecoveredEntry>, max_seq: u64, now: u64) {
         let mut st = self.lock();
         for e in entries {
             st.ready_bytes += e.body_len;
@@ -87,7 +89,9 @@ impl Queue {
                 st.memory_bytes += footprint(e.body_len);
             }
             let level = st.args().level_of(e.priority);
-            let expires_at = Self::expiry_of(&st, e.expiration.as_deref(), now);
+            let expires_at = e
+                .expires_at
+                .or_else(|| Self::expiry_of(&st, e.expiration.as_deref(), now));
             st.ready.push_back(Queued {
                 id: e.seq,
                 message: e.message,
@@ -120,7 +124,11 @@ impl Queue {
                 continue;
             };
             // Whole: a reference would point back into the segment being emptied.
-            let a = crate::core::stored::append_whole_message(&store.log, store.id, q.id, &message);
+            let entry = Entry {
+                expires: q.expires_at,
+                ..Entry::new(store.id, q.id)
+            };
+            let a = crate::core::stored::append_whole_message(&store.log, entry, &message);
             q.stored = Some(a.at);
             moved.push(old);
         }
