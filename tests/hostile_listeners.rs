@@ -54,6 +54,54 @@ async fn the_http_api_closes_idle_and_half_sent_connections() {
     b.stop().await;
 }
 
+/// Reads one HTTP response (head and a `Content-Length` body) off `s`; its status line.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return head.lines().next().unwrap_or_default().to_owned();
+            }
+        }
+        let n = bounded(s.read(&mut chunk)).await.expect("read");
+        assert!(n > 0, "closed before a whole response: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn the_http_api_closes_a_kept_alive_connection_idle_between_requests() {
+    let b = TestBroker::start_with(|c| c.http.idle_timeout_ms = 300).await;
+    let mut s = bounded(TcpStream::connect(b.http)).await.unwrap();
+    let request = b"GET /api/overview HTTP/1.1\r\nHost: x\r\n\
+        Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: keep-alive\r\n\r\n";
+    // Two requests on the connection, each sent before the timeout: it is kept alive.
+    for _ in 0..2 {
+        s.write_all(request).await.unwrap();
+        let status = read_response(&mut s).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    }
+    // Then nothing more: closed once the wait after the last response passes the timeout.
+    let t = Instant::now();
+    assert!(read_to_close(&mut s).await.is_empty());
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn connections_are_capped_per_address_and_in_all_on_every_listener() {
     // The per-address count spans listeners: a fresh broker for each.

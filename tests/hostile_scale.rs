@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
-use common::mqtt::RawMqtt;
+use common::mqtt::session_with_subscriptions;
 use common::*;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,8 +15,6 @@ use switchboard::core::vhost::QueueSpec;
 use switchboard::core::{Consumer, ConsumerSink, Delivery, Destination, Exchange, ExchangeKind};
 use switchboard::core::{Message, Queue, VHost};
 use switchboard_amqp::FieldTable;
-use switchboard_mqtt::{Disconnect, Packet, Properties, Protocol, QoS, Subscription};
-use switchboard_mqtt::{SubscriptionOptions, Unsubscribe};
 
 /// Linear work at 10× the size takes about 10× the time; quadratic, 100×.
 const MAX_RATIO: f64 = 45.0;
@@ -152,53 +150,6 @@ fn fan_out_to_n_queues_is_linear_in_n() {
     });
 }
 
-/// One SUBSCRIBE (or UNSUBSCRIBE) packet carries this many filters.
-const PER_PACKET: usize = 500;
-
-/// Connects a clean MQTT session, subscribes `n` filters, unsubscribes half, disconnects, and
-/// waits for its queue to be gone; how long the broker took.
-async fn session_with_subscriptions(b: &TestBroker, n: usize) -> Duration {
-    let id = unique("many-subs");
-    let filters: Vec<String> = (0..n).map(|i| format!("dev/{i}/+/temp")).collect();
-    let t = Instant::now();
-    let mut c = RawMqtt::connect(b.mqtt, Protocol::V311, &id, true).await;
-    for (p, chunk) in filters.chunks(PER_PACKET).enumerate() {
-        let subscriptions = chunk
-            .iter()
-            .map(|f| Subscription {
-                filter: f.clone(),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            })
-            .collect();
-        let ack = c
-            .subscribe_with(p as u16 + 1, subscriptions, Properties::default())
-            .await;
-        assert!(ack.codes.iter().all(|&code| code == 1), "all granted");
-    }
-    for (p, chunk) in filters.chunks(PER_PACKET).step_by(2).enumerate() {
-        c.send(&Packet::Unsubscribe(Unsubscribe {
-            packet_id: p as u16 + 1,
-            properties: Properties::default(),
-            filters: chunk.to_vec(),
-        }))
-        .await;
-        assert!(matches!(c.recv().await, Some(Packet::UnsubAck(_))));
-    }
-    c.send(&Packet::Disconnect(Disconnect {
-        reason: 0,
-        properties: Properties::default(),
-    }))
-    .await;
-    assert!(c.closed().await.is_none());
-    let vh = b.broker().vhost("/").unwrap();
-    let queue = format!("mqtt-subscription-{id}qos1");
-    wait_until("the session's queue deleted", || vh.queue(&queue).is_none()).await;
-    t.elapsed()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt_session_with_many_subscriptions_connects_and_disconnects_in_linear_time() {
     let b = TestBroker::start().await;
@@ -206,7 +157,7 @@ async fn an_mqtt_session_with_many_subscriptions_connects_and_disconnects_in_lin
     for n in [1_000, 10_000] {
         let mut best = Duration::MAX;
         for _ in 0..3 {
-            best = best.min(session_with_subscriptions(&b, n).await);
+            best = best.min(session_with_subscriptions(b.mqtt, b.broker(), n).await);
         }
         times.push(best);
     }

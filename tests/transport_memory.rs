@@ -6,7 +6,7 @@
 mod common;
 
 use common::in_memory::{self, Protocol};
-use common::raw::RawClient;
+use common::raw::{unfinished_publish, RawClient};
 use common::stomp::StompClient;
 use common::wait_until;
 use tokio::io::AsyncWriteExt;
@@ -60,7 +60,6 @@ async fn alarm_then_release<S>(
 
 #[tokio::test]
 async fn unfinished_amqp_bodies_are_charged_and_trip_the_watermark() {
-    use switchboard_amqp::*;
     let broker = small_watermark();
     let mut writers = Vec::new();
     // Three publishers each announce an 8 MiB body and send 1.5 MiB of it: 4.5 MiB unfinished.
@@ -70,23 +69,8 @@ async fn unfinished_amqp_bodies_are_charged_and_trip_the_watermark() {
         let mut c = RawClient::over(in_memory::connect(&broker, Protocol::Amqp))
             .handshake(1)
             .await;
-        c.send(1, ChannelOpen {}).await;
-        assert!(matches!(
-            c.recv_method().await,
-            (1, Method::ChannelOpenOk(_))
-        ));
-        let mut out = bytes::BytesMut::new();
-        let publish = BasicPublish {
-            exchange: "".into(),
-            routing_key: "nowhere".into(),
-            ..Default::default()
-        };
-        encode_method(&mut out, 1, &publish.into());
-        encode_header(&mut out, 1, 8 * MIB as u64, &BasicProperties::default());
-        let chunk = vec![7u8; 128 * 1024 - 8];
-        while out.len() < 3 * MIB / 2 {
-            encode_body(&mut out, 1, &chunk);
-        }
+        c.open_channel(1).await;
+        let out = unfinished_publish(8 * MIB as u64, 3 * MIB / 2);
         writers.push(write_in_background(c.stream, out.to_vec()));
     }
     alarm_then_release(&broker, writers).await;

@@ -330,3 +330,54 @@ impl V5Client {
         }
     }
 }
+
+/// One SUBSCRIBE (or UNSUBSCRIBE) packet carries this many filters.
+const PER_PACKET: usize = 500;
+
+/// Connects a clean MQTT session, subscribes `n` filters, unsubscribes half, disconnects, and
+/// waits for its queue to be gone; how long the broker took.
+pub async fn session_with_subscriptions(
+    addr: SocketAddr,
+    broker: &switchboard::core::Broker,
+    n: usize,
+) -> Duration {
+    let id = super::unique("many-subs");
+    let filters: Vec<String> = (0..n).map(|i| format!("dev/{i}/+/temp")).collect();
+    let t = std::time::Instant::now();
+    let mut c = RawMqtt::connect(addr, Protocol::V311, &id, true).await;
+    for (p, chunk) in filters.chunks(PER_PACKET).enumerate() {
+        let subscriptions = chunk
+            .iter()
+            .map(|f| Subscription {
+                filter: f.clone(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let ack = c
+            .subscribe_with(p as u16 + 1, subscriptions, Properties::default())
+            .await;
+        assert!(ack.codes.iter().all(|&code| code == 1), "all granted");
+    }
+    for (p, chunk) in filters.chunks(PER_PACKET).step_by(2).enumerate() {
+        c.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: p as u16 + 1,
+            properties: Properties::default(),
+            filters: chunk.to_vec(),
+        }))
+        .await;
+        assert!(matches!(c.recv().await, Some(Packet::UnsubAck(_))));
+    }
+    c.send(&Packet::Disconnect(Disconnect {
+        reason: 0,
+        properties: Properties::default(),
+    }))
+    .await;
+    assert!(c.closed().await.is_none());
+    let vh = broker.vhost("/").expect("vhost /");
+    let queue = format!("mqtt-subscription-{id}qos1");
+    super::wait_until("the session's queue deleted", || vh.queue(&queue).is_none()).await;
+    t.elapsed()
+}

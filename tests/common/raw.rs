@@ -121,6 +121,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
         }
     }
 
+    /// Opens channel `channel` and waits for its open-ok.
+    pub async fn open_channel(&mut self, channel: u16) {
+        self.send(channel, ChannelOpen {}).await;
+        match self.recv_method().await {
+            (c, Method::ChannelOpenOk(_)) if c == channel => {}
+            other => panic!("expected channel.open-ok, got {other:?}"),
+        }
+    }
+
     /// Reads until the server's `connection.close`, answers it with close-ok, and returns it.
     pub async fn expect_connection_close(&mut self) -> ConnectionClose {
         loop {
@@ -150,4 +159,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
             }
         }
     }
+}
+
+/// A `basic.publish` on channel 1 (to the default exchange, key "nowhere") whose content header
+/// announces a body of `announced` bytes, and body frames up to about `sent` bytes of it: a
+/// body that will never be finished.
+pub fn unfinished_publish(announced: u64, sent: usize) -> BytesMut {
+    let mut out = BytesMut::new();
+    let publish = BasicPublish {
+        exchange: "".into(),
+        routing_key: "nowhere".into(),
+        ..Default::default()
+    };
+    encode_method(&mut out, 1, &publish.into());
+    encode_header(&mut out, 1, announced, &BasicProperties::default());
+    let chunk = vec![7u8; 128 * 1024 - 8];
+    while out.len() < sent {
+        encode_body(&mut out, 1, &chunk);
+    }
+    out
 }

@@ -19,7 +19,7 @@ pub use write_side::{WriteMode, WriteSide};
 use crate::adapter::outbox::Outbox;
 use crate::core::broker::ConnectionEntry;
 use crate::core::Broker;
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -29,6 +29,12 @@ use tokio::time::Instant;
 /// any more, as one that published: the bytes are a publish on its way (no acknowledgement or
 /// control frame a consumer sends is anywhere near this large).
 pub const UNFINISHED_BLOCKS_AT: usize = 64 * 1024;
+
+/// The most a connection reads at once, and handles before it gives its runtime worker back:
+/// a client sending a long batch of cheap frames must not hold a worker (and the connections
+/// queued behind it) for the whole batch. A read that never waits (the socket always has more)
+/// also never reaches tokio's own cooperative budget, so the driver yields itself.
+pub const SLICE_BYTES: usize = 64 * 1024;
 
 /// What the session wants after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +137,8 @@ where
         let timer = tokio::time::sleep_until(far_future());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        // Bytes read since the driver last gave the runtime back.
+        let mut since_yield = 0;
 
         // Frames that arrived behind the handshake.
         let mut step = session.received(&mut self.read.buf, Instant::now());
@@ -161,7 +169,7 @@ where
                 if wait_alarm {
                     Input::AlarmChanged(alarm.changed().await.is_ok())
                 } else {
-                    Input::Read(reader.read_buf(read_buf).await)
+                    Input::Read(reader.read_buf(&mut read_buf.limit(SLICE_BYTES)).await)
                 }
             };
             let outbound = self.writer.next_event(&self.outbox);
@@ -171,7 +179,7 @@ where
                     Input::Read(Ok(0) | Err(_)) => return,
                     Input::Read(Ok(n)) => {
                         entry.stats.received(n);
-                        Event::Read
+                        Event::Read(n)
                     }
                     Input::AlarmChanged(ok) => Event::AlarmChanged { ok },
                 },
@@ -191,7 +199,7 @@ where
                 why = entry.forced(), if closing.is_none() => Event::Stop(Stop::Forced(why)),
             };
             match event {
-                Event::Read => {
+                Event::Read(n) => {
                     let now = Instant::now();
                     step = session.received(&mut self.read.buf, now);
                     let held = session.held_bytes();
@@ -204,6 +212,11 @@ where
                     {
                         blocked = true;
                         session.alarm_blocked(true, now);
+                    }
+                    since_yield += n;
+                    if since_yield >= SLICE_BYTES {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
                     }
                 }
                 Event::AlarmChanged { ok } => {
@@ -283,12 +296,17 @@ enum Input {
 }
 
 enum Event {
-    Read,
-    AlarmChanged { ok: bool },
+    /// This many bytes were read.
+    Read(usize),
+    AlarmChanged {
+        ok: bool,
+    },
     Timer,
     Drained,
     Woken,
-    Written { drained: bool },
+    Written {
+        drained: bool,
+    },
     LogSynced,
     Stop(Stop),
 }
