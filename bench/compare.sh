@@ -39,6 +39,7 @@ start_switchboard() {
     SWITCHBOARD_AMQP_LISTEN="[\"${AMQP[switchboard]}\"]" \
     SWITCHBOARD_STOMP_LISTEN="[\"${STOMP[switchboard]}\"]" \
     SWITCHBOARD_MQTT_LISTEN="[\"${MQTT[switchboard]}\"]" \
+    SWITCHBOARD_MQTT_WS_LISTEN='[]' SWITCHBOARD_STOMP_WS_LISTEN='[]' \
     SWITCHBOARD_HTTP_LISTEN='["127.0.0.1:15692"]' \
     SWITCHBOARD_PROMETHEUS_LISTEN="[]" \
     SWITCHBOARD_LOG=warn \

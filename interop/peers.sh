@@ -44,9 +44,11 @@ disk_free_limit_bytes = 0
 listen = ["127.0.0.1:5672"]
 [mqtt]
 listen = ["127.0.0.1:1883"]
+ws_listen = []
 max_keep_alive = 60
 [stomp]
 listen = []
+ws_listen = []
 [http]
 listen = ["127.0.0.1:15672"]
 EOF

@@ -38,6 +38,24 @@ fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r "$INTEROP_DIR/requirements.txt" </dev/null
 
+# The browser WebSocket test (tests/test_browser_websocket.py) loads MQTT.js and stomp.js from
+# the npm registry, pinned, into a cache dir (never committed); Debian's nodejs brings npm.
+JS_DIR="$INTEROP_DIR/.js"
+JS_PACKAGES=(mqtt@5.16.0 @stomp/stompjs@7.5.0)
+if [[ ! -f $JS_DIR/node_modules/mqtt/dist/mqtt.min.js \
+    || ! -f $JS_DIR/node_modules/@stomp/stompjs/bundles/stomp.umd.min.js ]]; then
+    if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; } \
+            </dev/null >/dev/null || echo "run.sh: could not install npm with apt-get" >&2
+    fi
+    mkdir -p "$JS_DIR"
+    npm install --silent --no-audit --no-fund --prefix "$JS_DIR" "${JS_PACKAGES[@]}" </dev/null || {
+        echo "run.sh: npm install ${JS_PACKAGES[*]} failed" >&2
+        exit 1
+    }
+fi
+export INTEROP_JS_DIR="$JS_DIR/node_modules"
+
 if [[ -z "${INTEROP_AMQP_PORT:-}" && -z "${SWITCHBOARD_BIN:-}" ]]; then
     (cd "$REPO_ROOT" && cargo build --quiet --bin switchboard) </dev/null
     SWITCHBOARD_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/switchboard"

@@ -205,6 +205,12 @@ fn default_mqtt_listen() -> Vec<SocketAddr> {
 fn default_stomp_listen() -> Vec<SocketAddr> {
     any_address(61613)
 }
+fn default_mqtt_ws_listen() -> Vec<SocketAddr> {
+    any_address(15675)
+}
+fn default_stomp_ws_listen() -> Vec<SocketAddr> {
+    any_address(15674)
+}
 fn default_http_listen() -> Vec<SocketAddr> {
     any_address(15672)
 }
@@ -224,6 +230,12 @@ pub struct MqttConfig {
     /// MQTT over TLS (mqtts, 8883 by convention); needs `[tls]`.
     #[serde(default)]
     pub tls_listen: Vec<SocketAddr>,
+    /// MQTT over WebSocket at `/ws` (RabbitMQ's Web MQTT, 15675).
+    #[serde(default = "default_mqtt_ws_listen")]
+    pub ws_listen: Vec<SocketAddr>,
+    /// MQTT over WebSocket over TLS; needs `[tls]`.
+    #[serde(default)]
+    pub wss_listen: Vec<SocketAddr>,
     /// A TLS client whose CONNECT has no user name logs in as its certificate's common name.
     #[serde(default)]
     pub ssl_cert_login: bool,
@@ -296,6 +308,8 @@ impl Default for MqttConfig {
         MqttConfig {
             listen: default_mqtt_listen(),
             tls_listen: Vec::new(),
+            ws_listen: default_mqtt_ws_listen(),
+            wss_listen: Vec::new(),
             ssl_cert_login: false,
             default_vhost: default_mqtt_vhost(),
             exchange: default_mqtt_exchange(),
@@ -373,6 +387,12 @@ pub struct StompConfig {
     /// STOMP over TLS (61614 by convention); needs `[tls]`.
     #[serde(default)]
     pub tls_listen: Vec<SocketAddr>,
+    /// STOMP over WebSocket at `/ws` (RabbitMQ's Web STOMP, 15674).
+    #[serde(default = "default_stomp_ws_listen")]
+    pub ws_listen: Vec<SocketAddr>,
+    /// STOMP over WebSocket over TLS; needs `[tls]`.
+    #[serde(default)]
+    pub wss_listen: Vec<SocketAddr>,
     /// A TLS client whose CONNECT has no `login` logs in as its certificate's common name.
     #[serde(default)]
     pub ssl_cert_login: bool,
@@ -417,6 +437,8 @@ impl Default for StompConfig {
         StompConfig {
             listen: default_stomp_listen(),
             tls_listen: Vec::new(),
+            ws_listen: default_stomp_ws_listen(),
+            wss_listen: Vec::new(),
             ssl_cert_login: false,
             default_vhost: default_stomp_vhost(),
             default_login: default_stomp_login(),
@@ -782,6 +804,9 @@ mod tests {
         assert_eq!(c.mqtt.listen, vec!["0.0.0.0:1883".parse().unwrap()]);
         assert_eq!(c.stomp.listen, vec!["0.0.0.0:61613".parse().unwrap()]);
         assert_eq!(c.http.listen, vec!["0.0.0.0:15672".parse().unwrap()]);
+        assert_eq!(c.mqtt.ws_listen, vec!["0.0.0.0:15675".parse().unwrap()]);
+        assert_eq!(c.stomp.ws_listen, vec!["0.0.0.0:15674".parse().unwrap()]);
+        assert!(c.mqtt.wss_listen.is_empty() && c.stomp.wss_listen.is_empty());
         assert_eq!(c.server.data_dir, PathBuf::from("data"));
         assert_eq!(c.users[0].name, "guest");
         assert_eq!(c.vhosts[0].name, "/");

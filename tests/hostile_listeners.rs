@@ -105,12 +105,13 @@ async fn the_http_api_closes_a_kept_alive_connection_idle_between_requests() {
 #[tokio::test]
 async fn connections_are_capped_per_address_and_in_all_on_every_listener() {
     // The per-address count spans listeners: a fresh broker for each.
-    for listener in 0..4 {
+    for listener in 0..6 {
         let b = TestBroker::start_with(|c| {
             c.server.max_connections_per_address = 3;
         })
         .await;
-        let addr = [b.amqp, b.mqtt, b.stomp, b.http][listener];
+        let (mqtt_ws, stomp_ws) = (b.addrs().mqtt_ws[0], b.addrs().stomp_ws[0]);
+        let addr = [b.amqp, b.mqtt, b.stomp, b.http, mqtt_ws, stomp_ws][listener];
         let mut held = Vec::new();
         for _ in 0..3 {
             held.push(bounded(TcpStream::connect(addr)).await.unwrap());

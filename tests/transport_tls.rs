@@ -284,14 +284,7 @@ async fn a_client_certificate_logs_in_as_its_common_name() {
     assert_eq!(answer.command, Command::Connected, "{answer:?}");
 
     common::wait_until("three connections logged in as alice", || {
-        let users: Vec<_> = b
-            .broker()
-            .connections()
-            .iter()
-            .filter_map(|c| c.session.lock().ok().and_then(|s| s.clone()))
-            .map(|(user, _)| user)
-            .collect();
-        users == ["alice", "alice", "alice"]
+        b.logged_in_users() == ["alice", "alice", "alice"]
     })
     .await;
     b.stop().await;

@@ -22,6 +22,8 @@ from typing import Optional
 import pika
 import pytest
 
+import pki
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 STARTUP_TIMEOUT = float(os.environ.get("INTEROP_STARTUP_TIMEOUT", "30"))
@@ -33,12 +35,19 @@ data_dir = "{data_dir}"
 
 [amqp]
 listen = ["127.0.0.1:0"]
+tls_listen = ["127.0.0.1:0"]
 
 [mqtt]
 listen = ["127.0.0.1:0"]
+tls_listen = ["127.0.0.1:0"]
+ws_listen = ["127.0.0.1:0"]
+wss_listen = ["127.0.0.1:0"]
 
 [stomp]
 listen = ["127.0.0.1:0"]
+tls_listen = ["127.0.0.1:0"]
+ws_listen = ["127.0.0.1:0"]
+wss_listen = ["127.0.0.1:0"]
 default_login = "guest"
 default_passcode = "guest"
 heartbeat_ms = 200
@@ -49,6 +58,14 @@ stats_interval_ms = 500
 
 [prometheus]
 listen = ["127.0.0.1:0"]
+
+# Client certificates are verified when sent, not required.
+[tls]
+cert_file = "{server_cert}"
+key_file = "{server_key}"
+ca_file = "{ca}"
+verify_peer = true
+fail_if_no_peer_cert = false
 
 [[users]]
 name = "guest"
@@ -156,7 +173,8 @@ def _launch(binary: Path, workdir: Path) -> Broker:
     data_dir = workdir / "data"
     data_dir.mkdir()
     config = workdir / "switchboard.toml"
-    config.write_text(CONFIG_TEMPLATE.format(data_dir=data_dir))
+    certificates = pki.make(workdir / "pki")
+    config.write_text(CONFIG_TEMPLATE.format(data_dir=data_dir, **certificates))
     ports_file = workdir / "ports.json"
     stderr_path = workdir / "broker.log"
     with open(stderr_path, "wb") as log:
@@ -173,7 +191,7 @@ def _launch(binary: Path, workdir: Path) -> Broker:
         if not amqp:
             raise RuntimeError(f"ports file has no amqp listener: {ports!r}")
         broker.host, broker.port = _parse_addr(amqp[0])
-        broker.extra = ports
+        broker.extra = dict(ports, pki=certificates)
     except BaseException:
         _stop(proc)
         raise

@@ -19,7 +19,9 @@ class Paho:
 
     def __init__(self, addr, client_id=None, protocol=mqtt.MQTTv311, clean=True,
                  username="guest", password="guest", will=None, properties=None,
-                 expect_success=True):
+                 expect_success=True, transport="tcp", tls=None):
+        """``transport="websockets"`` speaks MQTT over WebSocket at /ws; ``tls``: the keyword
+        arguments of paho's ``tls_set`` (CA, client certificate)."""
         self.messages = queue.Queue()
         self.connacks = queue.Queue()
         self.subacks = queue.Queue()
@@ -33,7 +35,11 @@ class Paho:
                       protocol=protocol)
         if not v5:
             kwargs["clean_session"] = clean
-        c = mqtt.Client(**kwargs)
+        c = mqtt.Client(transport=transport, **kwargs)
+        if transport == "websockets":
+            c.ws_set_options(path="/ws")
+        if tls is not None:
+            c.tls_set(**tls)
         if username is not None:
             c.username_pw_set(username, password)
         if will is not None:

@@ -103,14 +103,17 @@ def receipt_id() -> str:
 
 
 def open_stomp(addr, version: str = "1.2", login: str = "guest", passcode: str = "guest",
-               heartbeats=(0, 0), auto_decode: bool = True, headers=None):
-    """A connected stomp.py client and its Recorder."""
+               heartbeats=(0, 0), auto_decode: bool = True, headers=None, ssl=None):
+    """A connected stomp.py client and its Recorder; ``ssl``: the keyword arguments of
+    stomp.py's ``set_ssl`` (CA, client certificate), for a TLS listener."""
     cls = CONNECTION_CLASSES[version]
     if version == "1.0":
         conn = cls([addr], auto_decode=auto_decode, reconnect_attempts_max=1)
     else:
         conn = cls([addr], heartbeats=heartbeats, auto_decode=auto_decode,
                    reconnect_attempts_max=1)
+    if ssl is not None:
+        conn.set_ssl(for_hosts=[addr], **ssl)
     rec = Recorder()
     conn.set_listener("recorder", rec)
     conn.connect(login, passcode, wait=True, headers=headers or {})

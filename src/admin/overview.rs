@@ -37,6 +37,10 @@ impl Listeners {
             ("mqtt/ssl", &addrs.mqtt_tls),
             ("stomp/ssl", &addrs.stomp_tls),
             ("https", &addrs.http_tls),
+            ("http/web-mqtt", &addrs.mqtt_ws),
+            ("http/web-stomp", &addrs.stomp_ws),
+            ("https/web-mqtt", &addrs.mqtt_wss),
+            ("https/web-stomp", &addrs.stomp_wss),
         ] {
             out.extend(list.iter().map(|a| (protocol, *a)));
         }

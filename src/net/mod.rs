@@ -6,6 +6,7 @@ pub mod auth_throttle;
 pub mod driver;
 pub mod limits;
 pub mod tls;
+pub mod websocket;
 
 use crate::adapter::{amqp, mqtt, stomp};
 use crate::admin;
@@ -50,6 +51,10 @@ pub struct BoundAddrs {
     pub mqtt_tls: Vec<SocketAddr>,
     pub stomp_tls: Vec<SocketAddr>,
     pub http_tls: Vec<SocketAddr>,
+    pub mqtt_ws: Vec<SocketAddr>,
+    pub stomp_ws: Vec<SocketAddr>,
+    pub mqtt_wss: Vec<SocketAddr>,
+    pub stomp_wss: Vec<SocketAddr>,
 }
 
 /// A broker with its listeners running.
@@ -105,9 +110,20 @@ pub async fn start_with_clock(
     let mqtt_tls_ls = bind_all("MQTT over TLS", &config.mqtt.tls_listen).await?;
     let stomp_tls_ls = bind_all("STOMP over TLS", &config.stomp.tls_listen).await?;
     let http_tls_ls = bind_all("HTTPS", &config.http.tls_listen).await?;
-    let any_tls = [&amqp_tls_ls, &mqtt_tls_ls, &stomp_tls_ls, &http_tls_ls]
-        .iter()
-        .any(|ls| !ls.is_empty());
+    let mqtt_ws_ls = bind_all("MQTT over WebSocket", &config.mqtt.ws_listen).await?;
+    let stomp_ws_ls = bind_all("STOMP over WebSocket", &config.stomp.ws_listen).await?;
+    let mqtt_wss_ls = bind_all("MQTT over secure WebSocket", &config.mqtt.wss_listen).await?;
+    let stomp_wss_ls = bind_all("STOMP over secure WebSocket", &config.stomp.wss_listen).await?;
+    let any_tls = [
+        &amqp_tls_ls,
+        &mqtt_tls_ls,
+        &stomp_tls_ls,
+        &http_tls_ls,
+        &mqtt_wss_ls,
+        &stomp_wss_ls,
+    ]
+    .iter()
+    .any(|ls| !ls.is_empty());
     // Certificates are read before anything is served: a broken [tls] stops the start.
     let tls = any_tls
         .then(|| tls::TlsServer::new(&config.tls).map(Arc::new))
@@ -123,6 +139,10 @@ pub async fn start_with_clock(
         mqtt_tls: local_addrs(&mqtt_tls_ls),
         stomp_tls: local_addrs(&stomp_tls_ls),
         http_tls: local_addrs(&http_tls_ls),
+        mqtt_ws: local_addrs(&mqtt_ws_ls),
+        stomp_ws: local_addrs(&stomp_ws_ls),
+        mqtt_wss: local_addrs(&mqtt_wss_ls),
+        stomp_wss: local_addrs(&stomp_wss_ls),
     };
     let mqtt_state = Arc::new(mqtt::registry::MqttState::new(
         &broker.config.mqtt,
@@ -145,31 +165,38 @@ pub async fn start_with_clock(
     if let Some(tls) = &tls {
         listeners.push(reload_on_sighup(tls.clone(), broker.shutdown_signal()));
     }
-    let plain = [
-        (Protocol::Amqp, amqp_ls),
-        (Protocol::Mqtt, mqtt_ls),
-        (Protocol::Stomp, stomp_ls),
-    ]
-    .into_iter()
-    .map(|(p, ls)| (p, ls, None));
-    let secure = [
-        (Protocol::Amqp, amqp_tls_ls),
-        (Protocol::Mqtt, mqtt_tls_ls),
-        (Protocol::Stomp, stomp_tls_ls),
-    ]
-    .into_iter()
-    .map(|(p, ls)| (p, ls, tls.clone()));
-    for (protocol, ls, tls) in plain.chain(secure) {
+    let tcp = Transport::default();
+    let over_tls = Transport {
+        tls: tls.clone(),
+        websocket: None,
+    };
+    let mqtt_ws = websocket::Endpoint::mqtt(broker.config.mqtt.max_packet_size as usize);
+    let stomp_ws = websocket::Endpoint::stomp(broker.config.stomp.max_frame_size);
+    let ws = |endpoint, tls: Option<Arc<tls::TlsServer>>| Transport {
+        tls,
+        websocket: Some(endpoint),
+    };
+    for (protocol, ls, transport) in [
+        (Protocol::Amqp, amqp_ls, tcp.clone()),
+        (Protocol::Mqtt, mqtt_ls, tcp.clone()),
+        (Protocol::Stomp, stomp_ls, tcp),
+        (Protocol::Amqp, amqp_tls_ls, over_tls.clone()),
+        (Protocol::Mqtt, mqtt_tls_ls, over_tls.clone()),
+        (Protocol::Stomp, stomp_tls_ls, over_tls),
+        (Protocol::Mqtt, mqtt_ws_ls, ws(mqtt_ws, None)),
+        (Protocol::Stomp, stomp_ws_ls, ws(stomp_ws, None)),
+        (Protocol::Mqtt, mqtt_wss_ls, ws(mqtt_ws, tls.clone())),
+        (Protocol::Stomp, stomp_wss_ls, ws(stomp_ws, tls.clone())),
+    ] {
         for l in ls {
-            let transport = if tls.is_some() { "TLS" } else { "TCP" };
-            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), transport, "{protocol:?} listener started");
+            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), transport = transport.name(), "{protocol:?} listener started");
             let acceptor = accept::Acceptor::new(l, limits.clone(), protocol.name());
             listeners.push(tokio::spawn(accept_loop(
                 acceptor,
                 broker.clone(),
                 mqtt_state.clone(),
                 protocol,
-                tls.clone(),
+                transport.clone(),
             )));
         }
     }
@@ -238,6 +265,24 @@ fn reload_on_sighup(
     })
 }
 
+/// What a listener's connections run on under the driver: TCP, TLS, and/or WebSocket.
+#[derive(Debug, Clone, Default)]
+struct Transport {
+    tls: Option<Arc<tls::TlsServer>>,
+    websocket: Option<websocket::Endpoint>,
+}
+
+impl Transport {
+    fn name(&self) -> &'static str {
+        match (self.tls.is_some(), self.websocket.is_some()) {
+            (false, false) => "TCP",
+            (true, false) => "TLS",
+            (false, true) => "WebSocket",
+            (true, true) => "WebSocket over TLS",
+        }
+    }
+}
+
 /// Which adapter a listener hands its connections to.
 #[derive(Debug, Clone, Copy)]
 enum Protocol {
@@ -275,6 +320,35 @@ impl Protocol {
             Protocol::Stomp => stomp::serve_stream(rd, wr, peer, cert_name, broker).await,
         }
     }
+
+    /// Serves one connection over a stream (a TLS stream, say), through a WebSocket upgrade
+    /// first when `websocket` is set.
+    async fn serve_over<S>(
+        self,
+        stream: S,
+        websocket: Option<websocket::Endpoint>,
+        peer: SocketAddr,
+        cert_name: Option<String>,
+        broker: Arc<Broker>,
+        mqtt_state: Arc<mqtt::registry::MqttState>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        match websocket {
+            None => {
+                let (rd, wr) = tokio::io::split(stream);
+                self.serve(rd, wr, peer, cert_name, broker, mqtt_state)
+                    .await;
+            }
+            Some(endpoint) => {
+                if let Some(ws) = endpoint.accept(stream, peer).await {
+                    let (rd, wr) = tokio::io::split(ws);
+                    self.serve(rd, wr, peer, cert_name, broker, mqtt_state)
+                        .await;
+                }
+            }
+        }
+    }
 }
 
 async fn accept_loop(
@@ -282,7 +356,7 @@ async fn accept_loop(
     broker: Arc<Broker>,
     mqtt_state: Arc<mqtt::registry::MqttState>,
     protocol: Protocol,
-    tls: Option<Arc<tls::TlsServer>>,
+    transport: Transport,
 ) {
     let mut shutdown = broker.shutdown_signal();
     loop {
@@ -293,21 +367,26 @@ async fn accept_loop(
         let broker = broker.clone();
         let mqtt_state = mqtt_state.clone();
         let _ = socket.set_nodelay(true);
-        let tls = tls.clone();
+        let Transport { tls, websocket } = transport.clone();
         tokio::spawn(async move {
             // Counted against the limits until the connection ends.
             let _admitted = admitted;
-            match tls {
-                None => {
+            match (tls, websocket) {
+                // Plain TCP: the socket's own halves, no lock between reader and writer.
+                (None, None) => {
                     let (rd, wr) = socket.into_split();
                     protocol.serve(rd, wr, peer, None, broker, mqtt_state).await;
                 }
-                Some(tls) => {
+                (None, Some(_)) => {
+                    protocol
+                        .serve_over(socket, websocket, peer, None, broker, mqtt_state)
+                        .await;
+                }
+                (Some(tls), websocket) => {
                     if let Some(stream) = tls.accept(socket, peer).await {
                         let cert_name = tls::peer_common_name(&stream);
-                        let (rd, wr) = tokio::io::split(stream);
                         protocol
-                            .serve(rd, wr, peer, cert_name, broker, mqtt_state)
+                            .serve_over(stream, websocket, peer, cert_name, broker, mqtt_state)
                             .await;
                     }
                 }

@@ -12,6 +12,7 @@ pub mod process;
 pub mod raw;
 pub mod stomp;
 pub mod tls;
+pub mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,8 +48,10 @@ listen = ["127.0.0.1:0"]
 heartbeat = 60
 [mqtt]
 listen = ["127.0.0.1:0"]
+ws_listen = ["127.0.0.1:0"]
 [stomp]
 listen = ["127.0.0.1:0"]
+ws_listen = ["127.0.0.1:0"]
 [http]
 listen = ["127.0.0.1:0"]
 [prometheus]
@@ -138,6 +141,16 @@ impl TestBroker {
 
     pub fn broker(&self) -> &std::sync::Arc<switchboard::core::Broker> {
         &self.running.as_ref().expect("running").broker
+    }
+
+    /// The users that the open connections have logged in as.
+    pub fn logged_in_users(&self) -> Vec<String> {
+        self.broker()
+            .connections()
+            .iter()
+            .filter_map(|c| c.session.lock().ok().and_then(|s| s.clone()))
+            .map(|(user, _)| user)
+            .collect()
     }
 
     /// The MQTT adapter's state (sessions, retained messages) of this broker.

@@ -1,0 +1,290 @@
+//! WebSocket transports, as RabbitMQ's Web MQTT and Web STOMP plugins: the HTTP upgrade at
+//! `/ws` with the protocol's subprotocols, then the WebSocket as a plain byte stream under the
+//! driver, so that no protocol knows it runs on WebSocket. Data messages (binary or text) are
+//! read as one stream of bytes, whatever the protocol frames' boundaries; each write leaves as
+//! one binary message; pings are answered by tungstenite; the session's end closes the
+//! WebSocket with 1000 (normal closure).
+
+use bytes::Bytes;
+use futures_util::{Sink, Stream};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// The one path served, as RabbitMQ's plugins (`web_mqtt.ws_path`, `web_stomp.ws_path`).
+pub const PATH: &str = "/ws";
+
+/// Time a client has for the HTTP upgrade, as for the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a WebSocket listener accepts for its protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
+    /// Subprotocols served, any of which the client may pick (the first it offers is echoed).
+    subprotocols: &'static [&'static str],
+    /// Whether a client that offers no subprotocol is refused (RabbitMQ's Web MQTT refuses it;
+    /// its Web STOMP does not).
+    subprotocol_required: bool,
+    /// Largest WebSocket message (and frame): the protocol's own frame limit, since a message
+    /// is buffered whole before its bytes reach the driver.
+    max_message_size: usize,
+}
+
+impl Endpoint {
+    pub fn mqtt(max_packet_size: usize) -> Self {
+        Endpoint {
+            subprotocols: &["mqtt", "mqttv3.1"],
+            subprotocol_required: true,
+            max_message_size: max_packet_size,
+        }
+    }
+
+    pub fn stomp(max_frame_size: usize) -> Self {
+        Endpoint {
+            subprotocols: &["v12.stomp", "v11.stomp", "v10.stomp"],
+            subprotocol_required: false,
+            max_message_size: max_frame_size,
+        }
+    }
+
+    /// The subprotocol to echo for the client's `Sec-WebSocket-Protocol` headers: `Ok(None)`
+    /// when it offered none (and none is required), `Err` when nothing it offered is served.
+    fn choose(&self, request: &Request) -> Result<Option<&'static str>, ()> {
+        let mut offered = request
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .peekable();
+        if offered.peek().is_none() {
+            return if self.subprotocol_required {
+                Err(())
+            } else {
+                Ok(None)
+            };
+        }
+        offered
+            .find_map(|p| self.subprotocols.iter().find(|s| s.eq_ignore_ascii_case(p)))
+            .map(|s| Some(*s))
+            .ok_or(())
+    }
+
+    /// The upgrade's answer: 404 for another path, 400 for no served subprotocol.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the type of tungstenite's callback"
+    )]
+    fn answer(&self, request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+        if request.uri().path() != PATH {
+            return Err(refusal(StatusCode::NOT_FOUND, "WebSocket path is /ws"));
+        }
+        match self.choose(request) {
+            Ok(Some(p)) => {
+                response
+                    .headers_mut()
+                    .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+                Ok(response)
+            }
+            Ok(None) => Ok(response),
+            Err(()) => Err(refusal(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "subprotocol must be one of {}",
+                    self.subprotocols.join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// The WebSocket handshake on an accepted stream (bounded); `None` when it failed, which is
+    /// logged.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the type of tungstenite's callback"
+    )]
+    pub async fn accept<S>(&self, stream: S, peer: SocketAddr) -> Option<WsBytes<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_message_size));
+        let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            |request: &Request, response| self.answer(request, response),
+            Some(config),
+        );
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(ws)) => Some(WsBytes::from(ws)),
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "WebSocket handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::info!(%peer, "WebSocket handshake timed out");
+                None
+            }
+        }
+    }
+}
+
+fn refusal(status: StatusCode, why: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(why.to_owned()));
+    *response.status_mut() = status;
+    response
+}
+
+/// A WebSocket as a byte stream (what the driver reads and writes).
+#[derive(Debug)]
+pub struct WsBytes<S> {
+    ws: WebSocketStream<S>,
+    /// What the reader has not taken yet of the last data message.
+    unread: Bytes,
+    /// The length of the write whose message is queued but not yet written through.
+    queued: Option<usize>,
+    /// Whether our close frame is queued (shutdown may be polled more than once).
+    close_sent: bool,
+}
+
+impl<S> From<WebSocketStream<S>> for WsBytes<S> {
+    /// Either side's WebSocket (a client's too, as in the tests).
+    fn from(ws: WebSocketStream<S>) -> Self {
+        WsBytes {
+            ws,
+            unread: Bytes::new(),
+            queued: None,
+            close_sent: false,
+        }
+    }
+}
+
+/// A closed WebSocket is the end of the stream; anything else the peer got wrong is bad data.
+fn io_error(e: WsError) -> io::Error {
+    match e {
+        WsError::Io(e) => e,
+        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            io::Error::new(io::ErrorKind::BrokenPipe, e)
+        }
+        e => io::Error::new(io::ErrorKind::InvalidData, e),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.unread.is_empty() {
+            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
+                Some(Ok(Message::Binary(data))) => this.unread = data,
+                Some(Ok(Message::Text(text))) => this.unread = text.into(),
+                // Pongs to pings are queued by tungstenite and sent on its next read or write.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                // The peer's close (tungstenite answers it) is the end of the stream.
+                Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(())),
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                    return Poll::Ready(Ok(()))
+                }
+                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+            }
+        }
+        let n = this.unread.len().min(buf.remaining());
+        buf.put_slice(&this.unread.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
+    /// Accepts `buf` once its message is written through to the stream: the driver never
+    /// flushes (TCP needs none), so nothing may wait in tungstenite's buffer. A write that
+    /// returned `Pending` after its message was queued is finished by the next call, which
+    /// the driver makes with the same bytes (the outbox's unwritten rest).
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.queued.is_none() {
+            ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(io_error)?;
+            Pin::new(&mut this.ws)
+                .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
+                .map_err(io_error)?;
+            this.queued = Some(buf.len());
+        }
+        ready!(Pin::new(&mut this.ws).poll_flush(cx)).map_err(io_error)?;
+        Poll::Ready(Ok(this.queued.take().unwrap_or(0)))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().ws)
+            .poll_flush(cx)
+            .map_err(io_error)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_sent {
+            ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(io_error)?;
+            let close = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            };
+            Pin::new(&mut this.ws)
+                .start_send(Message::Close(Some(close)))
+                .map_err(io_error)?;
+            this.close_sent = true;
+        }
+        match ready!(Pin::new(&mut this.ws).poll_close(cx)) {
+            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(io_error(e))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(protocols: &[&str]) -> Request {
+        let mut b = Request::builder().uri("/ws");
+        for p in protocols {
+            b = b.header(header::SEC_WEBSOCKET_PROTOCOL, *p);
+        }
+        b.body(()).expect("request")
+    }
+
+    #[test]
+    fn the_first_served_subprotocol_offered_is_chosen() {
+        let stomp = Endpoint::stomp(1024);
+        let r = request(&["v11.stomp, v12.stomp"]);
+        assert_eq!(stomp.choose(&r), Ok(Some("v11.stomp")));
+        let r = request(&["chat", "V10.STOMP"]);
+        assert_eq!(stomp.choose(&r), Ok(Some("v10.stomp")));
+        assert_eq!(stomp.choose(&request(&[])), Ok(None));
+        assert_eq!(stomp.choose(&request(&["mqtt"])), Err(()));
+    }
+
+    #[test]
+    fn mqtt_needs_its_subprotocol() {
+        let mqtt = Endpoint::mqtt(1024);
+        assert_eq!(mqtt.choose(&request(&["mqtt"])), Ok(Some("mqtt")));
+        assert_eq!(mqtt.choose(&request(&["mqttv3.1"])), Ok(Some("mqttv3.1")));
+        assert_eq!(mqtt.choose(&request(&[])), Err(()));
+        assert_eq!(mqtt.choose(&request(&["v12.stomp"])), Err(()));
+    }
+}
