@@ -17,7 +17,8 @@
 # Needs a release build (`cargo build --release`; BIN= another switchboard binary for the load
 # generator, SERVE_BIN= another one to serve). rabbitmq-server is installed with apt-get when
 # missing and apt-get is there (as root), else RabbitMQ is skipped. Every broker started here is
-# stopped on exit and its data removed. One line per run on stdout, as JSON.
+# stopped on exit and its data removed. One line per run on stdout: the bench's JSON with
+# "target" (the broker) added, and for fanout "write_bytes" and "data_dir_bytes".
 set -euo pipefail
 export RUST_BACKTRACE=0
 
@@ -107,10 +108,10 @@ CONF
     [[ -n $had_epmd ]] || EPMD_PID=$(pgrep -x epmd || true)
 }
 
-# Adds "broker" and the other given fields to the JSON object on stdin.
+# Adds "target" (the broker measured) and the other given fields to the JSON object on stdin.
 tag() { # broker key=value...
     python3 -c 'import json,sys
-r=json.load(sys.stdin); r["broker"]=sys.argv[1]
+r=json.load(sys.stdin); r["target"]=sys.argv[1]
 for kv in sys.argv[2:]:
     k,v=kv.split("=",1); r[k]=json.loads(v)
 print(json.dumps(r))' "$@"
