@@ -7,6 +7,7 @@
 //!
 //! `SWITCHBOARD_SOAK=1` runs every case at the sizes, for longer, and prints the
 //! figures the README quotes (`-- --nocapture`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

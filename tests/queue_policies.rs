@@ -197,9 +197,11 @@ async fn runtime_policy_applies_to_existing_queues_and_clearing_reverts() {
     )
     .await;
     let confirm = confirm_channel(&_c).await;
-    assert!(publish_for_confirmation(&confirm, "", "rt.orders", b"refused")
-        .await
-        .is_nack());
+    assert!(
+        publish_for_confirmation(&confirm, "", "rt.orders", b"refused")
+            .await
+            .is_nack()
+    );
     assert_eq!(
         ready_count(&ch, "rt.own").await,
         4,

@@ -6,6 +6,7 @@
 //! `rabbitmqadmin` on `PATH`; without either the test says so and passes without running. A cold
 //! install took 7 min 15 s on the 2-core CI-sized machine, so `./test.sh` does not install it
 //! (see README, "The management API").
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 use common::amqp::*;

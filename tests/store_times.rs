@@ -2,6 +2,7 @@
 //! durable queue's `x-expires` count from before the restart. The broker reads time from a
 //! clock the test moves by hand, and is restarted on the same data directory with that clock
 //! moved on, as if it had been down meanwhile: no test waits for time to pass.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 

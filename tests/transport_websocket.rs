@@ -2,6 +2,7 @@
 //! client: subprotocols, protocol frames split across and batched in WebSocket messages, text
 //! frames, ping/pong, close codes, refused paths and subprotocols, WebSocket over TLS with
 //! client certificates.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 
