@@ -210,6 +210,20 @@ async fn mqtt_at_each_qos_and_version_gives_every_subscriber_every_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_websocket_accounts_for_every_message() {
+    let b = TestBroker::start().await;
+    let o = Options {
+        mqtt_addr: b.addrs().mqtt_ws[0],
+        mqtt_ws: true,
+        qos: QoS::AtLeastOnce,
+        ..options(&b)
+    };
+    let report = bounded(run(Scenario::Mqtt, &o)).await.expect("bench runs");
+    assert_accounted(&report);
+    assert_eq!(report.expected, 2 * report.published);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_fan_out_reaches_every_subscriber() {
     let b = TestBroker::start().await;
     let o = Options {

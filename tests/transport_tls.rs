@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::mqtt::{connect_packet, RawMqtt};
+use common::mqtt::{connect_packet, RawMqtt, V3Client};
 use common::raw::RawClient;
 use common::stomp::StompClient;
 use common::tls::{self, TestPki};
@@ -287,5 +287,32 @@ async fn a_client_certificate_logs_in_as_its_common_name() {
         b.logged_in_users() == ["alice", "alice", "alice"]
     })
     .await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn rumqttc_over_tls_with_a_client_certificate() {
+    let pki = TestPki::new();
+    let b = tls_broker(&pki, true, true).await;
+    let addr = b.addrs().mqtt_tls[0];
+    let mut o = rumqttc::MqttOptions::new("rumqttc-tls", addr.ip().to_string(), addr.port());
+    o.set_credentials("guest", "guest");
+    o.set_keep_alive(std::time::Duration::from_secs(30));
+    let config = pki.client_config(Some(pki.client_identity("alice")));
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(config),
+    ));
+    let mut c = V3Client::connect_opts(o).await;
+    c.subscribe("tls/rumqttc", rumqttc::QoS::AtLeastOnce).await;
+    c.client
+        .publish(
+            "tls/rumqttc",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            &b"over mqtts"[..],
+        )
+        .await
+        .expect("publish");
+    assert_eq!(&c.next_publish().await.payload[..], b"over mqtts");
     b.stop().await;
 }

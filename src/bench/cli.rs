@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// MQTT protocol version.
     #[arg(long, value_enum, default_value = "3.1.1")]
     mqtt_version: MqttVersion,
+    /// MQTT over WebSocket: --mqtt-addr (or --addr) is a Web MQTT listener, `ws://ADDR/ws`
+    /// (Switchboard's and RabbitMQ's 15675, Mosquitto's `protocol websockets` listener).
+    #[arg(long)]
+    ws: bool,
     /// MQTT QoS of publishes and subscriptions (0, 1 or 2).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos: u8,
@@ -167,6 +171,7 @@ impl BenchArgs {
                 MqttVersion::V311 => switchboard_mqtt::Protocol::V311,
                 MqttVersion::V5 => switchboard_mqtt::Protocol::V5,
             },
+            mqtt_ws: self.ws,
             qos: switchboard_mqtt::QoS::from_u8(self.qos).unwrap_or_default(),
             user: self.user.clone(),
             password: self.password.clone(),

@@ -48,6 +48,8 @@ pub enum BenchError {
     Timeout(&'static str),
     #[error("bad options: {0}")]
     Options(String),
+    #[error("WebSocket: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
 }
 
 /// A protocol a scenario publishes or consumes with.
@@ -93,6 +95,8 @@ pub struct Options {
     pub stomp_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
     pub mqtt_version: switchboard_mqtt::Protocol,
+    /// MQTT over WebSocket: `mqtt_addr` is a Web MQTT listener (`ws://ADDR/ws`).
+    pub mqtt_ws: bool,
     /// QoS of MQTT publishes and subscriptions.
     pub qos: switchboard_mqtt::QoS,
     pub user: String,
@@ -136,6 +140,7 @@ impl Options {
             stomp_addr: SocketAddr::from(([127, 0, 0, 1], 61613)),
             mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
             mqtt_version: switchboard_mqtt::Protocol::V311,
+            mqtt_ws: false,
             qos: switchboard_mqtt::QoS::AtMostOnce,
             user: "guest".into(),
             password: "guest".into(),
@@ -249,7 +254,12 @@ pub async fn run(scenario: Scenario, o: &Options) -> Result<Report, BenchError> 
         Scenario::Mqtt => {
             let topic = format!("{}/mqtt", o.queue);
             (
-                format!("mqtt {:?} {:?}", o.mqtt_version, o.qos),
+                format!(
+                    "mqtt {:?} {:?}{}",
+                    o.mqtt_version,
+                    o.qos,
+                    if o.mqtt_ws { " over WebSocket" } else { "" }
+                ),
                 Target::Mqtt(topic.clone()),
                 Source {
                     from: SourceKind::Mqtt(topic),

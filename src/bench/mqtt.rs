@@ -15,8 +15,7 @@ use switchboard_mqtt::{
     decode, encode, Connect, Packet, Properties, Protocol, PubResponse, Publish, QoS, Subscribe,
     Subscription, SubscriptionOptions,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Mutex};
 
@@ -31,9 +30,13 @@ const MAX_PACKET: usize = 64 * 1024 * 1024;
 pub const DEFAULT_WINDOW: u32 = 100;
 const MAX_WINDOW: u32 = 30_000;
 
+/// A connection's read and write halves, over TCP or WebSocket (`--ws`).
+type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
+
 /// The read side of an MQTT connection.
 pub struct Reader {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
     version: Protocol,
     /// The broker's Receive Maximum (v5 CONNACK): QoS 1/2 publishes it accepts unacknowledged.
@@ -66,13 +69,8 @@ fn encode_into(p: &Packet, version: Protocol, out: &mut BytesMut) -> Result<(), 
 
 /// Connects with a clean session and no keep-alive (bench connections are never idle long
 /// enough to need one, and `--connections` measures memory, not pings).
-pub async fn connect(
-    o: &Options,
-    client_id: String,
-) -> Result<(Reader, OwnedWriteHalf), BenchError> {
-    let sock = TcpStream::connect(o.mqtt_addr).await?;
-    sock.set_nodelay(true)?;
-    let (rd, mut wr) = sock.into_split();
+pub async fn connect(o: &Options, client_id: String) -> Result<(Reader, WriteHalf), BenchError> {
+    let (rd, mut wr) = open(o).await?;
     let version = o.mqtt_version;
     let mut reader = Reader {
         rd,
@@ -112,10 +110,29 @@ pub async fn connect(
     }
 }
 
+/// A TCP connection, upgraded to a WebSocket at `/ws` (subprotocol `mqtt`) with `--ws`.
+async fn open(o: &Options) -> Result<(ReadHalf, WriteHalf), BenchError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let sock = TcpStream::connect(o.mqtt_addr).await?;
+    sock.set_nodelay(true)?;
+    if !o.mqtt_ws {
+        let (rd, wr) = sock.into_split();
+        return Ok((Box::new(rd), Box::new(wr)));
+    }
+    let mut request = format!("ws://{}/ws", o.mqtt_addr).into_client_request()?;
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+    let (ws, _) = tokio_tungstenite::client_async(request, sock).await?;
+    let (rd, wr) = tokio::io::split(crate::net::websocket::WsBytes::from(ws));
+    Ok((Box::new(rd), Box::new(wr)))
+}
+
 /// Subscribes to `filter` and waits for the SUBACK.
 pub async fn subscribe(
     reader: &mut Reader,
-    wr: &mut OwnedWriteHalf,
+    wr: &mut WriteHalf,
     filter: &str,
     qos: QoS,
 ) -> Result<(), BenchError> {
@@ -159,7 +176,7 @@ pub async fn start_consumer(
 
 async fn consume(
     mut rd: Reader,
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     mut rec: Recorder,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Recorder, BenchError> {
@@ -279,7 +296,7 @@ pub async fn start_publisher(
 /// Counts completed QoS 1/2 publishes (PUBACK, PUBCOMP) and answers PUBREC with PUBREL.
 async fn read_acks(
     mut rd: Reader,
-    wr: Arc<Mutex<OwnedWriteHalf>>,
+    wr: Arc<Mutex<WriteHalf>>,
     completed: Arc<AtomicU64>,
     wake: Arc<tokio::sync::Notify>,
 ) -> Result<(), BenchError> {
@@ -316,7 +333,7 @@ async fn read_acks(
 
 async fn publish(
     rd: Reader,
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     mut template: PublishTemplate,
     o: Options,
     id: u16,

@@ -96,6 +96,18 @@ impl TestPki {
             pki_types::PrivateKeyDer<'static>,
         )>,
     ) -> TlsConnector {
+        TlsConnector::from(self.client_config(identity))
+    }
+
+    /// The rustls configuration of [`TestPki::connector`] (for clients that take one, as
+    /// rumqttc).
+    pub fn client_config(
+        &self,
+        identity: Option<(
+            Vec<pki_types::CertificateDer<'static>>,
+            pki_types::PrivateKeyDer<'static>,
+        )>,
+    ) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots
             .add(self.ca.der().clone())
@@ -110,7 +122,7 @@ impl TestPki {
                 .expect("client identity"),
             None => builder.with_no_client_auth(),
         };
-        TlsConnector::from(Arc::new(config))
+        Arc::new(config)
     }
 }
 
