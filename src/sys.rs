@@ -79,6 +79,23 @@ pub fn page_size() -> usize {
     usize::try_from(size).unwrap_or(4096)
 }
 
+/// The CPU time the calling thread has used: what a measurement of its own work counts, without
+/// the time other threads or processes held the core.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+    std::time::Duration::new(secs, nanos)
+}
+
 /// Makes glibc's malloc use one arena for every thread; nothing on other allocators. Call it
 /// before any other thread is started, as glibc asks for `M_ARENA_MAX`.
 pub fn use_one_malloc_arena() {
@@ -108,6 +125,9 @@ mod tests {
         assert!(super::page_size() >= 4096);
         assert!(super::free_disk_bytes(&std::env::temp_dir()).is_ok_and(|free| free > 0));
         assert!(super::free_disk_bytes(std::path::Path::new("/no/such/dir")).is_err());
+        let before = super::thread_cpu_time();
+        let spun = (0..200_000u64).fold(0u64, |a, i| a.wrapping_mul(31).wrapping_add(i));
+        assert!(spun != 1 && super::thread_cpu_time() > before);
         if let Some((soft, Some(hard))) = super::open_file_limit() {
             assert!(soft <= hard);
         }

@@ -24,24 +24,24 @@ fn key(store: &QueueStore) -> [u8; 8] {
 }
 
 impl Queue {
-    /// The queue's place in the log, when it keeps its idle time there.
-    fn idle_store(&self) -> Option<&QueueStore> {
-        self.store
-            .as_ref()
-            .filter(|_| self.args().expires.is_some())
+    /// The queue's place in the log, when it keeps its idle time there (`st` is the queue's
+    /// locked state: its arguments say whether it has an idle timeout).
+    fn idle_store(&self, st: &QueueState) -> Option<&QueueStore> {
+        self.store.as_ref().filter(|_| st.args().expires.is_some())
     }
 
     /// Takes the time the queue has been unused since, as recorded before the restart
     /// (before [`Queue::attach`], which starts the idle timer from it).
     pub fn recover_idle_since(&self, keyed: &RecoveredKeyed) {
-        let Some(store) = self.idle_store() else {
+        let mut st = self.lock();
+        let Some(store) = self.idle_store(&st) else {
             return;
         };
         let recorded = keyed
             .get(kind::QUEUE_IDLE, &key(store))
             .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
             .map(u64::from_be_bytes);
-        self.lock().idle_recorded = recorded;
+        st.idle_recorded = recorded;
     }
 
     /// At attach: the idle timer starts from the recovered time, else from `now` (recorded).
@@ -60,14 +60,14 @@ impl Queue {
 
     /// The queue got its first consumer: while it has one it does not expire.
     pub(super) fn became_used(&self, st: &mut QueueState) {
-        if let (Some(store), Some(_)) = (self.idle_store(), st.idle_recorded.take()) {
+        if let (Some(store), Some(_)) = (self.idle_store(st), st.idle_recorded.take()) {
             store.log.delete(kind::QUEUE_IDLE, &key(store));
         }
     }
 
     /// A `basic.get` or redeclaration at `now` (already in `last_used`).
     pub(super) fn used_while_idle(&self, st: &mut QueueState, now: u64) {
-        let Some(expires) = self.args().expires else {
+        let Some(expires) = st.args().expires else {
             return;
         };
         if st.consumers.is_empty() && st.idle_recorded.is_none_or(|r| r < now) {
@@ -76,7 +76,7 @@ impl Queue {
     }
 
     fn record_idle_since(&self, st: &mut QueueState, since: u64) {
-        if let Some(store) = self.idle_store() {
+        if let Some(store) = self.idle_store(st) {
             store
                 .log
                 .put(kind::QUEUE_IDLE, &key(store), &since.to_be_bytes());
@@ -85,8 +85,8 @@ impl Queue {
     }
 
     /// The queue is deleted: so is its record (a delete of no record writes nothing).
-    pub(super) fn forget_idle_since(&self) {
-        if let Some(store) = self.idle_store() {
+    pub(super) fn forget_idle_since(&self, st: &QueueState) {
+        if let Some(store) = self.idle_store(st) {
             store.log.delete(kind::QUEUE_IDLE, &key(store));
         }
     }

@@ -684,7 +684,7 @@ impl Queue {
             let segments = st.ready.iter().chain(st.unacked.values());
             store.log.forget(segments.filter_map(|q| q.stored));
         }
-        self.forget_idle_since();
+        self.forget_idle_since(&st);
         st.ready.clear();
         st.ready_bytes = 0;
         st.memory_bytes = 0;
