@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Times creating and removing 1k / 10k / 100k of one kind of object on one broker, as a client
+sees it (each request waits for its reply). Prints one JSON object per line:
+{"broker", "kind", "n", "create_s", "remove_s"}. Run by bench/scale.sh.
+
+  scale.py BROKER --amqp HOST:PORT --mqtt HOST:PORT --sizes 1000,10000 --kinds bindings,queues
+
+Kinds: bindings (n bindings of one queue to amq.topic, then the queue deleted), queues (n
+declared, then n deleted), consumers (n basic.consume on one queue, then the channel closed),
+mqtt (one clean MQTT 3.1.1 session subscribing n filters, 500 per SUBSCRIBE, then DISCONNECT
+and a reconnect with the same client id: remove_s is until that CONNACK)."""
+import argparse
+import json
+import socket
+import struct
+import time
+
+import pika
+
+
+def amqp_connection(addr):
+    host, port = addr.rsplit(":", 1)
+    params = pika.ConnectionParameters(
+        host=host,
+        port=int(port),
+        credentials=pika.PlainCredentials("guest", "guest"),
+        heartbeat=0,
+        blocked_connection_timeout=600,
+    )
+    return pika.BlockingConnection(params)
+
+
+def bindings(addr, n):
+    conn = amqp_connection(addr)
+    ch = conn.channel()
+    q = ch.queue_declare("scale-bindings", auto_delete=False).method.queue
+    t = time.monotonic()
+    for i in range(n):
+        ch.queue_bind(q, "amq.topic", routing_key=f"k.{i}.*")
+    created = time.monotonic() - t
+    t = time.monotonic()
+    ch.queue_delete(q)
+    removed = time.monotonic() - t
+    conn.close()
+    return created, removed
+
+
+def queues(addr, n):
+    conn = amqp_connection(addr)
+    ch = conn.channel()
+    t = time.monotonic()
+    for i in range(n):
+        ch.queue_declare(f"scale-q-{i}")
+    created = time.monotonic() - t
+    t = time.monotonic()
+    for i in range(n):
+        ch.queue_delete(f"scale-q-{i}")
+    removed = time.monotonic() - t
+    conn.close()
+    return created, removed
+
+
+def consumers(addr, n):
+    conn = amqp_connection(addr)
+    ch = conn.channel()
+    ch.queue_declare("scale-consumers")
+    t = time.monotonic()
+    for _ in range(n):
+        ch.basic_consume("scale-consumers", lambda *a: None)
+    created = time.monotonic() - t
+    t = time.monotonic()
+    ch.close()
+    removed = time.monotonic() - t
+    ch = conn.channel()
+    ch.queue_delete("scale-consumers")
+    conn.close()
+    return created, removed
+
+
+# MQTT 3.1.1 packets written by hand: no client library's own per-subscription cost.
+def mqtt_string(s):
+    b = s.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+def mqtt_length(n):
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def mqtt_packet(first, body):
+    return bytes([first]) + mqtt_length(len(body)) + body
+
+
+def mqtt_connect(addr, client_id):
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=600)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # Clean session, user name and password (guest/guest), keep alive 600 s.
+    body = mqtt_string("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 600)
+    body += mqtt_string(client_id) + mqtt_string("guest") + mqtt_string("guest")
+    s.sendall(mqtt_packet(0x10, body))
+    read_packet(s)
+    return s
+
+
+def read_exact(s, n):
+    out = bytearray()
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError("closed")
+        out += chunk
+    return bytes(out)
+
+
+def read_packet(s):
+    first = read_exact(s, 1)[0]
+    length, shift = 0, 0
+    while True:
+        b = read_exact(s, 1)[0]
+        length |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    return first, read_exact(s, length)
+
+
+def mqtt(addr, n):
+    client_id = "scale-mqtt"
+    s = mqtt_connect(addr, client_id)
+    t = time.monotonic()
+    for p, start in enumerate(range(0, n, 500)):
+        body = struct.pack("!H", p % 65535 + 1)
+        for i in range(start, min(n, start + 500)):
+            body += mqtt_string(f"dev/{i}/+/temp") + bytes([1])
+        s.sendall(mqtt_packet(0x82, body))
+        first, _ = read_packet(s)
+        assert first >> 4 == 9, "SUBACK"
+    created = time.monotonic() - t
+    t = time.monotonic()
+    s.sendall(mqtt_packet(0xE0, b""))
+    s.close()
+    mqtt_connect(addr, client_id).close()
+    removed = time.monotonic() - t
+    return created, removed
+
+
+KINDS = {"bindings": bindings, "queues": queues, "consumers": consumers, "mqtt": mqtt}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("broker")
+    ap.add_argument("--amqp")
+    ap.add_argument("--mqtt")
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--kinds", default="bindings,queues,consumers,mqtt")
+    a = ap.parse_args()
+    for kind in a.kinds.split(","):
+        addr = a.mqtt if kind == "mqtt" else a.amqp
+        if not addr:
+            continue
+        for n in map(int, a.sizes.split(",")):
+            created, removed = KINDS[kind](addr, n)
+            print(json.dumps({"broker": a.broker, "kind": kind, "n": n,
+                              "create_s": round(created, 3), "remove_s": round(removed, 3)}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
