@@ -9,6 +9,7 @@ use lapin::options::*;
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 use std::sync::Arc;
+use switchboard::core::clock::{Clock, ManualClock, SystemClock};
 use switchboard::core::Queue;
 
 fn find_queue(b: &TestBroker, name: &str) -> Option<Arc<Queue>> {
@@ -65,7 +66,8 @@ async fn the_lower_of_queue_and_message_ttl_wins() {
 
 #[tokio::test]
 async fn expired_messages_are_not_delivered_to_a_consumer_that_was_busy() {
-    let b = TestBroker::start().await;
+    let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+    let b = TestBroker::start_in_with_clock(&fresh_data_dir(), clock.clone()).await;
     let (_c, ch) = b.channel().await;
     let q = unique("ttl-busy");
     declare(&ch, &q).await;
@@ -79,9 +81,10 @@ async fn expired_messages_are_not_delivered_to_a_consumer_that_was_busy() {
     let d = next(&mut consumer).await;
     assert_eq!(text(&d), "first");
     let queue = find_queue(&b, &q).expect("queue");
-    // While the consumer has no credit "stale" passes its TTL (a real delay, the point of the
-    // test); it must not be delivered when credit returns.
-    tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    // While the consumer has no credit "stale" passes its TTL on the broker's clock; it must
+    // not be delivered when credit returns.
+    clock.advance(40);
+    b.broker().timer.fire_due();
     ack(&d).await;
     let d = next(&mut consumer).await;
     assert_eq!(text(&d), "fresh");

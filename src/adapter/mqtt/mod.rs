@@ -380,6 +380,8 @@ mod tests {
     /// Every connected client holds one of these futures for as long as it stays connected
     /// (issue 7: an idle connection's memory). The handshake's state (a decoded CONNECT is
     /// 840 bytes) must not stay in it: it made the future 4.7 KB before it was boxed apart.
+    /// The bound has room for the driver's read slicing (a capped read buffer and the bytes
+    /// read since the last yield, 24 bytes), which every connection needs.
     #[test]
     fn the_connection_future_stays_small() {
         let broker = crate::core::Broker::new(
@@ -399,6 +401,6 @@ mod tests {
             state,
         );
         let size = std::mem::size_of_val(&connection);
-        assert!(size <= 1280, "MQTT connection future is {size} bytes");
+        assert!(size <= 1296, "MQTT connection future is {size} bytes");
     }
 }
