@@ -22,6 +22,7 @@ from typing import Optional
 import pika
 import pytest
 
+import browser
 import pki
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -385,3 +386,14 @@ def names(request, broker):
                 conn.close()
             except Exception:
                 pass
+
+
+@pytest.fixture
+def driver():
+    """A headless Chromium for the tests of pages (the dashboard, the WebSocket clients)."""
+    if not browser.available():
+        pytest.fail(f"chromium or chromedriver missing ({browser.CHROMIUM}, "
+                    f"{browser.CHROMEDRIVER}); interop/run.sh installs them")
+    d = browser.chromium()
+    yield d
+    d.quit()

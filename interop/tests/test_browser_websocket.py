@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.support.ui import WebDriverWait
 
-import browser
 from conftest import _parse_addr
 from mqtt_helpers import Paho, unique
 
@@ -85,16 +84,6 @@ def site():
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def driver():
-    if not browser.available():
-        pytest.fail(f"chromium or chromedriver missing ({browser.CHROMIUM}, "
-                    f"{browser.CHROMEDRIVER}); interop/run.sh installs them")
-    d = browser.chromium()
-    yield d
-    d.quit()
 
 
 def ws_url(broker, key):

@@ -14,7 +14,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-import browser
 from conftest import _parse_addr
 from stomp_helpers import open_stomp
 
@@ -33,16 +32,6 @@ def http_url(broker):
         pytest.skip("the broker has no HTTP listener")
     host, port = _parse_addr(addrs[0])
     return f"http://{host}:{port}"
-
-
-@pytest.fixture
-def driver():
-    if not browser.available():
-        pytest.fail(f"chromium or chromedriver missing ({browser.CHROMIUM}, "
-                    f"{browser.CHROMEDRIVER}); interop/run.sh installs them")
-    d = browser.chromium()
-    yield d
-    d.quit()
 
 
 class Traffic:
