@@ -180,7 +180,7 @@ async fn receive_maximum_limits_messages_in_flight() {
 
 #[tokio::test]
 async fn expired_messages_are_not_delivered() {
-    let b = TestBroker::start().await;
+    let (b, clock) = TestBroker::start_on_manual_clock().await;
     let mut c = connect_packet(Protocol::V5, "expiry", false);
     c.properties.session_expiry_interval = Some(60);
     let (mut s, _) = RawMqtt::connect_with(b.mqtt, c.clone()).await;
@@ -196,8 +196,8 @@ async fn expired_messages_are_not_delivered() {
     p.send(&Packet::Publish(long)).await;
     p.recv().await;
     p.recv().await;
-    // The expiry is the input here: let the short one's second pass.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The expiry is the input here: move the broker's clock past the short one's second.
+    b.advance(&clock, 2100);
     let (mut s, ack) = RawMqtt::connect_with(b.mqtt, c).await;
     assert!(ack.session_present);
     let m = s.next_publish().await;

@@ -306,7 +306,7 @@ async fn shared_subscriptions_load_balance_across_members() {
 
 #[tokio::test]
 async fn retained_messages_expire() {
-    let b = TestBroker::start().await;
+    let (b, clock) = TestBroker::start_on_manual_clock().await;
     let mut p = RawMqtt::connect(b.mqtt, Protocol::V5, "rexp-pub", true).await;
     for (topic, expiry, id) in [("rexp/short", 1, 1), ("rexp/long", 100, 2)] {
         let mut m = publish_packet(topic, QoS::AtLeastOnce, id, topic.as_bytes());
@@ -315,8 +315,8 @@ async fn retained_messages_expire() {
         p.send(&Packet::Publish(m)).await;
         p.recv().await;
     }
-    // The expiry is the input here: let the short one's second pass.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // The expiry is the input here: move the broker's clock past the short one's second.
+    b.advance(&clock, 2100);
     let mut c = RawMqtt::connect(b.mqtt, Protocol::V5, "rexp-sub", true).await;
     c.subscribe("rexp/#", QoS::AtLeastOnce).await;
     let m = c.next_publish().await;

@@ -9,7 +9,6 @@ use lapin::options::*;
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 use std::sync::Arc;
-use switchboard::core::clock::{Clock, ManualClock, SystemClock};
 use switchboard::core::Queue;
 
 fn find_queue(b: &TestBroker, name: &str) -> Option<Arc<Queue>> {
@@ -66,8 +65,7 @@ async fn the_lower_of_queue_and_message_ttl_wins() {
 
 #[tokio::test]
 async fn expired_messages_are_not_delivered_to_a_consumer_that_was_busy() {
-    let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-    let b = TestBroker::start_in_with_clock(&fresh_data_dir(), clock.clone()).await;
+    let (b, clock) = TestBroker::start_on_manual_clock().await;
     let (_c, ch) = b.channel().await;
     let q = unique("ttl-busy");
     declare(&ch, &q).await;
@@ -83,8 +81,7 @@ async fn expired_messages_are_not_delivered_to_a_consumer_that_was_busy() {
     let queue = find_queue(&b, &q).expect("queue");
     // While the consumer has no credit "stale" passes its TTL on the broker's clock; it must
     // not be delivered when credit returns.
-    clock.advance(40);
-    b.broker().timer.fire_due();
+    b.advance(&clock, 40);
     ack(&d).await;
     let d = next(&mut consumer).await;
     assert_eq!(text(&d), "fresh");

@@ -27,12 +27,6 @@ fn queue(b: &TestBroker, name: &str) -> Option<Arc<Queue>> {
     b.broker().vhost("/").expect("vhost /").queue(name)
 }
 
-/// Moves the clock on and runs what the broker's timer has due by then.
-fn advance(b: &TestBroker, clock: &ManualClock, ms: u64) {
-    clock.advance(ms);
-    b.broker().timer.fire_due();
-}
-
 /// The reason of the first `x-death` entry of a dead-lettered message.
 fn death_reason(m: &lapin::message::BasicGetMessage) -> Option<String> {
     let headers = m.delivery.properties.headers().as_ref()?;
@@ -134,7 +128,7 @@ async fn a_ttl_not_yet_run_out_is_delivered_and_expires_at_its_original_time() {
         .await;
     }
     // 59.5 s after the publish: still there (a TTL counted from the restart has 30.5 s left).
-    advance(&b, &clock, 29_500);
+    b.advance(&clock, 29_500);
     for name in [&by_queue, &by_message] {
         let q = queue(&b, name).expect("queue");
         assert_eq!(
@@ -144,7 +138,7 @@ async fn a_ttl_not_yet_run_out_is_delivered_and_expires_at_its_original_time() {
         );
     }
     // 60.5 s after the publish: gone, not 30 s later.
-    advance(&b, &clock, 1_000);
+    b.advance(&clock, 1_000);
     for name in [&by_queue, &by_message] {
         let q = queue(&b, name).expect("queue");
         assert_eq!(
@@ -177,17 +171,17 @@ async fn x_expires_counts_from_the_last_use_before_the_restart() {
     assert!(queue(&b, &idle).is_some() && queue(&b, &used).is_some());
     // 60.5 s after the declaration: the unused one is gone (counted from the restart it
     // would have had 10 s left)...
-    advance(&b, &clock, 10_500);
+    b.advance(&clock, 10_500);
     assert!(queue(&b, &idle).is_none(), "idle since its declaration");
     assert!(queue(&b, &used).is_some(), "used 20 s later");
     // ... and the used one goes 60 s after its use (up to one second later: a use is recorded
     // at most once a second), not 60 s after the restart.
-    advance(&b, &clock, 20_000);
+    b.advance(&clock, 20_000);
     assert!(
         queue(&b, &used).is_some(),
         "60.5 s after its use: within the second"
     );
-    advance(&b, &clock, 1_500);
+    b.advance(&clock, 1_500);
     assert!(queue(&b, &used).is_none(), "62 s after its use");
     b.stop().await;
 

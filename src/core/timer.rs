@@ -71,6 +71,12 @@ impl Timer {
         self.clock.now_ms()
     }
 
+    /// Now on the broker's clock as a wall-clock time (MQTT's expiry intervals count on it,
+    /// so tests move them with the clock instead of sleeping).
+    pub fn now_system(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.clock.now_ms())
+    }
+
     fn heap(&self) -> std::sync::MutexGuard<'_, Heap> {
         self.heap.lock().unwrap_or_else(|e| e.into_inner())
     }

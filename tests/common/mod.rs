@@ -30,6 +30,8 @@ pub fn fresh_data_dir() -> std::path::PathBuf {
 }
 
 /// The test config: every listener on 127.0.0.1:0, a fresh temp data dir, two users, two vhosts.
+use switchboard::core::clock::{Clock, ManualClock, SystemClock};
+
 pub fn test_config_text() -> String {
     test_config_text_in(&fresh_data_dir())
 }
@@ -112,6 +114,20 @@ impl TestBroker {
     ) -> Self {
         let config = Config::parse(&test_config_text_in(dir)).expect("test config");
         Self::start_config_with_clock(config, clock).await
+    }
+
+    /// Starts on the test config, on a fresh data directory, with a clock that only moves when
+    /// the test moves it ([`TestBroker::advance`]).
+    pub async fn start_on_manual_clock() -> (Self, std::sync::Arc<ManualClock>) {
+        let clock = std::sync::Arc::new(ManualClock::new(SystemClock.now_ms()));
+        let b = Self::start_in_with_clock(&fresh_data_dir(), clock.clone()).await;
+        (b, clock)
+    }
+
+    /// Moves `clock` on by `ms` and runs what the broker's timer has due by then.
+    pub fn advance(&self, clock: &ManualClock, ms: u64) {
+        clock.advance(ms);
+        self.broker().timer.fire_due();
     }
 
     pub async fn start_config_with_clock(

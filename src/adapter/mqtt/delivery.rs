@@ -16,6 +16,7 @@ use super::convert::{key_to_topic, outbound_from_message, published_by};
 use super::registry::lock;
 use super::session::{shared_key, InFlight, OutboundMessage, Session};
 use crate::adapter::outbox::Outbox;
+use crate::core::timer::Timer;
 use crate::core::{ConsumerSink, Delivery, Queue};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +46,8 @@ pub(super) struct Link {
     pub limits: ClientLimits,
     /// The session queue is consumed with acknowledgements (a persistent session).
     pub settles: bool,
+    /// The broker's clock, for message expiry.
+    timer: Arc<Timer>,
     /// Outbound topic aliases by topic (one connection's; they do not outlive it).
     aliases: Mutex<HashMap<String, u16>>,
     closed: AtomicBool,
@@ -60,6 +63,7 @@ impl Link {
         client_id: String,
         limits: ClientLimits,
         settles: bool,
+        timer: Arc<Timer>,
     ) -> Arc<Self> {
         Arc::new(Link {
             session,
@@ -67,6 +71,7 @@ impl Link {
             client_id,
             limits,
             settles,
+            timer,
             aliases: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             queue_deleted: AtomicBool::new(false),
@@ -170,7 +175,7 @@ impl Link {
     /// Writes one PUBLISH. False (and nothing written) when the message has expired or would
     /// exceed the client's Maximum Packet Size: the spec says to discard it as if delivered.
     fn write_publish(&self, m: &OutboundMessage, packet_id: Option<u16>, dup: bool) -> bool {
-        let now = SystemTime::now();
+        let now = self.timer.now_system();
         if m.is_expired(now) {
             return false;
         }
@@ -227,6 +232,7 @@ fn for_session(
     client_id: &str,
     queue: &Queue,
     d: &Delivery,
+    now: SystemTime,
 ) -> Option<OutboundMessage> {
     let msg = &d.message;
     let topic = key_to_topic(&msg.routing_key);
@@ -237,7 +243,7 @@ fn for_session(
             s.match_topic(&topic, from_self)?
         }
     };
-    let mut m = outbound_from_message(msg, SystemTime::now());
+    let mut m = outbound_from_message(msg, now);
     m.qos = m.qos.min(matched.qos);
     m.retain = m.retain && matched.retain_as_published;
     m.properties.subscription_identifiers = matched.identifiers;
@@ -261,7 +267,13 @@ impl ConsumerSink for Link {
         let mut s = lock(&self.session);
         // Only a persistent session's own queue waits for a settle.
         let settles = (self.settles && shared_key(&queue.name).is_none()).then_some(delivery.id);
-        match for_session(&s, &self.client_id, queue, &delivery) {
+        match for_session(
+            &s,
+            &self.client_id,
+            queue,
+            &delivery,
+            self.timer.now_system(),
+        ) {
             Some(mut m) => {
                 m.delivery = settles;
                 self.offer(&mut s, m);

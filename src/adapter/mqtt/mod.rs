@@ -287,6 +287,7 @@ async fn handshake(
         attached.key.client_id.clone(),
         limits,
         expiry > 0,
+        broker.timer.clone(),
     );
     let publisher = Publisher {
         broker: broker.clone(),

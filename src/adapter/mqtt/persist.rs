@@ -244,7 +244,7 @@ fn install(broker: &Arc<Broker>, state: &Arc<MqttState>, vhost: &Arc<VHost>, s: 
     let left = expiry_left(
         s.expiry_interval,
         s.disconnected_at,
-        unix(SystemTime::now()),
+        unix(broker.timer.now_system()),
     );
     if left == Some(0) {
         if let Some(q) = vhost.queue(&s.queue) {
@@ -289,7 +289,7 @@ pub async fn restore(broker: &Arc<Broker>, state: &Arc<MqttState>) {
     let Some(store) = broker.store.clone() else {
         return;
     };
-    let now = SystemTime::now();
+    let now = broker.timer.now_system();
     let mut sessions = 0usize;
     for (key, value) in broker.take_recovered(kind::MQTT_SESSION) {
         let (Some((vhost, client_id)), Ok(r)) = (
@@ -374,7 +374,7 @@ mod legacy {
     /// Puts a message a snapshot held for a session into the session's queue, as the
     /// persistent message it would be had it been routed there; the LSN of its record.
     fn enqueue(broker: &Broker, vhost: &VHost, queue: &str, m: &OutboundMessage) -> u64 {
-        let now = SystemTime::now();
+        let now = broker.timer.now_system();
         let (Some(q), false) = (vhost.queue(queue), m.is_expired(now)) else {
             return 0;
         };
@@ -408,7 +408,7 @@ mod legacy {
         vhost: &Arc<VHost>,
         snap: &VHostSnapshot,
     ) -> u64 {
-        let now = SystemTime::now();
+        let now = broker.timer.now_system();
         let mut lsn = 0;
         for r in &snap.retained {
             if let Some(m) = message(r).filter(|m| !m.is_expired(now)) {

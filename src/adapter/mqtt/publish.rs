@@ -12,7 +12,7 @@ use crate::core::message::Protocol;
 use crate::core::{Broker, Message, VHost};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use switchboard_mqtt::{reason, Packet, Properties, PubResponse, QoS};
 
 /// Everything needed to publish on behalf of one client; owned, so a delayed will can carry it
@@ -70,7 +70,7 @@ impl Publisher {
     /// store has no room for is not routed either: the publish is refused as a whole, so a
     /// client that retries does not deliver it twice.
     pub(super) fn route(&self, m: InboundMessage) -> Routed {
-        let now = SystemTime::now();
+        let now = self.broker.timer.now_system();
         let mut retained_lsn = 0;
         if m.retain {
             let mut properties = m.properties.clone();

@@ -8,7 +8,7 @@ use super::publish::{InboundMessage, Publisher};
 use super::registry::{lock, MqttState, SessionKey};
 use crate::core::{Broker, VHost};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 use switchboard_mqtt::Will;
 
 impl Connection {
@@ -39,7 +39,7 @@ impl Connection {
             } else if ours {
                 {
                     let mut s = lock(&self.attached.session);
-                    let now = SystemTime::now().duration_since(UNIX_EPOCH);
+                    let now = self.broker.timer.now_system().duration_since(UNIX_EPOCH);
                     s.disconnected_at = Some(now.map_or(0, |d| d.as_secs()));
                     persist::write_session(&self.broker, &mut s);
                 }

@@ -8,7 +8,6 @@ use super::registry::lock;
 use super::session::{is_shared, shared_queue_name, SubscriptionEntry};
 use crate::core::vhost::QueueSpec;
 use crate::core::Consumer;
-use std::time::SystemTime;
 use switchboard_amqp::FieldTable;
 use switchboard_mqtt::topic::{check_filter, split_shared};
 use switchboard_mqtt::*;
@@ -104,7 +103,7 @@ impl Connection {
         }
         let identifier = sub.properties.subscription_identifiers.first().copied();
         let exchange = self.broker.config.mqtt.exchange.clone();
-        let now = SystemTime::now();
+        let now = self.broker.timer.now_system();
         let mut codes = Vec::with_capacity(sub.subscriptions.len());
         let mut retained = Vec::new();
         for s in sub.subscriptions {
