@@ -292,13 +292,20 @@ impl Channel {
                     ));
                 }
                 let (class_id, method_id) = (method.class_id(), method.method_id());
-                let is_publish = matches!(method, Method::BasicPublish(_));
+                // The per-message methods change the figures only in a transaction (a publish's
+                // are stored when its content completes) or in confirm mode (stored per confirm
+                // batch); an ack outside a transaction changes none of them.
+                let per_message = match method {
+                    Method::BasicPublish(_) => true,
+                    Method::BasicAck(_) | Method::BasicNack(_) | Method::BasicReject(_) => {
+                        self.tx.is_none()
+                    }
+                    _ => false,
+                };
                 let result = self
                     .handle_method(ctx, method)
                     .map_err(|e| e.during(class_id, method_id));
-                // A publish changes the figures only in a transaction (stored when its content
-                // completes) or in confirm mode (stored per confirm batch).
-                if !is_publish {
+                if !per_message {
                     self.store_gauges();
                 }
                 result
