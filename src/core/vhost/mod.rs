@@ -1,0 +1,229 @@
+//! A virtual host: its exchanges, queues and the bindings between them, and routing. One file
+//! per responsibility: lookups and deletion ([`registry`]), declarations and their equivalence
+//! checks ([`declare`]), bindings ([`bindings`]), exclusive queues ([`exclusive`]), durable
+//! definition records ([`persist`]) and recovery ([`recovery`]), dead-lettering
+//! ([`dead_letters`]) and routing ([`routing`]).
+
+mod bindings;
+mod dead_letters;
+mod declare;
+mod exclusive;
+mod persist;
+mod recovery;
+mod registry;
+mod routing;
+
+use super::dead_letter::{self, DeadLetter};
+use super::delayed::{self, DelayedHold, HoldStore};
+use super::error::{CoreError, CoreResult, ErrorKind};
+use super::exchange::{Destination, Exchange, ExchangeKind};
+use super::hash::FastDashMap;
+use super::memory::{MemoryCharge, MemoryMonitor};
+use super::message::Message;
+use super::policy::Policies;
+use super::queue::args::QueueArgs;
+use super::queue::{ConnectionId, Queue, QueueEnv, QueueStore, RecoveredEntry};
+use super::timer::Timer;
+use super::topic;
+use crate::store::definitions::{
+    binding_key, encode, exchange_key, queue_key, table_text, BindingDef, ExchangeDef, QueueDef,
+};
+use crate::store::{kind, Store, VHostDefinitions};
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use switchboard_amqp::{FieldTable, FieldValue};
+
+/// Parameters of an exchange declaration.
+#[derive(Debug, Clone)]
+pub struct ExchangeSpec {
+    pub name: String,
+    pub kind: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+/// Parameters of a queue declaration.
+#[derive(Debug, Clone, Default)]
+pub struct QueueSpec {
+    /// Empty: the server picks an `amq.gen-…` name.
+    pub name: String,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// What a queue declaration found or made.
+#[derive(Debug, Clone)]
+pub struct QueueDeclared {
+    pub queue: Arc<Queue>,
+    pub created: bool,
+}
+
+#[derive(Debug)]
+pub struct VHost {
+    pub name: String,
+    exchanges: FastDashMap<String, Arc<Exchange>>,
+    queues: FastDashMap<String, Arc<Queue>>,
+    /// Where durable definitions and persistent messages go; None for a memory-only vhost.
+    store: Option<Arc<Store>>,
+    /// Charged for messages durable queues read back from the store (set with `store`).
+    store_memory: Option<Arc<MemoryMonitor>>,
+    /// Off while definitions are being restored at start (nothing new to write).
+    persisting: AtomicBool,
+    /// Held while a definition change appends its record, after checking that the change still
+    /// stands: two racing changes to one definition (a declare and a delete) then append their
+    /// records in the order they took effect in memory.
+    record_lock: Mutex<()>,
+    /// The LSN of the last definition record appended: a reply promising a definition (a
+    /// declare-ok, even for a definition another connection just made) waits until the log is
+    /// durable up to it.
+    definitions_lsn: AtomicU64,
+    /// The timer and memory monitor queues use, once the vhost is attached to its broker.
+    env: OnceLock<VHostEnv>,
+    /// Configured policies: arguments for queues matching a pattern.
+    policies: Arc<Policies>,
+    /// Exclusive queues by owning connection, so that a closing connection finds its own
+    /// without scanning every queue (which made closing N connections O(N²)).
+    exclusive: Mutex<HashMap<ConnectionId, Vec<Arc<Queue>>>>,
+    /// `server.topic_max_words`: the most words in a topic exchange's binding or routing key.
+    topic_max_words: AtomicUsize,
+}
+
+/// What [`VHost::attach`] connects a vhost to.
+#[derive(Debug, Clone)]
+struct VHostEnv {
+    me: Weak<VHost>,
+    timer: Arc<Timer>,
+    memory: Option<Arc<MemoryMonitor>>,
+}
+
+impl VHost {
+    /// A vhost with the default exchange and the `amq.*` exchanges RabbitMQ pre-declares.
+    pub fn new(name: &str) -> Self {
+        let vh = VHost {
+            name: name.to_owned(),
+            exchanges: FastDashMap::default(),
+            queues: FastDashMap::default(),
+            store: None,
+            store_memory: None,
+            persisting: AtomicBool::new(false),
+            record_lock: Mutex::new(()),
+            definitions_lsn: AtomicU64::new(0),
+            env: OnceLock::new(),
+            policies: Arc::new(Policies::default()),
+            exclusive: Mutex::new(HashMap::new()),
+            topic_max_words: AtomicUsize::new(topic::DEFAULT_MAX_WORDS),
+        };
+        for (ename, kind) in [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ] {
+            vh.exchanges.insert(
+                ename.to_owned(),
+                Arc::new(Exchange::new(
+                    ename.to_owned(),
+                    kind,
+                    true,
+                    false,
+                    false,
+                    FieldTable::new(),
+                )),
+            );
+        }
+        vh
+    }
+
+    /// A memory-only vhost whose queues follow `policies`.
+    pub fn with_policies(name: &str, policies: Arc<Policies>) -> Self {
+        VHost {
+            policies,
+            ..VHost::new(name)
+        }
+    }
+
+    /// A vhost whose durable definitions and persistent messages go to `store`, rebuilt from
+    /// what the store recovered at `now` (the broker's clock); its queues follow `policies`.
+    pub fn with_store(
+        name: &str,
+        store: Arc<Store>,
+        policies: Arc<Policies>,
+        defs: &VHostDefinitions,
+        recovered: &mut crate::store::RecoveredLog,
+        now: u64,
+        memory: &Arc<super::memory::MemoryMonitor>,
+    ) -> Self {
+        let mut vh = VHost::with_policies(name, policies);
+        vh.store = Some(store);
+        vh.store_memory = Some(memory.clone());
+        vh.restore(defs, recovered, now, memory);
+        vh.persisting.store(true, Ordering::Release);
+        vh
+    }
+
+    /// Connects the vhost and its queues to the broker's timer (TTL, `x-expires`) and memory
+    /// monitor, and lets queues route their dead letters through it. Queues made later are
+    /// connected as they are made.
+    pub fn attach(self: &Arc<Self>, timer: Arc<Timer>, memory: Option<Arc<MemoryMonitor>>) {
+        let env = VHostEnv {
+            me: Arc::downgrade(self),
+            timer,
+            memory,
+        };
+        if self.env.set(env).is_ok() {
+            for q in self.queues() {
+                self.attach_queue(&q);
+            }
+            for ex in self.exchanges() {
+                if let Some(hold) = &ex.delayed {
+                    self.attach_hold(hold);
+                }
+            }
+        }
+    }
+
+    pub(super) fn attach_queue(&self, q: &Arc<Queue>) {
+        if let Some(env) = self.env.get() {
+            q.attach(QueueEnv {
+                vhost: env.me.clone(),
+                timer: env.timer.clone(),
+                memory: env.memory.clone(),
+            });
+        }
+    }
+
+    pub(super) fn attach_hold(&self, hold: &Arc<DelayedHold>) {
+        if let Some(env) = self.env.get() {
+            hold.attach(env.me.clone(), env.timer.clone());
+        }
+    }
+
+    /// A memory charge for a message copy the vhost makes (dead letters, delayed messages).
+    pub(super) fn charge(&self, body_len: usize) -> MemoryCharge {
+        self.env
+            .get()
+            .and_then(|e| e.memory.as_ref())
+            .map(|m| m.charge(Message::charge_size(body_len)))
+            .unwrap_or_default()
+    }
+}
+
+/// A random name with RabbitMQ's shape: prefix + 22 URL-safe base64 characters.
+pub fn generate_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    let mut s = String::with_capacity(prefix.len() + 22);
+    s.push_str(prefix);
+    for _ in 0..22 {
+        s.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
+    }
+    s
+}

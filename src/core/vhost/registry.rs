@@ -1,0 +1,145 @@
+//! Looking exchanges and queues up, and deleting them with what goes with them (bindings,
+//! auto-delete exchanges left unbound, consumers told).
+
+use super::*;
+
+impl VHost {
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.get(name).map(|e| e.clone())
+    }
+
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.get(name).map(|q| q.clone())
+    }
+
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        let mut v: Vec<_> = self.exchanges.iter().map(|e| e.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut v: Vec<_> = self.queues.iter().map(|q| q.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub(super) fn exchange_or_404(&self, name: &str) -> CoreResult<Arc<Exchange>> {
+        self.exchange(name)
+            .ok_or_else(|| CoreError::not_found("exchange", name, &self.name))
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
+        // RabbitMQ's words for both refusals.
+        if name.is_empty() {
+            return Err(CoreError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if name.starts_with("amq.") {
+            return Err(CoreError::access_refused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
+            )));
+        }
+        let Some(ex) = self.exchange(name) else {
+            // Deleting what is not there succeeds, as in RabbitMQ.
+            return Ok(());
+        };
+        if if_unused && ex.has_bindings() {
+            return Err(CoreError::precondition(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        self.exchanges.remove(name);
+        if let Some(hold) = &ex.delayed {
+            hold.delete();
+        }
+        self.remove_bindings_to(&Destination::Exchange(ex.clone()));
+        self.record_exchange_gone(&ex);
+        Ok(())
+    }
+
+    /// Unbinds `dest` from every exchange, then deletes auto-delete exchanges left unbound.
+    pub(super) fn remove_bindings_to(&self, dest: &Destination) {
+        let sources: Vec<Arc<Exchange>> = self.exchanges.iter().map(|e| e.clone()).collect();
+        for src in sources {
+            let removed = src.unbind_destination(dest);
+            if !removed.is_empty() {
+                self.record_bindings_gone(&src, &removed);
+                self.maybe_auto_delete_exchange(&src);
+            }
+        }
+    }
+
+    pub(super) fn maybe_auto_delete_exchange(&self, ex: &Arc<Exchange>) {
+        if ex.auto_delete && !ex.has_bindings() {
+            let removed = self
+                .exchanges
+                .remove_if(&ex.name, |_, e| Arc::ptr_eq(e, ex))
+                .is_some();
+            if removed {
+                if let Some(hold) = &ex.delayed {
+                    hold.delete();
+                }
+                self.remove_bindings_to(&Destination::Exchange(ex.clone()));
+                self.record_exchange_gone(ex);
+            }
+        }
+    }
+
+    /// Deletes a queue; returns the number of ready messages it held.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: ConnectionId,
+    ) -> CoreResult<u32> {
+        let Some(q) = self.queue(name) else {
+            return Ok(0);
+        };
+        self.check_exclusive(&q, conn)?;
+        let stats = q.stats();
+        if if_unused && stats.consumers > 0 {
+            return Err(CoreError::precondition(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        if if_empty && stats.ready > 0 {
+            return Err(CoreError::precondition(format!(
+                "queue '{name}' in vhost '{}' not empty",
+                self.name
+            )));
+        }
+        Ok(self.remove_queue(&q))
+    }
+
+    /// Removes a queue from the vhost, drops its bindings and tells its consumers.
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+        if self
+            .queues
+            .remove_if(&q.name, |_, v| Arc::ptr_eq(v, q))
+            .is_none()
+        {
+            return 0;
+        }
+        self.forget_exclusive(q);
+        let deleted = q.delete();
+        self.remove_bindings_to(&Destination::Queue(q.clone()));
+        self.record_queue_gone(q);
+        for c in &deleted.consumers {
+            c.sink.cancelled(q, &c.tag);
+        }
+        deleted.messages
+    }
+
+    /// After a consumer went away: deletes the queue if it is auto-delete and now unused.
+    pub fn consumer_gone(&self, q: &Arc<Queue>) {
+        if q.auto_delete_due() {
+            self.remove_queue(q);
+        }
+    }
+}
