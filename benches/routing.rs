@@ -11,7 +11,7 @@ use std::sync::Arc;
 use switchboard::core::memory::MemoryCharge;
 use switchboard::core::topic::TopicTrie;
 use switchboard::core::vhost::{ExchangeSpec, QueueSpec};
-use switchboard::core::{Message, VHost};
+use switchboard::core::{Message, Publish, PublishTo, VHost};
 use switchboard_amqp::FieldTable;
 
 /// 10,000 patterns shaped like IoT subscriptions: `site.<s>.device.<d>.<metric>`, with a share
@@ -141,12 +141,12 @@ fn route_and_enqueue(c: &mut Criterion) {
     }
     let ex = vh.exchange("bench").unwrap();
     let body = Bytes::from_static(&[0u8; 16]);
+    let mut queues = Vec::new();
     c.bench_function("route_topic_1k_bindings_and_enqueue_16B", |b| {
         b.iter(|| {
             let m = Arc::new(message("site.42.device.42.temp", &body));
-            for q in vh.route(&ex, &m) {
-                q.publish(m.clone());
-            }
+            let to = PublishTo::Exchange(&ex);
+            vh.publish(Publish { to, message: &m }, &mut queues);
             // Keep the queue from growing across iterations.
             if q.message_count() > 10_000 {
                 q.purge();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use switchboard::core::memory::MemoryCharge;
 use switchboard::core::vhost::QueueSpec;
 use switchboard::core::{Consumer, ConsumerSink, Delivery, Destination, Exchange, ExchangeKind};
-use switchboard::core::{Message, Queue, VHost};
+use switchboard::core::{Message, Publish, PublishTo, Queue, VHost};
 use switchboard::sys::thread_cpu_time;
 use switchboard_amqp::FieldTable;
 
@@ -136,17 +136,20 @@ fn fan_out_to_n_queues_is_linear_in_n() {
             }
         }
         let ex = vh.exchange("amq.topic").unwrap();
-        let msg = Message::new(
+        let msg = Arc::new(Message::new(
             "amq.topic".into(),
             "a.b".into(),
             Default::default(),
             None,
             bytes::Bytes::new(),
             MemoryCharge::default(),
-        );
+        ));
+        let mut queues = Vec::new();
         let t = thread_cpu_time();
         for _ in 0..5 {
-            assert_eq!(vh.route_now(&ex, &msg).len(), n);
+            let to = PublishTo::Exchange(&ex);
+            let outcome = vh.publish(Publish { to, message: &msg }, &mut queues);
+            assert_eq!(outcome.queues, n);
         }
         thread_cpu_time() - t
     });
@@ -219,20 +222,22 @@ fn many_consumers_of_one_queue_come_and_go_and_share_messages_round_robin() {
     };
     let t = Instant::now();
     for (i, sink) in sinks.iter().enumerate() {
-        q.add_consumer(Consumer {
-            id: i as u64,
-            tag: format!("c{i}"),
-            no_ack: true,
-            exclusive: false,
-            owner: 1,
-            sink: sink.clone(),
-        })
-        .expect("consumer added");
+        let effects = q
+            .add_consumer(Consumer {
+                id: i as u64,
+                tag: format!("c{i}"),
+                no_ack: true,
+                exclusive: false,
+                owner: 1,
+                sink: sink.clone(),
+            })
+            .expect("consumer added");
+        assert!(effects.is_empty(), "nothing to dead-letter");
     }
     let added = t.elapsed();
     let t = Instant::now();
     for _ in 0..n {
-        assert!(q.publish(message()));
+        assert!(q.enqueue(message()).accepted);
     }
     let delivered = t.elapsed();
     let count = |s: &CountingSink| s.delivered.load(Ordering::Relaxed);
@@ -248,7 +253,7 @@ fn many_consumers_of_one_queue_come_and_go_and_share_messages_round_robin() {
     let removed = t.elapsed();
     assert_eq!(q.consumer_count() as usize, n / 2);
     for _ in 0..n / 2 {
-        assert!(q.publish(message()));
+        assert!(q.enqueue(message()).accepted);
     }
     for (i, s) in sinks.iter().enumerate() {
         let expected = if i % 2 == 0 { 1 } else { 2 };

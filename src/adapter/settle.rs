@@ -1,7 +1,7 @@
 //! Settling deliveries a client acknowledged or refused, shared by the adapters whose clients
 //! ack (AMQP basic.ack/nack/reject, STOMP ACK/NACK).
 
-use crate::core::Queue;
+use crate::core::{Queue, VHost};
 use std::sync::Arc;
 
 /// What settling deliveries does with them.
@@ -24,8 +24,9 @@ impl Settle {
     }
 }
 
-/// Settles `(queue, message id)` deliveries grouped by queue, one queue call per group.
-pub fn apply(taken: impl IntoIterator<Item = (Arc<Queue>, u64)>, how: Settle) {
+/// Settles `(queue, message id)` deliveries of queues in `vhost` grouped by queue, one queue
+/// call per group, and has the vhost apply what the queues return (dead letters).
+pub fn apply(vhost: &VHost, taken: impl IntoIterator<Item = (Arc<Queue>, u64)>, how: Settle) {
     let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
     for (queue, id) in taken {
         match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
@@ -34,10 +35,14 @@ pub fn apply(taken: impl IntoIterator<Item = (Arc<Queue>, u64)>, how: Settle) {
         }
     }
     for (q, ids) in groups {
-        match how {
-            Settle::Ack => q.settle(&ids),
+        let effects = match how {
+            Settle::Ack => {
+                q.settle(&ids);
+                continue;
+            }
             Settle::Discard => q.reject(&ids),
             Settle::Requeue => q.requeue(&ids),
-        }
+        };
+        vhost.apply(&q, effects);
     }
 }

@@ -11,7 +11,7 @@ use super::visible_vhosts;
 use crate::core::access::User;
 use crate::core::stats::{key_of, message_stats_json, EXCHANGE_FIELDS};
 use crate::core::vhost::ExchangeSpec;
-use crate::core::{Broker, Exchange, Message, VHost};
+use crate::core::{Broker, Exchange, Message, Publish, PublishTo, VHost};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -248,17 +248,14 @@ async fn publish(
         payload,
         charge,
     ));
-    if let Some(lsn) = vh.hold_if_delayed(&exchange, &message) {
-        b.access.durable(lsn).await;
-        return Json(json!({"routed": true})).into_response();
-    }
-    let queues = vh.route_now(&exchange, &message);
-    let mut lsn = 0;
-    for q in &queues {
-        lsn = lsn.max(q.publish_tracked(message.clone()).lsn);
-    }
-    b.access.durable(lsn).await;
-    Json(json!({"routed": !queues.is_empty()})).into_response()
+    let publish = Publish {
+        to: PublishTo::Exchange(&exchange),
+        message: &message,
+    };
+    // A delayed message counts as routed.
+    let outcome = vh.publish(publish, &mut Vec::new());
+    b.access.durable(outcome.lsn).await;
+    Json(json!({"routed": outcome.held || outcome.queues > 0})).into_response()
 }
 
 async fn exchange_bindings(

@@ -6,7 +6,7 @@ use super::access::bad_request;
 use super::reply::{vhost, API_CONNECTION};
 use super::{node_name, Listeners};
 use crate::core::vhost::QueueSpec;
-use crate::core::{Broker, Message};
+use crate::core::{Broker, Message, Publish, PublishTo};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -84,10 +84,19 @@ async fn aliveness(State(b): B, Path(vh): Path<String>) -> Response {
         body.clone(),
         charge,
     );
-    q.publish(Arc::new(message));
+    let publish = Publish {
+        to: PublishTo::Queue(&q),
+        message: &Arc::new(message),
+    };
+    let _ = vh.publish(publish, &mut Vec::new());
     // Other messages may sit in the queue (an earlier test's); ours is the one with our body.
     let mut seen = false;
-    while let Some((d, _)) = q.get(true) {
+    loop {
+        let (got, effects) = q.get(true);
+        vh.apply(&q, effects);
+        let Some((d, _)) = got else {
+            break;
+        };
         if d.message.body == body {
             seen = true;
             break;

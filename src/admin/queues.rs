@@ -260,7 +260,9 @@ async fn get_messages(
     let mut taken = Vec::new();
     let mut out = Vec::new();
     for _ in 0..body.count.unwrap_or(1) {
-        let Some((d, left)) = q.get(requeue == Some(false)) else {
+        let (got, effects) = q.get(requeue == Some(false));
+        vh.apply(&q, effects);
+        let Some((d, left)) = got else {
             break;
         };
         let m = &d.message;
@@ -277,12 +279,13 @@ async fn get_messages(
         }));
         taken.push(d.id);
     }
-    match requeue {
+    let effects = match requeue {
         Some(true) => q.requeue(&taken),
-        Some(false) => {}
+        Some(false) => Default::default(),
         // Dead-lettered through the vhost when the queue has a dead-letter exchange.
         None => q.reject(&taken),
-    }
+    };
+    vh.apply(&q, effects);
     Json(Value::Array(out)).into_response()
 }
 

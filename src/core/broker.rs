@@ -10,7 +10,7 @@ use super::policy::Policies;
 use super::queue::ConnectionId;
 use super::stats::{ConnectionCounters, Stats};
 use super::timer::Timer;
-use super::vhost::VHost;
+use super::vhost::{VHost, VHostEnv};
 use crate::config::Config;
 use crate::store::{kind, RecoveredKeyed, RecoveredLog, Store, StoreError, VHostDefinitions};
 use dashmap::DashMap;
@@ -136,22 +136,19 @@ impl Broker {
     pub fn new(config: Config) -> Arc<Self> {
         let memory = MemoryMonitor::new(config.memory_high_watermark_bytes());
         let policies = Self::policies(&config);
+        let timer = Timer::new(Arc::new(SystemClock));
+        let env = VHostEnv {
+            timer: timer.clone(),
+            memory: Some(memory.clone()),
+        };
         let vhosts = DashMap::new();
         let names: Vec<String> = config.vhosts.iter().map(|v| v.name.clone()).collect();
         for name in &names {
-            let vh = VHost::with_policies(name, policies.clone());
+            let vh = VHost::with_policies(name, policies.clone(), env.clone());
             vhosts.insert(name.clone(), Arc::new(vh));
         }
         let access = Access::seeded(&config, &names, None);
-        Self::assemble(
-            Arc::new(SystemClock),
-            config,
-            memory,
-            None,
-            access,
-            policies,
-            vhosts,
-        )
+        Self::assemble(timer, config, memory, None, access, policies, vhosts)
     }
 
     /// A broker on the store in `config.server.data_dir`: durable definitions and persistent
@@ -180,6 +177,11 @@ impl Broker {
             &config.store,
         )?;
         let policies = Self::policies(&config);
+        let timer = Timer::new(clock);
+        let env = VHostEnv {
+            timer: timer.clone(),
+            memory: Some(memory.clone()),
+        };
         // Before the queues come back, so that run-time policies apply to them as before.
         policies.restore(
             recovered
@@ -196,7 +198,7 @@ impl Broker {
                 policies.clone(),
                 defs,
                 &mut recovered.log,
-                clock.now_ms(),
+                env.clone(),
                 &memory,
             );
             vhosts.insert(defs.vhost.clone(), Arc::new(vh));
@@ -220,7 +222,7 @@ impl Broker {
         };
         let keyed = std::mem::take(&mut recovered.log.keyed);
         Ok(Self::assemble(
-            clock,
+            timer,
             config,
             memory,
             Some((store, keyed)),
@@ -240,7 +242,7 @@ impl Broker {
     }
 
     fn assemble(
-        clock: Arc<dyn Clock>,
+        timer: Arc<Timer>,
         config: Config,
         memory: Arc<MemoryMonitor>,
         store: Option<(Arc<Store>, RecoveredKeyed)>,
@@ -259,9 +261,8 @@ impl Broker {
             u.password.clear();
         }
         let (shutdown, _) = watch::channel(false);
-        let timer = Timer::new(clock);
         for vh in vhosts.iter() {
-            vh.attach(timer.clone(), Some(memory.clone()));
+            vh.serve_timer();
             vh.set_topic_max_words(config.server.topic_max_words);
         }
         Arc::new(Broker {
@@ -315,6 +316,10 @@ impl Broker {
     /// Adds a vhost with the standard exchanges (nothing when it exists); returns the LSN that
     /// makes it durable (0 when nothing was written).
     pub fn add_vhost(&self, name: &str) -> u64 {
+        let env = VHostEnv {
+            timer: self.timer.clone(),
+            memory: Some(self.memory.clone()),
+        };
         let vh = match self.vhosts.entry(name.to_owned()) {
             dashmap::Entry::Occupied(_) => return 0,
             dashmap::Entry::Vacant(slot) => {
@@ -328,16 +333,16 @@ impl Broker {
                             ..Default::default()
                         },
                         &mut RecoveredLog::default(),
-                        self.timer.now_ms(),
+                        env,
                         &self.memory,
                     ),
-                    None => VHost::with_policies(name, self.policies.clone()),
+                    None => VHost::with_policies(name, self.policies.clone(), env),
                 });
                 slot.insert(vh.clone());
                 vh
             }
         };
-        vh.attach(self.timer.clone(), Some(self.memory.clone()));
+        vh.serve_timer();
         vh.set_topic_max_words(self.config.server.topic_max_words);
         let record = encode(&VHostRecord {
             name: name.to_owned(),
@@ -360,6 +365,7 @@ impl Broker {
                 let _ = vh.delete_exchange(&ex.name, false);
             }
         }
+        vh.stop_timer();
         let mut lsn = self.access.vhost_deleted(name);
         if let Some(store) = &self.store {
             lsn = lsn.max(store.delete(kind::VHOST, name.as_bytes()));
@@ -448,5 +454,15 @@ impl Broker {
 
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+}
+
+impl Drop for Broker {
+    /// The timer holds the vhosts it serves, and they hold it: let go of them, so a broker
+    /// dropped without a shutdown (tests start many in one process) frees everything.
+    fn drop(&mut self) {
+        for vh in self.vhosts.iter() {
+            vh.stop_timer();
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! A message published with an `x-delay` header (milliseconds) is held by the exchange's
 //! [`DelayedHold`] and routed, by the exchange's `x-delayed-type`, when it is due.
 //!
-//! Due times sit in a heap served by the broker's timer task. A durable exchange keeps its
+//! Due times sit in a heap served by the broker's timer task; when they come, the hold hands
+//! the messages now due to its vhost (which the timer passes in) to route, and keeps no pointer
+//! to it. A durable exchange keeps its
 //! persistent held messages in the message log under a store id of its own (listed in the
 //! definitions as a queue named `amq.delayed-message.<exchange>`, which is never a real queue),
 //! with the due time in a header, so they are armed again after a restart.
@@ -10,7 +12,7 @@
 use super::memory::MemoryCharge;
 use super::message::Message;
 use super::queue::read_back;
-use super::timer::{Timed, Timer};
+use super::timer::{OwnerId, Timed, Timer};
 use super::vhost::VHost;
 use crate::store::log::RecordPos;
 use crate::store::record::Entry;
@@ -71,11 +73,16 @@ struct HoldState {
     deleted: bool,
 }
 
-#[derive(Debug)]
-struct HoldEnv {
-    vhost: Weak<VHost>,
-    timer: Arc<Timer>,
-    me: Weak<DelayedHold>,
+/// The messages [`DelayedHold::take_due`] found due, for the vhost to route.
+#[derive(Debug, Default)]
+pub struct DueMessages {
+    held: Vec<(u64, Held)>,
+}
+
+impl DueMessages {
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
 }
 
 /// The messages a delayed exchange holds until they are due.
@@ -84,16 +91,22 @@ pub struct DelayedHold {
     /// The exchange's name, to route through when due.
     pub exchange: String,
     store: OnceLock<HoldStore>,
-    env: OnceLock<HoldEnv>,
+    /// Wakes the hold when its next message is due, under its vhost's owner id.
+    timer: Arc<Timer>,
+    owner: OwnerId,
+    me: Weak<DelayedHold>,
     state: Mutex<HoldState>,
 }
 
 impl DelayedHold {
-    pub fn new(exchange: String) -> Arc<Self> {
-        Arc::new(DelayedHold {
+    /// The hold of delayed exchange `exchange`, woken by `timer` under its vhost's `owner` id.
+    pub fn new(exchange: String, timer: Arc<Timer>, owner: OwnerId) -> Arc<Self> {
+        Arc::new_cyclic(|me| DelayedHold {
             exchange,
             store: OnceLock::new(),
-            env: OnceLock::new(),
+            timer,
+            owner,
+            me: me.clone(),
             state: Mutex::new(HoldState::default()),
         })
     }
@@ -111,25 +124,8 @@ impl DelayedHold {
         self.store.get().map(|s| s.id)
     }
 
-    /// Connects the hold to the timer and the vhost it routes through, and arms the timer for
-    /// what it already holds (recovered messages).
-    pub fn attach(self: &Arc<Self>, vhost: Weak<VHost>, timer: Arc<Timer>) {
-        let env = HoldEnv {
-            vhost,
-            timer,
-            me: Arc::downgrade(self),
-        };
-        if self.env.set(env).is_ok() {
-            let mut st = self.lock();
-            self.rearm(&mut st);
-        }
-    }
-
     fn now(&self) -> u64 {
-        match self.env.get() {
-            Some(e) => e.timer.now_ms(),
-            None => super::clock::Clock::now_ms(&super::clock::SystemClock),
-        }
+        self.timer.now_ms()
     }
 
     /// Holds `message` for `delay_ms`. Returns the log sequence number a publisher confirm must
@@ -169,7 +165,8 @@ impl DelayedHold {
         lsn
     }
 
-    /// Loads the held messages recovered from the log, with their due times.
+    /// Loads the held messages recovered from the log, with their due times, and arms the
+    /// timer for them.
     pub fn recover(&self, recovered: RecoveredQueue) {
         let now = self.now();
         let mut st = self.lock();
@@ -189,22 +186,23 @@ impl DelayedHold {
             st.due.push(Reverse((due, seq)));
         }
         st.next_seq = st.next_seq.max(recovered.max_seq + 1);
+        self.rearm(&mut st);
     }
 
     fn rearm(&self, st: &mut HoldState) {
-        let (Some(env), Some(Reverse((due, _)))) = (self.env.get(), st.due.peek()) else {
+        let Some(Reverse((due, _))) = st.due.peek() else {
             return;
         };
         if st.armed.is_none_or(|a| *due < a) {
             st.armed = Some(*due);
-            let me: Weak<dyn Timed> = env.me.clone();
-            env.timer.arm(*due, me);
+            let me: Weak<dyn Timed> = self.me.clone();
+            self.timer.arm(*due, self.owner, me);
         }
     }
 
-    /// Routes every message that is due, then records in the log that they left the hold (a
-    /// crash in between delivers one twice rather than never).
-    fn release_due(&self) {
+    /// Takes every message that is due out of the hold, for the vhost to route; then
+    /// [`DelayedHold::released`] records that they left.
+    pub fn take_due(&self) -> DueMessages {
         let now = self.now();
         let mut st = self.lock();
         if st.armed.is_some_and(|a| a <= now) {
@@ -221,19 +219,23 @@ impl DelayedHold {
             }
         }
         self.rearm(&mut st);
-        drop(st);
-        if due.is_empty() {
-            return;
-        }
-        if let Some(vhost) = self.env.get().and_then(|e| e.vhost.upgrade()) {
-            for (_, h) in &due {
-                if let Some(message) = self.message_of(h) {
-                    vhost.route_delayed(&self.exchange, &message);
-                }
-            }
-        }
+        DueMessages { held: due }
+    }
+
+    /// Each due message as the vhost routes it (read back from the log if stored there).
+    pub fn due_messages<'a>(
+        &'a self,
+        due: &'a DueMessages,
+    ) -> impl Iterator<Item = Arc<Message>> + 'a {
+        due.held.iter().filter_map(|(_, h)| self.message_of(h))
+    }
+
+    /// Records in the log that the due messages, routed by now, left the hold (a crash before
+    /// this delivers one twice rather than never).
+    pub fn released(&self, due: DueMessages) {
         if let Some(store) = self.store.get() {
             let settled: Vec<(u64, RecordPos)> = due
+                .held
                 .iter()
                 .filter_map(|(seq, h)| match h {
                     Held::Stored(pos) => Some((*seq, *pos)),
@@ -314,8 +316,16 @@ impl DelayedHold {
 }
 
 impl Timed for DelayedHold {
-    fn on_timer(self: Arc<Self>) {
-        self.release_due();
+    /// Hands the messages now due to `vhost` to route, then records that they left.
+    fn on_timer(self: Arc<Self>, vhost: &VHost) {
+        let due = self.take_due();
+        if due.is_empty() {
+            return;
+        }
+        for message in self.due_messages(&due) {
+            vhost.release_held(&self.exchange, &message);
+        }
+        self.released(due);
     }
 }
 
@@ -343,7 +353,7 @@ fn clamp_i64(n: u64) -> i64 {
 mod tests {
     use super::*;
     use crate::core::clock::ManualClock;
-    use crate::core::vhost::{ExchangeSpec, QueueSpec};
+    use crate::core::vhost::{ExchangeSpec, Publish, PublishTo, QueueSpec};
     use switchboard_amqp::FieldTable;
 
     fn delayed_message(body: &str, delay: Option<FieldValue>) -> Message {
@@ -379,8 +389,7 @@ mod tests {
     fn held_until_due_then_routed_by_the_delayed_type_without_the_due_header() {
         let clock = Arc::new(ManualClock::new(1_000_000));
         let timer = Timer::new(clock.clone());
-        let vh = Arc::new(VHost::new("/"));
-        vh.attach(timer.clone(), None);
+        let vh = VHost::with_timer("/", timer.clone());
         let mut arguments = FieldTable::new();
         arguments.insert(DELAYED_TYPE_ARG.into(), FieldValue::string("direct"));
         let ex = vh
@@ -404,26 +413,39 @@ mod tests {
         let q = vh.declare_queue(spec, false, 1).unwrap().queue;
         vh.bind_queue("q", "delayed", "k", &FieldTable::new(), 1)
             .unwrap();
+        let publish = |m: Message| {
+            let message = Arc::new(m);
+            let to = PublishTo::Exchange(&ex);
+            vh.publish(
+                Publish {
+                    to,
+                    message: &message,
+                },
+                &mut Vec::new(),
+            )
+        };
         for (body, delay) in [("late", 100), ("early", 50)] {
             let m = delayed_message(body, Some(FieldValue::I64(delay)));
-            assert!(vh.route(&ex, &m).is_empty(), "held, not routed");
+            let outcome = publish(m);
+            assert!(outcome.held && outcome.queues == 0, "held, not routed");
         }
-        let now = delayed_message("now", None);
-        assert_eq!(vh.route(&ex, &now).len(), 1, "no x-delay: routed at once");
+        let outcome = publish(delayed_message("now", None));
+        assert_eq!(outcome.queues, 1, "no x-delay: routed at once");
+        assert_eq!(&q.get(true).0.unwrap().0.message.body[..], b"now");
         assert_eq!(ex.delayed.as_ref().unwrap().pending(), 2);
         clock.advance(49);
         timer.fire_due();
         assert_eq!(q.stats().ready, 0);
         clock.advance(1);
         timer.fire_due();
-        let (d, _) = q.get(true).unwrap();
+        let (d, _) = q.get(true).0.unwrap();
         assert_eq!(&d.message.body[..], b"early");
         let headers = d.message.properties.headers.as_ref().unwrap();
         assert!(headers.get(DUE_HEADER).is_none());
         assert_eq!(headers.get(DELAY_HEADER), Some(&FieldValue::I64(50)));
         clock.advance(50);
         timer.fire_due();
-        assert_eq!(&q.get(true).unwrap().0.message.body[..], b"late");
+        assert_eq!(&q.get(true).0.unwrap().0.message.body[..], b"late");
         assert_eq!(ex.delayed.as_ref().unwrap().pending(), 0);
     }
 
@@ -475,9 +497,8 @@ mod scale {
     fn a_million_pending_are_released_in_due_order() {
         let clock = Arc::new(ManualClock::new(0));
         let timer = Timer::new(clock.clone());
-        let hold = DelayedHold::new("delayed".into());
-        let vh = Arc::new(VHost::new("/"));
-        hold.attach(Arc::downgrade(&vh), timer.clone());
+        let vh = VHost::with_timer("/", timer.clone());
+        let hold = DelayedHold::new("delayed".into(), timer.clone(), vh.owner_id());
         let n: u64 = 1_000_000;
         let before = rss_kb();
         let started = std::time::Instant::now();

@@ -27,5 +27,7 @@ pub use broker::Broker;
 pub use error::{CoreError, CoreResult, ErrorKind};
 pub use exchange::{Destination, Exchange, ExchangeKind};
 pub use message::Message;
-pub use queue::{ConnectionId, Consumer, ConsumerSink, Delivery, Enqueued, Queue, QueueStore};
-pub use vhost::VHost;
+pub use queue::{
+    ConnectionId, Consumer, ConsumerSink, Delivery, Enqueued, Queue, QueueEffects, QueueStore,
+};
+pub use vhost::{Publish, PublishOutcome, PublishTo, VHost};

@@ -194,13 +194,14 @@ mod tests {
                 bytes::Bytes::from_static(b"x"),
                 Default::default(),
             ));
-            for target in vh.route_now(&exchange, &msg) {
-                target.publish(msg.clone());
-            }
+            let to = crate::core::PublishTo::Exchange(&exchange);
+            let publish = crate::core::Publish { to, message: &msg };
+            vh.publish(publish, &mut Vec::new());
         }
         let t0 = Instant::now();
         sample(&broker, t0);
-        let _ = q.get(true);
+        let (_, effects) = q.get(true);
+        vh.apply(&q, effects);
         sample(&broker, t0 + Duration::from_secs(1));
         let rates = broker.stats.table().vhost_rates("/");
         assert_eq!(rates.get(Field::GetNoAck), 1.0);

@@ -5,25 +5,38 @@
 //! A queue arms the timer only for a deadline earlier than the one it already armed, so the heap
 //! holds a few entries per queue at most; an entry that turns out early (the message was
 //! consumed meanwhile) only makes the queue look and arm again.
+//!
+//! What comes due is applied by the vhost the target belongs to: the timer owns each served
+//! vhost (see [`Timer::serve`]) and hands it to the target, which returns its effects to it
+//! (dead letters, the queue's own deletion, held messages now due). Queues and holds keep no
+//! pointer up to their vhost; the timer lets go of a vhost when it is deleted
+//! ([`Timer::stop_serving`]) or the broker shuts down, so nothing keeps a deleted vhost alive.
 
 use super::clock::Clock;
+use super::vhost::VHost;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 /// Something the timer wakes: a queue (TTL, `x-expires`) or a delayed exchange's hold.
 pub trait Timed: Send + Sync + std::fmt::Debug {
-    /// Its deadline came: do what is due and arm the timer again for what is next.
-    fn on_timer(self: Arc<Self>);
+    /// Its deadline came: do what is due, hand the effects to `vhost` (the target's own) to
+    /// apply, and arm the timer again for what is next.
+    fn on_timer(self: Arc<Self>, vhost: &VHost);
 }
+
+/// Names a served vhost in the timer's entries (see [`Timer::owner_id`]).
+pub type OwnerId = u64;
 
 #[derive(Debug)]
 struct Entry {
     at: u64,
     /// Tie-breaker so entries order totally without comparing targets.
     seq: u64,
+    owner: OwnerId,
     target: Weak<dyn Timed>,
 }
 
@@ -54,6 +67,9 @@ struct Heap {
 pub struct Timer {
     clock: Arc<dyn Clock>,
     heap: Mutex<Heap>,
+    /// The vhosts whose targets' effects the timer applies, by owner id.
+    owners: Mutex<HashMap<OwnerId, Arc<VHost>>>,
+    next_owner: AtomicU64,
     /// Woken when a deadline earlier than every other one arrives.
     earlier: Notify,
 }
@@ -63,6 +79,8 @@ impl Timer {
         Arc::new(Timer {
             clock,
             heap: Mutex::new(Heap::default()),
+            owners: Mutex::new(HashMap::new()),
+            next_owner: AtomicU64::new(1),
             earlier: Notify::new(),
         })
     }
@@ -81,13 +99,43 @@ impl Timer {
         self.heap.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Asks for `target` to be woken at `at` (ms since the epoch).
-    pub fn arm(&self, at: u64, target: Weak<dyn Timed>) {
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<OwnerId, Arc<VHost>>> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh id for a vhost to give its queues and delayed holds, which arm the timer under
+    /// it.
+    pub fn owner_id(&self) -> OwnerId {
+        self.next_owner.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes the timer apply what comes due in `vhost`'s queues and holds (armed under
+    /// `vhost`'s owner id). Until then, or after [`Timer::stop_serving`], their deadlines pass
+    /// without effect.
+    pub fn serve(&self, owner: OwnerId, vhost: Arc<VHost>) {
+        self.owners().insert(owner, vhost);
+    }
+
+    /// Lets go of a vhost (deleted): its pending deadlines are dropped with it.
+    pub fn stop_serving(&self, owner: OwnerId) {
+        let gone = self.owners().remove(&owner);
+        self.heap().entries.retain(|Reverse(e)| e.owner != owner);
+        drop(gone);
+    }
+
+    /// Asks for `target`, of the vhost with id `owner`, to be woken at `at` (ms since the
+    /// epoch).
+    pub fn arm(&self, at: u64, owner: OwnerId, target: Weak<dyn Timed>) {
         let mut heap = self.heap();
         let earliest = heap.entries.peek().is_none_or(|Reverse(e)| at < e.at);
         let seq = heap.next_seq;
         heap.next_seq += 1;
-        heap.entries.push(Reverse(Entry { at, seq, target }));
+        heap.entries.push(Reverse(Entry {
+            at,
+            seq,
+            owner,
+            target,
+        }));
         drop(heap);
         if earliest {
             self.earlier.notify_one();
@@ -107,8 +155,10 @@ impl Timer {
                 }
             };
             // Outside the heap lock: the target re-arms while it runs.
-            if let Some(t) = due.and_then(|e| e.target.upgrade()) {
-                t.on_timer();
+            let Some(due) = due else { continue };
+            let vhost = self.owners().get(&due.owner).cloned();
+            if let (Some(vhost), Some(t)) = (vhost, due.target.upgrade()) {
+                t.on_timer(&vhost);
             }
         }
     }
@@ -133,6 +183,8 @@ impl Timer {
                 } => {}
                 r = shutdown.changed() => {
                     if r.is_err() || *shutdown.borrow() {
+                        // The served vhosts hold the timer: let go of them.
+                        self.owners().clear();
                         return;
                     }
                 }

@@ -13,7 +13,9 @@ use crate::core::queue::args::parse_expiration;
 use crate::core::queue::{ConnectionId, ConsumeError};
 use crate::core::stats::ConnectionCounters;
 use crate::core::vhost::{generate_name, ExchangeSpec, QueueSpec};
-use crate::core::{Broker, Consumer, Exchange, ExchangeKind, Message, Queue, VHost};
+use crate::core::{
+    Broker, Consumer, Exchange, ExchangeKind, Message, Publish, PublishTo, Queue, VHost,
+};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -558,12 +560,12 @@ impl Channel {
                     self.prefetch_count = u32::from(m.prefetch_count);
                 }
                 ctx.send(ch, BasicQosOk {});
-                self.wake_consumers();
+                self.wake_consumers(ctx);
             }
             Method::BasicConsume(m) => self.consume(ctx, m)?,
             Method::BasicCancel(m) => {
                 if let Some(c) = self.consumers.remove(&m.consumer_tag) {
-                    c.queue.remove_consumer(c.id);
+                    ctx.vhost.remove_consumer(&c.queue, c.id);
                     if self
                         .reply_queue
                         .as_ref()
@@ -588,7 +590,9 @@ impl Channel {
                 let queue = self.resolve_queue(&m.queue)?;
                 ctx.permit(Perm::Read, ResourceKind::Queue, &queue)?;
                 let q = ctx.vhost.queue_for(&queue, ctx.conn_id)?;
-                match q.get(m.no_ack) {
+                let (got, effects) = q.get(m.no_ack);
+                ctx.vhost.apply(&q, effects);
+                match got {
                     None => ctx.send(ch, BasicGetEmpty::default()),
                     Some((d, message_count)) => {
                         let unacked = (!m.no_ack).then(|| Unacked {
@@ -610,13 +614,14 @@ impl Channel {
                 }
             }
             Method::BasicAck(m) => {
-                self.settle_or_buffer(m.delivery_tag, m.multiple, Settle::Ack)?
+                self.settle_or_buffer(ctx, m.delivery_tag, m.multiple, Settle::Ack)?
             }
             Method::BasicReject(m) => {
-                self.settle_or_buffer(m.delivery_tag, false, Settle::rejected(m.requeue))?
+                self.settle_or_buffer(ctx, m.delivery_tag, false, Settle::rejected(m.requeue))?
             }
             Method::BasicNack(m) => {
-                self.settle_or_buffer(m.delivery_tag, m.multiple, Settle::rejected(m.requeue))?
+                let how = Settle::rejected(m.requeue);
+                self.settle_or_buffer(ctx, m.delivery_tag, m.multiple, how)?
             }
             // RabbitMQ cannot redeliver to the same consumer only, and says so.
             Method::BasicRecover(BasicRecover { requeue: false })
@@ -627,14 +632,14 @@ impl Channel {
                 // recover-ok goes first, as from RabbitMQ: clients drop the deliveries they hold
                 // when it arrives, so redeliveries sent before it would be lost to them.
                 ctx.send(ch, BasicRecoverOk {});
-                self.requeue_all();
+                self.requeue_all(ctx);
             }
-            Method::BasicRecoverAsync(_) => self.requeue_all(),
+            Method::BasicRecoverAsync(_) => self.requeue_all(ctx),
             Method::ChannelFlow(m) => {
                 self.deliveries.set_flow(m.active);
                 ctx.send(ch, ChannelFlowOk { active: m.active });
                 if m.active {
-                    self.wake_consumers();
+                    self.wake_consumers(ctx);
                 }
             }
             Method::ConfirmSelect(m) => {
@@ -781,30 +786,31 @@ impl Channel {
         );
         let priority = consumer_priority(&m.arguments)?;
         let id = ctx.broker.next_id();
-        q.add_consumer_with_priority(
-            Consumer {
-                id,
-                tag: tag.clone(),
-                no_ack: m.no_ack,
-                exclusive: m.exclusive,
-                owner: ctx.conn_id,
-                sink: sink.clone(),
-            },
-            priority,
-        )
-        .map_err(|e| match e {
-            ConsumeError::Deleted(_) => AmqpError::channel(
-                NOT_FOUND,
-                format!("no queue '{queue_name}' in vhost '{}'", ctx.vhost.name),
-            ),
-            _ => AmqpError::channel(
-                ACCESS_REFUSED,
-                format!(
-                    "queue '{queue_name}' in vhost '{}' in exclusive use",
-                    ctx.vhost.name
+        let effects = q
+            .add_consumer_with_priority(
+                Consumer {
+                    id,
+                    tag: tag.clone(),
+                    no_ack: m.no_ack,
+                    exclusive: m.exclusive,
+                    owner: ctx.conn_id,
+                    sink: sink.clone(),
+                },
+                priority,
+            )
+            .map_err(|e| match e {
+                ConsumeError::Deleted(_) => AmqpError::channel(
+                    NOT_FOUND,
+                    format!("no queue '{queue_name}' in vhost '{}'", ctx.vhost.name),
                 ),
-            ),
-        })?;
+                _ => AmqpError::channel(
+                    ACCESS_REFUSED,
+                    format!(
+                        "queue '{queue_name}' in vhost '{}' in exclusive use",
+                        ctx.vhost.name
+                    ),
+                ),
+            })?;
         // consume-ok goes on the wire before the consumer may receive anything.
         if !m.no_wait {
             ctx.send(
@@ -814,8 +820,9 @@ impl Channel {
                 },
             );
         }
+        ctx.vhost.apply(&q, effects);
         sink.activate();
-        q.dispatch();
+        ctx.vhost.dispatch(&q);
         self.consumers
             .insert(tag, ChannelConsumer { id, queue: q, sink });
         Ok(())
@@ -933,17 +940,15 @@ impl Channel {
         mandatory: bool,
     ) -> Routed {
         ctx.counters.published();
-        // A delayed message is accepted (and confirmed once stored) now; as with RabbitMQ's
-        // delayed-message plugin, `mandatory` cannot apply to a routing that happens later.
-        if let Some(lsn) = ctx.vhost.hold_if_delayed(exchange, &message) {
-            return Routed {
-                lsn,
-                refused: false,
-            };
-        }
+        let publish = Publish {
+            to: PublishTo::Exchange(exchange),
+            message: &message,
+        };
         let mut queues = std::mem::take(&mut self.routed_to);
-        ctx.vhost.route_now_into(exchange, &message, &mut queues);
-        if queues.is_empty() {
+        let outcome = ctx.vhost.publish(publish, &mut queues);
+        self.routed_to = queues;
+        // A delayed message is held, not unroutable: `mandatory` does not apply to it.
+        if outcome.queues == 0 && !outcome.held {
             if mandatory {
                 let method = Method::BasicReturn(BasicReturn {
                     reply_code: NO_ROUTE,
@@ -963,18 +968,13 @@ impl Channel {
                     )
                 });
             }
-            self.routed_to = queues;
             return Routed::default();
         }
-        let mut routed = Routed::default();
-        for q in queues.drain(..) {
-            let enqueued = q.publish_tracked(message.clone());
-            routed.lsn = routed.lsn.max(enqueued.lsn);
+        Routed {
+            lsn: outcome.lsn,
             // As RabbitMQ: one refusing queue makes the publish nacked.
-            routed.refused |= enqueued.refused;
+            refused: outcome.refused(),
         }
-        self.routed_to = queues;
-        routed
     }
 
     /// Closes the current batch of confirm-mode publishes and acknowledges, with one `multiple`
@@ -1037,20 +1037,27 @@ impl Channel {
         waiting
     }
 
-    fn settle_or_buffer(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
+    fn settle_or_buffer(
+        &mut self,
+        ctx: &ConnCtx,
+        tag: u64,
+        multiple: bool,
+        how: Settle,
+    ) -> AmqpResult<()> {
         if let Some(ops) = &mut self.tx {
             ops.push(TxOp::Settle { tag, multiple, how });
             return Ok(());
         }
-        self.settle(tag, multiple, how)
+        self.settle(ctx, tag, multiple, how)
     }
 
-    fn settle(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
+    fn settle(&mut self, ctx: &ConnCtx, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
         let taken = self.deliveries.take(tag, multiple).ok_or_else(|| {
             AmqpError::channel(PRECONDITION_FAILED, format!("unknown delivery tag {tag}"))
         })?;
-        settle::apply(taken.into_iter().map(|u| (u.queue, u.message_id)), how);
-        self.wake_consumers();
+        let taken = taken.into_iter().map(|u| (u.queue, u.message_id));
+        settle::apply(&ctx.vhost, taken, how);
+        self.wake_consumers(ctx);
         Ok(())
     }
 
@@ -1064,25 +1071,26 @@ impl Channel {
                 } => {
                     self.route(ctx, &exchange, message, mandatory);
                 }
-                TxOp::Settle { tag, multiple, how } => self.settle(tag, multiple, how)?,
+                TxOp::Settle { tag, multiple, how } => self.settle(ctx, tag, multiple, how)?,
             }
         }
         Ok(())
     }
 
-    fn requeue_all(&mut self) {
+    fn requeue_all(&mut self, ctx: &ConnCtx) {
         settle::apply(
+            &ctx.vhost,
             self.deliveries
                 .take_all()
                 .into_iter()
                 .map(|u| (u.queue, u.message_id)),
             Settle::Requeue,
         );
-        self.wake_consumers();
+        self.wake_consumers(ctx);
     }
 
     /// Lets this channel's consumers' queues deliver again (credit or room came back).
-    pub fn wake_consumers(&mut self) {
+    pub fn wake_consumers(&mut self, ctx: &ConnCtx) {
         let before = self.consumers.len();
         self.consumers.retain(|_, c| !c.sink.is_cancelled());
         if self.consumers.len() != before {
@@ -1092,7 +1100,7 @@ impl Channel {
         for c in self.consumers.values() {
             if !woken.iter().any(|q| Arc::ptr_eq(q, &c.queue)) {
                 woken.push(&c.queue);
-                c.queue.dispatch();
+                ctx.vhost.dispatch(&c.queue);
             }
         }
     }
@@ -1103,7 +1111,7 @@ impl Channel {
         self.deliveries.close();
         self.content = None;
         for (_, c) in self.consumers.drain() {
-            c.queue.remove_consumer(c.id);
+            ctx.vhost.remove_consumer(&c.queue, c.id);
             ctx.vhost.consumer_gone(&c.queue);
         }
         if let Some(rq) = self.reply_queue.take() {
@@ -1111,6 +1119,7 @@ impl Channel {
         }
         // Consumers are gone first so requeued messages go to other consumers, not back here.
         settle::apply(
+            &ctx.vhost,
             self.deliveries
                 .take_all()
                 .into_iter()

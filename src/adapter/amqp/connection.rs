@@ -449,7 +449,7 @@ impl DriverSession for Connection {
 
     fn drained(&mut self) {
         for ch in self.channels.values_mut() {
-            ch.wake_consumers();
+            ch.wake_consumers(&self.ctx);
         }
     }
 

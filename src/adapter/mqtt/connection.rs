@@ -191,8 +191,9 @@ impl Connection {
             owner: self.entry.id,
             sink: self.link.clone(),
         };
-        if let Err(e) = self.queue().add_consumer(consumer) {
-            tracing::warn!(error = %e, "MQTT session queue cannot be consumed");
+        match self.queue().add_consumer(consumer) {
+            Ok(effects) => self.vhost().apply(self.queue(), effects),
+            Err(e) => tracing::warn!(error = %e, "MQTT session queue cannot be consumed"),
         }
     }
 
@@ -351,9 +352,9 @@ impl Connection {
 
     /// Lets every queue this connection consumes from deliver again.
     fn dispatch_all(&self) {
-        self.queue().dispatch();
+        self.vhost().dispatch(self.queue());
         for (q, _) in self.shared.values() {
-            q.dispatch();
+            self.vhost().dispatch(q);
         }
     }
 

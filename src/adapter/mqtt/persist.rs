@@ -17,7 +17,7 @@ use super::registry::{MqttState, SessionKey, SessionSlot};
 use super::session::{is_shared, OutboundMessage, Session, SubscriptionEntry};
 use crate::core::memory::MemoryCharge;
 use crate::core::message::Protocol as Origin;
-use crate::core::{Broker, Message, VHost};
+use crate::core::{self, Broker, Message, PublishTo, VHost};
 use crate::store::{compose_key, kind, split_key, Store};
 use base64::Engine;
 use bytes::{BufMut, BytesMut};
@@ -397,7 +397,12 @@ mod legacy {
             charge,
         )
         .with_arrival(Origin::Mqtt, MqttForm::arrived(&m.properties));
-        q.publish_tracked(Arc::new(message)).lsn
+        let message = Arc::new(message);
+        let publish = core::Publish {
+            to: PublishTo::Queue(&q),
+            message: &message,
+        };
+        vhost.publish(publish, &mut Vec::new()).lsn
     }
 
     /// Imports one vhost's snapshot; the highest LSN it wrote.

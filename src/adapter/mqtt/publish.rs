@@ -9,7 +9,7 @@ use super::retained::RetainedFull;
 use super::session::OutboundMessage;
 use crate::core::memory::MemoryCharge;
 use crate::core::message::Protocol;
-use crate::core::{Broker, Message, VHost};
+use crate::core::{Broker, Message, Publish, PublishTo, VHost};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,27 +138,19 @@ impl Publisher {
             )
             .with_arrival(Protocol::Mqtt, arrived),
         );
-        // A delayed message is accepted now (and acknowledged once stored); it is routed when
-        // due.
-        if let Some(lsn) = self.vhost.hold_if_delayed(&exchange, &message) {
-            return Routed {
-                queues: 1,
-                lsn: lsn.max(retained_lsn),
-                ..Default::default()
-            };
-        }
-        let queues = self.vhost.route_now(&exchange, &message);
-        let mut out = Routed {
-            queues: queues.len(),
-            lsn: retained_lsn,
-            ..Default::default()
+        let publish = Publish {
+            to: PublishTo::Exchange(&exchange),
+            message: &message,
         };
-        for q in &queues {
-            let e = q.publish_tracked(message.clone());
-            out.lsn = out.lsn.max(e.lsn);
-            out.refused |= e.refused;
+        let outcome = self.vhost.publish(publish, &mut Vec::new());
+        Routed {
+            // A delayed message is accepted now (and acknowledged once stored) as routed; it
+            // is routed when due.
+            queues: if outcome.held { 1 } else { outcome.queues },
+            lsn: outcome.lsn.max(retained_lsn),
+            refused: outcome.refused(),
+            retained_full: None,
         }
-        out
     }
 }
 

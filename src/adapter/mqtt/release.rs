@@ -18,7 +18,7 @@ impl Connection {
     /// client returns). Then the will, if due.
     pub(super) fn finish(mut self, ending: Ending) {
         self.link.close();
-        self.queue().remove_consumer(self.consumer_id);
+        self.vhost().remove_consumer(self.queue(), self.consumer_id);
         self.settle_dropped();
         let groups: Vec<String> = self.shared.keys().cloned().collect();
         for key in groups {

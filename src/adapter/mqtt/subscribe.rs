@@ -60,8 +60,9 @@ impl Connection {
             owner: self.entry.id,
             sink: self.link.clone(),
         };
-        if queue.add_consumer(consumer).is_err() {
-            return false;
+        match queue.add_consumer(consumer) {
+            Ok(effects) => self.vhost().apply(&queue, effects),
+            Err(_) => return false,
         }
         self.shared.insert(key.to_owned(), (queue, id));
         true
@@ -71,7 +72,7 @@ impl Connection {
     /// piles up for a group nobody consumes.
     pub(super) fn leave_shared(&mut self, key: &str) {
         if let Some((queue, id)) = self.shared.remove(key) {
-            queue.remove_consumer(id);
+            self.vhost().remove_consumer(&queue, id);
             if queue.consumer_count() == 0 {
                 self.vhost().remove_queue(&queue);
             }

@@ -9,7 +9,7 @@ use super::subscription::{SessionDeliveries, StompSubscription};
 use crate::adapter::outbox::Outbox;
 use crate::adapter::settle::{self, Settle};
 use crate::core::queue::ConnectionId;
-use crate::core::{Broker, CoreError, Exchange, Message, Queue, VHost};
+use crate::core::{Broker, CoreError, Exchange, Message, Publish, PublishTo, Queue, VHost};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use switchboard_amqp::FieldTable;
@@ -318,28 +318,21 @@ impl Session {
         self.ctx.counters.published();
         // A delayed message is accepted now (its receipt waits until it is stored); it is routed
         // when due.
-        if let Some(lsn) = self.ctx.vhost.hold_if_delayed(exchange, &message) {
-            return Ok(lsn);
-        }
-        let mut lsn = 0;
-        let mut refused = Vec::new();
-        for q in self.ctx.vhost.route_now(exchange, &message) {
-            let e = q.publish_tracked(message.clone());
-            lsn = lsn.max(e.lsn);
-            if e.refused {
-                refused.push(q.name.clone());
-            }
-        }
-        if !refused.is_empty() {
+        let publish = Publish {
+            to: PublishTo::Exchange(exchange),
+            message: &message,
+        };
+        let outcome = self.ctx.vhost.publish(publish, &mut Vec::new());
+        if outcome.refused() {
             return Err(StompError::new(
                 "Message rejected",
                 format!(
                     "The message was refused by full queue(s) {} (x-overflow reject-publish).",
-                    refused.join(", ")
+                    outcome.refused_by.join(", ")
                 ),
             ));
         }
-        Ok(lsn)
+        Ok(outcome.lsn)
     }
 
     // ---- ACK / NACK ----
@@ -375,7 +368,8 @@ impl Session {
             );
             return;
         }
-        settle::apply(taken.into_iter().map(|u| (u.queue, u.message_id)), how);
+        let taken = taken.into_iter().map(|u| (u.queue, u.message_id));
+        settle::apply(&self.ctx.vhost, taken, how);
         self.wake_subscriptions();
     }
 
@@ -420,7 +414,7 @@ impl Session {
         {
             if !woken.iter().any(|q| Arc::ptr_eq(q, &s.queue)) {
                 woken.push(&s.queue);
-                s.queue.dispatch();
+                self.ctx.vhost.dispatch(&s.queue);
             }
         }
     }
@@ -432,13 +426,14 @@ impl Session {
         self.deliveries.close();
         self.transactions.clear();
         for (_, s) in self.subscriptions.drain() {
-            s.queue.remove_consumer(s.sink.consumer_id);
+            self.ctx.vhost.remove_consumer(&s.queue, s.sink.consumer_id);
             self.ctx.vhost.consumer_gone(&s.queue);
         }
         for (_, q) in self.temp_queues.drain() {
             self.ctx.vhost.remove_queue(&q);
         }
         settle::apply(
+            &self.ctx.vhost,
             self.deliveries
                 .take_all()
                 .into_iter()

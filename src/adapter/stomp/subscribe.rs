@@ -197,7 +197,7 @@ impl Session {
             self.deliveries.clone(),
             prefetch,
         );
-        queue
+        let effects = queue
             .add_consumer(Consumer {
                 id: consumer_id,
                 tag: id.clone(),
@@ -210,6 +210,7 @@ impl Session {
                 ConsumeError::Deleted(q) => CoreError::not_found("queue", &q, &self.ctx.vhost.name),
                 other => CoreError::access_refused(other.to_string()),
             })?;
+        self.ctx.vhost.apply(&queue, effects);
         self.subscriptions.insert(
             id,
             Subscription {
@@ -232,7 +233,9 @@ impl Session {
                 format!("There is no subscription with id '{id}' on this connection."),
             ));
         };
-        sub.queue.remove_consumer(sub.sink.consumer_id);
+        self.ctx
+            .vhost
+            .remove_consumer(&sub.queue, sub.sink.consumer_id);
         let is_true = |h: &str| frame.header(h).map(str::trim) == Some("true");
         // A durable subscription ends for good when UNSUBSCRIBE says so (as in RabbitMQ).
         if sub.durable && (is_true("durable") || is_true("persistent")) {

@@ -1,12 +1,13 @@
 //! How messages leave a queue other than by delivery: TTL expiry, length limits and
-//! rejection, with dead letters collected under the lock and republished after it; the timer
-//! that wakes the queue for expiries and `x-expires`.
+//! rejection, with dead letters collected under the lock and returned as effects after it; the
+//! timer that wakes the queue for expiries and `x-expires`.
 
 use super::args;
 use super::ready::Queued;
-use super::{footprint, Queue, QueueState};
+use super::{footprint, Queue, QueueEffects, QueueState};
 use crate::core::dead_letter::{DeadLetter, Reason};
 use crate::core::timer::Timed;
+use crate::core::vhost::VHost;
 use std::sync::{Arc, MutexGuard, Weak};
 
 impl Queue {
@@ -90,8 +91,8 @@ impl Queue {
 
     /// Asks the timer to wake the queue when its next message expires, or when it expires
     /// itself, if that is earlier than what it already asked for.
-    pub(super) fn rearm(&self, st: &mut QueueState) {
-        let Some(attached) = self.env.get() else {
+    pub(super) fn rearm(self: &Arc<Self>, st: &mut QueueState) {
+        let Some(env) = &self.env else {
             return;
         };
         if st.deleted {
@@ -109,47 +110,32 @@ impl Queue {
         if let Some(at) = next {
             if st.armed.is_none_or(|armed| at < armed) {
                 st.armed = Some(at);
-                let me: Weak<dyn Timed> = attached.me.clone();
-                attached.env.timer.arm(at, me);
+                let me: Weak<dyn Timed> = Arc::downgrade(self) as Weak<Queue>;
+                env.timer.arm(at, env.owner, me);
             }
         }
     }
 
-    /// Releases the lock, then does what had to wait for that: republishing dead letters and
-    /// deleting the queue when `x-expires` ran out.
-    pub(super) fn finish(&self, mut st: MutexGuard<'_, QueueState>) {
+    /// Re-arms the timer and releases the lock, returning what had to wait for that:
+    /// dead letters to republish and the queue's deletion when `x-expires` ran out.
+    pub(super) fn finish(self: &Arc<Self>, mut st: MutexGuard<'_, QueueState>) -> QueueEffects {
         self.rearm(&mut st);
-        let dead = std::mem::take(&mut st.dead);
-        let expire_queue = std::mem::take(&mut st.expire_queue);
-        drop(st);
-        if dead.is_empty() && !expire_queue {
-            return;
-        }
-        let Some(attached) = self.env.get() else {
-            return;
-        };
-        let Some(vhost) = attached.env.vhost.upgrade() else {
-            return;
-        };
-        if !dead.is_empty() {
-            vhost.dead_letter(self, dead);
-        }
-        if let (true, Some(me)) = (expire_queue, attached.me.upgrade()) {
-            tracing::debug!(queue = %self.name, "queue expired (x-expires)");
-            vhost.remove_queue(&me);
+        QueueEffects {
+            dead: std::mem::take(&mut st.dead),
+            expired: std::mem::take(&mut st.expire_queue),
         }
     }
 
-    /// The timer's call: removes expired head messages and deletes the queue if it has been
-    /// unused for its `x-expires`.
-    pub(super) fn expire_due(self: &Arc<Self>) {
+    /// The timer's call: removes expired head messages and finds whether the queue has been
+    /// unused for its `x-expires` (then it is to be deleted).
+    pub(super) fn expire_due(self: &Arc<Self>) -> QueueEffects {
         let now = self.now();
         let mut st = self.lock();
         if st.armed.is_some_and(|a| a <= now) {
             st.armed = None;
         }
         if st.deleted {
-            return;
+            return QueueEffects::default();
         }
         self.expire_heads(&mut st, now);
         if let Some(e) = st.args().expires {
@@ -157,7 +143,7 @@ impl Queue {
                 st.expire_queue = true;
             }
         }
-        self.finish(st);
+        self.finish(st)
     }
 
     /// Records a use of the queue (a redeclaration) for `x-expires`.
@@ -175,7 +161,8 @@ impl Queue {
 }
 
 impl Timed for Queue {
-    fn on_timer(self: Arc<Self>) {
-        self.expire_due();
+    fn on_timer(self: Arc<Self>, vhost: &VHost) {
+        let effects = self.expire_due();
+        vhost.apply(&self, effects);
     }
 }

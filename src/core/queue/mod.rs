@@ -5,8 +5,9 @@
 //! Every operation takes the queue's one short lock. Deliveries are handed to a consumer's
 //! [`ConsumerSink`] under that lock, so the order in which a consumer sees messages is the queue's
 //! order, and a consumer removed under the lock gets nothing afterwards. Dead letters are only
-//! collected under the lock and republished after it is released: a queue may dead-letter into
-//! itself.
+//! collected under the lock and returned, with the queue's own deletion when `x-expires` ran
+//! out, as the operation's [`QueueEffects`] for the vhost to apply after the lock is released
+//! (a queue may dead-letter into itself). A queue keeps no pointer to its vhost.
 
 pub mod args;
 mod consumers;
@@ -22,8 +23,7 @@ use super::dead_letter::{DeadLetter, Reason};
 use super::memory::MemoryMonitor;
 use super::message::Message;
 use super::stats::QueueCounters;
-use super::timer::Timer;
-use super::vhost::VHost;
+use super::timer::{OwnerId, Timer};
 use crate::core::hash::FastHashMap;
 use crate::store::log::RecordPos;
 use crate::store::record::Entry;
@@ -31,7 +31,7 @@ use crate::store::MessageLog;
 use args::{Overflow, QueueArgs};
 use consumers::Consumers;
 use ready::{Queued, Ready};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use switchboard_amqp::FieldTable;
 
 /// Identifies a client connection across the broker (exclusive ownership, listings).
@@ -127,22 +127,31 @@ pub struct QueueStore {
     pub memory: Arc<MemoryMonitor>,
 }
 
-/// What a queue needs from the broker around it: the timer that wakes it for expiries, and the
-/// vhost its dead letters are routed through. Queues without one (unit tests) read the system
-/// clock and drop their dead letters.
+/// What a queue needs from the broker around it: the timer that wakes it for expiries, armed
+/// under its vhost's owner id (the timer hands the vhost the effects of what came due). Queues
+/// without one (unit tests) read the system clock and are never woken.
 #[derive(Debug, Clone)]
 pub struct QueueEnv {
-    pub vhost: Weak<VHost>,
     pub timer: Arc<Timer>,
-    /// Charged for dead-lettered copies of messages.
-    pub memory: Option<Arc<MemoryMonitor>>,
+    pub owner: OwnerId,
 }
 
-/// The environment with the queue's own handle for arming the timer.
-#[derive(Debug)]
-struct Attached {
-    env: QueueEnv,
-    me: Weak<Queue>,
+/// What a queue operation leaves for the vhost to do once the queue's lock is released: the
+/// queue never calls up into its vhost. The caller hands them to
+/// [`VHost::apply`](crate::core::VHost::apply).
+#[must_use = "a queue's effects are applied by its vhost (VHost::apply)"]
+#[derive(Debug, Default)]
+pub struct QueueEffects {
+    /// Messages that left the queue for its dead-letter exchange, to be republished.
+    pub dead: Vec<DeadLetter>,
+    /// `x-expires` ran out: the queue is to be deleted.
+    pub expired: bool,
+}
+
+impl QueueEffects {
+    pub fn is_empty(&self) -> bool {
+        self.dead.is_empty() && !self.expired
+    }
 }
 
 /// A message recovered from the log for [`Queue::recover`].
@@ -161,8 +170,9 @@ pub struct RecoveredEntry {
     pub expires_at: Option<u64>,
 }
 
-/// What [`Queue::publish_tracked`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What [`Queue::enqueue`] did.
+#[derive(Debug, Default)]
+#[must_use = "an enqueue's effects are applied by the vhost (VHost::apply)"]
 pub struct Enqueued {
     /// False when the queue was deleted meanwhile or refused the message.
     pub accepted: bool,
@@ -172,6 +182,8 @@ pub struct Enqueued {
     /// `reject-publish-dlx`): an AMQP publisher in confirm mode gets a nack, an MQTT 5 PUBACK
     /// a failure reason, a STOMP receipt an ERROR.
     pub refused: bool,
+    /// What the vhost is to do now (dead letters).
+    pub effects: QueueEffects,
 }
 
 #[derive(Debug)]
@@ -188,8 +200,8 @@ struct QueueState {
     /// Set once the queue had a consumer: auto-delete applies only after that.
     had_consumer: bool,
     deleted: bool,
-    /// Messages that left the queue for its dead-letter exchange, to be republished once the
-    /// lock is released.
+    /// Messages that left the queue for its dead-letter exchange, returned in the operation's
+    /// effects once the lock is released.
     dead: Vec<DeadLetter>,
     /// The earliest deadline the timer was asked to wake the queue at.
     armed: Option<u64>,
@@ -200,7 +212,7 @@ struct QueueState {
     idle_recorded: Option<u64>,
     /// Messages removed because their TTL ran out.
     expired: u64,
-    /// `x-expires` ran out: the queue is to be deleted once the lock is released.
+    /// `x-expires` ran out: the queue is to be deleted (an effect for the vhost).
     expire_queue: bool,
     /// Message statistics, counted under the lock the queue holds anyway.
     counters: QueueCounters,
@@ -219,9 +231,11 @@ impl QueueState {
 }
 
 /// What [`Queue::remove_consumer`] leaves behind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
+#[must_use = "the removal's effects are applied by the vhost (VHost::apply)"]
 pub struct ConsumerRemoved {
     pub remaining: usize,
+    pub effects: QueueEffects,
 }
 
 /// What [`Queue::delete`] removed.
@@ -243,7 +257,7 @@ pub struct Queue {
     pub arguments: FieldTable,
     /// Where persistent messages are written; None for transient queues (and tests).
     store: Option<QueueStore>,
-    env: OnceLock<Attached>,
+    env: Option<QueueEnv>,
     state: Mutex<QueueState>,
 }
 
@@ -267,7 +281,7 @@ impl Queue {
             exclusive_owner,
             arguments,
             store: None,
-            env: OnceLock::new(),
+            env: None,
             state: Mutex::new(QueueState {
                 ready: Ready::new(args.levels()),
                 ready_bytes: 0,
@@ -303,19 +317,19 @@ impl Queue {
     /// `x-expires` or TTL re-arms the timer, and messages already queued keep the expiry they
     /// got when enqueued (as in RabbitMQ). The priority levels stay as declared: ready
     /// messages are already placed in them.
-    pub fn set_args(self: &Arc<Self>, mut args: QueueArgs) {
+    pub fn set_args(self: &Arc<Self>, mut args: QueueArgs) -> QueueEffects {
         let mut st = self.lock();
         if st.deleted {
-            return;
+            return QueueEffects::default();
         }
         args.max_priority = st.args().max_priority;
         if *st.args() == args {
-            return;
+            return QueueEffects::default();
         }
         st.args = boxed_unless_default(args);
         self.drop_over_limit(&mut st);
         self.dispatch_locked(&mut st);
-        self.finish(st);
+        self.finish(st)
     }
 
     /// Makes the queue write its persistent messages to the log.
@@ -324,20 +338,21 @@ impl Queue {
         self
     }
 
-    /// Connects the queue to its timer and vhost (once; later calls are ignored), and arms the
-    /// timer for whatever is already due (recovered messages, `x-expires`).
-    pub fn attach(self: &Arc<Self>, env: QueueEnv) {
-        let now = env.timer.now_ms();
-        let attached = Attached {
-            env,
-            me: Arc::downgrade(self),
-        };
-        if self.env.set(attached).is_ok() {
-            let mut st = self.lock();
-            st.last_used = now;
-            self.start_idle_clock(&mut st, now);
-            self.rearm(&mut st);
-        }
+    /// Makes the timer wake the queue for its expiries.
+    pub fn with_env(mut self, env: QueueEnv) -> Self {
+        self.env = Some(env);
+        self
+    }
+
+    /// Starts the queue's clocks once it is in its vhost (after recovery): `x-expires` counts
+    /// from now (or from the recovered idle time), and the timer is armed for whatever is
+    /// already due.
+    pub fn start(self: &Arc<Self>) {
+        let now = self.now();
+        let mut st = self.lock();
+        st.last_used = now;
+        self.start_idle_clock(&mut st, now);
+        self.rearm(&mut st);
     }
 
     /// The effective arguments (a copy: a policy may replace them at any time).
@@ -351,8 +366,8 @@ impl Queue {
     }
 
     fn now(&self) -> u64 {
-        match self.env.get() {
-            Some(a) => a.env.timer.now_ms(),
+        match &self.env {
+            Some(env) => env.timer.now_ms(),
             None => SystemClock.now_ms(),
         }
     }
@@ -387,17 +402,12 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Enqueues a message and delivers what consumers can take. False if the queue is deleted
-    /// or refused the message.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
-        self.publish_tracked(message).accepted
-    }
-
-    /// [`Queue::publish`], also saying which log record a confirm must wait for and whether the
-    /// queue refused the message for its length limit. A persistent message is appended to the
-    /// log under the queue's lock, so its enqueue record always precedes any settle record for
-    /// it.
-    pub fn publish_tracked(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
+    /// Enqueues a message and delivers what consumers can take, saying which log record a
+    /// confirm must wait for and whether the queue refused the message for its length limit. A
+    /// persistent message is appended to the log under the queue's lock, so its enqueue record
+    /// always precedes any settle record for it. Publishers go through the vhost's ingress
+    /// ([`VHost::publish`](crate::core::VHost::publish)), which applies the effects.
+    pub fn enqueue(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
         let mut st = self.lock();
         if st.deleted {
             return Enqueued::default();
@@ -415,11 +425,11 @@ impl Queue {
                     reason: Reason::Maxlen,
                 });
             }
-            self.finish(st);
             return Enqueued {
                 accepted: false,
                 lsn: 0,
                 refused: true,
+                effects: self.finish(st),
             };
         }
         let id = st.next_id;
@@ -460,20 +470,20 @@ impl Queue {
         self.dispatch_at(&mut st, now.saturating_sub(1));
         self.expire_heads(&mut st, now);
         self.drop_over_limit(&mut st);
-        self.finish(st);
         Enqueued {
             accepted: true,
             lsn,
             refused: false,
+            effects: self.finish(st),
         }
     }
 
     /// Delivers ready messages to consumers with credit. Called whenever credit may have
     /// returned (ack, outbound buffer drained) or consumers changed.
-    pub fn dispatch(self: &Arc<Self>) {
+    pub fn dispatch(self: &Arc<Self>) -> QueueEffects {
         let mut st = self.lock();
         self.dispatch_locked(&mut st);
-        self.finish(st);
+        self.finish(st)
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
@@ -526,7 +536,10 @@ impl Queue {
     }
 
     /// Registers a consumer (priority 0) and starts delivering to it.
-    pub fn add_consumer(self: &Arc<Self>, consumer: Consumer) -> Result<(), ConsumeError> {
+    pub fn add_consumer(
+        self: &Arc<Self>,
+        consumer: Consumer,
+    ) -> Result<QueueEffects, ConsumeError> {
         self.add_consumer_with_priority(consumer, 0)
     }
 
@@ -535,7 +548,7 @@ impl Queue {
         self: &Arc<Self>,
         consumer: Consumer,
         priority: i32,
-    ) -> Result<(), ConsumeError> {
+    ) -> Result<QueueEffects, ConsumeError> {
         let mut st = self.lock();
         if st.deleted {
             return Err(ConsumeError::Deleted(self.name.clone()));
@@ -552,13 +565,12 @@ impl Queue {
         st.consumers.add(consumer, priority);
         st.had_consumer = true;
         self.dispatch_locked(&mut st);
-        self.finish(st);
-        Ok(())
+        Ok(self.finish(st))
     }
 
     /// Removes a consumer by id; None if it was not registered. Ready messages go to the
     /// consumers left (with a single active consumer, the next one takes over).
-    pub fn remove_consumer(&self, consumer_id: u64) -> Option<ConsumerRemoved> {
+    pub fn remove_consumer(self: &Arc<Self>, consumer_id: u64) -> Option<ConsumerRemoved> {
         let now = self.now();
         let mut st = self.lock();
         st.consumers.remove(consumer_id)?;
@@ -566,11 +578,11 @@ impl Queue {
         if remaining == 0 {
             st.last_used = now;
             self.became_unused(&mut st, now);
-        } else if let Some(me) = self.env.get().and_then(|a| a.me.upgrade()) {
-            me.dispatch_locked(&mut st);
+        } else {
+            self.dispatch_locked(&mut st);
         }
-        self.finish(st);
-        Some(ConsumerRemoved { remaining })
+        let effects = self.finish(st);
+        Some(ConsumerRemoved { remaining, effects })
     }
 
     /// Whether an auto-delete queue should go now: it had a consumer and has none left.
@@ -579,8 +591,9 @@ impl Queue {
         self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
     }
 
-    /// Takes the head message for `basic.get`, with the number of messages left ready.
-    pub fn get(&self, no_ack: bool) -> Option<(Delivery, u32)> {
+    /// Takes the head message for `basic.get`, with the number of messages left ready (None:
+    /// empty), and the effects for the vhost (head messages that expired meanwhile).
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> (Option<(Delivery, u32)>, QueueEffects) {
         let now = self.now();
         let mut st = self.lock();
         st.last_used = now;
@@ -588,8 +601,7 @@ impl Queue {
         self.expire_heads(&mut st, now);
         let Some((q, message)) = self.pop_ready(&mut st) else {
             st.counters.get_empty += 1;
-            self.finish(st);
-            return None;
+            return (None, self.finish(st));
         };
         let delivery = Delivery {
             id: q.id,
@@ -603,8 +615,7 @@ impl Queue {
             self.log_settled(&[(q.id, pos)]);
         }
         let left = saturating_u32(st.ready.len());
-        self.finish(st);
-        Some((delivery, left))
+        (Some((delivery, left)), self.finish(st))
     }
 
     /// Settles deliveries for good (ack). Unknown ids are ignored.
@@ -627,19 +638,19 @@ impl Queue {
     /// Rejects deliveries without requeueing (AMQP reject/nack with requeue=false, STOMP NACK):
     /// settled like an ack, and dead-lettered with reason `rejected` if the queue has a
     /// dead-letter exchange. Unknown ids are ignored.
-    pub fn reject(&self, ids: &[u64]) {
+    pub fn reject(self: &Arc<Self>, ids: &[u64]) -> QueueEffects {
         let mut st = self.lock();
         for id in ids {
             if let Some(q) = st.unacked.remove(id) {
                 self.leave(&mut st, q, Reason::Rejected);
             }
         }
-        self.finish(st);
+        self.finish(st)
     }
 
     /// Puts unacked deliveries back in their original places, marked redelivered, and delivers
     /// again.
-    pub fn requeue(self: &Arc<Self>, ids: &[u64]) {
+    pub fn requeue(self: &Arc<Self>, ids: &[u64]) -> QueueEffects {
         let mut st = self.lock();
         for id in ids {
             let Some(mut q) = st.unacked.remove(id) else {
@@ -654,7 +665,7 @@ impl Queue {
         if !st.deleted {
             self.dispatch_locked(&mut st);
         }
-        self.finish(st);
+        self.finish(st)
     }
 
     /// Drops every ready message; returns how many.

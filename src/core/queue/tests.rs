@@ -82,10 +82,10 @@ fn consumer(id: u64, sink: &Arc<TestSink>, no_ack: bool) -> Consumer {
 fn round_robin_between_consumers() {
     let q = queue();
     let (a, b) = (TestSink::new(0), TestSink::new(0));
-    q.add_consumer(consumer(1, &a, true)).unwrap();
-    q.add_consumer(consumer(2, &b, true)).unwrap();
+    apply(&q, q.add_consumer(consumer(1, &a, true)).unwrap());
+    apply(&q, q.add_consumer(consumer(2, &b, true)).unwrap());
     for i in 0..4 {
-        q.publish(msg(&i.to_string()));
+        publish(&q, msg(&i.to_string()));
     }
     assert_eq!(a.bodies(), vec!["0", "2"]);
     assert_eq!(b.bodies(), vec!["1", "3"]);
@@ -96,9 +96,9 @@ fn prefetch_limits_and_requeue_keeps_order() {
     let q = queue();
     let a = TestSink::new(2);
     for i in 0..5 {
-        q.publish(msg(&i.to_string()));
+        publish(&q, msg(&i.to_string()));
     }
-    q.add_consumer(consumer(1, &a, false)).unwrap();
+    apply(&q, q.add_consumer(consumer(1, &a, false)).unwrap());
     assert_eq!(a.bodies(), vec!["0", "1"]);
     assert_eq!(
         q.stats(),
@@ -115,17 +115,17 @@ fn prefetch_limits_and_requeue_keeps_order() {
         }
     );
     // The consumer goes away without acking: both come back first, redelivered.
-    q.remove_consumer(1);
+    remove_consumer(&q, 1);
     let ids: Vec<u64> = a.got.lock().unwrap().iter().map(|d| d.id).collect();
-    q.requeue(&ids);
-    let (d, left) = q.get(true).unwrap();
+    apply(&q, q.requeue(&ids));
+    let (d, left) = get(&q, true).unwrap();
     assert_eq!(
         (&d.message.body[..], d.redelivered, left),
         (&b"0"[..], true, 4)
     );
-    let (d, _) = q.get(true).unwrap();
+    let (d, _) = get(&q, true).unwrap();
     assert_eq!((&d.message.body[..], d.redelivered), (&b"1"[..], true));
-    let (d, _) = q.get(true).unwrap();
+    let (d, _) = get(&q, true).unwrap();
     assert_eq!((&d.message.body[..], d.redelivered), (&b"2"[..], false));
     let c = q.stats().counters;
     assert_eq!((c.get_no_ack, c.redeliver, c.ack), (3, 2, 0));
@@ -137,13 +137,13 @@ fn exclusive_consumer_rules() {
     let a = TestSink::new(0);
     let mut ex = consumer(1, &a, true);
     ex.exclusive = true;
-    q.add_consumer(ex).unwrap();
+    apply(&q, q.add_consumer(ex).unwrap());
     assert!(matches!(
         q.add_consumer(consumer(2, &a, true)),
         Err(ConsumeError::ExclusiveConsumerPresent(_))
     ));
-    q.remove_consumer(1);
-    q.add_consumer(consumer(2, &a, true)).unwrap();
+    remove_consumer(&q, 1);
+    apply(&q, q.add_consumer(consumer(2, &a, true)).unwrap());
     let mut ex = consumer(3, &a, true);
     ex.exclusive = true;
     assert!(matches!(
@@ -156,17 +156,17 @@ fn exclusive_consumer_rules() {
 fn settle_purge_delete_counts() {
     let q = queue();
     for i in 0..3 {
-        q.publish(msg(&i.to_string()));
+        publish(&q, msg(&i.to_string()));
     }
-    let (d, _) = q.get(false).unwrap();
+    let (d, _) = get(&q, false).unwrap();
     assert_eq!(q.stats().unacked, 1);
     q.settle(&[d.id]);
     assert_eq!(q.stats().unacked, 0);
     assert_eq!(q.purge(), 2);
-    q.publish(msg("x"));
+    publish(&q, msg("x"));
     let del = q.delete();
     assert_eq!(del.messages, 1);
-    assert!(!q.publish(msg("y")), "deleted queue refuses");
+    assert!(!publish(&q, msg("y")), "deleted queue refuses");
 }
 
 // ---- queue features: priorities, TTL, expiry, dead-lettering, limits, consumer choice ----
@@ -175,6 +175,43 @@ use crate::core::clock::ManualClock;
 use crate::core::timer::Timer;
 use crate::core::vhost::{ExchangeSpec, QueueSpec, VHost};
 use switchboard_amqp::{BasicProperties, FieldValue};
+
+thread_local! {
+    /// The vhost of the test's [`Fixture`], which applies what queue operations return; none
+    /// for a queue on its own, whose effects are dropped.
+    static VHOST: std::cell::RefCell<Option<Arc<VHost>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Hands a queue operation's effects to the test's vhost.
+fn apply(q: &Arc<Queue>, effects: QueueEffects) {
+    VHOST.with(|v| {
+        if let Some(vh) = v.borrow().as_ref() {
+            vh.apply(q, effects);
+        }
+    });
+}
+
+fn publish_tracked(q: &Arc<Queue>, m: Arc<Message>) -> Enqueued {
+    let mut e = q.enqueue(m);
+    apply(q, std::mem::take(&mut e.effects));
+    e
+}
+
+fn publish(q: &Arc<Queue>, m: Arc<Message>) -> bool {
+    publish_tracked(q, m).accepted
+}
+
+fn get(q: &Arc<Queue>, no_ack: bool) -> Option<(Delivery, u32)> {
+    let (got, effects) = q.get(no_ack);
+    apply(q, effects);
+    got
+}
+
+fn remove_consumer(q: &Arc<Queue>, id: u64) {
+    if let Some(r) = q.remove_consumer(id) {
+        apply(q, r.effects);
+    }
+}
 
 /// A vhost on a manual clock, with the timer that clock drives.
 struct Fixture {
@@ -187,8 +224,8 @@ impl Fixture {
     fn new() -> Self {
         let clock = Arc::new(ManualClock::new(1_700_000_000_000));
         let timer = Timer::new(clock.clone());
-        let vh = Arc::new(VHost::new("/"));
-        vh.attach(timer.clone(), None);
+        let vh = VHost::with_timer("/", timer.clone());
+        VHOST.with(|v| *v.borrow_mut() = Some(vh.clone()));
         Fixture { vh, clock, timer }
     }
 
@@ -257,12 +294,11 @@ fn expiring(body: &str, expiration: &str) -> Arc<Message> {
     )
 }
 
-fn get_body(q: &Queue) -> Option<String> {
-    q.get(true)
-        .map(|(d, _)| String::from_utf8_lossy(&d.message.body).into_owned())
+fn get_body(q: &Arc<Queue>) -> Option<String> {
+    get(q, true).map(|(d, _)| String::from_utf8_lossy(&d.message.body).into_owned())
 }
 
-fn drain_bodies(q: &Queue) -> Vec<String> {
+fn drain_bodies(q: &Arc<Queue>) -> Vec<String> {
     std::iter::from_fn(|| get_body(q)).collect()
 }
 
@@ -282,22 +318,22 @@ impl crate::core::clock::Clock for CountingClock {
 #[test]
 fn the_clock_is_read_only_when_a_message_can_expire() {
     let clock = Arc::new(CountingClock::default());
-    let vh = Arc::new(VHost::new("/"));
-    vh.attach(Timer::new(clock.clone()), None);
+    let vh = VHost::with_timer("/", Timer::new(clock.clone()));
+    VHOST.with(|v| *v.borrow_mut() = Some(vh.clone()));
     let spec = QueueSpec {
         name: "q".into(),
         ..Default::default()
     };
     let q = vh.declare_queue(spec, false, 1).unwrap().queue;
     let sink = TestSink::new(1);
-    q.add_consumer(consumer(1, &sink, false)).unwrap();
+    apply(&q, q.add_consumer(consumer(1, &sink, false)).unwrap());
     let reads = || clock.reads.load(Ordering::SeqCst);
 
     let before = reads();
     for body in ["a", "b", "c"] {
-        assert!(q.publish(msg(body)));
+        assert!(publish(&q, msg(body)));
     }
-    q.dispatch();
+    apply(&q, q.dispatch());
     assert_eq!(
         reads(),
         before,
@@ -305,13 +341,13 @@ fn the_clock_is_read_only_when_a_message_can_expire() {
     );
     assert_eq!(sink.bodies(), ["a"], "prefetch 1 holds the rest ready");
 
-    assert!(q.publish(expiring("d", "60000")));
+    assert!(publish(&q, expiring("d", "60000")));
     let after_expiring = reads();
     assert!(
         after_expiring > before,
         "a message with an expiration needs the time"
     );
-    q.dispatch();
+    apply(&q, q.dispatch());
     assert!(
         reads() > after_expiring,
         "a ready message can expire: dispatch reads the clock"
@@ -343,16 +379,16 @@ fn priority_levels_highest_first_fifo_within_and_requeue_in_place() {
         ("e", None),
         ("f", Some(3)),
     ] {
-        q.publish(prio(body, p));
+        publish(&q, prio(body, p));
     }
-    let (d, _) = q.get(false).unwrap();
+    let (d, _) = get(&q, false).unwrap();
     assert_eq!(&d.message.body[..], b"b");
-    q.requeue(&[d.id]);
+    apply(&q, q.requeue(&[d.id]));
     assert_eq!(drain_bodies(&q), vec!["b", "d", "c", "f", "a", "e"]);
     // Without x-max-priority message priorities are ignored.
     let plain = f.queue("plain", &[]);
-    plain.publish(prio("1", Some(0)));
-    plain.publish(prio("2", Some(9)));
+    publish(&plain, prio("1", Some(0)));
+    publish(&plain, prio("2", Some(9)));
     assert_eq!(drain_bodies(&plain), vec!["1", "2"]);
 }
 
@@ -360,9 +396,9 @@ fn priority_levels_highest_first_fifo_within_and_requeue_in_place() {
 fn message_ttl_expires_from_the_head_by_timer_and_the_lower_ttl_wins() {
     let f = Fixture::new();
     let q = f.queue("t", &[("x-message-ttl", FieldValue::I32(1000))]);
-    q.publish(msg("a"));
-    q.publish(expiring("b", "100"));
-    q.publish(expiring("c", "5000"));
+    publish(&q, msg("a"));
+    publish(&q, expiring("b", "100"));
+    publish(&q, expiring("c", "5000"));
     assert_eq!(f.timer.pending(), 1);
     f.advance(999);
     assert_eq!(q.stats().ready, 3, "nothing is due before 1000 ms");
@@ -371,8 +407,8 @@ fn message_ttl_expires_from_the_head_by_timer_and_the_lower_ttl_wins() {
     assert_eq!(q.expired_count(), 3);
     // Per-message TTL alone; it is removed from the head without anyone asking.
     let p = f.queue("per-message", &[]);
-    p.publish(expiring("x", "50"));
-    p.publish(msg("y"));
+    publish(&p, expiring("x", "50"));
+    publish(&p, msg("y"));
     f.advance(50);
     assert_eq!(p.stats().ready, 1);
     assert_eq!(drain_bodies(&p), vec!["y"]);
@@ -382,14 +418,14 @@ fn message_ttl_expires_from_the_head_by_timer_and_the_lower_ttl_wins() {
 fn expired_messages_are_never_delivered_even_before_the_timer_runs() {
     let f = Fixture::new();
     let q = f.queue("t", &[]);
-    q.publish(expiring("old", "10"));
-    q.publish(msg("new"));
+    publish(&q, expiring("old", "10"));
+    publish(&q, msg("new"));
     f.clock.advance(10);
     assert_eq!(get_body(&q).as_deref(), Some("new"));
     let a = TestSink::new(0);
-    q.publish(expiring("late", "10"));
+    publish(&q, expiring("late", "10"));
     f.clock.advance(10);
-    q.add_consumer(consumer(1, &a, true)).unwrap();
+    apply(&q, q.add_consumer(consumer(1, &a, true)).unwrap());
     assert!(a.bodies().is_empty());
     assert_eq!(q.expired_count(), 2);
 }
@@ -398,12 +434,12 @@ fn expired_messages_are_never_delivered_even_before_the_timer_runs() {
 fn ttl_zero_delivers_now_or_expires() {
     let f = Fixture::new();
     let q = f.queue("z", &[("x-message-ttl", FieldValue::I32(0))]);
-    q.publish(msg("nobody"));
+    publish(&q, msg("nobody"));
     assert_eq!(q.stats().ready, 0);
     let a = TestSink::new(1);
-    q.add_consumer(consumer(1, &a, false)).unwrap();
-    q.publish(msg("taken"));
-    q.publish(msg("no credit"));
+    apply(&q, q.add_consumer(consumer(1, &a, false)).unwrap());
+    publish(&q, msg("taken"));
+    publish(&q, msg("no credit"));
     assert_eq!(a.bodies(), vec!["taken"]);
     assert_eq!(q.stats().ready, 0);
     assert_eq!(q.expired_count(), 2);
@@ -418,14 +454,14 @@ fn unused_queue_expires_and_use_postpones_it() {
     f.queue("idle", &args); // a redeclaration is a use
     f.advance(400);
     assert!(f.vh.queue("idle").is_some());
-    q.get(true); // so is basic.get
+    get(&q, true); // so is basic.get
     f.advance(499);
     assert!(f.vh.queue("idle").is_some());
     let a = TestSink::new(0);
-    q.add_consumer(consumer(1, &a, true)).unwrap();
+    apply(&q, q.add_consumer(consumer(1, &a, true)).unwrap());
     f.advance(10_000);
     assert!(f.vh.queue("idle").is_some(), "a consumer keeps it");
-    q.remove_consumer(1);
+    remove_consumer(&q, 1);
     f.advance(499);
     assert!(f.vh.queue("idle").is_some());
     f.advance(1);
@@ -446,14 +482,14 @@ fn rejected_expired_and_dropped_messages_are_dead_lettered_with_x_death() {
             ("x-max-length", FieldValue::I32(2)),
         ],
     );
-    q.publish(msg("rejected"));
-    let (d, _) = q.get(false).unwrap();
-    q.reject(&[d.id]);
-    q.publish(msg("one"));
-    q.publish(msg("two"));
-    q.publish(msg("three")); // drops "one" from the head
+    publish(&q, msg("rejected"));
+    let (d, _) = get(&q, false).unwrap();
+    apply(&q, q.reject(&[d.id]));
+    publish(&q, msg("one"));
+    publish(&q, msg("two"));
+    publish(&q, msg("three")); // drops "one" from the head
     f.advance(100); // "two" and "three" expire
-    let reasons: Vec<(String, FieldValue, FieldValue)> = std::iter::from_fn(|| dead.get(true))
+    let reasons: Vec<(String, FieldValue, FieldValue)> = std::iter::from_fn(|| get(&dead, true))
         .map(|(d, _)| {
             let x = x_death(&d.message);
             assert_eq!(x.len(), 1);
@@ -498,15 +534,15 @@ fn retry_with_back_off_goes_round_and_a_cycle_without_rejection_is_dropped() {
             ("x-dead-letter-routing-key", FieldValue::string("work")),
         ],
     );
-    work.publish(msg("job"));
+    publish(&work, msg("job"));
     for round in 1..=3i64 {
-        let (d, _) = work.get(false).unwrap();
-        work.reject(&[d.id]);
-        assert!(work.get(true).is_none());
+        let (d, _) = get(&work, false).unwrap();
+        apply(&work, work.reject(&[d.id]));
+        assert!(get(&work, true).is_none());
         f.advance(199);
-        assert!(work.get(true).is_none(), "still backing off");
+        assert!(get(&work, true).is_none(), "still backing off");
         f.advance(1);
-        let (d, _) = work.get(false).unwrap();
+        let (d, _) = get(&work, false).unwrap();
         let x = x_death(&d.message);
         assert_eq!(x.len(), 2);
         assert_eq!(x[0]["queue"], FieldValue::string("retry"));
@@ -514,7 +550,7 @@ fn retry_with_back_off_goes_round_and_a_cycle_without_rejection_is_dropped() {
         assert_eq!(x[0]["count"], FieldValue::I64(round));
         assert_eq!(x[1]["queue"], FieldValue::string("work"));
         assert_eq!(x[1]["count"], FieldValue::I64(round));
-        work.requeue(&[d.id]);
+        apply(&work, work.requeue(&[d.id]));
     }
     // A queue that dead-letters expired messages into itself drops them instead of looping.
     let selfish = f.queue(
@@ -524,14 +560,17 @@ fn retry_with_back_off_goes_round_and_a_cycle_without_rejection_is_dropped() {
             ("x-dead-letter-exchange", FieldValue::string("")),
         ],
     );
-    selfish.publish(Arc::new(Message::new(
-        String::new(),
-        "selfish".into(),
-        Default::default(),
-        None,
-        Bytes::from_static(b"x"),
-        MemoryCharge::default(),
-    )));
+    publish(
+        &selfish,
+        Arc::new(Message::new(
+            String::new(),
+            "selfish".into(),
+            Default::default(),
+            None,
+            Bytes::from_static(b"x"),
+            MemoryCharge::default(),
+        )),
+    );
     f.advance(10);
     assert_eq!(selfish.stats().ready, 0, "the cycle is broken at once");
     assert_eq!(selfish.expired_count(), 1);
@@ -542,7 +581,7 @@ fn length_limits_drop_head_or_refuse() {
     let f = Fixture::new();
     let bytes = f.queue("bytes", &[("x-max-length-bytes", FieldValue::I32(5))]);
     for b in ["aa", "bb", "cc"] {
-        assert!(bytes.publish(msg(b)));
+        assert!(publish(&bytes, msg(b)));
     }
     assert_eq!(drain_bodies(&bytes), vec!["bb", "cc"]);
     let dead = f.queue("dead", &[]);
@@ -555,12 +594,12 @@ fn length_limits_drop_head_or_refuse() {
             ("x-dead-letter-exchange", FieldValue::string("dlx")),
         ],
     );
-    assert!(!reject.publish_tracked(msg("1")).refused);
-    let e = reject.publish_tracked(msg("2"));
+    assert!(!publish_tracked(&reject, msg("1")).refused);
+    let e = publish_tracked(&reject, msg("2"));
     assert!(e.refused && !e.accepted);
     assert_eq!(drain_bodies(&reject), vec!["1"]);
     assert!(
-        dead.get(true).is_none(),
+        get(&dead, true).is_none(),
         "reject-publish does not dead-letter"
     );
     let dlx = f.queue(
@@ -571,9 +610,9 @@ fn length_limits_drop_head_or_refuse() {
             ("x-dead-letter-exchange", FieldValue::string("dlx")),
         ],
     );
-    dlx.publish(msg("kept"));
-    assert!(dlx.publish_tracked(msg("refused")).refused);
-    let (d, _) = dead.get(true).unwrap();
+    publish(&dlx, msg("kept"));
+    assert!(publish_tracked(&dlx, msg("refused")).refused);
+    let (d, _) = get(&dead, true).unwrap();
     assert_eq!(&d.message.body[..], b"refused");
     assert_eq!(
         x_death(&d.message)[0]["reason"],
@@ -586,12 +625,18 @@ fn consumer_priorities_and_single_active_consumer() {
     let f = Fixture::new();
     let q = f.queue("cp", &[]);
     let (high, low) = (TestSink::new(1), TestSink::new(0));
-    q.add_consumer_with_priority(consumer(1, &low, false), 0)
-        .unwrap();
-    q.add_consumer_with_priority(consumer(2, &high, false), 10)
-        .unwrap();
+    apply(
+        &q,
+        q.add_consumer_with_priority(consumer(1, &low, false), 0)
+            .unwrap(),
+    );
+    apply(
+        &q,
+        q.add_consumer_with_priority(consumer(2, &high, false), 10)
+            .unwrap(),
+    );
     for i in 0..3 {
-        q.publish(msg(&i.to_string()));
+        publish(&q, msg(&i.to_string()));
     }
     assert_eq!(high.bodies(), vec!["0"]);
     assert_eq!(
@@ -605,16 +650,16 @@ fn consumer_priorities_and_single_active_consumer() {
         &[("x-single-active-consumer", FieldValue::Bool(true))],
     );
     let (first, second) = (TestSink::new(2), TestSink::new(0));
-    sac.add_consumer(consumer(3, &first, false)).unwrap();
-    sac.add_consumer(consumer(4, &second, false)).unwrap();
+    apply(&sac, sac.add_consumer(consumer(3, &first, false)).unwrap());
+    apply(&sac, sac.add_consumer(consumer(4, &second, false)).unwrap());
     for i in 0..4 {
-        sac.publish(msg(&i.to_string()));
+        publish(&sac, msg(&i.to_string()));
     }
     assert_eq!(first.bodies(), vec!["0", "1"]);
     assert!(
         second.bodies().is_empty(),
         "only the active consumer receives"
     );
-    sac.remove_consumer(3);
+    remove_consumer(&sac, 3);
     assert_eq!(second.bodies(), vec!["2", "3"], "the next one takes over");
 }

@@ -90,12 +90,11 @@ impl VHost {
             spec.arguments,
         );
         if delayed {
-            let hold = DelayedHold::new(spec.name.clone());
+            let hold = self.new_hold(&spec.name);
             // While definitions are restored, the store id comes from them instead.
             if spec.durable && self.persisting.load(Ordering::Acquire) {
                 self.give_hold_store(&hold, None);
             }
-            self.attach_hold(&hold);
             ex = ex.with_delay(hold);
         }
         let ex = Arc::new(ex);
@@ -175,7 +174,7 @@ impl VHost {
         let winner = entry.clone();
         drop(entry);
         if Arc::ptr_eq(&winner, &queue) {
-            self.attach_queue(&queue);
+            queue.start();
             self.note_exclusive(&queue);
             self.record_queue(&queue);
             Ok(QueueDeclared {
@@ -234,16 +233,19 @@ impl VHost {
     /// Creates a server-internal queue (such as a direct reply-to queue) that is exclusive to
     /// `conn` and goes when it closes. Bypasses the `amq.` name check reserved for clients.
     pub fn create_private_queue(&self, name: String, conn: ConnectionId) -> Arc<Queue> {
-        let queue = Arc::new(Queue::new(
-            name.clone(),
-            self.name.clone(),
-            false,
-            true,
-            Some(conn),
-            FieldTable::new(),
-        ));
+        let queue = Arc::new(
+            Queue::new(
+                name.clone(),
+                self.name.clone(),
+                false,
+                true,
+                Some(conn),
+                FieldTable::new(),
+            )
+            .with_env(self.queue_env()),
+        );
         self.queues.insert(name, queue.clone());
-        self.attach_queue(&queue);
+        queue.start();
         self.note_exclusive(&queue);
         queue
     }
@@ -264,7 +266,8 @@ impl VHost {
             exclusive.then_some(conn),
             spec.arguments,
         )
-        .with_args(args);
+        .with_args(args)
+        .with_env(self.queue_env());
         match (&self.store, &self.store_memory) {
             (Some(store), Some(memory)) if spec.durable && !exclusive => {
                 queue.with_store(QueueStore {
@@ -286,7 +289,8 @@ impl VHost {
             let policy = self.policies.for_queue(&self.name, &q.name);
             let args = QueueArgs::parse(&q.arguments, policy.as_ref().map(|p| &p.definition))
                 .unwrap_or_default();
-            q.set_args(args);
+            let effects = q.set_args(args);
+            self.apply(&q, effects);
         }
     }
 }

@@ -13,6 +13,8 @@ mod recovery;
 mod registry;
 mod routing;
 
+pub use routing::{Publish, PublishOutcome, PublishTo};
+
 use super::dead_letter::{self, DeadLetter};
 use super::delayed::{self, DelayedHold, HoldStore};
 use super::error::{CoreError, CoreResult, ErrorKind};
@@ -22,8 +24,8 @@ use super::memory::{MemoryCharge, MemoryMonitor};
 use super::message::Message;
 use super::policy::Policies;
 use super::queue::args::QueueArgs;
-use super::queue::{ConnectionId, Queue, QueueEnv, QueueStore, RecoveredEntry};
-use super::timer::Timer;
+use super::queue::{ConnectionId, Queue, QueueEffects, QueueEnv, QueueStore, RecoveredEntry};
+use super::timer::{OwnerId, Timer};
 use super::topic;
 use crate::store::definitions::{
     binding_key, encode, exchange_key, queue_key, table_text, BindingDef, ExchangeDef, QueueDef,
@@ -32,7 +34,7 @@ use crate::store::{kind, Store, VHostDefinitions};
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 use switchboard_amqp::{FieldTable, FieldValue};
 
 /// Parameters of an exchange declaration.
@@ -83,8 +85,12 @@ pub struct VHost {
     /// declare-ok, even for a definition another connection just made) waits until the log is
     /// durable up to it.
     definitions_lsn: AtomicU64,
-    /// The timer and memory monitor queues use, once the vhost is attached to its broker.
-    env: OnceLock<VHostEnv>,
+    /// Wakes the vhost's queues (TTL, `x-expires`) and delayed holds, which arm it under
+    /// `owner`; it hands the vhost the effects of what came due.
+    timer: Arc<Timer>,
+    owner: OwnerId,
+    /// Charged for the message copies the vhost makes (dead letters, delayed messages).
+    memory: Option<Arc<MemoryMonitor>>,
     /// Configured policies: arguments for queues matching a pattern.
     policies: Arc<Policies>,
     /// Exclusive queues by owning connection, so that a closing connection finds its own
@@ -94,17 +100,20 @@ pub struct VHost {
     topic_max_words: AtomicUsize,
 }
 
-/// What [`VHost::attach`] connects a vhost to.
+/// What a vhost is made with from the broker around it.
 #[derive(Debug, Clone)]
-struct VHostEnv {
-    me: Weak<VHost>,
-    timer: Arc<Timer>,
-    memory: Option<Arc<MemoryMonitor>>,
+pub struct VHostEnv {
+    /// The broker's timer (and clock).
+    pub timer: Arc<Timer>,
+    /// Charged for message copies the vhost makes; None in tests.
+    pub memory: Option<Arc<MemoryMonitor>>,
 }
 
 impl VHost {
-    /// A vhost with the default exchange and the `amq.*` exchanges RabbitMQ pre-declares.
-    pub fn new(name: &str) -> Self {
+    /// A vhost with the default exchange and the `amq.*` exchanges RabbitMQ pre-declares, its
+    /// queues following `policies` and woken by `env`'s timer once [`VHost::serve_timer`] hands
+    /// the vhost to it.
+    pub fn with_policies(name: &str, policies: Arc<Policies>, env: VHostEnv) -> Self {
         let vh = VHost {
             name: name.to_owned(),
             exchanges: FastDashMap::default(),
@@ -114,8 +123,10 @@ impl VHost {
             persisting: AtomicBool::new(false),
             record_lock: Mutex::new(()),
             definitions_lsn: AtomicU64::new(0),
-            env: OnceLock::new(),
-            policies: Arc::new(Policies::default()),
+            owner: env.timer.owner_id(),
+            timer: env.timer,
+            memory: env.memory,
+            policies,
             exclusive: Mutex::new(HashMap::new()),
             topic_max_words: AtomicUsize::new(topic::DEFAULT_MAX_WORDS),
         };
@@ -142,26 +153,45 @@ impl VHost {
         vh
     }
 
-    /// A memory-only vhost whose queues follow `policies`.
-    pub fn with_policies(name: &str, policies: Arc<Policies>) -> Self {
-        VHost {
-            policies,
-            ..VHost::new(name)
-        }
+    /// A memory-only vhost on a timer of its own reading the system clock, which nothing
+    /// serves: its deadlines never fire (benchmarks, tests of routing).
+    pub fn new(name: &str) -> Self {
+        let env = VHostEnv {
+            timer: Timer::new(Arc::new(super::clock::SystemClock)),
+            memory: None,
+        };
+        VHost::with_policies(name, Arc::new(Policies::default()), env)
+    }
+
+    /// A memory-only vhost served by `timer` (TTL, `x-expires` and delays take effect when the
+    /// timer fires).
+    pub fn with_timer(name: &str, timer: Arc<Timer>) -> Arc<Self> {
+        let env = VHostEnv {
+            timer,
+            memory: None,
+        };
+        let vh = Arc::new(VHost::with_policies(
+            name,
+            Arc::new(Policies::default()),
+            env,
+        ));
+        vh.serve_timer();
+        vh
     }
 
     /// A vhost whose durable definitions and persistent messages go to `store`, rebuilt from
-    /// what the store recovered at `now` (the broker's clock); its queues follow `policies`.
+    /// what the store recovered (at the time `env`'s timer reads); its queues follow `policies`.
     pub fn with_store(
         name: &str,
         store: Arc<Store>,
         policies: Arc<Policies>,
         defs: &VHostDefinitions,
         recovered: &mut crate::store::RecoveredLog,
-        now: u64,
-        memory: &Arc<super::memory::MemoryMonitor>,
+        env: VHostEnv,
+        memory: &Arc<MemoryMonitor>,
     ) -> Self {
-        let mut vh = VHost::with_policies(name, policies);
+        let now = env.timer.now_ms();
+        let mut vh = VHost::with_policies(name, policies, env);
         vh.store = Some(store);
         vh.store_memory = Some(memory.clone());
         vh.restore(defs, recovered, now, memory);
@@ -169,48 +199,44 @@ impl VHost {
         vh
     }
 
-    /// Connects the vhost and its queues to the broker's timer (TTL, `x-expires`) and memory
-    /// monitor, and lets queues route their dead letters through it. Queues made later are
-    /// connected as they are made.
-    pub fn attach(self: &Arc<Self>, timer: Arc<Timer>, memory: Option<Arc<MemoryMonitor>>) {
-        let env = VHostEnv {
-            me: Arc::downgrade(self),
-            timer,
-            memory,
-        };
-        if self.env.set(env).is_ok() {
-            for q in self.queues() {
-                self.attach_queue(&q);
-            }
-            for ex in self.exchanges() {
-                if let Some(hold) = &ex.delayed {
-                    self.attach_hold(hold);
-                }
-            }
+    /// Hands the vhost to its timer, which from now on applies what comes due in its queues
+    /// and delayed exchanges (the timer holds the vhost until [`VHost::stop_timer`]).
+    pub fn serve_timer(self: &Arc<Self>) {
+        self.timer.serve(self.owner, self.clone());
+    }
+
+    /// The vhost is deleted: its timer lets go of it and drops its pending deadlines.
+    pub fn stop_timer(&self) {
+        self.timer.stop_serving(self.owner);
+    }
+
+    /// The id the vhost's queues and delayed holds arm its timer under.
+    pub fn owner_id(&self) -> OwnerId {
+        self.owner
+    }
+
+    /// What the vhost's queues arm their timer with.
+    pub(super) fn queue_env(&self) -> QueueEnv {
+        QueueEnv {
+            timer: self.timer.clone(),
+            owner: self.owner,
         }
     }
 
-    pub(super) fn attach_queue(&self, q: &Arc<Queue>) {
-        if let Some(env) = self.env.get() {
-            q.attach(QueueEnv {
-                vhost: env.me.clone(),
-                timer: env.timer.clone(),
-                memory: env.memory.clone(),
-            });
-        }
+    /// A new delayed hold for exchange `name`, on the vhost's timer.
+    pub(super) fn new_hold(&self, name: &str) -> Arc<DelayedHold> {
+        DelayedHold::new(name.to_owned(), self.timer.clone(), self.owner)
     }
 
-    pub(super) fn attach_hold(&self, hold: &Arc<DelayedHold>) {
-        if let Some(env) = self.env.get() {
-            hold.attach(env.me.clone(), env.timer.clone());
-        }
+    /// Now on the broker's clock.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.timer.now_ms()
     }
 
     /// A memory charge for a message copy the vhost makes (dead letters, delayed messages).
     pub(super) fn charge(&self, body_len: usize) -> MemoryCharge {
-        self.env
-            .get()
-            .and_then(|e| e.memory.as_ref())
+        self.memory
+            .as_ref()
             .map(|m| m.charge(Message::charge_size(body_len)))
             .unwrap_or_default()
     }

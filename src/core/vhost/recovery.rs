@@ -91,7 +91,8 @@ impl VHost {
                     .collect();
                 queue.recover(entries, rq.max_seq, now);
             }
-            self.queues.insert(qd.name.clone(), queue);
+            self.queues.insert(qd.name.clone(), queue.clone());
+            queue.start();
         }
         for ex in self.exchanges() {
             if let (true, Some(hold)) = (ex.durable, &ex.delayed) {

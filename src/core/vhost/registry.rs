@@ -136,6 +136,21 @@ impl VHost {
         deleted.messages
     }
 
+    /// Lets `q` deliver what its consumers can take now (credit came back), applying what it
+    /// returns.
+    pub fn dispatch(&self, q: &Arc<Queue>) {
+        let effects = q.dispatch();
+        self.apply(q, effects);
+    }
+
+    /// Removes consumer `consumer_id` from `q`, applying what the queue returns; the number of
+    /// consumers left, None if it was not registered.
+    pub fn remove_consumer(&self, q: &Arc<Queue>, consumer_id: u64) -> Option<usize> {
+        let removed = q.remove_consumer(consumer_id)?;
+        self.apply(q, removed.effects);
+        Some(removed.remaining)
+    }
+
     /// After a consumer went away: deletes the queue if it is auto-delete and now unused.
     pub fn consumer_gone(&self, q: &Arc<Queue>) {
         if q.auto_delete_due() {

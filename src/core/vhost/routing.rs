@@ -1,55 +1,167 @@
-//! Routing: the queues a message reaches from an exchange, and delayed holds.
+//! The one ingress into the core, and routing. A publish from any protocol (and from the
+//! broker itself: dead letters, delayed messages now due, MQTT sessions restored) goes in
+//! through [`VHost::publish`] and one [`PublishOutcome`] comes out; the adapters only translate
+//! their frames into a [`Publish`] and the outcome into their replies (basic.return and
+//! confirms, PUBACK/PUBREC reason codes, STOMP receipts and ERRORs).
 
 use super::*;
 
+/// Where a publish goes.
+#[derive(Debug, Clone, Copy)]
+pub enum PublishTo<'a> {
+    /// Through an exchange's bindings; a delayed exchange holds a message that asks for a
+    /// delay instead.
+    Exchange(&'a Arc<Exchange>),
+    /// Into one queue, routed by nothing: a message put back where it was (an MQTT session's
+    /// snapshot imported) or the aliveness test's own.
+    Queue(&'a Arc<Queue>),
+}
+
+/// One publish into the core.
+#[derive(Debug)]
+pub struct Publish<'a> {
+    pub to: PublishTo<'a>,
+    /// Shared by every queue it reaches.
+    pub message: &'a Arc<Message>,
+}
+
+/// What a publish did.
+#[derive(Debug, Default)]
+pub struct PublishOutcome {
+    /// The queues it was routed to now (a queue that refused it included): 0 is unroutable,
+    /// which an AMQP `mandatory` publish is returned for and MQTT 5 acknowledges with 0x10.
+    pub queues: usize,
+    /// A delayed exchange holds it, to route it when due (`queues` is 0).
+    pub held: bool,
+    /// The log sequence number to wait for before acknowledging (0: nothing was written).
+    pub lsn: u64,
+    /// The full queues that refused it (`x-overflow` `reject-publish`): an AMQP confirm is a
+    /// nack, an MQTT 5 acknowledgement says quota exceeded, a STOMP receipt becomes an ERROR.
+    /// Empty (allocating nothing) unless a queue refused.
+    pub refused_by: Vec<String>,
+}
+
+impl PublishOutcome {
+    /// Whether a queue refused the message.
+    pub fn refused(&self) -> bool {
+        !self.refused_by.is_empty()
+    }
+}
+
 impl VHost {
-    /// The queues `msg` reaches from `exchange`, each once, following exchange-to-exchange
-    /// bindings (each exchange visited once, so binding cycles terminate).
-    ///
-    /// A message with an `x-delay` published to an `x-delayed-message` exchange is held instead
-    /// (it reaches no queue now; see [`VHost::hold_if_delayed`]).
-    pub fn route(&self, exchange: &Arc<Exchange>, msg: &Message) -> Vec<Arc<Queue>> {
-        if self.hold_if_delayed(exchange, msg).is_some() {
-            return Vec::new();
+    /// The ingress: routes `publish` to its queues (or holds it for a delay) and enqueues it.
+    /// `queues` is the caller's buffer, kept across publishes and left empty, so a publish
+    /// allocates nothing here unless exchanges are bound to exchanges. Routing checks are the
+    /// caller's to make first ([`VHost::check_routing_key`], permissions, `internal`), in its
+    /// protocol's terms.
+    pub fn publish(&self, publish: Publish<'_>, queues: &mut Vec<Arc<Queue>>) -> PublishOutcome {
+        let Publish { to, message } = publish;
+        let mut outcome = PublishOutcome::default();
+        match to {
+            PublishTo::Queue(q) => {
+                outcome.queues = 1;
+                self.enqueue(q, message, &mut outcome);
+            }
+            PublishTo::Exchange(exchange) => {
+                // A delayed message is accepted now (and acknowledged once stored); as with
+                // RabbitMQ's delayed-message plugin, `mandatory` cannot apply to a routing
+                // that happens later.
+                if let Some(lsn) = self.hold_if_delayed(exchange, message) {
+                    outcome.held = true;
+                    outcome.lsn = lsn;
+                    return outcome;
+                }
+                self.route_and_enqueue(exchange, message, queues, |_| false, &mut outcome);
+            }
         }
-        self.route_now(exchange, msg)
+        outcome
+    }
+
+    /// [`VHost::publish`] through `exchange` for a message the broker makes, leaving out the
+    /// queues `skip` names (a dead letter's cycles).
+    pub(super) fn publish_skipping(
+        &self,
+        exchange: &Arc<Exchange>,
+        message: &Arc<Message>,
+        queues: &mut Vec<Arc<Queue>>,
+        skip: impl Fn(&Queue) -> bool,
+    ) {
+        if self.hold_if_delayed(exchange, message).is_some() {
+            return;
+        }
+        self.route_and_enqueue(
+            exchange,
+            message,
+            queues,
+            skip,
+            &mut PublishOutcome::default(),
+        );
+    }
+
+    /// Applies a delayed exchange's effect: `held` is due, and is routed through exchange
+    /// `name` (gone: dropped) without its due-time header, delayed or not.
+    pub(crate) fn release_held(&self, name: &str, held: &Message) {
+        let Some(exchange) = self.exchange(name) else {
+            return;
+        };
+        let message = Arc::new(delayed::without_due_header(
+            held,
+            self.charge(held.body.len()),
+        ));
+        let mut outcome = PublishOutcome::default();
+        self.route_and_enqueue(
+            &exchange,
+            &message,
+            &mut Vec::new(),
+            |_| false,
+            &mut outcome,
+        );
     }
 
     /// Holds `msg` if `exchange` is a delayed exchange and the message asks for a delay;
     /// returns the log sequence number a publisher confirm must wait for (0: nothing was
     /// written). None: route it now.
-    pub fn hold_if_delayed(&self, exchange: &Exchange, msg: &Message) -> Option<u64> {
+    fn hold_if_delayed(&self, exchange: &Exchange, msg: &Message) -> Option<u64> {
         let hold = exchange.delayed.as_ref()?;
         let delay = delayed::delay_of(msg)?;
         Some(hold.hold(msg, delay, self.charge(msg.body.len())))
     }
 
-    /// Routes a held message that is due through exchange `name` (gone: dropped).
-    pub fn route_delayed(&self, name: &str, held: &Message) {
-        let Some(exchange) = self.exchange(name) else {
-            return;
-        };
-        let msg = Arc::new(delayed::without_due_header(
-            held,
-            self.charge(held.body.len()),
-        ));
-        for q in self.route_now(&exchange, &msg) {
-            q.publish(msg.clone());
+    /// Routes `message` through `exchange` now and enqueues it on each queue reached that
+    /// `skip` does not name, applying what the queues return.
+    fn route_and_enqueue(
+        &self,
+        exchange: &Arc<Exchange>,
+        message: &Arc<Message>,
+        queues: &mut Vec<Arc<Queue>>,
+        skip: impl Fn(&Queue) -> bool,
+        outcome: &mut PublishOutcome,
+    ) {
+        queues.clear();
+        self.route_into(exchange, message, queues);
+        outcome.queues += queues.len();
+        for q in queues.drain(..) {
+            if !skip(&q) {
+                self.enqueue(&q, message, outcome);
+            }
         }
     }
 
-    /// The queues `msg` reaches from `exchange` now, delayed exchange or not: for publishers
-    /// that asked [`VHost::hold_if_delayed`] first (so the delay is not looked up twice).
-    pub fn route_now(&self, exchange: &Arc<Exchange>, msg: &Message) -> Vec<Arc<Queue>> {
-        let mut queues = Vec::new();
-        self.route_now_into(exchange, msg, &mut queues);
-        queues
+    /// Enqueues `message` on `q`, noting the outcome and applying the queue's effects.
+    fn enqueue(&self, q: &Arc<Queue>, message: &Arc<Message>, outcome: &mut PublishOutcome) {
+        let enqueued = q.enqueue(message.clone());
+        outcome.lsn = outcome.lsn.max(enqueued.lsn);
+        // As RabbitMQ: one refusing queue makes the publish refused.
+        if enqueued.refused {
+            outcome.refused_by.push(q.name.clone());
+        }
+        self.apply(q, enqueued.effects);
     }
 
-    /// [`VHost::route_now`] into a buffer the caller keeps (and clears) across publishes, so
-    /// routing allocates nothing unless exchanges are bound to exchanges. Each queue is added
-    /// once, in the order first reached.
-    pub fn route_now_into(
+    /// The queues `msg` reaches from `exchange` now, appended to `queues`, each once, in the
+    /// order first reached, following exchange-to-exchange bindings (each exchange visited
+    /// once, so binding cycles terminate). Counted in the exchange's statistics.
+    pub(super) fn route_into(
         &self,
         exchange: &Arc<Exchange>,
         msg: &Message,
@@ -60,13 +172,8 @@ impl VHost {
         exchange.stats.routed(queues.len() - before);
     }
 
-    /// Routing proper for [`VHost::route_now_into`], which counts what it did.
-    pub(super) fn route_through(
-        &self,
-        exchange: &Arc<Exchange>,
-        msg: &Message,
-        queues: &mut Vec<Arc<Queue>>,
-    ) {
+    /// Routing proper for [`VHost::route_into`], which counts what it did.
+    fn route_through(&self, exchange: &Arc<Exchange>, msg: &Message, queues: &mut Vec<Arc<Queue>>) {
         if exchange.name.is_empty() {
             if let Some(q) = self.queue(&msg.routing_key) {
                 queues.push(q);
