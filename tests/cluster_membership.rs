@@ -252,3 +252,51 @@ async fn a_node_cut_off_in_a_minority_refuses_changes() {
     assert_eq!(answer.status, 503, "{:?}", answer.body);
     assert!(answer.body["reason"].as_str().unwrap().contains("majority"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_cluster_moves_a_lone_node_into_the_cluster() {
+    let nodes = form(2).await;
+    bounded(nodes[0].consensus().propose(put("shared", json!("yes"))))
+        .await
+        .unwrap();
+    let name = common::unique("lone@test");
+    let lone = Node::start(
+        &name,
+        &fresh_data_dir(),
+        "127.0.0.1:0",
+        &[],
+        common::cluster::COOKIE,
+    )
+    .await;
+    // Alone in its own one-node cluster, with a record of its own that it gives up.
+    bounded(lone.consensus().propose(put("mine", json!(1))))
+        .await
+        .unwrap();
+    let url = lone.broker().http_url();
+    let seed = nodes[1].addr.clone();
+    let out = bounded(tokio::task::spawn_blocking(move || {
+        let api = Api::new(&url, "guest", "guest");
+        switchboard::ctl::cluster::run(&api, "join_cluster", &[seed])
+            .expect("a cluster command")
+            .expect("join_cluster")
+    }))
+    .await
+    .unwrap();
+    assert!(out.info.contains("Clustering"), "{}", out.info);
+    let mut all: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    all.push(&name);
+    wait_for_members(&lone, &all).await;
+    wait_for_members(&nodes[0], &all).await;
+    let c = lone.consensus();
+    wait_until_async("the cluster's record on the joined node", || {
+        let got = c.get("shared");
+        async move { got == Some(json!("yes")) }
+    })
+    .await;
+    assert_eq!(lone.consensus().get("mine"), None);
+    // A member of a cluster of several cannot be moved without being forgotten first.
+    let err = bounded(nodes[0].consensus().join(lone.addr.clone()))
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("already a member"), "{err}");
+}

@@ -328,19 +328,14 @@ impl Cluster {
             Request::Join(node) => {
                 let _one = self.changing.lock().await;
                 let id = node_id(&node.name);
-                let known = raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .clone();
-                if known.get_node(&id).is_some_and(|n| n.addr != node.addr) {
-                    // The same name at a new address: forget the old one first.
-                    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                        .await
-                        .map_err(write_err)?;
+                let known = membership_of(&raft);
+                if let Some(member) = known.get_node(&id).filter(|n| n.addr != node.addr) {
+                    return Err(OpError::Failed(format!(
+                        "{} is a member at {}; forget_cluster_node it before it joins from {}",
+                        node.name, member.addr, node.addr
+                    )));
                 }
-                if known.voter_ids().any(|v| v == id) && known.get_node(&id) == Some(node) {
+                if known.voter_ids().any(|v| v == id) {
                     return Ok(OpOk::default());
                 }
                 raft.add_learner(id, node.clone(), true)
@@ -359,12 +354,7 @@ impl Cluster {
             Request::Forget(name) => {
                 let _one = self.changing.lock().await;
                 let id = node_id(name);
-                let known = raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .clone();
+                let known = membership_of(&raft);
                 if known.get_node(&id).is_none() {
                     return Err(OpError::UnknownNode(name.clone()));
                 }
@@ -395,15 +385,8 @@ impl Cluster {
 
     /// Whether this node's cluster is only itself (it may reset to join another).
     fn alone(&self) -> bool {
-        let raft = self.raft();
-        let m = raft.metrics();
-        let m = m.borrow();
-        let ids: Vec<u64> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect();
+        let known = membership_of(&self.raft());
+        let ids: Vec<u64> = known.nodes().map(|(id, _)| *id).collect();
         ids.is_empty() || ids == [self.id]
     }
 
@@ -433,6 +416,15 @@ impl Cluster {
     async fn ping(peer: Peer, limit: Duration) -> bool {
         matches!(peer.call(&Request::Ping, limit).await, Ok(Response::Pong))
     }
+}
+
+/// The membership as `raft` last knows it.
+fn membership_of(raft: &Raft) -> openraft::Membership<u64, NodeInfo> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone()
 }
 
 impl Handler for Cluster {
