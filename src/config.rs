@@ -23,6 +23,7 @@ const ENV_SECTIONS: &[&str] = &[
     "http",
     "prometheus",
     "tls",
+    "cluster",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,9 @@ pub struct Config {
     /// Queue arguments applied by name pattern, as RabbitMQ policies (see `core::policy`).
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// Cluster membership and the inter-node listener (`src/cluster`); off by default.
+    #[serde(default)]
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -733,6 +737,12 @@ impl Config {
                     reason: "must be at least 1".into(),
                 });
             }
+        }
+        if let Err(e) = self.cluster.validate() {
+            return Err(ConfigError::Invalid {
+                key: "cluster",
+                reason: e.to_string(),
+            });
         }
         if self.vhosts.is_empty() {
             return Err(ConfigError::Invalid {

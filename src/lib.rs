@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod admin;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod ctl;

@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use switchboard::ctl::api::Api;
+use switchboard::ctl::cluster as ctl_cluster;
 use switchboard::ctl::{manage, operate, run_listing, LISTINGS};
 use switchboard::Config;
 use tracing_subscriber::EnvFilter;
@@ -80,7 +81,8 @@ fn main() -> anyhow::Result<()> {
         } => {
             let api = Api::new(&url, &user, &password);
             let result = operate::run(&api, &vhost, &command, &columns)
-                .or_else(|| manage::run(&api, &vhost, &command, &columns));
+                .or_else(|| manage::run(&api, &vhost, &command, &columns))
+                .or_else(|| ctl_cluster::run(&api, &command, &columns));
             if let Some(result) = result {
                 let out = result?;
                 if !quiet {
@@ -100,6 +102,7 @@ fn main() -> anyhow::Result<()> {
                         .map(|l| l.command)
                         .chain(manage::COMMANDS.iter().map(|c| c.0))
                         .chain(operate::COMMANDS.iter().map(|c| c.0))
+                        .chain(ctl_cluster::COMMANDS.iter().map(|c| c.0))
                         .collect();
                     format!(
                         "unknown ctl command '{command}'; known: {}",

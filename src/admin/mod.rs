@@ -5,6 +5,7 @@
 
 mod access;
 mod bindings;
+mod cluster;
 mod connections;
 mod dashboard;
 mod definitions;
@@ -139,6 +140,7 @@ pub fn router(broker: Arc<Broker>, listeners: Listeners, mqtt: Arc<MqttState>) -
         .merge(policies::routes())
         .merge(mqtt::routes())
         .merge(access::routes())
+        .merge(cluster::routes())
         .layer(Extension(listeners))
         .layer(Extension(mqtt))
         .layer(Extension(overview::Started::now()))

@@ -81,10 +81,10 @@ async fn stop(State(b): B) -> Response {
         .into_response()
 }
 
-/// This node's name, as RabbitMQ's `rabbit@host`: `switchboard@` and the host name.
-pub fn node_name(_b: &Broker) -> String {
-    let host = crate::sys::host_name().unwrap_or_else(|| "localhost".into());
-    format!("switchboard@{host}")
+/// This node's name: `[cluster] node_name`, by default as RabbitMQ's `rabbit@host`:
+/// `switchboard@` and the host name.
+pub fn node_name(b: &Broker) -> String {
+    b.config.cluster.node_name()
 }
 
 fn listeners_json(b: &Broker, l: &Listeners) -> Vec<Value> {
@@ -165,7 +165,11 @@ async fn overview(
 }
 
 async fn cluster_name(State(b): B) -> Json<Value> {
-    Json(json!({"name": node_name(&b)}))
+    let name = match b.cluster.get() {
+        Some(_) => b.config.cluster.name.clone(),
+        None => node_name(&b),
+    };
+    Json(json!({"name": name}))
 }
 
 fn node_json(b: &Broker, started: Started) -> Value {
@@ -193,7 +197,11 @@ fn node_json(b: &Broker, started: Started) -> Value {
 }
 
 async fn nodes(State(b): B, Extension(started): Extension<Started>) -> Json<Value> {
-    Json(json!([node_json(&b, started)]))
+    let this = node_json(&b, started);
+    match b.cluster.get() {
+        Some(c) => Json(json!(super::cluster::members_json(&c.status().await, this))),
+        None => Json(json!([this])),
+    }
 }
 
 async fn node(

@@ -129,6 +129,8 @@ pub struct Broker {
     connections: DashMap<ConnectionId, Arc<ConnectionEntry>>,
     next_id: AtomicU64,
     shutdown: watch::Sender<bool>,
+    /// This node's cluster membership, set at start when `[cluster] listen` is set.
+    pub cluster: std::sync::OnceLock<Arc<dyn crate::cluster::Consensus>>,
 }
 
 impl Broker {
@@ -279,6 +281,7 @@ impl Broker {
             connections: DashMap::new(),
             next_id: AtomicU64::new(1),
             shutdown,
+            cluster: std::sync::OnceLock::new(),
         })
     }
 

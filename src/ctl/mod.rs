@@ -3,6 +3,7 @@
 //! tab-separated columns as `rabbitmqctl` does.
 
 pub mod api;
+pub mod cluster;
 pub mod manage;
 pub mod operate;
 

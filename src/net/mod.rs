@@ -26,6 +26,8 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot listen on {addr} for {protocol}: {source}")]
     Bind {
         protocol: &'static str,
@@ -129,6 +131,7 @@ pub async fn start_with_clock(
         .then(|| tls::TlsServer::new(&config.tls).map(Arc::new))
         .transpose()?;
     let broker = Broker::open_with_clock(config, clock)?;
+    crate::cluster::start_for(&broker).await?;
     let addrs = BoundAddrs {
         amqp: local_addrs(&amqp_ls),
         mqtt: local_addrs(&mqtt_ls),

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 pub mod amqp;
+pub mod cluster;
 pub mod http;
 pub mod in_memory;
 pub mod mqtt;

@@ -30,9 +30,14 @@ fn first_addr(ports: &serde_json::Value, protocol: &str) -> Option<SocketAddr> {
 impl BrokerProcess {
     /// Starts the broker binary on `dir` (test config) and waits for its ports file.
     pub fn spawn(dir: &Path) -> Self {
+        Self::spawn_with(dir, "")
+    }
+
+    /// As [`BrokerProcess::spawn`], with `extra` TOML (whole sections) after the test config.
+    pub fn spawn_with(dir: &Path, extra: &str) -> Self {
         std::fs::create_dir_all(dir).expect("data dir");
         let config = dir.join("switchboard.toml");
-        std::fs::write(&config, test_config_text_in(dir)).expect("config");
+        std::fs::write(&config, test_config_text_in(dir) + extra).expect("config");
         let ports = dir.join("ports.json");
         let _ = std::fs::remove_file(&ports);
         let unbound = SocketAddr::from(([127, 0, 0, 1], 0));

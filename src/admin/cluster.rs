@@ -1,0 +1,105 @@
+//! The cluster's endpoints: `GET /api/switchboard/cluster` (`ctl cluster_status`),
+//! `POST /api/switchboard/cluster/join` (`ctl join_cluster`) and
+//! `DELETE /api/switchboard/cluster/nodes/{name}` (`ctl forget_cluster_node`); `/api/nodes`
+//! lists the members through [`members_json`].
+
+use super::access::{bad_request, error};
+use crate::cluster::{ClusterError, ClusterStatus, Consensus};
+use crate::core::Broker;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+type B = State<Arc<Broker>>;
+
+pub(super) fn routes() -> Router<Arc<Broker>> {
+    Router::new()
+        .route("/api/switchboard/cluster", get(status))
+        .route("/api/switchboard/cluster/join", post(join))
+        .route("/api/switchboard/cluster/nodes/{name}", delete(forget))
+}
+
+/// This node's cluster, or the answer for an unclustered node.
+fn consensus(b: &Broker) -> Result<&Arc<dyn Consensus>, Box<Response>> {
+    b.cluster
+        .get()
+        .ok_or_else(|| Box::new(cluster_error(ClusterError::NotClustered)))
+}
+
+/// A refused cluster operation: 503 when no majority could commit it, 404 for an unknown
+/// node, 400 otherwise.
+pub(super) fn cluster_error(e: ClusterError) -> Response {
+    match e {
+        ClusterError::NoQuorum(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", e.to_string())
+        }
+        ClusterError::UnknownNode(_) => {
+            error(StatusCode::NOT_FOUND, "Object Not Found", e.to_string())
+        }
+        ClusterError::Peer { .. } => error(StatusCode::BAD_GATEWAY, "unreachable", e.to_string()),
+        other => bad_request(other.to_string()),
+    }
+}
+
+async fn status(State(b): B) -> Response {
+    match consensus(&b) {
+        Ok(c) => Json(c.status().await).into_response(),
+        Err(r) => *r,
+    }
+}
+
+#[derive(Deserialize)]
+struct Join {
+    seed: String,
+}
+
+async fn join(State(b): B, Json(body): Json<Join>) -> Response {
+    let c = match consensus(&b) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    match c.join(body.seed).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => cluster_error(e),
+    }
+}
+
+async fn forget(State(b): B, Path(name): Path<String>) -> Response {
+    let c = match consensus(&b) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    match c.remove_member(name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => cluster_error(e),
+    }
+}
+
+/// Every member as `/api/nodes` lists it: `this` (this node's own entry) with the cluster's
+/// view added, and the other members with what is known of them from here.
+pub(super) fn members_json(status: &ClusterStatus, this: Value) -> Vec<Value> {
+    status
+        .members
+        .iter()
+        .map(|m| {
+            let mut node = if m.name == status.node_name {
+                this.clone()
+            } else {
+                json!({"name": m.name, "type": "disc"})
+            };
+            if let Value::Object(o) = &mut node {
+                o.insert("running".into(), json!(m.running));
+                o.insert("cluster_address".into(), json!(m.addr));
+                o.insert("raft_role".into(), json!(m.role.as_str()));
+                o.insert("is_leader".into(), json!(m.is_leader));
+                o.insert("voter".into(), json!(m.voter));
+            }
+            node
+        })
+        .collect()
+}

@@ -1,0 +1,205 @@
+//! The `[cluster]` section: who this node is, where other nodes reach it, whom it asks to join,
+//! the shared secret, and the Raft timings.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name (`/api/cluster-name`); nodes of differently named clusters refuse
+    /// each other.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// This node's name; empty means `switchboard@<host name>` (RabbitMQ's `rabbit@host`).
+    #[serde(default)]
+    pub node_name: String,
+    /// The inter-node listener; empty (the default) means not clustered.
+    #[serde(default)]
+    pub listen: String,
+    /// The address other nodes dial to reach this one; empty means the bound listen address.
+    #[serde(default)]
+    pub advertise: String,
+    /// `host:port` inter-node addresses of other nodes, asked in turn to let this one join.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// The shared secret every node of the cluster holds (as RabbitMQ's Erlang cookie).
+    #[serde(default)]
+    pub cookie: String,
+    /// A file holding the cookie (trailing white space ignored); used when `cookie` is empty.
+    #[serde(default)]
+    pub cookie_file: String,
+    /// How often the leader sends heartbeats, in milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for this long (up to twice it, at random) stands for
+    /// election, in milliseconds.
+    #[serde(default = "default_election_timeout_ms")]
+    pub election_timeout_ms: u64,
+    /// How long a change waits to be committed by a majority before it is refused, and the
+    /// timeout of every inter-node connect and read, in milliseconds.
+    #[serde(default = "default_operation_timeout_ms")]
+    pub operation_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: default_name(),
+            node_name: String::new(),
+            listen: String::new(),
+            advertise: String::new(),
+            seeds: Vec::new(),
+            cookie: String::new(),
+            cookie_file: String::new(),
+            heartbeat_ms: default_heartbeat_ms(),
+            election_timeout_ms: default_election_timeout_ms(),
+            operation_timeout_ms: default_operation_timeout_ms(),
+        }
+    }
+}
+
+fn default_name() -> String {
+    "switchboard".into()
+}
+fn default_heartbeat_ms() -> u64 {
+    250
+}
+fn default_election_timeout_ms() -> u64 {
+    1500
+}
+fn default_operation_timeout_ms() -> u64 {
+    5000
+}
+
+/// Why the `[cluster]` section cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterConfigError {
+    #[error("cluster.listen: '{0}' is not an address (ip:port)")]
+    Listen(String),
+    #[error("cluster.{0}: {1}")]
+    Invalid(&'static str, String),
+    #[error("clustered (cluster.listen is set) but no cookie: set cluster.cookie or cluster.cookie_file")]
+    NoCookie,
+    #[error("cannot read cluster.cookie_file {path}: {source}")]
+    CookieFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ClusterConfig {
+    /// Whether this node is clustered at all.
+    pub fn enabled(&self) -> bool {
+        !self.listen.trim().is_empty()
+    }
+
+    /// This node's name: the configured one, or `switchboard@<host name>`.
+    pub fn node_name(&self) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        let host = crate::sys::host_name().unwrap_or_else(|| "localhost".into());
+        format!("switchboard@{host}")
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ClusterConfigError> {
+        self.listen
+            .trim()
+            .parse()
+            .map_err(|_| ClusterConfigError::Listen(self.listen.clone()))
+    }
+
+    /// Checks what can be checked without touching the network or the cookie file.
+    pub fn validate(&self) -> Result<(), ClusterConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        self.listen_addr()?;
+        if self.heartbeat_ms == 0 {
+            return Err(ClusterConfigError::Invalid(
+                "heartbeat_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.election_timeout_ms <= self.heartbeat_ms {
+            return Err(ClusterConfigError::Invalid(
+                "election_timeout_ms",
+                "must be longer than heartbeat_ms".into(),
+            ));
+        }
+        if self.operation_timeout_ms == 0 {
+            return Err(ClusterConfigError::Invalid(
+                "operation_timeout_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.cookie.is_empty() && self.cookie_file.is_empty() {
+            return Err(ClusterConfigError::NoCookie);
+        }
+        Ok(())
+    }
+
+    /// The shared secret: `cookie`, else the contents of `cookie_file`. Never empty.
+    pub fn read_cookie(&self) -> Result<Vec<u8>, ClusterConfigError> {
+        let cookie = if !self.cookie.is_empty() {
+            self.cookie.clone()
+        } else if !self.cookie_file.is_empty() {
+            let path = PathBuf::from(&self.cookie_file);
+            std::fs::read_to_string(&path)
+                .map_err(|source| ClusterConfigError::CookieFile { path, source })?
+                .trim_end()
+                .to_owned()
+        } else {
+            String::new()
+        };
+        if cookie.is_empty() {
+            return Err(ClusterConfigError::NoCookie);
+        }
+        Ok(cookie.into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn not_clustered_by_default_and_needs_no_cookie() {
+        let c = ClusterConfig::default();
+        assert!(!c.enabled());
+        c.validate().unwrap();
+        assert!(c.node_name().starts_with("switchboard@"));
+    }
+
+    #[test]
+    fn clustered_without_a_cookie_is_refused() {
+        let c = ClusterConfig {
+            listen: "127.0.0.1:0".into(),
+            ..ClusterConfig::default()
+        };
+        assert!(matches!(c.validate(), Err(ClusterConfigError::NoCookie)));
+        let with = ClusterConfig {
+            cookie: "s3cret".into(),
+            ..c
+        };
+        with.validate().unwrap();
+        assert_eq!(with.read_cookie().unwrap(), b"s3cret");
+    }
+
+    #[test]
+    fn cookie_file_is_read_and_trimmed() {
+        let path = std::env::temp_dir().join(format!("sb-cookie-{}", std::process::id()));
+        std::fs::write(&path, "from-file\n").unwrap();
+        let c = ClusterConfig {
+            listen: "127.0.0.1:0".into(),
+            cookie_file: path.display().to_string(),
+            ..ClusterConfig::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.read_cookie().unwrap(), b"from-file");
+        std::fs::remove_file(&path).unwrap();
+    }
+}

@@ -1,0 +1,601 @@
+//! [`Cluster`]: one node's Raft group member, its peer listener, forming and joining the
+//! cluster, and membership changes (always made on the leader; other nodes forward them).
+
+use super::config::ClusterConfig;
+use super::identity::node_id;
+use super::log_store::LogStore;
+use super::network::Network;
+use super::state_machine::StateMachine;
+use super::transport::{self, Auth, Handler, OpError, OpOk, Peer, Request, Response};
+use super::{
+    BoxFuture, ClusterError, ClusterStatus, Command, CommandResult, Consensus, MemberStatus,
+    NodeInfo, Raft, Role,
+};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Raft's parts, replaced whole when the node resets to join another cluster.
+#[derive(Clone)]
+struct Member {
+    raft: Raft,
+    state: StateMachine,
+}
+
+pub struct Cluster {
+    id: u64,
+    me: NodeInfo,
+    config: ClusterConfig,
+    auth: Arc<Auth>,
+    dir: PathBuf,
+    member: RwLock<Member>,
+    /// Turns true when this node's part stops; the peer listener and its connections follow.
+    stop: watch::Sender<bool>,
+    listener: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// One membership change at a time on the leader: openraft refuses a second while the
+    /// first is in progress.
+    changing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("cluster", &self.config.name)
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+fn raft_err<E: std::fmt::Display>(e: E) -> ClusterError {
+    ClusterError::Raft(e.to_string())
+}
+
+fn storage_err(dir: &Path) -> impl Fn(std::io::Error) -> ClusterError + '_ {
+    move |source| ClusterError::Storage {
+        path: dir.to_owned(),
+        source,
+    }
+}
+
+impl Cluster {
+    /// Binds the peer listener, opens the Raft log and state machine in
+    /// `<data_dir>/cluster`, and forms the cluster: a node without seeds that has never been
+    /// a member starts a one-node cluster; one with seeds asks them to take it in. Runs until
+    /// `shutdown` turns true.
+    pub async fn start(
+        config: &ClusterConfig,
+        data_dir: &Path,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        config.validate()?;
+        let cookie = config.read_cookie()?;
+        let addr = config.listen_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ClusterError::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ClusterError::Bind { addr, source })?;
+        let name = config.node_name();
+        let me = NodeInfo {
+            name: name.clone(),
+            addr: if config.advertise.is_empty() {
+                bound.to_string()
+            } else {
+                config.advertise.clone()
+            },
+        };
+        let auth = Arc::new(Auth {
+            cluster: config.name.clone(),
+            node: name.clone(),
+            cookie,
+        });
+        let dir = data_dir.join("cluster");
+        let id = node_id(&name);
+        let member = Self::open_member(id, config, &auth, &dir).await?;
+        let cluster = Arc::new(Cluster {
+            id,
+            me,
+            config: config.clone(),
+            auth: auth.clone(),
+            dir,
+            member: RwLock::new(member),
+            stop: watch::Sender::new(false),
+            listener: tokio::sync::Mutex::new(None),
+            changing: tokio::sync::Mutex::new(()),
+        });
+        tracing::info!(node = %cluster.me, cluster = %config.name, "cluster listener started");
+        let handler: Arc<dyn Handler> = cluster.clone();
+        let serving = tokio::spawn(transport::serve(
+            listener,
+            auth,
+            handler,
+            cluster.timeout(),
+            cluster.stop.subscribe(),
+        ));
+        *cluster.listener.lock().await = Some(serving);
+        cluster.form().await?;
+        let stopping = cluster.clone();
+        let mut shutdown = shutdown;
+        tokio::spawn(async move {
+            super::stopped(&mut shutdown).await;
+            stopping.shutdown().await;
+        });
+        Ok(cluster)
+    }
+
+    async fn open_member(
+        id: u64,
+        config: &ClusterConfig,
+        auth: &Arc<Auth>,
+        dir: &Path,
+    ) -> Result<Member, ClusterError> {
+        let log = LogStore::open(dir).map_err(storage_err(dir))?;
+        let state = StateMachine::open(dir).map_err(storage_err(dir))?;
+        let raft_config = openraft::Config {
+            cluster_name: config.name.clone(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(500),
+            max_in_snapshot_log_to_keep: 100,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(raft_err)?;
+        let network = Network {
+            auth: auth.clone(),
+            connect_timeout: Duration::from_millis(config.operation_timeout_ms),
+        };
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, state.clone())
+            .await
+            .map_err(raft_err)?;
+        Ok(Member { raft, state })
+    }
+
+    fn member(&self) -> Member {
+        self.member
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn raft(&self) -> Raft {
+        self.member().raft
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.operation_timeout_ms)
+    }
+
+    /// This node's name and inter-node address.
+    pub fn me(&self) -> &NodeInfo {
+        &self.me
+    }
+
+    /// Every record under `prefix` as this node has applied them.
+    pub fn list(&self, prefix: &str) -> Vec<(String, serde_json::Value)> {
+        self.member().state.list(prefix)
+    }
+
+    /// Follows the index of the last entry applied on this node.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.member().state.applied()
+    }
+
+    /// Starts a one-node cluster, or (with seeds) keeps asking them to take this node in.
+    async fn form(self: &Arc<Self>) -> Result<(), ClusterError> {
+        let raft = self.raft();
+        if raft.is_initialized().await.map_err(raft_err)? {
+            tracing::info!(node = %self.me.name, "cluster: rejoining with the log on disk");
+            return Ok(());
+        }
+        if self.config.seeds.is_empty() {
+            let mut members = BTreeMap::new();
+            members.insert(self.id, self.me.clone());
+            raft.initialize(members).await.map_err(raft_err)?;
+            tracing::info!(node = %self.me.name, "cluster: formed a new one-node cluster");
+            return Ok(());
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                if *this.stop.borrow() {
+                    return;
+                }
+                for seed in &this.config.seeds {
+                    match this.ask_to_join(seed).await {
+                        Ok(()) => {
+                            tracing::info!(node = %this.me.name, %seed, "cluster: joined");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::info!(%seed, error = %e, "cluster: seed did not take this node in yet")
+                        }
+                    }
+                }
+                if this.raft().is_initialized().await.unwrap_or(true) {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        });
+        Ok(())
+    }
+
+    /// Sends this node's join request to `seed`, which passes it to the leader.
+    async fn ask_to_join(&self, seed: &str) -> Result<(), ClusterError> {
+        let peer = Peer::new(seed.to_owned(), None, self.auth.clone(), self.timeout());
+        // Catching up and the two membership changes take up to a few operation timeouts.
+        let limit = self.timeout() * 4;
+        match peer.call(&Request::Join(self.me.clone()), limit).await {
+            Ok(Response::Op(Ok(_))) => Ok(()),
+            Ok(Response::Op(Err(e))) => Err(ClusterError::Refused(e.to_string())),
+            Ok(_) => Err(ClusterError::Peer {
+                addr: seed.to_owned(),
+                reason: "answered with the wrong kind of response".into(),
+            }),
+            Err(e) => Err(ClusterError::Peer {
+                addr: seed.to_owned(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Runs a membership change or proposal on the leader: here when this node leads, else
+    /// forwarded to the leader it knows; retried as leadership settles, until the operation
+    /// timeout, after which it is refused as [`ClusterError::NoQuorum`].
+    async fn on_leader(&self, op: Request) -> Result<OpOk, ClusterError> {
+        // A join waits for the new node to catch up as well as for two commits.
+        let within = match op {
+            Request::Join(_) => self.timeout() * 3,
+            _ => self.timeout(),
+        };
+        let deadline = Instant::now() + within;
+        let mut metrics = self.raft().metrics();
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClusterError::NoQuorum(within.as_millis() as u64));
+            }
+            let (leader, leader_node) = {
+                let m = metrics.borrow_and_update();
+                let leader = m.current_leader;
+                let node =
+                    leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+                (leader, node)
+            };
+            let attempt = match (leader, leader_node) {
+                (Some(l), _) if l == self.id => {
+                    match tokio::time::timeout(deadline - now, self.execute(&op)).await {
+                        Err(_) => Err(OpError::NotLeader),
+                        Ok(r) => r,
+                    }
+                }
+                (Some(_), Some(node)) => {
+                    let peer = Peer::new(
+                        node.addr,
+                        Some(node.name),
+                        self.auth.clone(),
+                        self.timeout(),
+                    );
+                    let forwarded = Request::Forwarded(Box::new(op.clone()));
+                    match peer.call(&forwarded, deadline - now).await {
+                        Ok(Response::Op(r)) => r,
+                        _ => Err(OpError::NotLeader),
+                    }
+                }
+                _ => Err(OpError::NotLeader),
+            };
+            match attempt {
+                Ok(r) => return Ok(r),
+                Err(OpError::NotLeader) => {
+                    // Wait for news of a leader (or a moment), then try again.
+                    let pause =
+                        Duration::from_millis(50).min(deadline - Instant::now().min(deadline));
+                    let _ = tokio::time::timeout(pause, metrics.changed()).await;
+                }
+                Err(OpError::UnknownNode(name)) => return Err(ClusterError::UnknownNode(name)),
+                Err(OpError::Failed(reason)) => return Err(ClusterError::Refused(reason)),
+            }
+        }
+    }
+
+    /// Runs `op` on this node's Raft, which must be the leader.
+    async fn execute(&self, op: &Request) -> Result<OpOk, OpError> {
+        let raft = self.raft();
+        let write_err = |e: RaftError<u64, ClientWriteError<u64, NodeInfo>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => OpError::NotLeader,
+            other => OpError::Failed(other.to_string()),
+        };
+        match op {
+            Request::Propose(command) => raft
+                .client_write(command.clone())
+                .await
+                .map(|r| OpOk {
+                    result: r.data,
+                    index: r.log_id.index,
+                })
+                .map_err(write_err),
+            Request::Join(node) => {
+                let _one = self.changing.lock().await;
+                let id = node_id(&node.name);
+                let known = membership_of(&raft);
+                if let Some(member) = known.get_node(&id).filter(|n| n.addr != node.addr) {
+                    return Err(OpError::Failed(format!(
+                        "{} is a member at {}; forget_cluster_node it before it joins from {}",
+                        node.name, member.addr, node.addr
+                    )));
+                }
+                if known.voter_ids().any(|v| v == id) {
+                    return Ok(OpOk::default());
+                }
+                raft.add_learner(id, node.clone(), true)
+                    .await
+                    .map_err(write_err)?;
+                let r = raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(write_err)?;
+                tracing::info!(node = %node, "cluster: member added");
+                Ok(OpOk {
+                    result: CommandResult::default(),
+                    index: r.log_id.index,
+                })
+            }
+            Request::Forget(name) => {
+                let _one = self.changing.lock().await;
+                let id = node_id(name);
+                let known = membership_of(&raft);
+                if known.get_node(&id).is_none() {
+                    return Err(OpError::UnknownNode(name.clone()));
+                }
+                let voters: BTreeSet<u64> = known.voter_ids().collect();
+                let change = if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return Err(OpError::Failed(
+                            ClusterError::LastVoter(name.clone()).to_string(),
+                        ));
+                    }
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                let r = raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(write_err)?;
+                tracing::info!(node = %name, "cluster: member removed");
+                Ok(OpOk {
+                    result: CommandResult::default(),
+                    index: r.log_id.index,
+                })
+            }
+            _ => Err(OpError::Failed("not a leader operation".into())),
+        }
+    }
+
+    /// Whether this node's cluster is only itself (it may reset to join another).
+    fn alone(&self) -> bool {
+        let known = membership_of(&self.raft());
+        let ids: Vec<u64> = known.nodes().map(|(id, _)| *id).collect();
+        ids.is_empty() || ids == [self.id]
+    }
+
+    /// Drops this node's one-node cluster (its log, vote and metadata) to start afresh.
+    async fn reset(&self) -> Result<(), ClusterError> {
+        let old = self.member();
+        old.raft.shutdown().await.map_err(raft_err)?;
+        for file in ["log", "vote", "committed", "purged", "snapshot"] {
+            match std::fs::remove_file(self.dir.join(file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(storage_err(&self.dir)(e)),
+            }
+        }
+        let fresh = Self::open_member(self.id, &self.config, &self.auth, &self.dir).await?;
+        *self.member.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        tracing::info!(node = %self.me.name, "cluster: reset to join another cluster");
+        Ok(())
+    }
+
+    /// Waits (at most the operation timeout) until this node has applied entry `index`.
+    async fn wait_applied(&self, index: u64) {
+        let mut applied = self.applied();
+        let _ = tokio::time::timeout(self.timeout(), applied.wait_for(|i| *i >= index)).await;
+    }
+
+    async fn ping(peer: Peer, limit: Duration) -> bool {
+        matches!(peer.call(&Request::Ping, limit).await, Ok(Response::Pong))
+    }
+}
+
+/// The membership as `raft` last knows it.
+fn membership_of(raft: &Raft) -> openraft::Membership<u64, NodeInfo> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone()
+}
+
+impl Handler for Cluster {
+    fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
+        Box::pin(async move {
+            let raft = self.raft();
+            match request {
+                Request::AppendEntries(r) => Response::AppendEntries(raft.append_entries(r).await),
+                Request::Vote(r) => Response::Vote(raft.vote(r).await),
+                Request::InstallSnapshot(r) => {
+                    Response::InstallSnapshot(raft.install_snapshot(r).await)
+                }
+                Request::Ping => Response::Pong,
+                Request::Forwarded(op) => Response::Op(self.execute(&op).await),
+                op @ (Request::Join(_) | Request::Forget(_) | Request::Propose(_)) => {
+                    Response::Op(self.on_leader(op).await.map_err(|e| match e {
+                        ClusterError::NoQuorum(_) => OpError::NotLeader,
+                        ClusterError::UnknownNode(name) => OpError::UnknownNode(name),
+                        other => OpError::Failed(other.to_string()),
+                    }))
+                }
+            }
+        })
+    }
+}
+
+impl Consensus for Cluster {
+    fn propose(&self, command: Command) -> BoxFuture<'_, Result<CommandResult, ClusterError>> {
+        Box::pin(async move {
+            let done = self.on_leader(Request::Propose(command)).await?;
+            // Committed on a majority; wait until this node has applied it too, so that what
+            // the caller reads next here includes it.
+            self.wait_applied(done.index).await;
+            Ok(done.result)
+        })
+    }
+
+    fn add_member(&self, node: NodeInfo) -> BoxFuture<'_, Result<(), ClusterError>> {
+        Box::pin(async move {
+            let done = self.on_leader(Request::Join(node)).await?;
+            self.wait_applied(done.index).await;
+            Ok(())
+        })
+    }
+
+    fn remove_member(&self, name: String) -> BoxFuture<'_, Result<(), ClusterError>> {
+        Box::pin(async move {
+            let done = self.on_leader(Request::Forget(name)).await?;
+            self.wait_applied(done.index).await;
+            Ok(())
+        })
+    }
+
+    fn join(&self, seed: String) -> BoxFuture<'_, Result<(), ClusterError>> {
+        Box::pin(async move {
+            if !self.alone() {
+                return Err(ClusterError::Refused(
+                    "this node is already a member of a cluster of several nodes; forget it there first".into(),
+                ));
+            }
+            self.reset().await?;
+            self.ask_to_join(&seed).await
+        })
+    }
+
+    fn status(&self) -> BoxFuture<'_, ClusterStatus> {
+        Box::pin(async move {
+            let raft = self.raft();
+            let m = raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership().clone();
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            let own_role = match m.state {
+                ServerState::Leader => Role::Leader,
+                ServerState::Follower => Role::Follower,
+                ServerState::Candidate => Role::Candidate,
+                ServerState::Learner => Role::Learner,
+                ServerState::Shutdown => Role::Unjoined,
+            };
+            let limit = self.timeout().min(Duration::from_secs(1));
+            let mut pings = tokio::task::JoinSet::new();
+            for (id, node) in membership.nodes() {
+                if *id != self.id {
+                    let peer = Peer::new(
+                        node.addr.clone(),
+                        Some(node.name.clone()),
+                        self.auth.clone(),
+                        limit,
+                    );
+                    let id = *id;
+                    pings.spawn(async move { (id, Self::ping(peer, limit).await) });
+                }
+            }
+            let mut running = BTreeMap::new();
+            while let Some(done) = pings.join_next().await {
+                if let Ok((id, up)) = done {
+                    running.insert(id, up);
+                }
+            }
+            let mut members: Vec<MemberStatus> = membership
+                .nodes()
+                .map(|(id, node)| {
+                    let is_leader = m.current_leader == Some(*id);
+                    let role = if *id == self.id {
+                        own_role
+                    } else if is_leader {
+                        Role::Leader
+                    } else if voters.contains(id) {
+                        Role::Follower
+                    } else {
+                        Role::Learner
+                    };
+                    MemberStatus {
+                        name: node.name.clone(),
+                        addr: node.addr.clone(),
+                        voter: voters.contains(id),
+                        running: *id == self.id || running.get(id).copied().unwrap_or(false),
+                        role,
+                        is_leader,
+                    }
+                })
+                .collect();
+            if members.is_empty() {
+                members.push(MemberStatus {
+                    name: self.me.name.clone(),
+                    addr: self.me.addr.clone(),
+                    voter: false,
+                    running: true,
+                    role: Role::Unjoined,
+                    is_leader: false,
+                });
+            }
+            members.sort_by(|a, b| a.name.cmp(&b.name));
+            let leader = m
+                .current_leader
+                .and_then(|l| membership.get_node(&l).map(|n| n.name.clone()));
+            ClusterStatus {
+                cluster_name: self.config.name.clone(),
+                node_name: self.me.name.clone(),
+                role: if members
+                    .iter()
+                    .any(|x| x.name == self.me.name && x.role != Role::Unjoined)
+                {
+                    own_role
+                } else {
+                    Role::Unjoined
+                },
+                leader,
+                term: m.current_term,
+                last_applied: m.last_applied.map(|l| l.index),
+                members,
+            }
+        })
+    }
+
+    fn get(&self, key: &str) -> Option<serde_json::Value> {
+        self.member().state.get(key)
+    }
+
+    fn node(&self) -> NodeInfo {
+        self.me.clone()
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop.send_replace(true);
+            if let Some(serving) = self.listener.lock().await.take() {
+                let _ = serving.await;
+            }
+            if let Err(e) = self.raft().shutdown().await {
+                tracing::warn!(error = %e, "cluster: raft did not stop cleanly");
+            }
+        })
+    }
+}

@@ -1,0 +1,163 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
+//! Three `switchboard` processes form a cluster from their config files; the leader is killed
+//! with SIGKILL, the other two elect a new one, and the killed node restarts on its data
+//! directory and address and is a member again from its own log (it is given no seeds).
+
+mod common;
+
+use common::process::BrokerProcess;
+use common::{fresh_data_dir, WAIT};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use switchboard::ctl::api::Api;
+
+fn cluster_section(name: &str, listen: &str, seeds: &[String]) -> String {
+    let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "\n[cluster]\nname = \"procs\"\nnode_name = \"{name}\"\nlisten = \"{listen}\"\n\
+         seeds = [{}]\ncookie = \"process-cookie\"\nheartbeat_ms = 50\n\
+         election_timeout_ms = 300\noperation_timeout_ms = 3000\n",
+        seeds.join(", ")
+    )
+}
+
+struct Proc {
+    name: String,
+    dir: PathBuf,
+    /// Its inter-node address, learned from its first start and kept for restarts.
+    addr: String,
+    process: Option<BrokerProcess>,
+}
+
+fn http(p: &Proc) -> SocketAddr {
+    p.process.as_ref().expect("running").http
+}
+
+fn status(p: &Proc) -> Option<Value> {
+    Api::new(&format!("http://{}", http(p)), "guest", "guest")
+        .get_ok("/api/switchboard/cluster")
+        .ok()
+}
+
+/// Polls `p`'s cluster status until `ok` holds, panicking after a bounded wait.
+fn wait_status(p: &Proc, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        if let Some(s) = status(p) {
+            if ok(&s) {
+                return s;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: timed out waiting for {what}: {:?}",
+            p.name,
+            status(p)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn voters(s: &Value) -> Vec<String> {
+    let mut v: Vec<String> = s["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["voter"] == true)
+        .map(|m| m["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn start(name: &str, dir: PathBuf, listen: &str, seeds: &[String]) -> Proc {
+    let process = BrokerProcess::spawn_with(&dir, &cluster_section(name, listen, seeds));
+    let mut p = Proc {
+        name: name.into(),
+        dir,
+        addr: String::new(),
+        process: Some(process),
+    };
+    let s = wait_status(&p, "its own member entry", |s| {
+        s["members"].as_array().is_some_and(|m| !m.is_empty())
+    });
+    let me = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null);
+    p.addr = me["addr"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| listen.to_owned());
+    p
+}
+
+#[test]
+fn three_processes_survive_kill_9_of_the_leader_and_its_restart() {
+    let first = start("p0@procs", fresh_data_dir(), "127.0.0.1:0", &[]);
+    let seeds = vec![first.addr.clone()];
+    let mut nodes = vec![first];
+    for i in 1..3 {
+        nodes.push(start(
+            &format!("p{i}@procs"),
+            fresh_data_dir(),
+            "127.0.0.1:0",
+            &seeds,
+        ));
+    }
+    let all: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    for n in &nodes {
+        wait_status(n, "three voters and a leader", |s| {
+            voters(s) == all && s["leader"].is_string()
+        });
+    }
+    // rabbitmqctl's shape from the real binary.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "ctl",
+            "--url",
+            &format!("http://{}", http(&nodes[1])),
+            "cluster_status",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let running = text.split("Running Nodes").nth(1).unwrap();
+    for name in &all {
+        assert!(running.contains(name.as_str()), "{text}");
+    }
+
+    let leader_name = wait_status(&nodes[0], "a leader", |s| s["leader"].is_string())["leader"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let l = nodes.iter().position(|n| n.name == leader_name).unwrap();
+    nodes[l].process.take().unwrap().kill();
+    for (i, n) in nodes.iter().enumerate() {
+        if i != l {
+            wait_status(n, "a new leader", |s| {
+                s["leader"].as_str().is_some_and(|x| x != leader_name)
+            });
+        }
+    }
+    // Back on the same data directory and address, with no seeds: it knows its cluster from
+    // its own log and vote.
+    let section = cluster_section(&nodes[l].name, &nodes[l].addr, &[]);
+    nodes[l].process = Some(BrokerProcess::spawn_with(&nodes[l].dir, &section));
+    let s = wait_status(&nodes[l], "its cluster again, every member running", |s| {
+        voters(s) == all
+            && s["leader"].is_string()
+            && s["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["running"] == true)
+    });
+    assert_ne!(s["role"], "unjoined");
+}
