@@ -314,7 +314,7 @@ async fn handshake(
                     Duration::from_millis(u64::from(keep_alive) * 1500),
                 )
             }),
-            tokio::time::Instant::now(),
+            crate::net::driver::now(&broker.timer),
         ),
         blocked: false,
         ending: Ending::Abnormal,

@@ -194,7 +194,7 @@ impl Connection {
             liveness: Liveness::new(
                 n.send_every,
                 n.expect_every.map(|e| (Check::Every(e / 2), e * 2)),
-                Instant::now(),
+                crate::net::driver::now(&broker.timer),
             ),
             blocked: false,
             closing: false,
