@@ -266,7 +266,14 @@ where
                     }
                 }
                 Event::LogSynced => step = session.log_synced(),
-                Event::Stop(why) => step = session.stop(why),
+                Event::Stop(why) => {
+                    if matches!(why, Stop::Shutdown) {
+                        crate::net::websocket::closing_because(
+                            crate::net::websocket::Cause::GoingAway,
+                        );
+                    }
+                    step = session.stop(why);
+                }
             }
         }
     }
