@@ -8,7 +8,6 @@ mod common;
 use bytes::Bytes;
 use common::mqtt::*;
 use common::*;
-use std::time::Duration;
 use switchboard::adapter::mqtt::registry::{MqttState, SessionKey};
 use switchboard_mqtt::*;
 
@@ -209,17 +208,27 @@ async fn expired_messages_are_not_delivered() {
 
 #[tokio::test]
 async fn session_expiry_ends_a_disconnected_session() {
-    let b = TestBroker::start().await;
+    let (b, clock) = TestBroker::start_on_manual_clock().await;
     let mut c = connect_packet(Protocol::V5, "sess-exp", false);
-    c.properties.session_expiry_interval = Some(1);
+    c.properties.session_expiry_interval = Some(60);
     let (mut s, _) = RawMqtt::connect_with(b.mqtt, c.clone()).await;
     s.subscribe("se", QoS::AtLeastOnce).await;
     drop(s);
-    let state = b.mqtt_state();
-    let key = SessionKey {
-        vhost: "/".into(),
-        client_id: "sess-exp".into(),
-    };
+    let (state, key) = wait_released(&b, "sess-exp").await;
+    // Expiry counts on the broker's clock: a second short of it, the session is kept.
+    b.advance(&clock, 59_000);
+    let (mut back, ack) = RawMqtt::connect_with(b.mqtt, c.clone()).await;
+    assert!(ack.session_present, "expired early");
+    back.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert_eq!(back.recv().await, None);
+    wait_released(&b, "sess-exp").await;
+    // Counted again from this disconnect, not from the first.
+    b.advance(&clock, 59_000);
+    assert!(
+        state.sessions().contains_key(&key),
+        "counted from the first disconnect"
+    );
+    b.advance(&clock, 1_000);
     wait_until("session expired", || !state.sessions().contains_key(&key)).await;
     assert!(b
         .broker()
@@ -323,27 +332,31 @@ async fn wills_on_abnormal_loss_only() {
 
 #[tokio::test]
 async fn will_delay_is_cancelled_by_a_resumed_session() {
-    let b = TestBroker::start().await;
+    let (b, clock) = TestBroker::start_on_manual_clock().await;
     let mut watcher = RawMqtt::connect(b.mqtt, Protocol::V5, "wd-watch", true).await;
     watcher.subscribe("wd/#", QoS::AtMostOnce).await;
-    let mut c = with_will(Protocol::V5, "wd", "wd/delayed", Some(1));
+    let mut c = with_will(Protocol::V5, "wd", "wd/delayed", Some(30));
     c.clean_start = false;
     c.properties.session_expiry_interval = Some(60);
     let (conn, _) = RawMqtt::connect_with(b.mqtt, c.clone()).await;
     drop(conn);
-    // Back before the delay ends: no will.
+    wait_released(&b, "wd").await;
+    // Back before the delay ends: no will, when the delay passes either.
+    b.advance(&clock, 29_000);
     let (mut conn, ack) = RawMqtt::connect_with(b.mqtt, c.clone()).await;
     assert!(ack.session_present);
-    // A delayed will is sent when the delay passes.
-    let mut c2 = with_will(Protocol::V5, "wd2", "wd/late", Some(1));
+    // A delayed will is sent when the delay passes on the broker's clock.
+    let mut c2 = with_will(Protocol::V5, "wd2", "wd/late", Some(30));
     c2.clean_start = false;
     c2.properties.session_expiry_interval = Some(60);
     let (conn2, _) = RawMqtt::connect_with(b.mqtt, c2).await;
-    let start = std::time::Instant::now();
     drop(conn2);
+    wait_released(&b, "wd2").await;
+    // Long past the first will's delay too: only the second will comes, as the first one's
+    // session was resumed.
+    b.advance(&clock, 30_000);
     let m = watcher.next_publish().await;
     assert_eq!(m.topic, "wd/late");
-    assert!(start.elapsed() >= Duration::from_millis(900));
     conn.send(&Packet::Disconnect(Disconnect::default())).await;
     watcher.expect_nothing_pending().await;
     b.stop().await;

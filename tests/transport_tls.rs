@@ -316,3 +316,68 @@ async fn rumqttc_over_tls_with_a_client_certificate() {
     assert_eq!(&c.next_publish().await.payload[..], b"over mqtts");
     b.stop().await;
 }
+
+/// lapin over `amqps://` trusting the test CA, presenting `identity` (PEM certificate and key).
+async fn lapin_over_tls(
+    pki: &TestPki,
+    uri: &str,
+    identity: Option<(String, String)>,
+) -> lapin::Result<lapin::Connection> {
+    let config = lapin::tcp::OwnedTLSConfig {
+        identity: identity.map(|(pem, key)| lapin::tcp::OwnedIdentity::PKCS8 {
+            pem: pem.into_bytes(),
+            key: key.into_bytes(),
+        }),
+        cert_chain: Some(pki.ca_pem()),
+    };
+    let builder = lapin::DefaultConnectionBuilder::new()?
+        .with_uri_str(uri.to_owned())
+        .with_tls_config(config);
+    bounded(builder.connect()).await
+}
+
+#[tokio::test]
+async fn lapin_publishes_and_consumes_over_tls() {
+    use common::amqp::{consume, declare, next, publish, text};
+    let pki = TestPki::new();
+    let b = tls_broker(&pki, false, false).await;
+    let uri = format!("amqps://guest:guest@{}/%2f", b.addrs().amqp_tls[0]);
+    let c = lapin_over_tls(&pki, &uri, None).await.expect("amqps");
+    let ch = bounded(c.create_channel()).await.expect("channel");
+    declare(&ch, "over-tls").await;
+    let mut consumer = consume(&ch, "over-tls", true).await;
+    for i in 0..3 {
+        publish(&ch, "", "over-tls", format!("tls {i}").as_bytes()).await;
+    }
+    for i in 0..3 {
+        assert_eq!(text(&next(&mut consumer).await), format!("tls {i}"));
+    }
+    bounded(c.close(200, "bye".into())).await.expect("close");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn lapin_logs_in_with_a_client_certificate_by_sasl_external() {
+    use common::amqp::{declare, get, publish};
+    let pki = TestPki::new();
+    let b = tls_broker(&pki, true, true).await;
+    let addr = b.addrs().amqp_tls[0];
+    // No user name or password in the URI: the certificate's common name is the user.
+    let external = format!("amqps://{addr}/%2f?auth_mechanism=external");
+    let c = lapin_over_tls(&pki, &external, Some(pki.client_identity_pem("alice")))
+        .await
+        .expect("EXTERNAL login");
+    common::wait_until("logged in as alice", || b.logged_in_users() == ["alice"]).await;
+    let ch = bounded(c.create_channel()).await.expect("channel");
+    declare(&ch, "by-cert").await;
+    publish(&ch, "", "by-cert", b"as alice").await;
+    let got = get(&ch, "by-cert", true).await.expect("a message");
+    assert_eq!(&got.delivery.data[..], b"as alice");
+    // Without a certificate the broker refuses the TLS handshake (fail_if_no_peer_cert).
+    let plain = format!("amqps://guest:guest@{addr}/%2f");
+    assert!(lapin_over_tls(&pki, &plain, None).await.is_err());
+    // A certificate for a user that does not exist is refused at login.
+    let nobody = lapin_over_tls(&pki, &external, Some(pki.client_identity_pem("nobody"))).await;
+    assert!(nobody.is_err(), "unknown user logged in");
+    b.stop().await;
+}

@@ -60,6 +60,83 @@ where
     }
 }
 
+/// Reads past data, pings and pongs to the close frame, and returns its code.
+async fn close_code<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> CloseCode
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match next_data_or_close(socket).await {
+            Message::Close(Some(frame)) => return frame.code,
+            Message::Close(None) => panic!("a close frame without a code"),
+            _ => {}
+        }
+    }
+}
+
+/// An MQTT WebSocket that has sent CONNECT (with `password`) and read the CONNACK.
+async fn mqtt_socket(
+    b: &TestBroker,
+    client_id: &str,
+    password: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let (mut socket, _) = ws::open(b.addrs().mqtt_ws[0], &["mqtt"]).await;
+    let mut c = connect_packet(Protocol::V311, client_id, true);
+    c.password = Some(bytes::Bytes::copy_from_slice(password.as_bytes()));
+    let hello = mqtt_bytes(&[Packet::Connect(Box::new(c))]);
+    bounded(socket.send(Message::binary(hello))).await.unwrap();
+    socket
+}
+
+const STOMP_LOGIN: &str = "CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0";
+
+#[tokio::test]
+async fn close_codes_say_why_the_session_ended() {
+    let b = TestBroker::start_with(|c| c.mqtt.max_packet_size = 1024).await;
+    // 1008: credentials refused.
+    let mut socket = mqtt_socket(&b, "ws-refused", "wrong").await;
+    assert_eq!(close_code(&mut socket).await, CloseCode::Policy);
+    let (mut socket, _) = ws::open(b.addrs().stomp_ws[0], STOMP_SUBPROTOCOLS).await;
+    let refused = "CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:wrong\n\n\0";
+    bounded(socket.send(Message::text(refused))).await.unwrap();
+    assert_eq!(close_code(&mut socket).await, CloseCode::Policy);
+
+    // 1002: bad framing, MQTT (a reserved packet type) and STOMP (an unknown command).
+    let mut socket = mqtt_socket(&b, "ws-bad-frame", "guest").await;
+    bounded(socket.send(Message::binary(vec![0x00, 0x00])))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut socket).await, CloseCode::Protocol);
+    let (mut socket, _) = ws::open(b.addrs().stomp_ws[0], STOMP_SUBPROTOCOLS).await;
+    bounded(socket.send(Message::text(STOMP_LOGIN)))
+        .await
+        .unwrap();
+    bounded(socket.send(Message::text("BOGUS\n\n\0")))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut socket).await, CloseCode::Protocol);
+
+    // 1009: an MQTT packet over max_packet_size, though each WebSocket message is under it.
+    let mut socket = mqtt_socket(&b, "ws-big-packet", "guest").await;
+    let big = Packet::Publish(publish_packet("ws/big", QoS::AtMostOnce, 0, &[7; 2000]));
+    for piece in mqtt_bytes(&[big]).chunks(512) {
+        bounded(socket.send(Message::binary(piece.to_vec())))
+            .await
+            .unwrap();
+    }
+    assert_eq!(close_code(&mut socket).await, CloseCode::Size);
+
+    // 1001: the broker shuts down.
+    let mut socket = mqtt_socket(&b, "ws-shutdown", "guest").await;
+    assert!(matches!(
+        next_data_or_close(&mut socket).await,
+        Message::Binary(_)
+    ));
+    let stopping = tokio::spawn(b.stop());
+    assert_eq!(close_code(&mut socket).await, CloseCode::Away);
+    bounded(stopping).await.expect("shutdown");
+}
+
 #[tokio::test]
 async fn mqtt_over_websocket_meets_stomp_over_tcp() {
     let b = TestBroker::start().await;
@@ -213,13 +290,10 @@ async fn a_message_over_the_protocol_limit_closes_the_connection() {
         Message::Binary(_)
     ));
     let _ = bounded(socket.send(Message::binary(vec![0u8; 4096]))).await;
-    // Whatever the last frame, nothing but the end follows.
-    loop {
-        match ws::next_message(&mut socket).await {
-            None | Some(Message::Close(_)) => break,
-            Some(Message::Ping(_) | Message::Pong(_)) => {}
-            Some(other) => panic!("expected the close, got {other:?}"),
-        }
+    // Nothing but the close follows, with 1009 (message too big).
+    match next_data_or_close(&mut socket).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Size),
+        other => panic!("expected the close, got {other:?}"),
     }
     common::wait_until("the connection is gone", || {
         b.broker().connections().is_empty()

@@ -345,9 +345,10 @@ impl Protocol {
             }
             Some(endpoint) => {
                 if let Some(ws) = endpoint.accept(stream, peer).await {
+                    let reason = ws.reason();
                     let (rd, wr) = tokio::io::split(ws);
-                    self.serve(rd, wr, peer, cert_name, broker, mqtt_state)
-                        .await;
+                    let serve = self.serve(rd, wr, peer, cert_name, broker, mqtt_state);
+                    websocket::serve_with_reason(reason, serve).await;
                 }
             }
         }

@@ -3,13 +3,16 @@
 //! driver, so that no protocol knows it runs on WebSocket. Data messages (binary or text) are
 //! read as one stream of bytes, whatever the protocol frames' boundaries; each write leaves as
 //! one binary message; pings are answered by tungstenite; the session's end closes the
-//! WebSocket with 1000 (normal closure).
+//! WebSocket with the RFC 6455 code of why it ended ([`Cause`]): what the protocol adapters,
+//! the driver and this transport learn is recorded by [`closing_because`] for the connection's task.
 
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -140,6 +143,86 @@ impl Endpoint {
     }
 }
 
+/// Why a connection ended, as its WebSocket close code says it (RFC 6455, 7.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Cause {
+    /// 1000: the session ended as the protocol ends it (DISCONNECT, a keep-alive timeout).
+    Normal = 1,
+    /// 1001: the broker is shutting down.
+    GoingAway,
+    /// 1002: the peer broke the protocol (bad framing, a malformed frame).
+    ProtocolError,
+    /// 1008: refused by policy (authentication or authorisation).
+    Policy,
+    /// 1009: a message or frame over the limit.
+    TooBig,
+    /// 1011: the broker failed.
+    Internal,
+}
+
+impl Cause {
+    fn code(self) -> CloseCode {
+        match self {
+            Cause::Normal => CloseCode::Normal,
+            Cause::GoingAway => CloseCode::Away,
+            Cause::ProtocolError => CloseCode::Protocol,
+            Cause::Policy => CloseCode::Policy,
+            Cause::TooBig => CloseCode::Size,
+            Cause::Internal => CloseCode::Error,
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Self> {
+        [
+            Cause::Normal,
+            Cause::GoingAway,
+            Cause::ProtocolError,
+            Cause::Policy,
+            Cause::TooBig,
+            Cause::Internal,
+        ]
+        .into_iter()
+        .find(|e| *e as u8 == v)
+    }
+}
+
+/// The first [`Cause`] recorded for one WebSocket connection (what is learnt first is the
+/// cause; what follows, such as the socket's end, is its consequence).
+#[derive(Debug, Default)]
+pub struct CloseReason(AtomicU8);
+
+impl CloseReason {
+    pub fn set(&self, cause: Cause) {
+        let _ = self
+            .0
+            .compare_exchange(0, cause as u8, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<Cause> {
+        Cause::from_u8(self.0.load(Ordering::Relaxed))
+    }
+}
+
+tokio::task_local! {
+    /// The close reason of the WebSocket connection the current task serves.
+    static REASON: Arc<CloseReason>;
+}
+
+/// Records why the connection the current task serves ends, for its close frame; nothing on
+/// other transports, where no close code exists.
+pub fn closing_because(cause: Cause) {
+    let _ = REASON.try_with(|r| r.set(cause));
+}
+
+/// Runs `serve` (a connection's session over `ws`) with [`closing_because`] recording into `ws`'s reason.
+pub async fn serve_with_reason<F: std::future::Future>(
+    reason: Arc<CloseReason>,
+    serve: F,
+) -> F::Output {
+    REASON.scope(reason, serve).await
+}
+
 fn refusal(status: StatusCode, why: &str) -> ErrorResponse {
     let mut response = ErrorResponse::new(Some(why.to_owned()));
     *response.status_mut() = status;
@@ -156,6 +239,15 @@ pub struct WsBytes<S> {
     queued: Option<usize>,
     /// Whether our close frame is queued (shutdown may be polled more than once).
     close_sent: bool,
+    /// Why the connection ends: the close frame's code.
+    reason: Arc<CloseReason>,
+}
+
+impl<S> WsBytes<S> {
+    /// Why the connection ends, shared with whoever learns it ([`serve_with_reason`]).
+    pub fn reason(&self) -> Arc<CloseReason> {
+        self.reason.clone()
+    }
 }
 
 impl<S> From<WebSocketStream<S>> for WsBytes<S> {
@@ -166,7 +258,17 @@ impl<S> From<WebSocketStream<S>> for WsBytes<S> {
             unread: Bytes::new(),
             queued: None,
             close_sent: false,
+            reason: Arc::default(),
         }
+    }
+}
+
+/// What a failed read says about why the connection ends.
+fn read_ending(e: &WsError) -> Cause {
+    match e {
+        WsError::Capacity(_) => Cause::TooBig,
+        WsError::Protocol(_) | WsError::Utf8(_) => Cause::ProtocolError,
+        _ => Cause::Internal,
     }
 }
 
@@ -199,7 +301,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
                 Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
                     return Poll::Ready(Ok(()))
                 }
-                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+                Some(Err(WsError::Io(e))) => return Poll::Ready(Err(e)),
+                Some(Err(e)) => {
+                    this.reason.set(read_ending(&e));
+                    return Poll::Ready(Err(io_error(e)));
+                }
             }
         }
         let n = this.unread.len().min(buf.remaining());
@@ -241,7 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
         if !this.close_sent {
             ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(io_error)?;
             let close = CloseFrame {
-                code: CloseCode::Normal,
+                code: this.reason.get().unwrap_or(Cause::Normal).code(),
                 reason: "".into(),
             };
             Pin::new(&mut this.ws)

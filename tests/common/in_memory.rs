@@ -1,5 +1,5 @@
 //! A broker without listeners, served over in-memory streams (`tokio::io::duplex`): nothing
-//! waits for the kernel, so tests of time-driven behaviour run on tokio's paused clock.
+//! waits for the kernel.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,11 +24,13 @@ impl std::ops::Deref for MemoryBroker {
     }
 }
 
-/// A broker on the test config (tweaked), keeping everything in memory.
+/// A broker on the test config (tweaked), keeping everything in memory, with its timer running
+/// (connections' heart-beats and keep-alives are armed on it).
 pub fn broker(tweak: impl FnOnce(&mut Config)) -> MemoryBroker {
     let mut config = Config::parse(&super::test_config_text()).expect("test config");
     tweak(&mut config);
     let broker = Broker::new(config);
+    tokio::spawn(broker.timer.clone().run(broker.shutdown_signal()));
     let mqtt = Arc::new(MqttState::new(&broker.config.mqtt, broker.memory.clone()));
     MemoryBroker { broker, mqtt }
 }

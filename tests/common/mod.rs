@@ -120,8 +120,17 @@ impl TestBroker {
     /// Starts on the test config, on a fresh data directory, with a clock that only moves when
     /// the test moves it ([`TestBroker::advance`]).
     pub async fn start_on_manual_clock() -> (Self, std::sync::Arc<ManualClock>) {
+        Self::start_with_on_manual_clock(|_| {}).await
+    }
+
+    /// [`TestBroker::start_on_manual_clock`] on the test config as changed by `tweak`.
+    pub async fn start_with_on_manual_clock(
+        tweak: impl FnOnce(&mut Config),
+    ) -> (Self, std::sync::Arc<ManualClock>) {
+        let mut config = Config::parse(&test_config_text()).expect("test config");
+        tweak(&mut config);
         let clock = std::sync::Arc::new(ManualClock::new(SystemClock.now_ms()));
-        let b = Self::start_in_with_clock(&fresh_data_dir(), clock.clone()).await;
+        let b = Self::start_config_with_clock(config, clock.clone()).await;
         (b, clock)
     }
 

@@ -66,14 +66,31 @@ impl TestPki {
         Vec<pki_types::CertificateDer<'static>>,
         pki_types::PrivateKeyDer<'static>,
     ) {
+        let (cert, key) = self.issue_client(cn);
+        let key = pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        (vec![cert.der().clone()], key)
+    }
+
+    fn issue_client(&self, cn: &str) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().expect("client key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
         params.distinguished_name.push(DnType::CommonName, cn);
         let cert = params
             .signed_by(&key, &self.ca)
             .expect("client certificate");
-        let key = pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-        (vec![cert.der().clone()], key)
+        (cert, key)
+    }
+
+    /// As [`TestPki::client_identity`], as PEM (certificate, PKCS#8 key), for clients that take
+    /// files' contents (lapin).
+    pub fn client_identity_pem(&self, cn: &str) -> (String, String) {
+        let (cert, key) = self.issue_client(cn);
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// The CA's certificate as PEM (what clients add to their trusted roots).
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
     }
 
     /// The broker's `[tls]` for this CA's server certificate.

@@ -139,7 +139,7 @@ impl Connection {
         let liveness = Liveness::new(
             hb.map(|h| h / 2),
             hb.map(|h| (Check::Every(h / 2), h * 2)),
-            Instant::now(),
+            crate::net::driver::now(&broker.timer),
         );
         Connection {
             ctx: ConnCtx {
@@ -468,7 +468,7 @@ impl DriverSession for Connection {
     }
 
     fn stop(&mut self, why: Stop) -> Step {
-        let now = Instant::now();
+        let now = crate::net::driver::now(&self.ctx.broker.timer);
         let (reason, wait) = match why {
             Stop::Shutdown => {
                 let grace = self.ctx.broker.config.server.shutdown_grace_seconds;

@@ -218,8 +218,10 @@ impl Connection {
         }
     }
 
-    /// Tells a v5 client why it is being disconnected (v3 has no way to say).
+    /// Tells a v5 client why it is being disconnected (v3 has no way to say but the
+    /// WebSocket's close code).
     fn disconnect(&self, v: &Violation) {
+        crate::net::websocket::closing_because(ws_cause(v.reason));
         if self.protocol.is_v5() {
             let mut d = Disconnect {
                 reason: v.reason,
@@ -556,5 +558,39 @@ impl DriverSession for Connection {
         };
         self.disconnect(&v);
         Step::Close
+    }
+}
+
+/// The WebSocket close code of a disconnect's reason code.
+pub(super) fn ws_cause(code: u8) -> crate::net::websocket::Cause {
+    use crate::net::websocket::Cause;
+    match code {
+        reason::MALFORMED_PACKET
+        | reason::PROTOCOL_ERROR
+        | reason::UNSUPPORTED_PROTOCOL_VERSION
+        | reason::TOPIC_FILTER_INVALID
+        | reason::TOPIC_NAME_INVALID
+        | reason::PACKET_IDENTIFIER_IN_USE
+        | reason::RECEIVE_MAXIMUM_EXCEEDED
+        | reason::TOPIC_ALIAS_INVALID
+        | reason::PAYLOAD_FORMAT_INVALID
+        | reason::RETAIN_NOT_SUPPORTED
+        | reason::QOS_NOT_SUPPORTED
+        | reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+        | reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED
+        | reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED => Cause::ProtocolError,
+        reason::CLIENT_IDENTIFIER_NOT_VALID
+        | reason::BAD_USER_NAME_OR_PASSWORD
+        | reason::NOT_AUTHORIZED
+        | reason::BAD_AUTHENTICATION_METHOD
+        | reason::QUOTA_EXCEEDED
+        | reason::ADMINISTRATIVE_ACTION => Cause::Policy,
+        reason::PACKET_TOO_LARGE => Cause::TooBig,
+        reason::SERVER_SHUTTING_DOWN => Cause::GoingAway,
+        reason::UNSPECIFIED_ERROR
+        | reason::IMPLEMENTATION_SPECIFIC_ERROR
+        | reason::SERVER_UNAVAILABLE
+        | reason::SERVER_BUSY => Cause::Internal,
+        _ => Cause::Normal,
     }
 }

@@ -115,6 +115,7 @@ async fn open<R: AsyncRead + Unpin>(
         Ok(Err(None)) => {}
         Ok(Err(Some(e))) => {
             tracing::info!(%peer, error = %e, "bad MQTT CONNECT");
+            crate::net::websocket::closing_because(crate::net::websocket::Cause::ProtocolError);
             if let DecodeError::UnsupportedProtocolLevel(level) = e {
                 // A newer client most likely reads a v5 CONNACK; older ones the 3.1.1 form.
                 let (protocol, code) = if level > 5 {
@@ -130,6 +131,7 @@ async fn open<R: AsyncRead + Unpin>(
         }
         Ok(Ok(other)) => {
             tracing::info!(%peer, packet = other.name(), "first MQTT packet is not CONNECT");
+            crate::net::websocket::closing_because(crate::net::websocket::Cause::ProtocolError);
         }
     }
     None
@@ -314,7 +316,7 @@ async fn handshake(
                     Duration::from_millis(u64::from(keep_alive) * 1500),
                 )
             }),
-            tokio::time::Instant::now(),
+            crate::net::driver::now(&broker.timer),
         ),
         blocked: false,
         ending: Ending::Abnormal,
@@ -348,6 +350,13 @@ fn granted_keep_alive(v5: bool, asked: u16, cfg: &crate::config::MqttConfig) -> 
 
 fn refuse(outbox: &Outbox, protocol: Protocol, r: &Refusal, peer: SocketAddr) {
     tracing::info!(%peer, reason = %r, "MQTT CONNECT refused");
+    // v3's return codes are v5's reasons under other numbers. A refusal is by policy unless
+    // its reason says otherwise.
+    use crate::net::websocket::{closing_because, Cause};
+    match connection::ws_cause(r.code(Protocol::V5)) {
+        Cause::Normal => closing_because(Cause::Policy),
+        cause => closing_because(cause),
+    }
     let mut props = Properties::default();
     if protocol.is_v5() {
         props.reason_string = Some(r.text.clone());

@@ -1,12 +1,13 @@
 //! Letting go of a session when its connection ends: a session that expires now goes with its
 //! queue, one that persists leaves its queue collecting messages until it expires; then the
-//! will, now or after its delay.
+//! will, now or after its delay. Both delays run on the broker's clock.
 
 use super::connection::{Connection, Ending};
 use super::persist;
 use super::publish::{InboundMessage, Publisher};
 use super::registry::{lock, MqttState, SessionKey};
 use crate::core::{Broker, VHost};
+use crate::net::driver::clock;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 use switchboard_mqtt::Will;
@@ -79,9 +80,9 @@ pub(super) fn schedule_expiry(
     generation: u64,
     secs: impl Into<u64>,
 ) {
-    let secs = secs.into();
+    let at = clock::now(&broker.timer) + Duration::from_secs(secs.into());
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(secs)).await;
+        clock::sleep_until(&broker.timer, at).await;
         let mut sessions = state.sessions();
         let due = sessions
             .get(&key)
@@ -114,8 +115,10 @@ fn send_will(publisher: Publisher, will: Will, delay: u32, key: SessionKey, gene
         publisher.route(message);
         return;
     }
+    let timer = publisher.broker.timer.clone();
+    let at = clock::now(&timer) + Duration::from_secs(u64::from(delay));
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+        clock::sleep_until(&timer, at).await;
         let resumed = publisher
             .state
             .sessions()

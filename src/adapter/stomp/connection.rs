@@ -138,6 +138,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
 
 /// Queues an ERROR frame; the caller then closes the connection.
 fn send_error(outbox: &Outbox, version: Version, e: &StompError, receipt: Option<&str>) {
+    crate::net::websocket::closing_because(e.ws_cause());
     let mut frame = Frame::new(Command::Error)
         .with("message", e.message.clone())
         .with("content-type", "text/plain");
@@ -194,7 +195,7 @@ impl Connection {
             liveness: Liveness::new(
                 n.send_every,
                 n.expect_every.map(|e| (Check::Every(e / 2), e * 2)),
-                Instant::now(),
+                crate::net::driver::now(&broker.timer),
             ),
             blocked: false,
             closing: false,
@@ -222,6 +223,15 @@ impl Connection {
                 Ok(None) => return true,
                 Err(e) => {
                     tracing::info!(peer = %self.peer, error = %e, "malformed STOMP frame");
+                    if matches!(
+                        e,
+                        switchboard_stomp::DecodeError::FrameTooLarge { .. }
+                            | switchboard_stomp::DecodeError::BodyTooLarge { .. }
+                    ) {
+                        crate::net::websocket::closing_because(
+                            crate::net::websocket::Cause::TooBig,
+                        );
+                    }
                     self.session.drop_receipts();
                     send_error(&self.outbox, version, &e.into(), None);
                     return false;

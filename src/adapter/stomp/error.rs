@@ -48,9 +48,24 @@ impl StompError {
     }
 }
 
+impl StompError {
+    /// The WebSocket close code that goes with this ERROR frame.
+    pub fn ws_cause(&self) -> crate::net::websocket::Cause {
+        use crate::net::websocket::Cause;
+        match self.message.as_str() {
+            MALFORMED => Cause::ProtocolError,
+            super::handshake::ACCESS_REFUSED | "access_refused" => Cause::Policy,
+            _ => Cause::Normal,
+        }
+    }
+}
+
+/// The `message` of an ERROR for a frame that does not decode.
+pub const MALFORMED: &str = "Malformed frame";
+
 impl From<DecodeError> for StompError {
     fn from(e: DecodeError) -> Self {
-        StompError::new("Malformed frame", e.to_string())
+        StompError::new(MALFORMED, e.to_string())
     }
 }
 

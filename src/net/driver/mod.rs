@@ -4,13 +4,16 @@
 //! outbox's writer, and shutdown. A protocol supplies a [`Session`]: bytes and `now` in, frames
 //! (pushed to the outbox) and its next deadline out; it never sees a socket or a clock.
 //!
-//! Time is tokio's clock (`tokio::time::Instant`), read only here and handed to the session, so
-//! tests of heart-beats and keep-alives run on paused time over in-memory transports.
+//! Time is the broker's injected clock ([`clock`]), read only here (once per read, never per
+//! frame) and handed to the session, so tests of heart-beats and keep-alives move a manual
+//! clock instead of sleeping.
 
+pub mod clock;
 mod liveness;
 mod read_buffer;
 mod write_side;
 
+pub use clock::now;
 pub use liveness::{Check, Due, Liveness};
 pub use read_buffer::{ReadBuffer, ReadPolicy};
 use write_side::Outbound;
@@ -134,14 +137,19 @@ where
         // readable so that their acknowledgements can free memory.
         let mut blocked = false;
         let mut closing: Option<Instant> = None;
-        let timer = tokio::time::sleep_until(far_future());
-        tokio::pin!(timer);
+        // The closing wait bounds a peer's answer in real time (tokio's), so that a manual
+        // clock nobody moves cannot keep a closed connection.
+        let closing_timer = tokio::time::sleep_until(far_future());
+        tokio::pin!(closing_timer);
+        // The session's deadline, on the broker's timer.
+        let deadline = Arc::new(clock::Alarm::default());
         let mut armed: Option<Instant> = None;
         // Bytes read since the driver last gave the runtime back.
         let mut since_yield = 0;
 
         // Frames that arrived behind the handshake.
-        let mut step = session.received(&mut self.read.buf, Instant::now());
+        let now = self.now();
+        let mut step = session.received(&mut self.read.buf, now);
         self.read.processed(session.held_bytes());
         loop {
             match step {
@@ -150,14 +158,24 @@ where
                 Step::Closing(until) => {
                     if closing.is_none() {
                         closing = Some(until);
+                        let wait = until.saturating_duration_since(self.now());
+                        closing_timer.as_mut().reset(Instant::now() + wait);
                     }
                 }
             }
             step = Step::Continue;
-            let due = closing.or_else(|| session.deadline());
+            let due = if closing.is_some() {
+                None
+            } else {
+                session.deadline()
+            };
             if due != armed {
                 armed = due;
-                timer.as_mut().reset(due.unwrap_or_else(far_future));
+                // A deadline moved later leaves the earlier one armed: it rings early, and
+                // the ring is ignored.
+                if let Some(at) = due {
+                    deadline.arm(&self.broker.timer, at);
+                }
             }
             self.read.prepare_read();
             // Reading and waiting for the alarm to clear exclude each other, so they share one
@@ -183,7 +201,8 @@ where
                     }
                     Input::AlarmChanged(ok) => Event::AlarmChanged { ok },
                 },
-                _ = &mut timer, if armed.is_some() => Event::Timer,
+                _ = deadline.rung(), if armed.is_some() => Event::Timer,
+                _ = &mut closing_timer, if closing.is_some() => Event::ClosingTimeout,
                 outbound = outbound => match outbound {
                     Outbound::Drained => Event::Drained,
                     Outbound::Woken => Event::Woken,
@@ -200,7 +219,7 @@ where
             };
             match event {
                 Event::Read(n) => {
-                    let now = Instant::now();
+                    let now = self.now();
                     step = session.received(&mut self.read.buf, now);
                     let held = session.held_bytes();
                     self.read.processed(held);
@@ -223,16 +242,17 @@ where
                     // A monitor gone (never while the broker runs) blocks nothing.
                     if !ok || !*alarm.borrow_and_update() {
                         blocked = false;
-                        session.alarm_blocked(false, Instant::now());
+                        session.alarm_blocked(false, self.now());
                     }
                 }
                 Event::Timer => {
-                    if closing.is_some() {
-                        return;
+                    let now = self.now();
+                    if armed.is_some_and(|at| at <= now) {
+                        armed = None;
+                        step = session.timer(now);
                     }
-                    armed = None;
-                    step = session.timer(Instant::now());
                 }
+                Event::ClosingTimeout => return,
                 Event::Drained => session.drained(),
                 Event::Woken => {
                     step = session.woken();
@@ -246,9 +266,21 @@ where
                     }
                 }
                 Event::LogSynced => step = session.log_synced(),
-                Event::Stop(why) => step = session.stop(why),
+                Event::Stop(why) => {
+                    if matches!(why, Stop::Shutdown) {
+                        crate::net::websocket::closing_because(
+                            crate::net::websocket::Cause::GoingAway,
+                        );
+                    }
+                    step = session.stop(why);
+                }
             }
         }
+    }
+
+    /// Now on the broker's clock.
+    fn now(&self) -> Instant {
+        clock::now(&self.broker.timer)
     }
 
     /// Writes what is left (bounded) and unregisters the connection.
@@ -302,6 +334,7 @@ enum Event {
         ok: bool,
     },
     Timer,
+    ClosingTimeout,
     Drained,
     Woken,
     Written {
