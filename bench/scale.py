@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Times creating and removing 1k / 10k / 100k of one kind of object on one broker, as a client
 sees it (each request waits for its reply). Prints one JSON object per line:
-{"broker", "kind", "n", "create_s", "remove_s"}. Run by bench/scale.sh.
+{"broker", "kind", "n", "create_s", "remove_s"}, and with --pid the broker process's CPU
+seconds (user + system, from /proc) for each phase as "create_cpu_s", "remove_cpu_s": on a
+loaded machine the broker's own cost, which waiting for a core does not inflate. Run by
+bench/scale.sh.
 
   scale.py BROKER --amqp HOST:PORT --mqtt HOST:PORT --sizes 1000,10000 --kinds bindings,queues
+           [--pid PID]
 
 Kinds: bindings (n bindings of one queue to amq.topic, then the queue deleted), queues (n
 declared, then n deleted), consumers (n basic.consume on one queue, then the channel closed),
@@ -11,6 +15,7 @@ mqtt (one clean MQTT 3.1.1 session subscribing n filters, 500 per SUBSCRIBE, the
 and a reconnect with the same client id: remove_s is until that CONNACK)."""
 import argparse
 import json
+import os
 import socket
 import struct
 import time
@@ -34,13 +39,13 @@ def bindings(addr, n):
     conn = amqp_connection(addr)
     ch = conn.channel()
     q = ch.queue_declare("scale-bindings", auto_delete=False).method.queue
-    t = time.monotonic()
+    t = now()
     for i in range(n):
         ch.queue_bind(q, "amq.topic", routing_key=f"k.{i}.*")
-    created = time.monotonic() - t
-    t = time.monotonic()
+    created = now() - t
+    t = now()
     ch.queue_delete(q)
-    removed = time.monotonic() - t
+    removed = now() - t
     conn.close()
     return created, removed
 
@@ -48,14 +53,14 @@ def bindings(addr, n):
 def queues(addr, n):
     conn = amqp_connection(addr)
     ch = conn.channel()
-    t = time.monotonic()
+    t = now()
     for i in range(n):
         ch.queue_declare(f"scale-q-{i}")
-    created = time.monotonic() - t
-    t = time.monotonic()
+    created = now() - t
+    t = now()
     for i in range(n):
         ch.queue_delete(f"scale-q-{i}")
-    removed = time.monotonic() - t
+    removed = now() - t
     conn.close()
     return created, removed
 
@@ -64,13 +69,13 @@ def consumers(addr, n):
     conn = amqp_connection(addr)
     ch = conn.channel()
     ch.queue_declare("scale-consumers")
-    t = time.monotonic()
+    t = now()
     for _ in range(n):
         ch.basic_consume("scale-consumers", lambda *a: None)
-    created = time.monotonic() - t
-    t = time.monotonic()
+    created = now() - t
+    t = now()
     ch.close()
-    removed = time.monotonic() - t
+    removed = now() - t
     ch = conn.channel()
     ch.queue_delete("scale-consumers")
     conn.close()
@@ -133,7 +138,7 @@ def read_packet(s):
 def mqtt(addr, n):
     client_id = "scale-mqtt"
     s = mqtt_connect(addr, client_id)
-    t = time.monotonic()
+    t = now()
     for p, start in enumerate(range(0, n, 500)):
         body = struct.pack("!H", p % 65535 + 1)
         for i in range(start, min(n, start + 500)):
@@ -141,13 +146,41 @@ def mqtt(addr, n):
         s.sendall(mqtt_packet(0x82, body))
         first, _ = read_packet(s)
         assert first >> 4 == 9, "SUBACK"
-    created = time.monotonic() - t
-    t = time.monotonic()
+    created = now() - t
+    t = now()
     s.sendall(mqtt_packet(0xE0, b""))
     s.close()
     mqtt_connect(addr, client_id).close()
-    removed = time.monotonic() - t
+    removed = now() - t
     return created, removed
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds process `pid` has used (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name may hold spaces; the fields after it are space-separated.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# The broker's process (--pid), and its CPU seconds at each now() of the current run.
+BROKER_PID = None
+CPU_READINGS = []
+
+
+def now():
+    """The wall clock for timing a phase; with --pid, records the broker's CPU time too."""
+    if BROKER_PID:
+        CPU_READINGS.append(cpu_seconds(BROKER_PID))
+    return time.monotonic()
+
+
+def cpu_phases():
+    """CPU seconds of the create and remove phases (readings: start, end, start, end)."""
+    r = CPU_READINGS
+    if len(r) != 4:
+        return {}
+    return {"create_cpu_s": round(r[1] - r[0], 3), "remove_cpu_s": round(r[3] - r[2], 3)}
 
 
 KINDS = {"bindings": bindings, "queues": queues, "consumers": consumers, "mqtt": mqtt}
@@ -160,16 +193,21 @@ def main():
     ap.add_argument("--mqtt")
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--kinds", default="bindings,queues,consumers,mqtt")
+    ap.add_argument("--pid", type=int, help="the broker's process, to report its CPU time")
     a = ap.parse_args()
+    global BROKER_PID
+    BROKER_PID = a.pid
     for kind in a.kinds.split(","):
         addr = a.mqtt if kind == "mqtt" else a.amqp
         if not addr:
             continue
         for n in map(int, a.sizes.split(",")):
+            CPU_READINGS.clear()
             created, removed = KINDS[kind](addr, n)
-            print(json.dumps({"broker": a.broker, "kind": kind, "n": n,
-                              "create_s": round(created, 3), "remove_s": round(removed, 3)}),
-                  flush=True)
+            row = {"broker": a.broker, "kind": kind, "n": n,
+                   "create_s": round(created, 3), "remove_s": round(removed, 3)}
+            row.update(cpu_phases())
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 # RabbitMQ (AMQP and its MQTT plugin) and Mosquitto (MQTT), each started here on 127.0.0.1 with
 # its own data directory under /tmp and non-standard ports, one after another (never two at
 # once), and stopped after. The client is bench/scale.py (pika; MQTT packets by hand), the same
-# for every broker.
+# for every broker. Each cell is wall-clock seconds as the client saw them, then the broker
+# process's CPU seconds for the same phases (from /proc/PID/stat).
 #
 #   bench/scale.sh                          # sizes 1000,10000,100000
 #   SIZES=1000,10000 KINDS=queues,mqtt BROKERS="rabbitmq mosquitto" bench/scale.sh
@@ -61,7 +62,8 @@ run() { # broker, then scale.py's address arguments
     local b=$1
     shift
     log "$b"
-    "$VENV/bin/python" bench/scale.py "$b" --sizes "$SIZES" --kinds "$KINDS" "$@" | tee -a "$RESULTS"
+    "$VENV/bin/python" bench/scale.py "$b" --sizes "$SIZES" --kinds "$KINDS" ${PID:+--pid "$PID"} "$@" \
+        | tee -a "$RESULTS"
 }
 
 if [[ $BROKERS == *switchboard* ]]; then
@@ -133,7 +135,9 @@ for kind in dict.fromkeys(r["kind"] for r in rows):
         cells = []
         for b in brokers:
             r = [x for x in rows if (x["broker"], x["kind"], x["n"]) == (b, kind, n)]
-            cells.append(f'{r[0]["create_s"]} / {r[0]["remove_s"]}' if r else "-")
+            cpu = (f' (CPU {r[0]["create_cpu_s"]} / {r[0]["remove_cpu_s"]})'
+                   if r and "create_cpu_s" in r[0] else "")
+            cells.append(f'{r[0]["create_s"]} / {r[0]["remove_s"]}{cpu}' if r else "-")
         print(f"| {kind} | {n:,} | " + " | ".join(cells) + " |")
 PY
 echo

@@ -11,7 +11,10 @@
 
 mod common;
 use common::amqp::*;
-use common::mqtt::{connect_packet, publish_packet, session_with_subscriptions, RawMqtt};
+use common::mqtt::{
+    connect_packet, leave_session, publish_packet, session_with_subscriptions, subscribed_session,
+    RawMqtt,
+};
 use common::raw::{unfinished_publish, RawClient};
 use common::stomp::StompClient;
 use common::*;
@@ -676,5 +679,49 @@ async fn a_long_batch_of_cheap_frames_does_not_monopolise_the_runtime() {
     assert!(
         ticks >= slices / 2,
         "the other task ran {ticks} times during {slices} slices of input"
+    );
+}
+
+/// Ending a session with many subscriptions gives the runtime back between slices of its
+/// unbinding: on a single-threaded runtime another task runs while the bindings go and finds
+/// them partly gone, again and again (unbound in one go, it never saw them part way).
+#[tokio::test(flavor = "current_thread")]
+async fn ending_a_session_with_many_subscriptions_does_not_monopolise_the_runtime() {
+    let b = common::in_memory::broker(|_| {});
+    let c = RawMqtt::over(
+        common::in_memory::connect(&b, common::in_memory::Protocol::Mqtt),
+        Protocol::V311,
+    );
+    let (c, queue) = subscribed_session(c, 20_000).await;
+    let topic = b
+        .vhost("/")
+        .and_then(|v| v.exchange("amq.topic"))
+        .expect("amq.topic");
+    let bound = topic.binding_count();
+    assert_eq!(bound, 10_000, "half of the subscriptions are left");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let midway = Arc::new(AtomicUsize::new(0));
+    let ticker = {
+        let (done, midway) = (done.clone(), midway.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                let left = topic.binding_count();
+                if 0 < left && left < bound {
+                    midway.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::task::yield_now().await;
+            }
+            topic.binding_count()
+        })
+    };
+    leave_session(c, &b.broker, &queue).await;
+    done.store(true, Ordering::Relaxed);
+    assert_eq!(bounded(ticker).await.expect("ticker"), 0, "all unbound");
+    let midway = midway.load(Ordering::Relaxed);
+    eprintln!("{bound} bindings removed: another task ran {midway} times meanwhile");
+    // 10,000 bindings are 10 slices of 1,024.
+    assert!(
+        midway >= 5,
+        "the other task ran {midway} times while they went"
     );
 }

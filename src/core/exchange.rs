@@ -430,6 +430,11 @@ impl Exchange {
         all
     }
 
+    /// How many bindings lead from the exchange.
+    pub fn binding_count(&self) -> usize {
+        self.read().all.len()
+    }
+
     pub fn has_bindings(&self) -> bool {
         !self.read().all.is_empty()
     }

@@ -341,10 +341,23 @@ pub async fn session_with_subscriptions(
     broker: &switchboard::core::Broker,
     n: usize,
 ) -> Duration {
-    let id = super::unique("many-subs");
-    let filters: Vec<String> = (0..n).map(|i| format!("dev/{i}/+/temp")).collect();
     let t = std::time::Instant::now();
-    let mut c = RawMqtt::connect(addr, Protocol::V311, &id, true).await;
+    let c = RawMqtt::tcp(addr, Protocol::V311).await;
+    let (c, queue) = subscribed_session(c, n).await;
+    leave_session(c, broker, &queue).await;
+    t.elapsed()
+}
+
+/// Sends CONNECT for a new clean session on `c`, subscribes `n` filters (`dev/<i>/+/temp`),
+/// unsubscribes half of them again; the client and the name of the session's queue.
+pub async fn subscribed_session<S: AsyncRead + AsyncWrite + Unpin>(
+    c: RawMqtt<S>,
+    n: usize,
+) -> (RawMqtt<S>, String) {
+    let id = super::unique("many-subs");
+    let (mut c, ack) = c.handshake(connect_packet(Protocol::V311, &id, true)).await;
+    assert_eq!(ack.code, 0, "CONNACK {ack:?}");
+    let filters: Vec<String> = (0..n).map(|i| format!("dev/{i}/+/temp")).collect();
     for (p, chunk) in filters.chunks(PER_PACKET).enumerate() {
         let subscriptions = chunk
             .iter()
@@ -370,6 +383,15 @@ pub async fn session_with_subscriptions(
         .await;
         assert!(matches!(c.recv().await, Some(Packet::UnsubAck(_))));
     }
+    (c, format!("mqtt-subscription-{id}qos1"))
+}
+
+/// Sends DISCONNECT, waits for the broker to close the connection and to delete `queue`.
+pub async fn leave_session<S: AsyncRead + AsyncWrite + Unpin>(
+    mut c: RawMqtt<S>,
+    broker: &switchboard::core::Broker,
+    queue: &str,
+) {
     c.send(&Packet::Disconnect(Disconnect {
         reason: 0,
         properties: Properties::default(),
@@ -377,7 +399,5 @@ pub async fn session_with_subscriptions(
     .await;
     assert!(c.closed().await.is_none());
     let vh = broker.vhost("/").expect("vhost /");
-    let queue = format!("mqtt-subscription-{id}qos1");
-    super::wait_until("the session's queue deleted", || vh.queue(&queue).is_none()).await;
-    t.elapsed()
+    super::wait_until("the session's queue deleted", || vh.queue(queue).is_none()).await;
 }

@@ -159,17 +159,17 @@ impl Connection {
             let mut s = lock(&self.attached.session);
             self.link.resend_in_flight(&mut s);
             self.link.pump(&mut s);
-            let filters: Vec<String> = s.subscriptions.keys().cloned().collect();
+            // A resumed session's bindings exist already unless its queue was deleted
+            // meanwhile (by an AMQP client, say) and declared again by this CONNECT; copying
+            // 100,000 filters on every resume would cost as much as binding them.
+            let filters: Vec<String> = if self.attached.queue_created {
+                s.subscriptions.keys().cloned().collect()
+            } else {
+                Vec::new()
+            };
             (s.shared_keys(), filters)
         };
-        // A resumed session's bindings exist already unless its queue was deleted meanwhile
-        // (by an AMQP client, say) and declared again by this CONNECT.
-        let bind = if self.attached.queue_created {
-            filters.as_slice()
-        } else {
-            &[]
-        };
-        for filter in bind.iter().filter(|f| !is_shared(f)) {
+        for filter in filters.iter().filter(|f| !is_shared(f)) {
             let _ = self.vhost().bind_queue(
                 &self.queue().name,
                 &self.broker.config.mqtt.exchange,

@@ -88,7 +88,9 @@ pub async fn serve_stream<R, W>(
     if let Some(mut conn) = opened {
         driver.run(&mut *conn).await;
         let ending: Ending = conn.ending;
-        conn.finish(ending);
+        // Boxed: ending a session with many subscriptions yields, and its state would
+        // otherwise grow every connection's future.
+        Box::pin(conn.finish(ending)).await;
     }
     // Lingering close: a client may still be writing (PUBRELs for the PUBRECs it reads before
     // our DISCONNECT).
