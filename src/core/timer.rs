@@ -36,8 +36,17 @@ struct Entry {
     at: u64,
     /// Tie-breaker so entries order totally without comparing targets.
     seq: u64,
-    owner: OwnerId,
-    target: Weak<dyn Timed>,
+    target: Target,
+}
+
+/// What an entry wakes.
+#[derive(Debug)]
+enum Target {
+    /// A queue or delayed hold of the vhost with this owner id.
+    Owned(OwnerId, Weak<dyn Timed>),
+    /// A task waiting on the broker's clock (a connection's deadline, a session's expiry),
+    /// which belongs to no vhost.
+    Wake(Weak<Notify>),
 }
 
 impl PartialEq for Entry {
@@ -119,23 +128,30 @@ impl Timer {
     /// Lets go of a vhost (deleted): its pending deadlines are dropped with it.
     pub fn stop_serving(&self, owner: OwnerId) {
         let gone = self.owners().remove(&owner);
-        self.heap().entries.retain(|Reverse(e)| e.owner != owner);
+        self.heap()
+            .entries
+            .retain(|Reverse(e)| !matches!(e.target, Target::Owned(o, _) if o == owner));
         drop(gone);
     }
 
     /// Asks for `target`, of the vhost with id `owner`, to be woken at `at` (ms since the
     /// epoch).
     pub fn arm(&self, at: u64, owner: OwnerId, target: Weak<dyn Timed>) {
+        self.push(at, Target::Owned(owner, target));
+    }
+
+    /// Asks for `wake` to be notified at `at` (ms since the epoch), for a task waiting on the
+    /// broker's clock.
+    pub fn wake_at(&self, at: u64, wake: Weak<Notify>) {
+        self.push(at, Target::Wake(wake));
+    }
+
+    fn push(&self, at: u64, target: Target) {
         let mut heap = self.heap();
         let earliest = heap.entries.peek().is_none_or(|Reverse(e)| at < e.at);
         let seq = heap.next_seq;
         heap.next_seq += 1;
-        heap.entries.push(Reverse(Entry {
-            at,
-            seq,
-            owner,
-            target,
-        }));
+        heap.entries.push(Reverse(Entry { at, seq, target }));
         drop(heap);
         if earliest {
             self.earlier.notify_one();
@@ -156,9 +172,20 @@ impl Timer {
             };
             // Outside the heap lock: the target re-arms while it runs.
             let Some(due) = due else { continue };
-            let vhost = self.owners().get(&due.owner).cloned();
-            if let (Some(vhost), Some(t)) = (vhost, due.target.upgrade()) {
-                t.on_timer(&vhost);
+            match due.target {
+                Target::Owned(owner, target) => {
+                    let vhost = self.owners().get(&owner).cloned();
+                    if let (Some(vhost), Some(t)) = (vhost, target.upgrade()) {
+                        t.on_timer(&vhost);
+                    }
+                }
+                Target::Wake(wake) => {
+                    if let Some(n) = wake.upgrade() {
+                        // A permit is kept when nobody waits, so a ring between two waits
+                        // is not lost.
+                        n.notify_one();
+                    }
+                }
             }
         }
     }

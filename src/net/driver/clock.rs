@@ -5,8 +5,8 @@
 //! broker's timer, which wakes an [`Alarm`].
 
 use crate::core::clock::{Clock, SystemClock};
-use crate::core::timer::{Timed, Timer};
-use std::sync::{Arc, OnceLock, Weak};
+use crate::core::timer::Timer;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -54,19 +54,11 @@ pub fn now(timer: &Timer) -> Instant {
 /// [`arm`](Alarm::arm) adds one, and every one that comes rings it, so the owner checks the
 /// time when it rings.
 #[derive(Debug, Default)]
-pub struct Alarm(Notify);
-
-impl Timed for Alarm {
-    fn on_timer(self: Arc<Self>) {
-        // A permit is kept when nobody waits, so a ring between two waits is not lost.
-        self.0.notify_one();
-    }
-}
+pub struct Alarm(Arc<Notify>);
 
 impl Alarm {
-    pub fn arm(self: &Arc<Self>, timer: &Timer, at: Instant) {
-        let me: Weak<dyn Timed> = Arc::downgrade(self) as Weak<dyn Timed>;
-        timer.arm(ms_at(at), me);
+    pub fn arm(&self, timer: &Timer, at: Instant) {
+        timer.wake_at(ms_at(at), Arc::downgrade(&self.0));
     }
 
     pub async fn rung(&self) {
