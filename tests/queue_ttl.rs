@@ -79,6 +79,9 @@ async fn expired_messages_are_not_delivered_to_a_consumer_that_was_busy() {
     let d = next(&mut consumer).await;
     assert_eq!(text(&d), "first");
     let queue = find_queue(&b, &q).expect("queue");
+    // "first" can reach the consumer before the broker has read the next two publishes; the
+    // clock must move only once "stale" is queued with its deadline.
+    wait_until("stale and fresh queued", || queue.message_count() == 2).await;
     // While the consumer has no credit "stale" passes its TTL on the broker's clock; it must
     // not be delivered when credit returns.
     b.advance(&clock, 40);
