@@ -393,7 +393,9 @@ mod tests {
     /// (issue 7: an idle connection's memory). The handshake's state (a decoded CONNECT is
     /// 840 bytes) must not stay in it: it made the future 4.7 KB before it was boxed apart.
     /// The bound has room for the driver's read slicing (a capped read buffer and the bytes
-    /// read since the last yield, 24 bytes), which every connection needs.
+    /// read since the last yield, 24 bytes), which every connection needs, and for what
+    /// session 7's merge added together (1,376 bytes measured): the driver's deadline on the
+    /// broker's clock, the ingress's publish outcome and the boxed, yielding session end.
     #[test]
     fn the_connection_future_stays_small() {
         let broker = crate::core::Broker::new(
@@ -413,6 +415,6 @@ mod tests {
             state,
         );
         let size = std::mem::size_of_val(&connection);
-        assert!(size <= 1296, "MQTT connection future is {size} bytes");
+        assert!(size <= 1384, "MQTT connection future is {size} bytes");
     }
 }
