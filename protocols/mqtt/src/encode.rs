@@ -12,7 +12,6 @@ use bytes::{BufMut, BytesMut};
 pub fn encode(packet: &Packet, version: Protocol, out: &mut BytesMut) -> Result<(), EncodeError> {
     let v5 = version.is_v5();
     let mut head = BytesMut::new();
-    let mut payload: &[u8] = &[];
     let first = match packet {
         Packet::Connect(c) => {
             encode_connect(c, &mut head)?;
@@ -25,19 +24,8 @@ pub fn encode(packet: &Packet, version: Protocol, out: &mut BytesMut) -> Result<
             kind::CONNACK << 4
         }
         Packet::Publish(p) => {
-            put_string(&mut head, &p.topic)?;
-            if p.qos != QoS::AtMostOnce {
-                let id = p
-                    .packet_id
-                    .ok_or(EncodeError::MissingPacketId(p.qos as u8))?;
-                head.put_u16(id);
-            }
-            props(&p.properties, v5, &mut head)?;
-            payload = &p.payload;
-            (kind::PUBLISH << 4)
-                | (u8::from(p.dup) << 3)
-                | ((p.qos as u8) << 1)
-                | u8::from(p.retain)
+            encode_publish(&PublishOut::of(p), version, usize::MAX, out)?;
+            return Ok(());
         }
         Packet::PubAck(a) => pub_response(a, v5, &mut head, kind::PUBACK << 4)?,
         Packet::PubRec(a) => pub_response(a, v5, &mut head, kind::PUBREC << 4)?,
@@ -97,7 +85,7 @@ pub fn encode(packet: &Packet, version: Protocol, out: &mut BytesMut) -> Result<
             kind::AUTH << 4
         }
     };
-    let remaining = head.len() + payload.len();
+    let remaining = head.len();
     let Some(remaining32) = u32::try_from(remaining).ok().filter(|&n| n <= VAR_INT_MAX) else {
         return Err(EncodeError::PacketTooLarge(remaining));
     };
@@ -105,8 +93,91 @@ pub fn encode(packet: &Packet, version: Protocol, out: &mut BytesMut) -> Result<
     out.put_u8(first);
     put_var_int(out, remaining32)?;
     out.put_slice(&head);
-    out.put_slice(payload);
     Ok(())
+}
+
+/// A PUBLISH to write, borrowing its parts: the sending side writes one per delivery without
+/// building an owned [`Publish`] (topic and properties copies) or an intermediate buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishOut<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// May be empty in v5 when a Topic Alias names the topic.
+    pub topic: &'a str,
+    /// Present exactly when `qos` > 0.
+    pub packet_id: Option<u16>,
+    /// Written for v5 only.
+    pub properties: &'a Properties,
+    pub payload: &'a [u8],
+}
+
+impl<'a> PublishOut<'a> {
+    pub fn of(p: &'a Publish) -> Self {
+        PublishOut {
+            dup: p.dup,
+            qos: p.qos,
+            retain: p.retain,
+            topic: &p.topic,
+            packet_id: p.packet_id,
+            properties: &p.properties,
+            payload: &p.payload,
+        }
+    }
+}
+
+/// Appends the PUBLISH `p` encoded for `version` to `out`, straight into it, and returns its
+/// size. A packet over `max_len` bytes (a client's Maximum Packet Size) is
+/// [`EncodeError::PacketTooLarge`]; on any error nothing is appended.
+pub fn encode_publish(
+    p: &PublishOut<'_>,
+    version: Protocol,
+    max_len: usize,
+    out: &mut BytesMut,
+) -> Result<usize, EncodeError> {
+    let topic_len =
+        u16::try_from(p.topic.len()).map_err(|_| EncodeError::FieldTooLong(p.topic.len()))?;
+    let id = match p.qos {
+        QoS::AtMostOnce => None,
+        _ => Some(
+            p.packet_id
+                .ok_or(EncodeError::MissingPacketId(p.qos as u8))?,
+        ),
+    };
+    // v5 properties are encoded apart first: their length prefix needs their size.
+    let mut props = BytesMut::new();
+    let mut props_len = 0;
+    if version.is_v5() {
+        p.properties.encode_body(&mut props)?;
+        let n = u32::try_from(props.len()).map_err(|_| EncodeError::PacketTooLarge(props.len()))?;
+        props_len = var_int_len(n) + props.len();
+    }
+    let remaining =
+        2 + p.topic.len() + if id.is_some() { 2 } else { 0 } + props_len + p.payload.len();
+    let Some(remaining32) = u32::try_from(remaining).ok().filter(|&n| n <= VAR_INT_MAX) else {
+        return Err(EncodeError::PacketTooLarge(remaining));
+    };
+    let total = 1 + var_int_len(remaining32) + remaining;
+    if total > max_len {
+        return Err(EncodeError::PacketTooLarge(total));
+    }
+    out.reserve(total);
+    out.put_u8(
+        (kind::PUBLISH << 4) | (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain),
+    );
+    put_var_int(out, remaining32)?;
+    out.put_u16(topic_len);
+    out.put_slice(p.topic.as_bytes());
+    if let Some(id) = id {
+        out.put_u16(id);
+    }
+    if version.is_v5() {
+        // Fits: checked as part of `remaining` above.
+        put_var_int(out, props.len() as u32)?;
+        out.put_slice(&props);
+    }
+    out.put_slice(p.payload);
+    Ok(total)
 }
 
 /// The encoded size of `packet`, for checking a peer's Maximum Packet Size before sending.

@@ -195,7 +195,7 @@ impl Properties {
         Ok(var_int_len(len) + body.len())
     }
 
-    fn encode_body(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn encode_body(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
         fn byte(out: &mut BytesMut, ident: u8, v: Option<u8>) {
             if let Some(v) = v {
                 out.put_u8(ident);

@@ -7,6 +7,7 @@ use crate::core::memory::MemoryCharge;
 use crate::core::message::Protocol;
 use crate::core::Message;
 use bytes::Bytes;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_amqp::{BasicProperties, FieldTable, FieldValue};
 use switchboard_mqtt::{Properties, QoS};
@@ -33,30 +34,66 @@ pub const HEADER_DUP: &str = "x-mqtt-dup";
 #[derive(Debug, Clone)]
 pub struct MqttForm {
     pub properties: Properties,
+    /// Topic, QoS and retain flag: known at arrival for an MQTT publish, else worked out from
+    /// the routing key and headers on first delivery, once for every subscriber.
+    meta: OnceLock<FormMeta>,
+}
+
+/// The fixed-header side of a message as MQTT subscribers get it.
+#[derive(Debug, Clone)]
+pub struct FormMeta {
+    pub topic: String,
+    pub qos: QoS,
+    pub retain: bool,
 }
 
 impl MqttForm {
     /// The arrival form of a publish: what is per hop (topic alias, subscription
     /// identifiers) goes, the expiry interval is recounted when sent.
     pub fn arrived(props: &Properties) -> Self {
-        let mut properties = props.clone();
+        Self::arrived_owned(props.clone())
+    }
+
+    /// [`MqttForm::arrived`] taking the publish's properties (no copy).
+    pub fn arrived_owned(mut properties: Properties) -> Self {
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
         properties.message_expiry_interval = None;
-        MqttForm { properties }
+        MqttForm {
+            properties,
+            meta: OnceLock::new(),
+        }
+    }
+
+    /// The arrival form with the publish's topic and flags as given.
+    pub fn with_meta(self, meta: FormMeta) -> Self {
+        let _ = self.meta.set(meta);
+        self
+    }
+
+    /// The topic, QoS and retain flag of `msg` (whose form this is).
+    pub fn meta(&self, msg: &Message) -> &FormMeta {
+        self.meta.get_or_init(|| FormMeta {
+            topic: key_to_topic(&msg.routing_key),
+            qos: message_qos(&msg.properties),
+            retain: published_retained(&msg.properties),
+        })
     }
 }
 
 /// Swaps `/` and `.`: MQTT `a/b.c` is routing key `a.b/c` and back. The swap is its own
-/// inverse, so topics survive the round trip exactly.
+/// inverse, so topics survive the round trip exactly. Copies the runs between separators
+/// whole (a topic is translated for every publish).
 pub fn swap_separators(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '/' => '.',
-            '.' => '/',
-            c => c,
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(['/', '.']) {
+        out.push_str(&rest[..i]);
+        out.push(if rest.as_bytes()[i] == b'/' { '.' } else { '/' });
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 pub fn topic_to_key(topic: &str) -> String {
@@ -202,19 +239,37 @@ pub fn outbound_from_core(
     outbound(routing_key, body, p, outbound_properties(p), now)
 }
 
-/// A core message as an MQTT message, with its [`MqttForm`] (the arrival one, or translated
-/// once for every MQTT subscriber).
-pub fn outbound_from_message(msg: &Message, now: SystemTime) -> OutboundMessage {
-    let form = msg.form(Protocol::Mqtt, |m| MqttForm {
+/// A core message's [`MqttForm`]: the arrival one, or translated once for every MQTT
+/// subscriber.
+pub fn mqtt_form(msg: &Message) -> Arc<MqttForm> {
+    msg.form(Protocol::Mqtt, |m| MqttForm {
         properties: outbound_properties(&m.properties),
-    });
-    outbound(
-        &msg.routing_key,
-        &msg.body,
-        &msg.properties,
-        form.properties.clone(),
-        now,
-    )
+        meta: OnceLock::new(),
+    })
+}
+
+/// A core message as an MQTT message, from its [`MqttForm`]. `now` is read only when the
+/// message has an expiration to count from it.
+pub fn outbound_from_form(
+    msg: &Message,
+    form: &MqttForm,
+    now: impl FnOnce() -> SystemTime,
+) -> OutboundMessage {
+    let meta = form.meta(msg);
+    OutboundMessage {
+        topic: meta.topic.clone(),
+        payload: msg.body.clone(),
+        qos: meta.qos,
+        retain: meta.retain,
+        properties: form.properties.clone(),
+        expires_at: msg
+            .properties
+            .expiration
+            .as_ref()
+            .and_then(|_| expires_at(&msg.properties, now())),
+        charge: MemoryCharge::default(),
+        delivery: None,
+    }
 }
 
 fn outbound(

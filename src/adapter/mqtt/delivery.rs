@@ -12,7 +12,7 @@
 //! queues, are consumed with `no_ack`: a delivery belongs to the session (or member) it was
 //! handed to, and nothing outlives the connection for it.
 
-use super::convert::{key_to_topic, outbound_from_message, published_by};
+use super::convert::{mqtt_form, outbound_from_form, published_by};
 use super::registry::lock;
 use super::session::{shared_key, InFlight, OutboundMessage, Session};
 use crate::adapter::outbox::Outbox;
@@ -21,8 +21,9 @@ use crate::core::{ConsumerSink, Delivery, Queue};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
-use switchboard_mqtt::{encode, encoded_len, Packet, Protocol, PubResponse, Publish, QoS};
+use switchboard_mqtt::{
+    encode, encode_publish, EncodeError, Packet, Protocol, PubResponse, PublishOut, QoS,
+};
 
 /// What a client accepts, from its CONNECT.
 #[derive(Debug, Clone, Copy)]
@@ -175,53 +176,70 @@ impl Link {
     /// Writes one PUBLISH. False (and nothing written) when the message has expired or would
     /// exceed the client's Maximum Packet Size: the spec says to discard it as if delivered.
     fn write_publish(&self, m: &OutboundMessage, packet_id: Option<u16>, dup: bool) -> bool {
-        let now = self.timer.now_system();
-        if m.is_expired(now) {
-            return false;
-        }
-        let v5 = self.limits.protocol.is_v5();
-        let mut properties = if v5 {
-            m.properties.clone()
-        } else {
-            Default::default()
+        // The clock is read only for a message that can expire.
+        let expiry = match m.expires_at {
+            Some(_) => {
+                let now = self.timer.now_system();
+                if m.is_expired(now) {
+                    return false;
+                }
+                m.remaining_expiry(now)
+            }
+            None => None,
         };
-        properties.message_expiry_interval = m.remaining_expiry(now);
-        let mut topic = m.topic.clone();
-        if v5 && self.limits.topic_alias_max > 0 && !dup {
-            let mut aliases = lock(&self.aliases);
-            if let Some(&a) = aliases.get(&m.topic) {
-                topic.clear();
-                properties.topic_alias = Some(a);
-            } else if aliases.len() < usize::from(self.limits.topic_alias_max) {
-                let a = aliases.len() as u16 + 1;
-                aliases.insert(m.topic.clone(), a);
-                properties.topic_alias = Some(a);
+        let v5 = self.limits.protocol.is_v5();
+        let mut topic = m.topic.as_str();
+        // v5 only, and only when something per hop changes them: the properties as kept.
+        let mut adjusted = None;
+        if v5 {
+            let mut alias = None;
+            if self.limits.topic_alias_max > 0 && !dup {
+                let mut aliases = lock(&self.aliases);
+                if let Some(&a) = aliases.get(&m.topic) {
+                    topic = "";
+                    alias = Some(a);
+                } else if aliases.len() < usize::from(self.limits.topic_alias_max) {
+                    let a = aliases.len() as u16 + 1;
+                    aliases.insert(m.topic.clone(), a);
+                    alias = Some(a);
+                }
+            }
+            if expiry.is_some() || alias.is_some() {
+                let mut p = m.properties.clone();
+                p.message_expiry_interval = expiry;
+                p.topic_alias = alias;
+                adjusted = Some(p);
             }
         }
-        let packet = Packet::Publish(Publish {
+        let publish = PublishOut {
             dup,
             qos: m.qos,
             retain: m.retain,
             topic,
             packet_id,
-            properties,
-            payload: m.payload.clone(),
+            properties: adjusted.as_ref().unwrap_or(&m.properties),
+            payload: &m.payload,
+        };
+        let mut written = Ok(0);
+        self.outbox.push(|out| {
+            written = encode_publish(
+                &publish,
+                self.limits.protocol,
+                self.limits.max_packet_size,
+                out,
+            );
         });
-        match encoded_len(&packet, self.limits.protocol) {
-            Ok(n) if n <= self.limits.max_packet_size => {}
-            Ok(n) => {
+        match written {
+            Ok(_) => true,
+            Err(EncodeError::PacketTooLarge(n)) => {
                 tracing::debug!(client = %self.client_id, size = n, "message over the client's maximum packet size dropped");
-                return false;
+                false
             }
             Err(e) => {
                 tracing::debug!(client = %self.client_id, error = %e, "message cannot be encoded for MQTT, dropped");
-                return false;
+                false
             }
         }
-        self.outbox.push(|out| {
-            let _ = encode(&packet, self.limits.protocol, out);
-        });
-        true
     }
 }
 
@@ -232,18 +250,19 @@ fn for_session(
     client_id: &str,
     queue: &Queue,
     d: &Delivery,
-    now: SystemTime,
+    timer: &Timer,
 ) -> Option<OutboundMessage> {
     let msg = &d.message;
-    let topic = key_to_topic(&msg.routing_key);
+    let form = mqtt_form(msg);
+    let topic = &form.meta(msg).topic;
     let matched = match shared_key(&queue.name) {
-        Some(key) => s.match_shared(&key, &topic)?,
+        Some(key) => s.match_shared(&key, topic)?,
         None => {
             let from_self = published_by(&msg.properties) == Some(client_id);
-            s.match_topic(&topic, from_self)?
+            s.match_topic(topic, from_self)?
         }
     };
-    let mut m = outbound_from_message(msg, now);
+    let mut m = outbound_from_form(msg, &form, || timer.now_system());
     m.qos = m.qos.min(matched.qos);
     m.retain = m.retain && matched.retain_as_published;
     m.properties.subscription_identifiers = matched.identifiers;
@@ -267,13 +286,7 @@ impl ConsumerSink for Link {
         let mut s = lock(&self.session);
         // Only a persistent session's own queue waits for a settle.
         let settles = (self.settles && shared_key(&queue.name).is_none()).then_some(delivery.id);
-        match for_session(
-            &s,
-            &self.client_id,
-            queue,
-            &delivery,
-            self.timer.now_system(),
-        ) {
+        match for_session(&s, &self.client_id, queue, &delivery, &self.timer) {
             Some(mut m) => {
                 m.delivery = settles;
                 self.offer(&mut s, m);

@@ -2,7 +2,7 @@
 //! place a QoS 1/2 publish is acknowledged to the client (the connection holds that
 //! acknowledgement until the records the publish wrote are durable).
 
-use super::convert::{publish_properties, topic_to_key, MqttForm, PublishFlags};
+use super::convert::{publish_properties, topic_to_key, FormMeta, MqttForm, PublishFlags};
 use super::persist;
 use super::registry::MqttState;
 use super::retained::RetainedFull;
@@ -122,7 +122,14 @@ impl Publisher {
             dup: m.dup,
         };
         let properties = publish_properties(flags, &self.client_id, &m.properties, now);
-        let arrived = MqttForm::arrived(&m.properties);
+        let routing_key = topic_to_key(&m.topic);
+        // MQTT subscribers read the topic and flags from here, not back from the routing key
+        // and headers.
+        let arrived = MqttForm::arrived_owned(m.properties).with_meta(FormMeta {
+            topic: m.topic,
+            qos: m.qos,
+            retain: m.retain,
+        });
         let charge = self
             .broker
             .memory
@@ -130,7 +137,7 @@ impl Publisher {
         let message = Arc::new(
             Message::new(
                 exchange_name.clone(),
-                topic_to_key(&m.topic),
+                routing_key,
                 properties,
                 None,
                 m.payload,
