@@ -297,3 +297,50 @@ async fn declare_makes_and_deletes_every_queue_and_times_both_phases() {
     assert_eq!(json["queues"], 200);
     assert!(report.render().contains("last 10%"));
 }
+
+/// `--tls --ca-file`: AMQP, MQTT (QoS 1) and STOMP runs against the broker's TLS listeners,
+/// trusting the test CA's PEM file, account for every message; without the CA the bench is
+/// refused by its own certificate check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_runs_on_every_protocol_account_for_every_message() {
+    use switchboard::bench::transport::BenchTls;
+    let pki = common::tls::TestPki::new();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let b = TestBroker::start_with(|c| {
+        c.tls = pki.server_config(false, false);
+        c.amqp.tls_listen = vec![any];
+        c.mqtt.tls_listen = vec![any];
+        c.stomp.tls_listen = vec![any];
+    })
+    .await;
+    let addrs = b.addrs();
+    let tls = BenchTls::from_ca_file(&pki.dir.join("ca.pem")).expect("CA file loads");
+    let over_tls = Options {
+        amqp_addr: addrs.amqp_tls[0],
+        mqtt_addr: addrs.mqtt_tls[0],
+        stomp_addr: addrs.stomp_tls[0],
+        tls: Some(tls),
+        qos: QoS::AtLeastOnce,
+        ..options(&b)
+    };
+    for scenario in [Scenario::Amqp, Scenario::Mqtt, Scenario::Stomp] {
+        let report = bounded(run(scenario, &over_tls))
+            .await
+            .unwrap_or_else(|e| panic!("{scenario:?} over TLS: {e}"));
+        assert_accounted(&report);
+    }
+
+    // A CA that did not sign the broker's certificate: the handshake fails, nothing runs.
+    let stranger = common::tls::TestPki::new();
+    let distrusting = Options {
+        tls: Some(BenchTls::from_config(stranger.client_config(None))),
+        ..over_tls.clone()
+    };
+    let err = bounded(run(Scenario::Amqp, &distrusting))
+        .await
+        .expect_err("an unknown issuer is refused");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}

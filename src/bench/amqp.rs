@@ -24,7 +24,7 @@ pub enum Source {
 
 /// Declares the queue of the publish → consume scenario and empties it.
 pub async fn declare_queue(o: &Options, queue: &str) -> Result<(), BenchError> {
-    let mut c = BenchClient::connect(o.amqp_addr, &o.user, &o.password).await?;
+    let mut c = BenchClient::connect(o.amqp_addr, o.tls.as_ref(), &o.user, &o.password).await?;
     expect_ok(
         c.call(QueueDeclare {
             queue: queue.into(),
@@ -45,7 +45,7 @@ pub async fn declare_queue(o: &Options, queue: &str) -> Result<(), BenchError> {
 
 /// Declares a fanout exchange (transient, kept: re-declaring it on the next run is a no-op).
 pub async fn declare_fanout(o: &Options, exchange: &str) -> Result<(), BenchError> {
-    let mut c = BenchClient::connect(o.amqp_addr, &o.user, &o.password).await?;
+    let mut c = BenchClient::connect(o.amqp_addr, o.tls.as_ref(), &o.user, &o.password).await?;
     expect_ok(
         c.call(ExchangeDeclare {
             exchange: exchange.into(),
@@ -75,7 +75,7 @@ pub async fn start_consumer(
     recorder: Recorder,
     stop: watch::Receiver<bool>,
 ) -> Result<Task<Recorder>, BenchError> {
-    let mut c = BenchClient::connect(o.amqp_addr, &o.user, &o.password).await?;
+    let mut c = BenchClient::connect(o.amqp_addr, o.tls.as_ref(), &o.user, &o.password).await?;
     let queue = match source {
         Source::Queue(q) => q.clone(),
         Source::Bound { exchange, key } => {
@@ -199,7 +199,7 @@ pub async fn start_publisher(
     budget: u64,
     live: Arc<Live>,
 ) -> Result<Task<u64>, BenchError> {
-    let mut c = BenchClient::connect(o.amqp_addr, &o.user, &o.password).await?;
+    let mut c = BenchClient::connect(o.amqp_addr, o.tls.as_ref(), &o.user, &o.password).await?;
     if o.confirm_window.is_some() {
         expect_ok(c.call(ConfirmSelect { no_wait: false }).await?)?;
     }

@@ -78,6 +78,14 @@ pub struct BenchArgs {
     /// (Switchboard's and RabbitMQ's 15675, Mosquitto's `protocol websockets` listener).
     #[arg(long)]
     ws: bool,
+    /// Every connection over TLS (with --ws: `wss://`), to the broker's TLS listener at the
+    /// address given; the broker's certificate must name the address's IP and be signed by a
+    /// CA in --ca-file.
+    #[arg(long, requires = "ca_file")]
+    tls: bool,
+    /// PEM file of the CA certificates the bench trusts with --tls.
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    ca_file: Option<std::path::PathBuf>,
     /// MQTT QoS of publishes and subscriptions (0, 1 or 2).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos: u8,
@@ -162,7 +170,11 @@ impl BenchArgs {
         })
     }
 
-    pub fn options(&self) -> Options {
+    pub fn options(&self) -> Result<Options, super::transport::TlsSetupError> {
+        let tls = match (&self.ca_file, self.tls) {
+            (Some(path), true) => Some(super::transport::BenchTls::from_ca_file(path)?),
+            _ => None,
+        };
         let mut o = Options {
             amqp_addr: self.amqp_addr,
             stomp_addr: self.stomp_addr,
@@ -172,6 +184,7 @@ impl BenchArgs {
                 MqttVersion::V5 => switchboard_mqtt::Protocol::V5,
             },
             mqtt_ws: self.ws,
+            tls,
             qos: switchboard_mqtt::QoS::from_u8(self.qos).unwrap_or_default(),
             user: self.user.clone(),
             password: self.password.clone(),
@@ -210,14 +223,14 @@ impl BenchArgs {
                 },
             }
         }
-        o
+        Ok(o)
     }
 }
 
 /// Runs the command: the report goes to stdout, as a table or as JSON.
 pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let options = args.options();
+    let options = args.options()?;
     let Some(scenario) = args.scenario() else {
         let report = runtime.block_on(super::declare::run(&options, args.queues, args.channels))?;
         if args.json {

@@ -2,12 +2,11 @@
 //! and raw frame reads and batched writes. It trades features for speed, so the load generator
 //! is not the bottleneck it measures.
 
+use super::transport::{self, BenchTls, ReadHalf, WriteHalf};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use switchboard_amqp::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -22,8 +21,8 @@ pub enum ClientError {
 }
 
 pub struct BenchClient {
-    rd: OwnedReadHalf,
-    pub wr: OwnedWriteHalf,
+    rd: ReadHalf,
+    pub wr: WriteHalf,
     buf: BytesMut,
     pub frame_max: u32,
 }
@@ -34,12 +33,11 @@ pub const CH: u16 = 1;
 impl BenchClient {
     pub async fn connect(
         addr: SocketAddr,
+        tls: Option<&BenchTls>,
         user: &str,
         password: &str,
     ) -> Result<Self, ClientError> {
-        let sock = TcpStream::connect(addr).await?;
-        sock.set_nodelay(true)?;
-        let (rd, wr) = sock.into_split();
+        let (rd, wr) = transport::connect_split(addr, tls).await?;
         let mut c = BenchClient {
             rd,
             wr,
@@ -135,7 +133,7 @@ impl BenchClient {
 
     /// Splits into a frame reader and the write half, for a publisher that reads its confirms
     /// on another task.
-    pub fn into_split(self) -> (BenchReader, OwnedWriteHalf, u32) {
+    pub fn into_split(self) -> (BenchReader, WriteHalf, u32) {
         (
             BenchReader {
                 rd: self.rd,
@@ -149,7 +147,7 @@ impl BenchClient {
 
 /// The read side of a split [`BenchClient`].
 pub struct BenchReader {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
 }
 
@@ -160,7 +158,7 @@ impl BenchReader {
 }
 
 async fn read_frames(
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     buf: &mut BytesMut,
     out: &mut Vec<Frame>,
 ) -> Result<(), ClientError> {

@@ -166,7 +166,8 @@ pub async fn run(o: &Options, queues: u64, channels: usize) -> Result<DeclareRep
     }
     let mut clients = Vec::with_capacity(channels);
     for _ in 0..channels {
-        clients.push(BenchClient::connect(o.amqp_addr, &o.user, &o.password).await?);
+        clients
+            .push(BenchClient::connect(o.amqp_addr, o.tls.as_ref(), &o.user, &o.password).await?);
     }
     let stem = format!("{}-declare-{:04x}", o.queue, rand::random::<u16>());
     let (clients, declare) = run_phase(clients, &stem, queues, Phase::Declare).await?;

@@ -21,6 +21,7 @@ pub mod record;
 pub mod report;
 pub mod run;
 pub mod stomp;
+pub mod transport;
 
 use live::Live;
 use record::Recorder;
@@ -97,6 +98,8 @@ pub struct Options {
     pub mqtt_version: switchboard_mqtt::Protocol,
     /// MQTT over WebSocket: `mqtt_addr` is a Web MQTT listener (`ws://ADDR/ws`).
     pub mqtt_ws: bool,
+    /// Every connection over TLS, trusting these roots (`--tls --ca-file`).
+    pub tls: Option<transport::BenchTls>,
     /// QoS of MQTT publishes and subscriptions.
     pub qos: switchboard_mqtt::QoS,
     pub user: String,
@@ -141,6 +144,7 @@ impl Options {
             mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
             mqtt_version: switchboard_mqtt::Protocol::V311,
             mqtt_ws: false,
+            tls: None,
             qos: switchboard_mqtt::QoS::AtMostOnce,
             user: "guest".into(),
             password: "guest".into(),

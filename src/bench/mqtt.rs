@@ -15,8 +15,7 @@ use switchboard_mqtt::{
     decode, encode, Connect, Packet, Properties, Protocol, PubResponse, Publish, QoS, Subscribe,
     Subscription, SubscriptionOptions,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Mutex};
 
 /// Largest packet the bench accepts from a broker (bodies are at most a few MiB).
@@ -30,9 +29,7 @@ const MAX_PACKET: usize = 64 * 1024 * 1024;
 pub const DEFAULT_WINDOW: u32 = 100;
 const MAX_WINDOW: u32 = 30_000;
 
-/// A connection's read and write halves, over TCP or WebSocket (`--ws`).
-type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
-type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
+use super::transport::{self, ReadHalf, WriteHalf};
 
 /// The read side of an MQTT connection.
 pub struct Reader {
@@ -110,17 +107,17 @@ pub async fn connect(o: &Options, client_id: String) -> Result<(Reader, WriteHal
     }
 }
 
-/// A TCP connection, upgraded to a WebSocket at `/ws` (subprotocol `mqtt`) with `--ws`.
+/// A TCP connection (TLS with `--tls`), upgraded to a WebSocket at `/ws` (subprotocol `mqtt`)
+/// with `--ws`.
 async fn open(o: &Options) -> Result<(ReadHalf, WriteHalf), BenchError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::http::HeaderValue;
-    let sock = TcpStream::connect(o.mqtt_addr).await?;
-    sock.set_nodelay(true)?;
     if !o.mqtt_ws {
-        let (rd, wr) = sock.into_split();
-        return Ok((Box::new(rd), Box::new(wr)));
+        return Ok(transport::connect_split(o.mqtt_addr, o.tls.as_ref()).await?);
     }
-    let mut request = format!("ws://{}/ws", o.mqtt_addr).into_client_request()?;
+    let sock = transport::connect(o.mqtt_addr, o.tls.as_ref()).await?;
+    let scheme = if o.tls.is_some() { "wss" } else { "ws" };
+    let mut request = format!("{scheme}://{}/ws", o.mqtt_addr).into_client_request()?;
     request
         .headers_mut()
         .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));

@@ -5,21 +5,20 @@ use super::body::Stamp;
 use super::live::{await_acks, finish_reader, write_goodbye, write_unless_stopped, Live, Pacer};
 use super::record::Recorder;
 use super::run::Task;
+use super::transport::{self, ReadHalf, WriteHalf};
 use super::{BenchError, Options};
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use switchboard_stomp::{encode, encode_parts, Command, Decoder, Frame, Limits, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 const VERSION: Version = Version::V1_2;
 
 /// The read side of a STOMP connection.
 struct Reader {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
     decoder: Decoder,
     limits: Limits,
@@ -53,10 +52,8 @@ impl Reader {
 }
 
 /// Connects and logs in (STOMP 1.2, no heart-beats).
-async fn connect(o: &Options) -> Result<(Reader, OwnedWriteHalf), BenchError> {
-    let sock = TcpStream::connect(o.stomp_addr).await?;
-    sock.set_nodelay(true)?;
-    let (rd, mut wr) = sock.into_split();
+async fn connect(o: &Options) -> Result<(Reader, WriteHalf), BenchError> {
+    let (rd, mut wr) = transport::connect_split(o.stomp_addr, o.tls.as_ref()).await?;
     let mut reader = Reader {
         rd,
         buf: BytesMut::with_capacity(256 * 1024),
@@ -123,7 +120,7 @@ pub async fn start_consumer(
 
 async fn consume(
     mut rd: Reader,
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     mut rec: Recorder,
     ack_each: bool,
     mut stop: watch::Receiver<bool>,
@@ -199,7 +196,7 @@ async fn read_receipts(
 
 async fn publish(
     rd: Reader,
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     destination: String,
     o: Options,
     id: u16,
