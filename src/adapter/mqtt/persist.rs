@@ -669,7 +669,10 @@ mod tests {
             .iter()
             .map(|(f, e)| subscription_record(f, e))
             .collect();
-        assert!(back.subscriptions.is_empty(), "kept in records of their own");
+        assert!(
+            back.subscriptions.is_empty(),
+            "kept in records of their own"
+        );
         let restored = session("/", "dev", &back, &subs);
         assert_eq!(restored.subscriptions, s.subscriptions);
         assert_eq!(restored.inbound_qos2, s.inbound_qos2);

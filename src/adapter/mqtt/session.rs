@@ -3,8 +3,8 @@
 //! sessions; `persist` writes what must survive a restart as the session's record, while its
 //! messages stay in its queue (settled when their flow completes).
 
-use crate::core::memory::MemoryCharge;
 use super::convert::{filter_to_pattern, topic_to_key};
+use crate::core::memory::MemoryCharge;
 use crate::core::message::string_heap_size;
 use crate::core::topic::TopicTrie;
 use bytes::Bytes;
@@ -412,7 +412,7 @@ impl Session {
             return m;
         }
         self.subscriptions.for_each_match(topic, |filter, sub| {
-            if !is_shared(filter) && !(sub.options.no_local && from_self) {
+            if !(is_shared(filter) || (sub.options.no_local && from_self)) {
                 add_match(&mut m, sub);
             }
         });
@@ -537,8 +537,24 @@ mod tests {
     fn indexed_filters_match_as_a_scan_does() {
         let mut s = Session::new("c".into(), "/".into(), "q".into());
         let filters = [
-            "#", "+", "a", "a/#", "a/+", "a/b", "a/b/#", "+/b", "+/+", "a//b", "a/+/b", "$SYS/#",
-            "$SYS/x", "+/x", "a.b/c", "a*/c", "a/*", "$share/g/a/b",
+            "#",
+            "+",
+            "a",
+            "a/#",
+            "a/+",
+            "a/b",
+            "a/b/#",
+            "+/b",
+            "+/+",
+            "a//b",
+            "a/+/b",
+            "$SYS/#",
+            "$SYS/x",
+            "+/x",
+            "a.b/c",
+            "a*/c",
+            "a/*",
+            "$share/g/a/b",
         ];
         for (i, f) in filters.iter().enumerate() {
             s.subscriptions
