@@ -195,3 +195,121 @@ async fn an_unreadable_old_snapshot_is_left_in_place() {
     assert!(file.exists(), "never deleted without being imported");
     b.stop().await;
 }
+
+/// The subscriptions of `client_id`'s session as the registry holds them: (filter, QoS,
+/// identifier, no local), in filter order.
+fn subscriptions_of(b: &TestBroker, client_id: &str) -> Vec<(String, u8, Option<u32>, bool)> {
+    let key = switchboard::adapter::mqtt::registry::SessionKey {
+        vhost: "/".into(),
+        client_id: client_id.into(),
+    };
+    let state = b.mqtt_state();
+    let sessions = state.sessions();
+    let s = sessions[&key].session.lock().unwrap();
+    s.subscriptions
+        .iter()
+        .map(|(f, e)| {
+            (
+                f.clone(),
+                e.options.qos as u8,
+                e.identifier,
+                e.options.no_local,
+            )
+        })
+        .collect()
+}
+
+/// A persistent session subscribed over many packets, then unsubscribed in part (and one
+/// filter subscribed again with other options), is the same session after a restart: each
+/// subscription is a record of its own, written by the packet that names it.
+#[tokio::test]
+async fn a_session_with_many_subscriptions_changed_packet_by_packet_survives_a_restart() {
+    let dir = fresh_data_dir();
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    let dev = unique("many");
+    let mut connect = connect_packet(Protocol::V5, &dev, false);
+    connect.properties.session_expiry_interval = Some(3600);
+    let (mut c, ack) = RawMqtt::connect_with(b.mqtt, connect).await;
+    assert_eq!(ack.code, 0);
+    let filters: Vec<String> = (0..2_000).map(|i| format!("fleet/{i}/+/temp")).collect();
+    let mut packet_id = 0u16;
+    for (p, chunk) in filters.chunks(250).enumerate() {
+        packet_id += 1;
+        let subscriptions = chunk
+            .iter()
+            .map(|f| Subscription {
+                filter: f.clone(),
+                options: SubscriptionOptions {
+                    qos: QoS::from_u8((p % 3) as u8).unwrap(),
+                    no_local: p % 2 == 1,
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let properties = Properties {
+            subscription_identifiers: vec![p as u32 + 1],
+            ..Default::default()
+        };
+        let ack = c.subscribe_with(packet_id, subscriptions, properties).await;
+        assert_eq!(ack.codes.len(), chunk.len());
+        assert!(log_is_synced(&b), "SUBACK before its records were durable");
+    }
+    // Unsubscribe every third packet's worth, and some single filters.
+    let mut gone: Vec<String> = filters.chunks(250).step_by(3).flatten().cloned().collect();
+    gone.extend(["fleet/1/+/temp".to_owned(), "fleet/1999/+/temp".to_owned()]);
+    for chunk in gone.chunks(300) {
+        packet_id += 1;
+        c.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id,
+            properties: Properties::default(),
+            filters: chunk.to_vec(),
+        }))
+        .await;
+        assert!(matches!(c.recv().await, Some(Packet::UnsubAck(_))));
+        assert!(
+            log_is_synced(&b),
+            "UNSUBACK before its records were durable"
+        );
+    }
+    // One filter subscribed again, with other options: its record is replaced.
+    packet_id += 1;
+    let again = Subscription {
+        filter: "fleet/300/+/temp".into(),
+        options: SubscriptionOptions {
+            qos: QoS::ExactlyOnce,
+            ..Default::default()
+        },
+    };
+    c.subscribe_with(packet_id, vec![again], Properties::default())
+        .await;
+    let before = subscriptions_of(&b, &dev);
+    assert_eq!(
+        before.len(),
+        2_000 - 750 - 1,
+        "fleet/1999 was unsubscribed with its chunk"
+    );
+    assert!(before.contains(&("fleet/300/+/temp".to_owned(), 2, None, false)));
+    c.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert!(c.closed().await.is_none());
+    b.stop().await;
+
+    let b = TestBroker::start_in(&dir, |_| {}).await;
+    assert_eq!(subscriptions_of(&b, &dev), before, "the same subscriptions");
+    // The bindings work: a kept filter delivers, an unsubscribed one does not.
+    let mut connect = connect_packet(Protocol::V5, &dev, false);
+    connect.properties.session_expiry_interval = Some(3600);
+    let (mut c, ack) = RawMqtt::connect_with(b.mqtt, connect).await;
+    assert!(ack.session_present);
+    let mut publ = RawMqtt::connect(b.mqtt, Protocol::V311, &unique("pub"), true).await;
+    publ.publish("fleet/0/x/temp", QoS::AtMostOnce, 0, b"gone")
+        .await;
+    publ.publish("fleet/300/x/temp", QoS::AtMostOnce, 0, b"kept")
+        .await;
+    let m = c.next_publish().await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("fleet/300/x/temp", &b"kept"[..])
+    );
+    c.expect_nothing_pending().await;
+    b.stop().await;
+}

@@ -26,6 +26,9 @@ pub mod kind {
     /// When a durable queue with `x-expires` became unused (key: its log id; value: u64
     /// big-endian ms since the Unix epoch).
     pub const QUEUE_IDLE: u8 = 11;
+    /// One subscription of a persistent MQTT session (key: vhost, client id, filter), kept
+    /// beside the session's record so that a SUBSCRIBE writes only the filters it names.
+    pub const MQTT_SUBSCRIPTION: u8 = 12;
 }
 
 /// A key made of several fields (a vhost and a queue name, say): each field as a 16-bit

@@ -233,6 +233,10 @@ pub(super) async fn attach(
             if let Some(q) = vhost.queue(&queue_name) {
                 vhost.remove_queue(&q);
             }
+            if let Some(old) = &old {
+                // Its subscriptions' records go with it (the new session writes its own).
+                super::persist::forget_session(broker, &mut lock(&old.session));
+            }
             let s = Session::new(key.client_id.clone(), key.vhost.clone(), queue_name.clone());
             let generation = old.map_or(1, |s| s.generation + 1);
             (Arc::new(Mutex::new(s)), false, generation)

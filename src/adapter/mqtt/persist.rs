@@ -1,6 +1,7 @@
-//! MQTT state in the message log: each persistent session and each retained message is a keyed
-//! record (`kind::MQTT_SESSION`, `kind::RETAINED`), written when it changes, with the same group
-//! commit as messages; the acknowledgement that depends on a change (SUBACK, PUBREC, PUBCOMP,
+//! MQTT state in the message log: each persistent session, each of its subscriptions and each
+//! retained message is a keyed record (`kind::MQTT_SESSION`, `kind::MQTT_SUBSCRIPTION`,
+//! `kind::RETAINED`), written when it changes, with the same group commit as messages (a
+//! SUBSCRIBE or UNSUBSCRIBE writes one record per filter it names, not the whole session); the acknowledgement that depends on a change (SUBACK, PUBREC, PUBCOMP,
 //! the PUBACK of a retained publish) waits for its LSN. A persistent session's messages are in
 //! its durable queue, not in its record.
 //!
@@ -22,6 +23,7 @@ use crate::store::{compose_key, kind, split_key, Store};
 use base64::Engine;
 use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,6 +36,9 @@ struct SessionRecord {
     expiry_interval: u32,
     /// Seconds since the epoch when the client went away; None while connected.
     disconnected_at: Option<u64>,
+    /// Only in records of releases that kept the subscriptions in the session's record; they
+    /// are now records of their own (`kind::MQTT_SUBSCRIPTION`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     subscriptions: Vec<SubscriptionRecord>,
     inbound_qos2: Vec<u16>,
     /// Outbound QoS 2 messages in flight: (packet id, id in the session queue).
@@ -60,6 +65,10 @@ fn session_key(vhost: &str, client_id: &str) -> Vec<u8> {
     compose_key(&[vhost.as_bytes(), client_id.as_bytes()])
 }
 
+fn subscription_key(vhost: &str, client_id: &str, filter: &str) -> Vec<u8> {
+    compose_key(&[vhost.as_bytes(), client_id.as_bytes(), filter.as_bytes()])
+}
+
 fn retained_key(vhost: &str, topic: &str) -> Vec<u8> {
     compose_key(&[vhost.as_bytes(), topic.as_bytes()])
 }
@@ -75,22 +84,23 @@ fn key_fields(key: &[u8]) -> Option<(String, String)> {
     }
 }
 
+fn subscription_record(filter: &str, e: &SubscriptionEntry) -> SubscriptionRecord {
+    SubscriptionRecord {
+        filter: filter.to_owned(),
+        qos: e.options.qos as u8,
+        no_local: e.options.no_local,
+        retain_as_published: e.options.retain_as_published,
+        retain_handling: e.options.retain_handling,
+        identifier: e.identifier,
+    }
+}
+
+/// The session's own record, without its subscriptions (records of their own).
 fn session_record(s: &Session) -> SessionRecord {
     SessionRecord {
         expiry_interval: s.expiry_interval,
         disconnected_at: s.disconnected_at,
-        subscriptions: s
-            .subscriptions
-            .iter()
-            .map(|(filter, e)| SubscriptionRecord {
-                filter: filter.clone(),
-                qos: e.options.qos as u8,
-                no_local: e.options.no_local,
-                retain_as_published: e.options.retain_as_published,
-                retain_handling: e.options.retain_handling,
-                identifier: e.identifier,
-            })
-            .collect(),
+        subscriptions: Vec::new(),
         inbound_qos2: s.inbound_qos2.iter().copied().collect(),
         in_flight: s
             .in_flight
@@ -115,7 +125,13 @@ fn subscription_entry(sub: &SubscriptionRecord) -> SubscriptionEntry {
     }
 }
 
-fn session(vhost: &str, client_id: &str, r: &SessionRecord) -> Session {
+/// The session a record and its subscription records (`subscriptions`) describe.
+fn session(
+    vhost: &str,
+    client_id: &str,
+    r: &SessionRecord,
+    subscriptions: &[SubscriptionRecord],
+) -> Session {
     let mut s = Session::new(
         client_id.to_owned(),
         vhost.to_owned(),
@@ -123,7 +139,7 @@ fn session(vhost: &str, client_id: &str, r: &SessionRecord) -> Session {
     );
     s.expiry_interval = r.expiry_interval;
     s.disconnected_at = r.disconnected_at;
-    for sub in &r.subscriptions {
+    for sub in r.subscriptions.iter().chain(subscriptions) {
         s.subscriptions
             .insert(sub.filter.clone(), subscription_entry(sub));
     }
@@ -134,8 +150,10 @@ fn session(vhost: &str, client_id: &str, r: &SessionRecord) -> Session {
     s
 }
 
-/// Writes the session's record (a persistent session) or removes it (a session that ends with
-/// its connection); the LSN to wait for before acknowledging what changed, 0 without a store.
+/// Writes the session's record (a persistent session) or removes it with its subscriptions'
+/// (a session that ends with its connection); the LSN to wait for before acknowledging what
+/// changed, 0 without a store. A session written for the first time gets a record for each
+/// subscription it has; after that only [`write_subscriptions`] writes them.
 pub fn write_session(broker: &Broker, s: &mut Session) -> u64 {
     s.record_stale = false;
     let Some(store) = &broker.store else {
@@ -143,28 +161,91 @@ pub fn write_session(broker: &Broker, s: &mut Session) -> u64 {
     };
     let key = session_key(&s.vhost, &s.client_id);
     if s.expiry_interval == 0 {
-        if !std::mem::take(&mut s.recorded) {
+        if !s.recorded {
             return 0;
         }
-        return store.delete(kind::MQTT_SESSION, &key);
+        let lsn = forget_subscriptions(store, s);
+        s.recorded = false;
+        return lsn.max(store.delete(kind::MQTT_SESSION, &key));
     }
-    match serde_json::to_vec(&session_record(s)) {
-        Ok(value) => {
-            s.recorded = true;
-            store.put(kind::MQTT_SESSION, &key, &value)
-        }
+    let value = match serde_json::to_vec(&session_record(s)) {
+        Ok(value) => value,
         Err(e) => {
             tracing::error!(client = %s.client_id, error = %e, "cannot encode an MQTT session record");
+            return 0;
+        }
+    };
+    let mut lsn = 0;
+    if !s.recorded {
+        for (filter, e) in s.subscriptions.iter() {
+            lsn = lsn.max(put_subscription(store, s, filter, e));
+        }
+    }
+    s.recorded = true;
+    lsn.max(store.put(kind::MQTT_SESSION, &key, &value))
+}
+
+fn put_subscription(store: &Store, s: &Session, filter: &str, e: &SubscriptionEntry) -> u64 {
+    let key = subscription_key(&s.vhost, &s.client_id, filter);
+    match serde_json::to_vec(&subscription_record(filter, e)) {
+        Ok(value) => store.put(kind::MQTT_SUBSCRIPTION, &key, &value),
+        Err(e) => {
+            tracing::error!(client = %s.client_id, error = %e, "cannot encode an MQTT subscription record");
             0
         }
     }
 }
 
-/// Removes a session's record (it expired or was discarded); the LSN to wait for.
-pub fn forget_session(broker: &Broker, key: &SessionKey) -> u64 {
-    broker.store.as_ref().map_or(0, |store| {
-        store.delete(kind::MQTT_SESSION, &session_key(&key.vhost, &key.client_id))
+/// Records what a SUBSCRIBE or UNSUBSCRIBE changed: for each of `filters`, its subscription
+/// (or its removal) as the session now has it. Costs the filters named, whatever the session
+/// holds. A session without a record yet gets its whole record (see [`write_session`]); one
+/// that ends with its connection writes nothing. The LSN to wait for, 0 without a store.
+pub fn write_subscriptions<'f>(
+    broker: &Broker,
+    s: &mut Session,
+    filters: impl IntoIterator<Item = &'f str>,
+) -> u64 {
+    let Some(store) = &broker.store else {
+        return 0;
+    };
+    if s.expiry_interval == 0 || !s.recorded {
+        return write_session(broker, s);
+    }
+    let mut lsn = 0;
+    for filter in filters {
+        lsn = lsn.max(match s.subscriptions.get(filter) {
+            Some(e) => put_subscription(store, s, filter, e),
+            None => store.delete(
+                kind::MQTT_SUBSCRIPTION,
+                &subscription_key(&s.vhost, &s.client_id, filter),
+            ),
+        });
+    }
+    lsn
+}
+
+/// Deletes the subscription records of a recorded session; the LSN to wait for.
+fn forget_subscriptions(store: &Store, s: &Session) -> u64 {
+    if !s.recorded {
+        return 0;
+    }
+    s.subscriptions.keys().fold(0, |lsn, filter| {
+        lsn.max(store.delete(
+            kind::MQTT_SUBSCRIPTION,
+            &subscription_key(&s.vhost, &s.client_id, filter),
+        ))
     })
+}
+
+/// Removes a session's record and its subscriptions' (it expired or was discarded); the LSN
+/// to wait for.
+pub fn forget_session(broker: &Broker, s: &mut Session) -> u64 {
+    let Some(store) = &broker.store else {
+        return 0;
+    };
+    let lsn = forget_subscriptions(store, s);
+    s.recorded = false;
+    lsn.max(store.delete(kind::MQTT_SESSION, &session_key(&s.vhost, &s.client_id)))
 }
 
 /// A retained message as its record keeps it: when it expires (seconds since the epoch, 0 for
@@ -236,7 +317,7 @@ fn expiry_left(expiry: u32, disconnected_at: Option<u64>, now: u64) -> Option<u6
 /// Sets up a restored persistent session as disconnected: its durable queue (declared and
 /// bound again only if it is missing), then its slot and expiry. A session whose expiry ran
 /// out while the broker was down goes now, with its queue and record.
-fn install(broker: &Arc<Broker>, state: &Arc<MqttState>, vhost: &Arc<VHost>, s: Session) {
+fn install(broker: &Arc<Broker>, state: &Arc<MqttState>, vhost: &Arc<VHost>, mut s: Session) {
     let key = SessionKey {
         vhost: vhost.name.clone(),
         client_id: s.client_id.clone(),
@@ -250,7 +331,7 @@ fn install(broker: &Arc<Broker>, state: &Arc<MqttState>, vhost: &Arc<VHost>, s: 
         if let Some(q) = vhost.queue(&s.queue) {
             vhost.remove_queue(&q);
         }
-        forget_session(broker, &key);
+        forget_session(broker, &mut s);
         tracing::debug!(client = %key.client_id, "MQTT session expired while the broker was down");
         return;
     }
@@ -290,6 +371,20 @@ pub async fn restore(broker: &Arc<Broker>, state: &Arc<MqttState>) {
         return;
     };
     let now = broker.timer.now_system();
+    let mut subscriptions: HashMap<(String, String), Vec<SubscriptionRecord>> = HashMap::new();
+    for (key, value) in broker.take_recovered(kind::MQTT_SUBSCRIPTION) {
+        let fields = split_key(&key).and_then(|f| match f.as_slice() {
+            [v, c, _] => Some((
+                String::from_utf8(v.to_vec()).ok()?,
+                String::from_utf8(c.to_vec()).ok()?,
+            )),
+            _ => None,
+        });
+        match (fields, serde_json::from_slice::<SubscriptionRecord>(&value)) {
+            (Some(owner), Ok(r)) => subscriptions.entry(owner).or_default().push(r),
+            _ => tracing::error!("unreadable MQTT subscription record; ignored"),
+        }
+    }
     let mut sessions = 0usize;
     for (key, value) in broker.take_recovered(kind::MQTT_SESSION) {
         let (Some((vhost, client_id)), Ok(r)) = (
@@ -299,11 +394,29 @@ pub async fn restore(broker: &Arc<Broker>, state: &Arc<MqttState>) {
             tracing::error!("unreadable MQTT session record; ignored");
             continue;
         };
+        let subs = subscriptions
+            .remove(&(vhost.clone(), client_id.clone()))
+            .unwrap_or_default();
         let Some(vh) = broker.vhost(&vhost) else {
             continue;
         };
-        install(broker, state, &vh, session(&vhost, &client_id, &r));
+        let mut s = session(&vhost, &client_id, &r, &subs);
+        if !r.subscriptions.is_empty() {
+            // A record of an older release, subscriptions inside: written again the new way.
+            s.recorded = false;
+            write_session(broker, &mut s);
+        }
+        install(broker, state, &vh, s);
         sessions += 1;
+    }
+    // Subscriptions whose session has no record (the broker stopped between the two): gone.
+    for ((vhost, client_id), subs) in subscriptions {
+        for sub in subs {
+            store.delete(
+                kind::MQTT_SUBSCRIPTION,
+                &subscription_key(&vhost, &client_id, &sub.filter),
+            );
+        }
     }
     let mut retained = 0usize;
     for (key, value) in broker.take_recovered(kind::RETAINED) {
@@ -551,7 +664,16 @@ mod tests {
             .insert(3, super::super::session::InFlight { message: m });
         let text = serde_json::to_vec(&session_record(&s)).expect("json");
         let back: SessionRecord = serde_json::from_slice(&text).expect("parse");
-        let restored = session("/", "dev", &back);
+        let subs: Vec<SubscriptionRecord> = s
+            .subscriptions
+            .iter()
+            .map(|(f, e)| subscription_record(f, e))
+            .collect();
+        assert!(
+            back.subscriptions.is_empty(),
+            "kept in records of their own"
+        );
+        let restored = session("/", "dev", &back, &subs);
         assert_eq!(restored.subscriptions, s.subscriptions);
         assert_eq!(restored.inbound_qos2, s.inbound_qos2);
         assert_eq!(restored.released, s.released);

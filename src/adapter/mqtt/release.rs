@@ -42,7 +42,7 @@ impl Connection {
             if ours && expiry == 0 {
                 sessions.remove(&key);
                 self.vhost().remove_queue(self.queue());
-                persist::forget_session(&self.broker, &key);
+                persist::forget_session(&self.broker, &mut lock(&self.attached.session));
             } else if ours {
                 {
                     let mut s = lock(&self.attached.session);
@@ -154,12 +154,12 @@ pub(super) fn schedule_expiry(
             let Some(slot) = sessions.remove(&key) else {
                 return;
             };
-            let queue = lock(&slot.session).queue.clone();
+            let mut s = lock(&slot.session);
             // Looked up under the registry's lock (a CONNECT after it may declare the queue
             // anew), removed outside it: a session's bindings may be 100,000, and every CONNECT
             // waits for that lock.
-            let q = vhost.queue(&queue);
-            persist::forget_session(&broker, &key);
+            let q = vhost.queue(&s.queue);
+            persist::forget_session(&broker, &mut s);
             q
         };
         if let Some(q) = expired {

@@ -36,9 +36,103 @@ struct Kept {
     bytes: usize,
 }
 
+/// The topics of one vhost's retained messages as a tree of levels, so that a filter visits
+/// only the topics it can match: a literal level follows one branch, `+` every branch of its
+/// level, and `#` everything under its node (so `#` at the root visits every topic).
+#[derive(Debug, Default)]
+struct Levels {
+    children: HashMap<Box<str>, Levels>,
+    /// A retained message's topic ends here.
+    topic: bool,
+}
+
+impl Levels {
+    fn insert(&mut self, topic: &str) {
+        let mut node = self;
+        for level in topic.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        node.topic = true;
+    }
+
+    fn remove(&mut self, topic: &str) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        Self::remove_at(self, &levels);
+    }
+
+    /// Whether the node is now empty (and can go).
+    fn remove_at(node: &mut Levels, levels: &[&str]) -> bool {
+        match levels.split_first() {
+            None => node.topic = false,
+            Some((level, rest)) => {
+                if let Some(child) = node.children.get_mut(*level) {
+                    if Self::remove_at(child, rest) {
+                        node.children.remove(*level);
+                    }
+                }
+            }
+        }
+        !node.topic && node.children.is_empty()
+    }
+
+    /// Calls `f` with every topic under `self` that `filter`'s levels may match (MQTT's
+    /// matcher decides: this knows no `$` rule). `path` is the node's topic with a `/` before
+    /// each level (the root's is empty).
+    fn candidates(&self, filter: &[&str], path: &mut String, f: &mut impl FnMut(&str)) {
+        let Some((level, rest)) = filter.split_first() else {
+            if self.topic {
+                f(path.get(1..).unwrap_or(""));
+            }
+            return;
+        };
+        match *level {
+            "#" => self.all(path, f),
+            "+" => {
+                for (name, child) in &self.children {
+                    child.descend(name, rest, path, f);
+                }
+            }
+            literal => {
+                if let Some(child) = self.children.get(literal) {
+                    child.descend(literal, rest, path, f);
+                }
+            }
+        }
+    }
+
+    fn descend(&self, name: &str, rest: &[&str], path: &mut String, f: &mut impl FnMut(&str)) {
+        let len = path.len();
+        path.push('/');
+        path.push_str(name);
+        self.candidates(rest, path, f);
+        path.truncate(len);
+    }
+
+    /// Every topic at or under this node (`a/#` matches `a` too).
+    fn all(&self, path: &mut String, f: &mut impl FnMut(&str)) {
+        if self.topic {
+            f(path.get(1..).unwrap_or(""));
+        }
+        for (name, child) in &self.children {
+            let len = path.len();
+            path.push('/');
+            path.push_str(name);
+            child.all(path, f);
+            path.truncate(len);
+        }
+    }
+}
+
+/// One vhost's retained messages, by topic, and their topics by level.
+#[derive(Debug, Default)]
+struct VHostRetained {
+    topics: HashMap<String, Kept>,
+    levels: Levels,
+}
+
 #[derive(Debug)]
 pub struct RetainedStore {
-    by_vhost: HashMap<String, HashMap<String, Kept>>,
+    by_vhost: HashMap<String, VHostRetained>,
     limits: RetainedLimits,
     memory: Option<Arc<MemoryMonitor>>,
     messages: usize,
@@ -98,7 +192,7 @@ impl RetainedStore {
         let replaced = self
             .by_vhost
             .get(vhost)
-            .and_then(|topics| topics.get(&message.topic))
+            .and_then(|v| v.topics.get(&message.topic))
             .map(|k| k.bytes);
         let messages = self.messages + usize::from(replaced.is_none());
         let bytes = self.bytes - replaced.unwrap_or(0) + retained_footprint(message);
@@ -116,9 +210,13 @@ impl RetainedStore {
     }
 
     fn put(&mut self, vhost: &str, mut message: OutboundMessage) {
-        let topics = self.by_vhost.entry(vhost.to_owned()).or_default();
+        let v = self.by_vhost.entry(vhost.to_owned()).or_default();
         let old = if message.payload.is_empty() {
-            topics.remove(&message.topic)
+            let old = v.topics.remove(&message.topic);
+            if old.is_some() {
+                v.levels.remove(&message.topic);
+            }
+            old
         } else {
             let bytes = retained_footprint(&message);
             message.charge = match &self.memory {
@@ -127,49 +225,79 @@ impl RetainedStore {
             };
             self.messages += 1;
             self.bytes += bytes;
-            topics.insert(message.topic.clone(), Kept { message, bytes })
+            if !v.topics.contains_key(&message.topic) {
+                v.levels.insert(&message.topic);
+            }
+            v.topics
+                .insert(message.topic.clone(), Kept { message, bytes })
         };
         if let Some(old) = old {
             self.messages -= 1;
             self.bytes -= old.bytes;
         }
-        if topics.is_empty() {
+        if v.topics.is_empty() {
             self.by_vhost.remove(vhost);
         }
     }
 
+    /// Drops the expired messages of every vhost (only when the store is full: a scan).
     fn drop_expired(&mut self, now: SystemTime) {
-        for topics in self.by_vhost.values_mut() {
-            topics.retain(|_, k| {
+        for v in self.by_vhost.values_mut() {
+            let mut gone = Vec::new();
+            v.topics.retain(|topic, k| {
                 let keep = !k.message.is_expired(now);
                 if !keep {
                     self.messages -= 1;
                     self.bytes -= k.bytes;
+                    gone.push(topic.clone());
                 }
                 keep
             });
+            for topic in gone {
+                v.levels.remove(&topic);
+            }
         }
-        self.by_vhost.retain(|_, topics| !topics.is_empty());
+        self.by_vhost.retain(|_, v| !v.topics.is_empty());
     }
 
     /// The unexpired retained messages of `vhost` matching `filter`, by topic, expired ones
     /// dropped on the way. Each copy is charged again while the subscriber's session keeps it.
+    ///
+    /// Only the topics the filter's levels lead to are visited (see [`Levels`]): a filter
+    /// costs what its candidate topics cost, except that `#` at the root visits them all.
     pub fn matching(&mut self, vhost: &str, filter: &str, now: SystemTime) -> Vec<OutboundMessage> {
-        let Some(topics) = self.by_vhost.get_mut(vhost) else {
+        let Some(v) = self.by_vhost.get_mut(vhost) else {
             return Vec::new();
         };
+        let levels: Vec<&str> = filter.split('/').collect();
+        let mut candidates: Vec<String> = Vec::new();
+        v.levels
+            .candidates(&levels, &mut String::new(), &mut |topic| {
+                if matches(filter, topic) {
+                    candidates.push(topic.to_owned());
+                }
+            });
         let mut found = Vec::new();
-        topics.retain(|_, k| {
-            if k.message.is_expired(now) {
-                self.messages -= 1;
-                self.bytes -= k.bytes;
-                return false;
+        for topic in candidates {
+            let expired = match v.topics.get(&topic) {
+                Some(k) if k.message.is_expired(now) => true,
+                Some(k) => {
+                    found.push(k.message.clone());
+                    false
+                }
+                None => false,
+            };
+            if expired {
+                if let Some(k) = v.topics.remove(&topic) {
+                    self.messages -= 1;
+                    self.bytes -= k.bytes;
+                }
+                v.levels.remove(&topic);
             }
-            if matches(filter, &k.message.topic) {
-                found.push(k.message.clone());
-            }
-            true
-        });
+        }
+        if v.topics.is_empty() {
+            self.by_vhost.remove(vhost);
+        }
         found.sort_by(|a, b| a.topic.cmp(&b.topic));
         found
     }
@@ -243,6 +371,43 @@ mod tests {
         assert!(s.matching("/", "a/b", now).is_empty());
         assert_eq!(s.len(), 2, "$SYS/x in / and a/b in other");
         assert_eq!(&s.matching("other", "a/b", now)[0].payload[..], b"4");
+    }
+
+    #[test]
+    fn the_level_index_finds_what_a_scan_finds() {
+        let now = SystemTime::now();
+        let mut s = RetainedStore::new(NO_LIMITS, None);
+        let topics = [
+            "a", "a/b", "a/b/c", "a//b", "/a", "/", "a/", "$SYS/x", "b/a", "a/x/b", "x",
+        ];
+        for t in topics {
+            set(&mut s, "/", msg(t, b"1", None)).expect("stored");
+        }
+        let filters = [
+            "#", "+", "a/#", "a/+", "+/+", "/#", "+/b", "a/+/b", "$SYS/#", "+/#", "a//b", "/",
+            "a/", "a/b/c/#", "nope/#", "+/+/+",
+        ];
+        for f in filters {
+            let got: Vec<String> = s
+                .matching("/", f, now)
+                .into_iter()
+                .map(|m| m.topic)
+                .collect();
+            let mut want: Vec<String> = topics
+                .iter()
+                .filter(|t| matches(f, t))
+                .map(|t| (*t).to_owned())
+                .collect();
+            want.sort();
+            assert_eq!(got, want, "filter {f}");
+        }
+        set(&mut s, "/", msg("a/b", b"", None)).expect("a clear");
+        let left: Vec<String> = s
+            .matching("/", "a/#", now)
+            .into_iter()
+            .map(|m| m.topic)
+            .collect();
+        assert_eq!(left, vec!["a", "a/", "a//b", "a/b/c", "a/x/b"]);
     }
 
     #[test]

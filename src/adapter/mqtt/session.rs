@@ -3,8 +3,10 @@
 //! sessions; `persist` writes what must survive a restart as the session's record, while its
 //! messages stay in its queue (settled when their flow completes).
 
+use super::convert::{filter_to_pattern, topic_to_key};
 use crate::core::memory::MemoryCharge;
 use crate::core::message::string_heap_size;
+use crate::core::topic::TopicTrie;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::SystemTime;
@@ -24,10 +26,39 @@ pub struct SubscriptionEntry {
 /// allocates a whole node (about 400 bytes here) for the first one, which dominated the memory
 /// of an idle connection (issue 7). Past [`Subscriptions::FEW`] a B-tree: inserting into a sorted
 /// `Vec` shifts half of it, which made 100,000 subscriptions on one session quadratic.
-#[derive(Debug, Clone)]
+/// The B-tree comes with the core's topic trie over the filters (as AMQP patterns, each under
+/// its subscription key), so a delivery looks only at the filters that may match its topic
+/// instead of testing every one; the few kept in the `Vec` are still tested one by one, which
+/// is cheaper than a trie walk for a handful.
+#[derive(Debug)]
 pub enum Subscriptions {
     Few(Vec<(String, SubscriptionEntry)>),
-    Many(BTreeMap<String, SubscriptionEntry>),
+    Many(BTreeMap<String, SubscriptionEntry>, Box<TopicTrie<String>>),
+}
+
+impl Clone for Subscriptions {
+    fn clone(&self) -> Self {
+        match self {
+            Subscriptions::Few(few) => Subscriptions::Few(few.clone()),
+            Subscriptions::Many(map, _) => {
+                let mut trie = TopicTrie::new();
+                for filter in map.keys() {
+                    trie.insert(&index_pattern(filter), filter.clone());
+                }
+                Subscriptions::Many(map.clone(), Box::new(trie))
+            }
+        }
+    }
+}
+
+/// The trie pattern a subscription key is indexed under: its filter (a shared
+/// subscription's inner filter) as an AMQP pattern.
+fn index_pattern(key: &str) -> String {
+    let filter = match switchboard_mqtt::topic::split_shared(key) {
+        Ok(Some((_, inner))) => inner,
+        _ => key,
+    };
+    filter_to_pattern(filter)
 }
 
 impl Default for Subscriptions {
@@ -55,7 +86,13 @@ impl Subscriptions {
         entry: SubscriptionEntry,
     ) -> Option<SubscriptionEntry> {
         let few = match self {
-            Subscriptions::Many(map) => return map.insert(filter, entry),
+            Subscriptions::Many(map, trie) => {
+                if let Some(old) = map.get_mut(&filter) {
+                    return Some(std::mem::replace(old, entry));
+                }
+                trie.insert(&index_pattern(&filter), filter.clone());
+                return map.insert(filter, entry);
+            }
             Subscriptions::Few(few) => few,
         };
         match few.binary_search_by(|(f, _)| f.as_str().cmp(&filter)) {
@@ -64,7 +101,11 @@ impl Subscriptions {
                 let mut map: BTreeMap<String, SubscriptionEntry> =
                     std::mem::take(few).into_iter().collect();
                 map.insert(filter, entry);
-                *self = Subscriptions::Many(map);
+                let mut trie = TopicTrie::new();
+                for f in map.keys() {
+                    trie.insert(&index_pattern(f), f.clone());
+                }
+                *self = Subscriptions::Many(map, Box::new(trie));
                 None
             }
             Err(i) => {
@@ -84,7 +125,7 @@ impl Subscriptions {
                 .binary_search_by(|(f, _)| f.as_str().cmp(filter))
                 .ok()
                 .map(|i| &few[i].1),
-            Subscriptions::Many(map) => map.get(filter),
+            Subscriptions::Many(map, _) => map.get(filter),
         }
     }
 
@@ -99,14 +140,18 @@ impl Subscriptions {
                 }
                 Some(entry)
             }
-            Subscriptions::Many(map) => map.remove(filter),
+            Subscriptions::Many(map, trie) => {
+                let entry = map.remove(filter)?;
+                trie.remove(&index_pattern(filter), &filter.to_owned());
+                Some(entry)
+            }
         }
     }
 
     pub fn len(&self) -> usize {
         match self {
             Subscriptions::Few(few) => few.len(),
-            Subscriptions::Many(map) => map.len(),
+            Subscriptions::Many(map, _) => map.len(),
         }
     }
 
@@ -117,12 +162,54 @@ impl Subscriptions {
     pub fn iter(&self) -> SubscriptionsIter<'_> {
         match self {
             Subscriptions::Few(few) => SubscriptionsIter::Few(few.iter()),
-            Subscriptions::Many(map) => SubscriptionsIter::Many(map.iter()),
+            Subscriptions::Many(map, _) => SubscriptionsIter::Many(map.iter()),
         }
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &String> {
         self.iter().map(|(f, _)| f)
+    }
+
+    /// Calls `f` with every subscription (key, entry) whose filter (a shared one's inner
+    /// filter) matches `topic` under MQTT's rules. Past [`Subscriptions::FEW`] only the
+    /// filters the trie finds for the topic are tested, so the cost is that of the matching
+    /// filters (and the trie nodes on their paths), not of every filter.
+    pub fn for_each_match<'a>(
+        &'a self,
+        topic: &str,
+        mut f: impl FnMut(&'a String, &'a SubscriptionEntry),
+    ) {
+        let matches = |key: &str| {
+            let filter = match switchboard_mqtt::topic::split_shared(key) {
+                Ok(Some((_, inner))) => inner,
+                _ => key,
+            };
+            switchboard_mqtt::topic::matches(filter, topic)
+        };
+        match self {
+            Subscriptions::Few(few) => {
+                for (key, entry) in few {
+                    if matches(key) {
+                        f(key, entry);
+                    }
+                }
+            }
+            Subscriptions::Many(map, trie) => {
+                // The trie's AMQP matching finds a superset (it knows no `$` rule, and reads a
+                // literal `*` in a filter as a wildcard): MQTT's matcher has the last word.
+                let mut found: Vec<&'a String> = Vec::new();
+                trie.for_each_match(&topic_to_key(topic), |key| found.push(key));
+                // In filter order, as the `Vec` and an unindexed scan give them.
+                found.sort_unstable();
+                for key in found {
+                    if let Some(entry) = map.get(key) {
+                        if matches(key) {
+                            f(key, entry);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -310,19 +397,25 @@ impl Session {
     /// as `#` for a `$` topic, or a filter unsubscribed since it was queued).
     pub fn match_topic(&self, topic: &str, from_self: bool) -> Option<Matched> {
         let mut m: Option<Matched> = None;
-        for (filter, sub) in self.subscriptions.iter() {
-            // Shared subscriptions deliver from their group's queue, not the session's.
-            if is_shared(filter)
-                || (sub.options.no_local && from_self)
-                || !switchboard_mqtt::topic::matches(filter, topic)
-            {
-                continue;
+        if let Subscriptions::Few(few) = &self.subscriptions {
+            // The common case (one or a few filters) as cheap as a plain scan.
+            for (filter, sub) in few {
+                // Shared subscriptions deliver from their group's queue, not the session's.
+                if is_shared(filter)
+                    || (sub.options.no_local && from_self)
+                    || !switchboard_mqtt::topic::matches(filter, topic)
+                {
+                    continue;
+                }
+                add_match(&mut m, sub);
             }
-            let e = m.get_or_insert(Matched::default());
-            e.qos = e.qos.max(sub.options.qos);
-            e.retain_as_published |= sub.options.retain_as_published;
-            e.identifiers.extend(sub.identifier);
+            return m;
         }
+        self.subscriptions.for_each_match(topic, |filter, sub| {
+            if !(is_shared(filter) || (sub.options.no_local && from_self)) {
+                add_match(&mut m, sub);
+            }
+        });
         m
     }
 
@@ -349,19 +442,11 @@ impl Session {
         if self.pending.is_empty() {
             return;
         }
-        let filters: Vec<&str> = self
-            .subscriptions
-            .keys()
-            .map(|k| match switchboard_mqtt::topic::split_shared(k) {
-                Ok(Some((_, inner))) => inner,
-                _ => k.as_str(),
-            })
-            .collect();
+        let subscriptions = &self.subscriptions;
         let mut dropped = Vec::new();
         self.pending.retain(|m| {
-            let keep = filters
-                .iter()
-                .any(|f| switchboard_mqtt::topic::matches(f, &m.topic));
+            let mut keep = false;
+            subscriptions.for_each_match(&m.topic, |_, _| keep = true);
             if !keep {
                 dropped.extend(m.delivery);
             }
@@ -402,6 +487,14 @@ pub fn shared_key(queue_name: &str) -> Option<String> {
         .map(|rest| format!("{SHARED_KEY_PREFIX}{rest}"))
 }
 
+/// Adds one matching subscription to what a delivery asks for.
+fn add_match(m: &mut Option<Matched>, sub: &SubscriptionEntry) {
+    let e = m.get_or_insert(Matched::default());
+    e.qos = e.qos.max(sub.options.qos);
+    e.retain_as_published |= sub.options.retain_as_published;
+    e.identifiers.extend(sub.identifier);
+}
+
 /// What the subscriptions matching one message ask for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Matched {
@@ -438,6 +531,59 @@ mod tests {
         assert_eq!(m.identifiers, vec![1, 2]);
         assert!(s.match_topic("$SYS/x", false).is_none());
         assert!(s.match_topic("c", false).is_none());
+    }
+
+    #[test]
+    fn indexed_filters_match_as_a_scan_does() {
+        let mut s = Session::new("c".into(), "/".into(), "q".into());
+        let filters = [
+            "#",
+            "+",
+            "a",
+            "a/#",
+            "a/+",
+            "a/b",
+            "a/b/#",
+            "+/b",
+            "+/+",
+            "a//b",
+            "a/+/b",
+            "$SYS/#",
+            "$SYS/x",
+            "+/x",
+            "a.b/c",
+            "a*/c",
+            "a/*",
+            "$share/g/a/b",
+        ];
+        for (i, f) in filters.iter().enumerate() {
+            s.subscriptions
+                .insert((*f).into(), sub(QoS::AtMostOnce, Some(i as u32)));
+        }
+        for i in 0..40 {
+            s.subscriptions
+                .insert(format!("pad/{i}/+"), sub(QoS::AtLeastOnce, None));
+        }
+        assert!(matches!(s.subscriptions, Subscriptions::Many(..)));
+        let topics = [
+            "a", "a/b", "a/b/c", "a//b", "a/x/b", "$SYS/x", "x", "/", "a.b/c", "a*/c", "a/*",
+            "pad/3/z", "pad/3", "b",
+        ];
+        for topic in topics {
+            let mut scanned: Option<Matched> = None;
+            for (filter, e) in s.subscriptions.iter() {
+                if !is_shared(filter) && switchboard_mqtt::topic::matches(filter, topic) {
+                    add_match(&mut scanned, e);
+                }
+            }
+            assert_eq!(s.match_topic(topic, false), scanned, "topic {topic}");
+        }
+        s.subscriptions.remove("a/#");
+        s.subscriptions.remove("#");
+        let m = s.match_topic("a/b/c", false).expect("a/b/# still matches");
+        assert_eq!(m.identifiers, vec![6]);
+        let copy = s.clone();
+        assert_eq!(copy.match_topic("a/b/c", false), Some(m));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use super::connection::Connection;
 use super::convert::filter_to_pattern;
 use super::error::Violation;
+use super::persist;
 use super::registry::lock;
 use super::session::{is_shared, shared_queue_name, SubscriptionEntry};
 use crate::core::vhost::QueueSpec;
@@ -107,6 +108,7 @@ impl Connection {
         let now = self.broker.timer.now_system();
         let mut codes = Vec::with_capacity(sub.subscriptions.len());
         let mut retained = Vec::new();
+        let named: Vec<String> = sub.subscriptions.iter().map(|s| s.filter.clone()).collect();
         for s in sub.subscriptions {
             if let Some(code) = self.refuse_filter(&s.filter) {
                 codes.push(code);
@@ -188,8 +190,12 @@ impl Connection {
             }
             codes.push(s.options.qos as u8);
         }
-        // A persistent session's SUBACK waits for the record holding its subscriptions.
-        let lsn = self.save_session();
+        // A persistent session's SUBACK waits for the records of the filters it names.
+        let lsn = persist::write_subscriptions(
+            &self.broker,
+            &mut lock(&self.attached.session),
+            named.iter().map(String::as_str),
+        );
         self.send_when_synced(
             lsn,
             Packet::SubAck(SubAck {
@@ -235,7 +241,11 @@ impl Connection {
         }
         lock(&self.attached.session).drop_unmatched_pending();
         self.settle_dropped();
-        let lsn = self.save_session();
+        let lsn = persist::write_subscriptions(
+            &self.broker,
+            &mut lock(&self.attached.session),
+            u.filters.iter().map(String::as_str),
+        );
         self.send_when_synced(
             lsn,
             Packet::UnsubAck(UnsubAck {
