@@ -57,20 +57,10 @@ mqtt.listeners.tcp.default = 127.0.0.1:1893
 stomp.listeners.tcp.1 = 127.0.0.1:61623
 loopback_users.guest = true
 CONF
-    echo "[rabbitmq_mqtt,rabbitmq_stomp]." >"$dir/enabled_plugins"
-    local had_epmd=
-    pgrep -x epmd >/dev/null && had_epmd=1
-    export HOME=$dir RABBITMQ_NODENAME=sbcompare@localhost \
-        RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins \
-        RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log RABBITMQ_PID_FILE=$dir/pid
-    setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$dir/out.log" 2>&1 &
-    /usr/lib/rabbitmq/bin/rabbitmqctl -n "$RABBITMQ_NODENAME" -q wait --timeout 120 "$dir/pid" >/dev/null
+    run_rabbitmq sbcompare@localhost "$dir" "[rabbitmq_mqtt,rabbitmq_stomp]"
     AMQP[rabbitmq]=127.0.0.1:5682
     STOMP[rabbitmq]=127.0.0.1:61623
     MQTT[rabbitmq]=127.0.0.1:1893
-    PID[rabbitmq]=$(cat "$dir/pid")
-    # RabbitMQ starts Erlang's port mapper if none runs; if so, it is ours to stop.
-    [[ -n $had_epmd ]] || EPMD_PID=$(pgrep -x epmd || true)
 }
 
 start_mosquitto() {
@@ -85,20 +75,7 @@ CONF
     wait_port "${MQTT[mosquitto]}" 10 || { log "mosquitto did not start"; exit 1; }
 }
 
-stop_all() {
-    if [[ -n ${PID[rabbitmq]:-} ]]; then
-        # Stopping takes a minute after 10,000 connections; bounded, then killed.
-        timeout 120 /usr/lib/rabbitmq/bin/rabbitmqctl -n sbcompare@localhost -q stop >/dev/null 2>&1 ||
-            kill "${PID[rabbitmq]}" 2>/dev/null || true
-        [[ -n $EPMD_PID ]] && kill "$EPMD_PID" 2>/dev/null || true
-    fi
-    for b in switchboard mosquitto; do
-        [[ -n ${PID[$b]:-} ]] && kill "${PID[$b]}" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    # The brokers' data (persistent runs write hundreds of MB); the results stay.
-    rm -rf "$WORK/switchboard-data" "$WORK/rabbitmq/mnesia"
-}
+stop_all() { stop_brokers sbcompare@localhost; }
 trap stop_all EXIT
 
 # Each idle connection is a descriptor in the broker and in the bench.

@@ -75,19 +75,9 @@ ssl_options.verify = verify_none
 ssl_options.fail_if_no_peer_cert = false
 loopback_users.guest = true
 CONF
-    echo "[rabbitmq_mqtt]." >"$dir/enabled_plugins"
-    local had_epmd=
-    pgrep -x epmd >/dev/null && had_epmd=1
-    export HOME=$dir RABBITMQ_NODENAME=sbtls@localhost \
-        RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins \
-        RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log RABBITMQ_PID_FILE=$dir/pid
-    setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$dir/out.log" 2>&1 &
-    /usr/lib/rabbitmq/bin/rabbitmqctl -n "$RABBITMQ_NODENAME" -q wait --timeout 120 "$dir/pid" >/dev/null
+    run_rabbitmq sbtls@localhost "$dir" "[rabbitmq_mqtt]"
     AMQP[rabbitmq]=127.0.0.1:5697
     MQTT[rabbitmq]=127.0.0.1:8897
-    PID[rabbitmq]=$(cat "$dir/pid")
-    # RabbitMQ starts Erlang's port mapper if none runs; if so, it is ours to stop.
-    [[ -n $had_epmd ]] || EPMD_PID=$(pgrep -x epmd || true)
     wait_port "${MQTT[rabbitmq]}" 60 || { log "rabbitmq's MQTT TLS listener did not start"; exit 1; }
 }
 
@@ -106,18 +96,7 @@ CONF
     wait_port "${MQTT[mosquitto]}" 10 || { log "mosquitto did not start"; exit 1; }
 }
 
-stop_all() {
-    if [[ -n ${PID[rabbitmq]:-} ]]; then
-        timeout 120 /usr/lib/rabbitmq/bin/rabbitmqctl -n sbtls@localhost -q stop >/dev/null 2>&1 ||
-            kill "${PID[rabbitmq]}" 2>/dev/null || true
-        [[ -n $EPMD_PID ]] && kill "$EPMD_PID" 2>/dev/null || true
-    fi
-    for b in switchboard mosquitto; do
-        [[ -n ${PID[$b]:-} ]] && kill "${PID[$b]}" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    rm -rf "$WORK/switchboard-data" "$WORK/rabbitmq/mnesia"
-}
+stop_all() { stop_brokers sbtls@localhost; }
 trap stop_all EXIT
 
 make_pki
