@@ -7,8 +7,10 @@
 #   ROUNDS=5 DURATION=10 bench/compare.sh
 #
 # Needs a release build (`cargo build --release`); RabbitMQ (Debian `rabbitmq-server`, the
-# rabbitmq_mqtt and rabbitmq_stomp plugins are enabled here) and Mosquitto are used when
-# installed and skipped otherwise. Every broker started here is stopped on exit. Results go to
+# rabbitmq_mqtt and rabbitmq_stomp plugins are enabled here), Mosquitto and rumqttd ($RUMQTTD,
+# default ~/.cache/rumqttd/bin/rumqttd: `cargo install rumqttd --version 0.20.0 --root
+# ~/.cache/rumqttd`; its --locked dependencies no longer build) are used when installed and
+# skipped otherwise. Every broker started here is stopped on exit. Results go to
 # $WORK/results.jsonl (one bench JSON object per line, with "target" (the broker) and "label" added).
 set -euo pipefail
 export RUST_BACKTRACE=0
@@ -22,7 +24,7 @@ RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 
 # name amqp stomp mqtt pid
-declare -A AMQP STOMP MQTT PID
+declare -A AMQP STOMP MQTT PID KEEP_ALIVE
 EPMD_PID=
 
 log() { echo "compare: $*" >&2; }
@@ -75,6 +77,34 @@ CONF
     wait_port "${MQTT[mosquitto]}" 10 || { log "mosquitto did not start"; exit 1; }
 }
 
+start_rumqttd() {
+    # In memory, MQTT 3.1.1 only; it refuses a keep alive of 0, and the bench sends no
+    # PINGREQ, so the bench asks for one longer than any run.
+    cat >"$WORK/rumqttd.toml" <<CONF
+id = 0
+[router]
+id = 0
+max_connections = 10010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:1933"
+next_connection_delay_ms = 1
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+    dynamic_filters = true
+CONF
+    "$RUMQTTD" -q -c "$WORK/rumqttd.toml" >"$WORK/rumqttd.log" 2>&1 &
+    PID[rumqttd]=$!
+    MQTT[rumqttd]=127.0.0.1:1933
+    KEEP_ALIVE[rumqttd]=900
+    wait_port "${MQTT[rumqttd]}" 10 || { log "rumqttd did not start"; exit 1; }
+}
+
 stop_all() { stop_brokers sbcompare@localhost; }
 trap stop_all EXIT
 
@@ -82,6 +112,8 @@ trap stop_all EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 start_switchboard
 command -v mosquitto >/dev/null && start_mosquitto || log "mosquitto not installed: skipped"
+RUMQTTD=${RUMQTTD:-$HOME/.cache/rumqttd/bin/rumqttd}
+[[ -x $RUMQTTD ]] && start_rumqttd || log "rumqttd not installed: skipped"
 [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] && start_rabbitmq || log "rabbitmq-server not installed: skipped"
 
 # label | brokers | bench arguments
@@ -95,13 +127,13 @@ SCENARIOS=(
     "STOMP 16 B, client-individual (200), receipts (1000)|switchboard rabbitmq|stomp --manual-ack 200 --confirm 1000"
     "AMQP -> STOMP, 16 B|switchboard rabbitmq|cross --from amqp --to stomp"
     "STOMP -> AMQP, 16 B|switchboard rabbitmq|cross --from stomp --to amqp"
-    "MQTT 3.1.1 QoS 0, 16 B, 1 -> 1|switchboard mosquitto rabbitmq|mqtt --qos 0 --max-in-flight 10000"
-    "MQTT 3.1.1 QoS 1, 16 B, 1 -> 1|switchboard mosquitto rabbitmq|mqtt --qos 1 --max-in-flight 10000"
+    "MQTT 3.1.1 QoS 0, 16 B, 1 -> 1|switchboard mosquitto rumqttd rabbitmq|mqtt --qos 0 --max-in-flight 10000"
+    "MQTT 3.1.1 QoS 1, 16 B, 1 -> 1|switchboard mosquitto rumqttd rabbitmq|mqtt --qos 1 --max-in-flight 10000"
     "MQTT 3.1.1 QoS 2, 16 B, 1 -> 1, 20 in flight|switchboard mosquitto|mqtt --qos 2 --confirm 20 --max-in-flight 10000"
     "MQTT 5 QoS 1, 16 B, 1 -> 1|switchboard mosquitto|mqtt --qos 1 --mqtt-version 5 --max-in-flight 10000"
     "MQTT QoS 0 fan-out 1 -> 100, 16 B|switchboard mosquitto rabbitmq|mqtt --qos 0 --consumers 100 --max-in-flight 100000"
     "MQTT QoS 1 fan-out 1 -> 100, 16 B|switchboard mosquitto|mqtt --qos 1 --consumers 100 --max-in-flight 100000"
-    "MQTT QoS 0 at 1,000 msg/s (latency)|switchboard mosquitto rabbitmq|mqtt --qos 0 --rate 1000"
+    "MQTT QoS 0 at 1,000 msg/s (latency)|switchboard mosquitto rumqttd rabbitmq|mqtt --qos 0 --rate 1000"
     "MQTT -> AMQP, QoS 1|switchboard rabbitmq|cross --from mqtt --to amqp --qos 1 --max-in-flight 10000"
     "AMQP -> MQTT, QoS 1|switchboard rabbitmq|cross --from amqp --to mqtt --qos 1 --max-in-flight 10000"
     "STOMP -> MQTT, QoS 1|switchboard rabbitmq|cross --from stomp --to mqtt --qos 1 --max-in-flight 10000"
@@ -121,7 +153,7 @@ for round in $(seq "$ROUNDS"); do
             # shellcheck disable=SC2086 # args are words
             if out=$("$BIN" bench $args --duration "$DURATION" --json --broker-pid "${PID[$b]}" \
                 --amqp-addr "${AMQP[$b]:-127.0.0.1:1}" --stomp-addr "${STOMP[$b]:-127.0.0.1:1}" \
-                --mqtt-addr "${MQTT[$b]:-127.0.0.1:1}" 2>"$WORK/last.err"); then
+                --mqtt-addr "${MQTT[$b]:-127.0.0.1:1}" --keep-alive "${KEEP_ALIVE[$b]:-0}" 2>"$WORK/last.err"); then
                 python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["target"]=sys.argv[2]; r["label"]=sys.argv[3]; r["round"]=int(sys.argv[4]); print(json.dumps(r))' \
                     "$out" "$b" "$label" "$round" >>"$RESULTS"
             else

@@ -17,7 +17,7 @@ stop_brokers() {
             kill "${PID[rabbitmq]}" 2>/dev/null || true
         [[ -n ${EPMD_PID:-} ]] && kill "$EPMD_PID" 2>/dev/null || true
     fi
-    for b in switchboard mosquitto; do
+    for b in switchboard mosquitto rumqttd; do
         [[ -n ${PID[$b]:-} ]] && kill "${PID[$b]}" 2>/dev/null || true
     done
     wait 2>/dev/null || true

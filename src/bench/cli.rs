@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// MQTT QoS of publishes and subscriptions (0, 1 or 2).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos: u8,
+    /// MQTT keep alive in seconds sent in CONNECT (0: none). The bench sends no PINGREQ:
+    /// for a broker that refuses 0, give more than 1.5 times nothing is published for.
+    #[arg(long, default_value_t = 0)]
+    keep_alive: u16,
     /// Open this many idle MQTT connections, each with one subscription, and report the
     /// connect rate and (with --broker-pid) the broker's RSS per connection.
     #[arg(long)]
@@ -186,6 +190,7 @@ impl BenchArgs {
             mqtt_ws: self.ws,
             tls,
             qos: switchboard_mqtt::QoS::from_u8(self.qos).unwrap_or_default(),
+            mqtt_keep_alive: self.keep_alive,
             user: self.user.clone(),
             password: self.password.clone(),
             publishers: self.publishers,

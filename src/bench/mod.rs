@@ -102,6 +102,9 @@ pub struct Options {
     pub tls: Option<transport::BenchTls>,
     /// QoS of MQTT publishes and subscriptions.
     pub qos: switchboard_mqtt::QoS,
+    /// The MQTT CONNECT's keep alive in seconds (0: none). The bench sends no PINGREQ, so a
+    /// broker that refuses 0 (rumqttd) needs one longer than the run.
+    pub mqtt_keep_alive: u16,
     pub user: String,
     pub password: String,
     pub publishers: usize,
@@ -146,6 +149,7 @@ impl Options {
             mqtt_ws: false,
             tls: None,
             qos: switchboard_mqtt::QoS::AtMostOnce,
+            mqtt_keep_alive: 0,
             user: "guest".into(),
             password: "guest".into(),
             publishers: 1,

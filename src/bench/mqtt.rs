@@ -82,7 +82,7 @@ pub async fn connect(o: &Options, client_id: String) -> Result<(Reader, WriteHal
     let connect = Packet::Connect(Box::new(Connect {
         protocol: version,
         clean_start: true,
-        keep_alive: 0,
+        keep_alive: o.mqtt_keep_alive,
         client_id,
         will: None,
         username: Some(o.user.clone()),
