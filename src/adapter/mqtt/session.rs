@@ -40,13 +40,7 @@ impl Clone for Subscriptions {
     fn clone(&self) -> Self {
         match self {
             Subscriptions::Few(few) => Subscriptions::Few(few.clone()),
-            Subscriptions::Many(map, _) => {
-                let mut trie = TopicTrie::new();
-                for filter in map.keys() {
-                    trie.insert(&index_pattern(filter), filter.clone());
-                }
-                Subscriptions::Many(map.clone(), Box::new(trie))
-            }
+            Subscriptions::Many(map, _) => Subscriptions::Many(map.clone(), index_of(map)),
         }
     }
 }
@@ -54,11 +48,24 @@ impl Clone for Subscriptions {
 /// The trie pattern a subscription key is indexed under: its filter (a shared
 /// subscription's inner filter) as an AMQP pattern.
 fn index_pattern(key: &str) -> String {
-    let filter = match switchboard_mqtt::topic::split_shared(key) {
+    filter_to_pattern(inner_filter(key))
+}
+
+/// A subscription key's filter: a shared subscription's inner filter, else the key itself.
+fn inner_filter(key: &str) -> &str {
+    match switchboard_mqtt::topic::split_shared(key) {
         Ok(Some((_, inner))) => inner,
         _ => key,
-    };
-    filter_to_pattern(filter)
+    }
+}
+
+/// The trie over every filter of `map`, each under its subscription key.
+fn index_of(map: &BTreeMap<String, SubscriptionEntry>) -> Box<TopicTrie<String>> {
+    let mut trie = TopicTrie::new();
+    for filter in map.keys() {
+        trie.insert(&index_pattern(filter), filter.clone());
+    }
+    Box::new(trie)
 }
 
 impl Default for Subscriptions {
@@ -101,11 +108,8 @@ impl Subscriptions {
                 let mut map: BTreeMap<String, SubscriptionEntry> =
                     std::mem::take(few).into_iter().collect();
                 map.insert(filter, entry);
-                let mut trie = TopicTrie::new();
-                for f in map.keys() {
-                    trie.insert(&index_pattern(f), f.clone());
-                }
-                *self = Subscriptions::Many(map, Box::new(trie));
+                let trie = index_of(&map);
+                *self = Subscriptions::Many(map, trie);
                 None
             }
             Err(i) => {
@@ -179,13 +183,7 @@ impl Subscriptions {
         topic: &str,
         mut f: impl FnMut(&'a String, &'a SubscriptionEntry),
     ) {
-        let matches = |key: &str| {
-            let filter = match switchboard_mqtt::topic::split_shared(key) {
-                Ok(Some((_, inner))) => inner,
-                _ => key,
-            };
-            switchboard_mqtt::topic::matches(filter, topic)
-        };
+        let matches = |key: &str| switchboard_mqtt::topic::matches(inner_filter(key), topic);
         match self {
             Subscriptions::Few(few) => {
                 for (key, entry) in few {
