@@ -1,15 +1,22 @@
 //! Every byte a client holds is counted (issue 13): unfinished AMQP bodies and unfinished
-//! STOMP frames are charged to the memory monitor by the connection driver, trip the high
-//! watermark, and are released when their connections go.
+//! STOMP frames are charged to the memory monitor by the connection driver, unfinished
+//! WebSocket messages by the WebSocket transport; they trip the high watermark, and are
+//! released when their connections go.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
 
+use common::amqp::QUIET;
 use common::in_memory::{self, Protocol};
+use common::mqtt::{connect_packet, RawMqtt};
 use common::raw::{unfinished_publish, RawClient};
 use common::stomp::StompClient;
-use common::wait_until;
+use common::websocket as ws;
+use common::{bounded, wait_until, TestBroker};
+use futures_util::SinkExt;
+use switchboard_mqtt::{Packet, Protocol as Mqtt, QoS};
 use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Message;
 
 const MIB: usize = 1 << 20;
 const WATERMARK: usize = 4 * MIB;
@@ -101,4 +108,85 @@ async fn unfinished_stomp_frames_are_charged_and_trip_the_watermark() {
         writers.push(write_in_background(c.stream, frame));
     }
     alarm_then_release(&broker, writers).await;
+}
+
+/// A WebSocket that has logged in over MQTT and read its CONNACK.
+async fn mqtt_websocket(
+    b: &TestBroker,
+    client_id: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let (mut socket, _) = ws::open(b.addrs().mqtt_ws[0], &["mqtt"]).await;
+    let mut hello = bytes::BytesMut::new();
+    let connect = Packet::Connect(Box::new(connect_packet(Mqtt::V311, client_id, true)));
+    switchboard_mqtt::encode(&connect, Mqtt::V311, &mut hello).unwrap();
+    bounded(socket.send(Message::binary(hello.to_vec())))
+        .await
+        .unwrap();
+    match ws::next_message(&mut socket).await {
+        // CONNACK, accepted.
+        Some(Message::Binary(ack)) => assert_eq!(&ack[..], &[0x20, 2, 0, 0]),
+        other => panic!("expected the CONNACK, got {other:?}"),
+    }
+    socket
+}
+
+/// The start of one masked binary WebSocket frame announcing `len` payload bytes, and `sent`
+/// of them: a message tungstenite holds until its end arrives.
+fn unfinished_ws_frame(len: usize, sent: usize) -> Vec<u8> {
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(len as u64).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.resize(frame.len() + sent, b'x');
+    frame
+}
+
+#[tokio::test]
+async fn unfinished_websocket_messages_are_charged_and_block_publishers() {
+    let b = TestBroker::start_with(|c| {
+        c.server.memory_high_watermark_bytes = Some(WATERMARK as u64);
+        c.mqtt.max_packet_size = 4 * MIB as u32;
+    })
+    .await;
+    let memory = b.broker().memory.clone();
+    let mut bystander = RawMqtt::connect(b.mqtt, Mqtt::V311, "bystander", true).await;
+
+    // Three WebSocket clients each send 2 MiB of a 3 MiB message: 6 MiB that the driver's read
+    // buffers never see.
+    let mut writers = Vec::new();
+    for i in 0..3 {
+        let socket = mqtt_websocket(&b, &format!("ws-big-{i}")).await;
+        let frame = unfinished_ws_frame(3 * MIB, 2 * MIB);
+        writers.push(write_in_background(socket.into_inner(), frame));
+    }
+    wait_until("the unfinished messages trip the alarm", || memory.alarm()).await;
+    assert!(
+        memory.used() >= WATERMARK,
+        "{} bytes counted",
+        memory.used()
+    );
+
+    // A publisher is blocked: its publish is taken, then it is not read any more.
+    bystander
+        .publish("ws/bystander", QoS::AtLeastOnce, 1, b"during the alarm")
+        .await;
+    assert!(matches!(bystander.recv().await, Some(Packet::PubAck(_))));
+    bystander.send(&Packet::PingReq).await;
+    let quiet = tokio::time::timeout(QUIET, bystander.recv()).await;
+    assert!(quiet.is_err(), "publisher read during the alarm: {quiet:?}");
+
+    // The WebSocket clients go: their bytes are released, the alarm clears, the publisher is
+    // read again.
+    for w in writers {
+        w.abort();
+    }
+    wait_until("only the bystander is left", || {
+        b.broker().connections().len() == 1
+    })
+    .await;
+    assert_eq!(memory.used(), 0);
+    assert!(!memory.alarm());
+    assert_eq!(bystander.recv().await, Some(Packet::PingResp));
+    // Nothing crashed: WebSocket clients are still served.
+    let _again = mqtt_websocket(&b, "ws-after").await;
+    b.stop().await;
 }

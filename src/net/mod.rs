@@ -344,7 +344,7 @@ impl Protocol {
                     .await;
             }
             Some(endpoint) => {
-                if let Some(ws) = endpoint.accept(stream, peer).await {
+                if let Some(ws) = endpoint.accept(stream, peer, &broker.memory).await {
                     let reason = ws.reason();
                     let (rd, wr) = tokio::io::split(ws);
                     let serve = self.serve(rd, wr, peer, cert_name, broker, mqtt_state);

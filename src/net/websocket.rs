@@ -5,13 +5,19 @@
 //! one binary message; pings are answered by tungstenite; the session's end closes the
 //! WebSocket with the RFC 6455 code of why it ended ([`Cause`]): what the protocol adapters,
 //! the driver and this transport learn is recorded by [`closing_because`] for the connection's task.
+//!
+//! What tungstenite holds outside the driver's read buffer is memory the client controls (a
+//! frame whose end has not arrived, the frames of an unfinished message, a whole message up to
+//! the protocol's frame limit): it is charged to the memory monitor as the driver charges its
+//! own buffer, so that many clients each sending most of a big message trip the watermark.
 
+use crate::core::memory::{MemoryCharge, MemoryMonitor};
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -112,25 +118,40 @@ impl Endpoint {
     }
 
     /// The WebSocket handshake on an accepted stream (bounded); `None` when it failed, which is
-    /// logged.
+    /// logged. What the WebSocket then holds of unfinished input is charged to `memory`.
     #[allow(
         clippy::result_large_err,
         reason = "the type of tungstenite's callback"
     )]
-    pub async fn accept<S>(&self, stream: S, peer: SocketAddr) -> Option<WsBytes<S>>
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        memory: &Arc<MemoryMonitor>,
+    ) -> Option<WsBytes<Counted<S>>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let config = WebSocketConfig::default()
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_message_size));
+        let (stream, ingress) = Counted::new(stream);
         let handshake = tokio_tungstenite::accept_hdr_async_with_config(
             stream,
             |request: &Request, response| self.answer(request, response),
             Some(config),
         );
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(ws)) => Some(WsBytes::from(ws)),
+            Ok(Ok(ws)) => {
+                // The upgrade request is answered and gone; what follows it is the client's.
+                ingress.store(0, Ordering::Relaxed);
+                let mut ws = WsBytes::from(ws);
+                ws.held = Some(HeldInput {
+                    ingress,
+                    charge: memory.charge(0),
+                });
+                Some(ws)
+            }
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "WebSocket handshake failed");
                 None
@@ -229,12 +250,79 @@ fn refusal(status: StatusCode, why: &str) -> ErrorResponse {
     response
 }
 
+/// A stream that counts the bytes read from it, into a counter its owner shares: how much
+/// tungstenite has read of what it has not yet returned as a message.
+#[derive(Debug)]
+pub struct Counted<S> {
+    inner: S,
+    read: Arc<AtomicUsize>,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S) -> (Self, Arc<AtomicUsize>) {
+        let read = Arc::new(AtomicUsize::new(0));
+        (
+            Counted {
+                inner,
+                read: read.clone(),
+            },
+            read,
+        )
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read
+            .fetch_add(buf.filled().len() - before, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The input a server's WebSocket holds outside the driver, and its charge.
+#[derive(Debug)]
+struct HeldInput {
+    /// Bytes read from the stream since tungstenite last returned a message: the unfinished
+    /// frame or message. What tungstenite read past a message it returned (at most one read,
+    /// 128 KiB) is not counted, like the driver buffer's spare room.
+    ingress: Arc<AtomicUsize>,
+    /// Those bytes plus the unread rest of the last data message.
+    charge: MemoryCharge,
+}
+
 /// A WebSocket as a byte stream (what the driver reads and writes).
 #[derive(Debug)]
 pub struct WsBytes<S> {
     ws: WebSocketStream<S>,
     /// What the reader has not taken yet of the last data message.
     unread: Bytes,
+    /// On a server's WebSocket: what it holds of the client's input, charged.
+    held: Option<HeldInput>,
     /// The length of the write whose message is queued but not yet written through.
     queued: Option<usize>,
     /// Whether our close frame is queued (shutdown may be polled more than once).
@@ -256,6 +344,7 @@ impl<S> From<WebSocketStream<S>> for WsBytes<S> {
         WsBytes {
             ws,
             unread: Bytes::new(),
+            held: None,
             queued: None,
             close_sent: false,
             reason: Arc::default(),
@@ -283,6 +372,35 @@ fn io_error(e: WsError) -> io::Error {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> WsBytes<S> {
+    /// Reads messages until one has data (`true`) or the WebSocket ends (`false`).
+    fn poll_unread(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        while self.unread.is_empty() {
+            let next = ready!(Pin::new(&mut self.ws).poll_next(cx));
+            if let (Some(Ok(_)), Some(held)) = (&next, &self.held) {
+                held.ingress.store(0, Ordering::Relaxed);
+            }
+            match next {
+                Some(Ok(Message::Binary(data))) => self.unread = data,
+                Some(Ok(Message::Text(text))) => self.unread = text.into(),
+                // Pongs to pings are queued by tungstenite and sent on its next read or write.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                // The peer's close (tungstenite answers it) is the end of the stream.
+                Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(false)),
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                    return Poll::Ready(Ok(false))
+                }
+                Some(Err(WsError::Io(e))) => return Poll::Ready(Err(e)),
+                Some(Err(e)) => {
+                    self.reason.set(read_ending(&e));
+                    return Poll::Ready(Err(io_error(e)));
+                }
+            }
+        }
+        Poll::Ready(Ok(true))
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -290,27 +408,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        while this.unread.is_empty() {
-            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
-                Some(Ok(Message::Binary(data))) => this.unread = data,
-                Some(Ok(Message::Text(text))) => this.unread = text.into(),
-                // Pongs to pings are queued by tungstenite and sent on its next read or write.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                // The peer's close (tungstenite answers it) is the end of the stream.
-                Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(())),
-                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
-                    return Poll::Ready(Ok(()))
-                }
-                Some(Err(WsError::Io(e))) => return Poll::Ready(Err(e)),
-                Some(Err(e)) => {
-                    this.reason.set(read_ending(&e));
-                    return Poll::Ready(Err(io_error(e)));
-                }
+        let polled = this.poll_unread(cx);
+        if let Poll::Ready(Ok(true)) = polled {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+        }
+        // Charged after every poll, pending ones too: a pending read is where an unfinished
+        // message grows.
+        if let Some(held) = &mut this.held {
+            let bytes = held.ingress.load(Ordering::Relaxed) + this.unread.len();
+            if bytes != held.charge.bytes() {
+                held.charge.resize(bytes);
             }
         }
-        let n = this.unread.len().min(buf.remaining());
-        buf.put_slice(&this.unread.split_to(n));
-        Poll::Ready(Ok(()))
+        polled.map_ok(|_| ())
     }
 }
 
