@@ -1,7 +1,7 @@
 //! MQTT and STOMP over WebSocket (RabbitMQ's Web MQTT and Web STOMP) with a tokio-tungstenite
 //! client: subprotocols, protocol frames split across and batched in WebSocket messages, text
-//! frames, ping/pong, close codes, refused paths and subprotocols, WebSocket over TLS with
-//! client certificates.
+//! frames, ping/pong, close codes (1000, 1001, 1002, 1008, 1009, 1011), refused paths and
+//! subprotocols, WebSocket over TLS with client certificates.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod common;
@@ -135,6 +135,44 @@ async fn close_codes_say_why_the_session_ended() {
     let stopping = tokio::spawn(b.stop());
     assert_eq!(close_code(&mut socket).await, CloseCode::Away);
     bounded(stopping).await.expect("shutdown");
+}
+
+/// 1011 (internal error): the session's queue was deleted under it. Of the paths to 1011 this
+/// is the one a test brings about at will; the others are races or failures inside the broker
+/// (a session takeover whose old owner does not let go in time or that loses to a concurrent
+/// CONNECT, a failed queue declaration, a tungstenite error that is neither I/O, protocol nor
+/// capacity).
+#[tokio::test]
+async fn losing_the_session_queue_closes_with_1011() {
+    let b = TestBroker::start().await;
+    let (mut socket, _) = ws::open(b.addrs().mqtt_ws[0], &["mqtt"]).await;
+    let hello = mqtt_bytes(&[
+        Packet::Connect(Box::new(connect_packet(
+            Protocol::V311,
+            "ws-internal",
+            false,
+        ))),
+        subscribe("ws/internal"),
+    ]);
+    bounded(socket.send(Message::binary(hello))).await.unwrap();
+    // CONNACK and SUBACK, in one message or two.
+    let mut answers = Vec::new();
+    while answers.len() < 4 + 5 {
+        match next_data_or_close(&mut socket).await {
+            Message::Binary(data) => answers.extend_from_slice(&data),
+            other => panic!("expected CONNACK and SUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(&answers[..4], &[0x20, 2, 0, 0], "CONNACK accepted");
+    let (_conn, ch) = b.channel().await;
+    bounded(ch.queue_delete(
+        "mqtt-subscription-ws-internal".into(),
+        lapin::options::QueueDeleteOptions::default(),
+    ))
+    .await
+    .expect("queue.delete");
+    assert_eq!(close_code(&mut socket).await, CloseCode::Error);
+    b.stop().await;
 }
 
 #[tokio::test]
