@@ -40,3 +40,37 @@ run_rabbitmq() {
     PID[rabbitmq]=$(cat "$dir/pid")
     [[ -n $had_epmd ]] || EPMD_PID=$(pgrep -x epmd || true)
 }
+
+# Makes a throwaway CA ($1/ca.pem, ca.key) and a server certificate it signs for IP 127.0.0.1
+# and localhost ($1/server.pem, server.key), ECDSA P-256, with the openssl CLI. Mosquitto and
+# RabbitMQ started as root read them as their own users: the directory and files are readable.
+make_pki() {
+    local p=$1
+    mkdir -p "$p"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+        -subj "/CN=switchboard bench CA" -keyout "$p/ca.key" -out "$p/ca.pem" 2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -subj /CN=localhost -keyout "$p/server.key" -out "$p/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$p/ext.cnf"
+    openssl x509 -req -in "$p/server.csr" -CA "$p/ca.pem" -CAkey "$p/ca.key" -CAcreateserial \
+        -days 1 -extfile "$p/ext.cnf" -out "$p/server.pem" 2>/dev/null
+    chmod 755 "$(dirname "$p")" "$p" && chmod 644 "$p"/*
+}
+
+# Prints a rabbitmq.conf for AMQP and MQTT on TCP and TLS on 127.0.0.1, ports $1 (AMQP),
+# $2 (AMQPS), $3 (MQTT), $4 (MQTT over TLS), with make_pki's certificate from directory $5 and
+# no client certificates asked for.
+rabbitmq_tls_conf() {
+    cat <<CONF
+listeners.tcp.default = 127.0.0.1:$1
+listeners.ssl.default = 127.0.0.1:$2
+mqtt.listeners.tcp.default = 127.0.0.1:$3
+mqtt.listeners.ssl.default = 127.0.0.1:$4
+ssl_options.cacertfile = $5/ca.pem
+ssl_options.certfile = $5/server.pem
+ssl_options.keyfile = $5/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+loopback_users.guest = true
+CONF
+}

@@ -31,20 +31,6 @@ log() { echo "tls_throughput: $*" >&2; }
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-make_pki() {
-    local p=$WORK/pki
-    mkdir -p "$p"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
-        -subj "/CN=switchboard bench CA" -keyout "$p/ca.key" -out "$p/ca.pem" 2>/dev/null
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -subj /CN=localhost -keyout "$p/server.key" -out "$p/server.csr" 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$p/ext.cnf"
-    openssl x509 -req -in "$p/server.csr" -CA "$p/ca.pem" -CAkey "$p/ca.key" -CAcreateserial \
-        -days 1 -extfile "$p/ext.cnf" -out "$p/server.pem" 2>/dev/null
-    # Mosquitto and RabbitMQ started as root read them as their own users (throwaway keys).
-    chmod 755 "$WORK" "$p" && chmod 644 "$p"/*
-}
-
 start_switchboard() {
     [[ -x $BIN ]] || { log "no $BIN: run cargo build --release"; exit 1; }
     AMQP[switchboard]=127.0.0.1:5696
@@ -63,18 +49,7 @@ start_switchboard() {
 start_rabbitmq() {
     local dir=$WORK/rabbitmq
     mkdir -p "$dir"
-    cat >"$dir/rabbitmq.conf" <<CONF
-listeners.tcp.default = 127.0.0.1:5686
-listeners.ssl.default = 127.0.0.1:5697
-mqtt.listeners.tcp.default = 127.0.0.1:1897
-mqtt.listeners.ssl.default = 127.0.0.1:8897
-ssl_options.cacertfile = $WORK/pki/ca.pem
-ssl_options.certfile = $WORK/pki/server.pem
-ssl_options.keyfile = $WORK/pki/server.key
-ssl_options.verify = verify_none
-ssl_options.fail_if_no_peer_cert = false
-loopback_users.guest = true
-CONF
+    rabbitmq_tls_conf 5686 5697 1897 8897 "$WORK/pki" >"$dir/rabbitmq.conf"
     run_rabbitmq sbtls@localhost "$dir" "[rabbitmq_mqtt]"
     AMQP[rabbitmq]=127.0.0.1:5697
     MQTT[rabbitmq]=127.0.0.1:8897
@@ -99,7 +74,7 @@ CONF
 stop_all() { stop_brokers sbtls@localhost; }
 trap stop_all EXIT
 
-make_pki
+make_pki "$WORK/pki"
 start_switchboard
 command -v mosquitto >/dev/null && start_mosquitto || log "mosquitto not installed: skipped"
 [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] && start_rabbitmq || log "rabbitmq-server not installed: skipped"
