@@ -172,16 +172,7 @@ async fn a_user_added_with_ctl_on_one_node_logs_in_over_amqp_on_another() {
     .await
     .expect("bob logs in on node 3");
     let ch = bounded(conn.create_channel()).await.unwrap();
-    bounded(ch.queue_declare(
-        "bob-q".into(),
-        lapin::options::QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-        Default::default(),
-    ))
-    .await
-    .unwrap();
+    declare_exclusive(&ch, "bob-q").await;
     // A wrong password is refused there as anywhere.
     let wrong = format!("amqp://bob:nope@{}/%2f", b3.addrs().amqp[0]);
     let refused = bounded(lapin::Connection::connect(
@@ -286,4 +277,196 @@ async fn a_restarted_node_catches_up_with_changes_made_while_it_was_down() {
     let b = nodes[down].broker();
     assert_eq!(call(b, "GET", "/api/users/carol", None).await.status, 200);
     assert_eq!(call(b, "GET", "/api/vhosts/before", None).await.status, 404);
+}
+
+async fn amqp_channel(node: &Node) -> (lapin::Connection, lapin::Channel) {
+    node.broker().channel().await
+}
+
+async fn declare_exclusive(ch: &lapin::Channel, name: &str) {
+    let options = lapin::options::QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    bounded(ch.queue_declare(name.into(), options, Default::default()))
+        .await
+        .unwrap();
+}
+
+fn durable_queue() -> lapin::options::QueueDeclareOptions {
+    lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_durable_queues_and_bindings_reach_every_node_and_route_there() {
+    let nodes = form(3).await;
+    // A durable queue declared over AMQP on node 1 is listed by node 2.
+    let (_c1, ch1) = amqp_channel(&nodes[0]).await;
+    bounded(ch1.queue_declare("orders".into(), durable_queue(), Default::default()))
+        .await
+        .unwrap();
+    wait_on_all(&nodes, "/api/queues/%2F/orders", true).await;
+    let listed = call(nodes[1].broker(), "GET", "/api/queues", None)
+        .await
+        .body;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["name"] == "orders" && q["durable"] == true),
+        "{listed}"
+    );
+    // A durable exchange made through the HTTP API on node 2, bound to the queue over AMQP
+    // on node 2.
+    let r = call(
+        nodes[1].broker(),
+        "PUT",
+        "/api/exchanges/%2F/shop",
+        Some(json!({"type": "direct", "durable": true})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    wait_on_all(&nodes, "/api/exchanges/%2F/shop", true).await;
+    let (_c2, ch2) = amqp_channel(&nodes[1]).await;
+    bounded(ch2.queue_bind(
+        "orders".into(),
+        "shop".into(),
+        "new".into(),
+        Default::default(),
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    let b3 = nodes[2].broker();
+    wait_until_async("the binding on node 3", || async move {
+        let found = call(b3, "GET", "/api/bindings/%2F/e/shop/q/orders", None)
+            .await
+            .body;
+        found
+            .as_array()
+            .is_some_and(|a| a.iter().any(|b| b["routing_key"] == "new"))
+    })
+    .await;
+    // Publishing on node 3 routes into node 3's own instance of the queue.
+    let (_c3, ch3) = amqp_channel(&nodes[2]).await;
+    bounded(ch3.basic_publish(
+        "shop".into(),
+        "new".into(),
+        Default::default(),
+        b"order 1",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    let got = wait_for_message(&ch3, "orders").await;
+    assert_eq!(got, b"order 1");
+    // The message stays on node 3: node 1's instance has none.
+    let r = call(nodes[0].broker(), "GET", "/api/queues/%2F/orders", None).await;
+    assert_eq!(r.body["messages"], 0, "{:?}", r.body);
+
+    // Unbinding and deleting reach every node too.
+    bounded(ch2.queue_unbind(
+        "orders".into(),
+        "shop".into(),
+        "new".into(),
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    bounded(ch1.exchange_delete("shop".into(), Default::default()))
+        .await
+        .unwrap();
+    bounded(ch3.queue_delete("orders".into(), Default::default()))
+        .await
+        .unwrap();
+    wait_on_all(&nodes, "/api/exchanges/%2F/shop", false).await;
+    wait_on_all(&nodes, "/api/queues/%2F/orders", false).await;
+}
+
+/// Gets one message from `queue` on `ch`, polling with a deadline.
+async fn wait_for_message(ch: &lapin::Channel, queue: &str) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let got = bounded(ch.basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        ))
+        .await
+        .unwrap();
+        if let Some(m) = got {
+            return m.delivery.data.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no message in {queue}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_and_transient_queues_stay_on_their_node_and_a_minority_refuses_durable_declares()
+{
+    let mut nodes = form(3).await;
+    let leader = leader_of(&nodes).await;
+    let survivor = follower_of(&nodes, leader);
+    let (_c, ch) = amqp_channel(&nodes[survivor]).await;
+    declare_exclusive(&ch, "mine").await;
+    bounded(ch.queue_declare("passing".into(), Default::default(), Default::default()))
+        .await
+        .unwrap();
+    let other = nodes[(survivor + 1) % 3].broker();
+    for q in ["mine", "passing"] {
+        let path = format!("/api/queues/%2F/{q}");
+        assert_eq!(
+            call(nodes[survivor].broker(), "GET", &path, None)
+                .await
+                .status,
+            200
+        );
+        assert_eq!(call(other, "GET", &path, None).await.status, 404, "{q}");
+    }
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if i != survivor {
+            node.stop().await;
+        }
+    }
+    // Transient declares still work alone; a durable one is refused with 541 and the reason.
+    bounded(ch.queue_declare("passing-2".into(), Default::default(), Default::default()))
+        .await
+        .unwrap();
+    let err = bounded(ch.queue_declare("kept".into(), durable_queue(), Default::default()))
+        .await
+        .expect_err("refused without a majority");
+    let text = err.to_string();
+    assert!(
+        text.contains("541") || text.contains("INTERNAL_ERROR"),
+        "{text}"
+    );
+    assert!(text.contains("no quorum"), "{text}");
+    let alone = nodes[survivor].broker();
+    assert_eq!(
+        call(alone, "GET", "/api/queues/%2F/kept", None)
+            .await
+            .status,
+        404
+    );
+    let r = call(
+        alone,
+        "PUT",
+        "/api/exchanges/%2F/lost",
+        Some(json!({"type": "fanout"})),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(
+        call(alone, "GET", "/api/exchanges/%2F/lost", None)
+            .await
+            .status,
+        404
+    );
 }

@@ -99,6 +99,7 @@ pub(super) fn change_refused(e: ChangeError) -> Response {
         ChangeError::NotFound => not_found(),
         ChangeError::Access(e) => refused(e),
         ChangeError::Invalid(reason) => bad_request(reason),
+        ChangeError::Core(e) => super::reply::core_error(e),
         ChangeError::Cluster(e) => super::cluster::cluster_error(e),
     }
 }

@@ -1,5 +1,5 @@
 //! Replicated definitions: the one place where a change to vhosts, users, permissions, topic
-//! permissions and policies is made. An unclustered broker applies a [`Change`] at once, as it
+//! permissions, policies, durable exchanges, durable queues and their bindings is made. An unclustered broker applies a [`Change`] at once, as it
 //! always has; a clustered one proposes it to the metadata group as a record under a key, and
 //! every node (the proposer too) makes it live when it applies the committed entry, through
 //! [`BrokerDefinitions`]. A node cut off from a majority refuses the change
@@ -7,24 +7,89 @@
 //!
 //! Keys are `<kind>/<JSON array of the key's fields>`, e.g. `permission/["/","guest"]`; a
 //! record's value is the same JSON the broker's store keeps for it.
+//!
+//! Only definitions go through the cluster, never messages. A durable queue's definition is
+//! on every node, and every node holds its own instance of it: a message published on a
+//! node goes to that node's instance, and a consumer takes from the instance on the node it
+//! is connected to (there is no proxying between nodes yet). Exclusive, auto-delete and
+//! transient queues, and bindings to them, stay on the node that declared them.
 
 use super::{Apply, BoxFuture, ClusterError, Command, Consensus};
 use crate::core::access::permissions::Permissions;
 use crate::core::access::records::{PermissionRecord, TopicPermissionRecord, UserRecord};
 use crate::core::access::{Access, AccessError};
 use crate::core::policy::RuntimePolicy;
-use crate::core::Broker;
+use crate::core::vhost::{ExchangeSpec, QueueSpec};
+use crate::core::{Broker, CoreError, VHost};
+use crate::store::definitions::{table_text, text_table, BindingDef, ExchangeDef};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::{Arc, Weak};
+use switchboard_amqp::FieldTable;
 
 /// The kinds of definition record, in the order a node applies them when it takes a whole
 /// snapshot: what a record names (a vhost, a user) before the record.
-const KINDS: [&str; 5] = [VHOST, USER, PERMISSION, TOPIC_PERMISSION, POLICY];
+const KINDS: [&str; 8] = [
+    VHOST,
+    USER,
+    PERMISSION,
+    TOPIC_PERMISSION,
+    POLICY,
+    EXCHANGE,
+    QUEUE,
+    BINDING,
+];
 const VHOST: &str = "vhost";
 const USER: &str = "user";
 const PERMISSION: &str = "permission";
 const TOPIC_PERMISSION: &str = "topic-permission";
 const POLICY: &str = "policy";
+const EXCHANGE: &str = "exchange";
+const QUEUE: &str = "queue";
+const BINDING: &str = "binding";
+
+/// A durable exchange as the cluster keeps it: the store's record, with its vhost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeRecord {
+    pub vhost: String,
+    #[serde(flatten)]
+    pub def: ExchangeDef,
+}
+
+/// A durable queue as the cluster keeps it (its store id is each node's own).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueRecord {
+    pub vhost: String,
+    pub name: String,
+    pub auto_delete: bool,
+    /// As the store encodes an argument table.
+    pub arguments: String,
+}
+
+/// A binding between durable ends as the cluster keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindingRecord {
+    pub vhost: String,
+    #[serde(flatten)]
+    pub def: BindingDef,
+}
+
+impl BindingRecord {
+    fn key(&self) -> String {
+        let d = &self.def;
+        key(
+            BINDING,
+            &[
+                &self.vhost,
+                &d.source,
+                &d.destination_type,
+                &d.destination,
+                &d.routing_key,
+                &d.arguments,
+            ],
+        )
+    }
+}
 
 /// The key of the record of `kind` with `fields`.
 pub fn key(kind: &str, fields: &[&str]) -> String {
@@ -58,6 +123,8 @@ pub enum ChangeError {
     Access(#[from] AccessError),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Core(#[from] CoreError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
 }
@@ -98,6 +165,131 @@ pub enum Change {
         vhost: String,
         name: String,
     },
+    DeclareExchange(ExchangeRecord),
+    /// With the bindings from and to it.
+    DeleteExchange {
+        vhost: String,
+        name: String,
+    },
+    DeclareQueue(QueueRecord),
+    /// With the bindings to it.
+    DeleteQueue {
+        vhost: String,
+        name: String,
+    },
+    Bind(BindingRecord),
+    Unbind(BindingRecord),
+}
+
+/// The change that replicates declaring `spec` in `vh`: when clustered, for a durable exchange
+/// not declared yet (a redeclaration is only checked for equivalence, here).
+pub fn exchange_declared(b: &Broker, vh: &VHost, spec: &ExchangeSpec) -> Option<Change> {
+    (b.cluster.get().is_some() && spec.durable && vh.exchange(&spec.name).is_none()).then(|| {
+        Change::DeclareExchange(ExchangeRecord {
+            vhost: vh.name.clone(),
+            def: ExchangeDef {
+                name: spec.name.clone(),
+                kind: spec.kind.clone(),
+                auto_delete: spec.auto_delete,
+                internal: spec.internal,
+                arguments: table_text(&spec.arguments),
+            },
+        })
+    })
+}
+
+/// As [`exchange_declared`], for a durable, non-exclusive, non-auto-delete queue.
+pub fn queue_declared(b: &Broker, vh: &VHost, spec: &QueueSpec) -> Option<Change> {
+    let kept = spec.durable && !spec.exclusive && !spec.auto_delete && !spec.name.is_empty();
+    (b.cluster.get().is_some() && kept && vh.queue(&spec.name).is_none()).then(|| {
+        Change::DeclareQueue(QueueRecord {
+            vhost: vh.name.clone(),
+            name: spec.name.clone(),
+            auto_delete: spec.auto_delete,
+            arguments: table_text(&spec.arguments),
+        })
+    })
+}
+
+/// The change that replicates deleting exchange `name`: when clustered and it is durable.
+pub fn exchange_deleted(b: &Broker, vh: &VHost, name: &str) -> Option<Change> {
+    let durable = vh.exchange(name).is_some_and(|x| x.durable);
+    (b.cluster.get().is_some() && durable).then(|| Change::DeleteExchange {
+        vhost: vh.name.clone(),
+        name: name.to_owned(),
+    })
+}
+
+/// Whether the cluster keeps queue `name`'s definition.
+fn queue_kept(vh: &VHost, name: &str) -> bool {
+    vh.queue(name)
+        .is_some_and(|q| q.durable && !q.auto_delete && q.exclusive_owner.is_none())
+}
+
+/// The change that replicates deleting queue `name`: when clustered and the cluster keeps it.
+pub fn queue_deleted(b: &Broker, vh: &VHost, name: &str) -> Option<Change> {
+    (b.cluster.get().is_some() && queue_kept(vh, name)).then(|| Change::DeleteQueue {
+        vhost: vh.name.clone(),
+        name: name.to_owned(),
+    })
+}
+
+/// A binding the cluster keeps: from a durable exchange to one, or to a queue it keeps.
+/// `destination_type` is "queue" or "exchange". `bind`: binding, else unbinding.
+pub fn binding_changed(
+    b: &Broker,
+    vh: &VHost,
+    bind: bool,
+    (source, destination_type, destination): (&str, &str, &str),
+    routing_key: &str,
+    arguments: &FieldTable,
+) -> Option<Change> {
+    b.cluster.get()?;
+    let source_durable = vh.exchange(source).is_some_and(|x| x.durable);
+    let destination_kept = match destination_type {
+        "queue" => queue_kept(vh, destination),
+        _ => vh.exchange(destination).is_some_and(|x| x.durable),
+    };
+    if !(source_durable && destination_kept) {
+        return None;
+    }
+    let record = BindingRecord {
+        vhost: vh.name.clone(),
+        def: BindingDef {
+            source: source.to_owned(),
+            destination_type: destination_type.to_owned(),
+            destination: destination.to_owned(),
+            routing_key: routing_key.to_owned(),
+            arguments: table_text(arguments),
+        },
+    };
+    Some(if bind {
+        Change::Bind(record)
+    } else {
+        Change::Unbind(record)
+    })
+}
+
+/// [`commit`] from synchronous code running on a runtime worker (the AMQP channel's
+/// methods): the worker is handed over while the change commits (tokio's `block_in_place`),
+/// which needs the multi-threaded runtime the broker runs on.
+pub fn commit_blocking(b: &Broker, change: Change) -> Result<u64, ChangeError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let handle = Handle::try_current().map_err(|e| ChangeError::Invalid(e.to_string()))?;
+    if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+        return Err(ChangeError::Invalid(
+            "a clustered broker needs the multi-threaded runtime to declare".into(),
+        ));
+    }
+    tokio::task::block_in_place(|| handle.block_on(commit(b, change)))
+}
+
+fn vhost_of(b: &Broker, name: &str) -> Result<Arc<VHost>, ChangeError> {
+    b.vhost(name).ok_or(ChangeError::NotFound)
+}
+
+fn table(text: &str) -> Result<FieldTable, ChangeError> {
+    text_table(text).map_err(ChangeError::Invalid)
 }
 
 /// Makes `change`: here when unclustered, else through the cluster (refused with
@@ -113,6 +305,9 @@ pub async fn commit(b: &Broker, change: Change) -> Result<u64, ChangeError> {
         }
     }
 }
+
+/// The connection a replicated declaration is made for: none (it is never exclusive).
+const NO_CONNECTION: crate::core::queue::ConnectionId = 0;
 
 fn put<T: serde::Serialize>(key: String, record: &T) -> Result<Command, ChangeError> {
     let value = serde_json::to_value(record).map_err(|e| ChangeError::Invalid(e.to_string()))?;
@@ -173,6 +368,59 @@ impl Change {
             Change::ClearPolicy { vhost, name } => {
                 b.clear_policy(vhost, name).ok_or(ChangeError::NotFound)?
             }
+            Change::DeclareExchange(r) => {
+                let vh = vhost_of(b, &r.vhost)?;
+                let spec = ExchangeSpec {
+                    name: r.def.name.clone(),
+                    kind: r.def.kind.clone(),
+                    durable: true,
+                    auto_delete: r.def.auto_delete,
+                    internal: r.def.internal,
+                    arguments: table(&r.def.arguments)?,
+                };
+                vh.declare_exchange(spec, false)?;
+                vh.definitions_lsn()
+            }
+            Change::DeleteExchange { vhost, name } => {
+                let vh = vhost_of(b, vhost)?;
+                vh.exchange(name).ok_or(ChangeError::NotFound)?;
+                vh.delete_exchange(name, false)?;
+                vh.definitions_lsn()
+            }
+            Change::DeclareQueue(r) => {
+                let vh = vhost_of(b, &r.vhost)?;
+                let spec = QueueSpec {
+                    name: r.name.clone(),
+                    durable: true,
+                    exclusive: false,
+                    auto_delete: r.auto_delete,
+                    arguments: table(&r.arguments)?,
+                };
+                vh.declare_queue(spec, false, NO_CONNECTION)?;
+                vh.definitions_lsn()
+            }
+            Change::DeleteQueue { vhost, name } => {
+                let vh = vhost_of(b, vhost)?;
+                vh.queue(name).ok_or(ChangeError::NotFound)?;
+                vh.delete_queue(name, false, false, NO_CONNECTION)?;
+                vh.definitions_lsn()
+            }
+            Change::Bind(r) | Change::Unbind(r) => {
+                let vh = vhost_of(b, &r.vhost)?;
+                let d = &r.def;
+                let arguments = table(&d.arguments)?;
+                let (rk, src, dst) = (&d.routing_key, &d.source, &d.destination);
+                match (
+                    matches!(self, Change::Bind(_)),
+                    d.destination_type == "queue",
+                ) {
+                    (true, true) => vh.bind_queue(dst, src, rk, &arguments, NO_CONNECTION)?,
+                    (true, false) => vh.bind_exchange(dst, src, rk, &arguments)?,
+                    (false, true) => vh.unbind_queue(dst, src, rk, &arguments, NO_CONNECTION)?,
+                    (false, false) => vh.unbind_exchange(dst, src, rk, &arguments)?,
+                }
+                vh.definitions_lsn()
+            }
         })
     }
 
@@ -223,6 +471,14 @@ impl Change {
                     .map_err(|e| ChangeError::Invalid(e.to_string()))
             }
             Change::ClearPolicy { vhost, name } => found(b.policy_set().has_runtime(vhost, name)),
+            // Declared, deleted and bound here again once committed, which answers the
+            // caller with the broker's own error if the change cannot apply.
+            Change::DeclareExchange(ExchangeRecord { vhost, .. })
+            | Change::DeclareQueue(QueueRecord { vhost, .. })
+            | Change::DeleteExchange { vhost, .. }
+            | Change::DeleteQueue { vhost, .. }
+            | Change::Bind(BindingRecord { vhost, .. })
+            | Change::Unbind(BindingRecord { vhost, .. }) => found(b.vhost(vhost).is_some()),
         }
     }
 
@@ -288,6 +544,33 @@ impl Change {
             Change::ClearPolicy { vhost, name } => Ok(Command::Delete {
                 key: key(POLICY, &[vhost, name]),
             }),
+            Change::DeclareExchange(r) => put(key(EXCHANGE, &[&r.vhost, &r.def.name]), r),
+            Change::DeleteExchange { vhost, name } => {
+                let mut all = vec![Command::Delete {
+                    key: key(EXCHANGE, &[vhost, name]),
+                }];
+                all.extend(deletes_of(cluster, BINDING, |f| {
+                    f.first() == Some(vhost)
+                        && (f.get(1) == Some(name)
+                            || (f.get(2).map(String::as_str) == Some("exchange")
+                                && f.get(3) == Some(name)))
+                }));
+                Ok(Command::Batch(all))
+            }
+            Change::DeclareQueue(r) => put(key(QUEUE, &[&r.vhost, &r.name]), r),
+            Change::DeleteQueue { vhost, name } => {
+                let mut all = vec![Command::Delete {
+                    key: key(QUEUE, &[vhost, name]),
+                }];
+                all.extend(deletes_of(cluster, BINDING, |f| {
+                    f.first() == Some(vhost)
+                        && f.get(2).map(String::as_str) == Some("queue")
+                        && f.get(3) == Some(name)
+                }));
+                Ok(Command::Batch(all))
+            }
+            Change::Bind(r) => put(r.key(), r),
+            Change::Unbind(r) => Ok(Command::Delete { key: r.key() }),
         };
         // The records serialize: they came from JSON or from the broker's own state.
         built.unwrap_or(Command::Batch(Vec::new()))
@@ -324,6 +607,27 @@ impl Change {
                 vhost: field(0),
                 name: field(1),
             },
+            (EXCHANGE, Some(v)) => Change::DeclareExchange(record(v)?),
+            (EXCHANGE, None) => Change::DeleteExchange {
+                vhost: field(0),
+                name: field(1),
+            },
+            (QUEUE, Some(v)) => Change::DeclareQueue(record(v)?),
+            (QUEUE, None) => Change::DeleteQueue {
+                vhost: field(0),
+                name: field(1),
+            },
+            (BINDING, Some(v)) => Change::Bind(record(v)?),
+            (BINDING, None) => Change::Unbind(BindingRecord {
+                vhost: field(0),
+                def: BindingDef {
+                    source: field(1),
+                    destination_type: field(2),
+                    destination: field(3),
+                    routing_key: field(4),
+                    arguments: field(5),
+                },
+            }),
             _ => return Ok(None),
         }))
     }
