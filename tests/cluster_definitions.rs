@@ -470,3 +470,32 @@ async fn exclusive_and_transient_queues_stay_on_their_node_and_a_minority_refuse
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_the_purged_log_gets_the_definitions_from_a_snapshot() {
+    let mut nodes = form(3).await;
+    let leader = leader_of(&nodes).await;
+    let down = follower_of(&nodes, leader);
+    let r = call(nodes[down].broker(), "PUT", "/api/vhosts/old", None).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    wait_on_all(&nodes, "/api/vhosts/old", true).await;
+    nodes[down].stop().await;
+    let on = nodes[leader].broker();
+    let r = call(on, "PUT", "/api/vhosts/snap", None).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = call(on, "DELETE", "/api/vhosts/old", None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    // Enough entries for a snapshot (every 500) and the log before it purged.
+    let c = nodes[leader].consensus();
+    for i in 0..620 {
+        let filler = switchboard::cluster::Command::Put {
+            key: format!("filler/{i}"),
+            value: json!(i),
+        };
+        bounded(c.propose(filler)).await.unwrap();
+    }
+    let seeds = vec![nodes[leader].addr.clone()];
+    nodes[down].restart(&seeds).await;
+    wait_on_all(&nodes, "/api/vhosts/snap", true).await;
+    wait_on_all(&nodes, "/api/vhosts/old", false).await;
+}
