@@ -499,3 +499,37 @@ async fn a_node_behind_the_purged_log_gets_the_definitions_from_a_snapshot() {
     wait_on_all(&nodes, "/api/vhosts/snap", true).await;
     wait_on_all(&nodes, "/api/vhosts/old", false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definitions_import_on_one_node_reaches_every_node() {
+    let nodes = form(3).await;
+    let file = json!({
+        "users": [{"name": "erin", "password_hash": "AQIDBIV95vysndns22OUIkd+GXKHcaHKPqqFQqu+5m9ZikS3", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["management"]}],
+        "vhosts": [{"name": "imported"}],
+        "permissions": [{"user": "erin", "vhost": "imported", "configure": ".*", "write": ".*", "read": ".*"}],
+        "policies": [{"vhost": "imported", "name": "cap", "pattern": ".*", "apply-to": "queues", "definition": {"max-length": 10}, "priority": 0}],
+        "exchanges": [{"name": "in-x", "vhost": "imported", "type": "fanout", "durable": true, "auto_delete": false, "internal": false, "arguments": {}}],
+        "queues": [{"name": "in-q", "vhost": "imported", "durable": true, "auto_delete": false, "arguments": {}}],
+        "bindings": [{"source": "in-x", "vhost": "imported", "destination": "in-q", "destination_type": "queue", "routing_key": "", "arguments": {}}],
+    });
+    let r = call(nodes[2].broker(), "POST", "/api/definitions", Some(file)).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    for path in [
+        "/api/users/erin",
+        "/api/vhosts/imported",
+        "/api/permissions/imported/erin",
+        "/api/policies/imported/cap",
+        "/api/exchanges/imported/in-x",
+        "/api/queues/imported/in-q",
+    ] {
+        wait_on_all(&nodes, path, true).await;
+    }
+    let b1 = nodes[0].broker();
+    wait_until_async("the imported binding on node 1", || async move {
+        let found = call(b1, "GET", "/api/bindings/imported/e/in-x/q/in-q", None)
+            .await
+            .body;
+        found.as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+}

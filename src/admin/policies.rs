@@ -63,14 +63,12 @@ pub(super) fn export(b: &Broker, vhost: Option<&str>) -> Vec<Value> {
 }
 
 /// A policy from a definitions file, into its own vhost or `into`.
-pub(super) fn import(b: &Broker, v: &Value, into: Option<&str>) -> Result<u64, String> {
+pub(super) fn import(v: &Value, into: Option<&str>) -> Result<RuntimePolicy, String> {
     let mut v = v.clone();
     if let (Some(into), Some(m)) = (into, v.as_object_mut()) {
         m.insert("vhost".into(), json!(into));
     }
-    let record: RuntimePolicy =
-        serde_json::from_value(v).map_err(|e| format!("invalid policy: {e}"))?;
-    b.set_policy(&record).map(|(_, lsn)| lsn)
+    serde_json::from_value(v).map_err(|e| format!("invalid policy: {e}"))
 }
 
 async fn list_all(
