@@ -2,9 +2,12 @@
 //! and JSON, so `rabbitmqadmin` and scripts written for RabbitMQ work unchanged. A change is
 //! answered (201 Created, 204 No Content) only once its record in the store is durable.
 
+use crate::cluster::definitions::{commit, Change, ChangeError};
 use crate::core::access::password::{PasswordHash, SHA256_NAME};
 use crate::core::access::permissions::{PermissionSpec, TopicPermissionSpec};
-use crate::core::access::records::{split_tags, PermissionRecord, TopicPermissionRecord};
+use crate::core::access::records::{
+    split_tags, PermissionRecord, TopicPermissionRecord, UserRecord,
+};
 use crate::core::access::{AccessError, User};
 use crate::core::Broker;
 use axum::extract::{Path, Query, State};
@@ -90,9 +93,24 @@ async fn done(b: &Broker, lsn: u64, created: bool) -> Response {
     }
 }
 
-async fn deleted(b: &Broker, lsn: u64) -> Response {
-    b.access.durable(lsn).await;
-    StatusCode::NO_CONTENT.into_response()
+/// A refused change: 404 for what does not exist, 503 `no_quorum` in a cluster's minority.
+pub(super) fn change_refused(e: ChangeError) -> Response {
+    match e {
+        ChangeError::NotFound => not_found(),
+        ChangeError::Access(e) => refused(e),
+        ChangeError::Invalid(reason) => bad_request(reason),
+        ChangeError::Core(e) => super::reply::core_error(e),
+        ChangeError::Cluster(e) => super::cluster::cluster_error(e),
+    }
+}
+
+/// Makes `change` (through the cluster when clustered) and answers 201 for a new object, 204
+/// otherwise, once it is durable (committed by a majority, when clustered).
+pub(super) async fn changed(b: &Broker, change: Change, created: bool) -> Response {
+    match commit(b, change).await {
+        Ok(lsn) => done(b, lsn, created).await,
+        Err(e) => change_refused(e),
+    }
 }
 
 async fn whoami(Extension(user): Extension<User>) -> Json<Value> {
@@ -171,15 +189,12 @@ async fn put_user(State(b): B, Path(name): Path<String>, body: Option<Json<PutUs
     };
     let tags = body.tags.map(Tags::into_vec).unwrap_or_default();
     let created = b.access.user(&name).is_none();
-    let lsn = b.access.put_user(&name, hash, &tags);
-    done(&b, lsn, created).await
+    let record = UserRecord::new(&name, &hash, &tags);
+    changed(&b, Change::PutUser(record), created).await
 }
 
 async fn delete_user(State(b): B, Path(name): Path<String>) -> Response {
-    match b.delete_user(&name) {
-        Ok(lsn) => deleted(&b, lsn).await,
-        Err(e) => refused(e),
-    }
+    changed(&b, Change::DeleteUser(name), false).await
 }
 
 fn permission_json(p: &PermissionRecord) -> Value {
@@ -287,17 +302,12 @@ async fn put_permissions(
         return not_found();
     }
     let created = b.access.permissions_of(&vhost, &user).is_none();
-    match b.access.set_permissions(&vhost, &user, &spec) {
-        Ok(lsn) => done(&b, lsn, created).await,
-        Err(e) => refused(e),
-    }
+    let record = PermissionRecord { user, vhost, spec };
+    changed(&b, Change::SetPermissions(record), created).await
 }
 
 async fn delete_permissions(State(b): B, Path((vhost, user)): Path<(String, String)>) -> Response {
-    match b.access.clear_permissions(&vhost, &user) {
-        Some(lsn) => deleted(&b, lsn).await,
-        None => not_found(),
-    }
+    changed(&b, Change::ClearPermissions { vhost, user }, false).await
 }
 
 async fn get_topic_permissions(
@@ -331,10 +341,8 @@ async fn put_topic_permissions(
     let created = !b
         .access
         .has_topic_permissions(&vhost, &user, &spec.exchange);
-    match b.access.set_topic_permissions(&vhost, &user, &spec) {
-        Ok(lsn) => done(&b, lsn, created).await,
-        Err(e) => refused(e),
-    }
+    let record = TopicPermissionRecord { user, vhost, spec };
+    changed(&b, Change::SetTopicPermissions(record), created).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -349,13 +357,12 @@ async fn delete_topic_permissions(
     Path((vhost, user)): Path<(String, String)>,
     Query(q): Query<ExchangeQuery>,
 ) -> Response {
-    match b
-        .access
-        .clear_topic_permissions(&vhost, &user, q.exchange.as_deref())
-    {
-        Some(lsn) => deleted(&b, lsn).await,
-        None => not_found(),
-    }
+    let change = Change::ClearTopicPermissions {
+        vhost,
+        user,
+        exchange: q.exchange,
+    };
+    changed(&b, change, false).await
 }
 
 async fn get_vhost(State(b): B, Path(name): Path<String>) -> Response {
@@ -370,13 +377,9 @@ async fn put_vhost(State(b): B, Path(name): Path<String>) -> Response {
         return bad_request("a vhost needs a name");
     }
     let created = b.vhost(&name).is_none();
-    let lsn = b.add_vhost(&name);
-    done(&b, lsn, created).await
+    changed(&b, Change::PutVHost(name), created).await
 }
 
 async fn delete_vhost(State(b): B, Path(name): Path<String>) -> Response {
-    match b.delete_vhost(&name) {
-        Some(lsn) => deleted(&b, lsn).await,
-        None => not_found(),
-    }
+    changed(&b, Change::DeleteVHost(name), false).await
 }

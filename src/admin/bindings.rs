@@ -2,13 +2,14 @@
 //! unbind by `properties_key`, in RabbitMQ's four path forms (exchange to queue `e/../q/..`,
 //! exchange to exchange `e/../e/..`).
 
-use super::access::{bad_request, not_found};
+use super::access::{bad_request, change_refused, not_found};
 use super::exchanges::exchange_name;
 use super::json::{field_table_to_json, json_to_field_table};
 use super::listing::{respond, respond_in, ListQuery};
 use super::queues::visible;
 use super::reply::{core_error, vhost, NotFound, API_CONNECTION};
 use super::visible_vhosts;
+use crate::cluster::definitions;
 use crate::core::access::User;
 use crate::core::{Broker, VHost};
 use crate::store::definitions::table_text;
@@ -214,6 +215,17 @@ async fn bind(
         Err(e) => return bad_request(e),
     };
     let src = exchange_name(&source);
+    let ends = (
+        src,
+        destination_type(&kind).unwrap_or("queue"),
+        exchange_name(&destination),
+    );
+    let change = definitions::binding_changed(&b, &vh, true, ends, &body.routing_key, &arguments);
+    if let Some(change) = change {
+        if let Err(e) = definitions::commit(&b, change).await {
+            return change_refused(e);
+        }
+    }
     let result = if kind == "q" {
         vh.bind_queue(
             &destination,
@@ -271,6 +283,13 @@ async fn unbind(
     };
     let (routing_key, arguments) = (binding.routing_key.as_str(), &binding.arguments);
     let src = exchange_name(&source);
+    let ends = (src, dtype, exchange_name(&destination));
+    if let Some(change) = definitions::binding_changed(&b, &vh, false, ends, routing_key, arguments)
+    {
+        if let Err(e) = definitions::commit(&b, change).await {
+            return change_refused(e);
+        }
+    }
     let result = if kind == "q" {
         vh.unbind_queue(&destination, src, routing_key, arguments, API_CONNECTION)
     } else {

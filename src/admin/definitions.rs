@@ -2,12 +2,13 @@
 //! permissions, policies, exchanges, queues and bindings in RabbitMQ's definitions JSON, so a
 //! file exported from RabbitMQ imports here and ours imports into RabbitMQ.
 
-use super::access::{bad_request, not_found};
+use super::access::{bad_request, change_refused, not_found};
 use super::json::{field_table_to_json, json_to_field_table};
 use super::reply::API_CONNECTION;
+use crate::cluster::definitions::{self, commit, Change, ChangeError};
 use crate::core::access::password::PasswordHash;
 use crate::core::access::permissions::{PermissionSpec, TopicPermissionSpec};
-use crate::core::access::records::UserRecord;
+use crate::core::access::records::{PermissionRecord, TopicPermissionRecord, UserRecord};
 use crate::core::vhost::{ExchangeSpec, QueueSpec};
 use crate::core::{Broker, Destination, VHost};
 use axum::extract::{Path, State};
@@ -295,6 +296,17 @@ pub enum ImportError {
     Invalid(String),
     #[error("vhost '{0}' does not exist and is not in the file")]
     NoVHost(String),
+    /// A clustered node could not commit a change (503 `no_quorum` in a minority).
+    #[error(transparent)]
+    Cluster(ChangeError),
+}
+
+/// Makes one imported change through the decision point (the cluster, when clustered).
+async fn make(b: &Broker, change: Change) -> Result<u64, ImportError> {
+    commit(b, change).await.map_err(|e| match e {
+        ChangeError::Cluster(_) => ImportError::Cluster(e),
+        other => ImportError::Invalid(other.to_string()),
+    })
 }
 
 /// The vhost an object goes to: the one the path names for a per-vhost import, else its own.
@@ -316,30 +328,33 @@ pub async fn import(b: &Broker, defs: Definitions, into: Option<&str>) -> Result
         )));
     }
     let mut lsn = 0;
-    for u in &defs.users {
-        let hash = PasswordHash::from_rabbit(&u.password_hash, &u.hashing_algorithm)
+    for u in defs.users {
+        PasswordHash::from_rabbit(&u.password_hash, &u.hashing_algorithm)
             .map_err(|e| invalid(&format!("user '{}': {e}", u.name)))?;
-        lsn = lsn.max(b.access.put_user(&u.name, hash, &u.tags));
+        lsn = lsn.max(make(b, Change::PutUser(u)).await?);
     }
-    for v in &defs.vhosts {
-        lsn = lsn.max(b.add_vhost(&v.name));
+    for v in defs.vhosts {
+        lsn = lsn.max(make(b, Change::PutVHost(v.name)).await?);
     }
-    for p in &defs.permissions {
-        lsn = lsn.max(
-            b.access
-                .set_permissions(&p.vhost, &p.user, &p.spec)
-                .map_err(|e| invalid(&e))?,
-        );
+    for p in defs.permissions {
+        let record = PermissionRecord {
+            user: p.user,
+            vhost: p.vhost,
+            spec: p.spec,
+        };
+        lsn = lsn.max(make(b, Change::SetPermissions(record)).await?);
     }
-    for p in &defs.topic_permissions {
-        lsn = lsn.max(
-            b.access
-                .set_topic_permissions(&p.vhost, &p.user, &p.spec)
-                .map_err(|e| invalid(&e))?,
-        );
+    for p in defs.topic_permissions {
+        let record = TopicPermissionRecord {
+            user: p.user,
+            vhost: p.vhost,
+            spec: p.spec,
+        };
+        lsn = lsn.max(make(b, Change::SetTopicPermissions(record)).await?);
     }
     for p in &defs.policies {
-        lsn = lsn.max(super::policies::import(b, p, into).map_err(|e| invalid(&e))?);
+        let record = super::policies::import(p, into).map_err(|e| invalid(&e))?;
+        lsn = lsn.max(make(b, Change::SetPolicy(record)).await?);
     }
     let mut touched: Vec<Arc<VHost>> = Vec::new();
     for e in defs.exchanges {
@@ -355,6 +370,9 @@ pub async fn import(b: &Broker, defs: Definitions, into: Option<&str>) -> Result
             internal: e.internal,
             arguments: json_to_field_table(e.arguments.as_ref()).map_err(|e| invalid(&e))?,
         };
+        if let Some(change) = definitions::exchange_declared(b, &vh, &spec) {
+            make(b, change).await?;
+        }
         vh.declare_exchange(spec, false).map_err(|e| invalid(&e))?;
         touched.push(vh);
     }
@@ -367,6 +385,9 @@ pub async fn import(b: &Broker, defs: Definitions, into: Option<&str>) -> Result
             auto_delete: q.auto_delete,
             arguments: json_to_field_table(q.arguments.as_ref()).map_err(|e| invalid(&e))?,
         };
+        if let Some(change) = definitions::queue_declared(b, &vh, &spec) {
+            make(b, change).await?;
+        }
         vh.declare_queue(spec, false, API_CONNECTION)
             .map_err(|e| invalid(&e))?;
         touched.push(vh);
@@ -374,6 +395,16 @@ pub async fn import(b: &Broker, defs: Definitions, into: Option<&str>) -> Result
     for bd in defs.bindings {
         let vh = target(b, into, bd.vhost.as_deref())?;
         let args = json_to_field_table(bd.arguments.as_ref()).map_err(|e| invalid(&e))?;
+        let ends = (
+            bd.source.as_str(),
+            bd.destination_type.as_str(),
+            bd.destination.as_str(),
+        );
+        if let Some(change) =
+            definitions::binding_changed(b, &vh, true, ends, &bd.routing_key, &args)
+        {
+            make(b, change).await?;
+        }
         let result = match bd.destination_type.as_str() {
             "queue" => vh.bind_queue(
                 &bd.destination,
@@ -409,6 +440,7 @@ async fn import_answer(
     };
     match import(b, defs, into).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(ImportError::Cluster(e)) => change_refused(e),
         Err(e) => bad_request(e.to_string()),
     }
 }

@@ -1,13 +1,14 @@
 //! `/api/exchanges`: list, declare and delete exchanges and publish through them, with
 //! RabbitMQ's paths (the default exchange is `amq.default` in a path), JSON and status codes.
 
-use super::access::{bad_request, error, not_found};
+use super::access::{bad_request, change_refused, error, not_found};
 use super::json::{field_table_to_json, json_to_field_table};
 use super::listing::{respond, respond_in, ListQuery};
 use super::messages::{decode_payload, properties_from_json};
 use super::queues::visible;
 use super::reply::{core_error, flag, vhost};
 use super::visible_vhosts;
+use crate::cluster::definitions;
 use crate::core::access::User;
 use crate::core::stats::{key_of, message_stats_json, EXCHANGE_FIELDS};
 use crate::core::vhost::ExchangeSpec;
@@ -151,6 +152,11 @@ async fn declare(
         internal: body.internal,
         arguments,
     };
+    if let Some(change) = definitions::exchange_declared(&b, &vh, &spec) {
+        if let Err(e) = definitions::commit(&b, change).await {
+            return change_refused(e);
+        }
+    }
     match vh.declare_exchange(spec, false) {
         Ok(_) => {
             vh.definitions_synced().await;
@@ -177,7 +183,16 @@ async fn remove(
     if vh.exchange(name).is_none() {
         return not_found();
     }
-    match vh.delete_exchange(name, flag(q.get("if-unused"))) {
+    let if_unused = flag(q.get("if-unused"));
+    if let Some(change) = definitions::exchange_deleted(&b, &vh, name) {
+        if let Err(e) = vh.check_delete_exchange(name, if_unused) {
+            return core_error(e);
+        }
+        if let Err(e) = definitions::commit(&b, change).await {
+            return change_refused(e);
+        }
+    }
+    match vh.delete_exchange(name, if_unused) {
         Ok(()) => {
             vh.definitions_synced().await;
             StatusCode::NO_CONTENT.into_response()

@@ -3,17 +3,16 @@
 //! the queues that exist in its vhost. Policies from the configuration file stay as they are and
 //! are not listed here.
 
-use super::access::{bad_request, not_found};
+use super::access::{bad_request, changed, not_found};
 use super::json::field_table_to_json;
 use super::listing::{respond, ListQuery};
 use super::queues::visible;
 use super::reply::vhost;
+use crate::cluster::definitions::Change;
 use crate::core::access::User;
 use crate::core::policy::{Policy, RuntimePolicy};
 use crate::core::Broker;
-use crate::store::kind;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -63,39 +62,13 @@ pub(super) fn export(b: &Broker, vhost: Option<&str>) -> Vec<Value> {
         .collect()
 }
 
-/// Sets a run-time policy and writes its record; returns (created, LSN to wait for).
-pub(super) fn set(b: &Broker, record: &RuntimePolicy) -> Result<(bool, u64), String> {
-    if b.vhost(&record.vhost).is_none() {
-        return Err(format!("vhost '{}' does not exist", record.vhost));
-    }
-    let policy = record.compile().map_err(|e| e.to_string())?;
-    let bytes = serde_json::to_vec(record).map_err(|e| e.to_string())?;
-    let created = b.policy_set().set_runtime(policy);
-    apply(b, &record.vhost);
-    let key = RuntimePolicy::key(&record.vhost, &record.name);
-    let lsn = b
-        .store
-        .as_ref()
-        .map_or(0, |s| s.put(kind::POLICY, &key, &bytes));
-    Ok((created, lsn))
-}
-
-/// Applies the policies now in force to the queues that exist in `vhost`.
-fn apply(b: &Broker, vhost: &str) {
-    if let Some(vh) = b.vhost(vhost) {
-        vh.apply_policies();
-    }
-}
-
 /// A policy from a definitions file, into its own vhost or `into`.
-pub(super) fn import(b: &Broker, v: &Value, into: Option<&str>) -> Result<u64, String> {
+pub(super) fn import(v: &Value, into: Option<&str>) -> Result<RuntimePolicy, String> {
     let mut v = v.clone();
     if let (Some(into), Some(m)) = (into, v.as_object_mut()) {
         m.insert("vhost".into(), json!(into));
     }
-    let record: RuntimePolicy =
-        serde_json::from_value(v).map_err(|e| format!("invalid policy: {e}"))?;
-    set(b, &record).map(|(_, lsn)| lsn)
+    serde_json::from_value(v).map_err(|e| format!("invalid policy: {e}"))
 }
 
 async fn list_all(
@@ -185,26 +158,10 @@ async fn put(
         priority: body.priority,
         definition: body.definition,
     };
-    match set(&b, &record) {
-        Ok((created, lsn)) => {
-            b.access.durable(lsn).await;
-            if created {
-                StatusCode::CREATED.into_response()
-            } else {
-                StatusCode::NO_CONTENT.into_response()
-            }
-        }
-        Err(e) => bad_request(e),
-    }
+    let created = !b.policy_set().has_runtime(&record.vhost, &record.name);
+    changed(&b, Change::SetPolicy(record), created).await
 }
 
-async fn remove(State(b): B, Path((vh, name)): Path<(String, String)>) -> Response {
-    if !b.policy_set().clear_runtime(&vh, &name) {
-        return not_found();
-    }
-    apply(&b, &vh);
-    let key = RuntimePolicy::key(&vh, &name);
-    let lsn = b.store.as_ref().map_or(0, |s| s.delete(kind::POLICY, &key));
-    b.access.durable(lsn).await;
-    StatusCode::NO_CONTENT.into_response()
+async fn remove(State(b): B, Path((vhost, name)): Path<(String, String)>) -> Response {
+    changed(&b, Change::ClearPolicy { vhost, name }, false).await
 }

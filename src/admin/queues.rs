@@ -1,12 +1,13 @@
 //! `/api/queues`: list, declare, delete, purge and get messages from queues, with RabbitMQ's
 //! paths, JSON fields and status codes.
 
-use super::access::{bad_request, not_found};
+use super::access::{bad_request, change_refused, not_found};
 use super::json::{field_table_to_json, json_to_field_table};
 use super::listing::{respond, respond_in, ListQuery};
 use super::messages::{encode_payload, properties_to_json};
 use super::reply::{core_error, flag, vhost, NotFound, API_CONNECTION};
 use super::{node_name, visible_vhosts};
+use crate::cluster::definitions;
 use crate::core::access::User;
 use crate::core::stats::{key_of, message_stats_json, QUEUE_FIELDS};
 use crate::core::vhost::QueueSpec;
@@ -165,10 +166,17 @@ async fn declare(
         auto_delete: body.auto_delete,
         arguments,
     };
+    // Clustered: committed first, then declared here again, which checks it as unclustered.
+    let replicated = definitions::queue_declared(&b, &vh, &spec);
+    if let Some(change) = replicated.clone() {
+        if let Err(e) = definitions::commit(&b, change).await {
+            return change_refused(e);
+        }
+    }
     match vh.declare_queue(spec, false, API_CONNECTION) {
         Ok(d) => {
             vh.definitions_synced().await;
-            if d.created {
+            if d.created || replicated.is_some() {
                 StatusCode::CREATED.into_response()
             } else {
                 StatusCode::NO_CONTENT.into_response()
@@ -192,6 +200,14 @@ async fn remove(
     }
     let if_unused = flag(q.get("if-unused"));
     let if_empty = flag(q.get("if-empty"));
+    if let Some(change) = definitions::queue_deleted(&b, &vh, &name) {
+        if let Err(e) = vh.check_delete_queue(&name, if_unused, if_empty, API_CONNECTION) {
+            return core_error(e);
+        }
+        if let Err(e) = definitions::commit(&b, change).await {
+            return change_refused(e);
+        }
+    }
     match vh.delete_queue(&name, if_unused, if_empty, API_CONNECTION) {
         Ok(_) => {
             vh.definitions_synced().await;

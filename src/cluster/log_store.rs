@@ -325,7 +325,7 @@ mod tests {
         async fn build(&self) -> Result<(Dir, LogStore, StateMachine), StorageError<u64>> {
             let dir = temp_dir();
             let log = LogStore::open(&dir).unwrap();
-            let sm = StateMachine::open(&dir).unwrap();
+            let sm = StateMachine::open(&dir, None).unwrap();
             Ok((Dir(dir), log, sm))
         }
     }

@@ -8,7 +8,7 @@ use super::network::Network;
 use super::state_machine::StateMachine;
 use super::transport::{self, Auth, Handler, OpError, OpOk, Peer, Request, Response};
 use super::{
-    BoxFuture, ClusterError, ClusterStatus, Command, CommandResult, Consensus, MemberStatus,
+    Apply, BoxFuture, ClusterError, ClusterStatus, Command, CommandResult, Consensus, MemberStatus,
     NodeInfo, Raft, Role,
 };
 use openraft::error::{ClientWriteError, RaftError};
@@ -34,6 +34,8 @@ pub struct Cluster {
     config: ClusterConfig,
     auth: Arc<Auth>,
     dir: PathBuf,
+    /// Makes applied metadata live in the broker (None: the records are only kept).
+    apply: Option<Arc<dyn Apply>>,
     member: RwLock<Member>,
     /// Turns true when this node's part stops; the peer listener and its connections follow.
     stop: watch::Sender<bool>,
@@ -71,6 +73,7 @@ impl Cluster {
     pub async fn start(
         config: &ClusterConfig,
         data_dir: &Path,
+        apply: Option<Arc<dyn Apply>>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Cluster>, ClusterError> {
         config.validate()?;
@@ -98,13 +101,14 @@ impl Cluster {
         });
         let dir = data_dir.join("cluster");
         let id = node_id(&name);
-        let member = Self::open_member(id, config, &auth, &dir).await?;
+        let member = Self::open_member(id, config, &auth, &dir, apply.clone()).await?;
         let cluster = Arc::new(Cluster {
             id,
             me,
             config: config.clone(),
             auth: auth.clone(),
             dir,
+            apply,
             member: RwLock::new(member),
             stop: watch::Sender::new(false),
             listener: tokio::sync::Mutex::new(None),
@@ -135,9 +139,10 @@ impl Cluster {
         config: &ClusterConfig,
         auth: &Arc<Auth>,
         dir: &Path,
+        apply: Option<Arc<dyn Apply>>,
     ) -> Result<Member, ClusterError> {
         let log = LogStore::open(dir).map_err(storage_err(dir))?;
-        let state = StateMachine::open(dir).map_err(storage_err(dir))?;
+        let state = StateMachine::open(dir, apply).map_err(storage_err(dir))?;
         let raft_config = openraft::Config {
             cluster_name: config.name.clone(),
             heartbeat_interval: config.heartbeat_ms,
@@ -177,11 +182,6 @@ impl Cluster {
     /// This node's name and inter-node address.
     pub fn me(&self) -> &NodeInfo {
         &self.me
-    }
-
-    /// Every record under `prefix` as this node has applied them.
-    pub fn list(&self, prefix: &str) -> Vec<(String, serde_json::Value)> {
-        self.member().state.list(prefix)
     }
 
     /// Follows the index of the last entry applied on this node.
@@ -401,7 +401,14 @@ impl Cluster {
                 Err(e) => return Err(storage_err(&self.dir)(e)),
             }
         }
-        let fresh = Self::open_member(self.id, &self.config, &self.auth, &self.dir).await?;
+        let fresh = Self::open_member(
+            self.id,
+            &self.config,
+            &self.auth,
+            &self.dir,
+            self.apply.clone(),
+        )
+        .await?;
         *self.member.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         tracing::info!(node = %self.me.name, "cluster: reset to join another cluster");
         Ok(())
@@ -581,6 +588,10 @@ impl Consensus for Cluster {
 
     fn get(&self, key: &str) -> Option<serde_json::Value> {
         self.member().state.get(key)
+    }
+
+    fn list(&self, prefix: &str) -> Vec<(String, serde_json::Value)> {
+        self.member().state.list(prefix)
     }
 
     fn node(&self) -> NodeInfo {

@@ -5,6 +5,7 @@
 //! an openraft type. An unclustered node (`[cluster] listen` empty) starts none of it.
 
 pub mod config;
+pub mod definitions;
 pub mod identity;
 pub mod log_store;
 pub mod membership;
@@ -43,6 +44,19 @@ pub enum Command {
     Delete {
         key: String,
     },
+    /// Several changes committed as one entry (a deletion with what goes with it).
+    Batch(Vec<Command>),
+}
+
+/// What a node does with the metadata records it applies: [`definitions::BrokerDefinitions`]
+/// makes each one live in the broker and writes it to the broker's store. Called in log order
+/// on every node, the proposer included, and again for entries re-applied after a restart, so
+/// applying must be idempotent.
+pub trait Apply: Send + Sync {
+    /// Applies the record under `key` (`None`: removed); returns the store's LSN to wait for.
+    fn apply(&self, key: &str, value: Option<&serde_json::Value>) -> u64;
+    /// Resolves once the store is durable up to `lsn`.
+    fn durable(&self, lsn: u64) -> BoxFuture<'_, ()>;
 }
 
 /// What applying a [`Command`] did: whether the key held a record before.
@@ -164,6 +178,8 @@ pub trait Consensus: Send + Sync + std::fmt::Debug {
     fn status(&self) -> BoxFuture<'_, ClusterStatus>;
     /// The metadata record under `key`, as this node has applied it.
     fn get(&self, key: &str) -> Option<serde_json::Value>;
+    /// Every record whose key starts with `prefix`, as this node has applied them.
+    fn list(&self, prefix: &str) -> Vec<(String, serde_json::Value)>;
     /// Asks the node at `seed` (an inter-node address) to take this node in.
     fn join(&self, seed: String) -> BoxFuture<'_, Result<(), ClusterError>>;
     /// This node's name and the address other nodes reach it at.
@@ -180,9 +196,12 @@ pub async fn start_for(broker: &std::sync::Arc<crate::core::Broker>) -> Result<(
     if !config.enabled() {
         return Ok(());
     }
+    let apply: std::sync::Arc<dyn Apply> =
+        std::sync::Arc::new(definitions::BrokerDefinitions::new(broker));
     let cluster = Cluster::start(
         config,
         &broker.config.server.data_dir,
+        Some(apply),
         broker.shutdown_signal(),
     )
     .await?;

@@ -2,8 +2,9 @@
 //! snapshot (the whole map, it is small) is kept in `<data_dir>/cluster/snapshot`, so the log
 //! before it can be purged and a node that restarts or lags far behind starts from it.
 
+use super::definitions::apply_order;
 use super::log_store::{read_value, write_value};
-use super::{Command, CommandResult, NodeInfo, TypeConfig};
+use super::{Apply, Command, CommandResult, NodeInfo, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
@@ -37,6 +38,8 @@ pub struct StateMachine {
     path: PathBuf,
     /// The index last applied, for those waiting to see a change.
     applied: Arc<watch::Sender<u64>>,
+    /// Makes each applied record live in the broker (None: records are only kept here).
+    broker: Option<Arc<dyn Apply>>,
 }
 
 fn err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: io::Error) -> StorageError<u64> {
@@ -44,8 +47,10 @@ fn err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: io::Error) -> StorageErro
 }
 
 impl StateMachine {
-    /// Starts from the snapshot in `dir`, if there is one.
-    pub fn open(dir: &Path) -> io::Result<Self> {
+    /// Starts from the snapshot in `dir`, if there is one. The broker already holds what the
+    /// snapshot holds (it applied it before the snapshot was written), so nothing is re-applied
+    /// to `broker` here; entries after it are, as openraft replays them.
+    pub fn open(dir: &Path, broker: Option<Arc<dyn Apply>>) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("snapshot");
         let state = match read_value::<StoredSnapshot>(&path)? {
@@ -57,7 +62,23 @@ impl StateMachine {
             state: Arc::new(RwLock::new(state)),
             path,
             applied: Arc::new(watch::Sender::new(index)),
+            broker,
         })
+    }
+
+    /// Makes `changes` (key, new value or None) live in the broker and waits until the
+    /// broker's store has them, so a record is durable there before the snapshot or the
+    /// applied index that covers it.
+    async fn apply_to_broker(&self, changes: &[(String, Option<serde_json::Value>)]) {
+        let Some(broker) = &self.broker else {
+            return;
+        };
+        let lsn = changes
+            .iter()
+            .map(|(k, v)| broker.apply(k, v.as_ref()))
+            .max()
+            .unwrap_or(0);
+        broker.durable(lsn).await;
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Metadata> {
@@ -104,12 +125,55 @@ impl StateMachine {
     }
 }
 
-fn apply_command(records: &mut BTreeMap<String, serde_json::Value>, c: Command) -> CommandResult {
+/// Applies `c` to the records, noting each key it sets or removes in `changed`; `existed`
+/// tells whether the (first) key held a record before.
+fn apply_command(
+    records: &mut BTreeMap<String, serde_json::Value>,
+    c: Command,
+    changed: &mut Vec<(String, Option<serde_json::Value>)>,
+) -> CommandResult {
     let existed = match c {
-        Command::Put { key, value } => records.insert(key, value).is_some(),
-        Command::Delete { key } => records.remove(&key).is_some(),
+        Command::Put { key, value } => {
+            changed.push((key.clone(), Some(value.clone())));
+            records.insert(key, value).is_some()
+        }
+        Command::Delete { key } => {
+            let existed = records.remove(&key).is_some();
+            changed.push((key, None));
+            existed
+        }
+        Command::Batch(commands) => {
+            let mut first = None;
+            for c in commands {
+                let r = apply_command(records, c, changed);
+                first.get_or_insert(r.existed);
+            }
+            first.unwrap_or(false)
+        }
     };
     CommandResult { existed }
+}
+
+/// What turns `old` into `new`, in an order the broker can apply: puts by [`apply_order`]
+/// (a vhost before what lives in it), then removals in the reverse order.
+fn difference(
+    old: &BTreeMap<String, serde_json::Value>,
+    new: &BTreeMap<String, serde_json::Value>,
+) -> Vec<(String, Option<serde_json::Value>)> {
+    let mut puts: Vec<(String, Option<serde_json::Value>)> = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
+    puts.sort_by_key(|(k, _)| apply_order(k));
+    let mut removals: Vec<(String, Option<serde_json::Value>)> = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .map(|k| (k.clone(), None))
+        .collect();
+    removals.sort_by_key(|(k, _)| std::cmp::Reverse(apply_order(k)));
+    puts.extend(removals);
+    puts
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -142,13 +206,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut results = Vec::new();
+        let mut changed = Vec::new();
         let last = {
             let mut state = self.write();
             for entry in entries {
                 state.last_applied = Some(entry.log_id);
                 results.push(match entry.payload {
                     EntryPayload::Blank => CommandResult::default(),
-                    EntryPayload::Normal(c) => apply_command(&mut state.records, c),
+                    EntryPayload::Normal(c) => apply_command(&mut state.records, c, &mut changed),
                     EntryPayload::Membership(m) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), m);
                         CommandResult::default()
@@ -157,6 +222,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             state.last_applied.map_or(0, |l| l.index)
         };
+        // Outside the lock: the broker's side may take its own locks and close connections.
+        self.apply_to_broker(&changed).await;
         self.applied.send_replace(last);
         Ok(results)
     }
@@ -186,6 +253,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         installed.last_applied = meta.last_log_id;
         installed.membership = meta.last_membership.clone();
+        // Into the broker first: once the snapshot is on disk it counts as applied.
+        let changes = difference(&self.read().records, &installed.records);
+        self.apply_to_broker(&changes).await;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,

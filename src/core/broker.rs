@@ -385,6 +385,41 @@ impl Broker {
         Some(lsn)
     }
 
+    /// Sets a run-time policy, applies it to the vhost's queues and writes its record; returns
+    /// (created, LSN to wait for).
+    pub fn set_policy(&self, record: &super::policy::RuntimePolicy) -> Result<(bool, u64), String> {
+        let Some(vh) = self.vhost(&record.vhost) else {
+            return Err(format!("vhost '{}' does not exist", record.vhost));
+        };
+        let policy = record.compile().map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+        let created = self.policies.set_runtime(policy);
+        vh.apply_policies();
+        let key = super::policy::RuntimePolicy::key(&record.vhost, &record.name);
+        let lsn = self
+            .store
+            .as_ref()
+            .map_or(0, |s| s.put(kind::POLICY, &key, &bytes));
+        Ok((created, lsn))
+    }
+
+    /// Clears a run-time policy and applies what remains to the vhost's queues; `None` when
+    /// there was no such policy.
+    pub fn clear_policy(&self, vhost: &str, name: &str) -> Option<u64> {
+        if !self.policies.clear_runtime(vhost, name) {
+            return None;
+        }
+        if let Some(vh) = self.vhost(vhost) {
+            vh.apply_policies();
+        }
+        let key = super::policy::RuntimePolicy::key(vhost, name);
+        Some(
+            self.store
+                .as_ref()
+                .map_or(0, |s| s.delete(kind::POLICY, &key)),
+        )
+    }
+
     /// Deletes a user with its permissions and closes its connections.
     pub fn delete_user(&self, name: &str) -> Result<u64, super::access::AccessError> {
         let lsn = self.access.delete_user(name)?;

@@ -255,6 +255,13 @@ impl Policies {
         runtime.len() != before
     }
 
+    /// Whether a run-time policy `name` is set in `vhost`.
+    pub fn has_runtime(&self, vhost: &str, name: &str) -> bool {
+        self.runtime_list()
+            .iter()
+            .any(|p| p.vhost.as_deref() == Some(vhost) && p.name == name)
+    }
+
     /// The run-time policies, in the order they were first set.
     pub fn runtime(&self) -> Vec<Policy> {
         self.runtime_list().clone()

@@ -6,6 +6,7 @@ use super::delivery::{AmqpConsumer, ChannelDeliveries, Unacked};
 use super::error::*;
 use crate::adapter::outbox::Outbox;
 use crate::adapter::settle::{self, Settle};
+use crate::cluster::definitions::{self, Change, ChangeError};
 use crate::core::access::permissions::{Perm, ResourceKind, TopicVars};
 use crate::core::access::PublishVerdicts;
 use crate::core::channel_info::ChannelInfo;
@@ -411,26 +412,34 @@ impl Channel {
                         "operation not permitted on the default exchange",
                     ));
                 }
+                let spec = ExchangeSpec {
+                    name: m.exchange,
+                    kind: m.kind,
+                    durable: m.durable,
+                    auto_delete: m.auto_delete,
+                    internal: m.internal,
+                    arguments: m.arguments,
+                };
                 if !m.passive {
-                    ctx.permit(Perm::Configure, ResourceKind::Exchange, &m.exchange)?;
+                    ctx.permit(Perm::Configure, ResourceKind::Exchange, &spec.name)?;
+                    replicate(
+                        ctx,
+                        definitions::exchange_declared(&ctx.broker, &ctx.vhost, &spec),
+                    )?;
                 }
-                ctx.vhost.declare_exchange(
-                    ExchangeSpec {
-                        name: m.exchange,
-                        kind: m.kind,
-                        durable: m.durable,
-                        auto_delete: m.auto_delete,
-                        internal: m.internal,
-                        arguments: m.arguments,
-                    },
-                    m.passive,
-                )?;
+                ctx.vhost.declare_exchange(spec, m.passive)?;
                 if !m.no_wait {
                     return Ok(self.reply_when_defined(ctx, ExchangeDeclareOk {}));
                 }
             }
             Method::ExchangeDelete(m) => {
                 ctx.permit(Perm::Configure, ResourceKind::Exchange, &m.exchange)?;
+                if let Some(change) =
+                    definitions::exchange_deleted(&ctx.broker, &ctx.vhost, &m.exchange)
+                {
+                    ctx.vhost.check_delete_exchange(&m.exchange, m.if_unused)?;
+                    replicate(ctx, Some(change))?;
+                }
                 ctx.vhost.delete_exchange(&m.exchange, m.if_unused)?;
                 if !m.no_wait {
                     return Ok(self.reply_when_defined(ctx, ExchangeDeleteOk {}));
@@ -440,6 +449,8 @@ impl Channel {
                 ctx.permit(Perm::Write, ResourceKind::Exchange, &m.destination)?;
                 ctx.permit(Perm::Read, ResourceKind::Exchange, &m.source)?;
                 ctx.permit_topic(Perm::Read, &m.source, &m.routing_key)?;
+                let ends = (m.source.as_str(), "exchange", m.destination.as_str());
+                replicate_binding(ctx, true, ends, &m.routing_key, &m.arguments)?;
                 ctx.vhost
                     .bind_exchange(&m.destination, &m.source, &m.routing_key, &m.arguments)?;
                 if !m.no_wait {
@@ -450,6 +461,8 @@ impl Channel {
                 ctx.permit(Perm::Write, ResourceKind::Exchange, &m.destination)?;
                 ctx.permit(Perm::Read, ResourceKind::Exchange, &m.source)?;
                 ctx.permit_topic(Perm::Read, &m.source, &m.routing_key)?;
+                let ends = (m.source.as_str(), "exchange", m.destination.as_str());
+                replicate_binding(ctx, false, ends, &m.routing_key, &m.arguments)?;
                 ctx.vhost.unbind_exchange(
                     &m.destination,
                     &m.source,
@@ -484,6 +497,12 @@ impl Channel {
                 let declared = if server_named {
                     ctx.vhost.declare_server_named_queue(spec, ctx.conn_id)?
                 } else {
+                    if !m.passive {
+                        replicate(
+                            ctx,
+                            definitions::queue_declared(&ctx.broker, &ctx.vhost, &spec),
+                        )?;
+                    }
                     ctx.vhost.declare_queue(spec, m.passive, ctx.conn_id)?
                 };
                 let stats = declared.queue.stats();
@@ -502,6 +521,8 @@ impl Channel {
                 ctx.permit(Perm::Write, ResourceKind::Queue, &queue)?;
                 ctx.permit(Perm::Read, ResourceKind::Exchange, &m.exchange)?;
                 ctx.permit_topic(Perm::Read, &m.exchange, &m.routing_key)?;
+                let ends = (m.exchange.as_str(), "queue", queue.as_str());
+                replicate_binding(ctx, true, ends, &m.routing_key, &m.arguments)?;
                 ctx.vhost.bind_queue(
                     &queue,
                     &m.exchange,
@@ -518,6 +539,8 @@ impl Channel {
                 ctx.permit(Perm::Write, ResourceKind::Queue, &queue)?;
                 ctx.permit(Perm::Read, ResourceKind::Exchange, &m.exchange)?;
                 ctx.permit_topic(Perm::Read, &m.exchange, &m.routing_key)?;
+                let ends = (m.exchange.as_str(), "queue", queue.as_str());
+                replicate_binding(ctx, false, ends, &m.routing_key, &m.arguments)?;
                 ctx.vhost.unbind_queue(
                     &queue,
                     &m.exchange,
@@ -539,9 +562,22 @@ impl Channel {
             Method::QueueDelete(m) => {
                 let queue = self.resolve_queue(&m.queue)?;
                 ctx.permit(Perm::Configure, ResourceKind::Queue, &queue)?;
-                let message_count =
+                // Clustered, the deletion commits first (and empties this node's instance).
+                let mut replicated_count = None;
+                if let Some(change) = definitions::queue_deleted(&ctx.broker, &ctx.vhost, &queue) {
+                    let q = ctx.vhost.check_delete_queue(
+                        &queue,
+                        m.if_unused,
+                        m.if_empty,
+                        ctx.conn_id,
+                    )?;
+                    replicated_count = q.map(|q| clamp_u32(q.stats().ready));
+                    replicate(ctx, Some(change))?;
+                }
+                let deleted =
                     ctx.vhost
                         .delete_queue(&queue, m.if_unused, m.if_empty, ctx.conn_id)?;
+                let message_count = replicated_count.unwrap_or(deleted);
                 if !m.no_wait {
                     return Ok(self.reply_when_defined(ctx, QueueDeleteOk { message_count }));
                 }
@@ -1157,4 +1193,33 @@ struct Routed {
 
 fn clamp_u32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Commits `change` through the cluster before it is made here (nothing to do unclustered or
+/// for a definition the cluster does not keep). Without a majority the connection is closed
+/// with 541 INTERNAL_ERROR and the reason, as RabbitMQ answers a declaration its metadata
+/// store could not commit.
+fn replicate(ctx: &ConnCtx, change: Option<Change>) -> AmqpResult<()> {
+    let Some(change) = change else {
+        return Ok(());
+    };
+    match definitions::commit_blocking(&ctx.broker, change) {
+        Ok(_) => Ok(()),
+        Err(ChangeError::Core(e)) => Err(e.into()),
+        Err(e) => Err(AmqpError::connection(INTERNAL_ERROR, e.to_string())),
+    }
+}
+
+/// [`replicate`] for binding (`bind`) or unbinding `ends` (source, destination type,
+/// destination).
+fn replicate_binding(
+    ctx: &ConnCtx,
+    bind: bool,
+    ends: (&str, &str, &str),
+    routing_key: &str,
+    arguments: &FieldTable,
+) -> AmqpResult<()> {
+    let change =
+        definitions::binding_changed(&ctx.broker, &ctx.vhost, bind, ends, routing_key, arguments);
+    replicate(ctx, change)
 }

@@ -555,6 +555,21 @@ impl Access {
 
     // ---- topic permissions ----
 
+    /// Whether `spec` would be accepted by [`Access::set_topic_permissions`] (its expressions
+    /// compile), checked before a clustered node proposes it.
+    pub fn check_topic_spec(spec: &TopicPermissionSpec) -> Result<(), AccessError> {
+        TopicEntry::new(spec.clone())?;
+        Ok(())
+    }
+
+    /// Whether `user` has any topic permissions in `vhost`.
+    pub fn has_any_topic_permissions(&self, vhost: &str, user: &str) -> bool {
+        self.read_state()
+            .topic
+            .get(&key_pair(vhost, user))
+            .is_some_and(|m| !m.is_empty())
+    }
+
     pub fn set_topic_permissions(
         &self,
         vhost: &str,

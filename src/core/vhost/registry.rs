@@ -29,7 +29,13 @@ impl VHost {
             .ok_or_else(|| CoreError::not_found("exchange", name, &self.name))
     }
 
-    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
+    /// What [`VHost::delete_exchange`] would refuse, checked without deleting (a clustered
+    /// node checks before it proposes the deletion); the exchange, if there is one.
+    pub fn check_delete_exchange(
+        &self,
+        name: &str,
+        if_unused: bool,
+    ) -> CoreResult<Option<Arc<Exchange>>> {
         // RabbitMQ's words for both refusals.
         if name.is_empty() {
             return Err(CoreError::access_refused(
@@ -43,8 +49,7 @@ impl VHost {
             )));
         }
         let Some(ex) = self.exchange(name) else {
-            // Deleting what is not there succeeds, as in RabbitMQ.
-            return Ok(());
+            return Ok(None);
         };
         if if_unused && ex.has_bindings() {
             return Err(CoreError::precondition(format!(
@@ -52,6 +57,14 @@ impl VHost {
                 self.name
             )));
         }
+        Ok(Some(ex))
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
+        let Some(ex) = self.check_delete_exchange(name, if_unused)? else {
+            // Deleting what is not there succeeds, as in RabbitMQ.
+            return Ok(());
+        };
         self.exchanges.remove(name);
         if let Some(hold) = &ex.delayed {
             hold.delete();
@@ -97,8 +110,23 @@ impl VHost {
         if_empty: bool,
         conn: ConnectionId,
     ) -> CoreResult<u32> {
+        match self.check_delete_queue(name, if_unused, if_empty, conn)? {
+            Some(q) => Ok(self.remove_queue(&q)),
+            None => Ok(0),
+        }
+    }
+
+    /// What [`VHost::delete_queue`] would refuse, checked without deleting; the queue, if
+    /// there is one.
+    pub fn check_delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: ConnectionId,
+    ) -> CoreResult<Option<Arc<Queue>>> {
         let Some(q) = self.queue(name) else {
-            return Ok(0);
+            return Ok(None);
         };
         self.check_exclusive(&q, conn)?;
         let stats = q.stats();
@@ -114,7 +142,7 @@ impl VHost {
                 self.name
             )));
         }
-        Ok(self.remove_queue(&q))
+        Ok(Some(q))
     }
 
     /// Removes a queue from the vhost, drops its bindings and tells its consumers.

@@ -1,0 +1,710 @@
+//! Replicated definitions: the one place where a change to vhosts, users, permissions, topic
+//! permissions, policies, durable exchanges, durable queues and their bindings is made. An unclustered broker applies a [`Change`] at once, as it
+//! always has; a clustered one proposes it to the metadata group as a record under a key, and
+//! every node (the proposer too) makes it live when it applies the committed entry, through
+//! [`BrokerDefinitions`]. A node cut off from a majority refuses the change
+//! ([`ClusterError::NoQuorum`]) and changes nothing.
+//!
+//! Keys are `<kind>/<JSON array of the key's fields>`, e.g. `permission/["/","guest"]`; a
+//! record's value is the same JSON the broker's store keeps for it.
+//!
+//! Only definitions go through the cluster, never messages. A durable queue's definition is
+//! on every node, and every node holds its own instance of it: a message published on a
+//! node goes to that node's instance, and a consumer takes from the instance on the node it
+//! is connected to (there is no proxying between nodes yet). Exclusive, auto-delete and
+//! transient queues, and bindings to them, stay on the node that declared them.
+
+use super::{Apply, BoxFuture, ClusterError, Command, Consensus};
+use crate::core::access::permissions::Permissions;
+use crate::core::access::records::{PermissionRecord, TopicPermissionRecord, UserRecord};
+use crate::core::access::{Access, AccessError};
+use crate::core::policy::RuntimePolicy;
+use crate::core::vhost::{ExchangeSpec, QueueSpec};
+use crate::core::{Broker, CoreError, VHost};
+use crate::store::definitions::{table_text, text_table, BindingDef, ExchangeDef};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::{Arc, Weak};
+use switchboard_amqp::FieldTable;
+
+/// The kinds of definition record, in the order a node applies them when it takes a whole
+/// snapshot: what a record names (a vhost, a user) before the record.
+const KINDS: [&str; 8] = [
+    VHOST,
+    USER,
+    PERMISSION,
+    TOPIC_PERMISSION,
+    POLICY,
+    EXCHANGE,
+    QUEUE,
+    BINDING,
+];
+const VHOST: &str = "vhost";
+const USER: &str = "user";
+const PERMISSION: &str = "permission";
+const TOPIC_PERMISSION: &str = "topic-permission";
+const POLICY: &str = "policy";
+const EXCHANGE: &str = "exchange";
+const QUEUE: &str = "queue";
+const BINDING: &str = "binding";
+
+/// A durable exchange as the cluster keeps it: the store's record, with its vhost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeRecord {
+    pub vhost: String,
+    #[serde(flatten)]
+    pub def: ExchangeDef,
+}
+
+/// A durable queue as the cluster keeps it (its store id is each node's own).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueRecord {
+    pub vhost: String,
+    pub name: String,
+    pub auto_delete: bool,
+    /// As the store encodes an argument table.
+    pub arguments: String,
+}
+
+/// A binding between durable ends as the cluster keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindingRecord {
+    pub vhost: String,
+    #[serde(flatten)]
+    pub def: BindingDef,
+}
+
+impl BindingRecord {
+    fn key(&self) -> String {
+        let d = &self.def;
+        key(
+            BINDING,
+            &[
+                &self.vhost,
+                &d.source,
+                &d.destination_type,
+                &d.destination,
+                &d.routing_key,
+                &d.arguments,
+            ],
+        )
+    }
+}
+
+/// The key of the record of `kind` with `fields`.
+pub fn key(kind: &str, fields: &[&str]) -> String {
+    // A list of strings always serializes.
+    format!(
+        "{kind}/{}",
+        serde_json::to_string(fields).unwrap_or_default()
+    )
+}
+
+/// A key's kind and fields; `None` for a key that is not a definition's.
+fn parse_key(key: &str) -> Option<(&str, Vec<String>)> {
+    let (kind, fields) = key.split_once('/')?;
+    let fields: Vec<String> = serde_json::from_str(fields).ok()?;
+    Some((kind, fields))
+}
+
+/// Where a record of this key comes when a node applies many at once (unknown keys last).
+pub fn apply_order(key: &str) -> usize {
+    let kind = key.split_once('/').map_or(key, |(k, _)| k);
+    KINDS.iter().position(|k| *k == kind).unwrap_or(KINDS.len())
+}
+
+/// Why a change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// What the change removes (or names) does not exist.
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+impl ChangeError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            ChangeError::NotFound
+                | ChangeError::Access(AccessError::NoSuchUser(_) | AccessError::NoSuchVHost(_))
+        )
+    }
+}
+
+/// One change to the definitions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    PutVHost(String),
+    /// With everything in it: queues, exchanges, permissions, policies.
+    DeleteVHost(String),
+    PutUser(UserRecord),
+    /// With its permissions and topic permissions.
+    DeleteUser(String),
+    SetPermissions(PermissionRecord),
+    ClearPermissions {
+        vhost: String,
+        user: String,
+    },
+    SetTopicPermissions(TopicPermissionRecord),
+    /// On one exchange, or (None) on all of them.
+    ClearTopicPermissions {
+        vhost: String,
+        user: String,
+        exchange: Option<String>,
+    },
+    SetPolicy(RuntimePolicy),
+    ClearPolicy {
+        vhost: String,
+        name: String,
+    },
+    DeclareExchange(ExchangeRecord),
+    /// With the bindings from and to it.
+    DeleteExchange {
+        vhost: String,
+        name: String,
+    },
+    DeclareQueue(QueueRecord),
+    /// With the bindings to it.
+    DeleteQueue {
+        vhost: String,
+        name: String,
+    },
+    Bind(BindingRecord),
+    Unbind(BindingRecord),
+}
+
+/// The change that replicates declaring `spec` in `vh`: when clustered, for a durable exchange
+/// not declared yet (a redeclaration is only checked for equivalence, here).
+pub fn exchange_declared(b: &Broker, vh: &VHost, spec: &ExchangeSpec) -> Option<Change> {
+    (b.cluster.get().is_some() && spec.durable && vh.exchange(&spec.name).is_none()).then(|| {
+        Change::DeclareExchange(ExchangeRecord {
+            vhost: vh.name.clone(),
+            def: ExchangeDef {
+                name: spec.name.clone(),
+                kind: spec.kind.clone(),
+                auto_delete: spec.auto_delete,
+                internal: spec.internal,
+                arguments: table_text(&spec.arguments),
+            },
+        })
+    })
+}
+
+/// As [`exchange_declared`], for a durable, non-exclusive, non-auto-delete queue.
+pub fn queue_declared(b: &Broker, vh: &VHost, spec: &QueueSpec) -> Option<Change> {
+    let kept = spec.durable && !spec.exclusive && !spec.auto_delete && !spec.name.is_empty();
+    (b.cluster.get().is_some() && kept && vh.queue(&spec.name).is_none()).then(|| {
+        Change::DeclareQueue(QueueRecord {
+            vhost: vh.name.clone(),
+            name: spec.name.clone(),
+            auto_delete: spec.auto_delete,
+            arguments: table_text(&spec.arguments),
+        })
+    })
+}
+
+/// The change that replicates deleting exchange `name`: when clustered and it is durable.
+pub fn exchange_deleted(b: &Broker, vh: &VHost, name: &str) -> Option<Change> {
+    let durable = vh.exchange(name).is_some_and(|x| x.durable);
+    (b.cluster.get().is_some() && durable).then(|| Change::DeleteExchange {
+        vhost: vh.name.clone(),
+        name: name.to_owned(),
+    })
+}
+
+/// Whether the cluster keeps queue `name`'s definition.
+fn queue_kept(vh: &VHost, name: &str) -> bool {
+    vh.queue(name)
+        .is_some_and(|q| q.durable && !q.auto_delete && q.exclusive_owner.is_none())
+}
+
+/// The change that replicates deleting queue `name`: when clustered and the cluster keeps it.
+pub fn queue_deleted(b: &Broker, vh: &VHost, name: &str) -> Option<Change> {
+    (b.cluster.get().is_some() && queue_kept(vh, name)).then(|| Change::DeleteQueue {
+        vhost: vh.name.clone(),
+        name: name.to_owned(),
+    })
+}
+
+/// A binding the cluster keeps: from a durable exchange to one, or to a queue it keeps.
+/// `destination_type` is "queue" or "exchange". `bind`: binding, else unbinding.
+pub fn binding_changed(
+    b: &Broker,
+    vh: &VHost,
+    bind: bool,
+    (source, destination_type, destination): (&str, &str, &str),
+    routing_key: &str,
+    arguments: &FieldTable,
+) -> Option<Change> {
+    b.cluster.get()?;
+    let source_durable = vh.exchange(source).is_some_and(|x| x.durable);
+    let destination_kept = match destination_type {
+        "queue" => queue_kept(vh, destination),
+        _ => vh.exchange(destination).is_some_and(|x| x.durable),
+    };
+    if !(source_durable && destination_kept) {
+        return None;
+    }
+    let record = BindingRecord {
+        vhost: vh.name.clone(),
+        def: BindingDef {
+            source: source.to_owned(),
+            destination_type: destination_type.to_owned(),
+            destination: destination.to_owned(),
+            routing_key: routing_key.to_owned(),
+            arguments: table_text(arguments),
+        },
+    };
+    Some(if bind {
+        Change::Bind(record)
+    } else {
+        Change::Unbind(record)
+    })
+}
+
+/// [`commit`] from synchronous code running on a runtime worker (the AMQP channel's
+/// methods): the worker is handed over while the change commits (tokio's `block_in_place`),
+/// which needs the multi-threaded runtime the broker runs on.
+pub fn commit_blocking(b: &Broker, change: Change) -> Result<u64, ChangeError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let handle = Handle::try_current().map_err(|e| ChangeError::Invalid(e.to_string()))?;
+    if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+        return Err(ChangeError::Invalid(
+            "a clustered broker needs the multi-threaded runtime to declare".into(),
+        ));
+    }
+    tokio::task::block_in_place(|| handle.block_on(commit(b, change)))
+}
+
+fn vhost_of(b: &Broker, name: &str) -> Result<Arc<VHost>, ChangeError> {
+    b.vhost(name).ok_or(ChangeError::NotFound)
+}
+
+fn table(text: &str) -> Result<FieldTable, ChangeError> {
+    text_table(text).map_err(ChangeError::Invalid)
+}
+
+/// Makes `change`: here when unclustered, else through the cluster (refused with
+/// [`ClusterError::NoQuorum`] in a minority). Returns the store's LSN to wait for before
+/// answering (0 when clustered: the change is durable here once committed and applied).
+pub async fn commit(b: &Broker, change: Change) -> Result<u64, ChangeError> {
+    match b.cluster.get() {
+        None => change.apply(b),
+        Some(cluster) => {
+            change.check(b)?;
+            cluster.propose(change.command(b, cluster.as_ref())).await?;
+            Ok(0)
+        }
+    }
+}
+
+/// The connection a replicated declaration is made for: none (it is never exclusive).
+const NO_CONNECTION: crate::core::queue::ConnectionId = 0;
+
+fn put<T: serde::Serialize>(key: String, record: &T) -> Result<Command, ChangeError> {
+    let value = serde_json::to_value(record).map_err(|e| ChangeError::Invalid(e.to_string()))?;
+    Ok(Command::Put { key, value })
+}
+
+/// Deletes of every record of `kind` whose fields `which` selects.
+fn deletes_of(
+    cluster: &dyn Consensus,
+    kind: &str,
+    which: impl Fn(&[String]) -> bool,
+) -> Vec<Command> {
+    cluster
+        .list(&format!("{kind}/"))
+        .into_iter()
+        .filter(|(k, _)| parse_key(k).is_some_and(|(_, f)| which(&f)))
+        .map(|(key, _)| Command::Delete { key })
+        .collect()
+}
+
+impl Change {
+    /// Applies the change to this broker's live state and its store; returns the LSN that
+    /// makes it durable. The only place a definition is changed, clustered or not.
+    pub fn apply(&self, b: &Broker) -> Result<u64, ChangeError> {
+        Ok(match self {
+            Change::PutVHost(name) => b.add_vhost(name),
+            Change::DeleteVHost(name) => b.delete_vhost(name).ok_or(ChangeError::NotFound)?,
+            Change::PutUser(r) => {
+                let hash = r.hash().map_err(AccessError::from)?;
+                b.access.put_user(&r.name, hash, &r.tags)
+            }
+            Change::DeleteUser(name) => b.delete_user(name)?,
+            Change::SetPermissions(r) => {
+                if b.vhost(&r.vhost).is_none() {
+                    return Err(ChangeError::NotFound);
+                }
+                b.access.set_permissions(&r.vhost, &r.user, &r.spec)?
+            }
+            Change::ClearPermissions { vhost, user } => b
+                .access
+                .clear_permissions(vhost, user)
+                .ok_or(ChangeError::NotFound)?,
+            Change::SetTopicPermissions(r) => {
+                if b.vhost(&r.vhost).is_none() {
+                    return Err(ChangeError::NotFound);
+                }
+                b.access.set_topic_permissions(&r.vhost, &r.user, &r.spec)?
+            }
+            Change::ClearTopicPermissions {
+                vhost,
+                user,
+                exchange,
+            } => b
+                .access
+                .clear_topic_permissions(vhost, user, exchange.as_deref())
+                .ok_or(ChangeError::NotFound)?,
+            Change::SetPolicy(r) => b.set_policy(r).map_err(ChangeError::Invalid)?.1,
+            Change::ClearPolicy { vhost, name } => {
+                b.clear_policy(vhost, name).ok_or(ChangeError::NotFound)?
+            }
+            Change::DeclareExchange(r) => {
+                let vh = vhost_of(b, &r.vhost)?;
+                let spec = ExchangeSpec {
+                    name: r.def.name.clone(),
+                    kind: r.def.kind.clone(),
+                    durable: true,
+                    auto_delete: r.def.auto_delete,
+                    internal: r.def.internal,
+                    arguments: table(&r.def.arguments)?,
+                };
+                vh.declare_exchange(spec, false)?;
+                vh.definitions_lsn()
+            }
+            Change::DeleteExchange { vhost, name } => {
+                let vh = vhost_of(b, vhost)?;
+                vh.exchange(name).ok_or(ChangeError::NotFound)?;
+                vh.delete_exchange(name, false)?;
+                vh.definitions_lsn()
+            }
+            Change::DeclareQueue(r) => {
+                let vh = vhost_of(b, &r.vhost)?;
+                let spec = QueueSpec {
+                    name: r.name.clone(),
+                    durable: true,
+                    exclusive: false,
+                    auto_delete: r.auto_delete,
+                    arguments: table(&r.arguments)?,
+                };
+                vh.declare_queue(spec, false, NO_CONNECTION)?;
+                vh.definitions_lsn()
+            }
+            Change::DeleteQueue { vhost, name } => {
+                let vh = vhost_of(b, vhost)?;
+                vh.queue(name).ok_or(ChangeError::NotFound)?;
+                vh.delete_queue(name, false, false, NO_CONNECTION)?;
+                vh.definitions_lsn()
+            }
+            Change::Bind(r) | Change::Unbind(r) => {
+                let vh = vhost_of(b, &r.vhost)?;
+                let d = &r.def;
+                let arguments = table(&d.arguments)?;
+                let (rk, src, dst) = (&d.routing_key, &d.source, &d.destination);
+                match (
+                    matches!(self, Change::Bind(_)),
+                    d.destination_type == "queue",
+                ) {
+                    (true, true) => vh.bind_queue(dst, src, rk, &arguments, NO_CONNECTION)?,
+                    (true, false) => vh.bind_exchange(dst, src, rk, &arguments)?,
+                    (false, true) => vh.unbind_queue(dst, src, rk, &arguments, NO_CONNECTION)?,
+                    (false, false) => vh.unbind_exchange(dst, src, rk, &arguments)?,
+                }
+                vh.definitions_lsn()
+            }
+        })
+    }
+
+    /// Refuses here, before proposing, what [`Change::apply`] would refuse, so that a
+    /// committed change applies on every node.
+    fn check(&self, b: &Broker) -> Result<(), ChangeError> {
+        let found = |yes: bool| {
+            if yes {
+                Ok(())
+            } else {
+                Err(ChangeError::NotFound)
+            }
+        };
+        match self {
+            Change::PutVHost(_) => Ok(()),
+            Change::DeleteVHost(name) => found(b.vhost(name).is_some()),
+            Change::PutUser(r) => r
+                .hash()
+                .map(|_| ())
+                .map_err(|e| AccessError::from(e).into()),
+            Change::DeleteUser(name) => found(b.access.user(name).is_some()),
+            Change::SetPermissions(r) => {
+                found(b.vhost(&r.vhost).is_some())?;
+                found(b.access.user(&r.user).is_some())?;
+                Permissions::new(&r.spec).map_err(AccessError::from)?;
+                Ok(())
+            }
+            Change::ClearPermissions { vhost, user } => {
+                found(b.access.permissions_of(vhost, user).is_some())
+            }
+            Change::SetTopicPermissions(r) => {
+                found(b.vhost(&r.vhost).is_some())?;
+                found(b.access.user(&r.user).is_some())?;
+                Ok(Access::check_topic_spec(&r.spec)?)
+            }
+            Change::ClearTopicPermissions {
+                vhost,
+                user,
+                exchange,
+            } => found(match exchange {
+                Some(x) => b.access.has_topic_permissions(vhost, user, x),
+                None => b.access.has_any_topic_permissions(vhost, user),
+            }),
+            Change::SetPolicy(r) => {
+                found(b.vhost(&r.vhost).is_some())?;
+                r.compile()
+                    .map(|_| ())
+                    .map_err(|e| ChangeError::Invalid(e.to_string()))
+            }
+            Change::ClearPolicy { vhost, name } => found(b.policy_set().has_runtime(vhost, name)),
+            // Declared, deleted and bound here again once committed, which answers the
+            // caller with the broker's own error if the change cannot apply.
+            Change::DeclareExchange(ExchangeRecord { vhost, .. })
+            | Change::DeclareQueue(QueueRecord { vhost, .. })
+            | Change::DeleteExchange { vhost, .. }
+            | Change::DeleteQueue { vhost, .. }
+            | Change::Bind(BindingRecord { vhost, .. })
+            | Change::Unbind(BindingRecord { vhost, .. }) => found(b.vhost(vhost).is_some()),
+        }
+    }
+
+    /// The command that replicates the change. A deletion also removes the records of what
+    /// goes with it (a user's permissions, a vhost's contents), so that the records stay what
+    /// every node holds.
+    fn command(&self, b: &Broker, cluster: &dyn Consensus) -> Command {
+        let built = match self {
+            Change::PutVHost(name) => put(key(VHOST, &[name]), &serde_json::json!({"name": name})),
+            Change::DeleteVHost(name) => {
+                let mut all = vec![Command::Delete {
+                    key: key(VHOST, &[name]),
+                }];
+                for kind in &KINDS[2..] {
+                    all.extend(deletes_of(cluster, kind, |f| f.first() == Some(name)));
+                }
+                Ok(Command::Batch(all))
+            }
+            Change::PutUser(r) => put(key(USER, &[&r.name]), r),
+            Change::DeleteUser(name) => {
+                let mut all = vec![Command::Delete {
+                    key: key(USER, &[name]),
+                }];
+                for kind in [PERMISSION, TOPIC_PERMISSION] {
+                    all.extend(deletes_of(cluster, kind, |f| f.get(1) == Some(name)));
+                }
+                Ok(Command::Batch(all))
+            }
+            Change::SetPermissions(r) => put(key(PERMISSION, &[&r.vhost, &r.user]), r),
+            Change::ClearPermissions { vhost, user } => Ok(Command::Delete {
+                key: key(PERMISSION, &[vhost, user]),
+            }),
+            Change::SetTopicPermissions(r) => put(
+                key(TOPIC_PERMISSION, &[&r.vhost, &r.user, &r.spec.exchange]),
+                r,
+            ),
+            Change::ClearTopicPermissions {
+                vhost,
+                user,
+                exchange,
+            } => {
+                // All of them: those this node holds, as every node holds the same.
+                let exchanges: Vec<String> = match exchange {
+                    Some(x) => vec![x.clone()],
+                    None => b
+                        .access
+                        .topic_permissions()
+                        .into_iter()
+                        .filter(|t| t.vhost == *vhost && t.user == *user)
+                        .map(|t| t.spec.exchange)
+                        .collect(),
+                };
+                Ok(Command::Batch(
+                    exchanges
+                        .iter()
+                        .map(|x| Command::Delete {
+                            key: key(TOPIC_PERMISSION, &[vhost, user, x]),
+                        })
+                        .collect(),
+                ))
+            }
+            Change::SetPolicy(r) => put(key(POLICY, &[&r.vhost, &r.name]), r),
+            Change::ClearPolicy { vhost, name } => Ok(Command::Delete {
+                key: key(POLICY, &[vhost, name]),
+            }),
+            Change::DeclareExchange(r) => put(key(EXCHANGE, &[&r.vhost, &r.def.name]), r),
+            Change::DeleteExchange { vhost, name } => {
+                let mut all = vec![Command::Delete {
+                    key: key(EXCHANGE, &[vhost, name]),
+                }];
+                all.extend(deletes_of(cluster, BINDING, |f| {
+                    f.first() == Some(vhost)
+                        && (f.get(1) == Some(name)
+                            || (f.get(2).map(String::as_str) == Some("exchange")
+                                && f.get(3) == Some(name)))
+                }));
+                Ok(Command::Batch(all))
+            }
+            Change::DeclareQueue(r) => put(key(QUEUE, &[&r.vhost, &r.name]), r),
+            Change::DeleteQueue { vhost, name } => {
+                let mut all = vec![Command::Delete {
+                    key: key(QUEUE, &[vhost, name]),
+                }];
+                all.extend(deletes_of(cluster, BINDING, |f| {
+                    f.first() == Some(vhost)
+                        && f.get(2).map(String::as_str) == Some("queue")
+                        && f.get(3) == Some(name)
+                }));
+                Ok(Command::Batch(all))
+            }
+            Change::Bind(r) => put(r.key(), r),
+            Change::Unbind(r) => Ok(Command::Delete { key: r.key() }),
+        };
+        // The records serialize: they came from JSON or from the broker's own state.
+        built.unwrap_or(Command::Batch(Vec::new()))
+    }
+
+    /// The change a committed record (`None`: removed) under `key` makes; `None` when the key
+    /// is not a definition's.
+    pub fn from_record(key: &str, value: Option<&Value>) -> Result<Option<Change>, String> {
+        let Some((kind, fields)) = parse_key(key) else {
+            return Ok(None);
+        };
+        fn record<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
+            T::deserialize(v).map_err(|e| e.to_string())
+        }
+        let field = |i: usize| fields.get(i).cloned().unwrap_or_default();
+        Ok(Some(match (kind, value) {
+            (VHOST, Some(_)) => Change::PutVHost(field(0)),
+            (VHOST, None) => Change::DeleteVHost(field(0)),
+            (USER, Some(v)) => Change::PutUser(record(v)?),
+            (USER, None) => Change::DeleteUser(field(0)),
+            (PERMISSION, Some(v)) => Change::SetPermissions(record(v)?),
+            (PERMISSION, None) => Change::ClearPermissions {
+                vhost: field(0),
+                user: field(1),
+            },
+            (TOPIC_PERMISSION, Some(v)) => Change::SetTopicPermissions(record(v)?),
+            (TOPIC_PERMISSION, None) => Change::ClearTopicPermissions {
+                vhost: field(0),
+                user: field(1),
+                exchange: Some(field(2)),
+            },
+            (POLICY, Some(v)) => Change::SetPolicy(record(v)?),
+            (POLICY, None) => Change::ClearPolicy {
+                vhost: field(0),
+                name: field(1),
+            },
+            (EXCHANGE, Some(v)) => Change::DeclareExchange(record(v)?),
+            (EXCHANGE, None) => Change::DeleteExchange {
+                vhost: field(0),
+                name: field(1),
+            },
+            (QUEUE, Some(v)) => Change::DeclareQueue(record(v)?),
+            (QUEUE, None) => Change::DeleteQueue {
+                vhost: field(0),
+                name: field(1),
+            },
+            (BINDING, Some(v)) => Change::Bind(record(v)?),
+            (BINDING, None) => Change::Unbind(BindingRecord {
+                vhost: field(0),
+                def: BindingDef {
+                    source: field(1),
+                    destination_type: field(2),
+                    destination: field(3),
+                    routing_key: field(4),
+                    arguments: field(5),
+                },
+            }),
+            _ => return Ok(None),
+        }))
+    }
+}
+
+/// Applies committed definition records to a broker. Holds it weakly: the broker holds the
+/// cluster, which holds this.
+pub struct BrokerDefinitions {
+    broker: Weak<Broker>,
+}
+
+impl BrokerDefinitions {
+    pub fn new(broker: &Arc<Broker>) -> Self {
+        BrokerDefinitions {
+            broker: Arc::downgrade(broker),
+        }
+    }
+}
+
+impl Apply for BrokerDefinitions {
+    fn apply(&self, key: &str, value: Option<&Value>) -> u64 {
+        let Some(b) = self.broker.upgrade() else {
+            return 0;
+        };
+        let change = match Change::from_record(key, value) {
+            Ok(Some(change)) => change,
+            Ok(None) => return 0,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "cluster: ignoring a definition record");
+                return 0;
+            }
+        };
+        match change.apply(&b) {
+            Ok(lsn) => lsn,
+            // Already gone (a deletion applied again, or one that went with another).
+            Err(e) if e.is_not_found() => 0,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "cluster: a definition did not apply here");
+                0
+            }
+        }
+    }
+
+    fn durable(&self, lsn: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(b) = self.broker.upgrade() {
+                b.access.durable(lsn).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_with_slashes_in_names() {
+        let k = key(PERMISSION, &["/", "a/b"]);
+        assert_eq!(k, r#"permission/["/","a/b"]"#);
+        let (kind, fields) = parse_key(&k).unwrap();
+        assert_eq!(kind, PERMISSION);
+        assert_eq!(fields, ["/", "a/b"]);
+        assert_eq!(
+            Change::from_record(&k, None).unwrap(),
+            Some(Change::ClearPermissions {
+                vhost: "/".into(),
+                user: "a/b".into()
+            })
+        );
+    }
+
+    #[test]
+    fn vhosts_apply_before_what_lives_in_them_and_other_keys_are_not_definitions() {
+        assert!(apply_order(&key(VHOST, &["v"])) < apply_order(&key(PERMISSION, &["v", "u"])));
+        assert!(apply_order(&key(USER, &["u"])) < apply_order(&key(POLICY, &["v", "p"])));
+        assert_eq!(Change::from_record("k/1", None).unwrap(), None);
+        assert_eq!(Change::from_record("before", None).unwrap(), None);
+    }
+}
