@@ -12,8 +12,8 @@
 mod common;
 use common::amqp::*;
 use common::mqtt::{
-    connect_packet, leave_session, publish_packet, session_with_subscriptions, subscribed_session,
-    RawMqtt,
+    connect_packet, leave_session, publish_packet, qos1_subscriptions, session_with_subscriptions,
+    subscribed_session, RawMqtt,
 };
 use common::raw::{unfinished_publish, RawClient};
 use common::stomp::StompClient;
@@ -765,7 +765,7 @@ fn midway_ticker(
 /// the session's filter index is charged to the memory monitor while it exists.
 #[tokio::test(flavor = "current_thread")]
 async fn one_subscribe_of_many_filters_does_not_monopolise_the_runtime() {
-    use switchboard_mqtt::{reason, Properties, Subscription, SubscriptionOptions, Unsubscribe};
+    use switchboard_mqtt::{reason, Properties, Unsubscribe};
     let b = common::in_memory::broker(|_| {});
     let c = RawMqtt::over(
         common::in_memory::connect(&b, common::in_memory::Protocol::Mqtt),
@@ -787,18 +787,8 @@ async fn one_subscribe_of_many_filters_does_not_monopolise_the_runtime() {
     let valid = n - n / 1000;
     let memory_before = b.memory.used();
     let (done, ticker) = midway_ticker(&b, 0, valid);
-    let subscriptions = filters
-        .iter()
-        .map(|f| Subscription {
-            filter: f.clone(),
-            options: SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            },
-        })
-        .collect();
     let ack = c
-        .subscribe_with(1, subscriptions, Properties::default())
+        .subscribe_with(1, qos1_subscriptions(&filters), Properties::default())
         .await;
     done.store(true, Ordering::Relaxed);
     let (bound, midway) = bounded(ticker).await.expect("ticker");
@@ -859,7 +849,7 @@ async fn one_subscribe_of_many_filters_does_not_monopolise_the_runtime() {
 async fn discarding_a_session_with_many_subscriptions_does_not_monopolise_the_runtime() {
     use switchboard::adapter::mqtt::registry::SessionKey;
     use switchboard::core::clock::{Clock, ManualClock, SystemClock};
-    use switchboard_mqtt::{Disconnect, Properties, Subscription, SubscriptionOptions};
+    use switchboard_mqtt::{Disconnect, Properties};
     let n = 10_000;
     let dir = fresh_data_dir();
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
@@ -877,17 +867,15 @@ async fn discarding_a_session_with_many_subscriptions_does_not_monopolise_the_ru
     // released with its bindings in place.
     async fn subscribe_and_leave(b: &TestBroker, mut c: RawMqtt, key: &SessionKey, n: usize) {
         for p in 0..n / 1000 {
-            let subscriptions = (p * 1000..(p + 1) * 1000)
-                .map(|i| Subscription {
-                    filter: format!("dev/{i}/+/temp"),
-                    options: SubscriptionOptions {
-                        qos: QoS::AtLeastOnce,
-                        ..Default::default()
-                    },
-                })
+            let filters: Vec<String> = (p * 1000..(p + 1) * 1000)
+                .map(|i| format!("dev/{i}/+/temp"))
                 .collect();
             let ack = c
-                .subscribe_with(p as u16 + 1, subscriptions, Properties::default())
+                .subscribe_with(
+                    p as u16 + 1,
+                    qos1_subscriptions(&filters),
+                    Properties::default(),
+                )
                 .await;
             assert!(ack.codes.iter().all(|&code| code == 1), "all granted");
         }
