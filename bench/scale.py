@@ -12,7 +12,9 @@ bench/scale.sh.
 Kinds: bindings (n bindings of one queue to amq.topic, then the queue deleted), queues (n
 declared, then n deleted), consumers (n basic.consume on one queue, then the channel closed),
 mqtt (one clean MQTT 3.1.1 session subscribing n filters, 500 per SUBSCRIBE, then DISCONNECT
-and a reconnect with the same client id: remove_s is until that CONNACK)."""
+and a reconnect with the same client id: remove_s is until that CONNACK), mqtt-one-packet (one
+SUBSCRIBE naming n filters, then one UNSUBSCRIBE naming them all, while an MQTT QoS 0 bystander
+on a topic of its own times its round trips: "bystander_max_ms" is its slowest in each phase)."""
 import argparse
 import json
 import os
@@ -155,6 +157,54 @@ def mqtt(addr, n):
     return created, removed
 
 
+def bystander(addr, stop, rtts):
+    """An MQTT QoS 0 publisher and subscriber on a topic of its own: round trips (seconds) into
+    `rtts` until `stop` is set."""
+    s = mqtt_connect(addr, "scale-bystander")
+    s.settimeout(30)
+    s.sendall(mqtt_packet(0x82, struct.pack("!H", 1) + mqtt_string("bystander/rtt") + bytes([0])))
+    read_packet(s)
+    while not stop.is_set():
+        t = time.monotonic()
+        s.sendall(mqtt_packet(0x30, mqtt_string("bystander/rtt") + b"x"))
+        first, _ = read_packet(s)
+        assert first >> 4 == 3, "PUBLISH"
+        rtts.append(time.monotonic() - t)
+        time.sleep(0.001)
+    s.close()
+
+
+def mqtt_one_packet(addr, n):
+    """One SUBSCRIBE naming n filters, then one UNSUBSCRIBE naming them all, while a bystander
+    times its round trips: the slowest during each phase goes into the row."""
+    import threading
+    stop, rtts = threading.Event(), []
+    by = threading.Thread(target=bystander, args=(addr, stop, rtts))
+    by.start()
+    time.sleep(0.5)
+    s = mqtt_connect(addr, "scale-mqtt-one-packet")
+    filters = b"".join(mqtt_string(f"dev/{i}/+/temp") + bytes([1]) for i in range(n))
+    unsub = b"".join(mqtt_string(f"dev/{i}/+/temp") for i in range(n))
+    phases = []
+    for first, body in ((0x82, filters), (0xA2, unsub)):
+        start = len(rtts)
+        t = now()
+        s.sendall(mqtt_packet(first, struct.pack("!H", 1) + body))
+        read_packet(s)
+        phases.append(now() - t)
+        time.sleep(0.05)
+        BYSTANDER_MAX_MS.append(round(max(rtts[start:] or [0]) * 1000, 1))
+    s.sendall(mqtt_packet(0xE0, b""))
+    s.close()
+    stop.set()
+    by.join()
+    return phases[0], phases[1]
+
+
+# Slowest bystander round trip (ms) of each phase of the current mqtt-one-packet run.
+BYSTANDER_MAX_MS = []
+
+
 def cpu_seconds(pid):
     """User + system CPU seconds process `pid` has used (its threads included)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -183,7 +233,8 @@ def cpu_phases():
     return {"create_cpu_s": round(r[1] - r[0], 3), "remove_cpu_s": round(r[3] - r[2], 3)}
 
 
-KINDS = {"bindings": bindings, "queues": queues, "consumers": consumers, "mqtt": mqtt}
+KINDS = {"bindings": bindings, "queues": queues, "consumers": consumers, "mqtt": mqtt,
+         "mqtt-one-packet": mqtt_one_packet}
 
 
 def main():
@@ -198,15 +249,18 @@ def main():
     global BROKER_PID
     BROKER_PID = a.pid
     for kind in a.kinds.split(","):
-        addr = a.mqtt if kind == "mqtt" else a.amqp
+        addr = a.mqtt if kind.startswith("mqtt") else a.amqp
         if not addr:
             continue
         for n in map(int, a.sizes.split(",")):
             CPU_READINGS.clear()
+            BYSTANDER_MAX_MS.clear()
             created, removed = KINDS[kind](addr, n)
             row = {"broker": a.broker, "kind": kind, "n": n,
                    "create_s": round(created, 3), "remove_s": round(removed, 3)}
             row.update(cpu_phases())
+            if BYSTANDER_MAX_MS:
+                row["bystander_max_ms"] = BYSTANDER_MAX_MS[:]
             print(json.dumps(row), flush=True)
 
 

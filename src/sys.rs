@@ -45,6 +45,20 @@ pub fn raise_open_file_limit() -> bool {
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 }
 }
 
+/// Sets the soft open-file limit to `soft` (at most the hard limit); whether it was set. The
+/// tests of the listeners' behaviour out of descriptors lower it (`tests/hostile_fds.rs`).
+pub fn set_open_file_limit(soft: u64) -> bool {
+    let Some(mut limit) = get_nofile() else {
+        return false;
+    };
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every platform
+    {
+        limit.rlim_cur = soft.min(limit.rlim_max as u64) as libc::rlim_t;
+    }
+    // SAFETY: setrlimit only reads the struct passed.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 }
+}
+
 fn get_nofile() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -12,8 +12,8 @@
 mod common;
 use common::amqp::*;
 use common::mqtt::{
-    connect_packet, leave_session, publish_packet, session_with_subscriptions, subscribed_session,
-    RawMqtt,
+    connect_packet, leave_session, publish_packet, qos1_subscriptions, session_with_subscriptions,
+    subscribed_session, RawMqtt,
 };
 use common::raw::{unfinished_publish, RawClient};
 use common::stomp::StompClient;
@@ -724,4 +724,214 @@ async fn ending_a_session_with_many_subscriptions_does_not_monopolise_the_runtim
         midway >= 5,
         "the other task ran {midway} times while they went"
     );
+}
+
+/// Counts, on the test's one thread, how often `binding_count` of `amq.topic` is seen strictly
+/// between `low` and `high` until told to stop; the count it ends at, and how often.
+fn midway_ticker(
+    b: &Broker,
+    low: usize,
+    high: usize,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<(usize, usize)>,
+) {
+    let topic = b
+        .vhost("/")
+        .and_then(|v| v.exchange("amq.topic"))
+        .expect("amq.topic");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut midway = 0;
+            while !done.load(Ordering::Relaxed) {
+                let n = topic.binding_count();
+                if low < n && n < high {
+                    midway += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            (topic.binding_count(), midway)
+        })
+    };
+    (done, ticker)
+}
+
+/// One SUBSCRIBE naming 20,000 filters, then one UNSUBSCRIBE naming them all, are handled a
+/// slice at a time with the runtime given back between slices: on a single-threaded runtime
+/// another task finds the bindings part way made, then part way gone, again and again. The
+/// SUBACK still answers every filter in the packet's order (a refused one in its place), and
+/// the session's filter index is charged to the memory monitor while it exists.
+#[tokio::test(flavor = "current_thread")]
+async fn one_subscribe_of_many_filters_does_not_monopolise_the_runtime() {
+    use switchboard_mqtt::{reason, Properties, Unsubscribe};
+    let b = common::in_memory::broker(|_| {});
+    let c = RawMqtt::over(
+        common::in_memory::connect(&b, common::in_memory::Protocol::Mqtt),
+        Protocol::V5,
+    );
+    let (mut c, ack) = c
+        .handshake(connect_packet(Protocol::V5, "one-big-subscribe", true))
+        .await;
+    assert_eq!(ack.code, 0, "CONNACK {ack:?}");
+    let n = 20_000;
+    // Every 1,000th filter is invalid (`#` not last): refused in its place.
+    let refused = |i: usize| i % 1000 == 999;
+    let filters: Vec<String> = (0..n)
+        .map(|i| match refused(i) {
+            true => format!("bad/#/{i}"),
+            false => format!("dev/{i}/+/temp"),
+        })
+        .collect();
+    let valid = n - n / 1000;
+    let memory_before = b.memory.used();
+    let (done, ticker) = midway_ticker(&b, 0, valid);
+    let ack = c
+        .subscribe_with(1, qos1_subscriptions(&filters), Properties::default())
+        .await;
+    done.store(true, Ordering::Relaxed);
+    let (bound, midway) = bounded(ticker).await.expect("ticker");
+    assert_eq!(bound, valid, "every valid filter bound");
+    eprintln!("one SUBSCRIBE of {n} filters: another task ran {midway} times part way");
+    // 20,000 filters are 20 slices of 1,024.
+    assert!(midway >= 10, "the other task ran {midway} times part way");
+    assert_eq!(ack.codes.len(), n);
+    for (i, code) in ack.codes.iter().enumerate() {
+        let want = match refused(i) {
+            true => reason::TOPIC_FILTER_INVALID,
+            false => 1,
+        };
+        assert_eq!(*code, want, "code of filter {i}");
+    }
+    let charged = b.memory.used().saturating_sub(memory_before);
+    assert!(
+        charged >= valid * 200,
+        "the index of {valid} filters is charged {charged} bytes"
+    );
+
+    let (done, ticker) = midway_ticker(&b, 0, valid);
+    c.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: 2,
+        properties: Properties::default(),
+        filters,
+    }))
+    .await;
+    let codes = match c.recv().await {
+        Some(Packet::UnsubAck(a)) => a.codes,
+        other => panic!("expected UNSUBACK, got {other:?}"),
+    };
+    done.store(true, Ordering::Relaxed);
+    let (bound, midway) = bounded(ticker).await.expect("ticker");
+    assert_eq!(bound, 0, "every filter unbound");
+    eprintln!("one UNSUBSCRIBE of {n} filters: another task ran {midway} times part way");
+    assert!(midway >= 10, "the other task ran {midway} times part way");
+    assert_eq!(codes.len(), n);
+    for (i, code) in codes.iter().enumerate() {
+        let want = match refused(i) {
+            true => reason::NO_SUBSCRIPTION_EXISTED,
+            false => reason::SUCCESS,
+        };
+        assert_eq!(*code, want, "code of filter {i}");
+    }
+    let left = b.memory.used().saturating_sub(memory_before);
+    assert!(left < charged / 100, "{left} bytes still charged");
+    c.expect_nothing_pending().await;
+}
+
+/// A persistent session with 10,000 subscriptions discarded by a clean start, then one
+/// expiring, goes a slice at a time (bindings, records, entries): on a single-threaded runtime
+/// another task finds the bindings part way gone, again and again. (The session registry's
+/// lock is a `std` mutex, which a spawned task cannot hold across a yield: it is free at each
+/// of those turns.) After a restart on the same data the discarded session's subscription
+/// records are gone too.
+#[tokio::test(flavor = "current_thread")]
+async fn discarding_a_session_with_many_subscriptions_does_not_monopolise_the_runtime() {
+    use switchboard::adapter::mqtt::registry::SessionKey;
+    use switchboard::core::clock::{Clock, ManualClock, SystemClock};
+    use switchboard_mqtt::{Disconnect, Properties};
+    let n = 10_000;
+    let dir = fresh_data_dir();
+    let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+    let client = "discarded-many";
+    let key = SessionKey {
+        vhost: "/".into(),
+        client_id: client.into(),
+    };
+    let persistent = |clean: bool| {
+        let mut c = connect_packet(Protocol::V5, client, clean);
+        c.properties.session_expiry_interval = Some(60);
+        c
+    };
+    // Subscribes n filters (1,000 a packet) and disconnects; returns when the session is
+    // released with its bindings in place.
+    async fn subscribe_and_leave(b: &TestBroker, mut c: RawMqtt, key: &SessionKey, n: usize) {
+        for p in 0..n / 1000 {
+            let filters: Vec<String> = (p * 1000..(p + 1) * 1000)
+                .map(|i| format!("dev/{i}/+/temp"))
+                .collect();
+            let ack = c
+                .subscribe_with(
+                    p as u16 + 1,
+                    qos1_subscriptions(&filters),
+                    Properties::default(),
+                )
+                .await;
+            assert!(ack.codes.iter().all(|&code| code == 1), "all granted");
+        }
+        c.send(&Packet::Disconnect(Disconnect::default())).await;
+        assert!(c.closed().await.is_none());
+        let state = b.mqtt_state();
+        wait_until("session released", || {
+            state.sessions().get(key).is_some_and(|s| s.owner.is_none())
+        })
+        .await;
+    }
+    let b = TestBroker::start_in_with_clock(&dir, clock.clone()).await;
+    let (c, _) = RawMqtt::connect_with(b.mqtt, persistent(false)).await;
+    subscribe_and_leave(&b, c, &key, n).await;
+    let (done, ticker) = midway_ticker(b.broker(), 0, n);
+    let (mut c, ack) = RawMqtt::connect_with(b.mqtt, persistent(true)).await;
+    done.store(true, Ordering::Relaxed);
+    assert!(!ack.session_present, "a clean start");
+    let (bound, midway) = bounded(ticker).await.expect("ticker");
+    eprintln!("clean start over {n} subscriptions: another task ran {midway} times part way");
+    assert_eq!(bound, 0, "the old session's bindings are gone");
+    // 10,000 subscriptions are 10 slices of 1,024.
+    assert!(midway >= 5, "the other task ran {midway} times part way");
+    c.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert!(c.closed().await.is_none());
+    b.stop().await;
+
+    // The old subscriptions' records went with them: the new session restored has none.
+    let b = TestBroker::start_in_with_clock(&dir, clock.clone()).await;
+    let restored = b.mqtt_state().session_summaries();
+    let s = restored
+        .iter()
+        .find(|s| s.client_id == client)
+        .expect("the new session is persistent");
+    assert_eq!(s.subscriptions, 0, "records of the discarded subscriptions");
+
+    let (c, ack) = RawMqtt::connect_with(b.mqtt, persistent(false)).await;
+    assert!(ack.session_present);
+    subscribe_and_leave(&b, c, &key, n).await;
+    let (done, ticker) = midway_ticker(b.broker(), 0, n);
+    b.advance(&clock, 60_000);
+    let state = b.mqtt_state();
+    wait_until("session expired", || !state.sessions().contains_key(&key)).await;
+    done.store(true, Ordering::Relaxed);
+    let (bound, midway) = bounded(ticker).await.expect("ticker");
+    eprintln!("expiry of {n} subscriptions: another task ran {midway} times part way");
+    assert_eq!(bound, 0, "the expired session's bindings are gone");
+    assert!(midway >= 5, "the other task ran {midway} times part way");
+    b.stop().await;
+    let b = TestBroker::start_in_with_clock(&dir, clock.clone()).await;
+    assert!(
+        !b.mqtt_state()
+            .session_summaries()
+            .iter()
+            .any(|s| s.client_id == client),
+        "the expired session stays gone"
+    );
+    b.stop().await;
 }

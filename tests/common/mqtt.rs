@@ -348,6 +348,20 @@ pub async fn session_with_subscriptions(
     t.elapsed()
 }
 
+/// A QoS 1 subscription to each of `filters`, for a SUBSCRIBE.
+pub fn qos1_subscriptions(filters: &[String]) -> Vec<Subscription> {
+    filters
+        .iter()
+        .map(|f| Subscription {
+            filter: f.clone(),
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        })
+        .collect()
+}
+
 /// Sends CONNECT for a new clean session on `c`, subscribes `n` filters (`dev/<i>/+/temp`),
 /// unsubscribes half of them again; the client and the name of the session's queue.
 pub async fn subscribed_session<S: AsyncRead + AsyncWrite + Unpin>(
@@ -359,18 +373,12 @@ pub async fn subscribed_session<S: AsyncRead + AsyncWrite + Unpin>(
     assert_eq!(ack.code, 0, "CONNACK {ack:?}");
     let filters: Vec<String> = (0..n).map(|i| format!("dev/{i}/+/temp")).collect();
     for (p, chunk) in filters.chunks(PER_PACKET).enumerate() {
-        let subscriptions = chunk
-            .iter()
-            .map(|f| Subscription {
-                filter: f.clone(),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            })
-            .collect();
         let ack = c
-            .subscribe_with(p as u16 + 1, subscriptions, Properties::default())
+            .subscribe_with(
+                p as u16 + 1,
+                qos1_subscriptions(chunk),
+                Properties::default(),
+            )
             .await;
         assert!(ack.codes.iter().all(|&code| code == 1), "all granted");
     }

@@ -1,6 +1,7 @@
 //! CONNECT: client id rules, authentication, taking over or creating the session, and the
 //! CONNACK that answers it.
 
+use super::discard::{discard, Discard};
 use super::error::Refusal;
 use super::registry::{lock, Handover, MqttState, Owner, SessionKey, SessionSlot};
 use super::session::Session;
@@ -216,51 +217,81 @@ pub(super) async fn attach(
             }
         }
     }
-    let mut sessions = state.sessions();
-    // Checked again under the lock: another CONNECT may have won the race meanwhile.
-    if sessions.get(&key).is_some_and(|s| s.owner.is_some()) {
-        return Err(Refusal::unavailable(
-            "session taken by a concurrent connection",
-        ));
-    }
     let handover = me.handover.clone();
+    let conn_id = me.conn_id;
     let queue_name = queue_name(&key.client_id);
-    let existing = sessions.remove(&key);
-    let (session, session_present, generation) = match existing {
-        Some(slot) if !clean_start => (slot.session, true, slot.generation + 1),
-        old => {
-            // A clean start discards the old session's queue (left by a crash, too).
-            if let Some(q) = vhost.queue(&queue_name) {
-                vhost.remove_queue(&q);
-            }
-            if let Some(old) = &old {
-                // Its subscriptions' records go with it (the new session writes its own).
-                super::persist::forget_session(broker, &mut lock(&old.session));
-            }
-            let s = Session::new(key.client_id.clone(), key.vhost.clone(), queue_name.clone());
-            let generation = old.map_or(1, |s| s.generation + 1);
-            (Arc::new(Mutex::new(s)), false, generation)
+    let (session, session_present, generation, discarded) = {
+        let mut sessions = state.sessions();
+        // Checked again under the lock: another CONNECT may have won the race meanwhile.
+        if sessions.get(&key).is_some_and(|s| s.owner.is_some()) {
+            return Err(Refusal::unavailable(
+                "session taken by a concurrent connection",
+            ));
         }
+        let existing = sessions.remove(&key);
+        let (session, session_present, generation, discarded) = match existing {
+            Some(slot) if !clean_start => (slot.session, true, slot.generation + 1, None),
+            old => {
+                let s = Session::new(key.client_id.clone(), key.vhost.clone(), queue_name.clone());
+                let generation = old.as_ref().map_or(1, |s| s.generation + 1);
+                (
+                    Arc::new(Mutex::new(s)),
+                    false,
+                    generation,
+                    Some(old.map(|s| s.session)),
+                )
+            }
+        };
+        // Held from here on: a CONNECT with the same client id waits for this one (a takeover),
+        // so the old session's queue and records are this one's to remove, outside the lock.
+        sessions.insert(
+            key.clone(),
+            SessionSlot {
+                session: session.clone(),
+                owner: Some(me),
+                generation,
+            },
+        );
+        (session, session_present, generation, discarded)
     };
+    if let Some(old) = discarded {
+        // A clean start discards the old session with its queue (one may be left by a crash,
+        // too) and its subscriptions' records (the new session writes its own).
+        let old_queue = vhost.queue(&queue_name);
+        if let Some(old) = &old {
+            let what = Discard {
+                queue: old_queue.as_ref(),
+                entries: true,
+            };
+            Box::pin(discard(broker, &vhost, old, what, 0)).await;
+            super::persist::forget_session(broker, &mut lock(old));
+        }
+        if let Some(q) = old_queue {
+            vhost.remove_queue(&q);
+        }
+    } else if expiry == 0 {
+        // A persistent session resumed to end with its connection: its records go (the
+        // session keeps its subscriptions).
+        let what = Discard {
+            queue: None,
+            entries: false,
+        };
+        Box::pin(discard(broker, &vhost, &session, what, 0)).await;
+    }
     let (queue, queue_created) = match vhost.queue(&queue_name) {
         Some(q) => (q, false),
         None => {
             let spec = session_queue_spec(broker, &key.client_id, expiry > 0);
-            match vhost.declare_queue(spec, false, me.conn_id) {
+            match vhost.declare_queue(spec, false, conn_id) {
                 Ok(d) => (d.queue, true),
-                Err(e) => return Err(Refusal::unavailable(e.to_string())),
+                Err(e) => {
+                    // Let go of the slot: a later CONNECT takes the session on.
+                    handover.release();
+                    return Err(Refusal::unavailable(e.to_string()));
+                }
             }
         }
     };
-    sessions.insert(
-        key.clone(),
-        SessionSlot {
-            session: session.clone(),
-            owner: Some(me),
-            generation,
-        },
-    );
-    drop(sessions);
     {
         // A resumed session's subscriptions are bound already; a fresh one has none.
         let mut s = lock(&session);

@@ -67,6 +67,8 @@ pub(super) struct Connection {
     pub blocked: bool,
     /// How the connection ended (socket loss unless a packet or the broker says otherwise).
     pub ending: Ending,
+    /// A SUBSCRIBE or UNSUBSCRIBE handled a slice at a time (see `subscribe`).
+    pub unfinished: Option<Box<super::subscribe::Unfinished>>,
 }
 
 impl Connection {
@@ -201,6 +203,11 @@ impl Connection {
     fn process(&mut self, buf: &mut BytesMut) -> Option<Ending> {
         let max = self.broker.config.mqtt.max_packet_size as usize;
         loop {
+            // A SUBSCRIBE or UNSUBSCRIBE under way goes on first, a slice per call: the
+            // packets behind it wait their turn.
+            if !self.continue_unfinished() {
+                return None;
+            }
             let result = match decode(buf, self.protocol, max) {
                 Ok(None) => return None,
                 Ok(Some(packet)) => self.handle(packet),
@@ -487,6 +494,14 @@ impl DriverSession for Connection {
                 Step::Close
             }
         }
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.unfinished_bytes()
+    }
+
+    fn unfinished(&self) -> bool {
+        self.unfinished.is_some()
     }
 
     fn take_published(&mut self) -> bool {

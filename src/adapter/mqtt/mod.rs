@@ -6,12 +6,14 @@
 //!   `publish`: the one place publishes enter the core and are acknowledged; `session`,
 //!   `retained`, `registry`: the adapter's plain-data state; `convert`: MQTT ⇄ core mapping;
 //!   `subscribe`: SUBSCRIBE/UNSUBSCRIBE and shared subscription groups; `release`: the end
-//!   of a connection (offline session, expiry, will).
+//!   of a connection (offline session, expiry, will); `discard`: a going session's
+//!   subscriptions removed a slice at a time.
 
 mod connect;
 mod connection;
 pub mod convert;
 mod delivery;
+mod discard;
 mod error;
 mod permit;
 pub mod persist;
@@ -328,6 +330,7 @@ async fn handshake(
         shared: HashMap::new(),
         held: Default::default(),
         publish_verdicts: Default::default(),
+        unfinished: None,
         attached,
     });
     conn.start_delivery();

@@ -237,15 +237,40 @@ fn forget_subscriptions(store: &Store, s: &Session) -> u64 {
     })
 }
 
+/// Deletes the records of `filters` of a recorded session (a slice of them, see
+/// `discard`), whether or not the session still has them; the LSN to wait for.
+pub fn forget_subscriptions_named(broker: &Broker, s: &Session, filters: &[String]) -> u64 {
+    let Some(store) = &broker.store else {
+        return 0;
+    };
+    if !s.recorded {
+        return 0;
+    }
+    filters.iter().fold(0, |lsn, filter| {
+        lsn.max(store.delete(
+            kind::MQTT_SUBSCRIPTION,
+            &subscription_key(&s.vhost, &s.client_id, filter),
+        ))
+    })
+}
+
 /// Removes a session's record and its subscriptions' (it expired or was discarded); the LSN
 /// to wait for.
 pub fn forget_session(broker: &Broker, s: &mut Session) -> u64 {
     let Some(store) = &broker.store else {
         return 0;
     };
-    let lsn = forget_subscriptions(store, s);
+    forget_subscriptions(store, s).max(forget_session_record(broker, s))
+}
+
+/// Removes a session's own record, once its subscriptions' records are gone (deleted a slice
+/// at a time by `discard`): from now on nothing is recorded for it. The LSN to wait for.
+pub fn forget_session_record(broker: &Broker, s: &mut Session) -> u64 {
+    let Some(store) = &broker.store else {
+        return 0;
+    };
     s.recorded = false;
-    lsn.max(store.delete(kind::MQTT_SESSION, &session_key(&s.vhost, &s.client_id)))
+    store.delete(kind::MQTT_SESSION, &session_key(&s.vhost, &s.client_id))
 }
 
 /// A retained message as its record keeps it: when it expires (seconds since the epoch, 0 for
@@ -318,6 +343,7 @@ fn expiry_left(expiry: u32, disconnected_at: Option<u64>, now: u64) -> Option<u6
 /// bound again only if it is missing), then its slot and expiry. A session whose expiry ran
 /// out while the broker was down goes now, with its queue and record.
 fn install(broker: &Arc<Broker>, state: &Arc<MqttState>, vhost: &Arc<VHost>, mut s: Session) {
+    s.subscriptions.charge_to(&broker.memory);
     let key = SessionKey {
         vhost: vhost.name.clone(),
         client_id: s.client_id.clone(),

@@ -33,8 +33,10 @@ pub struct Owner {
 /// connection).
 #[derive(Debug)]
 pub struct Handover {
-    /// The owner's outbox: waking it wakes the owner's connection task.
-    owner: Arc<Outbox>,
+    /// The owner's outbox: waking it wakes the owner's connection task. None for a session
+    /// held while it goes (an expired one, see `release::schedule_expiry`): there is nobody to
+    /// ask, a takeover waits for the end.
+    owner: Option<Arc<Outbox>>,
     kicked: AtomicBool,
     released: AtomicBool,
     on_release: Notify,
@@ -42,6 +44,15 @@ pub struct Handover {
 
 impl Handover {
     pub fn new(owner: Arc<Outbox>) -> Self {
+        Self::held_by(Some(owner))
+    }
+
+    /// The handover of a session no connection holds, held while it is being discarded.
+    pub fn ending() -> Self {
+        Self::held_by(None)
+    }
+
+    fn held_by(owner: Option<Arc<Outbox>>) -> Self {
         Handover {
             owner,
             kicked: AtomicBool::new(false),
@@ -53,7 +64,9 @@ impl Handover {
     /// Tells the owner another connection took the session over.
     pub fn kick(&self) {
         self.kicked.store(true, Ordering::Release);
-        self.owner.wake();
+        if let Some(owner) = &self.owner {
+            owner.wake();
+        }
     }
 
     pub fn is_kicked(&self) -> bool {

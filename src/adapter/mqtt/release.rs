@@ -3,16 +3,14 @@
 //! will, now or after its delay. Both delays run on the broker's clock.
 
 use super::connection::{Connection, Ending};
-use super::convert::filter_to_pattern;
+use super::discard::{discard, Discard};
 use super::persist;
 use super::publish::{InboundMessage, Publisher};
-use super::registry::{lock, MqttState, SessionKey};
-use super::session::is_shared;
+use super::registry::{lock, Handover, MqttState, Owner, SessionKey};
 use crate::core::{Broker, VHost};
 use crate::net::driver::clock;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
-use switchboard_amqp::FieldTable;
 use switchboard_mqtt::Will;
 
 impl Connection {
@@ -32,7 +30,20 @@ impl Connection {
         let key = self.attached.key.clone();
         let generation = self.attached.generation;
         if expiry == 0 && self.owns_session() {
-            self.unbind_in_slices().await;
+            // Until the handover is released no other connection can take the session or
+            // declare its queue again.
+            let what = Discard {
+                queue: Some(self.queue()),
+                entries: true,
+            };
+            discard(
+                &self.broker,
+                self.vhost(),
+                &self.attached.session,
+                what,
+                self.entry.id,
+            )
+            .await;
         }
         {
             let mut sessions = self.state.sessions();
@@ -85,51 +96,7 @@ impl Connection {
             .get(&self.attached.key)
             .is_some_and(|s| s.owner.as_ref().is_some_and(|o| o.conn_id == self.entry.id))
     }
-
-    /// Unbinds the subscriptions of a session that ends now, [`UNBIND_SLICE`] at a time,
-    /// giving the runtime back between slices: removing 100,000 bindings in one go kept a
-    /// worker (and, under the registry's lock, every MQTT CONNECT) waiting for all of them.
-    /// Until the handover is released no other connection can take the session or declare its
-    /// queue again, so the queue found by name is still this session's unless an AMQP client
-    /// deleted it (then its bindings went with it).
-    async fn unbind_in_slices(&self) {
-        let filters: Vec<String> = {
-            let s = lock(&self.attached.session);
-            if s.subscriptions.len() <= UNBIND_SLICE {
-                // Few enough for the queue's removal to take in one go.
-                return;
-            }
-            s.subscriptions
-                .keys()
-                .filter(|f| !is_shared(f))
-                .cloned()
-                .collect()
-        };
-        let exchange = &self.broker.config.mqtt.exchange;
-        let (vhost, queue) = (self.vhost(), self.queue());
-        for slice in filters.chunks(UNBIND_SLICE) {
-            let ours = vhost
-                .queue(&queue.name)
-                .is_some_and(|q| Arc::ptr_eq(&q, queue));
-            if !ours {
-                return;
-            }
-            for filter in slice {
-                let _ = vhost.unbind_queue(
-                    &queue.name,
-                    exchange,
-                    &filter_to_pattern(filter),
-                    &FieldTable::new(),
-                    self.entry.id,
-                );
-            }
-            tokio::task::yield_now().await;
-        }
-    }
 }
-
-/// Subscriptions unbound between two yields to the runtime when a session ends.
-const UNBIND_SLICE: usize = 1024;
 
 /// Ends a disconnected session after `secs`, unless a client resumed it.
 pub(super) fn schedule_expiry(
@@ -143,28 +110,38 @@ pub(super) fn schedule_expiry(
     let at = clock::now(&broker.timer) + Duration::from_secs(secs.into());
     tokio::spawn(async move {
         clock::sleep_until(&broker.timer, at).await;
-        let expired = {
+        // The session stays in the registry, held, while it goes: a CONNECT with its client
+        // id waits for the end as for a takeover, so none resumes it half gone, declares its
+        // queue again or writes records under its keys meanwhile. The work itself (a session's
+        // subscriptions may be 100,000) is done outside the registry's lock, which every
+        // CONNECT takes.
+        let ender = Owner {
+            conn_id: broker.next_id(),
+            handover: Arc::new(Handover::ending()),
+        };
+        let session = {
             let mut sessions = state.sessions();
-            let due = sessions
-                .get(&key)
-                .is_some_and(|s| s.generation == generation && s.owner.is_none());
-            if !due {
-                return;
-            }
-            let Some(slot) = sessions.remove(&key) else {
+            let Some(slot) = sessions
+                .get_mut(&key)
+                .filter(|s| s.generation == generation && s.owner.is_none())
+            else {
                 return;
             };
-            let mut s = lock(&slot.session);
-            // Looked up under the registry's lock (a CONNECT after it may declare the queue
-            // anew), removed outside it: a session's bindings may be 100,000, and every CONNECT
-            // waits for that lock.
-            let q = vhost.queue(&s.queue);
-            persist::forget_session(&broker, &mut s);
-            q
+            slot.owner = Some(ender.clone());
+            slot.session.clone()
         };
-        if let Some(q) = expired {
+        let queue = vhost.queue(&lock(&session).queue);
+        let what = Discard {
+            queue: queue.as_ref(),
+            entries: true,
+        };
+        discard(&broker, &vhost, &session, what, 0).await;
+        persist::forget_session(&broker, &mut lock(&session));
+        if let Some(q) = queue {
             vhost.remove_queue(&q);
         }
+        state.sessions().remove(&key);
+        ender.handover.release();
         tracing::debug!(client = %key.client_id, "MQTT session expired");
     });
 }

@@ -4,11 +4,12 @@
 //! messages stay in its queue (settled when their flow completes).
 
 use super::convert::{filter_to_pattern, topic_to_key};
-use crate::core::memory::MemoryCharge;
+use crate::core::memory::{MemoryCharge, MemoryMonitor};
 use crate::core::message::string_heap_size;
 use crate::core::topic::TopicTrie;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::SystemTime;
 use switchboard_mqtt::{Properties, QoS, SubscriptionOptions};
 
@@ -30,19 +31,92 @@ pub struct SubscriptionEntry {
 /// its subscription key), so a delivery looks only at the filters that may match its topic
 /// instead of testing every one; the few kept in the `Vec` are still tested one by one, which
 /// is cheaper than a trie walk for a handful.
+///
+/// The B-tree and the trie are charged to the memory monitor ([`Subscriptions::charge_to`]):
+/// 100,000 filters on one session hold tens of megabytes, as messages do.
 #[derive(Debug)]
 pub enum Subscriptions {
     Few(Vec<(String, SubscriptionEntry)>),
-    Many(BTreeMap<String, SubscriptionEntry>, Box<TopicTrie<String>>),
+    Many(Box<Indexed>),
+}
+
+/// Many subscriptions: by filter, and indexed in the topic trie.
+#[derive(Debug)]
+pub struct Indexed {
+    map: BTreeMap<String, SubscriptionEntry>,
+    trie: TopicTrie<String>,
+    /// What [`indexed_bytes`] estimates the map and the trie hold.
+    bytes: usize,
+    /// `bytes`, charged once the session is given the broker's monitor.
+    charge: MemoryCharge,
+}
+
+impl Indexed {
+    fn new(map: BTreeMap<String, SubscriptionEntry>) -> Box<Self> {
+        let mut trie = TopicTrie::new();
+        let mut bytes = 0;
+        for filter in map.keys() {
+            trie.insert(&index_pattern(filter), filter.clone());
+            bytes += indexed_bytes(filter);
+        }
+        Box::new(Indexed {
+            map,
+            trie,
+            bytes,
+            charge: MemoryCharge::default(),
+        })
+    }
+
+    fn insert(&mut self, filter: String, entry: SubscriptionEntry) -> Option<SubscriptionEntry> {
+        if let Some(old) = self.map.get_mut(&filter) {
+            return Some(std::mem::replace(old, entry));
+        }
+        self.trie.insert(&index_pattern(&filter), filter.clone());
+        self.bytes += indexed_bytes(&filter);
+        self.charge.resize(self.bytes);
+        self.map.insert(filter, entry)
+    }
+
+    fn remove(&mut self, filter: &str) -> Option<SubscriptionEntry> {
+        let entry = self.map.remove(filter)?;
+        self.trie.remove(&index_pattern(filter), &filter.to_owned());
+        self.bytes = self.bytes.saturating_sub(indexed_bytes(filter));
+        self.charge.resize(self.bytes);
+        Some(entry)
+    }
 }
 
 impl Clone for Subscriptions {
     fn clone(&self) -> Self {
         match self {
             Subscriptions::Few(few) => Subscriptions::Few(few.clone()),
-            Subscriptions::Many(map, _) => Subscriptions::Many(map.clone(), index_of(map)),
+            Subscriptions::Many(many) => {
+                let mut copy = Indexed::new(many.map.clone());
+                // A copy is charged again, to the same monitor.
+                copy.charge = many.charge.clone();
+                Subscriptions::Many(copy)
+            }
         }
     }
+}
+
+/// Bytes one indexed filter holds, estimated from what is allocated for it: the B-tree's entry
+/// (the key, its heap bytes and the subscription, with a node's slack), the trie's copy of the
+/// key under its pattern (an index-map slot and its hash) and, as a hostile client's filters
+/// share no trie nodes, one node with its word for each level (a node is about 130 bytes: a
+/// hash map, two boxes and an index map).
+fn indexed_bytes(filter: &str) -> usize {
+    const MAP_SLACK: usize = 16;
+    const TRIE_SLOT: usize = 16;
+    const NODE: usize = 160;
+    let key = std::mem::size_of::<String>() + filter.len();
+    let levels = filter.split('/').count();
+    key + std::mem::size_of::<SubscriptionEntry>()
+        + MAP_SLACK
+        + key
+        + TRIE_SLOT
+        + levels * NODE
+        + filter.len()
 }
 
 /// The trie pattern a subscription key is indexed under: its filter (a shared
@@ -57,15 +131,6 @@ fn inner_filter(key: &str) -> &str {
         Ok(Some((_, inner))) => inner,
         _ => key,
     }
-}
-
-/// The trie over every filter of `map`, each under its subscription key.
-fn index_of(map: &BTreeMap<String, SubscriptionEntry>) -> Box<TopicTrie<String>> {
-    let mut trie = TopicTrie::new();
-    for filter in map.keys() {
-        trie.insert(&index_pattern(filter), filter.clone());
-    }
-    Box::new(trie)
 }
 
 impl Default for Subscriptions {
@@ -93,13 +158,7 @@ impl Subscriptions {
         entry: SubscriptionEntry,
     ) -> Option<SubscriptionEntry> {
         let few = match self {
-            Subscriptions::Many(map, trie) => {
-                if let Some(old) = map.get_mut(&filter) {
-                    return Some(std::mem::replace(old, entry));
-                }
-                trie.insert(&index_pattern(&filter), filter.clone());
-                return map.insert(filter, entry);
-            }
+            Subscriptions::Many(many) => return many.insert(filter, entry),
             Subscriptions::Few(few) => few,
         };
         match few.binary_search_by(|(f, _)| f.as_str().cmp(&filter)) {
@@ -108,8 +167,7 @@ impl Subscriptions {
                 let mut map: BTreeMap<String, SubscriptionEntry> =
                     std::mem::take(few).into_iter().collect();
                 map.insert(filter, entry);
-                let trie = index_of(&map);
-                *self = Subscriptions::Many(map, trie);
+                *self = Subscriptions::Many(Indexed::new(map));
                 None
             }
             Err(i) => {
@@ -129,7 +187,7 @@ impl Subscriptions {
                 .binary_search_by(|(f, _)| f.as_str().cmp(filter))
                 .ok()
                 .map(|i| &few[i].1),
-            Subscriptions::Many(map, _) => map.get(filter),
+            Subscriptions::Many(many) => many.map.get(filter),
         }
     }
 
@@ -144,18 +202,14 @@ impl Subscriptions {
                 }
                 Some(entry)
             }
-            Subscriptions::Many(map, trie) => {
-                let entry = map.remove(filter)?;
-                trie.remove(&index_pattern(filter), &filter.to_owned());
-                Some(entry)
-            }
+            Subscriptions::Many(many) => many.remove(filter),
         }
     }
 
     pub fn len(&self) -> usize {
         match self {
             Subscriptions::Few(few) => few.len(),
-            Subscriptions::Many(map, _) => map.len(),
+            Subscriptions::Many(many) => many.map.len(),
         }
     }
 
@@ -166,12 +220,75 @@ impl Subscriptions {
     pub fn iter(&self) -> SubscriptionsIter<'_> {
         match self {
             Subscriptions::Few(few) => SubscriptionsIter::Few(few.iter()),
-            Subscriptions::Many(map, _) => SubscriptionsIter::Many(map.iter()),
+            Subscriptions::Many(many) => SubscriptionsIter::Many(many.map.iter()),
         }
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &String> {
         self.iter().map(|(f, _)| f)
+    }
+
+    /// Up to `n` filters in filter order after `after` (from the first without it): a
+    /// session's filters read a slice at a time, each slice costing O(log n + slice).
+    pub fn keys_after(&self, after: Option<&str>, n: usize) -> Vec<String> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = after.map_or(Unbounded, Excluded);
+        match self {
+            Subscriptions::Few(few) => few
+                .iter()
+                .map(|(f, _)| f)
+                .filter(|f| after.is_none_or(|a| f.as_str() > a))
+                .take(n)
+                .cloned()
+                .collect(),
+            Subscriptions::Many(many) => many
+                .map
+                .range::<str, _>((start, Unbounded))
+                .take(n)
+                .map(|(f, _)| f.clone())
+                .collect(),
+        }
+    }
+
+    /// The keys of shared subscriptions (`$share/...`): they sort together, so past
+    /// [`Subscriptions::FEW`] finding them costs O(log n) plus the shared ones, not a pass over
+    /// every filter on each resume.
+    pub fn shared_keys(&self) -> Vec<String> {
+        use std::ops::Bound::{Included, Unbounded};
+        match self {
+            Subscriptions::Few(few) => few
+                .iter()
+                .map(|(f, _)| f)
+                .filter(|f| is_shared(f))
+                .cloned()
+                .collect(),
+            Subscriptions::Many(many) => many
+                .map
+                .range::<str, _>((Included(SHARED_KEY_PREFIX), Unbounded))
+                .map(|(f, _)| f)
+                .take_while(|f| is_shared(f))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Charges the index (past [`Subscriptions::FEW`]) to `memory`, from now on as it grows
+    /// and shrinks; the few kept in a `Vec` are the session's own small state. Cheap to call
+    /// again: a charge already made is kept.
+    pub fn charge_to(&mut self, memory: &Arc<MemoryMonitor>) {
+        if let Subscriptions::Many(many) = self {
+            if many.charge.bytes() != many.bytes {
+                many.charge = memory.charge(many.bytes);
+            }
+        }
+    }
+
+    /// Bytes the index holds (see [`Subscriptions::charge_to`]); 0 for the few.
+    pub fn index_bytes(&self) -> usize {
+        match self {
+            Subscriptions::Few(_) => 0,
+            Subscriptions::Many(many) => many.bytes,
+        }
     }
 
     /// Calls `f` with every subscription (key, entry) whose filter (a shared one's inner
@@ -192,7 +309,8 @@ impl Subscriptions {
                     }
                 }
             }
-            Subscriptions::Many(map, trie) => {
+            Subscriptions::Many(many) => {
+                let (map, trie) = (&many.map, &many.trie);
                 // The trie's AMQP matching finds a superset (it knows no `$` rule, and reads a
                 // literal `*` in a filter as a wildcard): MQTT's matcher has the last word.
                 let mut found: Vec<&'a String> = Vec::new();
@@ -455,11 +573,7 @@ impl Session {
 
     /// The shared subscriptions of the session, by key.
     pub fn shared_keys(&self) -> Vec<String> {
-        self.subscriptions
-            .keys()
-            .filter(|k| is_shared(k))
-            .cloned()
-            .collect()
+        self.subscriptions.shared_keys()
     }
 }
 
@@ -582,6 +696,74 @@ mod tests {
         assert_eq!(m.identifiers, vec![6]);
         let copy = s.clone();
         assert_eq!(copy.match_topic("a/b/c", false), Some(m));
+    }
+
+    #[test]
+    fn slices_and_shared_keys_come_in_filter_order_few_or_many() {
+        for n in [5, 100] {
+            let mut subs = Subscriptions::default();
+            for i in 0..n {
+                subs.insert(format!("t/{i:03}"), sub(QoS::AtMostOnce, None));
+            }
+            subs.insert("$share/g/a".into(), sub(QoS::AtMostOnce, None));
+            subs.insert("$share/h/b/#".into(), sub(QoS::AtMostOnce, None));
+            subs.insert("$sharp".into(), sub(QoS::AtMostOnce, None));
+            subs.insert("#".into(), sub(QoS::AtMostOnce, None));
+            assert_eq!(subs.shared_keys(), vec!["$share/g/a", "$share/h/b/#"]);
+            let mut read = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let slice = subs.keys_after(after.as_deref(), 7);
+                let Some(last) = slice.last().cloned() else {
+                    break;
+                };
+                assert!(slice.len() <= 7);
+                read.extend(slice);
+                after = Some(last);
+            }
+            let all: Vec<String> = subs.keys().cloned().collect();
+            assert_eq!(read, all, "{n} filters read a slice at a time");
+        }
+    }
+
+    #[test]
+    fn the_index_is_charged_to_the_memory_monitor() {
+        let memory = MemoryMonitor::new(0);
+        let mut subs = Subscriptions::default();
+        subs.charge_to(&memory);
+        for i in 0..Subscriptions::FEW {
+            subs.insert(format!("few/{i}"), sub(QoS::AtMostOnce, None));
+        }
+        assert_eq!(memory.used(), 0, "a few are the session's own state");
+        for i in 0..100 {
+            subs.insert(format!("many/{i}/+/x"), sub(QoS::AtMostOnce, None));
+        }
+        // Indexed before the monitor is known (a session restored, say): charged once it is.
+        assert_eq!(memory.used(), 0);
+        subs.charge_to(&memory);
+        let charged = memory.used();
+        assert_eq!(charged, subs.index_bytes());
+        assert!(charged > 132 * 200, "{charged} bytes for 132 filters");
+        subs.insert("one/more".into(), sub(QoS::AtMostOnce, None));
+        assert!(memory.used() > charged, "grows as filters come");
+        subs.charge_to(&memory);
+        assert_eq!(memory.used(), subs.index_bytes(), "charged once");
+        let copy = subs.clone();
+        assert_eq!(
+            memory.used(),
+            2 * subs.index_bytes(),
+            "a copy is charged too"
+        );
+        drop(copy);
+        let keys: Vec<String> = subs.keys().cloned().collect();
+        for k in &keys {
+            subs.remove(k);
+        }
+        assert_eq!(memory.used(), 0, "released as filters go");
+        subs.insert("again".into(), sub(QoS::AtMostOnce, None));
+        assert!(memory.used() > 0);
+        drop(subs);
+        assert_eq!(memory.used(), 0, "released with the session");
     }
 
     #[test]

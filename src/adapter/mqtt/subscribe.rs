@@ -3,10 +3,11 @@
 
 use super::connection::Connection;
 use super::convert::filter_to_pattern;
+use super::discard::SLICE;
 use super::error::Violation;
 use super::persist;
 use super::registry::lock;
-use super::session::{is_shared, shared_queue_name, SubscriptionEntry};
+use super::session::{is_shared, shared_queue_name, OutboundMessage, SubscriptionEntry};
 use crate::core::vhost::QueueSpec;
 use crate::core::Consumer;
 use switchboard_amqp::FieldTable;
@@ -99,160 +100,280 @@ impl Connection {
         None
     }
 
+    /// Takes a SUBSCRIBE on, to be handled a slice at a time (see
+    /// [`continue_unfinished`](Self::continue_unfinished)).
     pub(super) fn on_subscribe(&mut self, sub: Subscribe) -> Result<(), Violation> {
         if sub.properties.subscription_identifiers.len() > 1 {
             return Err(Violation::protocol("more than one subscription identifier"));
         }
-        let identifier = sub.properties.subscription_identifiers.first().copied();
+        let held = sub
+            .subscriptions
+            .iter()
+            .map(|s| held_bytes(&s.filter))
+            .sum();
+        self.unfinished = Some(Box::new(Unfinished::Subscribe(SubscribeWork {
+            packet_id: sub.packet_id,
+            identifier: sub.properties.subscription_identifiers.first().copied(),
+            codes: Vec::with_capacity(sub.subscriptions.len()),
+            left: sub.subscriptions.into_iter(),
+            retained: Vec::new(),
+            lsn: 0,
+            held,
+        })));
+        Ok(())
+    }
+
+    /// Takes an UNSUBSCRIBE on, to be handled a slice at a time (see
+    /// [`continue_unfinished`](Self::continue_unfinished)).
+    pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let held = u.filters.iter().map(|f| held_bytes(f)).sum();
+        self.unfinished = Some(Box::new(Unfinished::Unsubscribe(UnsubscribeWork {
+            packet_id: u.packet_id,
+            codes: Vec::with_capacity(u.filters.len()),
+            left: u.filters.into_iter(),
+            lsn: 0,
+            held,
+        })));
+    }
+
+    /// Handles the next [`SLICE`] filters of the SUBSCRIBE or UNSUBSCRIBE under way, and
+    /// answers it once none is left; true when nothing is left under way. One packet may name
+    /// about a million filters (up to `mqtt.max_packet_size`): handled in one go they kept a
+    /// runtime worker from every other connection for seconds, so the connection driver gives
+    /// the runtime back between slices (see `unfinished` in the driver's `Session`) and the
+    /// packets behind it wait their turn.
+    pub(super) fn continue_unfinished(&mut self) -> bool {
+        let Some(mut work) = self.unfinished.take() else {
+            return true;
+        };
+        let done = match &mut *work {
+            Unfinished::Subscribe(w) => self.subscribe_slice(w),
+            Unfinished::Unsubscribe(w) => self.unsubscribe_slice(w),
+        };
+        if !done {
+            self.unfinished = Some(work);
+            return false;
+        }
+        match *work {
+            Unfinished::Subscribe(w) => self.answer_subscribe(w),
+            Unfinished::Unsubscribe(w) => self.answer_unsubscribe(w),
+        }
+        true
+    }
+
+    /// Bytes of the SUBSCRIBE or UNSUBSCRIBE under way that are still to be handled (the
+    /// decoded filters left), charged with the read buffer as unfinished input.
+    pub(super) fn unfinished_bytes(&self) -> usize {
+        self.unfinished.as_ref().map_or(0, |w| match &**w {
+            Unfinished::Subscribe(w) => w.held,
+            Unfinished::Unsubscribe(w) => w.held,
+        })
+    }
+
+    /// The next slice of a SUBSCRIBE; true when it named no more.
+    fn subscribe_slice(&mut self, w: &mut SubscribeWork) -> bool {
         let exchange = self.broker.config.mqtt.exchange.clone();
         let now = self.broker.timer.now_system();
-        let mut codes = Vec::with_capacity(sub.subscriptions.len());
-        let mut retained = Vec::new();
-        let named: Vec<String> = sub.subscriptions.iter().map(|s| s.filter.clone()).collect();
-        for s in sub.subscriptions {
-            if let Some(code) = self.refuse_filter(&s.filter) {
-                codes.push(code);
-                continue;
-            }
-            let queue = match split_shared(&s.filter) {
-                Ok(Some(_)) => shared_queue_name(&s.filter).unwrap_or_default(),
-                _ => self.queue().name.clone(),
+        let mut named = Vec::with_capacity(SLICE.min(w.left.len()));
+        for s in w.left.by_ref().take(SLICE) {
+            w.held = w.held.saturating_sub(held_bytes(&s.filter));
+            named.push(s.filter.clone());
+            let code = self.subscribe_one(s, w.identifier, &exchange, now, &mut w.retained);
+            w.codes.push(code);
+        }
+        // A persistent session's SUBACK waits for the records of the filters it names.
+        let mut s = lock(&self.attached.session);
+        w.lsn = w.lsn.max(persist::write_subscriptions(
+            &self.broker,
+            &mut s,
+            named.iter().map(String::as_str),
+        ));
+        s.subscriptions.charge_to(&self.broker.memory);
+        w.left.len() == 0
+    }
+
+    /// One filter of a SUBSCRIBE: its SUBACK code.
+    fn subscribe_one(
+        &mut self,
+        s: Subscription,
+        identifier: Option<u32>,
+        exchange: &str,
+        now: std::time::SystemTime,
+        retained: &mut Vec<OutboundMessage>,
+    ) -> u8 {
+        if let Some(code) = self.refuse_filter(&s.filter) {
+            return code;
+        }
+        let queue = match split_shared(&s.filter) {
+            Ok(Some(_)) => shared_queue_name(&s.filter).unwrap_or_default(),
+            _ => self.queue().name.clone(),
+        };
+        let filter = match split_shared(&s.filter) {
+            Ok(Some((_, inner))) => inner,
+            _ => &s.filter,
+        };
+        if let Err(refused) = self.permit_subscribe(&queue, filter) {
+            tracing::info!(peer = %self.entry.peer, "{refused}");
+            return if self.protocol.is_v5() {
+                reason::NOT_AUTHORIZED
+            } else {
+                reason::V3_SUBACK_FAILURE
             };
-            let filter = match split_shared(&s.filter) {
-                Ok(Some((_, inner))) => inner,
-                _ => &s.filter,
-            };
-            if let Err(refused) = self.permit_subscribe(&queue, filter) {
-                tracing::info!(peer = %self.entry.peer, "{refused}");
-                codes.push(if self.protocol.is_v5() {
-                    reason::NOT_AUTHORIZED
-                } else {
-                    reason::V3_SUBACK_FAILURE
-                });
-                continue;
-            }
-            if is_shared(&s.filter) {
-                // Retained messages are not sent for shared subscriptions (spec 4.8.2).
-                let code = if self.join_shared(&s.filter) {
-                    lock(&self.attached.session).subscriptions.insert(
-                        s.filter.clone(),
-                        SubscriptionEntry {
-                            options: s.options,
-                            identifier,
-                        },
-                    );
-                    s.options.qos as u8
-                } else if self.protocol.is_v5() {
-                    reason::UNSPECIFIED_ERROR
-                } else {
-                    reason::V3_SUBACK_FAILURE
-                };
-                codes.push(code);
-                continue;
-            }
-            let pattern = filter_to_pattern(&s.filter);
-            if let Err(e) = self.vhost().bind_queue(
-                &self.queue().name,
-                &exchange,
-                &pattern,
-                &FieldTable::new(),
-                self.entry.id,
-            ) {
-                tracing::warn!(error = %e, filter = %s.filter, "MQTT subscription not bound");
-                codes.push(if self.protocol.is_v5() {
-                    reason::UNSPECIFIED_ERROR
-                } else {
-                    reason::V3_SUBACK_FAILURE
-                });
-                continue;
-            }
-            let existed = lock(&self.attached.session)
-                .subscriptions
-                .insert(
+        }
+        if is_shared(&s.filter) {
+            // Retained messages are not sent for shared subscriptions (spec 4.8.2).
+            return if self.join_shared(&s.filter) {
+                lock(&self.attached.session).subscriptions.insert(
                     s.filter.clone(),
                     SubscriptionEntry {
                         options: s.options,
                         identifier,
                     },
-                )
-                .is_some();
-            let rh = s.options.retain_handling;
-            if rh == 0 || (rh == 1 && !existed) {
-                let found = self
-                    .state
-                    .retained()
-                    .matching(&self.vhost().name, &s.filter, now);
-                for mut m in found {
-                    m.qos = m.qos.min(s.options.qos);
-                    m.properties.subscription_identifiers = identifier.into_iter().collect();
-                    retained.push(m);
-                }
-            }
-            codes.push(s.options.qos as u8);
+                );
+                s.options.qos as u8
+            } else if self.protocol.is_v5() {
+                reason::UNSPECIFIED_ERROR
+            } else {
+                reason::V3_SUBACK_FAILURE
+            };
         }
-        // A persistent session's SUBACK waits for the records of the filters it names.
-        let lsn = persist::write_subscriptions(
-            &self.broker,
-            &mut lock(&self.attached.session),
-            named.iter().map(String::as_str),
-        );
+        let pattern = filter_to_pattern(&s.filter);
+        if let Err(e) = self.vhost().bind_queue(
+            &self.queue().name,
+            exchange,
+            &pattern,
+            &FieldTable::new(),
+            self.entry.id,
+        ) {
+            tracing::warn!(error = %e, filter = %s.filter, "MQTT subscription not bound");
+            return if self.protocol.is_v5() {
+                reason::UNSPECIFIED_ERROR
+            } else {
+                reason::V3_SUBACK_FAILURE
+            };
+        }
+        let existed = lock(&self.attached.session)
+            .subscriptions
+            .insert(
+                s.filter.clone(),
+                SubscriptionEntry {
+                    options: s.options,
+                    identifier,
+                },
+            )
+            .is_some();
+        let rh = s.options.retain_handling;
+        if rh == 0 || (rh == 1 && !existed) {
+            let found = self
+                .state
+                .retained()
+                .matching(&self.vhost().name, &s.filter, now);
+            for mut m in found {
+                m.qos = m.qos.min(s.options.qos);
+                m.properties.subscription_identifiers = identifier.into_iter().collect();
+                retained.push(m);
+            }
+        }
+        s.options.qos as u8
+    }
+
+    fn answer_subscribe(&mut self, w: SubscribeWork) {
         self.send_when_synced(
-            lsn,
+            w.lsn,
             Packet::SubAck(SubAck {
-                packet_id: sub.packet_id,
+                packet_id: w.packet_id,
                 properties: Properties::default(),
-                codes,
+                codes: w.codes,
             }),
         );
-        if !retained.is_empty() {
+        if !w.retained.is_empty() {
             let mut s = lock(&self.attached.session);
-            for m in retained {
+            for m in w.retained {
                 self.link.offer(&mut s, m);
             }
         }
-        Ok(())
     }
 
-    pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) {
+    /// The next slice of an UNSUBSCRIBE; true when it named no more.
+    fn unsubscribe_slice(&mut self, w: &mut UnsubscribeWork) -> bool {
         let exchange = self.broker.config.mqtt.exchange.clone();
-        let mut codes = Vec::with_capacity(u.filters.len());
-        for f in &u.filters {
+        let mut named = Vec::with_capacity(SLICE.min(w.left.len()));
+        for f in w.left.by_ref().take(SLICE) {
+            w.held = w.held.saturating_sub(held_bytes(&f));
             // Removed from the session first: queued messages for it are no longer delivered.
             let removed = lock(&self.attached.session)
                 .subscriptions
-                .remove(f)
+                .remove(&f)
                 .is_some();
-            if removed && is_shared(f) {
-                self.leave_shared(f);
+            if removed && is_shared(&f) {
+                self.leave_shared(&f);
             } else if removed {
                 let _ = self.vhost().unbind_queue(
                     &self.queue().name,
                     &exchange,
-                    &filter_to_pattern(f),
+                    &filter_to_pattern(&f),
                     &FieldTable::new(),
                     self.entry.id,
                 );
             }
-            codes.push(if removed {
+            w.codes.push(if removed {
                 reason::SUCCESS
             } else {
                 reason::NO_SUBSCRIPTION_EXISTED
             });
+            named.push(f);
         }
-        lock(&self.attached.session).drop_unmatched_pending();
-        self.settle_dropped();
-        let lsn = persist::write_subscriptions(
+        w.lsn = w.lsn.max(persist::write_subscriptions(
             &self.broker,
             &mut lock(&self.attached.session),
-            u.filters.iter().map(String::as_str),
-        );
+            named.iter().map(String::as_str),
+        ));
+        w.left.len() == 0
+    }
+
+    fn answer_unsubscribe(&mut self, w: UnsubscribeWork) {
+        lock(&self.attached.session).drop_unmatched_pending();
+        self.settle_dropped();
         self.send_when_synced(
-            lsn,
+            w.lsn,
             Packet::UnsubAck(UnsubAck {
-                packet_id: u.packet_id,
+                packet_id: w.packet_id,
                 properties: Properties::default(),
-                codes,
+                codes: w.codes,
             }),
         );
     }
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE handled part way (see [`Connection::continue_unfinished`]).
+pub(super) enum Unfinished {
+    Subscribe(SubscribeWork),
+    Unsubscribe(UnsubscribeWork),
+}
+
+pub(super) struct SubscribeWork {
+    packet_id: u16,
+    identifier: Option<u32>,
+    left: std::vec::IntoIter<Subscription>,
+    /// SUBACK codes of the filters handled, in the packet's order.
+    codes: Vec<u8>,
+    /// Retained messages for the filters handled, sent after the SUBACK.
+    retained: Vec<OutboundMessage>,
+    /// The records the SUBACK waits for.
+    lsn: u64,
+    /// See [`Connection::unfinished_bytes`].
+    held: usize,
+}
+
+pub(super) struct UnsubscribeWork {
+    packet_id: u16,
+    left: std::vec::IntoIter<String>,
+    codes: Vec<u8>,
+    lsn: u64,
+    held: usize,
+}
+
+/// Bytes a decoded filter waiting in a packet under way holds.
+fn held_bytes(filter: &str) -> usize {
+    std::mem::size_of::<Subscription>() + filter.len()
 }

@@ -67,6 +67,12 @@ pub trait Session {
     fn held_bytes(&self) -> usize {
         0
     }
+    /// Whether the session stopped part way through a frame it handles in slices (an MQTT
+    /// SUBSCRIBE naming a million filters) and wants [`received`](Self::received) again, with
+    /// what is buffered, once the runtime has had its turn and before anything more is read.
+    fn unfinished(&self) -> bool {
+        false
+    }
     /// Whether a publish was routed since the last call (the memory alarm then blocks reads).
     fn take_published(&mut self) -> bool;
     /// When [`timer`](Self::timer) is next due, if ever. Changes only when it fires or the
@@ -164,6 +170,14 @@ where
                 }
             }
             step = Step::Continue;
+            if session.unfinished() && !blocked && closing.is_none() {
+                // One slice of a long frame done: the other tasks' turn, then the next.
+                tokio::task::yield_now().await;
+                let now = self.now();
+                step = session.received(&mut self.read.buf, now);
+                self.read.processed(session.held_bytes());
+                continue;
+            }
             let due = if closing.is_some() {
                 None
             } else {
