@@ -117,7 +117,7 @@ pub fn dead_lettered(
     }
     properties.headers = Some(headers);
     properties.expiration = None;
-    Message::new(
+    Message::with_boxed_properties(
         to.exchange.to_owned(),
         to.routing_key.unwrap_or(&m.routing_key).to_owned(),
         properties,

@@ -137,7 +137,7 @@ impl DelayedHold {
             .headers
             .get_or_insert_with(Default::default)
             .insert(DUE_HEADER.into(), FieldValue::I64(clamp_i64(due)));
-        let held = Arc::new(Message::new(
+        let held = Arc::new(Message::with_boxed_properties(
             message.exchange.clone(),
             message.routing_key.clone(),
             properties,
@@ -335,7 +335,7 @@ pub fn without_due_header(m: &Message, charge: MemoryCharge) -> Message {
     if let Some(h) = properties.headers.as_mut() {
         h.remove(DUE_HEADER);
     }
-    Message::new(
+    Message::with_boxed_properties(
         m.exchange.clone(),
         m.routing_key.clone(),
         properties,

@@ -889,10 +889,10 @@ impl Channel {
             raw = None;
         }
         let charge = ctx.broker.memory.charge(Message::charge_size(body.len()));
-        let message = Arc::new(Message::new(
+        let message = Arc::new(Message::with_boxed_properties(
             publish.exchange,
             publish.routing_key,
-            *properties,
+            properties,
             raw,
             body,
             charge,
