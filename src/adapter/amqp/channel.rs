@@ -961,7 +961,7 @@ impl Channel {
                         out,
                         self.id,
                         &method,
-                        &message.properties,
+                        message.properties(),
                         message.raw_properties.as_deref(),
                         &message.body,
                         ctx.frame_max,
