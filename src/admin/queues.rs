@@ -289,7 +289,7 @@ async fn get_messages(
             "exchange": m.exchange,
             "routing_key": m.routing_key,
             "message_count": left,
-            "properties": properties_to_json(&m.properties),
+            "properties": properties_to_json(m.properties()),
             "payload": payload,
             "payload_encoding": payload_encoding,
         }));

@@ -55,7 +55,7 @@ pub fn dead_lettered(
     charge: MemoryCharge,
 ) -> Message {
     let m = &dead.message;
-    let mut properties = m.properties.clone();
+    let mut properties = m.properties().clone();
     let mut headers = properties.headers.take().unwrap_or_default();
     let mut routing_keys = vec![FieldValue::string(m.routing_key.clone())];
     if let Some(FieldValue::Array(cc)) = headers.get("CC") {
@@ -132,7 +132,7 @@ pub fn dead_lettered(
 /// rejection. A rejection means a client decided, so a retry loop through it is legitimate.
 pub fn is_cycle(message: &Message, queue: &str) -> bool {
     let Some(FieldValue::Array(deaths)) = message
-        .properties
+        .properties()
         .headers
         .as_ref()
         .and_then(|h| h.get("x-death"))
@@ -193,7 +193,12 @@ mod tests {
     }
 
     fn deaths(m: &Message) -> Vec<FieldTable> {
-        match m.properties.headers.as_ref().and_then(|h| h.get("x-death")) {
+        match m
+            .properties()
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("x-death"))
+        {
             Some(FieldValue::Array(a)) => a
                 .iter()
                 .filter_map(|d| match d {
@@ -213,7 +218,7 @@ mod tests {
             (d.exchange.as_str(), d.routing_key.as_str()),
             ("dlx", "new")
         );
-        assert_eq!(d.properties.expiration, None);
+        assert_eq!(d.properties().expiration, None);
         let x = deaths(&d);
         assert_eq!(x.len(), 1);
         let e = &x[0];
@@ -227,7 +232,7 @@ mod tests {
             FieldValue::Array(vec![FieldValue::string("new")])
         );
         assert_eq!(e["original-expiration"], FieldValue::string("5000"));
-        let h = d.properties.headers.as_ref().unwrap();
+        let h = d.properties().headers.as_ref().unwrap();
         assert_eq!(h["x-first-death-reason"], FieldValue::string("expired"));
         assert_eq!(h["x-first-death-queue"], FieldValue::string("work"));
         assert_eq!(h["x-first-death-exchange"], FieldValue::string("orders"));
@@ -245,7 +250,7 @@ mod tests {
         assert_eq!(x[0]["queue"], FieldValue::string("work"));
         assert_eq!(x[0]["count"], FieldValue::I64(2));
         assert_eq!(x[1]["queue"], FieldValue::string("retry"));
-        let h = c.properties.headers.as_ref().unwrap();
+        let h = c.properties().headers.as_ref().unwrap();
         assert_eq!(h["x-first-death-queue"], FieldValue::string("work"));
         assert_eq!(h["x-last-death-reason"], FieldValue::string("rejected"));
         assert_eq!(h["x-first-death-exchange"], FieldValue::string(""));

@@ -38,7 +38,7 @@ const DUE_HEADER: &str = "x-switchboard-delayed-until";
 /// The delay a message asks for: a positive `x-delay` header (an integer, or a decimal string
 /// as STOMP and MQTT user properties carry it). None: route at once.
 pub fn delay_of(message: &Message) -> Option<u64> {
-    let v = message.properties.headers.as_ref()?.get(DELAY_HEADER)?;
+    let v = message.properties().headers.as_ref()?.get(DELAY_HEADER)?;
     let ms = match v.as_i64() {
         Some(i) => i,
         None => v.as_str()?.trim().parse().ok()?,
@@ -132,7 +132,7 @@ impl DelayedHold {
     /// wait for (0 when nothing was written).
     pub fn hold(&self, message: &Message, delay_ms: u64, charge: MemoryCharge) -> u64 {
         let due = self.now().saturating_add(delay_ms);
-        let mut properties = message.properties.clone();
+        let mut properties = message.properties().clone();
         properties
             .headers
             .get_or_insert_with(Default::default)
@@ -331,7 +331,7 @@ impl Timed for DelayedHold {
 
 /// The held message as it is routed: without the due-time header.
 pub fn without_due_header(m: &Message, charge: MemoryCharge) -> Message {
-    let mut properties = m.properties.clone();
+    let mut properties = m.properties().clone();
     if let Some(h) = properties.headers.as_mut() {
         h.remove(DUE_HEADER);
     }
@@ -440,7 +440,7 @@ mod tests {
         timer.fire_due();
         let (d, _) = q.get(true).0.unwrap();
         assert_eq!(&d.message.body[..], b"early");
-        let headers = d.message.properties.headers.as_ref().unwrap();
+        let headers = d.message.properties().headers.as_ref().unwrap();
         assert!(headers.get(DUE_HEADER).is_none());
         assert_eq!(headers.get(DELAY_HEADER), Some(&FieldValue::I64(50)));
         clock.advance(50);

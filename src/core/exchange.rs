@@ -452,7 +452,7 @@ impl Exchange {
             Index::Fanout => set.all.iter().for_each(|b| f(&b.destination)),
             Index::Topic(trie) => trie.for_each_match(&msg.routing_key, f),
             Index::Headers(specs) => {
-                let headers = msg.properties.headers.as_ref();
+                let headers = msg.properties().headers.as_ref();
                 for (spec, b) in specs.iter().zip(&set.all) {
                     if spec.matches(headers) {
                         f(&b.destination);

@@ -23,14 +23,16 @@ const QUEUE_SLOT: usize = 136;
 /// strings counted on their own.
 const WIRE_FRAMING: usize = 64;
 
-/// Fixed per-message overhead charged on top of the body: the struct in its `Arc`, a queue slot
-/// and the framing the body keeps alive. The strings and headers a message holds are charged
+/// Fixed per-message overhead charged on top of the body: the struct in its `Arc`, its boxed
+/// properties, a queue slot and the framing the body keeps alive. The strings and headers a message holds are charged
 /// on top by [`Message::new`] ([`properties_heap_size`]). Measured with heaptrack on a release
 /// build holding about 165,000 1 KiB messages in one queue: per AMQP message about 1,670 bytes
 /// (read buffer 1,086, `Arc<Message>` 445, queue slot 140); per MQTT message about 2,400, of
 /// which its two headers' `BTreeMap` node takes 730.
 const MESSAGE_OVERHEAD: usize = std::mem::size_of::<Message>()
     + 2 * std::mem::size_of::<usize>()
+    + ALLOCATION_OVERHEAD
+    + std::mem::size_of::<BasicProperties>()
     + ALLOCATION_OVERHEAD
     + QUEUE_SLOT
     + WIRE_FRAMING;
@@ -78,7 +80,11 @@ impl std::fmt::Debug for Forms {
 pub struct Message {
     pub exchange: String,
     pub routing_key: String,
-    pub properties: BasicProperties,
+    /// Boxed: the properties are most of a message's size, and an AMQP publisher's arrive
+    /// boxed from the codec, so the message takes them without copying ~300 bytes, and the
+    /// `Message` itself is small enough to build in its `Arc` cheaply. Without `headers`
+    /// when `derived` makes them (read through [`Message::properties`]).
+    properties: Box<BasicProperties>,
     /// The content-header property bytes as received from an AMQP publisher, if unchanged.
     pub raw_properties: Option<Bytes>,
     pub body: Bytes,
@@ -89,17 +95,54 @@ pub struct Message {
     /// `properties` stay the core's model (routing, TTL, dead-lettering, the store); a copy
     /// whose properties the core changes is a new message without these.
     forms: Forms,
+    /// Headers left to be made from the arrival form on first use.
+    derived: Option<DerivedHeaders>,
     _charge: MemoryCharge,
+}
+
+/// The `headers` of a message whose publisher's protocol keeps that metadata in its own
+/// form (see [`Message::with_derived_headers`]), and the complete properties once made.
+struct DerivedHeaders {
+    derive: fn(&Message) -> FieldTable,
+    made: OnceLock<(Box<BasicProperties>, MemoryCharge)>,
+}
+
+impl std::fmt::Debug for DerivedHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DerivedHeaders")
+            .field("made", &self.made.get().map(|(p, _)| p))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Message {
     /// Inlined so that a publisher's `Arc::new(Message::new(..))` can build the message in
-    /// place instead of copying its ~450 bytes once more.
+    /// place instead of copying it once more.
     #[inline]
     pub fn new(
         exchange: String,
         routing_key: String,
         properties: BasicProperties,
+        raw_properties: Option<Bytes>,
+        body: Bytes,
+        charge: MemoryCharge,
+    ) -> Self {
+        Self::with_boxed_properties(
+            exchange,
+            routing_key,
+            Box::new(properties),
+            raw_properties,
+            body,
+            charge,
+        )
+    }
+
+    /// [`Message::new`] taking properties already boxed (as the AMQP codec decodes them).
+    #[inline]
+    pub fn with_boxed_properties(
+        exchange: String,
+        routing_key: String,
+        properties: Box<BasicProperties>,
         raw_properties: Option<Bytes>,
         body: Bytes,
         mut charge: MemoryCharge,
@@ -117,8 +160,49 @@ impl Message {
             body,
             stored: std::sync::OnceLock::new(),
             forms: Forms::default(),
+            derived: None,
             _charge: charge,
         }
+    }
+
+    /// The message's properties, complete: its headers are made here on first use when they
+    /// are derived from the arrival form.
+    pub fn properties(&self) -> &BasicProperties {
+        let Some(d) = &self.derived else {
+            return &self.properties;
+        };
+        &d.made
+            .get_or_init(|| {
+                let mut p = self.properties.clone();
+                let headers = (d.derive)(self);
+                let charge = self._charge.sibling(
+                    std::mem::size_of::<BasicProperties>()
+                        + ALLOCATION_OVERHEAD
+                        + properties_heap_size(&p)
+                        + table_heap_size(&headers),
+                );
+                p.headers = Some(headers);
+                (p, charge)
+            })
+            .0
+    }
+
+    /// Every property but `headers`, which may not be made yet: what the core routes and
+    /// queues by (delivery mode, priority, expiration, timestamp), read without making them.
+    pub fn routing_properties(&self) -> &BasicProperties {
+        &self.properties
+    }
+
+    /// Leaves the headers to `derive` from the arrival form on first use of
+    /// [`Message::properties`] (the properties given to `new` had none): a message that only
+    /// its own protocol's consumers take never builds an AMQP header table. Only for what
+    /// `derive` makes from the message alone, the same every time.
+    pub fn with_derived_headers(mut self, derive: fn(&Message) -> FieldTable) -> Self {
+        self.derived = Some(DerivedHeaders {
+            derive,
+            made: OnceLock::new(),
+        });
+        self
     }
 
     /// Records the form the message arrived in, as `protocol`'s adapter keeps it.
@@ -175,7 +259,7 @@ impl Message {
 
     /// Delivery mode 2: the publisher asked for the message to survive a restart.
     pub fn is_persistent(&self) -> bool {
-        self.properties.delivery_mode == Some(2)
+        self.routing_properties().delivery_mode == Some(2)
     }
 }
 
@@ -272,6 +356,39 @@ mod tests {
             assert_eq!(*t, "translated");
         }
         assert_eq!(made, 1, "translated once for every consumer");
+    }
+
+    fn made_headers(m: &Message) -> FieldTable {
+        let mut t = FieldTable::new();
+        t.insert("from".into(), FieldValue::string(m.routing_key.clone()));
+        t
+    }
+
+    #[test]
+    fn derived_headers_are_made_once_on_first_read_and_charged() {
+        let memory = MemoryMonitor::new(0);
+        let m = message(
+            BasicProperties {
+                delivery_mode: Some(1),
+                ..Default::default()
+            },
+            memory.charge(Message::charge_size(100)),
+        )
+        .with_derived_headers(made_headers);
+        let before = memory.used();
+        assert!(m.routing_properties().headers.is_none(), "not made yet");
+        assert_eq!(m.routing_properties().delivery_mode, Some(1));
+        assert_eq!(memory.used(), before);
+        let p = m.properties();
+        assert_eq!(p.delivery_mode, Some(1), "the rest is kept");
+        assert_eq!(
+            p.headers.as_ref().and_then(|h| h.get("from")),
+            Some(&FieldValue::string("a.b"))
+        );
+        assert!(std::ptr::eq(p, m.properties()), "made once");
+        assert!(memory.used() > before, "the made properties are charged");
+        drop(m);
+        assert_eq!(memory.used(), 0);
     }
 
     fn message(properties: BasicProperties, charge: MemoryCharge) -> Message {

@@ -31,8 +31,8 @@ pub fn append_whole_message(log: &MessageLog, entry: Entry, message: &Message) -
     let props: &[u8] = match &message.raw_properties {
         Some(raw) => raw,
         None => {
-            let mut b = BytesMut::with_capacity(message.properties.encoded_len());
-            message.properties.encode(&mut b);
+            let mut b = BytesMut::with_capacity(message.properties().encoded_len());
+            message.properties().encode(&mut b);
             encoded = b;
             &encoded
         }

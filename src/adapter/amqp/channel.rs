@@ -925,10 +925,10 @@ impl Channel {
             raw = None;
         }
         let charge = ctx.broker.memory.charge(Message::charge_size(body.len()));
-        let message = Arc::new(Message::new(
+        let message = Arc::new(Message::with_boxed_properties(
             publish.exchange,
             publish.routing_key,
-            *properties,
+            properties,
             raw,
             body,
             charge,
@@ -997,7 +997,7 @@ impl Channel {
                         out,
                         self.id,
                         &method,
-                        &message.properties,
+                        message.properties(),
                         message.raw_properties.as_deref(),
                         &message.body,
                         ctx.frame_max,

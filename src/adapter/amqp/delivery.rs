@@ -126,7 +126,7 @@ impl ChannelDeliveries {
                 out,
                 self.channel,
                 &method,
-                &message.properties,
+                message.properties(),
                 message.raw_properties.as_deref(),
                 &message.body,
                 frame_max,

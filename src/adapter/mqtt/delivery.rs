@@ -12,7 +12,7 @@
 //! queues, are consumed with `no_ack`: a delivery belongs to the session (or member) it was
 //! handed to, and nothing outlives the connection for it.
 
-use super::convert::{mqtt_form, outbound_from_form, published_by};
+use super::convert::{mqtt_form, outbound_from_form};
 use super::registry::lock;
 use super::session::{shared_key, InFlight, OutboundMessage, Session};
 use crate::adapter::outbox::Outbox;
@@ -254,11 +254,12 @@ fn for_session(
 ) -> Option<OutboundMessage> {
     let msg = &d.message;
     let form = mqtt_form(msg);
-    let topic = &form.meta(msg).topic;
+    let meta = form.meta(msg);
+    let topic = &meta.topic;
     let matched = match shared_key(&queue.name) {
         Some(key) => s.match_shared(&key, topic)?,
         None => {
-            let from_self = published_by(&msg.properties) == Some(client_id);
+            let from_self = meta.publisher.as_deref() == Some(client_id);
             s.match_topic(topic, from_self)?
         }
     };

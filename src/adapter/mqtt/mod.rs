@@ -299,7 +299,7 @@ async fn handshake(
         broker: broker.clone(),
         state: state.clone(),
         vhost: attached.vhost.clone(),
-        client_id: attached.key.client_id.clone(),
+        client_id: attached.key.client_id.as_str().into(),
     };
     let mut conn = Box::new(Connection {
         broker: broker.clone(),

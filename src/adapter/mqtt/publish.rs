@@ -2,7 +2,9 @@
 //! place a QoS 1/2 publish is acknowledged to the client (the connection holds that
 //! acknowledgement until the records the publish wrote are durable).
 
-use super::convert::{publish_properties, topic_to_key, FormMeta, MqttForm, PublishFlags};
+use super::convert::{
+    arrival_headers, publish_properties_but_headers, topic_to_key, FormMeta, MqttForm,
+};
 use super::persist;
 use super::registry::MqttState;
 use super::retained::RetainedFull;
@@ -22,7 +24,8 @@ pub(super) struct Publisher {
     pub broker: Arc<Broker>,
     pub state: Arc<MqttState>,
     pub vhost: Arc<VHost>,
-    pub client_id: String,
+    /// Shared with every message it publishes (for No Local and the derived headers).
+    pub client_id: Arc<str>,
 }
 
 /// What routing a publish did.
@@ -116,19 +119,17 @@ impl Publisher {
                 ..Default::default()
             };
         };
-        let flags = PublishFlags {
-            qos: m.qos,
-            retain: m.retain,
-            dup: m.dup,
-        };
-        let properties = publish_properties(flags, &self.client_id, &m.properties, now);
+        let properties = publish_properties_but_headers(m.qos, &m.properties, now);
         let routing_key = topic_to_key(&m.topic);
         // MQTT subscribers read the topic and flags from here, not back from the routing key
-        // and headers.
+        // and headers; the headers are made from it only for a consumer (or a store, a
+        // headers exchange...) that reads them.
         let arrived = MqttForm::arrived_owned(m.properties).with_meta(FormMeta {
             topic: m.topic,
             qos: m.qos,
             retain: m.retain,
+            dup: m.dup,
+            publisher: Some(self.client_id.clone()),
         });
         let charge = self
             .broker
@@ -143,7 +144,8 @@ impl Publisher {
                 m.payload,
                 charge,
             )
-            .with_arrival(Protocol::Mqtt, arrived),
+            .with_arrival(Protocol::Mqtt, arrived)
+            .with_derived_headers(arrival_headers),
         );
         let publish = Publish {
             to: PublishTo::Exchange(&exchange),

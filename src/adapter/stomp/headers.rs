@@ -89,7 +89,7 @@ pub fn properties_from_send(frame: &Frame) -> StompResult<BasicProperties> {
 /// Appends a message's properties and AMQP headers as STOMP headers (after the MESSAGE frame's
 /// own headers, which therefore win over an AMQP header of the same name).
 pub fn message_headers(message: &Message, out: &mut Vec<(String, String)>) {
-    let p = &message.properties;
+    let p = message.properties();
     let mut put = |name: &str, value: Option<String>| {
         if let Some(v) = value {
             out.push((name.to_owned(), v));

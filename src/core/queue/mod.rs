@@ -412,7 +412,8 @@ impl Queue {
         if st.deleted {
             return Enqueued::default();
         }
-        let may_expire = st.args().message_ttl.is_some() || message.properties.expiration.is_some();
+        let may_expire =
+            st.args().message_ttl.is_some() || message.routing_properties().expiration.is_some();
         let now = self.now_for_expiry(&st, may_expire);
         let body_len = message.body.len() as u64;
         self.expire_heads(&mut st, now);
@@ -435,7 +436,8 @@ impl Queue {
         let id = st.next_id;
         st.next_id += 1;
         st.counters.publish += 1;
-        let expires_at = Self::expiry_of(&st, message.properties.expiration.as_deref(), now);
+        let expires_at =
+            Self::expiry_of(&st, message.routing_properties().expiration.as_deref(), now);
         let (stored, lsn, page_out) = match &self.store {
             Some(store) if message.is_persistent() => {
                 // With its expiry, so that its TTL counts from now across restarts.
@@ -455,7 +457,7 @@ impl Queue {
         if !page_out {
             st.memory_bytes += footprint(body_len);
         }
-        let level = st.args().level_of(message.properties.priority);
+        let level = st.args().level_of(message.routing_properties().priority);
         st.ready.push_back(Queued {
             id,
             message: (!page_out).then_some(message),

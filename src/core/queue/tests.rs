@@ -355,7 +355,12 @@ fn the_clock_is_read_only_when_a_message_can_expire() {
 }
 
 fn x_death(m: &Message) -> Vec<FieldTable> {
-    match m.properties.headers.as_ref().and_then(|h| h.get("x-death")) {
+    match m
+        .properties()
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-death"))
+    {
         Some(FieldValue::Array(a)) => a
             .iter()
             .filter_map(|v| match v {
@@ -500,7 +505,7 @@ fn rejected_expired_and_dropped_messages_are_dead_lettered_with_x_death() {
             (
                 String::from_utf8_lossy(&d.message.body).into_owned(),
                 x[0]["reason"].clone(),
-                d.message.properties.headers.as_ref().unwrap()["x-first-death-reason"].clone(),
+                d.message.properties().headers.as_ref().unwrap()["x-first-death-reason"].clone(),
             )
         })
         .collect();
