@@ -13,6 +13,7 @@ mod connection;
 pub mod convert;
 mod delivery;
 mod error;
+mod flow;
 mod permit;
 pub mod persist;
 mod publish;
@@ -321,6 +322,7 @@ async fn handshake(
             crate::net::driver::now(&broker.timer),
         ),
         blocked: false,
+        flow: flow::Flow::new(outbox.clone(), broker.config.mqtt.flow_backlog),
         ending: Ending::Abnormal,
         inbound_aliases: HashMap::new(),
         problem_info: c.properties.request_problem_information != Some(0),
