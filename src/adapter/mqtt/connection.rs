@@ -69,6 +69,10 @@ pub(super) struct Connection {
     pub flow: super::flow::Flow,
     /// How the connection ended (socket loss unless a packet or the broker says otherwise).
     pub ending: Ending,
+    /// Acknowledgements freed in-flight slots: the queues are asked to deliver once the read
+    /// is handled. Asking per PUBACK made a saturated QoS 1 subscriber take the queue's lock
+    /// and walk its consumers for every single message.
+    pub redispatch: bool,
 }
 
 impl Connection {
@@ -347,15 +351,14 @@ impl Connection {
     }
 
     /// After an outbound flow completed: fill the freed slot, and let the queue deliver again
-    /// once nothing waits.
-    fn after_completion(&self) {
+    /// once nothing waits (once for every acknowledgement in the same read: see
+    /// [`Connection::redispatch`]).
+    fn after_completion(&mut self) {
         let drained = {
             let mut s = lock(&self.attached.session);
             self.link.pump(&mut s)
         };
-        if drained {
-            self.dispatch_all();
-        }
+        self.redispatch |= drained;
     }
 
     /// Lets every queue this connection consumes from deliver again.
@@ -514,7 +517,11 @@ impl DriverSession for Connection {
     fn received(&mut self, buf: &mut BytesMut, now: Instant) -> Step {
         self.liveness.heard(now);
         self.flow.read_handled();
-        match self.process(buf, now) {
+        let ended = self.process(buf, now);
+        if std::mem::take(&mut self.redispatch) {
+            self.dispatch_all();
+        }
+        match ended {
             None => Step::Continue,
             Some(end) => {
                 self.ending = end;

@@ -324,6 +324,7 @@ async fn handshake(
         blocked: false,
         flow: flow::Flow::new(outbox.clone(), broker.config.mqtt.flow_backlog),
         ending: Ending::Abnormal,
+        redispatch: false,
         inbound_aliases: HashMap::new(),
         problem_info: c.properties.request_problem_information != Some(0),
         published: false,
