@@ -72,31 +72,48 @@ fn in_order() -> Vec<String> {
     (1..=MESSAGES).map(|i| i.to_string()).collect()
 }
 
+/// A subscriber `sub` to `topic` that reads nothing, and a publisher `publisher` that sent it
+/// `MESSAGES` and is held back: 32 went in flight (`max_inflight`), the rest queued up.
+async fn held_publisher(
+    b: &TestBroker,
+    sub: &str,
+    clean: bool,
+    publisher: &str,
+    topic: &str,
+) -> (RawMqtt<TcpStream>, RawMqtt<TcpStream>) {
+    let mut s = RawMqtt::connect(b.mqtt, Protocol::V311, sub, clean).await;
+    s.subscribe(topic, QoS::AtLeastOnce).await;
+    let mut p = RawMqtt::connect(b.mqtt, Protocol::V311, publisher, true).await;
+    publish_all(&mut p, topic).await;
+    bounded(wait_until("the publisher held back", || {
+        in_flow(b, publisher)
+    }))
+    .await;
+    (s, p)
+}
+
+/// Reads PUBACKs until `total` have arrived, counting from `acks`.
+async fn acks_up_to(c: &mut RawMqtt<TcpStream>, mut acks: usize, total: usize) -> usize {
+    while acks < total {
+        match c.recv().await {
+            Some(Packet::PubAck(_)) => acks += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    acks
+}
+
 #[tokio::test]
 async fn a_publisher_is_held_back_while_its_subscriber_does_not_read_and_resumes_when_it_does() {
     let (b, _clock) = broker().await;
-    let mut sub = RawMqtt::connect(b.mqtt, Protocol::V311, "flow-sub", true).await;
-    sub.subscribe("flow/t", QoS::AtLeastOnce).await;
-    let mut publisher = RawMqtt::connect(b.mqtt, Protocol::V311, "flow-pub", true).await;
-    // The subscriber reads nothing yet: 32 go in flight (`max_inflight`), the rest queue up.
-    publish_all(&mut publisher, "flow/t").await;
-    bounded(wait_until("the publisher held back", || {
-        in_flow(&b, "flow-pub")
-    }))
-    .await;
+    let (mut sub, mut publisher) = held_publisher(&b, "flow-sub", true, "flow-pub", "flow/t").await;
     // Held back just past the bound: the rest of what it sent waits unread.
     let queued = backlog(&b, "flow-sub") as usize;
     assert!(
         (BOUND..BOUND + 5).contains(&queued),
         "{queued} ready, bound {BOUND}"
     );
-    let mut acks = 0;
-    while acks < queued + 32 {
-        match publisher.recv().await {
-            Some(Packet::PubAck(_)) => acks += 1,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let mut acks = acks_up_to(&mut publisher, 0, queued + 32).await;
     // Every publish routed was acknowledged, and no more were routed meanwhile.
     assert!(in_flow(&b, "flow-pub"));
     assert_eq!(backlog(&b, "flow-sub") as usize, queued);
@@ -105,12 +122,8 @@ async fn a_publisher_is_held_back_while_its_subscriber_does_not_read_and_resumes
     // The subscriber reads: the publisher resumes, and everything arrives once, in order.
     let (got, _) = read_and_ack(&mut sub, 0).await;
     assert_eq!(got, in_order());
-    while acks < usize::from(MESSAGES) {
-        match publisher.recv().await {
-            Some(Packet::PubAck(_)) => acks += 1,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    acks = acks_up_to(&mut publisher, acks, usize::from(MESSAGES)).await;
+    assert_eq!(acks, usize::from(MESSAGES));
     assert!(!in_flow(&b, "flow-pub"));
     publisher.expect_nothing_pending().await;
     sub.expect_nothing_pending().await;
@@ -155,14 +168,8 @@ async fn two_clients_publishing_into_each_others_queues_both_finish() {
 #[tokio::test]
 async fn a_hold_runs_out_when_the_consumer_never_reads() {
     let (b, clock) = broker().await;
-    let mut sub = RawMqtt::connect(b.mqtt, Protocol::V311, "flow-stuck", true).await;
-    sub.subscribe("stuck/t", QoS::AtLeastOnce).await;
-    let mut publisher = RawMqtt::connect(b.mqtt, Protocol::V311, "flow-waits", true).await;
-    publish_all(&mut publisher, "stuck/t").await;
-    bounded(wait_until("the publisher held back", || {
-        in_flow(&b, "flow-waits")
-    }))
-    .await;
+    let (mut sub, mut publisher) =
+        held_publisher(&b, "flow-stuck", true, "flow-waits", "stuck/t").await;
     let queued = backlog(&b, "flow-stuck") as usize;
     assert!(queued < usize::from(MESSAGES) - 32);
     // The subscriber never reads, but a hold lasts a second at most: what the publisher sent
@@ -174,13 +181,7 @@ async fn a_hold_runs_out_when_the_consumer_never_reads() {
         backlog(&b, "flow-stuck") as usize == usize::from(MESSAGES) - 32
     }))
     .await;
-    let mut acks = 0;
-    while acks < usize::from(MESSAGES) {
-        match publisher.recv().await {
-            Some(Packet::PubAck(_)) => acks += 1,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    acks_up_to(&mut publisher, 0, usize::from(MESSAGES)).await;
     let (got, _) = read_and_ack(&mut sub, 0).await;
     assert_eq!(got, in_order());
     b.stop().await;
@@ -189,24 +190,12 @@ async fn a_hold_runs_out_when_the_consumer_never_reads() {
 #[tokio::test]
 async fn a_held_publisher_resumes_when_its_consumer_goes() {
     let (b, _clock) = broker().await;
-    let mut sub = RawMqtt::connect(b.mqtt, Protocol::V311, "flow-leaves", false).await;
-    sub.subscribe("leaves/t", QoS::AtLeastOnce).await;
-    let mut publisher = RawMqtt::connect(b.mqtt, Protocol::V311, "flow-stays", true).await;
-    publish_all(&mut publisher, "leaves/t").await;
-    bounded(wait_until("the publisher held back", || {
-        in_flow(&b, "flow-stays")
-    }))
-    .await;
+    let (sub, mut publisher) =
+        held_publisher(&b, "flow-leaves", false, "flow-stays", "leaves/t").await;
     // Nobody drains the persistent session's queue now: it keeps the messages (up to
     // `max_offline_messages`), and the publisher goes on.
     drop(sub);
-    let mut acks = 0;
-    while acks < usize::from(MESSAGES) {
-        match publisher.recv().await {
-            Some(Packet::PubAck(_)) => acks += 1,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    acks_up_to(&mut publisher, 0, usize::from(MESSAGES)).await;
     assert!(!in_flow(&b, "flow-stays"));
     b.stop().await;
 }
