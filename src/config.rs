@@ -277,6 +277,11 @@ pub struct MqttConfig {
     /// are dropped (and counted).
     #[serde(default = "default_mqtt_max_offline_messages")]
     pub max_offline_messages: usize,
+    /// Publisher flow control: a QoS 1/2 publisher is not read while a queue it published to
+    /// holds more than this many ready messages and has a consumer, until it is down to half
+    /// (0 = off). Bounds the backlog, and so the delivery latency, of a saturating publisher.
+    #[serde(default = "default_mqtt_flow_backlog")]
+    pub flow_backlog: usize,
     /// Retained messages kept over all vhosts, at most (0 = no limit of its own); a retained
     /// publish for a new topic beyond it is refused.
     #[serde(default = "default_mqtt_retained_max_messages")]
@@ -324,6 +329,7 @@ impl Default for MqttConfig {
             max_inflight: default_mqtt_max_inflight(),
             receive_maximum: default_mqtt_receive_maximum(),
             max_offline_messages: default_mqtt_max_offline_messages(),
+            flow_backlog: default_mqtt_flow_backlog(),
             retained_max_messages: default_mqtt_retained_max_messages(),
             retained_max_bytes: default_mqtt_retained_max_bytes(),
             max_session_expiry_interval: default_mqtt_max_session_expiry(),
@@ -362,6 +368,9 @@ fn default_mqtt_receive_maximum() -> u16 {
 }
 fn default_mqtt_max_offline_messages() -> usize {
     1000
+}
+fn default_mqtt_flow_backlog() -> usize {
+    500
 }
 fn default_mqtt_retained_max_messages() -> usize {
     100_000

@@ -62,7 +62,13 @@ pub(super) fn connection_json(b: &Broker, node: &str, c: &Arc<ConnectionEntry>) 
         "user": user,
         "vhost": vhost,
         "channels": c.channels.load(std::sync::atomic::Ordering::Relaxed),
-        "state": if user.is_empty() { "starting" } else { "running" },
+        "state": if user.is_empty() {
+            "starting"
+        } else if c.in_flow.load(std::sync::atomic::Ordering::Relaxed) {
+            "flow"
+        } else {
+            "running"
+        },
         "connected_at": connected_at,
         "ssl": false,
         "client_properties": client_properties(c),

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::store::{kind, RecoveredKeyed, RecoveredLog, Store, StoreError, VHostDefinitions};
 use dashmap::DashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::{watch, Notify};
@@ -37,6 +37,8 @@ pub struct ConnectionEntry {
     pub stats: Arc<ConnectionCounters>,
     /// The client's own name for itself: the MQTT client id, else empty.
     pub client_id: Mutex<String>,
+    /// Not read because publisher flow control holds it back (RabbitMQ's `flow` state).
+    pub in_flow: AtomicBool,
     /// Set when the broker closes the connection (its user or vhost was deleted).
     forced: Notify,
     forced_reason: Mutex<Option<String>>,
@@ -266,6 +268,7 @@ impl Broker {
         for vh in vhosts.iter() {
             vh.serve_timer();
             vh.set_topic_max_words(config.server.topic_max_words);
+            vh.set_flow_backlog(config.mqtt.flow_backlog);
         }
         Arc::new(Broker {
             timer,
@@ -347,6 +350,7 @@ impl Broker {
         };
         vh.serve_timer();
         vh.set_topic_max_words(self.config.server.topic_max_words);
+        vh.set_flow_backlog(self.config.mqtt.flow_backlog);
         let record = encode(&VHostRecord {
             name: name.to_owned(),
         });
@@ -462,6 +466,7 @@ impl Broker {
             session: Mutex::new(None),
             stats: Arc::default(),
             client_id: Mutex::new(String::new()),
+            in_flow: AtomicBool::new(false),
             forced: Notify::new(),
             forced_reason: Mutex::new(None),
         });

@@ -65,10 +65,16 @@ pub(super) struct Connection {
     pub liveness: Liveness,
     /// Not read because of the memory alarm.
     pub blocked: bool,
+    /// Publisher flow control: not read while a queue it publishes to is too far behind.
+    pub flow: super::flow::Flow,
     /// How the connection ended (socket loss unless a packet or the broker says otherwise).
     pub ending: Ending,
     /// A SUBSCRIBE or UNSUBSCRIBE handled a slice at a time (see `subscribe`).
     pub unfinished: Option<Box<super::subscribe::Unfinished>>,
+    /// Acknowledgements freed in-flight slots: the queues are asked to deliver once the read
+    /// is handled. Asking per PUBACK made a saturated QoS 1 subscriber take the queue's lock
+    /// and walk its consumers for every single message.
+    pub redispatch: bool,
 }
 
 impl Connection {
@@ -199,18 +205,19 @@ impl Connection {
         }
     }
 
-    /// Handles every complete packet in `buf`; `Some` when the connection is to end.
-    fn process(&mut self, buf: &mut BytesMut) -> Option<Ending> {
+    /// Handles every complete packet in `buf` (stopping at a publish that holds the
+    /// connection back: the rest waits in `buf`); `Some` when the connection is to end.
+    fn process(&mut self, buf: &mut BytesMut, now: Instant) -> Option<Ending> {
         let max = self.broker.config.mqtt.max_packet_size as usize;
         loop {
             // A SUBSCRIBE or UNSUBSCRIBE under way goes on first, a slice per call: the
-            // packets behind it wait their turn.
-            if !self.continue_unfinished() {
+            // packets behind it wait their turn; a held publisher is not read further.
+            if !self.continue_unfinished() || self.flow.is_held() {
                 return None;
             }
             let result = match decode(buf, self.protocol, max) {
                 Ok(None) => return None,
-                Ok(Some(packet)) => self.handle(packet),
+                Ok(Some(packet)) => self.handle(packet, now),
                 Err(e) => Err(Violation::from(e)),
             };
             match result {
@@ -241,9 +248,9 @@ impl Connection {
         }
     }
 
-    fn handle(&mut self, packet: Packet) -> Result<Option<Ending>, Violation> {
+    fn handle(&mut self, packet: Packet, now: Instant) -> Result<Option<Ending>, Violation> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p)?,
+            Packet::Publish(p) => self.on_publish(p, now)?,
             Packet::PubAck(a) => {
                 let mut s = lock(&self.attached.session);
                 let done = match s.in_flight.get(&a.packet_id) {
@@ -348,15 +355,14 @@ impl Connection {
     }
 
     /// After an outbound flow completed: fill the freed slot, and let the queue deliver again
-    /// once nothing waits.
-    fn after_completion(&self) {
+    /// once nothing waits (once for every acknowledgement in the same read: see
+    /// [`Connection::redispatch`]).
+    fn after_completion(&mut self) {
         let drained = {
             let mut s = lock(&self.attached.session);
             self.link.pump(&mut s)
         };
-        if drained {
-            self.dispatch_all();
-        }
+        self.redispatch |= drained;
     }
 
     /// Lets every queue this connection consumes from deliver again.
@@ -374,7 +380,7 @@ impl Connection {
         topic.len() <= cfg.mqtt.max_topic_length && topic.split('/').count() <= max_levels
     }
 
-    fn on_publish(&mut self, mut p: Publish) -> Result<(), Violation> {
+    fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), Violation> {
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Violation::protocol(
                 "a PUBLISH from a client carries a subscription identifier",
@@ -480,14 +486,46 @@ impl Connection {
             lsn = lsn.max(self.save_session());
         }
         self.ack_publish(qos, id, routed.reason(), lsn);
+        if let (Some(queue), true) = (&routed.congested, qos != QoS::AtMostOnce) {
+            self.hold_back_for(queue, now);
+        }
         Ok(())
+    }
+
+    /// Stops reading this connection until `queue`'s backlog is low again (see
+    /// [`super::flow`]), unless that could wait for ever.
+    fn hold_back_for(&mut self, queue: &Arc<Queue>, now: Instant) {
+        if !self.flow.may_hold() {
+            return;
+        }
+        let own = || std::iter::once(self.queue()).chain(self.shared.values().map(|(q, _)| q));
+        // Its own acknowledgements drain a queue it consumes.
+        if own().any(|q| Arc::ptr_eq(q, queue)) {
+            return;
+        }
+        let (low, waiter) = self.flow.waiter();
+        if !queue.hold_publisher(low, waiter) {
+            return;
+        }
+        // A publisher waiting for one of its queues waits for it to read. Checked after
+        // registering: of two connections registering with each other's queues at once, the
+        // later one to look sees the other's registration.
+        if own().any(|q| q.holds_publishers()) {
+            return;
+        }
+        self.flow.held(now);
     }
 }
 
 impl DriverSession for Connection {
     fn received(&mut self, buf: &mut BytesMut, now: Instant) -> Step {
         self.liveness.heard(now);
-        match self.process(buf) {
+        self.flow.read_handled();
+        let ended = self.process(buf, now);
+        if std::mem::take(&mut self.redispatch) {
+            self.dispatch_all();
+        }
+        match ended {
             None => Step::Continue,
             Some(end) => {
                 self.ending = end;
@@ -511,11 +549,20 @@ impl DriverSession for Connection {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.liveness.deadline()
+        match (self.liveness.deadline(), self.flow.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn flow_held(&mut self, now: Instant) -> bool {
+        self.flow.still_held(now)
     }
 
     fn timer(&mut self, now: Instant) -> Step {
-        if !self.liveness.poll(now, self.blocked).peer_silent {
+        // Not read meanwhile, so not heard either: the keep alive waits, as under the alarm.
+        let unread = self.blocked || self.flow.is_held();
+        if !self.liveness.poll(now, unread).peer_silent {
             return Step::Continue;
         }
         tracing::info!(peer = %self.entry.peer, "MQTT keep alive expired");

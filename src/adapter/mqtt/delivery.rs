@@ -115,7 +115,7 @@ impl Link {
             if m.qos == QoS::ExactlyOnce && m.delivery.is_some() {
                 s.record_stale = true;
             }
-            s.in_flight.insert(id, InFlight { message: m });
+            s.in_flight.insert(id, InFlight::new(m));
         } else {
             s.drop_message(&m);
         }

@@ -15,6 +15,7 @@ pub mod convert;
 mod delivery;
 mod discard;
 mod error;
+mod flow;
 mod permit;
 pub mod persist;
 mod publish;
@@ -323,7 +324,9 @@ async fn handshake(
             crate::net::driver::now(&broker.timer),
         ),
         blocked: false,
+        flow: flow::Flow::new(outbox.clone(), broker.config.mqtt.flow_backlog),
         ending: Ending::Abnormal,
+        redispatch: false,
         inbound_aliases: HashMap::new(),
         problem_info: c.properties.request_problem_information != Some(0),
         published: false,

@@ -687,7 +687,7 @@ mod tests {
         m.qos = QoS::ExactlyOnce;
         m.delivery = Some(77);
         s.in_flight
-            .insert(3, super::super::session::InFlight { message: m });
+            .insert(3, super::super::session::InFlight::new(m));
         let text = serde_json::to_vec(&session_record(&s)).expect("json");
         let back: SessionRecord = serde_json::from_slice(&text).expect("parse");
         let subs: Vec<SubscriptionRecord> = s

@@ -39,6 +39,8 @@ pub(super) struct Routed {
     pub refused: bool,
     /// The retained store was full: the message was neither retained nor routed.
     pub retained_full: Option<RetainedFull>,
+    /// A queue it reached is over `mqtt.flow_backlog` (see `flow`).
+    pub congested: Option<Arc<crate::core::Queue>>,
 }
 
 impl Routed {
@@ -159,6 +161,7 @@ impl Publisher {
             lsn: outcome.lsn.max(retained_lsn),
             refused: outcome.refused(),
             retained_full: None,
+            congested: outcome.congested,
         }
     }
 }

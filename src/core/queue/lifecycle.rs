@@ -118,12 +118,17 @@ impl Queue {
 
     /// Re-arms the timer and releases the lock, returning what had to wait for that:
     /// dead letters to republish and the queue's deletion when `x-expires` ran out.
+    /// Publishers held back by the backlog are woken here when it has shrunk enough.
     pub(super) fn finish(self: &Arc<Self>, mut st: MutexGuard<'_, QueueState>) -> QueueEffects {
         self.rearm(&mut st);
-        QueueEffects {
+        let effects = QueueEffects {
             dead: std::mem::take(&mut st.dead),
             expired: std::mem::take(&mut st.expire_queue),
-        }
+        };
+        let resumed = st.resumable();
+        drop(st);
+        resumed.wake();
+        effects
     }
 
     /// The timer's call: removes expired head messages and finds whether the queue has been

@@ -11,11 +11,13 @@
 
 pub mod args;
 mod consumers;
+mod flow;
 mod idle;
 mod lifecycle;
 mod ready;
 mod storage;
 
+pub use flow::FlowWaiter;
 pub use storage::read_back;
 
 use super::clock::{Clock, SystemClock};
@@ -184,6 +186,9 @@ pub struct Enqueued {
     pub refused: bool,
     /// What the vhost is to do now (dead letters).
     pub effects: QueueEffects,
+    /// Ready messages after this one, while the queue has consumers (0 without): what
+    /// publisher flow control holds a publisher back by (see [`flow`]).
+    pub backlog: usize,
 }
 
 #[derive(Debug)]
@@ -220,6 +225,8 @@ struct QueueState {
     /// change. None when they are all defaults, as for most queues (every MQTT session has
     /// one): the arguments are 120 bytes.
     args: Option<Box<QueueArgs>>,
+    /// Publishers held back until the backlog shrinks (see [`flow`]); None for most queues.
+    flow: Option<Box<flow::FlowWaiters>>,
 }
 
 impl QueueState {
@@ -299,6 +306,7 @@ impl Queue {
                 expire_queue: false,
                 counters: QueueCounters::default(),
                 args: boxed_unless_default(args),
+                flow: None,
             }),
         }
     }
@@ -430,6 +438,7 @@ impl Queue {
                 accepted: false,
                 lsn: 0,
                 refused: true,
+                backlog: st.flow_backlog(),
                 effects: self.finish(st),
             };
         }
@@ -476,6 +485,7 @@ impl Queue {
             accepted: true,
             lsn,
             refused: false,
+            backlog: st.flow_backlog(),
             effects: self.finish(st),
         }
     }
@@ -683,6 +693,9 @@ impl Queue {
         st.ready_bytes = 0;
         st.memory_bytes = 0;
         self.log_settled(&persisted);
+        let resumed = st.resumable();
+        drop(st);
+        resumed.wake();
         saturating_u32(n)
     }
 
@@ -703,10 +716,14 @@ impl Queue {
         st.memory_bytes = 0;
         st.unacked.clear();
         st.dead.clear();
-        QueueDeleted {
+        let deleted = QueueDeleted {
             messages,
             consumers: st.consumers.take_all(),
-        }
+        };
+        let resumed = st.resumable();
+        drop(st);
+        resumed.wake();
+        deleted
     }
 
     pub fn is_deleted(&self) -> bool {

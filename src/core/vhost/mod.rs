@@ -98,6 +98,9 @@ pub struct VHost {
     exclusive: Mutex<HashMap<ConnectionId, Vec<Arc<Queue>>>>,
     /// `server.topic_max_words`: the most words in a topic exchange's binding or routing key.
     topic_max_words: AtomicUsize,
+    /// `mqtt.flow_backlog`: a publish that leaves a queue's backlog over this names the queue
+    /// in its outcome, for publisher flow control (0: never).
+    flow_backlog: AtomicUsize,
 }
 
 /// What a vhost is made with from the broker around it.
@@ -129,6 +132,7 @@ impl VHost {
             policies,
             exclusive: Mutex::new(HashMap::new()),
             topic_max_words: AtomicUsize::new(topic::DEFAULT_MAX_WORDS),
+            flow_backlog: AtomicUsize::new(0),
         };
         for (ename, kind) in [
             ("", ExchangeKind::Direct),

@@ -39,6 +39,10 @@ pub struct PublishOutcome {
     /// nack, an MQTT 5 acknowledgement says quota exceeded, a STOMP receipt becomes an ERROR.
     /// Empty (allocating nothing) unless a queue refused.
     pub refused_by: Vec<String>,
+    /// A queue it reached whose backlog is now over the vhost's flow bound
+    /// ([`VHost::set_flow_backlog`]): a publisher that can be held back waits for it to drain
+    /// ([`Queue::hold_publisher`]).
+    pub congested: Option<Arc<Queue>>,
 }
 
 impl PublishOutcome {
@@ -49,6 +53,11 @@ impl PublishOutcome {
 }
 
 impl VHost {
+    /// Sets the backlog past which a publish names the queue as congested (0: never).
+    pub fn set_flow_backlog(&self, bound: usize) {
+        self.flow_backlog.store(bound, Ordering::Relaxed);
+    }
+
     /// The ingress: routes `publish` to its queues (or holds it for a delay) and enqueues it.
     /// `queues` is the caller's buffer, kept across publishes and left empty, so a publish
     /// allocates nothing here unless exchanges are bound to exchanges. Routing checks are the
@@ -151,6 +160,12 @@ impl VHost {
     fn enqueue(&self, q: &Arc<Queue>, message: &Arc<Message>, outcome: &mut PublishOutcome) {
         let enqueued = q.enqueue(message.clone());
         outcome.lsn = outcome.lsn.max(enqueued.lsn);
+        if outcome.congested.is_none() {
+            let bound = self.flow_backlog.load(Ordering::Relaxed);
+            if bound > 0 && enqueued.backlog > bound {
+                outcome.congested = Some(q.clone());
+            }
+        }
         // As RabbitMQ: one refusing queue makes the publish refused.
         if enqueued.refused {
             outcome.refused_by.push(q.name.clone());

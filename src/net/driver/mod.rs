@@ -24,6 +24,7 @@ use crate::core::broker::ConnectionEntry;
 use crate::core::Broker;
 use bytes::{BufMut, BytesMut};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
@@ -75,6 +76,13 @@ pub trait Session {
     }
     /// Whether a publish was routed since the last call (the memory alarm then blocks reads).
     fn take_published(&mut self) -> bool;
+    /// Whether publisher flow control holds the connection back at `now` (a queue it
+    /// publishes to is too far behind): it is then not read, as under the memory alarm, and
+    /// asked again after every event; once it says no, what it left in the read buffer is
+    /// handed to [`received`](Self::received) again. Protocols without it never hold.
+    fn flow_held(&mut self, _now: Instant) -> bool {
+        false
+    }
     /// When [`timer`](Self::timer) is next due, if ever. Changes only when it fires or the
     /// session starts or stops a timer, so the driver rarely re-arms it.
     fn deadline(&self) -> Option<Instant>;
@@ -142,6 +150,8 @@ where
         // stops). Only a connection that publishes is blocked: consumers' connections stay
         // readable so that their acknowledgements can free memory.
         let mut blocked = false;
+        // Not read while publisher flow control holds it back (the session says until when).
+        let mut flow_hold = false;
         let mut closing: Option<Instant> = None;
         // The closing wait bounds a peer's answer in real time (tokio's), so that a manual
         // clock nobody moves cannot keep a closed connection.
@@ -158,6 +168,16 @@ where
         let mut step = session.received(&mut self.read.buf, now);
         self.read.processed(session.held_bytes());
         loop {
+            if flow_hold && step == Step::Continue && !session.flow_held(self.now()) {
+                // What was read behind the publish that held it back.
+                let now = self.now();
+                step = session.received(&mut self.read.buf, now);
+                self.read.processed(session.held_bytes());
+                flow_hold = step == Step::Continue && session.flow_held(now);
+            }
+            if flow_hold != self.entry.in_flow.load(Ordering::Relaxed) {
+                self.entry.in_flow.store(flow_hold, Ordering::Relaxed);
+            }
             match step {
                 Step::Continue => {}
                 Step::Close => return,
@@ -197,9 +217,13 @@ where
             let read_buf = &mut self.read.buf;
             let reader = &mut self.reader;
             let wait_alarm = blocked && closing.is_none();
+            // Held back: only the session's wake-up (outbox) or its deadline ends it.
+            let wait_flow = flow_hold && closing.is_none();
             let input = async {
                 if wait_alarm {
                     Input::AlarmChanged(alarm.changed().await.is_ok())
+                } else if wait_flow {
+                    std::future::pending().await
                 } else {
                     Input::Read(reader.read_buf(&mut read_buf.limit(SLICE_BYTES)).await)
                 }
@@ -238,6 +262,8 @@ where
                     let held = session.held_bytes();
                     self.read.processed(held);
                     let published = session.take_published();
+                    flow_hold =
+                        closing.is_none() && step == Step::Continue && session.flow_held(now);
                     if closing.is_none()
                         && step == Step::Continue
                         && self.broker.memory.alarm()
