@@ -36,6 +36,7 @@ PIDS=()
 RABBIT_PID=
 EPMD_PID=
 RABBIT_NODE=sbstore@localhost
+declare -A PID  # run_rabbitmq (bench/lib.sh) sets PID[rabbitmq]
 
 log() { echo "store.sh: $*" >&2; }
 
@@ -95,17 +96,8 @@ start_rabbitmq() {
 listeners.tcp.default = $RB
 loopback_users.guest = true
 CONF
-    echo "[]." >"$dir/enabled_plugins"
-    local had_epmd=
-    pgrep -x epmd >/dev/null && had_epmd=1
-    HOME=$dir RABBITMQ_NODENAME=$RABBIT_NODE \
-        RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins \
-        RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log RABBITMQ_PID_FILE=$dir/pid \
-        setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$dir/out.log" 2>&1 &
-    HOME=$dir /usr/lib/rabbitmq/bin/rabbitmqctl -n "$RABBIT_NODE" -q wait --timeout 120 "$dir/pid" >/dev/null
-    RABBIT_PID=$(cat "$dir/pid")
-    # RabbitMQ starts Erlang's port mapper if none runs; if so, it is ours to stop.
-    [[ -n $had_epmd ]] || EPMD_PID=$(pgrep -x epmd || true)
+    run_rabbitmq "$RABBIT_NODE" "$dir" "[]"
+    RABBIT_PID=${PID[rabbitmq]}
 }
 
 # Adds "target" (the broker measured) and the other given fields to the JSON object on stdin.

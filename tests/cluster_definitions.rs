@@ -362,8 +362,9 @@ async fn exchanges_durable_queues_and_bindings_reach_every_node_and_route_there(
     ))
     .await
     .unwrap();
-    let got = wait_for_message(&ch3, "orders").await;
-    assert_eq!(got, b"order 1");
+    let mut consumer = common::amqp::consume(&ch3, "orders", true).await;
+    let got = common::amqp::next(&mut consumer).await;
+    assert_eq!(got.data, b"order 1");
     // The message stays on node 3: node 1's instance has none.
     let r = call(nodes[0].broker(), "GET", "/api/queues/%2F/orders", None).await;
     assert_eq!(r.body["messages"], 0, "{:?}", r.body);
@@ -385,27 +386,6 @@ async fn exchanges_durable_queues_and_bindings_reach_every_node_and_route_there(
         .unwrap();
     wait_on_all(&nodes, "/api/exchanges/%2F/shop", false).await;
     wait_on_all(&nodes, "/api/queues/%2F/orders", false).await;
-}
-
-/// Gets one message from `queue` on `ch`, polling with a deadline.
-async fn wait_for_message(ch: &lapin::Channel, queue: &str) -> Vec<u8> {
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    loop {
-        let got = bounded(ch.basic_get(
-            queue.into(),
-            lapin::options::BasicGetOptions { no_ack: true },
-        ))
-        .await
-        .unwrap();
-        if let Some(m) = got {
-            return m.delivery.data.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no message in {queue}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
