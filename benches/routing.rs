@@ -146,7 +146,14 @@ fn route_and_enqueue(c: &mut Criterion) {
         b.iter(|| {
             let m = Arc::new(message("site.42.device.42.temp", &body));
             let to = PublishTo::Exchange(&ex);
-            vh.publish(Publish { to, message: &m }, &mut queues);
+            vh.publish(
+                Publish {
+                    to,
+                    message: &m,
+                    holdable: false,
+                },
+                &mut queues,
+            );
             // Keep the queue from growing across iterations.
             if q.message_count() > 10_000 {
                 q.purge();

@@ -153,7 +153,14 @@ fn fan_out_to_n_queues_is_linear_in_n() {
         let t = thread_cpu_time();
         for _ in 0..5 {
             let to = PublishTo::Exchange(&ex);
-            let outcome = vh.publish(Publish { to, message: &msg }, &mut queues);
+            let outcome = vh.publish(
+                Publish {
+                    to,
+                    message: &msg,
+                    holdable: false,
+                },
+                &mut queues,
+            );
             assert_eq!(outcome.queues, n);
         }
         thread_cpu_time() - t

@@ -266,6 +266,7 @@ async fn publish(
     let publish = Publish {
         to: PublishTo::Exchange(&exchange),
         message: &message,
+        holdable: false,
     };
     // A delayed message counts as routed.
     let outcome = vh.publish(publish, &mut Vec::new());

@@ -87,6 +87,7 @@ async fn aliveness(State(b): B, Path(vh): Path<String>) -> Response {
     let publish = Publish {
         to: PublishTo::Queue(&q),
         message: &Arc::new(message),
+        holdable: false,
     };
     let _ = vh.publish(publish, &mut Vec::new());
     // Other messages may sit in the queue (an earlier test's); ours is the one with our body.

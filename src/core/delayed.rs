@@ -420,6 +420,7 @@ mod tests {
                 Publish {
                     to,
                     message: &message,
+                    holdable: false,
                 },
                 &mut Vec::new(),
             )

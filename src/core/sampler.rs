@@ -195,7 +195,11 @@ mod tests {
                 Default::default(),
             ));
             let to = crate::core::PublishTo::Exchange(&exchange);
-            let publish = crate::core::Publish { to, message: &msg };
+            let publish = crate::core::Publish {
+                to,
+                message: &msg,
+                holdable: false,
+            };
             vh.publish(publish, &mut Vec::new());
         }
         let t0 = Instant::now();

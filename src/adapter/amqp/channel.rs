@@ -979,6 +979,7 @@ impl Channel {
         let publish = Publish {
             to: PublishTo::Exchange(exchange),
             message: &message,
+            holdable: false,
         };
         let mut queues = std::mem::take(&mut self.routed_to);
         let outcome = ctx.vhost.publish(publish, &mut queues);

@@ -540,6 +540,7 @@ mod legacy {
         let publish = core::Publish {
             to: PublishTo::Queue(&q),
             message: &message,
+            holdable: false,
         };
         vhost.publish(publish, &mut Vec::new()).lsn
     }

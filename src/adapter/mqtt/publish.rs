@@ -152,6 +152,7 @@ impl Publisher {
         let publish = Publish {
             to: PublishTo::Exchange(&exchange),
             message: &message,
+            holdable: m.qos != QoS::AtMostOnce,
         };
         let outcome = self.vhost.publish(publish, &mut Vec::new());
         Routed {

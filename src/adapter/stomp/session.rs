@@ -321,6 +321,7 @@ impl Session {
         let publish = Publish {
             to: PublishTo::Exchange(exchange),
             message: &message,
+            holdable: false,
         };
         let outcome = self.ctx.vhost.publish(publish, &mut Vec::new());
         if outcome.refused() {

@@ -23,6 +23,9 @@ pub struct Publish<'a> {
     pub to: PublishTo<'a>,
     /// Shared by every queue it reaches.
     pub message: &'a Arc<Message>,
+    /// The publisher can be held back by flow control (an MQTT QoS 1/2 publisher): only then
+    /// is [`PublishOutcome::congested`] worked out.
+    pub holdable: bool,
 }
 
 /// What a publish did.
@@ -43,6 +46,8 @@ pub struct PublishOutcome {
     /// ([`VHost::set_flow_backlog`]): a publisher that can be held back waits for it to drain
     /// ([`Queue::hold_publisher`]).
     pub congested: Option<Arc<Queue>>,
+    /// The flow bound `congested` is worked out against for this publish (0: it is not).
+    flow_bound: usize,
 }
 
 impl PublishOutcome {
@@ -64,8 +69,19 @@ impl VHost {
     /// caller's to make first ([`VHost::check_routing_key`], permissions, `internal`), in its
     /// protocol's terms.
     pub fn publish(&self, publish: Publish<'_>, queues: &mut Vec<Arc<Queue>>) -> PublishOutcome {
-        let Publish { to, message } = publish;
-        let mut outcome = PublishOutcome::default();
+        let Publish {
+            to,
+            message,
+            holdable,
+        } = publish;
+        let mut outcome = PublishOutcome {
+            flow_bound: if holdable {
+                self.flow_backlog.load(Ordering::Relaxed)
+            } else {
+                0
+            },
+            ..PublishOutcome::default()
+        };
         match to {
             PublishTo::Queue(q) => {
                 outcome.queues = 1;
@@ -160,11 +176,11 @@ impl VHost {
     fn enqueue(&self, q: &Arc<Queue>, message: &Arc<Message>, outcome: &mut PublishOutcome) {
         let enqueued = q.enqueue(message.clone());
         outcome.lsn = outcome.lsn.max(enqueued.lsn);
-        if outcome.congested.is_none() {
-            let bound = self.flow_backlog.load(Ordering::Relaxed);
-            if bound > 0 && enqueued.backlog > bound {
-                outcome.congested = Some(q.clone());
-            }
+        if outcome.flow_bound > 0
+            && enqueued.backlog > outcome.flow_bound
+            && outcome.congested.is_none()
+        {
+            outcome.congested = Some(q.clone());
         }
         // As RabbitMQ: one refusing queue makes the publish refused.
         if enqueued.refused {
