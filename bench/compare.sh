@@ -5,6 +5,11 @@
 #
 #   bench/compare.sh                     # 3 rounds of 5 s runs
 #   ROUNDS=5 DURATION=10 bench/compare.sh
+#   ONLY='MQTT 3.1.1 QoS [01]' BROKERS='switchboard mosquitto rumqttd' CONNECTIONS=0 bench/compare.sh
+#
+# ONLY (an extended regular expression) keeps the scenarios whose label matches it; BROKERS
+# names the brokers to start (default: every one installed); CONNECTIONS=0 skips the idle
+# connections run.
 #
 # Needs a release build (`cargo build --release`); RabbitMQ (Debian `rabbitmq-server`, the
 # rabbitmq_mqtt and rabbitmq_stomp plugins are enabled here), Mosquitto and rumqttd ($RUMQTTD,
@@ -110,11 +115,19 @@ trap stop_all EXIT
 
 # Each idle connection is a descriptor in the broker and in the bench.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-start_switchboard
-command -v mosquitto >/dev/null && start_mosquitto || log "mosquitto not installed: skipped"
+BROKERS=${BROKERS:-switchboard mosquitto rumqttd rabbitmq}
+wanted() { [[ " $BROKERS " == *" $1 "* ]]; }
+wanted switchboard && start_switchboard
+if wanted mosquitto; then
+    command -v mosquitto >/dev/null && start_mosquitto || log "mosquitto not installed: skipped"
+fi
 RUMQTTD=${RUMQTTD:-$HOME/.cache/rumqttd/bin/rumqttd}
-[[ -x $RUMQTTD ]] && start_rumqttd || log "rumqttd not installed: skipped"
-[[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] && start_rabbitmq || log "rabbitmq-server not installed: skipped"
+if wanted rumqttd; then
+    [[ -x $RUMQTTD ]] && start_rumqttd || log "rumqttd not installed: skipped"
+fi
+if wanted rabbitmq; then
+    [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] && start_rabbitmq || log "rabbitmq-server not installed: skipped"
+fi
 
 # label | brokers | bench arguments
 SCENARIOS=(
@@ -147,6 +160,7 @@ fi
 for round in $(seq "$ROUNDS"); do
     for s in "${SCENARIOS[@]}"; do
         IFS='|' read -r label brokers args <<<"$s"
+        [[ -z ${ONLY:-} || $label =~ $ONLY ]] || continue
         for b in $brokers; do
             [[ -n ${PID[$b]:-} ]] || continue
             log "round $round: $b: $label"
@@ -164,7 +178,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 for b in switchboard mosquitto rabbitmq; do
-    [[ -n ${PID[$b]:-} ]] || continue
+    [[ -n ${PID[$b]:-} ]] && ((CONNECTIONS > 0)) || continue
     log "$b: $CONNECTIONS idle MQTT connections"
     if out=$("$BIN" bench mqtt --connections "$CONNECTIONS" --json --broker-pid "${PID[$b]}" \
         --mqtt-addr "${MQTT[$b]}" 2>"$WORK/last.err"); then

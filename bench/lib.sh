@@ -26,10 +26,10 @@ stop_brokers() {
 
 # Starts RabbitMQ node $1 from the rabbitmq.conf already written in directory $2, with the
 # plugins $3 (an Erlang list such as "[rabbitmq_mqtt]"), and waits until it runs; sets
-# PID[rabbitmq], and EPMD_PID when RabbitMQ started Erlang's port mapper (then it is ours to
-# stop).
+# PID[rabbitmq] (PID[$4] when given: one key per node of a cluster), and EPMD_PID when
+# RabbitMQ started Erlang's port mapper (then it is ours to stop).
 run_rabbitmq() {
-    local node=$1 dir=$2 had_epmd=
+    local node=$1 dir=$2 key=${4:-rabbitmq} had_epmd=
     echo "$3." >"$dir/enabled_plugins"
     pgrep -x epmd >/dev/null && had_epmd=1
     HOME=$dir RABBITMQ_NODENAME=$node \
@@ -37,7 +37,7 @@ run_rabbitmq() {
         RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log RABBITMQ_PID_FILE=$dir/pid \
         setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$dir/out.log" 2>&1 &
     HOME=$dir /usr/lib/rabbitmq/bin/rabbitmqctl -n "$node" -q wait --timeout 120 "$dir/pid" >/dev/null
-    PID[rabbitmq]=$(cat "$dir/pid")
+    PID[$key]=$(cat "$dir/pid")
     [[ -n $had_epmd ]] || EPMD_PID=$(pgrep -x epmd || true)
 }
 

@@ -310,6 +310,23 @@ pub struct MqttConfig {
     /// none, is told this one in Server Keep Alive. 0 = no cap.
     #[serde(default)]
     pub max_keep_alive: u16,
+    /// What an MQTT 5 client refused for want of permission is told (see [`RefusalReason`]).
+    #[serde(default)]
+    pub refusal_reason: RefusalReason,
+}
+
+/// The MQTT 5 reason code for a refusal for want of permission (SUBACK, PUBACK/PUBREC,
+/// DISCONNECT, CONNACK). MQTT 3.1.1 answers are not affected: their only SUBACK failure code
+/// is 0x80 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefusalReason {
+    /// 0x87 Not authorized, as RabbitMQ and Mosquitto answer.
+    #[default]
+    Specific,
+    /// 0x80 Unspecified error, without a Reason String: legal wherever 0x87 is, and it does
+    /// not tell the client why it was refused.
+    Unspecified,
 }
 
 impl Default for MqttConfig {
@@ -338,6 +355,7 @@ impl Default for MqttConfig {
             topic_alias_maximum: default_mqtt_topic_alias_maximum(),
             server_keep_alive: 0,
             max_keep_alive: 0,
+            refusal_reason: RefusalReason::Specific,
         }
     }
 }

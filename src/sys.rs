@@ -8,6 +8,19 @@ use std::ffi::CString;
 use std::io;
 use std::path::Path;
 
+/// Sends SIGKILL to process `pid` (`switchboard bench --kill-pid`: a broker node killed to time
+/// its cluster's failover).
+pub fn kill_process(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// This machine's host name, `None` where `gethostname` fails.
 pub fn host_name() -> Option<String> {
     let mut buf = [0u8; 256];

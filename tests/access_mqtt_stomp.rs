@@ -9,6 +9,7 @@ use bytes::Bytes;
 use common::mqtt::*;
 use common::stomp::StompClient;
 use common::*;
+use switchboard::config::RefusalReason;
 use switchboard::core::access::password::PasswordHash;
 use switchboard::core::access::permissions::{PermissionSpec, TopicPermissionSpec};
 use switchboard_mqtt::*;
@@ -105,25 +106,28 @@ async fn mqtt_v311_topic_permissions() {
     b.stop().await;
 }
 
-#[tokio::test]
-async fn mqtt_v5_refusals_carry_0x87() {
-    let b = TestBroker::start().await;
+/// What a v5 client refused for want of permission is told under each `mqtt.refusal_reason`:
+/// `specific` names the reason (0x87, and a Reason String where the packet has one);
+/// `unspecified` answers 0x80 and no Reason String (Paho's interoperability client accepts no
+/// other SUBACK failure code). 3.1.1 answers are the same under both.
+async fn refusals_answered_as(how: RefusalReason, code: u8, told: bool) {
+    let b = TestBroker::start_with(|c| c.mqtt.refusal_reason = how).await;
     device_user(&b);
     let (mut c, ack) =
         RawMqtt::connect_with(b.mqtt, mqtt_as(Protocol::V5, "c5", "dev", "pw")).await;
     assert_eq!(ack.code, 0);
     let refused = c.subscribe("devices/#", QoS::AtMostOnce).await;
-    assert_eq!(refused.codes, vec![reason::NOT_AUTHORIZED]);
+    assert_eq!(refused.codes, vec![code], "{how:?} SUBACK");
     c.publish("devices/other/x", QoS::AtLeastOnce, 3, b"x")
         .await;
     match c.recv().await {
-        Some(Packet::PubAck(a)) => assert_eq!((a.packet_id, a.reason), (3, reason::NOT_AUTHORIZED)),
+        Some(Packet::PubAck(a)) => assert_eq!((a.packet_id, a.reason), (3, code), "{how:?}"),
         other => panic!("expected PUBACK, got {other:?}"),
     }
     c.publish("devices/other/x", QoS::ExactlyOnce, 4, b"x")
         .await;
     match c.recv().await {
-        Some(Packet::PubRec(a)) => assert_eq!((a.packet_id, a.reason), (4, reason::NOT_AUTHORIZED)),
+        Some(Packet::PubRec(a)) => assert_eq!((a.packet_id, a.reason), (4, code), "{how:?}"),
         other => panic!("expected PUBREC, got {other:?}"),
     }
     // Still connected, and allowed publishes go through.
@@ -132,7 +136,52 @@ async fn mqtt_v5_refusals_carry_0x87() {
         Some(Packet::PubAck(a)) => assert_eq!(a.packet_id, 5),
         other => panic!("expected PUBACK, got {other:?}"),
     }
+    // A refused QoS 0 publish can only be answered by DISCONNECT; the client asked for problem
+    // information (the default), so only the setting keeps the Reason String out.
+    c.publish("devices/other/x", QoS::AtMostOnce, 0, b"x").await;
+    match c.closed().await {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, code, "{how:?} DISCONNECT");
+            assert_eq!(d.properties.reason_string.is_some(), told, "{how:?} {d:?}");
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    // CONNACK for a user without permissions on the vhost.
+    b.broker()
+        .access
+        .put_user("nobody", PasswordHash::new("pw"), &[]);
+    let (_c, ack) =
+        RawMqtt::connect_with(b.mqtt, mqtt_as(Protocol::V5, "n5", "nobody", "pw")).await;
+    assert_eq!(ack.code, code, "{how:?} CONNACK");
+    assert_eq!(
+        ack.properties.reason_string.is_some(),
+        told,
+        "{how:?} {ack:?}"
+    );
+    // Bad credentials are not a permission refusal: 0x86 under both.
+    let (_c, ack) =
+        RawMqtt::connect_with(b.mqtt, mqtt_as(Protocol::V5, "n5", "nobody", "wrong")).await;
+    assert_eq!(ack.code, reason::BAD_USER_NAME_OR_PASSWORD, "{how:?}");
+    // 3.1.1: SUBACK 0x80 and CONNACK 0x05 whatever the setting.
+    let (mut c3, ack) =
+        RawMqtt::connect_with(b.mqtt, mqtt_as(Protocol::V311, "c3", "dev", "pw")).await;
+    assert_eq!(ack.code, 0);
+    let refused = c3.subscribe("devices/#", QoS::AtMostOnce).await;
+    assert_eq!(refused.codes, vec![reason::V3_SUBACK_FAILURE], "{how:?}");
+    let (_c, ack) =
+        RawMqtt::connect_with(b.mqtt, mqtt_as(Protocol::V311, "n3", "nobody", "pw")).await;
+    assert_eq!(ack.code, reason::V3_NOT_AUTHORIZED, "{how:?}");
     b.stop().await;
+}
+
+#[tokio::test]
+async fn mqtt_v5_refusals_name_the_reason_by_default() {
+    refusals_answered_as(RefusalReason::Specific, reason::NOT_AUTHORIZED, true).await;
+}
+
+#[tokio::test]
+async fn mqtt_v5_refusals_can_keep_the_reason_back() {
+    refusals_answered_as(RefusalReason::Unspecified, reason::UNSPECIFIED_ERROR, false).await;
 }
 
 #[tokio::test]

@@ -5,7 +5,8 @@ mod common;
 use common::*;
 use std::time::Duration;
 use switchboard::bench::report::Report;
-use switchboard::bench::{connections, run, Options, Protocol, Scenario};
+use switchboard::bench::{connections, run, Kill, Options, Protocol, Scenario};
+use switchboard_amqp::FieldValue;
 use switchboard_mqtt::{Protocol as MqttVersion, QoS};
 
 fn options(b: &TestBroker) -> Options {
@@ -19,7 +20,7 @@ fn options(b: &TestBroker) -> Options {
         duration: Duration::from_millis(300),
         max_in_flight: 5_000,
         queue: unique("bench"),
-        broker_pid: Some(std::process::id()),
+        broker_pids: vec![std::process::id()],
         ..Options::new()
     }
 }
@@ -83,6 +84,79 @@ async fn an_amqp_persistent_confirmed_run_consumes_everything_published() {
     let report = bounded(run(Scenario::Amqp, &o)).await.expect("bench runs");
     assert_eq!(report.published, 2_000, "{report:?}");
     assert_accounted(&report);
+    let confirms = report.confirms.expect("confirm figures");
+    assert_eq!((confirms.confirmed, confirms.nacked), (2_000, 0));
+    let latency = confirms.latency.expect("confirm latency");
+    assert!(latency.p50_us <= latency.p99_us && latency.p99_us <= latency.max_us);
+    assert!(report.failover.is_none(), "nothing was killed");
+    let json: serde_json::Value = serde_json::from_str(&report.json()).expect("JSON parses");
+    assert!(json["confirms"]["latency"]["p99_us"].is_u64(), "{json}");
+    assert!(report.render().contains("confirm latency"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_args_go_into_the_declare_of_the_amqp_queue() {
+    let b = TestBroker::start().await;
+    let o = Options {
+        queue_args: [
+            ("x-max-priority".to_string(), FieldValue::I64(5)),
+            ("x-queue-mode".to_string(), FieldValue::string("lazy")),
+        ]
+        .into_iter()
+        .collect(),
+        ..options(&b)
+    };
+    let report = bounded(run(Scenario::Amqp, &o)).await.expect("bench runs");
+    assert_accounted(&report);
+    let q = b.broker().vhost("/").unwrap().queue(&o.queue).unwrap();
+    assert_eq!(q.arguments.get("x-max-priority"), Some(&FieldValue::I64(5)));
+    assert_eq!(
+        q.arguments.get("x-queue-mode").and_then(FieldValue::as_str),
+        Some("lazy")
+    );
+}
+
+/// A run told to kill a process kills it on time and times the first confirm of a message
+/// published after the kill; with two pids, each node's figures are reported and CPU is their
+/// sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_run_kills_the_node_and_times_the_next_confirm() {
+    use std::os::unix::process::ExitStatusExt;
+    let b = TestBroker::start().await;
+    let mut victim = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep starts");
+    let o = Options {
+        persistent: true,
+        confirm_window: Some(100),
+        manual_ack: Some(100),
+        duration: Duration::from_millis(1_200),
+        broker_pids: vec![std::process::id(), victim.id()],
+        kill: Some(Kill {
+            pid: victim.id(),
+            after: Duration::from_millis(300),
+        }),
+        ..options(&b)
+    };
+    let report = bounded(run(Scenario::Amqp, &o)).await.expect("bench runs");
+    let status = victim.wait().expect("the victim is reaped");
+    assert_eq!(status.signal(), Some(9), "killed with SIGKILL");
+    assert_accounted(&report);
+    let f = report.failover.expect("failover figures");
+    assert_eq!(f.killed_pid, victim.id());
+    assert!(f.killed_at_seconds >= 0.3, "{f:?}");
+    // This broker never stopped: confirms went on right after the kill.
+    let ms = f
+        .first_confirm_after_kill_ms
+        .expect("a later publish was confirmed");
+    assert!(ms > 0.0 && ms < 1_000.0, "{f:?}");
+    let nodes = &report.broker.nodes;
+    assert_eq!(nodes.len(), 2, "{:?}", report.broker);
+    assert!(nodes.iter().all(|n| n.rss_peak_bytes.is_some()));
+    let sum: f64 = nodes.iter().filter_map(|n| n.cpu_seconds).sum();
+    assert_eq!(report.broker.cpu_seconds, Some(sum));
+    assert!(report.render().contains("kill -> first confirm"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -351,7 +351,7 @@ async fn exchanges_durable_queues_and_bindings_reach_every_node_and_route_there(
             .is_some_and(|a| a.iter().any(|b| b["routing_key"] == "new"))
     })
     .await;
-    // Publishing on node 3 routes into node 3's own instance of the queue.
+    // Publishing on node 3 routes into the queue on node 1, which declared it (its home).
     let (_c3, ch3) = amqp_channel(&nodes[2]).await;
     bounded(ch3.basic_publish(
         "shop".into(),
@@ -362,12 +362,19 @@ async fn exchanges_durable_queues_and_bindings_reach_every_node_and_route_there(
     ))
     .await
     .unwrap();
+    let b1 = nodes[0].broker();
+    wait_until_async("the message on the home node", || async move {
+        call(b1, "GET", "/api/queues/%2F/orders", None).await.body["messages"] == 1
+    })
+    .await;
+    // A consumer on node 3 takes it from there.
     let mut consumer = common::amqp::consume(&ch3, "orders", true).await;
     let got = common::amqp::next(&mut consumer).await;
     assert_eq!(got.data, b"order 1");
-    // The message stays on node 3: node 1's instance has none.
-    let r = call(nodes[0].broker(), "GET", "/api/queues/%2F/orders", None).await;
-    assert_eq!(r.body["messages"], 0, "{:?}", r.body);
+    wait_until_async("the home node's queue empty", || async move {
+        call(b1, "GET", "/api/queues/%2F/orders", None).await.body["messages"] == 0
+    })
+    .await;
 
     // Unbinding and deleting reach every node too.
     bounded(ch2.queue_unbind(

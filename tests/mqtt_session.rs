@@ -347,6 +347,9 @@ async fn will_delay_is_cancelled_by_a_resumed_session() {
     assert!(ack.session_present);
     // A delayed will is sent when the delay passes on the broker's clock.
     let mut c2 = with_will(Protocol::V5, "wd2", "wd/late", Some(30));
+    if let Some(w) = &mut c2.will {
+        w.properties.content_type = Some("text/plain".into());
+    }
     c2.clean_start = false;
     c2.properties.session_expiry_interval = Some(60);
     let (conn2, _) = RawMqtt::connect_with(b.mqtt, c2).await;
@@ -357,6 +360,9 @@ async fn will_delay_is_cancelled_by_a_resumed_session() {
     b.advance(&clock, 30_000);
     let m = watcher.next_publish().await;
     assert_eq!(m.topic, "wd/late");
+    // The will's message properties come with it; its delay, which no PUBLISH may carry, not.
+    assert_eq!(m.properties.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(m.properties.will_delay_interval, None, "{:?}", m.properties);
     conn.send(&Packet::Disconnect(Disconnect::default())).await;
     watcher.expect_nothing_pending().await;
     b.stop().await;

@@ -54,7 +54,16 @@ pub(super) fn queue_json(b: &Broker, node: &str, q: &Arc<Queue>) -> Value {
         .unwrap_or("classic")
         .to_owned();
     let policy = b.policy_set().for_queue(&q.vhost, &q.name);
-    json!({
+    let mut s = s;
+    if let Some(held) = q
+        .replica()
+        .filter(|r| !r.is_leader())
+        .and_then(|r| r.messages())
+    {
+        // Not served here: the group's messages as this replica holds them.
+        s.ready = held;
+    }
+    let mut out = json!({
         "name": q.name,
         "vhost": q.vhost,
         "durable": q.durable,
@@ -62,7 +71,7 @@ pub(super) fn queue_json(b: &Broker, node: &str, q: &Arc<Queue>) -> Value {
         "exclusive": q.exclusive_owner.is_some(),
         "owner_pid_details": q.exclusive_owner.map(|id| json!({"name": id.to_string()})),
         "arguments": field_table_to_json(&q.arguments),
-        "node": node,
+        "node": q.home_node().unwrap_or(node),
         "state": "running",
         "type": queue_type,
         "consumers": s.consumers,
@@ -79,7 +88,13 @@ pub(super) fn queue_json(b: &Broker, node: &str, q: &Arc<Queue>) -> Value {
             .as_ref()
             .map_or_else(|| json!({}), |p| field_table_to_json(&p.definition)),
         "message_stats": message_stats_json(&s.counters.counts(), &rates, QUEUE_FIELDS),
-    })
+    });
+    if let (Some(r), Some(map)) = (q.replica(), out.as_object_mut()) {
+        // As RabbitMQ lists a quorum queue: its leader and members.
+        map.insert("leader".into(), json!(r.leader()));
+        map.insert("members".into(), json!(r.members()));
+    }
+    out
 }
 
 fn queues_of(b: &Broker, vhosts: &[Arc<VHost>]) -> Vec<Value> {
@@ -166,6 +181,9 @@ async fn declare(
         auto_delete: body.auto_delete,
         arguments,
     };
+    if let Err(e) = definitions::check_queue_type(&b, &vh, &spec) {
+        return core_error(e);
+    }
     // Clustered: committed first, then declared here again, which checks it as unclustered.
     let replicated = definitions::queue_declared(&b, &vh, &spec);
     if let Some(change) = replicated.clone() {

@@ -2,13 +2,14 @@
 
 use super::body::Stamp;
 use super::client::{BenchClient, BenchReader, ClientError, CH};
+use super::confirm::{self, Pending};
 use super::live::{await_acks, finish_reader, write_goodbye, write_unless_stopped, Live, Pacer};
 use super::record::Recorder;
 use super::run::Task;
 use super::{BenchError, Options};
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use switchboard_amqp::*;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -22,13 +23,20 @@ pub enum Source {
     Bound { exchange: String, key: String },
 }
 
+/// Whether `arguments` declare a quorum queue.
+fn is_quorum(arguments: &FieldTable) -> bool {
+    arguments.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum")
+}
+
 /// Declares the queue of the publish → consume scenario and empties it.
 pub async fn declare_queue(o: &Options, queue: &str) -> Result<(), BenchError> {
     let mut c = BenchClient::connect(o.amqp_addr, o.tls.as_ref(), &o.user, &o.password).await?;
     expect_ok(
         c.call(QueueDeclare {
             queue: queue.into(),
-            durable: o.persistent,
+            // A quorum queue is always durable.
+            durable: o.persistent || is_quorum(&o.queue_args),
+            arguments: o.queue_args.clone(),
             ..Default::default()
         })
         .await?,
@@ -213,12 +221,15 @@ pub async fn start_publisher(
     Ok(tokio::spawn(publish(c, method, o.clone(), id, pacer, live)))
 }
 
-/// Reads what the broker sends a publisher: counts confirms, ends at `connection.close-ok`
-/// and fails on a `connection.close` or `channel.close` from the broker.
+/// Reads what the broker sends a publisher: settles confirms (acks and nacks) in `pending`,
+/// ends at `connection.close-ok` and fails on a `connection.close` or `channel.close` from the
+/// broker.
 async fn read_replies(
     mut rd: BenchReader,
     confirmed: Arc<AtomicU64>,
     wake: Arc<tokio::sync::Notify>,
+    pending: Arc<Mutex<Pending>>,
+    live: Arc<Live>,
 ) -> Result<(), BenchError> {
     let mut frames = Vec::new();
     loop {
@@ -227,12 +238,11 @@ async fn read_replies(
             let Frame::Method { method, .. } = f else {
                 continue;
             };
-            match method {
-                Method::BasicAck(a) => {
-                    // Tags count from 1 and acks only go forward; `multiple` covers all below.
-                    confirmed.fetch_max(a.delivery_tag, Ordering::Relaxed);
-                    wake.notify_one();
-                }
+            let (tag, nack) = match method {
+                Method::BasicAck(a) => (a.delivery_tag, false),
+                // A nack settles the message too (the broker will not confirm it): counted
+                // apart, so a publisher's window does not wait for it forever.
+                Method::BasicNack(n) => (n.delivery_tag, true),
                 Method::ConnectionCloseOk(_) => return Ok(()),
                 Method::ConnectionClose(c) => {
                     return Err(BenchError::Refused(format!(
@@ -246,8 +256,14 @@ async fn read_replies(
                         c.reply_code, c.reply_text
                     )))
                 }
-                _ => {}
+                _ => continue,
+            };
+            if let Ok(mut p) = pending.lock() {
+                p.settle(tag, nack, live.now_ns(), live.killed_at_ns());
             }
+            // Tags count from 1 and confirms only go forward; `multiple` covers all below.
+            confirmed.fetch_max(tag, Ordering::Relaxed);
+            wake.notify_one();
         }
     }
 }
@@ -263,7 +279,17 @@ async fn publish(
     let (rd, mut wr, frame_max) = c.into_split();
     let confirmed = Arc::new(AtomicU64::new(0));
     let wake = Arc::new(tokio::sync::Notify::new());
-    let reader = tokio::spawn(read_replies(rd, confirmed.clone(), wake.clone()));
+    let pending =
+        Arc::new(Mutex::new(Pending::new().map_err(|e| {
+            BenchError::Options(format!("confirm latency histogram: {e}"))
+        })?));
+    let reader = tokio::spawn(read_replies(
+        rd,
+        confirmed.clone(),
+        wake.clone(),
+        pending.clone(),
+        live.clone(),
+    ));
     let window = o.confirm_window.map(u64::from);
     let props = BasicProperties {
         delivery_mode: o.persistent.then_some(2),
@@ -279,15 +305,24 @@ async fn publish(
             continue;
         };
         out.clear();
-        for i in 0..n {
-            Stamp {
-                run: live.run,
-                publisher: id,
-                seq: (pacer.sent + i) as u32,
-                sent_ns: live.now_ns(),
+        {
+            // Held while the batch is encoded, so that its send times are queued before the
+            // reader can see their confirms; not across the write.
+            let mut queued = window.and_then(|_| pending.lock().ok());
+            for i in 0..n {
+                let sent_ns = live.now_ns();
+                Stamp {
+                    run: live.run,
+                    publisher: id,
+                    seq: (pacer.sent + i) as u32,
+                    sent_ns,
+                }
+                .write(&mut body);
+                encode_content(&mut out, CH, &method, &props, None, &body, frame_max);
+                if let Some(p) = queued.as_mut() {
+                    p.published(sent_ns);
+                }
             }
-            .write(&mut body);
-            encode_content(&mut out, CH, &method, &props, None, &body, frame_max);
         }
         if !write_unless_stopped(&mut wr, &out, &live).await? {
             break;
@@ -313,5 +348,10 @@ async fn publish(
         reader.abort();
     }
     finish_reader(reader).await?;
+    if window.is_some() {
+        if let Ok(p) = pending.lock() {
+            confirm::add_to(&live.confirms, &p.tally);
+        }
+    }
     Ok(pacer.sent)
 }

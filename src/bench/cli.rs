@@ -4,6 +4,7 @@ use super::{run, Options, Protocol, Scenario};
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
+use switchboard_amqp::FieldValue;
 
 /// Runs are bounded: no longer than this.
 const MAX_DURATION_SECS: u64 = 600;
@@ -141,9 +142,23 @@ pub struct BenchArgs {
     /// a receipt for every SEND, MQTT QoS 1/2 in flight (default 1000 there).
     #[arg(long, alias = "receipts")]
     confirm: Option<u32>,
-    /// The broker's pid: report its CPU seconds per million messages and peak RSS.
+    /// The broker's pid: report its CPU seconds per million messages and peak RSS. Given
+    /// once per node of a cluster, CPU seconds are summed and each node's RSS is reported.
     #[arg(long)]
-    broker_pid: Option<u32>,
+    broker_pid: Vec<u32>,
+    /// An argument of the `amqp` scenario's queue declare, KEY=VALUE (repeatable): integers
+    /// are sent as long integers, `true`/`false` as booleans, anything else as a string; e.g.
+    /// `--queue-arg x-queue-type=quorum --persistent`.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_queue_arg)]
+    queue_arg: Vec<(String, FieldValue)>,
+    /// Kill this process (a broker node) with SIGKILL --kill-after seconds into publishing,
+    /// and report the time from the kill to the first confirm of a message published after
+    /// it (with --confirm).
+    #[arg(long, requires = "confirm")]
+    kill_pid: Option<u32>,
+    /// Seconds of publishing before --kill-pid is killed.
+    #[arg(long, default_value_t = 5.0, requires = "kill_pid")]
+    kill_after: f64,
     /// Durable queues `declare` makes and deletes.
     #[arg(long, default_value_t = 10_000)]
     queues: u64,
@@ -210,7 +225,14 @@ impl BenchArgs {
             persistent: self.persistent,
             confirm_window: self.confirm,
             queue: self.queue.clone(),
-            broker_pid: self.broker_pid,
+            queue_args: self.queue_arg.iter().cloned().collect(),
+            broker_pids: self.broker_pid.clone(),
+            kill: self.kill_pid.map(|pid| super::Kill {
+                pid,
+                after: Duration::from_secs_f64(
+                    self.kill_after.clamp(0.0, MAX_DURATION_SECS as f64),
+                ),
+            }),
             progress: self.progress,
         };
         if let Some(addr) = self.addr {
@@ -230,6 +252,22 @@ impl BenchArgs {
         }
         Ok(o)
     }
+}
+
+/// `KEY=VALUE` of `--queue-arg`: a long integer, a boolean, or else a string.
+fn parse_queue_arg(s: &str) -> Result<(String, FieldValue), String> {
+    let (key, value) = s
+        .split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))?;
+    let value = if let Ok(n) = value.parse::<i64>() {
+        FieldValue::I64(n)
+    } else if let Ok(b) = value.parse::<bool>() {
+        FieldValue::Bool(b)
+    } else {
+        FieldValue::string(value)
+    };
+    Ok((key.to_owned(), value))
 }
 
 /// Runs the command: the report goes to stdout, as a table or as JSON.
@@ -255,4 +293,31 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
         print!("{}", report.render());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_queue_arg, FieldValue};
+
+    #[test]
+    fn queue_args_are_typed_by_their_text() {
+        assert_eq!(
+            parse_queue_arg("x-queue-type=quorum").unwrap(),
+            ("x-queue-type".into(), FieldValue::string("quorum"))
+        );
+        assert_eq!(
+            parse_queue_arg("x-max-length=10").unwrap().1,
+            FieldValue::I64(10)
+        );
+        assert_eq!(
+            parse_queue_arg("x-single-active-consumer=true").unwrap().1,
+            FieldValue::Bool(true)
+        );
+        assert_eq!(
+            parse_queue_arg("x-note=a=b").unwrap().1,
+            FieldValue::string("a=b")
+        );
+        assert!(parse_queue_arg("novalue").is_err());
+        assert!(parse_queue_arg("=1").is_err());
+    }
 }

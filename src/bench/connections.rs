@@ -28,8 +28,10 @@ fn raise_fd_limit() {
 pub async fn run(o: &Options, n: usize) -> Result<Report, BenchError> {
     raise_fd_limit();
     let tag: u16 = rand::random();
-    let rss_before = o.broker_pid.and_then(procfs::rss_bytes);
-    let mut probe = BrokerProbe::start(o.broker_pid);
+    // Per connection is the first broker process's growth (one node takes them all).
+    let pid = o.broker_pids.first().copied();
+    let rss_before = pid.and_then(procfs::rss_bytes);
+    let mut probe = BrokerProbe::start(&o.broker_pids);
     let started = Instant::now();
     let mut pending = JoinSet::new();
     let mut open = Vec::with_capacity(n);
@@ -53,7 +55,7 @@ pub async fn run(o: &Options, n: usize) -> Result<Report, BenchError> {
     let seconds = started.elapsed().as_secs_f64();
     tokio::time::sleep(SETTLE).await;
     probe.sample();
-    let rss_after = o.broker_pid.and_then(procfs::rss_bytes);
+    let rss_after = pid.and_then(procfs::rss_bytes);
     let usage = probe.finish();
     drop(open);
     let report = ConnectionsReport {

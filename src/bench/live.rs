@@ -20,6 +20,10 @@ pub struct Live {
     pub groups: u64,
     /// Publishers pause while more deliveries than this are outstanding.
     pub max_in_flight: u64,
+    /// When the run killed a broker node (`--kill-pid`), in ns since `start`; 0 until then.
+    pub kill_ns: AtomicU64,
+    /// Confirming publishers' tallies, merged as each ends.
+    pub confirms: super::confirm::SharedTally,
 }
 
 impl Live {
@@ -32,7 +36,14 @@ impl Live {
             stop: AtomicBool::new(false),
             groups: groups.max(1),
             max_in_flight,
+            kill_ns: AtomicU64::new(0),
+            confirms: std::sync::Mutex::new(None),
         }
+    }
+
+    /// When the run killed a broker node, if it has.
+    pub fn killed_at_ns(&self) -> Option<u64> {
+        Some(self.kill_ns.load(Ordering::Relaxed)).filter(|k| *k > 0)
     }
 
     pub fn now_ns(&self) -> u64 {

@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod body;
 pub mod cli;
 pub mod client;
+pub mod confirm;
 pub mod connections;
 pub mod declare;
 pub mod live;
@@ -133,9 +134,22 @@ pub struct Options {
     pub confirm_window: Option<u32>,
     /// The queue (or name stem) the scenario uses.
     pub queue: String,
-    pub broker_pid: Option<u32>,
+    /// Arguments of the `amqp` scenario's queue declare (`--queue-arg`, e.g. `x-queue-type`).
+    pub queue_args: switchboard_amqp::FieldTable,
+    /// The broker's processes (one per node of a cluster): their CPU seconds are summed, and
+    /// each one's memory is reported.
+    pub broker_pids: Vec<u32>,
+    /// Kill a broker node during the run, to time its failover (`--kill-pid`).
+    pub kill: Option<Kill>,
     /// Print the progress line even when stderr is not a terminal.
     pub progress: bool,
+}
+
+/// A broker process the run kills with SIGKILL once it has published for `after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kill {
+    pub pid: u32,
+    pub after: Duration,
 }
 
 impl Options {
@@ -165,7 +179,9 @@ impl Options {
             persistent: false,
             confirm_window: None,
             queue: "switchboard-bench".into(),
-            broker_pid: None,
+            queue_args: Default::default(),
+            broker_pids: Vec::new(),
+            kill: None,
             progress: false,
         }
     }

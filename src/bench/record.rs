@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Latencies above this (µs) are recorded as this; a minute is far beyond any sane run.
-const MAX_LATENCY_US: u64 = 60_000_000;
+pub(super) const MAX_LATENCY_US: u64 = 60_000_000;
 
 /// Which sequence numbers of each publisher were seen, one bit each.
 #[derive(Debug, Default, Clone)]

@@ -23,13 +23,48 @@ impl Latency {
     }
 }
 
-/// The broker's resources over a run, when its pid was given.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+/// The broker's resources over a run, when its pid was given. With several (the nodes of a
+/// cluster) CPU seconds are their sum, the RSS figures the largest node's, and `nodes` has
+/// each one's.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct BrokerUsage {
     pub cpu_seconds: Option<f64>,
     pub cpu_seconds_per_million: Option<f64>,
     pub rss_start_bytes: Option<u64>,
     pub rss_peak_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeUsage>,
+}
+
+/// One broker process of several.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct NodeUsage {
+    pub pid: u32,
+    pub cpu_seconds: Option<f64>,
+    pub rss_start_bytes: Option<u64>,
+    pub rss_peak_bytes: Option<u64>,
+}
+
+/// Publisher confirms of a run: how long each took (send → ack received), and how many the
+/// broker refused.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct ConfirmReport {
+    pub confirmed: u64,
+    pub nacked: u64,
+    pub latency: Option<Latency>,
+    /// The longest time without a confirm once they had started.
+    pub longest_gap_ms: f64,
+}
+
+/// A run that killed a broker node (`--kill-pid`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct FailoverReport {
+    pub killed_pid: u32,
+    /// When the node was killed, seconds into the run.
+    pub killed_at_seconds: f64,
+    /// From the kill to the first confirm of a message published after it; None if none was
+    /// confirmed before the run ended.
+    pub first_confirm_after_kill_ms: Option<f64>,
 }
 
 /// Idle connections opened by `--connections`.
@@ -72,6 +107,9 @@ pub struct Report {
     pub latency: Option<Latency>,
     pub broker: BrokerUsage,
     pub connections: Option<ConnectionsReport>,
+    /// Publisher confirms, when publishers asked for them (AMQP).
+    pub confirms: Option<ConfirmReport>,
+    pub failover: Option<FailoverReport>,
 }
 
 /// What a run measured, before it becomes a report.
@@ -140,6 +178,8 @@ impl Report {
             latency: latency.as_ref().and_then(Latency::of),
             broker,
             connections: None,
+            confirms: None,
+            failover: None,
         }
     }
 
@@ -165,6 +205,8 @@ impl Report {
             latency: None,
             broker,
             connections: Some(c),
+            confirms: None,
+            failover: None,
         }
     }
 
@@ -214,6 +256,38 @@ impl Report {
                     ),
                 ));
             }
+            if let Some(c) = &self.confirms {
+                rows.push((
+                    "confirmed / nacked",
+                    format!("{} / {}", c.confirmed, c.nacked),
+                ));
+                if let Some(l) = &c.latency {
+                    rows.push((
+                        "confirm latency p50 / p99 / p99.9 / max",
+                        format!(
+                            "{} / {} / {} / {} µs",
+                            l.p50_us, l.p99_us, l.p999_us, l.max_us
+                        ),
+                    ));
+                }
+                rows.push((
+                    "longest time without a confirm",
+                    format!("{:.1} ms", c.longest_gap_ms),
+                ));
+            }
+            if let Some(f) = &self.failover {
+                rows.push((
+                    "killed",
+                    format!("pid {} at {:.2} s", f.killed_pid, f.killed_at_seconds),
+                ));
+                rows.push((
+                    "kill -> first confirm of a later publish",
+                    match f.first_confirm_after_kill_ms {
+                        Some(ms) => format!("{ms:.1} ms"),
+                        None => "none before the run ended".into(),
+                    },
+                ));
+            }
         }
         let b = &self.broker;
         if let Some(cpu) = b.cpu_seconds {
@@ -229,6 +303,18 @@ impl Report {
             rows.push((
                 "broker RSS start / peak",
                 format!("{} / {} MiB", start >> 20, peak >> 20),
+            ));
+        }
+        for n in &b.nodes {
+            rows.push((
+                "node pid: CPU s, RSS peak MiB",
+                format!(
+                    "{}: {}, {}",
+                    n.pid,
+                    n.cpu_seconds.map_or("-".into(), |c| format!("{c:.2}")),
+                    n.rss_peak_bytes
+                        .map_or("-".into(), |r| (r >> 20).to_string())
+                ),
             ));
         }
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

@@ -4,7 +4,7 @@
 use super::live::Live;
 use super::procfs;
 use super::record::Recorder;
-use super::report::{BrokerUsage, Report, Tally};
+use super::report::{BrokerUsage, ConfirmReport, FailoverReport, NodeUsage, Report, Tally};
 use super::{BenchError, Options};
 use std::future::Future;
 use std::io::IsTerminal;
@@ -51,38 +51,62 @@ impl Default for StopConsumers {
     }
 }
 
-/// Samples the broker's CPU and memory over a run.
+/// Samples the broker's CPU and memory over a run: one process, or every node of a cluster.
 pub struct BrokerProbe {
-    pid: Option<u32>,
+    nodes: Vec<NodeProbe>,
+}
+
+struct NodeProbe {
     cpu_start: Option<f64>,
-    pub usage: BrokerUsage,
+    usage: NodeUsage,
 }
 
 impl BrokerProbe {
-    pub fn start(pid: Option<u32>) -> Self {
-        let rss = pid.and_then(procfs::rss_bytes);
-        BrokerProbe {
-            pid,
-            cpu_start: pid.and_then(procfs::cpu_seconds),
-            usage: BrokerUsage {
-                rss_start_bytes: rss,
-                rss_peak_bytes: rss,
-                ..BrokerUsage::default()
-            },
-        }
+    pub fn start(pids: &[u32]) -> Self {
+        let nodes = pids
+            .iter()
+            .map(|&pid| {
+                let rss = procfs::rss_bytes(pid);
+                NodeProbe {
+                    cpu_start: procfs::cpu_seconds(pid),
+                    usage: NodeUsage {
+                        pid,
+                        cpu_seconds: None,
+                        rss_start_bytes: rss,
+                        rss_peak_bytes: rss,
+                    },
+                }
+            })
+            .collect();
+        BrokerProbe { nodes }
     }
 
     pub fn sample(&mut self) {
-        if let Some(rss) = self.pid.and_then(procfs::rss_bytes) {
-            self.usage.rss_peak_bytes = Some(self.usage.rss_peak_bytes.unwrap_or(0).max(rss));
+        for n in &mut self.nodes {
+            if let Some(rss) = procfs::rss_bytes(n.usage.pid) {
+                n.usage.rss_peak_bytes = Some(n.usage.rss_peak_bytes.unwrap_or(0).max(rss));
+            }
         }
     }
 
+    /// The usage of every node, and over all of them: CPU seconds summed (over the nodes that
+    /// answered at both ends: a node killed by the run has none), memory of the largest node.
     pub fn finish(mut self) -> BrokerUsage {
         self.sample();
-        let end = self.pid.and_then(procfs::cpu_seconds);
-        self.usage.cpu_seconds = self.cpu_start.zip(end).map(|(a, b)| b - a);
-        self.usage
+        let mut total = BrokerUsage::default();
+        for n in &mut self.nodes {
+            let end = procfs::cpu_seconds(n.usage.pid);
+            n.usage.cpu_seconds = n.cpu_start.zip(end).map(|(a, b)| b - a);
+            if let Some(cpu) = n.usage.cpu_seconds {
+                total.cpu_seconds = Some(total.cpu_seconds.unwrap_or(0.0) + cpu);
+            }
+            total.rss_start_bytes = total.rss_start_bytes.max(n.usage.rss_start_bytes);
+            total.rss_peak_bytes = total.rss_peak_bytes.max(n.usage.rss_peak_bytes);
+        }
+        if self.nodes.len() > 1 {
+            total.nodes = self.nodes.into_iter().map(|n| n.usage).collect();
+        }
+        total
     }
 }
 
@@ -188,6 +212,24 @@ where
     // A slow consumer's backlog is left undrained on purpose: what is missing then is not loss.
     report.drained = report.missing == 0 || common.consumer_rate.is_none();
     report.loss_is_defect &= report.drained;
+    let confirms = live.confirms.lock().ok().and_then(|mut t| t.take());
+    report.confirms = confirms.as_ref().map(|t| ConfirmReport {
+        confirmed: t.confirmed,
+        nacked: t.nacked,
+        latency: t.latency(),
+        longest_gap_ms: t.longest_gap_ns as f64 / 1e6,
+    });
+    report.failover = common
+        .kill
+        .zip(live.killed_at_ns())
+        .map(|(k, at)| FailoverReport {
+            killed_pid: k.pid,
+            killed_at_seconds: at as f64 / 1e9,
+            first_confirm_after_kill_ms: confirms
+                .as_ref()
+                .and_then(|t| t.first_after_kill_ns)
+                .map(|ns| ns as f64 / 1e6),
+        });
     Ok(report)
 }
 
@@ -202,15 +244,22 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Vec<Task<u64>>, BenchError>>,
 {
-    let mut probe = BrokerProbe::start(common.broker_pid);
+    let mut probe = BrokerProbe::start(&common.broker_pids);
     let mut progress = Progress::new(common.progress);
     let started = Instant::now();
     let mut publishers = start_publishers().await?;
     let deadline = started + common.duration;
+    let mut kill = common.kill;
     while Instant::now() < deadline && publishers.iter().any(|p| !p.is_finished()) {
         tokio::time::sleep(TICK).await;
         probe.sample();
         progress.tick(live);
+        if let Some(k) = kill.filter(|k| started.elapsed() >= k.after) {
+            // The time is taken first: a confirm read after it is "after the kill".
+            live.kill_ns.store(live.now_ns().max(1), Ordering::Relaxed);
+            crate::sys::kill_process(k.pid)?;
+            kill = None;
+        }
         // A publisher that failed ends the run now rather than at the deadline.
         if let Some(i) = publishers
             .iter()

@@ -41,6 +41,10 @@ pub struct ClusterConfig {
     /// timeout of every inter-node connect and read, in milliseconds.
     #[serde(default = "default_operation_timeout_ms")]
     pub operation_timeout_ms: u64,
+    /// How many nodes a quorum queue is replicated on when its declaration does not say
+    /// (`x-quorum-initial-group-size`); at most the number of members.
+    #[serde(default = "default_quorum_replicas")]
+    pub quorum_replicas: u64,
 }
 
 impl Default for ClusterConfig {
@@ -56,6 +60,7 @@ impl Default for ClusterConfig {
             heartbeat_ms: default_heartbeat_ms(),
             election_timeout_ms: default_election_timeout_ms(),
             operation_timeout_ms: default_operation_timeout_ms(),
+            quorum_replicas: default_quorum_replicas(),
         }
     }
 }
@@ -71,6 +76,9 @@ fn default_election_timeout_ms() -> u64 {
 }
 fn default_operation_timeout_ms() -> u64 {
     5000
+}
+fn default_quorum_replicas() -> u64 {
+    3
 }
 
 /// Why the `[cluster]` section cannot be used.

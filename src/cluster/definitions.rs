@@ -9,16 +9,20 @@
 //! record's value is the same JSON the broker's store keeps for it.
 //!
 //! Only definitions go through the cluster, never messages. A durable queue's definition is
-//! on every node, and every node holds its own instance of it: a message published on a
-//! node goes to that node's instance, and a consumer takes from the instance on the node it
-//! is connected to (there is no proxying between nodes yet). Exclusive, auto-delete and
+//! on every node with its home, the node that declared it: only the home holds its messages,
+//! and every other node holds a proxy that reaches it ([`super::forward`]). Exclusive, auto-delete and
 //! transient queues, and bindings to them, stay on the node that declared them.
 
+use super::adapter::{
+    MqttClientRecord, MqttSessionRecord, MqttSubscriptionRecord, RetainedRecord, MQTT_CLIENT,
+    MQTT_RETAINED, MQTT_SESSION, MQTT_SUBSCRIPTION,
+};
 use super::{Apply, BoxFuture, ClusterError, Command, Consensus};
 use crate::core::access::permissions::Permissions;
 use crate::core::access::records::{PermissionRecord, TopicPermissionRecord, UserRecord};
 use crate::core::access::{Access, AccessError};
 use crate::core::policy::RuntimePolicy;
+use crate::core::queue::args;
 use crate::core::vhost::{ExchangeSpec, QueueSpec};
 use crate::core::{Broker, CoreError, VHost};
 use crate::store::definitions::{table_text, text_table, BindingDef, ExchangeDef};
@@ -28,8 +32,9 @@ use std::sync::{Arc, Weak};
 use switchboard_amqp::FieldTable;
 
 /// The kinds of definition record, in the order a node applies them when it takes a whole
-/// snapshot: what a record names (a vhost, a user) before the record.
-const KINDS: [&str; 8] = [
+/// snapshot: what a record names (a vhost, a user) before the record; an MQTT session before
+/// its subscriptions.
+const KINDS: [&str; 12] = [
     VHOST,
     USER,
     PERMISSION,
@@ -38,6 +43,10 @@ const KINDS: [&str; 8] = [
     EXCHANGE,
     QUEUE,
     BINDING,
+    MQTT_CLIENT,
+    MQTT_SESSION,
+    MQTT_SUBSCRIPTION,
+    MQTT_RETAINED,
 ];
 const VHOST: &str = "vhost";
 const USER: &str = "user";
@@ -64,6 +73,19 @@ pub struct QueueRecord {
     pub auto_delete: bool,
     /// As the store encodes an argument table.
     pub arguments: String,
+    /// The node that holds the queue's messages: the one that declared it. Other nodes hold
+    /// a proxy. None in records written before homes were kept: every node then holds its
+    /// own instance, as then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+    /// A quorum queue's replicas: the node names chosen when it was declared, the first the
+    /// one that starts its group (empty for a classic queue).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+    /// A quorum queue's group id, drawn at declaration: a queue deleted and declared again
+    /// gets a new group (and directory), never the old one's files.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
 }
 
 /// A binding between durable ends as the cluster keeps it.
@@ -179,6 +201,29 @@ pub enum Change {
     },
     Bind(BindingRecord),
     Unbind(BindingRecord),
+    /// The connection holding an MQTT client id (see [`MqttClientRecord`]).
+    SetMqttClient(MqttClientRecord),
+    ClearMqttClient {
+        vhost: String,
+        client_id: String,
+    },
+    PutMqttSession(MqttSessionRecord),
+    /// With its subscriptions' records (its queue and client record are changes of their own).
+    DeleteMqttSession {
+        vhost: String,
+        client_id: String,
+    },
+    PutMqttSubscription(MqttSubscriptionRecord),
+    DeleteMqttSubscription {
+        vhost: String,
+        client_id: String,
+        filter: String,
+    },
+    PutRetained(RetainedRecord),
+    DeleteRetained {
+        vhost: String,
+        topic: String,
+    },
 }
 
 /// The change that replicates declaring `spec` in `vh`: when clustered, for a durable exchange
@@ -198,17 +243,86 @@ pub fn exchange_declared(b: &Broker, vh: &VHost, spec: &ExchangeSpec) -> Option<
     })
 }
 
-/// As [`exchange_declared`], for a durable, non-exclusive, non-auto-delete queue.
+/// As [`exchange_declared`], for a durable, non-exclusive, non-auto-delete queue. A quorum
+/// queue's replicas are chosen here: this node first, then the other members by name, as
+/// many as `x-quorum-initial-group-size` (else `quorum_replicas`) asks, at most all of them.
 pub fn queue_declared(b: &Broker, vh: &VHost, spec: &QueueSpec) -> Option<Change> {
     let kept = spec.durable && !spec.exclusive && !spec.auto_delete && !spec.name.is_empty();
-    (b.cluster.get().is_some() && kept && vh.queue(&spec.name).is_none()).then(|| {
+    let cluster = b.cluster.get()?;
+    (kept && vh.queue(&spec.name).is_none()).then(|| {
+        let quorum = args::is_quorum(&spec.arguments).unwrap_or(false);
+        let members = if quorum {
+            let size = args::quorum_group_size(&spec.arguments)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| cluster.quorum_replicas())
+                .max(1);
+            let me = cluster.node().name;
+            let mut others: Vec<String> = cluster
+                .nodes()
+                .into_iter()
+                .map(|n| n.name)
+                .filter(|n| *n != me)
+                .collect();
+            others.sort();
+            std::iter::once(me)
+                .chain(others)
+                .take(usize::try_from(size).unwrap_or(usize::MAX))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Change::DeclareQueue(QueueRecord {
             vhost: vh.name.clone(),
             name: spec.name.clone(),
             auto_delete: spec.auto_delete,
             arguments: table_text(&spec.arguments),
+            // A quorum queue's messages live in its group, on its members; a classic one's on
+            // the node that declared it.
+            home: (!quorum).then(|| cluster.node().name),
+            members,
+            group: if quorum {
+                format!("{:016x}", rand::random::<u64>())
+            } else {
+                String::new()
+            },
         })
     })
+}
+
+/// Refuses a quorum queue declaration RabbitMQ refuses (exclusive, auto-delete or transient,
+/// in its words), and any on a node that is not clustered: a quorum queue is replicated by a
+/// Raft group, which a single node cannot give it, and calling a classic queue "quorum" would
+/// promise what it does not do.
+pub fn check_queue_type(b: &Broker, vh: &VHost, spec: &QueueSpec) -> Result<(), CoreError> {
+    let quorum =
+        args::is_quorum(&spec.arguments).map_err(|e| CoreError::precondition(e.to_string()))?;
+    if !quorum {
+        return Ok(());
+    }
+    args::quorum_group_size(&spec.arguments).map_err(|e| CoreError::precondition(e.to_string()))?;
+    let property = if spec.exclusive {
+        Some("exclusive")
+    } else if spec.auto_delete {
+        Some("auto-delete")
+    } else if !spec.durable {
+        Some("non-durable")
+    } else {
+        None
+    };
+    if let Some(p) = property {
+        return Err(CoreError::precondition(format!(
+            "invalid property '{p}' for queue '{}' in vhost '{}'",
+            spec.name, vh.name
+        )));
+    }
+    if b.cluster.get().is_none() {
+        return Err(CoreError::precondition(format!(
+            "cannot declare quorum queue '{}' in vhost '{}': this node is not clustered ([cluster] listen is empty)",
+            spec.name, vh.name
+        )));
+    }
+    Ok(())
 }
 
 /// The change that replicates deleting exchange `name`: when clustered and it is durable.
@@ -306,6 +420,39 @@ pub async fn commit(b: &Broker, change: Change) -> Result<u64, ChangeError> {
     }
 }
 
+/// Makes `changes` as one: here, in order, when unclustered; else as one entry of the cluster
+/// (all of them or, refused, none). The store's LSN to wait for (0 when clustered).
+pub async fn commit_all(b: &Broker, changes: Vec<Change>) -> Result<u64, ChangeError> {
+    match b.cluster.get() {
+        None => changes
+            .iter()
+            .try_fold(0, |lsn, c| Ok(lsn.max(c.apply(b)?))),
+        Some(cluster) => {
+            for c in &changes {
+                c.check(b)?;
+            }
+            let commands = changes
+                .iter()
+                .map(|c| c.command(b, cluster.as_ref()))
+                .collect();
+            cluster.propose(Command::Batch(commands)).await?;
+            Ok(0)
+        }
+    }
+}
+
+/// [`commit_all`] from synchronous code, as [`commit_blocking`].
+pub fn commit_all_blocking(b: &Broker, changes: Vec<Change>) -> Result<u64, ChangeError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let handle = Handle::try_current().map_err(|e| ChangeError::Invalid(e.to_string()))?;
+    if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+        return Err(ChangeError::Invalid(
+            "a clustered broker needs the multi-threaded runtime to replicate".into(),
+        ));
+    }
+    tokio::task::block_in_place(|| handle.block_on(commit_all(b, changes)))
+}
+
 /// The connection a replicated declaration is made for: none (it is never exclusive).
 const NO_CONNECTION: crate::core::queue::ConnectionId = 0;
 
@@ -397,12 +544,20 @@ impl Change {
                     arguments: table(&r.arguments)?,
                 };
                 vh.declare_queue(spec, false, NO_CONNECTION)?;
+                if !r.members.is_empty() {
+                    if let Some(groups) = b.cluster.get().and_then(|c| c.quorum()) {
+                        groups.declared(r);
+                    }
+                }
                 vh.definitions_lsn()
             }
             Change::DeleteQueue { vhost, name } => {
                 let vh = vhost_of(b, vhost)?;
                 vh.queue(name).ok_or(ChangeError::NotFound)?;
                 vh.delete_queue(name, false, false, NO_CONNECTION)?;
+                if let Some(groups) = b.cluster.get().and_then(|c| c.quorum()) {
+                    groups.deleted(vhost, name);
+                }
                 vh.definitions_lsn()
             }
             Change::Bind(r) | Change::Unbind(r) => {
@@ -421,6 +576,16 @@ impl Change {
                 }
                 vh.definitions_lsn()
             }
+            // The adapter's own state; a node whose adapter has not started yet takes the
+            // records when it does (it reads them all then).
+            Change::SetMqttClient(_)
+            | Change::ClearMqttClient { .. }
+            | Change::PutMqttSession(_)
+            | Change::DeleteMqttSession { .. }
+            | Change::PutMqttSubscription(_)
+            | Change::DeleteMqttSubscription { .. }
+            | Change::PutRetained(_)
+            | Change::DeleteRetained { .. } => b.adapter_records.get().map_or(0, |a| a.apply(self)),
         })
     }
 
@@ -478,7 +643,15 @@ impl Change {
             | Change::DeleteExchange { vhost, .. }
             | Change::DeleteQueue { vhost, .. }
             | Change::Bind(BindingRecord { vhost, .. })
-            | Change::Unbind(BindingRecord { vhost, .. }) => found(b.vhost(vhost).is_some()),
+            | Change::Unbind(BindingRecord { vhost, .. })
+            | Change::SetMqttClient(MqttClientRecord { vhost, .. })
+            | Change::ClearMqttClient { vhost, .. }
+            | Change::PutMqttSession(MqttSessionRecord { vhost, .. })
+            | Change::DeleteMqttSession { vhost, .. }
+            | Change::PutMqttSubscription(MqttSubscriptionRecord { vhost, .. })
+            | Change::DeleteMqttSubscription { vhost, .. }
+            | Change::PutRetained(RetainedRecord { vhost, .. })
+            | Change::DeleteRetained { vhost, .. } => found(b.vhost(vhost).is_some()),
         }
     }
 
@@ -571,6 +744,41 @@ impl Change {
             }
             Change::Bind(r) => put(r.key(), r),
             Change::Unbind(r) => Ok(Command::Delete { key: r.key() }),
+            Change::SetMqttClient(r) => put(key(MQTT_CLIENT, &[&r.vhost, &r.client_id]), r),
+            Change::ClearMqttClient { vhost, client_id } => Ok(Command::Delete {
+                key: key(MQTT_CLIENT, &[vhost, client_id]),
+            }),
+            Change::PutMqttSession(r) => put(key(MQTT_SESSION, &[&r.vhost, &r.client_id]), r),
+            Change::DeleteMqttSession { vhost, client_id } => {
+                let mut all = vec![Command::Delete {
+                    key: key(MQTT_SESSION, &[vhost, client_id]),
+                }];
+                // Keys of one session's subscriptions share the prefix of its fields.
+                let own = key(MQTT_SUBSCRIPTION, &[vhost, client_id]);
+                let prefix = format!("{},", own.trim_end_matches(']'));
+                all.extend(
+                    cluster
+                        .list(&prefix)
+                        .into_iter()
+                        .map(|(key, _)| Command::Delete { key }),
+                );
+                Ok(Command::Batch(all))
+            }
+            Change::PutMqttSubscription(r) => put(
+                key(MQTT_SUBSCRIPTION, &[&r.vhost, &r.client_id, &r.filter]),
+                r,
+            ),
+            Change::DeleteMqttSubscription {
+                vhost,
+                client_id,
+                filter,
+            } => Ok(Command::Delete {
+                key: key(MQTT_SUBSCRIPTION, &[vhost, client_id, filter]),
+            }),
+            Change::PutRetained(r) => put(key(MQTT_RETAINED, &[&r.vhost, &r.topic]), r),
+            Change::DeleteRetained { vhost, topic } => Ok(Command::Delete {
+                key: key(MQTT_RETAINED, &[vhost, topic]),
+            }),
         };
         // The records serialize: they came from JSON or from the broker's own state.
         built.unwrap_or(Command::Batch(Vec::new()))
@@ -628,6 +836,27 @@ impl Change {
                     arguments: field(5),
                 },
             }),
+            (MQTT_CLIENT, Some(v)) => Change::SetMqttClient(record(v)?),
+            (MQTT_CLIENT, None) => Change::ClearMqttClient {
+                vhost: field(0),
+                client_id: field(1),
+            },
+            (MQTT_SESSION, Some(v)) => Change::PutMqttSession(record(v)?),
+            (MQTT_SESSION, None) => Change::DeleteMqttSession {
+                vhost: field(0),
+                client_id: field(1),
+            },
+            (MQTT_SUBSCRIPTION, Some(v)) => Change::PutMqttSubscription(record(v)?),
+            (MQTT_SUBSCRIPTION, None) => Change::DeleteMqttSubscription {
+                vhost: field(0),
+                client_id: field(1),
+                filter: field(2),
+            },
+            (MQTT_RETAINED, Some(v)) => Change::PutRetained(record(v)?),
+            (MQTT_RETAINED, None) => Change::DeleteRetained {
+                vhost: field(0),
+                topic: field(1),
+            },
             _ => return Ok(None),
         }))
     }
@@ -637,13 +866,23 @@ impl Change {
 /// cluster, which holds this.
 pub struct BrokerDefinitions {
     broker: Weak<Broker>,
+    /// Makes a queue homed on another node a proxy when its record is applied (set once
+    /// the node's forwarding has started).
+    forward: std::sync::OnceLock<Arc<super::forward::Forward>>,
 }
 
 impl BrokerDefinitions {
     pub fn new(broker: &Arc<Broker>) -> Self {
         BrokerDefinitions {
             broker: Arc::downgrade(broker),
+            forward: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Queues applied from now on whose home is another node become proxies through
+    /// `forward`.
+    pub fn forward_with(&self, forward: Arc<super::forward::Forward>) {
+        let _ = self.forward.set(forward);
     }
 }
 
@@ -660,7 +899,13 @@ impl Apply for BrokerDefinitions {
                 return 0;
             }
         };
-        match change.apply(&b) {
+        let applied = change.apply(&b);
+        if let (Change::DeclareQueue(r), Some(forward)) = (&change, self.forward.get()) {
+            if let Some(q) = b.vhost(&r.vhost).and_then(|vh| vh.queue(&r.name)) {
+                forward.attach(&q);
+            }
+        }
+        match applied {
             Ok(lsn) => lsn,
             // Already gone (a deletion applied again, or one that went with another).
             Err(e) if e.is_not_found() => 0,

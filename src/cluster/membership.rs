@@ -43,6 +43,10 @@ pub struct Cluster {
     /// One membership change at a time on the leader: openraft refuses a second while the
     /// first is in progress.
     changing: tokio::sync::Mutex<()>,
+    /// Serves other nodes' requests for queues held here, once started.
+    forward: std::sync::OnceLock<Arc<super::forward::Forward>>,
+    /// The quorum queue groups this node runs, once they are set up (see [`super::quorum`]).
+    groups: std::sync::OnceLock<Arc<super::quorum::Registry>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -113,6 +117,8 @@ impl Cluster {
             stop: watch::Sender::new(false),
             listener: tokio::sync::Mutex::new(None),
             changing: tokio::sync::Mutex::new(()),
+            forward: std::sync::OnceLock::new(),
+            groups: std::sync::OnceLock::new(),
         });
         tracing::info!(node = %cluster.me, cluster = %config.name, "cluster listener started");
         let handler: Arc<dyn Handler> = cluster.clone();
@@ -157,6 +163,7 @@ impl Cluster {
         let network = Network {
             auth: auth.clone(),
             connect_timeout: Duration::from_millis(config.operation_timeout_ms),
+            group: None,
         };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, state.clone())
             .await
@@ -182,6 +189,39 @@ impl Cluster {
     /// This node's name and inter-node address.
     pub fn me(&self) -> &NodeInfo {
         &self.me
+    }
+
+    /// The operation timeout of every inter-node call.
+    pub fn operation_timeout(&self) -> Duration {
+        self.timeout()
+    }
+
+    /// Starts answering other nodes' requests for queues held here (once).
+    pub fn serve_forward(&self, forward: Arc<super::forward::Forward>) {
+        let _ = self.forward.set(forward);
+    }
+
+    /// Hands the quorum queue groups' RPCs to `groups` (set once, at start).
+    pub fn set_groups(&self, groups: Arc<super::quorum::Registry>) {
+        let _ = self.groups.set(groups);
+    }
+
+    /// The members of the cluster, as this node knows them.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        membership_of(&self.raft())
+            .nodes()
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    /// The auth every inter-node connection proves itself with.
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
+    }
+
+    /// The cluster's configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
     }
 
     /// Follows the index of the last entry applied on this node.
@@ -425,6 +465,15 @@ impl Cluster {
     }
 }
 
+impl super::forward::Members for Cluster {
+    fn address_of(&self, node: &str) -> Option<String> {
+        membership_of(&self.raft())
+            .nodes()
+            .find(|(_, n)| n.name == node)
+            .map(|(_, n)| n.addr.clone())
+    }
+}
+
 /// The membership as `raft` last knows it.
 fn membership_of(raft: &Raft) -> openraft::Membership<u64, NodeInfo> {
     raft.metrics()
@@ -445,6 +494,16 @@ impl Handler for Cluster {
                     Response::InstallSnapshot(raft.install_snapshot(r).await)
                 }
                 Request::Ping => Response::Pong,
+                Request::Forward(call) => Response::Forward(match self.forward.get() {
+                    Some(f) => f.handle(call).await,
+                    None => super::forward::wire::Reply::Unavailable,
+                }),
+                Request::Group { group, request } => match self.groups.get() {
+                    Some(groups) => groups.handle(&group, *request).await,
+                    None => Response::Op(Err(OpError::Failed(format!(
+                        "no quorum queue group {group} on this node"
+                    )))),
+                },
                 Request::Forwarded(op) => Response::Op(self.execute(&op).await),
                 op @ (Request::Join(_) | Request::Forget(_) | Request::Propose(_)) => {
                     Response::Op(self.on_leader(op).await.map_err(|e| match e {
@@ -598,9 +657,24 @@ impl Consensus for Cluster {
         self.me.clone()
     }
 
+    fn nodes(&self) -> Vec<NodeInfo> {
+        Cluster::nodes(self)
+    }
+
+    fn quorum(&self) -> Option<Arc<super::quorum::Registry>> {
+        self.groups.get().cloned()
+    }
+
+    fn quorum_replicas(&self) -> u64 {
+        self.config.quorum_replicas
+    }
+
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.stop.send_replace(true);
+            if let Some(groups) = self.groups.get() {
+                groups.shutdown().await;
+            }
             if let Some(serving) = self.listener.lock().await.take() {
                 let _ = serving.await;
             }

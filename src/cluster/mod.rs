@@ -4,12 +4,15 @@
 //! add or remove a member, and the membership as it stands. Nothing outside this module names
 //! an openraft type. An unclustered node (`[cluster] listen` empty) starts none of it.
 
+pub mod adapter;
 pub mod config;
 pub mod definitions;
+pub mod forward;
 pub mod identity;
 pub mod log_store;
 pub mod membership;
 pub mod network;
+pub mod quorum;
 pub mod state_machine;
 pub mod transport;
 
@@ -46,6 +49,9 @@ pub enum Command {
     },
     /// Several changes committed as one entry (a deletion with what goes with it).
     Batch(Vec<Command>),
+    /// Messages, settlements and returns of one quorum queue, in that queue's own group
+    /// (never in the metadata group).
+    Queue(quorum::codec::Ops),
 }
 
 /// What a node does with the metadata records it applies: [`definitions::BrokerDefinitions`]
@@ -184,6 +190,12 @@ pub trait Consensus: Send + Sync + std::fmt::Debug {
     fn join(&self, seed: String) -> BoxFuture<'_, Result<(), ClusterError>>;
     /// This node's name and the address other nodes reach it at.
     fn node(&self) -> NodeInfo;
+    /// The members of the cluster, as this node knows them.
+    fn nodes(&self) -> Vec<NodeInfo>;
+    /// The quorum queue groups of this node, once they are set up.
+    fn quorum(&self) -> Option<std::sync::Arc<quorum::Registry>>;
+    /// How many nodes a quorum queue is replicated on by default (`quorum_replicas`).
+    fn quorum_replicas(&self) -> u64;
     /// Stops this node's part: closes the peer listener and stops Raft (also done when the
     /// broker shuts down). Resolves once both are stopped.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
@@ -196,8 +208,8 @@ pub async fn start_for(broker: &std::sync::Arc<crate::core::Broker>) -> Result<(
     if !config.enabled() {
         return Ok(());
     }
-    let apply: std::sync::Arc<dyn Apply> =
-        std::sync::Arc::new(definitions::BrokerDefinitions::new(broker));
+    let defs = std::sync::Arc::new(definitions::BrokerDefinitions::new(broker));
+    let apply: std::sync::Arc<dyn Apply> = defs.clone();
     let cluster = Cluster::start(
         config,
         &broker.config.server.data_dir,
@@ -205,7 +217,21 @@ pub async fn start_for(broker: &std::sync::Arc<crate::core::Broker>) -> Result<(
         broker.shutdown_signal(),
     )
     .await?;
-    let consensus: std::sync::Arc<dyn Consensus> = cluster;
+    quorum::Registry::start(broker, &cluster);
+    let consensus: std::sync::Arc<dyn Consensus> = cluster.clone();
+    let members: std::sync::Arc<dyn forward::Members> = cluster.clone();
+    let forward = forward::Forward::new(
+        broker,
+        &consensus,
+        &members,
+        cluster.auth().clone(),
+        cluster.operation_timeout(),
+    );
+    // Proxies for what the records applied so far name another home for, then for those
+    // applied from now on.
+    defs.forward_with(forward.clone());
+    forward.attach_all();
+    cluster.serve_forward(forward);
     // Set once, here, at start.
     let _ = broker.cluster.set(consensus);
     Ok(())

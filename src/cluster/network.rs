@@ -19,6 +19,8 @@ type RpcErr<E = openraft::error::Infallible> = RPCError<u64, NodeInfo, RaftError
 pub struct Network {
     pub auth: Arc<Auth>,
     pub connect_timeout: Duration,
+    /// The quorum queue group whose RPCs these are (None: the metadata group).
+    pub group: Option<String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -27,6 +29,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> Connection {
         Connection {
             target,
+            group: self.group.clone(),
             peer: Peer::new(
                 node.addr.clone(),
                 Some(node.name.clone()),
@@ -39,6 +42,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 pub struct Connection {
     target: u64,
+    group: Option<String>,
     peer: Peer,
 }
 
@@ -48,6 +52,13 @@ impl Connection {
         request: Request,
         option: &RPCOption,
     ) -> Result<Response, RPCError<u64, NodeInfo, RaftError<u64, E>>> {
+        let request = match &self.group {
+            Some(group) => Request::Group {
+                group: group.clone(),
+                request: Box::new(request),
+            },
+            None => request,
+        };
         self.peer
             .call(&request, option.hard_ttl())
             .await

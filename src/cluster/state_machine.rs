@@ -26,9 +26,9 @@ pub struct Metadata {
 }
 
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<u64, NodeInfo>,
-    data: Vec<u8>,
+pub(super) struct StoredSnapshot {
+    pub(super) meta: SnapshotMeta<u64, NodeInfo>,
+    pub(super) data: Vec<u8>,
 }
 
 /// The state machine; clones share one state.
@@ -150,6 +150,8 @@ fn apply_command(
             }
             first.unwrap_or(false)
         }
+        // A quorum queue's operations belong to its own group, never to the metadata.
+        Command::Queue(_) => false,
     };
     CommandResult { existed }
 }

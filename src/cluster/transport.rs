@@ -89,6 +89,13 @@ pub enum Request {
     /// that is not the leader: run here, or refused, never passed on again.
     Forwarded(Box<Request>),
     Ping,
+    /// A request of a node reaching a queue held here (see [`super::forward`]).
+    Forward(super::forward::wire::Call),
+    /// A Raft RPC or proposal for a quorum queue's own group (see [`super::quorum`]).
+    Group {
+        group: String,
+        request: Box<Request>,
+    },
 }
 
 /// A leader operation done: what the command did, and the log index it was committed at.
@@ -116,6 +123,7 @@ pub enum Response {
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     Op(Result<OpOk, OpError>),
     Pong,
+    Forward(super::forward::wire::Reply),
 }
 
 async fn write_frame<T: Serialize>(s: &mut TcpStream, msg: &T) -> Result<(), TransportError> {

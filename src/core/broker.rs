@@ -133,6 +133,9 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     /// This node's cluster membership, set at start when `[cluster] listen` is set.
     pub cluster: std::sync::OnceLock<Arc<dyn crate::cluster::Consensus>>,
+    /// Makes the adapters' replicated records live (MQTT sessions, retained messages); set
+    /// by the MQTT adapter at start on a clustered node.
+    pub adapter_records: std::sync::OnceLock<Arc<dyn crate::cluster::adapter::AdapterRecords>>,
 }
 
 impl Broker {
@@ -285,6 +288,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             shutdown,
             cluster: std::sync::OnceLock::new(),
+            adapter_records: std::sync::OnceLock::new(),
         })
     }
 

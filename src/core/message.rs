@@ -197,6 +197,9 @@ impl Message {
     /// [`Message::properties`] (the properties given to `new` had none): a message that only
     /// its own protocol's consumers take never builds an AMQP header table. Only for what
     /// `derive` makes from the message alone, the same every time.
+    /// Always inlined: a builder step taking the message by value copies it once more
+    /// (about 270 bytes) on its way into the `Arc` when it is a call.
+    #[inline(always)]
     pub fn with_derived_headers(mut self, derive: fn(&Message) -> FieldTable) -> Self {
         self.derived = Some(DerivedHeaders {
             derive,
@@ -206,6 +209,9 @@ impl Message {
     }
 
     /// Records the form the message arrived in, as `protocol`'s adapter keeps it.
+    /// Always inlined: a builder step taking the message by value copies it once more
+    /// (about 270 bytes) on its way into the `Arc` when it is a call.
+    #[inline(always)]
     pub fn with_arrival<T: Any + Send + Sync>(mut self, protocol: Protocol, form: T) -> Self {
         self.forms.arrival = Some((protocol, Arc::new(form)));
         self

@@ -20,9 +20,23 @@ pub const DEFAULT_MAX_WORDS: usize = 128;
 
 /// Splits a routing key or pattern into words the way RabbitMQ does.
 pub fn words(key: &str) -> impl Iterator<Item = &str> {
-    // `"".split('.')` yields one empty word; RabbitMQ treats the empty key as zero words.
-    let empty = key.is_empty();
-    key.split('.').filter(move |_| !empty)
+    // RabbitMQ treats the empty key as zero words (where `"".split('.')` yields one).
+    let mut rest = (!key.is_empty()).then_some(key);
+    std::iter::from_fn(move || {
+        let (word, after) = first_word(rest?);
+        rest = after;
+        Some(word)
+    })
+}
+
+/// The first word of `rest` (a key from one of its words on) and the key after it, None when
+/// it was the last. A byte scan: `.` is ASCII, so it is never inside a multi-byte char, and
+/// `str::split` over a char sets a searcher up for every word.
+fn first_word(rest: &str) -> (&str, Option<&str>) {
+    match rest.bytes().position(|b| b == b'.') {
+        Some(dot) => (&rest[..dot], Some(&rest[dot + 1..])),
+        None => (rest, None),
+    }
 }
 
 /// How many words [`words`] yields, without splitting.
@@ -32,6 +46,12 @@ pub fn word_count(key: &str) -> usize {
     } else {
         key.bytes().filter(|&b| b == b'.').count() + 1
     }
+}
+
+/// Whether `key` has more than `max` words, counting them only when it is long enough to:
+/// a key of n bytes has at most n + 1 words.
+pub fn more_words_than(key: &str, max: usize) -> bool {
+    key.len() >= max && word_count(key) > max
 }
 
 /// The words of a pattern with each run of `#` collapsed into one: the trie's path for it.
@@ -81,6 +101,9 @@ impl<T> Node<T> {
 pub struct TopicTrie<T> {
     root: Node<T>,
     len: usize,
+    /// Pairs whose pattern has a `#`: while there are none the trie has no `#` node, and a
+    /// key is matched word by word as it is read, without the position sets `#` needs.
+    with_hash: usize,
 }
 
 impl<T> Default for TopicTrie<T> {
@@ -88,6 +111,7 @@ impl<T> Default for TopicTrie<T> {
         TopicTrie {
             root: Node::default(),
             len: 0,
+            with_hash: 0,
         }
     }
 }
@@ -122,6 +146,7 @@ impl<T: Hash + Eq> TopicTrie<T> {
         let added = *count == 1;
         if added {
             self.len += 1;
+            self.with_hash += usize::from(has_hash(pattern));
         }
         added
     }
@@ -135,6 +160,7 @@ impl<T: Hash + Eq> TopicTrie<T> {
         };
         if gone {
             self.len -= 1;
+            self.with_hash -= usize::from(has_hash(pattern));
         }
         true
     }
@@ -179,6 +205,9 @@ impl<T: Hash + Eq> TopicTrie<T> {
     /// bound under several matching patterns is reported once for each; callers de-duplicate
     /// destinations).
     pub fn for_each_match<'a>(&'a self, key: &str, mut f: impl FnMut(&'a T)) {
+        if self.with_hash == 0 {
+            return walk_plain(&self.root, (!key.is_empty()).then_some(key), &mut f);
+        }
         // Routing keys are short; a small stack buffer of word slices avoids an allocation for
         // the common case.
         let mut buf: smallvec_lite::WordBuf<'_> = smallvec_lite::WordBuf::new();
@@ -186,6 +215,28 @@ impl<T: Hash + Eq> TopicTrie<T> {
             buf.push(w);
         }
         Matcher::new(buf.as_slice(), &mut f).walk_one(&self.root, 0);
+    }
+}
+
+/// Whether a pattern has a `#` word.
+fn has_hash(pattern: &str) -> bool {
+    words(pattern).any(|w| w == "#")
+}
+
+/// Matching in a trie without `#` nodes: each node is reached with one position, so the key's
+/// words are taken one at a time from `rest` (the key from the next word on, None when every
+/// word is consumed) instead of being split up front.
+fn walk_plain<'a, T>(node: &'a Node<T>, rest: Option<&str>, f: &mut impl FnMut(&'a T)) {
+    let Some(rest) = rest else {
+        node.values.keys().for_each(f);
+        return;
+    };
+    let (word, after) = first_word(rest);
+    if let Some(child) = node.children.get(word) {
+        walk_plain(child, after, f);
+    }
+    if let Some(star) = &node.star {
+        walk_plain(star, after, f);
     }
 }
 
@@ -536,6 +587,23 @@ mod tests {
     }
 
     #[test]
+    fn words_split_as_rabbitmq_does() {
+        let split = |k| words(k).collect::<Vec<_>>();
+        assert!(split("").is_empty());
+        assert_eq!(split("a"), ["a"]);
+        assert_eq!(split("a..b"), ["a", "", "b"]);
+        assert_eq!(split("a."), ["a", ""]);
+        assert_eq!(split("."), ["", ""]);
+        assert_eq!(split("é.ü.日本"), ["é", "ü", "日本"]);
+        for k in ["", "a", "a..b", "a.", ".", "é.ü.日本", ".x.y."] {
+            assert_eq!(word_count(k), split(k).len(), "{k:?}");
+            for max in 0..8 {
+                assert_eq!(more_words_than(k, max), split(k).len() > max, "{k:?} {max}");
+            }
+        }
+    }
+
+    #[test]
     fn hash_alone_and_empty_words() {
         assert!(matches("#", ""));
         assert!(matches("#", "a.b.c"));
@@ -676,6 +744,39 @@ mod tests {
             patterns.extend((0..40).map(|i| format!("#.c3.d{i}.#")));
             let (got, want) = trie_against(&patterns, &key.join("."), reference_dp);
             proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest::proptest! {
+        /// Tries without a `#` pattern are matched word by word as the key is read; the same
+        /// trie once a `#` pattern came and went is matched that way again.
+        #[test]
+        fn tries_without_hash_agree_with_the_reference(
+            patterns in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec!["a", "b", "", "*"]), 0..6),
+                1..12,
+            ),
+            key in proptest::collection::vec(proptest::sample::select(vec!["a", "b", ""]), 0..8),
+        ) {
+            let patterns: Vec<String> = patterns.iter().map(|p| p.join(".")).collect();
+            let key = key.join(".");
+            let (got, want) = trie_against(&patterns, &key, reference);
+            proptest::prop_assert_eq!(&got, &want);
+            let mut t = TopicTrie::new();
+            for (i, p) in patterns.iter().enumerate() {
+                t.insert(p, i);
+            }
+            proptest::prop_assert_eq!(t.with_hash, 0);
+            t.insert("a.#", usize::MAX);
+            t.insert("a.#.#", usize::MAX);
+            proptest::prop_assert_eq!(t.with_hash, 1, "collapsed to one pair");
+            t.remove("a.#", &usize::MAX);
+            t.remove("a.#.#", &usize::MAX);
+            proptest::prop_assert_eq!(t.with_hash, 0);
+            let mut again = vec![];
+            t.for_each_match(&key, |v| again.push(*v));
+            again.sort();
+            proptest::prop_assert_eq!(again, want);
         }
     }
 

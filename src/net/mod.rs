@@ -152,6 +152,7 @@ pub async fn start_with_clock(
         broker.memory.clone(),
     ));
     mqtt::persist::restore(&broker, &mqtt_state).await;
+    mqtt::replica::register(&broker, &mqtt_state);
     let limits = limits::ConnectionLimits::new(
         broker.config.server.max_connections,
         broker.config.server.max_connections_per_address,

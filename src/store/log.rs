@@ -466,6 +466,12 @@ impl MessageLog {
         self.synced.subscribe()
     }
 
+    /// Wakes those following [`Self::subscribe`] without moving the durable LSN: what else
+    /// their acknowledgements wait for (a quorum queue's commit) has moved.
+    pub fn nudge(&self) {
+        self.synced.send_modify(|_| {});
+    }
+
     /// The LSN of the last record appended.
     pub fn last_lsn(&self) -> u64 {
         self.lock().last_lsn

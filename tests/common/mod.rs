@@ -6,14 +6,20 @@
 
 pub mod amqp;
 pub mod cluster;
+pub mod cluster_procs;
+pub mod fault_proxy;
+pub mod history;
 pub mod http;
 pub mod in_memory;
 pub mod mqtt;
+pub mod netns;
 pub mod process;
 pub mod raw;
 pub mod stomp;
 pub mod tls;
+pub mod tolerant;
 pub mod websocket;
+pub mod workload;
 
 use std::future::Future;
 use std::net::SocketAddr;

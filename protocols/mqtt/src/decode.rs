@@ -44,7 +44,14 @@ pub fn decode(
     buf.advance(1 + len_bytes);
     let body = buf.split_to(remaining).freeze();
     let mut r = Reader::new(body);
-    let packet = decode_body(first >> 4, first & 0x0f, &mut r, version)?;
+    // PUBLISH, the packet that comes by the million, without the general match: the
+    // packet can then be built where the caller gets it instead of being copied out of
+    // `decode_body`'s result (a packet is some hundreds of bytes).
+    let packet = if first >> 4 == kind::PUBLISH {
+        Packet::Publish(decode_publish(first & 0x0f, &mut r, version)?)
+    } else {
+        decode_body(first >> 4, first & 0x0f, &mut r, version)?
+    };
     if !r.is_empty() {
         return Err(DecodeError::Malformed("bytes after the end of the packet"));
     }

@@ -5,7 +5,9 @@ use crate::error::DecodeError;
 /// A PUBLISH topic name: no wildcards. Emptiness is checked by the caller, since a v5 PUBLISH
 /// may carry an empty topic together with a Topic Alias.
 pub fn check_topic_name(topic: &str) -> Result<(), DecodeError> {
-    if topic.contains(['+', '#']) {
+    // Bytes, not chars: both wildcards are ASCII, which never occurs inside a multi-byte
+    // UTF-8 sequence, and a char-set pattern decodes every char.
+    if topic.bytes().any(|b| b == b'+' || b == b'#') {
         return Err(DecodeError::TopicName("wildcard in a topic name"));
     }
     Ok(())

@@ -75,7 +75,9 @@ pub(crate) fn put_var_int(out: &mut BytesMut, mut value: u32) -> Result<(), Enco
 /// Unicode and refusing them would break clients that put tabs or newlines in user properties.
 pub fn check_utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
     let s = std::str::from_utf8(bytes).map_err(|_| DecodeError::Utf8("not valid UTF-8"))?;
-    if s.contains('\0') {
+    // A byte scan: no byte of a multi-byte UTF-8 sequence is 0, and `str::contains` over a
+    // char is a searcher set up per call.
+    if bytes.contains(&0) {
         return Err(DecodeError::Utf8("contains U+0000"));
     }
     Ok(s)
@@ -147,9 +149,14 @@ impl Reader {
         self.take(usize::from(n))
     }
 
+    /// A UTF-8 string (spec 1.5.4), copied out of the buffer without taking a reference to
+    /// it first.
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
-        let b = self.binary()?;
-        Ok(check_utf8(&b)?.to_owned())
+        let n = usize::from(self.u16()?);
+        self.need(n)?;
+        let s = check_utf8(&self.buf[..n])?.to_owned();
+        self.buf.advance(n);
+        Ok(s)
     }
 }
 

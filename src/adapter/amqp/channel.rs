@@ -11,7 +11,7 @@ use crate::core::access::permissions::{Perm, ResourceKind, TopicVars};
 use crate::core::access::PublishVerdicts;
 use crate::core::channel_info::ChannelInfo;
 use crate::core::queue::args::parse_expiration;
-use crate::core::queue::{ConnectionId, ConsumeError};
+use crate::core::queue::{ConnectionId, ConsumeError, Ticket};
 use crate::core::stats::ConnectionCounters;
 use crate::core::vhost::{generate_name, ExchangeSpec, QueueSpec};
 use crate::core::{
@@ -173,8 +173,9 @@ pub struct Effects {
 struct Confirms {
     /// The last sequence number used.
     seq: u64,
-    /// The batch being gathered: its highest sequence number and the LSN it needs.
-    batch: Option<(u64, u64)>,
+    /// The batch being gathered: its highest sequence number, the LSN it needs and the
+    /// quorum-queue commits it waits for.
+    batch: Option<(u64, u64, Vec<Ticket>)>,
     /// Closed batches awaiting durability, and nacks, oldest first.
     waiting: VecDeque<Confirm>,
     /// The last sequence number answered (acked or nacked), for the confirm count.
@@ -182,26 +183,35 @@ struct Confirms {
 }
 
 /// One answer a confirm-mode publisher is owed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Confirm {
-    /// Ack everything up to `seq` once the log is durable up to `lsn`.
-    Ack { seq: u64, lsn: u64 },
+    /// Ack everything up to `seq` once the log is durable up to `lsn` and every ticket is
+    /// committed (nacked if one never will be).
+    Ack {
+        seq: u64,
+        lsn: u64,
+        tickets: Vec<Ticket>,
+    },
     /// Nack exactly `seq`.
     Nack { seq: u64 },
 }
 
 impl Confirms {
     /// Accounts for one publish: acked with its batch, or nacked on its own when refused.
-    fn published(&mut self, lsn: u64, refused: bool) {
+    fn published(&mut self, lsn: u64, refused: bool, tickets: Vec<Ticket>) {
         self.seq += 1;
         if refused {
-            if let Some((seq, lsn)) = self.batch.take() {
-                self.waiting.push_back(Confirm::Ack { seq, lsn });
+            if let Some((seq, lsn, tickets)) = self.batch.take() {
+                self.waiting.push_back(Confirm::Ack { seq, lsn, tickets });
             }
             self.waiting.push_back(Confirm::Nack { seq: self.seq });
         } else {
-            let needed = self.batch.map_or(0, |b| b.1).max(lsn);
-            self.batch = Some((self.seq, needed));
+            let (needed, mut waits) = match self.batch.take() {
+                Some((_, l, t)) => (l.max(lsn), t),
+                None => (lsn, Vec::new()),
+            };
+            waits.extend(tickets);
+            self.batch = Some((self.seq, needed, waits));
         }
     }
 }
@@ -494,6 +504,9 @@ impl Channel {
                     auto_delete: m.auto_delete,
                     arguments: m.arguments,
                 };
+                if !m.passive {
+                    definitions::check_queue_type(&ctx.broker, &ctx.vhost, &spec)?;
+                }
                 let declared = if server_named {
                     ctx.vhost.declare_server_named_queue(spec, ctx.conn_id)?
                 } else {
@@ -626,6 +639,13 @@ impl Channel {
                 let queue = self.resolve_queue(&m.queue)?;
                 ctx.permit(Perm::Read, ResourceKind::Queue, &queue)?;
                 let q = ctx.vhost.queue_for(&queue, ctx.conn_id)?;
+                if let Some(r) = q.replica().filter(|r| !r.is_leader()) {
+                    let refused = ConsumeError::NotLeader {
+                        queue: q.name.clone(),
+                        leader: r.leader(),
+                    };
+                    return Err(AmqpError::channel(PRECONDITION_FAILED, refused.to_string()));
+                }
                 let (got, effects) = q.get(m.no_ack);
                 ctx.vhost.apply(&q, effects);
                 match got {
@@ -839,6 +859,9 @@ impl Channel {
                     NOT_FOUND,
                     format!("no queue '{queue_name}' in vhost '{}'", ctx.vhost.name),
                 ),
+                e @ ConsumeError::NotLeader { .. } => {
+                    AmqpError::channel(PRECONDITION_FAILED, e.to_string())
+                }
                 _ => AmqpError::channel(
                     ACCESS_REFUSED,
                     format!(
@@ -943,7 +966,7 @@ impl Channel {
         }
         let routed = self.route(ctx, &exchange, message, publish.mandatory);
         if let Some(c) = &mut self.confirm {
-            c.published(routed.lsn, routed.refused);
+            c.published(routed.lsn, routed.refused, routed.tickets);
         }
         Ok(())
     }
@@ -1011,6 +1034,7 @@ impl Channel {
             lsn: outcome.lsn,
             // As RabbitMQ: one refusing queue makes the publish nacked.
             refused: outcome.refused(),
+            tickets: outcome.tickets,
         }
     }
 
@@ -1029,8 +1053,8 @@ impl Channel {
         let Some(c) = &mut self.confirm else {
             return false;
         };
-        if let Some((seq, lsn)) = c.batch.take() {
-            c.waiting.push_back(Confirm::Ack { seq, lsn });
+        if let Some((seq, lsn, tickets)) = c.batch.take() {
+            c.waiting.push_back(Confirm::Ack { seq, lsn, tickets });
         }
         let mut tag = None;
         let ack = |tag: &mut Option<u64>| {
@@ -1044,15 +1068,35 @@ impl Channel {
                 );
             }
         };
-        while let Some(&next) = c.waiting.front() {
+        while let Some(next) = c.waiting.front() {
             match next {
-                Confirm::Ack { lsn, .. } if lsn > synced => break,
+                Confirm::Ack { lsn, .. } if *lsn > synced => break,
+                Confirm::Ack { tickets, .. } if tickets.iter().any(|t| t.outcome().is_none()) => {
+                    break
+                }
+                Confirm::Ack { seq, tickets, .. }
+                    if tickets.iter().any(|t| t.outcome() == Some(false)) =>
+                {
+                    // A quorum queue was deleted before it committed these: nacked.
+                    let seq = *seq;
+                    c.answered = seq;
+                    ack(&mut tag);
+                    ctx.send(
+                        self.id,
+                        BasicNack {
+                            delivery_tag: seq,
+                            multiple: true,
+                            requeue: false,
+                        },
+                    );
+                }
                 Confirm::Ack { seq, .. } => {
+                    let seq = *seq;
                     ctx.counters.confirmed(seq.saturating_sub(c.answered));
                     c.answered = seq;
                     tag = Some(seq);
                 }
-                Confirm::Nack { seq } => {
+                &Confirm::Nack { seq } => {
                     c.answered = seq;
                     // The acks before it go first, so the publisher sees them in order.
                     ack(&mut tag);
@@ -1184,10 +1228,12 @@ fn consumer_priority(arguments: &FieldTable) -> AmqpResult<i32> {
 }
 
 /// What routing one publish did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Routed {
     /// The log record a confirm must wait for (0: nothing persisted).
     lsn: u64,
+    /// The quorum-queue commits a confirm waits for as well.
+    tickets: Vec<Ticket>,
     /// A queue refused the message for its length limit.
     refused: bool,
 }

@@ -186,6 +186,10 @@ pub(super) async fn attach(
         clean_start,
         expiry,
     } = wanted;
+    // Clustered: the client id is claimed first, which closes a connection holding it on
+    // another node.
+    let persistent = !clean_start || expiry > 0;
+    super::replica::claim(broker, &key, me.conn_id, persistent).await?;
     let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
     loop {
         let held = {
@@ -256,7 +260,16 @@ pub(super) async fn attach(
     };
     if let Some(old) = discarded {
         // A clean start discards the old session with its queue (one may be left by a crash,
-        // too) and its subscriptions' records (the new session writes its own).
+        // too) and its subscriptions' records (the new session writes its own); clustered,
+        // on every node first (which deletes the queue here too).
+        if super::replica::replicated(broker, &key) {
+            if let Err(e) = super::replica::forget(broker, &vhost, &key, None).await {
+                handover.release();
+                return Err(Refusal::unavailable(format!(
+                    "the cluster did not confirm discarding the session: {e}"
+                )));
+            }
+        }
         let old_queue = vhost.queue(&queue_name);
         if let Some(old) = &old {
             let what = Discard {
@@ -277,6 +290,13 @@ pub(super) async fn attach(
             entries: false,
         };
         Box::pin(discard(broker, &vhost, &session, what, 0)).await;
+    }
+    if expiry > 0 {
+        // Clustered: the session and its durable queue on every node (declared here too).
+        if let Err(e) = super::replica::put(broker, &vhost, &key, expiry).await {
+            handover.release();
+            return Err(e);
+        }
     }
     let (queue, queue_created) = match vhost.queue(&queue_name) {
         Some(q) => (q, false),

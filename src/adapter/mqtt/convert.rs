@@ -3,7 +3,6 @@
 
 use super::session::OutboundMessage;
 use crate::adapter::header_text::field_value_text;
-use crate::core::memory::MemoryCharge;
 use crate::core::message::Protocol;
 use crate::core::Message;
 use bytes::Bytes;
@@ -31,7 +30,7 @@ pub const HEADER_DUP: &str = "x-mqtt-dup";
 /// subscription identifiers, topic alias and remaining expiry): for a message published over
 /// MQTT, the publisher's properties exactly (their order, repeated user properties); for
 /// others, the translation of the core's properties, made once per message.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttForm {
     pub properties: Properties,
     /// Topic, QoS and retain flag: known at arrival for an MQTT publish, else worked out from
@@ -40,7 +39,7 @@ pub struct MqttForm {
 }
 
 /// The fixed-header side of a message as MQTT subscribers get it, and who published it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FormMeta {
     pub topic: String,
     pub qos: QoS,
@@ -73,6 +72,27 @@ impl MqttForm {
     pub fn with_meta(self, meta: FormMeta) -> Self {
         let _ = self.meta.set(meta);
         self
+    }
+
+    /// A message the adapter keeps itself (retained, restored): `properties` exactly as given,
+    /// under `topic`.
+    pub fn kept(properties: Properties, topic: String, qos: QoS, retain: bool) -> Self {
+        MqttForm {
+            properties,
+            meta: OnceLock::new(),
+        }
+        .with_meta(FormMeta {
+            topic,
+            qos,
+            retain,
+            dup: false,
+            publisher: None,
+        })
+    }
+
+    /// The topic and flags when known (given at arrival, or worked out by [`MqttForm::meta`]).
+    pub fn known_meta(&self) -> Option<&FormMeta> {
+        self.meta.get()
     }
 
     /// The topic, QoS and retain flag of `msg` (whose form this is).
@@ -306,28 +326,21 @@ pub fn mqtt_form(msg: &Message) -> Arc<MqttForm> {
     })
 }
 
-/// A core message as an MQTT message, from its [`MqttForm`]. `now` is read only when the
-/// message has an expiration to count from it.
+/// A core message as an MQTT message, sharing its [`MqttForm`] (topic and properties are not
+/// copied). `now` is read only when the message has an expiration to count from it.
 pub fn outbound_from_form(
     msg: &Message,
-    form: &MqttForm,
+    form: Arc<MqttForm>,
     now: impl FnOnce() -> SystemTime,
 ) -> OutboundMessage {
     let meta = form.meta(msg);
-    OutboundMessage {
-        topic: meta.topic.clone(),
-        payload: msg.body.clone(),
-        qos: meta.qos,
-        retain: meta.retain,
-        properties: form.properties.clone(),
-        expires_at: msg
-            .routing_properties()
-            .expiration
-            .as_ref()
-            .and_then(|_| expires_at(msg.routing_properties(), now())),
-        charge: MemoryCharge::default(),
-        delivery: None,
-    }
+    let (qos, retain) = (meta.qos, meta.retain);
+    let expires_at = msg
+        .routing_properties()
+        .expiration
+        .as_ref()
+        .and_then(|_| expires_at(msg.routing_properties(), now()));
+    OutboundMessage::of_form(form, msg.body.clone(), qos, retain, expires_at)
 }
 
 fn outbound(
@@ -337,16 +350,14 @@ fn outbound(
     properties: Properties,
     now: SystemTime,
 ) -> OutboundMessage {
-    OutboundMessage {
-        topic: key_to_topic(routing_key),
-        payload: body.clone(),
-        qos: message_qos(p),
-        retain: published_retained(p),
+    OutboundMessage::new(
+        key_to_topic(routing_key),
+        body.clone(),
+        message_qos(p),
+        published_retained(p),
         properties,
-        expires_at: expires_at(p, now),
-        charge: MemoryCharge::default(),
-        delivery: None,
-    }
+        expires_at(p, now),
+    )
 }
 
 /// The core's properties as v5 properties. An array of strings (how a repeated user property
@@ -430,7 +441,7 @@ mod tests {
         // order per name.
         let out = outbound_from_core("t", &Bytes::new(), &p, now);
         let region: Vec<&str> = out
-            .properties
+            .properties()
             .user_properties
             .iter()
             .filter(|(k, _)| k == "region")
@@ -438,7 +449,7 @@ mod tests {
             .collect();
         assert_eq!(region, ["eu", "dup", "third"]);
         assert!(!out
-            .properties
+            .properties()
             .user_properties
             .iter()
             .any(|(k, _)| k.starts_with("x-mqtt")));
@@ -482,7 +493,7 @@ mod tests {
             publish_properties_but_headers(flags.qos, &props, now),
             None,
             Bytes::new(),
-            MemoryCharge::default(),
+            crate::core::memory::MemoryCharge::default(),
         )
         .with_arrival(Protocol::Mqtt, arrived)
         .with_derived_headers(arrival_headers);
@@ -512,14 +523,14 @@ mod tests {
         assert_eq!(p.expiration.as_deref(), Some("60000"));
         assert_eq!(published_by(&p), Some("me"));
         let out = outbound_from_core("a.b", &Bytes::from_static(b"x"), &p, now);
-        assert_eq!(out.topic, "a/b");
+        assert_eq!(out.topic(), "a/b");
         assert_eq!(out.qos, QoS::ExactlyOnce);
         assert!(out.retain);
-        assert_eq!(out.properties.content_type, props.content_type);
-        assert_eq!(out.properties.correlation_data, props.correlation_data);
-        assert_eq!(out.properties.response_topic, props.response_topic);
-        assert_eq!(out.properties.payload_format_indicator, Some(1));
-        assert_eq!(out.properties.user_properties, props.user_properties);
+        assert_eq!(out.properties().content_type, props.content_type);
+        assert_eq!(out.properties().correlation_data, props.correlation_data);
+        assert_eq!(out.properties().response_topic, props.response_topic);
+        assert_eq!(out.properties().payload_format_indicator, Some(1));
+        assert_eq!(out.properties().user_properties, props.user_properties);
         let left = out.remaining_expiry(now).unwrap();
         assert!((59..=60).contains(&left), "{left}");
     }
@@ -534,7 +545,7 @@ mod tests {
         let p = publish_properties(flags(QoS::AtMostOnce, false), "me", &props, now);
         assert!(p.correlation_id.is_none());
         let out = outbound_from_core("t", &Bytes::new(), &p, now);
-        assert_eq!(out.properties.correlation_data, props.correlation_data);
+        assert_eq!(out.properties().correlation_data, props.correlation_data);
         assert_eq!(out.qos, QoS::AtMostOnce);
     }
 

@@ -188,26 +188,28 @@ impl Link {
             None => None,
         };
         let v5 = self.limits.protocol.is_v5();
-        let mut topic = m.topic.as_str();
+        let mut topic = m.topic();
+        let properties = m.properties();
         // v5 only, and only when something per hop changes them: the properties as kept.
         let mut adjusted = None;
         if v5 {
             let mut alias = None;
             if self.limits.topic_alias_max > 0 && !dup {
                 let mut aliases = lock(&self.aliases);
-                if let Some(&a) = aliases.get(&m.topic) {
-                    topic = "";
+                if let Some(&a) = aliases.get(topic) {
                     alias = Some(a);
+                    topic = "";
                 } else if aliases.len() < usize::from(self.limits.topic_alias_max) {
                     let a = aliases.len() as u16 + 1;
-                    aliases.insert(m.topic.clone(), a);
+                    aliases.insert(topic.to_owned(), a);
                     alias = Some(a);
                 }
             }
-            if expiry.is_some() || alias.is_some() {
-                let mut p = m.properties.clone();
+            if expiry.is_some() || alias.is_some() || !m.identifiers.is_empty() {
+                let mut p = properties.clone();
                 p.message_expiry_interval = expiry;
                 p.topic_alias = alias;
+                p.subscription_identifiers.clone_from(&m.identifiers);
                 adjusted = Some(p);
             }
         }
@@ -217,7 +219,7 @@ impl Link {
             retain: m.retain,
             topic,
             packet_id,
-            properties: adjusted.as_ref().unwrap_or(&m.properties),
+            properties: adjusted.as_ref().unwrap_or(properties),
             payload: &m.payload,
         };
         let mut written = Ok(0);
@@ -263,10 +265,10 @@ fn for_session(
             s.match_topic(topic, from_self)?
         }
     };
-    let mut m = outbound_from_form(msg, &form, || timer.now_system());
+    let mut m = outbound_from_form(msg, form, || timer.now_system());
     m.qos = m.qos.min(matched.qos);
     m.retain = m.retain && matched.retain_as_published;
-    m.properties.subscription_identifiers = matched.identifiers;
+    m.identifiers = matched.identifiers;
     if m.qos != QoS::AtMostOnce {
         // The session keeps it (in flight or waiting) after the queue lets go of the message.
         m.charge = msg.charge_copy(m.footprint());

@@ -21,6 +21,7 @@ pub mod persist;
 mod publish;
 pub mod registry;
 mod release;
+pub mod replica;
 pub mod retained;
 pub mod session;
 mod subscribe;
@@ -237,7 +238,7 @@ async fn handshake(
     let attached = match attached {
         Ok(a) => a,
         Err(r) => {
-            refuse(outbox, protocol, &r, peer);
+            refuse(outbox, protocol, &r, peer, cfg.refusal_reason);
             return None;
         }
     };
@@ -326,6 +327,7 @@ async fn handshake(
         blocked: false,
         flow: flow::Flow::new(outbox.clone(), broker.config.mqtt.flow_backlog),
         ending: Ending::Abnormal,
+        acks: BytesMut::new(),
         redispatch: false,
         inbound_aliases: HashMap::new(),
         problem_info: c.properties.request_problem_information != Some(0),
@@ -356,7 +358,13 @@ fn granted_keep_alive(v5: bool, asked: u16, cfg: &crate::config::MqttConfig) -> 
     }
 }
 
-fn refuse(outbox: &Outbox, protocol: Protocol, r: &Refusal, peer: SocketAddr) {
+fn refuse(
+    outbox: &Outbox,
+    protocol: Protocol,
+    r: &Refusal,
+    peer: SocketAddr,
+    how: crate::config::RefusalReason,
+) {
     tracing::info!(%peer, reason = %r, "MQTT CONNECT refused");
     // v3's return codes are v5's reasons under other numbers. A refusal is by policy unless
     // its reason says otherwise.
@@ -365,11 +373,12 @@ fn refuse(outbox: &Outbox, protocol: Protocol, r: &Refusal, peer: SocketAddr) {
         Cause::Normal => closing_because(Cause::Policy),
         cause => closing_because(cause),
     }
-    let mut props = Properties::default();
-    if protocol.is_v5() {
-        props.reason_string = Some(r.text.clone());
-    }
-    send_connack(outbox, protocol, false, r.code(protocol), props);
+    let (code, text) = r.answer(protocol, how);
+    let props = Properties {
+        reason_string: text,
+        ..Properties::default()
+    };
+    send_connack(outbox, protocol, false, code, props);
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@ use super::connect::{queue_name, session_queue_spec};
 use super::convert::{filter_to_pattern, publish_properties, topic_to_key, MqttForm, PublishFlags};
 use super::registry::{MqttState, SessionKey, SessionSlot};
 use super::session::{is_shared, OutboundMessage, Session, SubscriptionEntry};
-use crate::core::memory::MemoryCharge;
 use crate::core::message::Protocol as Origin;
 use crate::core::{self, Broker, Message, PublishTo, VHost};
 use crate::store::{compose_key, kind, split_key, Store};
@@ -276,14 +275,14 @@ pub fn forget_session_record(broker: &Broker, s: &mut Session) -> u64 {
 /// A retained message as its record keeps it: when it expires (seconds since the epoch, 0 for
 /// never, big-endian u64), then the message as an encoded v5 PUBLISH, which keeps every
 /// property exactly.
-fn retained_value(m: &OutboundMessage) -> Option<Vec<u8>> {
+pub(super) fn retained_value(m: &OutboundMessage) -> Option<Vec<u8>> {
     let packet = Packet::Publish(Publish {
         dup: false,
         qos: m.qos,
         retain: m.retain,
-        topic: m.topic.clone(),
+        topic: m.topic().to_owned(),
         packet_id: (m.qos != QoS::AtMostOnce).then_some(1),
-        properties: m.properties.clone(),
+        properties: m.properties().clone(),
         payload: m.payload.clone(),
     });
     let mut out = BytesMut::new();
@@ -297,19 +296,17 @@ fn decode_publish(bytes: &[u8], expires_at: Option<u64>) -> Option<OutboundMessa
     let Ok(Some(Packet::Publish(p))) = decode(&mut buf, Protocol::V5, usize::MAX) else {
         return None;
     };
-    Some(OutboundMessage {
-        topic: p.topic,
-        payload: p.payload,
-        qos: p.qos,
-        retain: p.retain,
-        properties: p.properties,
-        expires_at: expires_at.map(|s| UNIX_EPOCH + Duration::from_secs(s)),
-        charge: MemoryCharge::default(),
-        delivery: None,
-    })
+    Some(OutboundMessage::new(
+        p.topic,
+        p.payload,
+        p.qos,
+        p.retain,
+        p.properties,
+        expires_at.map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+    ))
 }
 
-fn retained_message(value: &[u8]) -> Option<OutboundMessage> {
+pub(super) fn retained_message(value: &[u8]) -> Option<OutboundMessage> {
     let (at, publish) = value.split_first_chunk::<8>()?;
     let at = u64::from_be_bytes(*at);
     decode_publish(publish, (at != 0).then_some(at))
@@ -321,7 +318,7 @@ pub fn write_retained(broker: &Broker, vhost: &str, m: &OutboundMessage) -> u64 
     let Some(store) = &broker.store else {
         return 0;
     };
-    let key = retained_key(vhost, &m.topic);
+    let key = retained_key(vhost, m.topic());
     if m.payload.is_empty() {
         return store.delete(kind::RETAINED, &key);
     }
@@ -517,7 +514,7 @@ mod legacy {
         let (Some(q), false) = (vhost.queue(queue), m.is_expired(now)) else {
             return 0;
         };
-        let mut props = m.properties.clone();
+        let mut props = m.properties().clone();
         props.message_expiry_interval = m.remaining_expiry(now);
         let exchange = broker.config.mqtt.exchange.clone();
         let flags = PublishFlags {
@@ -529,13 +526,13 @@ mod legacy {
         let charge = broker.memory.charge(Message::charge_size(m.payload.len()));
         let message = Message::new(
             exchange,
-            topic_to_key(&m.topic),
+            topic_to_key(m.topic()),
             properties,
             None,
             m.payload.clone(),
             charge,
         )
-        .with_arrival(Origin::Mqtt, MqttForm::arrived(&m.properties));
+        .with_arrival(Origin::Mqtt, MqttForm::arrived(m.properties()));
         let message = Arc::new(message);
         let publish = core::Publish {
             to: PublishTo::Queue(&q),
@@ -650,19 +647,17 @@ mod tests {
     use switchboard_mqtt::Properties;
 
     fn message() -> OutboundMessage {
-        OutboundMessage {
-            topic: "a/b".into(),
-            payload: Bytes::from_static(&[0, 255, 1]),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            properties: Properties {
+        OutboundMessage::new(
+            "a/b".into(),
+            Bytes::from_static(&[0, 255, 1]),
+            QoS::AtLeastOnce,
+            true,
+            Properties {
                 content_type: Some("text/plain".into()),
                 ..Default::default()
             },
-            expires_at: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
-            charge: MemoryCharge::default(),
-            delivery: None,
-        }
+            Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
+        )
     }
 
     #[test]

@@ -9,7 +9,6 @@ use super::persist;
 use super::registry::MqttState;
 use super::retained::RetainedFull;
 use super::session::OutboundMessage;
-use crate::core::memory::MemoryCharge;
 use crate::core::message::Protocol;
 use crate::core::{Broker, Message, Publish, PublishTo, VHost};
 use bytes::Bytes;
@@ -41,13 +40,17 @@ pub(super) struct Routed {
     pub retained_full: Option<RetainedFull>,
     /// A queue it reached is over `mqtt.flow_backlog` (see `flow`).
     pub congested: Option<Arc<crate::core::Queue>>,
+    /// The quorum-queue commits its acknowledgement waits for as well.
+    pub tickets: Vec<crate::core::queue::Ticket>,
 }
 
 impl Routed {
     /// The PUBACK/PUBREC reason code (v5; v3 acknowledgements carry none): 0x97 Quota
     /// exceeded when a queue refused it, 0x10 when no queue matched.
     pub(super) fn reason(&self) -> u8 {
-        if self.refused {
+        if let Some(full) = &self.retained_full {
+            full.reason()
+        } else if self.refused {
             reason::QUOTA_EXCEEDED
         } else if self.queues == 0 {
             reason::NO_MATCHING_SUBSCRIBERS
@@ -84,23 +87,25 @@ impl Publisher {
             let expires_at = properties
                 .message_expiry_interval
                 .map(|s| now + Duration::from_secs(u64::from(s)));
-            let retained = OutboundMessage {
-                topic: m.topic.clone(),
-                payload: m.payload.clone(),
-                qos: m.qos,
-                retain: true,
+            let retained = OutboundMessage::new(
+                m.topic.clone(),
+                m.payload.clone(),
+                m.qos,
+                true,
                 properties,
                 expires_at,
-                charge: MemoryCharge::default(),
-                delivery: None,
+            );
+            // The acknowledgement waits for the record (a clear is a delete); clustered, for
+            // the cluster's commit, which stores it on every node.
+            let stored = if self.broker.cluster.get().is_some() {
+                super::replica::retain(&self.broker, &self.state, &self.vhost.name, retained, now)
+            } else {
+                self.state
+                    .retained()
+                    .set(&self.vhost.name, retained, now, |r| {
+                        persist::write_retained(&self.broker, &self.vhost.name, r)
+                    })
             };
-            // The acknowledgement waits for the record (a clear is a delete).
-            let stored = self
-                .state
-                .retained()
-                .set(&self.vhost.name, retained, now, |r| {
-                    persist::write_retained(&self.broker, &self.vhost.name, r)
-                });
             match stored {
                 Ok(lsn) => retained_lsn = lsn,
                 Err(full) => {
@@ -163,6 +168,7 @@ impl Publisher {
             refused: outcome.refused(),
             retained_full: None,
             congested: outcome.congested,
+            tickets: outcome.tickets,
         }
     }
 }

@@ -44,6 +44,7 @@ impl Connection {
                 self.entry.id,
             )
             .await;
+            super::replica::ended(&self.broker, self.vhost(), &key, self.entry.id).await;
         }
         {
             let mut sessions = self.state.sessions();
@@ -98,6 +99,9 @@ impl Connection {
     }
 }
 
+/// Seconds before an expiry the cluster did not confirm is tried again.
+const RETRY_SECS: u64 = 5;
+
 /// Ends a disconnected session after `secs`, unless a client resumed it.
 pub(super) fn schedule_expiry(
     broker: Arc<Broker>,
@@ -127,9 +131,31 @@ pub(super) fn schedule_expiry(
             else {
                 return;
             };
+            if super::replica::held_elsewhere(&broker, &key) {
+                return;
+            }
             slot.owner = Some(ender.clone());
             slot.session.clone()
         };
+        // Clustered: gone from every node first (its queue here too); a minority keeps it
+        // and tries again later rather than diverge.
+        let client = super::replica::clear_client(&broker, &key, None);
+        if let Err(e) = super::replica::forget(&broker, &vhost, &key, client).await {
+            tracing::info!(client = %key.client_id, error = %e, "MQTT session expiry not confirmed by the cluster; retrying");
+            if let Some(slot) = state.sessions().get_mut(&key) {
+                slot.owner = None;
+            }
+            ender.handover.release();
+            schedule_expiry(
+                broker.clone(),
+                state.clone(),
+                vhost,
+                key,
+                generation,
+                RETRY_SECS,
+            );
+            return;
+        }
         let queue = vhost.queue(&lock(&session).queue);
         let what = Discard {
             queue: queue.as_ref(),
@@ -148,12 +174,16 @@ pub(super) fn schedule_expiry(
 
 /// Publishes a will now, or after its delay unless the session was resumed meanwhile.
 fn send_will(publisher: Publisher, will: Will, delay: u32, key: SessionKey, generation: u64) {
+    // The Will Delay Interval is the broker's, not the message's: a PUBLISH may not carry it
+    // (Paho's client drops the connection on one that does).
+    let mut properties = will.properties;
+    properties.will_delay_interval = None;
     let message = InboundMessage {
         topic: will.topic,
         qos: will.qos,
         retain: will.retain,
         dup: false,
-        properties: will.properties,
+        properties,
         payload: will.payload,
     };
     if delay == 0 {

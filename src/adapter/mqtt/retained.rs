@@ -27,6 +27,21 @@ pub enum RetainedFull {
     Messages(usize),
     #[error("retained message limit reached: {0} bytes kept (mqtt.retained_max_bytes)")]
     Bytes(usize),
+    /// Clustered: the cluster did not confirm the change (this node may be in a minority).
+    #[error("retained message not stored: {0}")]
+    Unavailable(String),
+}
+
+impl RetainedFull {
+    /// The v5 reason code that refuses the publish: 0x97 Quota exceeded for a full store,
+    /// 0x83 Implementation specific error when the cluster could not take it (a valid
+    /// PUBLISH the server cannot accept now; 0x88 is for CONNACK only).
+    pub fn reason(&self) -> u8 {
+        match self {
+            RetainedFull::Unavailable(_) => switchboard_mqtt::reason::IMPLEMENTATION_SPECIFIC_ERROR,
+            _ => switchboard_mqtt::reason::QUOTA_EXCEEDED,
+        }
+    }
 }
 
 /// One kept message and the bytes it counts for.
@@ -143,7 +158,7 @@ pub struct RetainedStore {
 /// its topic again as the map's key and the map's slot.
 pub fn retained_footprint(m: &OutboundMessage) -> usize {
     m.footprint()
-        + string_heap_size(&m.topic)
+        + string_heap_size(m.topic())
         + std::mem::size_of::<(String, Kept)>()
         + std::mem::size_of::<u64>()
 }
@@ -172,15 +187,28 @@ impl RetainedStore {
         now: SystemTime,
         record: impl FnOnce(&OutboundMessage) -> u64,
     ) -> Result<u64, RetainedFull> {
-        if !message.payload.is_empty() {
-            if let Err(full) = self.check(vhost, &message) {
-                self.drop_expired(now);
-                self.check(vhost, &message).map_err(|_| full)?;
-            }
-        }
+        self.admits(vhost, &message, now)?;
         let lsn = record(&message);
         self.put(vhost, message);
         Ok(lsn)
+    }
+
+    /// Whether [`set`](Self::set) would take `message` (dropping expired messages to make
+    /// room), without storing it: a clustered node checks here before proposing it.
+    pub fn admits(
+        &mut self,
+        vhost: &str,
+        message: &OutboundMessage,
+        now: SystemTime,
+    ) -> Result<(), RetainedFull> {
+        if message.payload.is_empty() {
+            return Ok(());
+        }
+        if let Err(full) = self.check(vhost, message) {
+            self.drop_expired(now);
+            self.check(vhost, message).map_err(|_| full)?;
+        }
+        Ok(())
     }
 
     /// Stores `message` whatever the limits (a restored message was acknowledged once).
@@ -192,7 +220,7 @@ impl RetainedStore {
         let replaced = self
             .by_vhost
             .get(vhost)
-            .and_then(|v| v.topics.get(&message.topic))
+            .and_then(|v| v.topics.get(message.topic()))
             .map(|k| k.bytes);
         let messages = self.messages + usize::from(replaced.is_none());
         let bytes = self.bytes - replaced.unwrap_or(0) + retained_footprint(message);
@@ -212,9 +240,9 @@ impl RetainedStore {
     fn put(&mut self, vhost: &str, mut message: OutboundMessage) {
         let v = self.by_vhost.entry(vhost.to_owned()).or_default();
         let old = if message.payload.is_empty() {
-            let old = v.topics.remove(&message.topic);
+            let old = v.topics.remove(message.topic());
             if old.is_some() {
-                v.levels.remove(&message.topic);
+                v.levels.remove(message.topic());
             }
             old
         } else {
@@ -225,11 +253,11 @@ impl RetainedStore {
             };
             self.messages += 1;
             self.bytes += bytes;
-            if !v.topics.contains_key(&message.topic) {
-                v.levels.insert(&message.topic);
+            if !v.topics.contains_key(message.topic()) {
+                v.levels.insert(message.topic());
             }
             v.topics
-                .insert(message.topic.clone(), Kept { message, bytes })
+                .insert(message.topic().to_owned(), Kept { message, bytes })
         };
         if let Some(old) = old {
             self.messages -= 1;
@@ -298,7 +326,7 @@ impl RetainedStore {
         if v.topics.is_empty() {
             self.by_vhost.remove(vhost);
         }
-        found.sort_by(|a, b| a.topic.cmp(&b.topic));
+        found.sort_by(|a, b| a.topic().cmp(b.topic()));
         found
     }
 
@@ -325,16 +353,14 @@ mod tests {
     use switchboard_mqtt::{Properties, QoS};
 
     fn msg(topic: &str, payload: &'static [u8], expires_at: Option<SystemTime>) -> OutboundMessage {
-        OutboundMessage {
-            topic: topic.into(),
-            payload: Bytes::from_static(payload),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            properties: Properties::default(),
+        OutboundMessage::new(
+            topic.into(),
+            Bytes::from_static(payload),
+            QoS::AtLeastOnce,
+            true,
+            Properties::default(),
             expires_at,
-            charge: MemoryCharge::default(),
-            delivery: None,
-        }
+        )
     }
 
     const NO_LIMITS: RetainedLimits = RetainedLimits {
@@ -365,7 +391,7 @@ mod tests {
         assert!(s
             .matching("/", "#", now)
             .iter()
-            .all(|m| m.topic != "$SYS/x"));
+            .all(|m| m.topic() != "$SYS/x"));
         assert_eq!(s.matching("/", "$SYS/+", now).len(), 1);
         set(&mut s, "/", msg("a/b", b"", None)).expect("a clear");
         assert!(s.matching("/", "a/b", now).is_empty());
@@ -391,7 +417,7 @@ mod tests {
             let got: Vec<String> = s
                 .matching("/", f, now)
                 .into_iter()
-                .map(|m| m.topic)
+                .map(|m| m.topic().to_owned())
                 .collect();
             let mut want: Vec<String> = topics
                 .iter()
@@ -405,7 +431,7 @@ mod tests {
         let left: Vec<String> = s
             .matching("/", "a/#", now)
             .into_iter()
-            .map(|m| m.topic)
+            .map(|m| m.topic().to_owned())
             .collect();
         assert_eq!(left, vec!["a", "a/", "a//b", "a/b/c", "a/x/b"]);
     }

@@ -3,7 +3,7 @@
 //! sessions; `persist` writes what must survive a restart as the session's record, while its
 //! messages stay in its queue (settled when their flow completes).
 
-use super::convert::{filter_to_pattern, topic_to_key};
+use super::convert::{filter_to_pattern, topic_to_key, MqttForm};
 use crate::core::memory::{MemoryCharge, MemoryMonitor};
 use crate::core::message::string_heap_size;
 use crate::core::topic::TopicTrie;
@@ -300,7 +300,7 @@ impl Subscriptions {
         topic: &str,
         mut f: impl FnMut(&'a String, &'a SubscriptionEntry),
     ) {
-        let matches = |key: &str| switchboard_mqtt::topic::matches(inner_filter(key), topic);
+        let matches = |key: &str| filter_matches(inner_filter(key), topic);
         match self {
             Subscriptions::Few(few) => {
                 for (key, entry) in few {
@@ -349,12 +349,18 @@ impl<'a> Iterator for SubscriptionsIter<'a> {
 /// A message on its way to the client, in MQTT terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundMessage {
-    pub topic: String,
+    /// Its topic and v5 properties as every subscriber gets them, shared with the core
+    /// message it was delivered from and with that message's other subscribers: a delivery
+    /// copies neither (building them per delivery, with an owned copy of the properties, was
+    /// a good part of a QoS 1 delivery's instructions). Its topic is always known (see
+    /// [`OutboundMessage::of_form`]).
+    form: Arc<MqttForm>,
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
-    /// v5 properties to send (Message Expiry Interval is recomputed when sent).
-    pub properties: Properties,
+    /// The v5 Subscription Identifiers of this subscriber's subscriptions it matched, sent
+    /// with it (they are per subscriber, so not part of the shared properties).
+    pub identifiers: Vec<u32>,
     /// When the message expires (v5 Message Expiry Interval), if it does.
     pub expires_at: Option<SystemTime>,
     /// Charged to the memory monitor while a session keeps the message (waiting or in
@@ -367,6 +373,55 @@ pub struct OutboundMessage {
 }
 
 impl OutboundMessage {
+    /// A message the adapter keeps itself (retained, a will, restored from a record), with
+    /// its own topic and properties (v5 properties to send: the Message Expiry Interval is
+    /// recomputed when sent).
+    pub fn new(
+        topic: String,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+        expires_at: Option<SystemTime>,
+    ) -> Self {
+        let form = MqttForm::kept(properties, topic, qos, retain);
+        OutboundMessage::of_form(Arc::new(form), payload, qos, retain, expires_at)
+    }
+
+    /// A message sharing `form`, whose topic must be known ([`MqttForm::known_meta`]: set at
+    /// arrival, by [`MqttForm::kept`], or by a call to [`MqttForm::meta`]).
+    pub fn of_form(
+        form: Arc<MqttForm>,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        expires_at: Option<SystemTime>,
+    ) -> Self {
+        debug_assert!(
+            form.known_meta().is_some(),
+            "a delivered form knows its topic"
+        );
+        OutboundMessage {
+            form,
+            payload,
+            qos,
+            retain,
+            identifiers: Vec::new(),
+            expires_at,
+            charge: MemoryCharge::default(),
+            delivery: None,
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        self.form.known_meta().map_or("", |m| m.topic.as_str())
+    }
+
+    /// The v5 properties as kept, without this subscriber's identifiers or a topic alias.
+    pub fn properties(&self) -> &Properties {
+        &self.form.properties
+    }
+
     /// Seconds left before expiry, `None` when it never expires, `Some(0)` when expired.
     pub fn remaining_expiry(&self, now: SystemTime) -> Option<u32> {
         let at = self.expires_at?;
@@ -379,9 +434,10 @@ impl OutboundMessage {
     }
 
     /// Bytes the message holds as a session keeps it: its slot in the in-flight map and its
-    /// box, topic, payload and the v5 properties' strings.
+    /// box, topic, payload and the v5 properties' strings (shared with the core message, but
+    /// kept alive by the session once the queue lets go of that).
     pub fn footprint(&self) -> usize {
-        let p = &self.properties;
+        let p = self.properties();
         let strings = [&p.content_type, &p.response_topic]
             .into_iter()
             .flatten()
@@ -398,7 +454,11 @@ impl OutboundMessage {
         std::mem::size_of::<InFlight>()
             + std::mem::size_of::<OutboundMessage>()
             + std::mem::size_of::<u16>()
-            + string_heap_size(&self.topic)
+            + std::mem::size_of::<MqttForm>()
+            + self
+                .form
+                .known_meta()
+                .map_or(0, |m| string_heap_size(&m.topic))
             + self.payload.len()
             + p.correlation_data.as_ref().map_or(0, |c| c.len())
             + strings
@@ -533,7 +593,7 @@ impl Session {
                 // Shared subscriptions deliver from their group's queue, not the session's.
                 if is_shared(filter)
                     || (sub.options.no_local && from_self)
-                    || !switchboard_mqtt::topic::matches(filter, topic)
+                    || !filter_matches(filter, topic)
                 {
                     continue;
                 }
@@ -576,7 +636,7 @@ impl Session {
         let mut dropped = Vec::new();
         self.pending.retain(|m| {
             let mut keep = false;
-            subscriptions.for_each_match(&m.topic, |_, _| keep = true);
+            subscriptions.for_each_match(m.topic(), |_, _| keep = true);
             if !keep {
                 dropped.extend(m.delivery);
             }
@@ -611,6 +671,14 @@ pub fn shared_key(queue_name: &str) -> Option<String> {
     queue_name
         .strip_prefix(SHARED_QUEUE_PREFIX)
         .map(|rest| format!("{SHARED_KEY_PREFIX}{rest}"))
+}
+
+/// Whether `topic` matches `filter` under MQTT's rules, a filter equal to the topic (the
+/// commonest subscription) found by one comparison: a topic name holds no wildcard, so the
+/// two are equal only for a filter that names exactly that topic. Splitting both into levels
+/// for every delivery was most of a delivery's matching cost.
+fn filter_matches(filter: &str, topic: &str) -> bool {
+    filter == topic || switchboard_mqtt::topic::matches(filter, topic)
 }
 
 /// Adds one matching subscription to what a delivery asks for.
@@ -796,14 +864,15 @@ mod tests {
         for i in 0..5u8 {
             s.push_pending(
                 OutboundMessage {
-                    topic: "t".into(),
-                    payload: Bytes::from(vec![i]),
-                    qos: QoS::AtLeastOnce,
-                    retain: false,
-                    properties: Properties::default(),
-                    expires_at: None,
-                    charge: MemoryCharge::default(),
                     delivery: Some(u64::from(i)),
+                    ..OutboundMessage::new(
+                        "t".into(),
+                        Bytes::from(vec![i]),
+                        QoS::AtLeastOnce,
+                        false,
+                        Properties::default(),
+                        None,
+                    )
                 },
                 3,
             );
@@ -823,21 +892,19 @@ mod tests {
             .insert("$share/g/b".into(), sub(QoS::AtLeastOnce, None));
         for topic in ["a/1", "b", "c"] {
             s.push_pending(
-                OutboundMessage {
-                    topic: topic.into(),
-                    payload: Bytes::new(),
-                    qos: QoS::AtLeastOnce,
-                    retain: false,
-                    properties: Properties::default(),
-                    expires_at: None,
-                    charge: MemoryCharge::default(),
-                    delivery: None,
-                },
+                OutboundMessage::new(
+                    topic.into(),
+                    Bytes::new(),
+                    QoS::AtLeastOnce,
+                    false,
+                    Properties::default(),
+                    None,
+                ),
                 10,
             );
         }
         s.drop_unmatched_pending();
-        let left: Vec<&str> = s.pending.iter().map(|m| m.topic.as_str()).collect();
+        let left: Vec<&str> = s.pending.iter().map(|m| m.topic()).collect();
         assert_eq!(left, vec!["a/1", "b"]);
         s.subscriptions.remove("a/#");
         s.drop_unmatched_pending();
@@ -849,16 +916,14 @@ mod tests {
         let mut s = Session::new("c".into(), "/".into(), "q".into());
         s.next_packet_id = u16::MAX;
         assert_eq!(s.next_packet_id(), u16::MAX);
-        let msg = OutboundMessage {
-            topic: "t".into(),
-            payload: Bytes::new(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: Properties::default(),
-            expires_at: None,
-            charge: MemoryCharge::default(),
-            delivery: None,
-        };
+        let msg = OutboundMessage::new(
+            "t".into(),
+            Bytes::new(),
+            QoS::AtLeastOnce,
+            false,
+            Properties::default(),
+            None,
+        );
         s.in_flight.insert(1, InFlight::new(msg));
         assert_eq!(s.next_packet_id(), 2);
         s.released.insert(3);

@@ -175,11 +175,34 @@ impl Connection {
         let exchange = self.broker.config.mqtt.exchange.clone();
         let now = self.broker.timer.now_system();
         let mut named = Vec::with_capacity(SLICE.min(w.left.len()));
+        let (first, retained_before) = (w.codes.len(), w.retained.len());
         for s in w.left.by_ref().take(SLICE) {
             w.held = w.held.saturating_sub(held_bytes(&s.filter));
             named.push(s.filter.clone());
             let code = self.subscribe_one(s, w.identifier, &exchange, now, &mut w.retained);
             w.codes.push(code);
+        }
+        if !self.replicate_subscriptions(&named, &w.codes[first..], true) {
+            // Not on every node: refused as a whole (a minority), undone here.
+            let failure = if self.protocol.is_v5() {
+                reason::UNSPECIFIED_ERROR
+            } else {
+                reason::V3_SUBACK_FAILURE
+            };
+            for (filter, code) in named.iter().zip(&mut w.codes[first..]) {
+                if *code < 0x80 && !is_shared(filter) {
+                    *code = failure;
+                    lock(&self.attached.session).subscriptions.remove(filter);
+                    let _ = self.vhost().unbind_queue(
+                        &self.queue().name,
+                        &exchange,
+                        &filter_to_pattern(filter),
+                        &FieldTable::new(),
+                        self.entry.id,
+                    );
+                }
+            }
+            w.retained.truncate(retained_before);
         }
         // A persistent session's SUBACK waits for the records of the filters it names.
         let mut s = lock(&self.attached.session);
@@ -215,7 +238,7 @@ impl Connection {
         if let Err(refused) = self.permit_subscribe(&queue, filter) {
             tracing::info!(peer = %self.entry.peer, "{refused}");
             return if self.protocol.is_v5() {
-                reason::NOT_AUTHORIZED
+                super::error::not_authorized(self.broker.config.mqtt.refusal_reason)
             } else {
                 reason::V3_SUBACK_FAILURE
             };
@@ -270,11 +293,57 @@ impl Connection {
                 .matching(&self.vhost().name, &s.filter, now);
             for mut m in found {
                 m.qos = m.qos.min(s.options.qos);
-                m.properties.subscription_identifiers = identifier.into_iter().collect();
+                m.identifiers = identifier.into_iter().collect();
                 retained.push(m);
             }
         }
         s.options.qos as u8
+    }
+
+    /// Clustered, a persistent session's subscriptions (`subscribe`) or their removal, for
+    /// the `filters` whose `codes` say they were made here, committed on every node before
+    /// the SUBACK or UNSUBACK (shared ones stay on this node, as their group queue does).
+    /// False when the cluster did not confirm them.
+    fn replicate_subscriptions(&self, filters: &[String], codes: &[u8], subscribe: bool) -> bool {
+        if self.broker.cluster.get().is_none() {
+            return true;
+        }
+        let changes: Vec<_> = {
+            let s = lock(&self.attached.session);
+            if s.expiry_interval == 0 {
+                return true;
+            }
+            filters
+                .iter()
+                .zip(codes)
+                .filter(|(f, code)| {
+                    let made = if subscribe {
+                        **code < 0x80
+                    } else {
+                        **code == reason::SUCCESS
+                    };
+                    made && !is_shared(f)
+                })
+                .flat_map(|(f, _)| {
+                    let entry = if subscribe {
+                        s.subscriptions.get(f)
+                    } else {
+                        None
+                    };
+                    super::replica::subscription_changes(&self.broker, self.vhost(), &s, f, entry)
+                })
+                .collect()
+        };
+        if changes.is_empty() {
+            return true;
+        }
+        match crate::cluster::definitions::commit_all_blocking(&self.broker, changes) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::info!(client = %self.attached.key.client_id, error = %e, "MQTT subscriptions not confirmed by the cluster");
+                false
+            }
+        }
     }
 
     fn answer_subscribe(&mut self, w: SubscribeWork) {
@@ -322,6 +391,10 @@ impl Connection {
                 reason::NO_SUBSCRIPTION_EXISTED
             });
             named.push(f);
+        }
+        let first = w.codes.len() - named.len();
+        if !self.replicate_subscriptions(&named, &w.codes[first..], false) {
+            tracing::warn!(client = %self.attached.key.client_id, "UNSUBSCRIBE not confirmed by the cluster: other nodes keep the subscriptions");
         }
         w.lsn = w.lsn.max(persist::write_subscriptions(
             &self.broker,

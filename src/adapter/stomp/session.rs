@@ -9,6 +9,7 @@ use super::subscription::{SessionDeliveries, StompSubscription};
 use crate::adapter::outbox::Outbox;
 use crate::adapter::settle::{self, Settle};
 use crate::core::queue::ConnectionId;
+use crate::core::queue::{all_decided, Ticket};
 use crate::core::{Broker, CoreError, Exchange, Message, Publish, PublishTo, Queue, VHost};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -71,7 +72,10 @@ pub struct Session {
     pub published: bool,
     /// RECEIPTs waiting for the message log to be durable up to an LSN, in the order asked
     /// (a receipt for a later frame never overtakes one for an earlier SEND).
-    receipts: VecDeque<(u64, String)>,
+    /// Each with the quorum-queue commits it waits for as well.
+    receipts: VecDeque<(u64, Vec<Ticket>, String)>,
+    /// The quorum-queue commits of the SENDs routed in the frame being handled.
+    routed_tickets: Vec<Ticket>,
     /// SEND permission verdicts per exchange (see [`super::permit`]).
     pub(super) publish_verdicts: crate::core::access::PublishVerdicts,
 }
@@ -87,6 +91,7 @@ impl Session {
             temp_queues: HashMap::new(),
             published: false,
             receipts: VecDeque::new(),
+            routed_tickets: Vec::new(),
             publish_verdicts: Default::default(),
         }
     }
@@ -98,6 +103,7 @@ impl Session {
     /// Handles one frame; the RECEIPT it asks for is sent once it is done.
     pub fn handle(&mut self, frame: Frame) -> StompResult<Next> {
         let receipt = frame.header("receipt").map(str::to_owned);
+        self.routed_tickets.clear();
         match frame.command {
             Command::Send => {
                 let lsn = self.send(frame)?;
@@ -199,21 +205,22 @@ impl Session {
     /// Sends a RECEIPT once the log is durable up to `lsn` (0: nothing to wait for) and every
     /// earlier receipt has gone.
     fn queue_receipt(&mut self, receipt: &str, lsn: u64) {
-        if self.receipts.is_empty() && lsn <= self.synced() {
+        let tickets = std::mem::take(&mut self.routed_tickets);
+        if self.receipts.is_empty() && lsn <= self.synced() && all_decided(&tickets) {
             self.send_receipt(receipt);
         } else {
-            self.receipts.push_back((lsn, receipt.to_owned()));
+            self.receipts.push_back((lsn, tickets, receipt.to_owned()));
         }
     }
 
     /// Sends the receipts whose records are now durable; true while some still wait.
     pub fn flush_receipts(&mut self) -> bool {
         let synced = self.synced();
-        while let Some((lsn, _)) = self.receipts.front() {
-            if *lsn > synced {
+        while let Some((lsn, tickets, _)) = self.receipts.front() {
+            if *lsn > synced || !all_decided(tickets) {
                 break;
             }
-            if let Some((_, r)) = self.receipts.pop_front() {
+            if let Some((_, _, r)) = self.receipts.pop_front() {
                 self.send_receipt(&r);
             }
         }
@@ -314,7 +321,7 @@ impl Session {
     /// the LSN of the log records written for it (0 when none).
     /// A queue that refuses the message because it is full (`x-overflow` `reject-publish`)
     /// makes it an error: the client gets an ERROR instead of its RECEIPT.
-    fn route(&self, exchange: &Arc<Exchange>, message: Arc<Message>) -> StompResult<u64> {
+    fn route(&mut self, exchange: &Arc<Exchange>, message: Arc<Message>) -> StompResult<u64> {
         self.ctx.counters.published();
         // A delayed message is accepted now (its receipt waits until it is stored); it is routed
         // when due.
@@ -333,6 +340,7 @@ impl Session {
                 ),
             ));
         }
+        self.routed_tickets.extend(outcome.tickets);
         Ok(outcome.lsn)
     }
 

@@ -7,6 +7,7 @@ use super::destination::{
 use super::error::{StompError, StompResult};
 use super::session::{required, Session, Subscription};
 use super::subscription::{AckMode, StompSubscription};
+use crate::cluster::definitions::{self, Change, ChangeError};
 use crate::core::access::permissions::{Perm, ResourceKind};
 use crate::core::queue::ConsumeError;
 use crate::core::vhost::{generate_name, QueueSpec};
@@ -106,17 +107,16 @@ impl Session {
         if arguments.is_empty() && vhost.queue(name).is_some() {
             return Ok(vhost.queue_for(name, self.ctx.conn_id)?);
         }
-        let declared = vhost.declare_queue(
-            QueueSpec {
-                name: name.to_owned(),
-                durable: true,
-                exclusive: false,
-                auto_delete: false,
-                arguments,
-            },
-            false,
-            self.ctx.conn_id,
-        )?;
+        let spec = QueueSpec {
+            name: name.to_owned(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments,
+        };
+        // Clustered, a queue not declared yet is declared on every node first.
+        self.replicate(definitions::queue_declared(&self.ctx.broker, vhost, &spec).into_iter())?;
+        let declared = vhost.declare_queue(spec, false, self.ctx.conn_id)?;
         Ok(declared.queue)
     }
 
@@ -164,6 +164,21 @@ impl Session {
             }
         };
         self.permit_subscription(&spec.name, exchange, key)?;
+        if durable {
+            // Clustered, a durable subscription's queue and then its binding (made for a
+            // queue that exists) are on every node.
+            let broker = &self.ctx.broker;
+            self.replicate(definitions::queue_declared(broker, vhost, &spec).into_iter())?;
+            let bind = definitions::binding_changed(
+                broker,
+                vhost,
+                true,
+                (exchange, "queue", &spec.name),
+                key,
+                &FieldTable::new(),
+            );
+            self.replicate(bind.into_iter())?;
+        }
         let declared = vhost.declare_queue(spec, false, self.ctx.conn_id)?;
         vhost.bind_queue(
             &declared.queue.name,
@@ -173,6 +188,20 @@ impl Session {
             self.ctx.conn_id,
         )?;
         Ok((declared.queue, durable))
+    }
+
+    /// Clustered, commits `changes` on every node (waiting for the majority); a node that
+    /// cannot (a minority) refuses the frame with an ERROR rather than diverge.
+    fn replicate(&self, changes: impl Iterator<Item = Change>) -> StompResult<()> {
+        let changes: Vec<Change> = changes.collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        match definitions::commit_all_blocking(&self.ctx.broker, changes) {
+            Ok(_) => Ok(()),
+            Err(ChangeError::Core(e)) => Err(e.into()),
+            Err(e) => Err(StompError::new("Server unavailable", e.to_string())),
+        }
     }
 
     pub(super) fn start_subscription(
@@ -239,6 +268,9 @@ impl Session {
         let is_true = |h: &str| frame.header(h).map(str::trim) == Some("true");
         // A durable subscription ends for good when UNSUBSCRIBE says so (as in RabbitMQ).
         if sub.durable && (is_true("durable") || is_true("persistent")) {
+            let change =
+                definitions::queue_deleted(&self.ctx.broker, &self.ctx.vhost, &sub.queue.name);
+            self.replicate(change.into_iter())?;
             self.ctx.vhost.remove_queue(&sub.queue);
         } else {
             self.ctx.vhost.consumer_gone(&sub.queue);

@@ -17,6 +17,7 @@ pub const QUEUE_ARGUMENTS: &[&str] = &[
     "x-max-length-bytes",
     "x-overflow",
     "x-single-active-consumer",
+    "x-delivery-limit",
 ];
 
 /// What a queue does when a publish would take it past its length limit.
@@ -46,6 +47,9 @@ pub struct QueueArgs {
     pub max_length_bytes: Option<u64>,
     pub overflow: Overflow,
     pub single_active_consumer: bool,
+    /// A quorum queue returns a message at most this many times; the next return
+    /// dead-letters it (reason `delivery_limit`) or drops it.
+    pub delivery_limit: Option<u64>,
 }
 
 /// An invalid argument: the key and RabbitMQ's term for what is wrong with it.
@@ -110,6 +114,7 @@ impl QueueArgs {
             single_active_consumer: pick("x-single-active-consumer", check_bool)?
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
+            delivery_limit: int("x-delivery-limit", check_non_negative)?,
         })
     }
 
@@ -121,6 +126,38 @@ impl QueueArgs {
     /// The level of a message with AMQP priority `priority` (none = 0; above the max = the max).
     pub fn level_of(&self, priority: Option<u8>) -> usize {
         usize::from(priority.unwrap_or(0).min(self.max_priority.unwrap_or(0)))
+    }
+}
+
+/// What `x-queue-type` asks for: a quorum queue (true), or a classic one (false, also when
+/// absent). Other types (streams) are refused.
+pub fn is_quorum(args: &FieldTable) -> Result<bool, ArgError> {
+    let bad = |detail: String| ArgError {
+        key: "x-queue-type".into(),
+        detail,
+    };
+    match args.get("x-queue-type") {
+        None => Ok(false),
+        Some(v) => match v.as_str() {
+            Some("classic") => Ok(false),
+            Some("quorum") => Ok(true),
+            Some(other) => Err(bad(format!("{{unsupported_queue_type,<<\"{other}\">>}}"))),
+            None => Err(bad(format!("{{unacceptable_type,{}}}", type_name(v)))),
+        },
+    }
+}
+
+/// `x-quorum-initial-group-size`: how many nodes a quorum queue is replicated on (None: the
+/// configured default).
+pub fn quorum_group_size(args: &FieldTable) -> Result<Option<u64>, ArgError> {
+    match args.get("x-quorum-initial-group-size") {
+        None => Ok(None),
+        Some(v) => check_positive(v)
+            .map(|()| v.as_i64().and_then(|i| u64::try_from(i).ok()))
+            .map_err(|detail| ArgError {
+                key: "x-quorum-initial-group-size".into(),
+                detail,
+            }),
     }
 }
 

@@ -45,6 +45,8 @@ impl Queue {
         }
         if let Some(pos) = q.stored {
             self.log_settled(&[(q.id, pos)]);
+        } else {
+            self.replica_settled(&[q.id]);
         }
     }
 

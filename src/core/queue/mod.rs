@@ -15,9 +15,13 @@ mod flow;
 mod idle;
 mod lifecycle;
 mod ready;
+mod remote;
+mod replica;
 mod storage;
 
 pub use flow::FlowWaiter;
+pub use remote::RemoteHome;
+pub use replica::{all_decided, Replica, Ticket};
 pub use storage::read_back;
 
 use super::clock::{Clock, SystemClock};
@@ -100,6 +104,12 @@ pub enum ConsumeError {
     QueueInUse(String),
     #[error("queue '{0}' was deleted")]
     Deleted(String),
+    /// A quorum queue serves consumers on the node leading its group only (for now).
+    #[error("quorum queue '{queue}' is served by its leader ({}): consume there", leader.as_deref().unwrap_or("none elected yet"))]
+    NotLeader {
+        queue: String,
+        leader: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -189,6 +199,8 @@ pub struct Enqueued {
     /// Ready messages after this one, while the queue has consumers (0 without): what
     /// publisher flow control holds a publisher back by (see [`flow`]).
     pub backlog: usize,
+    /// A replicated (quorum) queue's publish: a confirm waits for it instead of `lsn`.
+    pub ticket: Option<Ticket>,
 }
 
 #[derive(Debug)]
@@ -265,6 +277,10 @@ pub struct Queue {
     /// Where persistent messages are written; None for transient queues (and tests).
     store: Option<QueueStore>,
     env: Option<QueueEnv>,
+    /// Set when another node holds the queue's messages (see [`remote`]).
+    remote: std::sync::OnceLock<Arc<dyn RemoteHome>>,
+    /// A quorum queue's Raft group, set once it starts (see [`replica`]).
+    replica: std::sync::OnceLock<Arc<dyn Replica>>,
     state: Mutex<QueueState>,
 }
 
@@ -289,6 +305,8 @@ impl Queue {
             arguments,
             store: None,
             env: None,
+            remote: std::sync::OnceLock::new(),
+            replica: std::sync::OnceLock::new(),
             state: Mutex::new(QueueState {
                 ready: Ready::new(args.levels()),
                 ready_bytes: 0,
@@ -420,6 +438,15 @@ impl Queue {
         if st.deleted {
             return Enqueued::default();
         }
+        if let Some(r) = self.replica.get() {
+            // Enqueued on the leader once its group has committed it.
+            drop(st);
+            return Enqueued {
+                accepted: true,
+                ticket: Some(r.propose(&message)),
+                ..Enqueued::default()
+            };
+        }
         let may_expire =
             st.args().message_ttl.is_some() || message.routing_properties().expiration.is_some();
         let now = self.now_for_expiry(&st, may_expire);
@@ -439,6 +466,7 @@ impl Queue {
                 lsn: 0,
                 refused: true,
                 backlog: st.flow_backlog(),
+                ticket: None,
                 effects: self.finish(st),
             };
         }
@@ -486,6 +514,7 @@ impl Queue {
             lsn,
             refused: false,
             backlog: st.flow_backlog(),
+            ticket: None,
             effects: self.finish(st),
         }
     }
@@ -493,6 +522,10 @@ impl Queue {
     /// Delivers ready messages to consumers with credit. Called whenever credit may have
     /// returned (ack, outbound buffer drained) or consumers changed.
     pub fn dispatch(self: &Arc<Self>) -> QueueEffects {
+        if let Some(remote) = self.remote.get() {
+            remote.dispatch(self);
+            return QueueEffects::default();
+        }
         let mut st = self.lock();
         self.dispatch_locked(&mut st);
         self.finish(st)
@@ -528,6 +561,8 @@ impl Queue {
                 st.unacked.insert(q.id, q);
             } else if let Some(pos) = q.stored {
                 self.log_settled(&[(q.id, pos)]);
+            } else {
+                self.replica_settled(&[q.id]);
             }
             sink.deliver(self, delivery);
         }
@@ -565,6 +600,12 @@ impl Queue {
         if st.deleted {
             return Err(ConsumeError::Deleted(self.name.clone()));
         }
+        if let Some(r) = self.replica.get().filter(|r| !r.is_leader()) {
+            return Err(ConsumeError::NotLeader {
+                queue: self.name.clone(),
+                leader: r.leader(),
+            });
+        }
         if st.consumers.has_exclusive() {
             return Err(ConsumeError::ExclusiveConsumerPresent(self.name.clone()));
         }
@@ -573,6 +614,17 @@ impl Queue {
         }
         if st.consumers.is_empty() {
             self.became_used(&mut st);
+        }
+        if let Some(remote) = self.remote.get() {
+            let remote = remote.clone();
+            st.consumers.add(consumer.clone(), priority);
+            st.had_consumer = true;
+            drop(st);
+            if let Err(e) = remote.consumer_added(self, &consumer, priority) {
+                self.lock().consumers.remove(consumer.id);
+                return Err(e);
+            }
+            return Ok(QueueEffects::default());
         }
         st.consumers.add(consumer, priority);
         st.had_consumer = true;
@@ -586,6 +638,13 @@ impl Queue {
         let now = self.now();
         let mut st = self.lock();
         st.consumers.remove(consumer_id)?;
+        if let Some(remote) = self.remote.get() {
+            let remaining = st.consumers.len();
+            drop(st);
+            remote.consumer_removed(self, consumer_id);
+            let effects = QueueEffects::default();
+            return Some(ConsumerRemoved { remaining, effects });
+        }
         let remaining = st.consumers.len();
         if remaining == 0 {
             st.last_used = now;
@@ -606,6 +665,9 @@ impl Queue {
     /// Takes the head message for `basic.get`, with the number of messages left ready (None:
     /// empty), and the effects for the vhost (head messages that expired meanwhile).
     pub fn get(self: &Arc<Self>, no_ack: bool) -> (Option<(Delivery, u32)>, QueueEffects) {
+        if let Some(remote) = self.remote.get() {
+            return (remote.get(self, no_ack), QueueEffects::default());
+        }
         let now = self.now();
         let mut st = self.lock();
         st.last_used = now;
@@ -625,6 +687,8 @@ impl Queue {
             st.unacked.insert(q.id, q);
         } else if let Some(pos) = q.stored {
             self.log_settled(&[(q.id, pos)]);
+        } else {
+            self.replica_settled(&[q.id]);
         }
         let left = saturating_u32(st.ready.len());
         (Some((delivery, left)), self.finish(st))
@@ -632,8 +696,12 @@ impl Queue {
 
     /// Settles deliveries for good (ack). Unknown ids are ignored.
     pub fn settle(&self, ids: &[u64]) {
+        if let Some(remote) = self.remote.get() {
+            return remote.settle(ids);
+        }
         let mut st = self.lock();
         let mut persisted = Vec::new();
+        let mut replicated = Vec::new();
         for id in ids {
             let Some(q) = st.unacked.remove(id) else {
                 continue;
@@ -641,16 +709,23 @@ impl Queue {
             st.counters.ack += 1;
             if let Some(pos) = q.stored {
                 persisted.push((*id, pos));
+            } else if self.replica.get().is_some() {
+                replicated.push(*id);
             }
         }
         // Under the lock, so a settle record never overtakes the requeue or delete it races.
         self.log_settled(&persisted);
+        self.replica_settled(&replicated);
     }
 
     /// Rejects deliveries without requeueing (AMQP reject/nack with requeue=false, STOMP NACK):
     /// settled like an ack, and dead-lettered with reason `rejected` if the queue has a
     /// dead-letter exchange. Unknown ids are ignored.
     pub fn reject(self: &Arc<Self>, ids: &[u64]) -> QueueEffects {
+        if let Some(remote) = self.remote.get() {
+            remote.reject(ids);
+            return QueueEffects::default();
+        }
         let mut st = self.lock();
         for id in ids {
             if let Some(q) = st.unacked.remove(id) {
@@ -663,6 +738,13 @@ impl Queue {
     /// Puts unacked deliveries back in their original places, marked redelivered, and delivers
     /// again.
     pub fn requeue(self: &Arc<Self>, ids: &[u64]) -> QueueEffects {
+        if let Some(remote) = self.remote.get() {
+            remote.requeue(ids);
+            return QueueEffects::default();
+        }
+        if let Some(r) = self.replica.get() {
+            return self.requeue_replicated(r, ids);
+        }
         let mut st = self.lock();
         for id in ids {
             let Some(mut q) = st.unacked.remove(id) else {
@@ -682,6 +764,9 @@ impl Queue {
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
+        if let Some(remote) = self.remote.get() {
+            return remote.purge();
+        }
         let mut st = self.lock();
         let n = st.ready.len();
         let persisted: Vec<(u64, RecordPos)> = st
@@ -689,6 +774,10 @@ impl Queue {
             .iter()
             .filter_map(|q| q.stored.map(|s| (q.id, s)))
             .collect();
+        if self.replica.get().is_some() {
+            let ids: Vec<u64> = st.ready.iter().map(|q| q.id).collect();
+            self.replica_settled(&ids);
+        }
         st.ready.clear();
         st.ready_bytes = 0;
         st.memory_bytes = 0;
@@ -701,6 +790,9 @@ impl Queue {
 
     /// Marks the queue deleted and empties it; the caller notifies the returned consumers.
     pub fn delete(&self) -> QueueDeleted {
+        if let Some(remote) = self.remote.get() {
+            remote.deleted();
+        }
         let mut st = self.lock();
         st.deleted = true;
         let messages = saturating_u32(st.ready.len());
@@ -731,6 +823,9 @@ impl Queue {
     }
 
     pub fn stats(&self) -> QueueStats {
+        if let Some(home) = self.remote.get().and_then(|r| r.stats()) {
+            return home;
+        }
         let st = self.lock();
         QueueStats {
             ready: st.ready.len() as u64,
@@ -742,6 +837,9 @@ impl Queue {
     }
 
     pub fn message_count(&self) -> u32 {
+        if let Some(home) = self.remote.get().and_then(|r| r.stats()) {
+            return u32::try_from(home.ready).unwrap_or(u32::MAX);
+        }
         saturating_u32(self.lock().ready.len())
     }
 

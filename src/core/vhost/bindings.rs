@@ -22,8 +22,9 @@ impl VHost {
         what: &str,
     ) -> CoreResult<()> {
         let max = self.topic_max_words.load(Ordering::Relaxed);
-        let n = topic::word_count(key);
-        if exchange.kind == ExchangeKind::Topic && n > max {
+        // Counted for topic exchanges only, and only for keys long enough to be over.
+        if exchange.kind == ExchangeKind::Topic && topic::more_words_than(key, max) {
+            let n = topic::word_count(key);
             return Err(CoreError::precondition(format!(
                 "{what} of {n} words is longer than the limit of {max} words \
                  (server.topic_max_words) for topic exchange '{}' in vhost '{}'",

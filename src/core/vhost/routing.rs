@@ -46,6 +46,9 @@ pub struct PublishOutcome {
     /// ([`VHost::set_flow_backlog`]): a publisher that can be held back waits for it to drain
     /// ([`Queue::hold_publisher`]).
     pub congested: Option<Arc<Queue>>,
+    /// Quorum queues it was handed to: an acknowledgement also waits until each is committed
+    /// (empty, allocating nothing, for other queues).
+    pub tickets: Vec<crate::core::queue::Ticket>,
     /// The flow bound `congested` is worked out against for this publish (0: it is not).
     flow_bound: usize,
 }
@@ -64,8 +67,10 @@ impl VHost {
     }
 
     /// The ingress: routes `publish` to its queues (or holds it for a delay) and enqueues it.
-    /// `queues` is the caller's buffer, kept across publishes and left empty, so a publish
-    /// allocates nothing here unless exchanges are bound to exchanges. Routing checks are the
+    /// `queues` is the caller's buffer, kept across publishes and left empty, for the queues
+    /// past the first: a publish allocates nothing here when it reaches one queue (whatever
+    /// the buffer's capacity), nor when the buffer is kept, unless exchanges are bound to
+    /// exchanges. Routing checks are the
     /// caller's to make first ([`VHost::check_routing_key`], permissions, `internal`), in its
     /// protocol's terms.
     pub fn publish(&self, publish: Publish<'_>, queues: &mut Vec<Arc<Queue>>) -> PublishOutcome {
@@ -163,9 +168,9 @@ impl VHost {
         outcome: &mut PublishOutcome,
     ) {
         queues.clear();
-        self.route_into(exchange, message, queues);
-        outcome.queues += queues.len();
-        for q in queues.drain(..) {
+        let first = self.route_into(exchange, message, queues);
+        outcome.queues += usize::from(first.is_some()) + queues.len();
+        for q in first.into_iter().chain(queues.drain(..)) {
             if !skip(&q) {
                 self.enqueue(&q, message, outcome);
             }
@@ -174,7 +179,12 @@ impl VHost {
 
     /// Enqueues `message` on `q`, noting the outcome and applying the queue's effects.
     fn enqueue(&self, q: &Arc<Queue>, message: &Arc<Message>, outcome: &mut PublishOutcome) {
-        let enqueued = q.enqueue(message.clone());
+        // A queue another node holds: the message goes there (the one branch an unclustered
+        // publish pays).
+        let enqueued = match q.remote() {
+            None => q.enqueue(message.clone()),
+            Some(home) => home.enqueue(q, message),
+        };
         outcome.lsn = outcome.lsn.max(enqueued.lsn);
         if outcome.flow_bound > 0
             && enqueued.backlog > outcome.flow_bound
@@ -186,29 +196,40 @@ impl VHost {
         if enqueued.refused {
             outcome.refused_by.push(q.name.clone());
         }
+        if let Some(t) = enqueued.ticket {
+            outcome.tickets.push(t);
+        }
         self.apply(q, enqueued.effects);
     }
 
-    /// The queues `msg` reaches from `exchange` now, appended to `queues`, each once, in the
-    /// order first reached, following exchange-to-exchange bindings (each exchange visited
-    /// once, so binding cycles terminate). Counted in the exchange's statistics.
-    pub(super) fn route_into(
+    /// The queues `msg` reaches from `exchange` now, each once, in the order first reached,
+    /// following exchange-to-exchange bindings (each exchange visited once, so binding cycles
+    /// terminate): the first returned, the others appended to `queues` (empty). Counted in
+    /// the exchange's statistics.
+    fn route_into(
         &self,
         exchange: &Arc<Exchange>,
         msg: &Message,
         queues: &mut Vec<Arc<Queue>>,
-    ) {
-        let before = queues.len();
-        self.route_through(exchange, msg, queues);
-        exchange.stats.routed(queues.len() - before);
+    ) -> Option<Arc<Queue>> {
+        let mut reached = ReachedQueues::default();
+        self.route_through(exchange, msg, &mut reached, queues);
+        exchange
+            .stats
+            .routed(usize::from(reached.first.is_some()) + queues.len());
+        reached.first
     }
 
     /// Routing proper for [`VHost::route_into`], which counts what it did.
-    fn route_through(&self, exchange: &Arc<Exchange>, msg: &Message, queues: &mut Vec<Arc<Queue>>) {
+    fn route_through(
+        &self,
+        exchange: &Arc<Exchange>,
+        msg: &Message,
+        reached: &mut ReachedQueues,
+        queues: &mut Vec<Arc<Queue>>,
+    ) {
         if exchange.name.is_empty() {
-            if let Some(q) = self.queue(&msg.routing_key) {
-                queues.push(q);
-            }
+            reached.first = self.queue(&msg.routing_key);
             return;
         }
         // Exchanges reached through exchange-to-exchange bindings, still to route through, and
@@ -216,9 +237,8 @@ impl VHost {
         let mut pending: Vec<Arc<Exchange>> = Vec::new();
         let mut visited: Vec<*const Exchange> = Vec::new();
         let mut through: Option<Arc<Exchange>> = None;
-        let mut reached = ReachedQueues::default();
         let max_words = self.topic_max_words.load(Ordering::Relaxed);
-        let too_long_for_topic = topic::word_count(&msg.routing_key) > max_words;
+        let too_long_for_topic = topic::more_words_than(&msg.routing_key, max_words);
         loop {
             let source = through.as_ref().unwrap_or(exchange);
             if too_long_for_topic && source.kind == ExchangeKind::Topic {
@@ -246,24 +266,34 @@ impl VHost {
     }
 }
 
-/// Which queues one publish has reached, so that each is added once. A scan of the list is
-/// cheapest for the usual handful; past that a set keeps fan-out to N queues linear in N (the
-/// scan made a publish to 100,000 queues take 2.6 s).
+/// Which queues one publish has reached, so that each is added once: the first kept here
+/// (the usual publish reaches one, and then needs no list), the others in the caller's list.
+/// A scan of the list is cheapest for the usual handful; past that a set keeps fan-out to N
+/// queues linear in N (the scan made a publish to 100,000 queues take 2.6 s).
 #[derive(Default)]
 struct ReachedQueues {
+    first: Option<Arc<Queue>>,
     set: Option<std::collections::HashSet<*const Queue, crate::core::hash::FastHasher>>,
 }
 
 impl ReachedQueues {
     const SCAN_UP_TO: usize = 16;
 
-    /// Appends `q` to `queues` unless it is there already.
+    /// Keeps `q` as the first, or appends it to `queues`, unless it was reached already.
     fn push_new(&mut self, queues: &mut Vec<Arc<Queue>>, q: &Arc<Queue>) {
+        let Some(first) = &self.first else {
+            self.first = Some(q.clone());
+            return;
+        };
+        if Arc::ptr_eq(first, q) {
+            return;
+        }
         let new = match &mut self.set {
             Some(set) => set.insert(Arc::as_ptr(q)),
             None if queues.len() < Self::SCAN_UP_TO => !queues.iter().any(|x| Arc::ptr_eq(x, q)),
             None => {
-                let set = self.set.insert(queues.iter().map(Arc::as_ptr).collect());
+                let seen = queues.iter().map(Arc::as_ptr);
+                let set = self.set.insert(seen.chain([Arc::as_ptr(first)]).collect());
                 set.insert(Arc::as_ptr(q))
             }
         };

@@ -1,0 +1,63 @@
+//! Adapter state the metadata group replicates beside the definitions: MQTT client-id owners,
+//! persistent sessions with their subscriptions, and retained messages. Each is a record under
+//! a key of its own kind (`mqtt-client/["/","c1"]`), made through [`super::definitions::Change`]
+//! like every definition, and made live on every node by the adapter that owns it, through
+//! [`AdapterRecords`] (the adapter sets it on the broker at start; the cluster never names an
+//! adapter type).
+
+use super::definitions::Change;
+use serde::{Deserialize, Serialize};
+
+pub const MQTT_CLIENT: &str = "mqtt-client";
+pub const MQTT_SESSION: &str = "mqtt-session";
+pub const MQTT_SUBSCRIPTION: &str = "mqtt-subscription";
+pub const MQTT_RETAINED: &str = "mqtt-retained";
+
+/// Which connection holds an MQTT client id: the node and that node's connection id. A node
+/// applying a record that names another connection closes its own with that client id (a
+/// takeover across nodes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttClientRecord {
+    pub vhost: String,
+    pub client_id: String,
+    pub node: String,
+    pub conn: u64,
+}
+
+/// A persistent MQTT session (its subscriptions are records of their own; its queue is a
+/// replicated durable queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttSessionRecord {
+    pub vhost: String,
+    pub client_id: String,
+    pub expiry_interval: u32,
+}
+
+/// One subscription of a persistent session, with its options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttSubscriptionRecord {
+    pub vhost: String,
+    pub client_id: String,
+    pub filter: String,
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: u8,
+    pub identifier: Option<u32>,
+}
+
+/// A topic's retained message: `message` is the adapter's stored encoding, in base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedRecord {
+    pub vhost: String,
+    pub topic: String,
+    pub message: String,
+}
+
+/// What an adapter does with the committed changes of its own records, on every node (the
+/// proposer too), in log order, and again for entries re-applied after a restart: applying
+/// must be idempotent. Must not propose (it runs inside the apply).
+pub trait AdapterRecords: Send + Sync + std::fmt::Debug {
+    /// Makes `change` live on this node; the store's LSN to wait for (0: none).
+    fn apply(&self, change: &Change) -> u64;
+}

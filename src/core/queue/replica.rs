@@ -1,0 +1,196 @@
+//! A queue whose messages are replicated elsewhere (a quorum queue's Raft group, see
+//! `cluster::quorum`): the core knows only the [`Replica`] trait. A publish is handed to the
+//! replica instead of being enqueued; the replica feeds the queue on the node that leads
+//! it once the message is committed ([`Queue::enqueue_committed`]), and is told of every
+//! settlement and return so that each replica drops or counts them.
+
+use super::ready::Queued;
+use super::{footprint, Queue, QueueEffects};
+use crate::core::dead_letter::Reason;
+use crate::core::message::Message;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use switchboard_amqp::{FieldTable, FieldValue};
+
+/// What happened to one replicated publish: a publisher confirm waits for it.
+#[derive(Debug, Clone, Default)]
+pub struct Ticket(Arc<AtomicU8>);
+
+const PENDING: u8 = 0;
+const COMMITTED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Whether every one of `tickets` has its outcome: an acknowledgement waiting for them may
+/// go (one that failed was for a quorum queue deleted meanwhile, as if deleted just after).
+pub fn all_decided(tickets: &[Ticket]) -> bool {
+    tickets.iter().all(|t| t.outcome().is_some())
+}
+
+impl Ticket {
+    /// A ticket still waiting.
+    pub fn pending() -> Self {
+        Ticket::default()
+    }
+
+    /// A majority has the message.
+    pub fn commit(&self) {
+        self.0.store(COMMITTED, Ordering::Release);
+    }
+
+    /// The message will never be committed (the queue was deleted meanwhile).
+    pub fn fail(&self) {
+        let _ = self
+            .0
+            .compare_exchange(PENDING, FAILED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// None while waiting; Some(true) once committed, Some(false) if it never will be.
+    pub fn outcome(&self) -> Option<bool> {
+        match self.0.load(Ordering::Acquire) {
+            PENDING => None,
+            s => Some(s == COMMITTED),
+        }
+    }
+}
+
+/// Where a replicated queue's messages and settlements go.
+pub trait Replica: Send + Sync + std::fmt::Debug {
+    /// Proposes `message` to the group; the ticket resolves once a majority has it.
+    fn propose(&self, message: &Arc<Message>) -> Ticket;
+    /// These deliveries left the queue for good (ack, reject, dead-lettered, expired, taken
+    /// without acknowledgement).
+    fn settled(&self, ids: &[u64]);
+    /// These deliveries were returned to the queue; returns how often each has now been
+    /// returned (its delivery count), in the order given.
+    fn returned(&self, ids: &[u64]) -> Vec<u64>;
+    /// Whether this node serves the queue now (leads its group).
+    fn is_leader(&self) -> bool;
+    /// The node that leads the group, when known.
+    fn leader(&self) -> Option<String>;
+    /// The group's members.
+    fn members(&self) -> Vec<String>;
+    /// How many committed messages the group holds, as this node has applied them (None on
+    /// a node that holds no replica).
+    fn messages(&self) -> Option<u64>;
+}
+
+impl Queue {
+    /// Makes the queue hand its publishes to `replica` (set once, when the group starts).
+    pub fn set_replica(&self, replica: Arc<dyn Replica>) {
+        let _ = self.replica.set(replica);
+    }
+
+    /// The queue's replica, for a quorum queue.
+    pub fn replica(&self) -> Option<&Arc<dyn Replica>> {
+        self.replica.get()
+    }
+
+    /// Puts a message the group committed into the live queue (on the leader), under the
+    /// group's id for it, and delivers what consumers can take. `redelivered`: it may have
+    /// been delivered before (a leader taking over).
+    pub fn enqueue_committed(
+        self: &Arc<Self>,
+        id: u64,
+        message: Arc<Message>,
+        redelivered: bool,
+    ) -> QueueEffects {
+        let mut st = self.lock();
+        if st.deleted {
+            return QueueEffects::default();
+        }
+        let body_len = message.body.len() as u64;
+        st.next_id = st.next_id.max(id + 1);
+        st.counters.publish += 1;
+        st.ready_bytes += body_len;
+        st.memory_bytes += footprint(body_len);
+        let level = st.args().level_of(message.routing_properties().priority);
+        st.ready.push_back(Queued {
+            id,
+            message: Some(message),
+            body_len,
+            redelivered,
+            stored: None,
+            level,
+            expires_at: None,
+        });
+        self.dispatch_locked(&mut st);
+        self.finish(st)
+    }
+
+    /// Empties the live queue (this node no longer leads the group) and takes its consumers,
+    /// which the caller cancels. The replicated messages stay with the group.
+    pub fn clear_live(&self) -> Vec<super::Consumer> {
+        let mut st = self.lock();
+        st.ready.clear();
+        st.ready_bytes = 0;
+        st.memory_bytes = 0;
+        st.unacked.clear();
+        st.consumers.take_all()
+    }
+
+    /// Tells the replica that `ids` left the queue for good.
+    pub(super) fn replica_settled(&self, ids: &[u64]) {
+        if let (Some(r), false) = (self.replica.get(), ids.is_empty()) {
+            r.settled(ids);
+        }
+    }
+
+    /// Returns `ids` to a replicated queue: each goes back in place (redelivered) unless it
+    /// has now been returned more than `x-delivery-limit` times, when it leaves with reason
+    /// `delivery_limit` (dead-lettered, or dropped without a dead-letter exchange).
+    pub(super) fn requeue_replicated(
+        self: &Arc<Self>,
+        replica: &Arc<dyn Replica>,
+        ids: &[u64],
+    ) -> QueueEffects {
+        let mut st = self.lock();
+        let present: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| st.unacked.contains_key(id))
+            .collect();
+        let counts = replica.returned(&present);
+        let limit = st.args().delivery_limit;
+        for (id, count) in present.iter().zip(counts) {
+            let Some(mut q) = st.unacked.remove(id) else {
+                continue;
+            };
+            if limit.is_some_and(|l| count > l) {
+                self.leave(&mut st, q, Reason::DeliveryLimit);
+                continue;
+            }
+            q.redelivered = true;
+            if let Some(m) = &q.message {
+                q.message = Some(Arc::new(with_delivery_count(m, count)));
+            }
+            st.ready_bytes += q.body_len;
+            st.memory_bytes += footprint(q.body_len);
+            st.ready.insert_in_place(q);
+        }
+        if !st.deleted {
+            self.dispatch_locked(&mut st);
+        }
+        self.finish(st)
+    }
+}
+
+/// `m` with its `x-delivery-count` header set to `count`, as RabbitMQ's quorum queues
+/// deliver a returned message.
+fn with_delivery_count(m: &Message, count: u64) -> Message {
+    let mut properties = m.properties().clone();
+    properties
+        .headers
+        .get_or_insert_with(FieldTable::new)
+        .insert(
+            "x-delivery-count".into(),
+            FieldValue::I64(i64::try_from(count).unwrap_or(i64::MAX)),
+        );
+    Message::new(
+        m.exchange.clone(),
+        m.routing_key.clone(),
+        properties,
+        None,
+        m.body.clone(),
+        m.charge_copy(0),
+    )
+}

@@ -1,0 +1,461 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
+//! Quorum queues on three brokers in one process: each queue its own Raft group over the
+//! three nodes. Declared on one node, listed on every node with its leader and members;
+//! publisher confirms come once a majority has the message; consumers are served on the
+//! leader; stopping the leader elects another that has every confirmed message; a lone node
+//! confirms nothing; `x-delivery-limit` dead-letters with reason `delivery_limit`.
+
+mod common;
+
+use common::amqp::{amqp_error, args, assert_amqp_err, longstr, next, persistent, publish_with};
+use common::cluster::{form, Node};
+use common::http::call;
+use common::stomp::StompClient;
+use common::{bounded, unique, wait_until_async};
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::Channel;
+use serde_json::Value;
+use std::time::Duration;
+use switchboard_stomp::{Command, Frame};
+
+fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut entries = vec![("x-queue-type", longstr("quorum"))];
+    entries.extend(extra.iter().cloned());
+    args(&entries)
+}
+
+async fn declare_quorum(ch: &Channel, name: &str, extra: &[(&str, AMQPValue)]) {
+    bounded(ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        quorum_args(extra),
+    ))
+    .await
+    .expect("quorum queue.declare");
+}
+
+/// `/api/queues/%2F/<q>` on `node`, once it answers 200.
+async fn queue_info(node: &Node, q: &str) -> Value {
+    let path = format!("/api/queues/%2F/{q}");
+    let r = call(node.broker(), "GET", &path, None).await;
+    assert_eq!(r.status, 200, "{path} on {}: {:?}", node.name, r.body);
+    r.body
+}
+
+/// Waits until every running node lists `q` as a quorum queue whose leader (one every node
+/// agrees on, and not `not`) is running; returns the leader's index in `nodes`.
+async fn wait_for_leader(nodes: &[Node], q: &str, not: Option<&str>) -> usize {
+    let found = std::sync::Mutex::new(None);
+    wait_until_async(&format!("a leader of {q} every node agrees on"), || {
+        let found = &found;
+        async move {
+            let mut leaders = Vec::new();
+            for n in nodes.iter().filter(|n| n.broker.is_some()) {
+                let path = format!("/api/queues/%2F/{q}");
+                let r = call(n.broker(), "GET", &path, None).await;
+                if r.status != 200 || r.body["type"] != "quorum" {
+                    return false;
+                }
+                leaders.push(r.body["leader"].as_str().map(str::to_owned));
+            }
+            let Some(Some(first)) = leaders.first().cloned() else {
+                return false;
+            };
+            if !leaders.iter().all(|l| l.as_deref() == Some(first.as_str()))
+                || not == Some(first.as_str())
+            {
+                return false;
+            }
+            let at = nodes
+                .iter()
+                .position(|n| n.name == first && n.broker.is_some());
+            *found.lock().unwrap() = at;
+            at.is_some()
+        }
+    })
+    .await;
+    let leader = found.lock().unwrap().unwrap();
+    // Serving: a consumer there is accepted (the leader loads the queue once it has applied
+    // everything committed before its term; until then a consumer is refused).
+    let conn = nodes[leader].broker().connect().await;
+    wait_until_async(&format!("{q}'s leader to serve"), || {
+        let conn = &conn;
+        async move {
+            let ch = conn.create_channel().await.unwrap();
+            let ok = ch
+                .basic_consume(
+                    q.into(),
+                    "probe".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .is_ok();
+            if ok {
+                let _ = ch.close(200, "probed".into()).await;
+            }
+            ok
+        }
+    })
+    .await;
+    leader
+}
+
+/// Waits until `node` holds `n` committed, unsettled messages of `q` (as a follower lists
+/// them).
+async fn wait_held(node: &Node, q: &str, n: u64) {
+    wait_until_async(
+        &format!("{} to hold {n} messages of {q}", node.name),
+        || async { queue_info(node, q).await["messages"].as_u64() == Some(n) },
+    )
+    .await;
+}
+
+/// Publishes `bodies` persistently on `ch` (in confirm mode) and waits for every confirm.
+async fn publish_confirmed(ch: &Channel, q: &str, bodies: impl Iterator<Item = String>) {
+    let mut confirms = Vec::new();
+    for body in bodies {
+        confirms.push(publish_with(ch, "", q, body.as_bytes(), persistent()).await);
+    }
+    for c in confirms {
+        let confirmation = bounded(c).await.expect("confirm");
+        assert!(confirmation.is_ack(), "{confirmation:?}");
+    }
+}
+
+async fn consumer_on(ch: &Channel, q: &str, prefetch: u16) -> lapin::Consumer {
+    bounded(ch.basic_qos(prefetch, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    bounded(ch.basic_consume(
+        q.into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("basic.consume on the leader")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_on_one_node_listed_on_every_node_and_refused_where_rabbitmq_refuses() {
+    let nodes = form(3).await;
+    let (_c, ch) = nodes[0].broker().channel().await;
+    let q = unique("qq");
+    declare_quorum(&ch, &q, &[]).await;
+    let leader = wait_for_leader(&nodes, &q, None).await;
+    let info = queue_info(&nodes[1], &q).await;
+    assert_eq!(info["type"], "quorum");
+    assert_eq!(info["durable"], true);
+    let mut members: Vec<String> = info["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_owned())
+        .collect();
+    members.sort();
+    let mut names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    names.sort();
+    assert_eq!(members, names);
+    // `ctl list_queues` shows the type, the leader and the members.
+    let url = nodes[2].broker().http_url();
+    let lines = bounded(tokio::task::spawn_blocking(move || {
+        let listing = switchboard::ctl::LISTINGS
+            .iter()
+            .find(|l| l.command == "list_queues")
+            .unwrap();
+        let columns: Vec<String> = ["name", "type", "leader", "members"]
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        switchboard::ctl::run_listing(listing, &url, "guest", "guest", "/", &columns).unwrap()
+    }))
+    .await
+    .unwrap();
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with(&format!("{q}\t")))
+        .unwrap();
+    let cells: Vec<&str> = row.split('\t').collect();
+    assert_eq!(cells[1], "quorum", "{row}");
+    assert_eq!(cells[2], nodes[leader].name, "{row}");
+    assert!(names.iter().all(|n| cells[3].contains(n.as_str())), "{row}");
+
+    // Redeclaring is equivalent.
+    declare_quorum(&ch, &q, &[]).await;
+
+    // A consumer on a node that does not lead it is refused, naming the leader.
+    let other = (leader + 1) % 3;
+    let (_c2, ch2) = nodes[other].broker().channel().await;
+    let r = ch2
+        .basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    let (code, text) = amqp_error(&r.expect_err("refused")).expect("a channel error");
+    assert_eq!(code, 406, "{text}");
+    assert!(text.contains(&nodes[leader].name), "{text}");
+
+    // Exclusive, auto-delete and transient quorum queues are refused as RabbitMQ refuses them.
+    for (options, property) in [
+        (
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: true,
+                ..Default::default()
+            },
+            "exclusive",
+        ),
+        (
+            QueueDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            "auto-delete",
+        ),
+        (QueueDeclareOptions::default(), "non-durable"),
+    ] {
+        let (_c, ch) = nodes[0].broker().channel().await;
+        let bad = unique("qq-bad");
+        let r = bounded(ch.queue_declare(bad.as_str().into(), options, quorum_args(&[]))).await;
+        assert_amqp_err(
+            r,
+            406,
+            &format!("PRECONDITION_FAILED - invalid property '{property}' for queue '{bad}' in vhost '/'"),
+        );
+    }
+
+    // A STOMP SEND's RECEIPT comes once the group has committed it (`send` waits for it).
+    let mut stomp = StompClient::connect(nodes[other].broker().addrs().stomp[0], "1.2").await;
+    stomp
+        .send(
+            &format!("/amq/queue/{q}"),
+            b"over stomp",
+            &[("persistent", "true")],
+        )
+        .await;
+    for n in &nodes {
+        wait_held(n, &q, 1).await;
+    }
+
+    // Deleting it removes it (and its group) on every node.
+    bounded(ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()))
+        .await
+        .unwrap();
+    for n in &nodes {
+        let path = format!("/api/queues/%2F/{q}");
+        wait_until_async(&format!("{q} gone on {}", n.name), || async {
+            call(n.broker(), "GET", &path, None).await.status == 404
+        })
+        .await;
+    }
+
+    // Declared again under the same name it is a new group, which commits.
+    declare_quorum(&ch, &q, &[]).await;
+    wait_for_leader(&nodes, &q, None).await;
+    bounded(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    publish_confirmed(&ch, &q, std::iter::once("again".to_owned())).await;
+    for n in &nodes {
+        wait_held(n, &q, 1).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_messages_survive_losing_the_leader_and_acked_ones_stay_gone() {
+    let mut nodes = form(3).await;
+    let (_c, ch) = nodes[0].broker().channel().await;
+    let q = unique("qq-fail");
+    declare_quorum(&ch, &q, &[]).await;
+    let leader = wait_for_leader(&nodes, &q, None).await;
+
+    // 1,000 confirmed publishes on a node that does not lead the queue.
+    let publisher = (leader + 1) % 3;
+    let (_pc, pch) = nodes[publisher].broker().channel().await;
+    bounded(pch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    publish_confirmed(&pch, &q, (0..1000).map(|i| format!("m{i}"))).await;
+
+    // All of them, in order, on the leader; the first 600 acked.
+    let (_lc, lch) = nodes[leader].broker().channel().await;
+    let mut consumer = consumer_on(&lch, &q, 1000).await;
+    let mut unacked = Vec::new();
+    for i in 0..1000 {
+        let d = next(&mut consumer).await;
+        assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
+        assert!(!d.redelivered);
+        if i < 600 {
+            bounded(d.acker.ack(BasicAckOptions::default()))
+                .await
+                .unwrap();
+        } else {
+            unacked.push(d);
+        }
+    }
+    // The acks are committed once every replica holds only the 400 unacked.
+    for n in &nodes {
+        wait_held(n, &q, 400).await;
+    }
+
+    // The leader goes: another is elected and serves the 400, redelivered, in order.
+    let old = nodes[leader].name.clone();
+    drop(unacked);
+    nodes[leader].stop().await;
+    let new_leader = wait_for_leader(&nodes, &q, Some(&old)).await;
+    let (_nc, nch) = nodes[new_leader].broker().channel().await;
+    let mut consumer = consumer_on(&nch, &q, 1000).await;
+    for i in 600..1000 {
+        let d = next(&mut consumer).await;
+        assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
+        assert!(d.redelivered, "m{i} was delivered before");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next())
+            .await
+            .is_err(),
+        "an acked message came back"
+    );
+
+    // The old leader comes back on its data directory and catches up.
+    let seed = vec![nodes[new_leader].addr.clone()];
+    nodes[leader].restart(&seed).await;
+    wait_held(&nodes[leader], &q, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_replica_confirms_nothing() {
+    let mut nodes = form(3).await;
+    let (_c, ch) = nodes[0].broker().channel().await;
+    let q = unique("qq-lone");
+    declare_quorum(&ch, &q, &[]).await;
+    wait_for_leader(&nodes, &q, None).await;
+    nodes[1].stop().await;
+    nodes[2].stop().await;
+    let (_pc, pch) = nodes[0].broker().channel().await;
+    bounded(pch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    let confirm = publish_with(&pch, "", &q, b"alone", persistent()).await;
+    let mut stomp = StompClient::connect(nodes[0].broker().addrs().stomp[0], "1.2").await;
+    stomp
+        .send_frame(
+            &Frame::new(Command::Send)
+                .with("destination", format!("/amq/queue/{q}"))
+                .with("receipt", "lonely")
+                .with_body(b"alone too".to_vec()),
+        )
+        .await;
+    stomp.expect_nothing(Duration::from_millis(500)).await;
+    // As RabbitMQ's quorum queue without a majority: no confirm, the publisher times out.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), confirm)
+            .await
+            .is_err(),
+        "a publish was confirmed by one node of three"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returned_past_the_delivery_limit_is_dead_lettered_with_reason_delivery_limit() {
+    let nodes = form(3).await;
+    let (_c, ch) = nodes[0].broker().channel().await;
+    let q = unique("qq-limit");
+    let dlq = unique("qq-limit-dlq");
+    common::amqp::declare_durable(&ch, &dlq, FieldTable::default()).await;
+    declare_quorum(
+        &ch,
+        &q,
+        &[
+            ("x-delivery-limit", AMQPValue::LongInt(2)),
+            ("x-dead-letter-exchange", longstr("")),
+            ("x-dead-letter-routing-key", longstr(&dlq)),
+        ],
+    )
+    .await;
+    let leader = wait_for_leader(&nodes, &q, None).await;
+    let (_lc, lch) = nodes[leader].broker().channel().await;
+    bounded(lch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    publish_confirmed(&lch, &q, std::iter::once("poison".to_owned())).await;
+    let mut consumer = consumer_on(&lch, &q, 10).await;
+    // Returned twice (the limit): delivered again each time, with its delivery count.
+    for returns in 0..=2 {
+        let d = next(&mut consumer).await;
+        assert_eq!(&d.data[..], b"poison");
+        let count = d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned());
+        if returns == 0 {
+            assert_eq!(count, None);
+        } else {
+            assert_eq!(count, Some(AMQPValue::LongLongInt(returns)), "{count:?}");
+        }
+        bounded(d.acker.nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    }
+    // The third return is past the limit: dead-lettered, not delivered again.
+    let mut dead = consumer_on(&lch, &dlq, 10).await;
+    let d = next(&mut dead).await;
+    assert_eq!(&d.data[..], b"poison");
+    let headers = d.properties.headers().clone().unwrap();
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        panic!("no x-death: {headers:?}");
+    };
+    let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else {
+        panic!("empty x-death");
+    };
+    assert_eq!(
+        first.inner().get("reason"),
+        Some(&longstr("delivery_limit")),
+        "{first:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next())
+            .await
+            .is_err(),
+        "the poison message was delivered again"
+    );
+    // Settled on every replica.
+    for n in &nodes {
+        wait_held(n, &q, 0).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclustered_node_refuses_a_quorum_queue() {
+    let b = common::TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("qq-single");
+    let r = bounded(ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        quorum_args(&[]),
+    ))
+    .await;
+    assert_amqp_err(
+        r,
+        406,
+        &format!("PRECONDITION_FAILED - cannot declare quorum queue '{q}' in vhost '/': this node is not clustered ([cluster] listen is empty)"),
+    );
+}
