@@ -134,7 +134,6 @@ async fn subscriptions_survive_a_reconnect_to_another_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs forwarding (branch forward)"]
 async fn messages_published_while_offline_arrive_on_reconnect_to_another_node() {
     let nodes = form(3).await;
     let mut c = RawMqtt::connect(mqtt(&nodes[0]), Protocol::V311, "away", false).await;
