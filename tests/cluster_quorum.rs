@@ -2,12 +2,12 @@
 //! Quorum queues on three brokers in one process: each queue its own Raft group over the
 //! three nodes. Declared on one node, listed on every node with its leader and members;
 //! publisher confirms come once a majority has the message; consumers are served on the
-//! leader; stopping the leader elects another that has every confirmed message; a lone node
+//! leader, those on other nodes through it (and cancelled when the lead moves); stopping the leader elects another that has every confirmed message; a lone node
 //! confirms nothing; `x-delivery-limit` dead-letters with reason `delivery_limit`.
 
 mod common;
 
-use common::amqp::{amqp_error, args, assert_amqp_err, longstr, next, persistent, publish_with};
+use common::amqp::{args, assert_amqp_err, longstr, next, persistent, publish_with};
 use common::cluster::{form, Node};
 use common::http::call;
 use common::stomp::StompClient;
@@ -189,20 +189,13 @@ async fn declared_on_one_node_listed_on_every_node_and_refused_where_rabbitmq_re
     // Redeclaring is equivalent.
     declare_quorum(&ch, &q, &[]).await;
 
-    // A consumer on a node that does not lead it is refused, naming the leader.
+    // basic.get on a node that does not lead it is served by the leader.
     let other = (leader + 1) % 3;
     let (_c2, ch2) = nodes[other].broker().channel().await;
-    let r = ch2
-        .basic_consume(
-            q.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await;
-    let (code, text) = amqp_error(&r.expect_err("refused")).expect("a channel error");
-    assert_eq!(code, 406, "{text}");
-    assert!(text.contains(&nodes[leader].name), "{text}");
+    let got = bounded(ch2.basic_get(q.as_str().into(), BasicGetOptions::default()))
+        .await
+        .expect("basic.get on a follower");
+    assert!(got.is_none(), "the queue is empty");
 
     // Exclusive, auto-delete and transient quorum queues are refused as RabbitMQ refuses them.
     for (options, property) in [
@@ -331,6 +324,69 @@ async fn confirmed_messages_survive_losing_the_leader_and_acked_ones_stay_gone()
     let seed = vec![nodes[new_leader].addr.clone()];
     nodes[leader].restart(&seed).await;
     wait_held(&nodes[leader], &q, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_on_a_follower_is_served_by_the_leader_and_cancelled_when_it_goes() {
+    let mut nodes = form(3).await;
+    let (_c, ch) = nodes[0].broker().channel().await;
+    let q = unique("qq-follow");
+    declare_quorum(&ch, &q, &[]).await;
+    let leader = wait_for_leader(&nodes, &q, None).await;
+    let follower = (leader + 1) % 3;
+    let publisher = (leader + 2) % 3;
+
+    // 100 confirmed publishes on one follower, consumed in order on the other.
+    let (_pc, pch) = nodes[publisher].broker().channel().await;
+    bounded(pch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    publish_confirmed(&pch, &q, (0..100).map(|i| format!("m{i}"))).await;
+    let (_fc, fch) = nodes[follower].broker().channel().await;
+    let mut consumer = consumer_on(&fch, &q, 60).await;
+    let mut unacked = Vec::new();
+    for i in 0..100 {
+        let d = next(&mut consumer).await;
+        assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
+        assert!(!d.redelivered);
+        if i < 50 {
+            bounded(d.acker.ack(BasicAckOptions::default()))
+                .await
+                .unwrap();
+        } else {
+            unacked.push(d);
+        }
+    }
+    // The follower's acks reached the leader: every replica holds only the 50 unacked.
+    for n in &nodes {
+        wait_held(n, &q, 50).await;
+    }
+    let listed = queue_info(&nodes[leader], &q).await;
+    assert_eq!(listed["consumers"].as_u64(), Some(1), "{listed}");
+
+    // The leader goes: the follower's consumer is cancelled (basic.cancel ends lapin's
+    // stream), and consuming again there gets the other 50 from the new leader,
+    // redelivered and in order.
+    let old = nodes[leader].name.clone();
+    nodes[leader].stop().await;
+    assert!(
+        bounded(consumer.next()).await.is_none(),
+        "the consumer was cancelled"
+    );
+    drop(unacked);
+    wait_for_leader(&nodes, &q, Some(&old)).await;
+    let mut consumer = consumer_on(&fch, &q, 100).await;
+    for i in 50..100 {
+        let d = next(&mut consumer).await;
+        assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
+        assert!(d.redelivered, "m{i} was delivered before");
+        bounded(d.acker.ack(BasicAckOptions::default()))
+            .await
+            .unwrap();
+    }
+    for n in nodes.iter().filter(|n| n.name != old) {
+        wait_held(n, &q, 0).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -217,7 +217,7 @@ pub async fn start_for(broker: &std::sync::Arc<crate::core::Broker>) -> Result<(
         broker.shutdown_signal(),
     )
     .await?;
-    quorum::Registry::start(broker, &cluster);
+    let quorum = quorum::Registry::start(broker, &cluster);
     let consensus: std::sync::Arc<dyn Consensus> = cluster.clone();
     let members: std::sync::Arc<dyn forward::Members> = cluster.clone();
     let forward = forward::Forward::new(
@@ -230,6 +230,7 @@ pub async fn start_for(broker: &std::sync::Arc<crate::core::Broker>) -> Result<(
     // Proxies for what the records applied so far name another home for, then for those
     // applied from now on.
     defs.forward_with(forward.clone());
+    quorum.forward_with(&forward);
     forward.attach_all();
     cluster.serve_forward(forward);
     // Set once, here, at start.

@@ -639,7 +639,12 @@ impl Channel {
                 let queue = self.resolve_queue(&m.queue)?;
                 ctx.permit(Perm::Read, ResourceKind::Queue, &queue)?;
                 let q = ctx.vhost.queue_for(&queue, ctx.conn_id)?;
-                if let Some(r) = q.replica().filter(|r| !r.is_leader()) {
+                // Another node's lead is reached through its proxy; refused only while no
+                // leader is known.
+                if let Some(r) = q
+                    .replica()
+                    .filter(|r| !r.is_leader() && r.leader_home().is_none())
+                {
                     let refused = ConsumeError::NotLeader {
                         queue: q.name.clone(),
                         leader: r.leader(),

@@ -46,6 +46,8 @@ struct SessionState {
     /// Deliveries sent (or to send) and not settled yet, by queue.
     unacked: HashMap<QueueKey, HashSet<u64>>,
     consumers: HashMap<u64, Served>,
+    /// Consumers the queue cancelled here, for the next fetch to tell the other node.
+    cancelled: Vec<u64>,
 }
 
 struct Outgoing {
@@ -103,10 +105,14 @@ impl ConsumerSink for RemoteSink {
     }
 
     fn cancelled(&self, _queue: &Queue, _consumer_tag: &str) {
-        // The queue was deleted here; the other node deletes its proxy when it applies the
-        // same deletion, which cancels the client's consumer there.
+        // The queue was deleted here, or this node stopped leading its quorum queue: the
+        // other node learns it with its next fetch and cancels the client's consumer.
         if let Some(session) = self.session.upgrade() {
-            session.lock().consumers.remove(&self.consumer);
+            let mut st = session.lock();
+            st.consumers.remove(&self.consumer);
+            st.cancelled.push(self.consumer);
+            drop(st);
+            session.ready.notify_one();
         }
     }
 
@@ -138,6 +144,12 @@ impl RemoteSession {
             .or_default()
             .insert(id);
     }
+}
+
+/// Whether `q` is served here: not a quorum queue another node leads (whose operations
+/// would go on to that node from here, a second hop the asking node makes itself).
+fn serves(q: &Queue) -> bool {
+    q.replica().is_none_or(|r| r.is_leader())
 }
 
 impl Home {
@@ -242,10 +254,17 @@ impl Home {
                 wait_ms,
             } => match self.session(session) {
                 None => Reply::UnknownSession,
-                Some(s) => Reply::Deliveries(self.fetch(&s, &credits, wait_ms).await),
+                Some(s) => {
+                    let (deliveries, cancelled) = self.fetch(&s, &credits, wait_ms).await;
+                    Reply::Fetched {
+                        deliveries,
+                        cancelled,
+                    }
+                }
             },
             Call::Purge { vhost, queue } => Reply::Purged(
                 self.local_queue(&vhost, &queue)
+                    .filter(|(_, _, q)| serves(q))
                     .map_or(0, |(_, _, q)| q.purge()),
             ),
             Call::Stats { vhost, queue } => {
@@ -309,6 +328,9 @@ impl Home {
         let Some((b, vh, q)) = self.local_queue(&vhost, &queue) else {
             return Err(Refusal::Deleted);
         };
+        if let Some(r) = q.replica().filter(|r| !r.is_leader()) {
+            return Err(Refusal::NotLeader(r.leader()));
+        }
         let s = self.open(session);
         let sink = Arc::new(RemoteSink {
             session: Arc::downgrade(&s),
@@ -391,7 +413,9 @@ impl Home {
     }
 
     fn get(&self, session: &Session, key: QueueKey, no_ack: bool) -> Option<(WireDelivery, u32)> {
-        let (_, vh, q) = self.local_queue(&key.0, &key.1)?;
+        let (_, vh, q) = self
+            .local_queue(&key.0, &key.1)
+            .filter(|(_, _, q)| serves(q))?;
         let (got, effects) = q.get(no_ack);
         vh.apply(&q, effects);
         let (d, left) = got?;
@@ -429,7 +453,10 @@ impl Home {
     }
 
     fn settle_here(&self, key: &QueueKey, how: How, ids: &[u64]) {
-        let Some((_, _, q)) = self.local_queue(&key.0, &key.1) else {
+        let Some((_, _, q)) = self
+            .local_queue(&key.0, &key.1)
+            .filter(|(_, _, q)| serves(q))
+        else {
             return;
         };
         let effects = match how {
@@ -454,7 +481,7 @@ impl Home {
         s: &Arc<RemoteSession>,
         credits: &[(u64, u32)],
         wait_ms: u64,
-    ) -> Vec<WireDelivery> {
+    ) -> (Vec<WireDelivery>, Vec<u64>) {
         let mut refill = Vec::new();
         {
             let st = s.lock();
@@ -469,7 +496,7 @@ impl Home {
             let effects = q.dispatch();
             self.apply(&q, effects);
         }
-        if s.lock().outbox.is_empty() {
+        if s.lock().outbox.is_empty() && s.lock().cancelled.is_empty() {
             let _ = tokio::time::timeout(Duration::from_millis(wait_ms), s.ready.notified()).await;
         }
         let taken: Vec<Outgoing> = {
@@ -488,7 +515,8 @@ impl Home {
         if !s.lock().outbox.is_empty() {
             s.ready.notify_one();
         }
-        taken
+        let cancelled = std::mem::take(&mut s.lock().cancelled);
+        let deliveries = taken
             .into_iter()
             .map(|o| WireDelivery {
                 consumer: o.consumer,
@@ -498,7 +526,8 @@ impl Home {
                 redelivered: o.delivery.redelivered,
                 message: WireMessage::of(&o.delivery.message),
             })
-            .collect()
+            .collect();
+        (deliveries, cancelled)
     }
 
     /// Closes the sessions whose lease ran out: their consumers go, and what they had not

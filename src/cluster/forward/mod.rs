@@ -138,6 +138,17 @@ impl Forward {
         Some(link)
     }
 
+    /// A proxy for `queue` in `vhost` as `node` serves it (its home, or the leader of a
+    /// quorum queue); None when `node` is not a member.
+    pub fn proxy_on(&self, node: &str, vhost: &str, queue: &str) -> Option<Arc<proxy::Proxy>> {
+        let link = self.link(node)?;
+        Some(Arc::new(proxy::Proxy::new(
+            link,
+            vhost.to_owned(),
+            queue.to_owned(),
+        )))
+    }
+
     /// Makes `queue` a proxy when the cluster says another node holds it.
     pub fn attach(&self, queue: &Arc<Queue>) {
         let Home::Remote(node) = self.home_of(&queue.vhost, &queue.name) else {
@@ -146,12 +157,11 @@ impl Forward {
         if queue.remote().is_some() {
             return;
         }
-        let Some(link) = self.link(&node) else {
+        let Some(proxy) = self.proxy_on(&node, &queue.vhost, &queue.name) else {
             tracing::warn!(queue = %queue.name, home = %node, "forward: the queue's home node is not a member; kept local");
             return;
         };
-        let proxy = proxy::Proxy::new(link, queue.vhost.clone(), queue.name.clone());
-        if queue.set_remote(Arc::new(proxy)) {
+        if queue.set_remote(proxy) {
             tracing::debug!(queue = %queue.name, home = %node, "forward: queue is a proxy");
         }
     }

@@ -194,6 +194,20 @@ impl Link {
         self.drain(&mut st, None);
     }
 
+    /// The home node cancelled these consumers: so are their clients' consumers here.
+    fn cancelled(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let gone: Vec<(u64, Local)> = {
+            let mut st = self.lock();
+            ids.iter()
+                .filter_map(|id| st.consumers.remove(id).map(|l| (*id, l)))
+                .collect()
+        };
+        cancel_locals(gone);
+    }
+
     fn take_credits(&self) -> Vec<(u64, u32)> {
         self.lock().credits.drain().collect()
     }
@@ -203,11 +217,17 @@ impl Link {
     /// went down.
     fn lost_session(&self) {
         let gone: Vec<(u64, Local)> = self.lock().consumers.drain().collect();
-        for (id, local) in gone {
-            if let Some(q) = local.queue.upgrade() {
-                local.sink.cancelled(&q, &local.tag);
-                let _ = q.remove_consumer(id);
-            }
+        cancel_locals(gone);
+    }
+}
+
+/// Tells the clients of these local consumers that they were cancelled, and removes them
+/// from their queues (their link no longer knows them, so nothing goes to the home node).
+fn cancel_locals(gone: Vec<(u64, Local)>) {
+    for (id, local) in gone {
+        if let Some(q) = local.queue.upgrade() {
+            local.sink.cancelled(&q, &local.tag);
+            let _ = q.remove_consumer(id);
         }
     }
 }
@@ -358,7 +378,13 @@ async fn fetcher(link: Weak<Link>, peer: Peer, mut shutdown: tokio::sync::watch:
         };
         let Some(l) = link.upgrade() else { return };
         match reply {
-            Some(Reply::Deliveries(ds)) => l.received(ds),
+            Some(Reply::Fetched {
+                deliveries,
+                cancelled,
+            }) => {
+                l.received(deliveries);
+                l.cancelled(&cancelled);
+            }
             Some(Reply::UnknownSession) => {
                 tracing::warn!(home = %l.home, "forward: the home node lost this node's session; its consumers are cancelled");
                 l.fetching.store(false, Ordering::Release);

@@ -186,7 +186,13 @@ pub enum Reply {
     Consumed(Result<(), Refusal>),
     /// A [`Call::Get`]'s message with the count left ready.
     Got(Option<(WireDelivery, u32)>),
-    Deliveries(Vec<WireDelivery>),
+    /// A [`Call::Fetch`]'s answer: deliveries, and the session's consumers this node
+    /// cancelled since the last fetch (their quorum queue's lead moved away, or the queue
+    /// was deleted), which the asking node cancels for its clients.
+    Fetched {
+        deliveries: Vec<WireDelivery>,
+        cancelled: Vec<u64>,
+    },
     /// The session is not known here (this node restarted, or its lease ran out).
     UnknownSession,
     Purged(u32),

@@ -10,11 +10,12 @@
 
 use super::codec::{self, Ops};
 use super::machine::{Feed, Held, QueueMachine};
+use crate::cluster::forward::Forward;
 use crate::cluster::identity::node_id;
 use crate::cluster::transport::{Auth, OpError, Peer, Request, Response};
 use crate::cluster::{Command, NodeInfo, Raft};
 use crate::core::message::Message;
-use crate::core::queue::{Queue, Replica, Ticket};
+use crate::core::queue::{Queue, RemoteHome, Replica, Ticket};
 use crate::core::Broker;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
@@ -43,6 +44,8 @@ pub struct Env {
     pub timeout: Duration,
     /// The cluster's members, to find the nodes of a group's members.
     pub nodes: Box<dyn Fn() -> Vec<NodeInfo> + Send + Sync>,
+    /// Proxies to a group's leader for consumers on other nodes (set once at start).
+    pub forward: OnceLock<Weak<Forward>>,
 }
 
 pub struct Group {
@@ -61,6 +64,10 @@ pub struct Group {
     counts: Mutex<HashMap<u64, u64>>,
     pub(super) stop: watch::Sender<bool>,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
+    /// While another node leads: the proxy through which this node's consumers reach it.
+    served_by: Mutex<Option<Arc<dyn RemoteHome>>>,
+    /// The leader another node named, for a node holding no replica (it has no view).
+    named_leader: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Group {
@@ -97,6 +104,8 @@ impl Group {
             counts: Mutex::new(HashMap::new()),
             stop: watch::Sender::new(false),
             peers: Mutex::new(HashMap::new()),
+            served_by: Mutex::new(None),
+            named_leader: Mutex::new(None),
         })
     }
 
@@ -289,6 +298,9 @@ impl Group {
             } else if !leading && live {
                 self.go_offline(machine);
             }
+            if !leading && self.served_by_other_than(self.leader().as_deref()) {
+                self.leader_moved();
+            }
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() { break },
                 _ = crate::cluster::stopped(&mut stop) => break,
@@ -300,6 +312,7 @@ impl Group {
     }
 
     fn go_live(self: &Arc<Self>, machine: &QueueMachine) {
+        self.leader_moved();
         let feed: Arc<dyn Feed> = self.clone();
         let counts = machine.go_live(feed);
         *lock(&self.counts) = counts.into_iter().collect();
@@ -315,6 +328,26 @@ impl Group {
             c.sink.cancelled(&self.queue, &c.tag);
         }
         tracing::info!(group = %self.id, queue = %self.queue.name, "quorum queue: this node no longer leads it");
+    }
+
+    /// Whether this node's consumers reach a leader other than `leader` (None: unknown).
+    fn served_by_other_than(&self, leader: Option<&str>) -> bool {
+        lock(&self.served_by)
+            .as_ref()
+            .is_some_and(|p| Some(p.home()) != leader)
+    }
+
+    /// The lead moved away from the node this node's consumers reached: they are cancelled
+    /// (`basic.cancel`), as on the node that lost the lead, and consume again from the new
+    /// leader. Their unacknowledged deliveries are the new leader's to redeliver.
+    fn leader_moved(&self) {
+        let Some(old) = lock(&self.served_by).take() else {
+            return;
+        };
+        for c in self.queue.clear_live() {
+            old.consumer_removed(&self.queue, c.id);
+            c.sink.cancelled(&self.queue, &c.tag);
+        }
     }
 
     fn push(&self, f: impl FnOnce(&mut Pending)) {
@@ -398,6 +431,46 @@ impl Replica for Group {
             .membership()
             .get_node(&l)
             .map(|n| n.name.clone())
+    }
+
+    fn leader_home(&self) -> Option<Arc<dyn RemoteHome>> {
+        if self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let leader = match self.raft() {
+            Some(_) => self.leader()?,
+            None => lock(&self.named_leader)
+                .clone()
+                .or_else(|| self.members.first().cloned())?,
+        };
+        if leader == self.env.me.name {
+            // Elected here, not serving yet (catching up on what was committed before).
+            return None;
+        }
+        let mut served = lock(&self.served_by);
+        match served.as_ref() {
+            Some(p) if p.home() == leader => return Some(p.clone()),
+            // The lead moved; until the consumers that reached the old leader are cancelled
+            // (`leader_moved`, never under a queue operation's lock) nothing is served here.
+            Some(_) => return None,
+            None => {}
+        }
+        let forward = self.env.forward.get()?.upgrade()?;
+        let proxy: Arc<dyn RemoteHome> =
+            forward.proxy_on(&leader, &self.queue.vhost, &self.queue.name)?;
+        *served = Some(proxy.clone());
+        Some(proxy)
+    }
+
+    fn leader_named(&self, node: &str) {
+        if self.raft().is_some() {
+            // A member follows its own Raft's view (its lead loop moves its consumers).
+            return;
+        }
+        *lock(&self.named_leader) = Some(node.to_owned());
+        if self.served_by_other_than(Some(node)) {
+            self.leader_moved();
+        }
     }
 
     fn members(&self) -> Vec<String> {

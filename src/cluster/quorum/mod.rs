@@ -7,7 +7,9 @@
 //! a group without a replica that passes its proposals to the members. The inter-node
 //! transport carries a group's RPCs as [`Request::Group`]. The leader runs the live queue
 //! (consumers, prefetch, acknowledgements) as a core queue fed by the applied log; a consumer
-//! on another node is refused with the leader's name (see [`LeaderOf`]).
+//! on another node is served by the leader through forwarding's proxy (see
+//! [`Group::leader_home`](crate::core::queue::Replica::leader_home)), as a classic queue's
+//! consumer on a node that is not its home.
 
 pub mod codec;
 pub mod group;
@@ -16,6 +18,7 @@ pub mod machine;
 pub use group::Group;
 
 use super::definitions::QueueRecord;
+use super::forward::Forward;
 use super::identity::node_id;
 use super::log_store::LogStore;
 use super::network::Network;
@@ -55,6 +58,7 @@ impl Registry {
             auth: cluster.auth().clone(),
             timeout: std::time::Duration::from_millis(cluster.config().operation_timeout_ms),
             nodes: Box::new(move || weak.upgrade().map(|c| c.nodes()).unwrap_or_default()),
+            forward: std::sync::OnceLock::new(),
         });
         let registry = Arc::new(Registry {
             broker: Arc::downgrade(broker),
@@ -73,6 +77,12 @@ impl Registry {
             }
         }
         registry
+    }
+
+    /// Consumers of a quorum queue on a node that does not lead it reach the leader through
+    /// `forward` (set once, at start, after forwarding is made).
+    pub fn forward_with(&self, forward: &Arc<Forward>) {
+        let _ = self.env.forward.set(Arc::downgrade(forward));
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Group>>> {

@@ -522,7 +522,7 @@ impl Queue {
     /// Delivers ready messages to consumers with credit. Called whenever credit may have
     /// returned (ack, outbound buffer drained) or consumers changed.
     pub fn dispatch(self: &Arc<Self>) -> QueueEffects {
-        if let Some(remote) = self.remote.get() {
+        if let Some(remote) = self.served_elsewhere() {
             remote.dispatch(self);
             return QueueEffects::default();
         }
@@ -596,11 +596,12 @@ impl Queue {
         consumer: Consumer,
         priority: i32,
     ) -> Result<QueueEffects, ConsumeError> {
+        let elsewhere = self.served_elsewhere();
         let mut st = self.lock();
         if st.deleted {
             return Err(ConsumeError::Deleted(self.name.clone()));
         }
-        if let Some(r) = self.replica.get().filter(|r| !r.is_leader()) {
+        if let (None, Some(r)) = (&elsewhere, self.replica.get().filter(|r| !r.is_leader())) {
             return Err(ConsumeError::NotLeader {
                 queue: self.name.clone(),
                 leader: r.leader(),
@@ -615,21 +616,55 @@ impl Queue {
         if st.consumers.is_empty() {
             self.became_used(&mut st);
         }
-        if let Some(remote) = self.remote.get() {
-            let remote = remote.clone();
+        if let Some(remote) = elsewhere {
             st.consumers.add(consumer.clone(), priority);
             st.had_consumer = true;
             drop(st);
-            if let Err(e) = remote.consumer_added(self, &consumer, priority) {
-                self.lock().consumers.remove(consumer.id);
-                return Err(e);
-            }
-            return Ok(QueueEffects::default());
+            return self.add_served_elsewhere(remote, consumer, priority);
         }
         st.consumers.add(consumer, priority);
         st.had_consumer = true;
         self.dispatch_locked(&mut st);
         Ok(self.finish(st))
+    }
+
+    /// Registers `consumer` (already in the local list) where the queue is served; a quorum
+    /// queue's guess of its leader refused naming another gets one more try there.
+    fn add_served_elsewhere(
+        self: &Arc<Self>,
+        mut remote: Arc<dyn RemoteHome>,
+        consumer: Consumer,
+        priority: i32,
+    ) -> Result<QueueEffects, ConsumeError> {
+        let mut retried = false;
+        loop {
+            let refused = match remote.consumer_added(self, &consumer, priority) {
+                Ok(()) => return Ok(QueueEffects::default()),
+                Err(e) => e,
+            };
+            let named = match (&refused, self.replica.get()) {
+                (
+                    ConsumeError::NotLeader {
+                        leader: Some(l), ..
+                    },
+                    Some(r),
+                ) if !retried => {
+                    r.leader_named(l);
+                    r.leader_home().filter(|next| next.home() != remote.home())
+                }
+                _ => None,
+            };
+            match named {
+                Some(next) => {
+                    remote = next;
+                    retried = true;
+                }
+                None => {
+                    self.lock().consumers.remove(consumer.id);
+                    return Err(refused);
+                }
+            }
+        }
     }
 
     /// Removes a consumer by id; None if it was not registered. Ready messages go to the
@@ -638,7 +673,7 @@ impl Queue {
         let now = self.now();
         let mut st = self.lock();
         st.consumers.remove(consumer_id)?;
-        if let Some(remote) = self.remote.get() {
+        if let Some(remote) = self.served_elsewhere() {
             let remaining = st.consumers.len();
             drop(st);
             remote.consumer_removed(self, consumer_id);
@@ -665,7 +700,7 @@ impl Queue {
     /// Takes the head message for `basic.get`, with the number of messages left ready (None:
     /// empty), and the effects for the vhost (head messages that expired meanwhile).
     pub fn get(self: &Arc<Self>, no_ack: bool) -> (Option<(Delivery, u32)>, QueueEffects) {
-        if let Some(remote) = self.remote.get() {
+        if let Some(remote) = self.served_elsewhere() {
             return (remote.get(self, no_ack), QueueEffects::default());
         }
         let now = self.now();
@@ -696,7 +731,7 @@ impl Queue {
 
     /// Settles deliveries for good (ack). Unknown ids are ignored.
     pub fn settle(&self, ids: &[u64]) {
-        if let Some(remote) = self.remote.get() {
+        if let Some(remote) = self.served_elsewhere() {
             return remote.settle(ids);
         }
         let mut st = self.lock();
@@ -722,7 +757,7 @@ impl Queue {
     /// settled like an ack, and dead-lettered with reason `rejected` if the queue has a
     /// dead-letter exchange. Unknown ids are ignored.
     pub fn reject(self: &Arc<Self>, ids: &[u64]) -> QueueEffects {
-        if let Some(remote) = self.remote.get() {
+        if let Some(remote) = self.served_elsewhere() {
             remote.reject(ids);
             return QueueEffects::default();
         }
@@ -738,7 +773,7 @@ impl Queue {
     /// Puts unacked deliveries back in their original places, marked redelivered, and delivers
     /// again.
     pub fn requeue(self: &Arc<Self>, ids: &[u64]) -> QueueEffects {
-        if let Some(remote) = self.remote.get() {
+        if let Some(remote) = self.served_elsewhere() {
             remote.requeue(ids);
             return QueueEffects::default();
         }
@@ -764,7 +799,7 @@ impl Queue {
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
-        if let Some(remote) = self.remote.get() {
+        if let Some(remote) = self.served_elsewhere() {
             return remote.purge();
         }
         let mut st = self.lock();
@@ -790,7 +825,7 @@ impl Queue {
 
     /// Marks the queue deleted and empties it; the caller notifies the returned consumers.
     pub fn delete(&self) -> QueueDeleted {
-        if let Some(remote) = self.remote.get() {
+        if let Some(remote) = self.served_elsewhere() {
             remote.deleted();
         }
         let mut st = self.lock();

@@ -59,4 +59,13 @@ impl Queue {
     pub fn home_node(&self) -> Option<&str> {
         self.remote.get().map(|r| r.home())
     }
+
+    /// Where this queue's consumers, gets and settlements are served when not here: the
+    /// home node of a proxy, or the leader of a quorum queue this node does not lead.
+    pub(super) fn served_elsewhere(&self) -> Option<Arc<dyn RemoteHome>> {
+        if let Some(r) = self.remote.get() {
+            return Some(r.clone());
+        }
+        self.replica.get()?.leader_home()
+    }
 }

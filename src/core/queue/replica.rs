@@ -67,6 +67,12 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     fn is_leader(&self) -> bool;
     /// The node that leads the group, when known.
     fn leader(&self) -> Option<String>;
+    /// Where consumers, gets and settlements go while another node leads the group (a
+    /// proxy to the leader); None while this node leads or no leader is known.
+    fn leader_home(&self) -> Option<Arc<dyn super::RemoteHome>>;
+    /// `node` said it leads the group (a refusal from a node that does not named it): the
+    /// next [`Replica::leader_home`] goes there when this node has no view of its own.
+    fn leader_named(&self, node: &str);
     /// The group's members.
     fn members(&self) -> Vec<String>;
     /// How many committed messages the group holds, as this node has applied them (None on
