@@ -104,8 +104,9 @@ pub enum ConsumeError {
     QueueInUse(String),
     #[error("queue '{0}' was deleted")]
     Deleted(String),
-    /// A quorum queue serves consumers on the node leading its group only (for now).
-    #[error("quorum queue '{queue}' is served by its leader ({}): consume there", leader.as_deref().unwrap_or("none elected yet"))]
+    /// A quorum queue has no leader serving it now (an election, or a leader still catching
+    /// up); `leader` is the one last known.
+    #[error("quorum queue '{queue}' has no leader serving it now (last known: {}); try again", leader.as_deref().unwrap_or("none"))]
     NotLeader {
         queue: String,
         leader: Option<String>,
