@@ -256,6 +256,13 @@ async fn unsubscribing_after_the_queue_was_deleted_is_fine() {
     c.subscribe("s", &format!("/queue/{q}"), "auto").await;
     let vh = tb.broker().vhost("/").unwrap();
     vh.delete_queue(&q, false, false, 0).unwrap();
+    // Told, as RabbitMQ tells it, and the connection stays open.
+    let error = c.expect(Command::Error).await;
+    assert_eq!(
+        error.header("message"),
+        Some("Server cancelled subscription")
+    );
+    assert_eq!(error.header("subscription"), Some("s"));
     c.request(Frame::new(Command::Unsubscribe).with("id", "s"))
         .await;
     c.disconnect().await;

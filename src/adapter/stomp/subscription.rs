@@ -227,9 +227,38 @@ impl ConsumerSink for StompSubscription {
         drop(ids);
     }
 
+    /// The queue cancelled the subscription (it was deleted, or its quorum queue's lead
+    /// moved): the client is told with an ERROR naming the subscription, as RabbitMQ's STOMP
+    /// adapter tells it, and the connection stays open (the client may subscribe again).
+    /// The ERROR is ours to send: STOMP has no frame for a subscription the server ended.
     fn cancelled(&self, queue: &Queue, _consumer_tag: &str) {
-        self.cancelled.store(true, Ordering::Release);
-        tracing::debug!(queue = %queue.name, subscription = %self.id, "queue deleted under a STOMP subscription");
+        if self.cancelled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::debug!(queue = %queue.name, subscription = %self.id, "STOMP subscription cancelled by its queue");
+        let deliveries = &self.deliveries;
+        // A `/temp-queue/` reply subscription is the broker's own, made again on next use.
+        if deliveries.closed.load(Ordering::Acquire) || self.id.starts_with("/temp-queue/") {
+            return;
+        }
+        let body = format!(
+            "The server has cancelled subscription {} to queue '{}'.\nNo more messages will be delivered for it.\n",
+            self.id, queue.name
+        );
+        let headers = [
+            ("message", "Server cancelled subscription"),
+            ("subscription", self.id.as_str()),
+            ("content-type", "text/plain"),
+        ];
+        deliveries.outbox.push(|out| {
+            encode_parts(
+                out,
+                deliveries.version,
+                Command::Error,
+                headers.into_iter(),
+                body.as_bytes(),
+            )
+        });
     }
 }
 
