@@ -227,7 +227,7 @@ fn render(b: &Arc<Broker>, mqtt: &MqttState, per_object: bool) -> Result<String,
     let mut consumers_total = 0u64;
     for vh in &vhosts {
         for q in vh.queues() {
-            let s = q.stats();
+            let s = q.stats_recent();
             consumers_total += s.consumers;
             let labels: Labels = if per_object {
                 vec![("vhost", vh.name.clone()), ("queue", q.name.clone())]

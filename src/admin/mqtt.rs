@@ -28,7 +28,7 @@ async fn sessions(
         .filter_map(|s| {
             let vh = vhosts.iter().find(|v| v.name == s.vhost)?;
             let messages = vh.queue(&s.queue).map_or(0, |q| {
-                let st = q.stats();
+                let st = q.stats_recent();
                 st.ready + st.unacked
             });
             Some(json!({

@@ -113,7 +113,7 @@ async fn overview(
         exchanges += vh.exchanges().len();
         for q in vh.queues() {
             queues += 1;
-            let s = q.stats();
+            let s = q.stats_recent();
             ready += s.ready;
             unacked += s.unacked;
             consumers += s.consumers;
@@ -239,7 +239,7 @@ pub(super) fn vhost_json(b: &Broker, vh: &VHost) -> Value {
     };
     let (mut ready, mut unacked) = (0, 0);
     for q in vh.queues() {
-        let s = q.stats();
+        let s = q.stats_recent();
         ready += s.ready;
         unacked += s.unacked;
     }

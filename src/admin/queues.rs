@@ -38,9 +38,10 @@ pub(super) fn routes() -> Router<Arc<Broker>> {
 }
 
 /// A queue as RabbitMQ's management API shows it, with its counters and the sampler's rates.
-/// `node` is [`node_name`], looked up once per listing.
-pub(super) fn queue_json(b: &Broker, node: &str, q: &Arc<Queue>) -> Value {
-    let s = q.stats();
+/// `node` is [`node_name`], looked up once per listing. A listing (`live` false) takes the
+/// figures a queue held on another node last had; one queue's own page asks its home.
+pub(super) fn queue_json(b: &Broker, node: &str, q: &Arc<Queue>, live: bool) -> Value {
+    let s = if live { q.stats() } else { q.stats_recent() };
     let rates = b.stats.table().rates(key_of(q));
     let exclusive_tag = q
         .consumers()
@@ -102,7 +103,7 @@ fn queues_of(b: &Broker, vhosts: &[Arc<VHost>]) -> Vec<Value> {
     vhosts
         .iter()
         .flat_map(|vh| vh.queues())
-        .map(|q| queue_json(b, &node, &q))
+        .map(|q| queue_json(b, &node, &q, false))
         .collect()
 }
 
@@ -143,7 +144,7 @@ async fn show(
         Err(r) => return r.into_response(),
     };
     match vh.queue(&name) {
-        Some(q) => Json(queue_json(&b, &node_name(&b), &q)).into_response(),
+        Some(q) => Json(queue_json(&b, &node_name(&b), &q, true)).into_response(),
         None => not_found(),
     }
 }

@@ -44,7 +44,7 @@ pub fn sample(broker: &Broker, now: Instant) {
                     key,
                     alive: alive_of(&q),
                     retire_to: &retire_to,
-                    counts: q.stats().counters.counts(),
+                    counts: q.stats_recent().counters.counts(),
                     octets: (0, 0),
                 },
                 dt,
@@ -132,7 +132,7 @@ pub fn session_of(c: &ConnectionEntry) -> (String, String) {
 pub fn vhost_counts(table: &RateTable, vh: &VHost, connections: &[Arc<ConnectionEntry>]) -> Counts {
     let mut total = table.retired(&vh.name);
     for q in vh.queues() {
-        total.add(&Share::Queue.of(&q.stats().counters.counts()));
+        total.add(&Share::Queue.of(&q.stats_recent().counters.counts()));
     }
     for e in vh.exchanges() {
         total.add(&Share::Exchange.of(&e.stats.counts()));

@@ -255,7 +255,7 @@ impl ConsumerSink for StompSubscription {
                 out,
                 deliveries.version,
                 Command::Error,
-                headers.into_iter(),
+                headers,
                 body.as_bytes(),
             )
         });

@@ -48,6 +48,27 @@ struct SessionState {
     consumers: HashMap<u64, Served>,
     /// Consumers the queue cancelled here, for the next fetch to tell the other node.
     cancelled: Vec<u64>,
+    /// The last fetch answer, until the next fetch says it arrived.
+    unconfirmed: Option<Batch>,
+    /// The number of the last fetch answer.
+    batches: u64,
+}
+
+/// One fetch answer, kept until the other node confirms it got it.
+struct Batch {
+    number: u64,
+    deliveries: Vec<Outgoing>,
+    cancelled: Vec<u64>,
+}
+
+impl Batch {
+    fn reply(&self) -> Reply {
+        Reply::Fetched {
+            batch: self.number,
+            deliveries: self.deliveries.iter().map(Outgoing::wire).collect(),
+            cancelled: self.cancelled.clone(),
+        }
+    }
 }
 
 struct Outgoing {
@@ -55,6 +76,19 @@ struct Outgoing {
     queue: QueueKey,
     delivery: Delivery,
     needs_ack: bool,
+}
+
+impl Outgoing {
+    fn wire(&self) -> WireDelivery {
+        WireDelivery {
+            consumer: self.consumer,
+            vhost: self.queue.0.clone(),
+            queue: self.queue.1.clone(),
+            id: self.delivery.id,
+            redelivered: self.delivery.redelivered,
+            message: WireMessage::of(&self.delivery.message),
+        }
+    }
 }
 
 /// One of the session's consumers, as registered on the queue here.
@@ -252,15 +286,10 @@ impl Home {
                 session,
                 credits,
                 wait_ms,
+                received,
             } => match self.session(session) {
                 None => Reply::UnknownSession,
-                Some(s) => {
-                    let (deliveries, cancelled) = self.fetch(&s, &credits, wait_ms).await;
-                    Reply::Fetched {
-                        deliveries,
-                        cancelled,
-                    }
-                }
+                Some(s) => self.fetch(&s, &credits, wait_ms, received).await,
             },
             Call::Purge { vhost, queue } => Reply::Purged(
                 self.local_queue(&vhost, &queue)
@@ -481,7 +510,8 @@ impl Home {
         s: &Arc<RemoteSession>,
         credits: &[(u64, u32)],
         wait_ms: u64,
-    ) -> (Vec<WireDelivery>, Vec<u64>) {
+        received: u64,
+    ) -> Reply {
         let mut refill = Vec::new();
         {
             let st = s.lock();
@@ -495,6 +525,20 @@ impl Home {
         for q in refill {
             let effects = q.dispatch();
             self.apply(&q, effects);
+        }
+        {
+            let mut st = s.lock();
+            if st
+                .unconfirmed
+                .as_ref()
+                .is_some_and(|b| b.number == received)
+            {
+                st.unconfirmed = None;
+            }
+            if let Some(lost) = &st.unconfirmed {
+                // The last answer never arrived: the same again.
+                return lost.reply();
+            }
         }
         if s.lock().outbox.is_empty() && s.lock().cancelled.is_empty() {
             let _ = tokio::time::timeout(Duration::from_millis(wait_ms), s.ready.notified()).await;
@@ -515,19 +559,16 @@ impl Home {
         if !s.lock().outbox.is_empty() {
             s.ready.notify_one();
         }
-        let cancelled = std::mem::take(&mut s.lock().cancelled);
-        let deliveries = taken
-            .into_iter()
-            .map(|o| WireDelivery {
-                consumer: o.consumer,
-                vhost: o.queue.0,
-                queue: o.queue.1,
-                id: o.delivery.id,
-                redelivered: o.delivery.redelivered,
-                message: WireMessage::of(&o.delivery.message),
-            })
-            .collect();
-        (deliveries, cancelled)
+        let mut st = s.lock();
+        st.batches += 1;
+        let batch = Batch {
+            number: st.batches,
+            deliveries: taken,
+            cancelled: std::mem::take(&mut st.cancelled),
+        };
+        let reply = batch.reply();
+        st.unconfirmed = Some(batch);
+        reply
     }
 
     /// Closes the sessions whose lease ran out: their consumers go, and what they had not
@@ -565,7 +606,11 @@ impl Home {
             requeued += ids.len();
             self.settle_here(&key, How::Requeue, &ids);
         }
-        s.lock().outbox.clear();
+        {
+            let mut st = s.lock();
+            st.outbox.clear();
+            st.unconfirmed = None;
+        }
         tracing::info!(node = %s.node, session = id, requeued, "forward: session closed (lease ran out), its unacked deliveries requeued");
     }
 

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Publishes waiting to be sent to one home node: what is in flight per peer is bounded by
@@ -172,13 +172,18 @@ impl Link {
         let mut st = self.lock();
         for d in deliveries {
             let Some(local) = st.consumers.get_mut(&d.consumer) else {
-                // Cancelled meanwhile: back to the home node.
+                // Cancelled meanwhile (or its consume was answered after it timed out here):
+                // back to the home node, and no more for it.
                 self.send(Call::Settle {
                     session: self.session.id,
                     vhost: d.vhost,
                     queue: d.queue,
                     how: How::Requeue,
                     ids: vec![d.id],
+                });
+                self.send(Call::Cancel {
+                    session: self.session.id,
+                    consumer: d.consumer,
                 });
                 continue;
             };
@@ -340,11 +345,23 @@ async fn settler(
                 }
             }
         }
-        let Some(l) = link.upgrade() else { return };
-        let timeout = l.timeout;
-        drop(l);
-        if ask(&peer, call, timeout).await.is_none() {
-            tracing::debug!(peer = %peer.addr(), "forward: a settle did not reach the home node (its lease requeues what it holds)");
+        // Settles are idempotent on the home node (it settles only what the session still
+        // holds), so one whose answer was lost is sent again until one arrives: a lost ack
+        // would leave the message unacked there for as long as this node keeps its lease.
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let Some(l) = link.upgrade() else { return };
+            let timeout = l.timeout;
+            drop(l);
+            if ask(&peer, call.clone(), timeout).await.is_some() {
+                break;
+            }
+            tracing::debug!(peer = %peer.addr(), "forward: a settle did not reach the home node; sent again");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = crate::cluster::stopped(&mut shutdown) => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
 }
@@ -352,6 +369,9 @@ async fn settler(
 /// Fetches deliveries for the local consumers while there are any, returning credit as
 /// they take them.
 async fn fetcher(link: Weak<Link>, peer: Peer, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    // The number of the last answer that arrived: the home node sends an answer again
+    // until a fetch names it, so a reply lost with its connection strands nothing there.
+    let mut received = 0;
     loop {
         if *shutdown.borrow() {
             return;
@@ -369,6 +389,7 @@ async fn fetcher(link: Weak<Link>, peer: Peer, mut shutdown: tokio::sync::watch:
             session: l.session.id,
             credits: credits.clone(),
             wait_ms: FETCH_WAIT_MS,
+            received,
         };
         let limit = l.timeout + Duration::from_millis(FETCH_WAIT_MS);
         drop(l);
@@ -379,11 +400,15 @@ async fn fetcher(link: Weak<Link>, peer: Peer, mut shutdown: tokio::sync::watch:
         let Some(l) = link.upgrade() else { return };
         match reply {
             Some(Reply::Fetched {
+                batch,
                 deliveries,
                 cancelled,
             }) => {
-                l.received(deliveries);
-                l.cancelled(&cancelled);
+                if batch != received {
+                    received = batch;
+                    l.received(deliveries);
+                    l.cancelled(&cancelled);
+                }
             }
             Some(Reply::UnknownSession) => {
                 tracing::warn!(home = %l.home, "forward: the home node lost this node's session; its consumers are cancelled");
@@ -405,13 +430,44 @@ async fn fetcher(link: Weak<Link>, peer: Peer, mut shutdown: tokio::sync::watch:
     }
 }
 
+fn lock_stats(m: &Mutex<Option<(QueueStats, Instant)>>) -> Option<(QueueStats, Instant)> {
+    *m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Asks the home node for a queue's figures (at most `limit`), keeping them in `into`.
+async fn ask_stats(
+    link: &Link,
+    call: Call,
+    limit: Duration,
+    into: &Mutex<Option<(QueueStats, Instant)>>,
+) -> Option<QueueStats> {
+    let Ok(Some(Reply::Stats(Some(w)))) = tokio::time::timeout(limit, link.call(call)).await else {
+        return None;
+    };
+    let s = QueueStats {
+        ready: w.ready,
+        unacked: w.unacked,
+        consumers: w.consumers,
+        ready_bytes: w.ready_bytes,
+        counters: Default::default(),
+    };
+    *into.lock().unwrap_or_else(|e| e.into_inner()) = Some((s, Instant::now()));
+    Some(s)
+}
+
 /// One queue held on another node, as its proxy here reaches it.
 pub struct Proxy {
     link: Arc<Link>,
     vhost: String,
     queue: String,
-    stats: Mutex<Option<QueueStats>>,
+    /// The figures last had from the home node, and when.
+    stats: Arc<Mutex<Option<(QueueStats, Instant)>>>,
+    /// A background refresh of `stats` is on its way.
+    refreshing: Arc<AtomicBool>,
 }
+
+/// How old figures a listing takes before asking the home node again (in the background).
+const STATS_FRESH: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -428,7 +484,15 @@ impl Proxy {
             link,
             vhost,
             queue,
-            stats: Mutex::new(None),
+            stats: Arc::new(Mutex::new(None)),
+            refreshing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn stats_call(&self) -> Call {
+        Call::Stats {
+            vhost: self.vhost.clone(),
+            queue: self.queue.clone(),
         }
     }
 
@@ -628,32 +692,31 @@ impl RemoteHome for Proxy {
     fn stats(&self) -> Option<QueueStats> {
         // Asked each time (a declare-ok must count what other nodes published a moment
         // ago); the last known figures stand in while the home node cannot answer.
-        let cached = *self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let call = Call::Stats {
-            vhost: self.vhost.clone(),
-            queue: self.queue.clone(),
-        };
+        let cached = lock_stats(&self.stats).map(|(s, _)| s);
+        let call = self.stats_call();
         let limit = self.link.timeout.min(Duration::from_secs(1));
-        let asked = block_on(async {
-            tokio::time::timeout(limit, self.link.call(call))
-                .await
-                .ok()
-                .flatten()
-        });
-        match asked {
-            Some(Some(Reply::Stats(Some(w)))) => {
-                let s = QueueStats {
-                    ready: w.ready,
-                    unacked: w.unacked,
-                    consumers: w.consumers,
-                    ready_bytes: w.ready_bytes,
-                    counters: Default::default(),
-                };
-                *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
-                Some(s)
+        let asked = block_on(ask_stats(&self.link, call, limit, &self.stats)).flatten();
+        asked.or(cached)
+    }
+
+    fn stats_recent(&self) -> Option<QueueStats> {
+        let held = lock_stats(&self.stats);
+        let stale = held.is_none_or(|(_, at)| at.elapsed() > STATS_FRESH);
+        if stale && !self.refreshing.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let (link, call) = (self.link.clone(), self.stats_call());
+                    let (stats, refreshing) = (self.stats.clone(), self.refreshing.clone());
+                    let limit = link.timeout.min(Duration::from_secs(1));
+                    rt.spawn(async move {
+                        ask_stats(&link, call, limit, &stats).await;
+                        refreshing.store(false, Ordering::Release);
+                    });
+                }
+                Err(_) => self.refreshing.store(false, Ordering::Release),
             }
-            _ => cached,
         }
+        held.map(|(s, _)| s)
     }
 
     fn deleted(&self) {

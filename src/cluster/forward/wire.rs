@@ -135,10 +135,13 @@ pub enum Call {
     /// Deliveries waiting for the session's consumers, after returning `credits` (per
     /// consumer: deliveries handed on since the last fetch); waits up to `wait_ms` for one.
     /// Also the session's lease: a session not fetching for the lease is closed.
+    /// `received` is the number of the last answer that arrived (0: none): an answer lost
+    /// on the way is sent again, so no delivery is stranded on the home node.
     Fetch {
         session: u64,
         credits: Vec<(u64, u32)>,
         wait_ms: u64,
+        received: u64,
     },
     Purge {
         vhost: String,
@@ -189,7 +192,9 @@ pub enum Reply {
     /// A [`Call::Fetch`]'s answer: deliveries, and the session's consumers this node
     /// cancelled since the last fetch (their quorum queue's lead moved away, or the queue
     /// was deleted), which the asking node cancels for its clients.
+    /// `batch` numbers it; the same number again is an answer sent once more.
     Fetched {
+        batch: u64,
         deliveries: Vec<WireDelivery>,
         cancelled: Vec<u64>,
     },

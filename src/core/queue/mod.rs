@@ -862,6 +862,10 @@ impl Queue {
         if let Some(home) = self.remote.get().and_then(|r| r.stats()) {
             return home;
         }
+        self.local_stats()
+    }
+
+    fn local_stats(&self) -> QueueStats {
         let st = self.lock();
         QueueStats {
             ready: st.ready.len() as u64,
@@ -870,6 +874,15 @@ impl Queue {
             ready_bytes: st.ready_bytes,
             counters: st.counters,
         }
+    }
+
+    /// [`stats`](Self::stats) for listings: a queue held on another node answers the figures
+    /// it last had from there instead of asking now.
+    pub fn stats_recent(&self) -> QueueStats {
+        if let Some(home) = self.remote.get().and_then(|r| r.stats_recent()) {
+            return home;
+        }
+        self.local_stats()
     }
 
     pub fn message_count(&self) -> u32 {

@@ -40,6 +40,10 @@ pub trait RemoteHome: Send + Sync + std::fmt::Debug {
     fn purge(&self) -> u32;
     /// The queue's figures on the home node (the last known ones when it cannot be asked).
     fn stats(&self) -> Option<QueueStats>;
+    /// The last known figures without waiting, asked again in the background when they are
+    /// older than a second: for listings, metrics and the sampler, which would otherwise
+    /// make one call per such queue each time (and wait out every unreachable home).
+    fn stats_recent(&self) -> Option<QueueStats>;
     /// The proxy was deleted: its consumers on the home node go.
     fn deleted(&self);
 }
