@@ -129,6 +129,11 @@ impl VHost {
             return Ok(None);
         };
         self.check_exclusive(&q, conn)?;
+        if !(if_unused || if_empty) {
+            // A queue whose home is another node would ask it for figures nobody reads (and
+            // a deletion applied from the cluster's log must not wait on the network).
+            return Ok(Some(q));
+        }
         let stats = q.stats();
         if if_unused && stats.consumers > 0 {
             return Err(CoreError::precondition(format!(
