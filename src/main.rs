@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use switchboard::ctl::api::Api;
 use switchboard::ctl::cluster as ctl_cluster;
+use switchboard::ctl::quorum as ctl_quorum;
 use switchboard::ctl::{manage, operate, run_listing, LISTINGS};
 use switchboard::Config;
 use tracing_subscriber::EnvFilter;
@@ -82,7 +83,8 @@ fn main() -> anyhow::Result<()> {
             let api = Api::new(&url, &user, &password);
             let result = operate::run(&api, &vhost, &command, &columns)
                 .or_else(|| manage::run(&api, &vhost, &command, &columns))
-                .or_else(|| ctl_cluster::run(&api, &command, &columns));
+                .or_else(|| ctl_cluster::run(&api, &command, &columns))
+                .or_else(|| ctl_quorum::run(&api, &vhost, &command, &columns));
             if let Some(result) = result {
                 let out = result?;
                 if !quiet {
@@ -103,6 +105,7 @@ fn main() -> anyhow::Result<()> {
                         .chain(manage::COMMANDS.iter().map(|c| c.0))
                         .chain(operate::COMMANDS.iter().map(|c| c.0))
                         .chain(ctl_cluster::COMMANDS.iter().map(|c| c.0))
+                        .chain(ctl_quorum::COMMANDS.iter().map(|c| c.0))
                         .collect();
                     format!(
                         "unknown ctl command '{command}'; known: {}",

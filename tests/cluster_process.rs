@@ -160,4 +160,84 @@ fn three_processes_survive_kill_9_of_the_leader_and_its_restart() {
                 .all(|m| m["running"] == true)
     });
     assert_ne!(s["role"], "unjoined");
+
+    quorum_members_change_through_ctl(&nodes, &all);
+}
+
+/// `switchboard ctl` as the real binary against `p`; its standard output.
+fn ctl(p: &Proc, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["ctl", "--url", &format!("http://{}", http(p))])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ctl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A quorum queue declared with one replica grows onto the other nodes (`grow <node> all`),
+/// loses one (`delete_member`), and gets it back (`add_member`); `shrink` takes a node out of
+/// every queue; `list_queues name members` shows each step.
+fn quorum_members_change_through_ctl(nodes: &[Proc], all: &[String]) {
+    let api = Api::new(&format!("http://{}", http(&nodes[0])), "guest", "guest");
+    let (status, body) = api
+        .put(
+            "/api/queues/%2F/qq-ctl",
+            &serde_json::json!({"durable": true, "arguments": {
+                "x-queue-type": "quorum", "x-quorum-initial-group-size": 1}}),
+        )
+        .unwrap();
+    assert!((200..300).contains(&status), "{status} {body:?}");
+    let members_on = |p: &Proc| -> Vec<String> {
+        let text = ctl(p, &["-q", "list_queues", "name", "members"]);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("qq-ctl\t"))
+            .unwrap_or_default()
+            .to_owned();
+        let mut m: Vec<String> = line
+            .split('\t')
+            .nth(1)
+            .unwrap_or_default()
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        m.sort();
+        m
+    };
+    let wait_members = |want: &[&String]| {
+        let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        let deadline = Instant::now() + WAIT * 2;
+        for p in nodes {
+            while members_on(p) != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: members {:?}, want {want:?}",
+                    p.name,
+                    members_on(p)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    let first = members_on(&nodes[0]);
+    assert_eq!(first.len(), 1, "{first:?}");
+    for n in all.iter().filter(|n| **n != first[0]) {
+        let out = ctl(&nodes[1], &["grow", n, "all"]);
+        assert!(
+            out.contains("qq-ctl\t2\tok") || out.contains("qq-ctl\t3\tok"),
+            "{out}"
+        );
+    }
+    wait_members(&all.iter().collect::<Vec<_>>());
+    ctl(&nodes[2], &["delete_member", "-p", "/", "qq-ctl", &all[1]]);
+    wait_members(&[&all[0], &all[2]]);
+    ctl(&nodes[2], &["add_member", "qq-ctl", &all[1]]);
+    wait_members(&all.iter().collect::<Vec<_>>());
+    let out = ctl(&nodes[0], &["shrink", &all[0]]);
+    assert!(out.contains("qq-ctl\t2\tok"), "{out}");
+    wait_members(&[&all[1], &all[2]]);
 }

@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::amqp::{args, assert_amqp_err, longstr, next, persistent, publish_with};
+use common::amqp::{
+    args, assert_amqp_err, declare_durable, longstr, next, persistent, publish_with,
+};
 use common::cluster::{form, Node};
 use common::http::call;
 use common::stomp::StompClient;
@@ -47,8 +49,8 @@ async fn queue_info(node: &Node, q: &str) -> Value {
     r.body
 }
 
-/// Waits until every running node lists `q` as a quorum queue whose leader (one every node
-/// agrees on, and not `not`) is running; returns the leader's index in `nodes`.
+/// Waits until every running node lists `q` as a quorum queue, and those holding a replica
+/// list a leader they agree on (and not `not`) that is running; returns the leader's index in `nodes`.
 async fn wait_for_leader(nodes: &[Node], q: &str, not: Option<&str>) -> usize {
     let found = std::sync::Mutex::new(None);
     wait_until_async(&format!("a leader of {q} every node agrees on"), || {
@@ -60,6 +62,13 @@ async fn wait_for_leader(nodes: &[Node], q: &str, not: Option<&str>) -> usize {
                 let r = call(n.broker(), "GET", &path, None).await;
                 if r.status != 200 || r.body["type"] != "quorum" {
                     return false;
+                }
+                // A node holding no replica knows a leader only once it reached one.
+                let member = r.body["members"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m == n.name.as_str()));
+                if !member {
+                    continue;
                 }
                 leaders.push(r.body["leader"].as_str().map(str::to_owned));
             }
@@ -513,5 +522,153 @@ async fn an_unclustered_node_refuses_a_quorum_queue() {
         r,
         406,
         &format!("PRECONDITION_FAILED - cannot declare quorum queue '{q}' in vhost '/': this node is not clustered ([cluster] listen is empty)"),
+    );
+}
+
+/// The members every running node lists for `q`, once they all list `want`.
+async fn wait_members(nodes: &[Node], q: &str, want: &[&str]) {
+    wait_until_async(
+        &format!("every node to list {q}'s members as {want:?}"),
+        || async {
+            for n in nodes.iter().filter(|n| n.broker.is_some()) {
+                let r = call(n.broker(), "GET", &format!("/api/queues/%2F/{q}"), None).await;
+                let members: Vec<&str> = r.body["members"]
+                    .as_array()
+                    .map(|m| m.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if members != want {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+}
+
+/// `ctl add_member` / `delete_member` (their HTTP calls), made on a node that holds no
+/// replica: a replica added receives what the group holds before it votes, and a replica
+/// removed (the leader here) hands the lead on and deletes its files; the messages stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_added_and_removed_at_run_time_take_over_the_messages() {
+    let nodes = form(3).await;
+    let (_c, ch) = nodes[0].broker().channel().await;
+    let q = unique("qq-members");
+    declare_quorum(
+        &ch,
+        &q,
+        &[("x-quorum-initial-group-size", AMQPValue::LongInt(1))],
+    )
+    .await;
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    wait_members(&nodes, &q, &[names[0]]).await;
+    assert_eq!(wait_for_leader(&nodes, &q, None).await, 0);
+    bounded(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    publish_confirmed(&ch, &q, (0..100).map(|i| format!("m{i}"))).await;
+
+    let members = format!("/api/switchboard/queues/%2F/{q}/members");
+    for added in [1, 2] {
+        let r = call(
+            nodes[2].broker(),
+            "POST",
+            &members,
+            Some(serde_json::json!({"node": names[added]})),
+        )
+        .await;
+        assert_eq!(r.status, 204, "add_member {}: {:?}", names[added], r.body);
+        wait_members(&nodes, &q, &names[..=added]).await;
+        wait_held(&nodes[added], &q, 100).await;
+    }
+    // Again: nothing changes.
+    let r = call(
+        nodes[1].broker(),
+        "POST",
+        &members,
+        Some(serde_json::json!({"node": names[2]})),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    wait_members(&nodes, &q, &names).await;
+
+    // The leader leaves: its replica and files go, the others elect a leader that serves
+    // all 100.
+    let r = call(
+        nodes[1].broker(),
+        "DELETE",
+        &format!("{members}/{}", names[0]),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204, "delete_member: {:?}", r.body);
+    wait_members(&nodes, &q, &names[1..]).await;
+    let groups = nodes[0].dir.join("cluster").join("queues");
+    wait_until_async("the removed replica's files to go", || async {
+        std::fs::read_dir(&groups).map_or(true, |mut d| d.next().is_none())
+    })
+    .await;
+    let leader = wait_for_leader(&nodes, &q, Some(names[0])).await;
+    assert_ne!(leader, 0);
+    let (_lc, lch) = nodes[leader].broker().channel().await;
+    let mut consumer = consumer_on(&lch, &q, 200).await;
+    for i in 0..100 {
+        let d = next(&mut consumer).await;
+        assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
+        bounded(d.acker.ack(BasicAckOptions::default()))
+            .await
+            .unwrap();
+    }
+    // A consumer on the node that left is served through the leader.
+    let (_c0, ch0) = nodes[0].broker().channel().await;
+    bounded(ch0.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    publish_confirmed(&ch0, &q, std::iter::once("after".to_owned())).await;
+    let d = next(&mut consumer).await;
+    assert_eq!(&d.data[..], b"after");
+
+    // What cannot be changed is refused with a reason.
+    let unknown = call(
+        nodes[0].broker(),
+        "POST",
+        &members,
+        Some(serde_json::json!({"node": "nobody"})),
+    )
+    .await;
+    assert_eq!(unknown.status, 404, "{:?}", unknown.body);
+    declare_durable(&ch0, "classic-members", FieldTable::default()).await;
+    let classic = call(
+        nodes[0].broker(),
+        "POST",
+        "/api/switchboard/queues/%2F/classic-members/members",
+        Some(serde_json::json!({"node": names[1]})),
+    )
+    .await;
+    assert_eq!(classic.status, 400, "{:?}", classic.body);
+    let r = call(
+        nodes[0].broker(),
+        "DELETE",
+        &format!("{members}/{}", names[1]),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    wait_members(&nodes, &q, &names[2..]).await;
+    let last = call(
+        nodes[0].broker(),
+        "DELETE",
+        &format!("{members}/{}", names[2]),
+        None,
+    )
+    .await;
+    assert_eq!(last.status, 400, "{:?}", last.body);
+    assert!(
+        last.body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("last member"),
+        "{:?}",
+        last.body
     );
 }

@@ -1,9 +1,13 @@
 //! The cluster's endpoints: `GET /api/switchboard/cluster` (`ctl cluster_status`),
 //! `POST /api/switchboard/cluster/join` (`ctl join_cluster`) and
-//! `DELETE /api/switchboard/cluster/nodes/{name}` (`ctl forget_cluster_node`); `/api/nodes`
-//! lists the members through [`members_json`].
+//! `DELETE /api/switchboard/cluster/nodes/{name}` (`ctl forget_cluster_node`),
+//! `POST /api/switchboard/queues/{vhost}/{name}/members` and
+//! `DELETE /api/switchboard/queues/{vhost}/{name}/members/{node}` (`ctl add_member`,
+//! `delete_member`, `grow`, `shrink`: a quorum queue's replicas); `/api/nodes` lists the
+//! members through [`members_json`].
 
 use super::access::{bad_request, error};
+use crate::cluster::quorum::{MemberError, Registry};
 use crate::cluster::{ClusterError, ClusterStatus, Consensus};
 use crate::core::Broker;
 use axum::extract::{Path, State};
@@ -22,6 +26,14 @@ pub(super) fn routes() -> Router<Arc<Broker>> {
         .route("/api/switchboard/cluster", get(status))
         .route("/api/switchboard/cluster/join", post(join))
         .route("/api/switchboard/cluster/nodes/{name}", delete(forget))
+        .route(
+            "/api/switchboard/queues/{vhost}/{name}/members",
+            post(add_member),
+        )
+        .route(
+            "/api/switchboard/queues/{vhost}/{name}/members/{node}",
+            delete(delete_member),
+        )
 }
 
 /// This node's cluster, or the answer for an unclustered node.
@@ -77,6 +89,63 @@ async fn forget(State(b): B, Path(name): Path<String>) -> Response {
     match c.remove_member(name).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => cluster_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Member {
+    node: String,
+}
+
+/// A refused change of a quorum queue's replicas: 404 for an unknown queue or node, 400 for
+/// what cannot be changed, 503 when the group or the cluster could not commit it.
+fn member_error(e: MemberError) -> Response {
+    match e {
+        MemberError::NotFound { .. } | MemberError::UnknownNode(_) => {
+            error(StatusCode::NOT_FOUND, "Object Not Found", e.to_string())
+        }
+        MemberError::NotQuorum { .. } | MemberError::LastMember { .. } => {
+            bad_request(e.to_string())
+        }
+        MemberError::Change(c) => super::access::change_refused(c),
+        MemberError::Stopping | MemberError::Failed(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", e.to_string())
+        }
+    }
+}
+
+fn groups(b: &Broker) -> Result<Arc<Registry>, Box<Response>> {
+    consensus(b)?
+        .quorum()
+        .ok_or_else(|| Box::new(bad_request("this node runs no quorum queues")))
+}
+
+async fn add_member(
+    State(b): B,
+    Path((vhost, name)): Path<(String, String)>,
+    Json(body): Json<Member>,
+) -> Response {
+    let g = match groups(&b) {
+        Ok(g) => g,
+        Err(r) => return *r,
+    };
+    match g.add_member(&vhost, &name, &body.node).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => member_error(e),
+    }
+}
+
+async fn delete_member(
+    State(b): B,
+    Path((vhost, name, node)): Path<(String, String, String)>,
+) -> Response {
+    let g = match groups(&b) {
+        Ok(g) => g,
+        Err(r) => return *r,
+    };
+    match g.delete_member(&vhost, &name, &node).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => member_error(e),
     }
 }
 

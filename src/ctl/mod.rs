@@ -6,6 +6,7 @@ pub mod api;
 pub mod cluster;
 pub mod manage;
 pub mod operate;
+pub mod quorum;
 
 use api::Api;
 use serde_json::Value;

@@ -18,11 +18,11 @@ use crate::core::message::Message;
 use crate::core::queue::{Queue, RemoteHome, Replica, Ticket};
 use crate::core::Broker;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::ServerState;
-use std::collections::HashMap;
+use openraft::{ChangeMembers, ServerState};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 /// The most message bytes one entry carries (the transport's frames are at most 16 MiB, and
@@ -35,6 +35,13 @@ struct Pending {
     ops: Ops,
     /// One per message in `ops.enqueue`, in the same order.
     tickets: Vec<Ticket>,
+}
+
+/// Where an operation for a group's leader is sent.
+enum Target {
+    Here(Raft),
+    Node(NodeInfo),
+    Unknown,
 }
 
 /// What a group needs from the cluster around it.
@@ -50,12 +57,17 @@ pub struct Env {
 
 pub struct Group {
     pub id: String,
-    pub members: Vec<String>,
+    /// The nodes holding a replica, as the queue's definition record names them.
+    members: Mutex<Vec<String>>,
     queue: Arc<Queue>,
     broker: Weak<Broker>,
     env: Arc<Env>,
     /// This node's member of the group (None on a node that holds no replica).
-    pub(super) member: OnceLock<(Raft, QueueMachine)>,
+    member: Mutex<Option<(Raft, QueueMachine)>>,
+    /// Bumped when this node's replica is taken out (its lead loop ends).
+    member_epoch: watch::Sender<u64>,
+    /// Held while this node's replica is opened or removed.
+    pub(super) changing: tokio::sync::Mutex<()>,
     pending: Mutex<Pending>,
     wake: Notify,
     /// Set while this node leads and its live queue serves.
@@ -74,7 +86,7 @@ impl std::fmt::Debug for Group {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Group")
             .field("id", &self.id)
-            .field("members", &self.members)
+            .field("members", &*lock(&self.members))
             .finish_non_exhaustive()
     }
 }
@@ -93,11 +105,13 @@ impl Group {
     ) -> Arc<Self> {
         Arc::new(Group {
             id,
-            members,
+            members: Mutex::new(members),
             queue,
             broker: Arc::downgrade(broker),
             env,
-            member: OnceLock::new(),
+            member: Mutex::new(None),
+            member_epoch: watch::Sender::new(0),
+            changing: tokio::sync::Mutex::new(()),
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
             live: AtomicBool::new(false),
@@ -114,8 +128,34 @@ impl Group {
         &self.queue
     }
 
-    fn raft(&self) -> Option<&Raft> {
-        self.member.get().map(|(r, _)| r)
+    fn raft(&self) -> Option<Raft> {
+        lock(&self.member).as_ref().map(|(r, _)| r.clone())
+    }
+
+    /// This node's replica: its Raft and state machine.
+    pub(super) fn member(&self) -> Option<(Raft, QueueMachine)> {
+        lock(&self.member).clone()
+    }
+
+    /// This node's replica is open.
+    pub(super) fn set_member(&self, raft: Raft, machine: QueueMachine) {
+        *lock(&self.member) = Some((raft, machine));
+    }
+
+    /// Takes this node's replica out (it is no longer a member); its lead loop ends.
+    pub(super) fn take_member(&self) -> Option<(Raft, QueueMachine)> {
+        let taken = lock(&self.member).take();
+        self.member_epoch.send_modify(|e| *e += 1);
+        taken
+    }
+
+    /// The member nodes' names.
+    pub fn member_names(&self) -> Vec<String> {
+        lock(&self.members).clone()
+    }
+
+    pub(super) fn set_member_names(&self, members: Vec<String>) {
+        *lock(&self.members) = members;
     }
 
     fn stopped(&self) -> bool {
@@ -214,47 +254,149 @@ impl Group {
         false
     }
 
-    async fn try_propose(&self, ops: &Ops, turn: usize) -> Result<(), String> {
-        let command = Command::Queue(ops.clone());
+    /// Where an operation for the group's leader goes on attempt `turn`: this node's Raft
+    /// when it leads, the leader it knows of, or (no replica here, or one that has not heard
+    /// of a leader yet) the other members in turn, each of which runs it only if it leads.
+    fn target(&self, turn: usize) -> Target {
         let me = node_id(&self.env.me.name);
-        let target = match self.raft() {
-            Some(raft) => {
-                let m = raft.metrics().borrow().clone();
-                match m.current_leader {
-                    Some(l) if l == me => {
-                        return match raft.client_write(command).await {
-                            Ok(_) => Ok(()),
-                            Err(e) => Err(e.to_string()),
-                        };
+        if let Some(raft) = self.raft() {
+            let m = raft.metrics().borrow().clone();
+            match m.current_leader {
+                Some(l) if l == me => return Target::Here(raft),
+                Some(l) => {
+                    if let Some(node) = m.membership_config.membership().get_node(&l) {
+                        return Target::Node(node.clone());
                     }
-                    Some(l) => m.membership_config.membership().get_node(&l).cloned(),
-                    None => None,
                 }
+                None => {}
             }
-            // No replica here: ask the members in turn (each passes it to its leader's Raft
-            // only if it leads, so a wrong guess is refused, not forwarded again).
-            None => {
-                let nodes = (self.env.nodes)();
-                let members: Vec<NodeInfo> = nodes
-                    .into_iter()
-                    .filter(|n| self.members.contains(&n.name))
-                    .collect();
-                members.get(turn % members.len().max(1)).cloned()
-            }
-        };
-        let Some(node) = target else {
-            return Err("no leader known".into());
-        };
+        }
+        let members = self.member_names();
+        let others: Vec<NodeInfo> = (self.env.nodes)()
+            .into_iter()
+            .filter(|n| n.name != self.env.me.name && members.contains(&n.name))
+            .collect();
+        match others.get(turn % others.len().max(1)) {
+            Some(node) => Target::Node(node.clone()),
+            None => Target::Unknown,
+        }
+    }
+
+    /// Sends `request` for this group to `node`, within `within`.
+    async fn send(
+        &self,
+        node: &NodeInfo,
+        request: Request,
+        within: Duration,
+    ) -> Result<u64, OpError> {
         let request = Request::Group {
             group: self.id.clone(),
-            request: Box::new(Request::Propose(command)),
+            request: Box::new(request),
         };
-        match self.peer(&node).call(&request, self.env.timeout).await {
-            Ok(Response::Op(Ok(_))) => Ok(()),
-            Ok(Response::Op(Err(e))) => Err(format!("{}: {e}", node.name)),
-            Ok(_) => Err(format!("{}: answered with the wrong kind", node.name)),
-            Err(e) => Err(format!("{}: {e}", node.name)),
+        match self.peer(node).call(&request, within).await {
+            Ok(Response::Op(r)) => r.map(|ok| ok.index),
+            Ok(_) => Err(OpError::Failed(format!(
+                "{}: answered with the wrong kind",
+                node.name
+            ))),
+            Err(e) => Err(OpError::Failed(format!("{}: {e}", node.name))),
         }
+    }
+
+    async fn try_propose(&self, ops: &Ops, turn: usize) -> Result<(), String> {
+        let command = Command::Queue(ops.clone());
+        match self.target(turn) {
+            Target::Here(raft) => match raft.client_write(command).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            Target::Node(node) => self
+                .send(&node, Request::Propose(command), self.env.timeout)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Target::Unknown => Err("no leader known".into()),
+        }
+    }
+
+    /// Makes membership change `op` (a [`Request::Join`] of a node or a [`Request::Forget`]
+    /// of one) on the group's leader, wherever it is, trying again until `within` passes.
+    pub async fn change_members(&self, op: Request, within: Duration) -> Result<(), OpError> {
+        let deadline = Instant::now() + within;
+        let mut turn = 0usize;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(OpError::Failed(format!(
+                    "the membership of quorum queue '{}' could not be changed within {} ms (no leader reached, or the change did not commit)",
+                    self.queue.name,
+                    within.as_millis()
+                )));
+            }
+            let attempt = match self.target(turn) {
+                Target::Here(raft) => tokio::time::timeout(left, self.change_here(&raft, &op))
+                    .await
+                    .unwrap_or(Err(OpError::NotLeader)),
+                Target::Node(node) => self.send(&node, op.clone(), left).await,
+                Target::Unknown => Err(OpError::NotLeader),
+            };
+            match attempt {
+                Ok(_) => return Ok(()),
+                Err(OpError::UnknownNode(n)) => return Err(OpError::UnknownNode(n)),
+                Err(e) => {
+                    tracing::debug!(group = %self.id, error = %e, "quorum queue: membership change not made yet")
+                }
+            }
+            turn += 1;
+            tokio::time::sleep(Duration::from_millis(50).min(left)).await;
+        }
+    }
+
+    /// Runs membership change `op` on this node's Raft, which must lead (else
+    /// [`OpError::NotLeader`]); the log index it committed at. Idempotent: a node already a
+    /// voter is not added again, one already gone not removed again.
+    pub async fn change_here(&self, raft: &Raft, op: &Request) -> Result<u64, OpError> {
+        let write_err = |e: RaftError<u64, ClientWriteError<u64, NodeInfo>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => OpError::NotLeader,
+            other => OpError::Failed(other.to_string()),
+        };
+        let known = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let change = match op {
+            Request::Join(node) => {
+                let id = node_id(&node.name);
+                if known.voter_ids().any(|v| v == id) {
+                    return Ok(0);
+                }
+                // Blocks until the new replica has caught up, so that it counts towards a
+                // majority only once it holds what the others hold.
+                raft.add_learner(id, node.clone(), true)
+                    .await
+                    .map_err(write_err)?;
+                ChangeMembers::AddVoterIds(BTreeSet::from([id]))
+            }
+            Request::Forget(name) => {
+                let id = node_id(name);
+                if known.get_node(&id).is_none() {
+                    return Ok(0);
+                }
+                if known.voter_ids().any(|v| v == id) {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                }
+            }
+            _ => return Err(OpError::Failed("not a membership change".into())),
+        };
+        let r = raft
+            .change_membership(change, false)
+            .await
+            .map_err(write_err)?;
+        Ok(r.log_id.index)
     }
 
     /// Commits `command` on this node's Raft, which must lead (a proposal sent here).
@@ -276,11 +418,14 @@ impl Group {
     /// Follows this node's role in the group: the live queue serves while it leads, from the
     /// messages the group holds once everything committed before is applied here.
     pub async fn lead_loop(self: Arc<Self>) {
-        let Some((raft, machine)) = self.member.get() else {
+        let Some((raft, machine)) = self.member() else {
             return;
         };
+        let (raft, machine) = (&raft, &machine);
         let mut metrics = raft.metrics();
         let mut stop = self.stop.subscribe();
+        let mut epoch = self.member_epoch.subscribe();
+        epoch.mark_unchanged();
         let me = node_id(&self.env.me.name);
         loop {
             let leading = {
@@ -304,6 +449,7 @@ impl Group {
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() { break },
                 _ = crate::cluster::stopped(&mut stop) => break,
+                _ = epoch.changed() => break,
             }
         }
         if self.live.load(Ordering::Acquire) {
@@ -441,7 +587,7 @@ impl Replica for Group {
             Some(_) => self.leader()?,
             None => lock(&self.named_leader)
                 .clone()
-                .or_else(|| self.members.first().cloned())?,
+                .or_else(|| lock(&self.members).first().cloned())?,
         };
         if leader == self.env.me.name {
             // Elected here, not serving yet (catching up on what was committed before).
@@ -474,10 +620,10 @@ impl Replica for Group {
     }
 
     fn members(&self) -> Vec<String> {
-        self.members.clone()
+        self.member_names()
     }
 
     fn messages(&self) -> Option<u64> {
-        self.member.get().map(|(_, m)| m.held() as u64)
+        lock(&self.member).as_ref().map(|(_, m)| m.held() as u64)
     }
 }

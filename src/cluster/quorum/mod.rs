@@ -17,7 +17,7 @@ pub mod machine;
 
 pub use group::Group;
 
-use super::definitions::QueueRecord;
+use super::definitions::{self, Change, ChangeError, QueueRecord};
 use super::forward::Forward;
 use super::identity::node_id;
 use super::log_store::LogStore;
@@ -31,6 +31,43 @@ use openraft::SnapshotPolicy;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+/// The quorum queue a membership change is for.
+struct Target {
+    broker: Arc<Broker>,
+    cluster: Arc<Cluster>,
+    /// Its definition as the cluster holds it.
+    record: QueueRecord,
+    group: Arc<Group>,
+}
+
+/// Why a quorum queue's membership was not changed.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    #[error("queue '{queue}' in vhost '{vhost}' was not found")]
+    NotFound { vhost: String, queue: String },
+    #[error("queue '{queue}' in vhost '{vhost}' is not a quorum queue")]
+    NotQuorum { vhost: String, queue: String },
+    #[error("unknown cluster node '{0}'")]
+    UnknownNode(String),
+    #[error("{node} is the last member of quorum queue '{queue}'; delete the queue instead")]
+    LastMember { node: String, queue: String },
+    #[error("the node is stopping")]
+    Stopping,
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<OpError> for MemberError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::UnknownNode(n) => MemberError::UnknownNode(n),
+            other => MemberError::Failed(other.to_string()),
+        }
+    }
+}
 
 /// Where a queue lives, for a proxy of consumers or publishes from another node (the
 /// `forward` work wires one to this).
@@ -106,7 +143,9 @@ impl Registry {
         };
         let group = {
             let mut groups = self.lock();
-            if groups.contains_key(&id) {
+            if let Some(g) = groups.get(&id).cloned() {
+                drop(groups);
+                self.members_changed(&g, members, &cluster);
                 return;
             }
             let g = Group::new(
@@ -124,20 +163,65 @@ impl Registry {
         let registry = self.clone();
         tokio::spawn(async move {
             if member {
-                match registry.open_member(&group, &cluster).await {
-                    Ok(()) => {
-                        tokio::spawn(group.clone().lead_loop());
-                    }
-                    Err(e) => {
-                        tracing::error!(group = %group.id, error = %e, "quorum queue: cannot start its Raft group here")
-                    }
-                }
+                registry.reconcile(&group, &cluster, true).await;
             }
             group.propose_loop().await;
         });
     }
 
-    async fn open_member(&self, group: &Arc<Group>, cluster: &Cluster) -> Result<(), String> {
+    /// The definition of `group`'s queue names `members` now (`ctl add_member`,
+    /// `delete_member`): a node added opens its replica, which the leader fills before it
+    /// counts as a voter; a node removed, after the leader took it out of the group, stops its
+    /// replica and deletes its files, and reaches the members from then on as any other node.
+    fn members_changed(
+        self: &Arc<Self>,
+        group: &Arc<Group>,
+        members: &[String],
+        cluster: &Arc<Cluster>,
+    ) {
+        if group.member_names() == members {
+            return;
+        }
+        group.set_member_names(members.to_vec());
+        let (registry, group, cluster) = (self.clone(), group.clone(), cluster.clone());
+        tokio::spawn(async move { registry.reconcile(&group, &cluster, false).await });
+    }
+
+    /// Brings this node's replica of `group` in line with its members: opened when this node
+    /// is one, removed when it is not. `first_start`: the queue was just declared or the node
+    /// started, when the first member named may start the group; a replica added later never
+    /// does (the group exists; the leader takes it in).
+    async fn reconcile(&self, group: &Arc<Group>, cluster: &Cluster, first_start: bool) {
+        let _one = group.changing.lock().await;
+        let wanted = group.member_names().contains(&self.env.me.name);
+        match (wanted, group.member().is_some()) {
+            (true, false) => match self.open_member(group, cluster, first_start).await {
+                Ok(()) => {
+                    tokio::spawn(group.clone().lead_loop());
+                }
+                Err(e) => {
+                    tracing::error!(group = %group.id, error = %e, "quorum queue: cannot start its Raft group here")
+                }
+            },
+            (false, true) => {
+                if let Some((raft, _)) = group.take_member() {
+                    if let Err(e) = raft.shutdown().await {
+                        tracing::warn!(group = %group.id, error = %e, "quorum queue: raft did not stop cleanly");
+                    }
+                }
+                remove_files(&self.dir.join(&group.id));
+                tracing::info!(group = %group.id, queue = %group.queue().name, "quorum queue: this node no longer holds a replica");
+            }
+            _ => {}
+        }
+    }
+
+    async fn open_member(
+        &self,
+        group: &Arc<Group>,
+        cluster: &Cluster,
+        first_start: bool,
+    ) -> Result<(), String> {
         let dir = self.dir.join(&group.id);
         let log = LogStore::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let machine = QueueMachine::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -166,17 +250,18 @@ impl Registry {
             .map_err(|e| e.to_string())?;
         // The first member named starts the group with every member; the others join it
         // by its votes and entries.
-        let first = group.members.first() == Some(&self.env.me.name);
+        let names = group.member_names();
+        let first = first_start && names.first() == Some(&self.env.me.name);
         if first && !raft.is_initialized().await.map_err(|e| e.to_string())? {
             let nodes = cluster.nodes();
             let members: BTreeMap<u64, NodeInfo> = nodes
                 .into_iter()
-                .filter(|n| group.members.contains(&n.name))
+                .filter(|n| names.contains(&n.name))
                 .map(|n| (node_id(&n.name), n))
                 .collect();
             raft.initialize(members).await.map_err(|e| e.to_string())?;
         }
-        let _ = group.member.set((raft, machine));
+        group.set_member(raft, machine);
         Ok(())
     }
 
@@ -190,19 +275,101 @@ impl Registry {
         let dir = self.dir.join(&id);
         tokio::spawn(async move {
             group.stop.send_replace(true);
-            if let Some((raft, _)) = group.member.get() {
+            let _one = group.changing.lock().await;
+            if let Some((raft, _)) = group.take_member() {
                 if let Err(e) = raft.shutdown().await {
                     tracing::warn!(group = %group.id, error = %e, "quorum queue: raft did not stop cleanly");
                 }
             }
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "quorum queue: cannot remove its files")
-                }
-            }
+            remove_files(&dir);
         });
+    }
+
+    /// Adds `node` to quorum queue `name`'s replicas (`ctl add_member`): the definition
+    /// names it first, so that it opens its replica, then the group's leader takes it in as
+    /// a learner, waits for it to catch up, and makes it a voter. Running it again finishes
+    /// what an interrupted run began.
+    pub async fn add_member(&self, vhost: &str, name: &str, node: &str) -> Result<(), MemberError> {
+        let Target {
+            broker: b,
+            cluster,
+            mut record,
+            group,
+        } = self.quorum_queue(vhost, name)?;
+        let info = cluster
+            .nodes()
+            .into_iter()
+            .find(|n| n.name == node)
+            .ok_or_else(|| MemberError::UnknownNode(node.to_owned()))?;
+        if !record.members.iter().any(|m| m == node) {
+            record.members.push(node.to_owned());
+            definitions::commit(&b, Change::DeclareQueue(record)).await?;
+        }
+        group
+            .change_members(Request::Join(info), self.env.timeout * 3)
+            .await
+            .map_err(MemberError::from)
+    }
+
+    /// Removes `node` from quorum queue `name`'s replicas (`ctl delete_member`): the group's
+    /// leader takes it out first (a leader leaving hands the lead on), then the definition
+    /// stops naming it, and that node deletes its replica. The last member stays.
+    pub async fn delete_member(
+        &self,
+        vhost: &str,
+        name: &str,
+        node: &str,
+    ) -> Result<(), MemberError> {
+        let Target {
+            broker: b,
+            mut record,
+            group,
+            ..
+        } = self.quorum_queue(vhost, name)?;
+        if record.members.iter().all(|m| m == node) {
+            return Err(MemberError::LastMember {
+                node: node.to_owned(),
+                queue: name.to_owned(),
+            });
+        }
+        group
+            .change_members(Request::Forget(node.to_owned()), self.env.timeout * 3)
+            .await?;
+        if record.members.iter().any(|m| m == node) {
+            record.members.retain(|m| m != node);
+            definitions::commit(&b, Change::DeclareQueue(record)).await?;
+        }
+        Ok(())
+    }
+
+    /// Quorum queue `name`'s definition record and group on this node.
+    fn quorum_queue(&self, vhost: &str, name: &str) -> Result<Target, MemberError> {
+        use super::Consensus;
+        let (Some(b), Some(cluster)) = (self.broker.upgrade(), self.cluster.upgrade()) else {
+            return Err(MemberError::Stopping);
+        };
+        let not_found = || MemberError::NotFound {
+            vhost: vhost.to_owned(),
+            queue: name.to_owned(),
+        };
+        let value = cluster
+            .get(&definitions::key("queue", &[vhost, name]))
+            .ok_or_else(not_found)?;
+        let record: QueueRecord =
+            serde_json::from_value(value).map_err(|e| MemberError::Failed(e.to_string()))?;
+        if record.members.is_empty() {
+            return Err(MemberError::NotQuorum {
+                vhost: vhost.to_owned(),
+                queue: name.to_owned(),
+            });
+        }
+        let group = self.of_queue(vhost, name).ok_or_else(not_found)?;
+        Ok(Target {
+            broker: b,
+            cluster,
+            record,
+            group,
+        })
     }
 
     /// Stops every group (the node stops).
@@ -210,7 +377,7 @@ impl Registry {
         let groups: Vec<Arc<Group>> = self.lock().drain().map(|(_, g)| g).collect();
         for g in groups {
             g.stop.send_replace(true);
-            if let Some((raft, _)) = g.member.get() {
+            if let Some((raft, _)) = g.member() {
                 let _ = raft.shutdown().await;
             }
         }
@@ -231,11 +398,7 @@ impl Registry {
     /// Answers an RPC or proposal for group `id`.
     pub async fn handle(&self, id: &str, request: Request) -> Response {
         let group = self.group(id);
-        let Some(raft) = group
-            .as_ref()
-            .and_then(|g| g.member.get())
-            .map(|(r, _)| r.clone())
-        else {
+        let Some(raft) = group.as_ref().and_then(|g| g.member()).map(|(r, _)| r) else {
             return Response::Op(Err(OpError::Failed(format!(
                 "no replica of quorum queue group {id} on this node"
             ))));
@@ -246,6 +409,13 @@ impl Registry {
             Request::InstallSnapshot(r) => {
                 Response::InstallSnapshot(raft.install_snapshot(r).await)
             }
+            Request::Join(_) | Request::Forget(_) => match group {
+                Some(g) => Response::Op(g.change_here(&raft, &request).await.map(|index| OpOk {
+                    result: Default::default(),
+                    index,
+                })),
+                None => Response::Op(Err(OpError::NotLeader)),
+            },
             Request::Propose(command) => {
                 let Some(g) = group else {
                     return Response::Op(Err(OpError::NotLeader));
@@ -258,6 +428,17 @@ impl Registry {
             _ => Response::Op(Err(OpError::Failed(
                 "not a quorum queue group request".into(),
             ))),
+        }
+    }
+}
+
+/// Removes a replica's directory (gone already is fine).
+fn remove_files(dir: &std::path::Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "quorum queue: cannot remove its files")
         }
     }
 }
