@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::cluster_procs::{churned_state, ProcCluster};
+use common::cluster_procs::{churned_state, http, ProcCluster};
 use common::fault_proxy::LinkFault;
 use common::history::{check_definitions, check_leaders, check_messages, Event, History, Kind};
 use common::workload::{self, MessageLoad};
@@ -356,6 +356,58 @@ fn lossy_link_on_the_leader() {
             .load(std::sync::atomic::Ordering::Relaxed);
         assert!(resets > 0, "the lossy link reset no connection");
         eprintln!("{resets} inter-node connections reset");
+        f.finish().await;
+    });
+}
+
+/// The node a running node lists as leading quorum queue `q` (not `not`), waiting for one
+/// that is running.
+async fn quorum_leader(c: &ProcCluster, q: &str, not: Option<&str>) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let path = format!("/api/queues/%2F/{q}");
+    loop {
+        for i in (0..NODES).filter(|i| c.running(*i)) {
+            let Some(a) = c.book.get(i) else { continue };
+            if let Ok((200, body)) = http(a.http, "GET", &path, None).await {
+                let leader = body["leader"].as_str().filter(|l| Some(*l) != not);
+                if let Some(at) = leader.and_then(|l| c.nodes.iter().position(|n| n.name == l)) {
+                    if c.running(at) {
+                        return at;
+                    }
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no running leader of {q} listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Quorum queues under the same load, each consumed on the next node (so through its leader
+/// from wherever it is): the node leading `faults-amqp-n0` is killed with SIGKILL, another
+/// takes the lead, and the killed node restarts and catches up. No confirmed message lost.
+#[test]
+fn kill_9_of_a_quorum_queue_leader_then_restart() {
+    run(|| async {
+        let seed = seed();
+        eprintln!("seed {seed}");
+        let load = MessageLoad {
+            queue_arguments: json!({"x-queue-type": "quorum"}),
+            consume_from: (0..NODES).map(|i| (i + 1) % NODES).collect(),
+        };
+        let mut f = Faulted::begin(load, History::new(), seed).await;
+        let q = "faults-amqp-n0";
+        let l = quorum_leader(&f.cluster, q, None).await;
+        let gone = f.cluster.nodes[l].name.clone();
+        f.nemesis("kill", l);
+        f.cluster.kill(l);
+        let now = quorum_leader(&f.cluster, q, Some(&gone)).await;
+        eprintln!(
+            "{q}: {gone} killed, {} leads it now",
+            f.cluster.nodes[now].name
+        );
+        f.under_load(Duration::from_secs(2)).await;
+        f.nemesis("restart", l);
+        f.cluster.restart(l).await;
         f.finish().await;
     });
 }

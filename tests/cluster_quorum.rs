@@ -10,7 +10,7 @@ mod common;
 use common::amqp::{
     args, assert_amqp_err, declare_durable, longstr, next, persistent, publish_with,
 };
-use common::cluster::{form, Node};
+use common::cluster::{form, form_with_clock, Node};
 use common::http::call;
 use common::stomp::StompClient;
 use common::{bounded, unique, wait_until_async};
@@ -19,7 +19,9 @@ use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
+use switchboard::core::clock::ManualClock;
 use switchboard_stomp::{Command, Frame};
 
 fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
@@ -671,4 +673,116 @@ async fn replicas_added_and_removed_at_run_time_take_over_the_messages() {
         "{:?}",
         last.body
     );
+}
+
+/// The reason of the first `x-death` entry of a dead-lettered delivery.
+fn death_reason(d: &lapin::message::Delivery) -> Option<AMQPValue> {
+    let headers = d.properties.headers().clone()?;
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death").cloned() else {
+        return None;
+    };
+    match deaths.as_slice().first() {
+        Some(AMQPValue::FieldTable(first)) => first.inner().get("reason").cloned(),
+        _ => None,
+    }
+}
+
+/// `x-max-length` (drop-head, and reject-publish), and `x-message-ttl` on a clock the test
+/// moves: what the leader drops or expires leaves every replica, dead-lettered with RabbitMQ's
+/// reasons, and a message's TTL counts from when it was proposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn length_limits_and_message_ttl_apply_on_every_replica() {
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let nodes = form_with_clock(3, clock.clone()).await;
+    let (_c, ch) = nodes[0].broker().channel().await;
+    bounded(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    let dlq = unique("qq-dead");
+    declare_durable(&ch, &dlq, FieldTable::default()).await;
+    let dead_letters = [
+        ("x-dead-letter-exchange", longstr("")),
+        ("x-dead-letter-routing-key", longstr(&dlq)),
+    ];
+    let mut dead = consumer_on(&ch, &dlq, 10).await;
+
+    // drop-head: the oldest two of five leave.
+    let q = unique("qq-maxlen");
+    let mut extra = vec![("x-max-length", AMQPValue::LongInt(3))];
+    extra.extend(dead_letters.iter().cloned());
+    declare_quorum(&ch, &q, &extra).await;
+    let leader = wait_for_leader(&nodes, &q, None).await;
+    publish_confirmed(&ch, &q, (0..5).map(|i| format!("m{i}"))).await;
+    for n in &nodes {
+        wait_held(n, &q, 3).await;
+    }
+    for i in 0..2 {
+        let d = next(&mut dead).await;
+        assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
+        assert_eq!(death_reason(&d), Some(longstr("maxlen")));
+        bounded(d.acker.ack(BasicAckOptions::default()))
+            .await
+            .unwrap();
+    }
+    let (_lc, lch) = nodes[leader].broker().channel().await;
+    let mut consumer = consumer_on(&lch, &q, 10).await;
+    for i in 2..5 {
+        let d = next(&mut consumer).await;
+        assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
+    }
+
+    // reject-publish: a committed message cannot be refused, so the newest over the limit
+    // leaves instead (without a dead-letter exchange, dropped).
+    let r = unique("qq-reject");
+    declare_quorum(
+        &ch,
+        &r,
+        &[
+            ("x-max-length", AMQPValue::LongInt(2)),
+            ("x-overflow", longstr("reject-publish")),
+        ],
+    )
+    .await;
+    let leader = wait_for_leader(&nodes, &r, None).await;
+    publish_confirmed(&ch, &r, (0..4).map(|i| format!("r{i}"))).await;
+    for n in &nodes {
+        wait_held(n, &r, 2).await;
+    }
+    let (_rc, rch) = nodes[leader].broker().channel().await;
+    let mut consumer = consumer_on(&rch, &r, 10).await;
+    for i in 0..2 {
+        let d = next(&mut consumer).await;
+        assert_eq!(String::from_utf8_lossy(&d.data), format!("r{i}"));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next())
+            .await
+            .is_err(),
+        "a message over the limit was kept"
+    );
+
+    // TTL: of two messages proposed 600 ms apart with a 1 s TTL, 500 ms after the second
+    // only the first has expired.
+    let t = unique("qq-ttl");
+    let mut extra = vec![("x-message-ttl", AMQPValue::LongInt(1000))];
+    extra.extend(dead_letters.iter().cloned());
+    declare_quorum(&ch, &t, &extra).await;
+    let leader = wait_for_leader(&nodes, &t, None).await;
+    publish_confirmed(&ch, &t, std::iter::once("old".to_owned())).await;
+    clock.advance(600);
+    publish_confirmed(&ch, &t, std::iter::once("young".to_owned())).await;
+    for n in &nodes {
+        wait_held(n, &t, 2).await;
+    }
+    nodes[leader].broker().advance(&clock, 500);
+    for n in &nodes {
+        wait_held(n, &t, 1).await;
+    }
+    let d = next(&mut dead).await;
+    assert_eq!(&d.data[..], b"old");
+    assert_eq!(death_reason(&d), Some(longstr("expired")));
+    let (_tc, tch) = nodes[leader].broker().channel().await;
+    let mut consumer = consumer_on(&tch, &t, 10).await;
+    let d = next(&mut consumer).await;
+    assert_eq!(&d.data[..], b"young");
 }

@@ -6,6 +6,8 @@ use super::{wait_until_async, TestBroker};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use switchboard::cluster::{ClusterConfig, ClusterStatus, Consensus};
+use switchboard::config::Config;
+use switchboard::core::clock::{Clock, SystemClock};
 
 pub const COOKIE: &str = "test-cookie";
 pub const CLUSTER: &str = "test-cluster";
@@ -31,6 +33,8 @@ pub struct Node {
     /// The inter-node address it listens on (kept across restarts).
     pub addr: String,
     pub broker: Option<TestBroker>,
+    /// What its core reads time from (kept across restarts).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Node {
@@ -41,14 +45,28 @@ impl Node {
         seeds: &[String],
         cookie: &str,
     ) -> Node {
-        let config = cluster_config(name, listen, seeds, cookie);
-        let broker = TestBroker::start_in(dir, |c| c.cluster = config).await;
+        Node::start_with_clock(name, dir, listen, seeds, cookie, Arc::new(SystemClock)).await
+    }
+
+    /// [`Node::start`] with the core reading time from `clock`.
+    pub async fn start_with_clock(
+        name: &str,
+        dir: &Path,
+        listen: &str,
+        seeds: &[String],
+        cookie: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Node {
+        let mut config = Config::parse(&super::test_config_text_in(dir)).expect("test config");
+        config.cluster = cluster_config(name, listen, seeds, cookie);
+        let broker = TestBroker::start_config_with_clock(config, clock.clone()).await;
         let addr = consensus(&broker).node().addr;
         Node {
             name: name.into(),
             dir: dir.to_owned(),
             addr,
             broker: Some(broker),
+            clock,
         }
     }
 
@@ -75,7 +93,15 @@ impl Node {
     /// Starts the node again on its data directory and inter-node address.
     pub async fn restart(&mut self, seeds: &[String]) {
         assert!(self.broker.is_none(), "stop the node first");
-        let again = Node::start(&self.name, &self.dir, &self.addr, seeds, COOKIE).await;
+        let again = Node::start_with_clock(
+            &self.name,
+            &self.dir,
+            &self.addr,
+            seeds,
+            COOKIE,
+            self.clock.clone(),
+        )
+        .await;
         self.broker = again.broker;
     }
 }
@@ -110,14 +136,23 @@ pub async fn wait_for_members(node: &Node, names: &[&str]) {
 /// Node names are unique in the test process, so that a node of another test that comes to
 /// listen on a port a stopped node had is told apart (the dialer checks the name).
 pub async fn form(n: usize) -> Vec<Node> {
+    form_with_clock(n, Arc::new(SystemClock)).await
+}
+
+/// [`form`], every node's core reading time from `clock` (a [`ManualClock`] the test moves;
+/// Raft keeps its own timers).
+///
+/// [`ManualClock`]: switchboard::core::clock::ManualClock
+pub async fn form_with_clock(n: usize, clock: Arc<dyn Clock>) -> Vec<Node> {
     let cluster = super::unique("c");
     let first_name = format!("node-0@{cluster}");
-    let first = Node::start(
+    let first = Node::start_with_clock(
         &first_name,
         &super::fresh_data_dir(),
         "127.0.0.1:0",
         &[],
         COOKIE,
+        clock.clone(),
     )
     .await;
     let seed = vec![first.addr.clone()];
@@ -125,12 +160,13 @@ pub async fn form(n: usize) -> Vec<Node> {
     for i in 1..n {
         let name = format!("node-{i}@{cluster}");
         nodes.push(
-            Node::start(
+            Node::start_with_clock(
                 &name,
                 &super::fresh_data_dir(),
                 "127.0.0.1:0",
                 &seed,
                 COOKIE,
+                clock.clone(),
             )
             .await,
         );

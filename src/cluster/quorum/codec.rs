@@ -43,6 +43,15 @@ pub struct Ops {
     /// Messages returned to the queue (their delivery count goes up).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub returned: Vec<u64>,
+    /// When the leader proposed the entry, by its queue's clock (ms): the time a message's
+    /// TTL counts from on every replica, so a new leader expires it when the old one would
+    /// have. 0 in entries written before it was kept (the TTL counts from going live).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub at: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Ops {
@@ -130,6 +139,7 @@ mod tests {
             enqueue: vec![encode(&m)],
             settle: vec![3],
             returned: vec![],
+            at: 1_700_000_000_123,
         };
         let json = serde_json::to_string(&ops).unwrap();
         assert!(

@@ -197,6 +197,7 @@ impl Group {
             enqueue,
             settle: std::mem::take(&mut p.ops.settle),
             returned: std::mem::take(&mut p.ops.returned),
+            at: 0,
         };
         (ops, tickets)
     }
@@ -303,10 +304,22 @@ impl Group {
         }
     }
 
+    /// `command` as the leader proposes it: a queue entry stamped with the time its
+    /// messages' TTL counts from.
+    fn stamped(&self, command: Command) -> Command {
+        match command {
+            Command::Queue(mut ops) => {
+                ops.at = self.queue.clock_ms();
+                Command::Queue(ops)
+            }
+            other => other,
+        }
+    }
+
     async fn try_propose(&self, ops: &Ops, turn: usize) -> Result<(), String> {
         let command = Command::Queue(ops.clone());
         match self.target(turn) {
-            Target::Here(raft) => match raft.client_write(command).await {
+            Target::Here(raft) => match raft.client_write(self.stamped(command)).await {
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.to_string()),
             },
@@ -404,7 +417,7 @@ impl Group {
         let Some(raft) = self.raft() else {
             return Err(OpError::NotLeader);
         };
-        raft.client_write(command)
+        raft.client_write(self.stamped(command))
             .await
             .map(|r| r.log_id.index)
             .map_err(
@@ -509,9 +522,12 @@ impl Feed for Group {
         };
         match codec::decode(&held.message, |size| b.memory.charge(size)) {
             Ok(m) => {
-                let effects =
-                    self.queue
-                        .enqueue_committed(id, Arc::new(m), redelivered || held.returns > 0);
+                let effects = self.queue.enqueue_committed(
+                    id,
+                    Arc::new(m),
+                    redelivered || held.returns > 0,
+                    held.at,
+                );
                 if let Some(vh) = b.vhost(&self.queue.vhost) {
                     vh.apply(&self.queue, effects);
                 }

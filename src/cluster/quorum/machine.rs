@@ -25,6 +25,9 @@ pub struct Held {
     /// How often it was returned to the queue (its `x-delivery-count`).
     #[serde(default)]
     pub returns: u64,
+    /// When its entry was proposed ([`Ops::at`]).
+    #[serde(default)]
+    pub at: u64,
 }
 
 /// What the machine holds, and what a snapshot carries.
@@ -114,6 +117,7 @@ impl QueueMachine {
             let held = Held {
                 message,
                 returns: 0,
+                at: ops.at,
             };
             if let Some(feed) = &inner.live {
                 feed.committed(id, &held, false);

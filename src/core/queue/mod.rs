@@ -392,6 +392,11 @@ impl Queue {
         self.store.as_ref().map(|s| s.id)
     }
 
+    /// The queue's clock (ms), which its TTLs are counted by.
+    pub fn clock_ms(&self) -> u64 {
+        self.now()
+    }
+
     fn now(&self) -> u64 {
         match &self.env {
             Some(env) => env.timer.now_ms(),

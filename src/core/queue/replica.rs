@@ -4,6 +4,7 @@
 //! it once the message is committed ([`Queue::enqueue_committed`]), and is told of every
 //! settlement and return so that each replica drops or counts them.
 
+use super::args::Overflow;
 use super::ready::Queued;
 use super::{footprint, Queue, QueueEffects};
 use crate::core::dead_letter::Reason;
@@ -93,33 +94,61 @@ impl Queue {
 
     /// Puts a message the group committed into the live queue (on the leader), under the
     /// group's id for it, and delivers what consumers can take. `redelivered`: it may have
-    /// been delivered before (a leader taking over).
+    /// been delivered before (a leader taking over). `proposed_at`: when its entry was
+    /// proposed, by this queue's clock, which its TTL counts from (0: from now). The queue's
+    /// length limits apply as to a classic queue's enqueue, except that a message already
+    /// committed cannot be refused: with `reject-publish` the newest over the limit leaves
+    /// (dead-lettered with reason `maxlen` for `reject-publish-dlx`), with `drop-head` the
+    /// oldest.
     pub fn enqueue_committed(
         self: &Arc<Self>,
         id: u64,
         message: Arc<Message>,
         redelivered: bool,
+        proposed_at: u64,
     ) -> QueueEffects {
         let mut st = self.lock();
         if st.deleted {
             return QueueEffects::default();
         }
+        let may_expire =
+            st.args().message_ttl.is_some() || message.routing_properties().expiration.is_some();
+        let now = self.now_for_expiry(&st, may_expire);
+        self.expire_heads(&mut st, now);
         let body_len = message.body.len() as u64;
         st.next_id = st.next_id.max(id + 1);
         st.counters.publish += 1;
-        st.ready_bytes += body_len;
-        st.memory_bytes += footprint(body_len);
         let level = st.args().level_of(message.routing_properties().priority);
-        st.ready.push_back(Queued {
+        let since = if proposed_at == 0 { now } else { proposed_at };
+        let expires_at = Self::expiry_of(
+            &st,
+            message.routing_properties().expiration.as_deref(),
+            since,
+        );
+        let entry = Queued {
             id,
             message: Some(message),
             body_len,
             redelivered,
             stored: None,
             level,
-            expires_at: None,
-        });
-        self.dispatch_locked(&mut st);
+            expires_at,
+        };
+        if st.args().overflow != Overflow::DropHead && self.would_overflow(&st, body_len) {
+            if st.args().overflow == Overflow::RejectPublishDlx {
+                self.leave(&mut st, entry, Reason::Maxlen);
+            } else {
+                self.replica_settled(&[entry.id]);
+            }
+            return self.finish(st);
+        }
+        st.ready_bytes += body_len;
+        st.memory_bytes += footprint(body_len);
+        st.ready.push_back(entry);
+        // As a classic enqueue: a TTL of 0 means deliver now or never.
+        self.dispatch_at(&mut st, now.saturating_sub(1));
+        self.expire_heads(&mut st, now);
+        self.drop_over_limit(&mut st);
         self.finish(st)
     }
 
