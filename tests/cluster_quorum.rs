@@ -629,6 +629,8 @@ async fn replicas_added_and_removed_at_run_time_take_over_the_messages() {
     publish_confirmed(&ch0, &q, std::iter::once("after".to_owned())).await;
     let d = next(&mut consumer).await;
     assert_eq!(&d.data[..], b"after");
+    // Its listing names the leader its publish reached.
+    assert_eq!(queue_info(&nodes[0], &q).await["leader"], names[leader]);
 
     // What cannot be changed is refused with a reason.
     let unknown = call(

@@ -323,11 +323,15 @@ impl Group {
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.to_string()),
             },
-            Target::Node(node) => self
-                .send(&node, Request::Propose(command), self.env.timeout)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            Target::Node(node) => {
+                self.send(&node, Request::Propose(command), self.env.timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // Only the leader commits a proposal: a node holding no replica knows where
+                // the lead is from then on (for its listing and its consumers' proxy).
+                self.leader_named(&node.name);
+                Ok(())
+            }
             Target::Unknown => Err("no leader known".into()),
         }
     }
@@ -586,7 +590,9 @@ impl Replica for Group {
     }
 
     fn leader(&self) -> Option<String> {
-        let raft = self.raft()?;
+        let Some(raft) = self.raft() else {
+            return lock(&self.named_leader).clone();
+        };
         let m = raft.metrics().borrow().clone();
         let l = m.current_leader?;
         m.membership_config
