@@ -169,6 +169,38 @@ async fn mqtt5_publish_refused_by_a_full_queue_gets_quota_exceeded() {
     assert_eq!(codes, [reason::SUCCESS, reason::QUOTA_EXCEEDED]);
 }
 
+/// 3.1.1 has no negative acknowledgement: the publisher is disconnected rather than told a
+/// message no queue took is safe, and the queue keeps only what it took.
+#[tokio::test]
+async fn mqtt311_publish_refused_by_a_full_queue_disconnects_instead_of_acknowledging() {
+    use lapin::types::AMQPValue;
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("full-v3");
+    let a = args(&[
+        ("x-max-length", AMQPValue::LongInt(1)),
+        ("x-overflow", longstr("reject-publish")),
+    ]);
+    declare_with_args(&ch, &q, a).await;
+    let topic = unique("capped-v3");
+    bind(&ch, &q, "amq.topic", &format!("{topic}.#")).await;
+    let mut p = RawMqtt::connect(b.mqtt, Protocol::V311, &unique("capped-pub"), true).await;
+    p.publish(&format!("{topic}/x"), QoS::AtLeastOnce, 1, b"kept")
+        .await;
+    assert!(
+        matches!(p.recv().await, Some(Packet::PubAck(_))),
+        "the first publish is taken and acknowledged"
+    );
+    p.publish(&format!("{topic}/x"), QoS::AtLeastOnce, 2, b"refused")
+        .await;
+    assert_eq!(p.closed().await, None, "no PUBACK for the refused publish");
+    let got = bounded(ch.basic_get(q.as_str().into(), Default::default()))
+        .await
+        .unwrap()
+        .expect("the first message");
+    assert_eq!(&got.delivery.data[..], b"kept");
+}
+
 #[tokio::test]
 async fn stomp_send_refused_by_a_full_queue_gets_an_error() {
     use lapin::types::AMQPValue;

@@ -525,6 +525,15 @@ impl Connection {
                 return Err(Violation::new(full.reason(), full.to_string()));
             }
         }
+        if routed.refused && !self.protocol.is_v5() && qos != QoS::AtMostOnce {
+            // 3.1.1 has no negative acknowledgement, and a PUBACK would say a message no queue
+            // took is safe (a full `reject-publish` queue, or a queue whose home node did not
+            // answer): closing makes the client send it again on its next connection.
+            return Err(Violation::new(
+                reason::QUOTA_EXCEEDED,
+                "a queue refused the message (full, or its node did not answer)",
+            ));
+        }
         let mut lsn = routed.lsn;
         // A v5 PUBREC with an error code ends the QoS 2 flow (4.3.3): no PUBREL will come.
         let flow_goes_on = !self.protocol.is_v5() || routed.reason() < 0x80;

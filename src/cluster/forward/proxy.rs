@@ -240,7 +240,10 @@ fn cancel_locals(gone: Vec<(u64, Local)>) {
 async fn ask(peer: &Peer, call: Call, timeout: Duration) -> Option<Reply> {
     match peer.call(&Request::Forward(call), timeout).await {
         Ok(Response::Forward(reply)) => Some(reply),
-        Ok(_) => None,
+        Ok(other) => {
+            tracing::warn!(peer = %peer.addr(), answer = ?other, "forward: call answered with the wrong kind");
+            None
+        }
         Err(e) => {
             tracing::debug!(peer = %peer.addr(), error = %e, "forward: call failed");
             None
@@ -285,8 +288,8 @@ async fn publisher(
             })
             .unzip();
         let n = publishes.len();
-        let taken = match ask(&peer, Call::Publish(publishes), l.timeout).await {
-            Some(Reply::Published(t)) if t.len() == n => {
+        let taken = match publish_within(&peer, publishes, l.timeout, &mut shutdown).await {
+            Some(t) if t.len() == n => {
                 l.down.store(false, Ordering::Release);
                 t
             }
@@ -301,6 +304,35 @@ async fn publisher(
                 let _ = w.send(ok);
             }
         }
+    }
+}
+
+/// Sends `publishes` to the home node, again after a failed call (a connection reset, the
+/// peer's reconnect delay) until one is answered or `within` has passed: a link that drops
+/// one connection must not refuse what the next one carries. A call whose answer was lost
+/// may have been taken, so a message sent again may be enqueued twice (at-least-once).
+async fn publish_within(
+    peer: &Peer,
+    publishes: Vec<Publish>,
+    within: Duration,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Vec<bool>> {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        if let Some(Reply::Published(t)) = ask(peer, Call::Publish(publishes.clone()), left).await {
+            return Some(t);
+        }
+        let wait = pause.min(deadline.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = crate::cluster::stopped(shutdown) => return None,
+        }
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 

@@ -164,6 +164,9 @@ impl Registry {
         tokio::spawn(async move {
             if member {
                 registry.reconcile(&group, &cluster, true).await;
+            } else {
+                // Removed from the group while it was down: what it held is not a replica.
+                remove_files(&registry.dir.join(&group.id));
             }
             group.propose_loop().await;
         });
