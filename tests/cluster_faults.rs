@@ -16,6 +16,7 @@ mod common;
 use common::cluster_procs::{churned_state, http, ProcCluster};
 use common::fault_proxy::LinkFault;
 use common::history::{check_definitions, check_leaders, check_messages, Event, History, Kind};
+use common::wait_until_async;
 use common::workload::{self, MessageLoad};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -363,23 +364,26 @@ fn lossy_link_on_the_leader() {
 /// The node a running node lists as leading quorum queue `q` (not `not`), waiting for one
 /// that is running.
 async fn quorum_leader(c: &ProcCluster, q: &str, not: Option<&str>) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(60);
     let path = format!("/api/queues/%2F/{q}");
-    loop {
+    let found = std::sync::Mutex::new(None);
+    wait_until_async(&format!("a running leader of {q} listed"), || async {
         for i in (0..NODES).filter(|i| c.running(*i)) {
             let Some(a) = c.book.get(i) else { continue };
             if let Ok((200, body)) = http(a.http, "GET", &path, None).await {
                 let leader = body["leader"].as_str().filter(|l| Some(*l) != not);
                 if let Some(at) = leader.and_then(|l| c.nodes.iter().position(|n| n.name == l)) {
                     if c.running(at) {
-                        return at;
+                        *found.lock().unwrap() = Some(at);
+                        return true;
                     }
                 }
             }
         }
-        assert!(Instant::now() < deadline, "no running leader of {q} listed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        false
+    })
+    .await;
+    let at = found.lock().unwrap().take();
+    at.expect("found")
 }
 
 /// Quorum queues under the same load, each consumed on the next node (so through its leader

@@ -43,19 +43,20 @@ fn status(p: &Proc) -> Option<Value> {
 
 /// Polls `p`'s cluster status until `ok` holds, panicking after a bounded wait.
 fn wait_status(p: &Proc, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    poll_until(
+        || status(p).filter(|s| ok(s)),
+        || format!("{}: timed out waiting for {what}: {:?}", p.name, status(p)),
+    )
+}
+
+/// Polls `found` until it gives a value, panicking with `failure()` after a bounded wait.
+fn poll_until<T>(mut found: impl FnMut() -> Option<T>, failure: impl Fn() -> String) -> T {
     let deadline = Instant::now() + WAIT * 2;
     loop {
-        if let Some(s) = status(p) {
-            if ok(&s) {
-                return s;
-            }
+        if let Some(t) = found() {
+            return t;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{}: timed out waiting for {what}: {:?}",
-            p.name,
-            status(p)
-        );
+        assert!(Instant::now() < deadline, "{}", failure());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -210,17 +211,11 @@ fn quorum_members_change_through_ctl(nodes: &[Proc], all: &[String]) {
     let wait_members = |want: &[&String]| {
         let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
         want.sort();
-        let deadline = Instant::now() + WAIT * 2;
         for p in nodes {
-            while members_on(p) != want {
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: members {:?}, want {want:?}",
-                    p.name,
-                    members_on(p)
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            poll_until(
+                || (members_on(p) == want).then_some(()),
+                || format!("{}: members {:?}, want {want:?}", p.name, members_on(p)),
+            );
         }
     };
     let first = members_on(&nodes[0]);

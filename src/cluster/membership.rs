@@ -352,10 +352,6 @@ impl Cluster {
     /// Runs `op` on this node's Raft, which must be the leader.
     async fn execute(&self, op: &Request) -> Result<OpOk, OpError> {
         let raft = self.raft();
-        let write_err = |e: RaftError<u64, ClientWriteError<u64, NodeInfo>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => OpError::NotLeader,
-            other => OpError::Failed(other.to_string()),
-        };
         match op {
             Request::Propose(command) => raft
                 .client_write(command.clone())
@@ -364,7 +360,7 @@ impl Cluster {
                     result: r.data,
                     index: r.log_id.index,
                 })
-                .map_err(write_err),
+                .map_err(write_error),
             Request::Join(node) => {
                 let _one = self.changing.lock().await;
                 let id = node_id(&node.name);
@@ -375,20 +371,13 @@ impl Cluster {
                         node.name, member.addr, node.addr
                     )));
                 }
-                if known.voter_ids().any(|v| v == id) {
+                let Some(index) = add_voter(&raft, node).await? else {
                     return Ok(OpOk::default());
-                }
-                raft.add_learner(id, node.clone(), true)
-                    .await
-                    .map_err(write_err)?;
-                let r = raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(write_err)?;
+                };
                 tracing::info!(node = %node, "cluster: member added");
                 Ok(OpOk {
                     result: CommandResult::default(),
-                    index: r.log_id.index,
+                    index,
                 })
             }
             Request::Forget(name) => {
@@ -398,21 +387,15 @@ impl Cluster {
                 if known.get_node(&id).is_none() {
                     return Err(OpError::UnknownNode(name.clone()));
                 }
-                let voters: BTreeSet<u64> = known.voter_ids().collect();
-                let change = if voters.contains(&id) {
-                    if voters.len() == 1 {
-                        return Err(OpError::Failed(
-                            ClusterError::LastVoter(name.clone()).to_string(),
-                        ));
-                    }
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                } else {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                };
+                if known.voter_ids().eq([id]) {
+                    return Err(OpError::Failed(
+                        ClusterError::LastVoter(name.clone()).to_string(),
+                    ));
+                }
                 let r = raft
-                    .change_membership(change, false)
+                    .change_membership(removal(&known, id), false)
                     .await
-                    .map_err(write_err)?;
+                    .map_err(write_error)?;
                 tracing::info!(node = %name, "cluster: member removed");
                 Ok(OpOk {
                     result: CommandResult::default(),
@@ -475,7 +458,46 @@ impl super::forward::Members for Cluster {
 }
 
 /// The membership as `raft` last knows it.
-fn membership_of(raft: &Raft) -> openraft::Membership<u64, NodeInfo> {
+/// A leader write's failure: [`OpError::NotLeader`] when another node leads, else why.
+pub(super) fn write_error(e: RaftError<u64, ClientWriteError<u64, NodeInfo>>) -> OpError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => OpError::NotLeader,
+        other => OpError::Failed(other.to_string()),
+    }
+}
+
+/// Makes `node` a voter of the group `raft` leads (the metadata group or a quorum queue's):
+/// a learner first, blocking until it has caught up, so that it counts towards a majority
+/// only once it holds what the others hold. The log index of the change; None when it
+/// votes already.
+pub(super) async fn add_voter(raft: &Raft, node: &NodeInfo) -> Result<Option<u64>, OpError> {
+    let id = node_id(&node.name);
+    if membership_of(raft).voter_ids().any(|v| v == id) {
+        return Ok(None);
+    }
+    raft.add_learner(id, node.clone(), true)
+        .await
+        .map_err(write_error)?;
+    let r = raft
+        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+        .await
+        .map_err(write_error)?;
+    Ok(Some(r.log_id.index))
+}
+
+/// The change that takes member `id` out of `known`: its vote, or (a learner) its place.
+pub(super) fn removal(
+    known: &openraft::Membership<u64, NodeInfo>,
+    id: u64,
+) -> ChangeMembers<u64, NodeInfo> {
+    if known.voter_ids().any(|v| v == id) {
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    }
+}
+
+pub(super) fn membership_of(raft: &Raft) -> openraft::Membership<u64, NodeInfo> {
     raft.metrics()
         .borrow()
         .membership_config

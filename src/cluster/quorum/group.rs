@@ -12,14 +12,14 @@ use super::codec::{self, Ops};
 use super::machine::{Feed, Held, QueueMachine};
 use crate::cluster::forward::Forward;
 use crate::cluster::identity::node_id;
+use crate::cluster::membership::{add_voter, membership_of, removal, write_error};
 use crate::cluster::transport::{Auth, OpError, Peer, Request, Response};
 use crate::cluster::{Command, NodeInfo, Raft};
 use crate::core::message::Message;
 use crate::core::queue::{Queue, RemoteHome, Replica, Ticket};
 use crate::core::Broker;
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, ServerState};
-use std::collections::{BTreeSet, HashMap};
+use openraft::ServerState;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -373,47 +373,21 @@ impl Group {
     /// [`OpError::NotLeader`]); the log index it committed at. Idempotent: a node already a
     /// voter is not added again, one already gone not removed again.
     pub async fn change_here(&self, raft: &Raft, op: &Request) -> Result<u64, OpError> {
-        let write_err = |e: RaftError<u64, ClientWriteError<u64, NodeInfo>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => OpError::NotLeader,
-            other => OpError::Failed(other.to_string()),
-        };
-        let known = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
-        let change = match op {
-            Request::Join(node) => {
-                let id = node_id(&node.name);
-                if known.voter_ids().any(|v| v == id) {
-                    return Ok(0);
-                }
-                // Blocks until the new replica has caught up, so that it counts towards a
-                // majority only once it holds what the others hold.
-                raft.add_learner(id, node.clone(), true)
-                    .await
-                    .map_err(write_err)?;
-                ChangeMembers::AddVoterIds(BTreeSet::from([id]))
-            }
+        match op {
+            Request::Join(node) => Ok(add_voter(raft, node).await?.unwrap_or(0)),
             Request::Forget(name) => {
                 let id = node_id(name);
+                let known = membership_of(raft);
                 if known.get_node(&id).is_none() {
                     return Ok(0);
                 }
-                if known.voter_ids().any(|v| v == id) {
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                } else {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                }
+                raft.change_membership(removal(&known, id), false)
+                    .await
+                    .map(|r| r.log_id.index)
+                    .map_err(write_error)
             }
-            _ => return Err(OpError::Failed("not a membership change".into())),
-        };
-        let r = raft
-            .change_membership(change, false)
-            .await
-            .map_err(write_err)?;
-        Ok(r.log_id.index)
+            _ => Err(OpError::Failed("not a membership change".into())),
+        }
     }
 
     /// Commits `command` on this node's Raft, which must lead (a proposal sent here).
@@ -424,12 +398,7 @@ impl Group {
         raft.client_write(self.stamped(command))
             .await
             .map(|r| r.log_id.index)
-            .map_err(
-                |e: RaftError<u64, ClientWriteError<u64, NodeInfo>>| match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => OpError::NotLeader,
-                    other => OpError::Failed(other.to_string()),
-                },
-            )
+            .map_err(write_error)
     }
 
     /// Follows this node's role in the group: the live queue serves while it leads, from the
