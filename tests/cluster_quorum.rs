@@ -788,3 +788,44 @@ async fn length_limits_and_message_ttl_apply_on_every_replica() {
     let d = next(&mut consumer).await;
     assert_eq!(&d.data[..], b"young");
 }
+
+/// A declaration is answered once the new queue serves, as RabbitMQ answers it: a consumer
+/// right after `queue.declare-ok` (AMQP), after the HTTP API's 201, or a STOMP SUBSCRIBE that
+/// declares it, is served at once on the declaring node, never refused while the new group
+/// elects its first leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_right_after_the_declaration_is_served() {
+    let nodes = form(3).await;
+    for node in &nodes {
+        let (_c, ch) = node.broker().channel().await;
+        let q = unique("qq-fresh");
+        declare_quorum(&ch, &q, &[]).await;
+        let mut consumer = consumer_on(&ch, &q, 10).await;
+        bounded(ch.confirm_select(ConfirmSelectOptions::default()))
+            .await
+            .unwrap();
+        publish_confirmed(&ch, &q, std::iter::once(format!("to {}", node.name))).await;
+        let d = next(&mut consumer).await;
+        assert_eq!(d.data, format!("to {}", node.name).as_bytes());
+    }
+
+    let q = unique("qq-http");
+    let path = format!("/api/queues/%2F/{q}");
+    let body = serde_json::json!({"durable": true, "arguments": {"x-queue-type": "quorum"}});
+    let r = call(nodes[1].broker(), "PUT", &path, Some(body)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let (_c, ch) = nodes[1].broker().channel().await;
+    let _consumer = consumer_on(&ch, &q, 1).await;
+
+    let q = unique("qq-stomp");
+    let dest = format!("/queue/{q}");
+    let mut stomp = StompClient::connect(nodes[2].broker().addrs().stomp[0], "1.2").await;
+    stomp
+        .subscribe_with("s", &dest, "client", &[("x-queue-type", "quorum")])
+        .await;
+    assert_eq!(queue_info(&nodes[2], &q).await["type"], "quorum");
+    stomp
+        .send(&dest, b"over stomp", &[("persistent", "true")])
+        .await;
+    assert_eq!(&stomp.message().await.body[..], b"over stomp");
+}

@@ -409,13 +409,48 @@ fn table(text: &str) -> Result<FieldTable, ChangeError> {
 /// Makes `change`: here when unclustered, else through the cluster (refused with
 /// [`ClusterError::NoQuorum`] in a minority). Returns the store's LSN to wait for before
 /// answering (0 when clustered: the change is durable here once committed and applied).
+/// A new quorum queue's declaration is answered once the queue serves from this node, as
+/// RabbitMQ answers it once the queue's leader is up.
 pub async fn commit(b: &Broker, change: Change) -> Result<u64, ChangeError> {
     match b.cluster.get() {
         None => change.apply(b),
         Some(cluster) => {
             change.check(b)?;
+            let new_quorum = new_quorum_queue(b, &change);
             cluster.propose(change.command(b, cluster.as_ref())).await?;
+            if let Some((vhost, name)) = new_quorum {
+                until_serving(b, &vhost, &name).await;
+            }
             Ok(0)
+        }
+    }
+}
+
+/// The vhost and name of the quorum queue `change` declares, when it does not exist yet.
+fn new_quorum_queue(b: &Broker, change: &Change) -> Option<(String, String)> {
+    match change {
+        Change::DeclareQueue(r) if !r.members.is_empty() => b
+            .vhost(&r.vhost)
+            .is_some_and(|vh| vh.queue(&r.name).is_none())
+            .then(|| (r.vhost.clone(), r.name.clone())),
+        _ => None,
+    }
+}
+
+/// Waits (within the cluster's operation timeout) until the quorum queue `name` serves from
+/// this node. A queue still electing past it is answered anyway: a consume is then refused
+/// with the reason and may be tried again.
+async fn until_serving(b: &Broker, vhost: &str, name: &str) {
+    let Some(q) = b.vhost(vhost).and_then(|vh| vh.queue(name)) else {
+        return;
+    };
+    if let Some(r) = q.replica() {
+        if !r.until_serving().await {
+            tracing::warn!(
+                vhost,
+                queue = name,
+                "cluster: a new quorum queue has no leader yet; declared anyway"
+            );
         }
     }
 }
@@ -431,11 +466,18 @@ pub async fn commit_all(b: &Broker, changes: Vec<Change>) -> Result<u64, ChangeE
             for c in &changes {
                 c.check(b)?;
             }
+            let new_quorum: Vec<_> = changes
+                .iter()
+                .filter_map(|c| new_quorum_queue(b, c))
+                .collect();
             let commands = changes
                 .iter()
                 .map(|c| c.command(b, cluster.as_ref()))
                 .collect();
             cluster.propose(Command::Batch(commands)).await?;
+            for (vhost, name) in new_quorum {
+                until_serving(b, &vhost, &name).await;
+            }
             Ok(0)
         }
     }

@@ -16,7 +16,7 @@ use crate::cluster::membership::{add_voter, membership_of, removal, write_error}
 use crate::cluster::transport::{Auth, OpError, Peer, Request, Response};
 use crate::cluster::{Command, NodeInfo, Raft};
 use crate::core::message::Message;
-use crate::core::queue::{Queue, RemoteHome, Replica, Ticket};
+use crate::core::queue::{Queue, RemoteHome, Replica, ServingFuture, Ticket};
 use crate::core::Broker;
 use openraft::ServerState;
 use std::collections::HashMap;
@@ -72,6 +72,8 @@ pub struct Group {
     wake: Notify,
     /// Set while this node leads and its live queue serves.
     live: AtomicBool,
+    /// Told when this node's replica opens or its live queue starts serving.
+    role: Notify,
     /// How often each message was returned, while live.
     counts: Mutex<HashMap<u64, u64>>,
     pub(super) stop: watch::Sender<bool>,
@@ -115,6 +117,7 @@ impl Group {
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
             live: AtomicBool::new(false),
+            role: Notify::new(),
             counts: Mutex::new(HashMap::new()),
             stop: watch::Sender::new(false),
             peers: Mutex::new(HashMap::new()),
@@ -140,6 +143,7 @@ impl Group {
     /// This node's replica is open.
     pub(super) fn set_member(&self, raft: Raft, machine: QueueMachine) {
         *lock(&self.member) = Some((raft, machine));
+        self.role.notify_waiters();
     }
 
     /// Takes this node's replica out (it is no longer a member); its lead loop ends.
@@ -449,6 +453,7 @@ impl Group {
         let counts = machine.go_live(feed);
         *lock(&self.counts) = counts.into_iter().collect();
         self.live.store(true, Ordering::Release);
+        self.role.notify_waiters();
         tracing::info!(group = %self.id, queue = %self.queue.name, node = %self.env.me.name, "quorum queue: this node leads it now");
     }
 
@@ -616,5 +621,32 @@ impl Replica for Group {
 
     fn messages(&self) -> Option<u64> {
         lock(&self.member).as_ref().map(|(_, m)| m.held() as u64)
+    }
+
+    fn until_serving(&self) -> ServingFuture<'_> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + self.env.timeout;
+            let serving = || self.is_leader() || self.leader_home().is_some();
+            loop {
+                let role = self.role.notified();
+                tokio::pin!(role);
+                role.as_mut().enable();
+                if serving() {
+                    return true;
+                }
+                let mut metrics = self.raft().map(|r| r.metrics());
+                let metrics_changed = async {
+                    match metrics.as_mut() {
+                        Some(m) => m.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = role => {}
+                    open = metrics_changed => if !open { return serving() },
+                    _ = tokio::time::sleep_until(deadline) => return serving(),
+                }
+            }
+        })
     }
 }

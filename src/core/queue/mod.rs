@@ -21,7 +21,7 @@ mod storage;
 
 pub use flow::FlowWaiter;
 pub use remote::RemoteHome;
-pub use replica::{all_decided, Replica, Ticket};
+pub use replica::{all_decided, Replica, ServingFuture, Ticket};
 pub use storage::read_back;
 
 use super::clock::{Clock, SystemClock};

@@ -79,7 +79,15 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     /// How many committed messages the group holds, as this node has applied them (None on
     /// a node that holds no replica).
     fn messages(&self) -> Option<u64>;
+    /// Resolves once this node can serve the queue's consumers (it leads the group, or
+    /// reaches the node that does), or once the cluster's operation timeout has passed:
+    /// whether it can. A declaration waits for it, so that a consume right after its answer
+    /// is served rather than refused while the new group elects its first leader.
+    fn until_serving(&self) -> ServingFuture<'_>;
 }
+
+/// What [`Replica::until_serving`] returns.
+pub type ServingFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
 
 impl Queue {
     /// Makes the queue hand its publishes to `replica` (set once, when the group starts).
