@@ -114,6 +114,7 @@ async fn a_wrong_cookie_is_refused_and_never_joins() {
         cluster: "test-cluster".into(),
         node: "intruder@test".into(),
         cookie: b"not-the-cookie".to_vec(),
+        tls: None,
     };
     let err = dial(
         &nodes[0].addr,

@@ -2,7 +2,7 @@
 //! Quorum queues on three brokers in one process: each queue its own Raft group over the
 //! three nodes. Declared on one node, listed on every node with its leader and members;
 //! publisher confirms come once a majority has the message; consumers are served on the
-//! leader, those on other nodes through it (and cancelled when the lead moves); stopping the leader elects another that has every confirmed message; a lone node
+//! leader, those on other nodes through it (and moved to the new leader when the lead moves); stopping the leader elects another that has every confirmed message; a lone node
 //! confirms nothing; `x-delivery-limit` dead-letters with reason `delivery_limit`.
 
 mod common;
@@ -338,7 +338,7 @@ async fn confirmed_messages_survive_losing_the_leader_and_acked_ones_stay_gone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_on_a_follower_is_served_by_the_leader_and_cancelled_when_it_goes() {
+async fn a_consumer_on_a_follower_is_served_by_the_leader_and_follows_the_lead_when_it_goes() {
     let mut nodes = form(3).await;
     let (_c, ch) = nodes[0].broker().channel().await;
     let q = unique("qq-follow");
@@ -375,18 +375,12 @@ async fn a_consumer_on_a_follower_is_served_by_the_leader_and_cancelled_when_it_
     let listed = queue_info(&nodes[leader], &q).await;
     assert_eq!(listed["consumers"].as_u64(), Some(1), "{listed}");
 
-    // The leader goes: the follower's consumer is cancelled (basic.cancel ends lapin's
-    // stream), and consuming again there gets the other 50 from the new leader,
-    // redelivered and in order.
+    // The leader goes: the follower's consumer follows the lead, as RabbitMQ moves a quorum
+    // queue's consumers (no basic.cancel, no consuming again): the new leader delivers the
+    // other 50 to it, redelivered and in order.
     let old = nodes[leader].name.clone();
     nodes[leader].stop().await;
-    assert!(
-        bounded(consumer.next()).await.is_none(),
-        "the consumer was cancelled"
-    );
     drop(unacked);
-    wait_for_leader(&nodes, &q, Some(&old)).await;
-    let mut consumer = consumer_on(&fch, &q, 100).await;
     for i in 50..100 {
         let d = next(&mut consumer).await;
         assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
@@ -398,6 +392,9 @@ async fn a_consumer_on_a_follower_is_served_by_the_leader_and_cancelled_when_it_
     for n in nodes.iter().filter(|n| n.name != old) {
         wait_held(n, &q, 0).await;
     }
+    // And what is published from now on reaches it too.
+    publish_confirmed(&pch, &q, std::iter::once("after".to_owned())).await;
+    assert_eq!(&next(&mut consumer).await.data[..], b"after");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -733,36 +730,6 @@ async fn length_limits_and_message_ttl_apply_on_every_replica() {
         assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
     }
 
-    // reject-publish: a committed message cannot be refused, so the newest over the limit
-    // leaves instead (without a dead-letter exchange, dropped).
-    let r = unique("qq-reject");
-    declare_quorum(
-        &ch,
-        &r,
-        &[
-            ("x-max-length", AMQPValue::LongInt(2)),
-            ("x-overflow", longstr("reject-publish")),
-        ],
-    )
-    .await;
-    let leader = wait_for_leader(&nodes, &r, None).await;
-    publish_confirmed(&ch, &r, (0..4).map(|i| format!("r{i}"))).await;
-    for n in &nodes {
-        wait_held(n, &r, 2).await;
-    }
-    let (_rc, rch) = nodes[leader].broker().channel().await;
-    let mut consumer = consumer_on(&rch, &r, 10).await;
-    for i in 0..2 {
-        let d = next(&mut consumer).await;
-        assert_eq!(String::from_utf8_lossy(&d.data), format!("r{i}"));
-    }
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), consumer.next())
-            .await
-            .is_err(),
-        "a message over the limit was kept"
-    );
-
     // TTL: of two messages proposed 600 ms apart with a 1 s TTL, 500 ms after the second
     // only the first has expired.
     let t = unique("qq-ttl");
@@ -787,6 +754,95 @@ async fn length_limits_and_message_ttl_apply_on_every_replica() {
     let mut consumer = consumer_on(&tch, &t, 10).await;
     let d = next(&mut consumer).await;
     assert_eq!(&d.data[..], b"young");
+}
+
+/// `x-overflow: reject-publish` on a quorum queue refuses what would go over its limit as a
+/// full classic queue does, once the group has committed it: an AMQP confirm is a nack
+/// (published on the leader or on a follower, whose proposal the leader commits), an MQTT 5
+/// PUBACK carries 0x97 Quota exceeded, an MQTT 3.1.1 publisher is disconnected, and a STOMP
+/// SEND gets an ERROR instead of its RECEIPT. The refused messages leave every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_quorum_queue_refuses_publishes_on_every_protocol() {
+    use common::mqtt::RawMqtt;
+    use switchboard_mqtt::{reason, Packet, Protocol, QoS};
+    let nodes = form(3).await;
+    let (_c, ch) = nodes[0].broker().channel().await;
+    let r = unique("qq-reject");
+    declare_quorum(
+        &ch,
+        &r,
+        &[
+            ("x-max-length", AMQPValue::LongInt(2)),
+            ("x-overflow", longstr("reject-publish")),
+        ],
+    )
+    .await;
+    bounded(ch.queue_bind(
+        r.as_str().into(),
+        "amq.topic".into(),
+        format!("{r}.#").as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let leader = wait_for_leader(&nodes, &r, None).await;
+    let follower = (leader + 1) % nodes.len();
+    let (_lc, lch) = nodes[leader].broker().channel().await;
+    let (_fc, fch) = nodes[follower].broker().channel().await;
+    for c in [&lch, &fch] {
+        bounded(c.confirm_select(ConfirmSelectOptions::default()))
+            .await
+            .unwrap();
+    }
+    publish_confirmed(&fch, &r, (0..2).map(|i| format!("r{i}"))).await;
+    for (c, body) in [(&fch, "over-on-follower"), (&lch, "over-on-leader")] {
+        let confirm = publish_with(c, "", &r, body.as_bytes(), persistent()).await;
+        let confirmation = bounded(confirm).await.expect("confirm");
+        assert!(confirmation.is_nack(), "{body}: {confirmation:?}");
+    }
+
+    let mqtt = nodes[follower].broker().addrs().mqtt[0];
+    let mut v5 = RawMqtt::connect(mqtt, Protocol::V5, &unique("qq-v5"), true).await;
+    v5.publish(&format!("{r}/x"), QoS::AtLeastOnce, 1, b"over-v5")
+        .await;
+    match v5.recv().await {
+        Some(Packet::PubAck(ack)) => assert_eq!(ack.reason, reason::QUOTA_EXCEEDED),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    let mut v3 = RawMqtt::connect(mqtt, Protocol::V311, &unique("qq-v3"), true).await;
+    v3.publish(&format!("{r}/x"), QoS::AtLeastOnce, 1, b"over-v3")
+        .await;
+    assert_eq!(v3.closed().await, None, "no PUBACK for the refused publish");
+
+    let mut stomp = StompClient::connect(nodes[leader].broker().addrs().stomp[0], "1.2").await;
+    let err = stomp
+        .expect_error(
+            Frame::new(Command::Send)
+                .with("destination", format!("/amq/queue/{r}").as_str())
+                .with("persistent", "true")
+                .with("receipt", "r-full")
+                .with_body(b"over-stomp".to_vec()),
+        )
+        .await;
+    assert_eq!(err.header("message"), Some("Message rejected"));
+    assert_eq!(err.header("receipt-id"), Some("r-full"));
+
+    // Only the two taken stay, on every replica, and they are what a consumer gets.
+    for n in &nodes {
+        wait_held(n, &r, 2).await;
+    }
+    let mut consumer = consumer_on(&lch, &r, 10).await;
+    for i in 0..2 {
+        let d = next(&mut consumer).await;
+        assert_eq!(String::from_utf8_lossy(&d.data), format!("r{i}"));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next())
+            .await
+            .is_err(),
+        "a refused message was kept"
+    );
 }
 
 /// A declaration is answered once the new queue serves, as RabbitMQ answers it: a consumer

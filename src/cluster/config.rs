@@ -45,6 +45,14 @@ pub struct ClusterConfig {
     /// (`x-quorum-initial-group-size`); at most the number of members.
     #[serde(default = "default_quorum_replicas")]
     pub quorum_replicas: u64,
+    /// Mutual TLS between nodes: this node's certificate chain and key (PEM), and the
+    /// authority every node's certificate is verified against. All empty: plain TCP.
+    #[serde(default)]
+    pub tls_cert_file: String,
+    #[serde(default)]
+    pub tls_key_file: String,
+    #[serde(default)]
+    pub tls_ca_file: String,
 }
 
 impl Default for ClusterConfig {
@@ -61,6 +69,9 @@ impl Default for ClusterConfig {
             election_timeout_ms: default_election_timeout_ms(),
             operation_timeout_ms: default_operation_timeout_ms(),
             quorum_replicas: default_quorum_replicas(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_ca_file: String::new(),
         }
     }
 }

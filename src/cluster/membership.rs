@@ -6,6 +6,7 @@ use super::identity::node_id;
 use super::log_store::LogStore;
 use super::network::Network;
 use super::state_machine::StateMachine;
+use super::tls::NodeTls;
 use super::transport::{self, Auth, Handler, OpError, OpOk, Peer, Request, Response};
 use super::{
     Apply, BoxFuture, ClusterError, ClusterStatus, Command, CommandResult, Consensus, MemberStatus,
@@ -102,6 +103,7 @@ impl Cluster {
             cluster: config.name.clone(),
             node: name.clone(),
             cookie,
+            tls: NodeTls::from_config(config)?,
         });
         let dir = data_dir.join("cluster");
         let id = node_id(&name);

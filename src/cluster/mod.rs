@@ -14,6 +14,7 @@ pub mod membership;
 pub mod network;
 pub mod quorum;
 pub mod state_machine;
+pub mod tls;
 pub mod transport;
 
 pub use config::ClusterConfig;
@@ -65,10 +66,13 @@ pub trait Apply: Send + Sync {
     fn durable(&self, lsn: u64) -> BoxFuture<'_, ()>;
 }
 
-/// What applying a [`Command`] did: whether the key held a record before.
+/// What applying a [`Command`] did: whether the key held a record before; for a quorum
+/// queue's entry, which of its messages (by position) the leader's queue refused as full.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CommandResult {
     pub existed: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<u32>,
 }
 
 openraft::declare_raft_types!(
@@ -137,6 +141,8 @@ pub struct ClusterStatus {
 pub enum ClusterError {
     #[error(transparent)]
     Config(#[from] config::ClusterConfigError),
+    #[error("inter-node TLS: {0}")]
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("cluster storage in {path}: {source}")]
     Storage {
         path: std::path::PathBuf,

@@ -153,7 +153,10 @@ fn apply_command(
         // A quorum queue's operations belong to its own group, never to the metadata.
         Command::Queue(_) => false,
     };
-    CommandResult { existed }
+    CommandResult {
+        existed,
+        ..Default::default()
+    }
 }
 
 /// What turns `old` into `new`, in an order the broker can apply: puts by [`apply_order`]

@@ -1,9 +1,11 @@
-//! Inter-node transport: TCP, frames of a 4-byte big-endian length and a JSON body, bounded in
-//! size, every connect and read under a timeout. A connection starts with a challenge-response
-//! in both directions over the shared cookie (HMAC-SHA256, see [`super::identity`]); a peer
-//! that fails it is refused and logged, and never gets a request through.
+//! Inter-node transport: TCP (with mutual TLS when `[cluster]` names certificates, see
+//! [`super::tls`]), frames of a 4-byte big-endian length and a JSON body, bounded in size,
+//! every connect and read under a timeout. A connection starts with a challenge-response in
+//! both directions over the shared cookie (HMAC-SHA256, see [`super::identity`]); a peer that
+//! fails it is refused and logged, and never gets a request through.
 
 use super::identity::{nonce, proof, verify, Side};
+use super::tls::NodeTls;
 use super::{BoxFuture, Command, CommandResult, NodeInfo, TypeConfig};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -15,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
@@ -50,7 +52,16 @@ pub struct Auth {
     pub cluster: String,
     pub node: String,
     pub cookie: Vec<u8>,
+    /// Inter-node TLS, when configured: every connection, dialed or accepted, runs in it.
+    pub tls: Option<NodeTls>,
 }
+
+/// One inter-node connection: plain TCP, or TLS over it.
+pub trait Link: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Link for T {}
+
+/// An inter-node connection, whichever it is.
+pub type Conn = Box<dyn Link>;
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Handshake {
@@ -126,7 +137,10 @@ pub enum Response {
     Forward(super::forward::wire::Reply),
 }
 
-async fn write_frame<T: Serialize>(s: &mut TcpStream, msg: &T) -> Result<(), TransportError> {
+async fn write_frame<T: Serialize>(
+    s: &mut (impl AsyncWrite + Unpin + ?Sized),
+    msg: &T,
+) -> Result<(), TransportError> {
     let body = serde_json::to_vec(msg)?;
     if body.len() > MAX_FRAME {
         return Err(TransportError::TooLarge(body.len()));
@@ -135,11 +149,13 @@ async fn write_frame<T: Serialize>(s: &mut TcpStream, msg: &T) -> Result<(), Tra
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(&body);
     s.write_all(&frame).await?;
+    // TLS holds records until flushed; plain TCP has nothing to flush.
+    s.flush().await?;
     Ok(())
 }
 
 async fn read_frame<T: DeserializeOwned>(
-    s: &mut TcpStream,
+    s: &mut (impl AsyncRead + Unpin + ?Sized),
     limit: Duration,
 ) -> Result<T, TransportError> {
     let read = async {
@@ -165,11 +181,23 @@ pub async fn dial(
     auth: &Auth,
     expect: Option<&str>,
     limit: Duration,
-) -> Result<TcpStream, TransportError> {
-    let mut s = timeout(limit, TcpStream::connect(addr))
+) -> Result<Conn, TransportError> {
+    let tcp = timeout(limit, TcpStream::connect(addr))
         .await
         .map_err(|_| TransportError::Timeout(limit))??;
-    s.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
+    let mut s: Conn = match &auth.tls {
+        None => Box::new(tcp),
+        Some(tls) => Box::new(
+            timeout(limit, tls.connect(addr, tcp))
+                .await
+                .map_err(|_| TransportError::Timeout(limit))?
+                .map_err(|e| {
+                    tracing::warn!(peer = %addr, error = %e, "cluster peer: TLS handshake failed");
+                    TransportError::Refused(format!("TLS with {addr}: {e}"))
+                })?,
+        ),
+    };
     let ours = nonce();
     write_frame(
         &mut s,
@@ -223,7 +251,7 @@ pub async fn dial(
 
 /// The listener's side of [`dial`]; `Ok` once the dialer has proved it holds the cookie.
 async fn accept_handshake(
-    s: &mut TcpStream,
+    s: &mut Conn,
     from: SocketAddr,
     auth: &Auth,
     limit: Duration,
@@ -299,7 +327,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let (mut s, from) = tokio::select! {
+        let (tcp, from) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -312,7 +340,21 @@ pub async fn serve(
         };
         let (auth, handler, mut shutdown) = (auth.clone(), handler.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let _ = s.set_nodelay(true);
+            let _ = tcp.set_nodelay(true);
+            let mut s: Conn = match &auth.tls {
+                None => Box::new(tcp),
+                Some(tls) => match timeout(limit, tls.accept(tcp)).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => {
+                        tracing::warn!(peer = %from, error = %e, "cluster peer refused: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(peer = %from, "cluster peer: TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
             let node = match accept_handshake(&mut s, from, &auth, limit).await {
                 Ok(n) => n,
                 Err(e) => {
@@ -354,7 +396,7 @@ pub struct Peer {
 
 #[derive(Default)]
 struct PeerState {
-    conn: Option<TcpStream>,
+    conn: Option<Conn>,
     failures: u32,
     retry_at: Option<Instant>,
 }

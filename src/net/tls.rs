@@ -21,13 +21,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum TlsError {
     #[error("[tls] {0} is required by tls_listen")]
     Missing(&'static str),
-    #[error("cannot read [tls] {key} {path}: {source}")]
+    #[error("{0} is not set: inter-node TLS needs all of cluster.tls_cert_file, tls_key_file and tls_ca_file")]
+    Incomplete(&'static str),
+    #[error("cannot read {key} {path}: {source}")]
     Pem {
         key: &'static str,
         path: PathBuf,
         source: rustls_pki_types::pem::Error,
     },
-    #[error("[tls] {key} {path} holds no certificate")]
+    #[error("{key} {path} holds no certificate")]
     NoCertificate { key: &'static str, path: PathBuf },
     #[error("[tls] versions: unknown version {0:?} (tlsv1.2, tlsv1.3)")]
     UnknownVersion(String),
@@ -110,7 +112,11 @@ fn versions(names: &[String]) -> Result<Vec<&'static SupportedProtocolVersion>, 
         .collect()
 }
 
-fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The PEM certificates in `path`, which the configuration key `key` names (for errors).
+pub(crate) fn certificates(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = |source| TlsError::Pem {
         key,
         path: path.to_owned(),
@@ -129,6 +135,27 @@ fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'st
     Ok(certs)
 }
 
+/// The PEM private key in `path`, which the configuration key `key` names.
+pub(crate) fn private_key(
+    key: &'static str,
+    path: &Path,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Pem {
+        key,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The authorities in the PEM file `path` (configuration key `key`), as a root store.
+pub(crate) fn roots(key: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in certificates(key, path)? {
+        roots.add(ca)?;
+    }
+    Ok(roots)
+}
+
 fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
     let cert_file = settings
         .cert_file
@@ -138,12 +165,8 @@ fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
         .key_file
         .as_deref()
         .ok_or(TlsError::Missing("key_file"))?;
-    let chain = certificates("cert_file", cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| TlsError::Pem {
-        key: "key_file",
-        path: key_file.to_owned(),
-        source,
-    })?;
+    let chain = certificates("[tls] cert_file", cert_file)?;
+    let key = private_key("[tls] key_file", key_file)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions(&settings.versions)?)?;
@@ -152,10 +175,7 @@ fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
             .ca_file
             .as_deref()
             .ok_or(TlsError::VerifyWithoutCa)?;
-        let mut roots = RootCertStore::empty();
-        for ca in certificates("ca_file", ca_file)? {
-            roots.add(ca)?;
-        }
+        let roots = roots("[tls] ca_file", ca_file)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
         let verifier = if settings.fail_if_no_peer_cert {
             verifier

@@ -45,20 +45,32 @@ impl Node {
         seeds: &[String],
         cookie: &str,
     ) -> Node {
-        Node::start_with_clock(name, dir, listen, seeds, cookie, Arc::new(SystemClock)).await
+        Node::start_tweaked(
+            name,
+            dir,
+            listen,
+            seeds,
+            cookie,
+            Arc::new(SystemClock),
+            &|_| {},
+        )
+        .await
     }
 
-    /// [`Node::start`] with the core reading time from `clock`.
-    pub async fn start_with_clock(
+    /// [`Node::start`] with the core reading time from `clock`, and `tweak` applied to its
+    /// `[cluster]` first.
+    pub async fn start_tweaked(
         name: &str,
         dir: &Path,
         listen: &str,
         seeds: &[String],
         cookie: &str,
         clock: Arc<dyn Clock>,
+        tweak: &dyn Fn(&mut ClusterConfig),
     ) -> Node {
         let mut config = Config::parse(&super::test_config_text_in(dir)).expect("test config");
         config.cluster = cluster_config(name, listen, seeds, cookie);
+        tweak(&mut config.cluster);
         let broker = TestBroker::start_config_with_clock(config, clock.clone()).await;
         let addr = consensus(&broker).node().addr;
         Node {
@@ -93,13 +105,14 @@ impl Node {
     /// Starts the node again on its data directory and inter-node address.
     pub async fn restart(&mut self, seeds: &[String]) {
         assert!(self.broker.is_none(), "stop the node first");
-        let again = Node::start_with_clock(
+        let again = Node::start_tweaked(
             &self.name,
             &self.dir,
             &self.addr,
             seeds,
             COOKIE,
             self.clock.clone(),
+            &|_| {},
         )
         .await;
         self.broker = again.broker;
@@ -144,15 +157,25 @@ pub async fn form(n: usize) -> Vec<Node> {
 ///
 /// [`ManualClock`]: switchboard::core::clock::ManualClock
 pub async fn form_with_clock(n: usize, clock: Arc<dyn Clock>) -> Vec<Node> {
+    form_tweaked(n, clock, &|_, _| {}).await
+}
+
+/// [`form_with_clock`], node `i`'s `[cluster]` changed by `tweak(i, ..)` before it starts.
+pub async fn form_tweaked(
+    n: usize,
+    clock: Arc<dyn Clock>,
+    tweak: &dyn Fn(usize, &mut ClusterConfig),
+) -> Vec<Node> {
     let cluster = super::unique("c");
     let first_name = format!("node-0@{cluster}");
-    let first = Node::start_with_clock(
+    let first = Node::start_tweaked(
         &first_name,
         &super::fresh_data_dir(),
         "127.0.0.1:0",
         &[],
         COOKIE,
         clock.clone(),
+        &|c| tweak(0, c),
     )
     .await;
     let seed = vec![first.addr.clone()];
@@ -160,13 +183,14 @@ pub async fn form_with_clock(n: usize, clock: Arc<dyn Clock>) -> Vec<Node> {
     for i in 1..n {
         let name = format!("node-{i}@{cluster}");
         nodes.push(
-            Node::start_with_clock(
+            Node::start_tweaked(
                 &name,
                 &super::fresh_data_dir(),
                 "127.0.0.1:0",
                 &seed,
                 COOKIE,
                 clock.clone(),
+                &|c| tweak(i, c),
             )
             .await,
         );

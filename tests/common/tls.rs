@@ -58,6 +58,26 @@ impl TestPki {
         cert.der().to_vec()
     }
 
+    /// A certificate for cluster node `name` (for 127.0.0.1 and localhost, used both to
+    /// accept and to dial other nodes) and its key, signed by this CA: the paths of the
+    /// certificate, the key and the CA.
+    pub fn write_node_certificate(&self, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let key = KeyPair::generate().expect("node key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("node params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.ca).expect("node certificate");
+        let file = name.replace(['@', '/'], "_");
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).expect("write node cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write node key");
+        (cert_path, key_path, self.dir.join("ca.pem"))
+    }
+
     /// A client certificate and key for `cn`, signed by this CA.
     pub fn client_identity(
         &self,

@@ -125,18 +125,63 @@ impl Connection {
 
     /// Acknowledges a QoS 1/2 publish once the records it wrote (persistent messages in
     /// durable queues, a retained message, the session's QoS 2 packet id) are durable.
-    fn ack_publish(&mut self, qos: QoS, packet_id: u16, code: u8, lsn: u64, tickets: Vec<Ticket>) {
+    fn ack_publish(
+        &mut self,
+        qos: QoS,
+        packet_id: u16,
+        code: u8,
+        lsn: u64,
+        tickets: Vec<Ticket>,
+    ) -> Result<(), Violation> {
         let Some(packet) = publish_ack(qos, packet_id, code) else {
-            return;
+            return Ok(());
         };
         self.entry.stats.confirmed(1);
         if !self.may_send_now(lsn, &tickets) {
             self.held.push_back((lsn, tickets, packet));
-        } else if !put_plain_ack(&packet, self.protocol, &mut self.acks) {
+            return Ok(());
+        }
+        let packet = self.as_decided(&tickets, packet)?;
+        if !put_plain_ack(&packet, self.protocol, &mut self.acks) {
             if let Err(e) = encode(&packet, self.protocol, &mut self.acks) {
                 tracing::warn!(error = %e, "cannot encode {}", packet.name());
             }
         }
+        Ok(())
+    }
+
+    /// `packet`, acknowledging a publish whose quorum-queue `tickets` are decided, as it may
+    /// go: unchanged, or, when a quorum queue refused the message as full, with v5's reason
+    /// 0x97 Quota exceeded (a PUBREC with it ends the QoS 2 flow: no PUBREL comes for the
+    /// id). 3.1.1 has no negative acknowledgement: the connection closes instead, as for a
+    /// full classic queue.
+    fn as_decided(&mut self, tickets: &[Ticket], packet: Packet) -> Result<Packet, Violation> {
+        if !tickets.iter().any(Ticket::refused) {
+            return Ok(packet);
+        }
+        if !self.protocol.is_v5() {
+            return Err(Violation::new(
+                reason::QUOTA_EXCEEDED,
+                "a quorum queue refused the message (full)",
+            ));
+        }
+        Ok(match packet {
+            Packet::PubAck(mut a) => {
+                a.reason = reason::QUOTA_EXCEEDED;
+                Packet::PubAck(a)
+            }
+            Packet::PubRec(mut a) => {
+                lock(&self.attached.session)
+                    .inbound_qos2
+                    .remove(&a.packet_id);
+                // Not waited for: a crash before it is written only makes a resend of the
+                // id count as a duplicate, which the client does not send after 0x97.
+                let _ = self.save_session();
+                a.reason = reason::QUOTA_EXCEEDED;
+                Packet::PubRec(a)
+            }
+            other => other,
+        })
     }
 
     /// Writes the acknowledgements gathered in [`Connection::acks`] to the outbox.
@@ -149,18 +194,21 @@ impl Connection {
         acks.clear();
     }
 
-    /// Sends the held acknowledgements whose records are now durable.
-    fn flush_held(&mut self) {
+    /// Sends the held acknowledgements whose records are now durable (and quorum-queue
+    /// commits decided); a refusal 3.1.1 cannot say closes the connection.
+    fn flush_held(&mut self) -> Result<(), Violation> {
         let synced = self.durable_lsn();
         while self
             .held
             .front()
             .is_some_and(|(lsn, tickets, _)| *lsn <= synced && all_decided(tickets))
         {
-            if let Some((_, _, packet)) = self.held.pop_front() {
+            if let Some((_, tickets, packet)) = self.held.pop_front() {
+                let packet = self.as_decided(&tickets, packet)?;
                 self.send(&packet);
             }
         }
+        Ok(())
     }
 
     /// Writes the session's record now, if it is persistent; the LSN to wait for.
@@ -469,7 +517,7 @@ impl Connection {
                 return Err(Violation::not_authorized(how, refused.0));
             }
             tracing::info!(peer = %self.entry.peer, "{refused}");
-            self.ack_publish(p.qos, id, super::error::not_authorized(how), 0, Vec::new());
+            self.ack_publish(p.qos, id, super::error::not_authorized(how), 0, Vec::new())?;
             return Ok(());
         }
         if self.protocol.is_v5()
@@ -496,7 +544,7 @@ impl Connection {
             if s.inbound_qos2.contains(&id) {
                 // A resend of a message routed already: acknowledge again, route nothing.
                 drop(s);
-                self.ack_publish(p.qos, id, reason::SUCCESS, 0, Vec::new());
+                self.ack_publish(p.qos, id, reason::SUCCESS, 0, Vec::new())?;
                 return Ok(());
             }
             if s.inbound_qos2.len() >= usize::from(self.broker.config.mqtt.receive_maximum) {
@@ -543,7 +591,7 @@ impl Connection {
             // recognised as a duplicate.
             lsn = lsn.max(self.save_session());
         }
-        self.ack_publish(qos, id, routed.reason(), lsn, routed.tickets);
+        self.ack_publish(qos, id, routed.reason(), lsn, routed.tickets)?;
         if let (Some(queue), true) = (&routed.congested, qos != QoS::AtMostOnce) {
             self.hold_back_for(queue, now);
         }
@@ -637,8 +685,14 @@ impl DriverSession for Connection {
     }
 
     fn log_synced(&mut self) -> Step {
-        self.flush_held();
-        Step::Continue
+        match self.flush_held() {
+            Ok(()) => Step::Continue,
+            Err(v) => {
+                tracing::info!(peer = %self.entry.peer, "{}", v);
+                self.disconnect(&v);
+                Step::Close
+            }
+        }
     }
 
     fn drained(&mut self) {

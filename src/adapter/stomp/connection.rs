@@ -206,11 +206,21 @@ impl Connection {
     /// the log are sent (bounded, so a stuck disk cannot hold the connection forever).
     fn close(&mut self, now: Instant) -> Step {
         self.closing = true;
-        if self.session.flush_receipts() {
-            Step::Closing(now + RECEIPTS_TIMEOUT)
-        } else {
-            Step::Close
+        match self.session.flush_receipts() {
+            Ok(true) => Step::Closing(now + RECEIPTS_TIMEOUT),
+            Ok(false) => Step::Close,
+            Err((e, receipt)) => self.refused(&e, &receipt),
         }
+    }
+
+    /// Ends the connection with ERROR `e` for the frame whose receipt was `receipt` (a
+    /// message a quorum queue refused once it committed): nothing follows it.
+    fn refused(&mut self, e: &StompError, receipt: &str) -> Step {
+        tracing::info!(peer = %self.peer, error = %e, "STOMP error, closing");
+        self.session.drop_receipts();
+        send_error(&self.outbox, self.session.version(), e, Some(receipt));
+        self.closing = true;
+        Step::Close
     }
 
     /// Handles every complete frame in `buf`. False when the connection must close (after
@@ -296,11 +306,10 @@ impl DriverSession for Connection {
     }
 
     fn log_synced(&mut self) -> Step {
-        let waiting = self.session.flush_receipts();
-        if self.closing && !waiting {
-            Step::Close
-        } else {
-            Step::Continue
+        match self.session.flush_receipts() {
+            Ok(waiting) if !self.closing || waiting => Step::Continue,
+            Ok(_) => Step::Close,
+            Err((e, receipt)) => self.refused(&e, &receipt),
         }
     }
 

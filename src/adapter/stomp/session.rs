@@ -107,7 +107,7 @@ impl Session {
         match frame.command {
             Command::Send => {
                 let lsn = self.send(frame)?;
-                self.receipt_for_send(receipt.as_deref(), lsn);
+                self.receipt_for_send(receipt.as_deref(), lsn)?;
                 return Ok(Next::Continue);
             }
             Command::Subscribe | Command::Unsubscribe => {
@@ -118,7 +118,7 @@ impl Session {
                 }
                 // A durable subscription's queue and binding are on disk before its receipt.
                 if let Some(r) = &receipt {
-                    self.queue_receipt(r, self.ctx.vhost.definitions_lsn());
+                    self.queue_receipt(r, self.ctx.vhost.definitions_lsn())?;
                 }
                 return Ok(Next::Continue);
             }
@@ -152,7 +152,7 @@ impl Session {
                 let lsn = self.commit(ops)?;
                 // The COMMIT's receipt confirms the persistent SENDs it routed.
                 if let Some(r) = &receipt {
-                    self.queue_receipt(r, lsn);
+                    self.queue_receipt(r, lsn)?;
                 }
                 return Ok(Next::Continue);
             }
@@ -161,7 +161,7 @@ impl Session {
             }
             Command::Disconnect => {
                 if let Some(r) = &receipt {
-                    self.queue_receipt(r, 0);
+                    self.queue_receipt(r, 0)?;
                 }
                 return Ok(Next::Disconnect);
             }
@@ -182,7 +182,7 @@ impl Session {
             }
         }
         if let Some(r) = &receipt {
-            self.queue_receipt(r, 0);
+            self.queue_receipt(r, 0)?;
         }
         Ok(Next::Continue)
     }
@@ -204,27 +204,34 @@ impl Session {
 
     /// Sends a RECEIPT once the log is durable up to `lsn` (0: nothing to wait for) and every
     /// earlier receipt has gone.
-    fn queue_receipt(&mut self, receipt: &str, lsn: u64) {
+    /// A quorum queue that refused the message as full makes it an error (ERROR instead of
+    /// the RECEIPT), as a full classic queue does.
+    fn queue_receipt(&mut self, receipt: &str, lsn: u64) -> StompResult<()> {
         let tickets = std::mem::take(&mut self.routed_tickets);
         if self.receipts.is_empty() && lsn <= self.synced() && all_decided(&tickets) {
+            check_taken(&tickets)?;
             self.send_receipt(receipt);
         } else {
             self.receipts.push_back((lsn, tickets, receipt.to_owned()));
         }
+        Ok(())
     }
 
-    /// Sends the receipts whose records are now durable; true while some still wait.
-    pub fn flush_receipts(&mut self) -> bool {
+    /// Sends the receipts whose records are now durable; true while some still wait. A
+    /// receipt for a message a quorum queue refused is an error instead: the connection
+    /// closes with it (the receipt id given for its ERROR's `receipt-id`).
+    pub fn flush_receipts(&mut self) -> Result<bool, (StompError, String)> {
         let synced = self.synced();
         while let Some((lsn, tickets, _)) = self.receipts.front() {
             if *lsn > synced || !all_decided(tickets) {
                 break;
             }
-            if let Some((_, _, r)) = self.receipts.pop_front() {
+            if let Some((_, tickets, r)) = self.receipts.pop_front() {
+                check_taken(&tickets).map_err(|e| (e, r.clone()))?;
                 self.send_receipt(&r);
             }
         }
-        !self.receipts.is_empty()
+        Ok(!self.receipts.is_empty())
     }
 
     pub fn receipts_pending(&self) -> bool {
@@ -238,10 +245,13 @@ impl Session {
 
     /// The RECEIPT for a SEND, sent once the message is routed to its queues and, when it was
     /// written to the message log (persistent, durable queue), once that record is durable.
-    fn receipt_for_send(&mut self, receipt: Option<&str>, lsn: u64) {
-        if let Some(r) = receipt {
-            self.ctx.counters.confirmed(1);
-            self.queue_receipt(r, lsn);
+    fn receipt_for_send(&mut self, receipt: Option<&str>, lsn: u64) -> StompResult<()> {
+        match receipt {
+            Some(r) => {
+                self.ctx.counters.confirmed(1);
+                self.queue_receipt(r, lsn)
+            }
+            None => Ok(()),
         }
     }
 
@@ -463,6 +473,18 @@ fn unknown_transaction(tx: &str) -> StompError {
         "Invalid transaction",
         format!("Transaction '{tx}' was not begun on this connection (or already ended)."),
     )
+}
+
+/// Refuses what a quorum queue refused among the decided `tickets` (full, `x-overflow`
+/// `reject-publish`): the same error a full classic queue gives at once.
+fn check_taken(tickets: &[Ticket]) -> StompResult<()> {
+    if tickets.iter().any(Ticket::refused) {
+        return Err(StompError::new(
+            "Message rejected",
+            "The message was refused by a full quorum queue (x-overflow reject-publish).",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

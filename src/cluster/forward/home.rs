@@ -139,8 +139,32 @@ impl ConsumerSink for RemoteSink {
     }
 
     fn cancelled(&self, _queue: &Queue, _consumer_tag: &str) {
-        // The queue was deleted here, or this node stopped leading its quorum queue: the
-        // other node learns it with its next fetch and cancels the client's consumer.
+        self.tell_cancelled();
+    }
+
+    fn prefetch_count(&self) -> u32 {
+        self.prefetch
+    }
+
+    fn lead_moved(&self, members: &[String]) -> bool {
+        let Some(session) = self.session.upgrade() else {
+            return false;
+        };
+        if members.contains(&session.node) {
+            // That node's own view of the group moves its consumer to the new leader: it is
+            // dropped here without a word, so that its client is not told it was cancelled.
+            session.lock().consumers.remove(&self.consumer);
+        } else {
+            self.tell_cancelled();
+        }
+        false
+    }
+}
+
+impl RemoteSink {
+    /// The queue was deleted here, or this node stopped leading its quorum queue: the other
+    /// node learns it with its next fetch and cancels the client's consumer.
+    fn tell_cancelled(&self) {
         if let Some(session) = self.session.upgrade() {
             let mut st = session.lock();
             st.consumers.remove(&self.consumer);
@@ -148,10 +172,6 @@ impl ConsumerSink for RemoteSink {
             drop(st);
             session.ready.notify_one();
         }
-    }
-
-    fn prefetch_count(&self) -> u32 {
-        self.prefetch
     }
 }
 

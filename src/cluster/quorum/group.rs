@@ -13,10 +13,10 @@ use super::machine::{Feed, Held, QueueMachine};
 use crate::cluster::forward::Forward;
 use crate::cluster::identity::node_id;
 use crate::cluster::membership::{add_voter, membership_of, removal, write_error};
-use crate::cluster::transport::{Auth, OpError, Peer, Request, Response};
+use crate::cluster::transport::{Auth, OpError, OpOk, Peer, Request, Response};
 use crate::cluster::{Command, NodeInfo, Raft};
 use crate::core::message::Message;
-use crate::core::queue::{Queue, RemoteHome, Replica, ServingFuture, Ticket};
+use crate::core::queue::{ConsumeError, Queue, RemoteHome, Replica, ServingFuture, Ticket};
 use crate::core::Broker;
 use openraft::ServerState;
 use std::collections::HashMap;
@@ -28,6 +28,10 @@ use tokio::sync::{watch, Notify};
 /// The most message bytes one entry carries (the transport's frames are at most 16 MiB, and
 /// openraft sends several entries in one).
 const ENTRY_BYTES: usize = 1 << 20;
+
+/// How soon consumers kept when the lead moved are offered to the new leader again, while it
+/// does not serve yet.
+const REATTACH_RETRY: Duration = Duration::from_millis(100);
 
 /// What is waiting to be proposed.
 #[derive(Default)]
@@ -74,6 +78,8 @@ pub struct Group {
     live: AtomicBool,
     /// Told when this node's replica opens or its live queue starts serving.
     role: Notify,
+    /// This node's consumers wait to be attached to the leader (the lead moved).
+    reattach: AtomicBool,
     /// How often each message was returned, while live.
     counts: Mutex<HashMap<u64, u64>>,
     pub(super) stop: watch::Sender<bool>,
@@ -118,6 +124,7 @@ impl Group {
             wake: Notify::new(),
             live: AtomicBool::new(false),
             role: Notify::new(),
+            reattach: AtomicBool::new(false),
             counts: Mutex::new(HashMap::new()),
             stop: watch::Sender::new(false),
             peers: Mutex::new(HashMap::new()),
@@ -219,11 +226,18 @@ impl Group {
                 if ops.is_empty() {
                     break;
                 }
-                if !self.propose_until_committed(&ops).await {
+                let Some(refused) = self.propose_until_committed(&ops).await else {
                     tickets.iter().for_each(Ticket::fail);
                     break;
+                };
+                // Each ticket is decided once: an acknowledgement may go the moment it is.
+                for (position, t) in (0u32..).zip(&tickets) {
+                    if refused.contains(&position) {
+                        t.refuse();
+                    } else {
+                        t.commit();
+                    }
                 }
-                tickets.iter().for_each(Ticket::commit);
                 if !tickets.is_empty() {
                     if let Some(store) = self.broker.upgrade().and_then(|b| b.store.clone()) {
                         store.log.nudge();
@@ -237,13 +251,14 @@ impl Group {
         p.ops = Ops::default();
     }
 
-    /// False once the group is stopped before `ops` committed.
-    async fn propose_until_committed(&self, ops: &Ops) -> bool {
+    /// The positions of the messages the leader's queue refused once `ops` committed; None
+    /// once the group is stopped before it did.
+    async fn propose_until_committed(&self, ops: &Ops) -> Option<Vec<u32>> {
         let mut delay = Duration::from_millis(20);
         let mut turn = 0usize;
         while !self.stopped() {
             match self.try_propose(ops, turn).await {
-                Ok(()) => return true,
+                Ok(refused) => return Some(refused),
                 Err(e) => {
                     tracing::debug!(group = %self.id, error = %e, "quorum queue: proposal not committed yet")
                 }
@@ -252,11 +267,11 @@ impl Group {
             let mut stop = self.stop.subscribe();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = crate::cluster::stopped(&mut stop) => return false,
+                _ = crate::cluster::stopped(&mut stop) => return None,
             }
             delay = (delay * 2).min(Duration::from_millis(500));
         }
-        false
+        None
     }
 
     /// Where an operation for the group's leader goes on attempt `turn`: this node's Raft
@@ -293,13 +308,13 @@ impl Group {
         node: &NodeInfo,
         request: Request,
         within: Duration,
-    ) -> Result<u64, OpError> {
+    ) -> Result<OpOk, OpError> {
         let request = Request::Group {
             group: self.id.clone(),
             request: Box::new(request),
         };
         match self.peer(node).call(&request, within).await {
-            Ok(Response::Op(r)) => r.map(|ok| ok.index),
+            Ok(Response::Op(r)) => r,
             Ok(_) => Err(OpError::Failed(format!(
                 "{}: answered with the wrong kind",
                 node.name
@@ -320,21 +335,24 @@ impl Group {
         }
     }
 
-    async fn try_propose(&self, ops: &Ops, turn: usize) -> Result<(), String> {
+    /// Proposes `ops` once, where attempt `turn` goes; the positions of the messages the
+    /// leader's queue refused.
+    async fn try_propose(&self, ops: &Ops, turn: usize) -> Result<Vec<u32>, String> {
         let command = Command::Queue(ops.clone());
         match self.target(turn) {
             Target::Here(raft) => match raft.client_write(self.stamped(command)).await {
-                Ok(_) => Ok(()),
+                Ok(r) => Ok(r.data.refused),
                 Err(e) => Err(e.to_string()),
             },
             Target::Node(node) => {
-                self.send(&node, Request::Propose(command), self.env.timeout)
+                let ok = self
+                    .send(&node, Request::Propose(command), self.env.timeout)
                     .await
                     .map_err(|e| e.to_string())?;
                 // Only the leader commits a proposal: a node holding no replica knows where
                 // the lead is from then on (for its listing and its consumers' proxy).
                 self.leader_named(&node.name);
-                Ok(())
+                Ok(ok.result.refused)
             }
             Target::Unknown => Err("no leader known".into()),
         }
@@ -358,7 +376,7 @@ impl Group {
                 Target::Here(raft) => tokio::time::timeout(left, self.change_here(&raft, &op))
                     .await
                     .unwrap_or(Err(OpError::NotLeader)),
-                Target::Node(node) => self.send(&node, op.clone(), left).await,
+                Target::Node(node) => self.send(&node, op.clone(), left).await.map(|ok| ok.index),
                 Target::Unknown => Err(OpError::NotLeader),
             };
             match attempt {
@@ -394,14 +412,18 @@ impl Group {
         }
     }
 
-    /// Commits `command` on this node's Raft, which must lead (a proposal sent here).
-    pub async fn propose_here(&self, command: Command) -> Result<u64, OpError> {
+    /// Commits `command` on this node's Raft, which must lead (a proposal sent here): its
+    /// log index and what applying it did.
+    pub async fn propose_here(&self, command: Command) -> Result<OpOk, OpError> {
         let Some(raft) = self.raft() else {
             return Err(OpError::NotLeader);
         };
         raft.client_write(self.stamped(command))
             .await
-            .map(|r| r.log_id.index)
+            .map(|r| OpOk {
+                index: r.log_id.index,
+                result: r.data,
+            })
             .map_err(write_error)
     }
 
@@ -434,25 +456,37 @@ impl Group {
                 self.go_offline(machine);
             }
             if !leading && self.served_by_other_than(self.leader().as_deref()) {
-                self.leader_moved();
+                self.leader_moved(true);
             }
+            let attached = self.reattach();
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() { break },
                 _ = crate::cluster::stopped(&mut stop) => break,
                 _ = epoch.changed() => break,
+                // The new leader does not serve yet (it catches up first): again shortly.
+                _ = tokio::time::sleep(REATTACH_RETRY), if !attached => {}
             }
         }
         if self.live.load(Ordering::Acquire) {
             self.go_offline(machine);
         }
+        // No longer a member (or stopping): nothing here follows the lead for the consumers
+        // kept to follow it, so they are cancelled and their clients consume again.
+        if self.reattach.swap(false, Ordering::AcqRel) {
+            for c in self.queue.clear_live() {
+                c.sink.cancelled(&self.queue, &c.tag);
+            }
+        }
     }
 
     fn go_live(self: &Arc<Self>, machine: &QueueMachine) {
-        self.leader_moved();
+        // This node's consumers stay, and the live queue serves them from now on.
+        self.leader_moved(true);
         let feed: Arc<dyn Feed> = self.clone();
         let counts = machine.go_live(feed);
         *lock(&self.counts) = counts.into_iter().collect();
         self.live.store(true, Ordering::Release);
+        self.reattach.store(false, Ordering::Release);
         self.role.notify_waiters();
         tracing::info!(group = %self.id, queue = %self.queue.name, node = %self.env.me.name, "quorum queue: this node leads it now");
     }
@@ -461,9 +495,10 @@ impl Group {
         self.live.store(false, Ordering::Release);
         machine.stop_live();
         lock(&self.counts).clear();
-        for c in self.queue.clear_live() {
-            c.sink.cancelled(&self.queue, &c.tag);
-        }
+        // This node's consumers stay, to be attached to the new leader; those of other
+        // nodes are let go (members' nodes follow the lead themselves).
+        self.queue.leave_live(&self.member_names());
+        self.reattach.store(true, Ordering::Release);
         tracing::info!(group = %self.id, queue = %self.queue.name, "quorum queue: this node no longer leads it");
     }
 
@@ -474,17 +509,66 @@ impl Group {
             .is_some_and(|p| Some(p.home()) != leader)
     }
 
-    /// The lead moved away from the node this node's consumers reached: they are cancelled
-    /// (`basic.cancel`), as on the node that lost the lead, and consume again from the new
-    /// leader. Their unacknowledged deliveries are the new leader's to redeliver.
-    fn leader_moved(&self) {
+    /// The lead moved away from the node this node's consumers reached: they leave it. With
+    /// `follow` (a member node, whose lead loop sees the new leader) they stay registered
+    /// and are attached to the new leader ([`Group::reattach`]), as RabbitMQ moves them;
+    /// without (a node holding no replica, which learns of a new leader only when one is
+    /// named) they are cancelled (`basic.cancel`) and their clients consume again. Their
+    /// unacknowledged deliveries are the new leader's to redeliver.
+    fn leader_moved(&self, follow: bool) {
         let Some(old) = lock(&self.served_by).take() else {
             return;
         };
-        for c in self.queue.clear_live() {
-            old.consumer_removed(&self.queue, c.id);
-            c.sink.cancelled(&self.queue, &c.tag);
+        if follow {
+            for (c, _) in self.queue.consumers() {
+                old.consumer_removed(&self.queue, c.id);
+            }
+            self.reattach.store(true, Ordering::Release);
+        } else {
+            for c in self.queue.clear_live() {
+                old.consumer_removed(&self.queue, c.id);
+                c.sink.cancelled(&self.queue, &c.tag);
+            }
         }
+    }
+
+    /// Attaches this node's consumers, kept when the lead moved, to the node that leads now;
+    /// false while none serves yet (tried again). A consumer the new leader refuses for good
+    /// (an exclusive consumer there meanwhile) is cancelled.
+    fn reattach(&self) -> bool {
+        if !self.reattach.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.live.load(Ordering::Acquire) {
+            self.reattach.store(false, Ordering::Release);
+            return true;
+        }
+        let Some(home) = self.leader_home() else {
+            return false;
+        };
+        let mut attached = Vec::new();
+        for (c, priority) in self.queue.consumers() {
+            match home.consumer_added(&self.queue, &c, priority) {
+                Ok(()) => attached.push(c.id),
+                Err(ConsumeError::ExclusiveConsumerPresent(_) | ConsumeError::QueueInUse(_)) => {
+                    let _ = self.queue.remove_consumer(c.id);
+                    c.sink.cancelled(&self.queue, &c.tag);
+                }
+                Err(e) => {
+                    // Not serving yet, or unreachable: none stays half attached.
+                    tracing::debug!(group = %self.id, error = %e, "quorum queue: consumers not attached to the new leader yet");
+                    for id in attached {
+                        home.consumer_removed(&self.queue, id);
+                    }
+                    return false;
+                }
+            }
+        }
+        self.reattach.store(false, Ordering::Release);
+        if !attached.is_empty() {
+            tracing::info!(group = %self.id, queue = %self.queue.name, leader = %home.home(), consumers = attached.len(), "quorum queue: consumers moved to the new leader");
+        }
+        true
     }
 
     fn push(&self, f: impl FnOnce(&mut Pending)) {
@@ -494,24 +578,26 @@ impl Group {
 }
 
 impl Feed for Group {
-    fn committed(&self, id: u64, held: &Held, redelivered: bool) {
+    fn committed(&self, id: u64, held: &Held, redelivered: bool) -> bool {
         let Some(b) = self.broker.upgrade() else {
-            return;
+            return true;
         };
         match codec::decode(&held.message, |size| b.memory.charge(size)) {
             Ok(m) => {
-                let effects = self.queue.enqueue_committed(
+                let committed = self.queue.enqueue_committed(
                     id,
                     Arc::new(m),
                     redelivered || held.returns > 0,
                     held.at,
                 );
                 if let Some(vh) = b.vhost(&self.queue.vhost) {
-                    vh.apply(&self.queue, effects);
+                    vh.apply(&self.queue, committed.effects);
                 }
+                !committed.refused
             }
             Err(e) => {
-                tracing::error!(group = %self.id, id, "quorum queue: undecodable message dropped: {e}")
+                tracing::error!(group = %self.id, id, "quorum queue: undecodable message dropped: {e}");
+                true
             }
         }
     }
@@ -611,7 +697,7 @@ impl Replica for Group {
         }
         *lock(&self.named_leader) = Some(node.to_owned());
         if self.served_by_other_than(Some(node)) {
-            self.leader_moved();
+            self.leader_moved(false);
         }
     }
 

@@ -42,8 +42,9 @@ pub struct QueueState {
 
 /// Where committed messages go on the leader: its live queue.
 pub trait Feed: Send + Sync {
-    /// `id` was committed (or, with `redelivered`, is loaded by a new leader).
-    fn committed(&self, id: u64, held: &Held, redelivered: bool);
+    /// `id` was committed (or, with `redelivered`, is loaded by a new leader); false when
+    /// the live queue refused it (full, `reject-publish`).
+    fn committed(&self, id: u64, held: &Held, redelivered: bool) -> bool;
 }
 
 struct Inner {
@@ -88,7 +89,8 @@ impl QueueMachine {
     pub fn go_live(&self, feed: Arc<dyn Feed>) -> BTreeMap<u64, u64> {
         let mut inner = self.lock();
         for (id, held) in &inner.state.messages {
-            feed.committed(*id, held, true);
+            // Loaded again, not published: what it refuses leaves, and no publisher waits.
+            let _ = feed.committed(*id, held, true);
         }
         inner.live = Some(feed);
         inner
@@ -110,8 +112,10 @@ impl QueueMachine {
         self.lock().state.messages.len()
     }
 
-    fn apply_ops(inner: &mut Inner, ops: Ops) {
-        for message in ops.enqueue {
+    /// Applies one entry; the positions of the messages the live queue refused.
+    fn apply_ops(inner: &mut Inner, ops: Ops) -> Vec<u32> {
+        let mut refused = Vec::new();
+        for (position, message) in (0u32..).zip(ops.enqueue) {
             let id = inner.state.next_id;
             inner.state.next_id += 1;
             let held = Held {
@@ -120,7 +124,9 @@ impl QueueMachine {
                 at: ops.at,
             };
             if let Some(feed) = &inner.live {
-                feed.committed(id, &held, false);
+                if !feed.committed(id, &held, false) {
+                    refused.push(position);
+                }
             }
             inner.state.messages.insert(id, held);
         }
@@ -132,6 +138,7 @@ impl QueueMachine {
                 h.returns += 1;
             }
         }
+        refused
     }
 
     fn snapshot_of(&self) -> io::Result<StoredSnapshot> {
@@ -186,15 +193,18 @@ impl RaftStateMachine<TypeConfig> for QueueMachine {
         let mut inner = self.lock();
         for entry in entries {
             inner.state.last_applied = Some(entry.log_id);
+            let mut result = CommandResult::default();
             match entry.payload {
-                EntryPayload::Normal(Command::Queue(ops)) => Self::apply_ops(&mut inner, ops),
+                EntryPayload::Normal(Command::Queue(ops)) => {
+                    result.refused = Self::apply_ops(&mut inner, ops);
+                }
                 EntryPayload::Membership(m) => {
                     inner.state.membership = StoredMembership::new(Some(entry.log_id), m);
                 }
                 // Blank entries, and metadata commands that never belong here.
                 _ => {}
             }
-            results.push(CommandResult::default());
+            results.push(result);
         }
         Ok(results)
     }

@@ -423,10 +423,7 @@ impl Registry {
                 let Some(g) = group else {
                     return Response::Op(Err(OpError::NotLeader));
                 };
-                Response::Op(g.propose_here(command).await.map(|index| OpOk {
-                    result: Default::default(),
-                    index,
-                }))
+                Response::Op(g.propose_here(command).await)
             }
             _ => Response::Op(Err(OpError::Failed(
                 "not a quorum queue group request".into(),

@@ -21,7 +21,7 @@ mod storage;
 
 pub use flow::FlowWaiter;
 pub use remote::RemoteHome;
-pub use replica::{all_decided, Replica, ServingFuture, Ticket};
+pub use replica::{all_decided, Committed, Replica, ServingFuture, Ticket};
 pub use storage::read_back;
 
 use super::clock::{Clock, SystemClock};
@@ -70,6 +70,16 @@ pub trait ConsumerSink: Send + Sync {
     /// The AMQP channel the consumer is on, for the management API; None for other protocols.
     fn channel_number(&self) -> Option<u16> {
         None
+    }
+    /// The quorum queue's lead moved away from the node serving this consumer. True (the
+    /// default): the consumer stays registered on its queue, and its node attaches it to the
+    /// new leader, as RabbitMQ moves a quorum queue's consumers. False: it is let go here (a
+    /// consumer another node holds here through forwarding: that node follows the lead
+    /// itself when it is one of the group's `members`, else its client is told it was
+    /// cancelled).
+    fn lead_moved(&self, members: &[String]) -> bool {
+        let _ = members;
+        true
     }
 }
 

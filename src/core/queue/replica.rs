@@ -20,6 +20,7 @@ pub struct Ticket(Arc<AtomicU8>);
 const PENDING: u8 = 0;
 const COMMITTED: u8 = 1;
 const FAILED: u8 = 2;
+const REFUSED: u8 = 3;
 
 /// Whether every one of `tickets` has its outcome: an acknowledgement waiting for them may
 /// go (one that failed was for a quorum queue deleted meanwhile, as if deleted just after).
@@ -45,7 +46,20 @@ impl Ticket {
             .compare_exchange(PENDING, FAILED, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// None while waiting; Some(true) once committed, Some(false) if it never will be.
+    /// The group committed the message, but the queue's leader refused it: the queue was
+    /// full (`x-overflow` `reject-publish` or `reject-publish-dlx`). It left every replica.
+    pub fn refuse(&self) {
+        self.0.store(REFUSED, Ordering::Release);
+    }
+
+    /// Whether the queue refused the message ([`Ticket::refuse`]): the publisher is told so
+    /// (a nack, a v5 reason code, an ERROR), as for a full classic queue.
+    pub fn refused(&self) -> bool {
+        self.0.load(Ordering::Acquire) == REFUSED
+    }
+
+    /// None while waiting; Some(true) once committed and taken, Some(false) if it never will
+    /// be (failed or refused).
     pub fn outcome(&self) -> Option<bool> {
         match self.0.load(Ordering::Acquire) {
             PENDING => None,
@@ -89,6 +103,16 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
 /// What [`Replica::until_serving`] returns.
 pub type ServingFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
 
+/// What [`Queue::enqueue_committed`] did.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Committed {
+    /// For the vhost to apply.
+    pub effects: QueueEffects,
+    /// The queue was full and refused the message (`reject-publish`): it left at once.
+    pub refused: bool,
+}
+
 impl Queue {
     /// Makes the queue hand its publishes to `replica` (set once, when the group starts).
     pub fn set_replica(&self, replica: Arc<dyn Replica>) {
@@ -105,19 +129,19 @@ impl Queue {
     /// been delivered before (a leader taking over). `proposed_at`: when its entry was
     /// proposed, by this queue's clock, which its TTL counts from (0: from now). The queue's
     /// length limits apply as to a classic queue's enqueue, except that a message already
-    /// committed cannot be refused: with `reject-publish` the newest over the limit leaves
-    /// (dead-lettered with reason `maxlen` for `reject-publish-dlx`), with `drop-head` the
-    /// oldest.
+    /// committed cannot stay out of the log: with `reject-publish` the newest over the limit
+    /// leaves (dead-lettered with reason `maxlen` for `reject-publish-dlx`) and the answer
+    /// says it was refused (its publisher is nacked), with `drop-head` the oldest leaves.
     pub fn enqueue_committed(
         self: &Arc<Self>,
         id: u64,
         message: Arc<Message>,
         redelivered: bool,
         proposed_at: u64,
-    ) -> QueueEffects {
+    ) -> Committed {
         let mut st = self.lock();
         if st.deleted {
-            return QueueEffects::default();
+            return Committed::default();
         }
         let may_expire =
             st.args().message_ttl.is_some() || message.routing_properties().expiration.is_some();
@@ -148,7 +172,10 @@ impl Queue {
             } else {
                 self.replica_settled(&[entry.id]);
             }
-            return self.finish(st);
+            return Committed {
+                effects: self.finish(st),
+                refused: true,
+            };
         }
         st.ready_bytes += body_len;
         st.memory_bytes += footprint(body_len);
@@ -157,18 +184,50 @@ impl Queue {
         self.dispatch_at(&mut st, now.saturating_sub(1));
         self.expire_heads(&mut st, now);
         self.drop_over_limit(&mut st);
-        self.finish(st)
+        Committed {
+            effects: self.finish(st),
+            refused: false,
+        }
     }
 
-    /// Empties the live queue (this node no longer leads the group) and takes its consumers,
-    /// which the caller cancels. The replicated messages stay with the group.
+    /// Empties the live queue (this node no longer leads the group); the replicated
+    /// messages stay with the group. Consumers whose [`ConsumerSink::lead_moved`] says so
+    /// stay registered, for this node to attach to the new leader; the others are let go.
+    ///
+    /// [`ConsumerSink::lead_moved`]: super::ConsumerSink::lead_moved
+    pub fn leave_live(&self, members: &[String]) {
+        let consumers = {
+            let mut st = self.lock();
+            Self::empty_live(&mut st);
+            let listed = st.consumers.listed();
+            st.consumers.take_all();
+            listed
+        };
+        // Decided outside the queue's lock: a forwarded consumer's sink takes its session's.
+        let kept: Vec<_> = consumers
+            .into_iter()
+            .filter(|(c, _)| c.sink.lead_moved(members))
+            .collect();
+        let mut st = self.lock();
+        for (c, priority) in kept {
+            st.consumers.add(c, priority);
+        }
+    }
+
+    /// Takes every consumer of a queue this node serves through another (its clients are
+    /// then told they were cancelled) and empties the live queue.
     pub fn clear_live(&self) -> Vec<super::Consumer> {
         let mut st = self.lock();
+        Self::empty_live(&mut st);
+        st.consumers.take_all()
+    }
+
+    /// Drops the live queue's messages, ready and unacked (the group keeps them).
+    fn empty_live(st: &mut super::QueueState) {
         st.ready.clear();
         st.ready_bytes = 0;
         st.memory_bytes = 0;
         st.unacked.clear();
-        st.consumers.take_all()
     }
 
     /// Tells the replica that `ids` left the queue for good.
