@@ -885,3 +885,89 @@ async fn a_consumer_right_after_the_declaration_is_served() {
         .await;
     assert_eq!(&stomp.message().await.body[..], b"over stomp");
 }
+
+/// `ctl rebalance` moves leaders until each node leads as many quorum queues: three queues
+/// declared on one node (which leads them all) end up led one per node. The move keeps every
+/// confirmed message, and a consumer of a moved queue follows its lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_spreads_the_leaders_and_keeps_messages_and_consumers() {
+    let nodes = form(3).await;
+    let (_c, ch) = nodes[0].broker().channel().await;
+    bounded(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    let queues: Vec<String> = (0..3).map(|_| unique("qq-balance")).collect();
+    for q in &queues {
+        declare_quorum(&ch, q, &[]).await;
+        assert_eq!(wait_for_leader(&nodes, q, None).await, 0, "{q}");
+        publish_confirmed(&ch, q, (0..10).map(|i| format!("{q}-{i}"))).await;
+    }
+    let (_cc, cch) = nodes[0].broker().channel().await;
+    let mut consumers = Vec::new();
+    for q in &queues {
+        consumers.push(consumer_on(&cch, q, 100).await);
+    }
+    // Each consumer holds its ten unacknowledged through the moves.
+    let mut held = Vec::new();
+    for (q, c) in queues.iter().zip(consumers.iter_mut()) {
+        for i in 0..10 {
+            let d = next(c).await;
+            assert_eq!(String::from_utf8_lossy(&d.data), format!("{q}-{i}"));
+            held.push(d);
+        }
+    }
+
+    let url = nodes[1].broker().http_url();
+    let out = bounded(tokio::task::spawn_blocking(move || {
+        let api = switchboard::ctl::api::Api::new(&url, "guest", "guest");
+        switchboard::ctl::quorum::run(&api, "/", "rebalance", &[])
+            .expect("a ctl command")
+            .expect("rebalance")
+    }))
+    .await
+    .unwrap();
+    let text = out.lines.join("\n");
+    assert_eq!(
+        out.lines.iter().filter(|l| l.ends_with("\tok")).count(),
+        2,
+        "{text}"
+    );
+    let mut leaders = Vec::new();
+    for q in &queues {
+        leaders.push(wait_for_leader(&nodes, q, None).await);
+    }
+    leaders.sort();
+    assert_eq!(leaders, [0, 1, 2], "{text}");
+    for n in &nodes {
+        assert!(text.contains(&format!("{}\t1", n.name)), "{text}");
+    }
+
+    // What is published now reaches the consumers, moved with their queues' leads; a moved
+    // queue's new leader first redelivers the ten its consumer held (kept by the group).
+    for q in &queues {
+        publish_confirmed(&ch, q, std::iter::once(format!("{q}-after"))).await;
+    }
+    for (q, c) in queues.iter().zip(consumers.iter_mut()) {
+        loop {
+            let d = next(c).await;
+            let body = String::from_utf8_lossy(&d.data).into_owned();
+            bounded(d.acker.ack(BasicAckOptions::default()))
+                .await
+                .unwrap();
+            if body == format!("{q}-after") {
+                break;
+            }
+            assert!(d.redelivered && body.starts_with(q.as_str()), "{body}");
+        }
+    }
+    for d in held {
+        bounded(d.acker.ack(BasicAckOptions::default()))
+            .await
+            .unwrap();
+    }
+    for q in &queues {
+        for n in &nodes {
+            wait_held(n, q, 0).await;
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //! `DELETE /api/switchboard/cluster/nodes/{name}` (`ctl forget_cluster_node`),
 //! `POST /api/switchboard/queues/{vhost}/{name}/members` and
 //! `DELETE /api/switchboard/queues/{vhost}/{name}/members/{node}` (`ctl add_member`,
-//! `delete_member`, `grow`, `shrink`: a quorum queue's replicas); `/api/nodes` lists the
+//! `delete_member`, `grow`, `shrink`: a quorum queue's replicas),
+//! `POST /api/switchboard/queues/{vhost}/{name}/leader` (`ctl rebalance`); `/api/nodes` lists the
 //! members through [`members_json`].
 
 use super::access::{bad_request, error};
@@ -33,6 +34,10 @@ pub(super) fn routes() -> Router<Arc<Broker>> {
         .route(
             "/api/switchboard/queues/{vhost}/{name}/members/{node}",
             delete(delete_member),
+        )
+        .route(
+            "/api/switchboard/queues/{vhost}/{name}/leader",
+            post(move_leader),
         )
 }
 
@@ -104,9 +109,9 @@ fn member_error(e: MemberError) -> Response {
         MemberError::NotFound { .. } | MemberError::UnknownNode(_) => {
             error(StatusCode::NOT_FOUND, "Object Not Found", e.to_string())
         }
-        MemberError::NotQuorum { .. } | MemberError::LastMember { .. } => {
-            bad_request(e.to_string())
-        }
+        MemberError::NotQuorum { .. }
+        | MemberError::LastMember { .. }
+        | MemberError::NotMember { .. } => bad_request(e.to_string()),
         MemberError::Change(c) => super::access::change_refused(c),
         MemberError::Stopping | MemberError::Failed(_) => {
             error(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", e.to_string())
@@ -120,33 +125,53 @@ fn groups(b: &Broker) -> Result<Arc<Registry>, Box<Response>> {
         .ok_or_else(|| Box::new(bad_request("this node runs no quorum queues")))
 }
 
+/// Runs `change` on this node's quorum queue registry: 204 once made, else why not.
+async fn member_change<F, Fut>(b: &Broker, change: F) -> Response
+where
+    F: FnOnce(Arc<Registry>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), MemberError>>,
+{
+    let g = match groups(b) {
+        Ok(g) => g,
+        Err(r) => return *r,
+    };
+    match change(g).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => member_error(e),
+    }
+}
+
 async fn add_member(
     State(b): B,
     Path((vhost, name)): Path<(String, String)>,
     Json(body): Json<Member>,
 ) -> Response {
-    let g = match groups(&b) {
-        Ok(g) => g,
-        Err(r) => return *r,
-    };
-    match g.add_member(&vhost, &name, &body.node).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => member_error(e),
-    }
+    member_change(&b, |g| async move {
+        g.add_member(&vhost, &name, &body.node).await
+    })
+    .await
+}
+
+/// `POST .../leader {"node": ...}`: that member leads the queue from now on.
+async fn move_leader(
+    State(b): B,
+    Path((vhost, name)): Path<(String, String)>,
+    Json(body): Json<Member>,
+) -> Response {
+    member_change(&b, |g| async move {
+        g.move_leader(&vhost, &name, &body.node).await
+    })
+    .await
 }
 
 async fn delete_member(
     State(b): B,
     Path((vhost, name, node)): Path<(String, String, String)>,
 ) -> Response {
-    let g = match groups(&b) {
-        Ok(g) => g,
-        Err(r) => return *r,
-    };
-    match g.delete_member(&vhost, &name, &node).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => member_error(e),
-    }
+    member_change(&b, |g| async move {
+        g.delete_member(&vhost, &name, &node).await
+    })
+    .await
 }
 
 /// Every member as `/api/nodes` lists it: `this` (this node's own entry) with the cluster's

@@ -529,6 +529,11 @@ impl Handler for Cluster {
                     )))),
                 },
                 Request::Forwarded(op) => Response::Op(self.execute(&op).await),
+                Request::HoldElections(_) | Request::TakeLead => {
+                    Response::Op(Err(OpError::Failed(
+                        "a quorum queue group's request, sent without its group".into(),
+                    )))
+                }
                 op @ (Request::Join(_) | Request::Forget(_) | Request::Propose(_)) => {
                     Response::Op(self.on_leader(op).await.map_err(|e| match e {
                         ClusterError::NoQuorum(_) => OpError::NotLeader,

@@ -107,6 +107,11 @@ pub enum Request {
         group: String,
         request: Box<Request>,
     },
+    /// For a quorum queue's group: this member does not stand for election for this many
+    /// milliseconds (0: it may again), while the lead is moved to another member.
+    HoldElections(u64),
+    /// For a quorum queue's group: this member takes the lead (`ctl rebalance`).
+    TakeLead,
 }
 
 /// A leader operation done: what the command did, and the log index it was committed at.

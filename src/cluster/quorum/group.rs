@@ -303,7 +303,7 @@ impl Group {
     }
 
     /// Sends `request` for this group to `node`, within `within`.
-    async fn send(
+    pub(super) async fn send(
         &self,
         node: &NodeInfo,
         request: Request,
@@ -389,6 +389,59 @@ impl Group {
             turn += 1;
             tokio::time::sleep(Duration::from_millis(50).min(left)).await;
         }
+    }
+
+    /// Makes this node, a member, lead the group (`ctl rebalance`; openraft has no transfer
+    /// of leadership): the members other than this one and the leader hold their elections,
+    /// the leader takes itself out of the group (a leader leaving hands the lead on, here to
+    /// the one node standing), this node waits until it leads, the others may stand again,
+    /// and the old leader is taken back in as a voter (it catches up first), whatever failed
+    /// before. Each step is bounded by `within`.
+    pub async fn take_lead(&self, within: Duration) -> Result<(), OpError> {
+        let Some(raft) = self.raft() else {
+            return Err(OpError::Failed(format!(
+                "{} holds no replica of quorum queue '{}'",
+                self.env.me.name, self.queue.name
+            )));
+        };
+        let me = node_id(&self.env.me.name);
+        let m = raft.metrics().borrow().clone();
+        if m.current_leader == Some(me) {
+            return Ok(());
+        }
+        let membership = m.membership_config.membership();
+        let Some(leader) = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).cloned())
+        else {
+            return Err(OpError::NotLeader);
+        };
+        let others: Vec<NodeInfo> = membership
+            .voter_ids()
+            .filter(|v| *v != me && *v != node_id(&leader.name))
+            .filter_map(|v| membership.get_node(&v).cloned())
+            .collect();
+        let hold = u64::try_from((within * 3).as_millis()).unwrap_or(u64::MAX);
+        for other in &others {
+            self.send(other, Request::HoldElections(hold), within)
+                .await?;
+        }
+        let moved = async {
+            self.change_members(Request::Forget(leader.name.clone()), within)
+                .await?;
+            raft.wait(Some(within))
+                .current_leader(me, "this node to lead")
+                .await
+                .map(|_| ())
+                .map_err(|e| OpError::Failed(e.to_string()))
+        }
+        .await;
+        for other in &others {
+            // Their hold runs out by itself too, should this not reach them.
+            let _ = self.send(other, Request::HoldElections(0), within).await;
+        }
+        let back = self.change_members(Request::Join(leader), within).await;
+        moved.and(back)
     }
 
     /// Runs membership change `op` on this node's Raft, which must lead (else

@@ -52,6 +52,8 @@ pub enum MemberError {
     UnknownNode(String),
     #[error("{node} is the last member of quorum queue '{queue}'; delete the queue instead")]
     LastMember { node: String, queue: String },
+    #[error("{node} holds no replica of quorum queue '{queue}'")]
+    NotMember { node: String, queue: String },
     #[error("the node is stopping")]
     Stopping,
     #[error(transparent)]
@@ -345,6 +347,34 @@ impl Registry {
         Ok(())
     }
 
+    /// Moves the lead of quorum queue `name` to its member `to` (`ctl rebalance`): that node
+    /// takes it ([`Group::take_lead`]). Nothing to do when it leads already.
+    pub async fn move_leader(&self, vhost: &str, name: &str, to: &str) -> Result<(), MemberError> {
+        let Target {
+            cluster,
+            record,
+            group,
+            ..
+        } = self.quorum_queue(vhost, name)?;
+        if !record.members.iter().any(|m| m == to) {
+            return Err(MemberError::NotMember {
+                node: to.to_owned(),
+                queue: name.to_owned(),
+            });
+        }
+        let info = cluster
+            .nodes()
+            .into_iter()
+            .find(|n| n.name == to)
+            .ok_or_else(|| MemberError::UnknownNode(to.to_owned()))?;
+        // Holding, leaving, electing and taking back in: each bounded by three timeouts.
+        group
+            .send(&info, Request::TakeLead, self.env.timeout * 10)
+            .await
+            .map(|_| ())
+            .map_err(MemberError::from)
+    }
+
     /// Quorum queue `name`'s definition record and group on this node.
     fn quorum_queue(&self, vhost: &str, name: &str) -> Result<Target, MemberError> {
         use super::Consensus;
@@ -417,6 +447,25 @@ impl Registry {
                     result: Default::default(),
                     index,
                 })),
+                None => Response::Op(Err(OpError::NotLeader)),
+            },
+            Request::HoldElections(ms) => {
+                raft.runtime_config().elect(ms == 0);
+                if ms > 0 {
+                    let raft = raft.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        raft.runtime_config().elect(true);
+                    });
+                }
+                Response::Op(Ok(OpOk::default()))
+            }
+            Request::TakeLead => match group {
+                Some(g) => Response::Op(
+                    g.take_lead(self.env.timeout * 3)
+                        .await
+                        .map(|()| OpOk::default()),
+                ),
                 None => Response::Op(Err(OpError::NotLeader)),
             },
             Request::Propose(command) => {
