@@ -396,7 +396,7 @@ async fn exchanges_durable_queues_and_bindings_reach_every_node_and_route_there(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exclusive_and_transient_queues_stay_on_their_node_and_a_minority_refuses_durable_declares()
+async fn exclusive_and_transient_queues_are_on_every_node_and_a_minority_refuses_durable_declares()
 {
     let mut nodes = form(3).await;
     let leader = leader_of(&nodes).await;
@@ -406,23 +406,27 @@ async fn exclusive_and_transient_queues_stay_on_their_node_and_a_minority_refuse
     bounded(ch.queue_declare("passing".into(), Default::default(), Default::default()))
         .await
         .unwrap();
-    let other = nodes[(survivor + 1) % 3].broker();
+    // Known on every node (which routes to them), held by the node that declared them.
     for q in ["mine", "passing"] {
         let path = format!("/api/queues/%2F/{q}");
-        assert_eq!(
-            call(nodes[survivor].broker(), "GET", &path, None)
-                .await
-                .status,
-            200
-        );
-        assert_eq!(call(other, "GET", &path, None).await.status, 404, "{q}");
+        wait_on_all(&nodes, &path, true).await;
+        for n in &nodes {
+            let body = call(n.broker(), "GET", &path, None).await.body;
+            assert_eq!(
+                body["node"],
+                nodes[survivor].name.as_str(),
+                "{q} on {}",
+                n.name
+            );
+        }
     }
     for (i, node) in nodes.iter_mut().enumerate() {
         if i != survivor {
             node.stop().await;
         }
     }
-    // Transient declares still work alone; a durable one is refused with 541 and the reason.
+    // Transient declares still work alone (on this node only); a durable one is refused with
+    // 541 and the reason.
     bounded(ch.queue_declare("passing-2".into(), Default::default(), Default::default()))
         .await
         .unwrap();

@@ -91,8 +91,12 @@ async fn forget(State(b): B, Path(name): Path<String>) -> Response {
         Ok(c) => c,
         Err(r) => return *r,
     };
-    match c.remove_member(name).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+    match c.remove_member(name.clone()).await {
+        Ok(()) => {
+            // Its transient queues went with it; nobody else removes their records.
+            crate::cluster::transient::forget_homed_at(&b, &name);
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(e) => cluster_error(e),
     }
 }

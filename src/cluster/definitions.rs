@@ -54,7 +54,7 @@ const PERMISSION: &str = "permission";
 const TOPIC_PERMISSION: &str = "topic-permission";
 const POLICY: &str = "policy";
 const EXCHANGE: &str = "exchange";
-const QUEUE: &str = "queue";
+pub(crate) const QUEUE: &str = "queue";
 const BINDING: &str = "binding";
 
 /// A durable exchange as the cluster keeps it: the store's record, with its vhost.
@@ -65,12 +65,25 @@ pub struct ExchangeRecord {
     pub def: ExchangeDef,
 }
 
-/// A durable queue as the cluster keeps it (its store id is each node's own).
+/// A queue as the cluster keeps it (its store id is each node's own).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueRecord {
     pub vhost: String,
     pub name: String,
     pub auto_delete: bool,
+    /// False for a transient queue: it lives while its home node holds it (see
+    /// [`QueueRecord::bound_to_home`]). Records written before transient queues were kept
+    /// have none: they are all durable.
+    #[serde(default = "durable_by_default", skip_serializing_if = "is_durable")]
+    pub durable: bool,
+    /// An exclusive queue: only its owner, a connection of the home node, uses it; other
+    /// nodes route to it and refuse to consume from it (RESOURCE_LOCKED, as RabbitMQ).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclusive: bool,
+    /// Drawn when a transient queue is declared: a record of one incarnation of the queue
+    /// never removes another's (a client that reconnects declares the same name again).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
     /// As the store encodes an argument table.
     pub arguments: String,
     /// The node that holds the queue's messages: the one that declared it. Other nodes hold
@@ -86,6 +99,28 @@ pub struct QueueRecord {
     /// gets a new group (and directory), never the old one's files.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub group: String,
+}
+
+fn durable_by_default() -> bool {
+    true
+}
+
+fn is_durable(durable: &bool) -> bool {
+    *durable
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl QueueRecord {
+    /// Whether the queue exists only while its home node holds it (transient or exclusive):
+    /// its home node makes it itself (with its owner), deletes the record when it goes, and
+    /// deletes the records it finds of its own at start (it lost those queues with its
+    /// memory); the other nodes hold a proxy.
+    pub fn bound_to_home(&self) -> bool {
+        !self.durable || self.exclusive
+    }
 }
 
 /// A binding between durable ends as the cluster keeps it.
@@ -199,6 +234,9 @@ pub enum Change {
         vhost: String,
         name: String,
     },
+    /// Removes this incarnation of a transient queue, with the bindings to it, that its home
+    /// node no longer holds (nothing if the record is another's by now).
+    ForgetQueue(QueueRecord),
     Bind(BindingRecord),
     Unbind(BindingRecord),
     /// The connection holding an MQTT client id (see [`MqttClientRecord`]).
@@ -243,13 +281,14 @@ pub fn exchange_declared(b: &Broker, vh: &VHost, spec: &ExchangeSpec) -> Option<
     })
 }
 
-/// As [`exchange_declared`], for a durable, non-exclusive, non-auto-delete queue. A quorum
+/// As [`exchange_declared`], for a named queue: durable ones and transient, exclusive and
+/// auto-delete ones alike, so that every node routes to it (a transient one's record lives
+/// while its home node holds it: [`QueueRecord::bound_to_home`]). A quorum
 /// queue's replicas are chosen here: this node first, then the other members by name, as
 /// many as `x-quorum-initial-group-size` (else `quorum_replicas`) asks, at most all of them.
 pub fn queue_declared(b: &Broker, vh: &VHost, spec: &QueueSpec) -> Option<Change> {
-    let kept = spec.durable && !spec.exclusive && !spec.auto_delete && !spec.name.is_empty();
     let cluster = b.cluster.get()?;
-    (kept && vh.queue(&spec.name).is_none()).then(|| {
+    (!spec.name.is_empty() && vh.queue(&spec.name).is_none()).then(|| {
         let quorum = args::is_quorum(&spec.arguments).unwrap_or(false);
         let members = if quorum {
             let size = args::quorum_group_size(&spec.arguments)
@@ -276,6 +315,13 @@ pub fn queue_declared(b: &Broker, vh: &VHost, spec: &QueueSpec) -> Option<Change
             vhost: vh.name.clone(),
             name: spec.name.clone(),
             auto_delete: spec.auto_delete,
+            durable: spec.durable,
+            exclusive: spec.exclusive,
+            incarnation: if spec.durable && !spec.exclusive {
+                0
+            } else {
+                rand::random::<u64>().max(1)
+            },
             arguments: table_text(&spec.arguments),
             // A quorum queue's messages live in its group, on its members; a classic one's on
             // the node that declared it.
@@ -335,14 +381,21 @@ pub fn exchange_deleted(b: &Broker, vh: &VHost, name: &str) -> Option<Change> {
 }
 
 /// Whether the cluster keeps queue `name`'s definition.
-fn queue_kept(vh: &VHost, name: &str) -> bool {
-    vh.queue(name)
-        .is_some_and(|q| q.durable && !q.auto_delete && q.exclusive_owner.is_none())
+fn queue_kept(b: &Broker, vh: &VHost, name: &str) -> bool {
+    b.cluster
+        .get()
+        .is_some_and(|c| c.get(&key(QUEUE, &[&vh.name, name])).is_some())
+}
+
+/// The cluster's record of queue `name`, if it keeps one.
+pub fn queue_record(b: &Broker, vhost: &str, name: &str) -> Option<QueueRecord> {
+    let value = b.cluster.get()?.get(&key(QUEUE, &[vhost, name]))?;
+    serde_json::from_value(value).ok()
 }
 
 /// The change that replicates deleting queue `name`: when clustered and the cluster keeps it.
 pub fn queue_deleted(b: &Broker, vh: &VHost, name: &str) -> Option<Change> {
-    (b.cluster.get().is_some() && queue_kept(vh, name)).then(|| Change::DeleteQueue {
+    queue_kept(b, vh, name).then(|| Change::DeleteQueue {
         vhost: vh.name.clone(),
         name: name.to_owned(),
     })
@@ -361,7 +414,7 @@ pub fn binding_changed(
     b.cluster.get()?;
     let source_durable = vh.exchange(source).is_some_and(|x| x.durable);
     let destination_kept = match destination_type {
-        "queue" => queue_kept(vh, destination),
+        "queue" => queue_kept(b, vh, destination),
         _ => vh.exchange(destination).is_some_and(|x| x.durable),
     };
     if !(source_durable && destination_kept) {
@@ -382,6 +435,27 @@ pub fn binding_changed(
     } else {
         Change::Unbind(record)
     })
+}
+
+/// Declares `spec` on every node ([`queue_declared`], [`commit_blocking`]). A transient or
+/// exclusive queue the cluster cannot commit (a minority) is made on this node alone, as
+/// before clustering: it lives with this node, so there is nothing to diverge on, and other
+/// nodes do not route to it.
+pub fn declare_queue_everywhere(
+    b: &Broker,
+    vh: &VHost,
+    spec: &QueueSpec,
+) -> Result<(), ChangeError> {
+    let Some(change) = queue_declared(b, vh, spec) else {
+        return Ok(());
+    };
+    match commit_blocking(b, change) {
+        Err(ChangeError::Cluster(e)) if !spec.durable || spec.exclusive => {
+            tracing::info!(queue = %spec.name, error = %e, "cluster: a transient queue kept on this node only");
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    }
 }
 
 /// [`commit`] from synchronous code running on a runtime worker (the AMQP channel's
@@ -418,12 +492,30 @@ pub async fn commit(b: &Broker, change: Change) -> Result<u64, ChangeError> {
             change.check(b)?;
             let new_quorum = new_quorum_queue(b, &change);
             cluster.propose(change.command(b, cluster.as_ref())).await?;
+            declare_again_if_lost(b, cluster.as_ref(), std::slice::from_ref(&change)).await?;
             if let Some((vhost, name)) = new_quorum {
                 until_serving(b, &vhost, &name).await;
             }
             Ok(0)
         }
     }
+}
+
+/// Proposes again a transient queue's declaration that found its name held by a record of
+/// this node's lost incarnation, which went in between (see [`transient_declared`]).
+async fn declare_again_if_lost(
+    b: &Broker,
+    cluster: &dyn Consensus,
+    changes: &[Change],
+) -> Result<(), ChangeError> {
+    for c in changes {
+        if let Change::DeclareQueue(r) = c {
+            if r.bound_to_home() && queue_record(b, &r.vhost, &r.name).is_none() {
+                cluster.propose(c.command(b, cluster)).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The vhost and name of the quorum queue `change` declares, when it does not exist yet.
@@ -475,6 +567,7 @@ pub async fn commit_all(b: &Broker, changes: Vec<Change>) -> Result<u64, ChangeE
                 .map(|c| c.command(b, cluster.as_ref()))
                 .collect();
             cluster.propose(Command::Batch(commands)).await?;
+            declare_again_if_lost(b, cluster.as_ref(), &changes).await?;
             for (vhost, name) in new_quorum {
                 until_serving(b, &vhost, &name).await;
             }
@@ -495,12 +588,55 @@ pub fn commit_all_blocking(b: &Broker, changes: Vec<Change>) -> Result<u64, Chan
     tokio::task::block_in_place(|| handle.block_on(commit_all(b, changes)))
 }
 
-/// The connection a replicated declaration is made for: none (it is never exclusive).
+/// The connection a replicated declaration is made for: none of this node's (an exclusive
+/// queue's proxy is then owned by no connection here, which refuses every one of them).
 const NO_CONNECTION: crate::core::queue::ConnectionId = 0;
 
 fn put<T: serde::Serialize>(key: String, record: &T) -> Result<Command, ChangeError> {
     let value = serde_json::to_value(record).map_err(|e| ChangeError::Invalid(e.to_string()))?;
     Ok(Command::Put { key, value })
+}
+
+/// Deletes queue `name`'s record and the records of the bindings to it.
+fn queue_deletes(cluster: &dyn Consensus, vhost: &str, name: &str) -> Vec<Command> {
+    let mut all = vec![Command::Delete {
+        key: key(QUEUE, &[vhost, name]),
+    }];
+    all.extend(deletes_of(cluster, BINDING, |f| {
+        f.first().map(String::as_str) == Some(vhost)
+            && f.get(2).map(String::as_str) == Some("queue")
+            && f.get(3).map(String::as_str) == Some(name)
+    }));
+    all
+}
+
+/// Declares transient queue `r` once: made only while no node's record holds the name (two
+/// nodes declaring it at once, two members of a shared MQTT group say, must not move its
+/// home), or in place of a record of this node's for a queue it no longer holds (a lost
+/// incarnation, whose bindings go with it).
+fn transient_declared(
+    b: &Broker,
+    cluster: &dyn Consensus,
+    r: &QueueRecord,
+) -> Result<Command, ChangeError> {
+    let k = key(QUEUE, &[&r.vhost, &r.name]);
+    let me = cluster.node().name;
+    let lost = cluster.get(&k).filter(|v| {
+        let held_here = b
+            .vhost(&r.vhost)
+            .is_some_and(|vh| vh.queue(&r.name).is_some());
+        v.get("home").and_then(|h| h.as_str()) == Some(me.as_str()) && !held_here
+    });
+    let mut then = Vec::new();
+    if lost.is_some() {
+        then.extend(queue_deletes(cluster, &r.vhost, &r.name));
+    }
+    then.push(put(k.clone(), r)?);
+    Ok(Command::Guarded {
+        key: k,
+        expected: lost,
+        then,
+    })
 }
 
 /// Deletes of every record of `kind` whose fields `which` selects.
@@ -578,14 +714,28 @@ impl Change {
             }
             Change::DeclareQueue(r) => {
                 let vh = vhost_of(b, &r.vhost)?;
+                let home_here = b
+                    .cluster
+                    .get()
+                    .is_some_and(|c| r.home.as_deref() == Some(c.node().name.as_str()));
+                if r.bound_to_home() && (home_here || vh.queue(&r.name).is_some()) {
+                    // Its home makes it (with its owner); a record re-applied at start names
+                    // a queue this node lost, whose record `stale_queues_deleted` removes.
+                    return Ok(0);
+                }
                 let spec = QueueSpec {
                     name: r.name.clone(),
-                    durable: true,
-                    exclusive: false,
+                    durable: r.durable,
+                    exclusive: r.exclusive,
                     auto_delete: r.auto_delete,
                     arguments: table(&r.arguments)?,
                 };
-                vh.declare_queue(spec, false, NO_CONNECTION)?;
+                if r.name.starts_with("amq.") {
+                    // Server-named where it was declared (the prefix was checked there).
+                    vh.declare_server_named_queue(spec, NO_CONNECTION)?;
+                } else {
+                    vh.declare_queue(spec, false, NO_CONNECTION)?;
+                }
                 if !r.members.is_empty() {
                     if let Some(groups) = b.cluster.get().and_then(|c| c.quorum()) {
                         groups.declared(r);
@@ -593,7 +743,8 @@ impl Change {
                 }
                 vh.definitions_lsn()
             }
-            Change::DeleteQueue { vhost, name } => {
+            Change::DeleteQueue { vhost, name }
+            | Change::ForgetQueue(QueueRecord { vhost, name, .. }) => {
                 let vh = vhost_of(b, vhost)?;
                 vh.queue(name).ok_or(ChangeError::NotFound)?;
                 vh.delete_queue(name, false, false, NO_CONNECTION)?;
@@ -684,6 +835,7 @@ impl Change {
             | Change::DeclareQueue(QueueRecord { vhost, .. })
             | Change::DeleteExchange { vhost, .. }
             | Change::DeleteQueue { vhost, .. }
+            | Change::ForgetQueue(QueueRecord { vhost, .. })
             | Change::Bind(BindingRecord { vhost, .. })
             | Change::Unbind(BindingRecord { vhost, .. })
             | Change::SetMqttClient(MqttClientRecord { vhost, .. })
@@ -772,18 +924,20 @@ impl Change {
                 }));
                 Ok(Command::Batch(all))
             }
+            // A transient queue is declared once: a second node declaring the same name at
+            // once (two members of a shared MQTT group) must not move its home.
+            Change::DeclareQueue(r) if r.bound_to_home() => transient_declared(b, cluster, r),
             Change::DeclareQueue(r) => put(key(QUEUE, &[&r.vhost, &r.name]), r),
             Change::DeleteQueue { vhost, name } => {
-                let mut all = vec![Command::Delete {
-                    key: key(QUEUE, &[vhost, name]),
-                }];
-                all.extend(deletes_of(cluster, BINDING, |f| {
-                    f.first() == Some(vhost)
-                        && f.get(2).map(String::as_str) == Some("queue")
-                        && f.get(3) == Some(name)
-                }));
-                Ok(Command::Batch(all))
+                Ok(Command::Batch(queue_deletes(cluster, vhost, name)))
             }
+            Change::ForgetQueue(r) => serde_json::to_value(r)
+                .map_err(|e| ChangeError::Invalid(e.to_string()))
+                .map(|expected| Command::Guarded {
+                    key: key(QUEUE, &[&r.vhost, &r.name]),
+                    expected: Some(expected),
+                    then: queue_deletes(cluster, &r.vhost, &r.name),
+                }),
             Change::Bind(r) => put(r.key(), r),
             Change::Unbind(r) => Ok(Command::Delete { key: r.key() }),
             Change::SetMqttClient(r) => put(key(MQTT_CLIENT, &[&r.vhost, &r.client_id]), r),

@@ -15,6 +15,7 @@ pub mod network;
 pub mod quorum;
 pub mod state_machine;
 pub mod tls;
+pub mod transient;
 pub mod transport;
 
 pub use config::ClusterConfig;
@@ -47,6 +48,14 @@ pub enum Command {
     },
     Delete {
         key: String,
+    },
+    /// `then`, made only while `key` holds `expected` (None: no record); `existed` tells
+    /// whether `key` held a record before. What makes a transient queue's record and removes
+    /// it: a record of one incarnation of the queue never removes or overwrites another's.
+    Guarded {
+        key: String,
+        expected: Option<serde_json::Value>,
+        then: Vec<Command>,
     },
     /// Several changes committed as one entry (a deletion with what goes with it).
     Batch(Vec<Command>),
@@ -239,7 +248,10 @@ pub async fn start_for(broker: &std::sync::Arc<crate::core::Broker>) -> Result<(
     quorum.forward_with(&forward);
     forward.attach_all();
     cluster.serve_forward(forward);
+    let me = consensus.node().name;
     // Set once, here, at start.
     let _ = broker.cluster.set(consensus);
+    transient::watch(broker, me.clone());
+    transient::forget_lost(broker, &me);
     Ok(())
 }

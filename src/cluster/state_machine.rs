@@ -137,6 +137,20 @@ fn apply_command(
             changed.push((key.clone(), Some(value.clone())));
             records.insert(key, value).is_some()
         }
+        Command::Guarded {
+            key,
+            expected,
+            then,
+        } => {
+            let current = records.get(&key);
+            let existed = current.is_some();
+            if current == expected.as_ref() {
+                for c in then {
+                    apply_command(records, c, changed);
+                }
+            }
+            existed
+        }
         Command::Delete { key } => {
             let existed = records.remove(&key).is_some();
             changed.push((key, None));

@@ -10,7 +10,7 @@ use super::policy::Policies;
 use super::queue::ConnectionId;
 use super::stats::{ConnectionCounters, Stats};
 use super::timer::Timer;
-use super::vhost::{VHost, VHostEnv};
+use super::vhost::{QueueRemovals, VHost, VHostEnv};
 use crate::config::Config;
 use crate::store::{kind, RecoveredKeyed, RecoveredLog, Store, StoreError, VHostDefinitions};
 use dashmap::DashMap;
@@ -136,6 +136,8 @@ pub struct Broker {
     /// Makes the adapters' replicated records live (MQTT sessions, retained messages); set
     /// by the MQTT adapter at start on a clustered node.
     pub adapter_records: std::sync::OnceLock<Arc<dyn crate::cluster::adapter::AdapterRecords>>,
+    /// Told of every queue a vhost removes (the cluster watches it).
+    pub queue_removals: Arc<QueueRemovals>,
 }
 
 impl Broker {
@@ -144,9 +146,11 @@ impl Broker {
         let memory = MemoryMonitor::new(config.memory_high_watermark_bytes());
         let policies = Self::policies(&config);
         let timer = Timer::new(Arc::new(SystemClock));
+        let removals = Arc::new(QueueRemovals::default());
         let env = VHostEnv {
             timer: timer.clone(),
             memory: Some(memory.clone()),
+            removals: removals.clone(),
         };
         let vhosts = DashMap::new();
         let names: Vec<String> = config.vhosts.iter().map(|v| v.name.clone()).collect();
@@ -155,7 +159,15 @@ impl Broker {
             vhosts.insert(name.clone(), Arc::new(vh));
         }
         let access = Access::seeded(&config, &names, None);
-        Self::assemble(timer, config, memory, None, access, policies, vhosts)
+        Self::assemble(
+            timer,
+            config,
+            memory,
+            None,
+            access,
+            (policies, removals),
+            vhosts,
+        )
     }
 
     /// A broker on the store in `config.server.data_dir`: durable definitions and persistent
@@ -185,9 +197,11 @@ impl Broker {
         )?;
         let policies = Self::policies(&config);
         let timer = Timer::new(clock);
+        let removals = Arc::new(QueueRemovals::default());
         let env = VHostEnv {
             timer: timer.clone(),
             memory: Some(memory.clone()),
+            removals: removals.clone(),
         };
         // Before the queues come back, so that run-time policies apply to them as before.
         policies.restore(
@@ -234,7 +248,7 @@ impl Broker {
             memory,
             Some((store, keyed)),
             access,
-            policies,
+            (policies, removals),
             vhosts,
         ))
     }
@@ -254,7 +268,7 @@ impl Broker {
         memory: Arc<MemoryMonitor>,
         store: Option<(Arc<Store>, RecoveredKeyed)>,
         access: Access,
-        policies: Arc<Policies>,
+        (policies, queue_removals): (Arc<Policies>, Arc<QueueRemovals>),
         vhosts: DashMap<String, Arc<VHost>>,
     ) -> Arc<Self> {
         // With the store, what it held at start of keyed state, for its owners to take.
@@ -289,6 +303,7 @@ impl Broker {
             shutdown,
             cluster: std::sync::OnceLock::new(),
             adapter_records: std::sync::OnceLock::new(),
+            queue_removals,
         })
     }
 
@@ -329,6 +344,7 @@ impl Broker {
         let env = VHostEnv {
             timer: self.timer.clone(),
             memory: Some(self.memory.clone()),
+            removals: self.queue_removals.clone(),
         };
         let vh = match self.vhosts.entry(name.to_owned()) {
             dashmap::Entry::Occupied(_) => return 0,

@@ -507,15 +507,14 @@ impl Channel {
                 if !m.passive {
                     definitions::check_queue_type(&ctx.broker, &ctx.vhost, &spec)?;
                 }
+                if !m.passive {
+                    // Clustered, every queue is known to every node, which routes to it.
+                    definitions::declare_queue_everywhere(&ctx.broker, &ctx.vhost, &spec)
+                        .map_err(refusal)?;
+                }
                 let declared = if server_named {
                     ctx.vhost.declare_server_named_queue(spec, ctx.conn_id)?
                 } else {
-                    if !m.passive {
-                        replicate(
-                            ctx,
-                            definitions::queue_declared(&ctx.broker, &ctx.vhost, &spec),
-                        )?;
-                    }
                     ctx.vhost.declare_queue(spec, m.passive, ctx.conn_id)?
                 };
                 let stats = declared.queue.stats();
@@ -1255,10 +1254,17 @@ fn replicate(ctx: &ConnCtx, change: Option<Change>) -> AmqpResult<()> {
     let Some(change) = change else {
         return Ok(());
     };
-    match definitions::commit_blocking(&ctx.broker, change) {
-        Ok(_) => Ok(()),
-        Err(ChangeError::Core(e)) => Err(e.into()),
-        Err(e) => Err(AmqpError::connection(INTERNAL_ERROR, e.to_string())),
+    definitions::commit_blocking(&ctx.broker, change)
+        .map(|_| ())
+        .map_err(refusal)
+}
+
+/// A change the cluster did not make, as AMQP answers it: the broker's own error, else 541
+/// INTERNAL_ERROR with the reason (no quorum, say).
+fn refusal(e: ChangeError) -> AmqpError {
+    match e {
+        ChangeError::Core(e) => e.into(),
+        e => AmqpError::connection(INTERNAL_ERROR, e.to_string()),
     }
 }
 

@@ -302,6 +302,9 @@ pub(super) async fn attach(
         Some(q) => (q, false),
         None => {
             let spec = session_queue_spec(broker, &key.client_id, expiry > 0);
+            if expiry == 0 {
+                super::replica::clean_queue_declared(broker, &vhost, &spec).await;
+            }
             match vhost.declare_queue(spec, false, conn_id) {
                 Ok(d) => (d.queue, true),
                 Err(e) => {

@@ -22,12 +22,13 @@ use super::error::Refusal;
 use super::persist;
 use super::registry::{lock, MqttState, SessionKey, SessionSlot};
 use super::retained::RetainedFull;
-use super::session::{OutboundMessage, Session, SubscriptionEntry};
+use super::session::{is_shared, OutboundMessage, Session, SubscriptionEntry};
 use crate::cluster::adapter::{
     AdapterRecords, MqttClientRecord, MqttSessionRecord, MqttSubscriptionRecord, RetainedRecord,
     MQTT_CLIENT, MQTT_RETAINED, MQTT_SESSION, MQTT_SUBSCRIPTION,
 };
 use crate::cluster::definitions::{self, Change, ChangeError};
+use crate::core::vhost::QueueSpec;
 use crate::core::{Broker, VHost};
 use base64::Engine;
 use bytes::Bytes;
@@ -400,8 +401,9 @@ pub(super) async fn ended(broker: &Broker, vhost: &VHost, key: &SessionKey, conn
     }
 }
 
-/// The changes that replicate subscribing (`Some`) or unsubscribing (`None`) `filter` (not a
-/// shared one: a shared group's queue is the node's own) for a persistent session.
+/// The changes that replicate subscribing (`Some`) or unsubscribing (`None`) `filter` for
+/// session `s`: a persistent session's subscription record, and the binding of the session's
+/// queue (a shared filter's is its group's, which [`shared_group_joined`] makes).
 pub(super) fn subscription_changes(
     broker: &Broker,
     vhost: &VHost,
@@ -409,32 +411,77 @@ pub(super) fn subscription_changes(
     filter: &str,
     entry: Option<&SubscriptionEntry>,
 ) -> Vec<Change> {
-    let mut out = vec![match entry {
-        Some(e) => Change::PutMqttSubscription(MqttSubscriptionRecord {
-            vhost: s.vhost.clone(),
-            client_id: s.client_id.clone(),
-            filter: filter.to_owned(),
-            qos: e.options.qos as u8,
-            no_local: e.options.no_local,
-            retain_as_published: e.options.retain_as_published,
-            retain_handling: e.options.retain_handling,
-            identifier: e.identifier,
-        }),
-        None => Change::DeleteMqttSubscription {
-            vhost: s.vhost.clone(),
-            client_id: s.client_id.clone(),
-            filter: filter.to_owned(),
-        },
-    }];
-    out.extend(definitions::binding_changed(
+    let mut out = Vec::new();
+    if s.expiry_interval > 0 {
+        out.push(match entry {
+            Some(e) => Change::PutMqttSubscription(MqttSubscriptionRecord {
+                vhost: s.vhost.clone(),
+                client_id: s.client_id.clone(),
+                filter: filter.to_owned(),
+                qos: e.options.qos as u8,
+                no_local: e.options.no_local,
+                retain_as_published: e.options.retain_as_published,
+                retain_handling: e.options.retain_handling,
+                identifier: e.identifier,
+            }),
+            None => Change::DeleteMqttSubscription {
+                vhost: s.vhost.clone(),
+                client_id: s.client_id.clone(),
+                filter: filter.to_owned(),
+            },
+        });
+    }
+    if !is_shared(filter) {
+        out.extend(definitions::binding_changed(
+            broker,
+            vhost,
+            entry.is_some(),
+            (&broker.config.mqtt.exchange, "queue", &s.queue),
+            &filter_to_pattern(filter),
+            &FieldTable::new(),
+        ));
+    }
+    out
+}
+
+/// Clustered, a clean session's queue is known to every node, which routes to it (its record
+/// goes with the queue: `cluster::transient`). Not confirmed (a minority), the session goes
+/// on with its queue on this node alone, as the claim of its client id does.
+pub(super) async fn clean_queue_declared(broker: &Broker, vhost: &VHost, spec: &QueueSpec) {
+    let Some(change) = definitions::queue_declared(broker, vhost, spec) else {
+        return;
+    };
+    if let Err(e) = definitions::commit(broker, change).await {
+        tracing::info!(queue = %spec.name, error = %e, "clean MQTT session's queue kept on this node only");
+    }
+}
+
+/// Clustered, the group queue `name` of a shared subscription and its binding with
+/// `filter`, on every node: the first member's node is its home, where every member, on any
+/// node, consumes. The queue, or None when the cluster did not confirm it.
+pub(super) fn shared_group_joined(
+    broker: &Broker,
+    vhost: &VHost,
+    spec: &QueueSpec,
+    filter: &str,
+) -> Result<Option<Arc<crate::core::Queue>>, ChangeError> {
+    if vhost.queue(&spec.name).is_none() {
+        if let Some(change) = definitions::queue_declared(broker, vhost, spec) {
+            definitions::commit_all_blocking(broker, vec![change])?;
+        }
+    }
+    let bind = definitions::binding_changed(
         broker,
         vhost,
-        entry.is_some(),
-        (&broker.config.mqtt.exchange, "queue", &s.queue),
+        true,
+        (&broker.config.mqtt.exchange, "queue", &spec.name),
         &filter_to_pattern(filter),
         &FieldTable::new(),
-    ));
-    out
+    );
+    if let Some(change) = bind {
+        definitions::commit_all_blocking(broker, vec![change])?;
+    }
+    Ok(vhost.queue(&spec.name))
 }
 
 /// Makes `m` the topic's retained message (an empty payload clears it) on every node, once

@@ -26,21 +26,32 @@ impl Connection {
             return false;
         };
         let vhost = self.vhost().clone();
-        let queue = match vhost.queue(&name) {
-            Some(q) => q,
-            None => {
-                let spec = QueueSpec {
-                    name,
-                    ..Default::default()
-                };
-                match vhost.declare_queue(spec, false, self.entry.id) {
-                    Ok(d) => d.queue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "shared subscription queue not declared");
-                        return false;
-                    }
+        // Auto-delete: the group's queue goes with its last member, on whichever node.
+        let spec = QueueSpec {
+            name,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let replicated = if self.broker.cluster.get().is_some() {
+            match super::replica::shared_group_joined(&self.broker, &vhost, &spec, filter) {
+                Ok(q) => q,
+                Err(e) => {
+                    tracing::info!(error = %e, "shared subscription not confirmed by the cluster");
+                    return false;
                 }
             }
+        } else {
+            None
+        };
+        let queue = match replicated.or_else(|| vhost.queue(&spec.name)) {
+            Some(q) => q,
+            None => match vhost.declare_queue(spec, false, self.entry.id) {
+                Ok(d) => d.queue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "shared subscription queue not declared");
+                    return false;
+                }
+            },
         };
         let bound = vhost.bind_queue(
             &queue.name,
@@ -70,14 +81,12 @@ impl Connection {
         true
     }
 
-    /// Leaves a shared group; the last member out deletes the group's queue, so nothing
-    /// piles up for a group nobody consumes.
+    /// Leaves a shared group; the last member out, on any node, has the group's (auto-delete)
+    /// queue deleted, so nothing piles up for a group nobody consumes.
     pub(super) fn leave_shared(&mut self, key: &str) {
         if let Some((queue, id)) = self.shared.remove(key) {
             self.vhost().remove_consumer(&queue, id);
-            if queue.consumer_count() == 0 {
-                self.vhost().remove_queue(&queue);
-            }
+            self.vhost().consumer_gone(&queue);
         }
     }
 
@@ -190,7 +199,11 @@ impl Connection {
                 reason::V3_SUBACK_FAILURE
             };
             for (filter, code) in named.iter().zip(&mut w.codes[first..]) {
-                if *code < 0x80 && !is_shared(filter) {
+                if *code < 0x80 && is_shared(filter) {
+                    *code = failure;
+                    lock(&self.attached.session).subscriptions.remove(filter);
+                    self.leave_shared(filter);
+                } else if *code < 0x80 {
                     *code = failure;
                     lock(&self.attached.session).subscriptions.remove(filter);
                     let _ = self.vhost().unbind_queue(
@@ -300,9 +313,9 @@ impl Connection {
         s.options.qos as u8
     }
 
-    /// Clustered, a persistent session's subscriptions (`subscribe`) or their removal, for
-    /// the `filters` whose `codes` say they were made here, committed on every node before
-    /// the SUBACK or UNSUBACK (shared ones stay on this node, as their group queue does).
+    /// Clustered, the subscriptions (`subscribe`) or their removal, for the `filters` whose
+    /// `codes` say they were made here, committed on every node before the SUBACK or
+    /// UNSUBACK: the bindings of the session's queue, and a persistent session's records.
     /// False when the cluster did not confirm them.
     fn replicate_subscriptions(&self, filters: &[String], codes: &[u8], subscribe: bool) -> bool {
         if self.broker.cluster.get().is_none() {
@@ -310,19 +323,15 @@ impl Connection {
         }
         let changes: Vec<_> = {
             let s = lock(&self.attached.session);
-            if s.expiry_interval == 0 {
-                return true;
-            }
             filters
                 .iter()
                 .zip(codes)
-                .filter(|(f, code)| {
-                    let made = if subscribe {
+                .filter(|(_, code)| {
+                    if subscribe {
                         **code < 0x80
                     } else {
                         **code == reason::SUCCESS
-                    };
-                    made && !is_shared(f)
+                    }
                 })
                 .flat_map(|(f, _)| {
                     let entry = if subscribe {

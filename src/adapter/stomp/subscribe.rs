@@ -164,11 +164,12 @@ impl Session {
             }
         };
         self.permit_subscription(&spec.name, exchange, key)?;
-        if durable {
-            // Clustered, a durable subscription's queue and then its binding (made for a
-            // queue that exists) are on every node.
+        {
+            // Clustered, the subscription's queue and then its binding (made for a queue the
+            // cluster has) are on every node, which routes to it (a transient one's record
+            // goes with it: `cluster::transient`).
             let broker = &self.ctx.broker;
-            self.replicate(definitions::queue_declared(broker, vhost, &spec).into_iter())?;
+            definitions::declare_queue_everywhere(broker, vhost, &spec).map_err(refusal)?;
             let bind = definitions::binding_changed(
                 broker,
                 vhost,
@@ -197,11 +198,9 @@ impl Session {
         if changes.is_empty() {
             return Ok(());
         }
-        match definitions::commit_all_blocking(&self.ctx.broker, changes) {
-            Ok(_) => Ok(()),
-            Err(ChangeError::Core(e)) => Err(e.into()),
-            Err(e) => Err(StompError::new("Server unavailable", e.to_string())),
-        }
+        definitions::commit_all_blocking(&self.ctx.broker, changes)
+            .map(|_| ())
+            .map_err(refusal)
     }
 
     pub(super) fn start_subscription(
@@ -276,5 +275,14 @@ impl Session {
             self.ctx.vhost.consumer_gone(&sub.queue);
         }
         Ok(())
+    }
+}
+
+/// A change the cluster did not make, as an ERROR frame: the broker's own error, else
+/// "Server unavailable" with the reason (no quorum, say).
+fn refusal(e: ChangeError) -> StompError {
+    match e {
+        ChangeError::Core(e) => e.into(),
+        e => StompError::new("Server unavailable", e.to_string()),
     }
 }

@@ -433,6 +433,7 @@ impl Home {
         };
         if let Some(removed) = served.queue.remove_consumer(served.id) {
             self.apply(&served.queue, removed.effects);
+            self.consumer_gone(&served.queue);
         }
         let back: Vec<Outgoing> = {
             let mut st = s.lock();
@@ -522,6 +523,14 @@ impl Home {
     fn apply(&self, q: &Arc<Queue>, effects: crate::core::QueueEffects) {
         if let Some(vh) = self.broker.upgrade().and_then(|b| b.vhost(&q.vhost)) {
             vh.apply(q, effects);
+        }
+    }
+
+    /// A consumer of another node left `q`: an auto-delete queue nobody consumes any more
+    /// goes, as for a consumer of this node.
+    fn consumer_gone(&self, q: &Arc<Queue>) {
+        if let Some(vh) = self.broker.upgrade().and_then(|b| b.vhost(&q.vhost)) {
+            vh.consumer_gone(q);
         }
     }
 
@@ -616,6 +625,7 @@ impl Home {
         for served in consumers {
             if let Some(removed) = served.queue.remove_consumer(served.id) {
                 self.apply(&served.queue, removed.effects);
+                self.consumer_gone(&served.queue);
             }
         }
         // Consumers are gone from their queues, so nothing is added any more.

@@ -709,6 +709,10 @@ impl Queue {
 
     /// Whether an auto-delete queue should go now: it had a consumer and has none left.
     pub fn auto_delete_due(&self) -> bool {
+        // A proxy's consumers are some of the queue's: its home node decides.
+        if self.remote().is_some() {
+            return false;
+        }
         let st = self.lock();
         self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
     }

@@ -101,6 +101,7 @@ pub struct VHost {
     /// `mqtt.flow_backlog`: a publish that leaves a queue's backlog over this names the queue
     /// in its outcome, for publisher flow control (0: never).
     flow_backlog: AtomicUsize,
+    removals: Arc<QueueRemovals>,
 }
 
 /// What a vhost is made with from the broker around it.
@@ -110,6 +111,38 @@ pub struct VHostEnv {
     pub timer: Arc<Timer>,
     /// Charged for message copies the vhost makes; None in tests.
     pub memory: Option<Arc<MemoryMonitor>>,
+    /// Told of the queues the vhost removes.
+    pub removals: Arc<QueueRemovals>,
+}
+
+/// What is told of every queue a vhost removes, whatever removed it (a deletion, its
+/// exclusive owner closing, auto-delete, `x-expires`, an MQTT session ending). Set once, by
+/// the cluster: a queue whose record lives while its home holds it leaves the cluster with it.
+#[derive(Default)]
+pub struct QueueRemovals(std::sync::OnceLock<RemovalWatcher>);
+
+/// What [`QueueRemovals`] calls with each removed queue.
+pub type RemovalWatcher = Box<dyn Fn(&Arc<Queue>) + Send + Sync>;
+
+impl std::fmt::Debug for QueueRemovals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("QueueRemovals")
+            .field(&self.0.get().is_some())
+            .finish()
+    }
+}
+
+impl QueueRemovals {
+    /// Has `f` told of each removed queue from now on; false if something was already.
+    pub fn watch(&self, f: RemovalWatcher) -> bool {
+        self.0.set(f).is_ok()
+    }
+
+    fn removed(&self, q: &Arc<Queue>) {
+        if let Some(f) = self.0.get() {
+            f(q);
+        }
+    }
 }
 
 impl VHost {
@@ -133,6 +166,7 @@ impl VHost {
             exclusive: Mutex::new(HashMap::new()),
             topic_max_words: AtomicUsize::new(topic::DEFAULT_MAX_WORDS),
             flow_backlog: AtomicUsize::new(0),
+            removals: env.removals,
         };
         for (ename, kind) in [
             ("", ExchangeKind::Direct),
@@ -163,6 +197,7 @@ impl VHost {
         let env = VHostEnv {
             timer: Timer::new(Arc::new(super::clock::SystemClock)),
             memory: None,
+            removals: Arc::default(),
         };
         VHost::with_policies(name, Arc::new(Policies::default()), env)
     }
@@ -173,6 +208,7 @@ impl VHost {
         let env = VHostEnv {
             timer,
             memory: None,
+            removals: Arc::default(),
         };
         let vh = Arc::new(VHost::with_policies(
             name,

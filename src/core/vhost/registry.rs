@@ -163,6 +163,7 @@ impl VHost {
         let deleted = q.delete();
         self.remove_bindings_to(&Destination::Queue(q.clone()));
         self.record_queue_gone(q);
+        self.removals.removed(q);
         for c in &deleted.consumers {
             c.sink.cancelled(q, &c.tag);
         }
