@@ -331,3 +331,43 @@ async fn forgetting_a_node_removes_the_records_of_its_transient_queues() {
     assert_eq!(r.status, 204, "{:?}", r.body);
     wait_on_all(&nodes[..2], &queue_path("on-gone"), 404).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_session_taken_over_on_another_node_gets_a_queue_there() {
+    let nodes = form(3).await;
+    let mut old = RawMqtt::connect(mqtt(&nodes[0]), Protocol::V5, "moving", true).await;
+    assert_eq!(old.subscribe("mv/old", QoS::AtLeastOnce).await.codes, [1]);
+    let queue = "mqtt-subscription-moving";
+    wait_for_binding(&nodes, queue, "amq.topic").await;
+
+    let mut new = RawMqtt::connect(mqtt(&nodes[1]), Protocol::V5, "moving", true).await;
+    match old.closed().await {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, switchboard_mqtt::reason::SESSION_TAKEN_OVER)
+        }
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+    assert_eq!(new.subscribe("mv/new", QoS::AtLeastOnce).await.codes, [1]);
+    wait_until_async("the new session's queue is held by node 1", || async {
+        let q = call(nodes[2].broker(), "GET", &queue_path(queue), None).await;
+        q.status == 200 && q.body["node"] == nodes[1].name.as_str()
+    })
+    .await;
+    wait_for_binding(&nodes, queue, "amq.topic").await;
+    let mut publisher = RawMqtt::connect(mqtt(&nodes[2]), Protocol::V5, "mv-pub", true).await;
+    // The clean start left the old subscription behind: nobody matches (v5 PUBACK 0x10).
+    publisher
+        .publish("mv/old", QoS::AtLeastOnce, 1, b"old")
+        .await;
+    match publisher.recv().await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.reason, 0x10),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    publisher
+        .publish("mv/new", QoS::AtLeastOnce, 2, b"new")
+        .await;
+    puback(&mut publisher).await;
+    let p = new.next_publish().await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("mv/new", &b"new"[..]));
+    new.expect_nothing_pending().await;
+}

@@ -270,6 +270,7 @@ pub(super) async fn attach(
                 )));
             }
         }
+        super::replica::discard_clean_queue(broker, &vhost, &queue_name).await;
         let old_queue = vhost.queue(&queue_name);
         if let Some(old) = &old {
             let what = Discard {

@@ -456,6 +456,22 @@ pub(super) async fn clean_queue_declared(broker: &Broker, vhost: &VHost, spec: &
     }
 }
 
+/// Clustered, removes from every node the queue `name` of a clean session this client id
+/// had, on whichever node (a takeover from another node: that node removes it too, as it
+/// ends its connection, but this one declares the name again before then). Not confirmed
+/// (a minority), the new session's queue is this node's alone.
+pub(super) async fn discard_clean_queue(broker: &Broker, vhost: &VHost, name: &str) {
+    let Some(r) = definitions::queue_record(broker, &vhost.name, name) else {
+        return;
+    };
+    if !r.bound_to_home() {
+        return;
+    }
+    if let Err(e) = definitions::commit(broker, Change::ForgetQueue(r)).await {
+        tracing::info!(queue = %name, error = %e, "the old clean session's queue not removed from the cluster");
+    }
+}
+
 /// Clustered, the group queue `name` of a shared subscription and its binding with
 /// `filter`, on every node: the first member's node is its home, where every member, on any
 /// node, consumes. The queue, or None when the cluster did not confirm it.
