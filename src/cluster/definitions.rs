@@ -119,8 +119,14 @@ impl QueueRecord {
     /// deletes the records it finds of its own at start (it lost those queues with its
     /// memory); the other nodes hold a proxy.
     pub fn bound_to_home(&self) -> bool {
-        !self.durable || self.exclusive
+        lives_with_home(self.durable, self.exclusive)
     }
+}
+
+/// Whether a queue so declared lives only while its home node holds it: transient or
+/// exclusive.
+fn lives_with_home(durable: bool, exclusive: bool) -> bool {
+    !durable || exclusive
 }
 
 /// A binding between durable ends as the cluster keeps it.
@@ -317,10 +323,10 @@ pub fn queue_declared(b: &Broker, vh: &VHost, spec: &QueueSpec) -> Option<Change
             auto_delete: spec.auto_delete,
             durable: spec.durable,
             exclusive: spec.exclusive,
-            incarnation: if spec.durable && !spec.exclusive {
-                0
-            } else {
+            incarnation: if lives_with_home(spec.durable, spec.exclusive) {
                 rand::random::<u64>().max(1)
+            } else {
+                0
             },
             arguments: table_text(&spec.arguments),
             // A quorum queue's messages live in its group, on its members; a classic one's on
@@ -450,7 +456,7 @@ pub fn declare_queue_everywhere(
         return Ok(());
     };
     match commit_blocking(b, change) {
-        Err(ChangeError::Cluster(e)) if !spec.durable || spec.exclusive => {
+        Err(ChangeError::Cluster(e)) if lives_with_home(spec.durable, spec.exclusive) => {
             tracing::info!(queue = %spec.name, error = %e, "cluster: a transient queue kept on this node only");
             Ok(())
         }
@@ -719,8 +725,9 @@ impl Change {
                     .get()
                     .is_some_and(|c| r.home.as_deref() == Some(c.node().name.as_str()));
                 if r.bound_to_home() && (home_here || vh.queue(&r.name).is_some()) {
-                    // Its home makes it (with its owner); a record re-applied at start names
-                    // a queue this node lost, whose record `stale_queues_deleted` removes.
+                    // Its home makes it (with its owner). A record re-applied at start, before
+                    // the node knows its name, makes a local queue that
+                    // `cluster::transient::forget_homed_at` removes with the record.
                     return Ok(0);
                 }
                 let spec = QueueSpec {

@@ -252,6 +252,6 @@ pub async fn start_for(broker: &std::sync::Arc<crate::core::Broker>) -> Result<(
     // Set once, here, at start.
     let _ = broker.cluster.set(consensus);
     transient::watch(broker, me.clone());
-    transient::forget_lost(broker, &me);
+    transient::forget_homed_at(broker, &me);
     Ok(())
 }

@@ -29,14 +29,10 @@ pub fn watch(broker: &Arc<Broker>, me: String) {
     }));
 }
 
-/// At start: removes the records of the transient queues this node was home to (a local
-/// queue made for one while the log was re-applied, before the node knew its name, too).
-pub fn forget_lost(broker: &Arc<Broker>, me: &str) {
-    forget_homed_at(broker, me);
-}
-
-/// Removes the records of the transient queues homed at `node`: this node's lost ones at
-/// start, or a node's the cluster forgot (`forget_cluster_node`), which nobody else would.
+/// Removes the records of the transient queues homed at `node`: this node's own at start
+/// (lost with its memory; a local queue made for one while the log was re-applied, before
+/// the node knew its name, goes too), or a node's the cluster forgot (`forget_cluster_node`),
+/// which nobody else would.
 pub fn forget_homed_at(broker: &Arc<Broker>, node: &str) {
     let Some(cluster) = broker.cluster.get() else {
         return;

@@ -199,13 +199,14 @@ impl Connection {
                 reason::V3_SUBACK_FAILURE
             };
             for (filter, code) in named.iter().zip(&mut w.codes[first..]) {
-                if *code < 0x80 && is_shared(filter) {
-                    *code = failure;
-                    lock(&self.attached.session).subscriptions.remove(filter);
+                if *code >= 0x80 {
+                    continue;
+                }
+                *code = failure;
+                lock(&self.attached.session).subscriptions.remove(filter);
+                if is_shared(filter) {
                     self.leave_shared(filter);
-                } else if *code < 0x80 {
-                    *code = failure;
-                    lock(&self.attached.session).subscriptions.remove(filter);
+                } else {
                     let _ = self.vhost().unbind_queue(
                         &self.queue().name,
                         &exchange,

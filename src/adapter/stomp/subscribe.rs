@@ -164,22 +164,20 @@ impl Session {
             }
         };
         self.permit_subscription(&spec.name, exchange, key)?;
-        {
-            // Clustered, the subscription's queue and then its binding (made for a queue the
-            // cluster has) are on every node, which routes to it (a transient one's record
-            // goes with it: `cluster::transient`).
-            let broker = &self.ctx.broker;
-            definitions::declare_queue_everywhere(broker, vhost, &spec).map_err(refusal)?;
-            let bind = definitions::binding_changed(
-                broker,
-                vhost,
-                true,
-                (exchange, "queue", &spec.name),
-                key,
-                &FieldTable::new(),
-            );
-            self.replicate(bind.into_iter())?;
-        }
+        // Clustered, the subscription's queue and then its binding (made for a queue the
+        // cluster has) are on every node, which routes to it (a transient one's record
+        // goes with it: `cluster::transient`).
+        let broker = &self.ctx.broker;
+        definitions::declare_queue_everywhere(broker, vhost, &spec).map_err(refusal)?;
+        let bind = definitions::binding_changed(
+            broker,
+            vhost,
+            true,
+            (exchange, "queue", &spec.name),
+            key,
+            &FieldTable::new(),
+        );
+        self.replicate(bind.into_iter())?;
         let declared = vhost.declare_queue(spec, false, self.ctx.conn_id)?;
         vhost.bind_queue(
             &declared.queue.name,
