@@ -189,6 +189,16 @@ async fn a_node_left_alone_refuses_with_503_and_keeps_its_definitions() {
     let r = call(nodes[0].broker(), "PUT", "/api/vhosts/kept", None).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     wait_on_all(&nodes, "/api/vhosts/kept", true).await;
+    let queue = Some(json!({"durable": true}));
+    let r = call(
+        nodes[0].broker(),
+        "PUT",
+        "/api/queues/%2F/held",
+        queue.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    wait_on_all(&nodes, "/api/queues/%2F/held", true).await;
     let leader = leader_of(&nodes).await;
     let survivor = follower_of(&nodes, leader);
     for (i, node) in nodes.iter_mut().enumerate() {
@@ -197,7 +207,11 @@ async fn a_node_left_alone_refuses_with_503_and_keeps_its_definitions() {
         }
     }
     let alone = nodes[survivor].broker();
-    let refusals: [(&str, String, Option<Value>); 4] = [
+    // Declaring a queue it has, or deleting one it lacks, is answered from its own state,
+    // which the majority may have changed meanwhile: refused too, not confirmed.
+    let refusals: [(&str, String, Option<Value>); 6] = [
+        ("PUT", "/api/queues/%2F/held".into(), queue),
+        ("DELETE", "/api/queues/%2F/absent".into(), None),
         ("PUT", "/api/vhosts/lost".into(), None),
         (
             "PUT",
@@ -406,6 +420,10 @@ async fn exclusive_and_transient_queues_are_on_every_node_and_a_minority_refuses
     bounded(ch.queue_declare("passing".into(), Default::default(), Default::default()))
         .await
         .unwrap();
+    bounded(ch.queue_declare("held".into(), durable_queue(), Default::default()))
+        .await
+        .unwrap();
+    wait_on_all(&nodes, "/api/queues/%2F/held", true).await;
     // Known on every node (which routes to them), held by the node that declared them.
     for q in ["mine", "passing"] {
         let path = format!("/api/queues/%2F/{q}");
@@ -439,6 +457,13 @@ async fn exclusive_and_transient_queues_are_on_every_node_and_a_minority_refuses
         "{text}"
     );
     assert!(text.contains("no quorum"), "{text}");
+    // Declaring a durable queue it has again is refused as well: the majority may have
+    // deleted it meanwhile.
+    let (_c2, ch2) = amqp_channel(&nodes[survivor]).await;
+    let err = bounded(ch2.queue_declare("held".into(), durable_queue(), Default::default()))
+        .await
+        .expect_err("refused without a majority");
+    assert!(err.to_string().contains("no quorum"), "{err}");
     let alone = nodes[survivor].broker();
     assert_eq!(
         call(alone, "GET", "/api/queues/%2F/kept", None)

@@ -186,6 +186,11 @@ async fn declare(
         return core_error(e);
     }
     // Clustered: committed first, then declared here again, which checks it as unclustered.
+    if definitions::needs_catching_up(&b, &vh, &spec) {
+        if let Err(e) = definitions::caught_up(&b).await {
+            return change_refused(e);
+        }
+    }
     let replicated = definitions::queue_declared(&b, &vh, &spec);
     if let Some(change) = replicated.clone() {
         if let Err(e) = definitions::commit(&b, change).await {
@@ -215,7 +220,13 @@ async fn remove(
         Err(r) => return r.into_response(),
     };
     if vh.queue(&name).is_none() {
-        return not_found();
+        // Clustered, not here may only mean not applied here yet.
+        if let Err(e) = definitions::caught_up(&b).await {
+            return change_refused(e);
+        }
+        if vh.queue(&name).is_none() {
+            return not_found();
+        }
     }
     let if_unused = flag(q.get("if-unused"));
     let if_empty = flag(q.get("if-empty"));

@@ -452,6 +452,9 @@ pub fn declare_queue_everywhere(
     vh: &VHost,
     spec: &QueueSpec,
 ) -> Result<(), ChangeError> {
+    if needs_catching_up(b, vh, spec) {
+        block_on_runtime(caught_up(b))??;
+    }
     let Some(change) = queue_declared(b, vh, spec) else {
         return Ok(());
     };
@@ -468,6 +471,10 @@ pub fn declare_queue_everywhere(
 /// methods): the worker is handed over while the change commits (tokio's `block_in_place`),
 /// which needs the multi-threaded runtime the broker runs on.
 pub fn commit_blocking(b: &Broker, change: Change) -> Result<u64, ChangeError> {
+    block_on_runtime(commit(b, change))?
+}
+
+fn block_on_runtime<T>(work: impl std::future::Future<Output = T>) -> Result<T, ChangeError> {
     use tokio::runtime::{Handle, RuntimeFlavor};
     let handle = Handle::try_current().map_err(|e| ChangeError::Invalid(e.to_string()))?;
     if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
@@ -475,7 +482,31 @@ pub fn commit_blocking(b: &Broker, change: Change) -> Result<u64, ChangeError> {
             "a clustered broker needs the multi-threaded runtime to declare".into(),
         ));
     }
-    tokio::task::block_in_place(|| handle.block_on(commit(b, change)))
+    Ok(tokio::task::block_in_place(|| handle.block_on(work)))
+}
+
+/// Resolves once this node has applied every change the cluster committed before the call
+/// (an empty entry committed through the leader); refused, like a change, in a minority.
+/// What a node answers from its own state after it (a queue it has is declared already, one
+/// it lacks cannot be deleted) is then no older than any change confirmed elsewhere: a node
+/// cut off in a minority would otherwise confirm a declaration of a queue the majority has
+/// deleted meanwhile. RabbitMQ's metadata store likewise runs every declaration as a
+/// transaction of the majority.
+pub async fn caught_up(b: &Broker) -> Result<(), ChangeError> {
+    if let Some(cluster) = b.cluster.get() {
+        cluster.propose(Command::Batch(Vec::new())).await?;
+    }
+    Ok(())
+}
+
+/// Whether declaring `spec` here is answered from this node's state (the queue exists), so
+/// that it needs [`caught_up`] first when clustered. A transient queue's state lives with
+/// the node that declared it: not for those.
+pub fn needs_catching_up(b: &Broker, vh: &VHost, spec: &QueueSpec) -> bool {
+    b.cluster.get().is_some()
+        && !spec.name.is_empty()
+        && !lives_with_home(spec.durable, spec.exclusive)
+        && vh.queue(&spec.name).is_some()
 }
 
 fn vhost_of(b: &Broker, name: &str) -> Result<Arc<VHost>, ChangeError> {
@@ -495,7 +526,13 @@ pub async fn commit(b: &Broker, change: Change) -> Result<u64, ChangeError> {
     match b.cluster.get() {
         None => change.apply(b),
         Some(cluster) => {
-            change.check(b)?;
+            if let Err(ChangeError::NotFound) = change.check(b) {
+                // Not here may only mean not applied here yet.
+                caught_up(b).await?;
+                change.check(b)?;
+            } else {
+                change.check(b)?;
+            }
             let new_quorum = new_quorum_queue(b, &change);
             cluster.propose(change.command(b, cluster.as_ref())).await?;
             declare_again_if_lost(b, cluster.as_ref(), std::slice::from_ref(&change)).await?;
