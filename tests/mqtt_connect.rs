@@ -237,6 +237,7 @@ async fn client_id_rules() {
     let assigned = ack
         .properties
         .assigned_client_identifier
+        .clone()
         .expect("assigned id");
     assert!(!assigned.is_empty());
     b.stop().await;

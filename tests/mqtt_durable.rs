@@ -246,10 +246,11 @@ async fn a_session_with_many_subscriptions_changed_packet_by_packet_survives_a_r
                 },
             })
             .collect();
-        let properties = Properties {
+        let properties: Properties = PropertyValues {
             subscription_identifiers: vec![p as u32 + 1],
             ..Default::default()
-        };
+        }
+        .into();
         let ack = c.subscribe_with(packet_id, subscriptions, properties).await;
         assert_eq!(ack.codes.len(), chunk.len());
         assert!(log_is_synced(&b), "SUBACK before its records were durable");

@@ -243,10 +243,11 @@ async fn session_expiry_ends_a_disconnected_session() {
 
 fn with_will(protocol: Protocol, id: &str, topic: &str, delay: Option<u32>) -> Connect {
     let mut c = connect_packet(protocol, id, true);
-    let properties = Properties {
+    let properties: Properties = PropertyValues {
         will_delay_interval: delay,
         ..Default::default()
-    };
+    }
+    .into();
     c.will = Some(Will {
         topic: topic.into(),
         payload: Bytes::from_static(b"gone"),

@@ -16,5 +16,5 @@ pub use decode::decode;
 pub use encode::{encode, encode_publish, encoded_len, PublishOut};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
-pub use properties::Properties;
+pub use properties::{Properties, PropertyValues};
 pub use wire::{check_utf8, VAR_INT_MAX};

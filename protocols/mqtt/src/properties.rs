@@ -1,15 +1,91 @@
 //! MQTT 5 properties (spec 2.2.2): one struct with a typed optional field per property and the
-//! repeatable ones (user properties, subscription identifiers) as vectors. MQTT 3 packets have
-//! none: the struct stays empty and nothing is written.
+//! repeatable ones (user properties, subscription identifiers) as vectors, kept behind a
+//! pointer that is null when there are none. MQTT 3 packets have none, nor do most v5 ones:
+//! such a packet allocates nothing for them, and moving it copies a pointer, not the ~400
+//! bytes of the fields.
 
 use crate::error::{DecodeError, EncodeError};
 use crate::wire::{put_binary, put_string, put_var_int, var_int_len, Reader};
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// A packet's MQTT 5 properties: reads go through to [`PropertyValues`] (an empty set when
+/// there are none); a write through `DerefMut` allocates the set if there was none, so code
+/// on a hot path checks before it clears.
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertyValues>>);
+
+/// What an empty [`Properties`] reads as.
+static NONE: PropertyValues = PropertyValues {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: Vec::new(),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifier_available: None,
+    shared_subscription_available: None,
+};
+
+impl std::ops::Deref for Properties {
+    type Target = PropertyValues;
+    fn deref(&self) -> &PropertyValues {
+        self.0.as_deref().unwrap_or(&NONE)
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut PropertyValues {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl From<PropertyValues> for Properties {
+    fn from(values: PropertyValues) -> Self {
+        if values == NONE {
+            Properties(None)
+        } else {
+            Properties(Some(Box::new(values)))
+        }
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 /// Every MQTT 5 property. Which ones a packet may carry is the spec's business; the decoder
 /// keeps whatever was sent and the broker reads the ones that matter for each packet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Properties {
+pub struct PropertyValues {
     pub payload_format_indicator: Option<u8>,
     pub message_expiry_interval: Option<u32>,
     pub content_type: Option<String>,
@@ -88,8 +164,13 @@ fn flag(r: &mut Reader) -> Result<u8, DecodeError> {
 }
 
 impl Properties {
+    /// The values when there are any, for clearing some without allocating an empty set.
+    pub fn present_mut(&mut self) -> Option<&mut PropertyValues> {
+        self.0.as_deref_mut()
+    }
+
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        self.0.as_deref().is_none_or(|v| *v == NONE)
     }
 
     /// Reads the property length and the properties that follow it.
@@ -98,8 +179,11 @@ impl Properties {
         if len > r.remaining() {
             return Err(DecodeError::Malformed("property length beyond the packet"));
         }
+        if len == 0 {
+            return Ok(Properties(None));
+        }
         let mut r = Reader::new(r.take(len)?);
-        let mut p = Properties::default();
+        let mut p = PropertyValues::default();
         while !r.is_empty() {
             // Identifiers are variable byte integers, but every defined one fits in one byte;
             // a multi-byte identifier is unknown and therefore malformed.
@@ -174,11 +258,15 @@ impl Properties {
                 _ => return Err(DecodeError::Malformed("unknown property identifier")),
             }
         }
-        Ok(p)
+        Ok(Properties::from(p))
     }
 
     /// Writes the property length followed by the properties.
     pub(crate) fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        if self.0.is_none() {
+            out.put_u8(0);
+            return Ok(());
+        }
         let mut body = BytesMut::new();
         self.encode_body(&mut body)?;
         let len = u32::try_from(body.len()).map_err(|_| EncodeError::PacketTooLarge(body.len()))?;
@@ -189,6 +277,9 @@ impl Properties {
 
     /// Encoded size including the length prefix (for sizing a packet before writing it).
     pub(crate) fn encoded_len(&self) -> Result<usize, EncodeError> {
+        if self.0.is_none() {
+            return Ok(1);
+        }
         let mut body = BytesMut::new();
         self.encode_body(&mut body)?;
         let len = u32::try_from(body.len()).map_err(|_| EncodeError::PacketTooLarge(body.len()))?;

@@ -473,7 +473,10 @@ impl Connection {
         let cfg = &self.broker.config;
         // A level is a word of the topic exchange's key: its word limit applies too.
         let max_levels = cfg.mqtt.max_topic_levels.min(cfg.server.topic_max_words);
-        topic.len() <= cfg.mqtt.max_topic_length && topic.split('/').count() <= max_levels
+        // Levels are the separators plus one, counted by a byte scan ('/' is ASCII): a
+        // `split` with a char pattern cost about 400 instructions per publish.
+        topic.len() <= cfg.mqtt.max_topic_length
+            && topic.bytes().filter(|&b| b == b'/').count() < max_levels
     }
 
     fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), Violation> {
@@ -482,7 +485,11 @@ impl Connection {
                 "a PUBLISH from a client carries a subscription identifier",
             ));
         }
-        if let Some(alias) = p.properties.topic_alias.take() {
+        if let Some(alias) = p
+            .properties
+            .present_mut()
+            .and_then(|v| v.topic_alias.take())
+        {
             if alias == 0 || alias > self.broker.config.mqtt.topic_alias_maximum {
                 return Err(Violation::new(
                     reason::TOPIC_ALIAS_INVALID,

@@ -6,10 +6,10 @@ use crate::adapter::header_text::field_value_text;
 use crate::core::message::Protocol;
 use crate::core::Message;
 use bytes::Bytes;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_amqp::{BasicProperties, FieldTable, FieldValue};
-use switchboard_mqtt::{Properties, QoS};
+use switchboard_mqtt::{Properties, PropertyValues, QoS};
 
 /// QoS the message was published with (RabbitMQ's header name).
 pub const HEADER_QOS: &str = "x-mqtt-publish-qos";
@@ -33,9 +33,9 @@ pub const HEADER_DUP: &str = "x-mqtt-dup";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttForm {
     pub properties: Properties,
-    /// Topic, QoS and retain flag: known at arrival for an MQTT publish, else worked out from
-    /// the routing key and headers on first delivery, once for every subscriber.
-    meta: OnceLock<FormMeta>,
+    /// Topic, QoS and retain flag: given at arrival for an MQTT publish, else worked out from
+    /// the routing key and headers when the form is translated, once for every subscriber.
+    meta: FormMeta,
 }
 
 /// The fixed-header side of a message as MQTT subscribers get it, and who published it.
@@ -50,28 +50,30 @@ pub struct FormMeta {
     pub publisher: Option<Arc<str>>,
 }
 
-impl MqttForm {
-    /// The arrival form of a publish: what is per hop (topic alias, subscription
-    /// identifiers) goes, the expiry interval is recounted when sent.
-    pub fn arrived(props: &Properties) -> Self {
-        Self::arrived_owned(props.clone())
-    }
-
-    /// [`MqttForm::arrived`] taking the publish's properties (no copy).
-    pub fn arrived_owned(mut properties: Properties) -> Self {
-        properties.topic_alias = None;
-        properties.subscription_identifiers.clear();
-        properties.message_expiry_interval = None;
-        MqttForm {
-            properties,
-            meta: OnceLock::new(),
+impl FormMeta {
+    /// The topic, QoS and flags of a core message, from its routing key and headers.
+    pub fn of(msg: &Message) -> Self {
+        let p = msg.properties();
+        FormMeta {
+            topic: key_to_topic(&msg.routing_key),
+            qos: message_qos(p),
+            retain: published_retained(p),
+            dup: header(p, HEADER_DUP).and_then(FieldValue::as_bool) == Some(true),
+            publisher: published_by(p).map(Arc::from),
         }
     }
+}
 
-    /// The arrival form with the publish's topic and flags as given.
-    pub fn with_meta(self, meta: FormMeta) -> Self {
-        let _ = self.meta.set(meta);
-        self
+impl MqttForm {
+    /// The arrival form of a publish under its topic and flags: what is per hop (topic alias,
+    /// subscription identifiers) goes, the expiry interval is recounted when sent.
+    pub fn arrived(mut properties: Properties, meta: FormMeta) -> Self {
+        if let Some(v) = properties.present_mut() {
+            v.topic_alias = None;
+            v.subscription_identifiers.clear();
+            v.message_expiry_interval = None;
+        }
+        MqttForm { properties, meta }
     }
 
     /// A message the adapter keeps itself (retained, restored): `properties` exactly as given,
@@ -79,34 +81,27 @@ impl MqttForm {
     pub fn kept(properties: Properties, topic: String, qos: QoS, retain: bool) -> Self {
         MqttForm {
             properties,
-            meta: OnceLock::new(),
+            meta: FormMeta {
+                topic,
+                qos,
+                retain,
+                dup: false,
+                publisher: None,
+            },
         }
-        .with_meta(FormMeta {
-            topic,
-            qos,
-            retain,
-            dup: false,
-            publisher: None,
-        })
     }
 
-    /// The topic and flags when known (given at arrival, or worked out by [`MqttForm::meta`]).
-    pub fn known_meta(&self) -> Option<&FormMeta> {
-        self.meta.get()
+    /// The form of a message that did not arrive over MQTT, translated from its properties.
+    pub fn translated(msg: &Message) -> Self {
+        MqttForm {
+            properties: outbound_properties(msg.properties()),
+            meta: FormMeta::of(msg),
+        }
     }
 
-    /// The topic, QoS and retain flag of `msg` (whose form this is).
-    pub fn meta(&self, msg: &Message) -> &FormMeta {
-        self.meta.get_or_init(|| {
-            let p = msg.properties();
-            FormMeta {
-                topic: key_to_topic(&msg.routing_key),
-                qos: message_qos(p),
-                retain: published_retained(p),
-                dup: header(p, HEADER_DUP).and_then(FieldValue::as_bool) == Some(true),
-                publisher: published_by(p).map(Arc::from),
-            }
-        })
+    /// The topic, QoS and flags.
+    pub fn meta(&self) -> &FormMeta {
+        &self.meta
     }
 }
 
@@ -205,9 +200,7 @@ pub fn arrival_headers(msg: &Message) -> FieldTable {
     let Some(form) = msg.arrival::<MqttForm>(Protocol::Mqtt) else {
         return FieldTable::new();
     };
-    let Some(meta) = form.meta.get() else {
-        return FieldTable::new();
-    };
+    let meta = &form.meta;
     let flags = PublishFlags {
         qos: meta.qos,
         retain: meta.retain,
@@ -320,10 +313,7 @@ pub fn outbound_from_core(
 /// A core message's [`MqttForm`]: the arrival one, or translated once for every MQTT
 /// subscriber.
 pub fn mqtt_form(msg: &Message) -> Arc<MqttForm> {
-    msg.form(Protocol::Mqtt, |m| MqttForm {
-        properties: outbound_properties(m.properties()),
-        meta: OnceLock::new(),
-    })
+    msg.form(Protocol::Mqtt, MqttForm::translated)
 }
 
 /// A core message as an MQTT message, sharing its [`MqttForm`] (topic and properties are not
@@ -333,7 +323,7 @@ pub fn outbound_from_form(
     form: Arc<MqttForm>,
     now: impl FnOnce() -> SystemTime,
 ) -> OutboundMessage {
-    let meta = form.meta(msg);
+    let meta = form.meta();
     let (qos, retain) = (meta.qos, meta.retain);
     let expires_at = msg
         .routing_properties()
@@ -364,7 +354,7 @@ fn outbound(
 /// crosses AMQP) becomes that user property repeated; other values take the text form of
 /// `header_text`.
 fn outbound_properties(p: &BasicProperties) -> Properties {
-    let mut props = Properties {
+    let mut props = PropertyValues {
         content_type: p.content_type.clone(),
         ..Default::default()
     };
@@ -398,7 +388,7 @@ fn outbound_properties(p: &BasicProperties) -> Properties {
             }
         }
     }
-    props
+    Properties::from(props)
 }
 
 #[cfg(test)]
@@ -415,7 +405,7 @@ mod tests {
 
     #[test]
     fn repeated_user_properties_cross_amqp_as_an_array_and_come_back_repeated() {
-        let props = Properties {
+        let props: Properties = PropertyValues {
             user_properties: vec![
                 ("region".into(), "eu".into()),
                 ("trace".into(), "abc".into()),
@@ -423,7 +413,8 @@ mod tests {
                 ("region".into(), "third".into()),
             ],
             ..Default::default()
-        };
+        }
+        .into();
         let now = SystemTime::now();
         let p = publish_properties(flags(QoS::AtLeastOnce, false), "me", &props, now);
         let h = p.headers.as_ref().unwrap();
@@ -466,13 +457,14 @@ mod tests {
 
     #[test]
     fn headers_derived_from_the_arrival_form_are_those_made_at_once() {
-        let props = Properties {
+        let props: Properties = PropertyValues {
             correlation_data: Some(Bytes::from_static(&[0xff, 0])),
             response_topic: Some("reply/here".into()),
             payload_format_indicator: Some(1),
             user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
             ..Default::default()
-        };
+        }
+        .into();
         let now = SystemTime::now();
         let flags = PublishFlags {
             qos: QoS::AtLeastOnce,
@@ -480,13 +472,16 @@ mod tests {
             dup: true,
         };
         let eager = publish_properties(flags, "me", &props, now);
-        let arrived = MqttForm::arrived(&props).with_meta(FormMeta {
-            topic: "a/b".into(),
-            qos: flags.qos,
-            retain: flags.retain,
-            dup: flags.dup,
-            publisher: Some("me".into()),
-        });
+        let arrived = MqttForm::arrived(
+            props.clone(),
+            FormMeta {
+                topic: "a/b".into(),
+                qos: flags.qos,
+                retain: flags.retain,
+                dup: flags.dup,
+                publisher: Some("me".into()),
+            },
+        );
         let m = Message::new(
             "amq.topic".into(),
             "a.b".into(),
@@ -500,8 +495,7 @@ mod tests {
         assert!(m.routing_properties().headers.is_none());
         assert_eq!(*m.properties(), eager);
         // A form translated from those headers (as after a restart) names the same publisher.
-        let translated = MqttForm::arrived(&props);
-        let meta = translated.meta(&m);
+        let meta = FormMeta::of(&m);
         assert_eq!(meta.publisher.as_deref(), Some("me"));
         assert!(meta.dup && meta.retain);
     }
@@ -509,7 +503,7 @@ mod tests {
     #[test]
     fn properties_round_trip_through_core() {
         let now = SystemTime::now();
-        let props = Properties {
+        let props: Properties = PropertyValues {
             content_type: Some("text/plain".into()),
             correlation_data: Some(Bytes::from_static(b"abc")),
             response_topic: Some("reply/here".into()),
@@ -517,7 +511,8 @@ mod tests {
             payload_format_indicator: Some(1),
             user_properties: vec![("k".into(), "v".into())],
             ..Default::default()
-        };
+        }
+        .into();
         let p = publish_properties(flags(QoS::ExactlyOnce, true), "me", &props, now);
         assert_eq!(p.correlation_id.as_deref(), Some("abc"));
         assert_eq!(p.expiration.as_deref(), Some("60000"));
@@ -537,10 +532,11 @@ mod tests {
 
     #[test]
     fn binary_correlation_data_goes_to_a_header() {
-        let props = Properties {
+        let props: Properties = PropertyValues {
             correlation_data: Some(Bytes::from_static(&[0xff, 0])),
             ..Default::default()
-        };
+        }
+        .into();
         let now = SystemTime::now();
         let p = publish_properties(flags(QoS::AtMostOnce, false), "me", &props, now);
         assert!(p.correlation_id.is_none());

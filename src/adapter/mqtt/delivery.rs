@@ -256,7 +256,7 @@ fn for_session(
 ) -> Option<OutboundMessage> {
     let msg = &d.message;
     let form = mqtt_form(msg);
-    let meta = form.meta(msg);
+    let meta = form.meta();
     let topic = &meta.topic;
     let matched = match shared_key(&queue.name) {
         Some(key) => s.match_shared(&key, topic)?,

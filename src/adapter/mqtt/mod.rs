@@ -374,11 +374,11 @@ fn refuse(
         cause => closing_because(cause),
     }
     let (code, text) = r.answer(protocol, how);
-    let props = Properties {
+    let props = PropertyValues {
         reason_string: text,
-        ..Properties::default()
+        ..Default::default()
     };
-    send_connack(outbox, protocol, false, code, props);
+    send_connack(outbox, protocol, false, code, props.into());
 }
 
 #[cfg(test)]

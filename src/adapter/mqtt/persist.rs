@@ -13,7 +13,9 @@
 //! is durable.
 
 use super::connect::{queue_name, session_queue_spec};
-use super::convert::{filter_to_pattern, publish_properties, topic_to_key, MqttForm, PublishFlags};
+use super::convert::{
+    filter_to_pattern, publish_properties, topic_to_key, FormMeta, MqttForm, PublishFlags,
+};
 use super::registry::{MqttState, SessionKey, SessionSlot};
 use super::session::{is_shared, OutboundMessage, Session, SubscriptionEntry};
 use crate::core::message::Protocol as Origin;
@@ -515,7 +517,10 @@ mod legacy {
             return 0;
         };
         let mut props = m.properties().clone();
-        props.message_expiry_interval = m.remaining_expiry(now);
+        let expiry = m.remaining_expiry(now);
+        if expiry.is_some() || props.message_expiry_interval.is_some() {
+            props.message_expiry_interval = expiry;
+        }
         let exchange = broker.config.mqtt.exchange.clone();
         let flags = PublishFlags {
             qos: m.qos,
@@ -531,8 +536,12 @@ mod legacy {
             None,
             m.payload.clone(),
             charge,
-        )
-        .with_arrival(Origin::Mqtt, MqttForm::arrived(m.properties()));
+        );
+        let meta = FormMeta::of(&message);
+        let message = message.with_arrival(
+            Origin::Mqtt,
+            MqttForm::arrived(m.properties().clone(), meta),
+        );
         let message = Arc::new(message);
         let publish = core::Publish {
             to: PublishTo::Queue(&q),
@@ -644,7 +653,7 @@ mod legacy {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use switchboard_mqtt::Properties;
+    use switchboard_mqtt::PropertyValues;
 
     fn message() -> OutboundMessage {
         OutboundMessage::new(
@@ -652,10 +661,11 @@ mod tests {
             Bytes::from_static(&[0, 255, 1]),
             QoS::AtLeastOnce,
             true,
-            Properties {
+            PropertyValues {
                 content_type: Some("text/plain".into()),
                 ..Default::default()
-            },
+            }
+            .into(),
             Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
         )
     }

@@ -82,8 +82,10 @@ impl Publisher {
         let mut retained_lsn = 0;
         if m.retain {
             let mut properties = m.properties.clone();
-            properties.topic_alias = None;
-            properties.subscription_identifiers.clear();
+            if let Some(v) = properties.present_mut() {
+                v.topic_alias = None;
+                v.subscription_identifiers.clear();
+            }
             let expires_at = properties
                 .message_expiry_interval
                 .map(|s| now + Duration::from_secs(u64::from(s)));
@@ -131,13 +133,16 @@ impl Publisher {
         // MQTT subscribers read the topic and flags from here, not back from the routing key
         // and headers; the headers are made from it only for a consumer (or a store, a
         // headers exchange...) that reads them.
-        let arrived = MqttForm::arrived_owned(m.properties).with_meta(FormMeta {
-            topic: m.topic,
-            qos: m.qos,
-            retain: m.retain,
-            dup: m.dup,
-            publisher: Some(self.client_id.clone()),
-        });
+        let arrived = MqttForm::arrived(
+            m.properties,
+            FormMeta {
+                topic: m.topic,
+                qos: m.qos,
+                retain: m.retain,
+                dup: m.dup,
+                publisher: Some(self.client_id.clone()),
+            },
+        );
         let charge = self
             .broker
             .memory

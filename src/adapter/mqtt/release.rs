@@ -177,7 +177,9 @@ fn send_will(publisher: Publisher, will: Will, delay: u32, key: SessionKey, gene
     // The Will Delay Interval is the broker's, not the message's: a PUBLISH may not carry it
     // (Paho's client drops the connection on one that does).
     let mut properties = will.properties;
-    properties.will_delay_interval = None;
+    if let Some(v) = properties.present_mut() {
+        v.will_delay_interval = None;
+    }
     let message = InboundMessage {
         topic: will.topic,
         qos: will.qos,

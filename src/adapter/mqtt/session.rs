@@ -388,8 +388,7 @@ impl OutboundMessage {
         OutboundMessage::of_form(Arc::new(form), payload, qos, retain, expires_at)
     }
 
-    /// A message sharing `form`, whose topic must be known ([`MqttForm::known_meta`]: set at
-    /// arrival, by [`MqttForm::kept`], or by a call to [`MqttForm::meta`]).
+    /// A message sharing `form`.
     pub fn of_form(
         form: Arc<MqttForm>,
         payload: Bytes,
@@ -397,10 +396,6 @@ impl OutboundMessage {
         retain: bool,
         expires_at: Option<SystemTime>,
     ) -> Self {
-        debug_assert!(
-            form.known_meta().is_some(),
-            "a delivered form knows its topic"
-        );
         OutboundMessage {
             form,
             payload,
@@ -414,7 +409,7 @@ impl OutboundMessage {
     }
 
     pub fn topic(&self) -> &str {
-        self.form.known_meta().map_or("", |m| m.topic.as_str())
+        &self.form.meta().topic
     }
 
     /// The v5 properties as kept, without this subscriber's identifiers or a topic alias.
@@ -455,10 +450,7 @@ impl OutboundMessage {
             + std::mem::size_of::<OutboundMessage>()
             + std::mem::size_of::<u16>()
             + std::mem::size_of::<MqttForm>()
-            + self
-                .form
-                .known_meta()
-                .map_or(0, |m| string_heap_size(&m.topic))
+            + string_heap_size(&self.form.meta().topic)
             + self.payload.len()
             + p.correlation_data.as_ref().map_or(0, |c| c.len())
             + strings
