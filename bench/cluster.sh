@@ -20,6 +20,7 @@
 #   bench/cluster.sh                                   # both sides, 3 rounds of 10 s
 #   bench/cluster.sh --only switchboard --rounds 1 --duration 5
 #   bench/cluster.sh --only rabbitmq --out results.jsonl
+#   bench/cluster.sh --only switchboard --failover-only  # only the failover rows
 #
 # A side's quorum and failover rows print "not available" when the broker cannot make a
 # quorum queue: the declare is refused, or the queue it made has no leader in the management
@@ -45,6 +46,8 @@ OUT=
 # Failover runs: seconds of publishing in all, and before the kill.
 FAILOVER_DURATION=${FAILOVER_DURATION:-20}
 KILL_AFTER=${KILL_AFTER:-5}
+# Message sizes of the throughput rows (none with --failover-only).
+SIZES="16 1024"
 CONFIRM=${CONFIRM:-1000}
 PREFETCH=${PREFETCH:-200}
 while (($#)); do
@@ -53,8 +56,9 @@ while (($#)); do
     --duration) DURATION=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --failover-only) SIZES=; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "cluster.sh: unknown option $1 (--only rabbitmq|switchboard, --duration S, --rounds N, --out FILE)" >&2; exit 2 ;;
+    *) echo "cluster.sh: unknown option $1 (--only rabbitmq|switchboard, --duration S, --rounds N, --out FILE, --failover-only)" >&2; exit 2 ;;
     esac
 done
 case ${ONLY:-both} in
@@ -311,7 +315,7 @@ make_quorum_queue() {
 single_rounds() { # side
     local side=$1 round size
     for round in $(seq "$ROUNDS"); do
-        for size in 16 1024; do
+        for size in $SIZES; do
             # shellcheck disable=SC2046 # words
             run_bench "$side" "classic $size B, single node" "$round" --addr "$(addr "$side" 4)" \
                 --queue cb-classic --size "$size" $(confirmed) --duration "$DURATION" \
@@ -324,7 +328,7 @@ cluster_rounds() { # side
     local side=$1 round size quorum=yes NO_QUORUM=
     make_quorum_queue "$side" cb-quorum 1 || quorum=
     for round in $(seq "$ROUNDS"); do
-        for size in 16 1024; do
+        for size in $SIZES; do
             if [[ -n $quorum ]]; then
                 local now
                 now=$(leader_of "$side" cb-quorum) || now=

@@ -155,7 +155,7 @@ impl Cluster {
             cluster_name: config.name.clone(),
             heartbeat_interval: config.heartbeat_ms,
             election_timeout_min: config.election_timeout_ms,
-            election_timeout_max: config.election_timeout_ms * 2,
+            election_timeout_max: config.election_timeout_max_ms(),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(500),
             max_in_snapshot_log_to_keep: 100,
             ..Default::default()

@@ -235,7 +235,7 @@ impl Registry {
             cluster_name: format!("{}/{}", c.name, group.id),
             heartbeat_interval: c.heartbeat_ms,
             election_timeout_min: c.election_timeout_ms,
-            election_timeout_max: c.election_timeout_ms * 2,
+            election_timeout_max: c.election_timeout_max_ms(),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(2000),
             max_in_snapshot_log_to_keep: 200,
             // Entries carry up to a MiB of messages; a frame holds 16.
