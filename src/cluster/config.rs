@@ -141,6 +141,15 @@ impl ClusterConfig {
         self.election_timeout_ms + (self.election_timeout_ms / 4).max(1)
     }
 
+    /// The heartbeat and leader lease, for standing for election early (see
+    /// [`super::failover`]).
+    pub fn failover_timings(&self) -> super::failover::Timings {
+        super::failover::Timings {
+            heartbeat: std::time::Duration::from_millis(self.heartbeat_ms),
+            lease: std::time::Duration::from_millis(self.election_timeout_max_ms()),
+        }
+    }
+
     /// Checks what can be checked without touching the network or the cookie file.
     pub fn validate(&self) -> Result<(), ClusterConfigError> {
         if !self.enabled() {

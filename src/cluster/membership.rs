@@ -48,6 +48,8 @@ pub struct Cluster {
     forward: std::sync::OnceLock<Arc<super::forward::Forward>>,
     /// The quorum queue groups this node runs, once they are set up (see [`super::quorum`]).
     groups: std::sync::OnceLock<Arc<super::quorum::Registry>>,
+    /// When the metadata group's leader was last heard (see [`super::failover`]).
+    heard: Arc<super::failover::LastHeard>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -121,7 +123,16 @@ impl Cluster {
             changing: tokio::sync::Mutex::new(()),
             forward: std::sync::OnceLock::new(),
             groups: std::sync::OnceLock::new(),
+            heard: Arc::default(),
         });
+        let weak = Arc::downgrade(&cluster);
+        super::failover::watch(
+            move || weak.upgrade().map(|c| c.raft()),
+            id,
+            cluster.heard.clone(),
+            config.failover_timings(),
+            cluster.stop.subscribe(),
+        );
         tracing::info!(node = %cluster.me, cluster = %config.name, "cluster listener started");
         let handler: Arc<dyn Handler> = cluster.clone();
         let serving = tokio::spawn(transport::serve(
@@ -512,7 +523,10 @@ impl Handler for Cluster {
         Box::pin(async move {
             let raft = self.raft();
             match request {
-                Request::AppendEntries(r) => Response::AppendEntries(raft.append_entries(r).await),
+                Request::AppendEntries(r) => {
+                    self.heard.heard();
+                    Response::AppendEntries(raft.append_entries(r).await)
+                }
                 Request::Vote(r) => Response::Vote(raft.vote(r).await),
                 Request::InstallSnapshot(r) => {
                     Response::InstallSnapshot(raft.install_snapshot(r).await)

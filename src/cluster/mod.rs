@@ -7,6 +7,7 @@
 pub mod adapter;
 pub mod config;
 pub mod definitions;
+pub mod failover;
 pub mod forward;
 pub mod identity;
 pub mod log_store;

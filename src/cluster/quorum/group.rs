@@ -83,6 +83,8 @@ pub struct Group {
     /// How often each message was returned, while live.
     counts: Mutex<HashMap<u64, u64>>,
     pub(super) stop: watch::Sender<bool>,
+    /// When this replica last heard the group's leader (see [`crate::cluster::failover`]).
+    pub(super) heard: Arc<crate::cluster::failover::LastHeard>,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
     /// While another node leads: the proxy through which this node's consumers reach it.
     served_by: Mutex<Option<Arc<dyn RemoteHome>>>,
@@ -130,6 +132,7 @@ impl Group {
             peers: Mutex::new(HashMap::new()),
             served_by: Mutex::new(None),
             named_leader: Mutex::new(None),
+            heard: Arc::default(),
         })
     }
 

@@ -267,6 +267,18 @@ impl Registry {
             raft.initialize(members).await.map_err(|e| e.to_string())?;
         }
         group.set_member(raft, machine);
+        let weak = Arc::downgrade(group);
+        crate::cluster::failover::watch(
+            move || {
+                weak.upgrade()
+                    .and_then(|g| g.member())
+                    .map(|(raft, _)| raft)
+            },
+            me,
+            group.heard.clone(),
+            c.failover_timings(),
+            group.stop.subscribe(),
+        );
         Ok(())
     }
 
@@ -437,7 +449,12 @@ impl Registry {
             ))));
         };
         match request {
-            Request::AppendEntries(r) => Response::AppendEntries(raft.append_entries(r).await),
+            Request::AppendEntries(r) => {
+                if let Some(g) = &group {
+                    g.heard.heard();
+                }
+                Response::AppendEntries(raft.append_entries(r).await)
+            }
             Request::Vote(r) => Response::Vote(raft.vote(r).await),
             Request::InstallSnapshot(r) => {
                 Response::InstallSnapshot(raft.install_snapshot(r).await)
