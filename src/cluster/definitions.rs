@@ -526,12 +526,13 @@ pub async fn commit(b: &Broker, change: Change) -> Result<u64, ChangeError> {
     match b.cluster.get() {
         None => change.apply(b),
         Some(cluster) => {
-            if let Err(ChangeError::NotFound) = change.check(b) {
+            match change.check(b) {
                 // Not here may only mean not applied here yet.
-                caught_up(b).await?;
-                change.check(b)?;
-            } else {
-                change.check(b)?;
+                Err(ChangeError::NotFound) => {
+                    caught_up(b).await?;
+                    change.check(b)?;
+                }
+                checked => checked?,
             }
             let new_quorum = new_quorum_queue(b, &change);
             cluster.propose(change.command(b, cluster.as_ref())).await?;

@@ -44,7 +44,7 @@ impl LastHeard {
     }
 }
 
-/// Timings of the group's Raft, in milliseconds as configured.
+/// Timings of the group's Raft, from the cluster's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Timings {
     pub heartbeat: Duration,
