@@ -9,7 +9,7 @@ use super::memory::MemoryCharge;
 use bytes::Bytes;
 use std::any::Any;
 use std::sync::{Arc, OnceLock};
-use switchboard_amqp::{BasicProperties, FieldTable, FieldValue};
+use switchboard_amqp::{BasicProperties, FieldTable, FieldValue, Properties};
 
 /// What the allocator adds to every heap block: its header and the rounding to 16 bytes.
 const ALLOCATION_OVERHEAD: usize = 16;
@@ -80,11 +80,12 @@ impl std::fmt::Debug for Forms {
 pub struct Message {
     pub exchange: String,
     pub routing_key: String,
-    /// Boxed: the properties are most of a message's size, and an AMQP publisher's arrive
-    /// boxed from the codec, so the message takes them without copying ~300 bytes, and the
-    /// `Message` itself is small enough to build in its `Arc` cheaply. Without `headers`
-    /// when `derived` makes them (read through [`Message::properties`]).
-    properties: Box<BasicProperties>,
+    /// Behind a pointer, null when none is set: the properties are most of a message's size,
+    /// and an AMQP publisher's arrive that way from the codec, so the message takes them
+    /// without copying ~300 bytes, and the `Message` itself is small enough to build in its
+    /// `Arc` cheaply. Without `headers` when `derived` makes them (read through
+    /// [`Message::properties`]).
+    properties: Properties,
     /// The content-header property bytes as received from an AMQP publisher, if unchanged.
     pub raw_properties: Option<Bytes>,
     pub body: Bytes,
@@ -127,22 +128,22 @@ impl Message {
         body: Bytes,
         charge: MemoryCharge,
     ) -> Self {
-        Self::with_boxed_properties(
+        Self::with_properties(
             exchange,
             routing_key,
-            Box::new(properties),
+            Properties::from(properties),
             raw_properties,
             body,
             charge,
         )
     }
 
-    /// [`Message::new`] taking properties already boxed (as the AMQP codec decodes them).
+    /// [`Message::new`] taking the properties as the AMQP codec decodes them.
     #[inline]
-    pub fn with_boxed_properties(
+    pub fn with_properties(
         exchange: String,
         routing_key: String,
-        properties: Box<BasicProperties>,
+        properties: Properties,
         raw_properties: Option<Bytes>,
         body: Bytes,
         mut charge: MemoryCharge,
@@ -150,7 +151,7 @@ impl Message {
         charge.grow(
             string_heap_size(&exchange)
                 + string_heap_size(&routing_key)
-                + properties_heap_size(&properties),
+                + properties.present().map_or(0, properties_heap_size),
         );
         Message {
             exchange,
@@ -173,7 +174,7 @@ impl Message {
         };
         &d.made
             .get_or_init(|| {
-                let mut p = self.properties.clone();
+                let mut p = Box::new((*self.properties).clone());
                 let headers = (d.derive)(self);
                 let charge = self._charge.sibling(
                     std::mem::size_of::<BasicProperties>()

@@ -14,7 +14,7 @@ mod wire;
 pub use error::*;
 pub use frame::*;
 pub use method::*;
-pub use properties::BasicProperties;
+pub use properties::{BasicProperties, Properties};
 pub use types::*;
 
 /// The protocol header a client sends first.

@@ -26,6 +26,83 @@ pub struct BasicProperties {
     pub cluster_id: Option<String>,
 }
 
+/// A message's content properties behind a pointer that is null when none is set: reads go
+/// through to [`BasicProperties`] ([`BasicProperties::EMPTY`] when there are none), a write
+/// through `DerefMut` allocates them if there were none. Most publishers set none (a flags
+/// word of 0), and then a message allocates, initialises and frees nothing for them.
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<BasicProperties>>);
+
+/// What an empty [`Properties`] reads as.
+static NONE: BasicProperties = BasicProperties::EMPTY;
+
+impl Properties {
+    /// Decodes a content header's property-flags word and property list, as
+    /// [`BasicProperties::decode`], allocating only when a property is set.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        if buf == [0, 0] {
+            return Ok(Properties(None));
+        }
+        BasicProperties::decode_boxed(buf).map(|b| Properties(Some(b)))
+    }
+
+    /// The properties set, for changing them in place; None (allocating nothing) when none is.
+    pub fn present_mut(&mut self) -> Option<&mut BasicProperties> {
+        self.0.as_deref_mut()
+    }
+
+    /// The properties set; None when none is (a write through `DerefMut` may have left a set
+    /// with none, so None is not the only empty case).
+    pub fn present(&self) -> Option<&BasicProperties> {
+        self.0.as_deref()
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = BasicProperties;
+    fn deref(&self) -> &BasicProperties {
+        self.0.as_deref().unwrap_or(&NONE)
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut BasicProperties {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl From<BasicProperties> for Properties {
+    fn from(values: BasicProperties) -> Self {
+        if values == NONE {
+            Properties(None)
+        } else {
+            Properties(Some(Box::new(values)))
+        }
+    }
+}
+
+impl From<Box<BasicProperties>> for Properties {
+    fn from(values: Box<BasicProperties>) -> Self {
+        if *values == NONE {
+            Properties(None)
+        } else {
+            Properties(Some(values))
+        }
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Wire codec: a 16-bit property-flags word (bit 15 = content-type … bit 2 = cluster-id; bit 0
 // would announce a further flags word, which basic never needs), then the present properties.
@@ -66,6 +143,11 @@ macro_rules! basic_properties {
                 props.decode_present(buf)?;
                 Ok(props)
             }
+
+            /// No property set: what an empty [`Properties`] reads as.
+            pub const EMPTY: BasicProperties = BasicProperties {
+                $($field: None,)*
+            };
 
             /// Sets the properties `buf` has; `self` has none set yet.
             #[inline]
@@ -174,4 +256,48 @@ basic_properties! {
     user_id: shortstr = 4,
     app_id: shortstr = 3,
     cluster_id: shortstr = 2,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_property_set_allocates_nothing_and_reads_as_empty() {
+        let none = Properties::decode(&[0, 0]).expect("an empty flags word decodes");
+        assert!(none.present().is_none());
+        assert_eq!(*none, BasicProperties::EMPTY);
+        assert!(Properties::from(BasicProperties::default())
+            .present()
+            .is_none());
+        assert!(Properties::from(Box::default()).present().is_none());
+    }
+
+    #[test]
+    fn properties_set_are_kept_and_a_write_allocates() {
+        let set = BasicProperties {
+            delivery_mode: Some(2),
+            reply_to: Some("r".into()),
+            ..BasicProperties::default()
+        };
+        let mut out = BytesMut::new();
+        set.encode(&mut out);
+        let decoded = Properties::decode(&out).expect("decodes");
+        assert_eq!(decoded.present(), Some(&set));
+        assert_eq!(decoded, Properties::from(set.clone()));
+
+        let mut written = Properties::default();
+        written.priority = Some(3);
+        assert_eq!(written.present().map(|p| p.priority), Some(Some(3)));
+    }
+
+    #[test]
+    fn a_malformed_property_list_is_refused_as_before() {
+        assert!(Properties::decode(&[0]).is_err());
+        assert!(Properties::decode(&[0, 0, 1]).is_err());
+        assert!(
+            Properties::decode(&[0x10, 0]).is_err(),
+            "delivery mode missing"
+        );
+    }
 }

@@ -559,7 +559,7 @@ proptest! {
         prop_assert_eq!(&raw, &header);
         match decode_frame(&mut header, 0).unwrap() {
             Some(Frame::Header { channel: 2, class_id: 60, body_size: 99, properties, raw_properties }) => {
-                prop_assert_eq!(*properties, p);
+                prop_assert_eq!(&*properties, &p);
                 prop_assert_eq!(&raw_properties[..], &out[..]);
             }
             other => prop_assert!(false, "{:?}", other),

@@ -84,7 +84,7 @@ impl ConnCtx {
 #[derive(Debug)]
 struct ContentInProgress {
     publish: BasicPublish,
-    header: Option<(Box<BasicProperties>, Bytes, u64)>,
+    header: Option<(Properties, Bytes, u64)>,
     body: Body,
 }
 
@@ -895,7 +895,7 @@ impl Channel {
         &mut self,
         ctx: &ConnCtx,
         publish: BasicPublish,
-        mut properties: Box<BasicProperties>,
+        mut properties: Properties,
         raw: Bytes,
         body: Bytes,
     ) -> AmqpResult<()> {
@@ -952,7 +952,7 @@ impl Channel {
             raw = None;
         }
         let charge = ctx.broker.memory.charge(Message::charge_size(body.len()));
-        let message = Arc::new(Message::with_boxed_properties(
+        let message = Arc::new(Message::with_properties(
             publish.exchange,
             publish.routing_key,
             properties,
