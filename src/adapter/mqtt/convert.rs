@@ -159,10 +159,12 @@ pub fn publish_properties(
     props: &Properties,
     now: SystemTime,
 ) -> BasicProperties {
-    BasicProperties {
+    let mut p = BasicProperties {
         headers: Some(publish_headers(publish, client_id, props)),
-        ..publish_properties_but_headers(publish.qos, props, now)
-    }
+        ..BasicProperties::default()
+    };
+    set_publish_properties_but_headers(&mut p, publish.qos, props, now);
+    p
 }
 
 /// Core properties for an MQTT publish but its headers, which [`arrival_headers`] makes when
@@ -172,21 +174,31 @@ pub fn publish_properties_but_headers(
     qos: QoS,
     props: &Properties,
     now: SystemTime,
-) -> BasicProperties {
-    BasicProperties {
-        content_type: props.content_type.clone(),
-        delivery_mode: Some(if qos == QoS::AtMostOnce { 1 } else { 2 }),
-        correlation_id: props
-            .correlation_data
-            .as_ref()
-            .and_then(|c| short_string(c))
-            .map(str::to_owned),
-        expiration: props
-            .message_expiry_interval
-            .map(|s| (u64::from(s) * 1000).to_string()),
-        timestamp: Some(now_secs(now)),
-        ..Default::default()
-    }
+) -> switchboard_amqp::Properties {
+    let mut p = switchboard_amqp::Properties::default();
+    // Written in place: the properties are allocated once and not built and then moved.
+    set_publish_properties_but_headers(&mut p, qos, props, now);
+    p
+}
+
+/// Sets what [`publish_properties_but_headers`] makes on `p`, which has none of it set.
+fn set_publish_properties_but_headers(
+    p: &mut BasicProperties,
+    qos: QoS,
+    props: &Properties,
+    now: SystemTime,
+) {
+    p.content_type = props.content_type.clone();
+    p.delivery_mode = Some(if qos == QoS::AtMostOnce { 1 } else { 2 });
+    p.correlation_id = props
+        .correlation_data
+        .as_ref()
+        .and_then(|c| short_string(c))
+        .map(str::to_owned);
+    p.expiration = props
+        .message_expiry_interval
+        .map(|s| (u64::from(s) * 1000).to_string());
+    p.timestamp = Some(now_secs(now));
 }
 
 /// Correlation data that fits an AMQP short string (else it travels in a header).
@@ -482,7 +494,7 @@ mod tests {
                 publisher: Some("me".into()),
             },
         );
-        let m = Message::new(
+        let m = Message::with_properties(
             "amq.topic".into(),
             "a.b".into(),
             publish_properties_but_headers(flags.qos, &props, now),

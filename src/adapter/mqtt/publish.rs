@@ -148,7 +148,7 @@ impl Publisher {
             .memory
             .charge(Message::charge_size(m.payload.len()));
         let message = Arc::new(
-            Message::new(
+            Message::with_properties(
                 exchange_name.clone(),
                 routing_key,
                 properties,
