@@ -700,3 +700,81 @@ async fn deleting_an_exchange_drops_its_bindings() {
     publish(&ch, &dst, "", b"m").await;
     assert!(drain(&ch, &q).await.is_empty());
 }
+
+/// A channel keeps the exchange it last published to: it must see that exchange deleted,
+/// replaced by a new one of the same name, or auto-deleted, exactly as a fresh look-up would.
+#[tokio::test]
+async fn a_publisher_follows_its_exchange_being_deleted_and_replaced() {
+    let b = TestBroker::start().await;
+    let (c, ch) = b.channel().await;
+    let pch = bounded(c.create_channel()).await.expect("channel");
+    bounded(pch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .expect("confirm.select");
+    let confirmed = |x: String, key: &'static str, body: &'static [u8]| {
+        let pch = pch.clone();
+        async move {
+            let confirm = publish_with(&pch, &x, key, body, BasicProperties::default()).await;
+            bounded(confirm).await.expect("confirmed")
+        }
+    };
+    let x = unique("replaced");
+    let (q1, q2) = (unique("q1"), unique("q2"));
+    declare(&ch, &q1).await;
+    declare(&ch, &q2).await;
+    declare_exchange(&ch, &x, ExchangeKind::Fanout).await;
+    bind(&ch, &q1, &x, "").await;
+    confirmed(x.clone(), "k", b"first").await;
+    assert_eq!(drain(&ch, &q1).await, ["first"]);
+
+    // Deleted and declared again with another type: the publisher routes by the new one.
+    bounded(ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()))
+        .await
+        .expect("exchange.delete");
+    declare_exchange(&ch, &x, ExchangeKind::Direct).await;
+    bind(&ch, &q2, &x, "k").await;
+    confirmed(x.clone(), "k", b"second").await;
+    confirmed(x.clone(), "other", b"unroutable").await;
+    assert_eq!(drain(&ch, &q1).await, Vec::<String>::new());
+    assert_eq!(drain(&ch, &q2).await, ["second"]);
+
+    // Auto-deleted when its last binding goes, then declared again.
+    let auto = unique("auto");
+    bounded(ch.exchange_declare(
+        auto.as_str().into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("auto-delete exchange.declare");
+    bind(&ch, &q1, &auto, "").await;
+    confirmed(auto.clone(), "", b"auto").await;
+    assert_eq!(drain(&ch, &q1).await, ["auto"]);
+    bounded(ch.queue_unbind(
+        q1.as_str().into(),
+        auto.as_str().into(),
+        "".into(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("queue.unbind");
+    assert!(!probe(&c, &auto).await, "auto-deleted");
+    declare_exchange(&ch, &auto, ExchangeKind::Fanout).await;
+    bind(&ch, &q2, &auto, "").await;
+    confirmed(auto.clone(), "", b"new auto").await;
+    assert_eq!(drain(&ch, &q1).await, Vec::<String>::new());
+    assert_eq!(drain(&ch, &q2).await, ["new auto"]);
+
+    // Deleted for good: the next publish on that channel is a 404 that closes it.
+    bounded(ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()))
+        .await
+        .expect("exchange.delete");
+    let confirm = publish_with(&pch, &x, "k", b"gone", BasicProperties::default()).await;
+    let _ = bounded(confirm).await;
+    wait_until("publishing channel closed", || !pch.status().connected()).await;
+    assert!(c.status().connected(), "only the channel closes");
+}

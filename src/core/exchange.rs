@@ -8,6 +8,7 @@ use super::queue::Queue;
 use super::stats::ExchangeCounters;
 use super::topic::TopicTrie;
 use indexmap::IndexMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use switchboard_amqp::FieldTable;
 
@@ -282,6 +283,9 @@ pub struct Exchange {
     /// Messages in and out, for `message_stats`.
     pub stats: ExchangeCounters,
     bindings: RwLock<BindingSet>,
+    /// Set once it is taken out of its vhost: a publisher that kept it to skip the look-up by
+    /// name looks it up again (and finds a successor, or nothing).
+    gone: AtomicBool,
 }
 
 impl Exchange {
@@ -313,7 +317,18 @@ impl Exchange {
                 by_destination: FastHashMap::default(),
                 index,
             }),
+            gone: AtomicBool::new(false),
         }
+    }
+
+    /// Whether it was deleted from its vhost (see [`Exchange::mark_gone`]).
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// Records that the vhost no longer has it.
+    pub(crate) fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Release);
     }
 
     /// Makes this an `x-delayed-message` exchange holding delayed messages in `hold`.

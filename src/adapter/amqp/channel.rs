@@ -13,7 +13,7 @@ use crate::core::channel_info::ChannelInfo;
 use crate::core::queue::args::parse_expiration;
 use crate::core::queue::{ConnectionId, ConsumeError, Ticket};
 use crate::core::stats::ConnectionCounters;
-use crate::core::vhost::{generate_name, ExchangeSpec, QueueSpec};
+use crate::core::vhost::{generate_name, ExchangeSpec, LastExchange, QueueSpec};
 use crate::core::{
     Broker, Consumer, Exchange, ExchangeKind, Message, Publish, PublishTo, Queue, VHost,
 };
@@ -239,6 +239,7 @@ pub struct Channel {
     /// The queues of the publish being routed: kept empty between publishes so its capacity is
     /// reused instead of allocating a list per message.
     routed_to: Vec<Arc<Queue>>,
+    last_exchange: LastExchange,
     publish_verdicts: PublishVerdicts,
 }
 
@@ -257,6 +258,7 @@ impl Channel {
             reply_queue: None,
             closing: false,
             routed_to: Vec::new(),
+            last_exchange: LastExchange::default(),
             publish_verdicts: PublishVerdicts::default(),
         }
     }
@@ -901,15 +903,18 @@ impl Channel {
     ) -> AmqpResult<()> {
         // As RabbitMQ: write permission first, then whether the exchange exists.
         self.permit_publish(ctx, &publish.exchange, &publish.routing_key)?;
-        let exchange = ctx.vhost.exchange(&publish.exchange).ok_or_else(|| {
-            AmqpError::channel(
-                NOT_FOUND,
-                format!(
-                    "no exchange '{}' in vhost '{}'",
-                    publish.exchange, ctx.vhost.name
-                ),
-            )
-        })?;
+        let exchange = self
+            .last_exchange
+            .get(&ctx.vhost, &publish.exchange)
+            .ok_or_else(|| {
+                AmqpError::channel(
+                    NOT_FOUND,
+                    format!(
+                        "no exchange '{}' in vhost '{}'",
+                        publish.exchange, ctx.vhost.name
+                    ),
+                )
+            })?;
         if exchange.internal {
             return Err(AmqpError::channel(
                 ACCESS_REFUSED,

@@ -302,6 +302,7 @@ async fn handshake(
         state: state.clone(),
         vhost: attached.vhost.clone(),
         client_id: attached.key.client_id.as_str().into(),
+        exchange: Default::default(),
     };
     let mut conn = Box::new(Connection {
         broker: broker.clone(),

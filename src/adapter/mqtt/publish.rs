@@ -10,6 +10,7 @@ use super::registry::MqttState;
 use super::retained::RetainedFull;
 use super::session::OutboundMessage;
 use crate::core::message::Protocol;
+use crate::core::vhost::LastExchange;
 use crate::core::{Broker, Message, Publish, PublishTo, VHost};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub(super) struct Publisher {
     pub vhost: Arc<VHost>,
     /// Shared with every message it publishes (for No Local and the derived headers).
     pub client_id: Arc<str>,
+    pub exchange: LastExchange,
 }
 
 /// What routing a publish did.
@@ -77,7 +79,7 @@ impl Publisher {
     /// `retain` is set, makes it the topic's retained message. A retained message the retained
     /// store has no room for is not routed either: the publish is refused as a whole, so a
     /// client that retries does not deliver it twice.
-    pub(super) fn route(&self, m: InboundMessage) -> Routed {
+    pub(super) fn route(&mut self, m: InboundMessage) -> Routed {
         let now = self.broker.timer.now_system();
         let mut retained_lsn = 0;
         if m.retain {
@@ -121,7 +123,7 @@ impl Publisher {
             }
         }
         let exchange_name = &self.broker.config.mqtt.exchange;
-        let Some(exchange) = self.vhost.exchange(exchange_name) else {
+        let Some(exchange) = self.exchange.get(&self.vhost, exchange_name) else {
             tracing::warn!(vhost = %self.vhost.name, exchange = %exchange_name, "MQTT exchange missing; message dropped");
             return Routed {
                 lsn: retained_lsn,

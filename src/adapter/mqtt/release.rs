@@ -173,7 +173,7 @@ pub(super) fn schedule_expiry(
 }
 
 /// Publishes a will now, or after its delay unless the session was resumed meanwhile.
-fn send_will(publisher: Publisher, will: Will, delay: u32, key: SessionKey, generation: u64) {
+fn send_will(mut publisher: Publisher, will: Will, delay: u32, key: SessionKey, generation: u64) {
     // The Will Delay Interval is the broker's, not the message's: a PUBLISH may not carry it
     // (Paho's client drops the connection on one that does).
     let mut properties = will.properties;

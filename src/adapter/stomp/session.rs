@@ -78,6 +78,7 @@ pub struct Session {
     routed_tickets: Vec<Ticket>,
     /// SEND permission verdicts per exchange (see [`super::permit`]).
     pub(super) publish_verdicts: crate::core::access::PublishVerdicts,
+    last_exchange: crate::core::vhost::LastExchange,
 }
 
 impl Session {
@@ -92,6 +93,7 @@ impl Session {
             published: false,
             receipts: VecDeque::new(),
             routed_tickets: Vec::new(),
+            last_exchange: Default::default(),
             publish_verdicts: Default::default(),
         }
     }
@@ -275,8 +277,9 @@ impl Session {
         self.permit_send(&exchange_name, &routing_key)?;
         let exchange_name = exchange_name.as_str();
         let vhost = &self.ctx.vhost;
-        let exchange = vhost
-            .exchange(exchange_name)
+        let exchange = self
+            .last_exchange
+            .get(vhost, exchange_name)
             .ok_or_else(|| CoreError::not_found("exchange", exchange_name, &vhost.name))?;
         if exchange.internal {
             return Err(CoreError::access_refused(format!(

@@ -13,6 +13,7 @@ mod recovery;
 mod registry;
 mod routing;
 
+pub use registry::LastExchange;
 pub use routing::{Publish, PublishOutcome, PublishTo};
 
 use super::dead_letter::{self, DeadLetter};

@@ -3,6 +3,27 @@
 
 use super::*;
 
+/// The exchange a publisher last published to, kept while it exists: most publishers publish
+/// to one exchange, and this spares each publish the look-up by name. An exchange deleted from
+/// its vhost is marked gone ([`Exchange::is_gone`]), and the next publish looks its name up
+/// again.
+#[derive(Debug, Default, Clone)]
+pub struct LastExchange(Option<Arc<Exchange>>);
+
+impl LastExchange {
+    /// The exchange `name` of `vhost` (the publisher's, always the same one).
+    pub fn get(&mut self, vhost: &VHost, name: &str) -> Option<Arc<Exchange>> {
+        if let Some(e) = &self.0 {
+            if e.name == name && !e.is_gone() {
+                return Some(e.clone());
+            }
+        }
+        let exchange = vhost.exchange(name)?;
+        self.0 = Some(exchange.clone());
+        Some(exchange)
+    }
+}
+
 impl VHost {
     pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
         self.exchanges.get(name).map(|e| e.clone())
@@ -66,6 +87,7 @@ impl VHost {
             return Ok(());
         };
         self.exchanges.remove(name);
+        ex.mark_gone();
         if let Some(hold) = &ex.delayed {
             hold.delete();
         }
@@ -93,6 +115,7 @@ impl VHost {
                 .remove_if(&ex.name, |_, e| Arc::ptr_eq(e, ex))
                 .is_some();
             if removed {
+                ex.mark_gone();
                 if let Some(hold) = &ex.delayed {
                     hold.delete();
                 }
