@@ -7,6 +7,11 @@
 #   quorum 16 B, quorum 1 KiB      x-queue-type: quorum on the cluster, through node 1
 #   classic 16 B / 1 KiB           a durable classic queue on the cluster, through node 1
 #   classic 16 B / 1 KiB single    the same on a single node (not clustered)
+#   declare, NODE                  `bench declare`: 1,000 durable classic queues declared over 16
+#                                  connections to NODE (one declare in flight on each), each
+#                                  declared again, then deleted: on the single node, and on the
+#                                  cluster through node 1 and node 2 (where each change is a
+#                                  commit of the metadata group)
 #   failover                       a fresh quorum queue declared through node 2 (RabbitMQ puts
 #                                  its leader there), confirmed publishing through a node
 #                                  that is not its leader, the leader's node killed with
@@ -21,6 +26,7 @@
 #   bench/cluster.sh --only switchboard --rounds 1 --duration 5
 #   bench/cluster.sh --only rabbitmq --out results.jsonl
 #   bench/cluster.sh --only switchboard --failover-only  # only the failover rows
+#   bench/cluster.sh --declare-only                    # only the declare rows
 #
 # A side's quorum and failover rows print "not available" when the broker cannot make a
 # quorum queue: the declare is refused, or the queue it made has no leader in the management
@@ -46,8 +52,12 @@ OUT=
 # Failover runs: seconds of publishing in all, and before the kill.
 FAILOVER_DURATION=${FAILOVER_DURATION:-20}
 KILL_AFTER=${KILL_AFTER:-5}
-# Message sizes of the throughput rows (none with --failover-only).
+# Message sizes of the throughput rows (none with --failover-only or --declare-only).
 SIZES="16 1024"
+FAILOVER=yes
+DECLARE=yes
+DECLARE_QUEUES=${DECLARE_QUEUES:-1000}
+DECLARE_CHANNELS=${DECLARE_CHANNELS:-16}
 CONFIRM=${CONFIRM:-1000}
 PREFETCH=${PREFETCH:-200}
 while (($#)); do
@@ -56,9 +66,10 @@ while (($#)); do
     --duration) DURATION=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    --failover-only) SIZES=; shift ;;
+    --failover-only) SIZES=; DECLARE=; shift ;;
+    --declare-only) SIZES=; FAILOVER=; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "cluster.sh: unknown option $1 (--only rabbitmq|switchboard, --duration S, --rounds N, --out FILE, --failover-only)" >&2; exit 2 ;;
+    *) echo "cluster.sh: unknown option $1 (--only rabbitmq|switchboard, --duration S, --rounds N, --out FILE, --failover-only, --declare-only)" >&2; exit 2 ;;
     esac
 done
 case ${ONLY:-both} in
@@ -284,6 +295,21 @@ print(json.dumps(r))' "$out" "$side" "$label" "$round" "${EXTRA_FIELDS[@]}" >>"$
 }
 EXTRA_FIELDS=()
 
+# One `bench declare` run against node $4 of side $1: appends its JSON, tagged, to the results.
+run_declare() { # side label round node
+    local side=$1 label=$2 round=$3 out
+    log "round $round: $side: $label"
+    if out=$("$BIN" bench declare --addr "$(addr "$side" "$4")" --queues "$DECLARE_QUEUES" \
+        --channels "$DECLARE_CHANNELS" --json 2>"$WORK/last.err"); then
+        python3 -c 'import json,sys
+r=json.loads(sys.argv[1]); r["side"]=sys.argv[2]; r["label"]=sys.argv[3]; r["round"]=int(sys.argv[4])
+r["loadavg"]=float(open("/proc/loadavg").read().split()[0])
+print(json.dumps(r))' "$out" "$side" "$label" "$round" >>"$RESULTS"
+    else
+        log "  failed: $(grep -m1 "^Error" "$WORK/last.err" || tail -n1 "$WORK/last.err")"
+    fi
+}
+
 not_available() { # side label why
     echo "{\"side\":\"$1\",\"label\":\"$2\",\"not_available\":\"$3\"}" >>"$RESULTS"
 }
@@ -321,12 +347,13 @@ single_rounds() { # side
                 --queue cb-classic --size "$size" $(confirmed) --duration "$DURATION" \
                 $(pid_args "$side" 4) || true
         done
+        [[ -z $DECLARE ]] || run_declare "$side" "declare, single node" "$round" 4
     done
 }
 
 cluster_rounds() { # side
     local side=$1 round size quorum=yes NO_QUORUM=
-    make_quorum_queue "$side" cb-quorum 1 || quorum=
+    if [[ -n $SIZES ]]; then make_quorum_queue "$side" cb-quorum 1 || quorum=; fi
     for round in $(seq "$ROUNDS"); do
         for size in $SIZES; do
             if [[ -n $quorum ]]; then
@@ -346,7 +373,11 @@ cluster_rounds() { # side
                 --queue cb-classic --size "$size" $(confirmed) --duration "$DURATION" \
                 $(pid_args "$side" 1 2 3) || true
         done
-        failover "$side" "$round"
+        if [[ -n $DECLARE ]]; then
+            run_declare "$side" "declare, 3 nodes, through node 1" "$round" 1
+            run_declare "$side" "declare, 3 nodes, through node 2" "$round" 2
+        fi
+        [[ -z $FAILOVER ]] || failover "$side" "$round"
     done
 }
 
@@ -417,7 +448,7 @@ print("| scenario | broker | runs | msg/s | confirm p50 / p99 µs | broker CPU-s
       "| peak RSS MiB per node | missing / dup | load avg |")
 print("|---|---|---|---|---|---|---|---|---|")
 for label, sides in rows.items():
-    if label.startswith("failover"):
+    if label.startswith(("failover", "declare")):
         continue
     for side, rs in sides.items():
         na = [r for r in rs if "not_available" in r]
@@ -433,6 +464,18 @@ for label, sides in rows.items():
               f"| {fmt(median([r['broker']['cpu_seconds_per_million'] for r in rs]), '.2f')} "
               f"| {' / '.join(fmt(x and x / 2**20, '.0f') for x in rss)} "
               f"| {sum(r['missing'] for r in rs)} / {sum(r['duplicates'] for r in rs)} "
+              f"| {fmt(median([r['loadavg'] for r in rs]), '.1f')} |")
+
+print()
+print(f"| durable queues, one declare in flight per connection | broker | runs | declare /s | declare again /s | delete /s | load avg |")
+print("|---|---|---|---|---|---|---|")
+for label, sides in rows.items():
+    if not label.startswith("declare"):
+        continue
+    for side, rs in sides.items():
+        rate = lambda phase: fmt(median([(r.get(phase) or {}).get("per_second") for r in rs]), ",.0f")
+        print(f"| {label} ({rs[0]['queues']:,} queues, {rs[0]['channels']} connections) | {side} | {len(rs)} "
+              f"| {rate('declare')} | {rate('redeclare')} | {rate('delete')} "
               f"| {fmt(median([r['loadavg'] for r in rs]), '.1f')} |")
 
 print()

@@ -12,7 +12,7 @@
 # uninstrumented as a warm-up, switches instrumentation on and zeroes the counters
 # (`callgrind_control -i on`, `-z`), runs `bench SCENARIO --size 16 --messages $MESSAGES`,
 # dumps (`callgrind_control -d`) and prints the dump's `totals:` over the messages consumed.
-# Options after the scenario go to both bench runs (a later --size overrides the 16).
+# Options after the scenario go to both bench runs (a --size among them replaces the 16).
 # Prints one line per round and, with more than one round, the median.
 set -euo pipefail
 
@@ -53,7 +53,9 @@ start_broker() {
 bench() { # messages, options...: prints the bench's JSON
     local messages=$1
     shift
-    "$BIN" bench "$SCENARIO" --addr "$ADDR" --size 16 --messages "$messages" --duration 600 "$@" --json 2>/dev/null
+    local size=(--size 16)
+    [[ " $* " == *" --size "* ]] && size=()
+    "$BIN" bench "$SCENARIO" --addr "$ADDR" "${size[@]}" --messages "$messages" --duration 600 "$@" --json 2>/dev/null
 }
 
 run() { # round

@@ -355,7 +355,7 @@ async fn declare_makes_and_deletes_every_queue_and_times_both_phases() {
         .await
         .expect("bench declare runs");
     assert_eq!((report.queues, report.channels), (200, 4));
-    for phase in [&report.declare, &report.delete] {
+    for phase in [&report.declare, &report.redeclare, &report.delete] {
         assert!(phase.seconds > 0.0 && phase.per_second > 0.0, "{report:?}");
         assert!(phase.first_tenth_per_second > 0.0, "{report:?}");
         assert!(phase.last_tenth_per_second > 0.0, "{report:?}");

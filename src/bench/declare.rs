@@ -1,6 +1,6 @@
 //! `bench declare`: declares N durable queues over C AMQP connections (one channel each, one
-//! declare in flight per channel, as a client waiting for `declare-ok` does), then deletes them
-//! the same way, and reports each phase's rate overall and in its first and last tenth, which
+//! declare in flight per channel, as a client waiting for `declare-ok` does), declares each
+//! again as it is (what a client does every time it starts), then deletes them the same way, and reports each phase's rate overall and in its first and last tenth, which
 //! shows whether a declare costs more as more queues exist. Works against any AMQP 0-9-1
 //! broker, so Switchboard and RabbitMQ are measured by the same load generator.
 
@@ -30,6 +30,8 @@ pub struct DeclareReport {
     pub queues: u64,
     pub channels: usize,
     pub declare: PhaseReport,
+    /// The same declarations again, of queues that exist.
+    pub redeclare: PhaseReport,
     pub delete: PhaseReport,
 }
 
@@ -42,10 +44,11 @@ impl DeclareReport {
             )
         };
         format!(
-            "{} durable queues over {} channels\n{}{}",
+            "{} durable queues over {} channels\n{}{}{}",
             self.queues,
             self.channels,
             row("declare", &self.declare),
+            row("again", &self.redeclare),
             row("delete", &self.delete)
         )
     }
@@ -171,11 +174,13 @@ pub async fn run(o: &Options, queues: u64, channels: usize) -> Result<DeclareRep
     }
     let stem = format!("{}-declare-{:04x}", o.queue, rand::random::<u16>());
     let (clients, declare) = run_phase(clients, &stem, queues, Phase::Declare).await?;
+    let (clients, redeclare) = run_phase(clients, &stem, queues, Phase::Declare).await?;
     let (_, delete) = run_phase(clients, &stem, queues, Phase::Delete).await?;
     Ok(DeclareReport {
         queues,
         channels,
         declare,
+        redeclare,
         delete,
     })
 }
