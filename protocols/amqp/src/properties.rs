@@ -287,7 +287,8 @@ mod tests {
         assert_eq!(decoded, Properties::from(set.clone()));
 
         let mut written = Properties::default();
-        written.priority = Some(3);
+        let values: &mut BasicProperties = &mut written;
+        values.priority = Some(3);
         assert_eq!(written.present().map(|p| p.priority), Some(Some(3)));
     }
 
