@@ -1,7 +1,8 @@
 //! `bench declare`: declares N durable queues over C AMQP connections (one channel each, one
 //! declare in flight per channel, as a client waiting for `declare-ok` does), declares each
-//! again as it is (what a client does every time it starts), then deletes them the same way, and reports each phase's rate overall and in its first and last tenth, which
-//! shows whether a declare costs more as more queues exist. Works against any AMQP 0-9-1
+//! again as it is (what a client does every time it starts), then deletes them the same way,
+//! and reports each phase's rate overall and in its first and last tenth, which shows whether
+//! a declare costs more as more queues exist. Works against any AMQP 0-9-1
 //! broker, so Switchboard and RabbitMQ are measured by the same load generator.
 
 use super::amqp::expect_ok;

@@ -46,11 +46,6 @@ impl Properties {
         BasicProperties::decode_boxed(buf).map(|b| Properties(Some(b)))
     }
 
-    /// The properties set, for changing them in place; None (allocating nothing) when none is.
-    pub fn present_mut(&mut self) -> Option<&mut BasicProperties> {
-        self.0.as_deref_mut()
-    }
-
     /// The properties set; None when none is (a write through `DerefMut` may have left a set
     /// with none, so None is not the only empty case).
     pub fn present(&self) -> Option<&BasicProperties> {
@@ -77,16 +72,6 @@ impl From<BasicProperties> for Properties {
             Properties(None)
         } else {
             Properties(Some(Box::new(values)))
-        }
-    }
-}
-
-impl From<Box<BasicProperties>> for Properties {
-    fn from(values: Box<BasicProperties>) -> Self {
-        if *values == NONE {
-            Properties(None)
-        } else {
-            Properties(Some(values))
         }
     }
 }
@@ -270,7 +255,6 @@ mod tests {
         assert!(Properties::from(BasicProperties::default())
             .present()
             .is_none());
-        assert!(Properties::from(Box::default()).present().is_none());
     }
 
     #[test]

@@ -87,13 +87,19 @@ impl VHost {
             return Ok(());
         };
         self.exchanges.remove(name);
+        self.exchange_removed(&ex);
+        Ok(())
+    }
+
+    /// What goes with an exchange taken out of the map: publishers that kept it told, its
+    /// delayed messages, the bindings to it, its record.
+    fn exchange_removed(&self, ex: &Arc<Exchange>) {
         ex.mark_gone();
         if let Some(hold) = &ex.delayed {
             hold.delete();
         }
         self.remove_bindings_to(&Destination::Exchange(ex.clone()));
-        self.record_exchange_gone(&ex);
-        Ok(())
+        self.record_exchange_gone(ex);
     }
 
     /// Unbinds `dest` from every exchange, then deletes auto-delete exchanges left unbound.
@@ -115,12 +121,7 @@ impl VHost {
                 .remove_if(&ex.name, |_, e| Arc::ptr_eq(e, ex))
                 .is_some();
             if removed {
-                ex.mark_gone();
-                if let Some(hold) = &ex.delayed {
-                    hold.delete();
-                }
-                self.remove_bindings_to(&Destination::Exchange(ex.clone()));
-                self.record_exchange_gone(ex);
+                self.exchange_removed(ex);
             }
         }
     }
