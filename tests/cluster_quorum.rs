@@ -139,6 +139,29 @@ async fn publish_confirmed(ch: &Channel, q: &str, bodies: impl Iterator<Item = S
     }
 }
 
+/// The next `n` deliveries of `consumer`, which must be `m0`, `m1`, ... delivered for the
+/// first time; the first `acked` are acknowledged, the others returned unacknowledged.
+async fn take_in_order(
+    consumer: &mut lapin::Consumer,
+    n: usize,
+    acked: usize,
+) -> Vec<lapin::message::Delivery> {
+    let mut unacked = Vec::new();
+    for i in 0..n {
+        let d = next(consumer).await;
+        assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
+        assert!(!d.redelivered);
+        if i < acked {
+            bounded(d.acker.ack(BasicAckOptions::default()))
+                .await
+                .unwrap();
+        } else {
+            unacked.push(d);
+        }
+    }
+    unacked
+}
+
 async fn consumer_on(ch: &Channel, q: &str, prefetch: u16) -> lapin::Consumer {
     bounded(ch.basic_qos(prefetch, BasicQosOptions::default()))
         .await
@@ -294,19 +317,7 @@ async fn confirmed_messages_survive_losing_the_leader_and_acked_ones_stay_gone()
     // All of them, in order, on the leader; the first 600 acked.
     let (_lc, lch) = nodes[leader].broker().channel().await;
     let mut consumer = consumer_on(&lch, &q, 1000).await;
-    let mut unacked = Vec::new();
-    for i in 0..1000 {
-        let d = next(&mut consumer).await;
-        assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
-        assert!(!d.redelivered);
-        if i < 600 {
-            bounded(d.acker.ack(BasicAckOptions::default()))
-                .await
-                .unwrap();
-        } else {
-            unacked.push(d);
-        }
-    }
+    let unacked = take_in_order(&mut consumer, 1000, 600).await;
     // The acks are committed once every replica holds only the 400 unacked.
     for n in &nodes {
         wait_held(n, &q, 400).await;
@@ -355,19 +366,7 @@ async fn a_consumer_on_a_follower_is_served_by_the_leader_and_follows_the_lead_w
     publish_confirmed(&pch, &q, (0..100).map(|i| format!("m{i}"))).await;
     let (_fc, fch) = nodes[follower].broker().channel().await;
     let mut consumer = consumer_on(&fch, &q, 60).await;
-    let mut unacked = Vec::new();
-    for i in 0..100 {
-        let d = next(&mut consumer).await;
-        assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
-        assert!(!d.redelivered);
-        if i < 50 {
-            bounded(d.acker.ack(BasicAckOptions::default()))
-                .await
-                .unwrap();
-        } else {
-            unacked.push(d);
-        }
-    }
+    let unacked = take_in_order(&mut consumer, 100, 50).await;
     // The follower's acks reached the leader: every replica holds only the 50 unacked.
     for n in &nodes {
         wait_held(n, &q, 50).await;
@@ -970,4 +969,81 @@ async fn rebalance_spreads_the_leaders_and_keeps_messages_and_consumers() {
             wait_held(n, q, 0).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_on_a_node_holding_no_replica_follows_the_lead_when_it_moves_and_when_its_node_goes(
+) {
+    let mut nodes = form(4).await;
+    let (_c, ch) = nodes[0].broker().channel().await;
+    let q = unique("qq-outside");
+    declare_quorum(&ch, &q, &[]).await;
+    let leader = wait_for_leader(&nodes, &q, None).await;
+    let members: Vec<String> = queue_info(&nodes[leader], &q).await["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(members.len(), 3, "{members:?}");
+    let outsider = nodes
+        .iter()
+        .position(|n| !members.contains(&n.name))
+        .expect("a node holding no replica");
+    let publisher = (0..4).find(|i| *i != outsider && *i != leader).unwrap();
+    let target = (0..4)
+        .find(|i| ![outsider, leader, publisher].contains(i))
+        .unwrap();
+
+    let (_pc, pch) = nodes[publisher].broker().channel().await;
+    bounded(pch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    publish_confirmed(&pch, &q, (0..20).map(|i| format!("m{i}"))).await;
+    let (_oc, och) = nodes[outsider].broker().channel().await;
+    let mut consumer = consumer_on(&och, &q, 100).await;
+    let unacked = take_in_order(&mut consumer, 20, 10).await;
+    for n in nodes.iter().filter(|n| members.contains(&n.name)) {
+        wait_held(n, &q, 10).await;
+    }
+
+    // The lead moves with the old leader up (it lets go of the outsider's consumer): the
+    // consumer follows it, with no basic.cancel, and the new leader redelivers the ten it
+    // held.
+    let path = format!("/api/switchboard/queues/%2F/{q}/leader");
+    let body = serde_json::json!({ "node": nodes[target].name });
+    let r = call(nodes[publisher].broker(), "POST", &path, Some(body)).await;
+    assert!(r.status < 300, "{path}: {} {:?}", r.status, r.body);
+    let moved = wait_for_leader(&nodes, &q, Some(&nodes[leader].name)).await;
+    assert_eq!(moved, target);
+    drop(unacked);
+    for i in 10..20 {
+        let d = next(&mut consumer).await;
+        assert_eq!(String::from_utf8_lossy(&d.data), format!("m{i}"));
+        assert!(d.redelivered, "m{i} was delivered before");
+        bounded(d.acker.ack(BasicAckOptions::default()))
+            .await
+            .unwrap();
+    }
+    publish_confirmed(&pch, &q, std::iter::once("after-move".to_owned())).await;
+    let d = next(&mut consumer).await;
+    assert_eq!(&d.data[..], b"after-move");
+    bounded(d.acker.ack(BasicAckOptions::default()))
+        .await
+        .unwrap();
+
+    // Every replica has the acks before the leader goes.
+    for n in nodes.iter().filter(|n| members.contains(&n.name)) {
+        wait_held(n, &q, 0).await;
+    }
+
+    // The leader's node goes: the outsider's fetches there go unanswered, and its consumer
+    // follows the lead to the member elected.
+    let gone = nodes[target].name.clone();
+    nodes[target].stop().await;
+    wait_for_leader(&nodes, &q, Some(&gone)).await;
+    publish_confirmed(&pch, &q, std::iter::once("after-stop".to_owned())).await;
+    let d = next(&mut consumer).await;
+    assert_eq!(&d.data[..], b"after-stop");
+    assert!(!d.redelivered);
 }

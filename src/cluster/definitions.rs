@@ -486,7 +486,8 @@ fn block_on_runtime<T>(work: impl std::future::Future<Output = T>) -> Result<T, 
 }
 
 /// Resolves once this node has applied every change the cluster committed before the call
-/// (an empty entry committed through the leader); refused, like a change, in a minority.
+/// ([`Consensus::caught_up`], a read index: no entry is written); refused, like a change, in
+/// a minority.
 /// What a node answers from its own state after it (a queue it has is declared already, one
 /// it lacks cannot be deleted) is then no older than any change confirmed elsewhere: a node
 /// cut off in a minority would otherwise confirm a declaration of a queue the majority has
@@ -494,7 +495,7 @@ fn block_on_runtime<T>(work: impl std::future::Future<Output = T>) -> Result<T, 
 /// transaction of the majority.
 pub async fn caught_up(b: &Broker) -> Result<(), ChangeError> {
     if let Some(cluster) = b.cluster.get() {
-        cluster.propose(Command::Batch(Vec::new())).await?;
+        cluster.caught_up().await?;
     }
     Ok(())
 }

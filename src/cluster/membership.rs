@@ -5,6 +5,7 @@ use super::config::ClusterConfig;
 use super::identity::node_id;
 use super::log_store::LogStore;
 use super::network::Network;
+use super::read_index::SharedRounds;
 use super::state_machine::StateMachine;
 use super::tls::NodeTls;
 use super::transport::{self, Auth, Handler, OpError, OpOk, Peer, Request, Response};
@@ -12,7 +13,7 @@ use super::{
     Apply, BoxFuture, ClusterError, ClusterStatus, Command, CommandResult, Consensus, MemberStatus,
     NodeInfo, Raft, Role,
 };
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,10 @@ pub struct Cluster {
     groups: std::sync::OnceLock<Arc<super::quorum::Registry>>,
     /// When the metadata group's leader was last heard (see [`super::failover`]).
     heard: Arc<super::failover::LastHeard>,
+    /// Read indexes this node asks for ([`Consensus::caught_up`]), and those it finds as the
+    /// leader for other nodes, each shared among concurrent callers.
+    reads: SharedRounds<Arc<ClusterError>>,
+    served_reads: SharedRounds<OpError>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -58,6 +63,14 @@ impl std::fmt::Debug for Cluster {
             .field("cluster", &self.config.name)
             .field("me", &self.me)
             .finish_non_exhaustive()
+    }
+}
+
+/// `e` once more, for another caller that shared the round that failed with it.
+fn again(e: &ClusterError) -> ClusterError {
+    match e {
+        ClusterError::NoQuorum(ms) => ClusterError::NoQuorum(*ms),
+        other => ClusterError::Refused(other.to_string()),
     }
 }
 
@@ -124,6 +137,8 @@ impl Cluster {
             forward: std::sync::OnceLock::new(),
             groups: std::sync::OnceLock::new(),
             heard: Arc::default(),
+            reads: SharedRounds::new(),
+            served_reads: SharedRounds::new(),
         });
         let weak = Arc::downgrade(&cluster);
         super::failover::watch(
@@ -374,6 +389,19 @@ impl Cluster {
                     index: r.log_id.index,
                 })
                 .map_err(write_error),
+            Request::ReadIndex => raft
+                .get_read_log_id()
+                .await
+                .map(|(read, _applied)| OpOk {
+                    result: CommandResult::default(),
+                    index: read.map_or(0, |l| l.index),
+                })
+                .map_err(|e| match e {
+                    RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)) => {
+                        OpError::NotLeader
+                    }
+                    other => OpError::Failed(other.to_string()),
+                }),
             Request::Join(node) => {
                 let _one = self.changing.lock().await;
                 let id = node_id(&node.name);
@@ -542,13 +570,26 @@ impl Handler for Cluster {
                         "no quorum queue group {group} on this node"
                     )))),
                 },
+                Request::Forwarded(op) if matches!(*op, Request::ReadIndex) => {
+                    let index = self
+                        .served_reads
+                        .read(|| async { self.execute(&op).await.map(|r| r.index) })
+                        .await;
+                    Response::Op(index.map(|index| OpOk {
+                        result: CommandResult::default(),
+                        index,
+                    }))
+                }
                 Request::Forwarded(op) => Response::Op(self.execute(&op).await),
                 Request::HoldElections(_) | Request::TakeLead => {
                     Response::Op(Err(OpError::Failed(
                         "a quorum queue group's request, sent without its group".into(),
                     )))
                 }
-                op @ (Request::Join(_) | Request::Forget(_) | Request::Propose(_)) => {
+                op @ (Request::Join(_)
+                | Request::Forget(_)
+                | Request::Propose(_)
+                | Request::ReadIndex) => {
                     Response::Op(self.on_leader(op).await.map_err(|e| match e {
                         ClusterError::NoQuorum(_) => OpError::NotLeader,
                         ClusterError::UnknownNode(name) => OpError::UnknownNode(name),
@@ -568,6 +609,23 @@ impl Consensus for Cluster {
             // the caller reads next here includes it.
             self.wait_applied(done.index).await;
             Ok(done.result)
+        })
+    }
+
+    fn caught_up(&self) -> BoxFuture<'_, Result<(), ClusterError>> {
+        Box::pin(async move {
+            let index = self
+                .reads
+                .read(|| async {
+                    self.on_leader(Request::ReadIndex)
+                        .await
+                        .map(|r| r.index)
+                        .map_err(Arc::new)
+                })
+                .await
+                .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|shared| again(&shared)))?;
+            self.wait_applied(index).await;
+            Ok(())
         })
     }
 

@@ -14,6 +14,7 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod quorum;
+pub mod read_index;
 pub mod state_machine;
 pub mod tls;
 pub mod transient;
@@ -192,6 +193,10 @@ pub trait Consensus: Send + Sync + std::fmt::Debug {
     /// Proposes `command` and resolves once a majority has committed it and this node's state
     /// machine has applied it (or with [`ClusterError::NoQuorum`]).
     fn propose(&self, command: Command) -> BoxFuture<'_, Result<CommandResult, ClusterError>>;
+    /// Resolves once this node has applied everything the cluster committed before the call
+    /// (Raft's read index: the leader confirms with a majority that it still leads, and
+    /// nothing is written), or with [`ClusterError::NoQuorum`] in a minority.
+    fn caught_up(&self) -> BoxFuture<'_, Result<(), ClusterError>>;
     /// Adds `node` as a learner, waits for it to catch up, then makes it a voter.
     fn add_member(&self, node: NodeInfo) -> BoxFuture<'_, Result<(), ClusterError>>;
     /// Removes the member named `name` from the membership.

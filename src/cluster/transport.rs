@@ -96,7 +96,11 @@ pub enum Request {
     Forget(String),
     /// Commit this command (on the leader).
     Propose(Command),
-    /// A [`Request::Join`], [`Request::Forget`] or [`Request::Propose`] passed on by a node
+    /// The log index a read must wait for to see everything committed before it was asked
+    /// (on the leader, which confirms with a majority that it still leads; nothing is
+    /// written): Raft's read index.
+    ReadIndex,
+    /// A [`Request::Join`], [`Request::Forget`], [`Request::Propose`] or [`Request::ReadIndex`] passed on by a node
     /// that is not the leader: run here, or refused, never passed on again.
     Forwarded(Box<Request>),
     Ping,

@@ -381,6 +381,9 @@ impl Home {
             return Err(Refusal::NotLeader(r.leader()));
         }
         let s = self.open(session);
+        // The same consumer again: its node let go of it (this node did not answer for a
+        // while) and attaches it anew; the earlier registration goes first.
+        self.cancel(&s, consumer);
         let sink = Arc::new(RemoteSink {
             session: Arc::downgrade(&s),
             consumer,

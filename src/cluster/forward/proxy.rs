@@ -9,7 +9,7 @@ use crate::core::queue::{
     ConsumeError, Consumer, ConsumerSink, Delivery, Enqueued, Queue, QueueStats, RemoteHome,
 };
 use crate::core::{Broker, Message};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -63,6 +63,10 @@ struct LinkState {
     /// Deliveries handed to local consumers since the last fetch, per consumer: the home
     /// node's window opens by as many.
     credits: HashMap<u64, u32>,
+    /// Consumers let go of after the home node stopped answering ([`Link::unanswered`]),
+    /// which it may still hold: what comes for them goes back, with no cancel that could
+    /// overtake their attaching again here (a consume replaces the home's registration).
+    released: HashSet<u64>,
 }
 
 /// This node's link to one home node.
@@ -148,7 +152,9 @@ impl Link {
     /// Hands buffered deliveries to the local consumers of `queue` (all when None) that
     /// have credit.
     fn drain(&self, st: &mut LinkState, only: Option<&Arc<Queue>>) {
-        let LinkState { consumers, credits } = st;
+        let LinkState {
+            consumers, credits, ..
+        } = st;
         for (id, local) in consumers.iter_mut() {
             let Some(q) = local.queue.upgrade() else {
                 continue;
@@ -181,6 +187,9 @@ impl Link {
                     how: How::Requeue,
                     ids: vec![d.id],
                 });
+                if st.released.contains(&d.consumer) {
+                    continue;
+                }
                 self.send(Call::Cancel {
                     session: self.session.id,
                     consumer: d.consumer,
@@ -213,6 +222,29 @@ impl Link {
         cancel_locals(gone);
     }
 
+    /// The home node has not answered a fetch for longer than the operation timeout: the
+    /// consumers of quorum queues let go of it, to follow the lead wherever it is now (a
+    /// classic queue's consumers wait for their one home).
+    fn unanswered(&self) {
+        let gone: Vec<(u64, Local)> = {
+            let mut st = self.lock();
+            let ids: Vec<u64> = st
+                .consumers
+                .iter()
+                .filter(|(_, l)| l.queue.upgrade().is_some_and(|q| q.replica().is_some()))
+                .map(|(id, _)| *id)
+                .collect();
+            st.released.extend(&ids);
+            ids.iter()
+                .filter_map(|id| st.consumers.remove(id).map(|l| (*id, l)))
+                .collect()
+        };
+        if !gone.is_empty() {
+            tracing::info!(home = %self.home, consumers = gone.len(), "forward: a quorum queue's leader does not answer; its consumers here follow the lead");
+            cancel_locals(gone);
+        }
+    }
+
     fn take_credits(&self) -> Vec<(u64, u32)> {
         self.lock().credits.drain().collect()
     }
@@ -221,16 +253,26 @@ impl Link {
     /// local consumers are cancelled, as RabbitMQ cancels consumers of a queue whose node
     /// went down.
     fn lost_session(&self) {
-        let gone: Vec<(u64, Local)> = self.lock().consumers.drain().collect();
+        let gone: Vec<(u64, Local)> = {
+            let mut st = self.lock();
+            st.released.clear();
+            st.consumers.drain().collect()
+        };
         cancel_locals(gone);
     }
 }
 
 /// Tells the clients of these local consumers that they were cancelled, and removes them
-/// from their queues (their link no longer knows them, so nothing goes to the home node).
+/// from their queues (their link no longer knows them, so nothing goes to the home node). A
+/// quorum queue's consumers are kept instead, to follow its lead ([`Replica::consumers_let_go`]).
+///
+/// [`Replica::consumers_let_go`]: crate::core::queue::replica::Replica::consumers_let_go
 fn cancel_locals(gone: Vec<(u64, Local)>) {
     for (id, local) in gone {
         if let Some(q) = local.queue.upgrade() {
+            if q.replica().is_some_and(|r| r.consumers_let_go()) {
+                continue;
+            }
             local.sink.cancelled(&q, &local.tag);
             let _ = q.remove_consumer(id);
         }
@@ -404,6 +446,8 @@ async fn fetcher(link: Weak<Link>, peer: Peer, mut shutdown: tokio::sync::watch:
     // The number of the last answer that arrived: the home node sends an answer again
     // until a fetch names it, so a reply lost with its connection strands nothing there.
     let mut received = 0;
+    // Since when fetches have gone unanswered (None: the last one was answered).
+    let mut unanswered_since: Option<Instant> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -436,6 +480,7 @@ async fn fetcher(link: Weak<Link>, peer: Peer, mut shutdown: tokio::sync::watch:
                 deliveries,
                 cancelled,
             }) => {
+                unanswered_since = None;
                 if batch != received {
                     received = batch;
                     l.received(deliveries);
@@ -443,12 +488,17 @@ async fn fetcher(link: Weak<Link>, peer: Peer, mut shutdown: tokio::sync::watch:
                 }
             }
             Some(Reply::UnknownSession) => {
+                unanswered_since = None;
                 tracing::warn!(home = %l.home, "forward: the home node lost this node's session; its consumers are cancelled");
                 l.fetching.store(false, Ordering::Release);
                 l.lost_session();
             }
             _ => {
                 // Not answered: give the credit back to the next try.
+                let since = *unanswered_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > l.timeout {
+                    l.unanswered();
+                }
                 {
                     let mut st = l.lock();
                     for (c, n) in credits {
@@ -610,7 +660,9 @@ impl RemoteHome for Proxy {
         consumer: &Consumer,
         priority: i32,
     ) -> Result<(), ConsumeError> {
-        self.link.lock().consumers.insert(
+        let mut st = self.link.lock();
+        st.released.remove(&consumer.id);
+        st.consumers.insert(
             consumer.id,
             Local {
                 queue: Arc::downgrade(queue),
@@ -620,6 +672,7 @@ impl RemoteHome for Proxy {
                 buffer: VecDeque::new(),
             },
         );
+        drop(st);
         let call = Call::Consume {
             session: self.link.session.clone(),
             vhost: self.vhost.clone(),
@@ -655,7 +708,19 @@ impl RemoteHome for Proxy {
     }
 
     fn consumer_removed(&self, _queue: &Arc<Queue>, consumer_id: u64) {
-        let Some(local) = self.link.lock().consumers.remove(&consumer_id) else {
+        let (local, released) = {
+            let mut st = self.link.lock();
+            let released = st.released.remove(&consumer_id);
+            (st.consumers.remove(&consumer_id), released)
+        };
+        let Some(local) = local else {
+            if released {
+                // The home node may still hold it.
+                self.link.send(Call::Cancel {
+                    session: self.link.session.id,
+                    consumer: consumer_id,
+                });
+            }
             return;
         };
         // What came for it but never reached the client goes back first.

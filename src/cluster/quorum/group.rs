@@ -20,7 +20,7 @@ use crate::core::queue::{ConsumeError, Queue, RemoteHome, Replica, ServingFuture
 use crate::core::Broker;
 use openraft::ServerState;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -32,6 +32,8 @@ const ENTRY_BYTES: usize = 1 << 20;
 /// How soon consumers kept when the lead moved are offered to the new leader again, while it
 /// does not serve yet.
 const REATTACH_RETRY: Duration = Duration::from_millis(100);
+/// The longest pause between tries of a node holding no replica to reach a new leader.
+const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// What is waiting to be proposed.
 #[derive(Default)]
@@ -90,6 +92,14 @@ pub struct Group {
     served_by: Mutex<Option<Arc<dyn RemoteHome>>>,
     /// The leader another node named, for a node holding no replica (it has no view).
     named_leader: Mutex<Option<String>>,
+    /// Which member a node holding no replica tries next when none is named.
+    turn: AtomicUsize,
+    /// Wakes the lead loop: this node's consumers lost the node that served them.
+    moved: Notify,
+    /// A node holding no replica runs its consumers' attaching to the next leader
+    /// ([`Group::follow_loop`]).
+    following: AtomicBool,
+    me: Weak<Group>,
 }
 
 impl std::fmt::Debug for Group {
@@ -113,7 +123,7 @@ impl Group {
         broker: &Arc<Broker>,
         env: Arc<Env>,
     ) -> Arc<Self> {
-        Arc::new(Group {
+        Arc::new_cyclic(|me| Group {
             id,
             members: Mutex::new(members),
             queue,
@@ -133,6 +143,10 @@ impl Group {
             served_by: Mutex::new(None),
             named_leader: Mutex::new(None),
             heard: Arc::default(),
+            turn: AtomicUsize::new(0),
+            moved: Notify::new(),
+            following: AtomicBool::new(false),
+            me: me.clone(),
         })
     }
 
@@ -512,13 +526,14 @@ impl Group {
                 self.go_offline(machine);
             }
             if !leading && self.served_by_other_than(self.leader().as_deref()) {
-                self.leader_moved(true);
+                self.leader_moved();
             }
             let attached = self.reattach();
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() { break },
                 _ = crate::cluster::stopped(&mut stop) => break,
                 _ = epoch.changed() => break,
+                _ = self.moved.notified() => {}
                 // The new leader does not serve yet (it catches up first): again shortly.
                 _ = tokio::time::sleep(REATTACH_RETRY), if !attached => {}
             }
@@ -526,8 +541,18 @@ impl Group {
         if self.live.load(Ordering::Acquire) {
             self.go_offline(machine);
         }
-        // No longer a member (or stopping): nothing here follows the lead for the consumers
-        // kept to follow it, so they are cancelled and their clients consume again.
+        if self.stopped() {
+            self.cancel_kept();
+        } else if self.reattach.load(Ordering::Acquire) {
+            // No longer a member: the consumers kept follow the lead as any node's without a
+            // replica.
+            self.follow();
+        }
+    }
+
+    /// The consumers kept to follow the lead are cancelled (the queue or this node stops)
+    /// and their clients consume again.
+    fn cancel_kept(&self) {
         if self.reattach.swap(false, Ordering::AcqRel) {
             for c in self.queue.clear_live() {
                 c.sink.cancelled(&self.queue, &c.tag);
@@ -535,9 +560,62 @@ impl Group {
         }
     }
 
+    /// Has this node's consumers, kept to follow the lead, attached to the node leading now:
+    /// by the lead loop on a member, else by [`Group::follow_loop`].
+    fn follow(&self) {
+        if self.raft().is_some() {
+            self.moved.notify_one();
+            return;
+        }
+        if self.following.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match self.me.upgrade() {
+            Some(me) => {
+                tokio::spawn(me.follow_loop());
+            }
+            None => self.following.store(false, Ordering::Release),
+        }
+    }
+
+    /// On a node holding no replica: tries the members (the one named leader first) until
+    /// one leads and serves this node's consumers, the pause between tries doubling from
+    /// 100 ms to a second, until they are attached, the node becomes a member (its lead loop
+    /// takes over), or the group stops (they are cancelled).
+    async fn follow_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut pause = REATTACH_RETRY;
+        loop {
+            if self.raft().is_some() {
+                self.following.store(false, Ordering::Release);
+                self.moved.notify_one();
+                return;
+            }
+            if self.reattach() {
+                self.following.store(false, Ordering::Release);
+                // A move between the attaching and the flag found this loop still running.
+                if !self.reattach.load(Ordering::Acquire)
+                    || self.following.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = crate::cluster::stopped(&mut stop) => {
+                    self.following.store(false, Ordering::Release);
+                    self.cancel_kept();
+                    return;
+                }
+            }
+            pause = (pause * 2).min(FOLLOW_RETRY_MAX);
+        }
+    }
+
     fn go_live(self: &Arc<Self>, machine: &QueueMachine) {
         // This node's consumers stay, and the live queue serves them from now on.
-        self.leader_moved(true);
+        self.leader_moved();
         let feed: Arc<dyn Feed> = self.clone();
         let counts = machine.go_live(feed);
         *lock(&self.counts) = counts.into_iter().collect();
@@ -565,27 +643,18 @@ impl Group {
             .is_some_and(|p| Some(p.home()) != leader)
     }
 
-    /// The lead moved away from the node this node's consumers reached: they leave it. With
-    /// `follow` (a member node, whose lead loop sees the new leader) they stay registered
-    /// and are attached to the new leader ([`Group::reattach`]), as RabbitMQ moves them;
-    /// without (a node holding no replica, which learns of a new leader only when one is
-    /// named) they are cancelled (`basic.cancel`) and their clients consume again. Their
-    /// unacknowledged deliveries are the new leader's to redeliver.
-    fn leader_moved(&self, follow: bool) {
+    /// The lead moved away from the node this node's consumers reached: they leave it, stay
+    /// registered here, and are attached to the new leader ([`Group::reattach`]), as RabbitMQ
+    /// moves them. Their unacknowledged deliveries are the new leader's to redeliver.
+    fn leader_moved(&self) {
         let Some(old) = lock(&self.served_by).take() else {
             return;
         };
-        if follow {
-            for (c, _) in self.queue.consumers() {
-                old.consumer_removed(&self.queue, c.id);
-            }
-            self.reattach.store(true, Ordering::Release);
-        } else {
-            for c in self.queue.clear_live() {
-                old.consumer_removed(&self.queue, c.id);
-                c.sink.cancelled(&self.queue, &c.tag);
-            }
+        for (c, _) in self.queue.consumers() {
+            old.consumer_removed(&self.queue, c.id);
         }
+        self.reattach.store(true, Ordering::Release);
+        self.follow();
     }
 
     /// Attaches this node's consumers, kept when the lead moved, to the node that leads now;
@@ -616,6 +685,9 @@ impl Group {
                     for id in attached {
                         home.consumer_removed(&self.queue, id);
                     }
+                    if self.raft().is_none() {
+                        self.try_next(&home, e);
+                    }
                     return false;
                 }
             }
@@ -625,6 +697,22 @@ impl Group {
             tracing::info!(group = %self.id, queue = %self.queue.name, leader = %home.home(), consumers = attached.len(), "quorum queue: consumers moved to the new leader");
         }
         true
+    }
+
+    /// A node holding no replica found `tried` not serving (`refused`): the next try goes to
+    /// the leader it named, or to the next member.
+    fn try_next(&self, tried: &Arc<dyn RemoteHome>, refused: ConsumeError) {
+        lock(&self.served_by).take();
+        let named = match refused {
+            ConsumeError::NotLeader {
+                leader: Some(l), ..
+            } if l != tried.home() && l != self.env.me.name => Some(l),
+            _ => None,
+        };
+        if named.is_none() {
+            self.turn.fetch_add(1, Ordering::Relaxed);
+        }
+        *lock(&self.named_leader) = named;
     }
 
     fn push(&self, f: impl FnOnce(&mut Pending)) {
@@ -723,9 +811,11 @@ impl Replica for Group {
         }
         let leader = match self.raft() {
             Some(_) => self.leader()?,
-            None => lock(&self.named_leader)
-                .clone()
-                .or_else(|| lock(&self.members).first().cloned())?,
+            None => lock(&self.named_leader).clone().or_else(|| {
+                let members = lock(&self.members);
+                let turn = self.turn.load(Ordering::Relaxed);
+                members.get(turn % members.len().max(1)).cloned()
+            })?,
         };
         if leader == self.env.me.name {
             // Elected here, not serving yet (catching up on what was committed before).
@@ -753,8 +843,22 @@ impl Replica for Group {
         }
         *lock(&self.named_leader) = Some(node.to_owned());
         if self.served_by_other_than(Some(node)) {
-            self.leader_moved(false);
+            self.leader_moved();
         }
+    }
+
+    fn consumers_let_go(&self) -> bool {
+        if self.stopped() {
+            return false;
+        }
+        lock(&self.served_by).take();
+        if self.raft().is_none() {
+            // The node that let go may be the one named: the members are asked afresh.
+            *lock(&self.named_leader) = None;
+        }
+        self.reattach.store(true, Ordering::Release);
+        self.follow();
+        true
     }
 
     fn members(&self) -> Vec<String> {

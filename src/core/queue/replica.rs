@@ -88,6 +88,12 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     /// `node` said it leads the group (a refusal from a node that does not named it): the
     /// next [`Replica::leader_home`] goes there when this node has no view of its own.
     fn leader_named(&self, node: &str);
+    /// The node that served this node's consumers of the queue let them go (it no longer
+    /// leads, it lost this node's session, or it has not answered for longer than the
+    /// operation timeout): whether the replica keeps them registered and attaches them to
+    /// the next leader, as RabbitMQ moves a quorum queue's consumers (else they are
+    /// cancelled).
+    fn consumers_let_go(&self) -> bool;
     /// The group's members.
     fn members(&self) -> Vec<String>;
     /// How many committed messages the group holds, as this node has applied them (None on
