@@ -16,8 +16,8 @@ mod common;
 use common::cluster_procs::{churned_state, http, ProcCluster};
 use common::fault_proxy::LinkFault;
 use common::history::{check_definitions, check_leaders, check_messages, Event, History, Kind};
-use common::wait_until_async;
 use common::workload::{self, MessageLoad};
+use common::{bounded, wait_until_async};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -367,7 +367,7 @@ async fn quorum_leader(c: &ProcCluster, q: &str, not: Option<&str>) -> usize {
     let path = format!("/api/queues/%2F/{q}");
     let found = std::sync::Mutex::new(None);
     wait_until_async(&format!("a running leader of {q} listed"), || async {
-        for i in (0..NODES).filter(|i| c.running(*i)) {
+        for i in (0..c.nodes.len()).filter(|i| c.running(*i)) {
             let Some(a) = c.book.get(i) else { continue };
             if let Ok((200, body)) = http(a.http, "GET", &path, None).await {
                 let leader = body["leader"].as_str().filter(|l| Some(*l) != not);
@@ -413,6 +413,121 @@ fn kill_9_of_a_quorum_queue_leader_then_restart() {
         f.nemesis("restart", l);
         f.cluster.restart(l).await;
         f.finish().await;
+    });
+}
+
+/// An AMQP channel on node `i`, with its connection (kept open while the channel is used).
+async fn amqp_channel(c: &ProcCluster, i: usize) -> (lapin::Connection, lapin::Channel) {
+    let a = c.book.get(i).expect("running");
+    let conn = bounded(lapin::Connection::connect(
+        &format!("amqp://guest:guest@{}/%2f", a.amqp),
+        lapin::ConnectionProperties::default(),
+    ))
+    .await
+    .expect("AMQP connection");
+    let ch = bounded(conn.create_channel()).await.expect("channel");
+    (conn, ch)
+}
+
+/// Publishes `body` persistently to `q` on `ch` (in confirm mode) and waits for its confirm.
+async fn publish_confirmed(ch: &lapin::Channel, q: &str, body: &str) {
+    let confirm = bounded(ch.basic_publish(
+        "".into(),
+        q.into(),
+        lapin::options::BasicPublishOptions::default(),
+        body.as_bytes(),
+        lapin::BasicProperties::default().with_delivery_mode(2),
+    ))
+    .await
+    .expect("basic.publish");
+    let confirmation = bounded(confirm).await.expect("confirm");
+    assert!(confirmation.is_ack(), "{body}: {confirmation:?}");
+}
+
+/// A quorum queue on three of four nodes, consumed on the fourth, which holds no replica and
+/// reaches the leader through the forwarding proxy: the leader is killed with SIGKILL. The
+/// consumer is not cancelled: once the dead leader has left its fetches unanswered for the
+/// operation timeout, it follows the lead to the member elected, which serves it what is
+/// published from then on.
+#[test]
+fn a_consumer_on_a_node_holding_no_replica_follows_the_lead_past_kill_9_of_the_leader() {
+    run(|| async {
+        let mut c = ProcCluster::start(4).await;
+        let q = common::unique("faults-outside");
+        let (_c0, ch0) = amqp_channel(&c, 0).await;
+        let mut arguments = lapin::types::FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        bounded(ch0.queue_declare(
+            q.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        ))
+        .await
+        .expect("quorum queue.declare");
+        let leader = quorum_leader(&c, &q, None).await;
+        let a = c.book.get(leader).expect("running");
+        let (status, info) = http(a.http, "GET", &format!("/api/queues/%2F/{q}"), None)
+            .await
+            .expect("queue info");
+        assert_eq!(status, 200, "{info}");
+        let members: Vec<&str> = info["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(members.len(), 3, "{info}");
+        let outsider = (0..4)
+            .find(|i| !members.contains(&c.nodes[*i].name.as_str()))
+            .expect("a node holding no replica");
+        let publisher = (0..4).find(|i| *i != outsider && *i != leader).unwrap();
+
+        let (_pc, pch) = amqp_channel(&c, publisher).await;
+        bounded(pch.confirm_select(lapin::options::ConfirmSelectOptions::default()))
+            .await
+            .unwrap();
+        let (_oc, och) = amqp_channel(&c, outsider).await;
+        bounded(och.basic_qos(100, lapin::options::BasicQosOptions::default()))
+            .await
+            .unwrap();
+        let mut consumer = bounded(och.basic_consume(
+            q.as_str().into(),
+            "outside".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        ))
+        .await
+        .expect("basic.consume on the node holding no replica");
+        publish_confirmed(&pch, &q, "before").await;
+        let d = common::amqp::next(&mut consumer).await;
+        assert_eq!(&d.data[..], b"before");
+        bounded(d.acker.ack(lapin::options::BasicAckOptions::default()))
+            .await
+            .unwrap();
+
+        let gone = c.nodes[leader].name.clone();
+        c.kill(leader);
+        let now = quorum_leader(&c, &q, Some(&gone)).await;
+        eprintln!("{q}: {gone} killed, {} leads it now", c.nodes[now].name);
+        publish_confirmed(&pch, &q, "after").await;
+        // "before" again when its ack had not committed when the leader went (at least once).
+        loop {
+            let d = common::amqp::next(&mut consumer).await;
+            bounded(d.acker.ack(lapin::options::BasicAckOptions::default()))
+                .await
+                .unwrap();
+            if &d.data[..] == b"after" {
+                break;
+            }
+            assert_eq!(&d.data[..], b"before");
+            assert!(d.redelivered);
+        }
     });
 }
 
