@@ -8,7 +8,7 @@
 mod common;
 
 use common::amqp::{amqp_error, consume, next, publish, text};
-use common::cluster::{form, Node};
+use common::cluster::{form, form_tweaked, Node};
 use common::http::call;
 use common::mqtt::RawMqtt;
 use common::stomp::{text as stomp_text, StompClient};
@@ -16,6 +16,8 @@ use common::{bounded, wait_until_async, WAIT};
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use std::collections::HashSet;
+use std::sync::Arc;
+use switchboard::core::clock::SystemClock;
 use switchboard_mqtt::{Packet, Protocol, QoS};
 
 fn mqtt(node: &Node) -> std::net::SocketAddr {
@@ -370,4 +372,72 @@ async fn a_clean_session_taken_over_on_another_node_gets_a_queue_there() {
     let p = new.next_publish().await;
     assert_eq!((p.topic.as_str(), &p.payload[..]), ("mv/new", &b"new"[..]));
     new.expect_nothing_pending().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_answering_goes_with_its_transient_queues_and_keeps_its_durable_ones() {
+    let mut nodes = form_tweaked(3, Arc::new(SystemClock), &|_, c| {
+        c.node_down_after_ms = 1000;
+    })
+    .await;
+    let leader = common::cluster::leader_of(&nodes).await;
+    let home = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    {
+        let (_c, ch) = nodes[home].broker().channel().await;
+        bounded(ch.queue_declare("left-behind".into(), Default::default(), Default::default()))
+            .await
+            .unwrap();
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        bounded(ch.queue_declare("kept-durable".into(), durable, Default::default()))
+            .await
+            .unwrap();
+    }
+    wait_on_all(&nodes, &queue_path("left-behind"), 200).await;
+    wait_on_all(&nodes, &queue_path("kept-durable"), 200).await;
+    nodes[home].stop().await;
+
+    // The leader finds the node silent past node_down_after_ms: its transient queue is gone
+    // from the others (as RabbitMQ deletes a gone node's transient queues), its durable one
+    // stays, homed there.
+    let up = [&nodes[leader], &nodes[other]];
+    for n in up {
+        wait_until_async(&format!("left-behind gone from {}", n.name), || async {
+            call(n.broker(), "GET", &queue_path("left-behind"), None)
+                .await
+                .status
+                == 404
+        })
+        .await;
+        let q = call(n.broker(), "GET", &queue_path("kept-durable"), None).await;
+        assert_eq!(
+            (q.status, q.body["node"].as_str()),
+            (200, Some(nodes[home].name.as_str()))
+        );
+    }
+
+    // A client of the gone node declares its queue again on another, and is served there.
+    let (_c, ch) = nodes[other].broker().channel().await;
+    bounded(ch.queue_declare("left-behind".into(), Default::default(), Default::default()))
+        .await
+        .unwrap();
+    let mut consumer = consume(&ch, "left-behind", true).await;
+    wait_until_async("left-behind known on the leader", || async {
+        call(
+            nodes[leader].broker(),
+            "GET",
+            &queue_path("left-behind"),
+            None,
+        )
+        .await
+        .status
+            == 200
+    })
+    .await;
+    let (_pc, pch) = nodes[leader].broker().channel().await;
+    publish(&pch, "", "left-behind", b"found again").await;
+    assert_eq!(&next(&mut consumer).await.data[..], b"found again");
 }

@@ -46,6 +46,12 @@ pub struct ClusterConfig {
     /// (`x-quorum-initial-group-size`); at most the number of members.
     #[serde(default = "default_quorum_replicas")]
     pub quorum_replicas: u64,
+    /// A member that has not answered the metadata leader for this long, in milliseconds, is
+    /// down: the records of the transient and exclusive queues homed there are removed (as
+    /// RabbitMQ deletes them when it sees their node go), so that a client declares the name
+    /// again on another node. 0: never.
+    #[serde(default = "default_node_down_after_ms")]
+    pub node_down_after_ms: u64,
     /// Mutual TLS between nodes: this node's certificate chain and key (PEM), and the
     /// authority every node's certificate is verified against. All empty: plain TCP.
     #[serde(default)]
@@ -70,6 +76,7 @@ impl Default for ClusterConfig {
             election_timeout_ms: default_election_timeout_ms(),
             operation_timeout_ms: default_operation_timeout_ms(),
             quorum_replicas: default_quorum_replicas(),
+            node_down_after_ms: default_node_down_after_ms(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             tls_ca_file: String::new(),
@@ -88,6 +95,9 @@ fn default_election_timeout_ms() -> u64 {
 }
 fn default_operation_timeout_ms() -> u64 {
     5000
+}
+fn default_node_down_after_ms() -> u64 {
+    10_000
 }
 fn default_quorum_replicas() -> u64 {
     3

@@ -898,7 +898,7 @@ impl Change {
     /// The command that replicates the change. A deletion also removes the records of what
     /// goes with it (a user's permissions, a vhost's contents), so that the records stay what
     /// every node holds.
-    fn command(&self, b: &Broker, cluster: &dyn Consensus) -> Command {
+    pub(crate) fn command(&self, b: &Broker, cluster: &dyn Consensus) -> Command {
         let built = match self {
             Change::PutVHost(name) => put(key(VHOST, &[name]), &serde_json::json!({"name": name})),
             Change::DeleteVHost(name) => {

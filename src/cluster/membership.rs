@@ -55,6 +55,8 @@ pub struct Cluster {
     /// leader for other nodes, each shared among concurrent callers.
     reads: SharedRounds<Arc<ClusterError>>,
     served_reads: SharedRounds<OpError>,
+    /// When each member last answered this node's AppendEntries (see [`super::node_down`]).
+    reached: Arc<super::node_down::Reached>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -122,7 +124,8 @@ impl Cluster {
         });
         let dir = data_dir.join("cluster");
         let id = node_id(&name);
-        let member = Self::open_member(id, config, &auth, &dir, apply.clone()).await?;
+        let reached = Arc::new(super::node_down::Reached::default());
+        let member = Self::open_member(id, config, &auth, &dir, apply.clone(), &reached).await?;
         let cluster = Arc::new(Cluster {
             id,
             me,
@@ -139,6 +142,7 @@ impl Cluster {
             heard: Arc::default(),
             reads: SharedRounds::new(),
             served_reads: SharedRounds::new(),
+            reached,
         });
         let weak = Arc::downgrade(&cluster);
         super::failover::watch(
@@ -174,6 +178,7 @@ impl Cluster {
         auth: &Arc<Auth>,
         dir: &Path,
         apply: Option<Arc<dyn Apply>>,
+        reached: &Arc<super::node_down::Reached>,
     ) -> Result<Member, ClusterError> {
         let log = LogStore::open(dir).map_err(storage_err(dir))?;
         let state = StateMachine::open(dir, apply).map_err(storage_err(dir))?;
@@ -192,6 +197,7 @@ impl Cluster {
             auth: auth.clone(),
             connect_timeout: Duration::from_millis(config.operation_timeout_ms),
             group: None,
+            reached: Some(reached.clone()),
         };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, state.clone())
             .await
@@ -447,6 +453,38 @@ impl Cluster {
         }
     }
 
+    /// Whether this node leads the metadata group, as its Raft last knows.
+    pub(super) fn leading(&self) -> bool {
+        let raft = self.raft();
+        let m = raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// Proposes `command` only here, while this node leads (never passed on to another
+    /// leader), waiting at most the operation timeout for its commit: for a change this
+    /// leader decided on from what it alone sees, which a leader of a later term must not
+    /// make on its behalf.
+    pub(super) async fn propose_as_leader(&self, command: Command) -> Result<(), ClusterError> {
+        if !self.leading() {
+            return Err(ClusterError::Refused("not the leader".into()));
+        }
+        let within = self.timeout();
+        match tokio::time::timeout(within, self.execute(&Request::Propose(command))).await {
+            Err(_) => Err(ClusterError::NoQuorum(within.as_millis() as u64)),
+            Ok(Err(e)) => Err(ClusterError::Refused(e.to_string())),
+            Ok(Ok(done)) => {
+                self.wait_applied(done.index).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// When each member last answered this node's AppendEntries.
+    pub(super) fn reached(&self) -> &Arc<super::node_down::Reached> {
+        &self.reached
+    }
+
     /// Whether this node's cluster is only itself (it may reset to join another).
     fn alone(&self) -> bool {
         let known = membership_of(&self.raft());
@@ -471,6 +509,7 @@ impl Cluster {
             &self.auth,
             &self.dir,
             self.apply.clone(),
+            &self.reached,
         )
         .await?;
         *self.member.write().unwrap_or_else(|p| p.into_inner()) = fresh;

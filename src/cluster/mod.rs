@@ -13,6 +13,7 @@ pub mod identity;
 pub mod log_store;
 pub mod membership;
 pub mod network;
+pub mod node_down;
 pub mod quorum;
 pub mod read_index;
 pub mod state_machine;
@@ -259,5 +260,6 @@ pub async fn start_for(broker: &std::sync::Arc<crate::core::Broker>) -> Result<(
     let _ = broker.cluster.set(consensus);
     transient::watch(broker, me.clone());
     transient::forget_homed_at(broker, &me);
+    node_down::watch(broker, &cluster);
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Network {
     pub connect_timeout: Duration,
     /// The quorum queue group whose RPCs these are (None: the metadata group).
     pub group: Option<String>,
+    /// Told of every member that answers an AppendEntries (the metadata group's).
+    pub reached: Option<Arc<super::node_down::Reached>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -29,6 +31,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> Connection {
         Connection {
             target,
+            reached: self.reached.clone(),
             group: self.group.clone(),
             peer: Peer::new(
                 node.addr.clone(),
@@ -42,6 +45,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 pub struct Connection {
     target: u64,
+    reached: Option<Arc<super::node_down::Reached>>,
     group: Option<String>,
     peer: Peer,
 }
@@ -85,6 +89,9 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
         match self.call(Request::AppendEntries(rpc), &option).await? {
             Response::AppendEntries(r) => {
+                if let Some(reached) = &self.reached {
+                    reached.reached(self.target);
+                }
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
             _ => Err(self.unexpected()),

@@ -8,7 +8,7 @@
 //! declares the same name again meanwhile keeps its new queue.
 
 use super::definitions::{self, Change, ChangeError, QueueRecord};
-use super::ClusterError;
+use super::{ClusterError, Consensus};
 use crate::core::{Broker, Queue};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -39,13 +39,7 @@ pub fn forget_homed_at(broker: &Arc<Broker>, node: &str) {
     };
     let weak = Arc::downgrade(broker);
     let here = cluster.node().name == node;
-    for (_, value) in cluster.list(&format!("{}/", definitions::QUEUE)) {
-        let Ok(r) = serde_json::from_value::<QueueRecord>(value) else {
-            continue;
-        };
-        if !(r.bound_to_home() && r.home.as_deref() == Some(node)) {
-            continue;
-        }
+    for r in homed_at(cluster.as_ref(), node) {
         let local = broker
             .vhost(&r.vhost)
             .and_then(|vh| vh.queue(&r.name).map(|q| (vh, q)))
@@ -58,6 +52,16 @@ pub fn forget_homed_at(broker: &Arc<Broker>, node: &str) {
             None => forget(&weak, r),
         }
     }
+}
+
+/// The records of the transient and exclusive queues whose home is `node`.
+pub fn homed_at(cluster: &dyn Consensus, node: &str) -> Vec<QueueRecord> {
+    cluster
+        .list(&format!("{}/", definitions::QUEUE))
+        .into_iter()
+        .filter_map(|(_, value)| serde_json::from_value::<QueueRecord>(value).ok())
+        .filter(|r| r.bound_to_home() && r.home.as_deref() == Some(node))
+        .collect()
 }
 
 /// The record of transient queue `name` when it names this node as its home and this node

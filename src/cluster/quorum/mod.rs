@@ -248,6 +248,7 @@ impl Registry {
             auth: self.env.auth.clone(),
             connect_timeout: self.env.timeout,
             group: Some(group.id.clone()),
+            reached: None,
         };
         let me = node_id(&self.env.me.name);
         let raft = Raft::new(me, Arc::new(config), network, log, machine.clone())
