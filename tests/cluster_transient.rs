@@ -374,15 +374,20 @@ async fn a_clean_session_taken_over_on_another_node_gets_a_queue_there() {
     new.expect_nothing_pending().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_stops_answering_goes_with_its_transient_queues_and_keeps_its_durable_ones() {
-    let mut nodes = form_tweaked(3, Arc::new(SystemClock), &|_, c| {
+/// Three nodes that find a silent member down after a second; the indexes of the metadata
+/// leader and of the two others.
+async fn quick_down_cluster() -> (Vec<Node>, [usize; 3]) {
+    let nodes = form_tweaked(3, Arc::new(SystemClock), &|_, c| {
         c.node_down_after_ms = 1000;
     })
     .await;
     let leader = common::cluster::leader_of(&nodes).await;
-    let home = (leader + 1) % 3;
-    let other = (leader + 2) % 3;
+    (nodes, [leader, (leader + 1) % 3, (leader + 2) % 3])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_answering_goes_with_its_transient_queues_and_keeps_its_durable_ones() {
+    let (mut nodes, [leader, home, other]) = quick_down_cluster().await;
     {
         let (_c, ch) = nodes[home].broker().channel().await;
         bounded(ch.queue_declare("left-behind".into(), Default::default(), Default::default()))
@@ -440,4 +445,39 @@ async fn a_node_that_stops_answering_goes_with_its_transient_queues_and_keeps_it
     let (_pc, pch) = nodes[leader].broker().channel().await;
     publish(&pch, "", "left-behind", b"found again").await;
     assert_eq!(&next(&mut consumer).await.data[..], b"found again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_whose_home_node_goes_is_made_again_by_a_member_elsewhere() {
+    let (mut nodes, [leader, home, other]) = quick_down_cluster().await;
+    let filter = "$share/outlive/ol/t";
+    let queue = "mqtt-shared-outlive/ol/t";
+    let mut first = RawMqtt::connect(mqtt(&nodes[home]), Protocol::V5, "ol-home", true).await;
+    assert_eq!(first.subscribe(filter, QoS::AtMostOnce).await.codes, [0]);
+    wait_on_all(&nodes, &queue_path(queue), 200).await;
+    let mut second = RawMqtt::connect(mqtt(&nodes[other]), Protocol::V5, "ol-other", true).await;
+    assert_eq!(second.subscribe(filter, QoS::AtMostOnce).await.codes, [0]);
+    drop(first);
+    nodes[home].stop().await;
+
+    // Once the leader finds the home down, the group's queue goes and the member on the
+    // other node makes it again there, staying connected.
+    let up = [&nodes[leader], &nodes[other]];
+    for n in up {
+        wait_until_async(
+            &format!("the group's queue homed at {}", nodes[other].name),
+            || async {
+                let q = call(n.broker(), "GET", &queue_path(queue), None).await;
+                q.status == 200 && q.body["node"].as_str() == Some(nodes[other].name.as_str())
+            },
+        )
+        .await;
+    }
+    wait_for_binding(&nodes[leader..=leader], queue, "amq.topic").await;
+    wait_for_binding(&nodes[other..=other], queue, "amq.topic").await;
+    let mut publisher = RawMqtt::connect(mqtt(&nodes[leader]), Protocol::V5, "ol-pub", true).await;
+    publisher
+        .publish("ol/t", QoS::AtMostOnce, 0, b"outlived")
+        .await;
+    assert_eq!(&second.next_publish().await.payload[..], b"outlived");
 }

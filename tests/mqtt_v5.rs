@@ -305,6 +305,38 @@ async fn shared_subscriptions_load_balance_across_members() {
 }
 
 #[tokio::test]
+async fn a_shared_group_whose_queue_is_deleted_under_a_member_is_made_again() {
+    let b = TestBroker::start().await;
+    let mut member = RawMqtt::connect(b.mqtt, Protocol::V5, "regroup-1", true).await;
+    assert_eq!(
+        member
+            .subscribe("$share/regroup/rg/+", QoS::AtMostOnce)
+            .await
+            .codes,
+        vec![0]
+    );
+    let vh = b.broker().vhost("/").unwrap();
+    let queue = "mqtt-shared-regroup/rg/+";
+    let first = vh.queue(queue).expect("the group's queue");
+    // Deleted under the member (as when its last other member, on another node, leaves as
+    // this one joins): the member stays connected and the group's queue is made again.
+    let (_c, ch) = b.channel().await;
+    bounded(ch.queue_delete(queue.into(), Default::default()))
+        .await
+        .expect("queue.delete");
+    wait_until("the group's queue made again, consumed", || {
+        vh.queue(queue)
+            .is_some_and(|q| !std::sync::Arc::ptr_eq(&q, &first) && q.consumer_count() == 1)
+    })
+    .await;
+    let mut p = RawMqtt::connect(b.mqtt, Protocol::V5, "regroup-pub", true).await;
+    p.publish("rg/x", QoS::AtMostOnce, 0, b"still a member")
+        .await;
+    assert_eq!(&member.next_publish().await.payload[..], b"still a member");
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn retained_messages_expire() {
     let (b, clock) = TestBroker::start_on_manual_clock().await;
     let mut p = RawMqtt::connect(b.mqtt, Protocol::V5, "rexp-pub", true).await;

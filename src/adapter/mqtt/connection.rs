@@ -722,6 +722,16 @@ impl DriverSession for Connection {
             ));
             return Step::Close;
         }
+        for key in self.link.take_lost_groups() {
+            // Still a member: the group's queue is made again, here, with this member in it.
+            if self.shared.remove(&key).is_some() && !self.join_shared(&key) {
+                self.disconnect(&Violation::new(
+                    reason::IMPLEMENTATION_SPECIFIC_ERROR,
+                    "a shared subscription's queue was deleted and could not be made again",
+                ));
+                return Step::Close;
+            }
+        }
         self.settle_dropped();
         Step::Continue
     }

@@ -55,6 +55,9 @@ pub(super) struct Link {
     /// A queue this link consumes from was deleted (by an AMQP client, say): the connection
     /// ends, and the client's reconnect rebuilds the queue and its bindings.
     queue_deleted: AtomicBool,
+    /// Shared groups whose queue was deleted under this member (its last other member left
+    /// as this one joined, on another node, say): the connection makes them again.
+    lost_groups: Mutex<Vec<String>>,
 }
 
 impl Link {
@@ -76,12 +79,18 @@ impl Link {
             aliases: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             queue_deleted: AtomicBool::new(false),
+            lost_groups: Mutex::new(Vec::new()),
         })
     }
 
     /// Whether a queue this link consumes from was deleted (the connection then ends).
     pub(super) fn queue_was_deleted(&self) -> bool {
         self.queue_deleted.load(Ordering::Acquire)
+    }
+
+    /// The shared groups whose queue was deleted since the last call.
+    pub(super) fn take_lost_groups(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.lost_groups))
     }
 
     /// No more deliveries through this link.
@@ -301,7 +310,10 @@ impl ConsumerSink for Link {
 
     fn cancelled(&self, queue: &Queue, _consumer_tag: &str) {
         tracing::info!(client = %self.client_id, queue = %queue.name, "MQTT queue deleted under a connected client");
-        self.queue_deleted.store(true, Ordering::Release);
+        match shared_key(&queue.name) {
+            Some(key) => lock(&self.lost_groups).push(key),
+            None => self.queue_deleted.store(true, Ordering::Release),
+        }
         self.outbox.wake();
     }
 }
