@@ -17,7 +17,7 @@ use super::identity::node_id;
 use super::membership::Cluster;
 use super::Command;
 use crate::core::Broker;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -52,7 +52,7 @@ pub fn watch(broker: &Arc<Broker>, cluster: &Arc<Cluster>) {
     let every = Duration::from_millis(cluster.config().heartbeat_ms.max(1)).max(after / 20);
     let (broker, cluster) = (Arc::downgrade(broker), Arc::downgrade(cluster));
     tokio::spawn(async move {
-        let mut down = HashSet::new();
+        let mut down = HashMap::new();
         let mut leading_since = None;
         loop {
             tokio::time::sleep(every).await;
@@ -75,13 +75,14 @@ pub fn watch(broker: &Arc<Broker>, cluster: &Arc<Cluster>) {
 }
 
 /// One look at the members: those silent for longer than `after` are down (logged once), and
-/// the records of the queues homed there, while any are left, are removed.
+/// the records of the queues homed there are removed; `down` tells, for each, whether that is
+/// done (a node that is down commits nothing, so none are added to look for after that).
 async fn check(
     b: &Arc<Broker>,
     c: &Arc<Cluster>,
     leading_since: Instant,
     after: Duration,
-    down: &mut HashSet<String>,
+    down: &mut HashMap<String, bool>,
 ) {
     let me = c.me().name.clone();
     for node in c.nodes().into_iter().filter(|n| n.name != me) {
@@ -90,16 +91,21 @@ async fn check(
             .at(node_id(&node.name))
             .map_or(leading_since, |at| at.max(leading_since));
         if last.elapsed() <= after {
-            if down.remove(&node.name) {
+            if down.remove(&node.name).is_some() {
                 tracing::info!(node = %node.name, "cluster: a member answers again");
             }
             continue;
         }
-        if down.insert(node.name.clone()) {
+        let cleared = down.entry(node.name.clone()).or_insert_with(|| {
             tracing::warn!(node = %node.name, silent_ms = last.elapsed().as_millis() as u64, "cluster: a member does not answer; it is down, and its transient and exclusive queues are deleted");
+            false
+        });
+        if *cleared {
+            continue;
         }
         let lost = super::transient::homed_at(c.as_ref(), &node.name);
         if lost.is_empty() {
+            *cleared = true;
             continue;
         }
         let forget: Vec<Command> = lost
@@ -109,6 +115,7 @@ async fn check(
         let n = forget.len();
         match c.propose_as_leader(Command::Batch(forget)).await {
             Ok(()) => {
+                *cleared = true;
                 tracing::info!(node = %node.name, queues = n, "cluster: the transient queues of a node that is down were deleted")
             }
             // Looked at again on the next round, while this node still leads.

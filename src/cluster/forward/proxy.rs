@@ -498,6 +498,8 @@ async fn fetcher(link: Weak<Link>, peer: Peer, mut shutdown: tokio::sync::watch:
                 let since = *unanswered_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > l.timeout {
                     l.unanswered();
+                    // Consumers attached here again meanwhile get a whole timeout of their own.
+                    unanswered_since = None;
                 }
                 {
                     let mut st = l.lock();
