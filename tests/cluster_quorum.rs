@@ -127,6 +127,15 @@ async fn wait_held(node: &Node, q: &str, n: u64) {
     .await;
 }
 
+/// A channel on `node` in confirm mode, with its connection.
+async fn confirming_channel(node: &Node) -> (lapin::Connection, Channel) {
+    let (conn, ch) = node.broker().channel().await;
+    bounded(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    (conn, ch)
+}
+
 /// Publishes `bodies` persistently on `ch` (in confirm mode) and waits for every confirm.
 async fn publish_confirmed(ch: &Channel, q: &str, bodies: impl Iterator<Item = String>) {
     let mut confirms = Vec::new();
@@ -308,10 +317,7 @@ async fn confirmed_messages_survive_losing_the_leader_and_acked_ones_stay_gone()
 
     // 1,000 confirmed publishes on a node that does not lead the queue.
     let publisher = (leader + 1) % 3;
-    let (_pc, pch) = nodes[publisher].broker().channel().await;
-    bounded(pch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
+    let (_pc, pch) = confirming_channel(&nodes[publisher]).await;
     publish_confirmed(&pch, &q, (0..1000).map(|i| format!("m{i}"))).await;
 
     // All of them, in order, on the leader; the first 600 acked.
@@ -359,10 +365,7 @@ async fn a_consumer_on_a_follower_is_served_by_the_leader_and_follows_the_lead_w
     let publisher = (leader + 2) % 3;
 
     // 100 confirmed publishes on one follower, consumed in order on the other.
-    let (_pc, pch) = nodes[publisher].broker().channel().await;
-    bounded(pch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
+    let (_pc, pch) = confirming_channel(&nodes[publisher]).await;
     publish_confirmed(&pch, &q, (0..100).map(|i| format!("m{i}"))).await;
     let (_fc, fch) = nodes[follower].broker().channel().await;
     let mut consumer = consumer_on(&fch, &q, 60).await;
@@ -405,10 +408,7 @@ async fn a_lone_replica_confirms_nothing() {
     wait_for_leader(&nodes, &q, None).await;
     nodes[1].stop().await;
     nodes[2].stop().await;
-    let (_pc, pch) = nodes[0].broker().channel().await;
-    bounded(pch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
+    let (_pc, pch) = confirming_channel(&nodes[0]).await;
     let confirm = publish_with(&pch, "", &q, b"alone", persistent()).await;
     let mut stomp = StompClient::connect(nodes[0].broker().addrs().stomp[0], "1.2").await;
     stomp
@@ -447,10 +447,7 @@ async fn returned_past_the_delivery_limit_is_dead_lettered_with_reason_delivery_
     )
     .await;
     let leader = wait_for_leader(&nodes, &q, None).await;
-    let (_lc, lch) = nodes[leader].broker().channel().await;
-    bounded(lch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
+    let (_lc, lch) = confirming_channel(&nodes[leader]).await;
     publish_confirmed(&lch, &q, std::iter::once("poison".to_owned())).await;
     let mut consumer = consumer_on(&lch, &q, 10).await;
     // Returned twice (the limit): delivered again each time, with its delivery count.
@@ -618,10 +615,7 @@ async fn replicas_added_and_removed_at_run_time_take_over_the_messages() {
             .unwrap();
     }
     // A consumer on the node that left is served through the leader.
-    let (_c0, ch0) = nodes[0].broker().channel().await;
-    bounded(ch0.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
+    let (_c0, ch0) = confirming_channel(&nodes[0]).await;
     publish_confirmed(&ch0, &q, std::iter::once("after".to_owned())).await;
     let d = next(&mut consumer).await;
     assert_eq!(&d.data[..], b"after");
@@ -692,10 +686,7 @@ fn death_reason(d: &lapin::message::Delivery) -> Option<AMQPValue> {
 async fn length_limits_and_message_ttl_apply_on_every_replica() {
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let nodes = form_with_clock(3, clock.clone()).await;
-    let (_c, ch) = nodes[0].broker().channel().await;
-    bounded(ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
+    let (_c, ch) = confirming_channel(&nodes[0]).await;
     let dlq = unique("qq-dead");
     declare_durable(&ch, &dlq, FieldTable::default()).await;
     let dead_letters = [
@@ -891,10 +882,7 @@ async fn a_consumer_right_after_the_declaration_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_spreads_the_leaders_and_keeps_messages_and_consumers() {
     let nodes = form(3).await;
-    let (_c, ch) = nodes[0].broker().channel().await;
-    bounded(ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
+    let (_c, ch) = confirming_channel(&nodes[0]).await;
     let queues: Vec<String> = (0..3).map(|_| unique("qq-balance")).collect();
     for q in &queues {
         declare_quorum(&ch, q, &[]).await;
@@ -995,10 +983,7 @@ async fn a_consumer_on_a_node_holding_no_replica_follows_the_lead_when_it_moves_
         .find(|i| ![outsider, leader, publisher].contains(i))
         .unwrap();
 
-    let (_pc, pch) = nodes[publisher].broker().channel().await;
-    bounded(pch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
+    let (_pc, pch) = confirming_channel(&nodes[publisher]).await;
     publish_confirmed(&pch, &q, (0..20).map(|i| format!("m{i}"))).await;
     let (_oc, och) = nodes[outsider].broker().channel().await;
     let mut consumer = consumer_on(&och, &q, 100).await;

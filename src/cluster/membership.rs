@@ -455,10 +455,7 @@ impl Cluster {
 
     /// Whether this node leads the metadata group, as its Raft last knows.
     pub(super) fn leading(&self) -> bool {
-        let raft = self.raft();
-        let m = raft.metrics();
-        let m = m.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        leads(&self.raft().metrics().borrow(), self.id)
     }
 
     /// Proposes `command` only here, while this node leads (never passed on to another
@@ -563,6 +560,11 @@ pub(super) async fn add_voter(raft: &Raft, node: &NodeInfo) -> Result<Option<u64
         .await
         .map_err(write_error)?;
     Ok(Some(r.log_id.index))
+}
+
+/// Whether these metrics are of member `id` leading its group.
+pub(super) fn leads(m: &openraft::RaftMetrics<u64, NodeInfo>, id: u64) -> bool {
+    m.state == ServerState::Leader && m.current_leader == Some(id)
 }
 
 /// The change that takes member `id` out of `known`: its vote, or (a learner) its place.

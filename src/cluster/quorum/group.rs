@@ -12,13 +12,12 @@ use super::codec::{self, Ops};
 use super::machine::{Feed, Held, QueueMachine};
 use crate::cluster::forward::Forward;
 use crate::cluster::identity::node_id;
-use crate::cluster::membership::{add_voter, membership_of, removal, write_error};
+use crate::cluster::membership::{add_voter, leads, membership_of, removal, write_error};
 use crate::cluster::transport::{Auth, OpError, OpOk, Peer, Request, Response};
 use crate::cluster::{Command, NodeInfo, Raft};
 use crate::core::message::Message;
 use crate::core::queue::{ConsumeError, Queue, RemoteHome, Replica, ServingFuture, Ticket};
 use crate::core::Broker;
-use openraft::ServerState;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -510,10 +509,7 @@ impl Group {
         epoch.mark_unchanged();
         let me = node_id(&self.env.me.name);
         loop {
-            let leading = {
-                let m = metrics.borrow_and_update();
-                m.state == ServerState::Leader && m.current_leader == Some(me)
-            };
+            let leading = leads(&metrics.borrow_and_update(), me);
             let live = self.live.load(Ordering::Acquire);
             if leading && !live {
                 match raft.ensure_linearizable().await {
@@ -653,6 +649,11 @@ impl Group {
         for (c, _) in self.queue.consumers() {
             old.consumer_removed(&self.queue, c.id);
         }
+        self.keep_following();
+    }
+
+    /// This node's consumers stay registered, to be attached to the node leading now.
+    fn keep_following(&self) {
         self.reattach.store(true, Ordering::Release);
         self.follow();
     }
@@ -856,8 +857,7 @@ impl Replica for Group {
             // The node that let go may be the one named: the members are asked afresh.
             *lock(&self.named_leader) = None;
         }
-        self.reattach.store(true, Ordering::Release);
-        self.follow();
+        self.keep_following();
         true
     }
 
