@@ -14,7 +14,9 @@ use common::http::call;
 use common::mqtt::{connect_packet, publish_packet, RawMqtt};
 use common::stomp::StompClient;
 use common::{wait_until, wait_until_async};
-use switchboard_mqtt::{reason, Packet, Protocol, QoS};
+use switchboard::cluster::adapter::{MqttSessionRecord, MQTT_SESSION};
+use switchboard::cluster::definitions;
+use switchboard_mqtt::{reason, Packet, Protocol, PubResponse, QoS};
 
 fn mqtt(node: &Node) -> std::net::SocketAddr {
     node.broker().addrs().mqtt[0]
@@ -151,6 +153,87 @@ async fn messages_published_while_offline_arrive_on_reconnect_to_another_node() 
     assert_eq!(&c.next_publish().await.payload[..], b"kept");
 }
 
+/// The session record of `client_id` as `node` has applied it.
+fn session_record(node: &Node, client_id: &str) -> Option<MqttSessionRecord> {
+    let cluster = node.broker().broker().cluster.get()?;
+    let key = definitions::key(MQTT_SESSION, &["/", client_id]);
+    serde_json::from_value(cluster.get(&key)?).ok()
+}
+
+async fn expect_response(c: &mut RawMqtt, what: &str) -> PubResponse {
+    match (what, c.recv().await) {
+        ("PUBREC", Some(Packet::PubRec(r)))
+        | ("PUBREL", Some(Packet::PubRel(r)))
+        | ("PUBCOMP", Some(Packet::PubComp(r))) => r,
+        (_, other) => panic!("expected {what}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_flows_go_on_where_the_client_comes_back_on_another_node() {
+    let nodes = form(3).await;
+    // The subscriber's session (and its queue) is made on node 0.
+    let (mut sub, _) =
+        RawMqtt::connect_with(mqtt(&nodes[0]), persistent(Protocol::V5, "q2-sub", 300)).await;
+    assert_eq!(sub.subscribe("q2/t", QoS::ExactlyOnce).await.codes, [2]);
+    wait_for_session(&nodes, "q2-sub", true).await;
+
+    // Inbound: node 0 answers PUBREC, which the client does not get; it sends the PUBLISH
+    // again to node 1, which knows the id and routes nothing.
+    let (mut publisher, _) =
+        RawMqtt::connect_with(mqtt(&nodes[0]), persistent(Protocol::V5, "q2-pub", 300)).await;
+    publisher
+        .publish("q2/t", QoS::ExactlyOnce, 11, b"once")
+        .await;
+    assert_eq!(expect_response(&mut publisher, "PUBREC").await.reason, 0);
+    drop(publisher);
+    let (mut publisher, ack) =
+        RawMqtt::connect_with(mqtt(&nodes[1]), persistent(Protocol::V5, "q2-pub", 300)).await;
+    assert_eq!((ack.code, ack.session_present), (0, true), "{ack:?}");
+    let mut again = publish_packet("q2/t", QoS::ExactlyOnce, 11, b"once");
+    again.dup = true;
+    publisher.send(&Packet::Publish(again)).await;
+    assert_eq!(expect_response(&mut publisher, "PUBREC").await.reason, 0);
+    publisher.send(&Packet::PubRel(PubResponse::new(11))).await;
+    assert_eq!(expect_response(&mut publisher, "PUBCOMP").await.reason, 0);
+
+    // Outbound: node 0 sent the message; the client acknowledges nothing and comes back on
+    // node 2 once the cluster has the message's packet id (the PUBLISH does not wait for
+    // it). Node 2 sends it again with the same id, as a duplicate.
+    let first = sub.next_publish().await;
+    assert_eq!(
+        (&first.payload[..], first.qos),
+        (&b"once"[..], QoS::ExactlyOnce)
+    );
+    let id = first.packet_id.expect("QoS 2 has a packet id");
+    wait_until("node 2 to hold the message's packet id", || {
+        session_record(&nodes[2], "q2-sub")
+            .is_some_and(|r| r.qos2.in_flight.iter().any(|f| f.0 == id))
+    })
+    .await;
+    drop(sub);
+    let (mut sub, ack) =
+        RawMqtt::connect_with(mqtt(&nodes[2]), persistent(Protocol::V5, "q2-sub", 300)).await;
+    assert_eq!((ack.code, ack.session_present), (0, true), "{ack:?}");
+    let resent = sub.next_publish().await;
+    assert_eq!(
+        (resent.packet_id, resent.dup, &resent.payload[..]),
+        (Some(id), true, &b"once"[..])
+    );
+    sub.send(&Packet::PubRec(PubResponse::new(id))).await;
+    assert_eq!(expect_response(&mut sub, "PUBREL").await.packet_id, id);
+
+    // The client leaves before PUBCOMP: node 1 sends PUBREL again.
+    drop(sub);
+    let (mut sub, ack) =
+        RawMqtt::connect_with(mqtt(&nodes[1]), persistent(Protocol::V5, "q2-sub", 300)).await;
+    assert_eq!((ack.code, ack.session_present), (0, true), "{ack:?}");
+    assert_eq!(expect_response(&mut sub, "PUBREL").await.packet_id, id);
+    sub.send(&Packet::PubComp(PubResponse::new(id))).await;
+    // Delivered once: the publisher's resend was not routed again, and nothing else is due.
+    sub.expect_nothing_pending().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_message_set_on_one_node_is_on_every_node_and_a_clear_everywhere() {
     let nodes = form(3).await;
@@ -266,12 +349,23 @@ async fn a_node_left_alone_refuses_persistent_sessions_and_retained_sets() {
     let mut nodes = form(3).await;
     let leader = leader_of(&nodes).await;
     let survivor = (leader + 1) % nodes.len();
+    let addr = mqtt(&nodes[survivor]);
+    let (mut held, ack) =
+        RawMqtt::connect_with(addr, persistent(Protocol::V5, "lone-q2", 60)).await;
+    assert_eq!(ack.code, 0);
     for (i, node) in nodes.iter_mut().enumerate() {
         if i != survivor {
             node.stop().await;
         }
     }
-    let addr = mqtt(&nodes[survivor]);
+    // A QoS 2 publish of a session the cluster holds: its packet id cannot be committed, so
+    // no PUBREC; the connection closes (the client sends again, to a node that can).
+    held.publish("lone/q2", QoS::ExactlyOnce, 5, b"x").await;
+    match held.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason::SERVER_BUSY),
+        other => panic!("expected DISCONNECT 0x89, got {other:?}"),
+    }
+    assert_eq!(held.closed().await, None);
     let (_, ack) = RawMqtt::connect_with(addr, persistent(Protocol::V5, "lone5", 60)).await;
     assert_eq!(ack.code, reason::SERVER_UNAVAILABLE);
     let (_, ack) = RawMqtt::connect_with(addr, persistent(Protocol::V311, "lone3", 0)).await;

@@ -135,7 +135,8 @@ pub struct BenchArgs {
     /// The queue (or name stem) used.
     #[arg(long, default_value = "switchboard-bench")]
     queue: String,
-    /// Persistent messages (AMQP delivery mode 2 to a durable queue, STOMP persistent:true).
+    /// Persistent messages (AMQP delivery mode 2 to a durable queue, STOMP persistent:true;
+    /// MQTT: sessions the broker keeps).
     #[arg(long)]
     persistent: bool,
     /// At most this many unconfirmed messages per publisher: AMQP publisher confirms, STOMP

@@ -128,7 +128,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Manual acknowledgements with this prefetch (AMQP acks, STOMP `client-individual`).
     pub manual_ack: Option<u16>,
-    /// Persistent messages (AMQP delivery mode 2 to a durable queue, STOMP `persistent:true`).
+    /// Persistent messages (AMQP delivery mode 2 to a durable queue, STOMP `persistent:true`;
+    /// MQTT: sessions the broker keeps).
     pub persistent: bool,
     /// At most this many unconfirmed messages per publisher (AMQP confirms, STOMP receipts).
     pub confirm_window: Option<u32>,

@@ -64,8 +64,9 @@ fn encode_into(p: &Packet, version: Protocol, out: &mut BytesMut) -> Result<(), 
     encode(p, version, out).map_err(|e| BenchError::Protocol(e.to_string()))
 }
 
-/// Connects with a clean session and no keep-alive (bench connections are never idle long
-/// enough to need one, and `--connections` measures memory, not pings).
+/// Connects with a clean session (`--persistent`: a session the broker keeps, 5 minutes past
+/// the connection in v5) and no keep-alive (bench connections are never idle long enough to
+/// need one, and `--connections` measures memory, not pings).
 pub async fn connect(o: &Options, client_id: String) -> Result<(Reader, WriteHalf), BenchError> {
     let (rd, mut wr) = open(o).await?;
     let version = o.mqtt_version;
@@ -78,10 +79,13 @@ pub async fn connect(o: &Options, client_id: String) -> Result<(Reader, WriteHal
     let mut properties = Properties::default();
     if version.is_v5() {
         properties.receive_maximum = Some(u16::MAX);
+        if o.persistent {
+            properties.session_expiry_interval = Some(300);
+        }
     }
     let connect = Packet::Connect(Box::new(Connect {
         protocol: version,
-        clean_start: true,
+        clean_start: !o.persistent,
         keep_alive: o.mqtt_keep_alive,
         client_id,
         will: None,

@@ -25,12 +25,31 @@ pub struct MqttClientRecord {
 }
 
 /// A persistent MQTT session (its subscriptions are records of their own; its queue is a
-/// replicated durable queue).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// replicated durable queue), with its QoS 2 state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MqttSessionRecord {
     pub vhost: String,
     pub client_id: String,
     pub expiry_interval: u32,
+    #[serde(flatten)]
+    pub qos2: MqttQos2State,
+}
+
+/// A persistent session's QoS 2 state: what a node the client comes back to needs to answer
+/// it as the node it left would (a resent PUBLISH is not routed again, a message in flight
+/// keeps its packet id, PUBREL is sent again). Each acknowledgement that depends on it waits
+/// for the record holding it (on this node's disk, and clustered, the cluster's commit).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttQos2State {
+    /// Inbound QoS 2 packet ids PUBREC'd and not yet released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inbound_qos2: Vec<u16>,
+    /// Outbound QoS 2 messages in flight: (packet id, id in the session queue).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_flight: Vec<(u16, u64)>,
+    /// Outbound QoS 2 packet ids PUBREC'd, awaiting PUBCOMP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<u16>,
 }
 
 /// One subscription of a persistent session, with its options.

@@ -621,6 +621,32 @@ pub async fn commit_all(b: &Broker, changes: Vec<Change>) -> Result<u64, ChangeE
     }
 }
 
+/// Commits a persistent MQTT session's record while the client-id record is `holder`
+/// (else nothing changes: another connection holds the session now, and its records are
+/// what count). Clustered only; resolves once this node has applied it.
+pub async fn commit_held_mqtt_session(
+    b: &Broker,
+    holder: &MqttClientRecord,
+    record: MqttSessionRecord,
+) -> Result<(), ChangeError> {
+    let Some(cluster) = b.cluster.get() else {
+        return Ok(());
+    };
+    let expected = serde_json::to_value(holder).map_err(|e| ChangeError::Invalid(e.to_string()))?;
+    let put = put(
+        key(MQTT_SESSION, &[&record.vhost, &record.client_id]),
+        &record,
+    )?;
+    cluster
+        .propose(Command::Guarded {
+            key: key(MQTT_CLIENT, &[&holder.vhost, &holder.client_id]),
+            expected: Some(expected),
+            then: vec![put],
+        })
+        .await?;
+    Ok(())
+}
+
 /// [`commit_all`] from synchronous code, as [`commit_blocking`].
 pub fn commit_all_blocking(b: &Broker, changes: Vec<Change>) -> Result<u64, ChangeError> {
     use tokio::runtime::{Handle, RuntimeFlavor};

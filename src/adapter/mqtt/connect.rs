@@ -294,7 +294,11 @@ pub(super) async fn attach(
     }
     if expiry > 0 {
         // Clustered: the session and its durable queue on every node (declared here too).
-        if let Err(e) = super::replica::put(broker, &vhost, &key, expiry).await {
+        let record = crate::cluster::adapter::MqttSessionRecord {
+            expiry_interval: expiry,
+            ..super::replica::session_record(&lock(&session))
+        };
+        if let Err(e) = super::replica::put(broker, &vhost, &key, record).await {
             handover.release();
             return Err(e);
         }

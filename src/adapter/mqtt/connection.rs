@@ -83,6 +83,15 @@ pub(super) struct Connection {
     /// is handled. Asking per PUBACK made a saturated QoS 1 subscriber take the queue's lock
     /// and walk its consumers for every single message.
     pub redispatch: bool,
+    /// Clustered: commits the session's records to the cluster, and says when that failed.
+    pub cluster_state: Option<super::state_writer::StateWriter>,
+}
+
+/// What writing the session's record gives an acknowledgement to wait for: the store's LSN,
+/// and clustered, the commit of the cluster's record.
+pub(super) struct Saved {
+    pub lsn: u64,
+    pub tickets: Vec<Ticket>,
 }
 
 impl Connection {
@@ -120,7 +129,23 @@ impl Connection {
     /// Whether a packet acknowledging records up to `lsn` (and quorum-queue `tickets`) may go
     /// now: they are durable, the tickets decided, and no acknowledgement is held before it.
     fn may_send_now(&self, lsn: u64, tickets: &[Ticket]) -> bool {
-        self.held.is_empty() && lsn <= self.durable_lsn() && all_decided(tickets)
+        self.held.is_empty()
+            && lsn <= self.durable_lsn()
+            && all_decided(tickets)
+            && self.cluster_state_confirmed().is_ok()
+    }
+
+    /// An error once the cluster did not confirm the session's record: the connection
+    /// closes with every acknowledgement it holds unsent (the client sends again, to a node
+    /// that has the cluster's state).
+    fn cluster_state_confirmed(&self) -> Result<(), Violation> {
+        match &self.cluster_state {
+            Some(w) if w.failed() => Err(Violation::new(
+                reason::SERVER_BUSY,
+                "the cluster did not confirm the session's state",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Acknowledges a QoS 1/2 publish once the records it wrote (persistent messages in
@@ -197,6 +222,7 @@ impl Connection {
     /// Sends the held acknowledgements whose records are now durable (and quorum-queue
     /// commits decided); a refusal 3.1.1 cannot say closes the connection.
     fn flush_held(&mut self) -> Result<(), Violation> {
+        self.cluster_state_confirmed()?;
         let synced = self.durable_lsn();
         while self
             .held
@@ -211,10 +237,16 @@ impl Connection {
         Ok(())
     }
 
-    /// Writes the session's record now, if it is persistent; the LSN to wait for.
-    pub(super) fn save_session(&self) -> u64 {
+    /// Writes the session's record: to this node's store, and clustered, for a persistent
+    /// session, to the cluster's (see [`super::state_writer`]).
+    pub(super) fn save_session(&self) -> Saved {
         let mut s = lock(&self.attached.session);
-        super::persist::write_session(&self.broker, &mut s)
+        let lsn = super::persist::write_session(&self.broker, &mut s);
+        let tickets = match &self.cluster_state {
+            Some(w) if s.expiry_interval > 0 => vec![w.write(super::replica::session_record(&s))],
+            _ => Vec::new(),
+        };
+        Saved { lsn, tickets }
     }
 
     /// Settles the session queue's deliveries the session is done with (or dropped), and
@@ -224,7 +256,9 @@ impl Connection {
         let ids = {
             let mut s = lock(&self.attached.session);
             if s.record_stale {
-                super::persist::write_session(&self.broker, &mut s);
+                drop(s);
+                self.save_session();
+                s = lock(&self.attached.session);
             }
             std::mem::take(&mut s.to_settle)
         };
@@ -381,8 +415,12 @@ impl Connection {
                     s.released.insert(a.packet_id);
                     drop(s);
                     self.settle(f.message.delivery);
-                    let lsn = self.save_session();
-                    self.send_when_synced(lsn, Packet::PubRel(PubResponse::new(a.packet_id)));
+                    let saved = self.save_session();
+                    self.send_when_committed(
+                        saved.lsn,
+                        saved.tickets,
+                        Packet::PubRel(PubResponse::new(a.packet_id)),
+                    );
                 } else {
                     let known = s.released.contains(&a.packet_id);
                     drop(s);
@@ -398,15 +436,18 @@ impl Connection {
                     .inbound_qos2
                     .remove(&a.packet_id);
                 let mut comp = PubResponse::new(a.packet_id);
-                let mut lsn = 0;
+                let mut saved = Saved {
+                    lsn: 0,
+                    tickets: Vec::new(),
+                };
                 if found {
-                    // PUBCOMP waits for the id to be gone from the record: after a crash a
-                    // reused id must not be taken for a duplicate.
-                    lsn = self.save_session();
+                    // PUBCOMP waits for the id to be gone from the record: after a crash (or
+                    // on another node) a reused id must not be taken for a duplicate.
+                    saved = self.save_session();
                 } else {
                     comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
                 }
-                self.send_when_synced(lsn, Packet::PubComp(comp));
+                self.send_when_committed(saved.lsn, saved.tickets, Packet::PubComp(comp));
             }
             Packet::PubComp(a) => {
                 let done = lock(&self.attached.session).released.remove(&a.packet_id);
@@ -590,15 +631,19 @@ impl Connection {
             ));
         }
         let mut lsn = routed.lsn;
+        let code = routed.reason();
+        let mut tickets = routed.tickets;
         // A v5 PUBREC with an error code ends the QoS 2 flow (4.3.3): no PUBREL will come.
-        let flow_goes_on = !self.protocol.is_v5() || routed.reason() < 0x80;
+        let flow_goes_on = !self.protocol.is_v5() || code < 0x80;
         if qos == QoS::ExactlyOnce && flow_goes_on {
             lock(&self.attached.session).inbound_qos2.insert(id);
-            // PUBREC waits for the record holding the id, so a resend after a crash is still
-            // recognised as a duplicate.
-            lsn = lsn.max(self.save_session());
+            // PUBREC waits for the record holding the id, so a resend after a crash (or to
+            // another node) is still recognised as a duplicate.
+            let saved = self.save_session();
+            lsn = lsn.max(saved.lsn);
+            tickets.extend(saved.tickets);
         }
-        self.ack_publish(qos, id, routed.reason(), lsn, routed.tickets)?;
+        self.ack_publish(qos, id, code, lsn, tickets)?;
         if let (Some(queue), true) = (&routed.congested, qos != QoS::AtMostOnce) {
             self.hold_back_for(queue, now);
         }
@@ -713,6 +758,10 @@ impl DriverSession for Connection {
                 reason::SESSION_TAKEN_OVER,
                 "another connection took the session over",
             ));
+            return Step::Close;
+        }
+        if let Err(v) = self.cluster_state_confirmed() {
+            self.disconnect(&v);
             return Step::Close;
         }
         if self.link.queue_was_deleted() {

@@ -24,6 +24,7 @@ mod release;
 pub mod replica;
 pub mod retained;
 pub mod session;
+mod state_writer;
 mod subscribe;
 
 use crate::adapter::outbox::Outbox;
@@ -337,6 +338,10 @@ async fn handshake(
         held: Default::default(),
         publish_verdicts: Default::default(),
         unfinished: None,
+        // A session that ends with its connection has nothing for another node to resume.
+        cluster_state: (expiry > 0)
+            .then(|| state_writer::StateWriter::start(broker, &attached.key, entry.id, outbox))
+            .flatten(),
         attached,
     });
     conn.start_delivery();

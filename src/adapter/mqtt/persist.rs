@@ -18,6 +18,7 @@ use super::convert::{
 };
 use super::registry::{MqttState, SessionKey, SessionSlot};
 use super::session::{is_shared, OutboundMessage, Session, SubscriptionEntry};
+use crate::cluster::adapter::MqttQos2State;
 use crate::core::message::Protocol as Origin;
 use crate::core::{self, Broker, Message, PublishTo, VHost};
 use crate::store::{compose_key, kind, split_key, Store};
@@ -41,11 +42,8 @@ struct SessionRecord {
     /// are now records of their own (`kind::MQTT_SUBSCRIPTION`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     subscriptions: Vec<SubscriptionRecord>,
-    inbound_qos2: Vec<u16>,
-    /// Outbound QoS 2 messages in flight: (packet id, id in the session queue).
-    in_flight: Vec<(u16, u64)>,
-    /// Outbound QoS 2 packet ids PUBREC'd, awaiting PUBCOMP.
-    released: Vec<u16>,
+    #[serde(flatten)]
+    qos2: MqttQos2State,
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -102,6 +100,13 @@ fn session_record(s: &Session) -> SessionRecord {
         expiry_interval: s.expiry_interval,
         disconnected_at: s.disconnected_at,
         subscriptions: Vec::new(),
+        qos2: qos2_state(s),
+    }
+}
+
+/// The session's QoS 2 state as its records keep it (here and in the cluster's).
+pub(super) fn qos2_state(s: &Session) -> MqttQos2State {
+    MqttQos2State {
         inbound_qos2: s.inbound_qos2.iter().copied().collect(),
         in_flight: s
             .in_flight
@@ -112,6 +117,20 @@ fn session_record(s: &Session) -> SessionRecord {
             .collect(),
         released: s.released.iter().copied().collect(),
     }
+}
+
+/// Takes a record's QoS 2 state into a session that is not connected: its messages in
+/// flight go out again with their packet ids when the queue delivers them (those the session
+/// holds in flight itself, on the node that sent them, are resent from there).
+pub(super) fn restore_qos2(s: &mut Session, q: &MqttQos2State) {
+    s.inbound_qos2 = q.inbound_qos2.iter().copied().collect();
+    s.resumed_ids = q
+        .in_flight
+        .iter()
+        .filter(|(id, _)| !s.in_flight.contains_key(id))
+        .map(|&(id, d)| (d, id))
+        .collect();
+    s.released = q.released.iter().copied().collect();
 }
 
 fn subscription_entry(sub: &SubscriptionRecord) -> SubscriptionEntry {
@@ -144,9 +163,7 @@ fn session(
         s.subscriptions
             .insert(sub.filter.clone(), subscription_entry(sub));
     }
-    s.inbound_qos2 = r.inbound_qos2.iter().copied().collect();
-    s.resumed_ids = r.in_flight.iter().map(|&(id, d)| (d, id)).collect();
-    s.released = r.released.iter().copied().collect();
+    restore_qos2(&mut s, &r.qos2);
     s.recorded = true;
     s
 }

@@ -77,6 +77,16 @@ impl Connection {
                 }
             }
         }
+        if let Some(w) = &self.cluster_state {
+            // The next connection, here or on another node, resumes what the cluster holds.
+            w.flush().await;
+            if expiry > 0 && super::replica::held_elsewhere(&self.broker, &key) {
+                super::replica::give_back_in_flight(
+                    &self.broker,
+                    &mut lock(&self.attached.session),
+                );
+            }
+        }
         self.attached.handover.release();
         let publish_will = match ending {
             Ending::Abnormal => true,

@@ -86,7 +86,7 @@ impl AdapterRecords for Replica {
         match change {
             Change::SetMqttClient(r) => {
                 if r.node != self.node {
-                    moved_away(&state, &session_key(&r.vhost, &r.client_id));
+                    moved_away(&broker, &state, &session_key(&r.vhost, &r.client_id));
                 }
                 0
             }
@@ -148,13 +148,47 @@ impl AdapterRecords for Replica {
 /// closed, and what this node had armed for the session (its expiry, a delayed will) is
 /// disarmed by a new generation. The session stays, kept up to date by the records, for
 /// when the client comes back here.
-fn moved_away(state: &MqttState, key: &SessionKey) {
-    if let Some(slot) = state.sessions().get_mut(key) {
-        if let Some(owner) = &slot.owner {
-            tracing::debug!(client = %key.client_id, "session taken over by another node");
-            owner.handover.kick();
-        }
+fn moved_away(broker: &Broker, state: &MqttState, key: &SessionKey) {
+    let idle = {
+        let mut sessions = state.sessions();
+        let Some(slot) = sessions.get_mut(key) else {
+            return;
+        };
         slot.generation += 1;
+        match &slot.owner {
+            Some(owner) => {
+                tracing::debug!(client = %key.client_id, "session taken over by another node");
+                // The connection gives its messages back as it ends (`release`).
+                owner.handover.kick();
+                None
+            }
+            None => Some(slot.session.clone()),
+        }
+    };
+    if let Some(session) = idle {
+        give_back_in_flight(broker, &mut lock(&session));
+    }
+}
+
+/// Puts the messages this node sent the session and the client did not acknowledge back
+/// in the session's queue, for the node the client is connected to now: they are still
+/// unacknowledged deliveries of this node's, which no other node would send again. A QoS 2
+/// one keeps its packet id there (the session's record has it).
+pub(super) fn give_back_in_flight(broker: &Broker, s: &mut Session) {
+    let ids: Vec<u64> = std::mem::take(&mut s.in_flight)
+        .into_values()
+        .filter_map(|f| f.message.delivery)
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let Some(vhost) = broker.vhost(&s.vhost) else {
+        return;
+    };
+    if let Some(q) = vhost.queue(&s.queue) {
+        tracing::debug!(client = %s.client_id, messages = ids.len(), "messages in flight given back to the session's queue");
+        let effects = q.requeue(&ids);
+        vhost.apply(&q, effects);
     }
 }
 
@@ -166,7 +200,9 @@ fn put_session(broker: &Broker, state: &MqttState, r: &MqttSessionRecord) {
     let mut sessions = state.sessions();
     match sessions.get(&key) {
         Some(slot) if slot.owner.is_none() => {
-            lock(&slot.session).expiry_interval = r.expiry_interval
+            let mut s = lock(&slot.session);
+            s.expiry_interval = r.expiry_interval;
+            persist::restore_qos2(&mut s, &r.qos2);
         }
         Some(_) => {}
         None => {
@@ -176,6 +212,7 @@ fn put_session(broker: &Broker, state: &MqttState, r: &MqttSessionRecord) {
                 queue_name(&r.client_id),
             );
             s.expiry_interval = r.expiry_interval;
+            persist::restore_qos2(&mut s, &r.qos2);
             s.disconnected_at = Some(unix(broker.timer.now_system()));
             sessions.insert(
                 key,
@@ -288,21 +325,26 @@ pub(super) fn replicated(broker: &Broker, key: &SessionKey) -> bool {
     })
 }
 
-/// Makes the persistent session `key` (granted `expiry`) a record of the cluster, with its
-/// durable queue, unless the cluster holds exactly that already.
+/// The cluster's record of the persistent session `s`.
+pub(super) fn session_record(s: &Session) -> MqttSessionRecord {
+    MqttSessionRecord {
+        vhost: s.vhost.clone(),
+        client_id: s.client_id.clone(),
+        expiry_interval: s.expiry_interval,
+        qos2: persist::qos2_state(s),
+    }
+}
+
+/// Makes the persistent session `key` (its cluster `record`) a record of the cluster, with
+/// its durable queue, unless the cluster holds exactly that already.
 pub(super) async fn put(
     broker: &Broker,
     vhost: &VHost,
     key: &SessionKey,
-    expiry: u32,
+    record: MqttSessionRecord,
 ) -> Result<(), Refusal> {
     let Some(cluster) = broker.cluster.get() else {
         return Ok(());
-    };
-    let record = MqttSessionRecord {
-        vhost: key.vhost.clone(),
-        client_id: key.client_id.clone(),
-        expiry_interval: expiry,
     };
     let spec = session_queue_spec(broker, &key.client_id, true);
     let queue = definitions::queue_declared(broker, vhost, &spec);
