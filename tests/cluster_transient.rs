@@ -481,3 +481,38 @@ async fn a_shared_group_whose_home_node_goes_is_made_again_by_a_member_elsewhere
         .await;
     assert_eq!(&second.next_publish().await.payload[..], b"outlived");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_whose_node_goes_expires_on_the_nodes_left() {
+    let (mut nodes, [leader, home, other]) = quick_down_cluster().await;
+    let mut connect = common::mqtt::connect_packet(Protocol::V5, "gone-with-node", false);
+    connect.properties.session_expiry_interval = Some(1);
+    let (mut c, ack) = RawMqtt::connect_with(mqtt(&nodes[home]), connect).await;
+    assert_eq!(ack.code, 0);
+    assert_eq!(c.subscribe("gwn/t", QoS::AtLeastOnce).await.codes, [1]);
+    let queue = queue_path("mqtt-subscription-gone-with-node");
+    wait_on_all(&nodes, &queue, 200).await;
+    // The client is connected when its node goes: no other node would end its session, until
+    // the leader finds the node down and takes the session over to expire it.
+    nodes[home].stop().await;
+    drop(c);
+    for n in [&nodes[leader], &nodes[other]] {
+        wait_until_async(&format!("the session gone from {}", n.name), || async {
+            let records = n.consensus().list("mqtt-");
+            let gone = records
+                .iter()
+                .all(|(k, _)| !k.contains("\"gone-with-node\""));
+            gone && call(n.broker(), "GET", &queue, None).await.status == 404
+        })
+        .await;
+        assert!(
+            !n.broker()
+                .mqtt_state()
+                .session_summaries()
+                .iter()
+                .any(|s| s.client_id == "gone-with-node"),
+            "{}",
+            n.name
+        );
+    }
+}

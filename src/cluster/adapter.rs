@@ -5,7 +5,8 @@
 //! [`AdapterRecords`] (the adapter sets it on the broker at start; the cluster never names an
 //! adapter type).
 
-use super::definitions::Change;
+use super::definitions::{self, Change};
+use super::{Command, Consensus};
 use serde::{Deserialize, Serialize};
 
 pub const MQTT_CLIENT: &str = "mqtt-client";
@@ -22,6 +23,51 @@ pub struct MqttClientRecord {
     pub client_id: String,
     pub node: String,
     pub conn: u64,
+}
+
+/// The `conn` of a client-id record whose node holds the session with no connection, only to
+/// expire it: the node the client was on was found down ([`adopt_sessions_of`]). Connection
+/// ids start at 1.
+pub const NO_CONNECTION: u64 = 0;
+
+/// The commands that move the client ids held at `down` (a node found down) to node `by`:
+/// a persistent session's to `by` with [`NO_CONNECTION`], so that `by` expires it on
+/// schedule (its client is gone with its node, and no other node would); a clean session's
+/// record is removed (its session went with the node). Each only while the record still
+/// names `down`: a client that reconnected elsewhere meanwhile keeps its record.
+pub fn adopt_sessions_of(cluster: &dyn Consensus, down: &str, by: &str) -> Vec<Command> {
+    let mut out = Vec::new();
+    for (key, value) in cluster.list(&format!("{MQTT_CLIENT}/")) {
+        let Ok(r) = serde_json::from_value::<MqttClientRecord>(value.clone()) else {
+            continue;
+        };
+        if r.node != down {
+            continue;
+        }
+        let session = definitions::key(MQTT_SESSION, &[&r.vhost, &r.client_id]);
+        let then = if cluster.get(&session).is_some() {
+            let moved = MqttClientRecord {
+                node: by.to_owned(),
+                conn: NO_CONNECTION,
+                ..r
+            };
+            match serde_json::to_value(&moved) {
+                Ok(value) => Command::Put {
+                    key: key.clone(),
+                    value,
+                },
+                Err(_) => continue,
+            }
+        } else {
+            Command::Delete { key: key.clone() }
+        };
+        out.push(Command::Guarded {
+            key,
+            expected: Some(value),
+            then: vec![then],
+        });
+    }
+    out
 }
 
 /// A persistent MQTT session (its subscriptions are records of their own; its queue is a

@@ -49,7 +49,8 @@ pub struct ClusterConfig {
     /// A member that has not answered the metadata leader for this long, in milliseconds, is
     /// down: the records of the transient and exclusive queues homed there are removed (as
     /// RabbitMQ deletes them when it sees their node go), so that a client declares the name
-    /// again on another node. 0: never.
+    /// again on another node, and the MQTT client ids held there move to the leader, which
+    /// expires their sessions. 0: never.
     #[serde(default = "default_node_down_after_ms")]
     pub node_down_after_ms: u64,
     /// Mutual TLS between nodes: this node's certificate chain and key (PEM), and the

@@ -11,6 +11,10 @@
 //! proposes the removal (never passed on to a later leader): a leader cut off in a minority
 //! finds everyone silent, but commits nothing. A node that was only cut off and comes back
 //! applies the removal too, and its queues go there as well (their consumers are cancelled).
+//!
+//! The MQTT client ids held at the down node move to the leader with it
+//! ([`super::adapter::adopt_sessions_of`]): a persistent session whose client was on that
+//! node would otherwise never expire, since only the node holding a session ends it.
 
 use super::definitions::Change;
 use super::identity::node_id;
@@ -104,19 +108,21 @@ async fn check(
             continue;
         }
         let lost = super::transient::homed_at(c.as_ref(), &node.name);
-        if lost.is_empty() {
+        let sessions = super::adapter::adopt_sessions_of(c.as_ref(), &node.name, &me);
+        if lost.is_empty() && sessions.is_empty() {
             *cleared = true;
             continue;
         }
+        let (n, m) = (lost.len(), sessions.len());
         let forget: Vec<Command> = lost
             .into_iter()
             .map(|r| Change::ForgetQueue(r).command(b, c.as_ref()))
+            .chain(sessions)
             .collect();
-        let n = forget.len();
         match c.propose_as_leader(Command::Batch(forget)).await {
             Ok(()) => {
                 *cleared = true;
-                tracing::info!(node = %node.name, queues = n, "cluster: the transient queues of a node that is down were deleted")
+                tracing::info!(node = %node.name, queues = n, mqtt_clients = m, "cluster: the transient queues of a node that is down were deleted and its MQTT sessions taken over to expire here")
             }
             // Looked at again on the next round, while this node still leads.
             Err(e) => {

@@ -25,7 +25,7 @@ use super::retained::RetainedFull;
 use super::session::{is_shared, OutboundMessage, Session, SubscriptionEntry};
 use crate::cluster::adapter::{
     AdapterRecords, MqttClientRecord, MqttSessionRecord, MqttSubscriptionRecord, RetainedRecord,
-    MQTT_CLIENT, MQTT_RETAINED, MQTT_SESSION, MQTT_SUBSCRIPTION,
+    MQTT_CLIENT, MQTT_RETAINED, MQTT_SESSION, MQTT_SUBSCRIPTION, NO_CONNECTION,
 };
 use crate::cluster::definitions::{self, Change, ChangeError};
 use crate::core::vhost::QueueSpec;
@@ -62,11 +62,16 @@ pub fn register(broker: &Arc<Broker>, state: &Arc<MqttState>) {
         return;
     }
     // Set first, then read: a record committed in between is applied twice, which is harmless.
-    for kind in [MQTT_SESSION, MQTT_SUBSCRIPTION, MQTT_RETAINED] {
+    for kind in [MQTT_SESSION, MQTT_SUBSCRIPTION, MQTT_RETAINED, MQTT_CLIENT] {
         for (key, value) in cluster.list(&format!("{kind}/")) {
-            if let Ok(Some(change)) = Change::from_record(&key, Some(&value)) {
-                replica.apply(&change);
-            }
+            let change = match Change::from_record(&key, Some(&value)) {
+                // Only the sessions this node holds to expire: the others' records are
+                // looked at when a session here would expire or be resumed.
+                Ok(Some(Change::SetMqttClient(r))) if r.conn != NO_CONNECTION => continue,
+                Ok(Some(change)) => change,
+                _ => continue,
+            };
+            replica.apply(&change);
         }
     }
 }
@@ -85,8 +90,11 @@ impl AdapterRecords for Replica {
         };
         match change {
             Change::SetMqttClient(r) => {
+                let key = session_key(&r.vhost, &r.client_id);
                 if r.node != self.node {
-                    moved_away(&broker, &state, &session_key(&r.vhost, &r.client_id));
+                    moved_away(&broker, &state, &key);
+                } else if r.conn == NO_CONNECTION {
+                    adopt(&broker, &state, &key);
                 }
                 0
             }
@@ -167,6 +175,35 @@ fn moved_away(broker: &Broker, state: &MqttState, key: &SessionKey) {
     };
     if let Some(session) = idle {
         give_back_in_flight(broker, &mut lock(&session));
+    }
+}
+
+/// The cluster found the node holding this session down and gave it to this node, to expire
+/// it: armed as if its client had left now (it left at most `node_down_after_ms` before).
+fn adopt(broker: &Arc<Broker>, state: &Arc<MqttState>, key: &SessionKey) {
+    let (generation, expiry) = {
+        let mut sessions = state.sessions();
+        let Some(slot) = sessions.get_mut(key).filter(|s| s.owner.is_none()) else {
+            return;
+        };
+        slot.generation += 1;
+        let mut s = lock(&slot.session);
+        s.disconnected_at = Some(unix(broker.timer.now_system()));
+        (slot.generation, s.expiry_interval)
+    };
+    tracing::info!(client = %key.client_id, "MQTT session of a node that is down taken over to expire here");
+    if expiry == u32::MAX {
+        return;
+    }
+    if let Some(vhost) = broker.vhost(&key.vhost) {
+        super::release::schedule_expiry(
+            broker.clone(),
+            state.clone(),
+            vhost,
+            key.clone(),
+            generation,
+            expiry,
+        );
     }
 }
 
