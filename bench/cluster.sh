@@ -203,14 +203,7 @@ start_switchboard_node() {
 
 # Waits until node 1's /api/nodes lists three running members with a leader.
 await_switchboard_cluster() {
-    local end=$((SECONDS + 120))
-    until curl -sf -u guest:guest "http://$(SB_HTTP 1)/api/nodes" | python3 -c '
-import json, sys
-n = json.load(sys.stdin)
-sys.exit(0 if sum(1 for x in n if x.get("running")) == 3 and any(x.get("is_leader") for x in n) else 1)' 2>/dev/null; do
-        ((SECONDS < end)) || { log "Switchboard cluster did not form"; exit 1; }
-        sleep 0.5
-    done
+    await_three_nodes "$(SB_HTTP 1)" 120 || { log "Switchboard cluster did not form"; exit 1; }
 }
 
 start_switchboard_cluster() {

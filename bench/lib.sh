@@ -8,6 +8,19 @@ wait_port() { # host:port, seconds: until something listens there, or fail
     done
 }
 
+# host:port of a Switchboard node's HTTP API, seconds: until its /api/nodes lists three
+# running members with a leader, or fail.
+await_three_nodes() {
+    local end=$((SECONDS + $2))
+    until curl -sf -u guest:guest "http://$1/api/nodes" | python3 -c '
+import json, sys
+n = json.load(sys.stdin)
+sys.exit(0 if sum(1 for x in n if x.get("running")) == 3 and any(x.get("is_leader") for x in n) else 1)' 2>/dev/null; do
+        ((SECONDS < end)) || return 1
+        sleep 0.5
+    done
+}
+
 # Stops the brokers a script started (PID[rabbitmq|switchboard|mosquitto], EPMD_PID, WORK):
 # RabbitMQ node $1 by rabbitmqctl (a minute after 10,000 connections: bounded, then killed)
 # and the port mapper it started, then the others; removes their data (the results stay).

@@ -16,6 +16,8 @@ set -euo pipefail
 export RUST_BACKTRACE=0
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 ROUNDS=3
 DURATION=10
 OUT=
@@ -42,14 +44,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-    local end=$((SECONDS + $2))
-    until (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; do
-        ((SECONDS < end)) || return 1
-        sleep 0.2
-    done
-}
-
 # Starts node i; $2: "cluster" (node of three, seeds node 1) or "single".
 start_node() {
     local i=$1 mode=$2 seeds='[]' listen=''
@@ -66,17 +60,6 @@ start_node() {
         SWITCHBOARD_LOG=warn "$BIN" serve >>"$WORK/node$i.log" 2>&1 &
     PID[$i]=$!
     wait_port "127.0.0.1:3672$i" 60 || { log "node $i did not start"; exit 1; }
-}
-
-await_cluster() {
-    local end=$((SECONDS + 120))
-    until curl -sf -u guest:guest "http://127.0.0.1:36741/api/nodes" | python3 -c '
-import json, sys
-n = json.load(sys.stdin)
-sys.exit(0 if sum(1 for x in n if x.get("running")) == 3 and any(x.get("is_leader") for x in n) else 1)' 2>/dev/null; do
-        ((SECONDS < end)) || { log "the cluster did not form"; exit 1; }
-        sleep 0.5
-    done
 }
 
 stop_all() {
@@ -114,7 +97,7 @@ scenarios() {
 
 for round in $(seq 1 "$ROUNDS"); do
     for i in 1 2 3; do start_node "$i" cluster; done
-    await_cluster
+    await_three_nodes 127.0.0.1:36741 120 || { log "the cluster did not form"; exit 1; }
     scenarios "3 nodes" "$round"
     stop_all
     start_node 1 single
