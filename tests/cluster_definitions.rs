@@ -549,3 +549,67 @@ async fn a_definitions_import_on_one_node_reaches_every_node() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_nodes_users_are_the_clusters_and_a_node_that_joins_gives_up_its_own() {
+    use switchboard::cluster::definitions::{self, Change};
+    use switchboard::cluster::seeding::SEEDED;
+    let nodes = form(3).await;
+    // The first node's seed user, vhost and permission are records of the cluster.
+    let c = nodes[2].consensus();
+    common::wait_until("the cluster to be seeded", || c.get(SEEDED).is_some()).await;
+    for key in [
+        definitions::key("user", &["guest"]),
+        definitions::key("vhost", &["/"]),
+        definitions::key("permission", &["/", "guest"]),
+    ] {
+        assert!(c.get(&key).is_some(), "{key}: {:?}", c.list(""));
+    }
+    // guest goes from the cluster; a node that joins later, seeded with guest from its own
+    // configuration, gives it up, and keeps the cluster's "/".
+    bounded(definitions::commit(
+        nodes[1].broker().broker(),
+        Change::DeleteUser("guest".into()),
+    ))
+    .await
+    .unwrap();
+    let has_guest = |n: &Node| {
+        n.broker()
+            .broker()
+            .access
+            .users()
+            .iter()
+            .any(|u| u.name == "guest")
+    };
+    for n in &nodes {
+        common::wait_until(&format!("guest gone from {}", n.name), || !has_guest(n)).await;
+    }
+    // The deletion purged from the log (a snapshot every 500 entries): the node that joins
+    // gets a snapshot without guest, not the entry that deleted it.
+    let c = nodes[0].consensus();
+    for i in 0..620 {
+        let filler = switchboard::cluster::Command::Put {
+            key: format!("filler/{i}"),
+            value: json!(i),
+        };
+        bounded(c.propose(filler)).await.unwrap();
+    }
+    let name = format!("late-{}", common::unique("n"));
+    let late = Node::start(
+        &name,
+        &common::fresh_data_dir(),
+        "127.0.0.1:0",
+        &[nodes[0].addr.clone()],
+        common::cluster::COOKIE,
+    )
+    .await;
+    let mut names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    names.push(name);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    common::cluster::wait_for_members(&late, &names).await;
+    common::wait_until("the joining node to give up its guest", || {
+        !has_guest(&late)
+    })
+    .await;
+    assert!(late.broker().broker().vhost("/").is_some());
+}

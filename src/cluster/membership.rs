@@ -57,6 +57,9 @@ pub struct Cluster {
     served_reads: SharedRounds<OpError>,
     /// When each member last answered this node's AppendEntries (see [`super::node_down`]).
     reached: Arc<super::node_down::Reached>,
+    /// Turns true once this node joined a cluster that was already there, to give up its own
+    /// users and vhosts for the cluster's (see [`super::seeding`]).
+    joined: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -143,6 +146,7 @@ impl Cluster {
             reads: SharedRounds::new(),
             served_reads: SharedRounds::new(),
             reached,
+            joined: watch::Sender::new(false),
         });
         let weak = Arc::downgrade(&cluster);
         super::failover::watch(
@@ -288,6 +292,7 @@ impl Cluster {
                     match this.ask_to_join(seed).await {
                         Ok(()) => {
                             tracing::info!(node = %this.me.name, %seed, "cluster: joined");
+                            this.joined.send_replace(true);
                             return;
                         }
                         Err(e) => {
@@ -475,6 +480,11 @@ impl Cluster {
                 Ok(())
             }
         }
+    }
+
+    /// Turns true once this node joined a cluster that was already there.
+    pub(super) fn joined(&self) -> watch::Receiver<bool> {
+        self.joined.subscribe()
     }
 
     /// When each member last answered this node's AppendEntries.
@@ -694,7 +704,9 @@ impl Consensus for Cluster {
                 ));
             }
             self.reset().await?;
-            self.ask_to_join(&seed).await
+            self.ask_to_join(&seed).await?;
+            self.joined.send_replace(true);
+            Ok(())
         })
     }
 

@@ -16,6 +16,7 @@ pub mod network;
 pub mod node_down;
 pub mod quorum;
 pub mod read_index;
+pub mod seeding;
 pub mod state_machine;
 pub mod tls;
 pub mod transient;
@@ -261,5 +262,6 @@ pub async fn start_for(broker: &std::sync::Arc<crate::core::Broker>) -> Result<(
     transient::watch(broker, me.clone());
     transient::forget_homed_at(broker, &me);
     node_down::watch(broker, &cluster);
+    seeding::watch(broker, &cluster);
     Ok(())
 }
