@@ -1032,3 +1032,52 @@ async fn a_consumer_on_a_node_holding_no_replica_follows_the_lead_when_it_moves_
     assert_eq!(&d.data[..], b"after-stop");
     assert!(!d.redelivered);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_comes_back_at_another_address_is_reached_there_by_every_group() {
+    let mut nodes = form(3).await;
+    let q = unique("qq-moved");
+    {
+        let (_c, ch) = nodes[0].broker().channel().await;
+        declare_quorum(&ch, &q, &[]).await;
+    }
+    let leader = wait_for_leader(&nodes, &q, None).await;
+    let moved = (leader + 1) % nodes.len();
+    let old = nodes[moved].addr.clone();
+    nodes[moved].stop().await;
+    // Back on its data directory, listening on a port the OS picks: it asks the others to
+    // move it there, and every group dials it there.
+    nodes[moved].addr = "127.0.0.1:0".into();
+    nodes[moved].restart(&[]).await;
+    let new = nodes[moved].consensus().node().addr;
+    assert_ne!(new, old);
+    nodes[moved].addr = new.clone();
+    for n in &nodes {
+        let c = n.consensus();
+        let name = nodes[moved].name.clone();
+        common::wait_until(&format!("{} to have the new address", n.name), || {
+            c.nodes().iter().any(|m| m.name == name && m.addr == new)
+        })
+        .await;
+    }
+    // The metadata group reaches it: a vhost made elsewhere is there.
+    let r = call(
+        nodes[leader].broker(),
+        "PUT",
+        "/api/vhosts/after-move",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    wait_until_async("the vhost on the moved node", || async {
+        call(nodes[moved].broker(), "GET", "/api/vhosts/after-move", None)
+            .await
+            .status
+            == 200
+    })
+    .await;
+    // The quorum queue's group reaches it: its replica holds what was confirmed since.
+    let (_c, ch) = confirming_channel(&nodes[leader]).await;
+    publish_confirmed(&ch, &q, (0..20).map(|i| format!("m{i}"))).await;
+    wait_held(&nodes[moved], &q, 20).await;
+}

@@ -4,7 +4,7 @@
 use super::config::ClusterConfig;
 use super::identity::node_id;
 use super::log_store::LogStore;
-use super::network::Network;
+use super::network::{Addresses, Network};
 use super::read_index::SharedRounds;
 use super::state_machine::StateMachine;
 use super::tls::NodeTls;
@@ -60,6 +60,8 @@ pub struct Cluster {
     /// Turns true once this node joined a cluster that was already there, to give up its own
     /// users and vhosts for the cluster's (see [`super::seeding`]).
     joined: watch::Sender<bool>,
+    /// Where each member is now, for every group's connections (see [`Addresses`]).
+    addresses: Arc<Addresses>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -128,7 +130,16 @@ impl Cluster {
         let dir = data_dir.join("cluster");
         let id = node_id(&name);
         let reached = Arc::new(super::node_down::Reached::default());
-        let member = Self::open_member(id, config, &auth, &dir, apply.clone(), &reached).await?;
+        let addresses = Arc::new(Addresses::default());
+        let member = Self::open_member(
+            id,
+            config,
+            &auth,
+            &dir,
+            apply.clone(),
+            (&reached, &addresses),
+        )
+        .await?;
         let cluster = Arc::new(Cluster {
             id,
             me,
@@ -147,7 +158,10 @@ impl Cluster {
             served_reads: SharedRounds::new(),
             reached,
             joined: watch::Sender::new(false),
+            addresses,
         });
+        let members: Arc<dyn super::forward::Members> = cluster.clone();
+        cluster.addresses.set(Arc::downgrade(&members));
         let weak = Arc::downgrade(&cluster);
         super::failover::watch(
             move || weak.upgrade().map(|c| c.raft()),
@@ -182,7 +196,7 @@ impl Cluster {
         auth: &Arc<Auth>,
         dir: &Path,
         apply: Option<Arc<dyn Apply>>,
-        reached: &Arc<super::node_down::Reached>,
+        (reached, addresses): (&Arc<super::node_down::Reached>, &Arc<Addresses>),
     ) -> Result<Member, ClusterError> {
         let log = LogStore::open(dir).map_err(storage_err(dir))?;
         let state = StateMachine::open(dir, apply).map_err(storage_err(dir))?;
@@ -202,6 +216,7 @@ impl Cluster {
             connect_timeout: Duration::from_millis(config.operation_timeout_ms),
             group: None,
             reached: Some(reached.clone()),
+            addresses: addresses.clone(),
         };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, state.clone())
             .await
@@ -272,6 +287,7 @@ impl Cluster {
         let raft = self.raft();
         if raft.is_initialized().await.map_err(raft_err)? {
             tracing::info!(node = %self.me.name, "cluster: rejoining with the log on disk");
+            self.announce_if_moved();
             return Ok(());
         }
         if self.config.seeds.is_empty() {
@@ -308,6 +324,44 @@ impl Cluster {
             }
         });
         Ok(())
+    }
+
+    /// When the membership has this node at another address than the one it listens on now
+    /// (it came back on another address), keeps asking the other members to move it, as a
+    /// join does, until one passes that to the leader: else the leader would go on sending
+    /// its entries to the old address.
+    fn announce_if_moved(self: &Arc<Self>) {
+        let known = membership_of(&self.raft());
+        if known
+            .get_node(&self.id)
+            .is_none_or(|n| n.addr == self.me.addr)
+        {
+            return;
+        }
+        let others: Vec<String> = known
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, n)| n.addr.clone())
+            .collect();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            while !*this.stop.borrow() {
+                for addr in &others {
+                    match this.ask_to_join(addr).await {
+                        Ok(()) => {
+                            tracing::info!(node = %this.me.name, addr = %this.me.addr, "cluster: the membership has this node's new address");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::info!(%addr, error = %e, "cluster: the new address not taken yet")
+                        }
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 
     /// Sends this node's join request to `seed`, which passes it to the leader.
@@ -418,10 +472,30 @@ impl Cluster {
                 let id = node_id(&node.name);
                 let known = membership_of(&raft);
                 if let Some(member) = known.get_node(&id).filter(|n| n.addr != node.addr) {
-                    return Err(OpError::Failed(format!(
-                        "{} is a member at {}; forget_cluster_node it before it joins from {}",
-                        node.name, member.addr, node.addr
-                    )));
+                    // A member that came back at another address moves there, unless it
+                    // still answers at the old one (two nodes with one name).
+                    let old = Peer::new(
+                        member.addr.clone(),
+                        Some(node.name.clone()),
+                        self.auth.clone(),
+                        self.timeout(),
+                    );
+                    if Self::ping(old, self.timeout()).await {
+                        return Err(OpError::Failed(format!(
+                            "{} answers at {}; forget_cluster_node it before it joins from {}",
+                            node.name, member.addr, node.addr
+                        )));
+                    }
+                    let moved = ChangeMembers::SetNodes(BTreeMap::from([(id, node.clone())]));
+                    let r = raft
+                        .change_membership(moved, false)
+                        .await
+                        .map_err(write_error)?;
+                    tracing::info!(node = %node, from = %member.addr, "cluster: member moved to a new address");
+                    return Ok(OpOk {
+                        result: CommandResult::default(),
+                        index: r.log_id.index,
+                    });
                 }
                 let Some(index) = add_voter(&raft, node).await? else {
                     return Ok(OpOk::default());
@@ -482,6 +556,11 @@ impl Cluster {
         }
     }
 
+    /// Where each member is now, for the quorum groups' connections.
+    pub(super) fn addresses(&self) -> &Arc<Addresses> {
+        &self.addresses
+    }
+
     /// Turns true once this node joined a cluster that was already there.
     pub(super) fn joined(&self) -> watch::Receiver<bool> {
         self.joined.subscribe()
@@ -516,7 +595,7 @@ impl Cluster {
             &self.auth,
             &self.dir,
             self.apply.clone(),
-            &self.reached,
+            (&self.reached, &self.addresses),
         )
         .await?;
         *self.member.write().unwrap_or_else(|p| p.into_inner()) = fresh;

@@ -58,6 +58,8 @@ pub struct Env {
     pub nodes: Box<dyn Fn() -> Vec<NodeInfo> + Send + Sync>,
     /// Proxies to a group's leader for consumers on other nodes (set once at start).
     pub forward: OnceLock<Weak<Forward>>,
+    /// Where each member is now (see [`crate::cluster::network::Addresses`]).
+    pub addresses: Arc<crate::cluster::network::Addresses>,
 }
 
 pub struct Group {

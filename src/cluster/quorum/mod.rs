@@ -98,6 +98,7 @@ impl Registry {
             timeout: std::time::Duration::from_millis(cluster.config().operation_timeout_ms),
             nodes: Box::new(move || weak.upgrade().map(|c| c.nodes()).unwrap_or_default()),
             forward: std::sync::OnceLock::new(),
+            addresses: cluster.addresses().clone(),
         });
         let registry = Arc::new(Registry {
             broker: Arc::downgrade(broker),
@@ -249,6 +250,7 @@ impl Registry {
             connect_timeout: self.env.timeout,
             group: Some(group.id.clone()),
             reached: None,
+            addresses: self.env.addresses.clone(),
         };
         let me = node_id(&self.env.me.name);
         let raft = Raft::new(me, Arc::new(config), network, log, machine.clone())
