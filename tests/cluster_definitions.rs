@@ -613,3 +613,87 @@ async fn the_first_nodes_users_are_the_clusters_and_a_node_that_joins_gives_up_i
     .await;
     assert!(late.broker().broker().vhost("/").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_nodes_exchanges_queues_and_bindings_are_the_clusters_it_forms() {
+    use common::amqp::{consume, next, persistent, publish_with};
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    // A single node, not clustered, with a durable exchange bound to a durable queue that
+    // holds a message.
+    let dir = common::fresh_data_dir();
+    let config = switchboard::config::Config::parse(&common::test_config_text_in(&dir)).unwrap();
+    let single = common::TestBroker::start_config(config).await;
+    {
+        let (_c, ch) = single.channel().await;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        bounded(ch.exchange_declare(
+            "before-x".into(),
+            lapin::ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        bounded(ch.queue_declare("before-q".into(), durable, FieldTable::default()))
+            .await
+            .unwrap();
+        bounded(ch.queue_bind(
+            "before-q".into(),
+            "before-x".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+        let confirm = publish_with(&ch, "before-x", "k", b"held before", persistent()).await;
+        drop(confirm);
+    }
+    single.stop().await;
+
+    // It becomes the first node of a cluster; a second joins and routes to the queue there.
+    let cookie = common::cluster::COOKIE;
+    let first = Node::start(&common::unique("first"), &dir, "127.0.0.1:0", &[], cookie).await;
+    let second = Node::start(
+        &common::unique("second"),
+        &common::fresh_data_dir(),
+        "127.0.0.1:0",
+        std::slice::from_ref(&first.addr),
+        cookie,
+    )
+    .await;
+    common::cluster::wait_for_members(&second, &[&first.name, &second.name]).await;
+    wait_on_all(
+        std::slice::from_ref(&second),
+        "/api/queues/%2F/before-q",
+        true,
+    )
+    .await;
+    wait_on_all(
+        std::slice::from_ref(&second),
+        "/api/exchanges/%2F/before-x",
+        true,
+    )
+    .await;
+    let (_c, ch) = second.broker().channel().await;
+    let confirm = publish_with(&ch, "before-x", "k", b"routed on the second", persistent()).await;
+    drop(confirm);
+    let mut consumer = consume(&ch, "before-q", true).await;
+    let mut got = vec![
+        next(&mut consumer).await.data,
+        next(&mut consumer).await.data,
+    ];
+    got.sort();
+    assert_eq!(
+        got,
+        [b"held before".to_vec(), b"routed on the second".to_vec()]
+    );
+}

@@ -273,17 +273,21 @@ pub enum Change {
 /// The change that replicates declaring `spec` in `vh`: when clustered, for a durable exchange
 /// not declared yet (a redeclaration is only checked for equivalence, here).
 pub fn exchange_declared(b: &Broker, vh: &VHost, spec: &ExchangeSpec) -> Option<Change> {
-    (b.cluster.get().is_some() && spec.durable && vh.exchange(&spec.name).is_none()).then(|| {
-        Change::DeclareExchange(ExchangeRecord {
-            vhost: vh.name.clone(),
-            def: ExchangeDef {
-                name: spec.name.clone(),
-                kind: spec.kind.clone(),
-                auto_delete: spec.auto_delete,
-                internal: spec.internal,
-                arguments: table_text(&spec.arguments),
-            },
-        })
+    (b.cluster.get().is_some() && spec.durable && vh.exchange(&spec.name).is_none())
+        .then(|| exchange_record(vh, spec))
+}
+
+/// The change that makes `spec` in `vh` a record of the cluster.
+pub(crate) fn exchange_record(vh: &VHost, spec: &ExchangeSpec) -> Change {
+    Change::DeclareExchange(ExchangeRecord {
+        vhost: vh.name.clone(),
+        def: ExchangeDef {
+            name: spec.name.clone(),
+            kind: spec.kind.clone(),
+            auto_delete: spec.auto_delete,
+            internal: spec.internal,
+            arguments: table_text(&spec.arguments),
+        },
     })
 }
 
@@ -294,51 +298,56 @@ pub fn exchange_declared(b: &Broker, vh: &VHost, spec: &ExchangeSpec) -> Option<
 /// many as `x-quorum-initial-group-size` (else `quorum_replicas`) asks, at most all of them.
 pub fn queue_declared(b: &Broker, vh: &VHost, spec: &QueueSpec) -> Option<Change> {
     let cluster = b.cluster.get()?;
-    (!spec.name.is_empty() && vh.queue(&spec.name).is_none()).then(|| {
-        let quorum = args::is_quorum(&spec.arguments).unwrap_or(false);
-        let members = if quorum {
-            let size = args::quorum_group_size(&spec.arguments)
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| cluster.quorum_replicas())
-                .max(1);
-            let me = cluster.node().name;
-            let mut others: Vec<String> = cluster
-                .nodes()
-                .into_iter()
-                .map(|n| n.name)
-                .filter(|n| *n != me)
-                .collect();
-            others.sort();
-            std::iter::once(me)
-                .chain(others)
-                .take(usize::try_from(size).unwrap_or(usize::MAX))
-                .collect()
+    (!spec.name.is_empty() && vh.queue(&spec.name).is_none())
+        .then(|| new_queue_record(cluster.as_ref(), vh, spec))
+}
+
+/// The change that makes `spec` in `vh` a record of the cluster, homed at this node (a
+/// quorum queue: replicated on this node and others).
+pub(crate) fn new_queue_record(cluster: &dyn Consensus, vh: &VHost, spec: &QueueSpec) -> Change {
+    let quorum = args::is_quorum(&spec.arguments).unwrap_or(false);
+    let members = if quorum {
+        let size = args::quorum_group_size(&spec.arguments)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| cluster.quorum_replicas())
+            .max(1);
+        let me = cluster.node().name;
+        let mut others: Vec<String> = cluster
+            .nodes()
+            .into_iter()
+            .map(|n| n.name)
+            .filter(|n| *n != me)
+            .collect();
+        others.sort();
+        std::iter::once(me)
+            .chain(others)
+            .take(usize::try_from(size).unwrap_or(usize::MAX))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Change::DeclareQueue(QueueRecord {
+        vhost: vh.name.clone(),
+        name: spec.name.clone(),
+        auto_delete: spec.auto_delete,
+        durable: spec.durable,
+        exclusive: spec.exclusive,
+        incarnation: if lives_with_home(spec.durable, spec.exclusive) {
+            rand::random::<u64>().max(1)
         } else {
-            Vec::new()
-        };
-        Change::DeclareQueue(QueueRecord {
-            vhost: vh.name.clone(),
-            name: spec.name.clone(),
-            auto_delete: spec.auto_delete,
-            durable: spec.durable,
-            exclusive: spec.exclusive,
-            incarnation: if lives_with_home(spec.durable, spec.exclusive) {
-                rand::random::<u64>().max(1)
-            } else {
-                0
-            },
-            arguments: table_text(&spec.arguments),
-            // A quorum queue's messages live in its group, on its members; a classic one's on
-            // the node that declared it.
-            home: (!quorum).then(|| cluster.node().name),
-            members,
-            group: if quorum {
-                format!("{:016x}", rand::random::<u64>())
-            } else {
-                String::new()
-            },
-        })
+            0
+        },
+        arguments: table_text(&spec.arguments),
+        // A quorum queue's messages live in its group, on its members; a classic one's on
+        // the node that declared it.
+        home: (!quorum).then(|| cluster.node().name),
+        members,
+        group: if quorum {
+            format!("{:016x}", rand::random::<u64>())
+        } else {
+            String::new()
+        },
     })
 }
 
@@ -426,7 +435,26 @@ pub fn binding_changed(
     if !(source_durable && destination_kept) {
         return None;
     }
-    let record = BindingRecord {
+    let bound = binding_record(
+        vh,
+        (source, destination_type, destination),
+        routing_key,
+        arguments,
+    );
+    Some(match bound {
+        Change::Bind(record) if !bind => Change::Unbind(record),
+        bound => bound,
+    })
+}
+
+/// The change that makes a binding in `vh` a record of the cluster.
+pub(crate) fn binding_record(
+    vh: &VHost,
+    (source, destination_type, destination): (&str, &str, &str),
+    routing_key: &str,
+    arguments: &FieldTable,
+) -> Change {
+    Change::Bind(BindingRecord {
         vhost: vh.name.clone(),
         def: BindingDef {
             source: source.to_owned(),
@@ -435,11 +463,6 @@ pub fn binding_changed(
             routing_key: routing_key.to_owned(),
             arguments: table_text(arguments),
         },
-    };
-    Some(if bind {
-        Change::Bind(record)
-    } else {
-        Change::Unbind(record)
     })
 }
 

@@ -15,10 +15,14 @@
 //! with the records anyway. A node of a cluster formed by an older release, which has no
 //! marker, resets nothing until its leader has written one.
 
-use super::definitions::Change;
+use super::definitions::{self, Change};
 use super::membership::Cluster;
 use super::{Command, Consensus};
+use crate::core::exchange::{Destination, Exchange};
+use crate::core::queue::args::is_quorum;
+use crate::core::vhost::{ExchangeSpec, QueueSpec};
 use crate::core::Broker;
+use crate::core::Queue;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +77,76 @@ pub fn watch(broker: &Arc<Broker>, cluster: &Arc<Cluster>) {
     });
 }
 
+/// What this node held before the cluster, as the changes that make it the cluster's: its
+/// users, vhosts and permissions ([`own`]), then its durable exchanges, its durable classic
+/// queues (homed here, where their messages are) and the bindings between durable ends.
+fn own_with_topology(b: &Broker, c: &dyn Consensus) -> Vec<Change> {
+    let mut out = own(b);
+    for vh in b.vhosts() {
+        for e in vh.exchanges() {
+            if kept_exchange(&e) {
+                let spec = ExchangeSpec {
+                    name: e.name.clone(),
+                    kind: e.type_name().to_owned(),
+                    durable: true,
+                    auto_delete: e.auto_delete,
+                    internal: e.internal,
+                    arguments: e.arguments.clone(),
+                };
+                out.push(definitions::exchange_record(&vh, &spec));
+            }
+        }
+        for q in vh.queues() {
+            if kept_queue(&q) {
+                let spec = QueueSpec {
+                    name: q.name.clone(),
+                    durable: true,
+                    exclusive: false,
+                    auto_delete: q.auto_delete,
+                    arguments: q.arguments.clone(),
+                };
+                out.push(definitions::new_queue_record(c, &vh, &spec));
+            }
+        }
+        for (source, binding) in vh.bindings() {
+            // Between the durable ends made records above.
+            let (destination_type, kept) = match &binding.destination {
+                Destination::Queue(q) => ("queue", kept_queue(q)),
+                Destination::Exchange(x) => ("exchange", kept_exchange(x)),
+            };
+            let source_kept = vh.exchange(&source).is_some_and(|x| kept_exchange(&x));
+            if !(kept && source_kept) {
+                continue;
+            }
+            let ends = (
+                source.as_str(),
+                destination_type,
+                binding.destination.name(),
+            );
+            out.push(definitions::binding_record(
+                &vh,
+                ends,
+                &binding.routing_key,
+                &binding.arguments,
+            ));
+        }
+    }
+    out
+}
+
+/// A durable exchange a client declared (every vhost has the default and `amq.*` ones).
+fn kept_exchange(e: &Exchange) -> bool {
+    e.durable && !e.name.is_empty() && !e.name.starts_with("amq.")
+}
+
+/// A durable classic queue whose messages are here.
+fn kept_queue(q: &Queue) -> bool {
+    q.durable
+        && q.exclusive_owner.is_none()
+        && q.home_node().is_none()
+        && !is_quorum(&q.arguments).unwrap_or(false)
+}
+
 /// This node's users, vhosts, permissions and topic permissions, as the changes that put
 /// them (vhosts and users before the permissions that name them).
 fn own(b: &Broker) -> Vec<Change> {
@@ -105,10 +179,10 @@ fn key_of(command: &Command) -> Option<&str> {
     }
 }
 
-/// Makes this node's own definitions the cluster's records, with the marker, unless a marker
-/// is there by the time the entry applies.
+/// Makes what this node held the cluster's records, with the marker, unless a marker is
+/// there by the time the entry applies.
 async fn seed(b: &Broker, c: &Cluster) {
-    let mut then: Vec<Command> = own(b)
+    let mut then: Vec<Command> = own_with_topology(b, c)
         .iter()
         .map(|change| change.command(b, c))
         .filter(|command| key_of(command).is_some_and(|k| c.get(k).is_none()))
