@@ -516,3 +516,37 @@ async fn a_persistent_session_whose_node_goes_expires_on_the_nodes_left() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_process_is_gone_is_down_at_once() {
+    // A minute before a silent node is down by the clock: only its refused address can make
+    // it so within the test's wait.
+    let nodes = form_tweaked(3, Arc::new(SystemClock), &|_, c| {
+        c.node_down_after_ms = 60_000;
+    })
+    .await;
+    let leader = common::cluster::leader_of(&nodes).await;
+    let (home, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    {
+        let (_c, ch) = nodes[home].broker().channel().await;
+        bounded(ch.queue_declare(
+            "gone-at-once".into(),
+            Default::default(),
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    wait_on_all(&nodes, &queue_path("gone-at-once"), 200).await;
+    let mut nodes = nodes;
+    nodes[home].stop().await;
+    for n in [&nodes[leader], &nodes[other]] {
+        wait_until_async(&format!("gone-at-once gone from {}", n.name), || async {
+            call(n.broker(), "GET", &queue_path("gone-at-once"), None)
+                .await
+                .status
+                == 404
+        })
+        .await;
+    }
+}

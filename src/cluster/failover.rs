@@ -121,7 +121,7 @@ fn vanished_candidate(raft: &Raft, me: u64) -> Option<(u64, String)> {
 }
 
 /// Whether a TCP connect to `addr` is refused (nothing listens there) within `within`.
-async fn refuses(addr: &str, within: Duration) -> bool {
+pub(super) async fn refuses(addr: &str, within: Duration) -> bool {
     matches!(
         tokio::time::timeout(within, tokio::net::TcpStream::connect(addr)).await,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused

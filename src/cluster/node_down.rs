@@ -4,9 +4,11 @@
 //! ([`super::transient`]); while that node is down its record would keep the name taken on
 //! every other node, so a client reconnecting elsewhere could not declare its queue again.
 //! RabbitMQ deletes such queues when it sees their node go. Here the metadata group's leader
-//! watches when each member last answered its AppendEntries (heartbeats included): one silent
-//! for longer than `[cluster] node_down_after_ms` is down, and the leader removes the records
-//! of the queues homed there, each of one incarnation ([`Change::ForgetQueue`]), so a queue
+//! watches when each member last answered its AppendEntries (heartbeats included). One silent
+//! for longer than `[cluster] node_down_after_ms` is down, and so is one silent for two
+//! heartbeats whose address refuses connections (its process is gone). The leader then
+//! removes the records of the queues homed there, each of one incarnation
+//! ([`Change::ForgetQueue`]), so a queue
 //! declared again meanwhile stays. Only the leader decides, from what it sees, and only it
 //! proposes the removal (never passed on to a later leader): a leader cut off in a minority
 //! finds everyone silent, but commits nothing. A node that was only cut off and comes back
@@ -94,14 +96,23 @@ async fn check(
             .reached()
             .at(node_id(&node.name))
             .map_or(leading_since, |at| at.max(leading_since));
-        if last.elapsed() <= after {
+        let silent = last.elapsed();
+        // Its process is gone when its address refuses connections (the host is up): down
+        // at once, as RabbitMQ sees a crashed node go, rather than after `after`. One that is
+        // cut off (connects time out) waits out `after`.
+        let heartbeat = Duration::from_millis(c.config().heartbeat_ms.max(1));
+        let is_down = silent > after
+            || (silent > heartbeat * 2
+                && (down.contains_key(&node.name)
+                    || super::failover::refuses(&node.addr, heartbeat).await));
+        if !is_down {
             if down.remove(&node.name).is_some() {
                 tracing::info!(node = %node.name, "cluster: a member answers again");
             }
             continue;
         }
         let cleared = down.entry(node.name.clone()).or_insert_with(|| {
-            tracing::warn!(node = %node.name, silent_ms = last.elapsed().as_millis() as u64, "cluster: a member does not answer; it is down, and its transient and exclusive queues are deleted");
+            tracing::warn!(node = %node.name, silent_ms = silent.as_millis() as u64, "cluster: a member does not answer (or its address refuses connections); it is down, and its transient and exclusive queues are deleted");
             false
         });
         if *cleared {
