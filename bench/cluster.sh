@@ -27,6 +27,7 @@
 #   bench/cluster.sh --only rabbitmq --out results.jsonl
 #   bench/cluster.sh --only switchboard --failover-only  # only the failover rows
 #   bench/cluster.sh --declare-only                    # only the declare rows
+#   bench/cluster.sh --quorum-only                     # only the quorum throughput rows
 #
 # A side's quorum and failover rows print "not available" when the broker cannot make a
 # quorum queue: the declare is refused, or the queue it made has no leader in the management
@@ -56,6 +57,8 @@ KILL_AFTER=${KILL_AFTER:-5}
 SIZES="16 1024"
 FAILOVER=yes
 DECLARE=yes
+# Classic-queue rows and the single node (none with --quorum-only).
+CLASSIC=yes
 DECLARE_QUEUES=${DECLARE_QUEUES:-1000}
 DECLARE_CHANNELS=${DECLARE_CHANNELS:-16}
 CONFIRM=${CONFIRM:-1000}
@@ -68,8 +71,9 @@ while (($#)); do
     --out) OUT=$2; shift 2 ;;
     --failover-only) SIZES=; DECLARE=; shift ;;
     --declare-only) SIZES=; FAILOVER=; shift ;;
+    --quorum-only) CLASSIC=; DECLARE=; FAILOVER=; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "cluster.sh: unknown option $1 (--only rabbitmq|switchboard, --duration S, --rounds N, --out FILE, --failover-only, --declare-only)" >&2; exit 2 ;;
+    *) echo "cluster.sh: unknown option $1 (--only rabbitmq|switchboard, --duration S, --rounds N, --out FILE, --failover-only, --declare-only, --quorum-only)" >&2; exit 2 ;;
     esac
 done
 case ${ONLY:-both} in
@@ -333,6 +337,7 @@ make_quorum_queue() {
 
 single_rounds() { # side
     local side=$1 round size
+    [[ -n $CLASSIC || -n $DECLARE ]] || return 0
     for round in $(seq "$ROUNDS"); do
         for size in $SIZES; do
             # shellcheck disable=SC2046 # words
@@ -361,6 +366,7 @@ cluster_rounds() { # side
             else
                 not_available "$side" "quorum $size B, 3 nodes" "$NO_QUORUM"
             fi
+            [[ -n $CLASSIC ]] || continue
             # shellcheck disable=SC2046 # words
             run_bench "$side" "classic $size B, 3 nodes" "$round" --addr "$(addr "$side" 1)" \
                 --queue cb-classic --size "$size" $(confirmed) --duration "$DURATION" \

@@ -7,13 +7,19 @@
 //! conflicting suffix) and purging (after a snapshot) rewrite `log` the same way: the metadata
 //! log is small and both are rare. A torn record at the end of `log` was never acknowledged
 //! and is cut off at start.
+//!
+//! A quorum queue's entries ([`Command::Queue`]) are records of their own kind in binary
+//! ([`QUEUE_ENTRY`]); every other entry, and every entry of a log written before that kind
+//! existed, is JSON ([`ENTRY`]). Both are read back.
 
-use super::TypeConfig;
+use super::quorum::codec::{get_u64, Ops};
+use super::{Command, TypeConfig};
 use crate::store::record::{encode_put, scan, Record, Scan};
 use bytes::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
-    Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote,
+    CommittedLeaderId, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
+    RaftLogReader, StorageError, Vote,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -25,10 +31,56 @@ use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// The record kind of a log entry (keyed by its index) in the cluster's files.
+/// The record kind of a log entry (keyed by its index) in JSON.
 const ENTRY: u8 = 1;
 /// The record kind of a value file's one record.
-const VALUE: u8 = 2;
+pub(super) const VALUE: u8 = 2;
+/// The record kind of a quorum queue's entry (keyed by its index) in binary: its log id
+/// (term, leader node id, index) then the entry's [`Ops`] ([`Ops::encode_to`]).
+const QUEUE_ENTRY: u8 = 3;
+/// The record kind of a snapshot file's one record: the meta in JSON as its key, the data
+/// as it is as its value.
+pub(super) const SNAPSHOT: u8 = 4;
+
+/// Appends `entry` as one record.
+fn encode_entry(out: &mut Vec<u8>, entry: &Entry<TypeConfig>) -> io::Result<()> {
+    let key = entry.log_id.index.to_be_bytes();
+    match &entry.payload {
+        EntryPayload::Normal(Command::Queue(ops)) => {
+            let mut value = Vec::with_capacity(24 + 32 + ops.encoded_len());
+            let id = &entry.log_id;
+            value.extend(id.leader_id.term.to_be_bytes());
+            value.extend(id.leader_id.node_id.to_be_bytes());
+            value.extend(id.index.to_be_bytes());
+            ops.encode_to(&mut value);
+            encode_put(out, QUEUE_ENTRY, &key, &value);
+        }
+        _ => out.extend(encode(ENTRY, &key, entry)?),
+    }
+    Ok(())
+}
+
+/// The entry in a record of kind `kind`; an error for a whole record that does not read
+/// (damage a CRC missed, or a kind from a newer version): never cut off, it may have been
+/// acknowledged.
+fn decode_entry(kind: u8, mut value: Bytes) -> io::Result<Entry<TypeConfig>> {
+    let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, format!("cluster log: {e}"));
+    match kind {
+        ENTRY => serde_json::from_slice(&value).map_err(|e| bad(e.to_string())),
+        QUEUE_ENTRY => {
+            let id = |p: &mut Bytes| get_u64(p).map_err(|e| bad(e.to_string()));
+            let (term, node, index) = (id(&mut value)?, id(&mut value)?, id(&mut value)?);
+            let mut ops = Ops::decode_from(&mut value).map_err(|e| bad(e.to_string()))?;
+            // Copied out of the file's buffer, which is not kept whole for them.
+            ops.enqueue = ops.enqueue.into_iter().map(|m| m.detached()).collect();
+            Ok(Entry {
+                log_id: LogId::new(CommittedLeaderId::new(term, node), index),
+                payload: EntryPayload::Normal(Command::Queue(ops)),
+            })
+        }
+        other => Err(bad(format!("record of unknown kind {other}"))),
+    }
+}
 
 /// Encodes `value` as one checksummed record.
 pub(super) fn encode<T: Serialize>(kind: u8, key: &[u8], value: &T) -> io::Result<Vec<u8>> {
@@ -38,19 +90,16 @@ pub(super) fn encode<T: Serialize>(kind: u8, key: &[u8], value: &T) -> io::Resul
     Ok(out)
 }
 
-/// Every whole record of `data` as (key, decoded value), and how many bytes they take; the
+/// Every whole record of `data` as (kind, key, value), and how many bytes they take; the
 /// scan stops at the first torn or corrupt record.
-fn decode_all<T: DeserializeOwned>(data: Bytes) -> (Vec<(Bytes, T)>, usize) {
+pub(super) fn records(data: &Bytes) -> (Vec<(u8, Bytes, Bytes)>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     while at < data.len() {
-        let Scan::Record(Record::Put { key, value, .. }, next) = scan(&data, at) else {
+        let Scan::Record(Record::Put { kind, key, value }, next) = scan(data, at) else {
             break;
         };
-        let Ok(v) = serde_json::from_slice(&value) else {
-            break;
-        };
-        out.push((key, v));
+        out.push((kind, key, value));
         at = next;
     }
     (out, at)
@@ -85,9 +134,10 @@ pub(super) fn read_value<T: DeserializeOwned>(path: &Path) -> io::Result<Option<
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let (mut records, _) = decode_all::<T>(data);
-    match records.pop() {
-        Some((_, v)) => Ok(Some(v)),
+    match records(&data).0.pop() {
+        Some((_, _, v)) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(io::Error::other),
         None => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{}: damaged record", path.display()),
@@ -128,7 +178,7 @@ impl LogStore {
             Err(e) => return Err(e),
         };
         let total = data.len();
-        let (records, good) = decode_all::<Entry<TypeConfig>>(data);
+        let (found, good) = records(&data);
         let log = OpenOptions::new().create(true).append(true).open(&path)?;
         if good < total {
             tracing::warn!(
@@ -141,7 +191,8 @@ impl LogStore {
         }
         let floor = purged.map(|p| p.index);
         let mut entries = BTreeMap::new();
-        for (_, e) in records {
+        for (kind, _, value) in found {
+            let e = decode_entry(kind, value)?;
             if floor.is_some_and(|f| e.log_id.index <= f) {
                 continue;
             }
@@ -172,7 +223,7 @@ impl Inner {
     fn rewrite(&mut self) -> io::Result<()> {
         let mut bytes = Vec::new();
         for e in self.entries.values() {
-            bytes.extend(encode(ENTRY, &e.log_id.index.to_be_bytes(), e)?);
+            encode_entry(&mut bytes, e)?;
         }
         let path = self.dir.join("log");
         replace_file(&path, &bytes)?;
@@ -256,10 +307,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<_> = entries.into_iter().collect();
         let mut bytes = Vec::new();
         for e in &entries {
-            bytes.extend(
-                encode(ENTRY, &e.log_id.index.to_be_bytes(), e)
-                    .map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Write, e))?,
-            );
+            encode_entry(&mut bytes, e)
+                .map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         }
         let written = inner
             .log
@@ -298,22 +347,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::cluster::state_machine::StateMachine;
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::{CommittedLeaderId, EntryPayload};
 
-    fn temp_dir() -> PathBuf {
+    /// A directory of its own for one test's files.
+    pub(in crate::cluster) fn temp_dir() -> PathBuf {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         std::env::temp_dir().join(format!("sb-raft-{}-{n}", std::process::id()))
     }
 
-    /// Removes its directory when the suite is done with a store.
-    struct Dir(PathBuf);
+    /// Removes its directory when the suite (or test) is done with it.
+    pub(in crate::cluster) struct Dir(pub(in crate::cluster) PathBuf);
     impl Drop for Dir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
@@ -382,5 +432,82 @@ mod tests {
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(1));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(1));
+    }
+
+    fn queue_entry(index: u64, body: &'static [u8]) -> Entry<TypeConfig> {
+        use crate::cluster::quorum::codec::Encoded;
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 9), index),
+            payload: EntryPayload::Normal(Command::Queue(Ops {
+                enqueue: vec![Encoded(Bytes::from_static(body))],
+                settle: vec![index],
+                returned: vec![],
+                at: 1_000 + index,
+            })),
+        }
+    }
+
+    fn payloads(entries: &[Entry<TypeConfig>]) -> Vec<(LogId<u64>, Option<Command>)> {
+        entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(c) => (e.log_id, Some(c.clone())),
+                _ => (e.log_id, None),
+            })
+            .collect()
+    }
+
+    /// A log written before quorum entries were binary (each one JSON with its messages in
+    /// base64) reads back beside binary entries appended after it, and a purge rewrites the
+    /// kept ones, which read back the same after a restart.
+    #[tokio::test]
+    async fn binary_queue_entries_read_back_beside_old_json_ones_across_purge_and_restart() {
+        let dir = temp_dir();
+        let _cleanup = Dir(dir.clone());
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = queue_entry(1, b"old message");
+        let mut bytes = encode(ENTRY, &1u64.to_be_bytes(), &old).unwrap();
+        let mut written: Vec<Entry<TypeConfig>> = vec![old];
+        for i in 2..=4 {
+            let e = queue_entry(i, b"\x00binary\xffmessage");
+            encode_entry(&mut bytes, &e).unwrap();
+            written.push(e);
+        }
+        let blank = entry(2, 5);
+        encode_entry(&mut bytes, &blank).unwrap();
+        written.push(blank);
+        std::fs::write(dir.join("log"), &bytes).unwrap();
+        // The binary records hold the message as it is, not in base64.
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(text.matches("binary").count(), 3);
+
+        let mut store = LogStore::open(&dir).unwrap();
+        let got = store.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(payloads(&got), payloads(&written));
+
+        store.purge(written[1].log_id).await.unwrap();
+        drop(store);
+        let mut store = LogStore::open(&dir).unwrap();
+        let got = store.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(payloads(&got), payloads(&written[2..]));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(written[1].log_id));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
+    }
+
+    /// A whole record that does not read is refused at start, never cut off as torn: it may
+    /// have been acknowledged.
+    #[test]
+    fn a_whole_record_that_does_not_decode_is_an_error_not_a_torn_tail() {
+        let dir = temp_dir();
+        let _cleanup = Dir(dir.clone());
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut bytes = Vec::new();
+        encode_entry(&mut bytes, &entry(1, 1)).unwrap();
+        encode_put(&mut bytes, QUEUE_ENTRY, &2u64.to_be_bytes(), b"short");
+        std::fs::write(dir.join("log"), &bytes).unwrap();
+        let e = LogStore::open(&dir).err().expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(std::fs::read(dir.join("log")).unwrap(), bytes);
     }
 }

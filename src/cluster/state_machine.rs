@@ -3,8 +3,10 @@
 //! before it can be purged and a node that restarts or lags far behind starts from it.
 
 use super::definitions::apply_order;
-use super::log_store::{read_value, write_value};
+use super::log_store::{records, replace_file, SNAPSHOT, VALUE};
 use super::{Apply, Command, CommandResult, NodeInfo, TypeConfig};
+use crate::store::record::encode_put;
+use bytes::Bytes;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
@@ -25,10 +27,48 @@ pub struct Metadata {
     pub records: BTreeMap<String, serde_json::Value>,
 }
 
+/// A snapshot as its file holds it.
 #[derive(Serialize, Deserialize)]
 pub(super) struct StoredSnapshot {
     pub(super) meta: SnapshotMeta<u64, NodeInfo>,
     pub(super) data: Vec<u8>,
+}
+
+impl StoredSnapshot {
+    /// Replaces the file at `path` with this snapshot: one record, the meta in JSON as its
+    /// key and the data as it is (a JSON file would hold it as an array of numbers, four
+    /// times its size).
+    pub(super) fn write(&self, path: &Path) -> io::Result<()> {
+        let meta = serde_json::to_vec(&self.meta).map_err(io::Error::other)?;
+        let mut out = Vec::with_capacity(self.data.len() + meta.len() + 32);
+        encode_put(&mut out, SNAPSHOT, &meta, &self.data);
+        replace_file(path, &out)
+    }
+
+    /// The snapshot in the file at `path` (`None`: no file), as [`StoredSnapshot::write`]
+    /// or, before it, the whole of it in JSON wrote it. A damaged file is an error: it was
+    /// replaced atomically, so damage is not a torn write.
+    pub(super) fn read(path: &Path) -> io::Result<Option<StoredSnapshot>> {
+        let data = match std::fs::read(path) {
+            Ok(d) => Bytes::from(d),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let damaged = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: damaged snapshot", path.display()),
+            )
+        };
+        match records(&data).0.pop().ok_or_else(damaged)? {
+            (SNAPSHOT, meta, data) => Ok(Some(StoredSnapshot {
+                meta: serde_json::from_slice(&meta).map_err(|_| damaged())?,
+                data: data.to_vec(),
+            })),
+            (VALUE, _, json) => serde_json::from_slice(&json).map_err(|_| damaged()),
+            _ => Err(damaged()),
+        }
+    }
 }
 
 /// The state machine; clones share one state.
@@ -53,7 +93,7 @@ impl StateMachine {
     pub fn open(dir: &Path, broker: Option<Arc<dyn Apply>>) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("snapshot");
-        let state = match read_value::<StoredSnapshot>(&path)? {
+        let state = match StoredSnapshot::read(&path)? {
             Some(s) => serde_json::from_slice(&s.data).map_err(io::Error::other)?,
             None => Metadata::default(),
         };
@@ -200,7 +240,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let stored = self
             .snapshot_of()
             .map_err(|e| err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-        write_value(&self.path, &stored)
+        stored
+            .write(&self.path)
             .map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         Ok(Snapshot {
             meta: stored.meta,
@@ -279,7 +320,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
-        write_value(&self.path, &stored)
+        stored
+            .write(&self.path)
             .map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         *self.write() = installed;
         self.applied
@@ -290,7 +332,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let stored = read_value::<StoredSnapshot>(&self.path)
+        let stored = StoredSnapshot::read(&self.path)
             .map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         Ok(stored.map(|s| Snapshot {
             meta: s.meta,

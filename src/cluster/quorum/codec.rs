@@ -1,13 +1,17 @@
 //! What a quorum queue's Raft entries carry: its messages as the store's enqueue records
-//! (`store::record`, binary with a CRC), written in the JSON of the transport and the Raft
-//! log as base64 strings (a third larger than the bytes, never an array of numbers), and the
-//! ids of settled and returned messages.
+//! (`store::record`, binary with a CRC), and the ids of settled and returned messages.
+//!
+//! The Raft log and snapshots hold them in a binary form ([`Ops::encode_to`]): no base64 to
+//! make and parse for every replica's write, and the log is as large as the messages. The
+//! inter-node transport is JSON, where a message is a base64 string (a third larger than the
+//! bytes, never an array of numbers); logs written before the binary form still hold entries
+//! in that JSON, and are read as they are.
 
 use crate::core::memory::MemoryCharge;
 use crate::core::message::Message;
 use crate::store::record::{self, Entry, Record, Scan};
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use switchboard_amqp::BasicProperties;
 
@@ -57,6 +61,109 @@ fn is_zero(n: &u64) -> bool {
 impl Ops {
     pub fn is_empty(&self) -> bool {
         self.enqueue.is_empty() && self.settle.is_empty() && self.returned.is_empty()
+    }
+}
+
+/// Why binary quorum-queue data could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    #[error("quorum queue data ends inside a field")]
+    Truncated,
+    #[error("quorum queue data of unknown version {0}")]
+    Version(u8),
+    #[error("quorum queue data: {0}")]
+    Header(String),
+}
+
+/// The version byte that starts [`Ops`] in binary.
+const OPS_V1: u8 = 1;
+
+/// Reads what [`put_list`] wrote: a count, then `read` for each item.
+fn get_list<T>(
+    p: &mut Bytes,
+    mut read: impl FnMut(&mut Bytes) -> Result<T, CodecError>,
+) -> Result<Vec<T>, CodecError> {
+    let n = get_u32(p)? as usize;
+    // Every item takes at least 4 bytes: a count beyond what is left is damage, not a
+    // reason to allocate.
+    let mut out = Vec::with_capacity(n.min(p.remaining() / 4));
+    for _ in 0..n {
+        out.push(read(p)?);
+    }
+    Ok(out)
+}
+
+fn put_list<T>(out: &mut Vec<u8>, items: &[T], mut write: impl FnMut(&mut Vec<u8>, &T)) {
+    out.put_u32(items.len() as u32);
+    for item in items {
+        write(out, item);
+    }
+}
+
+pub(crate) fn get_u32(p: &mut Bytes) -> Result<u32, CodecError> {
+    p.try_get_u32().map_err(|_| CodecError::Truncated)
+}
+
+pub(crate) fn get_u64(p: &mut Bytes) -> Result<u64, CodecError> {
+    p.try_get_u64().map_err(|_| CodecError::Truncated)
+}
+
+/// A length-prefixed byte string, as a slice of `p` (shares its allocation).
+pub(crate) fn get_bytes(p: &mut Bytes) -> Result<Bytes, CodecError> {
+    let n = get_u32(p)? as usize;
+    if p.len() < n {
+        return Err(CodecError::Truncated);
+    }
+    Ok(p.split_to(n))
+}
+
+pub(crate) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.put_u32(b.len() as u32);
+    out.put_slice(b);
+}
+
+impl Encoded {
+    /// The bytes in memory of its own, not a slice pinning a larger buffer (a whole log file
+    /// read at start) for as long as the message lives.
+    pub fn detached(self) -> Encoded {
+        Encoded(Bytes::copy_from_slice(&self.0))
+    }
+}
+
+impl Ops {
+    /// Appends the binary form: a version byte, `at`, then each list with its count; a
+    /// message as its length and record.
+    pub fn encode_to(&self, out: &mut Vec<u8>) {
+        out.reserve(1 + 8 + 12 + self.encoded_len());
+        out.put_u8(OPS_V1);
+        out.put_u64(self.at);
+        put_list(out, &self.enqueue, |o, m| put_bytes(o, &m.0));
+        put_list(out, &self.settle, |o, id| o.put_u64(*id));
+        put_list(out, &self.returned, |o, id| o.put_u64(*id));
+    }
+
+    /// Reads [`Ops::encode_to`]'s form; messages are slices of `p`.
+    pub fn decode_from(p: &mut Bytes) -> Result<Ops, CodecError> {
+        let version = p.try_get_u8().map_err(|_| CodecError::Truncated)?;
+        if version != OPS_V1 {
+            return Err(CodecError::Version(version));
+        }
+        let at = get_u64(p)?;
+        let enqueue = get_list(p, |p| get_bytes(p).map(Encoded))?;
+        let settle = get_list(p, get_u64)?;
+        let returned = get_list(p, get_u64)?;
+        Ok(Ops {
+            enqueue,
+            settle,
+            returned,
+            at,
+        })
+    }
+
+    /// The bytes its messages and ids take.
+    pub fn encoded_len(&self) -> usize {
+        self.enqueue.iter().map(|m| 4 + m.0.len()).sum::<usize>()
+            + 8 * (self.settle.len() + self.returned.len())
     }
 }
 
@@ -153,5 +260,53 @@ mod tests {
         assert_eq!(d.exchange, "ex");
         assert_eq!(d.routing_key, "rk");
         assert!(d.is_persistent());
+    }
+
+    fn sample() -> Ops {
+        let m = Message::new(
+            "ex".into(),
+            "rk".into(),
+            BasicProperties::default(),
+            None,
+            Bytes::from_static(b"hello"),
+            MemoryCharge::default(),
+        );
+        Ops {
+            enqueue: vec![encode(&m), Encoded(Bytes::new())],
+            settle: vec![1, u64::MAX],
+            returned: vec![7],
+            at: 42,
+        }
+    }
+
+    #[test]
+    fn ops_round_trip_in_binary_and_damage_is_an_error() {
+        let ops = sample();
+        let mut out = Vec::new();
+        ops.encode_to(&mut out);
+        let mut p = Bytes::from(out.clone());
+        assert_eq!(Ops::decode_from(&mut p).unwrap(), ops);
+        assert!(p.is_empty());
+        for cut in 0..out.len() {
+            let mut p = Bytes::copy_from_slice(&out[..cut]);
+            assert_eq!(
+                Ops::decode_from(&mut p),
+                Err(CodecError::Truncated),
+                "cut at {cut}"
+            );
+        }
+        out[0] = 9;
+        assert_eq!(
+            Ops::decode_from(&mut Bytes::from(out)),
+            Err(CodecError::Version(9))
+        );
+        // A count far beyond the data allocates nothing and fails.
+        let mut huge = vec![OPS_V1];
+        huge.extend(0u64.to_be_bytes());
+        huge.extend(u32::MAX.to_be_bytes());
+        assert_eq!(
+            Ops::decode_from(&mut Bytes::from(huge)),
+            Err(CodecError::Truncated)
+        );
     }
 }

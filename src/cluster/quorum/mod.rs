@@ -237,8 +237,12 @@ impl Registry {
             heartbeat_interval: c.heartbeat_ms,
             election_timeout_min: c.election_timeout_ms,
             election_timeout_max: c.election_timeout_max_ms(),
+            // Entries carry from one message to a MiB of them: the machine asks for
+            // snapshots by bytes applied too (`snapshot_wanted` below).
             snapshot_policy: SnapshotPolicy::LogsSinceLast(2000),
-            max_in_snapshot_log_to_keep: 200,
+            // What a follower a little behind catches up from without a snapshot; each
+            // kept entry may hold a MiB, in memory and rewritten at every purge.
+            max_in_snapshot_log_to_keep: 16,
             // Entries carry up to a MiB of messages; a frame holds 16.
             max_payload_entries: 8,
             ..Default::default()
@@ -269,7 +273,25 @@ impl Registry {
                 .collect();
             raft.initialize(members).await.map_err(|e| e.to_string())?;
         }
+        let wanted = machine.snapshot_wanted();
         group.set_member(raft, machine);
+        let weak = Arc::downgrade(group);
+        let mut stop = group.stop.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = wanted.notified() => {}
+                    _ = crate::cluster::stopped(&mut stop) => break,
+                }
+                let Some((raft, _)) = weak.upgrade().and_then(|g| g.member()) else {
+                    break;
+                };
+                // Fails once this Raft is shut down (the replica is removed).
+                if raft.trigger().snapshot().await.is_err() {
+                    break;
+                }
+            }
+        });
         let weak = Arc::downgrade(group);
         crate::cluster::failover::watch(
             move || {
