@@ -27,7 +27,8 @@ impl Addresses {
         let _ = self.0.set(members);
     }
 
-    fn of(&self, name: &str) -> Option<String> {
+    /// The address the metadata membership has for member `name`.
+    pub(crate) fn of(&self, name: &str) -> Option<String> {
         self.0.get()?.upgrade()?.address_of(name)
     }
 }

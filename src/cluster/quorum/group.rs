@@ -192,11 +192,17 @@ impl Group {
     }
 
     fn peer(&self, node: &NodeInfo) -> Arc<Peer> {
+        // Where the member is now, if it moved since it joined the group.
+        let addr = self
+            .env
+            .addresses
+            .of(&node.name)
+            .unwrap_or(node.addr.clone());
         lock(&self.peers)
-            .entry(node.addr.clone())
+            .entry(addr.clone())
             .or_insert_with(|| {
                 Arc::new(Peer::new(
-                    node.addr.clone(),
+                    addr,
                     Some(node.name.clone()),
                     self.env.auth.clone(),
                     self.env.timeout,
