@@ -12,7 +12,8 @@ pub struct Live {
     /// Tags this run's bodies (see [`super::body::Stamp`]).
     pub run: u16,
     pub published: AtomicU64,
-    /// Received by consumers, duplicates included (flushed once per read).
+    /// Distinct messages received by consumers: a consumer's duplicates are not counted
+    /// (flushed once per read).
     pub consumed: AtomicU64,
     /// Publishers stop when set.
     pub stop: AtomicBool,

@@ -119,8 +119,11 @@ impl Recorder {
         self.latency_us
             .saturating_record((now.saturating_sub(stamp.sent_ns) / 1000).max(1));
         self.received += 1;
-        self.unflushed += 1;
-        if !self.seen.insert(stamp.publisher, stamp.seq) {
+        // Only a first sighting counts towards the drain: a redelivery after a failover must
+        // not stand in for a message still on its way.
+        if self.seen.insert(stamp.publisher, stamp.seq) {
+            self.unflushed += 1;
+        } else {
             self.duplicates += 1;
         }
     }
@@ -162,5 +165,32 @@ mod tests {
         assert_eq!(a.seen_below(0, 100), 2);
         assert_eq!(a.seen_below(2, 6), 1);
         assert_eq!(a.seen_below(1, 10), 0);
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_does_not_count_towards_the_drain() {
+        let live = Arc::new(Live::new(1, 1000));
+        live.published.store(2, Ordering::Relaxed);
+        let mut recorder = Recorder::new(live.clone(), 0, None).unwrap();
+        let body = |seq| {
+            let mut body = [0u8; super::super::body::STAMP_LEN];
+            Stamp {
+                run: live.run,
+                publisher: 0,
+                seq,
+                sent_ns: 0,
+            }
+            .write(&mut body);
+            body
+        };
+        recorder.record(&body(0));
+        recorder.record(&body(0));
+        recorder.flush().await;
+        assert_eq!((recorder.received, recorder.duplicates), (2, 1));
+        // The second message is still on its way, whatever the first one's redelivery.
+        assert_eq!(live.in_flight(), 1);
+        recorder.record(&body(1));
+        recorder.flush().await;
+        assert_eq!(live.in_flight(), 0);
     }
 }
