@@ -72,7 +72,7 @@ pub fn adopt_sessions_of(cluster: &dyn Consensus, down: &str, by: &str) -> Vec<C
 
 /// A persistent MQTT session (its subscriptions are records of their own; its queue is a
 /// replicated durable queue), with its QoS 2 state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MqttSessionRecord {
     pub vhost: String,
     pub client_id: String,

@@ -300,27 +300,19 @@ impl Cluster {
         let this = self.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
-            loop {
-                if *this.stop.borrow() {
+            while !*this.stop.borrow() {
+                if let Some(seed) = this
+                    .ask_to_join_one_of(&this.config.seeds, "seed did not take this node in yet")
+                    .await
+                {
+                    tracing::info!(node = %this.me.name, %seed, "cluster: joined");
+                    this.joined.send_replace(true);
                     return;
-                }
-                for seed in &this.config.seeds {
-                    match this.ask_to_join(seed).await {
-                        Ok(()) => {
-                            tracing::info!(node = %this.me.name, %seed, "cluster: joined");
-                            this.joined.send_replace(true);
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::info!(%seed, error = %e, "cluster: seed did not take this node in yet")
-                        }
-                    }
                 }
                 if this.raft().is_initialized().await.unwrap_or(true) {
                     return;
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = Self::pause(delay).await;
             }
         });
         Ok(())
@@ -347,21 +339,34 @@ impl Cluster {
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             while !*this.stop.borrow() {
-                for addr in &others {
-                    match this.ask_to_join(addr).await {
-                        Ok(()) => {
-                            tracing::info!(node = %this.me.name, addr = %this.me.addr, "cluster: the membership has this node's new address");
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::info!(%addr, error = %e, "cluster: the new address not taken yet")
-                        }
-                    }
+                if this
+                    .ask_to_join_one_of(&others, "the new address not taken yet")
+                    .await
+                    .is_some()
+                {
+                    tracing::info!(node = %this.me.name, addr = %this.me.addr, "cluster: the membership has this node's new address");
+                    return;
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = Self::pause(delay).await;
             }
         });
+    }
+
+    /// Asks each of `addrs` in turn to take this node in; the first that did, if any.
+    async fn ask_to_join_one_of(&self, addrs: &[String], not_yet: &str) -> Option<String> {
+        for addr in addrs {
+            match self.ask_to_join(addr).await {
+                Ok(()) => return Some(addr.clone()),
+                Err(e) => tracing::info!(%addr, error = %e, "cluster: {not_yet}"),
+            }
+        }
+        None
+    }
+
+    /// Waits `delay` between rounds of asking; the next round's delay, doubled up to 5 s.
+    async fn pause(delay: Duration) -> Duration {
+        tokio::time::sleep(delay).await;
+        (delay * 2).min(Duration::from_secs(5))
     }
 
     /// Sends this node's join request to `seed`, which passes it to the leader.

@@ -8,8 +8,8 @@
 //! for longer than `[cluster] node_down_after_ms` is down, and so is one silent for two
 //! heartbeats whose address refuses connections (its process is gone). The leader then
 //! removes the records of the queues homed there, each of one incarnation
-//! ([`Change::ForgetQueue`]), so a queue
-//! declared again meanwhile stays. Only the leader decides, from what it sees, and only it
+//! ([`Change::ForgetQueue`]), so a queue declared again meanwhile stays. Only the leader
+//! decides, from what it sees, and only it
 //! proposes the removal (never passed on to a later leader): a leader cut off in a minority
 //! finds everyone silent, but commits nothing. A node that was only cut off and comes back
 //! applies the removal too, and its queues go there as well (their consumers are cancelled).

@@ -88,7 +88,8 @@ pub(super) struct Connection {
 }
 
 /// What writing the session's record gives an acknowledgement to wait for: the store's LSN,
-/// and clustered, the commit of the cluster's record.
+/// and clustered, the commit of the cluster's record. The default waits for nothing.
+#[derive(Default)]
 pub(super) struct Saved {
     pub lsn: u64,
     pub tickets: Vec<Ticket>,
@@ -436,17 +437,14 @@ impl Connection {
                     .inbound_qos2
                     .remove(&a.packet_id);
                 let mut comp = PubResponse::new(a.packet_id);
-                let mut saved = Saved {
-                    lsn: 0,
-                    tickets: Vec::new(),
-                };
-                if found {
+                let saved = if found {
                     // PUBCOMP waits for the id to be gone from the record: after a crash (or
                     // on another node) a reused id must not be taken for a duplicate.
-                    saved = self.save_session();
+                    self.save_session()
                 } else {
                     comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
-                }
+                    Saved::default()
+                };
                 self.send_when_committed(saved.lsn, saved.tickets, Packet::PubComp(comp));
             }
             Packet::PubComp(a) => {
