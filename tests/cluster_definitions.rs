@@ -616,7 +616,7 @@ async fn the_first_nodes_users_are_the_clusters_and_a_node_that_joins_gives_up_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_nodes_exchanges_queues_and_bindings_are_the_clusters_it_forms() {
-    use common::amqp::{consume, next, persistent, publish_with};
+    use common::amqp::{confirm_mode, consume, next, persistent, publish_with};
     use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
     // A single node, not clustered, with a durable exchange bound to a durable queue that
@@ -654,8 +654,10 @@ async fn a_single_nodes_exchanges_queues_and_bindings_are_the_clusters_it_forms(
         ))
         .await
         .unwrap();
+        // Confirmed, so the broker has it on disk before it stops.
+        confirm_mode(&ch).await;
         let confirm = publish_with(&ch, "before-x", "k", b"held before", persistent()).await;
-        drop(confirm);
+        assert!(bounded(confirm).await.unwrap().is_ack());
     }
     single.stop().await;
 
@@ -683,9 +685,19 @@ async fn a_single_nodes_exchanges_queues_and_bindings_are_the_clusters_it_forms(
         true,
     )
     .await;
+    // Records apply one at a time: the queue and exchange may be there before the binding.
+    wait_until_async("the binding on the second node", || {
+        let b = second.broker();
+        async move {
+            let bindings = call(b, "GET", "/api/bindings/%2F/e/before-x/q/before-q", None).await;
+            bindings.body.as_array().is_some_and(|a| !a.is_empty())
+        }
+    })
+    .await;
     let (_c, ch) = second.broker().channel().await;
+    confirm_mode(&ch).await;
     let confirm = publish_with(&ch, "before-x", "k", b"routed on the second", persistent()).await;
-    drop(confirm);
+    assert!(bounded(confirm).await.unwrap().is_ack());
     let mut consumer = consume(&ch, "before-q", true).await;
     let mut got = vec![
         next(&mut consumer).await.data,
