@@ -518,6 +518,63 @@ async fn a_persistent_session_whose_node_goes_expires_on_the_nodes_left() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_will_of_a_client_whose_node_goes_is_published_by_the_nodes_left() {
+    use switchboard_mqtt::{Properties, Will};
+    let (mut nodes, [leader, home, other]) = quick_down_cluster().await;
+    let mut watcher =
+        RawMqtt::connect(mqtt(&nodes[other]), Protocol::V5, "will-watcher", true).await;
+    assert_eq!(
+        watcher.subscribe("wills/+", QoS::AtLeastOnce).await.codes,
+        [1]
+    );
+    wait_on_all(&nodes, &queue_path("mqtt-subscription-will-watcher"), 200).await;
+    let with_will = |id: &str| {
+        let mut connect = common::mqtt::connect_packet(Protocol::V5, id, true);
+        connect.will = Some(Will {
+            topic: format!("wills/{id}"),
+            payload: bytes::Bytes::from(format!("{id} is gone")),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+        });
+        connect
+    };
+    let will_records = |n: &Node| n.consensus().list("mqtt-will/");
+    // A will the client discards (DISCONNECT 0x00) leaves the cluster with its connection.
+    let (mut discarding, ack) =
+        RawMqtt::connect_with(mqtt(&nodes[home]), with_will("discarding")).await;
+    assert_eq!(ack.code, 0);
+    let (held, ack) = RawMqtt::connect_with(mqtt(&nodes[home]), with_will("holding")).await;
+    assert_eq!(ack.code, 0);
+    common::wait_until("both wills to be the cluster's", || {
+        will_records(&nodes[leader]).len() == 2
+    })
+    .await;
+    discarding
+        .send(&Packet::Disconnect(Default::default()))
+        .await;
+    assert!(discarding.closed().await.is_none());
+    common::wait_until("the discarded will to leave the cluster", || {
+        let left = will_records(&nodes[leader]);
+        left.len() == 1 && left[0].0.contains("\"holding\"")
+    })
+    .await;
+    // The holding client's node goes with its connection: the leader publishes the will.
+    nodes[home].stop().await;
+    drop(held);
+    let will = watcher.next_publish().await;
+    assert_eq!(will.topic, "wills/holding");
+    assert_eq!(&will.payload[..], b"holding is gone");
+    for n in [&nodes[leader], &nodes[other]] {
+        common::wait_until(&format!("the will gone from {}", n.name), || {
+            will_records(n).is_empty()
+        })
+        .await;
+    }
+    watcher.expect_nothing_pending().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_process_is_gone_is_down_at_once() {
     // A minute before a silent node is down by the clock: only its refused address can make
     // it so within the test's wait.

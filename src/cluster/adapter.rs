@@ -13,6 +13,7 @@ pub const MQTT_CLIENT: &str = "mqtt-client";
 pub const MQTT_SESSION: &str = "mqtt-session";
 pub const MQTT_SUBSCRIPTION: &str = "mqtt-subscription";
 pub const MQTT_RETAINED: &str = "mqtt-retained";
+pub const MQTT_WILL: &str = "mqtt-will";
 
 /// Which connection holds an MQTT client id: the node and that node's connection id. A node
 /// applying a record that names another connection closes its own with that client id (a
@@ -30,13 +31,31 @@ pub struct MqttClientRecord {
 /// ids start at 1.
 pub const NO_CONNECTION: u64 = 0;
 
+/// The will of a connected MQTT client, held by the cluster while its connection lasts, so
+/// that the will is published when the client's node goes down with it: the node that has
+/// the connection publishes it otherwise, and removes the record when the connection ends.
+/// With `conn` [`NO_CONNECTION`], the will is due: `node` (the leader that found the client's
+/// node down) publishes it after `delay` seconds, unless the client id was claimed again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttWillRecord {
+    pub vhost: String,
+    pub client_id: String,
+    pub node: String,
+    pub conn: u64,
+    /// The Will Delay Interval, already bounded by the session's expiry.
+    pub delay: u32,
+    /// The will as the adapter encodes it, in base64.
+    pub message: String,
+}
+
 /// The commands that move the client ids held at `down` (a node found down) to node `by`:
 /// a persistent session's to `by` with [`NO_CONNECTION`], so that `by` expires it on
 /// schedule (its client is gone with its node, and no other node would); a clean session's
-/// record is removed (its session went with the node). Each only while the record still
-/// names `down`: a client that reconnected elsewhere meanwhile keeps its record.
+/// record is removed (its session went with the node). The wills of the clients connected
+/// there move to `by` too, which publishes them. Each only while the record still names
+/// `down`: a client that reconnected elsewhere meanwhile keeps its record.
 pub fn adopt_sessions_of(cluster: &dyn Consensus, down: &str, by: &str) -> Vec<Command> {
-    let mut out = Vec::new();
+    let mut out = wills_due(cluster, down, by);
     for (key, value) in cluster.list(&format!("{MQTT_CLIENT}/")) {
         let Ok(r) = serde_json::from_value::<MqttClientRecord>(value.clone()) else {
             continue;
@@ -65,6 +84,33 @@ pub fn adopt_sessions_of(cluster: &dyn Consensus, down: &str, by: &str) -> Vec<C
             key,
             expected: Some(value),
             then: vec![then],
+        });
+    }
+    out
+}
+
+/// The commands that make the wills of the clients connected at `down` due at `by`.
+fn wills_due(cluster: &dyn Consensus, down: &str, by: &str) -> Vec<Command> {
+    let mut out = Vec::new();
+    for (key, value) in cluster.list(&format!("{MQTT_WILL}/")) {
+        let Ok(r) = serde_json::from_value::<MqttWillRecord>(value.clone()) else {
+            continue;
+        };
+        if r.node != down || r.conn == NO_CONNECTION {
+            continue;
+        }
+        let due = MqttWillRecord {
+            node: by.to_owned(),
+            conn: NO_CONNECTION,
+            ..r
+        };
+        let Ok(due) = serde_json::to_value(&due) else {
+            continue;
+        };
+        out.push(Command::Guarded {
+            key: key.clone(),
+            expected: Some(value),
+            then: vec![Command::Put { key, value: due }],
         });
     }
     out

@@ -14,8 +14,8 @@
 //! transient queues, and bindings to them, stay on the node that declared them.
 
 use super::adapter::{
-    MqttClientRecord, MqttSessionRecord, MqttSubscriptionRecord, RetainedRecord, MQTT_CLIENT,
-    MQTT_RETAINED, MQTT_SESSION, MQTT_SUBSCRIPTION,
+    MqttClientRecord, MqttSessionRecord, MqttSubscriptionRecord, MqttWillRecord, RetainedRecord,
+    MQTT_CLIENT, MQTT_RETAINED, MQTT_SESSION, MQTT_SUBSCRIPTION, MQTT_WILL,
 };
 use super::{Apply, BoxFuture, ClusterError, Command, Consensus};
 use crate::core::access::permissions::Permissions;
@@ -34,7 +34,7 @@ use switchboard_amqp::FieldTable;
 /// The kinds of definition record, in the order a node applies them when it takes a whole
 /// snapshot: what a record names (a vhost, a user) before the record; an MQTT session before
 /// its subscriptions.
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 13] = [
     VHOST,
     USER,
     PERMISSION,
@@ -47,6 +47,7 @@ const KINDS: [&str; 12] = [
     MQTT_SESSION,
     MQTT_SUBSCRIPTION,
     MQTT_RETAINED,
+    MQTT_WILL,
 ];
 const VHOST: &str = "vhost";
 const USER: &str = "user";
@@ -248,6 +249,12 @@ pub enum Change {
     /// The connection holding an MQTT client id (see [`MqttClientRecord`]).
     SetMqttClient(MqttClientRecord),
     ClearMqttClient {
+        vhost: String,
+        client_id: String,
+    },
+    /// A connected client's will (see [`MqttWillRecord`]).
+    PutMqttWill(MqttWillRecord),
+    ClearMqttWill {
         vhost: String,
         client_id: String,
     },
@@ -868,6 +875,8 @@ impl Change {
             // records when it does (it reads them all then).
             Change::SetMqttClient(_)
             | Change::ClearMqttClient { .. }
+            | Change::PutMqttWill(_)
+            | Change::ClearMqttWill { .. }
             | Change::PutMqttSession(_)
             | Change::DeleteMqttSession { .. }
             | Change::PutMqttSubscription(_)
@@ -935,6 +944,8 @@ impl Change {
             | Change::Unbind(BindingRecord { vhost, .. })
             | Change::SetMqttClient(MqttClientRecord { vhost, .. })
             | Change::ClearMqttClient { vhost, .. }
+            | Change::PutMqttWill(MqttWillRecord { vhost, .. })
+            | Change::ClearMqttWill { vhost, .. }
             | Change::PutMqttSession(MqttSessionRecord { vhost, .. })
             | Change::DeleteMqttSession { vhost, .. }
             | Change::PutMqttSubscription(MqttSubscriptionRecord { vhost, .. })
@@ -1039,6 +1050,10 @@ impl Change {
             Change::ClearMqttClient { vhost, client_id } => Ok(Command::Delete {
                 key: key(MQTT_CLIENT, &[vhost, client_id]),
             }),
+            Change::PutMqttWill(r) => put(key(MQTT_WILL, &[&r.vhost, &r.client_id]), r),
+            Change::ClearMqttWill { vhost, client_id } => Ok(Command::Delete {
+                key: key(MQTT_WILL, &[vhost, client_id]),
+            }),
             Change::PutMqttSession(r) => put(key(MQTT_SESSION, &[&r.vhost, &r.client_id]), r),
             Change::DeleteMqttSession { vhost, client_id } => {
                 let mut all = vec![Command::Delete {
@@ -1129,6 +1144,11 @@ impl Change {
             }),
             (MQTT_CLIENT, Some(v)) => Change::SetMqttClient(record(v)?),
             (MQTT_CLIENT, None) => Change::ClearMqttClient {
+                vhost: field(0),
+                client_id: field(1),
+            },
+            (MQTT_WILL, Some(v)) => Change::PutMqttWill(record(v)?),
+            (MQTT_WILL, None) => Change::ClearMqttWill {
                 vhost: field(0),
                 client_id: field(1),
             },

@@ -84,6 +84,9 @@ pub trait Apply: Send + Sync {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CommandResult {
     pub existed: bool,
+    /// A [`Command::Guarded`] found its record as expected and applied what it guards.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guard_held: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<u32>,
 }

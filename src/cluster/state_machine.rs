@@ -172,6 +172,7 @@ fn apply_command(
     c: Command,
     changed: &mut Vec<(String, Option<serde_json::Value>)>,
 ) -> CommandResult {
+    let mut guard_held = false;
     let existed = match c {
         Command::Put { key, value } => {
             changed.push((key.clone(), Some(value.clone())));
@@ -185,6 +186,7 @@ fn apply_command(
             let current = records.get(&key);
             let existed = current.is_some();
             if current == expected.as_ref() {
+                guard_held = true;
                 for c in then {
                     apply_command(records, c, changed);
                 }
@@ -209,6 +211,7 @@ fn apply_command(
     };
     CommandResult {
         existed,
+        guard_held,
         ..Default::default()
     }
 }

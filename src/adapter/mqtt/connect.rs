@@ -5,6 +5,7 @@ use super::discard::{discard, Discard};
 use super::error::Refusal;
 use super::registry::{lock, Handover, MqttState, Owner, SessionKey, SessionSlot};
 use super::session::Session;
+use crate::cluster::definitions::Change;
 use crate::core::access::AuthError;
 use crate::core::vhost::QueueSpec;
 use crate::core::{Broker, Queue, VHost};
@@ -168,6 +169,8 @@ pub(super) struct Wanted {
     pub clean_start: bool,
     /// The Session Expiry Interval granted (0: the session ends with the connection).
     pub expiry: u32,
+    /// Clustered: what the claim of the client id commits for the connection's will.
+    pub will: Option<Change>,
 }
 
 /// Takes the session for `key`: closes a connection that holds it (takeover), then resumes
@@ -185,11 +188,12 @@ pub(super) async fn attach(
         assigned_id,
         clean_start,
         expiry,
+        will,
     } = wanted;
     // Clustered: the client id is claimed first, which closes a connection holding it on
     // another node.
     let persistent = !clean_start || expiry > 0;
-    super::replica::claim(broker, &key, me.conn_id, persistent).await?;
+    super::replica::claim(broker, &key, me.conn_id, persistent, will).await?;
     let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
     loop {
         let held = {

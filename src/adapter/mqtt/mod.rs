@@ -9,6 +9,7 @@
 //!   of a connection (offline session, expiry, will); `discard`: a going session's
 //!   subscriptions removed a slice at a time.
 
+mod cluster_will;
 mod connect;
 mod connection;
 pub mod convert;
@@ -232,6 +233,7 @@ async fn handshake(
             assigned_id: assigned,
             clean_start: c.clean_start,
             expiry,
+            will: cluster_will::claimed(broker, &key, entry.id, c.will.as_ref(), expiry),
         };
         connect::attach(&state, broker, vhost, user, key, wanted, me).await
     }

@@ -5,7 +5,7 @@
 use super::connection::{Connection, Ending};
 use super::discard::{discard, Discard};
 use super::persist;
-use super::publish::{InboundMessage, Publisher};
+use super::publish::Publisher;
 use super::registry::{lock, Handover, MqttState, Owner, SessionKey};
 use crate::core::{Broker, VHost};
 use crate::net::driver::clock;
@@ -92,8 +92,11 @@ impl Connection {
             Ending::Abnormal => true,
             Ending::Normal { publish_will } => publish_will,
         };
+        // Whether published or discarded, the will is this node's to settle, not the
+        // cluster's to publish should this node go.
+        super::cluster_will::ended(&self.broker, &key, self.entry.id);
         if let (true, Some(will)) = (publish_will, self.will) {
-            let delay = will.properties.will_delay_interval.unwrap_or(0).min(expiry);
+            let delay = super::cluster_will::delay_of(&will, expiry);
             send_will(self.publisher, *will, delay, key, generation);
         }
     }
@@ -184,20 +187,7 @@ pub(super) fn schedule_expiry(
 
 /// Publishes a will now, or after its delay unless the session was resumed meanwhile.
 fn send_will(mut publisher: Publisher, will: Will, delay: u32, key: SessionKey, generation: u64) {
-    // The Will Delay Interval is the broker's, not the message's: a PUBLISH may not carry it
-    // (Paho's client drops the connection on one that does).
-    let mut properties = will.properties;
-    if let Some(v) = properties.present_mut() {
-        v.will_delay_interval = None;
-    }
-    let message = InboundMessage {
-        topic: will.topic,
-        qos: will.qos,
-        retain: will.retain,
-        dup: false,
-        properties,
-        payload: will.payload,
-    };
+    let message = super::cluster_will::will_message(will);
     if delay == 0 {
         publisher.route(message);
         return;

@@ -25,7 +25,7 @@ use super::retained::RetainedFull;
 use super::session::{is_shared, OutboundMessage, Session, SubscriptionEntry};
 use crate::cluster::adapter::{
     AdapterRecords, MqttClientRecord, MqttSessionRecord, MqttSubscriptionRecord, RetainedRecord,
-    MQTT_CLIENT, MQTT_RETAINED, MQTT_SESSION, MQTT_SUBSCRIPTION, NO_CONNECTION,
+    MQTT_CLIENT, MQTT_RETAINED, MQTT_SESSION, MQTT_SUBSCRIPTION, MQTT_WILL, NO_CONNECTION,
 };
 use crate::cluster::definitions::{self, Change, ChangeError};
 use crate::core::vhost::QueueSpec;
@@ -62,7 +62,13 @@ pub fn register(broker: &Arc<Broker>, state: &Arc<MqttState>) {
         return;
     }
     // Set first, then read: a record committed in between is applied twice, which is harmless.
-    for kind in [MQTT_SESSION, MQTT_SUBSCRIPTION, MQTT_RETAINED, MQTT_CLIENT] {
+    for kind in [
+        MQTT_SESSION,
+        MQTT_SUBSCRIPTION,
+        MQTT_RETAINED,
+        MQTT_CLIENT,
+        MQTT_WILL,
+    ] {
         for (key, value) in cluster.list(&format!("{kind}/")) {
             let change = match Change::from_record(&key, Some(&value)) {
                 // Only the sessions this node holds to expire: the others' records are
@@ -96,6 +102,10 @@ impl AdapterRecords for Replica {
                 } else if r.conn == NO_CONNECTION {
                     adopt(&broker, &state, &key);
                 }
+                0
+            }
+            Change::PutMqttWill(r) => {
+                super::cluster_will::due(&broker, &state, r);
                 0
             }
             Change::PutMqttSession(r) => {
@@ -331,17 +341,19 @@ pub(super) async fn claim(
     key: &SessionKey,
     conn: u64,
     persistent: bool,
+    will: Option<Change>,
 ) -> Result<(), Refusal> {
     let Some(cluster) = broker.cluster.get() else {
         return Ok(());
     };
-    let change = Change::SetMqttClient(MqttClientRecord {
+    let client = Change::SetMqttClient(MqttClientRecord {
         vhost: key.vhost.clone(),
         client_id: key.client_id.clone(),
         node: cluster.node().name,
         conn,
     });
-    match definitions::commit(broker, change).await {
+    let changes = std::iter::once(client).chain(will).collect();
+    match definitions::commit_all(broker, changes).await {
         Ok(_) => Ok(()),
         Err(e) if persistent => Err(unavailable(e)),
         Err(e) => {
