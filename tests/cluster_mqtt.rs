@@ -344,20 +344,30 @@ async fn session_expiry_removes_the_records_on_every_node() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_left_alone_refuses_persistent_sessions_and_retained_sets() {
-    let mut nodes = form(3).await;
+/// Three nodes, and the one (not the leader) that [`leave_alone`] leaves running.
+async fn with_a_survivor() -> (Vec<Node>, usize) {
+    let nodes = form(3).await;
     let leader = leader_of(&nodes).await;
-    let survivor = (leader + 1) % nodes.len();
-    let addr = mqtt(&nodes[survivor]);
-    let (mut held, ack) =
-        RawMqtt::connect_with(addr, persistent(Protocol::V5, "lone-q2", 60)).await;
-    assert_eq!(ack.code, 0);
+    (nodes, (leader + 1) % 3)
+}
+
+/// Stops every node but `survivor`, which is then a minority of one.
+async fn leave_alone(nodes: &mut [Node], survivor: usize) {
     for (i, node) in nodes.iter_mut().enumerate() {
         if i != survivor {
             node.stop().await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_left_alone_refuses_persistent_sessions_and_retained_sets() {
+    let (mut nodes, survivor) = with_a_survivor().await;
+    let addr = mqtt(&nodes[survivor]);
+    let (mut held, ack) =
+        RawMqtt::connect_with(addr, persistent(Protocol::V5, "lone-q2", 60)).await;
+    assert_eq!(ack.code, 0);
+    leave_alone(&mut nodes, survivor).await;
     // A QoS 2 publish of a session the cluster holds: its packet id cannot be committed, so
     // no PUBREC; the connection closes (the client sends again, to a node that can).
     held.publish("lone/q2", QoS::ExactlyOnce, 5, b"x").await;
@@ -380,4 +390,33 @@ async fn a_node_left_alone_refuses_persistent_sessions_and_retained_sets() {
         reason::IMPLEMENTATION_SPECIFIC_ERROR
     );
     assert_eq!(nodes[survivor].broker().mqtt_state().retained_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_message_is_not_sent_under_a_packet_id_the_cluster_does_not_hold() {
+    let (mut nodes, survivor) = with_a_survivor().await;
+    let addr = mqtt(&nodes[survivor]);
+    let (mut subscriber, ack) =
+        RawMqtt::connect_with(addr, persistent(Protocol::V5, "lone-out", 60)).await;
+    assert_eq!(ack.code, 0);
+    assert_eq!(
+        subscriber
+            .subscribe("lone/out", QoS::ExactlyOnce)
+            .await
+            .codes,
+        [2]
+    );
+    leave_alone(&mut nodes, survivor).await;
+    // The session's queue is on this node, so the message reaches it; its packet id cannot
+    // be committed, so no PUBLISH goes out under it (a node the client moved to would send
+    // the message under another id, a new message to the client): the connection closes.
+    let mut publisher = RawMqtt::connect(addr, Protocol::V5, "lone-publisher", true).await;
+    publisher
+        .publish("lone/out", QoS::ExactlyOnce, 1, b"once")
+        .await;
+    match subscriber.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason::SERVER_BUSY),
+        other => panic!("expected DISCONNECT 0x89 and no PUBLISH, got {other:?}"),
+    }
+    assert_eq!(subscriber.closed().await, None);
 }

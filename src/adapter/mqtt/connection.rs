@@ -62,6 +62,11 @@ pub(super) struct Connection {
     /// message log to be durable up to their LSN, in order.
     /// Each with the quorum-queue commits it waits for as well.
     pub held: VecDeque<(u64, Vec<Ticket>, Packet)>,
+    /// Outbound QoS 2 PUBLISH packets (see [`super::session::Session::unrecorded_publishes`])
+    /// waiting for the session record that holds their packet ids, as the acknowledgements
+    /// wait in `held`. Filled while the record is written, which borrows the connection
+    /// shared.
+    pub held_publishes: std::sync::Mutex<VecDeque<(u64, Vec<Ticket>, BytesMut)>>,
     /// Publish permission verdicts (see [`super::permit`]).
     pub publish_verdicts: crate::core::access::PublishVerdicts,
     /// The keep alive as a deadline.
@@ -130,10 +135,17 @@ impl Connection {
     /// Whether a packet acknowledging records up to `lsn` (and quorum-queue `tickets`) may go
     /// now: they are durable, the tickets decided, and no acknowledgement is held before it.
     fn may_send_now(&self, lsn: u64, tickets: &[Ticket]) -> bool {
-        self.held.is_empty()
-            && lsn <= self.durable_lsn()
-            && all_decided(tickets)
-            && self.cluster_state_confirmed().is_ok()
+        self.held.is_empty() && self.durable(lsn, tickets)
+    }
+
+    /// Whether records up to `lsn` are durable, `tickets` decided and the cluster's record
+    /// of the session confirmed.
+    fn durable(&self, lsn: u64, tickets: &[Ticket]) -> bool {
+        lsn <= self.durable_lsn() && all_decided(tickets) && self.cluster_state_confirmed().is_ok()
+    }
+
+    fn held_publishes(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Vec<Ticket>, BytesMut)>> {
+        lock(&self.held_publishes)
     }
 
     /// An error once the cluster did not confirm the session's record: the connection
@@ -235,6 +247,15 @@ impl Connection {
                 self.send(&packet);
             }
         }
+        let mut publishes = self.held_publishes();
+        while publishes
+            .front()
+            .is_some_and(|(lsn, tickets, _)| *lsn <= synced && all_decided(tickets))
+        {
+            if let Some((_, _, bytes)) = publishes.pop_front() {
+                self.outbox.push(|out| out.extend_from_slice(&bytes));
+            }
+        }
         Ok(())
     }
 
@@ -242,11 +263,22 @@ impl Connection {
     /// session, to the cluster's (see [`super::state_writer`]).
     pub(super) fn save_session(&self) -> Saved {
         let mut s = lock(&self.attached.session);
+        // Under the lock the record is written with: this record holds their packet ids.
+        let publishes = std::mem::take(&mut s.unrecorded_publishes);
         let lsn = super::persist::write_session(&self.broker, &mut s);
         let tickets = match &self.cluster_state {
             Some(w) if s.expiry_interval > 0 => vec![w.write(super::replica::session_record(&s))],
             _ => Vec::new(),
         };
+        drop(s);
+        if !publishes.is_empty() {
+            let mut held = self.held_publishes();
+            if held.is_empty() && self.durable(lsn, &tickets) {
+                self.outbox.push(|out| out.extend_from_slice(&publishes));
+            } else {
+                held.push_back((lsn, tickets.clone(), publishes));
+            }
+        }
         Saved { lsn, tickets }
     }
 
@@ -256,7 +288,8 @@ impl Connection {
     pub(super) fn settle_dropped(&self) {
         let ids = {
             let mut s = lock(&self.attached.session);
-            if s.record_stale {
+            // Publishes held for a record go with the next one, whoever wrote the last.
+            if s.record_stale || !s.unrecorded_publishes.is_empty() {
                 drop(s);
                 self.save_session();
                 s = lock(&self.attached.session);
@@ -731,7 +764,7 @@ impl DriverSession for Connection {
     }
 
     fn awaits_log(&self) -> bool {
-        !self.held.is_empty()
+        !self.held.is_empty() || !self.held_publishes().is_empty()
     }
 
     fn log_synced(&mut self) -> Step {

@@ -18,6 +18,7 @@ use super::session::{shared_key, InFlight, OutboundMessage, Session};
 use crate::adapter::outbox::Outbox;
 use crate::core::timer::Timer;
 use crate::core::{ConsumerSink, Delivery, Queue};
+use bytes::BytesMut;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,7 +121,16 @@ impl Link {
             Some(id) => (id, true),
             None => (s.next_packet_id(), false),
         };
-        if self.write_publish(&m, Some(id), dup) {
+        // A session queue's QoS 2 message under a new id waits for the record holding it;
+        // the connection task, woken, writes that record.
+        let sent = if m.qos == QoS::ExactlyOnce && m.delivery.is_some() && !dup {
+            let held = self.write_publish_to(&m, Some(id), dup, Some(&mut s.unrecorded_publishes));
+            self.outbox.wake();
+            held
+        } else {
+            self.write_publish(&m, Some(id), dup)
+        };
+        if sent {
             if m.qos == QoS::ExactlyOnce && m.delivery.is_some() {
                 s.record_stale = true;
             }
@@ -149,7 +159,7 @@ impl Link {
 
     /// Lets the connection task know there are deliveries to settle.
     pub(super) fn wake_if_settling(&self, s: &Session) {
-        if !s.to_settle.is_empty() || s.record_stale {
+        if !s.to_settle.is_empty() || s.record_stale || !s.unrecorded_publishes.is_empty() {
             self.outbox.wake();
         }
     }
@@ -158,6 +168,9 @@ impl Link {
     /// messages already PUBREC'd (spec 4.4). A message that expired meanwhile, or no longer
     /// fits the client's Maximum Packet Size, is dropped rather than left holding a slot.
     pub(super) fn resend_in_flight(&self, s: &mut Session) {
+        // Encoded for the connection before (its topic aliases), and in flight: sent again
+        // below.
+        s.unrecorded_publishes.clear();
         // In packet id order, as they were first sent.
         let mut ids: Vec<u16> = s.in_flight.keys().chain(&s.released).copied().collect();
         ids.sort_unstable();
@@ -185,6 +198,17 @@ impl Link {
     /// Writes one PUBLISH. False (and nothing written) when the message has expired or would
     /// exceed the client's Maximum Packet Size: the spec says to discard it as if delivered.
     fn write_publish(&self, m: &OutboundMessage, packet_id: Option<u16>, dup: bool) -> bool {
+        self.write_publish_to(m, packet_id, dup, None)
+    }
+
+    /// [`Self::write_publish`] into `held` rather than the outbox, when given.
+    fn write_publish_to(
+        &self,
+        m: &OutboundMessage,
+        packet_id: Option<u16>,
+        dup: bool,
+        held: Option<&mut BytesMut>,
+    ) -> bool {
         // The clock is read only for a message that can expire.
         let expiry = match m.expires_at {
             Some(_) => {
@@ -231,15 +255,17 @@ impl Link {
             properties: adjusted.as_ref().unwrap_or(properties),
             payload: &m.payload,
         };
-        let mut written = Ok(0);
-        self.outbox.push(|out| {
-            written = encode_publish(
-                &publish,
-                self.limits.protocol,
-                self.limits.max_packet_size,
-                out,
-            );
-        });
+        let (protocol, max) = (self.limits.protocol, self.limits.max_packet_size);
+        let written = match held {
+            Some(out) => encode_publish(&publish, protocol, max, out),
+            None => {
+                let mut written = Ok(0);
+                self.outbox.push(|out| {
+                    written = encode_publish(&publish, protocol, max, out);
+                });
+                written
+            }
+        };
         match written {
             Ok(_) => true,
             Err(EncodeError::PacketTooLarge(n)) => {

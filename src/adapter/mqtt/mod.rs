@@ -338,6 +338,7 @@ async fn handshake(
         published: false,
         shared: HashMap::new(),
         held: Default::default(),
+        held_publishes: Default::default(),
         publish_verdicts: Default::default(),
         unfinished: None,
         // A session that ends with its connection has nothing for another node to resume.

@@ -500,6 +500,12 @@ pub struct Session {
     pub to_settle: Vec<u64>,
     /// The in-flight state changed in a way the session's record keeps (outbound QoS 2).
     pub record_stale: bool,
+    /// Encoded PUBLISH packets of QoS 2 messages sent under packet ids the session's record
+    /// does not hold yet: they go to the client once a record holding them is durable (and
+    /// clustered, committed), so that after a crash, or on another node, the message comes
+    /// again under the id the client may have taken it under, and the client knows it for
+    /// a duplicate. Sent at once, a new id would make it a new message to the client.
+    pub unrecorded_publishes: bytes::BytesMut,
     /// The session has a record in the log (it is, or was, persistent).
     pub recorded: bool,
     /// When the client went away (seconds since the epoch): expiry counts from it, also
@@ -527,6 +533,7 @@ impl Session {
             resumed_ids: BTreeMap::new(),
             to_settle: Vec::new(),
             record_stale: false,
+            unrecorded_publishes: bytes::BytesMut::new(),
             recorded: false,
             disconnected_at: None,
             pending: VecDeque::new(),
