@@ -3,7 +3,8 @@
 //!
 //! Entries are appended to `log` and fsync'd before openraft is told they are durable. The
 //! vote, the committed log id and the purge point each live in a file of one record, replaced
-//! atomically (written beside, fsync'd, renamed, the directory fsync'd). Truncation (a
+//! atomically (written beside, fsync'd, renamed, the directory fsync'd), except the committed
+//! log id, which is replaced without the fsyncs (see [`LogStore::save_committed`]). Truncation (a
 //! conflicting suffix) and purging (after a snapshot) rewrite `log` the same way: the metadata
 //! log is small and both are rare. A torn record at the end of `log` was never acknowledged
 //! and is cut off at start.
@@ -126,6 +127,15 @@ pub(super) fn write_value<T: Serialize>(path: &Path, value: &T) -> io::Result<()
     replace_file(path, &encode(VALUE, b"", value)?)
 }
 
+/// Writes a one-record value file as [`write_value`] does, but leaves it to the kernel when it
+/// reaches the disk: a process that dies leaves the old or the new record; a power loss may
+/// leave a torn one, which [`read_value`] reports as damaged.
+fn write_value_unsynced<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, encode(VALUE, b"", value)?)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Reads a one-record value file; `None` when absent. A damaged file is an error: it was
 /// replaced atomically, so damage is not a torn write.
 pub(super) fn read_value<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
@@ -169,7 +179,12 @@ impl LogStore {
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let vote = read_value(&dir.join("vote"))?;
-        let committed = read_value(&dir.join("committed"))?;
+        // Written without fsync: after a power loss it may be torn, and then it is as if
+        // absent (see `save_committed`).
+        let committed = read_value(&dir.join("committed")).unwrap_or_else(|e| {
+            tracing::warn!(dir = %dir.display(), error = %e, "cluster log: the committed log id does not read; applying from the state machine's own point");
+            None
+        });
         let purged: Option<LogId<u64>> = read_value(&dir.join("purged"))?;
         let path = dir.join("log");
         let data = match std::fs::read(&path) {
@@ -279,12 +294,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.lock().vote)
     }
 
+    /// Only lets a restart apply what was committed before it at once (openraft calls this
+    /// every time the commit index moves, on every member of every group). Losing it costs
+    /// nothing but that: a member that restarts with an older one, or none, applies the rest
+    /// once a leader tells it what is committed, and the entries themselves are durable in
+    /// `log` before they can be committed. So it is replaced without fsync: two fsyncs per
+    /// commit, on every node, were most of the disk's work.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
         let mut inner = self.lock();
-        write_value(&inner.dir.join("committed"), &committed)
+        write_value_unsynced(&inner.dir.join("committed"), &committed)
             .map_err(|e| err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         inner.committed = committed;
         Ok(())
@@ -432,6 +453,27 @@ pub(super) mod tests {
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(1));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(1));
+    }
+
+    #[tokio::test]
+    async fn the_committed_log_id_reads_back_and_a_torn_one_is_as_if_absent() {
+        let dir = temp_dir();
+        let _cleanup = Dir(dir.clone());
+        let committed = Some(entry(1, 2).log_id);
+        {
+            let mut store = LogStore::open(&dir).unwrap();
+            store.save_vote(&Vote::new(3, 7)).await.unwrap();
+            store.save_committed(committed).await.unwrap();
+        }
+        let mut store = LogStore::open(&dir).unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), committed);
+        drop(store);
+        // What a power loss may leave of a file written without fsync.
+        let whole = std::fs::read(dir.join("committed")).unwrap();
+        std::fs::write(dir.join("committed"), &whole[..whole.len() / 2]).unwrap();
+        let mut store = LogStore::open(&dir).unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), None);
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(3, 7)));
     }
 
     fn queue_entry(index: u64, body: &'static [u8]) -> Entry<TypeConfig> {
