@@ -21,6 +21,7 @@ pub mod state_machine;
 pub mod tls;
 pub mod transient;
 pub mod transport;
+pub mod wire_bytes;
 
 pub use config::ClusterConfig;
 pub use membership::Cluster;

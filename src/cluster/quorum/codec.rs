@@ -2,15 +2,14 @@
 //! (`store::record`, binary with a CRC), and the ids of settled and returned messages.
 //!
 //! The Raft log and snapshots hold them in a binary form ([`Ops::encode_to`]): no base64 to
-//! make and parse for every replica's write, and the log is as large as the messages. The
-//! inter-node transport is JSON, where a message is a base64 string (a third larger than the
-//! bytes, never an array of numbers); logs written before the binary form still hold entries
-//! in that JSON, and are read as they are.
+//! make and parse for every replica's write, and the log is as large as the messages. Between
+//! nodes a message travels as its bytes ([`crate::cluster::wire_bytes`]); logs written before
+//! the binary form hold entries in JSON with each message in base64, and are read as they
+//! are.
 
 use crate::core::memory::MemoryCharge;
 use crate::core::message::Message;
 use crate::store::record::{self, Entry, Record, Scan};
-use base64::Engine;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use switchboard_amqp::BasicProperties;
@@ -21,17 +20,13 @@ pub struct Encoded(pub Bytes);
 
 impl Serialize for Encoded {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+        crate::cluster::wire_bytes::serialize(&self.0, s)
     }
 }
 
 impl<'de> Deserialize<'de> for Encoded {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(text.as_bytes())
-            .map(|b| Encoded(Bytes::from(b)))
-            .map_err(serde::de::Error::custom)
+        crate::cluster::wire_bytes::deserialize(d).map(|b| Encoded(Bytes::from(b)))
     }
 }
 
