@@ -614,51 +614,70 @@ async fn the_first_nodes_users_are_the_clusters_and_a_node_that_joins_gives_up_i
     assert!(late.broker().broker().vhost("/").is_some());
 }
 
+/// A single broker, not clustered, on data directory `dir`.
+async fn single_node(dir: &std::path::Path) -> common::TestBroker {
+    let config = switchboard::config::Config::parse(&common::test_config_text_in(dir)).unwrap();
+    common::TestBroker::start_config(config).await
+}
+
+/// Declares durable direct exchange `exchange` bound with `key` to durable queue `queue`,
+/// and publishes `held` through it, persistent.
+async fn durable_topology(
+    b: &common::TestBroker,
+    exchange: &str,
+    queue: &str,
+    key: &str,
+    held: &[u8],
+) {
+    use common::amqp::{confirm_mode, persistent, publish_with};
+    use lapin::options::ExchangeDeclareOptions;
+    use lapin::types::FieldTable;
+    let (_c, ch) = b.channel().await;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    bounded(ch.exchange_declare(
+        exchange.into(),
+        lapin::ExchangeKind::Direct,
+        durable,
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    bounded(ch.queue_declare(queue.into(), durable_queue(), FieldTable::default()))
+        .await
+        .unwrap();
+    bounded(ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    // Confirmed, so the broker has it on disk before it stops.
+    confirm_mode(&ch).await;
+    let confirm = publish_with(&ch, exchange, key, held, persistent()).await;
+    assert!(bounded(confirm).await.unwrap().is_ack());
+}
+
+/// Sets run-time policy `name` in `/` on `b`.
+async fn set_policy(b: &common::TestBroker, name: &str, definition: Value) {
+    let body = json!({"pattern": "^capped\\.", "definition": definition, "apply-to": "queues", "priority": 2});
+    let r = call(b, "PUT", &format!("/api/policies/%2F/{name}"), Some(body)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_nodes_exchanges_queues_and_bindings_are_the_clusters_it_forms() {
     use common::amqp::{confirm_mode, consume, next, persistent, publish_with};
-    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
     // A single node, not clustered, with a durable exchange bound to a durable queue that
     // holds a message.
     let dir = common::fresh_data_dir();
-    let config = switchboard::config::Config::parse(&common::test_config_text_in(&dir)).unwrap();
-    let single = common::TestBroker::start_config(config).await;
-    {
-        let (_c, ch) = single.channel().await;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        bounded(ch.exchange_declare(
-            "before-x".into(),
-            lapin::ExchangeKind::Direct,
-            durable,
-            FieldTable::default(),
-        ))
-        .await
-        .unwrap();
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        bounded(ch.queue_declare("before-q".into(), durable, FieldTable::default()))
-            .await
-            .unwrap();
-        bounded(ch.queue_bind(
-            "before-q".into(),
-            "before-x".into(),
-            "k".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        ))
-        .await
-        .unwrap();
-        // Confirmed, so the broker has it on disk before it stops.
-        confirm_mode(&ch).await;
-        let confirm = publish_with(&ch, "before-x", "k", b"held before", persistent()).await;
-        assert!(bounded(confirm).await.unwrap().is_ack());
-    }
+    let single = single_node(&dir).await;
+    durable_topology(&single, "before-x", "before-q", "k", b"held before").await;
     single.stop().await;
 
     // It becomes the first node of a cluster; a second joins and routes to the queue there.
@@ -707,5 +726,137 @@ async fn a_single_nodes_exchanges_queues_and_bindings_are_the_clusters_it_forms(
     assert_eq!(
         got,
         [b"held before".to_vec(), b"routed on the second".to_vec()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_nodes_policy_is_on_every_node_of_the_cluster_it_forms() {
+    // A single node, not clustered, with a run-time policy.
+    let dir = common::fresh_data_dir();
+    let single = single_node(&dir).await;
+    set_policy(&single, "cap", json!({"max-length": 3})).await;
+    single.stop().await;
+
+    // It becomes the first node of a cluster, which two more join.
+    let cookie = common::cluster::COOKIE;
+    let first = Node::start(&common::unique("first"), &dir, "127.0.0.1:0", &[], cookie).await;
+    let mut nodes = vec![first];
+    for name in ["second", "third"] {
+        let seeds = [nodes[0].addr.clone()];
+        let dir = common::fresh_data_dir();
+        let n = Node::start(&common::unique(name), &dir, "127.0.0.1:0", &seeds, cookie).await;
+        nodes.push(n);
+    }
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    common::cluster::wait_for_members(&nodes[2], &names).await;
+    wait_on_all(&nodes, "/api/policies/%2F/cap", true).await;
+    for n in &nodes {
+        let policy = call(n.broker(), "GET", "/api/policies/%2F/cap", None)
+            .await
+            .body;
+        assert_eq!(
+            policy["definition"]["max-length"], 3,
+            "{}: {policy}",
+            n.name
+        );
+        assert_eq!(policy["priority"], 2, "{}: {policy}", n.name);
+        assert_eq!(policy["pattern"], "^capped\\.", "{}: {policy}", n.name);
+    }
+}
+
+/// `/api/definitions` of `n`, each list sorted: nodes list what they hold in their own order.
+async fn definitions_of(n: &Node) -> Value {
+    let mut d = call(n.broker(), "GET", "/api/definitions", None).await.body;
+    if let Some(sections) = d.as_object_mut() {
+        for list in sections.values_mut().filter_map(Value::as_array_mut) {
+            list.sort_by_key(|v| v.to_string());
+        }
+    }
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_gives_up_its_own_exchanges_queues_bindings_and_policies() {
+    // A cluster with a topology and a policy of its own.
+    let nodes = form(2).await;
+    durable_topology(nodes[0].broker(), "theirs-x", "theirs-q", "t", b"theirs").await;
+    set_policy(nodes[1].broker(), "theirs-p", json!({"max-length": 5})).await;
+    for path in [
+        "/api/exchanges/%2F/theirs-x",
+        "/api/queues/%2F/theirs-q",
+        "/api/policies/%2F/theirs-p",
+    ] {
+        wait_on_all(&nodes, path, true).await;
+    }
+    // A single node with others: a durable exchange bound to a durable queue holding a
+    // message, and a policy.
+    let dir = common::fresh_data_dir();
+    let single = single_node(&dir).await;
+    durable_topology(&single, "mine-x", "mine-q", "m", b"mine").await;
+    set_policy(&single, "mine-p", json!({"max-length": 7})).await;
+    single.stop().await;
+
+    // It joins the cluster: once caught up, it holds the cluster's definitions and none of
+    // its own.
+    let seeds = [nodes[0].addr.clone()];
+    let name = common::unique("joining");
+    let mut late = Node::start(&name, &dir, "127.0.0.1:0", &seeds, common::cluster::COOKIE).await;
+    let mut names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    names.push(&name);
+    common::cluster::wait_for_members(&late, &names).await;
+    let joined = std::slice::from_ref(&late);
+    for path in [
+        "/api/exchanges/%2F/theirs-x",
+        "/api/queues/%2F/theirs-q",
+        "/api/policies/%2F/theirs-p",
+    ] {
+        wait_on_all(joined, path, true).await;
+    }
+    let gone = [
+        "/api/exchanges/%2F/mine-x",
+        "/api/queues/%2F/mine-q",
+        "/api/policies/%2F/mine-p",
+    ];
+    for path in gone {
+        wait_on_all(joined, path, false).await;
+    }
+    let other = &nodes[1];
+    let (late_ref, other_ref) = (&late, other);
+    wait_until_async(
+        "the joining node's definitions to be the cluster's",
+        || async move { definitions_of(late_ref).await == definitions_of(other_ref).await },
+    )
+    .await;
+    let d = definitions_of(&late).await;
+    assert!(
+        !d["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["source"] == "mine-x"),
+        "{d}"
+    );
+    let bound = |b: &Value| b["source"] == "theirs-x" && b["destination"] == "theirs-q";
+    assert!(d["bindings"].as_array().unwrap().iter().any(bound), "{d}");
+    // Nothing of its own went to the cluster either.
+    for key in [
+        switchboard::cluster::definitions::key("queue", &["/", "mine-q"]),
+        switchboard::cluster::definitions::key("policy", &["/", "mine-p"]),
+    ] {
+        assert!(other.consensus().get(&key).is_none(), "{key}");
+    }
+    // Gone from its store too: restarted, it still has none of them (and, a member now,
+    // resets nothing of the cluster's).
+    late.stop().await;
+    late.restart(&seeds).await;
+    let b = late.broker();
+    for path in gone {
+        assert_eq!(call(b, "GET", path, None).await.status, 404, "{path}");
+    }
+    assert_eq!(
+        call(b, "GET", "/api/queues/%2F/theirs-q", None)
+            .await
+            .status,
+        200
     );
 }

@@ -1,19 +1,24 @@
-//! One set of users, vhosts and permissions for the whole cluster.
+//! One set of definitions for the whole cluster.
 //!
 //! A node starts with its own: the configuration's seed users (`[[users]]`) with their
 //! permissions on the seed vhosts, on a new data directory, or what it held before it became
-//! a member. Without this, each node would keep its seeds as local definitions that are not
-//! the cluster's: a `guest` deleted through the cluster would be back on every node that
-//! joins later, from that node's own seeds.
+//! a member (run-time policies, durable exchanges, queues and bindings too). Without this,
+//! each node would keep them as local definitions that are not the cluster's: a `guest`
+//! deleted through the cluster would be back on every node that joins later, from that
+//! node's own seeds, and `/api/definitions` would differ from node to node.
 //!
-//! So the cluster's first leader makes its users, vhosts, permissions and topic permissions
-//! the cluster's records, once, with a marker record ([`SEEDED`]), in one entry guarded by the
-//! marker's absence, so that only the first such entry counts. A node that joins a cluster
-//! that was there already gives up its own for the cluster's. Once it has applied the
-//! marker, it removes those of its own that the cluster has no record of, as RabbitMQ
-//! resets a node before it joins. Definitions of the cluster's that the node lacked come
-//! with the records anyway. A node of a cluster formed by an older release, which has no
-//! marker, resets nothing until its leader has written one.
+//! So the cluster's first leader makes its users, vhosts, permissions, topic permissions,
+//! run-time policies, durable exchanges, durable classic queues and the bindings between them
+//! the cluster's records, once, with a marker record ([`SEEDED`]), in one entry guarded by
+//! the marker's absence, so that only the first such entry counts. A node that joins a
+//! cluster that was there already gives up its own for the cluster's. Once it has applied
+//! the marker and caught up, it removes, on itself only, those of its own that the cluster
+//! has no record of, as RabbitMQ resets a node before it joins: the messages in a durable
+//! queue it so removes are gone with the queue, and the queue's consumers are cancelled as
+//! on any deletion. Definitions of the cluster's that the node lacked come with the records
+//! anyway. A node that was a member already (a restart, a return after a partition) resets
+//! nothing. A node of a cluster formed by an older release, which has no marker, resets
+//! nothing until its leader has written one.
 
 use super::definitions::{self, Change};
 use super::membership::Cluster;
@@ -78,8 +83,10 @@ pub fn watch(broker: &Arc<Broker>, cluster: &Arc<Cluster>) {
 }
 
 /// What this node held before the cluster, as the changes that make it the cluster's: its
-/// users, vhosts and permissions ([`own`]), then its durable exchanges, its durable classic
-/// queues (homed here, where their messages are) and the bindings between durable ends.
+/// users, vhosts, permissions and policies ([`own`]), then its durable exchanges, its durable
+/// classic queues (homed here, where their messages are) and the bindings between durable
+/// ends. In that order, so that what a change names comes before it (reversed, what names
+/// something goes before it).
 fn own_with_topology(b: &Broker, c: &dyn Consensus) -> Vec<Change> {
     let mut out = own(b);
     for vh in b.vhosts() {
@@ -109,12 +116,14 @@ fn own_with_topology(b: &Broker, c: &dyn Consensus) -> Vec<Change> {
             }
         }
         for (source, binding) in vh.bindings() {
-            // Between the durable ends made records above.
+            // Between durable ends, as a clustered node keeps them (`binding_changed`): those
+            // made records above, and the `amq.*` exchanges every node has. The default
+            // exchange's implicit bindings are no records.
             let (destination_type, kept) = match &binding.destination {
                 Destination::Queue(q) => ("queue", kept_queue(q)),
-                Destination::Exchange(x) => ("exchange", kept_exchange(x)),
+                Destination::Exchange(x) => ("exchange", x.durable),
             };
-            let source_kept = vh.exchange(&source).is_some_and(|x| kept_exchange(&x));
+            let source_kept = !source.is_empty() && vh.exchange(&source).is_some_and(|x| x.durable);
             if !(kept && source_kept) {
                 continue;
             }
@@ -147,8 +156,9 @@ fn kept_queue(q: &Queue) -> bool {
         && !is_quorum(&q.arguments).unwrap_or(false)
 }
 
-/// This node's users, vhosts, permissions and topic permissions, as the changes that put
-/// them (vhosts and users before the permissions that name them).
+/// This node's users, vhosts, permissions, topic permissions and run-time policies, as the
+/// changes that put them (vhosts and users before the permissions and policies that name
+/// them). Configured policies are every node's own configuration's, never records.
 fn own(b: &Broker) -> Vec<Change> {
     let mut out: Vec<Change> = b
         .vhosts()
@@ -167,6 +177,13 @@ fn own(b: &Broker) -> Vec<Change> {
             .topic_permissions()
             .into_iter()
             .map(Change::SetTopicPermissions),
+    );
+    out.extend(
+        b.policy_set()
+            .runtime()
+            .iter()
+            .filter_map(|p| p.runtime_record())
+            .map(Change::SetPolicy),
     );
     out
 }
@@ -201,34 +218,44 @@ async fn seed(b: &Broker, c: &Cluster) {
         Ok(()) => {
             tracing::info!(
                 definitions = n,
-                "cluster: this node's users, vhosts and permissions are the cluster's"
+                "cluster: this node's definitions are the cluster's"
             )
         }
         Err(e) => tracing::debug!(error = %e, "cluster: seeding not committed yet"),
     }
 }
 
-/// Removes this node's own users, vhosts, permissions and topic permissions that the cluster
+/// Removes, here only, this node's own definitions ([`own_with_topology`]) that the cluster
 /// has no record of, once this node has applied what the cluster committed; whether it did.
+/// Never a proposal: the cluster's records are what stays.
 async fn reset(b: &Broker, c: &dyn Consensus) -> bool {
     if let Err(e) = c.caught_up().await {
-        tracing::debug!(error = %e, "cluster: not caught up yet to give up this node's own users");
+        tracing::debug!(error = %e, "cluster: not caught up yet to give up this node's own definitions");
         return false;
     }
-    let mut gone: Vec<Change> = own(b)
+    let mut gone: Vec<Change> = own_with_topology(b, c)
         .into_iter()
         .filter(|change| key_of(&change.command(b, c)).is_some_and(|k| c.get(k).is_none()))
         .filter_map(|change| undo(&change))
         .collect();
-    // Permissions before the users and vhosts they name.
+    // Bindings before their queues and exchanges, and everything before the users and
+    // vhosts it names.
     gone.reverse();
     for change in &gone {
-        if let Err(e) = change.apply(b) {
-            tracing::warn!(?change, error = %e, "cluster: could not give up a definition of this node's own");
+        match change.apply(b) {
+            // Gone with what went before it (a queue's bindings with the queue).
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                tracing::warn!(?change, error = %e, "cluster: could not give up a definition of this node's own")
+            }
+            Ok(_) => {}
         }
     }
     if !gone.is_empty() {
-        tracing::info!(definitions = gone.len(), "cluster: this node's own users, vhosts and permissions the cluster does not have are gone");
+        tracing::info!(
+            definitions = gone.len(),
+            "cluster: this node's own definitions the cluster does not have are gone"
+        );
     }
     true
 }
@@ -247,6 +274,21 @@ fn undo(change: &Change) -> Option<Change> {
             user: r.user.clone(),
             exchange: Some(r.spec.exchange.clone()),
         },
+        Change::SetPolicy(r) => Change::ClearPolicy {
+            vhost: r.vhost.clone(),
+            name: r.name.clone(),
+        },
+        Change::DeclareExchange(r) => Change::DeleteExchange {
+            vhost: r.vhost.clone(),
+            name: r.def.name.clone(),
+        },
+        // A durable classic queue homed here: deleted as any deletion does, with its
+        // messages, its bindings and its consumers cancelled.
+        Change::DeclareQueue(r) => Change::DeleteQueue {
+            vhost: r.vhost.clone(),
+            name: r.name.clone(),
+        },
+        Change::Bind(r) => Change::Unbind(r.clone()),
         _ => return None,
     })
 }

@@ -194,6 +194,34 @@ impl Policy {
             ApplyTo::All => "all",
         }
     }
+
+    /// The record a run-time policy is kept as, which [`RuntimePolicy::compile`] makes this
+    /// from; `None` for a configured policy of every vhost. A definition holds only what
+    /// [`Policy::from_config`] makes: strings, integers and booleans.
+    pub fn runtime_record(&self) -> Option<RuntimePolicy> {
+        let definition = self
+            .definition
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    FieldValue::Bool(b) => serde_json::Value::Bool(*b),
+                    other => match other.as_i64() {
+                        Some(i) => i.into(),
+                        None => other.as_str()?.into(),
+                    },
+                };
+                Some((k.clone(), value))
+            })
+            .collect::<Option<_>>()?;
+        Some(RuntimePolicy {
+            vhost: self.vhost.clone()?,
+            name: self.name.clone(),
+            pattern: self.pattern().to_owned(),
+            apply_to: self.apply_to_str().to_owned(),
+            priority: self.priority,
+            definition,
+        })
+    }
 }
 
 impl Policies {
@@ -302,6 +330,22 @@ mod tests {
             vhost: None,
             definition: toml::from_str(def).unwrap(),
         }
+    }
+
+    #[test]
+    fn a_run_time_policy_gives_back_the_record_it_was_compiled_from() {
+        let record: RuntimePolicy = serde_json::from_value(serde_json::json!({
+            "vhost": "shop",
+            "name": "p",
+            "pattern": "^t\\.",
+            "apply-to": "queues",
+            "priority": 3,
+            "definition": {"message-ttl": 5000, "dead-letter-exchange": "dlx", "single-active-consumer": true},
+        }))
+        .unwrap();
+        assert_eq!(record.compile().unwrap().runtime_record(), Some(record));
+        let configured = Policy::from_config(&config("c", ".*", 0, "max-length = 1")).unwrap();
+        assert_eq!(configured.runtime_record(), None);
     }
 
     #[test]
