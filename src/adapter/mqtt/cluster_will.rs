@@ -8,6 +8,7 @@
 //! is removed from the cluster before it is published, so that it is published at most once
 //! however often its record is applied.
 
+use super::persist;
 use super::publish::{InboundMessage, Publisher};
 use super::registry::{MqttState, SessionKey};
 use crate::cluster::adapter::{MqttWillRecord, MQTT_WILL, NO_CONNECTION};
@@ -19,7 +20,7 @@ use base64::Engine;
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Duration;
-use switchboard_mqtt::{decode, encode, Packet, Protocol, Publish, QoS, Will};
+use switchboard_mqtt::Will;
 
 fn record_key(vhost: &str, client_id: &str) -> String {
     definitions::key(MQTT_WILL, &[vhost, client_id])
@@ -51,17 +52,15 @@ pub(super) fn will_message(will: Will) -> InboundMessage {
 /// A will's message as its record keeps it: an encoded v5 PUBLISH (which keeps every
 /// property exactly), in base64.
 fn encoded(m: &InboundMessage) -> Option<String> {
-    let packet = Packet::Publish(Publish {
-        dup: false,
-        qos: m.qos,
-        retain: m.retain,
-        topic: m.topic.clone(),
-        packet_id: (m.qos != QoS::AtMostOnce).then_some(1),
-        properties: m.properties.clone(),
-        payload: m.payload.clone(),
-    });
     let mut out = BytesMut::new();
-    encode(&packet, Protocol::V5, &mut out).ok()?;
+    persist::encode_stored_publish(
+        m.topic.clone(),
+        m.qos,
+        m.retain,
+        m.properties.clone(),
+        m.payload.clone(),
+        &mut out,
+    )?;
     Some(base64::engine::general_purpose::STANDARD.encode(out))
 }
 
@@ -69,10 +68,7 @@ fn decoded(message: &str) -> Option<InboundMessage> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(message)
         .ok()?;
-    let mut buf = BytesMut::from(&bytes[..]);
-    let Ok(Some(Packet::Publish(p))) = decode(&mut buf, Protocol::V5, usize::MAX) else {
-        return None;
-    };
+    let p = persist::decode_stored_publish(&bytes)?;
     Some(InboundMessage {
         topic: p.topic,
         qos: p.qos,
@@ -134,15 +130,19 @@ pub(super) fn ended(broker: &Broker, key: &SessionKey, conn: u64) {
     }
     let cluster = cluster.clone();
     tokio::spawn(async move {
-        let removal = Command::Guarded {
-            key: at.clone(),
-            expected: Some(held),
-            then: vec![Command::Delete { key: at }],
-        };
-        if let Err(e) = cluster.propose(removal).await {
+        if let Err(e) = cluster.propose(removal(at, held)).await {
             tracing::debug!(error = %e, "an ended connection's will stays a record of the cluster");
         }
     });
+}
+
+/// Removes the record at `key` while it is still `expected`.
+fn removal(key: String, expected: serde_json::Value) -> Command {
+    Command::Guarded {
+        key: key.clone(),
+        expected: Some(expected),
+        then: vec![Command::Delete { key }],
+    }
 }
 
 /// Publishes a will the cluster made due at this node (see the module's comment), after its
@@ -181,12 +181,7 @@ pub(super) fn due(broker: &Arc<Broker>, state: &Arc<MqttState>, r: &MqttWillReco
         if cluster.get(&key).as_ref() != Some(&expected) {
             return;
         }
-        let removal = Command::Guarded {
-            key: key.clone(),
-            expected: Some(expected),
-            then: vec![Command::Delete { key }],
-        };
-        match cluster.propose(removal).await {
+        match cluster.propose(removal(key, expected)).await {
             // Only the removal that took the record publishes: once, however often it was due.
             Ok(r) if r.guard_held => {
                 tracing::info!(client = %record.client_id, "the will of a client whose node is down published");
@@ -203,7 +198,7 @@ pub(super) fn due(broker: &Arc<Broker>, state: &Arc<MqttState>, r: &MqttWillReco
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_mqtt::Properties;
+    use switchboard_mqtt::{Properties, QoS};
 
     #[test]
     fn a_will_keeps_its_properties_in_its_record_but_not_its_delay() {

@@ -23,14 +23,16 @@ use crate::core::message::Protocol as Origin;
 use crate::core::{self, Broker, Message, PublishTo, VHost};
 use crate::store::{compose_key, kind, split_key, Store};
 use base64::Engine;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_amqp::FieldTable;
-use switchboard_mqtt::{decode, encode, Packet, Protocol, Publish, QoS, SubscriptionOptions};
+use switchboard_mqtt::{
+    decode, encode, Packet, Properties, Protocol, Publish, QoS, SubscriptionOptions,
+};
 
 /// A persistent session as its record keeps it (the key holds the vhost and client id).
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -295,26 +297,52 @@ pub fn forget_session_record(broker: &Broker, s: &mut Session) -> u64 {
 /// never, big-endian u64), then the message as an encoded v5 PUBLISH, which keeps every
 /// property exactly.
 pub(super) fn retained_value(m: &OutboundMessage) -> Option<Vec<u8>> {
-    let packet = Packet::Publish(Publish {
-        dup: false,
-        qos: m.qos,
-        retain: m.retain,
-        topic: m.topic().to_owned(),
-        packet_id: (m.qos != QoS::AtMostOnce).then_some(1),
-        properties: m.properties().clone(),
-        payload: m.payload.clone(),
-    });
     let mut out = BytesMut::new();
     out.put_u64(m.expires_at.map_or(0, unix));
-    encode(&packet, Protocol::V5, &mut out).ok()?;
+    encode_stored_publish(
+        m.topic().to_owned(),
+        m.qos,
+        m.retain,
+        m.properties().clone(),
+        m.payload.clone(),
+        &mut out,
+    )?;
     Some(out.to_vec())
 }
 
-fn decode_publish(bytes: &[u8], expires_at: Option<u64>) -> Option<OutboundMessage> {
+/// A message as a v5 PUBLISH, the form stored records keep it in (every property exactly),
+/// appended to `out`.
+pub(super) fn encode_stored_publish(
+    topic: String,
+    qos: QoS,
+    retain: bool,
+    properties: Properties,
+    payload: Bytes,
+    out: &mut BytesMut,
+) -> Option<()> {
+    let packet = Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic,
+        packet_id: (qos != QoS::AtMostOnce).then_some(1),
+        properties,
+        payload,
+    });
+    encode(&packet, Protocol::V5, out).ok()
+}
+
+/// The PUBLISH [`encode_stored_publish`] wrote.
+pub(super) fn decode_stored_publish(bytes: &[u8]) -> Option<Publish> {
     let mut buf = BytesMut::from(bytes);
-    let Ok(Some(Packet::Publish(p))) = decode(&mut buf, Protocol::V5, usize::MAX) else {
-        return None;
-    };
+    match decode(&mut buf, Protocol::V5, usize::MAX) {
+        Ok(Some(Packet::Publish(p))) => Some(p),
+        _ => None,
+    }
+}
+
+fn decode_publish(bytes: &[u8], expires_at: Option<u64>) -> Option<OutboundMessage> {
+    let p = decode_stored_publish(bytes)?;
     Some(OutboundMessage::new(
         p.topic,
         p.payload,
